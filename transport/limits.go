@@ -1,0 +1,238 @@
+package transport
+
+import (
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+	"github.com/quorumq/quorumq/transport/quorumqpb"
+)
+
+// Limits bound what one request may carry. A request beyond a limit is
+// rejected with InvalidArgument naming the field and the limit; nothing is
+// clamped silently. The zero value of a field means its default.
+type Limits struct {
+	MaxMessageBytes  int           // body + attributes of one message; default 1 MiB
+	MaxBatchMessages int           // messages in one enqueue or transaction; default 1000
+	MaxBatchBytes    int           // bodies + attributes of one request; default 8 MiB
+	MaxReceipts      int           // receipts in one ack, nack, extend or receive; default 1000
+	MaxReceive       uint32        // messages one receive may lease; default 1000
+	MaxWait          time.Duration // long-poll wait; default 20 s
+	MaxVisibility    time.Duration // lease length; default 12 h
+	MaxDelay         time.Duration // enqueue or nack delay; default 24 h
+	MaxIDBytes       int           // dedup ID and request ID; default 128
+	MaxAttributes    int           // attributes per message; default 32
+}
+
+// DefaultLimits returns the limits used when a field is zero.
+func DefaultLimits() Limits {
+	return Limits{
+		MaxMessageBytes:  1 << 20,
+		MaxBatchMessages: 1000,
+		MaxBatchBytes:    8 << 20,
+		MaxReceipts:      1000,
+		MaxReceive:       1000,
+		MaxWait:          20 * time.Second,
+		MaxVisibility:    12 * time.Hour,
+		MaxDelay:         24 * time.Hour,
+		MaxIDBytes:       128,
+		MaxAttributes:    32,
+	}
+}
+
+// withDefaults fills every zero field from DefaultLimits.
+func (l Limits) withDefaults() Limits {
+	d := DefaultLimits()
+	if l.MaxMessageBytes == 0 {
+		l.MaxMessageBytes = d.MaxMessageBytes
+	}
+	if l.MaxBatchMessages == 0 {
+		l.MaxBatchMessages = d.MaxBatchMessages
+	}
+	if l.MaxBatchBytes == 0 {
+		l.MaxBatchBytes = d.MaxBatchBytes
+	}
+	if l.MaxReceipts == 0 {
+		l.MaxReceipts = d.MaxReceipts
+	}
+	if l.MaxReceive == 0 {
+		l.MaxReceive = d.MaxReceive
+	}
+	if l.MaxWait == 0 {
+		l.MaxWait = d.MaxWait
+	}
+	if l.MaxVisibility == 0 {
+		l.MaxVisibility = d.MaxVisibility
+	}
+	if l.MaxDelay == 0 {
+		l.MaxDelay = d.MaxDelay
+	}
+	if l.MaxIDBytes == 0 {
+		l.MaxIDBytes = d.MaxIDBytes
+	}
+	if l.MaxAttributes == 0 {
+		l.MaxAttributes = d.MaxAttributes
+	}
+	return l
+}
+
+// MaxRecvMsgSize is the gRPC receive limit a server needs so that a
+// full batch reaches validation (and gets a clear error) instead of being
+// cut off by gRPC's 4 MiB default.
+func (l Limits) MaxRecvMsgSize() int {
+	l = l.withDefaults()
+	return l.MaxBatchBytes + l.MaxBatchMessages*(l.MaxIDBytes+64) + 1<<20
+}
+
+// MaxQueueNameLen is the longest queue name.
+const MaxQueueNameLen = 128
+
+// ValidateQueueName checks a queue name against [A-Za-z0-9._-]{1,128};
+// field names the request field in the error.
+func ValidateQueueName(field, name string) error {
+	if name == "" {
+		return invalid("%s: queue name is empty (want 1..%d characters of [A-Za-z0-9._-])", field, MaxQueueNameLen)
+	}
+	if len(name) > MaxQueueNameLen {
+		return invalid("%s: queue name is %d bytes, limit is %d", field, len(name), MaxQueueNameLen)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-'
+		if !ok {
+			return invalid("%s: queue name %q has %q at byte %d (allowed: [A-Za-z0-9._-])", field, name, c, i)
+		}
+	}
+	return nil
+}
+
+func invalid(format string, args ...any) error {
+	msg := fmt.Sprintf(format, args...)
+	st := status.New(codes.InvalidArgument, msg)
+	if d, err := st.WithDetails(&quorumqpb.QueueError{Code: fsmpb.ErrorCode_INVALID_ARGUMENT, Message: msg}); err == nil {
+		st = d
+	}
+	return st.Err()
+}
+
+func checkDuration(field string, ns int64, max time.Duration) error {
+	if ns < 0 {
+		return invalid("%s: %v is negative", field, time.Duration(ns))
+	}
+	if ns > int64(max) {
+		return invalid("%s: %v exceeds the limit of %v", field, time.Duration(ns), max)
+	}
+	return nil
+}
+
+func (l Limits) checkID(field, id string) error {
+	if len(id) > l.MaxIDBytes {
+		return invalid("%s: %d bytes, limit is %d", field, len(id), l.MaxIDBytes)
+	}
+	return nil
+}
+
+// messageSize is what a message counts against the size limits.
+func messageSize(m *fsmpb.Message) int {
+	n := len(m.GetBody())
+	for _, a := range m.GetAttributes() {
+		n += len(a.GetKey()) + len(a.GetValue())
+	}
+	return n
+}
+
+// checkMessages validates one enqueue's messages; total carries the bytes
+// and count of the whole request across enqueues of a transaction.
+func (l Limits) checkMessages(field string, msgs []*fsmpb.Message, total *batchTotal) error {
+	if len(msgs) == 0 {
+		return invalid("%s: no messages (want 1..%d)", field, l.MaxBatchMessages)
+	}
+	for i, m := range msgs {
+		f := fmt.Sprintf("%s[%d]", field, i)
+		if m == nil {
+			return invalid("%s: message is null", f)
+		}
+		size := messageSize(m)
+		if size > l.MaxMessageBytes {
+			return invalid("%s: body and attributes are %d bytes, limit is %d (max message size)", f, size, l.MaxMessageBytes)
+		}
+		if err := l.checkID(f+".dedup_id", m.GetDedupId()); err != nil {
+			return err
+		}
+		if err := checkDuration(f+".delay_ns", m.GetDelayNs(), l.MaxDelay); err != nil {
+			return err
+		}
+		if len(m.GetAttributes()) > l.MaxAttributes {
+			return invalid("%s.attributes: %d attributes, limit is %d", f, len(m.GetAttributes()), l.MaxAttributes)
+		}
+		for j, a := range m.GetAttributes() {
+			if a.GetKey() == "" {
+				return invalid("%s.attributes[%d].key: empty", f, j)
+			}
+		}
+		total.messages++
+		total.bytes += size
+	}
+	if total.messages > l.MaxBatchMessages {
+		return invalid("%s: %d messages in the request, limit is %d per batch", field, total.messages, l.MaxBatchMessages)
+	}
+	if total.bytes > l.MaxBatchBytes {
+		return invalid("%s: %d bytes in the request, limit is %d per batch", field, total.bytes, l.MaxBatchBytes)
+	}
+	return nil
+}
+
+type batchTotal struct{ messages, bytes int }
+
+func (l Limits) checkReceipts(field string, rs []*fsmpb.Receipt, allowEmpty bool) error {
+	if len(rs) == 0 && !allowEmpty {
+		return invalid("%s: no receipts (want 1..%d)", field, l.MaxReceipts)
+	}
+	if len(rs) > l.MaxReceipts {
+		return invalid("%s: %d receipts, limit is %d", field, len(rs), l.MaxReceipts)
+	}
+	for i, r := range rs {
+		if r == nil {
+			return invalid("%s[%d]: receipt is null", field, i)
+		}
+		if r.GetMessageId() == 0 {
+			return invalid("%s[%d].message_id: 0 is not a message ID", field, i)
+		}
+		if r.GetAttempt() == 0 {
+			return invalid("%s[%d].attempt: 0 is not a delivery attempt", field, i)
+		}
+	}
+	return nil
+}
+
+func (l Limits) checkSettings(field, queue string, s *fsmpb.QueueSettings) error {
+	if s == nil {
+		return nil
+	}
+	if s.VisibilityTimeoutNs != nil {
+		if err := checkDuration(field+".visibility_timeout_ns", s.GetVisibilityTimeoutNs(), l.MaxVisibility); err != nil {
+			return err
+		}
+		if s.GetVisibilityTimeoutNs() == 0 {
+			return invalid("%s.visibility_timeout_ns: must be positive", field)
+		}
+	}
+	if s.DeadLetterQueue != nil && s.GetDeadLetterQueue() != "" {
+		if err := ValidateQueueName(field+".dead_letter_queue", s.GetDeadLetterQueue()); err != nil {
+			return err
+		}
+		if s.GetDeadLetterQueue() == queue {
+			return invalid("%s.dead_letter_queue: a queue cannot be its own dead-letter queue", field)
+		}
+	}
+	if s.DedupWindowNs != nil && s.GetDedupWindowNs() <= 0 {
+		return invalid("%s.dedup_window_ns: must be positive, got %v", field, time.Duration(s.GetDedupWindowNs()))
+	}
+	if s.RetentionNs != nil && s.GetRetentionNs() < 0 {
+		return invalid("%s.retention_ns: %v is negative (0 keeps messages forever)", field, time.Duration(s.GetRetentionNs()))
+	}
+	return nil
+}

@@ -1,0 +1,354 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+	"github.com/quorumq/quorumq/transport/quorumqpb"
+)
+
+// Backend is what the Queue service needs from a node. Errors it returns
+// are gRPC status errors (NotLeaderError, OutcomeUnknownError, ...), which
+// the service passes through unchanged.
+type Backend interface {
+	// Propose stamps cmd with the leader's clock, replicates it through
+	// Raft and returns the FSM's result once a quorum has it and the
+	// leader applied it. A Result carrying an error changed nothing.
+	Propose(ctx context.Context, cmd *fsmpb.Command) (*fsmpb.Result, error)
+	// Queue and Queues read the leader's state after confirming that this
+	// node is still the leader, so a deposed leader never answers.
+	Queue(ctx context.Context, name string) (*fsmpb.QueueInfo, error)
+	Queues(ctx context.Context) ([]*fsmpb.QueueInfo, error)
+	// WaitAvailable returns nil as soon as queue has a message available,
+	// or ctx's error when it ends first. It writes nothing to the Raft
+	// log: an empty long poll costs no log entry.
+	WaitAvailable(ctx context.Context, queue string) error
+}
+
+// QueueService is the gRPC Queue service: it validates each request
+// against Limits, turns it into one fsm command and maps the result back.
+type QueueService struct {
+	quorumqpb.UnimplementedQueueServer
+	backend    Backend
+	limits     Limits
+	autoCreate bool
+}
+
+// NewQueueService returns the Queue service over backend. With autoCreate,
+// an enqueue creates a missing queue with default settings.
+func NewQueueService(backend Backend, limits Limits, autoCreate bool) *QueueService {
+	return &QueueService{backend: backend, limits: limits.withDefaults(), autoCreate: autoCreate}
+}
+
+// Register adds the service to s.
+func (q *QueueService) Register(s grpc.ServiceRegistrar) { quorumqpb.RegisterQueueServer(s, q) }
+
+// propose sends cmd and turns an FSM error into its status error.
+func (q *QueueService) propose(ctx context.Context, cmd *fsmpb.Command) (*fsmpb.Result, error) {
+	res, err := q.backend.Propose(ctx, cmd)
+	if err != nil {
+		return nil, err
+	}
+	if e := res.GetError(); e != nil && e.GetCode() != fsmpb.ErrorCode_OK {
+		return nil, QueueError(e.GetCode(), e.GetMessage())
+	}
+	return res, nil
+}
+
+// CreateQueue creates a queue.
+func (q *QueueService) CreateQueue(ctx context.Context, req *quorumqpb.CreateQueueRequest) (*quorumqpb.CreateQueueResponse, error) {
+	if err := ValidateQueueName("name", req.GetName()); err != nil {
+		return nil, err
+	}
+	if err := q.limits.checkSettings("settings", req.GetName(), req.GetSettings()); err != nil {
+		return nil, err
+	}
+	res, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_CreateQueue{CreateQueue: &fsmpb.CreateQueue{
+		Name: req.GetName(), Settings: req.GetSettings(), IfNotExists: req.GetIfNotExists(),
+	}}})
+	if err != nil {
+		return nil, err
+	}
+	return &quorumqpb.CreateQueueResponse{Queue: res.GetQueue()}, nil
+}
+
+// UpdateQueue changes the settings that are set in the request.
+func (q *QueueService) UpdateQueue(ctx context.Context, req *quorumqpb.UpdateQueueRequest) (*quorumqpb.UpdateQueueResponse, error) {
+	if err := ValidateQueueName("name", req.GetName()); err != nil {
+		return nil, err
+	}
+	if req.GetSettings() == nil {
+		return nil, invalid("settings: missing (set at least one field to change)")
+	}
+	if err := q.limits.checkSettings("settings", req.GetName(), req.GetSettings()); err != nil {
+		return nil, err
+	}
+	res, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_UpdateQueue{UpdateQueue: &fsmpb.UpdateQueue{
+		Name: req.GetName(), Settings: req.GetSettings(),
+	}}})
+	if err != nil {
+		return nil, err
+	}
+	return &quorumqpb.UpdateQueueResponse{Queue: res.GetQueue()}, nil
+}
+
+// GetQueue returns a queue's settings and stats, read on the leader.
+func (q *QueueService) GetQueue(ctx context.Context, req *quorumqpb.GetQueueRequest) (*quorumqpb.GetQueueResponse, error) {
+	if err := ValidateQueueName("name", req.GetName()); err != nil {
+		return nil, err
+	}
+	info, err := q.backend.Queue(ctx, req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	return &quorumqpb.GetQueueResponse{Queue: info}, nil
+}
+
+// ListQueues returns every queue, read on the leader.
+func (q *QueueService) ListQueues(ctx context.Context, _ *quorumqpb.ListQueuesRequest) (*quorumqpb.ListQueuesResponse, error) {
+	infos, err := q.backend.Queues(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &quorumqpb.ListQueuesResponse{Queues: infos}, nil
+}
+
+// DeleteQueue deletes a queue and its messages.
+func (q *QueueService) DeleteQueue(ctx context.Context, req *quorumqpb.DeleteQueueRequest) (*quorumqpb.DeleteQueueResponse, error) {
+	if err := ValidateQueueName("name", req.GetName()); err != nil {
+		return nil, err
+	}
+	if _, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_DeleteQueue{DeleteQueue: &fsmpb.DeleteQueue{Name: req.GetName()}}}); err != nil {
+		return nil, err
+	}
+	return &quorumqpb.DeleteQueueResponse{}, nil
+}
+
+// Purge removes every message of a queue and keeps the queue.
+func (q *QueueService) Purge(ctx context.Context, req *quorumqpb.PurgeRequest) (*quorumqpb.PurgeResponse, error) {
+	if err := ValidateQueueName("queue", req.GetQueue()); err != nil {
+		return nil, err
+	}
+	res, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Purge{Purge: &fsmpb.Purge{Queue: req.GetQueue()}}})
+	if err != nil {
+		return nil, err
+	}
+	return &quorumqpb.PurgeResponse{Purged: res.GetCount()}, nil
+}
+
+// Enqueue appends a batch of messages in one Raft entry.
+func (q *QueueService) Enqueue(ctx context.Context, req *quorumqpb.EnqueueRequest) (*quorumqpb.EnqueueResponse, error) {
+	enq, err := q.enqueueCommand("", req, &batchTotal{})
+	if err != nil {
+		return nil, err
+	}
+	res, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Enqueue{Enqueue: enq}})
+	if err != nil {
+		return nil, err
+	}
+	return &quorumqpb.EnqueueResponse{Results: res.GetEnqueued()}, nil
+}
+
+// enqueueCommand validates one enqueue (prefix names it inside a
+// transaction) and builds its fsm form.
+func (q *QueueService) enqueueCommand(prefix string, req *quorumqpb.EnqueueRequest, total *batchTotal) (*fsmpb.Enqueue, error) {
+	if err := ValidateQueueName(prefix+"queue", req.GetQueue()); err != nil {
+		return nil, err
+	}
+	if err := q.limits.checkMessages(prefix+"messages", req.GetMessages(), total); err != nil {
+		return nil, err
+	}
+	return &fsmpb.Enqueue{Queue: req.GetQueue(), Messages: req.GetMessages(), CreateQueue: q.autoCreate}, nil
+}
+
+// Receive leases messages. With wait_ns > 0 and nothing available it waits
+// on the leader's FSM notifications (no Raft entry while it waits) and
+// proposes the receive once a message is available; at the deadline it
+// returns an empty response, not an error.
+func (q *QueueService) Receive(ctx context.Context, req *quorumqpb.ReceiveRequest) (*quorumqpb.ReceiveResponse, error) {
+	if err := ValidateQueueName("queue", req.GetQueue()); err != nil {
+		return nil, err
+	}
+	max := req.GetMax()
+	if max == 0 {
+		max = 1
+	}
+	if max > q.limits.MaxReceive {
+		return nil, invalid("max: %d messages, limit is %d per receive", max, q.limits.MaxReceive)
+	}
+	if err := checkDuration("visibility_ns", req.GetVisibilityNs(), q.limits.MaxVisibility); err != nil {
+		return nil, err
+	}
+	if err := checkDuration("wait_ns", req.GetWaitNs(), q.limits.MaxWait); err != nil {
+		return nil, err
+	}
+	if err := q.limits.checkID("request_id", req.GetRequestId()); err != nil {
+		return nil, err
+	}
+	if err := q.limits.checkReceipts("ack", req.GetAck(), true); err != nil {
+		return nil, err
+	}
+	rcv := &fsmpb.Receive{
+		Queue: req.GetQueue(), Max: max, VisibilityNs: req.GetVisibilityNs(),
+		AutoAck: req.GetAutoAck(), RequestId: req.GetRequestId(), Ack: req.GetAck(),
+	}
+	cmd := &fsmpb.Command{Op: &fsmpb.Command_Receive{Receive: rcv}}
+	resp := &quorumqpb.ReceiveResponse{}
+
+	// Acks piggybacked on the receive must not wait for the long poll: a
+	// consumer's previous batch is confirmed now.
+	if req.GetWaitNs() == 0 || len(req.GetAck()) > 0 {
+		res, err := q.propose(ctx, cmd)
+		if err != nil {
+			return nil, err
+		}
+		resp.Deliveries, resp.AckOutcomes = res.GetDeliveries(), res.GetOutcomes()
+		if req.GetWaitNs() == 0 || len(res.GetDeliveries()) > 0 || res.GetReplayed() {
+			return resp, nil
+		}
+		rcv.Ack = nil
+	}
+
+	wctx, cancel := context.WithTimeout(ctx, time.Duration(req.GetWaitNs()))
+	defer cancel()
+	for {
+		if err := q.backend.WaitAvailable(wctx, req.GetQueue()); err != nil {
+			if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+				return resp, nil // the long poll ran out: an empty answer
+			}
+			if ctx.Err() != nil {
+				return nil, status.FromContextError(ctx.Err()).Err()
+			}
+			return nil, err
+		}
+		res, err := q.propose(ctx, cmd)
+		if err != nil {
+			return nil, err
+		}
+		// Another consumer may have taken the message between the wake-up
+		// and our entry; then wait again until the deadline.
+		if len(res.GetDeliveries()) > 0 || res.GetReplayed() || wctx.Err() != nil {
+			resp.Deliveries = res.GetDeliveries()
+			return resp, nil
+		}
+	}
+}
+
+// Ack deletes delivered messages whose receipts are still current.
+func (q *QueueService) Ack(ctx context.Context, req *quorumqpb.AckRequest) (*quorumqpb.AckResponse, error) {
+	ack, err := q.ackCommand("", req)
+	if err != nil {
+		return nil, err
+	}
+	res, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Ack{Ack: ack}})
+	if err != nil {
+		return nil, err
+	}
+	return &quorumqpb.AckResponse{Outcomes: res.GetOutcomes()}, nil
+}
+
+func (q *QueueService) ackCommand(prefix string, req *quorumqpb.AckRequest) (*fsmpb.Ack, error) {
+	if err := ValidateQueueName(prefix+"queue", req.GetQueue()); err != nil {
+		return nil, err
+	}
+	if err := q.limits.checkReceipts(prefix+"receipts", req.GetReceipts(), false); err != nil {
+		return nil, err
+	}
+	return &fsmpb.Ack{Queue: req.GetQueue(), Receipts: req.GetReceipts()}, nil
+}
+
+// Nack releases leased messages, available again after delay_ns.
+func (q *QueueService) Nack(ctx context.Context, req *quorumqpb.NackRequest) (*quorumqpb.NackResponse, error) {
+	if err := ValidateQueueName("queue", req.GetQueue()); err != nil {
+		return nil, err
+	}
+	if err := q.limits.checkReceipts("receipts", req.GetReceipts(), false); err != nil {
+		return nil, err
+	}
+	if err := checkDuration("delay_ns", req.GetDelayNs(), q.limits.MaxDelay); err != nil {
+		return nil, err
+	}
+	res, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Nack{Nack: &fsmpb.Nack{
+		Queue: req.GetQueue(), Receipts: req.GetReceipts(), DelayNs: req.GetDelayNs(),
+	}}})
+	if err != nil {
+		return nil, err
+	}
+	return &quorumqpb.NackResponse{Outcomes: res.GetOutcomes()}, nil
+}
+
+// Extend renews leases until now + visibility_ns.
+func (q *QueueService) Extend(ctx context.Context, req *quorumqpb.ExtendRequest) (*quorumqpb.ExtendResponse, error) {
+	if err := ValidateQueueName("queue", req.GetQueue()); err != nil {
+		return nil, err
+	}
+	if err := q.limits.checkReceipts("receipts", req.GetReceipts(), false); err != nil {
+		return nil, err
+	}
+	if err := checkDuration("visibility_ns", req.GetVisibilityNs(), q.limits.MaxVisibility); err != nil {
+		return nil, err
+	}
+	res, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Extend{Extend: &fsmpb.Extend{
+		Queue: req.GetQueue(), Receipts: req.GetReceipts(), VisibilityNs: req.GetVisibilityNs(),
+	}}})
+	if err != nil {
+		return nil, err
+	}
+	return &quorumqpb.ExtendResponse{Outcomes: res.GetOutcomes()}, nil
+}
+
+// Transaction acks and enqueues all or nothing, in one Raft entry.
+func (q *QueueService) Transaction(ctx context.Context, req *quorumqpb.TransactionRequest) (*quorumqpb.TransactionResponse, error) {
+	if len(req.GetAcks()) == 0 && len(req.GetEnqueues()) == 0 {
+		return nil, invalid("acks, enqueues: the transaction is empty")
+	}
+	tx := &fsmpb.Transaction{}
+	receipts := 0
+	for i, a := range req.GetAcks() {
+		ack, err := q.ackCommand(fieldIndex("acks", i), a)
+		if err != nil {
+			return nil, err
+		}
+		receipts += len(a.GetReceipts())
+		tx.Acks = append(tx.Acks, ack)
+	}
+	if receipts > q.limits.MaxReceipts {
+		return nil, invalid("acks: %d receipts in the transaction, limit is %d", receipts, q.limits.MaxReceipts)
+	}
+	total := &batchTotal{}
+	for i, e := range req.GetEnqueues() {
+		enq, err := q.enqueueCommand(fieldIndex("enqueues", i), e, total)
+		if err != nil {
+			return nil, err
+		}
+		tx.Enqueues = append(tx.Enqueues, enq)
+	}
+	res, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Transaction{Transaction: tx}})
+	if err != nil {
+		return nil, err
+	}
+	return &quorumqpb.TransactionResponse{AckOutcomes: res.GetOutcomes(), Enqueued: res.GetEnqueued()}, nil
+}
+
+func fieldIndex(field string, i int) string {
+	return field + "[" + strconv.Itoa(i) + "]."
+}
+
+// ContextError turns a context error into its gRPC status (DeadlineExceeded
+// or Canceled); other errors pass through.
+func ContextError(err error) error {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return status.FromContextError(err).Err()
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	return status.Error(codes.Internal, err.Error())
+}
