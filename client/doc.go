@@ -1,0 +1,51 @@
+// Package client is the Go client of quorumq. It carries the client's half
+// of every delivery guarantee, so that the safe thing is the default:
+//
+//   - Leader discovery. New connects to any of the given nodes, learns the
+//     member list and the leader, and keeps both current in the background
+//     and on every "not leader" answer (which names the leader).
+//   - Retries that never duplicate. Every call retries on "not leader", "no
+//     leader" and broken connections with jittered exponential backoff,
+//     inside the caller's context. The IDs that make a retry harmless are
+//     chosen once, before the first attempt: a dedup ID per message for
+//     Send, SendBatch, Producer and Transact (a ULID when the caller gives
+//     none), a request ID per Receive (a retried Receive gets the same
+//     deliveries back instead of leasing new ones), and the receipts for
+//     Ack, Nack and Extend.
+//   - Unknown outcomes. When the server (or a broken connection) cannot say
+//     whether a command was applied, idempotent calls are retried with the
+//     same IDs. Calls that are not idempotent — CreateQueue, UpdateQueue,
+//     DeleteQueue, Purge and the cluster admin calls — return an error that
+//     matches ErrOutcomeUnknown, and the caller decides.
+//   - Leases. Consume runs a handler per message with a concurrency limit,
+//     extends the lease while the handler runs, acks on success (in
+//     batches), nacks with backoff on error and stops cleanly when its
+//     context ends. ConsumeExactlyOnce acks the input and enqueues the
+//     handler's outputs in one transaction, with output dedup IDs derived
+//     from the input message, so a redelivery that reaches the handler again
+//     cannot enqueue twice.
+//
+// Idempotency of the lease calls, after an unknown outcome:
+//
+//   - Ack: acking an acked receipt again is OK (the FSM keeps a tombstone for
+//     the dedup window), so a retry is exact.
+//   - Extend: if the first attempt was applied the retry extends again; if
+//     it was not and the lease expired meanwhile, LeaseLost is the truth.
+//   - Nack: if the first attempt was applied, the message may already be
+//     leased to another consumer and the retry reports LeaseLost although
+//     this caller's nack released it. Either way the message is no longer
+//     this caller's and will be delivered again, which is what a Nack asks
+//     for, so after an unknown outcome Nack reports LeaseLost as success.
+//   - Send/SendBatch: a retry of an applied enqueue returns the original
+//     message ID with Duplicate set, so Duplicate means "this dedup ID was
+//     already recorded", possibly by an earlier attempt of the same call.
+//
+// Errors are typed: errors.Is(err, ErrLeaseLost), ErrQueueNotFound,
+// ErrQueueExists, ErrQueueFull, ErrOutcomeUnknown, ErrInvalidArgument,
+// ErrUnauthenticated, ErrPermissionDenied. Bad arguments are caught before
+// any network call where the rule is known on the client (queue names,
+// counts, durations) and the error names the field and the limit.
+//
+// The client imports only the wire (package transport and its generated
+// stubs), never the server packages, so it can be vendored alone.
+package client

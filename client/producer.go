@@ -1,0 +1,415 @@
+package client
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+	"golang.org/x/sync/semaphore"
+	"google.golang.org/grpc"
+
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+	"github.com/quorumq/quorumq/transport/quorumqpb"
+)
+
+// OutMessage is a message to enqueue. An empty DedupID is replaced by a
+// fresh ULID before the first attempt, so retries of the same call can never
+// enqueue it twice; give your own DedupID to make retries across calls (or
+// across process restarts) safe too.
+type OutMessage struct {
+	Body       []byte
+	DedupID    string
+	Delay      time.Duration
+	Attributes map[string]string
+}
+
+// SendResult is the outcome of enqueueing one message.
+type SendResult struct {
+	MessageID uint64
+	DedupID   string
+	// Duplicate: the dedup ID was already recorded in the queue's dedup
+	// window, and MessageID is the original message's; nothing was
+	// enqueued. After a retried attempt this can be the call's own first
+	// attempt.
+	Duplicate bool
+}
+
+// SendOption configures one Send.
+type SendOption func(*OutMessage)
+
+// WithDedupID sets the message's dedup ID.
+func WithDedupID(id string) SendOption { return func(m *OutMessage) { m.DedupID = id } }
+
+// WithDelay makes the message available only after d.
+func WithDelay(d time.Duration) SendOption { return func(m *OutMessage) { m.Delay = d } }
+
+// WithAttributes attaches key/value attributes to the message.
+func WithAttributes(a map[string]string) SendOption {
+	return func(m *OutMessage) { m.Attributes = a }
+}
+
+// NewDedupID returns a fresh, time-ordered unique ID (a ULID), the kind the
+// client picks when the caller gives none.
+func NewDedupID() string { return ulid.Make().String() }
+
+// Send enqueues one message and returns its ID. It is safe to retry: the
+// message's dedup ID is fixed before the first attempt.
+func (c *Client) Send(ctx context.Context, queue string, body []byte, opts ...SendOption) (SendResult, error) {
+	m := OutMessage{Body: body}
+	for _, o := range opts {
+		o(&m)
+	}
+	res, err := c.sendBatch(ctx, "Send", queue, []OutMessage{m})
+	if err != nil {
+		return SendResult{}, err
+	}
+	return res[0], nil
+}
+
+// SendBatch enqueues msgs to queue in one Raft entry, all or nothing, and
+// returns one result per message in order.
+func (c *Client) SendBatch(ctx context.Context, queue string, msgs []OutMessage) ([]SendResult, error) {
+	return c.sendBatch(ctx, "SendBatch", queue, msgs)
+}
+
+func (c *Client) sendBatch(ctx context.Context, op, queue string, msgs []OutMessage) ([]SendResult, error) {
+	req, err := enqueueRequest(op, queue, msgs)
+	if err != nil {
+		return nil, err
+	}
+	var resp *quorumqpb.EnqueueResponse
+	err = c.call(ctx, op, idempotent, 0, func(ctx context.Context, cc *grpc.ClientConn) error {
+		var err error
+		resp, err = quorumqpb.NewQueueClient(cc).Enqueue(ctx, req)
+		return err
+	}, nil)
+	if err != nil {
+		return nil, err
+	}
+	return sendResults(op, req.Messages, resp.GetResults())
+}
+
+// enqueueRequest validates msgs and fixes their dedup IDs.
+func enqueueRequest(op, queue string, msgs []OutMessage) (*quorumqpb.EnqueueRequest, error) {
+	if err := validateQueueName(op+" queue", queue); err != nil {
+		return nil, err
+	}
+	if len(msgs) == 0 {
+		return nil, invalidArg(op+" msgs", "at least one message is required")
+	}
+	pb := make([]*fsmpb.Message, len(msgs))
+	for i, m := range msgs {
+		p, err := messagePB(fmt.Sprintf("%s msgs[%d]", op, i), m)
+		if err != nil {
+			return nil, err
+		}
+		pb[i] = p
+	}
+	return &quorumqpb.EnqueueRequest{Queue: queue, Messages: pb}, nil
+}
+
+func messagePB(field string, m OutMessage) (*fsmpb.Message, error) {
+	if err := validateNonNegative(field+".Delay", m.Delay); err != nil {
+		return nil, err
+	}
+	id := m.DedupID
+	if id == "" {
+		id = NewDedupID()
+	}
+	p := &fsmpb.Message{Body: m.Body, DedupId: id, DelayNs: int64(m.Delay)}
+	// Sorted, so the same message always encodes the same way.
+	for _, k := range slices.Sorted(maps.Keys(m.Attributes)) {
+		if k == "" {
+			return nil, invalidArg(field+".Attributes", "empty attribute key")
+		}
+		p.Attributes = append(p.Attributes, &fsmpb.Attribute{Key: k, Value: m.Attributes[k]})
+	}
+	return p, nil
+}
+
+func sendResults(op string, sent []*fsmpb.Message, got []*fsmpb.EnqueueResult) ([]SendResult, error) {
+	if len(got) != len(sent) {
+		return nil, fmt.Errorf("%s: server returned %d results for %d messages", op, len(got), len(sent))
+	}
+	out := make([]SendResult, len(got))
+	for i, r := range got {
+		out[i] = SendResult{MessageID: r.GetMessageId(), DedupID: sent[i].GetDedupId(), Duplicate: r.GetDuplicate()}
+	}
+	return out, nil
+}
+
+// ProducerOption configures a Producer.
+type ProducerOption func(*producerOptions)
+
+type producerOptions struct {
+	linger        time.Duration
+	batchMessages int
+	batchBytes    int
+	maxMessages   int64
+	maxBytes      int64
+	sendTimeout   time.Duration
+}
+
+// WithLinger sets how long a Producer waits for more messages to the same
+// queue before sending a batch. Default 2 ms.
+func WithLinger(d time.Duration) ProducerOption { return func(o *producerOptions) { o.linger = d } }
+
+// WithBatchLimits bounds one enqueue RPC. Defaults: 1000 messages, 1 MiB of
+// bodies.
+func WithBatchLimits(messages, bytes int) ProducerOption {
+	return func(o *producerOptions) { o.batchMessages, o.batchBytes = messages, bytes }
+}
+
+// WithMaxInFlight bounds the messages and body bytes a Producer holds
+// (gathering or sent, not yet answered); SendAsync blocks while the bound
+// is reached. Defaults: 10000 messages, 64 MiB.
+func WithMaxInFlight(messages int, bytes int64) ProducerOption {
+	return func(o *producerOptions) { o.maxMessages, o.maxBytes = int64(messages), bytes }
+}
+
+// WithSendTimeout bounds how long one batch is retried (through leader
+// changes) before its futures fail. Default 30 s.
+func WithSendTimeout(d time.Duration) ProducerOption {
+	return func(o *producerOptions) { o.sendTimeout = d }
+}
+
+// Producer gathers concurrent SendAsync calls to the same queue into one
+// Enqueue RPC: each batch waits at most the linger time, is bounded in
+// messages and bytes, and reports a result per message. Raft then writes
+// the batch as one log entry, which is where quorumq's throughput comes
+// from. A Producer is safe for concurrent use.
+type Producer struct {
+	c    *Client
+	o    producerOptions
+	err  error // invalid options: every SendAsync fails with it
+	msgs *semaphore.Weighted
+	byts *semaphore.Weighted
+
+	mu       sync.Mutex
+	pending  map[string]*batch
+	inflight map[*batch]struct{}
+	closed   bool
+}
+
+type batch struct {
+	queue string
+	futs  []*SendFuture
+	bytes int
+	timer *time.Timer
+	done  chan struct{}
+}
+
+// SendFuture is the pending result of a SendAsync.
+type SendFuture struct {
+	ctx    context.Context
+	msg    *fsmpb.Message
+	weight int64
+	done   chan struct{}
+	res    SendResult
+	err    error
+}
+
+// Done is closed once the result is known.
+func (f *SendFuture) Done() <-chan struct{} { return f.done }
+
+// Wait returns the result, or ctx's error if ctx ends first (the message
+// may still be enqueued then).
+func (f *SendFuture) Wait(ctx context.Context) (SendResult, error) {
+	select {
+	case <-f.done:
+		return f.res, f.err
+	case <-ctx.Done():
+		return SendResult{}, fmt.Errorf("SendFuture.Wait: %w", ctx.Err())
+	}
+}
+
+func (f *SendFuture) resolve(r SendResult, err error) {
+	f.res, f.err = r, err
+	close(f.done)
+}
+
+// NewProducer returns an asynchronous, batching producer on c.
+func (c *Client) NewProducer(opts ...ProducerOption) *Producer {
+	o := producerOptions{
+		linger:        2 * time.Millisecond,
+		batchMessages: 1000,
+		batchBytes:    1 << 20,
+		maxMessages:   10000,
+		maxBytes:      64 << 20,
+		sendTimeout:   30 * time.Second,
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	p := &Producer{c: c, o: o, pending: map[string]*batch{}, inflight: map[*batch]struct{}{}}
+	switch {
+	case o.linger < 0:
+		p.err = invalidArg("WithLinger", "must be >= 0, got %v", o.linger)
+	case o.batchMessages < 1 || o.batchBytes < 1:
+		p.err = invalidArg("WithBatchLimits", "messages and bytes must be >= 1, got %d and %d", o.batchMessages, o.batchBytes)
+	case o.maxMessages < 1 || o.maxBytes < 1:
+		p.err = invalidArg("WithMaxInFlight", "messages and bytes must be >= 1, got %d and %d", o.maxMessages, o.maxBytes)
+	case o.sendTimeout <= 0:
+		p.err = invalidArg("WithSendTimeout", "must be > 0, got %v", o.sendTimeout)
+	}
+	if p.err == nil {
+		p.msgs = semaphore.NewWeighted(o.maxMessages)
+		p.byts = semaphore.NewWeighted(o.maxBytes)
+	}
+	return p
+}
+
+// SendAsync adds msg to the batch for queue and returns at once with a
+// future, unless the in-flight bound is reached: then it waits for room
+// (or for ctx). The message's dedup ID is fixed here. If ctx ends before
+// the batch is sent, the message is dropped and its future reports ctx's
+// error.
+func (p *Producer) SendAsync(ctx context.Context, queue string, msg OutMessage) *SendFuture {
+	f := &SendFuture{ctx: ctx, done: make(chan struct{})}
+	if p.err != nil {
+		f.resolve(SendResult{}, p.err)
+		return f
+	}
+	if err := validateQueueName("SendAsync queue", queue); err != nil {
+		f.resolve(SendResult{}, err)
+		return f
+	}
+	pb, err := messagePB("SendAsync msg", msg)
+	if err != nil {
+		f.resolve(SendResult{}, err)
+		return f
+	}
+	f.msg = pb
+	f.weight = min(int64(len(msg.Body))+1, p.o.maxBytes)
+	if err := p.msgs.Acquire(ctx, 1); err != nil {
+		f.resolve(SendResult{}, fmt.Errorf("SendAsync: waiting for room: %w", err))
+		return f
+	}
+	if err := p.byts.Acquire(ctx, f.weight); err != nil {
+		p.msgs.Release(1)
+		f.resolve(SendResult{}, fmt.Errorf("SendAsync: waiting for room: %w", err))
+		return f
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		p.release(f)
+		f.resolve(SendResult{}, fmt.Errorf("SendAsync: %w", ErrClosed))
+		return f
+	}
+	b := p.pending[queue]
+	if b != nil && b.bytes+len(msg.Body) > p.o.batchBytes {
+		p.launchLocked(b)
+		b = nil
+	}
+	if b == nil {
+		b = &batch{queue: queue, done: make(chan struct{})}
+		p.pending[queue] = b
+		b.timer = time.AfterFunc(p.o.linger, func() {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if p.pending[queue] == b {
+				p.launchLocked(b)
+			}
+		})
+	}
+	b.futs = append(b.futs, f)
+	b.bytes += len(msg.Body)
+	if len(b.futs) >= p.o.batchMessages || b.bytes >= p.o.batchBytes {
+		p.launchLocked(b)
+	}
+	return f
+}
+
+func (p *Producer) release(f *SendFuture) {
+	p.msgs.Release(1)
+	p.byts.Release(f.weight)
+}
+
+// launchLocked sends b in the background. p.mu must be held.
+func (p *Producer) launchLocked(b *batch) {
+	b.timer.Stop()
+	delete(p.pending, b.queue)
+	p.inflight[b] = struct{}{}
+	go p.send(b)
+}
+
+func (p *Producer) send(b *batch) {
+	defer func() {
+		p.mu.Lock()
+		delete(p.inflight, b)
+		p.mu.Unlock()
+		close(b.done)
+	}()
+	live := b.futs[:0]
+	for _, f := range b.futs {
+		if err := f.ctx.Err(); err != nil {
+			p.release(f)
+			f.resolve(SendResult{}, fmt.Errorf("SendAsync: not sent: %w", err))
+			continue
+		}
+		live = append(live, f)
+	}
+	if len(live) == 0 {
+		return
+	}
+	req := &quorumqpb.EnqueueRequest{Queue: b.queue, Messages: make([]*fsmpb.Message, len(live))}
+	for i, f := range live {
+		req.Messages[i] = f.msg
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), p.o.sendTimeout)
+	defer cancel()
+	var resp *quorumqpb.EnqueueResponse
+	err := p.c.call(ctx, "Producer.Send", idempotent, 0, func(ctx context.Context, cc *grpc.ClientConn) error {
+		var err error
+		resp, err = quorumqpb.NewQueueClient(cc).Enqueue(ctx, req)
+		return err
+	}, nil)
+	var res []SendResult
+	if err == nil {
+		res, err = sendResults("Producer.Send", req.Messages, resp.GetResults())
+	}
+	for i, f := range live {
+		p.release(f)
+		if err != nil {
+			f.resolve(SendResult{}, err)
+		} else {
+			f.resolve(res[i], nil)
+		}
+	}
+}
+
+// Flush sends every gathering batch now and waits until all messages given
+// to SendAsync so far have their result, or until ctx ends.
+func (p *Producer) Flush(ctx context.Context) error {
+	p.mu.Lock()
+	for _, b := range p.pending {
+		p.launchLocked(b)
+	}
+	wait := make([]*batch, 0, len(p.inflight))
+	for b := range p.inflight {
+		wait = append(wait, b)
+	}
+	p.mu.Unlock()
+	for _, b := range wait {
+		select {
+		case <-b.done:
+		case <-ctx.Done():
+			return fmt.Errorf("Producer.Flush: %w", ctx.Err())
+		}
+	}
+	return nil
+}
+
+// Close flushes and waits for every outstanding message; later SendAsync
+// calls fail with ErrClosed. It does not close the Client.
+func (p *Producer) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	return p.Flush(context.Background())
+}

@@ -1,0 +1,219 @@
+package client
+
+import (
+	"context"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+	"github.com/quorumq/quorumq/transport/quorumqpb"
+)
+
+// Receipt identifies one delivery of a message: Ack, Nack and Extend take
+// it, and the cluster refuses it once the message was delivered again.
+type Receipt struct {
+	MessageID uint64
+	Attempt   uint32 // delivery attempt, 1 for the first delivery
+}
+
+// Message is one delivered message.
+type Message struct {
+	Queue      string
+	Receipt    Receipt
+	Body       []byte
+	Attributes map[string]string
+	DedupID    string
+	EnqueuedAt time.Time
+	// LeaseUntil is when the lease ends by the leader's clock; the message
+	// is delivered again after it unless acked, nacked or extended.
+	LeaseUntil time.Time
+}
+
+// ReceiveOption configures one Receive.
+type ReceiveOption func(*receiveOptions)
+
+type receiveOptions struct {
+	wait       time.Duration
+	visibility time.Duration
+	autoAck    bool
+	requestID  string
+}
+
+// WithWait long-polls: when no message is available, the call waits up to d
+// (at most MaxWait) for one. It is shortened to fit the caller's deadline.
+func WithWait(d time.Duration) ReceiveOption { return func(o *receiveOptions) { o.wait = d } }
+
+// WithVisibility sets the lease length; 0 uses the queue's visibility
+// timeout.
+func WithVisibility(d time.Duration) ReceiveOption {
+	return func(o *receiveOptions) { o.visibility = d }
+}
+
+// WithAutoAck deletes the messages as they are delivered: at-most-once. A
+// reply lost for good (the caller's context ends while the reply is in
+// flight) is a lost message.
+func WithAutoAck() ReceiveOption { return func(o *receiveOptions) { o.autoAck = true } }
+
+// WithRequestID sets the receive request ID. A Receive with an ID the queue
+// saw within its dedup window returns the same deliveries instead of
+// leasing new ones. Receive picks a fresh one when none is given, which
+// makes its own retries safe; give one to make a retry across calls safe.
+func WithRequestID(id string) ReceiveOption { return func(o *receiveOptions) { o.requestID = id } }
+
+// Receive leases up to maxMsgs available messages of queue. With WithWait it
+// long-polls; it returns an empty slice when the wait ends with nothing.
+func (c *Client) Receive(ctx context.Context, queue string, maxMsgs int, opts ...ReceiveOption) ([]Message, error) {
+	var o receiveOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if err := validateQueueName("Receive queue", queue); err != nil {
+		return nil, err
+	}
+	if maxMsgs < 1 || maxMsgs > MaxReceive {
+		return nil, invalidArg("Receive max", "must be 1..%d, got %d", MaxReceive, maxMsgs)
+	}
+	if o.wait < 0 || o.wait > MaxWait {
+		return nil, invalidArg("Receive WithWait", "must be 0..%v, got %v", MaxWait, o.wait)
+	}
+	if err := validateNonNegative("Receive WithVisibility", o.visibility); err != nil {
+		return nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		// Leave time for the reply: a poll cut off by the caller's deadline
+		// would lease messages nobody reads.
+		o.wait = max(0, min(o.wait, time.Until(dl)-time.Second))
+	}
+	if o.requestID == "" {
+		o.requestID = NewDedupID()
+	}
+	req := &quorumqpb.ReceiveRequest{
+		Queue:        queue,
+		Max:          uint32(maxMsgs),
+		VisibilityNs: int64(o.visibility),
+		WaitNs:       int64(o.wait),
+		AutoAck:      o.autoAck,
+		RequestId:    o.requestID,
+	}
+	var resp *quorumqpb.ReceiveResponse
+	err := c.call(ctx, "Receive", idempotent, o.wait, func(ctx context.Context, cc *grpc.ClientConn) error {
+		var err error
+		resp, err = quorumqpb.NewQueueClient(cc).Receive(ctx, req)
+		return err
+	}, nil)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Message, len(resp.GetDeliveries()))
+	for i, d := range resp.GetDeliveries() {
+		out[i] = messageOf(queue, d)
+	}
+	return out, nil
+}
+
+func messageOf(queue string, d *fsmpb.Delivery) Message {
+	m := Message{
+		Queue:      queue,
+		Receipt:    Receipt{MessageID: d.GetReceipt().GetMessageId(), Attempt: d.GetReceipt().GetAttempt()},
+		Body:       d.GetBody(),
+		DedupID:    d.GetDedupId(),
+		EnqueuedAt: time.Unix(0, d.GetEnqueuedAtUnixNano()),
+		LeaseUntil: time.Unix(0, d.GetLeaseUntilUnixNano()),
+	}
+	if len(d.GetAttributes()) > 0 {
+		m.Attributes = make(map[string]string, len(d.GetAttributes()))
+		for _, a := range d.GetAttributes() {
+			m.Attributes[a.GetKey()] = a.GetValue()
+		}
+	}
+	return m
+}
+
+func receiptsPB(rs []Receipt) []*fsmpb.Receipt {
+	out := make([]*fsmpb.Receipt, len(rs))
+	for i, r := range rs {
+		out[i] = &fsmpb.Receipt{MessageId: r.MessageID, Attempt: r.Attempt}
+	}
+	return out
+}
+
+// Ack deletes the messages of the receipts. It returns nil when every
+// receipt was acked (acking an acked receipt again counts as acked);
+// otherwise an *AckError lists the receipts that failed, and
+// errors.Is(err, ErrLeaseLost) tells that some message was delivered again
+// meanwhile.
+func (c *Client) Ack(ctx context.Context, queue string, receipts ...Receipt) error {
+	if err := validateQueueName("Ack queue", queue); err != nil {
+		return err
+	}
+	if err := validateReceipts("Ack receipts", receipts); err != nil {
+		return err
+	}
+	req := &quorumqpb.AckRequest{Queue: queue, Receipts: receiptsPB(receipts)}
+	var resp *quorumqpb.AckResponse
+	err := c.call(ctx, "Ack", idempotent, 0, func(ctx context.Context, cc *grpc.ClientConn) error {
+		var err error
+		resp, err = quorumqpb.NewQueueClient(cc).Ack(ctx, req)
+		return err
+	}, nil)
+	if err != nil {
+		return err
+	}
+	return ackError("Ack", queue, receipts, resp.GetOutcomes(), nil)
+}
+
+// Nack gives the messages back: they become available again after delay.
+// After an attempt with an unknown outcome, a LeaseLost answer to the retry
+// counts as success (see the package doc).
+func (c *Client) Nack(ctx context.Context, queue string, delay time.Duration, receipts ...Receipt) error {
+	if err := validateQueueName("Nack queue", queue); err != nil {
+		return err
+	}
+	if err := validateNonNegative("Nack delay", delay); err != nil {
+		return err
+	}
+	if err := validateReceipts("Nack receipts", receipts); err != nil {
+		return err
+	}
+	req := &quorumqpb.NackRequest{Queue: queue, Receipts: receiptsPB(receipts), DelayNs: int64(delay)}
+	var resp *quorumqpb.NackResponse
+	retried := false
+	err := c.call(ctx, "Nack", idempotent, 0, func(ctx context.Context, cc *grpc.ClientConn) error {
+		var err error
+		resp, err = quorumqpb.NewQueueClient(cc).Nack(ctx, req)
+		return err
+	}, func() { retried = true })
+	if err != nil {
+		return err
+	}
+	return ackError("Nack", queue, receipts, resp.GetOutcomes(), func(o fsmpb.AckOutcome) bool {
+		return retried && o == fsmpb.AckOutcome_ACK_LEASE_LOST
+	})
+}
+
+// Extend renews the leases of the receipts to visibility from now (0: the
+// queue's visibility timeout). A receipt whose message was delivered again
+// fails with ErrLeaseLost in the returned *AckError.
+func (c *Client) Extend(ctx context.Context, queue string, visibility time.Duration, receipts ...Receipt) error {
+	if err := validateQueueName("Extend queue", queue); err != nil {
+		return err
+	}
+	if err := validateNonNegative("Extend visibility", visibility); err != nil {
+		return err
+	}
+	if err := validateReceipts("Extend receipts", receipts); err != nil {
+		return err
+	}
+	req := &quorumqpb.ExtendRequest{Queue: queue, Receipts: receiptsPB(receipts), VisibilityNs: int64(visibility)}
+	var resp *quorumqpb.ExtendResponse
+	err := c.call(ctx, "Extend", idempotent, 0, func(ctx context.Context, cc *grpc.ClientConn) error {
+		var err error
+		resp, err = quorumqpb.NewQueueClient(cc).Extend(ctx, req)
+		return err
+	}, nil)
+	if err != nil {
+		return err
+	}
+	return ackError("Extend", queue, receipts, resp.GetOutcomes(), nil)
+}
