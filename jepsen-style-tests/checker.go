@@ -1,0 +1,280 @@
+package jepsen
+
+import (
+	"fmt"
+	"sort"
+)
+
+// Mode is the delivery guarantee a workload relies on; it decides which
+// anomalies the total-queue checker tolerates.
+type Mode string
+
+const (
+	// AtLeastOnce: nothing acknowledged may be lost; redelivery is allowed.
+	AtLeastOnce Mode = "at-least-once"
+	// ExactlyOnce: nothing lost, and no value enqueued twice in the sink
+	// queue (redelivery of the same sink message to its consumer is the
+	// consumer's at-least-once and is reported separately).
+	ExactlyOnce Mode = "exactly-once"
+	// AtMostOnce: no value delivered twice; loss is allowed (a receive
+	// whose reply is lost loses its messages, by definition).
+	AtMostOnce Mode = "at-most-once"
+)
+
+// QueueSpec says which part of a history one total-queue check reads.
+type QueueSpec struct {
+	Workload string
+	Mode     Mode
+	// Source is the queue producers send to.
+	Source string
+	// Sink is the queue whose deliveries count as "delivered": Source
+	// itself, or the last queue of a pipeline.
+	Sink string
+}
+
+// QueueResult is the outcome of a total-queue check. Counts are of distinct
+// values (one value = one message a producer meant to send).
+type QueueResult struct {
+	Workload string `json:"workload"`
+	Mode     Mode   `json:"mode"`
+	Source   string `json:"source"`
+	Sink     string `json:"sink"`
+
+	Attempted int `json:"attempted"`
+	OK        int `json:"ok"`
+	Failed    int `json:"failed"`
+	Unknown   int `json:"unknown"`
+	Delivered int `json:"delivered"`
+
+	// Lost: acknowledged sends never delivered.
+	Lost int `json:"lost"`
+	// Unexpected: delivered values never sent, or whose send definitely
+	// failed.
+	Unexpected int `json:"unexpected"`
+	// Duplicated: values delivered more than once (at-least-once,
+	// at-most-once), or enqueued into the sink more than once
+	// (exactly-once).
+	Duplicated int `json:"duplicated"`
+	// Redelivered: sink messages delivered again after a lease ran out.
+	Redelivered int `json:"redelivered"`
+	// Recovered: sends with an unknown outcome that were delivered.
+	Recovered int `json:"recovered"`
+	// DoubleEnqueued: values that got two message IDs in one queue
+	// although every send carried a dedup ID.
+	DoubleEnqueued int `json:"double_enqueued"`
+	// OrderViolations: pairs of one producer's consecutive messages whose
+	// message IDs do not increase with the producer's sequence.
+	OrderViolations int `json:"order_violations"`
+
+	Valid    bool     `json:"valid"`
+	Problems []string `json:"problems,omitempty"`
+
+	LostValues       []string `json:"lost_values,omitempty"`
+	UnexpectedValues []string `json:"unexpected_values,omitempty"`
+	DuplicatedValues []string `json:"duplicated_values,omitempty"`
+	DoubleEnqValues  []string `json:"double_enqueued_values,omitempty"`
+	OrderExamples    []string `json:"order_examples,omitempty"`
+}
+
+// maxExamples bounds the value lists in a result so results.json stays
+// readable after a bad run.
+const maxExamples = 20
+
+type sendInfo struct {
+	status   Status
+	producer string
+	seq      int
+	msgIDs   map[uint64]bool // IDs the source queue gave this value
+}
+
+// CheckQueue runs the total-queue checker for one workload over a history.
+func CheckQueue(ops []Op, spec QueueSpec) QueueResult {
+	res := QueueResult{Workload: spec.Workload, Mode: spec.Mode, Source: spec.Source, Sink: spec.Sink}
+	sends := map[string]*sendInfo{}
+	var order []string
+	sinkDeliveries := map[string][]Delivered{}
+	for _, o := range ops {
+		if o.Workload != spec.Workload {
+			continue
+		}
+		switch {
+		case o.Kind == KindSend && o.Queue == spec.Source:
+			s := sends[o.Value]
+			if s == nil {
+				s = &sendInfo{status: StatusFail, producer: o.Producer, seq: o.Seq, msgIDs: map[uint64]bool{}}
+				sends[o.Value] = s
+				order = append(order, o.Value)
+			}
+			s.status = mergeStatus(s.status, o.Status)
+			if o.Status == StatusOK {
+				s.msgIDs[o.MessageID] = true
+			}
+		case o.Kind == KindReceive && o.Status == StatusOK:
+			if o.Queue == spec.Sink {
+				for _, d := range o.Delivered {
+					sinkDeliveries[d.Value] = append(sinkDeliveries[d.Value], d)
+				}
+			}
+		}
+	}
+	// A delivery may be recorded before the send that produced it returns
+	// (the send's reply was slow), so source message IDs are attributed in
+	// a second pass, once every send is known.
+	for _, o := range ops {
+		if o.Workload != spec.Workload || o.Kind != KindReceive || o.Status != StatusOK || o.Queue != spec.Source {
+			continue
+		}
+		for _, d := range o.Delivered {
+			if s := sends[d.Value]; s != nil {
+				s.msgIDs[d.MessageID] = true
+			}
+		}
+	}
+
+	res.Attempted = len(sends)
+	for _, v := range order {
+		s := sends[v]
+		switch s.status {
+		case StatusOK:
+			res.OK++
+		case StatusFail:
+			res.Failed++
+		default:
+			res.Unknown++
+		}
+		_, delivered := sinkDeliveries[v]
+		switch {
+		case s.status == StatusOK && !delivered:
+			res.Lost++
+			res.LostValues = appendExample(res.LostValues, v)
+		case s.status == StatusUnknown && delivered:
+			res.Recovered++
+		}
+		if len(s.msgIDs) > 1 {
+			res.DoubleEnqueued++
+			res.DoubleEnqValues = appendExample(res.DoubleEnqValues, fmt.Sprintf("%s: message IDs %v", v, sortedIDs(s.msgIDs)))
+		}
+	}
+
+	values := make([]string, 0, len(sinkDeliveries))
+	for v := range sinkDeliveries {
+		values = append(values, v)
+	}
+	sort.Strings(values)
+	for _, v := range values {
+		ds := sinkDeliveries[v]
+		res.Delivered++
+		if s := sends[v]; s == nil || s.status == StatusFail {
+			res.Unexpected++
+			why := "never sent"
+			if s != nil {
+				why = "send failed"
+			}
+			res.UnexpectedValues = appendExample(res.UnexpectedValues, v+" ("+why+")")
+		}
+		ids := map[uint64]bool{}
+		for _, d := range ds {
+			ids[d.MessageID] = true
+		}
+		res.Redelivered += len(ds) - len(ids)
+		dup := len(ds) > 1
+		if spec.Mode == ExactlyOnce {
+			dup = len(ids) > 1
+			if spec.Sink != spec.Source && len(ids) > 1 {
+				res.DoubleEnqueued++
+				res.DoubleEnqValues = appendExample(res.DoubleEnqValues, fmt.Sprintf("%s in %s: message IDs %v", v, spec.Sink, sortedIDs(ids)))
+			}
+		}
+		if dup {
+			res.Duplicated++
+			res.DuplicatedValues = appendExample(res.DuplicatedValues, fmt.Sprintf("%s x%d (message IDs %v)", v, len(ds), sortedIDs(ids)))
+		}
+	}
+
+	res.OrderViolations, res.OrderExamples = checkProducerOrder(sends)
+
+	if res.Unexpected > 0 {
+		res.Problems = append(res.Problems, fmt.Sprintf("%d unexpected values", res.Unexpected))
+	}
+	if res.DoubleEnqueued > 0 {
+		res.Problems = append(res.Problems, fmt.Sprintf("%d values enqueued twice despite a dedup ID", res.DoubleEnqueued))
+	}
+	if res.OrderViolations > 0 {
+		res.Problems = append(res.Problems, fmt.Sprintf("%d per-producer order violations", res.OrderViolations))
+	}
+	if res.Lost > 0 && spec.Mode != AtMostOnce {
+		res.Problems = append(res.Problems, fmt.Sprintf("%d acknowledged values lost", res.Lost))
+	}
+	if res.Duplicated > 0 && spec.Mode != AtLeastOnce {
+		res.Problems = append(res.Problems, fmt.Sprintf("%d values duplicated", res.Duplicated))
+	}
+	res.Valid = len(res.Problems) == 0
+	return res
+}
+
+// checkProducerOrder checks that each producer's messages got increasing
+// message IDs in its own send order: the producer sends one at a time, so
+// a later send is enqueued later, and message IDs increase in enqueue order.
+func checkProducerOrder(sends map[string]*sendInfo) (int, []string) {
+	type item struct {
+		seq   int
+		value string
+		id    uint64
+	}
+	byProducer := map[string][]item{}
+	for v, s := range sends {
+		if s.producer == "" || len(s.msgIDs) != 1 {
+			continue // unknown position, or already reported as double-enqueued
+		}
+		for id := range s.msgIDs {
+			byProducer[s.producer] = append(byProducer[s.producer], item{s.seq, v, id})
+		}
+	}
+	producers := make([]string, 0, len(byProducer))
+	for p := range byProducer {
+		producers = append(producers, p)
+	}
+	sort.Strings(producers)
+	var n int
+	var ex []string
+	for _, p := range producers {
+		items := byProducer[p]
+		sort.Slice(items, func(i, j int) bool { return items[i].seq < items[j].seq })
+		for i := 1; i < len(items); i++ {
+			if items[i].id <= items[i-1].id {
+				n++
+				ex = appendExample(ex, fmt.Sprintf("%s: %s (seq %d) got message ID %d after %s (seq %d) got %d",
+					p, items[i].value, items[i].seq, items[i].id, items[i-1].value, items[i-1].seq, items[i-1].id))
+			}
+		}
+	}
+	return n, ex
+}
+
+// mergeStatus combines the outcomes of several attempts at one send: any ok
+// makes it ok; otherwise any unknown makes it unknown.
+func mergeStatus(a, b Status) Status {
+	if a == StatusOK || b == StatusOK {
+		return StatusOK
+	}
+	if a == StatusUnknown || b == StatusUnknown {
+		return StatusUnknown
+	}
+	return StatusFail
+}
+
+func appendExample(list []string, s string) []string {
+	if len(list) >= maxExamples {
+		return list
+	}
+	return append(list, s)
+}
+
+func sortedIDs(m map[uint64]bool) []uint64 {
+	out := make([]uint64, 0, len(m))
+	for id := range m {
+		out = append(out, id)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}

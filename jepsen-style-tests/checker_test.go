@@ -1,0 +1,216 @@
+package jepsen
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// hist builds hand-made histories for the checker tests.
+type hist struct {
+	ops []Op
+	now int64
+}
+
+func (h *hist) add(o Op) {
+	h.now += 10
+	o.Start, o.End = h.now, h.now+5
+	if o.Workload == "" {
+		o.Workload = "w"
+	}
+	if o.Status == "" {
+		o.Status = StatusOK
+	}
+	h.ops = append(h.ops, o)
+}
+
+func (h *hist) send(q, producer string, seq int, v string, st Status, id uint64) {
+	h.add(Op{Kind: KindSend, Queue: q, Producer: producer, Seq: seq, Value: v, DedupID: v, Status: st, MessageID: id})
+}
+
+func (h *hist) recv(q string, ds ...Delivered) {
+	h.add(Op{Kind: KindReceive, Queue: q, Delivered: ds})
+}
+
+func d(v string, id uint64) Delivered { return Delivered{Value: v, MessageID: id, Attempt: 1} }
+
+// healthy is a history every mode accepts: three values sent and each
+// delivered exactly once, one send unknown but delivered (recovered), one
+// send failed and not delivered.
+func healthy() *hist {
+	h := &hist{}
+	h.send("q", "p0", 1, "p0-1", StatusOK, 1)
+	h.send("q", "p0", 2, "p0-2", StatusUnknown, 0)
+	h.send("q", "p0", 3, "p0-3", StatusOK, 3)
+	h.send("q", "p0", 4, "p0-4", StatusFail, 0)
+	h.recv("q", d("p0-1", 1), d("p0-2", 2))
+	h.recv("q", d("p0-3", 3))
+	return h
+}
+
+func TestCheckQueueAcceptsHealthyHistory(t *testing.T) {
+	for _, mode := range []Mode{AtLeastOnce, ExactlyOnce, AtMostOnce} {
+		r := CheckQueue(healthy().ops, QueueSpec{Workload: "w", Mode: mode, Source: "q", Sink: "q"})
+		if !r.Valid {
+			t.Fatalf("%s: healthy history rejected: %v", mode, r.Problems)
+		}
+		if r.Attempted != 4 || r.OK != 2 || r.Unknown != 1 || r.Failed != 1 || r.Recovered != 1 || r.Delivered != 3 {
+			t.Fatalf("%s: counts %+v", mode, r)
+		}
+	}
+}
+
+func TestCheckQueueRejectsLostMessage(t *testing.T) {
+	h := healthy()
+	h.send("q", "p0", 5, "p0-5", StatusOK, 5) // acknowledged, never delivered
+	for _, mode := range []Mode{AtLeastOnce, ExactlyOnce} {
+		r := CheckQueue(h.ops, QueueSpec{Workload: "w", Mode: mode, Source: "q", Sink: "q"})
+		if r.Valid || r.Lost != 1 || r.LostValues[0] != "p0-5" {
+			t.Fatalf("%s: lost message not rejected: valid=%v lost=%d %v", mode, r.Valid, r.Lost, r.LostValues)
+		}
+	}
+	// At-most-once tolerates loss but still counts it.
+	r := CheckQueue(h.ops, QueueSpec{Workload: "w", Mode: AtMostOnce, Source: "q", Sink: "q"})
+	if !r.Valid || r.Lost != 1 {
+		t.Fatalf("at-most-once: valid=%v lost=%d, want valid with lost=1", r.Valid, r.Lost)
+	}
+}
+
+func TestCheckQueueRejectsDuplicatedMessage(t *testing.T) {
+	h := healthy()
+	h.recv("q", d("p0-1", 1)) // delivered a second time
+	r := CheckQueue(h.ops, QueueSpec{Workload: "w", Mode: AtMostOnce, Source: "q", Sink: "q"})
+	if r.Valid || r.Duplicated != 1 {
+		t.Fatalf("at-most-once: duplicate delivery not rejected: valid=%v duplicated=%d", r.Valid, r.Duplicated)
+	}
+	// At-least-once allows redelivery and reports it.
+	r = CheckQueue(h.ops, QueueSpec{Workload: "w", Mode: AtLeastOnce, Source: "q", Sink: "q"})
+	if !r.Valid || r.Duplicated != 1 {
+		t.Fatalf("at-least-once: valid=%v duplicated=%d, want valid with duplicated=1", r.Valid, r.Duplicated)
+	}
+}
+
+func TestCheckQueueRejectsValueTwiceInPipelineSink(t *testing.T) {
+	h := healthy()
+	// The pipeline moved p0-1 to the sink twice, as two messages.
+	h.recv("b", d("p0-1", 10), d("p0-2", 11), d("p0-3", 12))
+	h.recv("b", d("p0-1", 13))
+	r := CheckQueue(h.ops, QueueSpec{Workload: "w", Mode: ExactlyOnce, Source: "q", Sink: "b"})
+	if r.Valid || r.Duplicated != 1 || r.DoubleEnqueued != 1 {
+		t.Fatalf("value twice in sink not rejected: valid=%v duplicated=%d double=%d", r.Valid, r.Duplicated, r.DoubleEnqueued)
+	}
+	// The same sink message delivered twice is the sink consumer's
+	// redelivery, not a pipeline duplicate.
+	h = healthy()
+	h.recv("b", d("p0-1", 10), d("p0-2", 11), d("p0-3", 12))
+	h.recv("b", d("p0-1", 10))
+	r = CheckQueue(h.ops, QueueSpec{Workload: "w", Mode: ExactlyOnce, Source: "q", Sink: "b"})
+	if !r.Valid || r.Redelivered != 1 {
+		t.Fatalf("sink redelivery: valid=%v redelivered=%d problems=%v", r.Valid, r.Redelivered, r.Problems)
+	}
+}
+
+func TestCheckQueueRejectsDedupIDEnqueuedTwice(t *testing.T) {
+	h := healthy()
+	h.recv("q", d("p0-3", 7)) // same value (same dedup ID), second message ID
+	r := CheckQueue(h.ops, QueueSpec{Workload: "w", Mode: AtLeastOnce, Source: "q", Sink: "q"})
+	if r.Valid || r.DoubleEnqueued != 1 {
+		t.Fatalf("double enqueue not rejected: valid=%v double=%d", r.Valid, r.DoubleEnqueued)
+	}
+}
+
+func TestCheckQueueRejectsUnexpectedMessage(t *testing.T) {
+	for name, extra := range map[string]Delivered{
+		"never sent":  d("p9-1", 9),
+		"send failed": d("p0-4", 4),
+	} {
+		h := healthy()
+		h.recv("q", extra)
+		for _, mode := range []Mode{AtLeastOnce, ExactlyOnce, AtMostOnce} {
+			r := CheckQueue(h.ops, QueueSpec{Workload: "w", Mode: mode, Source: "q", Sink: "q"})
+			if r.Valid || r.Unexpected != 1 || !strings.Contains(r.UnexpectedValues[0], name) {
+				t.Fatalf("%s/%s: unexpected value not rejected: valid=%v unexpected=%d %v", name, mode, r.Valid, r.Unexpected, r.UnexpectedValues)
+			}
+		}
+	}
+}
+
+func TestCheckQueueRejectsProducerReordering(t *testing.T) {
+	h := &hist{}
+	h.send("q", "p0", 1, "p0-1", StatusOK, 5)
+	h.send("q", "p0", 2, "p0-2", StatusOK, 4) // later send, lower message ID
+	h.recv("q", d("p0-2", 4), d("p0-1", 5))
+	r := CheckQueue(h.ops, QueueSpec{Workload: "w", Mode: AtLeastOnce, Source: "q", Sink: "q"})
+	if r.Valid || r.OrderViolations != 1 {
+		t.Fatalf("reordering not rejected: valid=%v violations=%d", r.Valid, r.OrderViolations)
+	}
+}
+
+// fifoHist builds FIFO workload histories with explicit call/return times.
+func fifoOp(worker, kind, v string, start, end int64, st Status, got ...string) Op {
+	o := Op{Workload: "fifo", Worker: worker, Kind: kind, Queue: "f0", Value: v, Start: start, End: end, Status: st}
+	for _, g := range got {
+		o.Delivered = append(o.Delivered, Delivered{Value: g})
+	}
+	return o
+}
+
+func TestCheckFIFOAcceptsLinearizableHistory(t *testing.T) {
+	ops := []Op{
+		fifoOp("p", KindEnqueue, "a", 0, 10, StatusOK),
+		fifoOp("p", KindEnqueue, "b", 20, 30, StatusOK),
+		fifoOp("c", KindDequeue, "", 5, 25, StatusOK, "a"), // overlaps both enqueues
+		fifoOp("p", KindEnqueue, "c", 40, 50, StatusUnknown),
+		fifoOp("c", KindDequeue, "", 60, 70, StatusOK, "b"),
+		fifoOp("c", KindDequeue, "", 80, 90, StatusOK, "c"), // the unknown enqueue happened
+		fifoOp("c", KindDequeue, "", 100, 110, StatusOK),    // empty
+		fifoOp("c", KindDequeue, "", 120, 130, StatusFail, "x"),
+	}
+	viz := filepath.Join(t.TempDir(), "fifo.html")
+	r, err := CheckFIFO(ops, "fifo", 10*time.Second, viz)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.Valid || r.Result != "Ok" || r.Operations != 7 || r.Unknown != 1 {
+		t.Fatalf("linearizable history: %+v", r)
+	}
+}
+
+func TestCheckFIFORejectsNonLinearizableHistory(t *testing.T) {
+	cases := map[string][]Op{
+		// a was enqueued strictly before b, yet b came out first.
+		"reordered": {
+			fifoOp("p", KindEnqueue, "a", 0, 10, StatusOK),
+			fifoOp("p", KindEnqueue, "b", 20, 30, StatusOK),
+			fifoOp("c", KindDequeue, "", 40, 50, StatusOK, "b"),
+		},
+		// the queue held a (enqueued and acknowledged) but a dequeue
+		// starting afterwards saw it empty: a stale read.
+		"stale empty": {
+			fifoOp("p", KindEnqueue, "a", 0, 10, StatusOK),
+			fifoOp("c", KindDequeue, "", 20, 30, StatusOK),
+			fifoOp("c", KindDequeue, "", 40, 50, StatusOK, "a"),
+		},
+		// a delivered twice by auto-ack dequeues.
+		"double dequeue": {
+			fifoOp("p", KindEnqueue, "a", 0, 10, StatusOK),
+			fifoOp("c", KindDequeue, "", 20, 30, StatusOK, "a"),
+			fifoOp("d", KindDequeue, "", 40, 50, StatusOK, "a"),
+		},
+		// a value whose enqueue definitely failed came out.
+		"failed enqueue seen": {
+			fifoOp("p", KindEnqueue, "a", 0, 10, StatusFail),
+			fifoOp("c", KindDequeue, "", 20, 30, StatusOK, "a"),
+		},
+	}
+	for name, ops := range cases {
+		r, err := CheckFIFO(ops, "fifo", 10*time.Second, filepath.Join(t.TempDir(), "fifo.html"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Valid || r.Result != "Illegal" {
+			t.Errorf("%s: non-linearizable history accepted: %+v", name, r)
+		}
+	}
+}
