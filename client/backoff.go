@@ -27,8 +27,6 @@ func (b *backoff) next() time.Duration {
 	return half + rand.N(d-half+1)
 }
 
-func (b *backoff) reset() { b.n = 0 }
-
 // sleepCtx waits for d or until ctx is done, whichever comes first.
 func sleepCtx(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)

@@ -110,7 +110,11 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
-	return e.Op + ": " + e.Kind.Error() + ": " + strings.TrimSpace(e.Message)
+	s := e.Kind.Error() + ": " + strings.TrimSpace(e.Message)
+	if e.Op != "" {
+		s = e.Op + ": " + s
+	}
+	return s
 }
 
 // Unwrap returns the kind and the underlying gRPC status error.

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"math"
 	"time"
 
 	"google.golang.org/grpc"
@@ -71,8 +72,8 @@ func (c *Client) Receive(ctx context.Context, queue string, maxMsgs int, opts ..
 	if err := validateQueueName("Receive queue", queue); err != nil {
 		return nil, err
 	}
-	if maxMsgs < 1 || maxMsgs > MaxReceive {
-		return nil, invalidArg("Receive max", "must be 1..%d, got %d", MaxReceive, maxMsgs)
+	if maxMsgs < 1 || maxMsgs > math.MaxUint32 {
+		return nil, invalidArg("Receive max", "must be 1..%d, got %d", uint32(math.MaxUint32), maxMsgs)
 	}
 	if o.wait < 0 || o.wait > MaxWait {
 		return nil, invalidArg("Receive WithWait", "must be 0..%v, got %v", MaxWait, o.wait)
@@ -101,7 +102,12 @@ func (c *Client) Receive(ctx context.Context, queue string, maxMsgs int, opts ..
 		var err error
 		resp, err = quorumqpb.NewQueueClient(cc).Receive(ctx, req)
 		return err
-	}, nil)
+	}, func() {
+		// The lost attempt may have leased messages under this request
+		// ID. A long poll would wait for *other* available messages before
+		// proposing, so the retry proposes at once and gets the replay.
+		req.WaitNs = 0
+	})
 	if err != nil {
 		return nil, err
 	}
