@@ -1,0 +1,147 @@
+package cluster
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/quorumq/quorumq/transport"
+)
+
+// Config describes one node. Only NodeID, DataDir, the three bind addresses
+// and BootstrapExpect or Join are required; every zero duration or count
+// takes the default named in its comment.
+type Config struct {
+	NodeID  string // unique, stable across restarts; [A-Za-z0-9._-]{1,128}
+	DataDir string // raft.db, snapshots/ and node.json live here
+
+	APIAddr, APIAdvertise       string // gRPC bind / advertised (advertised "" = bound, which must be a specific IP)
+	RaftAddr, RaftAdvertise     string // Raft stream layer bind / advertised
+	GossipAddr, GossipAdvertise string // memberlist bind / advertised (UDP and TCP)
+
+	// BootstrapExpect: once this many fresh servers see each other in
+	// gossip, each bootstraps Raft with the same configuration. 0 = never
+	// bootstrap; the node waits to be added by an existing leader.
+	BootstrapExpect int
+	// Join lists gossip addresses (host:port) of other nodes; the node
+	// retries them until one answers.
+	Join []string
+	// AutoCreateQueues creates a queue with default settings on its first
+	// enqueue.
+	AutoCreateQueues bool
+
+	Logger *slog.Logger // nil = slog.Default()
+
+	// RaftServerTLS and RaftClientTLS secure the Raft port (both or
+	// neither). APIServerTLS secures the gRPC API; APIClientTLS is used
+	// when this node calls other nodes' APIs (cluster status fan-out).
+	RaftServerTLS, RaftClientTLS *tls.Config
+	APIServerTLS, APIClientTLS   *tls.Config
+	// GossipKey encrypts gossip (16, 24 or 32 bytes, AES); nil = plain.
+	GossipKey []byte
+
+	Limits transport.Limits // request limits; zero fields take defaults
+
+	HeartbeatTimeout   time.Duration // default 1 s
+	ElectionTimeout    time.Duration // default 1 s
+	LeaderLeaseTimeout time.Duration // default 500 ms
+	SnapshotInterval   time.Duration // how often raft checks SnapshotThreshold; default 30 s
+	SnapshotThreshold  uint64        // log entries since the last snapshot that trigger one; default 8192
+	TrailingLogs       uint64        // entries kept after a snapshot for slow followers; default 10240
+	SnapshotRetain     int           // snapshots kept on disk; default 2
+	TickInterval       time.Duration // leader's periodic tick command; default 1 s
+	ApplyTimeout       time.Duration // cap on one proposal, whatever the caller's deadline; default 10 s
+	StatusTimeout      time.Duration // per-node timeout of the status fan-out; default 1 s
+	LocalGossip        bool          // faster gossip timings for loopback clusters (dev, tests)
+}
+
+// ErrConfig is wrapped by every configuration error.
+var ErrConfig = errors.New("invalid configuration")
+
+func configErr(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrConfig, fmt.Sprintf(format, args...))
+}
+
+// withDefaults validates c and fills the defaults.
+func (c Config) withDefaults() (Config, error) {
+	if err := transport.ValidateQueueName("node ID", c.NodeID); err != nil {
+		return c, configErr("node ID %q: want 1..128 characters of [A-Za-z0-9._-]", c.NodeID)
+	}
+	if c.DataDir == "" {
+		return c, configErr("data dir is empty")
+	}
+	for _, a := range []struct{ name, v string }{
+		{"API address", c.APIAddr}, {"Raft address", c.RaftAddr}, {"gossip address", c.GossipAddr},
+	} {
+		if _, _, err := net.SplitHostPort(a.v); err != nil {
+			return c, configErr("%s %q: want host:port (%v)", a.name, a.v, err)
+		}
+	}
+	if c.BootstrapExpect < 0 {
+		return c, configErr("bootstrap-expect %d is negative", c.BootstrapExpect)
+	}
+	if c.BootstrapExpect > 1 && len(c.Join) == 0 {
+		return c, configErr("bootstrap-expect %d needs --join with the other servers' gossip addresses", c.BootstrapExpect)
+	}
+	if (c.RaftServerTLS == nil) != (c.RaftClientTLS == nil) {
+		return c, configErr("Raft TLS needs both a server and a client config")
+	}
+	if n := len(c.GossipKey); n != 0 && n != 16 && n != 24 && n != 32 {
+		return c, configErr("gossip key is %d bytes; want 16, 24 or 32", n)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.HeartbeatTimeout, time.Second)
+	def(&c.ElectionTimeout, time.Second)
+	def(&c.LeaderLeaseTimeout, 500*time.Millisecond)
+	def(&c.SnapshotInterval, 30*time.Second)
+	def(&c.TickInterval, time.Second)
+	def(&c.ApplyTimeout, 10*time.Second)
+	def(&c.StatusTimeout, time.Second)
+	if c.SnapshotThreshold == 0 {
+		c.SnapshotThreshold = 8192
+	}
+	if c.TrailingLogs == 0 {
+		c.TrailingLogs = 10240
+	}
+	if c.SnapshotRetain == 0 {
+		c.SnapshotRetain = 2
+	}
+	if c.LeaderLeaseTimeout > c.HeartbeatTimeout {
+		return c, configErr("leader lease timeout %v exceeds heartbeat timeout %v", c.LeaderLeaseTimeout, c.HeartbeatTimeout)
+	}
+	return c, nil
+}
+
+// advertised picks the address other nodes use: advertise when set,
+// otherwise the bound address, which must then be a specific IP.
+func advertised(what string, bound net.Addr, advertise string) (string, error) {
+	if advertise != "" {
+		host, port, err := net.SplitHostPort(advertise)
+		if err != nil {
+			return "", configErr("%s advertise address %q: %v", what, advertise, err)
+		}
+		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+			return "", configErr("%s advertise address %q must name a reachable host, not %s", what, advertise, host)
+		}
+		if p, err := strconv.Atoi(port); err != nil || p <= 0 || p > 65535 {
+			return "", configErr("%s advertise address %q: port must be 1..65535", what, advertise)
+		}
+		return advertise, nil
+	}
+	tcp, ok := bound.(*net.TCPAddr)
+	if !ok || tcp.IP.IsUnspecified() {
+		return "", configErr("%s is bound to %v; set an advertise address other nodes can reach", what, bound)
+	}
+	return tcp.String(), nil
+}

@@ -1,0 +1,222 @@
+package cluster
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
+)
+
+// nodeMeta is what every node publishes in its gossip metadata.
+type nodeMeta struct {
+	ID   string `json:"id"`
+	Raft string `json:"raft"`
+	API  string `json:"api"`
+	// Fresh is true until the node has seen itself in a Raft
+	// configuration. Only fresh nodes count for bootstrap and only fresh
+	// nodes are added by the leader, so a server removed by an admin is
+	// never pulled back in just because it is still running.
+	Fresh bool `json:"fresh"`
+}
+
+// member is one gossip member as this node last heard of it.
+type member struct {
+	meta   nodeMeta
+	gossip string // gossip address
+	state  string // alive, suspect, dead, left
+}
+
+// members is the membership view fed by memberlist's events. It doubles as
+// raft's ServerAddressProvider, so a server that moved to a new Raft
+// address is dialed at the address it gossips.
+type members struct {
+	mu      sync.Mutex
+	byID    map[string]*member
+	changed chan struct{} // signalled (non-blocking) on every change
+	onError func(node string, err error)
+}
+
+func newMembers(onError func(string, error)) *members {
+	return &members{byID: map[string]*member{}, changed: make(chan struct{}, 1), onError: onError}
+}
+
+func (m *members) signal() {
+	select {
+	case m.changed <- struct{}{}:
+	default:
+	}
+}
+
+func (m *members) set(n *memberlist.Node, state string) {
+	var meta nodeMeta
+	if err := json.Unmarshal(n.Meta, &meta); err != nil || meta.ID == "" {
+		if m.onError != nil {
+			m.onError(n.Name, fmt.Errorf("gossip metadata %q unreadable: %v", n.Meta, err))
+		}
+		return
+	}
+	m.mu.Lock()
+	m.byID[meta.ID] = &member{meta: meta, gossip: net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port))), state: state}
+	m.mu.Unlock()
+	m.signal()
+}
+
+// NotifyJoin, NotifyLeave and NotifyUpdate implement memberlist.EventDelegate.
+func (m *members) NotifyJoin(n *memberlist.Node)   { m.set(n, "alive") }
+func (m *members) NotifyUpdate(n *memberlist.Node) { m.set(n, "alive") }
+func (m *members) NotifyLeave(n *memberlist.Node) {
+	state := "dead"
+	if n.State == memberlist.StateLeft {
+		state = "left"
+	}
+	m.set(n, state)
+}
+
+// ServerAddr implements raft.ServerAddressProvider.
+func (m *members) ServerAddr(id raft.ServerID) (raft.ServerAddress, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if mem, ok := m.byID[string(id)]; ok && mem.meta.Raft != "" {
+		return raft.ServerAddress(mem.meta.Raft), nil
+	}
+	return "", fmt.Errorf("server %q not known from gossip", id)
+}
+
+// get returns a copy of the member with id.
+func (m *members) get(id string) (member, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	mem, ok := m.byID[id]
+	if !ok {
+		return member{}, false
+	}
+	return *mem, true
+}
+
+// all returns a copy of every member, sorted by ID.
+func (m *members) all() []member {
+	m.mu.Lock()
+	out := make([]member, 0, len(m.byID))
+	for _, mem := range m.byID {
+		out = append(out, *mem)
+	}
+	m.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].meta.ID < out[j].meta.ID })
+	return out
+}
+
+// metaDelegate implements memberlist.Delegate: it publishes this node's
+// metadata and nothing else (no user messages, no state exchange).
+type metaDelegate struct {
+	mu   sync.Mutex
+	meta nodeMeta
+}
+
+func (d *metaDelegate) NodeMeta(limit int) []byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	b, _ := json.Marshal(d.meta)
+	if len(b) > limit {
+		return nil // cannot happen with IDs and addresses within their limits
+	}
+	return b
+}
+func (d *metaDelegate) NotifyMsg([]byte)                           {}
+func (d *metaDelegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (d *metaDelegate) LocalState(join bool) []byte                { return nil }
+func (d *metaDelegate) MergeRemoteState(buf []byte, join bool)     {}
+
+func (d *metaDelegate) setFresh(fresh bool) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.meta.Fresh == fresh {
+		return false
+	}
+	d.meta.Fresh = fresh
+	return true
+}
+
+// startGossip creates the memberlist for n.
+func (n *Node) startGossip() error {
+	var mc *memberlist.Config
+	if n.cfg.LocalGossip {
+		mc = memberlist.DefaultLocalConfig()
+	} else {
+		mc = memberlist.DefaultLANConfig()
+	}
+	mc.Name = n.cfg.NodeID
+	host, port, err := splitHostPort("gossip address", n.cfg.GossipAddr)
+	if err != nil {
+		return err
+	}
+	mc.BindAddr, mc.BindPort = host, port
+	if n.cfg.GossipAdvertise != "" {
+		ah, ap, err := splitHostPort("gossip advertise address", n.cfg.GossipAdvertise)
+		if err != nil {
+			return err
+		}
+		mc.AdvertiseAddr, mc.AdvertisePort = ah, ap
+	} else if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		return configErr("gossip address %q is not a specific IP; set a gossip advertise address", n.cfg.GossipAddr)
+	} else {
+		mc.AdvertiseAddr, mc.AdvertisePort = host, port
+	}
+	mc.Delegate = n.delegate
+	mc.Events = n.members
+	mc.Logger = stdlogFor(n.log, "memberlist")
+	mc.SecretKey = n.cfg.GossipKey
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return fmt.Errorf("gossip on %s: %w", n.cfg.GossipAddr, err)
+	}
+	n.ml = ml
+	n.gossipAddr = net.JoinHostPort(ml.LocalNode().Addr.String(), strconv.Itoa(int(ml.LocalNode().Port)))
+	return nil
+}
+
+func splitHostPort(what, addr string) (string, int, error) {
+	host, ps, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, configErr("%s %q: %v", what, addr, err)
+	}
+	p, err := strconv.Atoi(ps)
+	if err != nil || p < 0 || p > 65535 {
+		return "", 0, configErr("%s %q: port must be 0..65535", what, addr)
+	}
+	if host == "" {
+		host = "0.0.0.0"
+	}
+	return host, p, nil
+}
+
+// joinLoop keeps trying the Join addresses until one answers, so servers
+// can be started in any order.
+func (n *Node) joinLoop() {
+	defer n.wg.Done()
+	if len(n.cfg.Join) == 0 {
+		return
+	}
+	backoff := 200 * time.Millisecond
+	for {
+		joined, err := n.ml.Join(n.cfg.Join)
+		if joined > 0 {
+			n.log.Info("joined gossip", "contacted", joined, "members", n.ml.NumMembers())
+			return
+		}
+		n.log.Debug("gossip join failed; retrying", "join", n.cfg.Join, "err", err, "in", backoff)
+		select {
+		case <-n.stop:
+			return
+		case <-time.After(backoff):
+		}
+		if backoff < 5*time.Second {
+			backoff *= 2
+		}
+	}
+}

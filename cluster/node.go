@@ -1,0 +1,363 @@
+// Package cluster runs one quorumq server: hashicorp/raft over raft-boltdb
+// and a file snapshot store, replicating the fsm package's state machine;
+// memberlist gossip for discovery, bootstrap and joins; and the gRPC API
+// (the transport package's Queue service plus this package's Cluster
+// service).
+//
+// Every raft future is waited on with a deadline of our own, because a
+// future can hang while there is no quorum. Only the leader proposes; it
+// stamps each command with its clock and proposes a periodic tick. Long
+// polls wait on the FSM's notifications, not on Raft entries. See DESIGN.md
+// beside this file for the decisions and their trade-offs.
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/quorumq/quorumq/fsm"
+	"github.com/quorumq/quorumq/transport"
+	"github.com/quorumq/quorumq/transport/raftnet"
+)
+
+// Node is one running quorumq server.
+type Node struct {
+	cfg Config
+	log *slog.Logger
+
+	fsm   *fsm.FSM
+	raft  *raft.Raft
+	trans *raft.NetworkTransport
+	store *raftboltdb.BoltStore
+	snaps *raft.FileSnapshotStore
+
+	ml         *memberlist.Memberlist
+	members    *members
+	delegate   *metaDelegate
+	gossipAddr string
+
+	grpc    *grpc.Server
+	apiLn   net.Listener
+	apiAddr string // advertised
+	raftAdv string
+
+	// ready is true while this node is leader and has applied every entry
+	// of earlier terms (a barrier after winning the election), so reads and
+	// long polls on it see every acknowledged write.
+	ready atomic.Bool
+	// removed holds servers an admin removed while this node was leader;
+	// they are not re-added even if they still gossip as fresh.
+	removedMu sync.Mutex
+	removed   map[string]bool
+
+	stop     chan struct{} // closed when the node stops
+	wg       sync.WaitGroup
+	stopOnce sync.Once
+	closed   atomic.Bool
+}
+
+// Start opens the data dir, starts Raft, gossip and the gRPC API, and
+// returns once every listener is up. It does not wait for a leader (see
+// WaitLeader). A data dir that is corrupt or belongs to another node is
+// refused with an error naming the file.
+func Start(ctx context.Context, cfg Config) (*Node, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{
+		cfg:      cfg,
+		log:      cfg.Logger.With("node", cfg.NodeID),
+		removed:  map[string]bool{},
+		stop:     make(chan struct{}),
+		delegate: &metaDelegate{},
+	}
+	n.members = newMembers(func(node string, err error) { n.log.Warn("ignoring gossip member", "member", node, "err", err) })
+	ok := false
+	defer func() {
+		if !ok {
+			n.teardown()
+		}
+	}()
+
+	newDir, err := prepareDataDir(cfg.DataDir, cfg.NodeID)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.openStores(); err != nil {
+		return nil, err
+	}
+	if newDir {
+		if err := writeIdentity(cfg.DataDir, cfg.NodeID); err != nil {
+			return nil, err
+		}
+	}
+	hasState, err := raft.HasExistingState(n.store, n.store, n.snaps)
+	if err != nil {
+		return nil, fmt.Errorf("read raft state in %s: %w", cfg.DataDir, err)
+	}
+
+	if err := n.startRaft(); err != nil {
+		return nil, err
+	}
+	if err := n.startAPI(); err != nil {
+		return nil, err
+	}
+	n.delegate.meta = nodeMeta{ID: cfg.NodeID, Raft: n.raftAdv, API: n.apiAddr, Fresh: !hasState}
+	if err := n.startGossip(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+
+	n.wg.Add(4)
+	go n.joinLoop()
+	go n.serveAPI()
+	go n.leaderLoop()
+	go n.membershipLoop(!hasState)
+	ok = true
+	n.log.Info("node started", "api", n.apiAddr, "raft", n.raftAdv, "gossip", n.gossipAddr,
+		"data_dir", cfg.DataDir, "existing_state", hasState, "bootstrap_expect", cfg.BootstrapExpect)
+	return n, nil
+}
+
+func (n *Node) openStores() error {
+	dbPath := filepath.Join(n.cfg.DataDir, raftDBFile)
+	store, err := raftboltdb.New(raftboltdb.Options{
+		Path:        dbPath,
+		BoltOptions: &bbolt.Options{Timeout: time.Second},
+	})
+	if err != nil {
+		if errors.Is(err, bolterrors.ErrTimeout) {
+			return fmt.Errorf("%w: %s is locked by another process (is another quorumq using this data dir?)", ErrDataDir, dbPath)
+		}
+		return fmt.Errorf("%w: open %s: %v", ErrDataDir, dbPath, err)
+	}
+	n.store = store
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(n.cfg.DataDir, n.cfg.SnapshotRetain, hclogFor(n.log, "snapshot"))
+	if err != nil {
+		return fmt.Errorf("%w: snapshot store in %s: %v", ErrDataDir, filepath.Join(n.cfg.DataDir, "snapshots"), err)
+	}
+	n.snaps = snaps
+	return nil
+}
+
+func (n *Node) startRaft() error {
+	layer, err := raftnet.Listen(raftnet.Config{
+		Bind: n.cfg.RaftAddr, Advertise: n.cfg.RaftAdvertise,
+		ServerTLS: n.cfg.RaftServerTLS, ClientTLS: n.cfg.RaftClientTLS,
+	})
+	if err != nil {
+		return err
+	}
+	n.raftAdv = layer.Addr().String()
+	n.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		ServerAddressProvider: n.members,
+		Logger:                hclogFor(n.log, "raft-net"),
+		Stream:                layer,
+		MaxPool:               3,
+		Timeout:               10 * time.Second,
+	})
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(n.cfg.NodeID)
+	rc.HeartbeatTimeout = n.cfg.HeartbeatTimeout
+	rc.ElectionTimeout = n.cfg.ElectionTimeout
+	rc.LeaderLeaseTimeout = n.cfg.LeaderLeaseTimeout
+	rc.SnapshotInterval = n.cfg.SnapshotInterval
+	rc.SnapshotThreshold = n.cfg.SnapshotThreshold
+	rc.TrailingLogs = n.cfg.TrailingLogs
+	rc.PreVoteDisabled = false // pre-vote: a partitioned node cannot disrupt the leader on its return
+	rc.Logger = hclogFor(n.log, "raft")
+	if err := raft.ValidateConfig(rc); err != nil {
+		return configErr("raft: %v", err)
+	}
+
+	n.fsm = fsm.New()
+	logs, err := raft.NewLogCache(512, n.store)
+	if err != nil {
+		return err
+	}
+	r, err := raft.NewRaft(rc, n.fsm, logs, n.store, n.snaps, n.trans)
+	if err != nil {
+		return fmt.Errorf("start raft with data dir %s: %w", n.cfg.DataDir, err)
+	}
+	n.raft = r
+	return nil
+}
+
+func (n *Node) startAPI() error {
+	ln, err := net.Listen("tcp", n.cfg.APIAddr)
+	if err != nil {
+		return fmt.Errorf("API listen on %q: %w", n.cfg.APIAddr, err)
+	}
+	n.apiLn = ln
+	adv, err := advertised("API address", ln.Addr(), n.cfg.APIAdvertise)
+	if err != nil {
+		return err
+	}
+	n.apiAddr = adv
+	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(n.cfg.Limits.MaxRecvMsgSize())}
+	if n.cfg.APIServerTLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(n.cfg.APIServerTLS)))
+	}
+	n.grpc = grpc.NewServer(opts...)
+	transport.NewQueueService(n, n.cfg.Limits, n.cfg.AutoCreateQueues).Register(n.grpc)
+	(&clusterService{n: n}).register(n.grpc)
+	return nil
+}
+
+func (n *Node) serveAPI() {
+	defer n.wg.Done()
+	if err := n.grpc.Serve(n.apiLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		n.log.Error("API server stopped", "err", err)
+	}
+}
+
+// APIAddr is the advertised gRPC address (the real port when configured
+// with :0).
+func (n *Node) APIAddr() string { return n.apiAddr }
+
+// RaftAddr is the advertised Raft address.
+func (n *Node) RaftAddr() string { return n.raftAdv }
+
+// GossipAddr is the advertised gossip address.
+func (n *Node) GossipAddr() string { return n.gossipAddr }
+
+// ID is the node's ID.
+func (n *Node) ID() string { return n.cfg.NodeID }
+
+// IsLeader reports whether this node is the Raft leader.
+func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+
+// StateHash is the FSM's state hash at AppliedIndex.
+func (n *Node) StateHash() string { return n.fsm.StateHash() }
+
+// AppliedIndex is the index of the last log entry the FSM applied.
+func (n *Node) AppliedIndex() uint64 { return n.fsm.AppliedIndex() }
+
+// WaitLeader blocks until the node knows a leader and returns its ID.
+func (n *Node) WaitLeader(ctx context.Context) (string, error) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if _, id := n.raft.LeaderWithID(); id != "" {
+			return string(id), nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("node %s: no leader: %w", n.cfg.NodeID, ctx.Err())
+		case <-n.stop:
+			return "", fmt.Errorf("node %s: stopped", n.cfg.NodeID)
+		case <-t.C:
+		}
+	}
+}
+
+// Shutdown stops the node gracefully: a leader first hands leadership to
+// the most up-to-date follower, then the API stops (open long polls end),
+// the node leaves gossip and Raft and the stores close. ctx bounds the
+// whole sequence; what is left when it ends is stopped hard.
+func (n *Node) Shutdown(ctx context.Context) error {
+	if n.closed.Load() {
+		return nil
+	}
+	var errs []error
+	if n.IsLeader() {
+		if err := n.transferLeadership(ctx, ""); err != nil {
+			errs = append(errs, fmt.Errorf("leadership transfer: %w", err))
+			n.log.Warn("leadership transfer before shutdown failed", "err", err)
+		}
+	}
+	n.signalStop()
+	done := make(chan struct{})
+	go func() { n.grpc.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		n.grpc.Stop()
+	}
+	if n.ml != nil {
+		timeout := time.Second
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
+			timeout = time.Until(dl)
+		}
+		if err := n.ml.Leave(timeout); err != nil {
+			n.log.Warn("gossip leave", "err", err)
+		}
+	}
+	if err := n.teardown(); err != nil {
+		errs = append(errs, err)
+	}
+	n.log.Info("node stopped")
+	return errors.Join(errs...)
+}
+
+// Kill stops the node without a leadership transfer or a gossip leave:
+// sockets, raft and the bolt file are closed as they are. It models a
+// crash (kill -9) as closely as a process can from inside; what it cannot
+// model is losing writes the OS had not yet flushed, which fsync prevents.
+func (n *Node) Kill() {
+	if n.closed.Load() {
+		return
+	}
+	n.signalStop()
+	n.teardown()
+	n.log.Info("node killed")
+}
+
+func (n *Node) signalStop() {
+	n.stopOnce.Do(func() { close(n.stop) })
+}
+
+// teardown closes whatever Start opened, in reverse order.
+func (n *Node) teardown() error {
+	if !n.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	n.signalStop()
+	var errs []error
+	if n.grpc != nil {
+		n.grpc.Stop()
+	} else if n.apiLn != nil {
+		n.apiLn.Close()
+	}
+	if n.ml != nil {
+		if err := n.ml.Shutdown(); err != nil {
+			errs = append(errs, fmt.Errorf("gossip: %w", err))
+		}
+	}
+	if n.raft != nil {
+		if err := n.raft.Shutdown().Error(); err != nil {
+			errs = append(errs, fmt.Errorf("raft: %w", err))
+		}
+	}
+	if n.trans != nil {
+		if err := n.trans.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("raft transport: %w", err))
+		}
+	}
+	n.wg.Wait()
+	if n.store != nil {
+		if err := n.store.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close %s: %w", filepath.Join(n.cfg.DataDir, raftDBFile), err))
+		}
+	}
+	return errors.Join(errs...)
+}

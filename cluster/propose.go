@@ -1,0 +1,209 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/quorumq/quorumq/fsm"
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+	"github.com/quorumq/quorumq/transport"
+)
+
+// errDeadline is what await returns when our own deadline expires first.
+var errDeadline = errors.New("deadline expired while waiting for raft")
+
+// await waits for a raft future, but never past ctx or timeout: a future
+// can hang for as long as there is no quorum, and a caller must not.
+func (n *Node) await(ctx context.Context, f raft.Future, timeout time.Duration) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return errDeadline
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.stop:
+		return raft.ErrRaftShutdown
+	}
+}
+
+// timeoutFor is the caller's remaining time, capped at ApplyTimeout.
+func (n *Node) timeoutFor(ctx context.Context) time.Duration {
+	timeout := n.cfg.ApplyTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		if left := time.Until(dl); left < timeout {
+			timeout = left
+		}
+	}
+	return timeout
+}
+
+// leaderHint returns the leader's ID and API address as far as this node
+// knows them.
+func (n *Node) leaderHint() (id, apiAddr string) {
+	_, lid := n.raft.LeaderWithID()
+	if lid == "" {
+		return "", ""
+	}
+	if string(lid) == n.cfg.NodeID {
+		return n.cfg.NodeID, n.apiAddr
+	}
+	if m, ok := n.members.get(string(lid)); ok {
+		return string(lid), m.meta.API
+	}
+	return string(lid), ""
+}
+
+// notLeader is the error for a request that only a ready leader serves.
+func (n *Node) notLeader() error {
+	id, addr := n.leaderHint()
+	if id == n.cfg.NodeID {
+		// We are leader but have not yet applied earlier terms' entries:
+		// no one can serve right now; the client backs off and retries.
+		return transport.NotLeaderError("", "")
+	}
+	return transport.NotLeaderError(id, addr)
+}
+
+// Propose implements transport.Backend: it stamps cmd with this leader's
+// clock, submits it to Raft and waits (at most ApplyTimeout, and never past
+// ctx) until a quorum stored it and the FSM applied it here.
+//
+// Not being leader at submission is a NotLeader error with a hint. Any
+// failure after submission (leadership lost, deadline, shutdown) is an
+// OutcomeUnknown error: the command may still be applied, so a retry must
+// reuse its dedup and request IDs.
+func (n *Node) Propose(ctx context.Context, cmd *fsmpb.Command) (*fsmpb.Result, error) {
+	if n.raft.State() != raft.Leader {
+		return nil, n.notLeader()
+	}
+	cmd.NowUnixNano = time.Now().UnixNano()
+	data, err := fsm.Encode(cmd)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "encode command: %v", err)
+	}
+	timeout := n.timeoutFor(ctx)
+	if timeout <= 0 {
+		return nil, status.Error(codes.DeadlineExceeded, "deadline expired before the command was submitted")
+	}
+	f := n.raft.Apply(data, timeout)
+	switch err := n.await(ctx, f, timeout); {
+	case err == nil:
+	case errors.Is(err, raft.ErrNotLeader):
+		// Raft refused the entry before appending it: nothing happened.
+		return nil, n.notLeader()
+	case errors.Is(err, raft.ErrEnqueueTimeout):
+		return nil, status.Error(codes.Unavailable, "raft apply queue is full; the command was not submitted")
+	case errors.Is(err, raft.ErrLeadershipTransferInProgress):
+		// Refused before appending, while handing leadership over: the
+		// client retries once the new leader is known.
+		return nil, transport.NotLeaderError("", "")
+	case errors.Is(err, raft.ErrLeadershipLost):
+		return nil, transport.OutcomeUnknownError("leadership lost after the command was submitted")
+	case errors.Is(err, raft.ErrRaftShutdown):
+		return nil, transport.OutcomeUnknownError("node shut down after the command was submitted")
+	case errors.Is(err, errDeadline), errors.Is(err, context.DeadlineExceeded):
+		return nil, transport.OutcomeUnknownError(fmt.Sprintf("no commit within %v", timeout.Round(time.Millisecond)))
+	case errors.Is(err, context.Canceled):
+		return nil, transport.OutcomeUnknownError("request canceled after the command was submitted")
+	default:
+		return nil, transport.OutcomeUnknownError(err.Error())
+	}
+	res, ok := f.Response().(*fsmpb.Result)
+	if !ok {
+		return nil, status.Errorf(codes.Internal, "fsm returned %T, want *fsmpb.Result", f.Response())
+	}
+	return res, nil
+}
+
+// verifyLeader confirms with a quorum that this node is still the ready
+// leader, so a deposed leader cut off from the others never serves a
+// stale read.
+func (n *Node) verifyLeader(ctx context.Context) error {
+	if !n.ready.Load() {
+		return n.notLeader()
+	}
+	if err := n.await(ctx, n.raft.VerifyLeader(), n.timeoutFor(ctx)); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+			return n.notLeader()
+		}
+		return status.Errorf(codes.Unavailable, "cannot confirm leadership: %v", err)
+	}
+	return nil
+}
+
+// Queue implements transport.Backend.
+func (n *Node) Queue(ctx context.Context, name string) (*fsmpb.QueueInfo, error) {
+	if err := n.verifyLeader(ctx); err != nil {
+		return nil, err
+	}
+	info, err := n.fsm.Queue(name)
+	if errors.Is(err, fsm.ErrQueueNotFound) {
+		return nil, transport.QueueError(fsmpb.ErrorCode_QUEUE_NOT_FOUND, fmt.Sprintf("queue %q not found", name))
+	}
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	return info, nil
+}
+
+// Queues implements transport.Backend.
+func (n *Node) Queues(ctx context.Context) ([]*fsmpb.QueueInfo, error) {
+	if err := n.verifyLeader(ctx); err != nil {
+		return nil, err
+	}
+	return n.fsm.Queues(), nil
+}
+
+// leaderRecheck bounds how long a long poll sleeps without checking that
+// this node is still the leader (the FSM only wakes it on changes).
+const leaderRecheck = 500 * time.Millisecond
+
+// WaitAvailable implements transport.Backend: it sleeps on the FSM's
+// change notification for queue (and on the time the next delayed or
+// leased message becomes available) until a message is available. It
+// writes nothing to the Raft log.
+func (n *Node) WaitAvailable(ctx context.Context, queue string) error {
+	for {
+		if !n.ready.Load() {
+			return n.notLeader()
+		}
+		if _, err := n.fsm.Queue(queue); err != nil {
+			if errors.Is(err, fsm.ErrQueueNotFound) {
+				return transport.QueueError(fsmpb.ErrorCode_QUEUE_NOT_FOUND, fmt.Sprintf("queue %q not found", queue))
+			}
+			return status.Error(codes.Internal, err.Error())
+		}
+		now := time.Now()
+		available, changed, next := n.fsm.Watch(queue, now)
+		if available {
+			return nil
+		}
+		wait := leaderRecheck
+		if !next.IsZero() && next.Sub(now) < wait {
+			wait = max(next.Sub(now), time.Millisecond)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-changed:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-n.stop:
+			t.Stop()
+			return transport.NotLeaderError("", "")
+		}
+		t.Stop()
+	}
+}
