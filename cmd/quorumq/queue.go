@@ -1,0 +1,204 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/quorumq/quorumq/client"
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+)
+
+func init() {
+	queueCmd := &cobra.Command{
+		Use:   "queue",
+		Short: "Create, list, inspect, purge and delete queues",
+	}
+	queueCmd.AddCommand(queueCreateCmd(), queueListCmd(), queueStatsCmd(), queueDeleteCmd(), queuePurgeCmd())
+	rootCmd.AddCommand(queueCmd)
+}
+
+func queueCreateCmd() *cobra.Command {
+	var f cliFlags
+	var s client.QueueSettings
+	var forever, ifNotExists bool
+	cmd := &cobra.Command{
+		Use:   "create NAME",
+		Short: "Create a queue (unset settings take the server's defaults)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if forever {
+				if s.Retention != 0 {
+					return fmt.Errorf("--retention and --keep-forever: give one, not both")
+				}
+				s.Retention = client.NoRetentionLimit
+			}
+			ctx, c, done, err := f.connect(cmd)
+			if err != nil {
+				return err
+			}
+			defer done()
+			var q *fsmpb.QueueInfo
+			if ifNotExists {
+				q, err = c.EnsureQueue(ctx, args[0], s)
+			} else {
+				q, err = c.CreateQueue(ctx, args[0], s)
+			}
+			if err != nil {
+				return err
+			}
+			return printQueue(cmd, &f, q)
+		},
+	}
+	addClientFlags(cmd, &f)
+	fl := cmd.Flags()
+	fl.DurationVar(&s.VisibilityTimeout, "visibility", 0, "lease length when a receive gives none (server default 30s)")
+	fl.Uint32Var(&s.MaxDeliveries, "max-deliveries", 0, "deliveries before a message is dead-lettered (0: unlimited)")
+	fl.StringVar(&s.DeadLetterQueue, "dlq", "", "dead-letter queue (default: drop and count)")
+	fl.DurationVar(&s.DedupWindow, "dedup-window", 0, "how long dedup and request IDs are remembered (server default 10m)")
+	fl.DurationVar(&s.Retention, "retention", 0, "max age of a message (server default 14 days)")
+	fl.BoolVar(&forever, "keep-forever", false, "no retention limit")
+	fl.Uint64Var(&s.MaxDepth, "max-depth", 0, "max messages in the queue; enqueues beyond are rejected (0: unlimited)")
+	fl.BoolVar(&ifNotExists, "if-not-exists", false, "succeed when the queue exists (and keep its settings)")
+	return cmd
+}
+
+func printQueue(cmd *cobra.Command, f *cliFlags, q *fsmpb.QueueInfo) error {
+	w := cmd.OutOrStdout()
+	if f.json {
+		return printJSON(w, queueOf(q))
+	}
+	j := queueOf(q)
+	return table(w, []string{"FIELD", "VALUE"}, [][]string{
+		{"name", j.Name},
+		{"created_at", j.CreatedAt},
+		{"visibility_timeout", j.VisibilityTimeout},
+		{"max_deliveries", u(uint64(j.MaxDeliveries))},
+		{"dead_letter_queue", j.DeadLetterQueue},
+		{"dedup_window", j.DedupWindow},
+		{"retention", j.Retention},
+		{"max_depth", u(j.MaxDepth)},
+		{"ready", u(j.Ready)},
+		{"leased", u(j.Leased)},
+		{"delayed", u(j.Delayed)},
+		{"dead_lettered", u(j.DeadLettered)},
+		{"enqueued_total", u(j.EnqueuedTotal)},
+		{"delivered_total", u(j.DeliveredTotal)},
+		{"acked_total", u(j.AckedTotal)},
+		{"redelivered_total", u(j.RedeliveredTotal)},
+		{"dedup_hits_total", u(j.DedupHitsTotal)},
+		{"expired_total", u(j.ExpiredTotal)},
+		{"dead_lettered_total", u(j.DeadLetteredTotal)},
+	})
+}
+
+func queueListCmd() *cobra.Command {
+	var f cliFlags
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List queues with their counters",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, c, done, err := f.connect(cmd)
+			if err != nil {
+				return err
+			}
+			defer done()
+			qs, err := c.ListQueues(ctx)
+			if err != nil {
+				return err
+			}
+			if f.json {
+				out := make([]queueJSON, len(qs))
+				for i, q := range qs {
+					out[i] = queueOf(q)
+				}
+				return printJSON(cmd.OutOrStdout(), out)
+			}
+			return queueTable(cmd.OutOrStdout(), qs)
+		},
+	}
+	addClientFlags(cmd, &f)
+	return cmd
+}
+
+func queueStatsCmd() *cobra.Command {
+	var f cliFlags
+	cmd := &cobra.Command{
+		Use:   "stats NAME",
+		Short: "Show a queue's settings and counters",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, c, done, err := f.connect(cmd)
+			if err != nil {
+				return err
+			}
+			defer done()
+			q, err := c.GetQueue(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			return printQueue(cmd, &f, q)
+		},
+	}
+	addClientFlags(cmd, &f)
+	return cmd
+}
+
+func queueDeleteCmd() *cobra.Command {
+	var f cliFlags
+	cmd := &cobra.Command{
+		Use:   "delete NAME",
+		Short: "Delete a queue and its messages",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, c, done, err := f.connect(cmd)
+			if err != nil {
+				return err
+			}
+			defer done()
+			if err := c.DeleteQueue(ctx, args[0]); err != nil {
+				return err
+			}
+			return report(cmd, &f, map[string]any{"deleted": args[0]}, "deleted queue %s\n", args[0])
+		},
+	}
+	addClientFlags(cmd, &f)
+	return cmd
+}
+
+func queuePurgeCmd() *cobra.Command {
+	var f cliFlags
+	cmd := &cobra.Command{
+		Use:   "purge NAME",
+		Short: "Remove every message of a queue",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, c, done, err := f.connect(cmd)
+			if err != nil {
+				return err
+			}
+			defer done()
+			n, err := c.Purge(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			return report(cmd, &f, map[string]any{"queue": args[0], "purged": n}, "purged %d message(s) from %s\n", n, args[0])
+		},
+	}
+	addClientFlags(cmd, &f)
+	return cmd
+}
+
+// report prints v as JSON with --json, else the formatted line.
+func report(cmd *cobra.Command, f *cliFlags, v any, format string, args ...any) error {
+	if f.json {
+		return printJSON(cmd.OutOrStdout(), v)
+	}
+	_, err := fmt.Fprintf(cmd.OutOrStdout(), format, args...)
+	return err
+}
+
+// fmtTime prints a time as UTC RFC 3339 with milliseconds.
+func fmtTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z07:00") }

@@ -1,0 +1,122 @@
+package main
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/quorumq/quorumq/client"
+)
+
+func init() { rootCmd.AddCommand(recvCmd()) }
+
+type recvJSON struct {
+	MessageID  uint64            `json:"message_id"`
+	Attempt    uint32            `json:"attempt"`
+	Body       string            `json:"body"`
+	DedupID    string            `json:"dedup_id"`
+	Attributes map[string]string `json:"attributes,omitempty"`
+	EnqueuedAt string            `json:"enqueued_at"`
+	LeaseUntil string            `json:"lease_until,omitempty"`
+	Acked      bool              `json:"acked"`
+}
+
+func recvCmd() *cobra.Command {
+	var f cliFlags
+	var maxMsgs int
+	var wait, visibility time.Duration
+	var ack, autoAck bool
+	cmd := &cobra.Command{
+		Use:   "recv QUEUE",
+		Short: "Receive (lease) messages and print them",
+		Long: `Receive up to --max messages and print them.
+
+Without --ack or --auto-ack the messages stay leased for the visibility
+timeout and are then delivered again (at-least-once: the printed receipt,
+MESSAGE_ID/ATTEMPT, is what an ack needs). --ack acks them after they were
+printed; --auto-ack deletes them as they are delivered (at-most-once).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if ack && autoAck {
+				return fmt.Errorf("--ack and --auto-ack: give one, not both (--auto-ack already deletes)")
+			}
+			if wait >= f.timeout {
+				return fmt.Errorf("--wait %v must be shorter than --timeout %v", wait, f.timeout)
+			}
+			ctx, c, done, err := f.connect(cmd)
+			if err != nil {
+				return err
+			}
+			defer done()
+			queue := args[0]
+			opts := []client.ReceiveOption{client.WithWait(wait), client.WithVisibility(visibility)}
+			if autoAck {
+				opts = append(opts, client.WithAutoAck())
+			}
+			msgs, err := c.Receive(ctx, queue, maxMsgs, opts...)
+			if err != nil {
+				return err
+			}
+			out := make([]recvJSON, len(msgs))
+			for i, m := range msgs {
+				out[i] = recvJSON{
+					MessageID: m.Receipt.MessageID, Attempt: m.Receipt.Attempt, Body: string(m.Body),
+					DedupID: m.DedupID, Attributes: m.Attributes, EnqueuedAt: fmtTime(m.EnqueuedAt), Acked: autoAck,
+				}
+				if !autoAck {
+					out[i].LeaseUntil = fmtTime(m.LeaseUntil)
+				}
+			}
+			// Print before acking: a crash in between redelivers rather
+			// than loses.
+			if err := printMessages(cmd, &f, out); err != nil {
+				return err
+			}
+			if ack && len(msgs) > 0 {
+				rs := make([]client.Receipt, len(msgs))
+				for i, m := range msgs {
+					rs[i] = m.Receipt
+				}
+				if err := c.Ack(ctx, queue, rs...); err != nil {
+					return err
+				}
+				if !f.json {
+					fmt.Fprintf(cmd.ErrOrStderr(), "acked %d message(s)\n", len(rs))
+				}
+			}
+			return nil
+		},
+	}
+	addClientFlags(cmd, &f)
+	fl := cmd.Flags()
+	fl.IntVar(&maxMsgs, "max", 1, "receive at most this many messages")
+	fl.DurationVar(&wait, "wait", 0, "long-poll up to this long when nothing is available (max 20s)")
+	fl.DurationVar(&visibility, "visibility", 0, "lease length (default: the queue's visibility timeout)")
+	fl.BoolVar(&ack, "ack", false, "ack the messages after printing them")
+	fl.BoolVar(&autoAck, "auto-ack", false, "delete the messages as they are delivered (at-most-once)")
+	return cmd
+}
+
+func printMessages(cmd *cobra.Command, f *cliFlags, ms []recvJSON) error {
+	w := cmd.OutOrStdout()
+	if f.json {
+		return printJSON(w, ms)
+	}
+	if len(ms) == 0 {
+		_, err := fmt.Fprintln(w, "no messages")
+		return err
+	}
+	rows := make([][]string, len(ms))
+	for i, m := range ms {
+		var attrs []string
+		for _, k := range slices.Sorted(maps.Keys(m.Attributes)) {
+			attrs = append(attrs, k+"="+m.Attributes[k])
+		}
+		rows[i] = []string{u(m.MessageID), fmt.Sprint(m.Attempt), m.Body, strings.Join(attrs, ","), m.LeaseUntil}
+	}
+	return table(w, []string{"MESSAGE_ID", "ATTEMPT", "BODY", "ATTRIBUTES", "LEASE_UNTIL"}, rows)
+}

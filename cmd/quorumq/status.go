@@ -1,0 +1,125 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+func init() { rootCmd.AddCommand(statusCmd()) }
+
+type nodeJSON struct {
+	ID           string `json:"id"`
+	APIAddr      string `json:"api_addr"`
+	RaftAddr     string `json:"raft_addr"`
+	State        string `json:"state"`
+	Voter        bool   `json:"voter"`
+	Term         uint64 `json:"term"`
+	LastLogIndex uint64 `json:"last_log_index"`
+	CommitIndex  uint64 `json:"commit_index"`
+	AppliedIndex uint64 `json:"applied_index"`
+	LastContact  string `json:"last_contact"`
+	StateHash    string `json:"state_hash"`
+	Error        string `json:"error,omitempty"`
+}
+
+type memberJSON struct {
+	ID       string `json:"id"`
+	APIAddr  string `json:"api_addr"`
+	State    string `json:"state"`
+	Suffrage string `json:"raft_suffrage"`
+}
+
+type statusJSON struct {
+	LeaderID      string       `json:"leader_id"`
+	LeaderAPIAddr string       `json:"leader_api_addr"`
+	Nodes         []nodeJSON   `json:"nodes"`
+	Members       []memberJSON `json:"members"`
+	Queues        []queueJSON  `json:"queues"`
+}
+
+func statusCmd() *cobra.Command {
+	var f cliFlags
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show members, leader, Raft indices and queues",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, c, done, err := f.connect(cmd)
+			if err != nil {
+				return err
+			}
+			defer done()
+			st, err := c.Status(ctx)
+			if err != nil {
+				return err
+			}
+			members, err := c.Members(ctx)
+			if err != nil {
+				return err
+			}
+			qs, err := c.ListQueues(ctx)
+			if err != nil {
+				return err
+			}
+			out := statusJSON{LeaderID: st.GetLeaderId(), LeaderAPIAddr: st.GetLeaderApiAddr(),
+				Nodes: []nodeJSON{}, Members: []memberJSON{}, Queues: []queueJSON{}}
+			for _, n := range st.GetNodes() {
+				nj := nodeJSON{
+					ID: n.GetId(), APIAddr: n.GetApiAddr(), RaftAddr: n.GetRaftAddr(), State: n.GetState(),
+					Voter: n.GetVoter(), Term: n.GetTerm(), LastLogIndex: n.GetLastLogIndex(),
+					CommitIndex: n.GetCommitIndex(), AppliedIndex: n.GetAppliedIndex(),
+					LastContact: time.Duration(n.GetLastContactNs()).Round(time.Millisecond).String(),
+					StateHash:   n.GetStateHash(), Error: n.GetError(),
+				}
+				out.Nodes = append(out.Nodes, nj)
+			}
+			for _, m := range members {
+				out.Members = append(out.Members, memberJSON{ID: m.GetId(), APIAddr: m.GetApiAddr(), State: m.GetState(), Suffrage: m.GetRaftSuffrage()})
+			}
+			for _, q := range qs {
+				out.Queues = append(out.Queues, queueOf(q))
+			}
+			w := cmd.OutOrStdout()
+			if f.json {
+				return printJSON(w, out)
+			}
+			leader := out.LeaderID
+			if leader == "" {
+				leader = "(none)"
+			} else {
+				leader += " at " + out.LeaderAPIAddr
+			}
+			fmt.Fprintf(w, "leader: %s\n\n", leader)
+			rows := make([][]string, 0, len(out.Nodes))
+			for _, n := range out.Nodes {
+				hash := n.StateHash
+				if len(hash) > 12 {
+					hash = hash[:12]
+				}
+				rows = append(rows, []string{n.ID, n.APIAddr, n.State, fmt.Sprint(n.Voter), u(n.Term),
+					u(n.LastLogIndex), u(n.CommitIndex), u(n.AppliedIndex), n.LastContact, hash, n.Error})
+			}
+			if err := table(w, []string{"NODE", "API", "STATE", "VOTER", "TERM", "LAST_LOG", "COMMIT", "APPLIED", "LAST_CONTACT", "STATE_HASH", "ERROR"}, rows); err != nil {
+				return err
+			}
+			fmt.Fprintln(w)
+			rows = rows[:0]
+			for _, m := range out.Members {
+				rows = append(rows, []string{m.ID, m.APIAddr, m.State, m.Suffrage})
+			}
+			if err := table(w, []string{"MEMBER", "API", "GOSSIP_STATE", "RAFT"}, rows); err != nil {
+				return err
+			}
+			fmt.Fprintln(w)
+			if len(qs) == 0 {
+				_, err := fmt.Fprintln(w, "no queues")
+				return err
+			}
+			return queueTable(w, qs)
+		},
+	}
+	addClientFlags(cmd, &f)
+	return cmd
+}
