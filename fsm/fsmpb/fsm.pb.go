@@ -1467,6 +1467,7 @@ type QueueStats struct {
 	ExpiredTotal      uint64                 `protobuf:"varint,14,opt,name=expired_total,json=expiredTotal,proto3" json:"expired_total,omitempty"`
 	DeadLetteredTotal uint64                 `protobuf:"varint,15,opt,name=dead_lettered_total,json=deadLetteredTotal,proto3" json:"dead_lettered_total,omitempty"` // messages moved out of this queue as dead letters (or dropped)
 	DeliveredTotal    uint64                 `protobuf:"varint,16,opt,name=delivered_total,json=deliveredTotal,proto3" json:"delivered_total,omitempty"`
+	PurgedTotal       uint64                 `protobuf:"varint,17,opt,name=purged_total,json=purgedTotal,proto3" json:"purged_total,omitempty"` // messages removed by Purge
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -1574,6 +1575,13 @@ func (x *QueueStats) GetDeadLetteredTotal() uint64 {
 func (x *QueueStats) GetDeliveredTotal() uint64 {
 	if x != nil {
 		return x.DeliveredTotal
+	}
+	return 0
+}
+
+func (x *QueueStats) GetPurgedTotal() uint64 {
+	if x != nil {
+		return x.PurgedTotal
 	}
 	return 0
 }
@@ -1741,6 +1749,498 @@ func (x *Result) GetReplayed() bool {
 	return false
 }
 
+// SnapshotState is the first record: FSM-wide scalars.
+type SnapshotState struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AppliedIndex  uint64                 `protobuf:"varint,1,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	NowUnixNano   int64                  `protobuf:"varint,2,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotState) Reset() {
+	*x = SnapshotState{}
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotState) ProtoMessage() {}
+
+func (x *SnapshotState) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotState.ProtoReflect.Descriptor instead.
+func (*SnapshotState) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *SnapshotState) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *SnapshotState) GetNowUnixNano() int64 {
+	if x != nil {
+		return x.NowUnixNano
+	}
+	return 0
+}
+
+// SnapshotQueue opens a queue; the records that follow up to the next
+// SnapshotQueue belong to it.
+type SnapshotQueue struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	Name              string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Settings          *QueueSettings         `protobuf:"bytes,2,opt,name=settings,proto3" json:"settings,omitempty"` // every field set
+	Counters          *QueueStats            `protobuf:"bytes,3,opt,name=counters,proto3" json:"counters,omitempty"` // only the *_total fields
+	CreatedAtUnixNano int64                  `protobuf:"varint,4,opt,name=created_at_unix_nano,json=createdAtUnixNano,proto3" json:"created_at_unix_nano,omitempty"`
+	NextId            uint64                 `protobuf:"varint,5,opt,name=next_id,json=nextId,proto3" json:"next_id,omitempty"`
+	DedupCursor       uint64                 `protobuf:"varint,6,opt,name=dedup_cursor,json=dedupCursor,proto3" json:"dedup_cursor,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *SnapshotQueue) Reset() {
+	*x = SnapshotQueue{}
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotQueue) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotQueue) ProtoMessage() {}
+
+func (x *SnapshotQueue) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotQueue.ProtoReflect.Descriptor instead.
+func (*SnapshotQueue) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *SnapshotQueue) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SnapshotQueue) GetSettings() *QueueSettings {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
+}
+
+func (x *SnapshotQueue) GetCounters() *QueueStats {
+	if x != nil {
+		return x.Counters
+	}
+	return nil
+}
+
+func (x *SnapshotQueue) GetCreatedAtUnixNano() int64 {
+	if x != nil {
+		return x.CreatedAtUnixNano
+	}
+	return 0
+}
+
+func (x *SnapshotQueue) GetNextId() uint64 {
+	if x != nil {
+		return x.NextId
+	}
+	return 0
+}
+
+func (x *SnapshotQueue) GetDedupCursor() uint64 {
+	if x != nil {
+		return x.DedupCursor
+	}
+	return 0
+}
+
+// SnapshotMessage is a live message or an ack tombstone.
+type SnapshotMessage struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Id                 uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	EnqueuedAtUnixNano int64                  `protobuf:"varint,2,opt,name=enqueued_at_unix_nano,json=enqueuedAtUnixNano,proto3" json:"enqueued_at_unix_nano,omitempty"`
+	// Ready or delayed: when it becomes available. Leased: lease end.
+	// Tombstone: when it was deleted.
+	AtUnixNano    int64        `protobuf:"varint,3,opt,name=at_unix_nano,json=atUnixNano,proto3" json:"at_unix_nano,omitempty"`
+	Attempt       uint32       `protobuf:"varint,4,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Flags         uint32       `protobuf:"varint,5,opt,name=flags,proto3" json:"flags,omitempty"`
+	Body          []byte       `protobuf:"bytes,6,opt,name=body,proto3" json:"body,omitempty"`
+	DedupId       string       `protobuf:"bytes,7,opt,name=dedup_id,json=dedupId,proto3" json:"dedup_id,omitempty"`
+	Attributes    []*Attribute `protobuf:"bytes,8,rep,name=attributes,proto3" json:"attributes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotMessage) Reset() {
+	*x = SnapshotMessage{}
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotMessage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotMessage) ProtoMessage() {}
+
+func (x *SnapshotMessage) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotMessage.ProtoReflect.Descriptor instead.
+func (*SnapshotMessage) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *SnapshotMessage) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *SnapshotMessage) GetEnqueuedAtUnixNano() int64 {
+	if x != nil {
+		return x.EnqueuedAtUnixNano
+	}
+	return 0
+}
+
+func (x *SnapshotMessage) GetAtUnixNano() int64 {
+	if x != nil {
+		return x.AtUnixNano
+	}
+	return 0
+}
+
+func (x *SnapshotMessage) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *SnapshotMessage) GetFlags() uint32 {
+	if x != nil {
+		return x.Flags
+	}
+	return 0
+}
+
+func (x *SnapshotMessage) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *SnapshotMessage) GetDedupId() string {
+	if x != nil {
+		return x.DedupId
+	}
+	return ""
+}
+
+func (x *SnapshotMessage) GetAttributes() []*Attribute {
+	if x != nil {
+		return x.Attributes
+	}
+	return nil
+}
+
+type SnapshotDedup struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DedupId       string                 `protobuf:"bytes,1,opt,name=dedup_id,json=dedupId,proto3" json:"dedup_id,omitempty"`
+	MessageId     uint64                 `protobuf:"varint,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotDedup) Reset() {
+	*x = SnapshotDedup{}
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotDedup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotDedup) ProtoMessage() {}
+
+func (x *SnapshotDedup) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotDedup.ProtoReflect.Descriptor instead.
+func (*SnapshotDedup) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *SnapshotDedup) GetDedupId() string {
+	if x != nil {
+		return x.DedupId
+	}
+	return ""
+}
+
+func (x *SnapshotDedup) GetMessageId() uint64 {
+	if x != nil {
+		return x.MessageId
+	}
+	return 0
+}
+
+type SnapshotReplay struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RequestId     string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	AtUnixNano    int64                  `protobuf:"varint,2,opt,name=at_unix_nano,json=atUnixNano,proto3" json:"at_unix_nano,omitempty"`
+	Deliveries    []*SnapshotMessage     `protobuf:"bytes,3,rep,name=deliveries,proto3" json:"deliveries,omitempty"` // as delivered (attempt, lease end)
+	Outcomes      []AckOutcome           `protobuf:"varint,4,rep,packed,name=outcomes,proto3,enum=quorumq.fsm.v1.AckOutcome" json:"outcomes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotReplay) Reset() {
+	*x = SnapshotReplay{}
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotReplay) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotReplay) ProtoMessage() {}
+
+func (x *SnapshotReplay) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotReplay.ProtoReflect.Descriptor instead.
+func (*SnapshotReplay) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *SnapshotReplay) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *SnapshotReplay) GetAtUnixNano() int64 {
+	if x != nil {
+		return x.AtUnixNano
+	}
+	return 0
+}
+
+func (x *SnapshotReplay) GetDeliveries() []*SnapshotMessage {
+	if x != nil {
+		return x.Deliveries
+	}
+	return nil
+}
+
+func (x *SnapshotReplay) GetOutcomes() []AckOutcome {
+	if x != nil {
+		return x.Outcomes
+	}
+	return nil
+}
+
+type SnapshotRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Record:
+	//
+	//	*SnapshotRecord_State
+	//	*SnapshotRecord_Queue
+	//	*SnapshotRecord_Message
+	//	*SnapshotRecord_Dedup
+	//	*SnapshotRecord_Replay
+	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotRecord) Reset() {
+	*x = SnapshotRecord{}
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotRecord) ProtoMessage() {}
+
+func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
+func (*SnapshotRecord) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
+	if x != nil {
+		return x.Record
+	}
+	return nil
+}
+
+func (x *SnapshotRecord) GetState() *SnapshotState {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_State); ok {
+			return x.State
+		}
+	}
+	return nil
+}
+
+func (x *SnapshotRecord) GetQueue() *SnapshotQueue {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Queue); ok {
+			return x.Queue
+		}
+	}
+	return nil
+}
+
+func (x *SnapshotRecord) GetMessage() *SnapshotMessage {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Message); ok {
+			return x.Message
+		}
+	}
+	return nil
+}
+
+func (x *SnapshotRecord) GetDedup() *SnapshotDedup {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Dedup); ok {
+			return x.Dedup
+		}
+	}
+	return nil
+}
+
+func (x *SnapshotRecord) GetReplay() *SnapshotReplay {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Replay); ok {
+			return x.Replay
+		}
+	}
+	return nil
+}
+
+type isSnapshotRecord_Record interface {
+	isSnapshotRecord_Record()
+}
+
+type SnapshotRecord_State struct {
+	State *SnapshotState `protobuf:"bytes,1,opt,name=state,proto3,oneof"`
+}
+
+type SnapshotRecord_Queue struct {
+	Queue *SnapshotQueue `protobuf:"bytes,2,opt,name=queue,proto3,oneof"`
+}
+
+type SnapshotRecord_Message struct {
+	Message *SnapshotMessage `protobuf:"bytes,3,opt,name=message,proto3,oneof"`
+}
+
+type SnapshotRecord_Dedup struct {
+	Dedup *SnapshotDedup `protobuf:"bytes,4,opt,name=dedup,proto3,oneof"`
+}
+
+type SnapshotRecord_Replay struct {
+	Replay *SnapshotReplay `protobuf:"bytes,5,opt,name=replay,proto3,oneof"`
+}
+
+func (*SnapshotRecord_State) isSnapshotRecord_Record() {}
+
+func (*SnapshotRecord_Queue) isSnapshotRecord_Record() {}
+
+func (*SnapshotRecord_Message) isSnapshotRecord_Record() {}
+
+func (*SnapshotRecord_Dedup) isSnapshotRecord_Record() {}
+
+func (*SnapshotRecord_Replay) isSnapshotRecord_Record() {}
+
 var File_fsm_fsmpb_fsm_proto protoreflect.FileDescriptor
 
 const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
@@ -1842,7 +2342,7 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"attributes\x18\x04 \x03(\v2\x19.quorumq.fsm.v1.AttributeR\n" +
 	"attributes\x12\x19\n" +
 	"\bdedup_id\x18\x05 \x01(\tR\adedupId\x121\n" +
-	"\x15lease_until_unix_nano\x18\x06 \x01(\x03R\x12leaseUntilUnixNano\"\x96\x03\n" +
+	"\x15lease_until_unix_nano\x18\x06 \x01(\x03R\x12leaseUntilUnixNano\"\xb9\x03\n" +
 	"\n" +
 	"QueueStats\x12\x14\n" +
 	"\x05ready\x18\x01 \x01(\x04R\x05ready\x12\x16\n" +
@@ -1857,7 +2357,8 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\x10dedup_hits_total\x18\r \x01(\x04R\x0ededupHitsTotal\x12#\n" +
 	"\rexpired_total\x18\x0e \x01(\x04R\fexpiredTotal\x12.\n" +
 	"\x13dead_lettered_total\x18\x0f \x01(\x04R\x11deadLetteredTotal\x12'\n" +
-	"\x0fdelivered_total\x18\x10 \x01(\x04R\x0edeliveredTotal\"\xbd\x01\n" +
+	"\x0fdelivered_total\x18\x10 \x01(\x04R\x0edeliveredTotal\x12!\n" +
+	"\fpurged_total\x18\x11 \x01(\x04R\vpurgedTotal\"\xbd\x01\n" +
 	"\tQueueInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x129\n" +
 	"\bsettings\x18\x02 \x01(\v2\x1d.quorumq.fsm.v1.QueueSettingsR\bsettings\x120\n" +
@@ -1872,7 +2373,49 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\boutcomes\x18\x04 \x03(\x0e2\x1a.quorumq.fsm.v1.AckOutcomeR\boutcomes\x12/\n" +
 	"\x05queue\x18\x05 \x01(\v2\x19.quorumq.fsm.v1.QueueInfoR\x05queue\x12\x14\n" +
 	"\x05count\x18\x06 \x01(\x04R\x05count\x12\x1a\n" +
-	"\breplayed\x18\a \x01(\bR\breplayed*\x94\x01\n" +
+	"\breplayed\x18\a \x01(\bR\breplayed\"X\n" +
+	"\rSnapshotState\x12#\n" +
+	"\rapplied_index\x18\x01 \x01(\x04R\fappliedIndex\x12\"\n" +
+	"\rnow_unix_nano\x18\x02 \x01(\x03R\vnowUnixNano\"\x83\x02\n" +
+	"\rSnapshotQueue\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x129\n" +
+	"\bsettings\x18\x02 \x01(\v2\x1d.quorumq.fsm.v1.QueueSettingsR\bsettings\x126\n" +
+	"\bcounters\x18\x03 \x01(\v2\x1a.quorumq.fsm.v1.QueueStatsR\bcounters\x12/\n" +
+	"\x14created_at_unix_nano\x18\x04 \x01(\x03R\x11createdAtUnixNano\x12\x17\n" +
+	"\anext_id\x18\x05 \x01(\x04R\x06nextId\x12!\n" +
+	"\fdedup_cursor\x18\x06 \x01(\x04R\vdedupCursor\"\x90\x02\n" +
+	"\x0fSnapshotMessage\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x121\n" +
+	"\x15enqueued_at_unix_nano\x18\x02 \x01(\x03R\x12enqueuedAtUnixNano\x12 \n" +
+	"\fat_unix_nano\x18\x03 \x01(\x03R\n" +
+	"atUnixNano\x12\x18\n" +
+	"\aattempt\x18\x04 \x01(\rR\aattempt\x12\x14\n" +
+	"\x05flags\x18\x05 \x01(\rR\x05flags\x12\x12\n" +
+	"\x04body\x18\x06 \x01(\fR\x04body\x12\x19\n" +
+	"\bdedup_id\x18\a \x01(\tR\adedupId\x129\n" +
+	"\n" +
+	"attributes\x18\b \x03(\v2\x19.quorumq.fsm.v1.AttributeR\n" +
+	"attributes\"I\n" +
+	"\rSnapshotDedup\x12\x19\n" +
+	"\bdedup_id\x18\x01 \x01(\tR\adedupId\x12\x1d\n" +
+	"\n" +
+	"message_id\x18\x02 \x01(\x04R\tmessageId\"\xca\x01\n" +
+	"\x0eSnapshotReplay\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12 \n" +
+	"\fat_unix_nano\x18\x02 \x01(\x03R\n" +
+	"atUnixNano\x12?\n" +
+	"\n" +
+	"deliveries\x18\x03 \x03(\v2\x1f.quorumq.fsm.v1.SnapshotMessageR\n" +
+	"deliveries\x126\n" +
+	"\boutcomes\x18\x04 \x03(\x0e2\x1a.quorumq.fsm.v1.AckOutcomeR\boutcomes\"\xb6\x02\n" +
+	"\x0eSnapshotRecord\x125\n" +
+	"\x05state\x18\x01 \x01(\v2\x1d.quorumq.fsm.v1.SnapshotStateH\x00R\x05state\x125\n" +
+	"\x05queue\x18\x02 \x01(\v2\x1d.quorumq.fsm.v1.SnapshotQueueH\x00R\x05queue\x12;\n" +
+	"\amessage\x18\x03 \x01(\v2\x1f.quorumq.fsm.v1.SnapshotMessageH\x00R\amessage\x125\n" +
+	"\x05dedup\x18\x04 \x01(\v2\x1d.quorumq.fsm.v1.SnapshotDedupH\x00R\x05dedup\x128\n" +
+	"\x06replay\x18\x05 \x01(\v2\x1e.quorumq.fsm.v1.SnapshotReplayH\x00R\x06replayB\b\n" +
+	"\x06record*\x94\x01\n" +
 	"\tErrorCode\x12\x06\n" +
 	"\x02OK\x10\x00\x12\r\n" +
 	"\tMALFORMED\x10\x01\x12\x14\n" +
@@ -1904,32 +2447,38 @@ func file_fsm_fsmpb_fsm_proto_rawDescGZIP() []byte {
 }
 
 var file_fsm_fsmpb_fsm_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_fsm_fsmpb_fsm_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_fsm_fsmpb_fsm_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_fsm_fsmpb_fsm_proto_goTypes = []any{
-	(ErrorCode)(0),        // 0: quorumq.fsm.v1.ErrorCode
-	(AckOutcome)(0),       // 1: quorumq.fsm.v1.AckOutcome
-	(*Command)(nil),       // 2: quorumq.fsm.v1.Command
-	(*QueueSettings)(nil), // 3: quorumq.fsm.v1.QueueSettings
-	(*CreateQueue)(nil),   // 4: quorumq.fsm.v1.CreateQueue
-	(*UpdateQueue)(nil),   // 5: quorumq.fsm.v1.UpdateQueue
-	(*DeleteQueue)(nil),   // 6: quorumq.fsm.v1.DeleteQueue
-	(*Purge)(nil),         // 7: quorumq.fsm.v1.Purge
-	(*Attribute)(nil),     // 8: quorumq.fsm.v1.Attribute
-	(*Message)(nil),       // 9: quorumq.fsm.v1.Message
-	(*Enqueue)(nil),       // 10: quorumq.fsm.v1.Enqueue
-	(*Receive)(nil),       // 11: quorumq.fsm.v1.Receive
-	(*Receipt)(nil),       // 12: quorumq.fsm.v1.Receipt
-	(*Ack)(nil),           // 13: quorumq.fsm.v1.Ack
-	(*Nack)(nil),          // 14: quorumq.fsm.v1.Nack
-	(*Extend)(nil),        // 15: quorumq.fsm.v1.Extend
-	(*Transaction)(nil),   // 16: quorumq.fsm.v1.Transaction
-	(*Tick)(nil),          // 17: quorumq.fsm.v1.Tick
-	(*Error)(nil),         // 18: quorumq.fsm.v1.Error
-	(*EnqueueResult)(nil), // 19: quorumq.fsm.v1.EnqueueResult
-	(*Delivery)(nil),      // 20: quorumq.fsm.v1.Delivery
-	(*QueueStats)(nil),    // 21: quorumq.fsm.v1.QueueStats
-	(*QueueInfo)(nil),     // 22: quorumq.fsm.v1.QueueInfo
-	(*Result)(nil),        // 23: quorumq.fsm.v1.Result
+	(ErrorCode)(0),          // 0: quorumq.fsm.v1.ErrorCode
+	(AckOutcome)(0),         // 1: quorumq.fsm.v1.AckOutcome
+	(*Command)(nil),         // 2: quorumq.fsm.v1.Command
+	(*QueueSettings)(nil),   // 3: quorumq.fsm.v1.QueueSettings
+	(*CreateQueue)(nil),     // 4: quorumq.fsm.v1.CreateQueue
+	(*UpdateQueue)(nil),     // 5: quorumq.fsm.v1.UpdateQueue
+	(*DeleteQueue)(nil),     // 6: quorumq.fsm.v1.DeleteQueue
+	(*Purge)(nil),           // 7: quorumq.fsm.v1.Purge
+	(*Attribute)(nil),       // 8: quorumq.fsm.v1.Attribute
+	(*Message)(nil),         // 9: quorumq.fsm.v1.Message
+	(*Enqueue)(nil),         // 10: quorumq.fsm.v1.Enqueue
+	(*Receive)(nil),         // 11: quorumq.fsm.v1.Receive
+	(*Receipt)(nil),         // 12: quorumq.fsm.v1.Receipt
+	(*Ack)(nil),             // 13: quorumq.fsm.v1.Ack
+	(*Nack)(nil),            // 14: quorumq.fsm.v1.Nack
+	(*Extend)(nil),          // 15: quorumq.fsm.v1.Extend
+	(*Transaction)(nil),     // 16: quorumq.fsm.v1.Transaction
+	(*Tick)(nil),            // 17: quorumq.fsm.v1.Tick
+	(*Error)(nil),           // 18: quorumq.fsm.v1.Error
+	(*EnqueueResult)(nil),   // 19: quorumq.fsm.v1.EnqueueResult
+	(*Delivery)(nil),        // 20: quorumq.fsm.v1.Delivery
+	(*QueueStats)(nil),      // 21: quorumq.fsm.v1.QueueStats
+	(*QueueInfo)(nil),       // 22: quorumq.fsm.v1.QueueInfo
+	(*Result)(nil),          // 23: quorumq.fsm.v1.Result
+	(*SnapshotState)(nil),   // 24: quorumq.fsm.v1.SnapshotState
+	(*SnapshotQueue)(nil),   // 25: quorumq.fsm.v1.SnapshotQueue
+	(*SnapshotMessage)(nil), // 26: quorumq.fsm.v1.SnapshotMessage
+	(*SnapshotDedup)(nil),   // 27: quorumq.fsm.v1.SnapshotDedup
+	(*SnapshotReplay)(nil),  // 28: quorumq.fsm.v1.SnapshotReplay
+	(*SnapshotRecord)(nil),  // 29: quorumq.fsm.v1.SnapshotRecord
 }
 var file_fsm_fsmpb_fsm_proto_depIdxs = []int32{
 	4,  // 0: quorumq.fsm.v1.Command.create_queue:type_name -> quorumq.fsm.v1.CreateQueue
@@ -1963,11 +2512,21 @@ var file_fsm_fsmpb_fsm_proto_depIdxs = []int32{
 	20, // 28: quorumq.fsm.v1.Result.deliveries:type_name -> quorumq.fsm.v1.Delivery
 	1,  // 29: quorumq.fsm.v1.Result.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
 	22, // 30: quorumq.fsm.v1.Result.queue:type_name -> quorumq.fsm.v1.QueueInfo
-	31, // [31:31] is the sub-list for method output_type
-	31, // [31:31] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	3,  // 31: quorumq.fsm.v1.SnapshotQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	21, // 32: quorumq.fsm.v1.SnapshotQueue.counters:type_name -> quorumq.fsm.v1.QueueStats
+	8,  // 33: quorumq.fsm.v1.SnapshotMessage.attributes:type_name -> quorumq.fsm.v1.Attribute
+	26, // 34: quorumq.fsm.v1.SnapshotReplay.deliveries:type_name -> quorumq.fsm.v1.SnapshotMessage
+	1,  // 35: quorumq.fsm.v1.SnapshotReplay.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	24, // 36: quorumq.fsm.v1.SnapshotRecord.state:type_name -> quorumq.fsm.v1.SnapshotState
+	25, // 37: quorumq.fsm.v1.SnapshotRecord.queue:type_name -> quorumq.fsm.v1.SnapshotQueue
+	26, // 38: quorumq.fsm.v1.SnapshotRecord.message:type_name -> quorumq.fsm.v1.SnapshotMessage
+	27, // 39: quorumq.fsm.v1.SnapshotRecord.dedup:type_name -> quorumq.fsm.v1.SnapshotDedup
+	28, // 40: quorumq.fsm.v1.SnapshotRecord.replay:type_name -> quorumq.fsm.v1.SnapshotReplay
+	41, // [41:41] is the sub-list for method output_type
+	41, // [41:41] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_fsm_fsmpb_fsm_proto_init() }
@@ -1989,13 +2548,20 @@ func file_fsm_fsmpb_fsm_proto_init() {
 		(*Command_Tick)(nil),
 	}
 	file_fsm_fsmpb_fsm_proto_msgTypes[1].OneofWrappers = []any{}
+	file_fsm_fsmpb_fsm_proto_msgTypes[27].OneofWrappers = []any{
+		(*SnapshotRecord_State)(nil),
+		(*SnapshotRecord_Queue)(nil),
+		(*SnapshotRecord_Message)(nil),
+		(*SnapshotRecord_Dedup)(nil),
+		(*SnapshotRecord_Replay)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fsm_fsmpb_fsm_proto_rawDesc), len(file_fsm_fsmpb_fsm_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   22,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,107 @@
+package fsm
+
+import (
+	"fmt"
+
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+)
+
+func fieldf(format string, args ...any) string { return fmt.Sprintf(format, args...) }
+
+// enqueue validates and appends e's messages, one EnqueueResult each in
+// res. A full queue fails the whole batch (QUEUE_FULL); duplicates inside
+// the dedup window are not errors and do not count against max_depth.
+func (t *txn) enqueue(field string, e *fsmpb.Enqueue, res *fsmpb.Result) *cmdError {
+	if err := checkCount(field+".messages", len(e.GetMessages())); err != nil {
+		return err
+	}
+	for i, m := range e.GetMessages() {
+		if m == nil {
+			return invalid("%s.messages[%d] is empty", field, i)
+		}
+		if err := checkMessage(fieldf("%s.messages[%d]", field, i), m); err != nil {
+			return err
+		}
+	}
+	q, err := t.mut(field+".queue", e.GetQueue())
+	if err != nil && err.code == fsmpb.ErrorCode_QUEUE_NOT_FOUND && e.GetCreateQueue() && t.lookup(e.GetQueue()) == nil {
+		q, err = newQueue(e.GetQueue(), t.now, defaultSettings()), nil
+		t.work[q.name] = q
+	}
+	if err != nil {
+		return err
+	}
+	for i, m := range e.GetMessages() {
+		if id, dup := q.dedupLookup(m.GetDedupId(), t.now); dup {
+			q.counters.dedupHits++
+			res.Enqueued = append(res.Enqueued, &fsmpb.EnqueueResult{MessageId: id, Duplicate: true})
+			continue
+		}
+		if q.settings.maxDepth > 0 && q.live() >= q.settings.maxDepth {
+			return fail(fsmpb.ErrorCode_QUEUE_FULL, "%s.messages[%d]: queue %q holds %d messages, max_depth is %d; the batch was not enqueued",
+				field, i, q.name, q.live(), q.settings.maxDepth)
+		}
+		id := q.add(m.GetBody(), m.GetDedupId(), toAttrs(m.GetAttributes()), addDur(t.now, m.GetDelayNs()), t.now, 0)
+		if m.GetDedupId() != "" {
+			q.dedup.Set(dedupEntry{key: m.GetDedupId(), id: id})
+		}
+		res.Enqueued = append(res.Enqueued, &fsmpb.EnqueueResult{MessageId: id})
+	}
+	t.notify(q.name)
+	return nil
+}
+
+// add appends a new live message and returns its id.
+func (q *queue) add(body []byte, dedupID string, attrs *[]attribute, deliverAt, now int64, flags uint8) uint64 {
+	if deliverAt <= now {
+		flags |= flagReady
+	}
+	m := &message{id: q.nextID, enqueuedAt: now, at: deliverAt, body: body, dedupID: dedupID, attrs: attrs, flags: flags}
+	q.nextID++
+	q.put(m)
+	q.counters.enqueued++
+	if m.is(flagDeadLetter) {
+		q.deadLetters++
+	}
+	return m.id
+}
+
+// dedupLookup returns the message ID first enqueued with key, if that was
+// within the queue's dedup window (measured from the first enqueue with the
+// queue's current window). Expiry is exact even before Tick purges.
+func (q *queue) dedupLookup(key string, now int64) (uint64, bool) {
+	if key == "" {
+		return 0, false
+	}
+	e, ok := q.dedup.Get(dedupEntry{key: key})
+	if !ok {
+		return 0, false
+	}
+	m, ok := q.msgs.Get(&message{id: e.id})
+	if !ok || m.enqueuedAt+q.settings.dedupWindow <= now {
+		return 0, false
+	}
+	return e.id, true
+}
+
+func toAttrs(in []*fsmpb.Attribute) *[]attribute {
+	if len(in) == 0 {
+		return nil
+	}
+	out := make([]attribute, len(in))
+	for i, a := range in {
+		out[i] = attribute{key: a.GetKey(), value: a.GetValue()}
+	}
+	return &out
+}
+
+func fromAttrs(in *[]attribute) []*fsmpb.Attribute {
+	if in == nil {
+		return nil
+	}
+	out := make([]*fsmpb.Attribute, len(*in))
+	for i, a := range *in {
+		out[i] = &fsmpb.Attribute{Key: a.key, Value: a.value}
+	}
+	return out
+}

@@ -1,0 +1,235 @@
+package fsm
+
+import (
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/tidwall/btree"
+
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+)
+
+// FSM is the replicated queue state machine. It is safe for concurrent use:
+// Apply from raft's goroutine, reads (Queue, Queues, Watch, StateHash) from
+// many goroutines.
+type FSM struct {
+	mu      sync.RWMutex
+	queues  *btree.BTreeG[*queue] // by name; committed queues are immutable
+	now     int64                 // last applied (monotone) now
+	applied uint64
+
+	// wmu guards watch. Apply closes channels while holding mu for writing
+	// and Watch creates them while holding mu for reading, so no change can
+	// slip between a Watch's look at the state and its channel.
+	wmu   sync.Mutex
+	watch map[string]chan struct{}
+}
+
+var (
+	_ raft.FSM         = (*FSM)(nil)
+	_ raft.BatchingFSM = (*FSM)(nil)
+)
+
+func newQueueTree() *btree.BTreeG[*queue] {
+	return newTree(func(a, b *queue) bool { return a.name < b.name })
+}
+
+// New returns an empty FSM.
+func New() *FSM {
+	return &FSM{queues: newQueueTree(), watch: make(map[string]chan struct{})}
+}
+
+// Apply applies one Raft log entry. It returns a *fsmpb.Result (never nil)
+// for LogCommand entries and nil for every other entry type. It never
+// panics: a malformed entry is an error result that changes nothing.
+func (f *FSM) Apply(l *raft.Log) interface{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.applyLog(l)
+}
+
+// ApplyBatch applies a batch of log entries under one lock acquisition.
+func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]interface{}, len(logs))
+	for i, l := range logs {
+		out[i] = f.applyLog(l)
+	}
+	return out
+}
+
+func (f *FSM) applyLog(l *raft.Log) interface{} {
+	if l.Index > f.applied {
+		f.applied = l.Index
+	}
+	if l.Type != raft.LogCommand {
+		return nil
+	}
+	cmd, err := Decode(l.Data)
+	if err != nil {
+		return errorResult(fail(fsmpb.ErrorCode_MALFORMED, "%v", err))
+	}
+	return f.apply(cmd)
+}
+
+// ApplyCommand applies a decoded command as log entry index. It is what
+// Apply calls after Decode.
+func (f *FSM) ApplyCommand(index uint64, cmd *fsmpb.Command) *fsmpb.Result {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if index > f.applied {
+		f.applied = index
+	}
+	return f.apply(cmd)
+}
+
+func errorResult(err *cmdError) *fsmpb.Result {
+	return &fsmpb.Result{Error: &fsmpb.Error{Code: err.code, Message: err.msg}}
+}
+
+// apply runs cmd on a transaction and commits it only on success. The
+// recover is a last line of defence: validation comes first, and a panic
+// discards the transaction, so even then the state is untouched.
+func (f *FSM) apply(cmd *fsmpb.Command) (res *fsmpb.Result) {
+	defer func() {
+		if r := recover(); r != nil {
+			res = errorResult(fail(fsmpb.ErrorCode_MALFORMED, "internal error applying command (state unchanged): %v", r))
+		}
+	}()
+	if cmd == nil {
+		return errorResult(fail(fsmpb.ErrorCode_MALFORMED, "nil command"))
+	}
+	if n := cmd.GetNowUnixNano(); n < 0 || n > MaxNow {
+		return errorResult(invalid("now_unix_nano is %d, limit is 0 to %d", n, MaxNow))
+	}
+	t := &txn{committed: f.queues, now: max(cmd.GetNowUnixNano(), f.now), work: make(map[string]*queue)}
+	res, err := t.run(cmd)
+	if err != nil {
+		return errorResult(err)
+	}
+	for name, q := range t.work {
+		if q == nil {
+			f.queues.Delete(&queue{name: name})
+		} else {
+			f.queues.Set(q)
+		}
+	}
+	f.now = t.now
+	f.notify(t.wake)
+	return res
+}
+
+// notify closes the watch channels of the named queues.
+func (f *FSM) notify(names []string) {
+	f.wmu.Lock()
+	defer f.wmu.Unlock()
+	for _, name := range names {
+		if ch, ok := f.watch[name]; ok {
+			close(ch)
+			delete(f.watch, name)
+		}
+	}
+}
+
+func (f *FSM) notifyAll() {
+	f.wmu.Lock()
+	defer f.wmu.Unlock()
+	for name, ch := range f.watch {
+		close(ch)
+		delete(f.watch, name)
+	}
+}
+
+func (f *FSM) get(name string) *queue {
+	q, _ := f.queues.Get(&queue{name: name})
+	return q
+}
+
+// AppliedIndex returns the index of the last applied log entry (restored
+// from snapshots too).
+func (f *FSM) AppliedIndex() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.applied
+}
+
+// Now returns the last applied (monotone) command time.
+func (f *FSM) Now() time.Time {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return time.Unix(0, f.now)
+}
+
+// Queue returns the settings (every field set) and stats of a queue, as of
+// the last applied command. The error wraps ErrQueueNotFound.
+func (f *FSM) Queue(name string) (*fsmpb.QueueInfo, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	q := f.get(name)
+	if q == nil {
+		return nil, fmt.Errorf("%w: %q", ErrQueueNotFound, name)
+	}
+	return q.info(f.now), nil
+}
+
+// Queues returns every queue's settings and stats, sorted by name.
+func (f *FSM) Queues() []*fsmpb.QueueInfo {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make([]*fsmpb.QueueInfo, 0, f.queues.Len())
+	f.queues.Scan(func(q *queue) bool {
+		out = append(out, q.info(f.now))
+		return true
+	})
+	return out
+}
+
+// Watch lets a long-poll receive wait without polling. available: some
+// message of queue is available at now (not leased and due, counting
+// expired leases as available). changed: closed by the next Apply that may
+// make a message available in that queue (enqueue, nack, purge, a dead
+// letter arriving, create, update or delete of the queue, Restore). next:
+// the earliest time a delayed or leased message becomes available (zero if
+// none). All three are read under one lock, so nothing is missed. For an
+// unknown queue available is false, next is zero and changed is closed when
+// the queue is created.
+func (f *FSM) Watch(queue string, now time.Time) (available bool, changed <-chan struct{}, next time.Time) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	f.wmu.Lock()
+	ch, ok := f.watch[queue]
+	if !ok {
+		ch = make(chan struct{})
+		f.watch[queue] = ch
+	}
+	f.wmu.Unlock()
+	q := f.get(queue)
+	if q == nil {
+		return false, ch, time.Time{}
+	}
+	avail, at := q.available(now.UnixNano())
+	if at != 0 {
+		next = time.Unix(0, at)
+	}
+	return avail, ch, next
+}
+
+// Restore replaces the state with a snapshot written by Persist. A corrupt,
+// truncated or unknown-version snapshot is rejected with an error wrapping
+// ErrSnapshot and the old state is kept.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	s, err := readSnapshot(rc)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.queues, f.now, f.applied = s.queues, s.now, s.applied
+	f.notifyAll()
+	return nil
+}

@@ -1,0 +1,217 @@
+package fsm
+
+import (
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+)
+
+// fence decides a receipt's outcome without changing anything. It returns
+// the record (live or tombstone) when there is one.
+//
+//   - id never issued, or its tombstone already purged: ACK_UNKNOWN_MESSAGE.
+//   - tombstone of an ack by the same attempt: ACK_OK (an idempotent retry).
+//   - any other tombstone (acked by another attempt, expired, purged, dead-
+//     lettered): ACK_LEASE_LOST.
+//   - live with a different attempt (delivered again since): ACK_LEASE_LOST.
+//   - live with the same attempt: ACK_OK, whether the lease still runs or
+//     expired without a redelivery since.
+func (q *queue) fence(r *fsmpb.Receipt) (*message, fsmpb.AckOutcome) {
+	id := r.GetMessageId()
+	if id == 0 || id >= q.nextID {
+		return nil, fsmpb.AckOutcome_ACK_UNKNOWN_MESSAGE
+	}
+	m, ok := q.msgs.Get(&message{id: id})
+	if !ok {
+		return nil, fsmpb.AckOutcome_ACK_UNKNOWN_MESSAGE
+	}
+	if m.attempt != r.GetAttempt() || m.is(flagDeleted) && !m.is(flagAcked) {
+		return m, fsmpb.AckOutcome_ACK_LEASE_LOST
+	}
+	return m, fsmpb.AckOutcome_ACK_OK
+}
+
+// settleOp is what Ack, Nack and Extend do to a live message whose receipt
+// passed the fence.
+type settleOp interface {
+	// apply changes live record m and reports whether watchers should wake.
+	apply(q *queue, m *message, now int64) bool
+	// deletedOK says whether a fenced-OK tombstone is a success.
+	deletedOK() bool
+}
+
+type ackOp struct{}
+
+func (ackOp) apply(q *queue, m *message, now int64) bool {
+	q.remove(m, m.attempt, now, true)
+	q.counters.acked++
+	return false
+}
+func (ackOp) deletedOK() bool { return true }
+
+type nackOp struct{ delay int64 }
+
+func (o nackOp) apply(q *queue, m *message, now int64) bool {
+	flags := m.flags &^ (flagLeased | flagReady)
+	if o.delay == 0 {
+		flags |= flagReady
+	}
+	q.replace(m, m.with(addDur(now, o.delay), m.attempt, flags))
+	return true
+}
+func (nackOp) deletedOK() bool { return false }
+
+type extendOp struct{ visibility int64 }
+
+func (o extendOp) apply(q *queue, m *message, now int64) bool {
+	v := o.visibility
+	if v == 0 {
+		v = q.settings.visibility
+	}
+	q.replace(m, m.with(addDur(now, v), m.attempt, m.flags&^flagReady|flagLeased))
+	return false
+}
+func (extendOp) deletedOK() bool { return false }
+
+// settle applies op to each receipt: one outcome each, in order; a stale
+// receipt does not fail the others.
+func (t *txn) settle(field, queueName string, receipts []*fsmpb.Receipt, op settleOp) (*fsmpb.Result, *cmdError) {
+	if err := checkReceipts(field+".receipts", receipts); err != nil {
+		return nil, err
+	}
+	q, err := t.mut(field+".queue", queueName)
+	if err != nil {
+		return nil, err
+	}
+	res := &fsmpb.Result{Outcomes: q.settleAll(receipts, op, t.now)}
+	if _, ok := op.(nackOp); ok {
+		t.notify(q.name)
+	}
+	return res, nil
+}
+
+func (q *queue) settleAll(receipts []*fsmpb.Receipt, op settleOp, now int64) []fsmpb.AckOutcome {
+	out := make([]fsmpb.AckOutcome, len(receipts))
+	for i, r := range receipts {
+		m, o := q.fence(r)
+		if o == fsmpb.AckOutcome_ACK_OK {
+			if m.is(flagDeleted) {
+				if !op.deletedOK() {
+					o = fsmpb.AckOutcome_ACK_LEASE_LOST
+				}
+			} else {
+				op.apply(q, m, now)
+			}
+		}
+		out[i] = o
+	}
+	return out
+}
+
+// receive leases up to max available messages, lowest id first.
+func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
+	if r.GetMax() < 1 || r.GetMax() > MaxBatch {
+		return nil, invalid("receive.max is %d, limit is 1 to %d", r.GetMax(), MaxBatch)
+	}
+	if err := checkOptionalDuration("receive.visibility_ns", r.GetVisibilityNs(), MinVisibility, MaxVisibility); err != nil {
+		return nil, err
+	}
+	if len(r.GetRequestId()) > MaxRequestID {
+		return nil, invalid("receive.request_id is %d bytes, limit is %d", len(r.GetRequestId()), MaxRequestID)
+	}
+	if len(r.GetAck()) > 0 {
+		if err := checkReceipts("receive.ack", r.GetAck()); err != nil {
+			return nil, err
+		}
+	}
+	q, err := t.mut("receive.queue", r.GetQueue())
+	if err != nil {
+		return nil, err
+	}
+	now := t.now
+	if r.GetRequestId() != "" {
+		if e, ok := q.replay.Get(&replayEntry{requestID: r.GetRequestId()}); ok && e.at+q.settings.dedupWindow > now {
+			res := &fsmpb.Result{Replayed: true, Outcomes: e.outcomes}
+			for _, m := range e.deliveries {
+				res.Deliveries = append(res.Deliveries, delivery(m))
+			}
+			return res, nil
+		}
+	}
+	res := &fsmpb.Result{}
+	if len(r.GetAck()) > 0 {
+		res.Outcomes = q.settleAll(r.GetAck(), ackOp{}, now)
+	}
+	q.promote(now)
+	vis := r.GetVisibilityNs()
+	if vis == 0 {
+		vis = q.settings.visibility
+	}
+	var delivered []*message
+	for uint32(len(delivered)) < r.GetMax() {
+		m, ok := q.ready.Min()
+		if !ok {
+			break
+		}
+		if q.settings.retention > 0 && m.enqueuedAt+q.settings.retention <= now {
+			q.remove(m, m.attempt, now, false)
+			q.counters.expired++
+			continue
+		}
+		if md := q.settings.maxDeliveries; md > 0 && m.attempt >= md {
+			t.deadLetter(q, m)
+			continue
+		}
+		d := m.with(addDur(now, vis), m.attempt+1, m.flags&^flagReady|flagLeased)
+		if r.GetAutoAck() {
+			q.remove(m, d.attempt, now, true)
+			q.counters.acked++
+		} else {
+			q.replace(m, d)
+		}
+		q.counters.delivered++
+		if d.attempt > 1 {
+			q.counters.redelivered++
+		}
+		delivered = append(delivered, d)
+		res.Deliveries = append(res.Deliveries, delivery(d))
+	}
+	if r.GetRequestId() != "" {
+		if old, ok := q.replay.Get(&replayEntry{requestID: r.GetRequestId()}); ok {
+			q.replay.Delete(old)
+			q.replayAt.Delete(old)
+		}
+		e := &replayEntry{requestID: r.GetRequestId(), at: now, deliveries: delivered, outcomes: res.Outcomes}
+		q.replay.Set(e)
+		q.replayAt.Set(e)
+	}
+	return res, nil
+}
+
+// deadLetter moves m, which would be delivered more than max_deliveries
+// times, to the dead-letter queue as a new message (new id, same body,
+// dedup ID and attributes), or drops it when the queue has none or it does
+// not exist. Dead letters bypass the DLQ's max_depth: dropping a message
+// because its DLQ is full would defeat the DLQ.
+func (t *txn) deadLetter(q *queue, m *message) {
+	q.remove(m, m.attempt, t.now, false)
+	q.counters.deadLettered++
+	if q.settings.deadLetter == "" || t.lookup(q.settings.deadLetter) == nil {
+		return
+	}
+	dlq, err := t.mut("dead_letter_queue", q.settings.deadLetter)
+	if err != nil {
+		return
+	}
+	dlq.add(m.body, m.dedupID, m.attrs, t.now, t.now, flagDeadLetter)
+	t.notify(dlq.name)
+}
+
+func delivery(m *message) *fsmpb.Delivery {
+	return &fsmpb.Delivery{
+		Receipt:            &fsmpb.Receipt{MessageId: m.id, Attempt: m.attempt},
+		Body:               m.body,
+		EnqueuedAtUnixNano: m.enqueuedAt,
+		Attributes:         fromAttrs(m.attrs),
+		DedupId:            m.dedupID,
+		LeaseUntilUnixNano: m.at,
+	}
+}

@@ -1,0 +1,271 @@
+package fsm
+
+import (
+	"github.com/tidwall/btree"
+
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+)
+
+// Message flags. A record is exactly one of: ready (in queue.ready), timed
+// (in queue.timed: delayed when not leased, leased when flagLeased) or a
+// tombstone (flagDeleted, in neither).
+const (
+	flagReady      = 1 << 0
+	flagLeased     = 1 << 1
+	flagDeadLetter = 1 << 2 // arrived as a dead letter from another queue
+	flagDeleted    = 1 << 3 // tombstone
+	flagAcked      = 1 << 4 // tombstone of an ack (or auto-ack)
+	flagMask       = flagReady | flagLeased | flagDeadLetter | flagDeleted | flagAcked
+)
+
+// message is an immutable record: a change replaces the record in every
+// index that holds it, so a snapshot that shares tree nodes with the live
+// state sees a frozen view. 80 bytes on 64-bit platforms.
+type message struct {
+	id         uint64
+	enqueuedAt int64
+	// at is the availability time of a ready or delayed message, the lease
+	// end of a leased one, and the deletion time of a tombstone.
+	at      int64
+	body    []byte
+	dedupID string
+	attrs   *[]attribute
+	attempt uint32
+	flags   uint8
+}
+
+type attribute struct{ key, value string }
+
+func (m *message) is(flag uint8) bool { return m.flags&flag != 0 }
+
+// with returns a copy of m; records are never mutated in place.
+func (m *message) with(at int64, attempt uint32, flags uint8) *message {
+	c := *m
+	c.at, c.attempt, c.flags = at, attempt, flags
+	return &c
+}
+
+func byID(a, b *message) bool { return a.id < b.id }
+
+func byAtID(a, b *message) bool {
+	if a.at != b.at {
+		return a.at < b.at
+	}
+	return a.id < b.id
+}
+
+type dedupEntry struct {
+	key string
+	id  uint64
+}
+
+type replayEntry struct {
+	requestID  string
+	at         int64
+	deliveries []*message // the records as delivered
+	outcomes   []fsmpb.AckOutcome
+}
+
+func byReplayAt(a, b *replayEntry) bool {
+	if a.at != b.at {
+		return a.at < b.at
+	}
+	return a.requestID < b.requestID
+}
+
+func newTree[T any](less func(a, b T) bool) *btree.BTreeG[T] {
+	return btree.NewBTreeGOptions(less, btree.Options{NoLocks: true})
+}
+
+// settings are a queue's resolved settings, every default filled in.
+type settings struct {
+	visibility    int64
+	maxDeliveries uint32
+	deadLetter    string
+	dedupWindow   int64
+	retention     int64
+	maxDepth      uint64
+}
+
+// counters are the monotone totals of a queue.
+type counters struct {
+	enqueued, acked, redelivered, dedupHits, expired, deadLettered, delivered, purged uint64
+}
+
+// queue is one queue's state. A committed queue is never modified: a
+// command works on clone() and the FSM swaps the pointer on success, which
+// is how a failed command leaves the state untouched and how Snapshot gets
+// a frozen view in O(number of queues).
+type queue struct {
+	name      string
+	createdAt int64
+	settings  settings
+	counters  counters
+	nextID    uint64 // the id the next message gets; ids start at 1
+	// dedupCursor: every message with a smaller id is out of the dedup
+	// window and its dedup entry is gone (Tick advances it).
+	dedupCursor uint64
+	leased      uint64 // records in timed with flagLeased
+	deadLetters uint64 // live records with flagDeadLetter
+
+	msgs  *btree.BTreeG[*message] // by id: live messages and tombstones
+	ready *btree.BTreeG[*message] // by id
+	timed *btree.BTreeG[*message] // by (at, id): delayed and leased
+	// tombs: tombstones by (at = deletion time, id), for expiry.
+	tombs    *btree.BTreeG[*message]
+	dedup    *btree.BTreeG[dedupEntry]   // by key
+	replay   *btree.BTreeG[*replayEntry] // by request ID
+	replayAt *btree.BTreeG[*replayEntry] // by (at, request ID)
+}
+
+func newQueue(name string, createdAt int64, s settings) *queue {
+	return &queue{
+		name:        name,
+		createdAt:   createdAt,
+		settings:    s,
+		nextID:      1,
+		dedupCursor: 1,
+		msgs:        newTree(byID),
+		ready:       newTree(byID),
+		timed:       newTree(byAtID),
+		tombs:       newTree(byAtID),
+		dedup:       newTree(func(a, b dedupEntry) bool { return a.key < b.key }),
+		replay:      newTree(func(a, b *replayEntry) bool { return a.requestID < b.requestID }),
+		replayAt:    newTree(byReplayAt),
+	}
+}
+
+// clone returns a copy that shares tree nodes copy-on-write with q.
+func (q *queue) clone() *queue {
+	c := *q
+	c.msgs = q.msgs.Copy()
+	c.ready = q.ready.Copy()
+	c.timed = q.timed.Copy()
+	c.tombs = q.tombs.Copy()
+	c.dedup = q.dedup.Copy()
+	c.replay = q.replay.Copy()
+	c.replayAt = q.replayAt.Copy()
+	return &c
+}
+
+func (q *queue) live() uint64 { return uint64(q.ready.Len() + q.timed.Len()) }
+
+// put inserts a live record into msgs and into the index its flags name.
+func (q *queue) put(m *message) {
+	q.msgs.Set(m)
+	switch {
+	case m.is(flagReady):
+		q.ready.Set(m)
+	default:
+		q.timed.Set(m)
+		if m.is(flagLeased) {
+			q.leased++
+		}
+	}
+}
+
+// unindex removes a live record from ready/timed (not from msgs).
+func (q *queue) unindex(m *message) {
+	if m.is(flagReady) {
+		q.ready.Delete(m)
+		return
+	}
+	q.timed.Delete(m)
+	if m.is(flagLeased) {
+		q.leased--
+	}
+}
+
+// replace swaps live record old for new in every index.
+func (q *queue) replace(old, m *message) {
+	q.unindex(old)
+	q.put(m)
+}
+
+// remove turns live record m into a tombstone of its final delivery attempt,
+// deleted at now; acked says whether it was an ack (which makes a repeat of
+// the same receipt succeed).
+func (q *queue) remove(m *message, attempt uint32, now int64, acked bool) {
+	q.unindex(m)
+	if m.is(flagDeadLetter) {
+		q.deadLetters--
+	}
+	flags := uint8(flagDeleted)
+	if acked {
+		flags |= flagAcked
+	}
+	t := &message{id: m.id, enqueuedAt: m.enqueuedAt, at: now, dedupID: m.dedupID, attempt: attempt, flags: flags}
+	q.msgs.Set(t)
+	q.tombs.Set(t)
+}
+
+// promote moves every timed record that is due at now into ready: delayed
+// messages whose time came and leases that expired (attempt unchanged, so
+// a late ack still succeeds until the message is delivered again).
+func (q *queue) promote(now int64) {
+	for {
+		m, ok := q.timed.Min()
+		if !ok || m.at > now {
+			return
+		}
+		q.replace(m, m.with(m.at, m.attempt, m.flags&^flagLeased|flagReady))
+	}
+}
+
+// available reports, without changing q, whether a message is available at
+// now and the earliest later time one becomes available (0 if none).
+func (q *queue) available(now int64) (bool, int64) {
+	if q.ready.Len() > 0 {
+		return true, 0
+	}
+	m, ok := q.timed.Min()
+	if !ok {
+		return false, 0
+	}
+	if m.at <= now {
+		return true, 0
+	}
+	return false, m.at
+}
+
+// stats returns the gauges as of now (counting due timed records as ready,
+// as the next command would) and the counters.
+func (q *queue) stats(now int64) *fsmpb.QueueStats {
+	ready, leased, delayed := uint64(q.ready.Len()), q.leased, uint64(q.timed.Len())-q.leased
+	q.timed.Scan(func(m *message) bool {
+		if m.at > now {
+			return false
+		}
+		ready++
+		if m.is(flagLeased) {
+			leased--
+		} else {
+			delayed--
+		}
+		return true
+	})
+	c := q.counters
+	return &fsmpb.QueueStats{
+		Ready:             ready,
+		Leased:            leased,
+		Delayed:           delayed,
+		DeadLettered:      q.deadLetters,
+		EnqueuedTotal:     c.enqueued,
+		AckedTotal:        c.acked,
+		RedeliveredTotal:  c.redelivered,
+		DedupHitsTotal:    c.dedupHits,
+		ExpiredTotal:      c.expired,
+		DeadLetteredTotal: c.deadLettered,
+		DeliveredTotal:    c.delivered,
+		PurgedTotal:       c.purged,
+	}
+}
+
+func (q *queue) info(now int64) *fsmpb.QueueInfo {
+	return &fsmpb.QueueInfo{
+		Name:              q.name,
+		Settings:          q.settings.proto(),
+		Stats:             q.stats(now),
+		CreatedAtUnixNano: q.createdAt,
+	}
+}

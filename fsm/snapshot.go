@@ -1,0 +1,509 @@
+package fsm
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"hash/crc32"
+	"io"
+
+	"github.com/hashicorp/raft"
+	"github.com/tidwall/btree"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+)
+
+// Snapshot stream format, version 1:
+//
+//	magic "QQFSMSNP" (8 bytes), version (uint32 big-endian)
+//	records: uvarint length (> 0) + SnapshotRecord protobuf, repeated
+//	terminator: uvarint 0
+//	trailer: record count (uint64 big-endian), CRC32C (uint32 big-endian)
+//	         of every byte before the CRC
+//
+// Record order: one SnapshotState, then per queue in name order a
+// SnapshotQueue followed by its messages and tombstones (id order), its
+// dedup entries (key order) and its replay entries (time order).
+const (
+	snapshotMagic   = "QQFSMSNP"
+	snapshotVersion = 1
+	// maxSnapshotRecord bounds one record: a message of MaxBodyBytes plus
+	// attributes, or a replay entry of MaxBatch such messages.
+	maxSnapshotRecord = MaxBatch*(MaxBodyBytes+MaxAttributes*(MaxAttributeKey+MaxAttributeVal)+1024) + 1024
+)
+
+// view is a frozen state: queues are clones no Apply will ever change.
+type view struct {
+	queues  []*queue
+	now     int64
+	applied uint64
+}
+
+// view freezes the current state in O(number of queues): each queue's
+// trees are copy-on-write copies. Copy changes the source tree's identity,
+// so it needs the write lock.
+func (f *FSM) view() *view {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	v := &view{now: f.now, applied: f.applied, queues: make([]*queue, 0, f.queues.Len())}
+	f.queues.Scan(func(q *queue) bool {
+		v.queues = append(v.queues, q.clone())
+		return true
+	})
+	return v
+}
+
+// Snapshot returns a frozen view of the state; its cost is independent of
+// the number of messages. Persist streams it.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	return &fsmSnapshot{v: f.view()}, nil
+}
+
+type fsmSnapshot struct{ v *view }
+
+// Persist writes the snapshot to sink and closes it (or cancels it on
+// error).
+func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	if err := s.v.write(sink, true); err != nil {
+		_ = sink.Cancel()
+		return fmt.Errorf("fsm: persist snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+// Release does nothing: the view is garbage once unreferenced.
+func (s *fsmSnapshot) Release() {}
+
+// StateHash returns a hex SHA-256 over the whole logical state (queues,
+// settings, messages, leases, tombstones, dedup and replay entries,
+// counters, the last now), equal on every node at the same applied index.
+// It hashes the snapshot encoding without the applied index, so a restored
+// FSM has the hash of the one that wrote the snapshot.
+func (f *FSM) StateHash() string {
+	h := sha256.New()
+	if err := f.view().write(h, false); err != nil {
+		// Writing to a hash never fails; a failure here is a bug.
+		panic(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+type snapWriter struct {
+	w     *bufio.Writer
+	crc   hash.Hash32
+	buf   []byte
+	count uint64
+	rec   fsmpb.SnapshotRecord
+	msg   fsmpb.SnapshotMessage
+}
+
+func (v *view) write(out io.Writer, withIndex bool) error {
+	sw := &snapWriter{crc: crc32.New(castagnoli)}
+	sw.w = bufio.NewWriterSize(io.MultiWriter(out, sw.crc), 1<<16)
+	hdr := make([]byte, 0, 12)
+	hdr = append(hdr, snapshotMagic...)
+	hdr = binary.BigEndian.AppendUint32(hdr, snapshotVersion)
+	if _, err := sw.w.Write(hdr); err != nil {
+		return err
+	}
+	st := &fsmpb.SnapshotState{NowUnixNano: v.now}
+	if withIndex {
+		st.AppliedIndex = v.applied
+	}
+	if err := sw.record(&fsmpb.SnapshotRecord{Record: &fsmpb.SnapshotRecord_State{State: st}}); err != nil {
+		return err
+	}
+	for _, q := range v.queues {
+		if err := sw.queue(q); err != nil {
+			return err
+		}
+	}
+	sw.buf = binary.AppendUvarint(sw.buf[:0], 0)
+	sw.buf = binary.BigEndian.AppendUint64(sw.buf, sw.count)
+	if _, err := sw.w.Write(sw.buf); err != nil {
+		return err
+	}
+	if err := sw.w.Flush(); err != nil {
+		return err
+	}
+	_, err := out.Write(binary.BigEndian.AppendUint32(nil, sw.crc.Sum32()))
+	return err
+}
+
+func (sw *snapWriter) record(r *fsmpb.SnapshotRecord) error {
+	var err error
+	// Reserve the longest uvarint, then move the body if it was shorter.
+	sw.buf = append(sw.buf[:0], make([]byte, binary.MaxVarintLen64)...)
+	sw.buf, err = proto.MarshalOptions{Deterministic: true}.MarshalAppend(sw.buf, r)
+	if err != nil {
+		return err
+	}
+	n := len(sw.buf) - binary.MaxVarintLen64
+	var lenBuf [binary.MaxVarintLen64]byte
+	l := binary.PutUvarint(lenBuf[:], uint64(n))
+	start := binary.MaxVarintLen64 - l
+	copy(sw.buf[start:], lenBuf[:l])
+	sw.count++
+	_, err = sw.w.Write(sw.buf[start:])
+	return err
+}
+
+func (sw *snapWriter) queue(q *queue) error {
+	c := q.counters
+	err := sw.record(&fsmpb.SnapshotRecord{Record: &fsmpb.SnapshotRecord_Queue{Queue: &fsmpb.SnapshotQueue{
+		Name:     q.name,
+		Settings: q.settings.proto(),
+		Counters: &fsmpb.QueueStats{
+			EnqueuedTotal: c.enqueued, AckedTotal: c.acked, RedeliveredTotal: c.redelivered,
+			DedupHitsTotal: c.dedupHits, ExpiredTotal: c.expired, DeadLetteredTotal: c.deadLettered,
+			DeliveredTotal: c.delivered, PurgedTotal: c.purged,
+		},
+		CreatedAtUnixNano: q.createdAt,
+		NextId:            q.nextID,
+		DedupCursor:       q.dedupCursor,
+	}}})
+	if err != nil {
+		return err
+	}
+	wrapper := &fsmpb.SnapshotRecord_Message{Message: &sw.msg}
+	q.msgs.Scan(func(m *message) bool {
+		toSnapMessage(&sw.msg, m)
+		sw.rec.Record = wrapper
+		err = sw.record(&sw.rec)
+		return err == nil
+	})
+	if err != nil {
+		return err
+	}
+	q.dedup.Scan(func(e dedupEntry) bool {
+		err = sw.record(&fsmpb.SnapshotRecord{Record: &fsmpb.SnapshotRecord_Dedup{Dedup: &fsmpb.SnapshotDedup{DedupId: e.key, MessageId: e.id}}})
+		return err == nil
+	})
+	if err != nil {
+		return err
+	}
+	q.replayAt.Scan(func(e *replayEntry) bool {
+		r := &fsmpb.SnapshotReplay{RequestId: e.requestID, AtUnixNano: e.at, Outcomes: e.outcomes}
+		for _, m := range e.deliveries {
+			sm := new(fsmpb.SnapshotMessage)
+			toSnapMessage(sm, m)
+			r.Deliveries = append(r.Deliveries, sm)
+		}
+		err = sw.record(&fsmpb.SnapshotRecord{Record: &fsmpb.SnapshotRecord_Replay{Replay: r}})
+		return err == nil
+	})
+	return err
+}
+
+func toSnapMessage(sm *fsmpb.SnapshotMessage, m *message) {
+	*sm = fsmpb.SnapshotMessage{
+		Id:                 m.id,
+		EnqueuedAtUnixNano: m.enqueuedAt,
+		AtUnixNano:         m.at,
+		Attempt:            m.attempt,
+		Flags:              uint32(m.flags),
+		Body:               m.body,
+		DedupId:            m.dedupID,
+		Attributes:         fromAttrs(m.attrs),
+	}
+}
+
+// snapReader reads the stream, feeding every byte it consumes into crc.
+type snapReader struct {
+	r   *bufio.Reader
+	crc hash.Hash32
+	buf []byte
+}
+
+func (sr *snapReader) ReadByte() (byte, error) {
+	b, err := sr.r.ReadByte()
+	if err == nil {
+		sr.crc.Write([]byte{b})
+	}
+	return b, err
+}
+
+func (sr *snapReader) full(n int) ([]byte, error) {
+	if cap(sr.buf) < n {
+		sr.buf = make([]byte, n)
+	}
+	b := sr.buf[:n]
+	if _, err := io.ReadFull(sr.r, b); err != nil {
+		return nil, err
+	}
+	sr.crc.Write(b)
+	return b, nil
+}
+
+func snapErr(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrSnapshot, fmt.Sprintf(format, args...))
+}
+
+func truncated(what string, err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return snapErr("truncated in %s", what)
+	}
+	return snapErr("reading %s: %v", what, err)
+}
+
+// readSnapshot decodes and validates a whole snapshot into a new state. It
+// touches nothing shared, so a rejected snapshot leaves the FSM as it was.
+func readSnapshot(in io.Reader) (*restored, error) {
+	sr := &snapReader{r: bufio.NewReaderSize(in, 1<<16), crc: crc32.New(castagnoli)}
+	hdr, err := sr.full(len(snapshotMagic) + 4)
+	if err != nil {
+		return nil, truncated("header", err)
+	}
+	if string(hdr[:len(snapshotMagic)]) != snapshotMagic {
+		return nil, snapErr("bad magic %q, want %q", hdr[:len(snapshotMagic)], snapshotMagic)
+	}
+	if v := binary.BigEndian.Uint32(hdr[len(snapshotMagic):]); v != snapshotVersion {
+		return nil, snapErr("version %d, this release reads version %d", v, snapshotVersion)
+	}
+	b := newBuilder()
+	var count uint64
+	for {
+		n, err := binary.ReadUvarint(sr)
+		if err != nil {
+			return nil, truncated(fmt.Sprintf("length of record %d", count+1), err)
+		}
+		if n == 0 {
+			break
+		}
+		if n > maxSnapshotRecord {
+			return nil, snapErr("record %d is %d bytes, limit is %d", count+1, n, maxSnapshotRecord)
+		}
+		data, err := sr.full(int(n))
+		if err != nil {
+			return nil, truncated(fmt.Sprintf("record %d", count+1), err)
+		}
+		count++
+		rec := new(fsmpb.SnapshotRecord)
+		if err := proto.Unmarshal(data, rec); err != nil {
+			return nil, snapErr("record %d: %v", count, err)
+		}
+		if err := b.add(rec); err != nil {
+			return nil, snapErr("record %d: %v", count, err)
+		}
+	}
+	cnt, err := sr.full(8)
+	if err != nil {
+		return nil, truncated("trailer", err)
+	}
+	if got := binary.BigEndian.Uint64(cnt); got != count {
+		return nil, snapErr("trailer says %d records, read %d", got, count)
+	}
+	want := sr.crc.Sum32()
+	var sum [4]byte
+	if _, err := io.ReadFull(sr.r, sum[:]); err != nil {
+		return nil, truncated("checksum", err)
+	}
+	if got := binary.BigEndian.Uint32(sum[:]); got != want {
+		return nil, snapErr("checksum %08x, computed %08x", got, want)
+	}
+	if _, err := sr.r.ReadByte(); err != io.EOF {
+		return nil, snapErr("unexpected data after the checksum")
+	}
+	return b.finish()
+}
+
+// builder assembles and validates restored state record by record.
+type builder struct {
+	state   bool
+	now     int64
+	applied uint64
+	queues  *btree.BTreeG[*queue]
+	q       *queue
+	phase   int // within a queue: 0 messages, 1 dedup entries, 2 replay entries
+	lastID  uint64
+	lastKey string
+}
+
+func newBuilder() *builder { return &builder{queues: newQueueTree()} }
+
+func (b *builder) add(rec *fsmpb.SnapshotRecord) error {
+	if !b.state {
+		st := rec.GetState()
+		if st == nil {
+			return errors.New("first record is not the state record")
+		}
+		if st.GetNowUnixNano() < 0 || st.GetNowUnixNano() > MaxNow {
+			return fmt.Errorf("now %d out of range 0 to %d", st.GetNowUnixNano(), MaxNow)
+		}
+		b.state, b.now, b.applied = true, st.GetNowUnixNano(), st.GetAppliedIndex()
+		return nil
+	}
+	switch r := rec.GetRecord().(type) {
+	case *fsmpb.SnapshotRecord_Queue:
+		return b.queue(r.Queue)
+	case *fsmpb.SnapshotRecord_Message:
+		if b.q == nil {
+			return errors.New("message before any queue")
+		}
+		return b.message(r.Message)
+	case *fsmpb.SnapshotRecord_Dedup:
+		if b.q == nil {
+			return errors.New("dedup entry before any queue")
+		}
+		return b.dedup(r.Dedup)
+	case *fsmpb.SnapshotRecord_Replay:
+		if b.q == nil {
+			return errors.New("replay entry before any queue")
+		}
+		return b.replay(r.Replay)
+	default:
+		return fmt.Errorf("unexpected record type %T", r)
+	}
+}
+
+func (b *builder) queue(sq *fsmpb.SnapshotQueue) error {
+	if err := checkQueueName("queue name", sq.GetName()); err != nil {
+		return err
+	}
+	if b.q != nil && sq.GetName() <= b.q.name {
+		return fmt.Errorf("queue %q after %q: not in name order", sq.GetName(), b.q.name)
+	}
+	s, err := defaultSettings().merge(sq.GetName(), sq.GetSettings())
+	if err != nil {
+		return fmt.Errorf("queue %q: %v", sq.GetName(), err)
+	}
+	if sq.GetNextId() < 1 || sq.GetDedupCursor() < 1 || sq.GetDedupCursor() > sq.GetNextId() {
+		return fmt.Errorf("queue %q: next id %d, dedup cursor %d out of range", sq.GetName(), sq.GetNextId(), sq.GetDedupCursor())
+	}
+	q := newQueue(sq.GetName(), sq.GetCreatedAtUnixNano(), s)
+	q.nextID, q.dedupCursor = sq.GetNextId(), sq.GetDedupCursor()
+	c := sq.GetCounters()
+	q.counters = counters{
+		enqueued: c.GetEnqueuedTotal(), acked: c.GetAckedTotal(), redelivered: c.GetRedeliveredTotal(),
+		dedupHits: c.GetDedupHitsTotal(), expired: c.GetExpiredTotal(), deadLettered: c.GetDeadLetteredTotal(),
+		delivered: c.GetDeliveredTotal(), purged: c.GetPurgedTotal(),
+	}
+	b.queues.Set(q)
+	b.q, b.phase, b.lastID, b.lastKey = q, 0, 0, ""
+	return nil
+}
+
+func fromSnapMessage(sm *fsmpb.SnapshotMessage, nextID uint64) (*message, error) {
+	if sm.GetId() < 1 || sm.GetId() >= nextID {
+		return nil, fmt.Errorf("message id %d out of range 1 to %d", sm.GetId(), nextID-1)
+	}
+	f := sm.GetFlags()
+	if f&^flagMask != 0 {
+		return nil, fmt.Errorf("message %d: unknown flags %#x", sm.GetId(), f)
+	}
+	deleted, ready, leased := f&flagDeleted != 0, f&flagReady != 0, f&flagLeased != 0
+	if deleted && (ready || leased || len(sm.GetBody()) > 0) || ready && leased || f&flagAcked != 0 && !deleted {
+		return nil, fmt.Errorf("message %d: inconsistent flags %#x", sm.GetId(), f)
+	}
+	for i, a := range sm.GetAttributes() {
+		if len(a.GetKey()) == 0 {
+			return nil, fmt.Errorf("message %d: attribute %d has an empty key", sm.GetId(), i)
+		}
+	}
+	return &message{
+		id: sm.GetId(), enqueuedAt: sm.GetEnqueuedAtUnixNano(), at: sm.GetAtUnixNano(),
+		body: sm.GetBody(), dedupID: sm.GetDedupId(), attrs: toAttrs(sm.GetAttributes()),
+		attempt: sm.GetAttempt(), flags: uint8(f),
+	}, nil
+}
+
+func (b *builder) message(sm *fsmpb.SnapshotMessage) error {
+	q := b.q
+	if b.phase > 0 {
+		return fmt.Errorf("queue %q: message after dedup or replay entries", q.name)
+	}
+	m, err := fromSnapMessage(sm, q.nextID)
+	if err != nil {
+		return fmt.Errorf("queue %q: %v", q.name, err)
+	}
+	if m.id <= b.lastID {
+		return fmt.Errorf("queue %q: message %d after %d: not in id order", q.name, m.id, b.lastID)
+	}
+	b.lastID = m.id
+	if m.is(flagDeleted) {
+		q.msgs.Load(m)
+		q.tombs.Set(m)
+		return nil
+	}
+	q.msgs.Load(m)
+	if m.is(flagReady) {
+		q.ready.Load(m)
+	} else {
+		q.timed.Set(m)
+		if m.is(flagLeased) {
+			q.leased++
+		}
+	}
+	if m.is(flagDeadLetter) {
+		q.deadLetters++
+	}
+	return nil
+}
+
+func (b *builder) dedup(sd *fsmpb.SnapshotDedup) error {
+	q := b.q
+	if b.phase > 1 {
+		return fmt.Errorf("queue %q: dedup entry after replay entries", q.name)
+	}
+	if sd.GetDedupId() == "" || (b.phase == 1 && sd.GetDedupId() <= b.lastKey) {
+		return fmt.Errorf("queue %q: dedup id %q empty or not in order", q.name, sd.GetDedupId())
+	}
+	b.phase, b.lastKey = 1, sd.GetDedupId()
+	m, ok := q.msgs.Get(&message{id: sd.GetMessageId()})
+	if !ok || m.dedupID != sd.GetDedupId() {
+		return fmt.Errorf("queue %q: dedup id %q names message %d, which does not carry it", q.name, sd.GetDedupId(), sd.GetMessageId())
+	}
+	q.dedup.Set(dedupEntry{key: sd.GetDedupId(), id: sd.GetMessageId()})
+	return nil
+}
+
+func (b *builder) replay(sr *fsmpb.SnapshotReplay) error {
+	q := b.q
+	if sr.GetRequestId() == "" {
+		return fmt.Errorf("queue %q: replay entry without request id", q.name)
+	}
+	e := &replayEntry{requestID: sr.GetRequestId(), at: sr.GetAtUnixNano(), outcomes: sr.GetOutcomes()}
+	if q.replayAt.Len() > 0 {
+		if last, _ := q.replayAt.Max(); !byReplayAt(last, e) {
+			return fmt.Errorf("queue %q: replay entry %q not in time order", q.name, e.requestID)
+		}
+	}
+	if _, dup := q.replay.Get(e); dup {
+		return fmt.Errorf("queue %q: replay entry %q twice", q.name, e.requestID)
+	}
+	for _, o := range e.outcomes {
+		if _, ok := fsmpb.AckOutcome_name[int32(o)]; !ok {
+			return fmt.Errorf("queue %q: replay entry %q: unknown ack outcome %d", q.name, e.requestID, o)
+		}
+	}
+	for _, sm := range sr.GetDeliveries() {
+		m, err := fromSnapMessage(sm, q.nextID)
+		if err != nil {
+			return fmt.Errorf("queue %q: replay entry %q: %v", q.name, e.requestID, err)
+		}
+		e.deliveries = append(e.deliveries, m)
+	}
+	b.phase = 2
+	q.replay.Set(e)
+	q.replayAt.Set(e)
+	return nil
+}
+
+// restored is a state read from a snapshot, ready to be swapped in.
+type restored struct {
+	queues  *btree.BTreeG[*queue]
+	now     int64
+	applied uint64
+}
+
+func (b *builder) finish() (*restored, error) {
+	if !b.state {
+		return nil, snapErr("no state record")
+	}
+	return &restored{queues: b.queues, now: b.now, applied: b.applied}, nil
+}

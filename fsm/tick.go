@@ -1,0 +1,104 @@
+package fsm
+
+import (
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+)
+
+// tick purges, in every queue, messages past retention, dedup entries and
+// ack tombstones past the dedup window and expired receive replay entries.
+// Result.count is the number of entries purged.
+func (t *txn) tick() (*fsmpb.Result, *cmdError) {
+	var total uint64
+	var names []string
+	t.committed.Scan(func(q *queue) bool {
+		names = append(names, q.name)
+		return true
+	})
+	for _, name := range names {
+		c := t.lookup(name).clone()
+		if n := c.tick(t.now); n > 0 {
+			t.work[name] = c
+			total += n
+		}
+	}
+	return &fsmpb.Result{Count: total}, nil
+}
+
+func (q *queue) tick(now int64) uint64 {
+	var n uint64
+	window := q.settings.dedupWindow
+	// Message ids increase with enqueue time (now is monotone), so both
+	// the retention and the dedup scans stop at the first young record.
+	if q.settings.retention > 0 {
+		var old []*message
+		q.msgs.Scan(func(m *message) bool {
+			if m.enqueuedAt+q.settings.retention > now {
+				return false
+			}
+			if !m.is(flagDeleted) {
+				old = append(old, m)
+			}
+			return true
+		})
+		for _, m := range old {
+			q.remove(m, m.attempt, now, false)
+			q.counters.expired++
+		}
+		n += uint64(len(old))
+	}
+	var passed []*message
+	q.msgs.Ascend(&message{id: q.dedupCursor}, func(m *message) bool {
+		if m.enqueuedAt+window > now {
+			return false
+		}
+		passed = append(passed, m)
+		return true
+	})
+	for _, m := range passed {
+		if m.dedupID != "" {
+			if e, ok := q.dedup.Get(dedupEntry{key: m.dedupID}); ok && e.id == m.id {
+				q.dedup.Delete(e)
+				n++
+			}
+		}
+		if m.is(flagDeleted) && m.at+window <= now {
+			q.dropTomb(m)
+			n++
+		}
+		q.dedupCursor = m.id + 1
+	}
+	// A tombstone goes when its own window is over and the dedup cursor
+	// no longer needs it to find its dedup entry.
+	var tombs []*message
+	q.tombs.Scan(func(m *message) bool {
+		if m.at+window > now {
+			return false
+		}
+		if m.id < q.dedupCursor || m.dedupID == "" {
+			tombs = append(tombs, m)
+		}
+		return true
+	})
+	for _, m := range tombs {
+		q.dropTomb(m)
+	}
+	n += uint64(len(tombs))
+	var replays []*replayEntry
+	q.replayAt.Scan(func(e *replayEntry) bool {
+		if e.at+window > now {
+			return false
+		}
+		replays = append(replays, e)
+		return true
+	})
+	for _, e := range replays {
+		q.replay.Delete(e)
+		q.replayAt.Delete(e)
+	}
+	return n + uint64(len(replays))
+}
+
+func (q *queue) dropTomb(m *message) {
+	q.msgs.Delete(m)
+	q.tombs.Delete(m)
+}

@@ -1,0 +1,183 @@
+package fsm
+
+import (
+	"github.com/tidwall/btree"
+
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+)
+
+// txn is one command in progress. It changes only private clones of the
+// queues it touches; FSM.apply swaps them in when the command succeeds, so
+// every command is all or nothing.
+type txn struct {
+	committed *btree.BTreeG[*queue]
+	now       int64
+	work      map[string]*queue // clones; nil marks a deleted queue
+	wake      []string          // queues whose watchers Apply notifies
+}
+
+// lookup returns the queue for reading (nil if it does not exist).
+func (t *txn) lookup(name string) *queue {
+	if q, ok := t.work[name]; ok {
+		return q
+	}
+	q, _ := t.committed.Get(&queue{name: name})
+	return q
+}
+
+// mut returns the queue for changing, or QUEUE_NOT_FOUND naming field.
+func (t *txn) mut(field, name string) (*queue, *cmdError) {
+	if q, ok := t.work[name]; ok {
+		if q == nil {
+			return nil, notFound(name)
+		}
+		return q, nil
+	}
+	if err := checkQueueName(field, name); err != nil {
+		return nil, err
+	}
+	q, ok := t.committed.Get(&queue{name: name})
+	if !ok {
+		return nil, fail(fsmpb.ErrorCode_QUEUE_NOT_FOUND, "%s: queue %q does not exist", field, name)
+	}
+	q = q.clone()
+	t.work[name] = q
+	return q, nil
+}
+
+func (t *txn) notify(name string) { t.wake = append(t.wake, name) }
+
+// run dispatches a command. On error nothing it did is committed.
+func (t *txn) run(cmd *fsmpb.Command) (*fsmpb.Result, *cmdError) {
+	switch op := cmd.GetOp().(type) {
+	case *fsmpb.Command_CreateQueue:
+		return t.createQueue(op.CreateQueue)
+	case *fsmpb.Command_UpdateQueue:
+		return t.updateQueue(op.UpdateQueue)
+	case *fsmpb.Command_DeleteQueue:
+		return t.deleteQueue(op.DeleteQueue)
+	case *fsmpb.Command_Purge:
+		return t.purge(op.Purge)
+	case *fsmpb.Command_Enqueue:
+		res := &fsmpb.Result{}
+		return res, t.enqueue("enqueue", op.Enqueue, res)
+	case *fsmpb.Command_Receive:
+		return t.receive(op.Receive)
+	case *fsmpb.Command_Ack:
+		return t.settle("ack", op.Ack.GetQueue(), op.Ack.GetReceipts(), ackOp{})
+	case *fsmpb.Command_Nack:
+		d := op.Nack.GetDelayNs()
+		if d < 0 || d > int64(MaxDelay) {
+			return nil, invalid("nack.delay_ns is %d, limit is 0 to %v", d, MaxDelay)
+		}
+		return t.settle("nack", op.Nack.GetQueue(), op.Nack.GetReceipts(), nackOp{delay: d})
+	case *fsmpb.Command_Extend:
+		v := op.Extend.GetVisibilityNs()
+		if err := checkOptionalDuration("extend.visibility_ns", v, MinVisibility, MaxVisibility); err != nil {
+			return nil, err
+		}
+		return t.settle("extend", op.Extend.GetQueue(), op.Extend.GetReceipts(), extendOp{visibility: v})
+	case *fsmpb.Command_Transaction:
+		return t.transaction(op.Transaction)
+	case *fsmpb.Command_Tick:
+		return t.tick()
+	case nil:
+		return nil, fail(fsmpb.ErrorCode_MALFORMED, "command has no operation (op is unset or of a newer release)")
+	default:
+		return nil, fail(fsmpb.ErrorCode_MALFORMED, "command operation %T is not supported", op)
+	}
+}
+
+func (t *txn) createQueue(c *fsmpb.CreateQueue) (*fsmpb.Result, *cmdError) {
+	if err := checkQueueName("create_queue.name", c.GetName()); err != nil {
+		return nil, err
+	}
+	s, err := defaultSettings().merge(c.GetName(), c.GetSettings())
+	if err != nil {
+		return nil, err
+	}
+	if q := t.lookup(c.GetName()); q != nil {
+		if !c.GetIfNotExists() {
+			return nil, fail(fsmpb.ErrorCode_QUEUE_EXISTS, "create_queue.name: queue %q already exists", c.GetName())
+		}
+		return &fsmpb.Result{Queue: q.info(t.now)}, nil
+	}
+	q := newQueue(c.GetName(), t.now, s)
+	t.work[q.name] = q
+	t.notify(q.name)
+	return &fsmpb.Result{Queue: q.info(t.now)}, nil
+}
+
+func (t *txn) updateQueue(u *fsmpb.UpdateQueue) (*fsmpb.Result, *cmdError) {
+	q, err := t.mut("update_queue.name", u.GetName())
+	if err != nil {
+		return nil, err
+	}
+	s, err := q.settings.merge(q.name, u.GetSettings())
+	if err != nil {
+		return nil, err
+	}
+	q.settings = s
+	t.notify(q.name)
+	return &fsmpb.Result{Queue: q.info(t.now)}, nil
+}
+
+func (t *txn) deleteQueue(d *fsmpb.DeleteQueue) (*fsmpb.Result, *cmdError) {
+	if _, err := t.mut("delete_queue.name", d.GetName()); err != nil {
+		return nil, err
+	}
+	t.work[d.GetName()] = nil
+	t.notify(d.GetName())
+	return &fsmpb.Result{}, nil
+}
+
+func (t *txn) purge(p *fsmpb.Purge) (*fsmpb.Result, *cmdError) {
+	q, err := t.mut("purge.queue", p.GetQueue())
+	if err != nil {
+		return nil, err
+	}
+	var live []*message
+	for _, tr := range []*btree.BTreeG[*message]{q.ready, q.timed} {
+		tr.Scan(func(m *message) bool {
+			live = append(live, m)
+			return true
+		})
+	}
+	for _, m := range live {
+		q.remove(m, m.attempt, t.now, false)
+	}
+	q.counters.purged += uint64(len(live))
+	t.notify(q.name)
+	return &fsmpb.Result{Count: uint64(len(live))}, nil
+}
+
+// transaction acks receipts and enqueues messages, all or nothing: the
+// first receipt that is not ACK_OK fails the whole command with LEASE_LOST.
+func (t *txn) transaction(x *fsmpb.Transaction) (*fsmpb.Result, *cmdError) {
+	n := len(x.GetAcks()) + len(x.GetEnqueues())
+	if n < 1 || n > MaxTransactionOp {
+		return nil, invalid("transaction has %d acks plus enqueues, limit is 1 to %d", n, MaxTransactionOp)
+	}
+	res := &fsmpb.Result{}
+	for i, a := range x.GetAcks() {
+		field := fieldf("transaction.acks[%d]", i)
+		r, err := t.settle(field, a.GetQueue(), a.GetReceipts(), ackOp{})
+		if err != nil {
+			return nil, err
+		}
+		for j, o := range r.Outcomes {
+			if o != fsmpb.AckOutcome_ACK_OK {
+				rc := a.GetReceipts()[j]
+				return nil, fail(fsmpb.ErrorCode_LEASE_LOST, "%s.receipts[%d] (message %d attempt %d) in queue %q: %s; the transaction changed nothing",
+					field, j, rc.GetMessageId(), rc.GetAttempt(), a.GetQueue(), o)
+			}
+		}
+		res.Outcomes = append(res.Outcomes, r.Outcomes...)
+	}
+	for i, e := range x.GetEnqueues() {
+		if err := t.enqueue(fieldf("transaction.enqueues[%d]", i), e, res); err != nil {
+			return nil, err
+		}
+	}
+	return res, nil
+}

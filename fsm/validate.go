@@ -1,0 +1,195 @@
+package fsm
+
+import (
+	"math"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+)
+
+// Defaults and limits. Every bad value is rejected with an error naming the
+// field and the limit; nothing is clamped.
+const (
+	DefaultVisibility  = 30 * time.Second
+	DefaultDedupWindow = 10 * time.Minute
+	DefaultRetention   = 14 * 24 * time.Hour
+
+	MinVisibility  = time.Millisecond
+	MaxVisibility  = 12 * time.Hour
+	MaxDelay       = 12 * time.Hour // message delay and nack delay
+	MinDedupWindow = time.Second
+	MaxDedupWindow = 7 * 24 * time.Hour
+	MinRetention   = time.Second
+	MaxRetention   = 365 * 24 * time.Hour
+	MaxDeliveries  = 1000
+
+	MaxQueueName     = 128
+	MaxBatch         = 1000 // messages per Enqueue, receipts per Ack/Nack/Extend, Receive.max
+	MaxBodyBytes     = 1 << 20
+	MaxDedupID       = 128
+	MaxRequestID     = 128
+	MaxAttributes    = 32
+	MaxAttributeKey  = 256
+	MaxAttributeVal  = 4096
+	MaxTransactionOp = 100 // Ack and Enqueue groups per Transaction
+
+	// MaxNow bounds a command's now (about the year 2096) so that now plus
+	// any allowed duration cannot overflow int64.
+	MaxNow = int64(4e18)
+)
+
+func defaultSettings() settings {
+	return settings{
+		visibility:  int64(DefaultVisibility),
+		dedupWindow: int64(DefaultDedupWindow),
+		retention:   int64(DefaultRetention),
+	}
+}
+
+func (s settings) proto() *fsmpb.QueueSettings {
+	return &fsmpb.QueueSettings{
+		VisibilityTimeoutNs: proto.Int64(s.visibility),
+		MaxDeliveries:       proto.Uint32(s.maxDeliveries),
+		DeadLetterQueue:     proto.String(s.deadLetter),
+		DedupWindowNs:       proto.Int64(s.dedupWindow),
+		RetentionNs:         proto.Int64(s.retention),
+		MaxDepth:            proto.Uint64(s.maxDepth),
+	}
+}
+
+// merge applies the fields set in p over s and validates the result for the
+// queue named name.
+func (s settings) merge(name string, p *fsmpb.QueueSettings) (settings, *cmdError) {
+	if p == nil {
+		p = &fsmpb.QueueSettings{}
+	}
+	if p.VisibilityTimeoutNs != nil {
+		s.visibility = p.GetVisibilityTimeoutNs()
+	}
+	if p.MaxDeliveries != nil {
+		s.maxDeliveries = p.GetMaxDeliveries()
+	}
+	if p.DeadLetterQueue != nil {
+		s.deadLetter = p.GetDeadLetterQueue()
+	}
+	if p.DedupWindowNs != nil {
+		s.dedupWindow = p.GetDedupWindowNs()
+	}
+	if p.RetentionNs != nil {
+		s.retention = p.GetRetentionNs()
+	}
+	if p.MaxDepth != nil {
+		s.maxDepth = p.GetMaxDepth()
+	}
+	if err := checkDuration("settings.visibility_timeout_ns", s.visibility, MinVisibility, MaxVisibility); err != nil {
+		return s, err
+	}
+	if s.maxDeliveries > MaxDeliveries {
+		return s, invalid("settings.max_deliveries is %d, limit is 0 (unlimited) to %d", s.maxDeliveries, MaxDeliveries)
+	}
+	if s.deadLetter != "" {
+		if err := checkQueueName("settings.dead_letter_queue", s.deadLetter); err != nil {
+			return s, err
+		}
+		if s.deadLetter == name {
+			return s, invalid("settings.dead_letter_queue must not be the queue itself (%q)", name)
+		}
+	}
+	if err := checkDuration("settings.dedup_window_ns", s.dedupWindow, MinDedupWindow, MaxDedupWindow); err != nil {
+		return s, err
+	}
+	if s.retention != 0 {
+		if err := checkDuration("settings.retention_ns", s.retention, MinRetention, MaxRetention); err != nil {
+			return s, invalid("%s (or 0 to keep messages forever)", err.msg)
+		}
+	}
+	return s, nil
+}
+
+func checkDuration(field string, v int64, lo, hi time.Duration) *cmdError {
+	if v < int64(lo) || v > int64(hi) {
+		return invalid("%s is %d ns, limit is %v to %v", field, v, lo, hi)
+	}
+	return nil
+}
+
+// checkOptionalDuration accepts 0 (meaning "use the default") or lo..hi.
+func checkOptionalDuration(field string, v int64, lo, hi time.Duration) *cmdError {
+	if v == 0 {
+		return nil
+	}
+	if err := checkDuration(field, v, lo, hi); err != nil {
+		return invalid("%s (or 0 for the queue's default)", err.msg)
+	}
+	return nil
+}
+
+func checkQueueName(field, name string) *cmdError {
+	if len(name) == 0 || len(name) > MaxQueueName {
+		return invalid("%s %q has length %d, limit is 1 to %d characters [A-Za-z0-9._-]", field, name, len(name), MaxQueueName)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return invalid("%s %q has byte %q at %d, allowed are [A-Za-z0-9._-]", field, name, c, i)
+		}
+	}
+	return nil
+}
+
+func checkCount(field string, n int) *cmdError {
+	if n < 1 || n > MaxBatch {
+		return invalid("%s has %d entries, limit is 1 to %d", field, n, MaxBatch)
+	}
+	return nil
+}
+
+func checkMessage(field string, m *fsmpb.Message) *cmdError {
+	if len(m.GetBody()) > MaxBodyBytes {
+		return invalid("%s.body is %d bytes, limit is %d", field, len(m.GetBody()), MaxBodyBytes)
+	}
+	if len(m.GetDedupId()) > MaxDedupID {
+		return invalid("%s.dedup_id is %d bytes, limit is %d", field, len(m.GetDedupId()), MaxDedupID)
+	}
+	if d := m.GetDelayNs(); d < 0 || d > int64(MaxDelay) {
+		return invalid("%s.delay_ns is %d, limit is 0 to %v", field, d, MaxDelay)
+	}
+	if len(m.GetAttributes()) > MaxAttributes {
+		return invalid("%s.attributes has %d entries, limit is %d", field, len(m.GetAttributes()), MaxAttributes)
+	}
+	for i, a := range m.GetAttributes() {
+		if len(a.GetKey()) == 0 || len(a.GetKey()) > MaxAttributeKey {
+			return invalid("%s.attributes[%d].key is %d bytes, limit is 1 to %d", field, i, len(a.GetKey()), MaxAttributeKey)
+		}
+		if len(a.GetValue()) > MaxAttributeVal {
+			return invalid("%s.attributes[%d].value is %d bytes, limit is %d", field, i, len(a.GetValue()), MaxAttributeVal)
+		}
+	}
+	return nil
+}
+
+func checkReceipts(field string, rs []*fsmpb.Receipt) *cmdError {
+	if err := checkCount(field, len(rs)); err != nil {
+		return err
+	}
+	for i, r := range rs {
+		if r == nil {
+			return invalid("%s[%d] is empty", field, i)
+		}
+		if r.GetAttempt() == 0 {
+			return invalid("%s[%d].attempt is 0, attempts start at 1", field, i)
+		}
+	}
+	return nil
+}
+
+// addDur adds a validated duration to a validated now; the limits make
+// overflow impossible, the check keeps that true if they ever change.
+func addDur(now, d int64) int64 {
+	if d > 0 && now > math.MaxInt64-d {
+		return math.MaxInt64
+	}
+	return now + d
+}
