@@ -1,0 +1,204 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+	"github.com/quorumq/quorumq/transport"
+)
+
+func TestBackoffStaysWithinJitteredBounds(t *testing.T) {
+	b := backoff{min: 10 * time.Millisecond, max: 200 * time.Millisecond}
+	want := []time.Duration{10, 20, 40, 80, 160, 200, 200, 200}
+	for i, w := range want {
+		w *= time.Millisecond
+		d := b.next()
+		if d < w/2 || d > w {
+			t.Fatalf("delay %d = %v, want within [%v, %v]", i, d, w/2, w)
+		}
+	}
+	// Far past the cap the shift must not overflow into a tiny or negative delay.
+	b.n = 100
+	if d := b.next(); d < 100*time.Millisecond || d > 200*time.Millisecond {
+		t.Fatalf("delay after 100 attempts = %v, want within [100ms, 200ms]", d)
+	}
+}
+
+func TestBackoffIsJittered(t *testing.T) {
+	seen := map[time.Duration]bool{}
+	for range 50 {
+		b := backoff{min: time.Second, max: time.Second}
+		seen[b.next()] = true
+	}
+	if len(seen) < 10 {
+		t.Fatalf("50 first delays took only %d distinct values; clients would retry in lock-step", len(seen))
+	}
+}
+
+func TestServerErrorsMatchTypedErrors(t *testing.T) {
+	cases := []struct {
+		code fsmpb.ErrorCode
+		want error
+	}{
+		{fsmpb.ErrorCode_QUEUE_NOT_FOUND, ErrQueueNotFound},
+		{fsmpb.ErrorCode_QUEUE_EXISTS, ErrQueueExists},
+		{fsmpb.ErrorCode_QUEUE_FULL, ErrQueueFull},
+		{fsmpb.ErrorCode_LEASE_LOST, ErrLeaseLost},
+		{fsmpb.ErrorCode_INVALID_ARGUMENT, ErrInvalidArgument},
+		{fsmpb.ErrorCode_MALFORMED, ErrInvalidArgument},
+		{fsmpb.ErrorCode_UNKNOWN_MESSAGE, ErrUnknownMessage},
+	}
+	for _, c := range cases {
+		err := fromStatus("Send", transport.QueueError(c.code, "queue \"jobs\": detail"))
+		if !errors.Is(err, c.want) {
+			t.Errorf("%v: got %v, want errors.Is %v", c.code, err, c.want)
+		}
+		if !strings.Contains(err.Error(), `queue "jobs": detail`) || !strings.HasPrefix(err.Error(), "Send: ") {
+			t.Errorf("%v: error %q lost the op or the server's message", c.code, err)
+		}
+	}
+}
+
+func TestAckErrorListsFailedReceipts(t *testing.T) {
+	rs := []Receipt{{1, 1}, {2, 3}, {3, 1}}
+	err := ackError("Ack", "jobs", rs, []fsmpb.AckOutcome{
+		fsmpb.AckOutcome_ACK_OK, fsmpb.AckOutcome_ACK_LEASE_LOST, fsmpb.AckOutcome_ACK_UNKNOWN_MESSAGE,
+	}, nil)
+	var ae *AckError
+	if !errors.As(err, &ae) {
+		t.Fatalf("got %v, want *AckError", err)
+	}
+	if len(ae.Failed) != 2 || ae.Failed[0].Receipt != (Receipt{2, 3}) || ae.Failed[1].Receipt != (Receipt{3, 1}) {
+		t.Fatalf("failed receipts = %+v, want 2/3 and 3/1", ae.Failed)
+	}
+	if !errors.Is(err, ErrLeaseLost) || !errors.Is(err, ErrUnknownMessage) || errors.Is(err, ErrQueueFull) {
+		t.Fatalf("errors.Is on %v does not match exactly lease lost and unknown message", err)
+	}
+	if err := ackError("Ack", "jobs", rs[:1], []fsmpb.AckOutcome{fsmpb.AckOutcome_ACK_OK}, nil); err != nil {
+		t.Fatalf("all OK gave %v, want nil", err)
+	}
+	if err := ackError("Ack", "jobs", rs, []fsmpb.AckOutcome{fsmpb.AckOutcome_ACK_OK}, nil); err == nil {
+		t.Fatal("3 receipts with 1 outcome gave nil; a short reply must not pass as success")
+	}
+}
+
+func TestBadArgumentsNameTheField(t *testing.T) {
+	ctx := context.Background()
+	c := &Client{} // validation runs before any network use
+	long := strings.Repeat("q", 129)
+	cases := []struct {
+		name   string
+		err    error
+		substr string
+	}{
+		{"empty queue", func() error { _, err := c.Send(ctx, "", []byte("x")); return err }(), "Send queue"},
+		{"long queue", func() error { _, err := c.Send(ctx, long, []byte("x")); return err }(), "limit is 128"},
+		{"bad char", func() error { _, err := c.Receive(ctx, "a/b", 1); return err }(), `'/'`},
+		{"negative delay", func() error { _, err := c.Send(ctx, "q", nil, WithDelay(-time.Second)); return err }(), "msgs[0].Delay"},
+		{"max 0", func() error { _, err := c.Receive(ctx, "q", 0); return err }(), "Receive max"},
+		{"wait", func() error { _, err := c.Receive(ctx, "q", 1, WithWait(21*time.Second)); return err }(), "0..20s"},
+		{"no receipts", c.Ack(ctx, "q"), "Ack receipts"},
+		{"attempt 0", c.Extend(ctx, "q", time.Second, Receipt{MessageID: 1}), "Extend receipts[0].Attempt"},
+		{"empty batch", func() error { _, err := c.SendBatch(ctx, "q", nil); return err }(), "SendBatch msgs"},
+		{"empty tx", func() error { _, err := c.Transact(ctx, Transaction{}); return err }(), "Transact tx"},
+		{"tx queue", func() error {
+			_, err := c.Transact(ctx, Transaction{Enqueues: []TxEnqueue{{Queue: "ok"}, {Queue: ""}}})
+			return err
+		}(), "Enqueues[1].Queue"},
+		{"retention", func() error { _, err := c.CreateQueue(ctx, "q", QueueSettings{Retention: -2}); return err }(), "Retention"},
+		{"dlq", func() error { _, err := c.CreateQueue(ctx, "q", QueueSettings{DeadLetterQueue: "a b"}); return err }(), "DeadLetterQueue"},
+		{"concurrency", c.Consume(ctx, "q", nil, WithConcurrency(0)), "WithConcurrency"},
+		{"nack backoff", c.Consume(ctx, "q", nil, WithNackBackoff(time.Second, time.Millisecond)), "WithNackBackoff"},
+	}
+	for _, tc := range cases {
+		if !errors.Is(tc.err, ErrInvalidArgument) || !strings.Contains(tc.err.Error(), tc.substr) {
+			t.Errorf("%s: got %v, want ErrInvalidArgument naming %q", tc.name, tc.err, tc.substr)
+		}
+	}
+}
+
+func TestNewRejectsBadOptions(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		addrs  []string
+		opts   []Option
+		substr string
+	}{
+		{nil, nil, "addrs"},
+		{[]string{"a:1", ""}, nil, "addrs[1]"},
+		{[]string{"a:1"}, []Option{WithToken("secret")}, "WithToken"},
+		{[]string{"a:1"}, []Option{WithBackoff(time.Second, time.Millisecond)}, "WithBackoff"},
+	} {
+		_, err := New(ctx, tc.addrs, tc.opts...)
+		if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), tc.substr) {
+			t.Errorf("New(%v): got %v, want ErrInvalidArgument naming %q", tc.addrs, err, tc.substr)
+		}
+	}
+}
+
+func TestNewGivesUpWhenNoNodeAnswers(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	// Port 1 on loopback refuses connections.
+	_, err := New(ctx, []string{"127.0.0.1:1"}, WithBackoff(10*time.Millisecond, 50*time.Millisecond))
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "127.0.0.1:1") {
+		t.Fatalf("got %v, want a deadline error naming the address", err)
+	}
+}
+
+func TestDedupIDsAreFixedBeforeTheFirstAttempt(t *testing.T) {
+	req, err := enqueueRequest("SendBatch", "q", []OutMessage{
+		{Body: []byte("a")},
+		{Body: []byte("b"), DedupID: "mine", Attributes: map[string]string{"z": "1", "a": "2"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := req.Messages[0].GetDedupId()
+	if len(id) != 26 {
+		t.Fatalf("generated dedup ID %q, want a 26-character ULID", id)
+	}
+	if req.Messages[1].GetDedupId() != "mine" {
+		t.Fatalf("caller's dedup ID replaced by %q", req.Messages[1].GetDedupId())
+	}
+	if a := req.Messages[1].GetAttributes(); a[0].GetKey() != "a" || a[1].GetKey() != "z" {
+		t.Fatalf("attributes not sorted by key: %v", a)
+	}
+	seen := map[string]bool{}
+	for range 10000 {
+		id := NewDedupID()
+		if seen[id] {
+			t.Fatalf("NewDedupID repeated %q", id)
+		}
+		seen[id] = true
+	}
+}
+
+func TestPipelineDedupIDIsPerMessageAndOutput(t *testing.T) {
+	at := time.Unix(1700000000, 5)
+	m := &Message{Queue: "in", Receipt: Receipt{MessageID: 7, Attempt: 1}, EnqueuedAt: at}
+	again := &Message{Queue: "in", Receipt: Receipt{MessageID: 7, Attempt: 4}, EnqueuedAt: at}
+	if PipelineDedupID(m, 0) != PipelineDedupID(again, 0) {
+		t.Fatal("a redelivery (new attempt) got a different dedup ID; outputs would be enqueued twice")
+	}
+	ids := map[string]string{}
+	for name, id := range map[string]string{
+		"base":         PipelineDedupID(m, 0),
+		"output 1":     PipelineDedupID(m, 1),
+		"other id":     PipelineDedupID(&Message{Queue: "in", Receipt: Receipt{MessageID: 8}, EnqueuedAt: at}, 0),
+		"other queue":  PipelineDedupID(&Message{Queue: "in2", Receipt: Receipt{MessageID: 7}, EnqueuedAt: at}, 0),
+		"re-created q": PipelineDedupID(&Message{Queue: "in", Receipt: Receipt{MessageID: 7}, EnqueuedAt: at.Add(time.Nanosecond)}, 0),
+	} {
+		if other, dup := ids[id]; dup {
+			t.Fatalf("%s and %s share dedup ID %s", name, other, id)
+		}
+		ids[id] = name
+		if len(id) > 128 {
+			t.Fatalf("%s: dedup ID is %d bytes, server limit is 128", name, len(id))
+		}
+	}
+}
