@@ -84,9 +84,6 @@ func (c Config) withDefaults() (Config, error) {
 	if c.BootstrapExpect < 0 {
 		return c, configErr("bootstrap-expect %d is negative", c.BootstrapExpect)
 	}
-	if c.BootstrapExpect > 1 && len(c.Join) == 0 {
-		return c, configErr("bootstrap-expect %d needs --join with the other servers' gossip addresses", c.BootstrapExpect)
-	}
 	if (c.RaftServerTLS == nil) != (c.RaftClientTLS == nil) {
 		return c, configErr("Raft TLS needs both a server and a client config")
 	}
