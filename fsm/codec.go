@@ -20,6 +20,8 @@ const headerLen = 1 + 4
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
+func crc32c(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+
 // Encode frames a command for the Raft log: 1 version byte (1), the 4-byte
 // big-endian CRC32C (Castagnoli) of the protobuf, then the protobuf bytes of
 // cmd. Deterministic marshalling keeps the bytes identical for equal commands.
@@ -33,7 +35,7 @@ func Encode(cmd *fsmpb.Command) ([]byte, error) {
 		return nil, fmt.Errorf("%w: marshal command: %v", ErrMalformed, err)
 	}
 	buf[0] = commandVersion
-	binary.BigEndian.PutUint32(buf[1:headerLen], crc32.Checksum(buf[headerLen:], castagnoli))
+	binary.BigEndian.PutUint32(buf[1:headerLen], crc32c(buf[headerLen:]))
 	return buf, nil
 }
 
@@ -47,7 +49,7 @@ func Decode(data []byte) (*fsmpb.Command, error) {
 		return nil, fmt.Errorf("%w: command version %d, this release reads version %d", ErrMalformed, data[0], commandVersion)
 	}
 	want := binary.BigEndian.Uint32(data[1:headerLen])
-	if got := crc32.Checksum(data[headerLen:], castagnoli); got != want {
+	if got := crc32c(data[headerLen:]); got != want {
 		return nil, fmt.Errorf("%w: command checksum %08x, header says %08x", ErrMalformed, got, want)
 	}
 	cmd := new(fsmpb.Command)

@@ -1,0 +1,222 @@
+package fsm
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+)
+
+// t0 is the start of every test's clock.
+const t0 = int64(1_700_000_000) * int64(time.Second)
+
+// harness drives an FSM through Encode and Apply, as raft would.
+type harness struct {
+	t   testing.TB
+	f   *FSM
+	idx uint64
+	now int64
+}
+
+func newHarness(t testing.TB) *harness { return &harness{t: t, f: New(), now: t0} }
+
+// at sets the clock to t0 + d for the next commands.
+func (h *harness) at(d time.Duration) *harness { h.now = t0 + int64(d); return h }
+
+func (h *harness) apply(cmd *fsmpb.Command) *fsmpb.Result {
+	h.t.Helper()
+	if cmd.NowUnixNano == 0 {
+		cmd.NowUnixNano = h.now
+	}
+	data, err := Encode(cmd)
+	if err != nil {
+		h.t.Fatalf("encode: %v", err)
+	}
+	h.idx++
+	out := h.f.Apply(&raft.Log{Index: h.idx, Term: 1, Type: raft.LogCommand, Data: data})
+	res, ok := out.(*fsmpb.Result)
+	if !ok || res == nil {
+		h.t.Fatalf("Apply returned %T %v, want *fsmpb.Result", out, out)
+	}
+	checkInvariants(h.t, h.f)
+	return res
+}
+
+// ok applies cmd and fails the test if it returned an error.
+func (h *harness) ok(cmd *fsmpb.Command) *fsmpb.Result {
+	h.t.Helper()
+	res := h.apply(cmd)
+	if err := ResultError(res); err != nil {
+		h.t.Fatalf("%v: %v", cmd, err)
+	}
+	return res
+}
+
+// fails applies cmd, expects error code and a message containing want, and
+// checks that the state did not change.
+func (h *harness) fails(cmd *fsmpb.Command, code fsmpb.ErrorCode, want string) *fsmpb.Result {
+	h.t.Helper()
+	before := h.f.StateHash()
+	res := h.apply(cmd)
+	if res.GetError().GetCode() != code {
+		h.t.Fatalf("%v: error %v, want %v", cmd, res.GetError(), code)
+	}
+	if !strings.Contains(res.GetError().GetMessage(), want) {
+		h.t.Fatalf("error message %q does not mention %q", res.GetError().GetMessage(), want)
+	}
+	if after := h.f.StateHash(); after != before {
+		h.t.Fatalf("failed command %v changed the state", cmd)
+	}
+	return res
+}
+
+func (h *harness) stats(queue string) *fsmpb.QueueStats {
+	h.t.Helper()
+	info, err := h.f.Queue(queue)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return info.GetStats()
+}
+
+// Command builders.
+
+func createQ(name string, s *fsmpb.QueueSettings) *fsmpb.Command {
+	return &fsmpb.Command{Op: &fsmpb.Command_CreateQueue{CreateQueue: &fsmpb.CreateQueue{Name: name, Settings: s}}}
+}
+
+func updateQ(name string, s *fsmpb.QueueSettings) *fsmpb.Command {
+	return &fsmpb.Command{Op: &fsmpb.Command_UpdateQueue{UpdateQueue: &fsmpb.UpdateQueue{Name: name, Settings: s}}}
+}
+
+func enq(queue string, msgs ...*fsmpb.Message) *fsmpb.Command {
+	return &fsmpb.Command{Op: &fsmpb.Command_Enqueue{Enqueue: &fsmpb.Enqueue{Queue: queue, Messages: msgs}}}
+}
+
+func msg(body, dedup string) *fsmpb.Message { return &fsmpb.Message{Body: []byte(body), DedupId: dedup} }
+
+func delayed(body string, d time.Duration) *fsmpb.Message {
+	return &fsmpb.Message{Body: []byte(body), DelayNs: int64(d)}
+}
+
+func recv(queue string, max uint32) *fsmpb.Receive { return &fsmpb.Receive{Queue: queue, Max: max} }
+
+func recvCmd(r *fsmpb.Receive) *fsmpb.Command {
+	return &fsmpb.Command{Op: &fsmpb.Command_Receive{Receive: r}}
+}
+
+func ackCmd(queue string, rs ...*fsmpb.Receipt) *fsmpb.Command {
+	return &fsmpb.Command{Op: &fsmpb.Command_Ack{Ack: &fsmpb.Ack{Queue: queue, Receipts: rs}}}
+}
+
+func nackCmd(queue string, delay time.Duration, rs ...*fsmpb.Receipt) *fsmpb.Command {
+	return &fsmpb.Command{Op: &fsmpb.Command_Nack{Nack: &fsmpb.Nack{Queue: queue, Receipts: rs, DelayNs: int64(delay)}}}
+}
+
+func extendCmd(queue string, vis time.Duration, rs ...*fsmpb.Receipt) *fsmpb.Command {
+	return &fsmpb.Command{Op: &fsmpb.Command_Extend{Extend: &fsmpb.Extend{Queue: queue, Receipts: rs, VisibilityNs: int64(vis)}}}
+}
+
+func txCmd(acks []*fsmpb.Ack, enqs []*fsmpb.Enqueue) *fsmpb.Command {
+	return &fsmpb.Command{Op: &fsmpb.Command_Transaction{Transaction: &fsmpb.Transaction{Acks: acks, Enqueues: enqs}}}
+}
+
+func tickCmd() *fsmpb.Command { return &fsmpb.Command{Op: &fsmpb.Command_Tick{Tick: &fsmpb.Tick{}}} }
+
+func purgeCmd(queue string) *fsmpb.Command {
+	return &fsmpb.Command{Op: &fsmpb.Command_Purge{Purge: &fsmpb.Purge{Queue: queue}}}
+}
+
+func receipt(id uint64, attempt uint32) *fsmpb.Receipt {
+	return &fsmpb.Receipt{MessageId: id, Attempt: attempt}
+}
+
+func bodies(res *fsmpb.Result) []string {
+	var out []string
+	for _, d := range res.GetDeliveries() {
+		out = append(out, string(d.GetBody()))
+	}
+	return out
+}
+
+func outcomes(res *fsmpb.Result) []fsmpb.AckOutcome { return res.GetOutcomes() }
+
+func settingsOf(fn func(s *fsmpb.QueueSettings)) *fsmpb.QueueSettings {
+	s := &fsmpb.QueueSettings{}
+	fn(s)
+	return s
+}
+
+// checkInvariants verifies every structural invariant of every queue:
+// each live message in exactly one of ready/timed, the gauges match the
+// trees, the counters add up, tombstones and dedup entries are consistent.
+func checkInvariants(t testing.TB, f *FSM) {
+	t.Helper()
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	f.queues.Scan(func(q *queue) bool {
+		var live, leased, deadLetters, tombs uint64
+		var prev *message
+		q.msgs.Scan(func(m *message) bool {
+			if prev != nil && m.id <= prev.id {
+				t.Fatalf("queue %s: ids out of order", q.name)
+			}
+			if prev != nil && m.enqueuedAt < prev.enqueuedAt {
+				t.Fatalf("queue %s: message %d enqueued before %d", q.name, m.id, prev.id)
+			}
+			prev = m
+			if m.id >= q.nextID {
+				t.Fatalf("queue %s: message %d >= next id %d", q.name, m.id, q.nextID)
+			}
+			if m.is(flagDeleted) {
+				tombs++
+				if _, ok := q.tombs.Get(m); !ok {
+					t.Fatalf("queue %s: tombstone %d missing from tombs", q.name, m.id)
+				}
+				return true
+			}
+			live++
+			_, inReady := q.ready.Get(m)
+			_, inTimed := q.timed.Get(m)
+			if inReady == inTimed || inReady != m.is(flagReady) {
+				t.Fatalf("queue %s: message %d in ready=%v timed=%v flags=%b", q.name, m.id, inReady, inTimed, m.flags)
+			}
+			if m.is(flagLeased) {
+				leased++
+			}
+			if m.is(flagDeadLetter) {
+				deadLetters++
+			}
+			return true
+		})
+		if live != q.live() || leased != q.leased || deadLetters != q.deadLetters || tombs != uint64(q.tombs.Len()) {
+			t.Fatalf("queue %s: live %d/%d leased %d/%d dead letters %d/%d tombs %d/%d", q.name,
+				live, q.live(), leased, q.leased, deadLetters, q.deadLetters, tombs, q.tombs.Len())
+		}
+		c := q.counters
+		if c.enqueued != live+c.acked+c.expired+c.deadLettered+c.purged {
+			t.Fatalf("queue %s: enqueued %d != live %d + acked %d + expired %d + dead-lettered %d + purged %d",
+				q.name, c.enqueued, live, c.acked, c.expired, c.deadLettered, c.purged)
+		}
+		if c.redelivered > c.delivered {
+			t.Fatalf("queue %s: redelivered %d > delivered %d", q.name, c.redelivered, c.delivered)
+		}
+		q.dedup.Scan(func(e dedupEntry) bool {
+			m, ok := q.msgs.Get(&message{id: e.id})
+			if !ok || m.dedupID != e.key {
+				t.Fatalf("queue %s: dedup %q -> %d without a record carrying it", q.name, e.key, e.id)
+			}
+			return true
+		})
+		if q.replay.Len() != q.replayAt.Len() {
+			t.Fatalf("queue %s: replay %d entries, replayAt %d", q.name, q.replay.Len(), q.replayAt.Len())
+		}
+		return true
+	})
+}
+
+func protoU32(v uint32) *uint32 { return &v }
+func protoStr(v string) *string { return &v }

@@ -1,0 +1,162 @@
+package fsm
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+)
+
+// memSink is a raft.SnapshotSink over a buffer.
+type memSink struct {
+	bytes.Buffer
+	closed, cancelled bool
+}
+
+func (s *memSink) ID() string    { return "mem" }
+func (s *memSink) Cancel() error { s.cancelled = true; return nil }
+func (s *memSink) Close() error  { s.closed = true; return nil }
+
+func persistBytes(t testing.TB, f *FSM) []byte {
+	t.Helper()
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snap.Release()
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	if !sink.closed || sink.cancelled {
+		t.Fatalf("sink closed %v cancelled %v, want closed", sink.closed, sink.cancelled)
+	}
+	return sink.Bytes()
+}
+
+func persist(t testing.TB, f *FSM) io.ReadCloser {
+	return io.NopCloser(bytes.NewReader(persistBytes(t, f)))
+}
+
+// busyState builds a state with every kind of entry: several queues,
+// ready, delayed, leased, dead letters, tombstones, dedup and replay.
+func busyState(t testing.TB) *harness {
+	h := newHarness(t)
+	h.ok(createQ("dlq", nil))
+	h.ok(createQ("w", settingsOf(func(s *fsmpb.QueueSettings) {
+		s.MaxDeliveries = protoU32(1)
+		s.DeadLetterQueue = protoStr("dlq")
+	})))
+	h.ok(enq("w", msg("a", "da"), msg("b", "db"), delayed("c", time.Hour),
+		&fsmpb.Message{Body: []byte("d"), Attributes: []*fsmpb.Attribute{{Key: "k", Value: "v"}}}))
+	r := h.ok(recvCmd(&fsmpb.Receive{Queue: "w", Max: 2, RequestId: "req"}))
+	h.ok(ackCmd("w", r.Deliveries[0].Receipt))
+	h.ok(nackCmd("w", 0, r.Deliveries[1].Receipt))
+	h.at(time.Second)
+	h.ok(recvCmd(recv("w", 5))) // b dead-lettered, d leased
+	return h
+}
+
+func TestSnapshotRestoreSameHash(t *testing.T) {
+	h := busyState(t)
+	want := h.f.StateHash()
+	data := persistBytes(t, h.f)
+
+	g := New()
+	if err := g.Restore(io.NopCloser(bytes.NewReader(data))); err != nil {
+		t.Fatal(err)
+	}
+	checkInvariants(t, g)
+	if got := g.StateHash(); got != want {
+		t.Fatalf("restored hash %s, want %s", got, want)
+	}
+	if g.AppliedIndex() != h.f.AppliedIndex() || !g.Now().Equal(h.f.Now()) {
+		t.Fatalf("restored index %d now %v, want %d %v", g.AppliedIndex(), g.Now(), h.f.AppliedIndex(), h.f.Now())
+	}
+	// Both continue identically.
+	h2 := &harness{t: t, f: g, idx: h.idx, now: h.now}
+	for _, x := range []*harness{h, h2} {
+		x.at(2 * time.Hour)
+		x.ok(recvCmd(recv("w", 10)))
+		x.ok(recvCmd(recv("dlq", 10)))
+		x.ok(tickCmd())
+	}
+	if h.f.StateHash() != g.StateHash() {
+		t.Fatal("restored FSM diverged after more commands")
+	}
+}
+
+func TestSnapshotIsFrozen(t *testing.T) {
+	h := busyState(t)
+	snap, _ := h.f.Snapshot()
+	want := h.f.StateHash()
+	h.ok(enq("w", msg("later", "")))
+	h.ok(purgeCmd("dlq"))
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	g := New()
+	if err := g.Restore(io.NopCloser(&sink)); err != nil {
+		t.Fatal(err)
+	}
+	if g.StateHash() != want {
+		t.Fatal("snapshot saw commands applied after Snapshot()")
+	}
+}
+
+func TestRestoreRejectsBadSnapshots(t *testing.T) {
+	data := persistBytes(t, busyState(t).f)
+	flip := func(i int) []byte {
+		b := append([]byte{}, data...)
+		b[i] ^= 0x40
+		return b
+	}
+	cases := map[string]struct {
+		data []byte
+		want string
+	}{
+		"empty":            {nil, "truncated in header"},
+		"bad magic":        {flip(0), "bad magic"},
+		"unknown version":  {append(append([]byte(snapshotMagic), 0, 0, 0, 9), data[12:]...), "version 9, this release reads version 1"},
+		"truncated":        {data[:len(data)/2], "truncated"},
+		"no checksum":      {data[:len(data)-4], "truncated in checksum"},
+		"flipped body bit": {flip(len(data) / 2), ""},
+		"flipped checksum": {flip(len(data) - 1), "checksum"},
+		"trailing data":    {append(append([]byte{}, data...), 0), "unexpected data after the checksum"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			h := busyState(t)
+			before := h.f.StateHash()
+			err := h.f.Restore(io.NopCloser(bytes.NewReader(tc.data)))
+			if !errors.Is(err, ErrSnapshot) {
+				t.Fatalf("Restore error %v, want ErrSnapshot", err)
+			}
+			if tc.want != "" && !bytes.Contains([]byte(err.Error()), []byte(tc.want)) {
+				t.Fatalf("error %q does not mention %q", err, tc.want)
+			}
+			if h.f.StateHash() != before {
+				t.Fatal("rejected snapshot changed the state")
+			}
+		})
+	}
+}
+
+func TestSnapshotOfEmptyFSM(t *testing.T) {
+	f := New()
+	g := New()
+	if err := g.Restore(persist(t, f)); err != nil {
+		t.Fatal(err)
+	}
+	if f.StateHash() != g.StateHash() {
+		t.Fatal("empty FSM restores to a different hash")
+	}
+}
+
+var _ raft.FSMSnapshot = (*fsmSnapshot)(nil)
