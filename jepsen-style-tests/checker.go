@@ -98,7 +98,7 @@ func CheckQueue(ops []Op, spec QueueSpec) QueueResult {
 			continue
 		}
 		switch {
-		case o.Kind == KindSend && o.Queue == spec.Source:
+		case isSend(o.Kind) && o.Queue == spec.Source:
 			s := sends[o.Value]
 			if s == nil {
 				s = &sendInfo{status: StatusFail, producer: o.Producer, seq: o.Seq, msgIDs: map[uint64]bool{}}
@@ -109,7 +109,7 @@ func CheckQueue(ops []Op, spec QueueSpec) QueueResult {
 			if o.Status == StatusOK {
 				s.msgIDs[o.MessageID] = true
 			}
-		case o.Kind == KindReceive && o.Status == StatusOK:
+		case isReceive(o.Kind) && o.Status == StatusOK:
 			if o.Queue == spec.Sink {
 				for _, d := range o.Delivered {
 					sinkDeliveries[d.Value] = append(sinkDeliveries[d.Value], d)
@@ -121,7 +121,7 @@ func CheckQueue(ops []Op, spec QueueSpec) QueueResult {
 	// (the send's reply was slow), so source message IDs are attributed in
 	// a second pass, once every send is known.
 	for _, o := range ops {
-		if o.Workload != spec.Workload || o.Kind != KindReceive || o.Status != StatusOK || o.Queue != spec.Source {
+		if o.Workload != spec.Workload || !isReceive(o.Kind) || o.Status != StatusOK || o.Queue != spec.Source {
 			continue
 		}
 		for _, d := range o.Delivered {
@@ -250,6 +250,9 @@ func checkProducerOrder(sends map[string]*sendInfo) (int, []string) {
 	}
 	return n, ex
 }
+
+func isSend(kind string) bool    { return kind == KindSend || kind == KindEnqueue }
+func isReceive(kind string) bool { return kind == KindReceive || kind == KindDequeue }
 
 // mergeStatus combines the outcomes of several attempts at one send: any ok
 // makes it ok; otherwise any unknown makes it unknown.

@@ -1,0 +1,138 @@
+package jepsen
+
+import (
+	"context"
+	"flag"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"math/rand/v2"
+)
+
+var (
+	seedFlag = flag.Uint64("seed", 0, "seed of every case's fault schedule (0: a fresh one per case; also QUORUMQ_JEPSEN_SEED)")
+	longFlag = flag.Bool("long", false, "run the long mixed schedules (also QUORUMQ_JEPSEN_LONG=1)")
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// binary builds cmd/quorumq once per test binary.
+func binary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "quorumq-jepsen-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		registerCleanup(func() { os.RemoveAll(dir) })
+		binPath, buildErr = BuildBinary("..", dir)
+	})
+	if buildErr != nil {
+		t.Fatalf("building the server: %v", buildErr)
+	}
+	return binPath
+}
+
+func caseSeed() uint64 {
+	if *seedFlag != 0 {
+		return *seedFlag
+	}
+	if s := os.Getenv("QUORUMQ_JEPSEN_SEED"); s != "" {
+		if v, err := strconv.ParseUint(s, 10, 64); err == nil && v != 0 {
+			return v
+		}
+	}
+	return rand.Uint64()>>1 | 1
+}
+
+func reportRoot() string {
+	if d := os.Getenv("QUORUMQ_JEPSEN_REPORTS"); d != "" {
+		return d
+	}
+	abs, _ := filepath.Abs("reports")
+	return abs
+}
+
+func longProfile() bool { return *longFlag || os.Getenv("QUORUMQ_JEPSEN_LONG") == "1" }
+
+// shortSchedule runs one nemesis twice with quiet periods between: about
+// 20 s of faults and workload per case.
+func shortSchedule(ns ...Nemesis) Schedule {
+	return Schedule{Nemeses: ns, Cycles: 2, Quiet: [2]time.Duration{2 * time.Second, 3 * time.Second}, Fault: [2]time.Duration{4 * time.Second, 6 * time.Second}}
+}
+
+// TestJepsen runs the suite: in the short profile one case per nemesis
+// plus a short mixed schedule; in the long profile mixed schedules of
+// several minutes. Partition cases need network namespaces and skip with
+// the reason when they are unavailable; the process faults then run on
+// loopback.
+func TestJepsen(t *testing.T) {
+	if testing.Short() {
+		t.Skip("skipping: the jepsen suite starts real clusters; run without -short")
+	}
+	netnsOK, why := CanUseNetns()
+	type tc struct {
+		name  string
+		sched Schedule
+	}
+	var cases []tc
+	available := func() []Nemesis {
+		var out []Nemesis
+		for _, n := range Nemeses() {
+			if netnsOK || !n.NeedsNetwork() {
+				out = append(out, n)
+			}
+		}
+		return out
+	}
+	if longProfile() {
+		cases = append(cases,
+			tc{"mixed-long-1", Schedule{Nemeses: available(), Cycles: 14, Quiet: [2]time.Duration{3 * time.Second, 8 * time.Second}, Fault: [2]time.Duration{5 * time.Second, 12 * time.Second}}},
+			tc{"mixed-long-2", Schedule{Nemeses: available(), Cycles: 14, Quiet: [2]time.Duration{2 * time.Second, 6 * time.Second}, Fault: [2]time.Duration{3 * time.Second, 15 * time.Second}}},
+		)
+	} else {
+		for _, n := range Nemeses() {
+			cases = append(cases, tc{n.Name(), shortSchedule(n)})
+		}
+		cases = append(cases, tc{"mixed", Schedule{Nemeses: available(), Cycles: 3, Quiet: [2]time.Duration{time.Second, 3 * time.Second}, Fault: [2]time.Duration{3 * time.Second, 5 * time.Second}}})
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			needsNet := false
+			for _, n := range c.sched.Nemeses {
+				needsNet = needsNet || n.NeedsNetwork()
+			}
+			if len(c.sched.Nemeses) == 1 && needsNet && !netnsOK {
+				t.Skipf("skipping partition case: network namespaces unavailable (%s); run as root with ip and nft", why)
+			}
+			seed := caseSeed()
+			t.Logf("seed %d (replay: go test ./jepsen-style-tests -run 'TestJepsen/%s$' -seed %d)", seed, c.name, seed)
+			res, err := RunCase(context.Background(), CaseConfig{
+				Name: c.name, Seed: seed, Schedule: c.sched, Bin: binary(t), ReportRoot: reportRoot(),
+				Netns: netnsOK, Progress: os.Stderr,
+				// Small snapshot thresholds make snapshots, log compaction
+				// and snapshot installs happen within a short run.
+				ExtraArgs: []string{"--snapshot-threshold", "1024", "--trailing-logs", "256", "--log-level", "debug"},
+			})
+			if res != nil {
+				t.Logf("report: %s", res.ReportDir)
+			}
+			if err != nil {
+				t.Fatalf("harness: %v", err)
+			}
+			t.Log("\n" + res.Summary())
+			if !res.Valid {
+				t.Errorf("checkers found problems (seed %d):\n%s", seed, res.Summary())
+			}
+		})
+	}
+}

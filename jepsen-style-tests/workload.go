@@ -1,0 +1,366 @@
+package jepsen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quorumq/quorumq/client"
+)
+
+// opTimeout bounds one client operation, so that an operation during a
+// fault ends as ok, failed or unknown instead of waiting for the heal.
+const opTimeout = 3 * time.Second
+
+// Classify turns a client error into an operation status. The client
+// reports "may have been applied" as ErrOutcomeUnknown (also when the
+// context ended after an attempt went out), so a bare context error means
+// no attempt could have taken effect. Errors the client does not type are
+// treated as unknown: that never lets the checker blame the cluster for
+// an operation the client could not account for.
+func Classify(err error) Status {
+	switch {
+	case err == nil:
+		return StatusOK
+	case errors.Is(err, client.ErrOutcomeUnknown):
+		return StatusUnknown
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled),
+		errors.Is(err, client.ErrLeaseLost), errors.Is(err, client.ErrQueueNotFound),
+		errors.Is(err, client.ErrQueueFull), errors.Is(err, client.ErrInvalidArgument),
+		errors.Is(err, client.ErrUnknownMessage), errors.Is(err, client.ErrQueueExists):
+		return StatusFail
+	default:
+		return StatusUnknown
+	}
+}
+
+// World is what workloads share: the cluster's addresses, the recorder and
+// a flag that says the main phase is over and the drain has begun.
+type World struct {
+	Addrs []string
+	Rec   *Recorder
+	// Main is how long the main phase is expected to last; workloads with
+	// a fixed operation budget pace themselves to span it.
+	Main     time.Duration
+	draining atomic.Bool
+}
+
+// newClient connects a workload's client. The attempt timeout is short so
+// that a paused or cut-off node is given up on within one operation.
+func (w *World) newClient(ctx context.Context) (*client.Client, error) {
+	return client.New(ctx, w.Addrs,
+		client.WithAttemptTimeout(time.Second),
+		client.WithBackoff(20*time.Millisecond, 300*time.Millisecond),
+		client.WithRefreshInterval(time.Second))
+}
+
+// do runs one operation under opTimeout and records it. call may fill in
+// the op's results (message ID, deliveries) when it succeeds.
+func (w *World) do(base Op, call func(ctx context.Context, op *Op) error) Op {
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	base.Start = w.Rec.Since()
+	err := call(ctx, &base)
+	base.End = w.Rec.Since()
+	base.Status = Classify(err)
+	if err != nil {
+		base.Error = err.Error()
+	}
+	base.Drain = w.draining.Load()
+	w.Rec.Record(base)
+	return base
+}
+
+func deliveries(ms []client.Message) []Delivered {
+	out := make([]Delivered, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, Delivered{Value: string(m.Body), MessageID: m.Receipt.MessageID, Attempt: m.Receipt.Attempt, DedupID: m.DedupID})
+	}
+	return out
+}
+
+func receipts(ms []client.Message) []client.Receipt {
+	out := make([]client.Receipt, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, m.Receipt)
+	}
+	return out
+}
+
+// Workload drives one part of the cluster and says how to check it.
+type Workload interface {
+	Name() string
+	Queues() []string
+	// Run starts the workload's workers. Producers stop when main ends;
+	// consumers go on until drain ends. Run returns when all have stopped.
+	Run(main, drain context.Context, w *World, c *client.Client)
+	Specs() []QueueSpec
+}
+
+// Workloads returns the four workloads of every case.
+func Workloads() []Workload {
+	return []Workload{
+		&atLeastOnce{queue: "alo", producers: 2, consumers: 2},
+		&exactlyOnce{source: "eo-a", sink: "eo-b", producers: 1, workers: 2},
+		&atMostOnce{queue: "amo", producers: 1, consumers: 2},
+		&fifo{queues: []string{"fifo-0", "fifo-1"}, maxOps: 150},
+	}
+}
+
+// producer sends value "<name>-<seq>" one at a time with the value as dedup
+// ID, until ctx ends or more() says stop.
+func producer(ctx context.Context, w *World, c *client.Client, workload, kind, name, queue string, pace time.Duration, more func() bool) {
+	for seq := 1; ctx.Err() == nil && more(); seq++ {
+		v := fmt.Sprintf("%s-%d", name, seq)
+		w.do(Op{Worker: name, Workload: workload, Kind: kind, Queue: queue, Value: v, Producer: name, Seq: seq, DedupID: v}, sendOne(c))
+		sleepCtx(ctx, pace)
+	}
+}
+
+// consumeLoop runs step until drain ends or, once the main phase is over,
+// step gets nothing and the queues report empty.
+func consumeLoop(main, drain context.Context, c *client.Client, queues []string, step func() int) {
+	for drain.Err() == nil {
+		got := step()
+		if main.Err() != nil && got == 0 && queuesEmpty(drain, c, queues) {
+			return
+		}
+	}
+}
+
+// queuesEmpty reports whether every queue holds no ready, leased or delayed
+// message, by the leader's stats.
+func queuesEmpty(ctx context.Context, c *client.Client, queues []string) bool {
+	for _, q := range queues {
+		cctx, cancel := context.WithTimeout(ctx, opTimeout)
+		info, err := c.GetQueue(cctx, q)
+		cancel()
+		if err != nil {
+			return false
+		}
+		s := info.GetStats()
+		if s.GetReady()+s.GetLeased()+s.GetDelayed() > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// sendOne sends op.Value with op.DedupID and records the message ID.
+func sendOne(c *client.Client) func(ctx context.Context, op *Op) error {
+	return func(ctx context.Context, op *Op) error {
+		res, err := c.Send(ctx, op.Queue, []byte(op.Value), client.WithDedupID(op.DedupID))
+		op.MessageID, op.Duplicate = res.MessageID, res.Duplicate
+		return err
+	}
+}
+
+// receiveInto receives from op.Queue and records the deliveries; the
+// messages are returned through ms for the caller to ack.
+func receiveInto(c *client.Client, ms *[]client.Message, max int, opts ...client.ReceiveOption) func(ctx context.Context, op *Op) error {
+	return func(ctx context.Context, op *Op) error {
+		got, err := c.Receive(ctx, op.Queue, max, opts...)
+		*ms = got
+		op.Delivered = deliveries(got)
+		return err
+	}
+}
+
+// ackAll acks every message of ms.
+func ackAll(c *client.Client, ms []client.Message) func(ctx context.Context, op *Op) error {
+	return func(ctx context.Context, op *Op) error { return c.Ack(ctx, op.Queue, receipts(ms)...) }
+}
+
+func always() bool { return true }
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// ---- (a) at-least-once ----
+
+type atLeastOnce struct {
+	queue                string
+	producers, consumers int
+}
+
+func (a *atLeastOnce) Name() string     { return "at-least-once" }
+func (a *atLeastOnce) Queues() []string { return []string{a.queue} }
+func (a *atLeastOnce) Specs() []QueueSpec {
+	return []QueueSpec{{Workload: a.Name(), Mode: AtLeastOnce, Source: a.queue, Sink: a.queue}}
+}
+
+func (a *atLeastOnce) Run(main, drain context.Context, w *World, c *client.Client) {
+	var wg sync.WaitGroup
+	for i := 0; i < a.producers; i++ {
+		name := fmt.Sprintf("%s-p%d", a.Name(), i)
+		wg.Go(func() { producer(main, w, c, a.Name(), KindSend, name, a.queue, 15*time.Millisecond, always) })
+	}
+	for i := 0; i < a.consumers; i++ {
+		name := fmt.Sprintf("%s-c%d", a.Name(), i)
+		wg.Go(func() {
+			consumeLoop(main, drain, c, a.Queues(), func() int {
+				var ms []client.Message
+				w.do(Op{Worker: name, Workload: a.Name(), Kind: KindReceive, Queue: a.queue},
+					receiveInto(c, &ms, 5, client.WithWait(500*time.Millisecond), client.WithVisibility(2*time.Second)))
+				if len(ms) > 0 {
+					w.do(Op{Worker: name, Workload: a.Name(), Kind: KindAck, Queue: a.queue, MessageID: ms[0].Receipt.MessageID}, ackAll(c, ms))
+				}
+				return len(ms)
+			})
+		})
+	}
+	wg.Wait()
+}
+
+// ---- (b) exactly-once pipeline ----
+
+type exactlyOnce struct {
+	source, sink       string
+	producers, workers int
+}
+
+func (e *exactlyOnce) Name() string     { return "exactly-once" }
+func (e *exactlyOnce) Queues() []string { return []string{e.source, e.sink} }
+func (e *exactlyOnce) Specs() []QueueSpec {
+	return []QueueSpec{{Workload: e.Name(), Mode: ExactlyOnce, Source: e.source, Sink: e.sink}}
+}
+
+func (e *exactlyOnce) Run(main, drain context.Context, w *World, c *client.Client) {
+	var wg sync.WaitGroup
+	for i := 0; i < e.producers; i++ {
+		name := fmt.Sprintf("%s-p%d", e.Name(), i)
+		wg.Go(func() { producer(main, w, c, e.Name(), KindSend, name, e.source, 20*time.Millisecond, always) })
+	}
+	// Pipeline stage: receive from the source, then ack it and enqueue the
+	// value to the sink in one transaction. The sink dedup ID derives from
+	// the value, so a redelivered source message cannot be moved twice.
+	for i := 0; i < e.workers; i++ {
+		name := fmt.Sprintf("%s-w%d", e.Name(), i)
+		wg.Go(func() {
+			consumeLoop(main, drain, c, []string{e.source}, func() int {
+				var ms []client.Message
+				w.do(Op{Worker: name, Workload: e.Name(), Kind: KindReceive, Queue: e.source},
+					receiveInto(c, &ms, 3, client.WithWait(500*time.Millisecond), client.WithVisibility(3*time.Second)))
+				for _, m := range ms {
+					tx := client.Transaction{
+						Acks:     []client.TxAck{{Queue: e.source, Receipt: m.Receipt}},
+						Enqueues: []client.TxEnqueue{{Queue: e.sink, Message: client.OutMessage{Body: m.Body, DedupID: "moved/" + string(m.Body)}}},
+					}
+					w.do(Op{Worker: name, Workload: e.Name(), Kind: KindTransact, Queue: e.sink, Value: string(m.Body), MessageID: m.Receipt.MessageID},
+						func(ctx context.Context, _ *Op) error { _, err := c.Transact(ctx, tx); return err })
+				}
+				return len(ms)
+			})
+		})
+	}
+	// Sink consumer: at-least-once on the sink; the checker counts sink
+	// values by message ID, so its redeliveries are not pipeline duplicates.
+	name := e.Name() + "-sink"
+	wg.Go(func() {
+		consumeLoop(main, drain, c, e.Queues(), func() int {
+			var ms []client.Message
+			w.do(Op{Worker: name, Workload: e.Name(), Kind: KindReceive, Queue: e.sink},
+				receiveInto(c, &ms, 10, client.WithWait(500*time.Millisecond), client.WithVisibility(3*time.Second)))
+			if len(ms) > 0 {
+				w.do(Op{Worker: name, Workload: e.Name(), Kind: KindAck, Queue: e.sink, MessageID: ms[0].Receipt.MessageID}, ackAll(c, ms))
+			}
+			return len(ms)
+		})
+	})
+	wg.Wait()
+}
+
+// ---- (c) at-most-once ----
+
+type atMostOnce struct {
+	queue                string
+	producers, consumers int
+}
+
+func (a *atMostOnce) Name() string     { return "at-most-once" }
+func (a *atMostOnce) Queues() []string { return []string{a.queue} }
+func (a *atMostOnce) Specs() []QueueSpec {
+	return []QueueSpec{{Workload: a.Name(), Mode: AtMostOnce, Source: a.queue, Sink: a.queue}}
+}
+
+func (a *atMostOnce) Run(main, drain context.Context, w *World, c *client.Client) {
+	var wg sync.WaitGroup
+	for i := 0; i < a.producers; i++ {
+		name := fmt.Sprintf("%s-p%d", a.Name(), i)
+		wg.Go(func() { producer(main, w, c, a.Name(), KindSend, name, a.queue, 20*time.Millisecond, always) })
+	}
+	for i := 0; i < a.consumers; i++ {
+		name := fmt.Sprintf("%s-c%d", a.Name(), i)
+		wg.Go(func() {
+			consumeLoop(main, drain, c, a.Queues(), func() int {
+				var ms []client.Message
+				w.do(Op{Worker: name, Workload: a.Name(), Kind: KindReceive, Queue: a.queue},
+					receiveInto(c, &ms, 5, client.WithWait(500*time.Millisecond), client.WithAutoAck()))
+				return len(ms)
+			})
+		})
+	}
+	wg.Wait()
+}
+
+// ---- (d) FIFO ----
+
+// fifo runs, per queue, one producer and two consumers that dequeue one
+// message at a time with auto-ack and no wait, so every operation is one
+// atomic step of a FIFO queue. maxOps bounds each queue's main-phase
+// history, which keeps the linearizability check fast; the workers pace
+// themselves so that the budget spans the whole main phase and its faults.
+type fifo struct {
+	queues []string
+	maxOps int
+}
+
+func (f *fifo) Name() string     { return "fifo" }
+func (f *fifo) Queues() []string { return f.queues }
+func (f *fifo) Specs() []QueueSpec {
+	var out []QueueSpec
+	for _, q := range f.queues {
+		out = append(out, QueueSpec{Workload: f.Name(), Mode: AtMostOnce, Source: q, Sink: q})
+	}
+	return out
+}
+
+func (f *fifo) Run(main, drain context.Context, w *World, c *client.Client) {
+	const workers = 3 // one producer, two consumers per queue
+	pace := max(50*time.Millisecond, w.Main*workers/time.Duration(f.maxOps))
+	var wg sync.WaitGroup
+	for qi, q := range f.queues {
+		var used atomic.Int64
+		more := func() bool { return used.Add(1) <= int64(f.maxOps) }
+		name := fmt.Sprintf("%s-%d-p0", f.Name(), qi)
+		wg.Go(func() { producer(main, w, c, f.Name(), KindEnqueue, name, q, pace, more) })
+		for ci := 0; ci < 2; ci++ {
+			name := fmt.Sprintf("%s-%d-c%d", f.Name(), qi, ci)
+			wg.Go(func() {
+				sleepCtx(main, pace*time.Duration(ci+1)/3) // stagger the workers
+				for drain.Err() == nil {
+					if main.Err() == nil && !more() {
+						sleepCtx(main, pace)
+						continue
+					}
+					var ms []client.Message
+					w.do(Op{Worker: name, Workload: f.Name(), Kind: KindDequeue, Queue: q}, receiveInto(c, &ms, 1, client.WithAutoAck()))
+					if main.Err() != nil && len(ms) == 0 && queuesEmpty(drain, c, []string{q}) {
+						return
+					}
+					if main.Err() == nil {
+						sleepCtx(main, pace)
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+}
