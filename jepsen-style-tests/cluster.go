@@ -38,7 +38,7 @@ type ClusterConfig struct {
 	// DataDir holds each node's data directory; LogDir each node's log.
 	DataDir string
 	LogDir  string
-	IDs []string
+	IDs     []string
 	// Net places each node in its namespace; nil runs every node on
 	// loopback in the test process's namespace.
 	Net *Network

@@ -383,4 +383,3 @@ func (p *progress) finish() {
 		}
 	})
 }
-
