@@ -78,6 +78,9 @@ func (w levelWriter) Write(p []byte) (int, error) {
 		}
 	}
 	line = strings.TrimPrefix(line, w.component+": ")
+	if lvl > slog.LevelDebug && strings.Contains(line, "use of closed network connection") {
+		lvl = slog.LevelDebug // memberlist's goroutines racing its own shutdown
+	}
 	w.logger.Log(context.Background(), lvl, line, "component", w.component)
 	return len(p), nil
 }

@@ -271,9 +271,8 @@ func (n *Node) WaitLeader(ctx context.Context) (string, error) {
 }
 
 // Shutdown stops the node gracefully: a leader first hands leadership to
-// the most up-to-date follower, then the API stops (open long polls end),
-// the node leaves gossip and Raft and the stores close. ctx bounds the
-// whole sequence; what is left when it ends is stopped hard.
+// the most up-to-date follower, then Close runs. ctx bounds the whole
+// sequence; what is left when it ends is stopped hard.
 func (n *Node) Shutdown(ctx context.Context) error {
 	if n.closed.Load() {
 		return nil
@@ -285,6 +284,19 @@ func (n *Node) Shutdown(ctx context.Context) error {
 			n.log.Warn("leadership transfer before shutdown failed", "err", err)
 		}
 	}
+	errs = append(errs, n.Close(ctx))
+	return errors.Join(errs...)
+}
+
+// Close stops the node without handing leadership over: the API stops
+// (open long polls end), the node leaves gossip, Raft and the stores
+// close. Use it when the whole cluster stops (quorumq dev), where a
+// transfer would have no one to go to; otherwise use Shutdown.
+func (n *Node) Close(ctx context.Context) error {
+	if n.closed.Load() {
+		return nil
+	}
+	var errs []error
 	n.signalStop()
 	done := make(chan struct{})
 	go func() { n.grpc.GracefulStop(); close(done) }()
@@ -293,13 +305,19 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		n.grpc.Stop()
 	}
+	// Raft stops before the gossip leave, so peers see one clean
+	// disconnect instead of a node that still sends while it leaves.
+	if err := n.raft.Shutdown().Error(); err != nil {
+		errs = append(errs, fmt.Errorf("raft: %w", err))
+	}
 	if n.ml != nil {
 		timeout := time.Second
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < timeout {
 			timeout = time.Until(dl)
 		}
 		if err := n.ml.Leave(timeout); err != nil {
-			n.log.Warn("gossip leave", "err", err)
+			// Normal when every other node is gone too.
+			n.log.Info("gossip leave not acknowledged", "err", err)
 		}
 	}
 	if err := n.teardown(); err != nil {

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/quorumq/quorumq/cluster"
+)
+
+func init() { rootCmd.AddCommand(serverCmd()) }
+
+// serverFlags are the flags of `quorumq server`.
+type serverFlags struct {
+	nodeID, dataDir                string
+	apiAddr, apiAdvertise          string
+	raftAddr, raftAdvertise        string
+	gossipAddr, gossipAdvertise    string
+	bootstrapExpect                int
+	join                           []string
+	autoCreate                     bool
+	logLevel, logFormat            string
+	shutdownTimeout                time.Duration
+	snapshotThreshold, trailingLog uint64
+}
+
+func serverCmd() *cobra.Command {
+	var f serverFlags
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run one quorumq server (a cluster is three or five of them)",
+		Long: `Run one quorumq server.
+
+Start three servers with the same --bootstrap-expect 3 and --join pointing at
+the others' gossip addresses; once they see each other they bootstrap one Raft
+cluster. A server started later with --join is added by the leader. Restart a
+server with the same --node-id and --data-dir: it rejoins without
+bootstrapping again.
+
+Every flag can also be set through an environment variable: QUORUMQ_ and
+the flag name in upper snake case (--node-id is QUORUMQ_NODE_ID). A flag on
+the command line wins over the environment.`,
+		Args: cobra.NoArgs,
+		PreRunE: func(cmd *cobra.Command, _ []string) error {
+			return flagsFromEnv(cmd.Flags())
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			logger, err := newSlogLogger(cmd.ErrOrStderr(), f.logLevel, f.logFormat)
+			if err != nil {
+				return err
+			}
+			if f.dataDir == "" {
+				return errors.New("--data-dir (QUORUMQ_DATA_DIR) is required: the Raft log and snapshots live there")
+			}
+			cfg := cluster.Config{
+				NodeID: f.nodeID, DataDir: f.dataDir,
+				APIAddr: f.apiAddr, APIAdvertise: f.apiAdvertise,
+				RaftAddr: f.raftAddr, RaftAdvertise: f.raftAdvertise,
+				GossipAddr: f.gossipAddr, GossipAdvertise: f.gossipAdvertise,
+				BootstrapExpect:   f.bootstrapExpect,
+				Join:              cleanList(f.join),
+				AutoCreateQueues:  f.autoCreate,
+				Logger:            logger,
+				SnapshotThreshold: f.snapshotThreshold,
+				TrailingLogs:      f.trailingLog,
+			}
+			if cfg.BootstrapExpect == 0 && len(cfg.Join) == 0 {
+				return errors.New("give --bootstrap-expect N (a new cluster of N servers) or --join (an existing cluster), or both")
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			node, err := cluster.Start(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			<-ctx.Done()
+			logger.Info("signal received; shutting down (a second signal stops at once)", "timeout", f.shutdownTimeout)
+			stop() // a second Ctrl-C now terminates the process
+			sctx, cancel := context.WithTimeout(context.Background(), f.shutdownTimeout)
+			defer cancel()
+			return node.Shutdown(sctx)
+		},
+	}
+	host, _ := os.Hostname()
+	fl := cmd.Flags()
+	fl.StringVar(&f.nodeID, "node-id", host, "unique, stable ID of this server ([A-Za-z0-9._-], default: host name)")
+	fl.StringVar(&f.dataDir, "data-dir", "", "directory for the Raft log (raft.db), snapshots and node.json (required)")
+	fl.StringVar(&f.apiAddr, "api-addr", "127.0.0.1:7101", "gRPC API bind address")
+	fl.StringVar(&f.apiAdvertise, "api-advertise", "", "API address clients and other servers use (default: the bind address)")
+	fl.StringVar(&f.raftAddr, "raft-addr", "127.0.0.1:7201", "Raft bind address")
+	fl.StringVar(&f.raftAdvertise, "raft-advertise", "", "Raft address other servers use (default: the bind address)")
+	fl.StringVar(&f.gossipAddr, "gossip-addr", "127.0.0.1:7301", "gossip bind address (TCP and UDP)")
+	fl.StringVar(&f.gossipAdvertise, "gossip-advertise", "", "gossip address other servers use (default: the bind address)")
+	fl.IntVar(&f.bootstrapExpect, "bootstrap-expect", 0, "bootstrap a new cluster once this many servers see each other (0: only join)")
+	fl.StringSliceVar(&f.join, "join", nil, "comma-separated gossip addresses (host:port) of other servers")
+	fl.BoolVar(&f.autoCreate, "auto-create-queues", true, "create a queue with default settings on its first enqueue")
+	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.StringVar(&f.logFormat, "log-format", "text", "text or json")
+	fl.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long a graceful shutdown (leadership transfer, gossip leave) may take")
+	fl.Uint64Var(&f.snapshotThreshold, "snapshot-threshold", 8192, "log entries since the last snapshot that trigger a new one")
+	fl.Uint64Var(&f.trailingLog, "trailing-logs", 10240, "log entries kept after a snapshot so a slow follower can catch up from the log")
+	return cmd
+}
+
+// flagsFromEnv sets every flag not given on the command line from its
+// environment variable, QUORUMQ_<FLAG_NAME>.
+func flagsFromEnv(fs *pflag.FlagSet) error {
+	var errs []error
+	fs.VisitAll(func(fl *pflag.Flag) {
+		if fl.Changed {
+			return
+		}
+		name := envName(fl.Name)
+		v, ok := os.LookupEnv(name)
+		if !ok {
+			return
+		}
+		if sv, ok := fl.Value.(pflag.SliceValue); ok {
+			// Replace, not append to, the default.
+			if err := sv.Replace(cleanList(strings.Split(v, ","))); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q (for --%s): %w", name, v, fl.Name, err))
+			}
+			return
+		}
+		if err := fl.Value.Set(v); err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q (for --%s): %w", name, v, fl.Name, err))
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// envName is the environment variable of flag name: node-id → QUORUMQ_NODE_ID.
+func envName(flag string) string {
+	return "QUORUMQ_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+func cleanList(in []string) []string {
+	var out []string
+	for _, s := range in {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// newSlogLogger builds the process's one log stream; raft's and
+// memberlist's logs are routed into it by package cluster.
+func newSlogLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	default:
+		return nil, fmt.Errorf("--log-format %q: want text or json", format)
+	}
+}
