@@ -151,7 +151,7 @@ func TestNewGivesUpWhenNoNodeAnswers(t *testing.T) {
 }
 
 func TestDedupIDsAreFixedBeforeTheFirstAttempt(t *testing.T) {
-	req, err := enqueueRequest("SendBatch", "q", []OutMessage{
+	req, generated, err := enqueueRequest("SendBatch", "q", []OutMessage{
 		{Body: []byte("a")},
 		{Body: []byte("b"), DedupID: "mine", Attributes: map[string]string{"z": "1", "a": "2"}},
 	})
@@ -161,6 +161,9 @@ func TestDedupIDsAreFixedBeforeTheFirstAttempt(t *testing.T) {
 	id := req.Messages[0].GetDedupId()
 	if len(id) != 26 {
 		t.Fatalf("generated dedup ID %q, want a 26-character ULID", id)
+	}
+	if !generated[0] || generated[1] {
+		t.Fatalf("generated = %v, want [true false]", generated)
 	}
 	if req.Messages[1].GetDedupId() != "mine" {
 		t.Fatalf("caller's dedup ID replaced by %q", req.Messages[1].GetDedupId())

@@ -31,10 +31,12 @@ type OutMessage struct {
 type SendResult struct {
 	MessageID uint64
 	DedupID   string
-	// Duplicate: the dedup ID was already recorded in the queue's dedup
-	// window, and MessageID is the original message's; nothing was
-	// enqueued. After a retried attempt this can be the call's own first
-	// attempt.
+	// Duplicate: the caller's dedup ID was already recorded in the
+	// queue's dedup window, and MessageID is the original message's;
+	// nothing was enqueued. With a caller-given dedup ID, the original can
+	// be an earlier attempt of this same call whose reply was lost. A dedup
+	// ID the client generated is never reported as a duplicate: being
+	// fresh, it can only have been recorded by this call's own attempt.
 	Duplicate bool
 }
 
@@ -77,7 +79,7 @@ func (c *Client) SendBatch(ctx context.Context, queue string, msgs []OutMessage)
 }
 
 func (c *Client) sendBatch(ctx context.Context, op, queue string, msgs []OutMessage) ([]SendResult, error) {
-	req, err := enqueueRequest(op, queue, msgs)
+	req, generated, err := enqueueRequest(op, queue, msgs)
 	if err != nil {
 		return nil, err
 	}
@@ -90,54 +92,57 @@ func (c *Client) sendBatch(ctx context.Context, op, queue string, msgs []OutMess
 	if err != nil {
 		return nil, err
 	}
-	return sendResults(op, req.Messages, resp.GetResults())
+	return sendResults(op, req.Messages, generated, resp.GetResults())
 }
 
-// enqueueRequest validates msgs and fixes their dedup IDs.
-func enqueueRequest(op, queue string, msgs []OutMessage) (*quorumqpb.EnqueueRequest, error) {
+// enqueueRequest validates msgs and fixes their dedup IDs; generated[i]
+// tells whether message i's ID was generated here.
+func enqueueRequest(op, queue string, msgs []OutMessage) (req *quorumqpb.EnqueueRequest, generated []bool, err error) {
 	if err := validateQueueName(op+" queue", queue); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if len(msgs) == 0 {
-		return nil, invalidArg(op+" msgs", "at least one message is required")
+		return nil, nil, invalidArg(op+" msgs", "at least one message is required")
 	}
 	pb := make([]*fsmpb.Message, len(msgs))
+	generated = make([]bool, len(msgs))
 	for i, m := range msgs {
-		p, err := messagePB(fmt.Sprintf("%s msgs[%d]", op, i), m)
+		pb[i], generated[i], err = messagePB(fmt.Sprintf("%s msgs[%d]", op, i), m)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		pb[i] = p
 	}
-	return &quorumqpb.EnqueueRequest{Queue: queue, Messages: pb}, nil
+	return &quorumqpb.EnqueueRequest{Queue: queue, Messages: pb}, generated, nil
 }
 
-func messagePB(field string, m OutMessage) (*fsmpb.Message, error) {
+// messagePB converts m, giving it a fresh dedup ID when it has none
+// (generated is then true).
+func messagePB(field string, m OutMessage) (_ *fsmpb.Message, generated bool, _ error) {
 	if err := validateNonNegative(field+".Delay", m.Delay); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	id := m.DedupID
 	if id == "" {
-		id = NewDedupID()
+		id, generated = NewDedupID(), true
 	}
 	p := &fsmpb.Message{Body: m.Body, DedupId: id, DelayNs: int64(m.Delay)}
 	// Sorted, so the same message always encodes the same way.
 	for _, k := range slices.Sorted(maps.Keys(m.Attributes)) {
 		if k == "" {
-			return nil, invalidArg(field+".Attributes", "empty attribute key")
+			return nil, false, invalidArg(field+".Attributes", "empty attribute key")
 		}
 		p.Attributes = append(p.Attributes, &fsmpb.Attribute{Key: k, Value: m.Attributes[k]})
 	}
-	return p, nil
+	return p, generated, nil
 }
 
-func sendResults(op string, sent []*fsmpb.Message, got []*fsmpb.EnqueueResult) ([]SendResult, error) {
+func sendResults(op string, sent []*fsmpb.Message, generated []bool, got []*fsmpb.EnqueueResult) ([]SendResult, error) {
 	if len(got) != len(sent) {
 		return nil, fmt.Errorf("%s: server returned %d results for %d messages", op, len(got), len(sent))
 	}
 	out := make([]SendResult, len(got))
 	for i, r := range got {
-		out[i] = SendResult{MessageID: r.GetMessageId(), DedupID: sent[i].GetDedupId(), Duplicate: r.GetDuplicate()}
+		out[i] = SendResult{MessageID: r.GetMessageId(), DedupID: sent[i].GetDedupId(), Duplicate: r.GetDuplicate() && !generated[i]}
 	}
 	return out, nil
 }
@@ -205,12 +210,13 @@ type batch struct {
 
 // SendFuture is the pending result of a SendAsync.
 type SendFuture struct {
-	ctx    context.Context
-	msg    *fsmpb.Message
-	weight int64
-	done   chan struct{}
-	res    SendResult
-	err    error
+	ctx       context.Context
+	msg       *fsmpb.Message
+	generated bool
+	weight    int64
+	done      chan struct{}
+	res       SendResult
+	err       error
 }
 
 // Done is closed once the result is known.
@@ -278,12 +284,12 @@ func (p *Producer) SendAsync(ctx context.Context, queue string, msg OutMessage) 
 		f.resolve(SendResult{}, err)
 		return f
 	}
-	pb, err := messagePB("SendAsync msg", msg)
+	pb, generated, err := messagePB("SendAsync msg", msg)
 	if err != nil {
 		f.resolve(SendResult{}, err)
 		return f
 	}
-	f.msg = pb
+	f.msg, f.generated = pb, generated
 	f.weight = min(int64(len(msg.Body))+1, p.o.maxBytes)
 	if err := p.msgs.Acquire(ctx, 1); err != nil {
 		f.resolve(SendResult{}, fmt.Errorf("SendAsync: waiting for room: %w", err))
@@ -358,8 +364,9 @@ func (p *Producer) send(b *batch) {
 		return
 	}
 	req := &quorumqpb.EnqueueRequest{Queue: b.queue, Messages: make([]*fsmpb.Message, len(live))}
+	generated := make([]bool, len(live))
 	for i, f := range live {
-		req.Messages[i] = f.msg
+		req.Messages[i], generated[i] = f.msg, f.generated
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), p.o.sendTimeout)
 	defer cancel()
@@ -371,7 +378,7 @@ func (p *Producer) send(b *batch) {
 	}, nil)
 	var res []SendResult
 	if err == nil {
-		res, err = sendResults("Producer.Send", req.Messages, resp.GetResults())
+		res, err = sendResults("Producer.Send", req.Messages, generated, resp.GetResults())
 	}
 	for i, f := range live {
 		p.release(f)

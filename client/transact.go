@@ -66,16 +66,17 @@ func (c *Client) Transact(ctx context.Context, tx Transaction) ([]SendResult, er
 		}
 	}
 	var sent []*fsmpb.Message
+	var generated []bool
 	for i, e := range tx.Enqueues {
 		field := fmt.Sprintf("Transact Enqueues[%d]", i)
 		if err := validateQueueName(field+".Queue", e.Queue); err != nil {
 			return nil, err
 		}
-		m, err := messagePB(field+".Message", e.Message)
+		m, gen, err := messagePB(field+".Message", e.Message)
 		if err != nil {
 			return nil, err
 		}
-		sent = append(sent, m)
+		sent, generated = append(sent, m), append(generated, gen)
 		if n := len(req.Enqueues); n > 0 && req.Enqueues[n-1].Queue == e.Queue {
 			req.Enqueues[n-1].Messages = append(req.Enqueues[n-1].Messages, m)
 		} else {
@@ -94,5 +95,5 @@ func (c *Client) Transact(ctx context.Context, tx Transaction) ([]SendResult, er
 	if err := ackError("Transact", "", order, resp.GetAckOutcomes(), nil); err != nil {
 		return nil, err
 	}
-	return sendResults("Transact", sent, resp.GetEnqueued())
+	return sendResults("Transact", sent, generated, resp.GetEnqueued())
 }

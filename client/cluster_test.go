@@ -1,0 +1,400 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/quorumq/quorumq/client"
+	"github.com/quorumq/quorumq/cluster"
+)
+
+// These tests run the client against a real three-node cluster (raft over
+// TCP, bolt files, gossip, gRPC on 127.0.0.1) and kill its leader. Each one
+// fails when the guarantee it names breaks.
+
+func newClient(t *testing.T, addrs []string) *client.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	c, err := client.New(ctx, addrs, client.WithBackoff(10*time.Millisecond, 250*time.Millisecond),
+		client.WithAttemptTimeout(5*time.Second), client.WithRefreshInterval(500*time.Millisecond))
+	if err != nil {
+		t.Fatalf("client.New(%v): %v", addrs, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func ctxFor(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// drain receives and acks until a long poll comes back empty and returns
+// how often each body was received.
+func drain(t *testing.T, c *client.Client, queue string) map[string]int {
+	t.Helper()
+	ctx := ctxFor(t, 60*time.Second)
+	got := map[string]int{}
+	for {
+		msgs, err := c.Receive(ctx, queue, 500, client.WithWait(time.Second))
+		if err != nil {
+			t.Fatalf("drain %s: receive: %v", queue, err)
+		}
+		if len(msgs) == 0 {
+			return got
+		}
+		rs := make([]client.Receipt, len(msgs))
+		for i, m := range msgs {
+			got[string(m.Body)]++
+			rs[i] = m.Receipt
+		}
+		if err := c.Ack(ctx, queue, rs...); err != nil {
+			t.Fatalf("drain %s: ack: %v", queue, err)
+		}
+	}
+}
+
+// killLeader kills the current leader and returns its index for Restart.
+func killLeader(t *testing.T, tc *cluster.TestCluster) int {
+	t.Helper()
+	i := tc.Index(tc.Leader(t))
+	t.Logf("killing leader %d at %s", i, tc.Addrs()[i])
+	tc.Kill(i)
+	return i
+}
+
+func TestClientGivenOnlyAFollowerFindsTheLeader(t *testing.T) {
+	tc := cluster.StartTestCluster(t, 3)
+	leader := tc.Leader(t)
+	var follower string
+	for _, n := range tc.Live() {
+		if n != leader {
+			follower = n.APIAddr()
+			break
+		}
+	}
+	c := newClient(t, []string{follower})
+	ctx := ctxFor(t, 20*time.Second)
+
+	_, addr, err := c.Leader(ctx)
+	if err != nil || addr != leader.APIAddr() {
+		t.Fatalf("Leader() = %q, %v; want %q", addr, err, leader.APIAddr())
+	}
+	members, err := c.Members(ctx)
+	if err != nil || len(members) != 3 {
+		t.Fatalf("Members() = %d members, %v; want 3", len(members), err)
+	}
+	// Enqueue and receive are leader-only: they work only if the client
+	// follows the follower's hint.
+	r, err := c.Send(ctx, "only-follower", []byte("hello"))
+	if err != nil {
+		t.Fatalf("Send through a follower's address: %v", err)
+	}
+	msgs, err := c.Receive(ctx, "only-follower", 1, client.WithWait(2*time.Second))
+	if err != nil || len(msgs) != 1 || msgs[0].Receipt.MessageID != r.MessageID || string(msgs[0].Body) != "hello" {
+		t.Fatalf("Receive = %+v, %v; want the message just sent", msgs, err)
+	}
+
+	// The client learned the others: with the follower it was given killed,
+	// it still reaches the cluster.
+	tc.Kill(tc.Index(func() *cluster.Node {
+		for _, n := range tc.Live() {
+			if n.APIAddr() == follower {
+				return n
+			}
+		}
+		t.Fatal("follower vanished")
+		return nil
+	}()))
+	if err := c.Ack(ctx, "only-follower", msgs[0].Receipt); err != nil {
+		t.Fatalf("Ack after the only given address died: %v", err)
+	}
+}
+
+// TestSendsThroughLeaderKillAreExactlyOnce: producers send while the leader
+// is killed and later restarted. Every Send that returned success must be
+// received exactly once, and nothing twice: a client retry that reused no
+// dedup ID would duplicate the messages whose reply the dying leader never
+// sent.
+func TestSendsThroughLeaderKillAreExactlyOnce(t *testing.T) {
+	tc := cluster.StartTestCluster(t, 3)
+	c := newClient(t, tc.Addrs())
+	const queue = "kill-send"
+	if _, err := c.CreateQueue(ctxFor(t, 10*time.Second), queue, client.QueueSettings{}); err != nil {
+		t.Fatal(err)
+	}
+
+	var (
+		mu        sync.Mutex
+		ok        = map[string]uint64{} // body -> message ID
+		failed    []error
+		afterKill atomic.Int64
+		killed    atomic.Bool
+	)
+	record := func(body string, r client.SendResult, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			failed = append(failed, fmt.Errorf("%s: %w", body, err))
+			return
+		}
+		if r.Duplicate {
+			failed = append(failed, fmt.Errorf("%s: first send of a fresh dedup ID reported duplicate", body))
+		}
+		ok[body] = r.MessageID
+		if killed.Load() {
+			afterKill.Add(1)
+		}
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	// Two producers use Send, two the batching Producer.
+	for p := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			prod := c.NewProducer(client.WithLinger(time.Millisecond))
+			defer prod.Close()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				if p < 2 {
+					body := fmt.Sprintf("s%d-%d", p, i)
+					r, err := c.Send(ctx, queue, []byte(body))
+					record(body, r, err)
+				} else {
+					var futs []*client.SendFuture
+					for j := range 20 {
+						futs = append(futs, prod.SendAsync(ctx, queue, client.OutMessage{Body: fmt.Appendf(nil, "a%d-%d-%d", p, i, j)}))
+					}
+					for j, f := range futs {
+						r, err := f.Wait(ctx)
+						record(fmt.Sprintf("a%d-%d-%d", p, i, j), r, err)
+					}
+				}
+				cancel()
+			}
+		}()
+	}
+	time.Sleep(700 * time.Millisecond)
+	killed.Store(true)
+	dead := killLeader(t, tc)
+	time.Sleep(2 * time.Second)
+	tc.Restart(t, dead)
+	time.Sleep(1500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+
+	if len(failed) > 0 {
+		t.Errorf("%d sends failed although each had 20 s to retry; first: %v", len(failed), failed[0])
+	}
+	if afterKill.Load() == 0 {
+		t.Fatal("no send succeeded after the leader was killed; the client did not fail over")
+	}
+	got := drain(t, c, queue)
+	for body, id := range ok {
+		if got[body] != 1 {
+			t.Errorf("message %s (id %d) received %d times, want exactly once", body, id, got[body])
+		}
+	}
+	for body, n := range got {
+		if _, sent := ok[body]; !sent {
+			t.Errorf("received %s (%d times), which no successful send produced", body, n)
+		}
+	}
+	t.Logf("%d successful sends checked; %d succeeded after the leader was killed", len(ok), afterKill.Load())
+}
+
+func TestAckAfterTheLeaseWentToAnotherConsumerIsLeaseLost(t *testing.T) {
+	tc := cluster.StartTestCluster(t, 3)
+	a := newClient(t, tc.Addrs())
+	b := newClient(t, tc.Addrs())
+	ctx := ctxFor(t, 30*time.Second)
+	const queue = "lease-lost"
+	if _, err := a.Send(ctx, queue, []byte("job")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.CreateQueue(ctx, "lease-lost-out", client.QueueSettings{}); err != nil {
+		t.Fatal(err)
+	}
+	first, err := a.Receive(ctx, queue, 1, client.WithVisibility(300*time.Millisecond))
+	if err != nil || len(first) != 1 {
+		t.Fatalf("consumer A receive = %v, %v", first, err)
+	}
+	time.Sleep(600 * time.Millisecond) // A's lease runs out
+	second, err := b.Receive(ctx, queue, 1, client.WithVisibility(time.Minute), client.WithWait(5*time.Second))
+	if err != nil || len(second) != 1 || second[0].Receipt.Attempt != first[0].Receipt.Attempt+1 {
+		t.Fatalf("consumer B receive = %+v, %v; want the same message, next attempt", second, err)
+	}
+
+	err = a.Ack(ctx, queue, first[0].Receipt)
+	var ae *client.AckError
+	if !errors.Is(err, client.ErrLeaseLost) || !errors.As(err, &ae) || len(ae.Failed) != 1 || ae.Failed[0].Receipt != first[0].Receipt {
+		t.Fatalf("stale ack = %v; want an *AckError listing %v as lease lost", err, first[0].Receipt)
+	}
+	// The stale receipt cannot smuggle outputs through a transaction either.
+	_, err = a.Transact(ctx, client.Transaction{
+		Acks:     []client.TxAck{{Queue: queue, Receipt: first[0].Receipt}},
+		Enqueues: []client.TxEnqueue{{Queue: "lease-lost-out", Message: client.OutMessage{Body: []byte("x")}}},
+	})
+	if !errors.Is(err, client.ErrLeaseLost) {
+		t.Fatalf("transaction with a stale receipt = %v; want ErrLeaseLost", err)
+	}
+	if err := b.Ack(ctx, queue, second[0].Receipt); err != nil {
+		t.Fatalf("current receipt's ack: %v", err)
+	}
+	if err := b.Ack(ctx, queue, second[0].Receipt); err != nil {
+		t.Fatalf("re-ack of an acked receipt (what a retry does) = %v; want nil", err)
+	}
+	if got := drain(t, a, "lease-lost-out"); len(got) != 0 {
+		t.Fatalf("the failed transaction enqueued %v", got)
+	}
+}
+
+func TestConsumerKeepsTheLeaseOfASlowHandler(t *testing.T) {
+	tc := cluster.StartTestCluster(t, 3)
+	c := newClient(t, tc.Addrs())
+	ctx := ctxFor(t, 60*time.Second)
+	const queue = "slow"
+	if _, err := c.CreateQueue(ctx, queue, client.QueueSettings{VisibilityTimeout: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 4
+	for i := range n {
+		if _, err := c.Send(ctx, queue, fmt.Appendf(nil, "m%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	deliveries := map[string][]uint32{}
+	handled := make(chan struct{}, n)
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Consume(cctx, queue, func(ctx context.Context, m *client.Message) error {
+			mu.Lock()
+			deliveries[string(m.Body)] = append(deliveries[string(m.Body)], m.Receipt.Attempt)
+			mu.Unlock()
+			select { // three visibility timeouts
+			case <-time.After(3 * time.Second):
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			}
+			handled <- struct{}{}
+			return nil
+		}, client.WithConcurrency(n), client.WithPollWait(500*time.Millisecond))
+	}()
+	for range n {
+		select {
+		case <-handled:
+		case <-ctx.Done():
+			t.Fatal("handlers did not finish")
+		}
+	}
+	time.Sleep(1500 * time.Millisecond) // a lost lease would redeliver now
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Consume after cancel = %v; want nil", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i := range n {
+		body := fmt.Sprintf("m%d", i)
+		if a := deliveries[body]; len(a) != 1 || a[0] != 1 {
+			t.Errorf("%s delivered with attempts %v; want once, attempt 1", body, a)
+		}
+	}
+	q, err := c.GetQueue(ctx, queue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := q.GetStats()
+	if st.GetAckedTotal() != n || st.GetRedeliveredTotal() != 0 || st.GetReady()+st.GetLeased() != 0 {
+		t.Fatalf("queue stats %v; want %d acked, 0 redelivered, nothing left", st, n)
+	}
+}
+
+// TestExactlyOncePipelineThroughLeaderKill: a stage copies every input to
+// an output queue with ConsumeExactlyOnce while the leader is killed. Each
+// input must appear exactly once in the output.
+func TestExactlyOncePipelineThroughLeaderKill(t *testing.T) {
+	tc := cluster.StartTestCluster(t, 3)
+	c := newClient(t, tc.Addrs())
+	ctx := ctxFor(t, 90*time.Second)
+	const in, out, n = "eo-in", "eo-out", 600
+	if _, err := c.CreateQueue(ctx, in, client.QueueSettings{VisibilityTimeout: 2 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < n; i += 100 {
+		batch := make([]client.OutMessage, 100)
+		for j := range batch {
+			batch[j].Body = fmt.Appendf(nil, "in-%d", i+j)
+		}
+		if _, err := c.SendBatch(ctx, in, batch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var processed atomic.Int64
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- c.ConsumeExactlyOnce(cctx, in, func(ctx context.Context, m *client.Message) ([]client.TxEnqueue, error) {
+			processed.Add(1)
+			time.Sleep(5 * time.Millisecond)
+			return []client.TxEnqueue{{Queue: out, Message: client.OutMessage{Body: append([]byte("out-"), m.Body...)}}}, nil
+		}, client.WithConcurrency(16), client.WithPollWait(500*time.Millisecond))
+	}()
+	for processed.Load() < n/4 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	dead := killLeader(t, tc)
+	time.Sleep(2 * time.Second)
+	tc.Restart(t, dead)
+
+	// Wait until the input is fully consumed.
+	for {
+		q, err := c.GetQueue(ctx, in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := q.GetStats()
+		if st.GetReady()+st.GetLeased()+st.GetDelayed() == 0 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("input not consumed: %v", st)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("ConsumeExactlyOnce after cancel = %v; want nil", err)
+	}
+	got := drain(t, c, out)
+	for i := range n {
+		if k := fmt.Sprintf("out-in-%d", i); got[k] != 1 {
+			t.Errorf("%s in the output %d times, want exactly once", k, got[k])
+		}
+	}
+	if len(got) != n {
+		t.Errorf("output holds %d distinct messages, want %d", len(got), n)
+	}
+	q, err := c.GetQueue(ctx, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Dedup hits on the output are transactions applied whose reply the
+	// kill swallowed, retried with the same IDs.
+	t.Logf("handler ran %d times for %d inputs; output dedup hits %d", processed.Load(), n, q.GetStats().GetDedupHitsTotal())
+}
