@@ -1,0 +1,222 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/quorumq/quorumq/transport/quorumqpb"
+)
+
+// follower returns the index of a running node that is not the leader.
+func follower(t *testing.T, c *TestCluster) int {
+	t.Helper()
+	leader := c.Leader(t)
+	for i, n := range c.Nodes {
+		if n != nil && n != leader {
+			return i
+		}
+	}
+	t.Fatal("no follower")
+	return -1
+}
+
+func TestRestartCatchesUpFromLog(t *testing.T) {
+	c := StartTestCluster(t, 3)
+	fi := follower(t, c)
+	li := c.Index(c.Leader(t))
+	enqueue(t, c, li, "q", "before")
+	c.WaitReplicated(t)
+	c.Kill(fi)
+	for i := 0; i < 20; i++ {
+		enqueue(t, c, li, "q", fmt.Sprintf("while-down-%d", i))
+	}
+	n := c.Restart(t, fi)
+	c.WaitReplicated(t)
+	info, err := n.fsm.Queue("q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := info.GetStats().GetReady(); got != 21 {
+		t.Fatalf("restarted node has %d ready messages, want 21", got)
+	}
+	if snaps, _ := n.snaps.List(); len(snaps) != 0 {
+		t.Fatalf("restarted node caught up through a snapshot (%v), want through the log", snaps)
+	}
+}
+
+func TestRestartCatchesUpThroughSnapshotInstall(t *testing.T) {
+	c := StartTestClusterWith(t, 3, func(_ int, cfg *Config) {
+		cfg.TrailingLogs = 5 // compact aggressively so the log cannot serve a lagging node
+		cfg.SnapshotThreshold = 1 << 30
+	})
+	fi := follower(t, c)
+	li := c.Index(c.Leader(t))
+	enqueue(t, c, li, "q", "before")
+	c.WaitReplicated(t)
+	c.Kill(fi)
+	for i := 0; i < 40; i++ {
+		enqueue(t, c, li, "q", fmt.Sprintf("while-down-%d", i))
+	}
+	// Snapshot every live node, so whoever leads has truncated its log
+	// past the killed node's last index.
+	for _, n := range c.Live() {
+		if err := n.raft.Snapshot().Error(); err != nil {
+			t.Fatalf("snapshot on %s: %v", n.ID(), err)
+		}
+	}
+	leader := c.Leader(t)
+	first, err := leader.store.FirstIndex()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := c.Restart(t, fi)
+	restartedLast, _ := strconv.ParseUint(n.raft.Stats()["last_log_index"], 10, 64)
+	if first <= restartedLast+1 {
+		t.Fatalf("leader's log still starts at %d, restarted node has up to %d: no snapshot install needed", first, restartedLast)
+	}
+	c.WaitReplicated(t)
+	snaps, err := n.snaps.List()
+	if err != nil || len(snaps) == 0 {
+		t.Fatalf("restarted node has no snapshot (err %v): it did not catch up through InstallSnapshot", err)
+	}
+	info, err := n.fsm.Queue("q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := info.GetStats().GetReady(); got != 41 {
+		t.Fatalf("restarted node has %d ready messages, want 41", got)
+	}
+}
+
+func voters(t *testing.T, n *Node) []string {
+	t.Helper()
+	servers, err := n.configuration(ctxT(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, s := range servers {
+		if s.Suffrage == raft.Voter {
+			ids = append(ids, string(s.ID))
+		}
+	}
+	return ids
+}
+
+func TestJoinAddsVoterAndRemoveServerRemovesIt(t *testing.T) {
+	c := StartTestCluster(t, 3)
+	li := c.Index(c.Leader(t))
+	enqueue(t, c, li, "q", "a")
+	ni := c.Add(t)
+	deadline := time.Now().Add(15 * time.Second)
+	for !strings.Contains(strings.Join(voters(t, c.Leader(t)), ","), "n4") {
+		if time.Now().After(deadline) {
+			t.Fatalf("n4 not a voter within 15 s: voters %v", voters(t, c.Leader(t)))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.WaitReplicated(t) // n4 has the state, including the message enqueued before it joined
+	if _, err := c.Nodes[ni].fsm.Queue("q"); err != nil {
+		t.Fatalf("n4 after join: %v", err)
+	}
+
+	cl := quorumqpb.NewClusterClient(c.Conn(t, c.Index(c.Leader(t))))
+	if _, err := cl.RemoveServer(ctxT(t, 10*time.Second), &quorumqpb.RemoveServerRequest{Id: "n4"}); err != nil {
+		t.Fatalf("RemoveServer n4: %v", err)
+	}
+	// n4 keeps running and gossiping; it must stay out.
+	time.Sleep(2500 * time.Millisecond)
+	if v := voters(t, c.Leader(t)); strings.Contains(strings.Join(v, ","), "n4") || len(v) != 3 {
+		t.Fatalf("voters after removal = %v, want n1..n3", v)
+	}
+	enqueue(t, c, c.Index(c.Leader(t)), "q", "after-removal")
+
+	members, err := cl.Members(ctxT(t, 5*time.Second), &quorumqpb.MembersRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range members.GetMembers() {
+		if m.GetId() == "n4" && m.GetRaftSuffrage() != "" {
+			t.Fatalf("members lists n4 as %q after removal", m.GetRaftSuffrage())
+		}
+	}
+	_, err = cl.RemoveServer(ctxT(t, 5*time.Second), &quorumqpb.RemoveServerRequest{Id: "nope"})
+	if err == nil || !strings.Contains(err.Error(), `"nope"`) {
+		t.Fatalf("RemoveServer of an unknown ID: %v, want an error naming it", err)
+	}
+}
+
+func TestGracefulShutdownTransfersLeadership(t *testing.T) {
+	c := StartTestCluster(t, 3)
+	old := c.Leader(t)
+	oi := c.Index(old)
+	enqueue(t, c, oi, "q", "a")
+	others := c.Live()
+	term := func(n *Node) uint64 { v, _ := strconv.ParseUint(n.raft.Stats()["term"], 10, 64); return v }
+	before := term(old)
+	c.Shutdown(t, oi)
+	// A transfer hands over at once: the new leader is known right after
+	// Shutdown returns, without waiting for an election timeout.
+	var newLeader *Node
+	for _, n := range others {
+		if n != old && n.IsLeader() {
+			newLeader = n
+		}
+	}
+	if newLeader == nil {
+		t.Fatalf("no leader among the remaining nodes right after %s's graceful shutdown", old.ID())
+	}
+	if got := term(newLeader); got != before+1 {
+		t.Fatalf("new leader's term %d, want %d (one transfer, no extra elections)", got, before+1)
+	}
+	enqueue(t, c, c.Index(newLeader), "q", "b")
+}
+
+func TestTruncatedBoltFileRefusesToStart(t *testing.T) {
+	c := StartTestCluster(t, 3)
+	li := c.Index(c.Leader(t))
+	for i := 0; i < 30; i++ {
+		enqueue(t, c, li, "q", fmt.Sprintf("m%d", i))
+	}
+	fi := follower(t, c)
+	dir := c.configs[fi].DataDir
+	c.Kill(fi)
+	path := filepath.Join(dir, raftDBFile)
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, st.Size()/2); err != nil {
+		t.Fatal(err)
+	}
+	cfg := c.configs[fi]
+	_, err = Start(context.Background(), cfg)
+	if err == nil {
+		t.Fatal("node started on a truncated raft.db")
+	}
+	if !errors.Is(err, ErrDataDir) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "truncated") {
+		t.Fatalf("error %q: want ErrDataDir naming %s as truncated", err, path)
+	}
+}
+
+func TestForeignDataDirRefusesToStart(t *testing.T) {
+	c := StartTestCluster(t, 3)
+	fi := follower(t, c)
+	cfg := c.configs[fi]
+	c.Kill(fi)
+	cfg.NodeID = "intruder"
+	_, err := Start(context.Background(), cfg)
+	idPath := filepath.Join(cfg.DataDir, identityFile)
+	if !errors.Is(err, ErrDataDir) || !strings.Contains(err.Error(), idPath) || !strings.Contains(err.Error(), c.configs[fi].NodeID) {
+		t.Fatalf("start with another node's data dir: %v; want ErrDataDir naming %s and its owner", err, idPath)
+	}
+}
