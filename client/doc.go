@@ -14,9 +14,11 @@
 //     Ack, Nack and Extend.
 //   - Unknown outcomes. When the server (or a broken connection) cannot say
 //     whether a command was applied, idempotent calls are retried with the
-//     same IDs. Calls that are not idempotent — CreateQueue, UpdateQueue,
-//     DeleteQueue, Purge and the cluster admin calls — return an error that
-//     matches ErrOutcomeUnknown, and the caller decides.
+//     same IDs. Calls that are not idempotent — CreateQueue, DeleteQueue,
+//     Purge and TransferLeadership — are sent only on a connection that is up
+//     (so "node down" is retried elsewhere), and after an unknown outcome
+//     return an error that matches ErrOutcomeUnknown: the caller decides.
+//     EnsureQueue is the idempotent way to create a queue.
 //   - Leases. Consume runs a handler per message with a concurrency limit,
 //     extends the lease while the handler runs, acks on success (in
 //     batches), nacks with backoff on error and stops cleanly when its
@@ -36,9 +38,14 @@
 //     this caller's nack released it. Either way the message is no longer
 //     this caller's and will be delivered again, which is what a Nack asks
 //     for, so after an unknown outcome Nack reports LeaseLost as success.
-//   - Send/SendBatch: a retry of an applied enqueue returns the original
-//     message ID with Duplicate set, so Duplicate means "this dedup ID was
-//     already recorded", possibly by an earlier attempt of the same call.
+//   - Send/SendBatch/Transact: a retry of an applied enqueue returns the
+//     original message ID with the duplicate flag. For a dedup ID the client
+//     generated this can only be its own earlier attempt, so the result says
+//     Duplicate = false; for a caller-given ID it says Duplicate = true
+//     (the ID was recorded, possibly by an earlier attempt of this call).
+//   - Receive: the retry carries the same request ID and does not long-poll,
+//     so the server answers from its replay table with the deliveries the
+//     lost attempt leased, instead of waiting for other messages.
 //
 // Errors are typed: errors.Is(err, ErrLeaseLost), ErrQueueNotFound,
 // ErrQueueExists, ErrQueueFull, ErrOutcomeUnknown, ErrInvalidArgument,
