@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/quorumq/quorumq/fsm/fsmpb"
@@ -213,7 +212,10 @@ func (q *QueueService) Receive(ctx context.Context, req *quorumqpb.ReceiveReques
 		if req.GetWaitNs() == 0 || len(res.GetDeliveries()) > 0 || res.GetReplayed() {
 			return resp, nil
 		}
-		rcv.Ack = nil
+		// Later proposals lease only; the acks are done.
+		cmd = &fsmpb.Command{Op: &fsmpb.Command_Receive{Receive: &fsmpb.Receive{
+			Queue: rcv.Queue, Max: rcv.Max, VisibilityNs: rcv.VisibilityNs, AutoAck: rcv.AutoAck, RequestId: rcv.RequestId,
+		}}}
 	}
 
 	wctx, cancel := context.WithTimeout(ctx, time.Duration(req.GetWaitNs()))
@@ -339,16 +341,4 @@ func (q *QueueService) Transaction(ctx context.Context, req *quorumqpb.Transacti
 
 func fieldIndex(field string, i int) string {
 	return field + "[" + strconv.Itoa(i) + "]."
-}
-
-// ContextError turns a context error into its gRPC status (DeadlineExceeded
-// or Canceled); other errors pass through.
-func ContextError(err error) error {
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		return status.FromContextError(err).Err()
-	}
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	return status.Error(codes.Internal, err.Error())
 }

@@ -1,0 +1,215 @@
+package transport
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+	"github.com/quorumq/quorumq/transport/quorumqpb"
+)
+
+// recorder is a Backend that records what the service proposes and
+// answers with a fixed result.
+type recorder struct {
+	cmds   []*fsmpb.Command
+	result *fsmpb.Result
+}
+
+func (r *recorder) Propose(_ context.Context, cmd *fsmpb.Command) (*fsmpb.Result, error) {
+	r.cmds = append(r.cmds, cmd)
+	if r.result != nil {
+		return r.result, nil
+	}
+	return &fsmpb.Result{}, nil
+}
+func (r *recorder) Queue(context.Context, string) (*fsmpb.QueueInfo, error) { return nil, nil }
+func (r *recorder) Queues(context.Context) ([]*fsmpb.QueueInfo, error)      { return nil, nil }
+func (r *recorder) WaitAvailable(ctx context.Context, _ string) error {
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func msgs(n, size int) []*fsmpb.Message {
+	out := make([]*fsmpb.Message, n)
+	for i := range out {
+		out[i] = &fsmpb.Message{Body: make([]byte, size)}
+	}
+	return out
+}
+
+func TestRejectsBadRequestsNamingFieldAndLimit(t *testing.T) {
+	ctx := context.Background()
+	cases := []struct {
+		name string
+		call func(*QueueService) error
+		want []string // substrings of the error message
+	}{
+		{"empty queue name", func(q *QueueService) error {
+			_, err := q.Enqueue(ctx, &quorumqpb.EnqueueRequest{Messages: msgs(1, 1)})
+			return err
+		}, []string{"queue", "empty"}},
+		{"bad character", func(q *QueueService) error {
+			_, err := q.Enqueue(ctx, &quorumqpb.EnqueueRequest{Queue: "a/b", Messages: msgs(1, 1)})
+			return err
+		}, []string{"queue", `'/'`}},
+		{"name too long", func(q *QueueService) error {
+			_, err := q.CreateQueue(ctx, &quorumqpb.CreateQueueRequest{Name: strings.Repeat("x", 129)})
+			return err
+		}, []string{"name", "129", "128"}},
+		{"no messages", func(q *QueueService) error {
+			_, err := q.Enqueue(ctx, &quorumqpb.EnqueueRequest{Queue: "q"})
+			return err
+		}, []string{"messages", "1..1000"}},
+		{"message too big", func(q *QueueService) error {
+			_, err := q.Enqueue(ctx, &quorumqpb.EnqueueRequest{Queue: "q", Messages: msgs(1, 1<<20+1)})
+			return err
+		}, []string{"messages[0]", "1048577", "1048576"}},
+		{"too many messages", func(q *QueueService) error {
+			_, err := q.Enqueue(ctx, &quorumqpb.EnqueueRequest{Queue: "q", Messages: msgs(1001, 1)})
+			return err
+		}, []string{"messages", "1001", "1000"}},
+		{"batch too big", func(q *QueueService) error {
+			_, err := q.Enqueue(ctx, &quorumqpb.EnqueueRequest{Queue: "q", Messages: msgs(9, 1<<20)})
+			return err
+		}, []string{"messages", "8388608"}},
+		{"negative delay", func(q *QueueService) error {
+			m := msgs(1, 1)
+			m[0].DelayNs = -1
+			_, err := q.Enqueue(ctx, &quorumqpb.EnqueueRequest{Queue: "q", Messages: m})
+			return err
+		}, []string{"messages[0].delay_ns", "negative"}},
+		{"dedup ID too long", func(q *QueueService) error {
+			m := msgs(1, 1)
+			m[0].DedupId = strings.Repeat("d", 129)
+			_, err := q.Enqueue(ctx, &quorumqpb.EnqueueRequest{Queue: "q", Messages: m})
+			return err
+		}, []string{"messages[0].dedup_id", "128"}},
+		{"wait too long", func(q *QueueService) error {
+			_, err := q.Receive(ctx, &quorumqpb.ReceiveRequest{Queue: "q", WaitNs: int64(21 * time.Second)})
+			return err
+		}, []string{"wait_ns", "20s"}},
+		{"receive max too big", func(q *QueueService) error {
+			_, err := q.Receive(ctx, &quorumqpb.ReceiveRequest{Queue: "q", Max: 1001})
+			return err
+		}, []string{"max", "1001", "1000"}},
+		{"no receipts", func(q *QueueService) error {
+			_, err := q.Ack(ctx, &quorumqpb.AckRequest{Queue: "q"})
+			return err
+		}, []string{"receipts", "1..1000"}},
+		{"zero attempt", func(q *QueueService) error {
+			_, err := q.Ack(ctx, &quorumqpb.AckRequest{Queue: "q", Receipts: []*fsmpb.Receipt{{MessageId: 1}}})
+			return err
+		}, []string{"receipts[0].attempt"}},
+		{"visibility too long", func(q *QueueService) error {
+			_, err := q.Extend(ctx, &quorumqpb.ExtendRequest{Queue: "q", Receipts: []*fsmpb.Receipt{{MessageId: 1, Attempt: 1}}, VisibilityNs: int64(13 * time.Hour)})
+			return err
+		}, []string{"visibility_ns", "12h"}},
+		{"own dead-letter queue", func(q *QueueService) error {
+			dlq := "q"
+			_, err := q.CreateQueue(ctx, &quorumqpb.CreateQueueRequest{Name: "q", Settings: &fsmpb.QueueSettings{DeadLetterQueue: &dlq}})
+			return err
+		}, []string{"settings.dead_letter_queue"}},
+		{"empty transaction", func(q *QueueService) error {
+			_, err := q.Transaction(ctx, &quorumqpb.TransactionRequest{})
+			return err
+		}, []string{"empty"}},
+		{"bad queue inside a transaction", func(q *QueueService) error {
+			_, err := q.Transaction(ctx, &quorumqpb.TransactionRequest{Enqueues: []*quorumqpb.EnqueueRequest{{Queue: "ok", Messages: msgs(1, 1)}, {Queue: "", Messages: msgs(1, 1)}}})
+			return err
+		}, []string{"enqueues[1].queue"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &recorder{}
+			err := tc.call(NewQueueService(rec, Limits{}, true))
+			if status.Code(err) != codes.InvalidArgument {
+				t.Fatalf("got %v, want InvalidArgument", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+			if code, ok := QueueErrorCode(err); !ok || code != fsmpb.ErrorCode_INVALID_ARGUMENT {
+				t.Errorf("error lacks the INVALID_ARGUMENT QueueError detail")
+			}
+			if len(rec.cmds) != 0 {
+				t.Errorf("an invalid request reached Raft: %v", rec.cmds)
+			}
+		})
+	}
+}
+
+func TestEnqueueCommandAndResultMapping(t *testing.T) {
+	ctx := context.Background()
+	rec := &recorder{result: &fsmpb.Result{Enqueued: []*fsmpb.EnqueueResult{{MessageId: 7}}}}
+	q := NewQueueService(rec, Limits{}, true)
+	resp, err := q.Enqueue(ctx, &quorumqpb.EnqueueRequest{Queue: "q", Messages: msgs(1, 3)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetResults()[0].GetMessageId() != 7 {
+		t.Fatalf("results %v", resp.GetResults())
+	}
+	enq := rec.cmds[0].GetEnqueue()
+	if enq.GetQueue() != "q" || !enq.GetCreateQueue() || len(enq.GetMessages()) != 1 {
+		t.Fatalf("proposed %v, want an enqueue to q with create_queue", rec.cmds[0])
+	}
+
+	// Without auto-create the command does not create the queue.
+	rec = &recorder{}
+	if _, err := NewQueueService(rec, Limits{}, false).Enqueue(ctx, &quorumqpb.EnqueueRequest{Queue: "q", Messages: msgs(1, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	if rec.cmds[0].GetEnqueue().GetCreateQueue() {
+		t.Fatal("create_queue set with auto-create off")
+	}
+
+	// An FSM error becomes its gRPC code with the QueueError detail.
+	rec = &recorder{result: &fsmpb.Result{Error: &fsmpb.Error{Code: fsmpb.ErrorCode_QUEUE_FULL, Message: "queue q is full (max_depth 10)"}}}
+	_, err = NewQueueService(rec, Limits{}, true).Enqueue(ctx, &quorumqpb.EnqueueRequest{Queue: "q", Messages: msgs(1, 1)})
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("queue full: %v, want ResourceExhausted", err)
+	}
+	if code, _ := QueueErrorCode(err); code != fsmpb.ErrorCode_QUEUE_FULL {
+		t.Fatalf("queue full: detail code %v", code)
+	}
+}
+
+func TestReceiveLongPollDeadlineIsEmptyNotError(t *testing.T) {
+	rec := &recorder{}
+	q := NewQueueService(rec, Limits{}, true)
+	start := time.Now()
+	resp, err := q.Receive(context.Background(), &quorumqpb.ReceiveRequest{Queue: "q", WaitNs: int64(200 * time.Millisecond)})
+	if err != nil {
+		t.Fatalf("long poll deadline: %v, want an empty response", err)
+	}
+	if len(resp.GetDeliveries()) != 0 || time.Since(start) < 200*time.Millisecond {
+		t.Fatalf("got %v after %v", resp, time.Since(start))
+	}
+	if len(rec.cmds) != 0 {
+		t.Fatalf("an empty long poll proposed %d commands, want none", len(rec.cmds))
+	}
+
+	// Piggybacked acks are proposed at once, before the wait.
+	rec = &recorder{result: &fsmpb.Result{Outcomes: []fsmpb.AckOutcome{fsmpb.AckOutcome_ACK_OK}}}
+	resp, err = NewQueueService(rec, Limits{}, true).Receive(context.Background(), &quorumqpb.ReceiveRequest{
+		Queue: "q", WaitNs: int64(100 * time.Millisecond), Ack: []*fsmpb.Receipt{{MessageId: 1, Attempt: 1}},
+	})
+	if err != nil || len(resp.GetAckOutcomes()) != 1 || len(rec.cmds) != 1 || len(rec.cmds[0].GetReceive().GetAck()) != 1 {
+		t.Fatalf("receive with acks: %v %v, proposed %v", resp, err, rec.cmds)
+	}
+
+	// A caller that goes away gets its context error, not an empty answer.
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err = NewQueueService(&recorder{}, Limits{}, true).Receive(ctx, &quorumqpb.ReceiveRequest{Queue: "q", WaitNs: int64(time.Second)})
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("caller deadline inside the long poll: %v, want DeadlineExceeded", err)
+	}
+}
