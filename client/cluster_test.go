@@ -398,3 +398,68 @@ func TestExactlyOncePipelineThroughLeaderKill(t *testing.T) {
 	// kill swallowed, retried with the same IDs.
 	t.Logf("handler ran %d times for %d inputs; output dedup hits %d", processed.Load(), n, q.GetStats().GetDedupHitsTotal())
 }
+
+// TestProducerGathersSendsInOrder: one goroutine's SendAsync calls to a
+// queue are enqueued in call order, in far fewer Raft entries than
+// messages; Flush does not wait for the linger; Close refuses later sends.
+func TestProducerGathersSendsInOrder(t *testing.T) {
+	tc := cluster.StartTestCluster(t, 3)
+	c := newClient(t, tc.Addrs())
+	ctx := ctxFor(t, 60*time.Second)
+	const queue, n = "producer", 5000
+	if _, err := c.CreateQueue(ctx, queue, client.QueueSettings{}); err != nil {
+		t.Fatal(err)
+	}
+	lastIndex := func() uint64 {
+		st, err := c.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, nd := range st.GetNodes() {
+			if nd.GetId() == st.GetLeaderId() {
+				return nd.GetLastLogIndex()
+			}
+		}
+		t.Fatal("status names no leader node")
+		return 0
+	}
+	before := lastIndex()
+	p := c.NewProducer()
+	futs := make([]*client.SendFuture, n)
+	for i := range futs {
+		futs[i] = p.SendAsync(ctx, queue, client.OutMessage{Body: fmt.Appendf(nil, "%d", i)})
+	}
+	var prev uint64
+	for i, f := range futs {
+		r, err := f.Wait(ctx)
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		if r.MessageID <= prev {
+			t.Fatalf("message %d got ID %d after ID %d: the producer reordered sends", i, r.MessageID, prev)
+		}
+		prev = r.MessageID
+	}
+	entries := lastIndex() - before
+	if entries > n/20 {
+		t.Fatalf("%d messages took %d Raft entries; the producer is not gathering", n, entries)
+	}
+	t.Logf("%d messages in %d Raft entries", n, entries)
+
+	slow := c.NewProducer(client.WithLinger(time.Hour))
+	f := slow.SendAsync(ctx, queue, client.OutMessage{Body: []byte("flushed")})
+	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := slow.Flush(fctx); err != nil {
+		t.Fatalf("Flush with a one-hour linger: %v", err)
+	}
+	if r, err := f.Wait(ctx); err != nil || r.MessageID != prev+1 {
+		t.Fatalf("flushed message = %+v, %v; want ID %d", r, err, prev+1)
+	}
+	if err := slow.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := slow.SendAsync(ctx, queue, client.OutMessage{Body: []byte("late")}).Wait(ctx); !errors.Is(err, client.ErrClosed) {
+		t.Fatalf("SendAsync after Close = %v; want ErrClosed", err)
+	}
+}

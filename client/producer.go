@@ -151,12 +151,13 @@ func sendResults(op string, sent []*fsmpb.Message, generated []bool, got []*fsmp
 type ProducerOption func(*producerOptions)
 
 type producerOptions struct {
-	linger        time.Duration
-	batchMessages int
-	batchBytes    int
-	maxMessages   int64
-	maxBytes      int64
-	sendTimeout   time.Duration
+	linger          time.Duration
+	batchMessages   int
+	batchBytes      int
+	maxMessages     int64
+	maxBytes        int64
+	batchesInFlight int
+	sendTimeout     time.Duration
 }
 
 // WithLinger sets how long a Producer waits for more messages to the same
@@ -164,7 +165,7 @@ type producerOptions struct {
 func WithLinger(d time.Duration) ProducerOption { return func(o *producerOptions) { o.linger = d } }
 
 // WithBatchLimits bounds one enqueue RPC. Defaults: 1000 messages, 1 MiB of
-// bodies.
+// bodies (the server's defaults allow 1000 messages and 8 MiB).
 func WithBatchLimits(messages, bytes int) ProducerOption {
 	return func(o *producerOptions) { o.batchMessages, o.batchBytes = messages, bytes }
 }
@@ -176,6 +177,15 @@ func WithMaxInFlight(messages int, bytes int64) ProducerOption {
 	return func(o *producerOptions) { o.maxMessages, o.maxBytes = int64(messages), bytes }
 }
 
+// WithBatchesInFlight sets how many batches to one queue may be sent at
+// once. With 1 (the default) the messages of one queue are enqueued in the
+// order of the SendAsync calls, through retries and leader changes (a batch
+// that finally fails leaves a gap, not a reordering). More than 1 gives
+// more throughput to a single queue but batches may overtake each other.
+func WithBatchesInFlight(n int) ProducerOption {
+	return func(o *producerOptions) { o.batchesInFlight = n }
+}
+
 // WithSendTimeout bounds how long one batch is retried (through leader
 // changes) before its futures fail. Default 30 s.
 func WithSendTimeout(d time.Duration) ProducerOption {
@@ -183,10 +193,11 @@ func WithSendTimeout(d time.Duration) ProducerOption {
 }
 
 // Producer gathers concurrent SendAsync calls to the same queue into one
-// Enqueue RPC: each batch waits at most the linger time, is bounded in
-// messages and bytes, and reports a result per message. Raft then writes
-// the batch as one log entry, which is where quorumq's throughput comes
-// from. A Producer is safe for concurrent use.
+// Enqueue RPC: a batch is sent when it is full or its linger time has
+// passed and a send slot of its queue is free, so while a batch is on the
+// wire the next one keeps filling. Raft writes each batch as one log entry,
+// which is where quorumq's throughput comes from. Each message gets its
+// own result. A Producer is safe for concurrent use.
 type Producer struct {
 	c    *Client
 	o    producerOptions
@@ -194,16 +205,24 @@ type Producer struct {
 	msgs *semaphore.Weighted
 	byts *semaphore.Weighted
 
-	mu       sync.Mutex
-	pending  map[string]*batch
-	inflight map[*batch]struct{}
-	closed   bool
+	mu     sync.Mutex
+	queues map[string]*queueBatches
+	closed bool
+}
+
+// queueBatches is the send state of one queue: the batch filling, full
+// batches waiting for a send slot, and batches on the wire.
+type queueBatches struct {
+	name    string
+	filling *batch
+	waiting []*batch
+	sending map[*batch]struct{}
 }
 
 type batch struct {
-	queue string
 	futs  []*SendFuture
 	bytes int
+	due   bool // linger passed or flushed: send as soon as a slot is free
 	timer *time.Timer
 	done  chan struct{}
 }
@@ -241,17 +260,18 @@ func (f *SendFuture) resolve(r SendResult, err error) {
 // NewProducer returns an asynchronous, batching producer on c.
 func (c *Client) NewProducer(opts ...ProducerOption) *Producer {
 	o := producerOptions{
-		linger:        2 * time.Millisecond,
-		batchMessages: 1000,
-		batchBytes:    1 << 20,
-		maxMessages:   10000,
-		maxBytes:      64 << 20,
-		sendTimeout:   30 * time.Second,
+		linger:          2 * time.Millisecond,
+		batchMessages:   1000,
+		batchBytes:      1 << 20,
+		maxMessages:     10000,
+		maxBytes:        64 << 20,
+		batchesInFlight: 1,
+		sendTimeout:     30 * time.Second,
 	}
 	for _, opt := range opts {
 		opt(&o)
 	}
-	p := &Producer{c: c, o: o, pending: map[string]*batch{}, inflight: map[*batch]struct{}{}}
+	p := &Producer{c: c, o: o, queues: map[string]*queueBatches{}}
 	switch {
 	case o.linger < 0:
 		p.err = invalidArg("WithLinger", "must be >= 0, got %v", o.linger)
@@ -259,6 +279,8 @@ func (c *Client) NewProducer(opts ...ProducerOption) *Producer {
 		p.err = invalidArg("WithBatchLimits", "messages and bytes must be >= 1, got %d and %d", o.batchMessages, o.batchBytes)
 	case o.maxMessages < 1 || o.maxBytes < 1:
 		p.err = invalidArg("WithMaxInFlight", "messages and bytes must be >= 1, got %d and %d", o.maxMessages, o.maxBytes)
+	case o.batchesInFlight < 1:
+		p.err = invalidArg("WithBatchesInFlight", "must be >= 1, got %d", o.batchesInFlight)
 	case o.sendTimeout <= 0:
 		p.err = invalidArg("WithSendTimeout", "must be > 0, got %v", o.sendTimeout)
 	}
@@ -307,26 +329,29 @@ func (p *Producer) SendAsync(ctx context.Context, queue string, msg OutMessage) 
 		f.resolve(SendResult{}, fmt.Errorf("SendAsync: %w", ErrClosed))
 		return f
 	}
-	b := p.pending[queue]
-	if b != nil && b.bytes+len(msg.Body) > p.o.batchBytes {
-		p.launchLocked(b)
-		b = nil
+	q := p.queues[queue]
+	if q == nil {
+		q = &queueBatches{name: queue, sending: map[*batch]struct{}{}}
+		p.queues[queue] = q
 	}
+	if b := q.filling; b != nil && b.bytes+len(msg.Body) > p.o.batchBytes {
+		p.closeBatchLocked(q)
+	}
+	b := q.filling
 	if b == nil {
-		b = &batch{queue: queue, done: make(chan struct{})}
-		p.pending[queue] = b
+		b = &batch{done: make(chan struct{})}
+		q.filling = b
 		b.timer = time.AfterFunc(p.o.linger, func() {
 			p.mu.Lock()
 			defer p.mu.Unlock()
-			if p.pending[queue] == b {
-				p.launchLocked(b)
-			}
+			b.due = true
+			p.startLocked(q)
 		})
 	}
 	b.futs = append(b.futs, f)
 	b.bytes += len(msg.Body)
 	if len(b.futs) >= p.o.batchMessages || b.bytes >= p.o.batchBytes {
-		p.launchLocked(b)
+		p.closeBatchLocked(q)
 	}
 	return f
 }
@@ -336,18 +361,43 @@ func (p *Producer) release(f *SendFuture) {
 	p.byts.Release(f.weight)
 }
 
-// launchLocked sends b in the background. p.mu must be held.
-func (p *Producer) launchLocked(b *batch) {
+// closeBatchLocked ends q's filling batch: it is due and waits for a slot.
+func (p *Producer) closeBatchLocked(q *queueBatches) {
+	b := q.filling
+	q.filling = nil
 	b.timer.Stop()
-	delete(p.pending, b.queue)
-	p.inflight[b] = struct{}{}
-	go p.send(b)
+	b.due = true
+	q.waiting = append(q.waiting, b)
+	p.startLocked(q)
 }
 
-func (p *Producer) send(b *batch) {
+// startLocked sends q's due batches, oldest first, while send slots are
+// free. p.mu must be held.
+func (p *Producer) startLocked(q *queueBatches) {
+	for len(q.sending) < p.o.batchesInFlight {
+		var b *batch
+		switch {
+		case len(q.waiting) > 0:
+			b, q.waiting = q.waiting[0], q.waiting[1:]
+		case q.filling != nil && q.filling.due:
+			b, q.filling = q.filling, nil
+			b.timer.Stop()
+		default:
+			return
+		}
+		q.sending[b] = struct{}{}
+		go p.send(q, b)
+	}
+}
+
+func (p *Producer) send(q *queueBatches, b *batch) {
 	defer func() {
 		p.mu.Lock()
-		delete(p.inflight, b)
+		delete(q.sending, b)
+		p.startLocked(q)
+		if q.filling == nil && len(q.waiting) == 0 && len(q.sending) == 0 && p.queues[q.name] == q {
+			delete(p.queues, q.name)
+		}
 		p.mu.Unlock()
 		close(b.done)
 	}()
@@ -363,7 +413,7 @@ func (p *Producer) send(b *batch) {
 	if len(live) == 0 {
 		return
 	}
-	req := &quorumqpb.EnqueueRequest{Queue: b.queue, Messages: make([]*fsmpb.Message, len(live))}
+	req := &quorumqpb.EnqueueRequest{Queue: q.name, Messages: make([]*fsmpb.Message, len(live))}
 	generated := make([]bool, len(live))
 	for i, f := range live {
 		req.Messages[i], generated[i] = f.msg, f.generated
@@ -394,12 +444,19 @@ func (p *Producer) send(b *batch) {
 // to SendAsync so far have their result, or until ctx ends.
 func (p *Producer) Flush(ctx context.Context) error {
 	p.mu.Lock()
-	for _, b := range p.pending {
-		p.launchLocked(b)
-	}
-	wait := make([]*batch, 0, len(p.inflight))
-	for b := range p.inflight {
-		wait = append(wait, b)
+	var wait []*batch
+	for _, q := range p.queues {
+		if q.filling != nil {
+			q.filling.due = true
+		}
+		for b := range q.sending {
+			wait = append(wait, b)
+		}
+		wait = append(wait, q.waiting...)
+		if q.filling != nil {
+			wait = append(wait, q.filling)
+		}
+		p.startLocked(q)
 	}
 	p.mu.Unlock()
 	for _, b := range wait {
