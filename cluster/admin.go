@@ -116,7 +116,11 @@ func (n *Node) remoteStatus(ctx context.Context, id, api, raftAddr string) *quor
 	if n.cfg.APIClientTLS != nil {
 		creds = credentials.NewTLS(n.cfg.APIClientTLS)
 	}
-	conn, err := grpc.NewClient(api, grpc.WithTransportCredentials(creds))
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	if n.cfg.AuthToken != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(bearer(n.cfg.AuthToken)))
+	}
+	conn, err := grpc.NewClient(api, opts...)
 	if err != nil {
 		return failed(err)
 	}

@@ -139,3 +139,43 @@ func TestLeaderKillNewLeaderKeepsAcknowledgedWrites(t *testing.T) {
 		t.Fatalf("new leader has %d ready messages, want the 50 acknowledged before the kill + 1", got)
 	}
 }
+
+func TestStatusReportsEveryNodeAndTheUnreachable(t *testing.T) {
+	c := StartTestCluster(t, 3)
+	leader := c.Leader(t)
+	li := c.Index(leader)
+	enqueue(t, c, li, "q", "a")
+	fi := (li + 1) % 3
+	c.Kill(fi)
+	cl := quorumqpb.NewClusterClient(c.Conn(t, li))
+	st, err := cl.Status(ctxT(t, 10*time.Second), &quorumqpb.StatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.GetLeaderId() != leader.ID() || st.GetLeaderApiAddr() != leader.APIAddr() {
+		t.Fatalf("status leader = %s at %s, want %s at %s", st.GetLeaderId(), st.GetLeaderApiAddr(), leader.ID(), leader.APIAddr())
+	}
+	byID := map[string]*quorumqpb.NodeStatus{}
+	for _, n := range st.GetNodes() {
+		byID[n.GetId()] = n
+	}
+	if len(byID) != 3 {
+		t.Fatalf("status lists %v, want n1..n3", byID)
+	}
+	for i := 0; i < 3; i++ {
+		id := fmt.Sprintf("n%d", i+1)
+		ns := byID[id]
+		switch {
+		case i == fi && ns.GetError() == "":
+			t.Errorf("%s is down but has no error: %v", id, ns)
+		case i != fi && (ns.GetError() != "" || ns.GetTerm() == 0 || ns.GetAppliedIndex() == 0 || !ns.GetVoter()):
+			t.Errorf("%s: %v", id, ns)
+		case i == li && ns.GetState() != "Leader":
+			t.Errorf("%s state %q, want Leader", id, ns.GetState())
+		}
+	}
+	lr, err := quorumqpb.NewClusterClient(c.Conn(t, (fi+1)%3)).Leader(ctxT(t, 5*time.Second), &quorumqpb.LeaderRequest{})
+	if err != nil || lr.GetLeaderId() != leader.ID() || lr.GetLeaderApiAddr() != leader.APIAddr() {
+		t.Fatalf("Leader on a follower = %v, %v", lr, err)
+	}
+}

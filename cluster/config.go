@@ -41,6 +41,10 @@ type Config struct {
 	// when this node calls other nodes' APIs (cluster status fan-out).
 	RaftServerTLS, RaftClientTLS *tls.Config
 	APIServerTLS, APIClientTLS   *tls.Config
+	// AuthToken, when set, is required as "authorization: Bearer <token>"
+	// on every API call, including the nodes' calls to each other. It
+	// needs APIServerTLS and APIClientTLS.
+	AuthToken string
 	// GossipKey encrypts gossip (16, 24 or 32 bytes, AES); nil = plain.
 	GossipKey []byte
 
@@ -86,6 +90,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if (c.RaftServerTLS == nil) != (c.RaftClientTLS == nil) {
 		return c, configErr("Raft TLS needs both a server and a client config")
+	}
+	if c.AuthToken != "" && (c.APIServerTLS == nil || c.APIClientTLS == nil) {
+		return c, configErr("an auth token needs API TLS (server and client configs): it must not cross the network in the clear")
 	}
 	if n := len(c.GossipKey); n != 0 && n != 16 && n != 24 && n != 32 {
 		return c, configErr("gossip key is %d bytes; want 16, 24 or 32", n)

@@ -217,6 +217,10 @@ func (n *Node) startAPI() error {
 	if n.cfg.APIServerTLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(n.cfg.APIServerTLS)))
 	}
+	if n.cfg.AuthToken != "" {
+		auth := tokenAuth{want: []byte(n.cfg.AuthToken)}
+		opts = append(opts, grpc.ChainUnaryInterceptor(auth.unary), grpc.ChainStreamInterceptor(auth.stream))
+	}
 	n.grpc = grpc.NewServer(opts...)
 	transport.NewQueueService(n, n.cfg.Limits, n.cfg.AutoCreateQueues).Register(n.grpc)
 	(&clusterService{n: n}).register(n.grpc)

@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -32,6 +35,8 @@ type serverFlags struct {
 	logLevel, logFormat            string
 	shutdownTimeout                time.Duration
 	snapshotThreshold, trailingLog uint64
+	tlsCert, tlsKey, tlsCA         string
+	authToken, gossipKey           string
 }
 
 func serverCmd() *cobra.Command {
@@ -74,6 +79,9 @@ the command line wins over the environment.`,
 				SnapshotThreshold: f.snapshotThreshold,
 				TrailingLogs:      f.trailingLog,
 			}
+			if err := f.security(&cfg); err != nil {
+				return err
+			}
 			if cfg.BootstrapExpect == 0 && len(cfg.Join) == 0 {
 				return errors.New("give --bootstrap-expect N (a new cluster of N servers) or --join (an existing cluster), or both")
 			}
@@ -109,7 +117,54 @@ the command line wins over the environment.`,
 	fl.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long a graceful shutdown (leadership transfer, gossip leave) may take")
 	fl.Uint64Var(&f.snapshotThreshold, "snapshot-threshold", 8192, "log entries since the last snapshot that trigger a new one")
 	fl.Uint64Var(&f.trailingLog, "trailing-logs", 10240, "log entries kept after a snapshot so a slow follower can catch up from the log")
+	fl.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate of this server (API and Raft TLS); its SANs must cover the advertised addresses")
+	fl.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
+	fl.StringVar(&f.tlsCA, "tls-ca", "", "PEM CA that signed every server's certificate (verifies Raft peers both ways; required with --tls-cert)")
+	fl.StringVar(&f.authToken, "auth-token", "", "require this bearer token on every API call (needs --tls-cert)")
+	fl.StringVar(&f.gossipKey, "gossip-key", "", "base64 AES key (16, 24 or 32 bytes) that encrypts gossip; the same on every server")
 	return cmd
+}
+
+// security fills cfg's TLS, token and gossip-key settings from the flags.
+// One certificate serves the API and Raft; Raft requires client
+// certificates signed by --tls-ca, so only cluster members can join the
+// replication stream.
+func (f *serverFlags) security(cfg *cluster.Config) error {
+	if f.gossipKey != "" {
+		key, err := base64.StdEncoding.DecodeString(f.gossipKey)
+		if err != nil {
+			return fmt.Errorf("--gossip-key: not base64: %w", err)
+		}
+		cfg.GossipKey = key
+	}
+	cfg.AuthToken = f.authToken
+	if f.tlsCert == "" && f.tlsKey == "" && f.tlsCA == "" {
+		if f.authToken != "" {
+			return errors.New("--auth-token needs --tls-cert, --tls-key and --tls-ca: a token must not cross the network in the clear")
+		}
+		return nil
+	}
+	if f.tlsCert == "" || f.tlsKey == "" || f.tlsCA == "" {
+		return errors.New("TLS needs all three of --tls-cert, --tls-key and --tls-ca")
+	}
+	cert, err := tls.LoadX509KeyPair(f.tlsCert, f.tlsKey)
+	if err != nil {
+		return fmt.Errorf("--tls-cert %s / --tls-key %s: %w", f.tlsCert, f.tlsKey, err)
+	}
+	pem, err := os.ReadFile(f.tlsCA)
+	if err != nil {
+		return fmt.Errorf("--tls-ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return fmt.Errorf("--tls-ca %s: no PEM certificate in it", f.tlsCA)
+	}
+	certs := []tls.Certificate{cert}
+	cfg.APIServerTLS = &tls.Config{Certificates: certs, MinVersion: tls.VersionTLS12}
+	cfg.APIClientTLS = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	cfg.RaftServerTLS = &tls.Config{Certificates: certs, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS13}
+	cfg.RaftClientTLS = &tls.Config{Certificates: certs, RootCAs: pool, MinVersion: tls.VersionTLS13}
+	return nil
 }
 
 // flagsFromEnv sets every flag not given on the command line from its
