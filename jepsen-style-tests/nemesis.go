@@ -165,18 +165,29 @@ func grudgeBridge(_ context.Context, env *Env) (Grudge, error) {
 	return g, nil
 }
 
-// grudgeOneWay makes one random node deaf to every other node while it can
-// still send: its heartbeats arrive, their answers do not.
-func grudgeOneWay(_ context.Context, env *Env) (Grudge, error) {
-	all := ids(env)
-	victim := all[env.Rand.IntN(len(all))]
+// grudgeOneWay cuts the leader off in one direction only, picked at
+// random: either the leader goes deaf (the others' packets are dropped on
+// arrival at the leader, while its heartbeats still arrive), or it goes mute
+// (the others drop what the leader sends, while it still hears them).
+func grudgeOneWay(ctx context.Context, env *Env) (Grudge, error) {
+	l, err := env.Cluster.WaitLeader(ctx)
+	if err != nil {
+		return nil, err
+	}
 	var others []string
-	for _, id := range all {
-		if id != victim {
+	for _, id := range ids(env) {
+		if id != l.ID {
 			others = append(others, id)
 		}
 	}
-	return Grudge{victim: others}, nil
+	if env.Rand.IntN(2) == 0 {
+		return Grudge{l.ID: others}, nil
+	}
+	g := Grudge{}
+	for _, o := range others {
+		g[o] = []string{l.ID}
+	}
+	return g, nil
 }
 
 func describeGrudge(g Grudge) string {
