@@ -417,7 +417,7 @@ func (c *Client) call(ctx context.Context, op string, idem idempotency, extra ti
 // of the server: the request may or may not have reached it.
 func isTransportErr(err error) bool {
 	switch status.Code(err) {
-	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.Aborted, codes.Internal:
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled:
 		return true
 	}
 	return false

@@ -463,3 +463,129 @@ func TestProducerGathersSendsInOrder(t *testing.T) {
 		t.Fatalf("SendAsync after Close = %v; want ErrClosed", err)
 	}
 }
+
+// TestReceiveModes covers what a consumer relies on besides leases:
+// auto-ack deletes on delivery, a repeated request ID replays the same
+// deliveries, Nack's delay holds a message back, the Consume loop nacks a
+// failing handler with backoff and stops on a missing queue.
+func TestReceiveModes(t *testing.T) {
+	tc := cluster.StartTestCluster(t, 3)
+	c := newClient(t, tc.Addrs())
+	ctx := ctxFor(t, 60*time.Second)
+
+	t.Run("auto-ack deletes on delivery", func(t *testing.T) {
+		if _, err := c.Send(ctx, "auto", []byte("once")); err != nil {
+			t.Fatal(err)
+		}
+		got, err := c.Receive(ctx, "auto", 10, client.WithAutoAck(), client.WithVisibility(100*time.Millisecond))
+		if err != nil || len(got) != 1 {
+			t.Fatalf("auto-ack receive = %v, %v", got, err)
+		}
+		time.Sleep(300 * time.Millisecond) // past the visibility: a lease would be back
+		if again, err := c.Receive(ctx, "auto", 10); err != nil || len(again) != 0 {
+			t.Fatalf("after auto-ack the queue still delivers %v, %v", again, err)
+		}
+	})
+
+	t.Run("request ID replays", func(t *testing.T) {
+		for i := range 3 {
+			if _, err := c.Send(ctx, "replay", fmt.Appendf(nil, "%d", i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		first, err := c.Receive(ctx, "replay", 2, client.WithRequestID("req-1"))
+		if err != nil || len(first) != 2 {
+			t.Fatalf("receive = %v, %v", first, err)
+		}
+		second, err := c.Receive(ctx, "replay", 2, client.WithRequestID("req-1"))
+		if err != nil || len(second) != 2 || second[0].Receipt != first[0].Receipt || second[1].Receipt != first[1].Receipt {
+			t.Fatalf("repeat of request req-1 = %v, %v; want the same two deliveries %v", second, err, first)
+		}
+		third, err := c.Receive(ctx, "replay", 2)
+		if err != nil || len(third) != 1 || string(third[0].Body) != "2" {
+			t.Fatalf("a new request = %v, %v; want only the third message", third, err)
+		}
+	})
+
+	t.Run("nack delay holds the message back", func(t *testing.T) {
+		if _, err := c.Send(ctx, "nack", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		m, err := c.Receive(ctx, "nack", 1)
+		if err != nil || len(m) != 1 {
+			t.Fatalf("receive = %v, %v", m, err)
+		}
+		if err := c.Nack(ctx, "nack", time.Second, m[0].Receipt); err != nil {
+			t.Fatal(err)
+		}
+		if early, err := c.Receive(ctx, "nack", 1); err != nil || len(early) != 0 {
+			t.Fatalf("right after a 1 s nack: %v, %v; want nothing", early, err)
+		}
+		late, err := c.Receive(ctx, "nack", 1, client.WithWait(5*time.Second))
+		if err != nil || len(late) != 1 || late[0].Receipt.Attempt != 2 {
+			t.Fatalf("after the nack delay: %v, %v; want attempt 2", late, err)
+		}
+		if err := c.Ack(ctx, "nack", late[0].Receipt); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("consumer nacks a failing handler with backoff", func(t *testing.T) {
+		if _, err := c.Send(ctx, "flaky", []byte("job")); err != nil {
+			t.Fatal(err)
+		}
+		type delivery struct {
+			attempt uint32
+			at      time.Time
+		}
+		var mu sync.Mutex
+		var seen []delivery
+		succeeded := make(chan struct{})
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		var reported atomic.Int64
+		done := make(chan error, 1)
+		go func() {
+			done <- c.Consume(cctx, "flaky", func(ctx context.Context, m *client.Message) error {
+				mu.Lock()
+				seen = append(seen, delivery{m.Receipt.Attempt, time.Now()})
+				mu.Unlock()
+				if m.Receipt.Attempt == 1 {
+					return errors.New("transient failure")
+				}
+				close(succeeded)
+				return nil
+			}, client.WithNackBackoff(700*time.Millisecond, time.Minute), client.WithPollWait(time.Second),
+				client.WithErrorHandler(func(error) { reported.Add(1) }))
+		}()
+		select {
+		case <-succeeded:
+		case <-ctx.Done():
+			t.Fatal("the failing message never came back")
+		}
+		time.Sleep(200 * time.Millisecond) // let the ack go out
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("Consume = %v", err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if len(seen) != 2 || seen[1].attempt != 2 {
+			t.Fatalf("deliveries %v; want attempts 1 then 2", seen)
+		}
+		if gap := seen[1].at.Sub(seen[0].at); gap < 600*time.Millisecond {
+			t.Fatalf("redelivered %v after the failure; want the 700 ms nack backoff", gap)
+		}
+		q, err := c.GetQueue(ctx, "flaky")
+		if err != nil || q.GetStats().GetAckedTotal() != 1 || reported.Load() != 0 {
+			t.Fatalf("stats %v, %v, %d async errors; want the second delivery acked without errors", q.GetStats(), err, reported.Load())
+		}
+	})
+
+	t.Run("consume of a missing queue fails", func(t *testing.T) {
+		err := c.Consume(ctx, "no-such-queue", func(context.Context, *client.Message) error { return nil })
+		if !errors.Is(err, client.ErrQueueNotFound) {
+			t.Fatalf("Consume(no-such-queue) = %v; want ErrQueueNotFound", err)
+		}
+	})
+}

@@ -136,10 +136,20 @@ func (c *Client) ConsumeExactlyOnce(ctx context.Context, queue string, h Pipelin
 		}
 		sctx, cancel := r.settleCtx()
 		defer cancel()
-		if _, err := c.Transact(sctx, tx); err != nil {
+		_, err = c.Transact(sctx, tx)
+		switch {
+		case err == nil:
+			r.leases.remove(m.Receipt.MessageID)
+		case errors.Is(err, ErrLeaseLost):
+			// Nothing was enqueued; the message is someone else's now.
+			r.leases.remove(m.Receipt.MessageID)
 			r.report(fmt.Errorf("ConsumeExactlyOnce %s: message %d: %w", m.Queue, m.Receipt.MessageID, err))
+		default:
+			// E.g. an output queue is missing or full. Give the input back
+			// with backoff; if the transaction did apply after all, the nack
+			// finds the message acked and changes nothing.
+			r.nack(hctx, m, fmt.Errorf("transaction: %w", err))
 		}
-		r.leases.remove(m.Receipt.MessageID)
 	})
 }
 
@@ -213,6 +223,7 @@ func (c *Client) consume(ctx context.Context, op, queue string, opts []ConsumerO
 	defer r.leases.close()
 	defer r.acks.close()
 
+	bo := backoff{min: c.opts.backoffMin, max: c.opts.backoffMax}
 	slots := make(chan struct{}, o.concurrency)
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -242,8 +253,16 @@ func (c *Client) consume(ctx context.Context, op, queue string, opts []ConsumerO
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("%s: %w", op, err)
+			if permanent(err) {
+				return fmt.Errorf("%s: %w", op, err)
+			}
+			r.report(fmt.Errorf("%s: receive: %w", op, err))
+			if sleepCtx(ctx, bo.next()) != nil {
+				return nil
+			}
+			continue
 		}
+		bo.n = 0
 		for i := range msgs {
 			m := &msgs[i]
 			hctx := r.leases.add(m, started)
@@ -255,6 +274,16 @@ func (c *Client) consume(ctx context.Context, op, queue string, opts []ConsumerO
 			}()
 		}
 	}
+}
+
+// permanent reports errors that a retry of the same receive cannot fix.
+func permanent(err error) bool {
+	for _, e := range []error{ErrQueueNotFound, ErrInvalidArgument, ErrUnauthenticated, ErrPermissionDenied, ErrClosed} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // settleCtx is the context for acks, nacks and transactions: it outlives
