@@ -95,7 +95,9 @@ func RunCase(ctx context.Context, cfg CaseConfig) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dataDir)
+	removeData := func() { os.RemoveAll(dataDir) }
+	unreg := registerCleanup(removeData)
+	defer func() { unreg(); removeData() }()
 
 	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	cl, err := StartCluster(sctx, ClusterConfig{Bin: cfg.Bin, DataDir: dataDir, LogDir: filepath.Join(dir, "nodes"), IDs: ids, Net: netw, ExtraArgs: cfg.ExtraArgs})
