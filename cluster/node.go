@@ -311,7 +311,7 @@ func (n *Node) Close(ctx context.Context) error {
 	}
 	// Raft stops before the gossip leave, so peers see one clean
 	// disconnect instead of a node that still sends while it leaves.
-	if err := n.raft.Shutdown().Error(); err != nil {
+	if err := waitUpTo(n.raft.Shutdown(), raftShutdownTimeout); err != nil {
 		errs = append(errs, fmt.Errorf("raft: %w", err))
 	}
 	if n.ml != nil {
@@ -366,7 +366,7 @@ func (n *Node) teardown() error {
 		}
 	}
 	if n.raft != nil {
-		if err := n.raft.Shutdown().Error(); err != nil {
+		if err := waitUpTo(n.raft.Shutdown(), raftShutdownTimeout); err != nil {
 			errs = append(errs, fmt.Errorf("raft: %w", err))
 		}
 	}

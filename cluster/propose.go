@@ -37,6 +37,25 @@ func (n *Node) await(ctx context.Context, f raft.Future, timeout time.Duration) 
 	}
 }
 
+// raftShutdownTimeout bounds raft.Shutdown, which waits for raft's own
+// goroutines (a snapshot being written, a stuck disk).
+const raftShutdownTimeout = 10 * time.Second
+
+// waitUpTo waits for f at most d; unlike await it keeps waiting while the
+// node stops, which is when shutdown futures are waited on.
+func waitUpTo(f raft.Future, d time.Duration) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return fmt.Errorf("%w after %v", errDeadline, d)
+	}
+}
+
 // timeoutFor is the caller's remaining time, capped at ApplyTimeout.
 func (n *Node) timeoutFor(ctx context.Context) time.Duration {
 	timeout := n.cfg.ApplyTimeout
