@@ -96,7 +96,9 @@ func enq(queue string, msgs ...*fsmpb.Message) *fsmpb.Command {
 	return &fsmpb.Command{Op: &fsmpb.Command_Enqueue{Enqueue: &fsmpb.Enqueue{Queue: queue, Messages: msgs}}}
 }
 
-func msg(body, dedup string) *fsmpb.Message { return &fsmpb.Message{Body: []byte(body), DedupId: dedup} }
+func msg(body, dedup string) *fsmpb.Message {
+	return &fsmpb.Message{Body: []byte(body), DedupId: dedup}
+}
 
 func delayed(body string, d time.Duration) *fsmpb.Message {
 	return &fsmpb.Message{Body: []byte(body), DelayNs: int64(d)}

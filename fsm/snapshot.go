@@ -228,14 +228,23 @@ func (sr *snapReader) ReadByte() (byte, error) {
 	return b, err
 }
 
+// full reads the next n bytes. It grows its buffer as data actually
+// arrives, so a corrupt length cannot make Restore allocate the whole
+// record limit up front.
 func (sr *snapReader) full(n int) ([]byte, error) {
-	if cap(sr.buf) < n {
-		sr.buf = make([]byte, n)
+	const chunk = 1 << 20
+	b := sr.buf[:0]
+	for len(b) < n {
+		step := min(n-len(b), chunk)
+		if cap(b)-len(b) < step {
+			b = append(b[:cap(b)], make([]byte, step)...)[:len(b)]
+		}
+		if _, err := io.ReadFull(sr.r, b[len(b):len(b)+step]); err != nil {
+			return nil, err
+		}
+		b = b[:len(b)+step]
 	}
-	b := sr.buf[:n]
-	if _, err := io.ReadFull(sr.r, b); err != nil {
-		return nil, err
-	}
+	sr.buf = b
 	sr.crc.Write(b)
 	return b, nil
 }
