@@ -385,3 +385,32 @@ func (p *progress) finish() {
 		}
 	})
 }
+
+// SummaryMarkdown renders several cases as one markdown table: per case
+// (nemesis) and workload queue, the checker's counts and the operations
+// that failed or were unknown while a fault was in force.
+func SummaryMarkdown(results []*Result) string {
+	var b []byte
+	b = append(b, "| case | seed | workload | queue | attempted | ok | lost | duplicated | unexpected | recovered | 2×enq | failed / unknown ops during faults | verdict |\n"...)
+	b = append(b, "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n"...)
+	for _, r := range results {
+		for _, q := range r.Queues {
+			oc := r.Ops[q.Workload]
+			verdict := "ok"
+			if !q.Valid {
+				verdict = "**" + fmt.Sprint(q.Problems) + "**"
+			}
+			b = fmt.Appendf(b, "| %s | %d | %s | %s | %d | %d | %d | %d | %d | %d | %d | %d / %d | %s |\n", r.Case, r.Seed, q.Workload, q.Sink,
+				q.Attempted, q.OK, q.Lost, q.Duplicated, q.Unexpected, q.Recovered, q.DoubleEnqueued, oc.FailedDuringFaults, oc.UnknownDuringFaults, verdict)
+		}
+	}
+	b = append(b, "\n| case | FIFO linearizability | state hashes equal | problems |\n| --- | --- | --- | --- |\n"...)
+	for _, r := range results {
+		fifo := "-"
+		if r.FIFO != nil {
+			fifo = fmt.Sprintf("%s (%d ops, %d unknown)", r.FIFO.Result, r.FIFO.Operations, r.FIFO.Unknown)
+		}
+		b = fmt.Appendf(b, "| %s | %s | %v | %d |\n", r.Case, fifo, r.Convergence.Converged, len(r.Problems))
+	}
+	return string(b)
+}

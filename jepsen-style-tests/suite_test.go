@@ -108,6 +108,18 @@ func TestJepsen(t *testing.T) {
 		}
 		cases = append(cases, tc{"mixed", Schedule{Nemeses: available(), Cycles: 3, Quiet: [2]time.Duration{time.Second, 3 * time.Second}, Fault: [2]time.Duration{3 * time.Second, 5 * time.Second}}})
 	}
+	var results []*Result
+	defer func() {
+		if len(results) == 0 {
+			return
+		}
+		md := SummaryMarkdown(results)
+		path := filepath.Join(reportRoot(), "summary-"+time.Now().UTC().Format("20060102T150405Z")+".md")
+		if err := os.WriteFile(path, []byte(md), 0o644); err != nil {
+			t.Errorf("summary: %v", err)
+		}
+		t.Logf("summary of %d cases (%s):\n%s", len(results), path, md)
+	}()
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			needsNet := false
@@ -132,6 +144,7 @@ func TestJepsen(t *testing.T) {
 			if err != nil {
 				t.Fatalf("harness: %v", err)
 			}
+			results = append(results, res)
 			t.Log("\n" + res.Summary())
 			if !res.Valid {
 				t.Errorf("checkers found problems (seed %d):\n%s", seed, res.Summary())
