@@ -1,0 +1,206 @@
+package fsm
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"runtime"
+	"sync"
+	"testing"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+)
+
+const benchBody = 256
+
+func benchMessages(n, seq int, dedup bool) []*fsmpb.Message {
+	out := make([]*fsmpb.Message, n)
+	for i := range out {
+		out[i] = &fsmpb.Message{Body: make([]byte, benchBody)}
+		if dedup {
+			// 26 characters, the length of a ULID.
+			out[i].DedupId = fmt.Sprintf("01J%023d", seq*n+i)
+		}
+	}
+	return out
+}
+
+func benchEnqueue(b *testing.B, batch int) {
+	f := New()
+	f.ApplyCommand(1, &fsmpb.Command{NowUnixNano: t0, Op: createQ("q", nil).Op})
+	logs := make([]*raft.Log, b.N)
+	for i := range logs {
+		data, err := Encode(&fsmpb.Command{NowUnixNano: t0 + int64(i), Op: enq("q", benchMessages(batch, i, true)...).Op})
+		if err != nil {
+			b.Fatal(err)
+		}
+		logs[i] = &raft.Log{Index: uint64(i + 2), Type: raft.LogCommand, Data: data}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		if err := ResultError(f.Apply(logs[i]).(*fsmpb.Result)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// BenchmarkApplyEnqueue1 is Apply (decode included) of an enqueue of one
+// 256-byte message with a dedup ID.
+func BenchmarkApplyEnqueue1(b *testing.B) { benchEnqueue(b, 1) }
+
+// BenchmarkApplyEnqueue100 is Apply of an enqueue batch of 100.
+func BenchmarkApplyEnqueue100(b *testing.B) { benchEnqueue(b, 100) }
+
+// BenchmarkReceiveAck100 is one receive(100) and one ack(100), each
+// encoded and applied as a log entry.
+func BenchmarkReceiveAck100(b *testing.B) {
+	f := New()
+	f.ApplyCommand(1, &fsmpb.Command{NowUnixNano: t0, Op: createQ("q", nil).Op})
+	idx := uint64(1)
+	for i := range b.N {
+		idx++
+		f.ApplyCommand(idx, &fsmpb.Command{NowUnixNano: t0, Op: enq("q", benchMessages(100, i, true)...).Op})
+	}
+	apply := func(cmd *fsmpb.Command) *fsmpb.Result {
+		data, err := Encode(cmd)
+		if err != nil {
+			b.Fatal(err)
+		}
+		idx++
+		res := f.Apply(&raft.Log{Index: idx, Type: raft.LogCommand, Data: data}).(*fsmpb.Result)
+		if err := ResultError(res); err != nil {
+			b.Fatal(err)
+		}
+		return res
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		now := t0 + int64(i)
+		res := apply(&fsmpb.Command{NowUnixNano: now, Op: recvCmd(recv("q", 100)).Op})
+		if len(res.Deliveries) != 100 {
+			b.Fatalf("received %d", len(res.Deliveries))
+		}
+		rs := make([]*fsmpb.Receipt, len(res.Deliveries))
+		for j, d := range res.Deliveries {
+			rs[j] = d.Receipt
+		}
+		apply(&fsmpb.Command{NowUnixNano: now, Op: ackCmd("q", rs...).Op})
+	}
+	b.ReportMetric(float64(b.N*100)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+const million = 1_000_000
+
+// fill enqueues n 256-byte messages in batches of 1000.
+func fill(f *FSM, n int, dedup bool) {
+	f.ApplyCommand(1, &fsmpb.Command{NowUnixNano: t0, Op: createQ("q", nil).Op})
+	for i := range n / 1000 {
+		res := f.ApplyCommand(uint64(i+2), &fsmpb.Command{NowUnixNano: t0 + int64(i), Op: enq("q", benchMessages(1000, i, dedup)...).Op})
+		if err := ResultError(res); err != nil {
+			panic(err)
+		}
+	}
+}
+
+var (
+	bigOnce sync.Once
+	big     *FSM
+	bigSnap []byte
+)
+
+// bigState is an FSM with a million queued 256-byte messages with dedup
+// IDs, and its persisted snapshot.
+func bigState(b *testing.B) (*FSM, []byte) {
+	bigOnce.Do(func() {
+		big = New()
+		fill(big, million, true)
+		snap, _ := big.Snapshot()
+		var sink memSink
+		if err := snap.Persist(&sink); err != nil {
+			b.Fatal(err)
+		}
+		bigSnap = sink.Bytes()
+	})
+	return big, bigSnap
+}
+
+// BenchmarkSnapshot1M is Snapshot() with 1M queued messages.
+func BenchmarkSnapshot1M(b *testing.B) {
+	f, _ := bigState(b)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		s, err := f.Snapshot()
+		if err != nil {
+			b.Fatal(err)
+		}
+		s.Release()
+	}
+}
+
+type countSink struct{ n int64 }
+
+func (s *countSink) Write(p []byte) (int, error) { s.n += int64(len(p)); return len(p), nil }
+func (s *countSink) ID() string                  { return "count" }
+func (s *countSink) Cancel() error               { return nil }
+func (s *countSink) Close() error                { return nil }
+
+// BenchmarkPersist1M streams a snapshot of 1M messages to a counting sink.
+func BenchmarkPersist1M(b *testing.B) {
+	f, _ := bigState(b)
+	b.ResetTimer()
+	var size int64
+	for range b.N {
+		s, _ := f.Snapshot()
+		var sink countSink
+		if err := s.Persist(&sink); err != nil {
+			b.Fatal(err)
+		}
+		size = sink.n
+	}
+	b.ReportMetric(float64(size), "snapshot-bytes")
+	b.SetBytes(size)
+}
+
+// BenchmarkRestore1M restores that snapshot into a fresh FSM.
+func BenchmarkRestore1M(b *testing.B) {
+	_, data := bigState(b)
+	b.SetBytes(int64(len(data)))
+	b.ResetTimer()
+	for range b.N {
+		g := New()
+		if err := g.Restore(io.NopCloser(bytes.NewReader(data))); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func heapAlloc() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+// benchHeap reports heap bytes per queued message beyond its 256-byte
+// body; with dedup the 26-byte dedup ID (32 with its size class) counts as
+// overhead too.
+func benchHeap(b *testing.B, dedup bool) {
+	for range b.N {
+		before := heapAlloc()
+		f := New()
+		fill(f, million, dedup)
+		after := heapAlloc()
+		b.ReportMetric(float64(after-before)/million-benchBody, "B/msg-beyond-body")
+		runtime.KeepAlive(f)
+	}
+}
+
+func BenchmarkHeapPerMessage(b *testing.B)          { benchHeap(b, false) }
+func BenchmarkHeapPerMessageWithDedup(b *testing.B) { benchHeap(b, true) }
