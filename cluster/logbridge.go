@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -36,7 +37,15 @@ func (s hclogSink) Accept(name string, level hclog.Level, msg string, args ...in
 	}
 	attrs := make([]any, 0, len(args)+2)
 	attrs = append(attrs, "component", name)
-	attrs = append(attrs, args...)
+	for _, a := range args {
+		// hclog.Fmt defers formatting to the logger; do it here.
+		if f, ok := a.(hclog.Format); ok && len(f) > 0 {
+			if format, ok := f[0].(string); ok {
+				a = fmt.Sprintf(format, f[1:]...)
+			}
+		}
+		attrs = append(attrs, a)
+	}
 	s.logger.Log(ctx, lvl, msg, attrs...)
 }
 

@@ -1,0 +1,35 @@
+package cluster
+
+import (
+	"bytes"
+	"log/slog"
+	"strings"
+	"testing"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+func TestLogBridges(t *testing.T) {
+	var buf bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
+
+	h := hclogFor(logger, "raft")
+	h.Warn("failed to contact", "server-id", "n2", "servers", hclog.Fmt("%+v", []string{"a", "b"}))
+	h.Debug("hidden at info level")
+	ml := stdlogFor(logger, "memberlist")
+	ml.Printf("[ERR] memberlist: Failed to send ping: boom")
+	ml.Printf("[DEBUG] memberlist: Stream connection from=1.2.3.4")
+
+	out := buf.String()
+	for _, want := range []string{
+		`level=WARN msg="failed to contact" component=raft server-id=n2 servers="[a b]"`,
+		`level=ERROR msg="Failed to send ping: boom" component=memberlist`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "hidden") || strings.Contains(out, "Stream connection") {
+		t.Errorf("debug records written at info level:\n%s", out)
+	}
+}
