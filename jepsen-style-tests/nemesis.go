@@ -314,6 +314,12 @@ func (r *removeReadd) Inject(ctx context.Context, env *Env) (string, error) {
 	n := env.Cluster.Nodes[env.Rand.IntN(len(env.Cluster.Nodes))]
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	// Removing a server from a configuration that already lacks one (an
+	// earlier re-add failed) would leave a single voter: refuse, the
+	// earlier failure is already reported.
+	if voters, err := env.Cluster.Voters(cctx); err != nil || len(voters) != len(env.Cluster.Nodes) {
+		return "", fmt.Errorf("not removing %s: voters %v (err %v), want all %d servers", n.ID, voters, err, len(env.Cluster.Nodes))
+	}
 	if err := env.Cluster.RemoveServer(cctx, n.ID); err != nil {
 		return "", fmt.Errorf("remove %s: %w", n.ID, err)
 	}
