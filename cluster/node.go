@@ -36,6 +36,8 @@ import (
 )
 
 // Node is one running quorumq server.
+//
+// It is the transport.Backend of the Queue service.
 type Node struct {
 	cfg Config
 	log *slog.Logger
@@ -70,6 +72,8 @@ type Node struct {
 	stopOnce sync.Once
 	closed   atomic.Bool
 }
+
+var _ transport.Backend = (*Node)(nil)
 
 // Start opens the data dir, starts Raft, gossip and the gRPC API, and
 // returns once every listener is up. It does not wait for a leader (see
