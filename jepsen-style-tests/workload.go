@@ -111,11 +111,20 @@ func Workloads() []Workload {
 }
 
 // producer sends value "<name>-<seq>" one at a time with the value as dedup
-// ID, until ctx ends or more() says stop.
-func producer(ctx context.Context, w *World, c *client.Client, workload, kind, name, queue string, pace time.Duration, more func() bool) {
+// ID, until ctx ends or more() says stop. With retryUnknown, a send whose
+// outcome is unknown is sent once more, as a new call with the same dedup
+// ID, the way an application retries after the client gave up: the dedup
+// table (which must survive leader changes and restarts) is then all that
+// stands between the retry and a second copy, and the checker counts
+// second copies as double enqueues.
+func producer(ctx context.Context, w *World, c *client.Client, workload, kind, name, queue string, pace time.Duration, retryUnknown bool, more func() bool) {
 	for seq := 1; ctx.Err() == nil && more(); seq++ {
 		v := fmt.Sprintf("%s-%d", name, seq)
-		w.do(Op{Worker: name, Workload: workload, Kind: kind, Queue: queue, Value: v, Producer: name, Seq: seq, DedupID: v}, sendOne(c))
+		op := Op{Worker: name, Workload: workload, Kind: kind, Queue: queue, Value: v, Producer: name, Seq: seq, DedupID: v}
+		if w.do(op, sendOne(c)).Status == StatusUnknown && retryUnknown {
+			sleepCtx(ctx, 500*time.Millisecond)
+			w.do(op, sendOne(c))
+		}
 		sleepCtx(ctx, pace)
 	}
 }
@@ -200,7 +209,7 @@ func (a *atLeastOnce) Run(main, drain context.Context, w *World, c *client.Clien
 	var wg sync.WaitGroup
 	for i := 0; i < a.producers; i++ {
 		name := fmt.Sprintf("%s-p%d", a.Name(), i)
-		wg.Go(func() { producer(main, w, c, a.Name(), KindSend, name, a.queue, 15*time.Millisecond, always) })
+		wg.Go(func() { producer(main, w, c, a.Name(), KindSend, name, a.queue, 15*time.Millisecond, true, always) })
 	}
 	for i := 0; i < a.consumers; i++ {
 		name := fmt.Sprintf("%s-c%d", a.Name(), i)
@@ -236,7 +245,7 @@ func (e *exactlyOnce) Run(main, drain context.Context, w *World, c *client.Clien
 	var wg sync.WaitGroup
 	for i := 0; i < e.producers; i++ {
 		name := fmt.Sprintf("%s-p%d", e.Name(), i)
-		wg.Go(func() { producer(main, w, c, e.Name(), KindSend, name, e.source, 20*time.Millisecond, always) })
+		wg.Go(func() { producer(main, w, c, e.Name(), KindSend, name, e.source, 20*time.Millisecond, true, always) })
 	}
 	// Pipeline stage: receive from the source, then ack it and enqueue the
 	// value to the sink in one transaction. The sink dedup ID derives from
@@ -294,7 +303,7 @@ func (a *atMostOnce) Run(main, drain context.Context, w *World, c *client.Client
 	var wg sync.WaitGroup
 	for i := 0; i < a.producers; i++ {
 		name := fmt.Sprintf("%s-p%d", a.Name(), i)
-		wg.Go(func() { producer(main, w, c, a.Name(), KindSend, name, a.queue, 20*time.Millisecond, always) })
+		wg.Go(func() { producer(main, w, c, a.Name(), KindSend, name, a.queue, 20*time.Millisecond, true, always) })
 	}
 	for i := 0; i < a.consumers; i++ {
 		name := fmt.Sprintf("%s-c%d", a.Name(), i)
@@ -340,7 +349,7 @@ func (f *fifo) Run(main, drain context.Context, w *World, c *client.Client) {
 		var used atomic.Int64
 		more := func() bool { return used.Add(1) <= int64(f.maxOps) }
 		name := fmt.Sprintf("%s-%d-p0", f.Name(), qi)
-		wg.Go(func() { producer(main, w, c, f.Name(), KindEnqueue, name, q, pace, more) })
+		wg.Go(func() { producer(main, w, c, f.Name(), KindEnqueue, name, q, pace, false, more) })
 		for ci := 0; ci < 2; ci++ {
 			name := fmt.Sprintf("%s-%d-c%d", f.Name(), qi, ci)
 			wg.Go(func() {
