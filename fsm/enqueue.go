@@ -43,7 +43,8 @@ func (t *txn) enqueue(field string, e *fsmpb.Enqueue, res *fsmpb.Result) *cmdErr
 		}
 		id := q.add(m.GetBody(), m.GetDedupId(), toAttrs(m.GetAttributes()), addDur(t.now, m.GetDelayNs()), t.now, 0)
 		if m.GetDedupId() != "" {
-			q.dedup.Set(dedupEntry{key: m.GetDedupId(), id: id})
+			rec, _ := q.msgs.Get(&message{id: id})
+			q.dedup.Set(rec)
 		}
 		res.Enqueued = append(res.Enqueued, &fsmpb.EnqueueResult{MessageId: id})
 	}
@@ -73,15 +74,11 @@ func (q *queue) dedupLookup(key string, now int64) (uint64, bool) {
 	if key == "" {
 		return 0, false
 	}
-	e, ok := q.dedup.Get(dedupEntry{key: key})
-	if !ok {
-		return 0, false
-	}
-	m, ok := q.msgs.Get(&message{id: e.id})
+	m, ok := q.dedup.Get(&message{dedupID: key})
 	if !ok || m.enqueuedAt+q.settings.dedupWindow <= now {
 		return 0, false
 	}
-	return e.id, true
+	return m.id, true
 }
 
 func toAttrs(in []*fsmpb.Attribute) *[]attribute {

@@ -181,7 +181,7 @@ func checkInvariants(t testing.TB, f *FSM) {
 				return true
 			}
 			live++
-			_, inReady := q.ready.Get(m)
+			inReady := q.ready.has(m.id)
 			_, inTimed := q.timed.Get(m)
 			if inReady == inTimed || inReady != m.is(flagReady) {
 				t.Fatalf("queue %s: message %d in ready=%v timed=%v flags=%b", q.name, m.id, inReady, inTimed, m.flags)
@@ -206,13 +206,26 @@ func checkInvariants(t testing.TB, f *FSM) {
 		if c.redelivered > c.delivered {
 			t.Fatalf("queue %s: redelivered %d > delivered %d", q.name, c.redelivered, c.delivered)
 		}
-		q.dedup.Scan(func(e dedupEntry) bool {
-			m, ok := q.msgs.Get(&message{id: e.id})
-			if !ok || m.dedupID != e.key {
-				t.Fatalf("queue %s: dedup %q -> %d without a record carrying it", q.name, e.key, e.id)
+		q.dedup.Scan(func(e *message) bool {
+			m, ok := q.msgs.Get(e)
+			if !ok || m != e {
+				t.Fatalf("queue %s: dedup %q -> %d is not the current record", q.name, e.dedupID, e.id)
 			}
 			return true
 		})
+		var spanIDs int
+		var last uint64
+		q.ready.spans.Scan(func(s span) bool {
+			if s.lo > s.hi || (last != 0 && s.lo <= last+1) {
+				t.Fatalf("queue %s: ready runs %v after %d overlap or touch", q.name, s, last)
+			}
+			last = s.hi
+			spanIDs += int(s.hi - s.lo + 1)
+			return true
+		})
+		if spanIDs != q.ready.len() {
+			t.Fatalf("queue %s: ready runs hold %d ids, count says %d", q.name, spanIDs, q.ready.len())
+		}
 		if q.replay.Len() != q.replayAt.Len() {
 			t.Fatalf("queue %s: replay %d entries, replayAt %d", q.name, q.replay.Len(), q.replayAt.Len())
 		}

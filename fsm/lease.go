@@ -147,10 +147,11 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 	}
 	var delivered []*message
 	for uint32(len(delivered)) < r.GetMax() {
-		m, ok := q.ready.Min()
+		id, ok := q.ready.min()
 		if !ok {
 			break
 		}
+		m, _ := q.msgs.Get(&message{id: id})
 		if q.settings.retention > 0 && m.enqueuedAt+q.settings.retention <= now {
 			q.remove(m, m.attempt, now, false)
 			q.counters.expired++

@@ -54,11 +54,6 @@ func byAtID(a, b *message) bool {
 	return a.id < b.id
 }
 
-type dedupEntry struct {
-	key string
-	id  uint64
-}
-
 type replayEntry struct {
 	requestID  string
 	at         int64
@@ -109,11 +104,14 @@ type queue struct {
 	deadLetters uint64 // live records with flagDeadLetter
 
 	msgs  *btree.BTreeG[*message] // by id: live messages and tombstones
-	ready *btree.BTreeG[*message] // by id
+	ready readySet                // ids of ready messages
 	timed *btree.BTreeG[*message] // by (at, id): delayed and leased
 	// tombs: tombstones by (at = deletion time, id), for expiry.
-	tombs    *btree.BTreeG[*message]
-	dedup    *btree.BTreeG[dedupEntry]   // by key
+	tombs *btree.BTreeG[*message]
+	// dedup: by dedup ID, the current record (live or tombstone) of the
+	// message first enqueued with it. Holding the record rather than a
+	// (key, id) pair saves 16 bytes per entry; replace keeps it current.
+	dedup    *btree.BTreeG[*message]
 	replay   *btree.BTreeG[*replayEntry] // by request ID
 	replayAt *btree.BTreeG[*replayEntry] // by (at, request ID)
 }
@@ -126,10 +124,10 @@ func newQueue(name string, createdAt int64, s settings) *queue {
 		nextID:      1,
 		dedupCursor: 1,
 		msgs:        newTree(byID),
-		ready:       newTree(byID),
+		ready:       newReadySet(),
 		timed:       newTree(byAtID),
 		tombs:       newTree(byAtID),
-		dedup:       newTree(func(a, b dedupEntry) bool { return a.key < b.key }),
+		dedup:       newTree(func(a, b *message) bool { return a.dedupID < b.dedupID }),
 		replay:      newTree(func(a, b *replayEntry) bool { return a.requestID < b.requestID }),
 		replayAt:    newTree(byReplayAt),
 	}
@@ -139,7 +137,7 @@ func newQueue(name string, createdAt int64, s settings) *queue {
 func (q *queue) clone() *queue {
 	c := *q
 	c.msgs = q.msgs.Copy()
-	c.ready = q.ready.Copy()
+	c.ready = q.ready.copy()
 	c.timed = q.timed.Copy()
 	c.tombs = q.tombs.Copy()
 	c.dedup = q.dedup.Copy()
@@ -148,14 +146,14 @@ func (q *queue) clone() *queue {
 	return &c
 }
 
-func (q *queue) live() uint64 { return uint64(q.ready.Len() + q.timed.Len()) }
+func (q *queue) live() uint64 { return uint64(q.ready.len() + q.timed.Len()) }
 
 // put inserts a live record into msgs and into the index its flags name.
 func (q *queue) put(m *message) {
 	q.msgs.Set(m)
 	switch {
 	case m.is(flagReady):
-		q.ready.Set(m)
+		q.ready.add(m.id)
 	default:
 		q.timed.Set(m)
 		if m.is(flagLeased) {
@@ -167,7 +165,7 @@ func (q *queue) put(m *message) {
 // unindex removes a live record from ready/timed (not from msgs).
 func (q *queue) unindex(m *message) {
 	if m.is(flagReady) {
-		q.ready.Delete(m)
+		q.ready.remove(m.id)
 		return
 	}
 	q.timed.Delete(m)
@@ -180,6 +178,17 @@ func (q *queue) unindex(m *message) {
 func (q *queue) replace(old, m *message) {
 	q.unindex(old)
 	q.put(m)
+	q.redirectDedup(old, m)
+}
+
+// redirectDedup points old's dedup entry, if it is old's, at m.
+func (q *queue) redirectDedup(old, m *message) {
+	if old.dedupID == "" {
+		return
+	}
+	if cur, ok := q.dedup.Get(old); ok && cur == old {
+		q.dedup.Set(m)
+	}
 }
 
 // remove turns live record m into a tombstone of its final delivery attempt,
@@ -197,6 +206,7 @@ func (q *queue) remove(m *message, attempt uint32, now int64, acked bool) {
 	t := &message{id: m.id, enqueuedAt: m.enqueuedAt, at: now, dedupID: m.dedupID, attempt: attempt, flags: flags}
 	q.msgs.Set(t)
 	q.tombs.Set(t)
+	q.redirectDedup(m, t)
 }
 
 // promote moves every timed record that is due at now into ready: delayed
@@ -215,7 +225,7 @@ func (q *queue) promote(now int64) {
 // available reports, without changing q, whether a message is available at
 // now and the earliest later time one becomes available (0 if none).
 func (q *queue) available(now int64) (bool, int64) {
-	if q.ready.Len() > 0 {
+	if q.ready.len() > 0 {
 		return true, 0
 	}
 	m, ok := q.timed.Min()
@@ -231,7 +241,7 @@ func (q *queue) available(now int64) (bool, int64) {
 // stats returns the gauges as of now (counting due timed records as ready,
 // as the next command would) and the counters.
 func (q *queue) stats(now int64) *fsmpb.QueueStats {
-	ready, leased, delayed := uint64(q.ready.Len()), q.leased, uint64(q.timed.Len())-q.leased
+	ready, leased, delayed := uint64(q.ready.len()), q.leased, uint64(q.timed.Len())-q.leased
 	q.timed.Scan(func(m *message) bool {
 		if m.at > now {
 			return false

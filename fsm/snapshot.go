@@ -180,8 +180,8 @@ func (sw *snapWriter) queue(q *queue) error {
 	if err != nil {
 		return err
 	}
-	q.dedup.Scan(func(e dedupEntry) bool {
-		err = sw.record(&fsmpb.SnapshotRecord{Record: &fsmpb.SnapshotRecord_Dedup{Dedup: &fsmpb.SnapshotDedup{DedupId: e.key, MessageId: e.id}}})
+	q.dedup.Scan(func(m *message) bool {
+		err = sw.record(&fsmpb.SnapshotRecord{Record: &fsmpb.SnapshotRecord_Dedup{Dedup: &fsmpb.SnapshotDedup{DedupId: m.dedupID, MessageId: m.id}}})
 		return err == nil
 	})
 	if err != nil {
@@ -441,7 +441,7 @@ func (b *builder) message(sm *fsmpb.SnapshotMessage) error {
 	}
 	q.msgs.Load(m)
 	if m.is(flagReady) {
-		q.ready.Load(m)
+		q.ready.add(m.id)
 	} else {
 		q.timed.Set(m)
 		if m.is(flagLeased) {
@@ -467,7 +467,7 @@ func (b *builder) dedup(sd *fsmpb.SnapshotDedup) error {
 	if !ok || m.dedupID != sd.GetDedupId() {
 		return fmt.Errorf("queue %q: dedup id %q names message %d, which does not carry it", q.name, sd.GetDedupId(), sd.GetMessageId())
 	}
-	q.dedup.Set(dedupEntry{key: sd.GetDedupId(), id: sd.GetMessageId()})
+	q.dedup.Set(m)
 	return nil
 }
 

@@ -56,8 +56,8 @@ func (q *queue) tick(now int64) uint64 {
 	})
 	for _, m := range passed {
 		if m.dedupID != "" {
-			if e, ok := q.dedup.Get(dedupEntry{key: m.dedupID}); ok && e.id == m.id {
-				q.dedup.Delete(e)
+			if cur, ok := q.dedup.Get(m); ok && cur.id == m.id {
+				q.dedup.Delete(m)
 				n++
 			}
 		}

@@ -137,12 +137,15 @@ func (t *txn) purge(p *fsmpb.Purge) (*fsmpb.Result, *cmdError) {
 		return nil, err
 	}
 	var live []*message
-	for _, tr := range []*btree.BTreeG[*message]{q.ready, q.timed} {
-		tr.Scan(func(m *message) bool {
-			live = append(live, m)
-			return true
-		})
-	}
+	q.ready.scan(func(id uint64) bool {
+		m, _ := q.msgs.Get(&message{id: id})
+		live = append(live, m)
+		return true
+	})
+	q.timed.Scan(func(m *message) bool {
+		live = append(live, m)
+		return true
+	})
 	for _, m := range live {
 		q.remove(m, m.attempt, t.now, false)
 	}
