@@ -370,13 +370,8 @@ func (c *Client) call(ctx context.Context, op string, idem idempotency, extra ti
 			return nil
 		}
 		lastErr = fmt.Errorf("%s: %w", addr, err)
-		if ctx.Err() != nil {
-			if status.Code(err) != codes.OK && !transport.IsOutcomeUnknown(err) {
-				uncertain = true // the call was cut off in flight
-			}
-			return c.ctxErr(op, ctx.Err(), lastErr, uncertain)
-		}
 		if id, hint, ok := transport.LeaderHint(err); ok {
+			// Refused before proposing: always safe to send elsewhere.
 			if hint != "" && hint != addr && redirects < 3 {
 				redirects++
 				c.log.Debug("quorumq: redirect", "op", op, "from", addr, "to", hint, "leader_id", id)
@@ -393,7 +388,7 @@ func (c *Client) call(ctx context.Context, op string, idem idempotency, extra ti
 		unknown := transport.IsOutcomeUnknown(err)
 		broken := !unknown && isTransportErr(err)
 		if !unknown && !broken {
-			return fromStatus(op, err)
+			return fromStatus(op, err) // the server's definite answer
 		}
 		// The attempt may or may not have been applied.
 		if broken {
@@ -403,6 +398,9 @@ func (c *Client) call(ctx context.Context, op string, idem idempotency, extra ti
 			return &Error{Op: op, Kind: ErrOutcomeUnknown, Message: lastErr.Error(), cause: err}
 		}
 		uncertain = true
+		if ctx.Err() != nil {
+			return c.ctxErr(op, ctx.Err(), lastErr, uncertain)
+		}
 		if onUnknown != nil {
 			onUnknown()
 		}

@@ -98,9 +98,12 @@ func (o *consumerOptions) validate() error {
 // WithConcurrency at a time, until ctx ends; it returns nil then, after the
 // running handlers returned and their acks and nacks were sent. While a
 // handler runs its lease is extended, so a slow handler keeps its message.
-// A nil return acks (in batches), an error nacks with backoff. Consume
-// returns early only for errors that retrying cannot fix (the queue does
-// not exist, bad options, credentials).
+// A nil return acks (in batches), an error nacks with backoff. When ctx
+// ends, the handlers' contexts end too; a handler that then returns an
+// error has its message nacked without delay, so another consumer takes it
+// at once. Consume returns early only for errors that retrying cannot fix
+// (the queue does not exist, bad options, credentials); other receive
+// errors go to the error handler and are retried with backoff.
 func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts ...ConsumerOption) error {
 	return c.consume(ctx, "Consume", queue, opts, func(r *run, hctx context.Context, m *Message) {
 		if err := h(hctx, m); err != nil {
