@@ -1,0 +1,216 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/quorumq/quorumq/client"
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+	"github.com/quorumq/quorumq/transport"
+	"github.com/quorumq/quorumq/transport/quorumqpb"
+)
+
+// scripted is a gRPC node whose answers a test scripts, to pin down the
+// client's retry rules for answers a real cluster gives only by chance
+// (an outcome-unknown reply, a follower with no leader). The guarantees
+// themselves are tested against the real cluster in cluster_test.go.
+type scripted struct {
+	quorumqpb.UnimplementedQueueServer
+	quorumqpb.UnimplementedClusterServer
+	addr string
+
+	mu       sync.Mutex
+	leader   string  // API address reported by Leader and NotLeader
+	failures []error // returned by the next calls of Enqueue/CreateQueue/Receive, in order
+	dedupIDs []string
+	reqIDs   []string
+	waits    []int64
+	creates  int
+}
+
+func startScripted(t *testing.T) *scripted {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &scripted{addr: lis.Addr().String()}
+	s.leader = s.addr
+	srv := grpc.NewServer()
+	quorumqpb.RegisterQueueServer(srv, s)
+	quorumqpb.RegisterClusterServer(srv, s)
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	return s
+}
+
+func (s *scripted) next() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.failures) == 0 {
+		return nil
+	}
+	err := s.failures[0]
+	s.failures = s.failures[1:]
+	return err
+}
+
+func (s *scripted) Members(context.Context, *quorumqpb.MembersRequest) (*quorumqpb.MembersResponse, error) {
+	return &quorumqpb.MembersResponse{Members: []*quorumqpb.Member{{Id: "n", ApiAddr: s.addr, State: "alive"}}}, nil
+}
+
+func (s *scripted) Leader(context.Context, *quorumqpb.LeaderRequest) (*quorumqpb.LeaderResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return &quorumqpb.LeaderResponse{LeaderId: "n", LeaderApiAddr: s.leader}, nil
+}
+
+func (s *scripted) Enqueue(_ context.Context, req *quorumqpb.EnqueueRequest) (*quorumqpb.EnqueueResponse, error) {
+	s.mu.Lock()
+	for _, m := range req.GetMessages() {
+		s.dedupIDs = append(s.dedupIDs, m.GetDedupId())
+	}
+	s.mu.Unlock()
+	if err := s.next(); err != nil {
+		return nil, err
+	}
+	res := make([]*fsmpb.EnqueueResult, len(req.GetMessages()))
+	for i := range res {
+		res[i] = &fsmpb.EnqueueResult{MessageId: uint64(i + 1)}
+	}
+	return &quorumqpb.EnqueueResponse{Results: res}, nil
+}
+
+func (s *scripted) Receive(_ context.Context, req *quorumqpb.ReceiveRequest) (*quorumqpb.ReceiveResponse, error) {
+	s.mu.Lock()
+	s.reqIDs = append(s.reqIDs, req.GetRequestId())
+	s.waits = append(s.waits, req.GetWaitNs())
+	s.mu.Unlock()
+	if err := s.next(); err != nil {
+		return nil, err
+	}
+	return &quorumqpb.ReceiveResponse{}, nil
+}
+
+func (s *scripted) CreateQueue(context.Context, *quorumqpb.CreateQueueRequest) (*quorumqpb.CreateQueueResponse, error) {
+	s.mu.Lock()
+	s.creates++
+	s.mu.Unlock()
+	if err := s.next(); err != nil {
+		return nil, err
+	}
+	return &quorumqpb.CreateQueueResponse{Queue: &fsmpb.QueueInfo{Name: "q"}}, nil
+}
+
+// seen returns copies of what the server recorded.
+func (s *scripted) seen() (dedupIDs, reqIDs []string, waits []int64, creates int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.dedupIDs...), append([]string(nil), s.reqIDs...), append([]int64(nil), s.waits...), s.creates
+}
+
+func scriptedClient(t *testing.T, addrs ...string) *client.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := client.New(ctx, addrs, client.WithBackoff(time.Millisecond, 5*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func TestRetryAfterUnknownOutcomeReusesTheDedupID(t *testing.T) {
+	s := startScripted(t)
+	s.failures = []error{
+		transport.OutcomeUnknownError("leadership lost"),
+		status.Error(codes.Unavailable, "connection reset"), // no NotLeader detail: may have been applied
+		transport.NotLeaderError("", ""),                    // election running
+	}
+	c := scriptedClient(t, s.addr)
+	r, err := c.Send(context.Background(), "q", []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, _, _, _ := s.seen()
+	if len(ids) != 4 {
+		t.Fatalf("server saw %d attempts, want 4", len(ids))
+	}
+	for i, id := range ids {
+		if id != r.DedupID || id == "" {
+			t.Fatalf("attempt %d carried dedup ID %q, want %q on every attempt", i, id, r.DedupID)
+		}
+	}
+}
+
+func TestRetriedReceiveKeepsItsRequestIDAndStopsPolling(t *testing.T) {
+	s := startScripted(t)
+	s.failures = []error{transport.OutcomeUnknownError("timeout")}
+	c := scriptedClient(t, s.addr)
+	if _, err := c.Receive(context.Background(), "q", 5, client.WithWait(3*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	_, reqIDs, waits, _ := s.seen()
+	if len(reqIDs) != 2 || reqIDs[0] == "" || reqIDs[0] != reqIDs[1] {
+		t.Fatalf("request IDs %q; want the same non-empty ID on both attempts", reqIDs)
+	}
+	if waits[0] != int64(3*time.Second) || waits[1] != 0 {
+		t.Fatalf("waits %v; the retry must not long-poll past its own leased deliveries", waits)
+	}
+}
+
+func TestNonIdempotentCallSurfacesUnknownOutcome(t *testing.T) {
+	s := startScripted(t)
+	s.failures = []error{transport.OutcomeUnknownError("leadership lost")}
+	c := scriptedClient(t, s.addr)
+	_, err := c.CreateQueue(context.Background(), "q", client.QueueSettings{})
+	if !errors.Is(err, client.ErrOutcomeUnknown) {
+		t.Fatalf("CreateQueue = %v; want ErrOutcomeUnknown", err)
+	}
+	if _, _, _, n := s.seen(); n != 1 {
+		t.Fatalf("CreateQueue was sent %d times; a non-idempotent call must not be retried", n)
+	}
+	// The idempotent form is retried.
+	s.mu.Lock()
+	s.failures = []error{transport.OutcomeUnknownError("leadership lost")}
+	s.mu.Unlock()
+	_, err = c.EnsureQueue(context.Background(), "q", client.QueueSettings{})
+	if _, _, _, n := s.seen(); err != nil || n != 3 {
+		t.Fatalf("EnsureQueue = %v after %d creates in all; want success on its retry (3)", err, n)
+	}
+}
+
+func TestNotLeaderHintIsFollowed(t *testing.T) {
+	leader, follower := startScripted(t), startScripted(t)
+	// The client knows only the follower, which at connect time names
+	// itself leader (a stale view), then refuses with a hint.
+	follower.failures = []error{transport.NotLeaderError("n", leader.addr)}
+	c := scriptedClient(t, follower.addr)
+	if _, err := c.Send(context.Background(), "q", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	fIDs, _, _, _ := follower.seen()
+	lIDs, _, _, _ := leader.seen()
+	if len(fIDs) != 1 || len(lIDs) != 1 || fIDs[0] != lIDs[0] {
+		t.Fatalf("follower saw %v, leader saw %v; want one refused attempt, then the same message at the hinted leader", fIDs, lIDs)
+	}
+}
+
+func TestDefiniteErrorsAreNotRetried(t *testing.T) {
+	s := startScripted(t)
+	s.failures = []error{transport.QueueError(fsmpb.ErrorCode_QUEUE_FULL, `queue "q" is full (max_depth 10)`)}
+	c := scriptedClient(t, s.addr)
+	_, err := c.Send(context.Background(), "q", []byte("x"))
+	if ids, _, _, _ := s.seen(); !errors.Is(err, client.ErrQueueFull) || len(ids) != 1 {
+		t.Fatalf("Send = %v after %d attempts; want ErrQueueFull after 1", err, len(ids))
+	}
+}
