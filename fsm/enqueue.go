@@ -41,19 +41,18 @@ func (t *txn) enqueue(field string, e *fsmpb.Enqueue, res *fsmpb.Result) *cmdErr
 			return fail(fsmpb.ErrorCode_QUEUE_FULL, "%s.messages[%d]: queue %q holds %d messages, max_depth is %d; the batch was not enqueued",
 				field, i, q.name, q.live(), q.settings.maxDepth)
 		}
-		id := q.add(m.GetBody(), m.GetDedupId(), toAttrs(m.GetAttributes()), addDur(t.now, m.GetDelayNs()), t.now, 0)
-		if m.GetDedupId() != "" {
-			rec, _ := q.msgs.Get(&message{id: id})
+		rec := q.add(m.GetBody(), m.GetDedupId(), toAttrs(m.GetAttributes()), addDur(t.now, m.GetDelayNs()), t.now, 0)
+		if rec.dedupID != "" {
 			q.dedup.Set(rec)
 		}
-		res.Enqueued = append(res.Enqueued, &fsmpb.EnqueueResult{MessageId: id})
+		res.Enqueued = append(res.Enqueued, &fsmpb.EnqueueResult{MessageId: rec.id})
 	}
 	t.notify(q.name)
 	return nil
 }
 
-// add appends a new live message and returns its id.
-func (q *queue) add(body []byte, dedupID string, attrs *[]attribute, deliverAt, now int64, flags uint8) uint64 {
+// add appends a new live message and returns its record.
+func (q *queue) add(body []byte, dedupID string, attrs *[]attribute, deliverAt, now int64, flags uint8) *message {
 	if deliverAt <= now {
 		flags |= flagReady
 	}
@@ -64,7 +63,7 @@ func (q *queue) add(body []byte, dedupID string, attrs *[]attribute, deliverAt, 
 	if m.is(flagDeadLetter) {
 		q.deadLetters++
 	}
-	return m.id
+	return m
 }
 
 // dedupLookup returns the message ID first enqueued with key, if that was

@@ -94,12 +94,11 @@ func (f *FSM) StateHash() string {
 }
 
 type snapWriter struct {
-	w     *bufio.Writer
-	crc   hash.Hash32
-	buf   []byte
-	count uint64
-	rec   fsmpb.SnapshotRecord
-	msg   fsmpb.SnapshotMessage
+	w       *bufio.Writer
+	crc     hash.Hash32
+	buf     []byte
+	scratch []byte
+	count   uint64
 }
 
 func (v *view) write(out io.Writer, withIndex bool) error {
@@ -143,13 +142,24 @@ func (sw *snapWriter) record(r *fsmpb.SnapshotRecord) error {
 	if err != nil {
 		return err
 	}
+	return sw.flushRecord()
+}
+
+func (sw *snapWriter) message(m *message) error {
+	sw.buf = append(sw.buf[:0], make([]byte, binary.MaxVarintLen64)...)
+	sw.buf, sw.scratch = appendMessageRecord(sw.buf, sw.scratch, m)
+	return sw.flushRecord()
+}
+
+// flushRecord writes the record in buf after its reserved length prefix.
+func (sw *snapWriter) flushRecord() error {
 	n := len(sw.buf) - binary.MaxVarintLen64
 	var lenBuf [binary.MaxVarintLen64]byte
 	l := binary.PutUvarint(lenBuf[:], uint64(n))
 	start := binary.MaxVarintLen64 - l
 	copy(sw.buf[start:], lenBuf[:l])
 	sw.count++
-	_, err = sw.w.Write(sw.buf[start:])
+	_, err := sw.w.Write(sw.buf[start:])
 	return err
 }
 
@@ -170,11 +180,8 @@ func (sw *snapWriter) queue(q *queue) error {
 	if err != nil {
 		return err
 	}
-	wrapper := &fsmpb.SnapshotRecord_Message{Message: &sw.msg}
 	q.msgs.Scan(func(m *message) bool {
-		toSnapMessage(&sw.msg, m)
-		sw.rec.Record = wrapper
-		err = sw.record(&sw.rec)
+		err = sw.message(m)
 		return err == nil
 	})
 	if err != nil {
@@ -218,12 +225,14 @@ type snapReader struct {
 	r   *bufio.Reader
 	crc hash.Hash32
 	buf []byte
+	one [1]byte
 }
 
 func (sr *snapReader) ReadByte() (byte, error) {
 	b, err := sr.r.ReadByte()
 	if err == nil {
-		sr.crc.Write([]byte{b})
+		sr.one[0] = b
+		sr.crc.Write(sr.one[:])
 	}
 	return b, err
 }
@@ -292,6 +301,16 @@ func readSnapshot(in io.Reader) (*restored, error) {
 			return nil, truncated(fmt.Sprintf("record %d", count+1), err)
 		}
 		count++
+		if body, ok := messageRecord(data); ok && b.q != nil {
+			m, flags, err := decodeSnapMessage(body)
+			if err == nil {
+				err = b.message(m, flags)
+			}
+			if err != nil {
+				return nil, snapErr("record %d: %v", count, err)
+			}
+			continue
+		}
 		rec := new(fsmpb.SnapshotRecord)
 		if err := proto.Unmarshal(data, rec); err != nil {
 			return nil, snapErr("record %d: %v", count, err)
@@ -354,7 +373,7 @@ func (b *builder) add(rec *fsmpb.SnapshotRecord) error {
 		if b.q == nil {
 			return errors.New("message before any queue")
 		}
-		return b.message(r.Message)
+		return b.message(toMessage(r.Message))
 	case *fsmpb.SnapshotRecord_Dedup:
 		if b.q == nil {
 			return errors.New("dedup entry before any queue")
@@ -397,37 +416,45 @@ func (b *builder) queue(sq *fsmpb.SnapshotQueue) error {
 	return nil
 }
 
-func fromSnapMessage(sm *fsmpb.SnapshotMessage, nextID uint64) (*message, error) {
-	if sm.GetId() < 1 || sm.GetId() >= nextID {
-		return nil, fmt.Errorf("message id %d out of range 1 to %d", sm.GetId(), nextID-1)
-	}
-	f := sm.GetFlags()
-	if f&^flagMask != 0 {
-		return nil, fmt.Errorf("message %d: unknown flags %#x", sm.GetId(), f)
-	}
-	deleted, ready, leased := f&flagDeleted != 0, f&flagReady != 0, f&flagLeased != 0
-	if deleted && (ready || leased || len(sm.GetBody()) > 0) || ready && leased || f&flagAcked != 0 && !deleted {
-		return nil, fmt.Errorf("message %d: inconsistent flags %#x", sm.GetId(), f)
-	}
-	for i, a := range sm.GetAttributes() {
-		if len(a.GetKey()) == 0 {
-			return nil, fmt.Errorf("message %d: attribute %d has an empty key", sm.GetId(), i)
-		}
-	}
+// toMessage converts a decoded SnapshotMessage; checkMessageRecord
+// validates it.
+func toMessage(sm *fsmpb.SnapshotMessage) (*message, uint32) {
 	return &message{
 		id: sm.GetId(), enqueuedAt: sm.GetEnqueuedAtUnixNano(), at: sm.GetAtUnixNano(),
 		body: sm.GetBody(), dedupID: sm.GetDedupId(), attrs: toAttrs(sm.GetAttributes()),
-		attempt: sm.GetAttempt(), flags: uint8(f),
-	}, nil
+		attempt: sm.GetAttempt(),
+	}, sm.GetFlags()
 }
 
-func (b *builder) message(sm *fsmpb.SnapshotMessage) error {
+// checkMessageRecord validates a restored record and sets its flags.
+func checkMessageRecord(m *message, f uint32, nextID uint64) error {
+	if m.id < 1 || m.id >= nextID {
+		return fmt.Errorf("message id %d out of range 1 to %d", m.id, nextID-1)
+	}
+	if f&^flagMask != 0 {
+		return fmt.Errorf("message %d: unknown flags %#x", m.id, f)
+	}
+	deleted, ready, leased := f&flagDeleted != 0, f&flagReady != 0, f&flagLeased != 0
+	if deleted && (ready || leased || len(m.body) > 0) || ready && leased || f&flagAcked != 0 && !deleted {
+		return fmt.Errorf("message %d: inconsistent flags %#x", m.id, f)
+	}
+	if m.attrs != nil {
+		for i, a := range *m.attrs {
+			if a.key == "" {
+				return fmt.Errorf("message %d: attribute %d has an empty key", m.id, i)
+			}
+		}
+	}
+	m.flags = uint8(f)
+	return nil
+}
+
+func (b *builder) message(m *message, flags uint32) error {
 	q := b.q
 	if b.phase > 0 {
 		return fmt.Errorf("queue %q: message after dedup or replay entries", q.name)
 	}
-	m, err := fromSnapMessage(sm, q.nextID)
-	if err != nil {
+	if err := checkMessageRecord(m, flags, q.nextID); err != nil {
 		return fmt.Errorf("queue %q: %v", q.name, err)
 	}
 	if m.id <= b.lastID {
@@ -491,8 +518,8 @@ func (b *builder) replay(sr *fsmpb.SnapshotReplay) error {
 		}
 	}
 	for _, sm := range sr.GetDeliveries() {
-		m, err := fromSnapMessage(sm, q.nextID)
-		if err != nil {
+		m, flags := toMessage(sm)
+		if err := checkMessageRecord(m, flags, q.nextID); err != nil {
 			return fmt.Errorf("queue %q: replay entry %q: %v", q.name, e.requestID, err)
 		}
 		e.deliveries = append(e.deliveries, m)
