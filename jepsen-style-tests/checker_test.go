@@ -69,6 +69,7 @@ func TestCheckQueueRejectsLostMessage(t *testing.T) {
 		if r.Valid || r.Lost != 1 || r.LostValues[0] != "p0-5" {
 			t.Fatalf("%s: lost message not rejected: valid=%v lost=%d %v", mode, r.Valid, r.Lost, r.LostValues)
 		}
+		t.Logf("%s rejects: %v (lost %v)", mode, r.Problems, r.LostValues)
 	}
 	// At-most-once tolerates loss but still counts it.
 	r := CheckQueue(h.ops, QueueSpec{Workload: "w", Mode: AtMostOnce, Source: "q", Sink: "q"})
@@ -84,6 +85,7 @@ func TestCheckQueueRejectsDuplicatedMessage(t *testing.T) {
 	if r.Valid || r.Duplicated != 1 {
 		t.Fatalf("at-most-once: duplicate delivery not rejected: valid=%v duplicated=%d", r.Valid, r.Duplicated)
 	}
+	t.Logf("at-most-once rejects: %v (%v)", r.Problems, r.DuplicatedValues)
 	// At-least-once allows redelivery and reports it.
 	r = CheckQueue(h.ops, QueueSpec{Workload: "w", Mode: AtLeastOnce, Source: "q", Sink: "q"})
 	if !r.Valid || r.Duplicated != 1 {
@@ -100,6 +102,7 @@ func TestCheckQueueRejectsValueTwiceInPipelineSink(t *testing.T) {
 	if r.Valid || r.Duplicated != 1 || r.DoubleEnqueued != 1 {
 		t.Fatalf("value twice in sink not rejected: valid=%v duplicated=%d double=%d", r.Valid, r.Duplicated, r.DoubleEnqueued)
 	}
+	t.Logf("exactly-once rejects: %v (%v)", r.Problems, r.DoubleEnqValues)
 	// The same sink message delivered twice is the sink consumer's
 	// redelivery, not a pipeline duplicate.
 	h = healthy()
@@ -118,6 +121,7 @@ func TestCheckQueueRejectsDedupIDEnqueuedTwice(t *testing.T) {
 	if r.Valid || r.DoubleEnqueued != 1 {
 		t.Fatalf("double enqueue not rejected: valid=%v double=%d", r.Valid, r.DoubleEnqueued)
 	}
+	t.Logf("rejects: %v (%v)", r.Problems, r.DoubleEnqValues)
 }
 
 func TestCheckQueueRejectsUnexpectedMessage(t *testing.T) {
@@ -132,6 +136,7 @@ func TestCheckQueueRejectsUnexpectedMessage(t *testing.T) {
 			if r.Valid || r.Unexpected != 1 || !strings.Contains(r.UnexpectedValues[0], name) {
 				t.Fatalf("%s/%s: unexpected value not rejected: valid=%v unexpected=%d %v", name, mode, r.Valid, r.Unexpected, r.UnexpectedValues)
 			}
+			t.Logf("%s/%s rejects: %v (%v)", name, mode, r.Problems, r.UnexpectedValues)
 		}
 	}
 }
@@ -145,9 +150,11 @@ func TestCheckQueueRejectsProducerReordering(t *testing.T) {
 	if r.Valid || r.OrderViolations != 1 {
 		t.Fatalf("reordering not rejected: valid=%v violations=%d", r.Valid, r.OrderViolations)
 	}
+	t.Logf("rejects: %v (%v)", r.Problems, r.OrderExamples)
 }
 
-// fifoHist builds FIFO workload histories with explicit call/return times.
+// fifoOp builds one FIFO workload operation with explicit call and return
+// times.
 func fifoOp(worker, kind, v string, start, end int64, st Status, got ...string) Op {
 	o := Op{Workload: "fifo", Worker: worker, Kind: kind, Queue: "f0", Value: v, Start: start, End: end, Status: st}
 	for _, g := range got {
@@ -212,5 +219,6 @@ func TestCheckFIFORejectsNonLinearizableHistory(t *testing.T) {
 		if r.Valid || r.Result != "Illegal" {
 			t.Errorf("%s: non-linearizable history accepted: %+v", name, r)
 		}
+		t.Logf("%s: porcupine says %s", name, r.Result)
 	}
 }
