@@ -145,6 +145,7 @@ func TestStatusReportsEveryNodeAndTheUnreachable(t *testing.T) {
 	leader := c.Leader(t)
 	li := c.Index(leader)
 	enqueue(t, c, li, "q", "a")
+	c.WaitReplicated(t) // every node has applied something to report
 	fi := (li + 1) % 3
 	c.Kill(fi)
 	cl := quorumqpb.NewClusterClient(c.Conn(t, li))
