@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -56,52 +57,14 @@ first use.`,
 				}
 				defer os.RemoveAll(dir)
 			}
-			addr := func(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
-			var gossip []string
-			for i := 0; i < devNodes; i++ {
-				gossip = append(gossip, addr(basePort+200+i))
-			}
-
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			nodes := make([]*cluster.Node, 0, devNodes)
-			closeAll := func() error {
-				sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				defer cancel()
-				var wg sync.WaitGroup
-				errs := make([]error, len(nodes))
-				for i, n := range nodes {
-					wg.Add(1)
-					go func() { defer wg.Done(); errs[i] = n.Close(sctx) }()
-				}
-				wg.Wait()
-				return errors.Join(errs...)
-			}
-			for i := 0; i < devNodes; i++ {
-				id := "n" + strconv.Itoa(i+1)
-				n, err := cluster.Start(ctx, cluster.Config{
-					NodeID:           id,
-					DataDir:          filepath.Join(dir, id),
-					APIAddr:          addr(basePort + i),
-					RaftAddr:         addr(basePort + 100 + i),
-					GossipAddr:       gossip[i],
-					BootstrapExpect:  devNodes,
-					Join:             gossip,
-					AutoCreateQueues: true,
-					LocalGossip:      true,
-					Logger:           logger,
-				})
-				if err != nil {
-					return errors.Join(fmt.Errorf("start %s: %w", id, err), closeAll())
-				}
-				nodes = append(nodes, n)
-			}
-			wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			leader, err := nodes[0].WaitLeader(wctx)
-			cancel()
+			lc, err := startLocalCluster(ctx, dir, basePort, logger)
 			if err != nil {
-				return errors.Join(err, closeAll())
+				return err
 			}
+			nodes, gossip, closeAll, leader := lc.nodes, lc.gossip, lc.close, lc.leader
+			addr := localAddr
 
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "quorumq dev: %d nodes on 127.0.0.1, data in %s%s\n", devNodes, dir, map[bool]string{true: " (removed on exit)", false: ""}[dataDir == ""])
@@ -136,4 +99,75 @@ first use.`,
 	fl.StringVar(&logLevel, "log-level", "warn", "debug, info, warn or error")
 	fl.StringVar(&logFormat, "log-format", "text", "text or json")
 	return cmd
+}
+
+// localAddr is 127.0.0.1:port.
+func localAddr(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+
+// localCluster is a development cluster running in this process.
+type localCluster struct {
+	nodes  []*cluster.Node
+	gossip []string
+	leader string
+	// close stops every node (without leadership transfer).
+	close func() error
+}
+
+// apiAddrs lists the nodes' API addresses.
+func (lc *localCluster) apiAddrs() []string {
+	var out []string
+	for _, n := range lc.nodes {
+		out = append(out, n.APIAddr())
+	}
+	return out
+}
+
+// startLocalCluster starts devNodes nodes on 127.0.0.1 with data in
+// dir/n1..n3 and ports from basePort (API), basePort+100 (Raft) and
+// basePort+200 (gossip), and waits for a leader. `quorumq dev` and
+// `quorumq bench --dev` both use it.
+func startLocalCluster(ctx context.Context, dir string, basePort int, logger *slog.Logger) (*localCluster, error) {
+	lc := &localCluster{}
+	for i := 0; i < devNodes; i++ {
+		lc.gossip = append(lc.gossip, localAddr(basePort+200+i))
+	}
+	lc.close = func() error {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		var wg sync.WaitGroup
+		errs := make([]error, len(lc.nodes))
+		for i, n := range lc.nodes {
+			wg.Add(1)
+			go func() { defer wg.Done(); errs[i] = n.Close(sctx) }()
+		}
+		wg.Wait()
+		return errors.Join(errs...)
+	}
+	for i := 0; i < devNodes; i++ {
+		id := "n" + strconv.Itoa(i+1)
+		n, err := cluster.Start(ctx, cluster.Config{
+			NodeID:           id,
+			DataDir:          filepath.Join(dir, id),
+			APIAddr:          localAddr(basePort + i),
+			RaftAddr:         localAddr(basePort + 100 + i),
+			GossipAddr:       lc.gossip[i],
+			BootstrapExpect:  devNodes,
+			Join:             lc.gossip,
+			AutoCreateQueues: true,
+			LocalGossip:      true,
+			Logger:           logger,
+		})
+		if err != nil {
+			return nil, errors.Join(fmt.Errorf("start %s: %w", id, err), lc.close())
+		}
+		lc.nodes = append(lc.nodes, n)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	leader, err := lc.nodes[0].WaitLeader(wctx)
+	if err != nil {
+		return nil, errors.Join(err, lc.close())
+	}
+	lc.leader = leader
+	return lc, nil
 }

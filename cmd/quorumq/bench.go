@@ -1,0 +1,400 @@
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"text/tabwriter"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+
+	"github.com/quorumq/quorumq/client"
+)
+
+// benchConfig is one `quorumq bench` run. Producers and consumers run at the
+// same time; either count may be zero (consumers then drain what is there).
+type benchConfig struct {
+	Dev         bool          `json:"dev"`
+	DevBasePort int           `json:"-"`
+	Producers   int           `json:"producers"`
+	Consumers   int           `json:"consumers"`
+	Size        int           `json:"size"`
+	Async       bool          `json:"async"`
+	Window      int           `json:"window"`
+	Batch       int           `json:"batch"`
+	Duration    time.Duration `json:"duration_ns"`
+	Count       int64         `json:"count"`
+	Queues      int           `json:"queues"`
+	Prefill     int64         `json:"prefill"`
+}
+
+// benchResult is what a run prints, as a table or as JSON.
+type benchResult struct {
+	Config     benchConfig `json:"config"`
+	Elapsed    float64     `json:"elapsed_s"`
+	Sent       int64       `json:"sent"`
+	SendErrors int64       `json:"send_errors"`
+	Acked      int64       `json:"acked"`
+	AckErrors  int64       `json:"ack_errors"`
+	SendRate   float64     `json:"send_msgs_per_s"`
+	SendMBps   float64     `json:"send_mb_per_s"`
+	AckRate    float64     `json:"ack_msgs_per_s"`
+	Enqueue    latency     `json:"enqueue_latency_ms"`
+	EndToEnd   latency     `json:"enqueue_to_ack_latency_ms"`
+}
+
+// latency holds percentiles in milliseconds.
+type latency struct {
+	Samples int     `json:"samples"`
+	P50     float64 `json:"p50"`
+	P90     float64 `json:"p90"`
+	P99     float64 `json:"p99"`
+	P999    float64 `json:"p99_9"`
+	Max     float64 `json:"max"`
+}
+
+func init() {
+	var cfg benchConfig
+	var cf cliFlags
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure throughput and latency of a cluster",
+		Long: `bench runs producers and consumers against a cluster and prints throughput
+(msg/s, MB/s) and latency percentiles for enqueue and for enqueue-to-ack.
+
+Every send is durable (fsynced on a quorum) before it is acknowledged; every
+ack is confirmed by the server. Bodies carry their send time, so
+enqueue-to-ack latency is measured end to end by the consumer.`,
+		Example: `  quorumq bench --dev --producers 64 --duration 10s
+  quorumq bench --dev --producers 1 --async --window 256 --duration 10s
+  quorumq bench --dev --producers 0 --consumers 16 --batch 100 --prefill 500000
+  quorumq bench --addr 10.0.0.1:7101 --producers 16 --consumers 16 --json`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := cfg.validate(); err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
+			defer stop()
+			if cfg.Dev {
+				dir, err := os.MkdirTemp("", "quorumq-bench-")
+				if err != nil {
+					return err
+				}
+				defer os.RemoveAll(dir)
+				logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+				lc, err := startLocalCluster(ctx, dir, cfg.DevBasePort, logger)
+				if err != nil {
+					return fmt.Errorf("--dev: %w", err)
+				}
+				defer lc.close()
+				cf.addr = strings.Join(lc.apiAddrs(), ",")
+			}
+			// The run's own clock is --duration; --timeout bounds set-up
+			// and the final acks on top of it.
+			cf.timeout += cfg.Duration
+			ctx, c, done, err := cf.connect(cmd)
+			if err != nil {
+				return err
+			}
+			defer done()
+			res, err := runBench(ctx, c, cfg, cmd.ErrOrStderr(), !cf.json)
+			if err != nil {
+				return err
+			}
+			if cf.json {
+				return printJSON(cmd.OutOrStdout(), res)
+			}
+			res.print(cmd.OutOrStdout())
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&cfg.Dev, "dev", false, "start a three-node cluster in this process (temporary data dir) and measure it")
+	f.IntVar(&cfg.Producers, "producers", 16, "concurrent producers")
+	f.IntVar(&cfg.Consumers, "consumers", 0, "concurrent consumers (receive a batch, process, ack it)")
+	f.IntVar(&cfg.Size, "size", 256, "message body size in bytes (at least 8: the send time)")
+	f.BoolVar(&cfg.Async, "async", false, "each producer keeps --window sends in flight through the client's gathering producer (default: one send at a time)")
+	f.IntVar(&cfg.Window, "window", 256, "sends in flight per async producer")
+	f.IntVar(&cfg.Batch, "batch", 100, "messages per receive (consumers)")
+	f.DurationVar(&cfg.Duration, "duration", 10*time.Second, "how long to run")
+	f.Int64Var(&cfg.Count, "count", 0, "stop after this many sends (0: run for --duration); the run never exceeds --duration")
+	f.IntVar(&cfg.Queues, "queues", 1, "number of queues, used round-robin")
+	f.Int64Var(&cfg.Prefill, "prefill", 0, "messages enqueued before the clock starts (for consumer-only runs)")
+	f.IntVar(&cfg.DevBasePort, "dev-base-port", 7601, "with --dev: API port of the first node (Raft +100, gossip +200)")
+	addClientFlags(cmd, &cf)
+	rootCmd.AddCommand(cmd)
+}
+
+func (c benchConfig) validate() error {
+	switch {
+	case c.Producers < 0 || c.Producers > 4096:
+		return fmt.Errorf("--producers must be 0..4096, got %d", c.Producers)
+	case c.Consumers < 0 || c.Consumers > 4096:
+		return fmt.Errorf("--consumers must be 0..4096, got %d", c.Consumers)
+	case c.Producers == 0 && c.Consumers == 0:
+		return errors.New("--producers and --consumers are both 0: nothing to measure")
+	case c.Size < 8 || c.Size > 1<<20:
+		return fmt.Errorf("--size must be 8..1048576 bytes, got %d", c.Size)
+	case c.Window < 1 || c.Window > 65536:
+		return fmt.Errorf("--window must be 1..65536, got %d", c.Window)
+	case c.Batch < 1 || c.Batch > 1000:
+		return fmt.Errorf("--batch must be 1..1000, got %d", c.Batch)
+	case c.Duration <= 0 || c.Duration > time.Hour:
+		return fmt.Errorf("--duration must be >0 and at most 1h, got %s", c.Duration)
+	case c.Count < 0:
+		return fmt.Errorf("--count must be >= 0, got %d", c.Count)
+	case c.Queues < 1 || c.Queues > 1000:
+		return fmt.Errorf("--queues must be 1..1000, got %d", c.Queues)
+	case c.Prefill < 0 || c.Prefill > 10_000_000:
+		return fmt.Errorf("--prefill must be 0..10000000, got %d", c.Prefill)
+	}
+	return nil
+}
+
+// recorder collects latency samples from many goroutines.
+type recorder struct {
+	mu      sync.Mutex
+	samples []time.Duration
+}
+
+func (r *recorder) add(batch []time.Duration) {
+	r.mu.Lock()
+	r.samples = append(r.samples, batch...)
+	r.mu.Unlock()
+}
+
+func (r *recorder) summary() latency {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.samples
+	if len(s) == 0 {
+		return latency{}
+	}
+	slices.Sort(s)
+	pct := func(p float64) float64 {
+		i := int(p * float64(len(s)-1))
+		return float64(s[i]) / float64(time.Millisecond)
+	}
+	return latency{Samples: len(s), P50: pct(0.50), P90: pct(0.90), P99: pct(0.99), P999: pct(0.999), Max: pct(1)}
+}
+
+func runBench(ctx context.Context, c *client.Client, cfg benchConfig, progressOut io.Writer, progress bool) (*benchResult, error) {
+
+	run := fmt.Sprintf("bench-%d", time.Now().UnixNano())
+	queues := make([]string, cfg.Queues)
+	for i := range queues {
+		queues[i] = fmt.Sprintf("%s-%d", run, i)
+		if _, err := c.CreateQueue(ctx, queues[i], client.QueueSettings{}); err != nil {
+			return nil, fmt.Errorf("create queue %s: %w", queues[i], err)
+		}
+	}
+	if cfg.Prefill > 0 {
+		if err := prefill(ctx, c, queues, cfg); err != nil {
+			return nil, err
+		}
+	}
+
+	runCtx, cancel := context.WithTimeout(ctx, cfg.Duration)
+	defer cancel()
+	var bar *progressbar.ProgressBar
+	if progress {
+		bar = progressbar.NewOptions64(int64(cfg.Duration/time.Second),
+			progressbar.OptionSetWriter(progressOut),
+			progressbar.OptionSetDescription("bench"),
+			progressbar.OptionSetItsString("s"),
+			progressbar.OptionShowCount(),
+			progressbar.OptionClearOnFinish())
+	}
+
+	var (
+		sent, sendErrs, acked, ackErrs atomic.Int64
+		budget                         = cfg.Count
+		enqLat, e2eLat                 recorder
+		wg                             sync.WaitGroup
+	)
+	// take reserves one send against --count; false once it is used up.
+	take := func() bool {
+		if budget == 0 {
+			return true
+		}
+		return sent.Load()+sendErrs.Load() < budget
+	}
+	body := func() []byte {
+		b := make([]byte, cfg.Size)
+		binary.LittleEndian.PutUint64(b, uint64(time.Now().UnixNano()))
+		return b
+	}
+
+	start := time.Now()
+	for p := 0; p < cfg.Producers; p++ {
+		wg.Add(1)
+		go func(p int) {
+			defer wg.Done()
+			local := make([]time.Duration, 0, 1024)
+			defer func() { enqLat.add(local) }()
+			q := queues[p%len(queues)]
+			if !cfg.Async {
+				for runCtx.Err() == nil && take() {
+					t0 := time.Now()
+					if _, err := c.Send(runCtx, q, body()); err != nil {
+						if runCtx.Err() == nil {
+							sendErrs.Add(1)
+						}
+						continue
+					}
+					local = append(local, time.Since(t0))
+					sent.Add(1)
+				}
+				return
+			}
+			prod := c.NewProducer()
+			defer prod.Close()
+			type inflight struct {
+				f  *client.SendFuture
+				t0 time.Time
+			}
+			window := make(chan inflight, cfg.Window)
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				for w := range window {
+					if _, err := w.f.Wait(ctx); err != nil {
+						if runCtx.Err() == nil {
+							sendErrs.Add(1)
+						}
+						continue
+					}
+					local = append(local, time.Since(w.t0))
+					sent.Add(1)
+				}
+			}()
+			for runCtx.Err() == nil && take() {
+				t0 := time.Now()
+				window <- inflight{prod.SendAsync(runCtx, q, client.OutMessage{Body: body()}), t0}
+			}
+			close(window)
+			<-done
+		}(p)
+	}
+	for k := 0; k < cfg.Consumers; k++ {
+		wg.Add(1)
+		go func(k int) {
+			defer wg.Done()
+			local := make([]time.Duration, 0, 1024)
+			defer func() { e2eLat.add(local) }()
+			q := queues[k%len(queues)]
+			for runCtx.Err() == nil {
+				msgs, err := c.Receive(runCtx, q, cfg.Batch, client.WithWait(time.Second))
+				if err != nil || len(msgs) == 0 {
+					continue
+				}
+				receipts := make([]client.Receipt, len(msgs))
+				for i, m := range msgs {
+					receipts[i] = m.Receipt
+				}
+				// Ack with the caller's context, not runCtx: a receive
+				// that succeeded is always confirmed, so no lease is left
+				// dangling when the clock runs out.
+				if err := c.Ack(ctx, q, receipts...); err != nil {
+					ackErrs.Add(int64(len(receipts)))
+					continue
+				}
+				now := time.Now()
+				for _, m := range msgs {
+					if len(m.Body) >= 8 {
+						local = append(local, now.Sub(time.Unix(0, int64(binary.LittleEndian.Uint64(m.Body)))))
+					}
+				}
+				acked.Add(int64(len(msgs)))
+			}
+		}(k)
+	}
+	if bar != nil {
+		go func() {
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-runCtx.Done():
+					return
+				case <-t.C:
+					_ = bar.Add(1)
+					bar.Describe(fmt.Sprintf("bench: %d sent, %d acked", sent.Load(), acked.Load()))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start).Seconds()
+	if bar != nil {
+		_ = bar.Finish()
+	}
+	for _, q := range queues {
+		_ = c.DeleteQueue(ctx, q)
+	}
+	res := &benchResult{
+		Config: cfg, Elapsed: elapsed,
+		Sent: sent.Load(), SendErrors: sendErrs.Load(),
+		Acked: acked.Load(), AckErrors: ackErrs.Load(),
+		Enqueue: enqLat.summary(), EndToEnd: e2eLat.summary(),
+	}
+	res.SendRate = float64(res.Sent) / elapsed
+	res.SendMBps = res.SendRate * float64(cfg.Size) / 1e6
+	res.AckRate = float64(res.Acked) / elapsed
+	return res, nil
+}
+
+// prefill loads the queues before the clock starts, in large batches.
+func prefill(ctx context.Context, c *client.Client, queues []string, cfg benchConfig) error {
+	const batch = 500
+	msgs := make([]client.OutMessage, batch)
+	for left, i := cfg.Prefill, 0; left > 0; i++ {
+		n := min(int64(batch), left)
+		for j := range msgs[:n] {
+			b := make([]byte, cfg.Size)
+			binary.LittleEndian.PutUint64(b, uint64(time.Now().UnixNano()))
+			msgs[j] = client.OutMessage{Body: b}
+		}
+		if _, err := c.SendBatch(ctx, queues[i%len(queues)], msgs[:n]); err != nil {
+			return fmt.Errorf("prefill: %w", err)
+		}
+		left -= n
+	}
+	return nil
+}
+
+func (r *benchResult) print(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	mode := "sync"
+	if r.Config.Async {
+		mode = fmt.Sprintf("async, window %d", r.Config.Window)
+	}
+	fmt.Fprintf(tw, "producers\t%d (%s)\n", r.Config.Producers, mode)
+	fmt.Fprintf(tw, "consumers\t%d (batch %d)\n", r.Config.Consumers, r.Config.Batch)
+	fmt.Fprintf(tw, "message size\t%d B\n", r.Config.Size)
+	fmt.Fprintf(tw, "elapsed\t%.2f s\n", r.Elapsed)
+	fmt.Fprintf(tw, "sent\t%d (%d errors)\t%.0f msg/s\t%.2f MB/s\n", r.Sent, r.SendErrors, r.SendRate, r.SendMBps)
+	fmt.Fprintf(tw, "acked\t%d (%d errors)\t%.0f msg/s\n", r.Acked, r.AckErrors, r.AckRate)
+	fmt.Fprintln(tw, "latency (ms)\tp50\tp90\tp99\tp99.9\tmax")
+	for _, l := range []struct {
+		name string
+		l    latency
+	}{{"enqueue", r.Enqueue}, {"enqueue-to-ack", r.EndToEnd}} {
+		if l.l.Samples == 0 {
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\n", l.name, l.l.P50, l.l.P90, l.l.P99, l.l.P999, l.l.Max)
+	}
+	tw.Flush()
+}
