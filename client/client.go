@@ -122,7 +122,7 @@ func New(ctx context.Context, addrs []string, opts ...Option) (*Client, error) {
 		}
 		if serr := sleepCtx(ctx, bo.next()); serr != nil {
 			c.closeConns()
-			return nil, fmt.Errorf("quorumq: connect to %v: %w (last error: %v)", addrs, serr, err)
+			return nil, fmt.Errorf("connect to %v: %w (last error: %v)", addrs, serr, err)
 		}
 	}
 	go c.refreshLoop()

@@ -19,28 +19,28 @@ var (
 	// ErrLeaseLost: the receipt's message was delivered again (or its lease
 	// expired and it was redelivered) since the receipt was handed out. The
 	// work done under it may be repeated by another consumer.
-	ErrLeaseLost = errors.New("quorumq: lease lost")
+	ErrLeaseLost = errors.New("lease lost")
 	// ErrQueueNotFound: the named queue does not exist.
-	ErrQueueNotFound = errors.New("quorumq: queue not found")
+	ErrQueueNotFound = errors.New("queue not found")
 	// ErrQueueExists: CreateQueue of a queue that exists.
-	ErrQueueExists = errors.New("quorumq: queue exists")
+	ErrQueueExists = errors.New("queue exists")
 	// ErrQueueFull: the queue is at its max depth; nothing was enqueued.
-	ErrQueueFull = errors.New("quorumq: queue full")
+	ErrQueueFull = errors.New("queue full")
 	// ErrOutcomeUnknown: a call that is not safe to retry reached the
 	// cluster, but whether it took effect is unknown.
-	ErrOutcomeUnknown = errors.New("quorumq: outcome unknown")
+	ErrOutcomeUnknown = errors.New("outcome unknown")
 	// ErrInvalidArgument: the request is malformed; the message names the
 	// field and the limit.
-	ErrInvalidArgument = errors.New("quorumq: invalid argument")
+	ErrInvalidArgument = errors.New("invalid argument")
 	// ErrUnauthenticated: the cluster rejected the credentials (token/TLS).
-	ErrUnauthenticated = errors.New("quorumq: unauthenticated")
+	ErrUnauthenticated = errors.New("unauthenticated")
 	// ErrPermissionDenied: the credentials do not allow the call.
-	ErrPermissionDenied = errors.New("quorumq: permission denied")
+	ErrPermissionDenied = errors.New("permission denied")
 	// ErrUnknownMessage: a receipt names a message the queue never had, or
 	// one deleted longer ago than the queue's dedup window.
-	ErrUnknownMessage = errors.New("quorumq: unknown message")
+	ErrUnknownMessage = errors.New("unknown message")
 	// ErrClosed: the Client or Producer was closed.
-	ErrClosed = errors.New("quorumq: client closed")
+	ErrClosed = errors.New("client closed")
 )
 
 // invalidArg builds an ErrInvalidArgument error that names the field.
