@@ -31,6 +31,9 @@ type hclogSink struct{ logger *slog.Logger }
 // decides by level what is written.
 func (s hclogSink) Accept(name string, level hclog.Level, msg string, args ...interface{}) {
 	lvl := slogLevel(level)
+	if lvl == slog.LevelWarn && msg == "heartbeat timeout reached, starting election" && firstElection(args) {
+		lvl = slog.LevelInfo // the first election of a new cluster is routine, not a warning
+	}
 	ctx := context.Background()
 	if !s.logger.Enabled(ctx, lvl) {
 		return
@@ -47,6 +50,17 @@ func (s hclogSink) Accept(name string, level hclog.Level, msg string, args ...in
 		attrs = append(attrs, a)
 	}
 	s.logger.Log(ctx, lvl, msg, attrs...)
+}
+
+// firstElection reports whether raft's key/value args say no leader was
+// ever known (last-leader-id is empty).
+func firstElection(args []interface{}) bool {
+	for i := 0; i+1 < len(args); i += 2 {
+		if args[i] == "last-leader-id" {
+			return fmt.Sprint(args[i+1]) == ""
+		}
+	}
+	return false
 }
 
 func slogLevel(l hclog.Level) slog.Level {
