@@ -31,15 +31,14 @@ func (t *txn) enqueue(field string, e *fsmpb.Enqueue, res *fsmpb.Result) *cmdErr
 	if err != nil {
 		return err
 	}
-	for i, m := range e.GetMessages() {
+	if err := q.checkDepth(field, e.GetMessages(), t.now); err != nil {
+		return err
+	}
+	for _, m := range e.GetMessages() {
 		if id, dup := q.dedupLookup(m.GetDedupId(), t.now); dup {
 			q.counters.dedupHits++
 			res.Enqueued = append(res.Enqueued, &fsmpb.EnqueueResult{MessageId: id, Duplicate: true})
 			continue
-		}
-		if q.settings.maxDepth > 0 && q.live() >= q.settings.maxDepth {
-			return fail(fsmpb.ErrorCode_QUEUE_FULL, "%s.messages[%d]: queue %q holds %d messages, max_depth is %d; the batch was not enqueued",
-				field, i, q.name, q.live(), q.settings.maxDepth)
 		}
 		rec := q.add(m.GetBody(), m.GetDedupId(), toAttrs(m.GetAttributes()), addDur(t.now, m.GetDelayNs()), t.now, 0)
 		if rec.dedupID != "" {
@@ -48,6 +47,31 @@ func (t *txn) enqueue(field string, e *fsmpb.Enqueue, res *fsmpb.Result) *cmdErr
 		res.Enqueued = append(res.Enqueued, &fsmpb.EnqueueResult{MessageId: rec.id})
 	}
 	t.notify(q.name)
+	return nil
+}
+
+// checkDepth fails with QUEUE_FULL, before anything changes, when the
+// batch's new (not duplicate) messages do not fit under max_depth.
+func (q *queue) checkDepth(field string, msgs []*fsmpb.Message, now int64) *cmdError {
+	if q.settings.maxDepth == 0 {
+		return nil
+	}
+	seen := make(map[string]bool)
+	depth := q.live()
+	for i, m := range msgs {
+		key := m.GetDedupId()
+		if _, dup := q.dedupLookup(key, now); dup || seen[key] {
+			continue
+		}
+		if key != "" {
+			seen[key] = true
+		}
+		if depth >= q.settings.maxDepth {
+			return fail(fsmpb.ErrorCode_QUEUE_FULL, "%s.messages[%d]: queue %q holds %d messages, max_depth is %d; the batch was not enqueued",
+				field, i, q.name, q.live(), q.settings.maxDepth)
+		}
+		depth++
+	}
 	return nil
 }
 

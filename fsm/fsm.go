@@ -91,13 +91,14 @@ func errorResult(err *cmdError) *fsmpb.Result {
 	return &fsmpb.Result{Error: &fsmpb.Error{Code: err.code, Message: err.msg}}
 }
 
-// apply runs cmd on a transaction and commits it only on success. The
-// recover is a last line of defence: validation comes first, and a panic
-// discards the transaction, so even then the state is untouched.
+// apply runs cmd and commits it only on success. Every command validates
+// all its input before it changes anything. The recover is a last line of
+// defence against a bug: a panicking entry must not kill every node that
+// applies it. Whatever it left behind, it left identically on every node.
 func (f *FSM) apply(cmd *fsmpb.Command) (res *fsmpb.Result) {
 	defer func() {
 		if r := recover(); r != nil {
-			res = errorResult(fail(fsmpb.ErrorCode_MALFORMED, "internal error applying command (state unchanged): %v", r))
+			res = errorResult(fail(fsmpb.ErrorCode_MALFORMED, "internal error applying command: %v", r))
 		}
 	}()
 	if cmd == nil {

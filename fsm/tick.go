@@ -15,11 +15,8 @@ func (t *txn) tick() (*fsmpb.Result, *cmdError) {
 		return true
 	})
 	for _, name := range names {
-		c := t.lookup(name).clone()
-		if n := c.tick(t.now); n > 0 {
-			t.work[name] = c
-			total += n
-		}
+		q, _ := t.mut("tick", name)
+		total += q.tick(t.now)
 	}
 	return &fsmpb.Result{Count: total}, nil
 }

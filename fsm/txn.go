@@ -6,13 +6,20 @@ import (
 	"github.com/quorumq/quorumq/fsm/fsmpb"
 )
 
-// txn is one command in progress. It changes only private clones of the
-// queues it touches; FSM.apply swaps them in when the command succeeds, so
-// every command is all or nothing.
+// txn is one command in progress.
+//
+// Most commands validate everything first and then cannot fail, so they
+// change the committed queues in place (cow false). A transaction can fail
+// after it started changing things (its third receipt is stale), so it
+// works on private copy-on-write clones of the queues it touches (cow true),
+// which FSM.apply swaps in only on success. Snapshot views never see either:
+// they hold their own tree copies, and a tree copy makes every later write
+// to shared nodes copy them first.
 type txn struct {
 	committed *btree.BTreeG[*queue]
 	now       int64
-	work      map[string]*queue // clones; nil marks a deleted queue
+	cow       bool
+	work      map[string]*queue // queues to commit; nil marks a deleted queue
 	wake      []string          // queues whose watchers Apply notifies
 }
 
@@ -40,7 +47,9 @@ func (t *txn) mut(field, name string) (*queue, *cmdError) {
 	if !ok {
 		return nil, fail(fsmpb.ErrorCode_QUEUE_NOT_FOUND, "%s: queue %q does not exist", field, name)
 	}
-	q = q.clone()
+	if t.cow {
+		q = q.clone()
+	}
 	t.work[name] = q
 	return q, nil
 }
@@ -49,6 +58,7 @@ func (t *txn) notify(name string) { t.wake = append(t.wake, name) }
 
 // run dispatches a command. On error nothing it did is committed.
 func (t *txn) run(cmd *fsmpb.Command) (*fsmpb.Result, *cmdError) {
+	_, t.cow = cmd.GetOp().(*fsmpb.Command_Transaction)
 	switch op := cmd.GetOp().(type) {
 	case *fsmpb.Command_CreateQueue:
 		return t.createQueue(op.CreateQueue)
