@@ -246,3 +246,14 @@ func (c *Client) currentLeader() string {
 	defer c.mu.Unlock()
 	return c.leader
 }
+
+// RemoveServer asks the leader to remove server id from the Raft
+// configuration: the explicit admin step that replaces a dead server. Not
+// retried after an unknown outcome: a second attempt after a removal that
+// did happen would answer NotFound.
+func (c *Client) RemoveServer(ctx context.Context, id string) error {
+	return c.call(ctx, "RemoveServer", notIdempotent, 0, func(ctx context.Context, cc *grpc.ClientConn) error {
+		_, err := quorumqpb.NewClusterClient(cc).RemoveServer(ctx, &quorumqpb.RemoveServerRequest{Id: id})
+		return err
+	}, nil)
+}
