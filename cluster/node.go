@@ -279,21 +279,21 @@ func (n *Node) WaitLeader(ctx context.Context) (string, error) {
 }
 
 // Shutdown stops the node gracefully: a leader first hands leadership to
-// the most up-to-date follower, then Close runs. ctx bounds the whole
-// sequence; what is left when it ends is stopped hard.
+// the most up-to-date follower, then Close runs. A failed transfer (no
+// follower reachable, as when the whole cluster stops) is logged, not
+// returned: the node stops either way and the others elect a leader after
+// their election timeout. ctx bounds the whole sequence; what is left when
+// it ends is stopped hard.
 func (n *Node) Shutdown(ctx context.Context) error {
 	if n.closed.Load() {
 		return nil
 	}
-	var errs []error
 	if n.IsLeader() {
 		if err := n.transferLeadership(ctx, ""); err != nil {
-			errs = append(errs, fmt.Errorf("leadership transfer: %w", err))
-			n.log.Warn("leadership transfer before shutdown failed", "err", err)
+			n.log.Warn("leadership transfer before shutdown failed; stopping anyway", "err", err)
 		}
 	}
-	errs = append(errs, n.Close(ctx))
-	return errors.Join(errs...)
+	return n.Close(ctx)
 }
 
 // Close stops the node without handing leadership over: the API stops

@@ -1,10 +1,22 @@
 package main
 
 import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/quorumq/quorumq/cluster"
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+	"github.com/quorumq/quorumq/transport/quorumqpb"
 )
 
 func TestServerFlagsFromEnv(t *testing.T) {
@@ -53,5 +65,128 @@ func TestServerSecurityFlags(t *testing.T) {
 	f = serverFlags{gossipKey: "%%%"}
 	if err := f.security(&cfg); err == nil || !strings.Contains(err.Error(), "--gossip-key") {
 		t.Fatalf("bad gossip key: %v", err)
+	}
+}
+
+// freePorts returns n ports that were free a moment ago.
+func freePorts(t *testing.T, n int) []int {
+	t.Helper()
+	var ports []int
+	var lns []net.Listener
+	for i := 0; i < n; i++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		lns = append(lns, ln)
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+	}
+	for _, ln := range lns {
+		ln.Close()
+	}
+	return ports
+}
+
+// TestServerCommandFormsClusterAndStopsOnSignal runs three `quorumq
+// server` commands in-process, as an operator would start them, and stops
+// them the way a SIGTERM does (their context ends).
+func TestServerCommandFormsClusterAndStopsOnSignal(t *testing.T) {
+	ports := freePorts(t, 9)
+	addr := func(p int) string { return "127.0.0.1:" + strconv.Itoa(p) }
+	var join []string
+	for i := 0; i < 3; i++ {
+		join = append(join, addr(ports[6+i]))
+	}
+	dir := t.TempDir()
+	type server struct {
+		cancel context.CancelFunc
+		done   chan error
+		api    string
+	}
+	var servers []server
+	for i := 0; i < 3; i++ {
+		cmd := serverCmd()
+		cmd.SetArgs([]string{
+			"--node-id", fmt.Sprintf("s%d", i+1),
+			"--data-dir", filepath.Join(dir, fmt.Sprintf("s%d", i+1)),
+			"--api-addr", addr(ports[i]),
+			"--raft-addr", addr(ports[3+i]),
+			"--gossip-addr", join[i],
+			"--bootstrap-expect", "3",
+			"--join", strings.Join(join, ","),
+			"--log-level", "error",
+		})
+		cmd.SetErr(io.Discard)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- cmd.ExecuteContext(ctx) }()
+		servers = append(servers, server{cancel, done, addr(ports[i])})
+	}
+	t.Cleanup(func() {
+		for _, s := range servers {
+			s.cancel()
+		}
+	})
+
+	conn := func(a string) *grpc.ClientConn {
+		c, err := grpc.NewClient(a, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	leaderOf := func(a string) string {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		r, err := quorumqpb.NewClusterClient(conn(a)).Leader(ctx, &quorumqpb.LeaderRequest{})
+		if err != nil {
+			return ""
+		}
+		return r.GetLeaderApiAddr()
+	}
+	var leader string
+	for deadline := time.Now().Add(20 * time.Second); leader == ""; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no leader within 20 s")
+		}
+		leader = leaderOf(servers[0].api)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := quorumqpb.NewQueueClient(conn(leader)).Enqueue(ctx, &quorumqpb.EnqueueRequest{
+		Queue: "jobs", Messages: []*fsmpb.Message{{Body: []byte("x")}},
+	}); err != nil {
+		t.Fatalf("enqueue (auto-created queue) on the leader: %v", err)
+	}
+
+	// Stop the leader first: it hands over and exits cleanly.
+	li := -1
+	for i, s := range servers {
+		if s.api == leader {
+			li = i
+		}
+	}
+	servers[li].cancel()
+	select {
+	case err := <-servers[li].done:
+		if err != nil {
+			t.Fatalf("leader's server command: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("leader did not stop within 20 s")
+	}
+	other := servers[(li+1)%3].api
+	if nl := leaderOf(other); nl == "" || nl == leader {
+		t.Fatalf("after the leader stopped, %s reports leader %q", other, nl)
+	}
+	for i, s := range servers {
+		if i == li {
+			continue
+		}
+		s.cancel()
+		if err := <-s.done; err != nil {
+			t.Fatalf("server %d: %v", i+1, err)
+		}
 	}
 }
