@@ -116,10 +116,11 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("read raft state in %s: %w", cfg.DataDir, err)
 	}
 
-	if err := n.startRaft(); err != nil {
+	// The API listener first: a bad API address fails before raft starts.
+	if err := n.startAPI(); err != nil {
 		return nil, err
 	}
-	if err := n.startAPI(); err != nil {
+	if err := n.startRaft(); err != nil {
 		return nil, err
 	}
 	n.delegate.meta = nodeMeta{ID: cfg.NodeID, Raft: n.raftAdv, API: n.apiAddr, Fresh: !hasState}
@@ -288,12 +289,27 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	if n.closed.Load() {
 		return nil
 	}
-	if n.IsLeader() {
+	if n.IsLeader() && n.hasOtherVoter(ctx) {
 		if err := n.transferLeadership(ctx, ""); err != nil {
 			n.log.Warn("leadership transfer before shutdown failed; stopping anyway", "err", err)
 		}
 	}
 	return n.Close(ctx)
+}
+
+// hasOtherVoter reports whether the configuration has a voter besides this
+// node (a single-server cluster has no one to hand leadership to).
+func (n *Node) hasOtherVoter(ctx context.Context) bool {
+	servers, err := n.configuration(ctx)
+	if err != nil {
+		return true // let the transfer itself report the problem
+	}
+	for _, s := range servers {
+		if s.Suffrage == raft.Voter && string(s.ID) != n.cfg.NodeID {
+			return true
+		}
+	}
+	return false
 }
 
 // Close stops the node without handing leadership over: the API stops

@@ -101,7 +101,7 @@ the command line wins over the environment.`,
 	}
 	host, _ := os.Hostname()
 	fl := cmd.Flags()
-	fl.StringVar(&f.nodeID, "node-id", host, "unique, stable ID of this server ([A-Za-z0-9._-], default: host name)")
+	fl.StringVar(&f.nodeID, "node-id", host, "unique, stable ID of this server ([A-Za-z0-9._-]; defaults to the host name)")
 	fl.StringVar(&f.dataDir, "data-dir", "", "directory for the Raft log (raft.db), snapshots and node.json (required)")
 	fl.StringVar(&f.apiAddr, "api-addr", "127.0.0.1:7101", "gRPC API bind address")
 	fl.StringVar(&f.apiAdvertise, "api-advertise", "", "API address clients and other servers use (default: the bind address)")
