@@ -175,12 +175,12 @@ func (q *QueueService) Receive(ctx context.Context, req *quorumqpb.ReceiveReques
 	if err := ValidateQueueName("queue", req.GetQueue()); err != nil {
 		return nil, err
 	}
-	max := req.GetMax()
-	if max == 0 {
-		max = 1
+	maxMsgs := req.GetMax()
+	if maxMsgs == 0 {
+		maxMsgs = 1
 	}
-	if max > q.limits.MaxReceive {
-		return nil, invalid("max: %d messages, limit is %d per receive", max, q.limits.MaxReceive)
+	if maxMsgs > q.limits.MaxReceive {
+		return nil, invalid("max: %d messages, limit is %d per receive", maxMsgs, q.limits.MaxReceive)
 	}
 	if err := checkDuration("visibility_ns", req.GetVisibilityNs(), q.limits.MaxVisibility); err != nil {
 		return nil, err
@@ -195,7 +195,7 @@ func (q *QueueService) Receive(ctx context.Context, req *quorumqpb.ReceiveReques
 		return nil, err
 	}
 	rcv := &fsmpb.Receive{
-		Queue: req.GetQueue(), Max: max, VisibilityNs: req.GetVisibilityNs(),
+		Queue: req.GetQueue(), Max: maxMsgs, VisibilityNs: req.GetVisibilityNs(),
 		AutoAck: req.GetAutoAck(), RequestId: req.GetRequestId(), Ack: req.GetAck(),
 	}
 	cmd := &fsmpb.Command{Op: &fsmpb.Command_Receive{Receive: rcv}}
@@ -220,7 +220,18 @@ func (q *QueueService) Receive(ctx context.Context, req *quorumqpb.ReceiveReques
 
 	wctx, cancel := context.WithTimeout(ctx, time.Duration(req.GetWaitNs()))
 	defer cancel()
+	// pause grows while proposals come back empty although the queue
+	// looked available (other consumers winning the race), so a contended
+	// long poll cannot turn into a stream of Raft entries.
+	pause := time.Duration(0)
 	for {
+		if pause > 0 {
+			select {
+			case <-wctx.Done():
+				return resp, nil
+			case <-time.After(pause):
+			}
+		}
 		if err := q.backend.WaitAvailable(wctx, req.GetQueue()); err != nil {
 			if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
 				return resp, nil // the long poll ran out: an empty answer
@@ -240,6 +251,7 @@ func (q *QueueService) Receive(ctx context.Context, req *quorumqpb.ReceiveReques
 			resp.Deliveries = res.GetDeliveries()
 			return resp, nil
 		}
+		pause = min(max(2*pause, 5*time.Millisecond), 200*time.Millisecond)
 	}
 }
 

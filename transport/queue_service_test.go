@@ -213,3 +213,21 @@ func TestReceiveLongPollDeadlineIsEmptyNotError(t *testing.T) {
 		t.Fatalf("caller deadline inside the long poll: %v, want DeadlineExceeded", err)
 	}
 }
+
+// racer is a Backend whose queue always looks available but whose
+// receives always come back empty: other consumers win every race.
+type racer struct{ recorder }
+
+func (r *racer) WaitAvailable(context.Context, string) error { return nil }
+
+func TestContendedLongPollBacksOff(t *testing.T) {
+	r := &racer{}
+	resp, err := NewQueueService(r, Limits{}, true).Receive(context.Background(), &quorumqpb.ReceiveRequest{Queue: "q", WaitNs: int64(300 * time.Millisecond)})
+	if err != nil || len(resp.GetDeliveries()) != 0 {
+		t.Fatalf("got %v, %v; want an empty response at the deadline", resp, err)
+	}
+	// 5+10+20+40+80+200 ms of pauses fit in 300 ms: about 7 proposals.
+	if n := len(r.cmds); n == 0 || n > 20 {
+		t.Fatalf("%d receive proposals in a 300 ms contended poll, want a handful", n)
+	}
+}
