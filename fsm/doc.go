@@ -10,11 +10,13 @@
 //
 // Why it is built this way:
 //
-//   - Every command runs on copy-on-write clones of the queues it touches
-//     (tidwall/btree Copy is O(1)) and is committed by swapping pointers
-//     only when it succeeds. So a command that fails - or panics, which a
-//     recover turns into an error result - leaves the state untouched, and
-//     Snapshot is a frozen view taken in O(number of queues).
+//   - A command validates everything before it changes anything, so a
+//     failed command leaves the state untouched; a transaction, which can
+//     fail half-way, runs on copy-on-write clones of its queues
+//     (tidwall/btree Copy is O(1)) swapped in only on success. Snapshot
+//     copies every queue's trees the same way, a frozen view taken in
+//     O(number of queues). A recover turns a panic (a bug) into an error
+//     result instead of killing every node that applies the entry.
 //   - Message records are immutable and replaced on change, for the same
 //     reason. A caller must never modify a Delivery body it got from a
 //     Result: it shares memory with the state.
