@@ -17,7 +17,7 @@ import (
 // many goroutines.
 type FSM struct {
 	mu      sync.RWMutex
-	queues  *btree.BTreeG[*queue] // by name; committed queues are immutable
+	queues  *btree.BTreeG[*queue] // by name
 	now     int64                 // last applied (monotone) now
 	applied uint64
 

@@ -87,10 +87,9 @@ type counters struct {
 	enqueued, acked, redelivered, dedupHits, expired, deadLettered, delivered, purged uint64
 }
 
-// queue is one queue's state. A committed queue is never modified: a
-// command works on clone() and the FSM swaps the pointer on success, which
-// is how a failed command leaves the state untouched and how Snapshot gets
-// a frozen view in O(number of queues).
+// queue is one queue's state. clone() is O(1) and shares every tree node
+// copy-on-write: Snapshot freezes each queue that way and a transaction
+// works on clones it commits only on success.
 type queue struct {
 	name      string
 	createdAt int64
