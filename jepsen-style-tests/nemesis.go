@@ -301,19 +301,41 @@ func (p *pauseLeader) Heal(context.Context, *Env) (string, error) {
 	return "SIGCONT " + n.ID, n.Proc.Resume()
 }
 
-// removeReadd removes a random server from the Raft configuration and stops
-// it, then, on heal, wipes its data and starts it as a new joiner, the way
-// an operator replaces a server: the leader must add it back and bring it
-// up to date (by snapshot or log).
-type removeReadd struct{ removed *Node }
+// removeReadd removes a server from the Raft configuration and stops it,
+// then, on heal, wipes its data and starts it as a new joiner, the way an
+// operator replaces a server: the leader must add it back and bring it up
+// to date (by snapshot or log). Injections alternate between a random
+// follower (removed by a leader that stays leader) and the leader itself
+// (which steps down, so a new leader does the re-add): the two take
+// different paths through the cluster, and each case covers both.
+type removeReadd struct {
+	removed *Node
+	count   int
+}
 
 func (r *removeReadd) Name() string       { return "remove-readd" }
 func (r *removeReadd) NeedsNetwork() bool { return false }
 
 func (r *removeReadd) Inject(ctx context.Context, env *Env) (string, error) {
-	n := env.Cluster.Nodes[env.Rand.IntN(len(env.Cluster.Nodes))]
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	leader, err := env.Cluster.WaitLeader(cctx)
+	if err != nil {
+		return "", err
+	}
+	n := leader
+	role := "leader"
+	if r.count%2 == 0 {
+		var followers []*Node
+		for _, o := range env.Cluster.Nodes {
+			if o != leader {
+				followers = append(followers, o)
+			}
+		}
+		n = followers[env.Rand.IntN(len(followers))]
+		role = "follower"
+	}
+	r.count++
 	// Removing a server from a configuration that already lacks one (an
 	// earlier re-add failed) would leave a single voter: refuse, the
 	// earlier failure is already reported.
@@ -327,7 +349,7 @@ func (r *removeReadd) Inject(ctx context.Context, env *Env) (string, error) {
 	if err := n.Proc.Kill(); err != nil {
 		return "", err
 	}
-	return "removed " + n.ID + " from the configuration and stopped it", nil
+	return "removed " + role + " " + n.ID + " from the configuration and stopped it", nil
 }
 
 func (r *removeReadd) Heal(ctx context.Context, env *Env) (string, error) {
