@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -299,7 +300,13 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 	if c.opts.tls != nil {
 		creds = credentials.NewTLS(c.opts.tls)
 	}
-	dialOpts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	dialOpts := []grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		// A receive may carry up to 1000 messages of up to 1 MiB each: far
+		// past gRPC's 4 MiB default, which would fail the call after the
+		// messages were leased.
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(math.MaxInt32)),
+	}
 	if c.opts.token != "" {
 		dialOpts = append(dialOpts, grpc.WithPerRPCCredentials(tokenCreds{token: c.opts.token}))
 	}

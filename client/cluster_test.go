@@ -589,3 +589,32 @@ func TestReceiveModes(t *testing.T) {
 		}
 	})
 }
+
+// TestReceiveOfManyLargeMessages receives more than gRPC's default 4 MiB in
+// one call: before the client raised its receive limit, the call failed
+// after the messages had been leased.
+func TestReceiveOfManyLargeMessages(t *testing.T) {
+	tc := cluster.StartTestCluster(t, 3)
+	c := newClient(t, tc.Addrs())
+	ctx := ctxFor(t, 30*time.Second)
+	body := make([]byte, 1<<20-1024)
+	const n = 6
+	for i := 0; i < n; i++ {
+		body[0] = byte(i)
+		if _, err := c.Send(ctx, "large", body); err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+	}
+	msgs, err := c.Receive(ctx, "large", n)
+	if err != nil {
+		t.Fatalf("receive of %d messages of %d bytes: %v", n, len(body), err)
+	}
+	if len(msgs) != n {
+		t.Fatalf("received %d messages; want %d", len(msgs), n)
+	}
+	for i, m := range msgs {
+		if len(m.Body) != len(body) || m.Body[0] != byte(i) {
+			t.Fatalf("message %d: %d bytes starting %d; want %d bytes starting %d", i, len(m.Body), m.Body[0], len(body), i)
+		}
+	}
+}
