@@ -18,6 +18,8 @@ func TestMain(m *testing.M) {
 		os.Exit(helperEcho(os.Getenv("QJ_ADDR")))
 	case "dial":
 		os.Exit(helperDial(os.Getenv("QJ_ADDR")))
+	case "hold":
+		os.Exit(helperHold())
 	}
 	code := m.Run()
 	runCleanups()
@@ -73,4 +75,29 @@ func echoOnce(addr string, timeout time.Duration) error {
 		return fmt.Errorf("echo answered %q", line)
 	}
 	return nil
+}
+
+// helperHold builds a network with a node process in it, reports their
+// names on stdout and waits to be interrupted: the interrupt test checks
+// that the signal handler removes both.
+func helperHold() int {
+	n, err := NewNetwork("hold", []string{"n1"})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "hold:", err)
+		return 2
+	}
+	nd, _ := n.Node("n1")
+	dir, err := os.MkdirTemp("", "quorumq-jepsen-hold-")
+	if err != nil {
+		return 2
+	}
+	p := &Process{Namespace: nd.Namespace, Bin: os.Args[0], Env: []string{"QJ_HELPER=echo", "QJ_ADDR=" + nd.IP.String() + ":7999"},
+		LogPath: dir + "/echo.log"}
+	if err := p.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, "hold:", err)
+		return 2
+	}
+	registerCleanup(func() { os.RemoveAll(dir) })
+	fmt.Printf("ready %s %s %d %s\n", nd.Namespace, n.switchNS, p.PID(), dir)
+	select {}
 }

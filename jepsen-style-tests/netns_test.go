@@ -1,6 +1,8 @@
 package jepsen
 
 import (
+	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -175,5 +177,47 @@ func TestProcessKillPauseRestart(t *testing.T) {
 	b, _ := os.ReadFile(log)
 	if strings.Count(string(b), "=== jepsen: start #") != 2 || !strings.Contains(string(b), "listening on") {
 		t.Fatalf("log does not record both incarnations:\n%s", b)
+	}
+}
+
+func TestInterruptRemovesNamespacesAndProcesses(t *testing.T) {
+	requireNetns(t)
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "QJ_HELPER=hold")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	var nodeNS, switchNS, dir string
+	var pid int
+	if _, err := fmt.Fscanf(out, "ready %s %s %d %s\n", &nodeNS, &switchNS, &pid, &dir); err != nil {
+		t.Fatalf("helper did not report ready: %v", err)
+	}
+	if !nsExists(nodeNS) || !nsExists(switchNS) || !processAlive(pid) {
+		t.Fatalf("helper's network or process missing before the interrupt: %s %s pid %d", nodeNS, switchNS, pid)
+	}
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	err = cmd.Wait()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 130 {
+		t.Fatalf("helper exit after SIGINT: %v, want status 130", err)
+	}
+	for _, ns := range []string{nodeNS, switchNS} {
+		if nsExists(ns) {
+			t.Errorf("namespace %s left behind after SIGINT", ns)
+		}
+	}
+	if processAlive(pid) {
+		t.Errorf("node process %d left running after SIGINT", pid)
+	}
+	if _, err := os.Stat(dir); err == nil {
+		t.Errorf("directory %s left behind after SIGINT", dir)
 	}
 }
