@@ -27,7 +27,7 @@ func benchMessages(n, seq int, dedup bool) []*fsmpb.Message {
 	return out
 }
 
-func benchEnqueue(b *testing.B, batch int) {
+func benchEnqueue(b *testing.B, batch, readers int) {
 	f := New()
 	f.ApplyCommand(1, &fsmpb.Command{NowUnixNano: t0, Op: createQ("q", nil).Op})
 	logs := make([]*raft.Log, b.N)
@@ -39,6 +39,7 @@ func benchEnqueue(b *testing.B, batch int) {
 		logs[i] = &raft.Log{Index: uint64(i + 2), Type: raft.LogCommand, Data: data}
 	}
 	b.ReportAllocs()
+	defer withReaders(f, readers)()
 	b.ResetTimer()
 	for i := range b.N {
 		if err := ResultError(f.Apply(logs[i]).(*fsmpb.Result)); err != nil {
@@ -50,10 +51,34 @@ func benchEnqueue(b *testing.B, batch int) {
 
 // BenchmarkApplyEnqueue1 is Apply (decode included) of an enqueue of one
 // 256-byte message with a dedup ID.
-func BenchmarkApplyEnqueue1(b *testing.B) { benchEnqueue(b, 1) }
+func BenchmarkApplyEnqueue1(b *testing.B) { benchEnqueue(b, 1, 0) }
+
+// BenchmarkApplyEnqueue1Readers is BenchmarkApplyEnqueue1 while two
+// goroutines read stats without pause, as long polls and GetQueue do.
+func BenchmarkApplyEnqueue1Readers(b *testing.B) { benchEnqueue(b, 1, 2) }
+
+// withReaders starts n goroutines calling Queue until the returned func is
+// called.
+func withReaders(f *FSM, n int) func() {
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+					_, _ = f.Queue("q")
+				}
+			}
+		})
+	}
+	return func() { close(stop); wg.Wait() }
+}
 
 // BenchmarkApplyEnqueue100 is Apply of an enqueue batch of 100.
-func BenchmarkApplyEnqueue100(b *testing.B) { benchEnqueue(b, 100) }
+func BenchmarkApplyEnqueue100(b *testing.B) { benchEnqueue(b, 100, 0) }
 
 // BenchmarkReceiveAck100 is one receive(100) and one ack(100), each
 // encoded and applied as a log entry.
