@@ -1,5 +1,6 @@
 // Package fsm is quorumq's replicated queue state machine: the one place
-// that decides what a queue holds. It implements raft.FSM over commands encoded with fsmpb and framed by Encode.
+// that decides what a queue holds. It implements raft.FSM over commands
+// encoded with fsmpb and framed by Encode.
 //
 // It owns every queue, message, lease, producer dedup entry, ack tombstone
 // and receive replay entry, and the snapshot format that carries them. It is
