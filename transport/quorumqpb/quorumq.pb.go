@@ -2121,6 +2121,216 @@ func (x *TransferLeadershipResponse) GetNewLeaderId() string {
 	return ""
 }
 
+type SnapshotRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotRequest) Reset() {
+	*x = SnapshotRequest{}
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotRequest) ProtoMessage() {}
+
+func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
+func (*SnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{41}
+}
+
+type SnapshotResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"` // last log index the snapshot covers
+	Term          uint64                 `protobuf:"varint,2,opt,name=term,proto3" json:"term,omitempty"`
+	Size          int64                  `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"` // bytes
+	Id            string                 `protobuf:"bytes,4,opt,name=id,proto3" json:"id,omitempty"`      // snapshot ID in the node's snapshot store
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotResponse) Reset() {
+	*x = SnapshotResponse{}
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotResponse) ProtoMessage() {}
+
+func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotResponse.ProtoReflect.Descriptor instead.
+func (*SnapshotResponse) Descriptor() ([]byte, []int) {
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *SnapshotResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *SnapshotResponse) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *SnapshotResponse) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *SnapshotResponse) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type BackupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupRequest) Reset() {
+	*x = BackupRequest{}
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupRequest) ProtoMessage() {}
+
+func (x *BackupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
+func (*BackupRequest) Descriptor() ([]byte, []int) {
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{43}
+}
+
+// BackupChunk: the first chunk carries index, term and size; every chunk
+// carries the next bytes of the snapshot, in order.
+type BackupChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Term          uint64                 `protobuf:"varint,2,opt,name=term,proto3" json:"term,omitempty"`
+	Size          int64                  `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
+	Data          []byte                 `protobuf:"bytes,4,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupChunk) Reset() {
+	*x = BackupChunk{}
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupChunk) ProtoMessage() {}
+
+func (x *BackupChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
+func (*BackupChunk) Descriptor() ([]byte, []int) {
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *BackupChunk) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *BackupChunk) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *BackupChunk) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *BackupChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 var File_transport_quorumqpb_quorumq_proto protoreflect.FileDescriptor
 
 const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
@@ -2251,7 +2461,19 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\x19TransferLeadershipRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"@\n" +
 	"\x1aTransferLeadershipResponse\x12\"\n" +
-	"\rnew_leader_id\x18\x01 \x01(\tR\vnewLeaderId2\xd5\x06\n" +
+	"\rnew_leader_id\x18\x01 \x01(\tR\vnewLeaderId\"\x11\n" +
+	"\x0fSnapshotRequest\"`\n" +
+	"\x10SnapshotResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
+	"\x04term\x18\x02 \x01(\x04R\x04term\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\x03R\x04size\x12\x0e\n" +
+	"\x02id\x18\x04 \x01(\tR\x02id\"\x0f\n" +
+	"\rBackupRequest\"_\n" +
+	"\vBackupChunk\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
+	"\x04term\x18\x02 \x01(\x04R\x04term\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\x03R\x04size\x12\x12\n" +
+	"\x04data\x18\x04 \x01(\fR\x04data2\xd5\x06\n" +
 	"\x05Queue\x12N\n" +
 	"\vCreateQueue\x12\x1e.quorumq.v1.CreateQueueRequest\x1a\x1f.quorumq.v1.CreateQueueResponse\x12N\n" +
 	"\vUpdateQueue\x12\x1e.quorumq.v1.UpdateQueueRequest\x1a\x1f.quorumq.v1.UpdateQueueResponse\x12E\n" +
@@ -2265,7 +2487,7 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\x03Ack\x12\x16.quorumq.v1.AckRequest\x1a\x17.quorumq.v1.AckResponse\x129\n" +
 	"\x04Nack\x12\x17.quorumq.v1.NackRequest\x1a\x18.quorumq.v1.NackResponse\x12?\n" +
 	"\x06Extend\x12\x19.quorumq.v1.ExtendRequest\x1a\x1a.quorumq.v1.ExtendResponse\x12N\n" +
-	"\vTransaction\x12\x1e.quorumq.v1.TransactionRequest\x1a\x1f.quorumq.v1.TransactionResponse2\xd4\x03\n" +
+	"\vTransaction\x12\x1e.quorumq.v1.TransactionRequest\x1a\x1f.quorumq.v1.TransactionResponse2\xdb\x04\n" +
 	"\aCluster\x12?\n" +
 	"\x06Status\x12\x19.quorumq.v1.StatusRequest\x1a\x1a.quorumq.v1.StatusResponse\x12K\n" +
 	"\n" +
@@ -2273,7 +2495,9 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\aMembers\x12\x1a.quorumq.v1.MembersRequest\x1a\x1b.quorumq.v1.MembersResponse\x12?\n" +
 	"\x06Leader\x12\x19.quorumq.v1.LeaderRequest\x1a\x1a.quorumq.v1.LeaderResponse\x12Q\n" +
 	"\fRemoveServer\x12\x1f.quorumq.v1.RemoveServerRequest\x1a .quorumq.v1.RemoveServerResponse\x12c\n" +
-	"\x12TransferLeadership\x12%.quorumq.v1.TransferLeadershipRequest\x1a&.quorumq.v1.TransferLeadershipResponseB0Z.github.com/quorumq/quorumq/transport/quorumqpbb\x06proto3"
+	"\x12TransferLeadership\x12%.quorumq.v1.TransferLeadershipRequest\x1a&.quorumq.v1.TransferLeadershipResponse\x12E\n" +
+	"\bSnapshot\x12\x1b.quorumq.v1.SnapshotRequest\x1a\x1c.quorumq.v1.SnapshotResponse\x12>\n" +
+	"\x06Backup\x12\x19.quorumq.v1.BackupRequest\x1a\x17.quorumq.v1.BackupChunk0\x01B0Z.github.com/quorumq/quorumq/transport/quorumqpbb\x06proto3"
 
 var (
 	file_transport_quorumqpb_quorumq_proto_rawDescOnce sync.Once
@@ -2287,7 +2511,7 @@ func file_transport_quorumqpb_quorumq_proto_rawDescGZIP() []byte {
 	return file_transport_quorumqpb_quorumq_proto_rawDescData
 }
 
-var file_transport_quorumqpb_quorumq_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_transport_quorumqpb_quorumq_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_transport_quorumqpb_quorumq_proto_goTypes = []any{
 	(*NotLeader)(nil),                  // 0: quorumq.v1.NotLeader
 	(*OutcomeUnknown)(nil),             // 1: quorumq.v1.OutcomeUnknown
@@ -2330,38 +2554,42 @@ var file_transport_quorumqpb_quorumq_proto_goTypes = []any{
 	(*RemoveServerResponse)(nil),       // 38: quorumq.v1.RemoveServerResponse
 	(*TransferLeadershipRequest)(nil),  // 39: quorumq.v1.TransferLeadershipRequest
 	(*TransferLeadershipResponse)(nil), // 40: quorumq.v1.TransferLeadershipResponse
-	(fsmpb.ErrorCode)(0),               // 41: quorumq.fsm.v1.ErrorCode
-	(*fsmpb.QueueSettings)(nil),        // 42: quorumq.fsm.v1.QueueSettings
-	(*fsmpb.QueueInfo)(nil),            // 43: quorumq.fsm.v1.QueueInfo
-	(*fsmpb.Message)(nil),              // 44: quorumq.fsm.v1.Message
-	(*fsmpb.EnqueueResult)(nil),        // 45: quorumq.fsm.v1.EnqueueResult
-	(*fsmpb.Receipt)(nil),              // 46: quorumq.fsm.v1.Receipt
-	(*fsmpb.Delivery)(nil),             // 47: quorumq.fsm.v1.Delivery
-	(fsmpb.AckOutcome)(0),              // 48: quorumq.fsm.v1.AckOutcome
+	(*SnapshotRequest)(nil),            // 41: quorumq.v1.SnapshotRequest
+	(*SnapshotResponse)(nil),           // 42: quorumq.v1.SnapshotResponse
+	(*BackupRequest)(nil),              // 43: quorumq.v1.BackupRequest
+	(*BackupChunk)(nil),                // 44: quorumq.v1.BackupChunk
+	(fsmpb.ErrorCode)(0),               // 45: quorumq.fsm.v1.ErrorCode
+	(*fsmpb.QueueSettings)(nil),        // 46: quorumq.fsm.v1.QueueSettings
+	(*fsmpb.QueueInfo)(nil),            // 47: quorumq.fsm.v1.QueueInfo
+	(*fsmpb.Message)(nil),              // 48: quorumq.fsm.v1.Message
+	(*fsmpb.EnqueueResult)(nil),        // 49: quorumq.fsm.v1.EnqueueResult
+	(*fsmpb.Receipt)(nil),              // 50: quorumq.fsm.v1.Receipt
+	(*fsmpb.Delivery)(nil),             // 51: quorumq.fsm.v1.Delivery
+	(fsmpb.AckOutcome)(0),              // 52: quorumq.fsm.v1.AckOutcome
 }
 var file_transport_quorumqpb_quorumq_proto_depIdxs = []int32{
-	41, // 0: quorumq.v1.QueueError.code:type_name -> quorumq.fsm.v1.ErrorCode
-	42, // 1: quorumq.v1.CreateQueueRequest.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	43, // 2: quorumq.v1.CreateQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
-	42, // 3: quorumq.v1.UpdateQueueRequest.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	43, // 4: quorumq.v1.UpdateQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
-	43, // 5: quorumq.v1.GetQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
-	43, // 6: quorumq.v1.ListQueuesResponse.queues:type_name -> quorumq.fsm.v1.QueueInfo
-	44, // 7: quorumq.v1.EnqueueRequest.messages:type_name -> quorumq.fsm.v1.Message
-	45, // 8: quorumq.v1.EnqueueResponse.results:type_name -> quorumq.fsm.v1.EnqueueResult
-	46, // 9: quorumq.v1.ReceiveRequest.ack:type_name -> quorumq.fsm.v1.Receipt
-	47, // 10: quorumq.v1.ReceiveResponse.deliveries:type_name -> quorumq.fsm.v1.Delivery
-	48, // 11: quorumq.v1.ReceiveResponse.ack_outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	46, // 12: quorumq.v1.AckRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
-	48, // 13: quorumq.v1.AckResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	46, // 14: quorumq.v1.NackRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
-	48, // 15: quorumq.v1.NackResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	46, // 16: quorumq.v1.ExtendRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
-	48, // 17: quorumq.v1.ExtendResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	45, // 0: quorumq.v1.QueueError.code:type_name -> quorumq.fsm.v1.ErrorCode
+	46, // 1: quorumq.v1.CreateQueueRequest.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	47, // 2: quorumq.v1.CreateQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
+	46, // 3: quorumq.v1.UpdateQueueRequest.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	47, // 4: quorumq.v1.UpdateQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
+	47, // 5: quorumq.v1.GetQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
+	47, // 6: quorumq.v1.ListQueuesResponse.queues:type_name -> quorumq.fsm.v1.QueueInfo
+	48, // 7: quorumq.v1.EnqueueRequest.messages:type_name -> quorumq.fsm.v1.Message
+	49, // 8: quorumq.v1.EnqueueResponse.results:type_name -> quorumq.fsm.v1.EnqueueResult
+	50, // 9: quorumq.v1.ReceiveRequest.ack:type_name -> quorumq.fsm.v1.Receipt
+	51, // 10: quorumq.v1.ReceiveResponse.deliveries:type_name -> quorumq.fsm.v1.Delivery
+	52, // 11: quorumq.v1.ReceiveResponse.ack_outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	50, // 12: quorumq.v1.AckRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
+	52, // 13: quorumq.v1.AckResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	50, // 14: quorumq.v1.NackRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
+	52, // 15: quorumq.v1.NackResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	50, // 16: quorumq.v1.ExtendRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
+	52, // 17: quorumq.v1.ExtendResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
 	19, // 18: quorumq.v1.TransactionRequest.acks:type_name -> quorumq.v1.AckRequest
 	15, // 19: quorumq.v1.TransactionRequest.enqueues:type_name -> quorumq.v1.EnqueueRequest
-	48, // 20: quorumq.v1.TransactionResponse.ack_outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	45, // 21: quorumq.v1.TransactionResponse.enqueued:type_name -> quorumq.fsm.v1.EnqueueResult
+	52, // 20: quorumq.v1.TransactionResponse.ack_outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	49, // 21: quorumq.v1.TransactionResponse.enqueued:type_name -> quorumq.fsm.v1.EnqueueResult
 	29, // 22: quorumq.v1.NodeStatusResponse.node:type_name -> quorumq.v1.NodeStatus
 	29, // 23: quorumq.v1.StatusResponse.nodes:type_name -> quorumq.v1.NodeStatus
 	32, // 24: quorumq.v1.MembersResponse.members:type_name -> quorumq.v1.Member
@@ -2383,26 +2611,30 @@ var file_transport_quorumqpb_quorumq_proto_depIdxs = []int32{
 	35, // 40: quorumq.v1.Cluster.Leader:input_type -> quorumq.v1.LeaderRequest
 	37, // 41: quorumq.v1.Cluster.RemoveServer:input_type -> quorumq.v1.RemoveServerRequest
 	39, // 42: quorumq.v1.Cluster.TransferLeadership:input_type -> quorumq.v1.TransferLeadershipRequest
-	4,  // 43: quorumq.v1.Queue.CreateQueue:output_type -> quorumq.v1.CreateQueueResponse
-	6,  // 44: quorumq.v1.Queue.UpdateQueue:output_type -> quorumq.v1.UpdateQueueResponse
-	8,  // 45: quorumq.v1.Queue.GetQueue:output_type -> quorumq.v1.GetQueueResponse
-	10, // 46: quorumq.v1.Queue.ListQueues:output_type -> quorumq.v1.ListQueuesResponse
-	12, // 47: quorumq.v1.Queue.DeleteQueue:output_type -> quorumq.v1.DeleteQueueResponse
-	14, // 48: quorumq.v1.Queue.Purge:output_type -> quorumq.v1.PurgeResponse
-	16, // 49: quorumq.v1.Queue.Enqueue:output_type -> quorumq.v1.EnqueueResponse
-	18, // 50: quorumq.v1.Queue.Receive:output_type -> quorumq.v1.ReceiveResponse
-	20, // 51: quorumq.v1.Queue.Ack:output_type -> quorumq.v1.AckResponse
-	22, // 52: quorumq.v1.Queue.Nack:output_type -> quorumq.v1.NackResponse
-	24, // 53: quorumq.v1.Queue.Extend:output_type -> quorumq.v1.ExtendResponse
-	26, // 54: quorumq.v1.Queue.Transaction:output_type -> quorumq.v1.TransactionResponse
-	31, // 55: quorumq.v1.Cluster.Status:output_type -> quorumq.v1.StatusResponse
-	28, // 56: quorumq.v1.Cluster.NodeStatus:output_type -> quorumq.v1.NodeStatusResponse
-	34, // 57: quorumq.v1.Cluster.Members:output_type -> quorumq.v1.MembersResponse
-	36, // 58: quorumq.v1.Cluster.Leader:output_type -> quorumq.v1.LeaderResponse
-	38, // 59: quorumq.v1.Cluster.RemoveServer:output_type -> quorumq.v1.RemoveServerResponse
-	40, // 60: quorumq.v1.Cluster.TransferLeadership:output_type -> quorumq.v1.TransferLeadershipResponse
-	43, // [43:61] is the sub-list for method output_type
-	25, // [25:43] is the sub-list for method input_type
+	41, // 43: quorumq.v1.Cluster.Snapshot:input_type -> quorumq.v1.SnapshotRequest
+	43, // 44: quorumq.v1.Cluster.Backup:input_type -> quorumq.v1.BackupRequest
+	4,  // 45: quorumq.v1.Queue.CreateQueue:output_type -> quorumq.v1.CreateQueueResponse
+	6,  // 46: quorumq.v1.Queue.UpdateQueue:output_type -> quorumq.v1.UpdateQueueResponse
+	8,  // 47: quorumq.v1.Queue.GetQueue:output_type -> quorumq.v1.GetQueueResponse
+	10, // 48: quorumq.v1.Queue.ListQueues:output_type -> quorumq.v1.ListQueuesResponse
+	12, // 49: quorumq.v1.Queue.DeleteQueue:output_type -> quorumq.v1.DeleteQueueResponse
+	14, // 50: quorumq.v1.Queue.Purge:output_type -> quorumq.v1.PurgeResponse
+	16, // 51: quorumq.v1.Queue.Enqueue:output_type -> quorumq.v1.EnqueueResponse
+	18, // 52: quorumq.v1.Queue.Receive:output_type -> quorumq.v1.ReceiveResponse
+	20, // 53: quorumq.v1.Queue.Ack:output_type -> quorumq.v1.AckResponse
+	22, // 54: quorumq.v1.Queue.Nack:output_type -> quorumq.v1.NackResponse
+	24, // 55: quorumq.v1.Queue.Extend:output_type -> quorumq.v1.ExtendResponse
+	26, // 56: quorumq.v1.Queue.Transaction:output_type -> quorumq.v1.TransactionResponse
+	31, // 57: quorumq.v1.Cluster.Status:output_type -> quorumq.v1.StatusResponse
+	28, // 58: quorumq.v1.Cluster.NodeStatus:output_type -> quorumq.v1.NodeStatusResponse
+	34, // 59: quorumq.v1.Cluster.Members:output_type -> quorumq.v1.MembersResponse
+	36, // 60: quorumq.v1.Cluster.Leader:output_type -> quorumq.v1.LeaderResponse
+	38, // 61: quorumq.v1.Cluster.RemoveServer:output_type -> quorumq.v1.RemoveServerResponse
+	40, // 62: quorumq.v1.Cluster.TransferLeadership:output_type -> quorumq.v1.TransferLeadershipResponse
+	42, // 63: quorumq.v1.Cluster.Snapshot:output_type -> quorumq.v1.SnapshotResponse
+	44, // 64: quorumq.v1.Cluster.Backup:output_type -> quorumq.v1.BackupChunk
+	45, // [45:65] is the sub-list for method output_type
+	25, // [25:45] is the sub-list for method input_type
 	25, // [25:25] is the sub-list for extension type_name
 	25, // [25:25] is the sub-list for extension extendee
 	0,  // [0:25] is the sub-list for field type_name
@@ -2419,7 +2651,7 @@ func file_transport_quorumqpb_quorumq_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_transport_quorumqpb_quorumq_proto_rawDesc), len(file_transport_quorumqpb_quorumq_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   41,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
