@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -67,6 +68,7 @@ type latency struct {
 func init() {
 	var cfg benchConfig
 	var cf cliFlags
+	var cpuProfile string
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure throughput and latency of a cluster",
@@ -86,6 +88,17 @@ enqueue-to-ack latency is measured end to end by the consumer.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 			defer stop()
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return fmt.Errorf("--cpuprofile: %w", err)
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return fmt.Errorf("--cpuprofile: %w", err)
+				}
+				defer pprof.StopCPUProfile()
+			}
 			if cfg.Dev {
 				dir, err := os.MkdirTemp("", "quorumq-bench-")
 				if err != nil {
@@ -132,6 +145,7 @@ enqueue-to-ack latency is measured end to end by the consumer.`,
 	f.IntVar(&cfg.Queues, "queues", 1, "number of queues, used round-robin")
 	f.Int64Var(&cfg.Prefill, "prefill", 0, "messages enqueued before the clock starts (for consumer-only runs)")
 	f.IntVar(&cfg.DevBasePort, "dev-base-port", 7601, "with --dev: API port of the first node (Raft +100, gossip +200)")
+	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of this process (with --dev: the three nodes and the clients) to FILE")
 	addClientFlags(cmd, &cf)
 	rootCmd.AddCommand(cmd)
 }
