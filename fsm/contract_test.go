@@ -308,6 +308,23 @@ func TestDeliveryContract(t *testing.T) {
 				t.Fatal("replayed after the window")
 			}
 		}},
+		{"an empty receive leaves no replay entry, so its long poll can still deliver", func(t *testing.T, h *harness) {
+			// The server proposes the same receive (same request ID) again
+			// when its long poll wakes; an entry recorded for the empty
+			// first try would answer that with a replayed nothing.
+			req := &fsmpb.Receive{Queue: "q", Max: 1, RequestId: "poll-1"}
+			if r := h.ok(recvCmd(req)); len(r.Deliveries) != 0 || r.Replayed {
+				t.Fatalf("receive of an empty queue = %v", r)
+			}
+			h.ok(enq("q", msg("a", "")))
+			r := h.ok(recvCmd(req))
+			if r.Replayed || len(r.Deliveries) != 1 || string(r.Deliveries[0].Body) != "a" {
+				t.Fatalf("receive after the message arrived = %v; want a fresh delivery of a", r)
+			}
+			if again := h.ok(recvCmd(req)); !again.Replayed || len(again.Deliveries) != 1 {
+				t.Fatalf("retry after the delivery = %v; want it replayed", again)
+			}
+		}},
 		{"a command whose now goes backwards uses the last now", func(t *testing.T, h *harness) {
 			h.at(time.Hour)
 			h.ok(enq("q", msg("a", "")))

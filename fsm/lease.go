@@ -175,7 +175,13 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 		delivered = append(delivered, d)
 		res.Deliveries = append(res.Deliveries, delivery(d))
 	}
-	if r.GetRequestId() != "" {
+	// Only a receive that delivered something is remembered. An empty one
+	// leased nothing, so a retry may lease afresh; remembering it would
+	// make the long poll, which proposes the same request ID again once a
+	// message arrives, replay the empty answer instead. Acks piggybacked on
+	// an empty receive need no entry either: a retry re-acks them and finds
+	// their tombstones.
+	if r.GetRequestId() != "" && len(delivered) > 0 {
 		if old, ok := q.replay.Get(&replayEntry{requestID: r.GetRequestId()}); ok {
 			q.replay.Delete(old)
 			q.replayAt.Delete(old)
