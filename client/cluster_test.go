@@ -618,3 +618,54 @@ func TestReceiveOfManyLargeMessages(t *testing.T) {
 		}
 	}
 }
+
+// TestAckAndReceiveConfirmsThePreviousBatch acks one batch and leases the
+// next in one call; a stale receipt among the acks is reported while the
+// next batch is still delivered.
+func TestAckAndReceiveConfirmsThePreviousBatch(t *testing.T) {
+	tc := cluster.StartTestCluster(t, 3)
+	c := newClient(t, tc.Addrs())
+	ctx := ctxFor(t, 30*time.Second)
+	if _, err := c.CreateQueue(ctx, "pipe", client.QueueSettings{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []string{"a", "b", "c", "d", "e"} {
+		if _, err := c.Send(ctx, "pipe", []byte(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first, err := c.Receive(ctx, "pipe", 2)
+	if err != nil || len(first) != 2 {
+		t.Fatalf("Receive = %d messages, %v", len(first), err)
+	}
+	next, ackErr, err := c.AckAndReceive(ctx, "pipe", []client.Receipt{first[0].Receipt, first[1].Receipt}, 2, client.WithWait(time.Second))
+	if err != nil || ackErr != nil {
+		t.Fatalf("AckAndReceive: err %v, ackErr %v", err, ackErr)
+	}
+	if len(next) != 2 || string(next[0].Body) != "c" || string(next[1].Body) != "d" {
+		t.Fatalf("AckAndReceive delivered %v; want c, d", next)
+	}
+	q, err := c.GetQueue(ctx, "pipe")
+	if err != nil || q.GetStats().GetAckedTotal() != 2 || q.GetStats().GetLeased() != 2 {
+		t.Fatalf("stats after AckAndReceive = %v (%v); want 2 acked, 2 leased", q.GetStats(), err)
+	}
+
+	// Let c's lease lapse and hand c out again: its first receipt is stale.
+	if err := c.Nack(ctx, "pipe", 0, next[0].Receipt); err != nil {
+		t.Fatal(err)
+	}
+	again, err := c.Receive(ctx, "pipe", 1)
+	if err != nil || len(again) != 1 || again[0].Receipt.Attempt != 2 {
+		t.Fatalf("redelivery of c = %v, %v", again, err)
+	}
+	last, ackErr, err := c.AckAndReceive(ctx, "pipe", []client.Receipt{next[0].Receipt, next[1].Receipt}, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(ackErr, client.ErrLeaseLost) {
+		t.Fatalf("ack of c's stale receipt = %v; want lease lost", ackErr)
+	}
+	if len(last) != 1 || string(last[0].Body) != "e" {
+		t.Fatalf("AckAndReceive with a stale receipt delivered %v; want e", last)
+	}
+}

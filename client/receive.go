@@ -65,21 +65,41 @@ func WithRequestID(id string) ReceiveOption { return func(o *receiveOptions) { o
 // Receive leases up to maxMsgs available messages of queue. With WithWait it
 // long-polls; it returns an empty slice when the wait ends with nothing.
 func (c *Client) Receive(ctx context.Context, queue string, maxMsgs int, opts ...ReceiveOption) ([]Message, error) {
+	msgs, _, err := c.receive(ctx, queue, nil, maxMsgs, opts)
+	return msgs, err
+}
+
+// AckAndReceive acks the receipts of queue and leases up to maxMsgs more in
+// one call and one Raft entry: a consumer confirms its previous batch and
+// takes the next one in a single round. The acks are applied at once, also
+// when the call then long-polls. ackErr is nil when every receipt was acked,
+// otherwise an *AckError as from Ack; the messages are returned (and
+// leased) either way. err reports the call itself failing, and then it is
+// unknown whether the acks were applied: ack the receipts again (acking is
+// idempotent).
+func (c *Client) AckAndReceive(ctx context.Context, queue string, acks []Receipt, maxMsgs int, opts ...ReceiveOption) (msgs []Message, ackErr, err error) {
+	if err := validateReceipts("AckAndReceive acks", acks); err != nil && len(acks) > 0 {
+		return nil, nil, err
+	}
+	return c.receive(ctx, queue, acks, maxMsgs, opts)
+}
+
+func (c *Client) receive(ctx context.Context, queue string, acks []Receipt, maxMsgs int, opts []ReceiveOption) ([]Message, error, error) {
 	var o receiveOptions
 	for _, opt := range opts {
 		opt(&o)
 	}
 	if err := validateQueueName("Receive queue", queue); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if maxMsgs < 1 || maxMsgs > math.MaxUint32 {
-		return nil, invalidArg("Receive max", "must be 1..%d, got %d", uint32(math.MaxUint32), maxMsgs)
+		return nil, nil, invalidArg("Receive max", "must be 1..%d, got %d", uint32(math.MaxUint32), maxMsgs)
 	}
 	if o.wait < 0 || o.wait > MaxWait {
-		return nil, invalidArg("Receive WithWait", "must be 0..%v, got %v", MaxWait, o.wait)
+		return nil, nil, invalidArg("Receive WithWait", "must be 0..%v, got %v", MaxWait, o.wait)
 	}
 	if err := validateNonNegative("Receive WithVisibility", o.visibility); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		// Leave time for the reply: a poll cut off by the caller's deadline
@@ -96,6 +116,7 @@ func (c *Client) Receive(ctx context.Context, queue string, maxMsgs int, opts ..
 		WaitNs:       int64(o.wait),
 		AutoAck:      o.autoAck,
 		RequestId:    o.requestID,
+		Ack:          receiptsPB(acks),
 	}
 	var resp *quorumqpb.ReceiveResponse
 	err := c.call(ctx, "Receive", idempotent, o.wait, func(ctx context.Context, cc *grpc.ClientConn) error {
@@ -109,13 +130,16 @@ func (c *Client) Receive(ctx context.Context, queue string, maxMsgs int, opts ..
 		req.WaitNs = 0
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	out := make([]Message, len(resp.GetDeliveries()))
 	for i, d := range resp.GetDeliveries() {
 		out[i] = messageOf(queue, d)
 	}
-	return out, nil
+	if len(acks) == 0 {
+		return out, nil, nil
+	}
+	return out, ackError("AckAndReceive", queue, acks, resp.GetAckOutcomes(), nil), nil
 }
 
 func messageOf(queue string, d *fsmpb.Delivery) Message {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/quorumq/quorumq/client"
 )
@@ -26,18 +27,19 @@ import (
 // benchConfig is one `quorumq bench` run. Producers and consumers run at the
 // same time; either count may be zero (consumers then drain what is there).
 type benchConfig struct {
-	Dev         bool          `json:"dev"`
-	DevBasePort int           `json:"-"`
-	Producers   int           `json:"producers"`
-	Consumers   int           `json:"consumers"`
-	Size        int           `json:"size"`
-	Async       bool          `json:"async"`
-	Window      int           `json:"window"`
-	Batch       int           `json:"batch"`
-	Duration    time.Duration `json:"duration_ns"`
-	Count       int64         `json:"count"`
-	Queues      int           `json:"queues"`
-	Prefill     int64         `json:"prefill"`
+	Dev          bool          `json:"dev"`
+	DevBasePort  int           `json:"-"`
+	Producers    int           `json:"producers"`
+	Consumers    int           `json:"consumers"`
+	Size         int           `json:"size"`
+	Async        bool          `json:"async"`
+	Window       int           `json:"window"`
+	Batch        int           `json:"batch"`
+	Duration     time.Duration `json:"duration_ns"`
+	Count        int64         `json:"count"`
+	Queues       int           `json:"queues"`
+	Prefill      int64         `json:"prefill"`
+	SeparateAcks bool          `json:"separate_acks"`
 }
 
 // benchResult is what a run prints, as a table or as JSON.
@@ -121,7 +123,8 @@ enqueue-to-ack latency is measured end to end by the consumer.`,
 				return err
 			}
 			defer done()
-			res, err := runBench(ctx, c, cfg, cmd.ErrOrStderr(), !cf.json)
+			progress := !cf.json && term.IsTerminal(int(os.Stderr.Fd()))
+			res, err := runBench(ctx, c, cfg, cmd.ErrOrStderr(), progress)
 			if err != nil {
 				return err
 			}
@@ -143,6 +146,7 @@ enqueue-to-ack latency is measured end to end by the consumer.`,
 	f.DurationVar(&cfg.Duration, "duration", 10*time.Second, "how long to run")
 	f.Int64Var(&cfg.Count, "count", 0, "stop after this many sends (0: run for --duration); the run never exceeds --duration")
 	f.IntVar(&cfg.Queues, "queues", 1, "number of queues, used round-robin")
+	f.BoolVar(&cfg.SeparateAcks, "separate-acks", false, "consumers ack each batch with its own Ack call (default: the acks ride on the next receive, one Raft entry per batch)")
 	f.Int64Var(&cfg.Prefill, "prefill", 0, "messages enqueued before the clock starts (for consumer-only runs)")
 	f.IntVar(&cfg.DevBasePort, "dev-base-port", 7601, "with --dev: API port of the first node (Raft +100, gossip +200)")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of this process (with --dev: the three nodes and the clients) to FILE")
@@ -308,29 +312,65 @@ func runBench(ctx context.Context, c *client.Client, cfg benchConfig, progressOu
 			local := make([]time.Duration, 0, 1024)
 			defer func() { e2eLat.add(local) }()
 			q := queues[k%len(queues)]
-			for runCtx.Err() == nil {
-				msgs, err := c.Receive(runCtx, q, cfg.Batch, client.WithWait(time.Second))
-				if err != nil || len(msgs) == 0 {
-					continue
-				}
-				receipts := make([]client.Receipt, len(msgs))
-				for i, m := range msgs {
-					receipts[i] = m.Receipt
-				}
-				// Ack with the caller's context, not runCtx: a receive
-				// that succeeded is always confirmed, so no lease is left
-				// dangling when the clock runs out.
-				if err := c.Ack(ctx, q, receipts...); err != nil {
-					ackErrs.Add(int64(len(receipts)))
-					continue
-				}
+			// confirmed records a batch whose ack the server confirmed.
+			confirmed := func(msgs []client.Message) {
 				now := time.Now()
 				for _, m := range msgs {
-					if len(m.Body) >= 8 {
-						local = append(local, now.Sub(time.Unix(0, int64(binary.LittleEndian.Uint64(m.Body)))))
+					if sentAt := int64(binary.LittleEndian.Uint64(m.Body)); sentAt != 0 {
+						local = append(local, now.Sub(time.Unix(0, sentAt)))
 					}
 				}
-				acked.Add(int64(len(msgs)))
+				// A consumer-only run ends when the prefill is drained.
+				if acked.Add(int64(len(msgs))) >= cfg.Prefill && cfg.Producers == 0 {
+					cancel()
+				}
+			}
+			var pending []client.Message // received, not yet acked
+			receipts := func() []client.Receipt {
+				rs := make([]client.Receipt, len(pending))
+				for i, m := range pending {
+					rs[i] = m.Receipt
+				}
+				return rs
+			}
+			for runCtx.Err() == nil {
+				var msgs []client.Message
+				var err error
+				if cfg.SeparateAcks {
+					msgs, err = c.Receive(runCtx, q, cfg.Batch, client.WithWait(time.Second))
+					if err == nil && len(msgs) > 0 {
+						pending = msgs
+						// Ack with the caller's context, not runCtx: a
+						// receive that succeeded is always confirmed.
+						if aerr := c.Ack(ctx, q, receipts()...); aerr != nil {
+							ackErrs.Add(int64(len(pending)))
+						} else {
+							confirmed(pending)
+						}
+						pending = nil
+					}
+					continue
+				}
+				// The previous batch's acks ride on the next receive: one
+				// Raft entry per batch instead of two.
+				var ackErr error
+				msgs, ackErr, err = c.AckAndReceive(runCtx, q, receipts(), cfg.Batch, client.WithWait(time.Second))
+				if err != nil {
+					continue // pending stays and is acked by the next call
+				}
+				if ackErr != nil {
+					ackErrs.Add(int64(len(pending)))
+				} else {
+					confirmed(pending)
+				}
+				pending = msgs
+			}
+			if len(pending) > 0 {
+				if err := c.Ack(ctx, q, receipts()...); err != nil {
+					ackErrs.Add(int64(len(pending)))
+				} else {
+					confirmed(pending)
+				}
 			}
 		}(k)
 	}
@@ -376,9 +416,9 @@ func prefill(ctx context.Context, c *client.Client, queues []string, cfg benchCo
 	for left, i := cfg.Prefill, 0; left > 0; i++ {
 		n := min(int64(batch), left)
 		for j := range msgs[:n] {
-			b := make([]byte, cfg.Size)
-			binary.LittleEndian.PutUint64(b, uint64(time.Now().UnixNano()))
-			msgs[j] = client.OutMessage{Body: b}
+			// Send time 0: a prefilled message's wait in the queue is not
+			// an enqueue-to-ack latency.
+			msgs[j] = client.OutMessage{Body: make([]byte, cfg.Size)}
 		}
 		if _, err := c.SendBatch(ctx, queues[i%len(queues)], msgs[:n]); err != nil {
 			return fmt.Errorf("prefill: %w", err)
@@ -400,7 +440,9 @@ func (r *benchResult) print(w io.Writer) {
 	fmt.Fprintf(tw, "elapsed\t%.2f s\n", r.Elapsed)
 	fmt.Fprintf(tw, "sent\t%d (%d errors)\t%.0f msg/s\t%.2f MB/s\n", r.Sent, r.SendErrors, r.SendRate, r.SendMBps)
 	fmt.Fprintf(tw, "acked\t%d (%d errors)\t%.0f msg/s\n", r.Acked, r.AckErrors, r.AckRate)
-	fmt.Fprintln(tw, "latency (ms)\tp50\tp90\tp99\tp99.9\tmax")
+	if r.Enqueue.Samples+r.EndToEnd.Samples > 0 {
+		fmt.Fprintln(tw, "latency (ms)\tp50\tp90\tp99\tp99.9\tmax")
+	}
 	for _, l := range []struct {
 		name string
 		l    latency
