@@ -117,8 +117,8 @@ func (n *Node) remoteStatus(ctx context.Context, id, api, raftAddr string) *quor
 		creds = credentials.NewTLS(n.cfg.APIClientTLS)
 	}
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
-	if n.cfg.AuthToken != "" {
-		opts = append(opts, grpc.WithPerRPCCredentials(bearer(n.cfg.AuthToken)))
+	if tok := n.cfg.peerToken(); tok != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(bearer(tok)))
 	}
 	conn, err := grpc.NewClient(api, opts...)
 	if err != nil {

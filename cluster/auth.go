@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"crypto/subtle"
+	"fmt"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -11,30 +12,162 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// tokenAuth checks the shared bearer token on every API call. A token is
-// only accepted over TLS (Start refuses a token without APIServerTLS), so
-// it never crosses the network in the clear.
-type tokenAuth struct{ want []byte }
+// Scope is what a bearer token may do. Scopes are ordered: a token with a
+// higher scope may do everything a lower one may.
+type Scope int
 
-func (a tokenAuth) check(ctx context.Context) error {
-	md, _ := metadata.FromIncomingContext(ctx)
-	for _, v := range md.Get("authorization") {
-		if tok, ok := strings.CutPrefix(v, "Bearer "); ok && subtle.ConstantTimeCompare([]byte(tok), a.want) == 1 {
-			return nil
-		}
+const (
+	// ScopeRead observes: queue settings and stats, cluster status.
+	ScopeRead Scope = iota + 1
+	// ScopeWrite produces and consumes: enqueue, receive, ack, nack,
+	// extend, transactions (and auto-creation of a queue on enqueue).
+	ScopeWrite
+	// ScopeAdmin changes queues and the cluster: create, update, delete
+	// and purge queues, remove servers, transfer leadership, snapshots and
+	// backups.
+	ScopeAdmin
+)
+
+var scopeNames = map[Scope]string{ScopeRead: "read", ScopeWrite: "write", ScopeAdmin: "admin"}
+
+func (s Scope) String() string {
+	if n, ok := scopeNames[s]; ok {
+		return n
 	}
-	return status.Error(codes.Unauthenticated, `missing or wrong token: send "authorization: Bearer <token>" (quorumq --token, client.WithToken)`)
+	return fmt.Sprintf("Scope(%d)", int(s))
 }
 
-func (a tokenAuth) unary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	if err := a.check(ctx); err != nil {
+// ParseScope parses "read", "write" or "admin".
+func ParseScope(s string) (Scope, error) {
+	for sc, name := range scopeNames {
+		if s == name {
+			return sc, nil
+		}
+	}
+	return 0, fmt.Errorf("scope %q: want read, write or admin", s)
+}
+
+// Token is one bearer token and its scope.
+type Token struct {
+	Secret string
+	Scope  Scope
+}
+
+// minTokenLen is the shortest token accepted: a token is a password sent
+// with every call, so a short one is refused rather than trusted.
+const minTokenLen = 16
+
+func checkTokens(tokens []Token) error {
+	seen := map[string]bool{}
+	for i, t := range tokens {
+		if len(t.Secret) < minTokenLen {
+			return configErr("auth token %d: %d characters, want at least %d", i+1, len(t.Secret), minTokenLen)
+		}
+		if _, ok := scopeNames[t.Scope]; !ok {
+			return configErr("auth token %d: scope %v: want read, write or admin", i+1, t.Scope)
+		}
+		if seen[t.Secret] {
+			return configErr("auth token %d: listed twice", i+1)
+		}
+		seen[t.Secret] = true
+	}
+	return nil
+}
+
+// tokens is every configured token: AuthToken (admin) and AuthTokens.
+func (c Config) tokens() []Token {
+	out := append([]Token(nil), c.AuthTokens...)
+	if c.AuthToken != "" {
+		out = append(out, Token{Secret: c.AuthToken, Scope: ScopeAdmin})
+	}
+	return out
+}
+
+// peerToken is the token this node sends when it calls other nodes (the
+// status fan-out needs read): the one with the highest scope.
+func (c Config) peerToken() string {
+	best := Token{}
+	for _, t := range c.tokens() {
+		if t.Scope > best.Scope {
+			best = t
+		}
+	}
+	return best.Secret
+}
+
+// methodScopes maps each API method to the scope it needs. A method not
+// listed needs admin, so a new rpc is closed until someone decides.
+var methodScopes = map[string]Scope{
+	"/quorumq.v1.Queue/GetQueue":             ScopeRead,
+	"/quorumq.v1.Queue/ListQueues":           ScopeRead,
+	"/quorumq.v1.Queue/Enqueue":              ScopeWrite,
+	"/quorumq.v1.Queue/Receive":              ScopeWrite,
+	"/quorumq.v1.Queue/Ack":                  ScopeWrite,
+	"/quorumq.v1.Queue/Nack":                 ScopeWrite,
+	"/quorumq.v1.Queue/Extend":               ScopeWrite,
+	"/quorumq.v1.Queue/Transaction":          ScopeWrite,
+	"/quorumq.v1.Queue/CreateQueue":          ScopeAdmin,
+	"/quorumq.v1.Queue/UpdateQueue":          ScopeAdmin,
+	"/quorumq.v1.Queue/DeleteQueue":          ScopeAdmin,
+	"/quorumq.v1.Queue/Purge":                ScopeAdmin,
+	"/quorumq.v1.Cluster/Status":             ScopeRead,
+	"/quorumq.v1.Cluster/NodeStatus":         ScopeRead,
+	"/quorumq.v1.Cluster/Members":            ScopeRead,
+	"/quorumq.v1.Cluster/Leader":             ScopeRead,
+	"/quorumq.v1.Cluster/RemoveServer":       ScopeAdmin,
+	"/quorumq.v1.Cluster/TransferLeadership": ScopeAdmin,
+	"/quorumq.v1.Cluster/Snapshot":           ScopeAdmin,
+	"/quorumq.v1.Cluster/Backup":             ScopeAdmin,
+}
+
+func scopeFor(method string) Scope {
+	if s, ok := methodScopes[method]; ok {
+		return s
+	}
+	return ScopeAdmin
+}
+
+// tokenAuth checks the bearer token of every API call against the
+// configured tokens and the method's scope, before the handler runs, so a
+// refused call changes nothing. Tokens are only accepted over TLS (Start
+// refuses tokens without APIServerTLS), so they never cross the network in
+// the clear.
+type tokenAuth struct{ tokens []Token }
+
+func (a tokenAuth) check(ctx context.Context, method string) error {
+	md, _ := metadata.FromIncomingContext(ctx)
+	var found *Token
+	for _, v := range md.Get("authorization") {
+		tok, ok := strings.CutPrefix(v, "Bearer ")
+		if !ok {
+			continue
+		}
+		// Compare against every token, so the time taken does not tell
+		// which one (or how much of one) matched.
+		for i := range a.tokens {
+			if subtle.ConstantTimeCompare([]byte(tok), []byte(a.tokens[i].Secret)) == 1 {
+				found = &a.tokens[i]
+			}
+		}
+	}
+	if found == nil {
+		return status.Error(codes.Unauthenticated, `missing or wrong token: send "authorization: Bearer <token>" (quorumq --token, client.WithToken)`)
+	}
+	if need := scopeFor(method); found.Scope < need {
+		return status.Errorf(codes.PermissionDenied, "%s needs a token with scope %s; this token has scope %s", method, need, found.Scope)
+	}
+	return nil
+}
+
+func (a tokenAuth) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if err := a.check(ctx, info.FullMethod); err != nil {
 		return nil, err
 	}
 	return h(ctx, req)
 }
 
-func (a tokenAuth) stream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-	if err := a.check(ss.Context()); err != nil {
+func (a tokenAuth) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	if err := a.check(ss.Context(), info.FullMethod); err != nil {
 		return err
 	}
 	return h(srv, ss)

@@ -43,8 +43,27 @@ type Config struct {
 	APIServerTLS, APIClientTLS   *tls.Config
 	// AuthToken, when set, is required as "authorization: Bearer <token>"
 	// on every API call, including the nodes' calls to each other. It
-	// needs APIServerTLS and APIClientTLS.
+	// has the admin scope. It needs APIServerTLS and APIClientTLS.
 	AuthToken string
+	// AuthTokens are further bearer tokens, each with its scope (read,
+	// write or admin; see Scope). With any token configured, a call
+	// without a known token is Unauthenticated and a call beyond its
+	// token's scope is PermissionDenied.
+	AuthTokens []Token
+	// AdminAddr is the bind address of the admin HTTP server (/metrics,
+	// /healthz, /readyz); "" = none.
+	AdminAddr string
+	// MaxInFlightPerConn bounds concurrent calls on one client connection
+	// (HTTP/2 max concurrent streams; further calls wait). Default 1000.
+	MaxInFlightPerConn uint32
+	// MemoryLimit: enqueues are refused (ResourceExhausted) while the Go
+	// heap holds more than this many bytes. 0 = 80% of the memory
+	// available (cgroup limit or physical memory); negative = no guard.
+	MemoryLimit int64
+	// RestoreFrom names a backup file (quorumq backup) to start a new
+	// cluster from: the data dir must be empty; the node starts as the only
+	// voter with the backup's state and adds the servers that join it.
+	RestoreFrom string
 	// GossipKey encrypts gossip (16, 24 or 32 bytes, AES); nil = plain.
 	GossipKey []byte
 
@@ -91,8 +110,20 @@ func (c Config) withDefaults() (Config, error) {
 	if (c.RaftServerTLS == nil) != (c.RaftClientTLS == nil) {
 		return c, configErr("Raft TLS needs both a server and a client config")
 	}
-	if c.AuthToken != "" && (c.APIServerTLS == nil || c.APIClientTLS == nil) {
+	if len(c.tokens()) > 0 && (c.APIServerTLS == nil || c.APIClientTLS == nil) {
 		return c, configErr("an auth token needs API TLS (server and client configs): it must not cross the network in the clear")
+	}
+	if err := checkTokens(c.AuthTokens); err != nil {
+		return c, err
+	}
+	if c.MaxInFlightPerConn == 0 {
+		c.MaxInFlightPerConn = 1000
+	}
+	if c.MemoryLimit == 0 {
+		c.MemoryLimit = defaultMemoryLimit()
+	}
+	if c.RestoreFrom != "" && c.BootstrapExpect > 1 {
+		return c, configErr("restore from %s with bootstrap-expect %d: a restored node starts alone as the only voter; start it without bootstrap-expect and the others with --join", c.RestoreFrom, c.BootstrapExpect)
 	}
 	if n := len(c.GossipKey); n != 0 && n != 16 && n != 24 && n != 32 {
 		return c, configErr("gossip key is %d bytes; want 16, 24 or 32", n)

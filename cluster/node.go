@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -58,6 +59,10 @@ type Node struct {
 	apiAddr string // advertised
 	raftAdv string
 
+	metrics *metrics
+	admin   *http.Server // /metrics, /healthz, /readyz; nil without AdminAddr
+	adminLn net.Listener
+
 	// ready is true while this node is leader and has applied every entry
 	// of earlier terms (a barrier after winning the election), so reads and
 	// long polls on it see every acknowledged write.
@@ -91,6 +96,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		stop:     make(chan struct{}),
 		delegate: &metaDelegate{},
 	}
+	n.metrics = newMetrics(n)
 	n.members = newMembers(func(node string, err error) { n.log.Warn("ignoring gossip member", "member", node, "err", err) })
 	ok := false
 	defer func() {
@@ -115,6 +121,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read raft state in %s: %w", cfg.DataDir, err)
 	}
+	if cfg.RestoreFrom != "" && hasState {
+		return nil, configErr("restore from %s: data dir %s already has Raft state; a restore starts a new cluster from an empty data dir", cfg.RestoreFrom, cfg.DataDir)
+	}
 
 	// The API listener first: a bad API address fails before raft starts.
 	if err := n.startAPI(); err != nil {
@@ -123,8 +132,12 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if err := n.startRaft(); err != nil {
 		return nil, err
 	}
+	hasState = hasState || cfg.RestoreFrom != ""
 	n.delegate.meta = nodeMeta{ID: cfg.NodeID, Raft: n.raftAdv, API: n.apiAddr, Fresh: !hasState}
 	if err := n.startGossip(); err != nil {
+		return nil, err
+	}
+	if err := n.startAdmin(); err != nil {
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
@@ -145,8 +158,12 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 func (n *Node) openStores() error {
 	dbPath := filepath.Join(n.cfg.DataDir, raftDBFile)
 	store, err := raftboltdb.New(raftboltdb.Options{
-		Path:        dbPath,
-		BoltOptions: &bbolt.Options{Timeout: time.Second},
+		Path: dbPath,
+		// NoFreelistSync: the freelist is rebuilt from the pages on open
+		// instead of being rewritten by every commit, so a commit (one per
+		// Raft batch) writes and fsyncs less. The log data itself is still
+		// fsynced: raft-boltdb's NoSync stays false.
+		BoltOptions: &bbolt.Options{Timeout: time.Second, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType},
 	})
 	if err != nil {
 		if errors.Is(err, bolterrors.ErrTimeout) {
@@ -162,6 +179,13 @@ func (n *Node) openStores() error {
 	n.snaps = snaps
 	return nil
 }
+
+// maxAppendEntries bounds one Raft batch: one leader fsync, one
+// AppendEntries per follower. raft's default of 64 caps a batch below the
+// number of concurrent producers a node serves. raft counts entries, not
+// bytes, and one entry may be an 8 MiB enqueue batch: 256 rather than
+// raft's maximum of 1024 keeps one AppendEntries of large batches bounded.
+const maxAppendEntries = 256
 
 func (n *Node) startRaft() error {
 	layer, err := raftnet.Listen(raftnet.Config{
@@ -189,6 +213,11 @@ func (n *Node) startRaft() error {
 	rc.SnapshotThreshold = n.cfg.SnapshotThreshold
 	rc.TrailingLogs = n.cfg.TrailingLogs
 	rc.PreVoteDisabled = false // pre-vote: a partitioned node cannot disrupt the leader on its return
+	// Group commit: concurrent Applies wait in a buffered channel and the
+	// leader takes up to MaxAppendEntries of them into one StoreLogs (one
+	// fsync) and one AppendEntries per follower.
+	rc.BatchApplyCh = true
+	rc.MaxAppendEntries = maxAppendEntries
 	rc.Logger = hclogFor(n.log, "raft")
 	if err := raft.ValidateConfig(rc); err != nil {
 		return configErr("raft: %v", err)
@@ -199,10 +228,14 @@ func (n *Node) startRaft() error {
 	if err != nil {
 		return err
 	}
-	r, err := raft.NewRaft(rc, n.fsm, logs, n.store, n.snaps, n.trans)
+	if err := n.seedFromBackup(); err != nil {
+		return err
+	}
+	r, err := raft.NewRaft(rc, observedFSM{FSM: n.fsm, m: n.metrics}, logs, n.store, n.snaps, n.trans)
 	if err != nil {
 		return fmt.Errorf("start raft with data dir %s: %w", n.cfg.DataDir, err)
 	}
+	r.RegisterObserver(raft.NewObserver(nil, false, n.metrics.observeLeader))
 	n.raft = r
 	return nil
 }
@@ -218,14 +251,22 @@ func (n *Node) startAPI() error {
 		return err
 	}
 	n.apiAddr = adv
-	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(n.cfg.Limits.MaxRecvMsgSize())}
+	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(n.cfg.Limits.MaxRecvMsgSize()),
+		grpc.MaxConcurrentStreams(n.cfg.MaxInFlightPerConn),
+		// Metrics outermost, so refused calls are counted with their code.
+		grpc.ChainUnaryInterceptor(n.metrics.unary),
+		grpc.ChainStreamInterceptor(n.metrics.stream),
+	}
 	if n.cfg.APIServerTLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(n.cfg.APIServerTLS)))
 	}
-	if n.cfg.AuthToken != "" {
-		auth := tokenAuth{want: []byte(n.cfg.AuthToken)}
+	if tokens := n.cfg.tokens(); len(tokens) > 0 {
+		auth := tokenAuth{tokens: tokens}
 		opts = append(opts, grpc.ChainUnaryInterceptor(auth.unary), grpc.ChainStreamInterceptor(auth.stream))
 	}
+	guard := memoryGuard{limit: n.cfg.MemoryLimit, rejects: n.metrics.memoryRejects}
+	opts = append(opts, grpc.ChainUnaryInterceptor(guard.unary))
 	n.grpc = grpc.NewServer(opts...)
 	transport.NewQueueService(n, n.cfg.Limits, n.cfg.AutoCreateQueues).Register(n.grpc)
 	(&clusterService{n: n}).register(n.grpc)
@@ -375,6 +416,9 @@ func (n *Node) teardown() error {
 	}
 	n.signalStop()
 	var errs []error
+	if n.admin != nil {
+		n.admin.Close()
+	}
 	if n.grpc != nil {
 		n.grpc.Stop()
 	} else if n.apiLn != nil {

@@ -115,9 +115,11 @@ func (n *Node) Propose(ctx context.Context, cmd *fsmpb.Command) (*fsmpb.Result, 
 	if timeout <= 0 {
 		return nil, status.Error(codes.DeadlineExceeded, "deadline expired before the command was submitted")
 	}
+	start := time.Now()
 	f := n.raft.Apply(data, timeout)
 	switch err := n.await(ctx, f, timeout); {
 	case err == nil:
+		n.metrics.applyDuration.Observe(time.Since(start).Seconds())
 	case errors.Is(err, raft.ErrNotLeader):
 		// Raft refused the entry before appending it: nothing happened.
 		return nil, n.notLeader()

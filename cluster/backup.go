@@ -1,0 +1,145 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/quorumq/quorumq/fsm"
+	"github.com/quorumq/quorumq/transport/quorumqpb"
+)
+
+// Backups are raft snapshots: the bytes fsm.Persist writes (versioned and
+// checksummed), taken by raft itself, so a backup is exactly the state at
+// one applied index and costs the cluster what a routine snapshot costs.
+// A restore seeds a fresh data dir's snapshot store with that file and a
+// configuration naming only the restoring node; raft then starts from it
+// as from any snapshot, and the node adds joining servers, which receive
+// the state by InstallSnapshot. No FSM command is involved, so restoring
+// needs nothing from the fsm package beyond its snapshot format.
+
+// backupChunk is the size of one streamed Backup message.
+const backupChunk = 256 << 10
+
+// Snapshot takes a Raft snapshot on the node asked and reports it. When
+// nothing was applied since the last snapshot, that snapshot is reported.
+func (c *clusterService) Snapshot(ctx context.Context, _ *quorumqpb.SnapshotRequest) (*quorumqpb.SnapshotResponse, error) {
+	meta, rc, err := c.n.snapshotNow(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rc.Close()
+	return &quorumqpb.SnapshotResponse{Index: meta.Index, Term: meta.Term, Size: meta.Size, Id: meta.ID}, nil
+}
+
+// snapshotNow takes a snapshot and opens it; the caller closes rc.
+func (n *Node) snapshotNow(ctx context.Context) (*raft.SnapshotMeta, io.ReadCloser, error) {
+	timeout := n.timeoutFor(ctx)
+	f := n.raft.Snapshot()
+	err := n.await(ctx, f, timeout)
+	switch {
+	case err == nil:
+		meta, rc, err := f.Open()
+		if err != nil {
+			return nil, nil, status.Errorf(codes.Internal, "open new snapshot: %v", err)
+		}
+		n.log.Info("snapshot taken on request", "index", meta.Index, "size", meta.Size)
+		return meta, rc, nil
+	case errors.Is(err, raft.ErrNothingNewToSnapshot):
+		// The latest snapshot already holds the applied state.
+		list, lerr := n.snaps.List()
+		if lerr != nil || len(list) == 0 {
+			return nil, nil, status.Errorf(codes.Internal, "nothing new to snapshot, and no snapshot to open: %v", lerr)
+		}
+		meta, rc, err := n.snaps.Open(list[0].ID)
+		if err != nil {
+			return nil, nil, status.Errorf(codes.Internal, "open snapshot %s: %v", list[0].ID, err)
+		}
+		return meta, rc, nil
+	default:
+		return nil, nil, status.Errorf(codes.Unavailable, "snapshot: %v", err)
+	}
+}
+
+// Backup streams a snapshot of the leader's state. Only a ready leader
+// that confirms its leadership serves it, so the backup holds every write
+// acknowledged before the call.
+func (c *clusterService) Backup(_ *quorumqpb.BackupRequest, stream quorumqpb.Cluster_BackupServer) error {
+	ctx := stream.Context()
+	if err := c.n.verifyLeader(ctx); err != nil {
+		return err
+	}
+	meta, rc, err := c.n.snapshotNow(ctx)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	buf := make([]byte, backupChunk)
+	first := true
+	for {
+		k, rerr := io.ReadFull(rc, buf)
+		if k > 0 || first {
+			chunk := &quorumqpb.BackupChunk{Data: buf[:k]}
+			if first {
+				chunk.Index, chunk.Term, chunk.Size = meta.Index, meta.Term, meta.Size
+				first = false
+			}
+			if err := stream.Send(chunk); err != nil {
+				return err
+			}
+		}
+		if errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF) {
+			return nil
+		}
+		if rerr != nil {
+			return status.Errorf(codes.Internal, "read snapshot %s: %v", meta.ID, rerr)
+		}
+	}
+}
+
+// seedFromBackup writes the backup named by RestoreFrom into the (empty)
+// snapshot store as the starting snapshot of a new single-voter cluster.
+// The file is checked in full first (fsm.Restore verifies magic, version
+// and checksum), so a damaged backup is refused before anything is
+// written.
+func (n *Node) seedFromBackup() error {
+	path := n.cfg.RestoreFrom
+	if path == "" {
+		return nil
+	}
+	check := fsm.New()
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("restore from: %w", err)
+	}
+	if err := check.Restore(f); err != nil {
+		return fmt.Errorf("restore from %s: not a usable backup: %w", path, err)
+	}
+	index := max(check.AppliedIndex(), 1)
+	conf := raft.Configuration{Servers: []raft.Server{{Suffrage: raft.Voter, ID: raft.ServerID(n.cfg.NodeID), Address: raft.ServerAddress(n.raftAdv)}}}
+	sink, err := n.snaps.Create(raft.SnapshotVersionMax, index, 1, conf, index, n.trans)
+	if err != nil {
+		return fmt.Errorf("restore from %s: create snapshot: %w", path, err)
+	}
+	f, err = os.Open(path)
+	if err != nil {
+		sink.Cancel()
+		return fmt.Errorf("restore from: %w", err)
+	}
+	defer f.Close()
+	if _, err := io.Copy(sink, f); err != nil {
+		sink.Cancel()
+		return fmt.Errorf("restore from %s: copy into snapshot store: %w", path, err)
+	}
+	if err := sink.Close(); err != nil {
+		return fmt.Errorf("restore from %s: %w", path, err)
+	}
+	n.log.Info("data dir seeded from backup; starting as the only voter", "file", path, "index", index, "state_hash", check.StateHash())
+	return nil
+}

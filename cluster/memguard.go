@@ -1,0 +1,90 @@
+package cluster
+
+import (
+	"bufio"
+	"context"
+	"os"
+	rtmetrics "runtime/metrics"
+	"strconv"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// memoryGuard refuses calls that add messages (Enqueue, Transaction)
+// while the Go heap holds more than limit bytes. Every message lives in
+// memory on every node (the FSM is in RAM), so a queue that only grows
+// would end in an out-of-memory kill of all nodes at about the same time;
+// refusing enqueues with ResourceExhausted turns that into back-pressure
+// producers can see, while consumers keep draining. The heap is read with
+// runtime/metrics, which does not stop the world.
+type memoryGuard struct {
+	limit   int64 // <= 0: off
+	rejects prometheus.Counter
+}
+
+const heapObjectsMetric = "/memory/classes/heap/objects:bytes"
+
+func heapBytes() int64 {
+	s := []rtmetrics.Sample{{Name: heapObjectsMetric}}
+	rtmetrics.Read(s)
+	if s[0].Value.Kind() != rtmetrics.KindUint64 {
+		return 0
+	}
+	return int64(s[0].Value.Uint64())
+}
+
+func (g memoryGuard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if g.limit > 0 && addsMessages(info.FullMethod) {
+		if heap := heapBytes(); heap > g.limit {
+			g.rejects.Inc()
+			return nil, status.Error(codes.ResourceExhausted,
+				"memory guard: heap holds "+strconv.FormatInt(heap, 10)+" bytes, limit is "+strconv.FormatInt(g.limit, 10)+
+					" (--memory-limit); enqueues are refused until consumers drain queues")
+		}
+	}
+	return h(ctx, req)
+}
+
+func addsMessages(method string) bool {
+	return method == "/quorumq.v1.Queue/Enqueue" || method == "/quorumq.v1.Queue/Transaction"
+}
+
+// defaultMemoryLimit is 80% of the memory this process may use: the
+// cgroup v2 limit when there is one, otherwise physical memory. The rest
+// is headroom for garbage not yet collected, gRPC buffers and snapshots.
+// It returns -1 (no guard) when neither can be read.
+func defaultMemoryLimit() int64 {
+	avail := physicalMemory()
+	if b, err := os.ReadFile("/sys/fs/cgroup/memory.max"); err == nil {
+		if v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil && (avail <= 0 || v < avail) {
+			avail = v
+		}
+	}
+	if avail <= 0 {
+		return -1
+	}
+	return avail / 10 * 8
+}
+
+func physicalMemory() int64 {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "MemTotal:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			if err != nil {
+				return 0
+			}
+			return kb * 1024
+		}
+	}
+	return 0
+}

@@ -1,0 +1,349 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+
+	"github.com/quorumq/quorumq/fsm"
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+	"github.com/quorumq/quorumq/transport/quorumqpb"
+)
+
+// metrics holds the series a node updates as things happen. Everything
+// that is a state (queue depths, Raft indices, bolt stats) is read at
+// scrape time by nodeCollector instead, so a scrape always shows the
+// current value and nothing has to be kept in step by hand.
+//
+// Each node has its own registry (not prometheus' global one), so several
+// nodes in one process (tests, `quorumq dev`) do not collide.
+type metrics struct {
+	reg *prometheus.Registry
+
+	rpcDuration      *prometheus.HistogramVec // method, code
+	applyDuration    prometheus.Histogram
+	leaderChanges    prometheus.Counter
+	snapshotDuration prometheus.Histogram
+	snapshotSize     prometheus.Gauge
+	nacked           *prometheus.CounterVec // queue
+	memoryRejects    prometheus.Counter
+}
+
+func newMetrics(n *Node) *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		rpcDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "quorumq_rpc_duration_seconds",
+			Help:    "gRPC API calls served by this node, by method and status code.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16), // 0.5 ms .. 16 s
+		}, []string{"method", "code"}),
+		applyDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "quorumq_raft_apply_duration_seconds",
+			Help:    "Time from submitting a command to Raft until a quorum stored it and this leader applied it.",
+			Buckets: prometheus.ExponentialBuckets(0.0002, 2, 16),
+		}),
+		leaderChanges: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "quorumq_raft_leader_changes_total",
+			Help: "Times this node saw a new leader (itself included).",
+		}),
+		snapshotDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "quorumq_raft_snapshot_persist_seconds",
+			Help:    "Time to write one FSM snapshot to the snapshot store.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
+		}),
+		snapshotSize: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "quorumq_raft_snapshot_size_bytes",
+			Help: "Size of the last FSM snapshot this node wrote.",
+		}),
+		nacked: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "quorumq_messages_nacked_total",
+			Help: "Messages released by a successful nack on this node (as leader).",
+		}, []string{"queue"}),
+		memoryRejects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "quorumq_memory_guard_rejects_total",
+			Help: "Enqueues refused with ResourceExhausted because the heap was above the memory limit.",
+		}),
+	}
+	m.reg.MustRegister(m.rpcDuration, m.applyDuration, m.leaderChanges, m.snapshotDuration, m.snapshotSize,
+		m.nacked, m.memoryRejects, &nodeCollector{n: n},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// unary records the duration and status code of every unary call, and
+// counts the messages a nack released.
+func (m *metrics) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	resp, err := h(ctx, req)
+	m.rpcDuration.WithLabelValues(methodName(info.FullMethod), status.Code(err).String()).Observe(time.Since(start).Seconds())
+	if nr, ok := resp.(*quorumqpb.NackResponse); ok && err == nil {
+		ok := 0
+		for _, o := range nr.GetOutcomes() {
+			if o == fsmpb.AckOutcome_ACK_OK {
+				ok++
+			}
+		}
+		m.nacked.WithLabelValues(req.(*quorumqpb.NackRequest).GetQueue()).Add(float64(ok))
+	}
+	return resp, err
+}
+
+func (m *metrics) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	start := time.Now()
+	err := h(srv, ss)
+	m.rpcDuration.WithLabelValues(methodName(info.FullMethod), status.Code(err).String()).Observe(time.Since(start).Seconds())
+	return err
+}
+
+// methodName turns "/quorumq.v1.Queue/Enqueue" into "Queue/Enqueue".
+func methodName(full string) string {
+	full = strings.TrimPrefix(full, "/")
+	if i := strings.LastIndex(full, "/"); i >= 0 {
+		if j := strings.LastIndex(full[:i], "."); j >= 0 {
+			return full[j+1:]
+		}
+	}
+	return full
+}
+
+// observeLeader is a raft observer filter: it counts leader changes and
+// lets nothing through, so no goroutine has to drain a channel.
+func (m *metrics) observeLeader(o *raft.Observation) bool {
+	if lo, ok := o.Data.(raft.LeaderObservation); ok && lo.LeaderID != "" {
+		m.leaderChanges.Inc()
+	}
+	return false
+}
+
+// observedFSM is the FSM raft sees: the real one, with snapshots timed and
+// measured. It embeds *fsm.FSM, so raft still finds ApplyBatch.
+type observedFSM struct {
+	*fsm.FSM
+	m *metrics
+}
+
+func (o observedFSM) Snapshot() (raft.FSMSnapshot, error) {
+	s, err := o.FSM.Snapshot()
+	if err != nil {
+		return nil, err
+	}
+	return observedSnapshot{FSMSnapshot: s, m: o.m}, nil
+}
+
+type observedSnapshot struct {
+	raft.FSMSnapshot
+	m *metrics
+}
+
+func (s observedSnapshot) Persist(sink raft.SnapshotSink) error {
+	start := time.Now()
+	cs := &countingSink{SnapshotSink: sink}
+	err := s.FSMSnapshot.Persist(cs)
+	if err == nil {
+		s.m.snapshotDuration.Observe(time.Since(start).Seconds())
+		s.m.snapshotSize.Set(float64(cs.n))
+	}
+	return err
+}
+
+type countingSink struct {
+	raft.SnapshotSink
+	n int64
+}
+
+func (c *countingSink) Write(p []byte) (int, error) {
+	n, err := c.SnapshotSink.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// nodeCollector reads the current state at scrape time: per-queue depths
+// and counters from this node's FSM (every node has the replicated state,
+// so any node can be scraped), Raft's role and indices, and bolt stats.
+type nodeCollector struct{ n *Node }
+
+var (
+	descQueueMessages = prometheus.NewDesc("quorumq_queue_messages",
+		"Messages in a queue by state (ready, leased, delayed, dead_lettered), as applied on this node.",
+		[]string{"queue", "state"}, nil)
+	queueCounters = []struct {
+		desc *prometheus.Desc
+		get  func(*fsmpb.QueueStats) uint64
+	}{
+		{counterDesc("enqueued", "Messages enqueued (dedup hits not counted)."), (*fsmpb.QueueStats).GetEnqueuedTotal},
+		{counterDesc("delivered", "Deliveries handed out by receives (first deliveries and redeliveries)."), (*fsmpb.QueueStats).GetDeliveredTotal},
+		{counterDesc("acked", "Messages acked."), (*fsmpb.QueueStats).GetAckedTotal},
+		{counterDesc("redelivered", "Deliveries of a message that had been delivered before."), (*fsmpb.QueueStats).GetRedeliveredTotal},
+		{counterDesc("dedup_hits", "Enqueues answered from the dedup table (nothing enqueued)."), (*fsmpb.QueueStats).GetDedupHitsTotal},
+		{counterDesc("expired", "Messages removed by retention."), (*fsmpb.QueueStats).GetExpiredTotal},
+		{counterDesc("dead_lettered", "Messages moved to the dead-letter queue (or dropped) after max deliveries."), (*fsmpb.QueueStats).GetDeadLetteredTotal},
+		{counterDesc("purged", "Messages removed by purge."), (*fsmpb.QueueStats).GetPurgedTotal},
+	}
+	descRaftState      = prometheus.NewDesc("quorumq_raft_state", "1 for this node's current Raft role.", []string{"state"}, nil)
+	descRaftTerm       = prometheus.NewDesc("quorumq_raft_term", "Current Raft term.", nil, nil)
+	descRaftCommit     = prometheus.NewDesc("quorumq_raft_commit_index", "Highest log index known to be committed.", nil, nil)
+	descRaftApplied    = prometheus.NewDesc("quorumq_raft_applied_index", "Highest log index applied to the FSM.", nil, nil)
+	descRaftLastLog    = prometheus.NewDesc("quorumq_raft_last_log_index", "Last index in the local log.", nil, nil)
+	descRaftLastSnap   = prometheus.NewDesc("quorumq_raft_last_snapshot_index", "Index covered by the latest snapshot.", nil, nil)
+	descRaftReady      = prometheus.NewDesc("quorumq_leader_ready", "1 while this node is leader and has applied every earlier entry (serves reads).", nil, nil)
+	descBoltFreePages  = prometheus.NewDesc("quorumq_bolt_free_pages", "Free pages on the raft.db freelist.", nil, nil)
+	descBoltPending    = prometheus.NewDesc("quorumq_bolt_pending_pages", "Pending pages on the raft.db freelist.", nil, nil)
+	descBoltFreeAlloc  = prometheus.NewDesc("quorumq_bolt_free_alloc_bytes", "Bytes allocated in free pages of raft.db.", nil, nil)
+	descBoltFreelist   = prometheus.NewDesc("quorumq_bolt_freelist_inuse_bytes", "Bytes used by the raft.db freelist.", nil, nil)
+	descBoltReadTx     = prometheus.NewDesc("quorumq_bolt_read_tx_total", "Read transactions started on raft.db.", nil, nil)
+	descBoltOpenReadTx = prometheus.NewDesc("quorumq_bolt_open_read_tx", "Read transactions open on raft.db.", nil, nil)
+	descBoltWrites     = prometheus.NewDesc("quorumq_bolt_writes_total", "Page writes to raft.db.", nil, nil)
+	descBoltWriteSecs  = prometheus.NewDesc("quorumq_bolt_write_seconds_total", "Time spent writing raft.db pages.", nil, nil)
+	descBoltFileBytes  = prometheus.NewDesc("quorumq_bolt_file_bytes", "Size of raft.db on disk.", nil, nil)
+)
+
+func counterDesc(name, help string) *prometheus.Desc {
+	return prometheus.NewDesc("quorumq_queue_"+name+"_total", help, []string{"queue"}, nil)
+}
+
+// Describe lists every series up front (the node's stores do not exist
+// yet when the collector is registered).
+func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, qc := range queueCounters {
+		ch <- qc.desc
+	}
+	for _, d := range []*prometheus.Desc{
+		descQueueMessages, descRaftState, descRaftTerm, descRaftCommit, descRaftApplied, descRaftLastLog,
+		descRaftLastSnap, descRaftReady, descBoltFreePages, descBoltPending, descBoltFreeAlloc, descBoltFreelist,
+		descBoltReadTx, descBoltOpenReadTx, descBoltWrites, descBoltWriteSecs, descBoltFileBytes,
+	} {
+		ch <- d
+	}
+}
+
+func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
+	n := c.n
+	if n.closed.Load() {
+		return // the stores may be closed; a scrape during shutdown gets the event series only
+	}
+	for _, q := range n.fsm.Queues() {
+		st := q.GetStats()
+		for _, s := range []struct {
+			state string
+			v     uint64
+		}{{"ready", st.GetReady()}, {"leased", st.GetLeased()}, {"delayed", st.GetDelayed()}, {"dead_lettered", st.GetDeadLettered()}} {
+			ch <- prometheus.MustNewConstMetric(descQueueMessages, prometheus.GaugeValue, float64(s.v), q.GetName(), s.state)
+		}
+		for _, qc := range queueCounters {
+			ch <- prometheus.MustNewConstMetric(qc.desc, prometheus.CounterValue, float64(qc.get(st)), q.GetName())
+		}
+	}
+
+	state := n.raft.State()
+	for _, s := range []raft.RaftState{raft.Follower, raft.Candidate, raft.Leader, raft.Shutdown} {
+		v := 0.0
+		if s == state {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descRaftState, prometheus.GaugeValue, v, strings.ToLower(s.String()))
+	}
+	stats := n.raft.Stats()
+	u := func(k string) float64 { v, _ := strconv.ParseUint(stats[k], 10, 64); return float64(v) }
+	ch <- prometheus.MustNewConstMetric(descRaftTerm, prometheus.GaugeValue, u("term"))
+	ch <- prometheus.MustNewConstMetric(descRaftCommit, prometheus.GaugeValue, u("commit_index"))
+	ch <- prometheus.MustNewConstMetric(descRaftApplied, prometheus.GaugeValue, float64(n.raft.AppliedIndex()))
+	ch <- prometheus.MustNewConstMetric(descRaftLastLog, prometheus.GaugeValue, u("last_log_index"))
+	ch <- prometheus.MustNewConstMetric(descRaftLastSnap, prometheus.GaugeValue, u("last_snapshot_index"))
+	ready := 0.0
+	if n.ready.Load() {
+		ready = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descRaftReady, prometheus.GaugeValue, ready)
+
+	bs := n.store.Stats()
+	ch <- prometheus.MustNewConstMetric(descBoltFreePages, prometheus.GaugeValue, float64(bs.FreePageN))
+	ch <- prometheus.MustNewConstMetric(descBoltPending, prometheus.GaugeValue, float64(bs.PendingPageN))
+	ch <- prometheus.MustNewConstMetric(descBoltFreeAlloc, prometheus.GaugeValue, float64(bs.FreeAlloc))
+	ch <- prometheus.MustNewConstMetric(descBoltFreelist, prometheus.GaugeValue, float64(bs.FreelistInuse))
+	ch <- prometheus.MustNewConstMetric(descBoltReadTx, prometheus.CounterValue, float64(bs.TxN))
+	ch <- prometheus.MustNewConstMetric(descBoltOpenReadTx, prometheus.GaugeValue, float64(bs.OpenTxN))
+	ch <- prometheus.MustNewConstMetric(descBoltWrites, prometheus.CounterValue, float64(bs.TxStats.GetWrite()))
+	ch <- prometheus.MustNewConstMetric(descBoltWriteSecs, prometheus.CounterValue, bs.TxStats.GetWriteTime().Seconds())
+	if fi, err := os.Stat(filepath.Join(n.cfg.DataDir, raftDBFile)); err == nil {
+		ch <- prometheus.MustNewConstMetric(descBoltFileBytes, prometheus.GaugeValue, float64(fi.Size()))
+	}
+}
+
+// Readiness reports whether this node can serve: a leader is known and
+// this node has applied every entry it knows to be committed. The error
+// says what is missing.
+func (n *Node) Readiness() error {
+	if n.closed.Load() {
+		return errors.New("node is stopped")
+	}
+	_, lid := n.raft.LeaderWithID()
+	if lid == "" {
+		return errors.New("no leader known")
+	}
+	commit, _ := strconv.ParseUint(n.raft.Stats()["commit_index"], 10, 64)
+	if applied := n.raft.AppliedIndex(); applied < commit {
+		return fmt.Errorf("applied index %d is behind commit index %d", applied, commit)
+	}
+	return nil
+}
+
+// startAdmin listens on AdminAddr (if set) and serves /metrics, /healthz
+// and /readyz over plain HTTP: it carries no queue data and no secrets, and
+// belongs on a management network.
+func (n *Node) startAdmin() error {
+	if n.cfg.AdminAddr == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", n.cfg.AdminAddr)
+	if err != nil {
+		return fmt.Errorf("admin listen on %q: %w", n.cfg.AdminAddr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{ErrorLog: nil}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if n.closed.Load() {
+			http.Error(w, "stopped\n", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := n.Readiness(); err != nil {
+			http.Error(w, "not ready: "+err.Error()+"\n", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	n.adminLn = ln
+	n.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		if err := n.admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			n.log.Error("admin HTTP server stopped", "err", err)
+		}
+	}()
+	return nil
+}
+
+// AdminAddr is the bound admin HTTP address ("" when there is none).
+func (n *Node) AdminAddr() string {
+	if n.adminLn == nil {
+		return ""
+	}
+	return n.adminLn.Addr().String()
+}
