@@ -7,6 +7,7 @@ import (
 	rtmetrics "runtime/metrics"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -22,8 +23,14 @@ import (
 // producers can see, while consumers keep draining. The heap is read with
 // runtime/metrics, which does not stop the world.
 type memoryGuard struct {
-	limit   int64 // <= 0: off
+	limit   atomic.Int64 // <= 0: off
 	rejects prometheus.Counter
+}
+
+func newMemoryGuard(limit int64, rejects prometheus.Counter) *memoryGuard {
+	g := &memoryGuard{rejects: rejects}
+	g.limit.Store(limit)
+	return g
 }
 
 const heapObjectsMetric = "/memory/classes/heap/objects:bytes"
@@ -37,12 +44,12 @@ func heapBytes() int64 {
 	return int64(s[0].Value.Uint64())
 }
 
-func (g memoryGuard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	if g.limit > 0 && addsMessages(info.FullMethod) {
-		if heap := heapBytes(); heap > g.limit {
+func (g *memoryGuard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if limit := g.limit.Load(); limit > 0 && addsMessages(info.FullMethod) {
+		if heap := heapBytes(); heap > limit {
 			g.rejects.Inc()
 			return nil, status.Error(codes.ResourceExhausted,
-				"memory guard: heap holds "+strconv.FormatInt(heap, 10)+" bytes, limit is "+strconv.FormatInt(g.limit, 10)+
+				"memory guard: heap holds "+strconv.FormatInt(heap, 10)+" bytes, limit is "+strconv.FormatInt(limit, 10)+
 					" (--memory-limit); enqueues are refused until consumers drain queues")
 		}
 	}

@@ -60,6 +60,7 @@ type Node struct {
 	raftAdv string
 
 	metrics *metrics
+	guard   *memoryGuard
 	admin   *http.Server // /metrics, /healthz, /readyz; nil without AdminAddr
 	adminLn net.Listener
 
@@ -265,8 +266,8 @@ func (n *Node) startAPI() error {
 		auth := tokenAuth{tokens: tokens}
 		opts = append(opts, grpc.ChainUnaryInterceptor(auth.unary), grpc.ChainStreamInterceptor(auth.stream))
 	}
-	guard := memoryGuard{limit: n.cfg.MemoryLimit, rejects: n.metrics.memoryRejects}
-	opts = append(opts, grpc.ChainUnaryInterceptor(guard.unary))
+	n.guard = newMemoryGuard(n.cfg.MemoryLimit, n.metrics.memoryRejects)
+	opts = append(opts, grpc.ChainUnaryInterceptor(n.guard.unary))
 	n.grpc = grpc.NewServer(opts...)
 	transport.NewQueueService(n, n.cfg.Limits, n.cfg.AutoCreateQueues).Register(n.grpc)
 	(&clusterService{n: n}).register(n.grpc)

@@ -1,0 +1,82 @@
+package cluster
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+	"github.com/quorumq/quorumq/transport/quorumqpb"
+)
+
+// Oversize requests reach validation through gRPC (the server's receive
+// limit leaves room for them) and are refused naming the limit.
+func TestOversizeRequestsNameTheLimit(t *testing.T) {
+	c := StartTestCluster(t, 3)
+	li := c.Index(c.Leader(t))
+	q := quorumqpb.NewQueueClient(c.Conn(t, li))
+	big := &quorumqpb.EnqueueRequest{Queue: "q", Messages: []*fsmpb.Message{{Body: make([]byte, 1<<20+1)}}}
+	many := &quorumqpb.EnqueueRequest{Queue: "q"}
+	for range 1001 {
+		many.Messages = append(many.Messages, &fsmpb.Message{Body: []byte("x")})
+	}
+	for _, tc := range []struct {
+		name string
+		req  *quorumqpb.EnqueueRequest
+		want string
+	}{
+		{"1 MiB + 1 byte message", big, "messages[0]: body and attributes are 1048577 bytes, limit is 1048576 (max message size)"},
+		{"1001-message batch", many, "messages: 1001 messages in the request, limit is 1000 per batch"},
+	} {
+		_, err := q.Enqueue(ctxT(t, 10*time.Second), tc.req)
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want InvalidArgument %q", tc.name, err, tc.want)
+		}
+	}
+	if _, err := q.GetQueue(ctxT(t, 10*time.Second), &quorumqpb.GetQueueRequest{Name: "q"}); status.Code(err) != codes.NotFound {
+		t.Errorf("queue after refused enqueues: %v, want NotFound (nothing auto-created)", err)
+	}
+}
+
+func TestMemoryGuardRefusesEnqueues(t *testing.T) {
+	var limit int64 = 1 << 40
+	c := StartTestClusterWith(t, 3, func(_ int, cfg *Config) {
+		cfg.MemoryLimit = limit
+		cfg.AdminAddr = "127.0.0.1:0"
+	})
+	leader := c.Leader(t)
+	li := c.Index(leader)
+	enqueue(t, c, li, "q", "a")
+
+	// Lower the limit below what any heap holds.
+	for _, n := range c.Live() {
+		n.guard.limit.Store(1024)
+	}
+	q := quorumqpb.NewQueueClient(c.Conn(t, li))
+	_, err := q.Enqueue(ctxT(t, 10*time.Second), &quorumqpb.EnqueueRequest{Queue: "q", Messages: []*fsmpb.Message{{Body: []byte("b")}}})
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "limit is 1024 (--memory-limit)") {
+		t.Fatalf("enqueue above the memory limit: %v, want ResourceExhausted naming the limit", err)
+	}
+	_, err = q.Transaction(ctxT(t, 10*time.Second), &quorumqpb.TransactionRequest{Enqueues: []*quorumqpb.EnqueueRequest{{Queue: "q", Messages: []*fsmpb.Message{{Body: []byte("c")}}}}})
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("transaction above the memory limit: %v, want ResourceExhausted", err)
+	}
+	// Consumers keep draining.
+	rcv, err := q.Receive(ctxT(t, 10*time.Second), &quorumqpb.ReceiveRequest{Queue: "q", AutoAck: true})
+	if err != nil || len(rcv.GetDeliveries()) != 1 || string(rcv.GetDeliveries()[0].GetBody()) != "a" {
+		t.Fatalf("receive above the memory limit: %v %v, want message a", err, rcv.GetDeliveries())
+	}
+	if got := scrape(t, leader.AdminAddr())["quorumq_memory_guard_rejects_total"]; got != 2 {
+		t.Errorf("quorumq_memory_guard_rejects_total = %v, want 2", got)
+	}
+	info, err := q.GetQueue(ctxT(t, 10*time.Second), &quorumqpb.GetQueueRequest{Name: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := info.GetQueue().GetStats().GetEnqueuedTotal(); got != 1 {
+		t.Errorf("enqueued_total %d, want 1: a refused enqueue changed the queue", got)
+	}
+}
