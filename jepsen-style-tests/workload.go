@@ -129,14 +129,36 @@ func producer(ctx context.Context, w *World, c *client.Client, workload, kind, n
 	}
 }
 
-// consumeLoop runs step until drain ends or, once the main phase is over,
+// consumeLoop runs step until drain ends or, once every producer has
+// returned (including its last retry, which may come after the main phase),
 // step gets nothing and the queues report empty.
-func consumeLoop(main, drain context.Context, c *client.Client, queues []string, step func() int) {
+func consumeLoop(prodDone <-chan struct{}, drain context.Context, c *client.Client, queues []string, step func() int) {
 	for drain.Err() == nil {
 		got := step()
-		if main.Err() != nil && got == 0 && queuesEmpty(drain, c, queues) {
+		if isDone(prodDone) && got == 0 && queuesEmpty(drain, c, queues) {
 			return
 		}
+	}
+}
+
+// startProducers runs n producers and returns a channel closed once all
+// have returned.
+func startProducers(n int, run func(i int)) <-chan struct{} {
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Go(func() { run(i) })
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	return done
+}
+
+func isDone(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -207,14 +229,13 @@ func (a *atLeastOnce) Specs() []QueueSpec {
 
 func (a *atLeastOnce) Run(main, drain context.Context, w *World, c *client.Client) {
 	var wg sync.WaitGroup
-	for i := 0; i < a.producers; i++ {
-		name := fmt.Sprintf("%s-p%d", a.Name(), i)
-		wg.Go(func() { producer(main, w, c, a.Name(), KindSend, name, a.queue, 15*time.Millisecond, true, always) })
-	}
+	prodDone := startProducers(a.producers, func(i int) {
+		producer(main, w, c, a.Name(), KindSend, fmt.Sprintf("%s-p%d", a.Name(), i), a.queue, 15*time.Millisecond, true, always)
+	})
 	for i := 0; i < a.consumers; i++ {
 		name := fmt.Sprintf("%s-c%d", a.Name(), i)
 		wg.Go(func() {
-			consumeLoop(main, drain, c, a.Queues(), func() int {
+			consumeLoop(prodDone, drain, c, a.Queues(), func() int {
 				var ms []client.Message
 				w.do(Op{Worker: name, Workload: a.Name(), Kind: KindReceive, Queue: a.queue},
 					receiveInto(c, &ms, 5, client.WithWait(500*time.Millisecond), client.WithVisibility(2*time.Second)))
@@ -226,6 +247,7 @@ func (a *atLeastOnce) Run(main, drain context.Context, w *World, c *client.Clien
 		})
 	}
 	wg.Wait()
+	<-prodDone
 }
 
 // ---- (b) exactly-once pipeline ----
@@ -243,17 +265,16 @@ func (e *exactlyOnce) Specs() []QueueSpec {
 
 func (e *exactlyOnce) Run(main, drain context.Context, w *World, c *client.Client) {
 	var wg sync.WaitGroup
-	for i := 0; i < e.producers; i++ {
-		name := fmt.Sprintf("%s-p%d", e.Name(), i)
-		wg.Go(func() { producer(main, w, c, e.Name(), KindSend, name, e.source, 20*time.Millisecond, true, always) })
-	}
+	prodDone := startProducers(e.producers, func(i int) {
+		producer(main, w, c, e.Name(), KindSend, fmt.Sprintf("%s-p%d", e.Name(), i), e.source, 20*time.Millisecond, true, always)
+	})
 	// Pipeline stage: receive from the source, then ack it and enqueue the
 	// value to the sink in one transaction. The sink dedup ID derives from
 	// the value, so a redelivered source message cannot be moved twice.
 	for i := 0; i < e.workers; i++ {
 		name := fmt.Sprintf("%s-w%d", e.Name(), i)
 		wg.Go(func() {
-			consumeLoop(main, drain, c, []string{e.source}, func() int {
+			consumeLoop(prodDone, drain, c, []string{e.source}, func() int {
 				var ms []client.Message
 				w.do(Op{Worker: name, Workload: e.Name(), Kind: KindReceive, Queue: e.source},
 					receiveInto(c, &ms, 3, client.WithWait(500*time.Millisecond), client.WithVisibility(3*time.Second)))
@@ -273,7 +294,7 @@ func (e *exactlyOnce) Run(main, drain context.Context, w *World, c *client.Clien
 	// values by message ID, so its redeliveries are not pipeline duplicates.
 	name := e.Name() + "-sink"
 	wg.Go(func() {
-		consumeLoop(main, drain, c, e.Queues(), func() int {
+		consumeLoop(prodDone, drain, c, e.Queues(), func() int {
 			var ms []client.Message
 			w.do(Op{Worker: name, Workload: e.Name(), Kind: KindReceive, Queue: e.sink},
 				receiveInto(c, &ms, 10, client.WithWait(500*time.Millisecond), client.WithVisibility(3*time.Second)))
@@ -284,6 +305,7 @@ func (e *exactlyOnce) Run(main, drain context.Context, w *World, c *client.Clien
 		})
 	})
 	wg.Wait()
+	<-prodDone
 }
 
 // ---- (c) at-most-once ----
@@ -301,14 +323,13 @@ func (a *atMostOnce) Specs() []QueueSpec {
 
 func (a *atMostOnce) Run(main, drain context.Context, w *World, c *client.Client) {
 	var wg sync.WaitGroup
-	for i := 0; i < a.producers; i++ {
-		name := fmt.Sprintf("%s-p%d", a.Name(), i)
-		wg.Go(func() { producer(main, w, c, a.Name(), KindSend, name, a.queue, 20*time.Millisecond, true, always) })
-	}
+	prodDone := startProducers(a.producers, func(i int) {
+		producer(main, w, c, a.Name(), KindSend, fmt.Sprintf("%s-p%d", a.Name(), i), a.queue, 20*time.Millisecond, true, always)
+	})
 	for i := 0; i < a.consumers; i++ {
 		name := fmt.Sprintf("%s-c%d", a.Name(), i)
 		wg.Go(func() {
-			consumeLoop(main, drain, c, a.Queues(), func() int {
+			consumeLoop(prodDone, drain, c, a.Queues(), func() int {
 				var ms []client.Message
 				w.do(Op{Worker: name, Workload: a.Name(), Kind: KindReceive, Queue: a.queue},
 					receiveInto(c, &ms, 5, client.WithWait(500*time.Millisecond), client.WithAutoAck()))
@@ -317,6 +338,7 @@ func (a *atMostOnce) Run(main, drain context.Context, w *World, c *client.Client
 		})
 	}
 	wg.Wait()
+	<-prodDone
 }
 
 // ---- (d) FIFO ----
@@ -348,8 +370,10 @@ func (f *fifo) Run(main, drain context.Context, w *World, c *client.Client) {
 	for qi, q := range f.queues {
 		var used atomic.Int64
 		more := func() bool { return used.Add(1) <= int64(f.maxOps) }
-		name := fmt.Sprintf("%s-%d-p0", f.Name(), qi)
-		wg.Go(func() { producer(main, w, c, f.Name(), KindEnqueue, name, q, pace, false, more) })
+		prodDone := startProducers(1, func(int) {
+			producer(main, w, c, f.Name(), KindEnqueue, fmt.Sprintf("%s-%d-p0", f.Name(), qi), q, pace, false, more)
+		})
+		wg.Go(func() { <-prodDone })
 		for ci := 0; ci < 2; ci++ {
 			name := fmt.Sprintf("%s-%d-c%d", f.Name(), qi, ci)
 			wg.Go(func() {
@@ -361,7 +385,7 @@ func (f *fifo) Run(main, drain context.Context, w *World, c *client.Client) {
 					}
 					var ms []client.Message
 					w.do(Op{Worker: name, Workload: f.Name(), Kind: KindDequeue, Queue: q}, receiveInto(c, &ms, 1, client.WithAutoAck()))
-					if main.Err() != nil && len(ms) == 0 && queuesEmpty(drain, c, []string{q}) {
+					if isDone(prodDone) && len(ms) == 0 && queuesEmpty(drain, c, []string{q}) {
 						return
 					}
 					if main.Err() == nil {
