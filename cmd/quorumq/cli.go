@@ -92,6 +92,23 @@ func (f *cliFlags) connect(cmd *cobra.Command) (context.Context, *client.Client,
 	return ctx, c, func() { c.Close(); cancel() }, nil
 }
 
+// clientVerb completes cmd as a verb that talks to a cluster: it adds the
+// shared client flags, and its RunE hands run a connected client and a
+// context bounded by --timeout.
+func clientVerb(cmd *cobra.Command, run func(ctx context.Context, c *client.Client, f *cliFlags, cmd *cobra.Command, args []string) error) *cobra.Command {
+	var f cliFlags
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		ctx, c, done, err := f.connect(cmd)
+		if err != nil {
+			return err
+		}
+		defer done()
+		return run(ctx, c, &f, cmd, args)
+	}
+	addClientFlags(cmd, &f)
+	return cmd
+}
+
 // printJSON writes v as indented JSON.
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)

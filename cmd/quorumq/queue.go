@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -94,101 +95,65 @@ func printQueue(cmd *cobra.Command, f *cliFlags, q *fsmpb.QueueInfo) error {
 }
 
 func queueListCmd() *cobra.Command {
-	var f cliFlags
-	cmd := &cobra.Command{
+	return clientVerb(&cobra.Command{
 		Use:   "list",
 		Short: "List queues with their counters",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, c, done, err := f.connect(cmd)
-			if err != nil {
-				return err
+	}, func(ctx context.Context, c *client.Client, f *cliFlags, cmd *cobra.Command, args []string) error {
+		qs, err := c.ListQueues(ctx)
+		if err != nil {
+			return err
+		}
+		if f.json {
+			out := make([]queueJSON, len(qs))
+			for i, q := range qs {
+				out[i] = queueOf(q)
 			}
-			defer done()
-			qs, err := c.ListQueues(ctx)
-			if err != nil {
-				return err
-			}
-			if f.json {
-				out := make([]queueJSON, len(qs))
-				for i, q := range qs {
-					out[i] = queueOf(q)
-				}
-				return printJSON(cmd.OutOrStdout(), out)
-			}
-			return queueTable(cmd.OutOrStdout(), qs)
-		},
-	}
-	addClientFlags(cmd, &f)
-	return cmd
+			return printJSON(cmd.OutOrStdout(), out)
+		}
+		return queueTable(cmd.OutOrStdout(), qs)
+	})
 }
 
 func queueStatsCmd() *cobra.Command {
-	var f cliFlags
-	cmd := &cobra.Command{
+	return clientVerb(&cobra.Command{
 		Use:   "stats NAME",
 		Short: "Show a queue's settings and counters",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, c, done, err := f.connect(cmd)
-			if err != nil {
-				return err
-			}
-			defer done()
-			q, err := c.GetQueue(ctx, args[0])
-			if err != nil {
-				return err
-			}
-			return printQueue(cmd, &f, q)
-		},
-	}
-	addClientFlags(cmd, &f)
-	return cmd
+	}, func(ctx context.Context, c *client.Client, f *cliFlags, cmd *cobra.Command, args []string) error {
+		q, err := c.GetQueue(ctx, args[0])
+		if err != nil {
+			return err
+		}
+		return printQueue(cmd, f, q)
+	})
 }
 
 func queueDeleteCmd() *cobra.Command {
-	var f cliFlags
-	cmd := &cobra.Command{
+	return clientVerb(&cobra.Command{
 		Use:   "delete NAME",
 		Short: "Delete a queue and its messages",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, c, done, err := f.connect(cmd)
-			if err != nil {
-				return err
-			}
-			defer done()
-			if err := c.DeleteQueue(ctx, args[0]); err != nil {
-				return err
-			}
-			return report(cmd, &f, map[string]any{"deleted": args[0]}, "deleted queue %s\n", args[0])
-		},
-	}
-	addClientFlags(cmd, &f)
-	return cmd
+	}, func(ctx context.Context, c *client.Client, f *cliFlags, cmd *cobra.Command, args []string) error {
+		if err := c.DeleteQueue(ctx, args[0]); err != nil {
+			return err
+		}
+		return report(cmd, f, map[string]any{"deleted": args[0]}, "deleted queue %s\n", args[0])
+	})
 }
 
 func queuePurgeCmd() *cobra.Command {
-	var f cliFlags
-	cmd := &cobra.Command{
+	return clientVerb(&cobra.Command{
 		Use:   "purge NAME",
 		Short: "Remove every message of a queue",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx, c, done, err := f.connect(cmd)
-			if err != nil {
-				return err
-			}
-			defer done()
-			n, err := c.Purge(ctx, args[0])
-			if err != nil {
-				return err
-			}
-			return report(cmd, &f, map[string]any{"queue": args[0], "purged": n}, "purged %d message(s) from %s\n", n, args[0])
-		},
-	}
-	addClientFlags(cmd, &f)
-	return cmd
+	}, func(ctx context.Context, c *client.Client, f *cliFlags, cmd *cobra.Command, args []string) error {
+		n, err := c.Purge(ctx, args[0])
+		if err != nil {
+			return err
+		}
+		return report(cmd, f, map[string]any{"queue": args[0], "purged": n}, "purged %d message(s) from %s\n", n, args[0])
+	})
 }
 
 // report prints v as JSON with --json, else the formatted line.
