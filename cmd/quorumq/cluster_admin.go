@@ -15,7 +15,7 @@ func init() { rootCmd.AddCommand(clusterCmd()) }
 func clusterCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "cluster",
-		Short: "Cluster admin: remove a server, transfer leadership",
+		Short: "Cluster admin: remove a server, transfer leadership, snapshot now",
 	}
 	remove := clientVerb(&cobra.Command{
 		Use:   "remove ID",
@@ -45,6 +45,18 @@ dir and --join. A removed server is not added back while it keeps its data.`,
 		}
 		return report(cmd, f, map[string]string{"leader_id": leader}, "leader is now %s\n", leader)
 	})
-	cmd.AddCommand(remove, transfer)
+	snapshot := clientVerb(&cobra.Command{
+		Use:   "snapshot",
+		Short: "Make the leader take a Raft snapshot now (compacts its log)",
+		Args:  cobra.NoArgs,
+	}, func(ctx context.Context, c *client.Client, f *cliFlags, cmd *cobra.Command, _ []string) error {
+		info, err := c.Snapshot(ctx)
+		if err != nil {
+			return err
+		}
+		return report(cmd, f, map[string]any{"id": info.ID, "index": info.Index, "term": info.Term, "bytes": info.Size},
+			"snapshot %s: log index %d, term %d, %d bytes\n", info.ID, info.Index, info.Term, info.Size)
+	})
+	cmd.AddCommand(remove, transfer, snapshot)
 	return cmd
 }

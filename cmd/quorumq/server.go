@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/quorumq/quorumq/cluster"
+	"github.com/quorumq/quorumq/fsm"
 )
 
 func init() { rootCmd.AddCommand(serverCmd()) }
@@ -37,6 +38,15 @@ type serverFlags struct {
 	snapshotThreshold, trailingLog uint64
 	tlsCert, tlsKey, tlsCA         string
 	authToken, gossipKey           string
+	authTokensFile                 string
+	config                         string
+	adminAddr                      string
+	maxInFlight                    uint32
+	memoryLimit                    string
+	maxMessageBytes                string
+	maxBatchMessages               int
+	maxBatchBytes                  string
+	restoreFrom                    string
 }
 
 func serverCmd() *cobra.Command {
@@ -52,12 +62,17 @@ cluster. A server started later with --join is added by the leader. Restart a
 server with the same --node-id and --data-dir: it rejoins without
 bootstrapping again.
 
-Every flag can also be set through an environment variable: QUORUMQ_ and
-the flag name in upper snake case (--node-id is QUORUMQ_NODE_ID). A flag on
-the command line wins over the environment.`,
+Every flag can also be set through an environment variable, QUORUMQ_ and
+the flag name in upper snake case (--node-id is QUORUMQ_NODE_ID), and in the
+--config file as "name = value" lines with the flag's name (node-id = n1).
+The command line wins over the environment, which wins over the file.
+
+Start a new cluster from a backup (quorumq backup FILE): the first server
+with --restore-from FILE on an empty data dir (no --bootstrap-expect), the
+others with --join; the first server adds them.`,
 		Args: cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error {
-			return flagsFromEnv(cmd.Flags())
+			return flagSources(cmd.Flags())
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			logger, err := newSlogLogger(cmd.ErrOrStderr(), f.logLevel, f.logFormat)
@@ -82,8 +97,11 @@ the command line wins over the environment.`,
 			if err := f.security(&cfg); err != nil {
 				return err
 			}
-			if cfg.BootstrapExpect == 0 && len(cfg.Join) == 0 {
-				return errors.New("give --bootstrap-expect N (a new cluster of N servers) or --join (an existing cluster), or both")
+			if err := f.operations(&cfg); err != nil {
+				return err
+			}
+			if cfg.BootstrapExpect == 0 && len(cfg.Join) == 0 && cfg.RestoreFrom == "" {
+				return errors.New("give --bootstrap-expect N (a new cluster of N servers), --join (an existing cluster) or --restore-from (a new cluster from a backup)")
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -122,6 +140,15 @@ the command line wins over the environment.`,
 	fl.StringVar(&f.tlsCA, "tls-ca", "", "PEM CA that signed every server's certificate (verifies Raft peers both ways; required with --tls-cert)")
 	fl.StringVar(&f.authToken, "auth-token", "", "require this bearer token on every API call (needs --tls-cert)")
 	fl.StringVar(&f.gossipKey, "gossip-key", "", "base64 AES key (16, 24 or 32 bytes) that encrypts gossip; the same on every server")
+	fl.StringVar(&f.authTokensFile, "auth-tokens-file", "", "file of bearer tokens, one \"TOKEN SCOPE\" per line, scope read, write or admin (needs --tls-cert)")
+	fl.StringVar(&f.config, configFlag, "", "config file of \"name = value\" lines, names as these flags (command line and environment win)")
+	fl.StringVar(&f.adminAddr, "admin-addr", "", "HTTP bind address for /metrics (Prometheus), /healthz and /readyz; empty: no admin server")
+	fl.Uint32Var(&f.maxInFlight, "max-inflight-per-conn", 1000, "concurrent API calls on one client connection; further calls wait")
+	fl.StringVar(&f.memoryLimit, "memory-limit", "auto", "refuse enqueues (ResourceExhausted) while the heap is above this: bytes (or KiB/MiB/GiB), auto (80% of cgroup or physical memory) or off")
+	fl.StringVar(&f.maxMessageBytes, "max-message-size", "1MiB", "largest message body plus attributes (at most 1MiB)")
+	fl.IntVar(&f.maxBatchMessages, "max-batch", 1000, "messages in one enqueue or transaction (at most 1000)")
+	fl.StringVar(&f.maxBatchBytes, "max-batch-size", "8MiB", "bodies plus attributes of one enqueue or transaction")
+	fl.StringVar(&f.restoreFrom, "restore-from", "", "backup file (quorumq backup) to start a new cluster from; needs an empty --data-dir")
 	return cmd
 }
 
@@ -138,9 +165,16 @@ func (f *serverFlags) security(cfg *cluster.Config) error {
 		cfg.GossipKey = key
 	}
 	cfg.AuthToken = f.authToken
+	if f.authTokensFile != "" {
+		tokens, err := readTokenFile(f.authTokensFile)
+		if err != nil {
+			return err
+		}
+		cfg.AuthTokens = tokens
+	}
 	if f.tlsCert == "" && f.tlsKey == "" && f.tlsCA == "" {
-		if f.authToken != "" {
-			return errors.New("--auth-token needs --tls-cert, --tls-key and --tls-ca: a token must not cross the network in the clear")
+		if f.authToken != "" || f.authTokensFile != "" {
+			return errors.New("--auth-token and --auth-tokens-file need --tls-cert, --tls-key and --tls-ca: a token must not cross the network in the clear")
 		}
 		return nil
 	}
@@ -164,6 +198,51 @@ func (f *serverFlags) security(cfg *cluster.Config) error {
 	cfg.APIClientTLS = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	cfg.RaftServerTLS = &tls.Config{Certificates: certs, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS13}
 	cfg.RaftClientTLS = &tls.Config{Certificates: certs, RootCAs: pool, MinVersion: tls.VersionTLS13}
+	return nil
+}
+
+// operations fills cfg's admin address, limits, memory guard and restore
+// settings from the flags.
+func (f *serverFlags) operations(cfg *cluster.Config) error {
+	cfg.AdminAddr = f.adminAddr
+	cfg.RestoreFrom = f.restoreFrom
+	if f.maxInFlight == 0 {
+		return errors.New("--max-inflight-per-conn 0: want at least 1")
+	}
+	cfg.MaxInFlightPerConn = f.maxInFlight
+	switch f.memoryLimit {
+	case "auto":
+	case "off":
+		cfg.MemoryLimit = -1
+	default:
+		v, err := parseBytes("memory-limit", f.memoryLimit)
+		if err != nil {
+			return err
+		}
+		cfg.MemoryLimit = v
+	}
+	msg, err := parseBytes("max-message-size", f.maxMessageBytes)
+	if err != nil {
+		return err
+	}
+	batch, err := parseBytes("max-batch-size", f.maxBatchBytes)
+	if err != nil {
+		return err
+	}
+	// The FSM has hard caps of its own (they bound snapshot records); the
+	// flags can only lower them.
+	if f.maxBatchMessages <= 0 || f.maxBatchMessages > fsm.MaxBatch {
+		return fmt.Errorf("--max-batch %d: want 1..%d", f.maxBatchMessages, fsm.MaxBatch)
+	}
+	if batch < msg {
+		return fmt.Errorf("--max-batch-size %s is smaller than --max-message-size %s: a single message could never be sent", f.maxBatchBytes, f.maxMessageBytes)
+	}
+	if msg > fsm.MaxBodyBytes {
+		return fmt.Errorf("--max-message-size %s: limit is %d bytes (1MiB), the state machine's own cap", f.maxMessageBytes, fsm.MaxBodyBytes)
+	}
+	cfg.Limits.MaxMessageBytes = int(msg)
+	cfg.Limits.MaxBatchBytes = int(batch)
+	cfg.Limits.MaxBatchMessages = f.maxBatchMessages
 	return nil
 }
 
