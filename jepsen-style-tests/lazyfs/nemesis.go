@@ -1,0 +1,58 @@
+package lazyfs
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+)
+
+// Target is one node as the power nemesis sees it: its mount and how to
+// kill it (SIGKILL and wait for the exit) and start it again on the same
+// mount.
+type Target struct {
+	Name  string
+	FS    *FS
+	Kill  func() error
+	Start func() error
+}
+
+// PowerFail cuts the power of targets at the same moment: all are killed
+// concurrently, then each mount loses its unsynced writes (mode Drop or
+// Torn), then each is started again. It returns what each mount lost, by
+// target name. One node, a minority and the whole cluster are the same
+// call with one, some or all targets.
+func PowerFail(targets []Target, mode Mode, rng *rand.Rand) (map[string]Loss, error) {
+	if len(targets) == 0 {
+		return nil, errors.New("lazyfs: power failure of no targets: want at least one")
+	}
+	errs := make([]error, len(targets))
+	var wg sync.WaitGroup
+	for i, t := range targets {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := t.Kill(); err != nil {
+				errs[i] = fmt.Errorf("kill %s: %w", t.Name, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	losses := make(map[string]Loss, len(targets))
+	for _, t := range targets {
+		loss, err := t.FS.PowerFailure(mode, rng)
+		if err != nil {
+			return losses, fmt.Errorf("power failure of %s: %w", t.Name, err)
+		}
+		losses[t.Name] = loss
+	}
+	for _, t := range targets {
+		if err := t.Start(); err != nil {
+			return losses, fmt.Errorf("restart %s after its power failure: %w", t.Name, err)
+		}
+	}
+	return losses, nil
+}
