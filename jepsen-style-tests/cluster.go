@@ -237,7 +237,10 @@ func (c *Cluster) WaitLeader(ctx context.Context) (*Node, error) {
 func (c *Cluster) WaitHealthy(ctx context.Context, voters int) error {
 	var last string
 	for {
-		sts := c.Statuses(ctx, time.Second)
+		// The status calls get their own deadline, not ctx's, so the last
+		// poll before ctx ends is a complete one and "last status" is
+		// what the nodes said, not what the deadline cut off.
+		sts := c.Statuses(context.Background(), time.Second)
 		last = describeStatuses(sts)
 		running := 0
 		for _, n := range c.Nodes {
@@ -278,7 +281,7 @@ type Convergence struct {
 func (c *Cluster) WaitConverged(ctx context.Context) Convergence {
 	var conv Convergence
 	for {
-		sts := c.Statuses(ctx, time.Second)
+		sts := c.Statuses(context.Background(), time.Second)
 		conv = Convergence{Applied: map[string]uint64{}, Hashes: map[string]string{}}
 		for id, st := range sts {
 			conv.Applied[id] = st.GetAppliedIndex()
@@ -302,7 +305,7 @@ func (c *Cluster) WaitConverged(ctx context.Context) Convergence {
 		}
 		select {
 		case <-ctx.Done():
-			conv.Problem = fmt.Sprintf("no moment with every node at the same applied index (%d of %d nodes answered)", len(sts), len(c.Nodes))
+			conv.Problem = fmt.Sprintf("no moment with every node at the same applied index; last poll: %s", describeStatuses(sts))
 			return conv
 		case <-time.After(100 * time.Millisecond):
 		}
