@@ -110,8 +110,18 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	if !newDir {
+		if err := checkBoltPages(filepath.Join(cfg.DataDir, raftDBFile)); err != nil {
+			return nil, err
+		}
+	}
 	if err := n.openStores(); err != nil {
 		return nil, err
+	}
+	if !newDir {
+		if err := n.verifyStores(); err != nil { // datacheck.go
+			return nil, err
+		}
 	}
 	if newDir {
 		if err := writeIdentity(cfg.DataDir, cfg.NodeID); err != nil {
@@ -225,7 +235,7 @@ func (n *Node) startRaft() error {
 	}
 
 	n.fsm = fsm.New()
-	logs, err := raft.NewLogCache(512, n.store)
+	logs, err := raft.NewLogCache(512, &checkedLogStore{LogStore: n.store, path: filepath.Join(n.cfg.DataDir, raftDBFile)})
 	if err != nil {
 		return err
 	}

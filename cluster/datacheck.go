@@ -1,0 +1,150 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"runtime/debug"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"go.etcd.io/bbolt"
+
+	"github.com/quorumq/quorumq/fsm"
+)
+
+// Corruption on one node must stay on that node. bbolt has no page
+// checksums and raft replicates log entries as the raw bytes it reads back
+// from the store, so a flipped bit in raft.db would otherwise be applied
+// (the FSM answers a bad command checksum with an error result and moves
+// on: silent divergence) or sent to followers. Three checks close that:
+//
+//   - checkedLogStore verifies every entry read back from raft-boltdb: the
+//     index it claims and, for commands, fsm.Decode's CRC32C. A bad entry
+//     is an error naming raft.db and the index, never data. raft treats a
+//     log read error on the apply path as fatal (it logs and panics), so a
+//     node that finds corruption while running stops instead of applying
+//     garbage; on the replication path the leader logs the error and does
+//     not send the entry.
+//   - verifyStores, at start-up, runs bbolt's own consistency check over
+//     every page, reads every log entry through the checked store, and
+//     opens every retained snapshot (raft's FileSnapshotStore verifies the
+//     state file's CRC64 on open; a snapshot that is then restored or sent
+//     is also checked by the fsm's own CRC32C). Any failure refuses the
+//     start with ErrDataDir and the file's path.
+//   - bbolt can fault rather than return an error on a page whose pointers
+//     were corrupted; the page walk runs with panics on faults enabled, so
+//     that too becomes an error naming raft.db.
+//
+// The fix for a node refused this way is to replace its data: remove it
+// from the configuration, wipe the data dir, start it with --join, and
+// let it catch up by snapshot (DESIGN.md, "Corrupt data").
+
+// checkedLogStore is a raft.LogStore whose reads are verified.
+type checkedLogStore struct {
+	raft.LogStore
+	path string
+}
+
+// GetLog reads entry index and verifies it.
+func (s *checkedLogStore) GetLog(index uint64, log *raft.Log) error {
+	if err := s.LogStore.GetLog(index, log); err != nil {
+		if errors.Is(err, raft.ErrLogNotFound) {
+			return err
+		}
+		return fmt.Errorf("%w: %s: read log entry %d: %v", ErrDataDir, s.path, index, err)
+	}
+	return verifyEntry(s.path, index, log)
+}
+
+func verifyEntry(path string, index uint64, log *raft.Log) error {
+	if log.Index != index {
+		return fmt.Errorf("%w: %s: log entry stored under index %d says it is index %d (corrupt)", ErrDataDir, path, index, log.Index)
+	}
+	if log.Type == raft.LogCommand {
+		if _, err := fsm.Decode(log.Data); err != nil {
+			return fmt.Errorf("%w: %s: log entry %d (term %d) is corrupt: %v", ErrDataDir, path, index, log.Term, err)
+		}
+	}
+	return nil
+}
+
+// verifyStores checks an existing data dir's stores before raft uses them.
+func (n *Node) verifyStores() error {
+	if err := verifyLog(n.store, filepath.Join(n.cfg.DataDir, raftDBFile)); err != nil {
+		return err
+	}
+	snaps, err := n.snaps.List()
+	if err != nil {
+		return fmt.Errorf("%w: list snapshots in %s: %v", ErrDataDir, filepath.Join(n.cfg.DataDir, "snapshots"), err)
+	}
+	for _, s := range snaps {
+		_, rc, err := n.snaps.Open(s.ID)
+		if err != nil {
+			return fmt.Errorf("%w: snapshot %s is corrupt: %v", ErrDataDir, filepath.Join(n.cfg.DataDir, "snapshots", s.ID, "state.bin"), err)
+		}
+		rc.Close()
+	}
+	return nil
+}
+
+// verifyLog reads every entry of store (the bolt file at path) through
+// the checked store: none may be missing, unreadable or corrupt.
+func verifyLog(store raft.LogStore, path string) error {
+	logs := &checkedLogStore{LogStore: store, path: path}
+	return faultsAsErrors(path, func() error {
+		first, err := logs.FirstIndex()
+		if err != nil {
+			return fmt.Errorf("%w: %s: first log index: %v", ErrDataDir, path, err)
+		}
+		last, err := logs.LastIndex()
+		if err != nil {
+			return fmt.Errorf("%w: %s: last log index: %v", ErrDataDir, path, err)
+		}
+		if last == 0 {
+			return nil
+		}
+		var entry raft.Log
+		for i := first; i <= last; i++ {
+			if err := logs.GetLog(i, &entry); err != nil {
+				if errors.Is(err, raft.ErrLogNotFound) {
+					return fmt.Errorf("%w: %s: log entry %d is missing between %d and %d (corrupt)", ErrDataDir, path, i, first, last)
+				}
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// checkBoltPages runs bbolt's consistency check (every page reachable
+// exactly once, every branch and leaf well formed) on a closed bolt file.
+// bbolt turns a panic inside the check into an error itself.
+func checkBoltPages(path string) error {
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{ReadOnly: true, Timeout: time.Second})
+	if err != nil {
+		return fmt.Errorf("%w: open %s to check it: %v", ErrDataDir, path, err)
+	}
+	defer db.Close()
+	return db.View(func(tx *bbolt.Tx) error {
+		var first error
+		for cerr := range tx.Check() { // drained: the check runs in its own goroutine
+			if first == nil {
+				first = fmt.Errorf("%w: %s is corrupt: %v", ErrDataDir, path, cerr)
+			}
+		}
+		return first
+	})
+}
+
+// faultsAsErrors runs fn, turning a panic, or a memory fault from reading
+// a corrupt bolt page through the mapping, into an error naming path.
+func faultsAsErrors(path string, fn func() error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %s is corrupt: reading it failed: %v", ErrDataDir, path, r)
+		}
+	}()
+	return fn()
+}
