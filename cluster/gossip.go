@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -160,6 +161,15 @@ func (n *Node) startGossip() error {
 		ah, ap, err := splitHostPort("gossip advertise address", n.cfg.GossipAdvertise)
 		if err != nil {
 			return err
+		}
+		// memberlist wants an IP; a host name (a container's, a DNS
+		// name) is resolved once at start, as the Raft layer does.
+		if net.ParseIP(ah) == nil {
+			ips, err := net.DefaultResolver.LookupIP(context.Background(), "ip4", ah)
+			if err != nil || len(ips) == 0 {
+				return configErr("gossip advertise address %q: cannot resolve %s to an IPv4 address (%v)", n.cfg.GossipAdvertise, ah, err)
+			}
+			ah = ips[0].String()
 		}
 		mc.AdvertiseAddr, mc.AdvertisePort = ah, ap
 	} else if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
