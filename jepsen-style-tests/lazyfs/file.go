@@ -96,8 +96,11 @@ func (l *FS) record(ino uint64, fd int, o op) error {
 		l.files[ino] = st
 	}
 	if o.data == nil {
+		l.stats.Truncates++
 		st.size = o.size
 	} else {
+		l.stats.Writes++
+		l.stats.WrittenBytes += uint64(len(o.data))
 		// The kernel reuses its buffer: keep a copy.
 		o.data = append([]byte(nil), o.data...)
 		st.size = max(st.size, o.off+int64(len(o.data)))
@@ -110,6 +113,7 @@ func (l *FS) record(ino uint64, fd int, o op) error {
 func (l *FS) sync(ino uint64, fd int) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.stats.Fsyncs++
 	st, ok := l.files[ino]
 	if !ok {
 		return syscall.Fsync(fd)

@@ -62,6 +62,7 @@ type FS struct {
 	server *fuse.Server
 	files  map[uint64]*fileState // files with pending operations, by backing inode number
 	open   map[uint64]int        // open handles by backing inode number
+	stats  Stats
 }
 
 // Available reports why lazyfs cannot mount on this machine, or nil when it
@@ -247,6 +248,20 @@ func (l *FS) Unmount() error {
 		st.close()
 	}
 	return errors.Join(errs...)
+}
+
+// Stats counts the file operations a mount has served since Mount.
+type Stats struct {
+	Writes, Truncates, Fsyncs uint64
+	WrittenBytes              uint64
+}
+
+// Stats returns the operation counts, so a test can show that a program
+// really wrote (and synced) through the mount.
+func (l *FS) Stats() Stats {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.stats
 }
 
 // Pending reports how many files hold unsynced operations and how many
