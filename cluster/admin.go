@@ -162,7 +162,8 @@ func (c *clusterService) Leader(_ context.Context, _ *quorumqpb.LeaderRequest) (
 
 // RemoveServer removes a server from the Raft configuration. Only the
 // leader does it; the removed server is not added back automatically,
-// even while it keeps running (wipe its data dir to rejoin it).
+// even while it keeps running (wipe its data dir and start it again to
+// rejoin it: that is a new boot, and the leader adds it).
 func (c *clusterService) RemoveServer(ctx context.Context, req *quorumqpb.RemoveServerRequest) (*quorumqpb.RemoveServerResponse, error) {
 	if err := c.n.RemoveServer(ctx, req.GetId()); err != nil {
 		return nil, err
@@ -190,8 +191,12 @@ func (n *Node) RemoveServer(ctx context.Context, id string) error {
 	if !found {
 		return status.Errorf(codes.NotFound, "id: server %q is not in the Raft configuration", id)
 	}
+	boot := ""
+	if m, ok := n.members.get(id); ok {
+		boot = m.meta.Boot
+	}
 	n.removedMu.Lock()
-	n.removed[id] = true
+	n.removed[id] = boot
 	n.removedMu.Unlock()
 	timeout := n.timeoutFor(ctx)
 	if err := n.await(ctx, n.raft.RemoveServer(raft.ServerID(id), 0, timeout), timeout); err != nil {

@@ -24,6 +24,10 @@ type nodeMeta struct {
 	// nodes are added by the leader, so a server removed by an admin is
 	// never pulled back in just because it is still running.
 	Fresh bool `json:"fresh"`
+	// Boot is random per process start. A removal is remembered for the
+	// boot it saw, so the same server process stays out, while a server
+	// wiped and started again (a new boot, fresh again) is added back.
+	Boot string `json:"boot,omitempty"`
 }
 
 // member is one gossip member as this node last heard of it.

@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sort"
@@ -116,7 +118,7 @@ func (n *Node) reconcile(ctx context.Context) {
 		inConfig[string(s.ID)] = true
 	}
 	for _, m := range n.members.all() {
-		if m.state != "alive" || !m.meta.Fresh || inConfig[m.meta.ID] || n.isRemoved(m.meta.ID) {
+		if m.state != "alive" || !m.meta.Fresh || inConfig[m.meta.ID] || n.isRemoved(m.meta.ID, m.meta.Boot) {
 			continue
 		}
 		n.log.Info("adding server", "id", m.meta.ID, "raft", m.meta.Raft)
@@ -128,10 +130,20 @@ func (n *Node) reconcile(ctx context.Context) {
 	}
 }
 
-func (n *Node) isRemoved(id string) bool {
+// isRemoved reports whether server id, in the process that gossips boot,
+// was removed by an admin on this leader.
+func (n *Node) isRemoved(id, boot string) bool {
 	n.removedMu.Lock()
 	defer n.removedMu.Unlock()
-	return n.removed[id]
+	b, ok := n.removed[id]
+	return ok && b == boot
+}
+
+// newBootID returns a random ID for this process start.
+func newBootID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // membershipLoop bootstraps a fresh node once BootstrapExpect fresh

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -218,5 +219,43 @@ func TestForeignDataDirRefusesToStart(t *testing.T) {
 	idPath := filepath.Join(cfg.DataDir, identityFile)
 	if !errors.Is(err, ErrDataDir) || !strings.Contains(err.Error(), idPath) || !strings.Contains(err.Error(), c.configs[fi].NodeID) {
 		t.Fatalf("start with another node's data dir: %v; want ErrDataDir naming %s and its owner", err, idPath)
+	}
+}
+
+// TestRemovedFollowerRejoinsAfterWipe replaces a removed follower the way
+// the README tells an operator to (wipe its data dir, start it again with
+// --join) while the same leader stays in office. The fault suite found that
+// the leader kept refusing it until a leader change.
+func TestRemovedFollowerRejoinsAfterWipe(t *testing.T) {
+	c := StartTestCluster(t, 3)
+	leader := c.Leader(t)
+	li := c.Index(leader)
+	enqueue(t, c, li, "q", "before")
+	fi := (li + 1) % 3
+	fid := c.Nodes[fi].ID()
+
+	cl := quorumqpb.NewClusterClient(c.Conn(t, li))
+	if _, err := cl.RemoveServer(ctxT(t, 10*time.Second), &quorumqpb.RemoveServerRequest{Id: fid}); err != nil {
+		t.Fatalf("RemoveServer %s: %v", fid, err)
+	}
+	c.Kill(fi)
+	if err := os.RemoveAll(c.configs[fi].DataDir); err != nil {
+		t.Fatal(err)
+	}
+	c.Restart(t, fi)
+
+	deadline := time.Now().Add(15 * time.Second)
+	for !slices.Contains(voters(t, leader), fid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s (wiped, restarted) not a voter again within 15 s: voters %v", fid, voters(t, leader))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !leader.IsLeader() {
+		t.Fatalf("leadership moved from %s; this test is about the same leader re-adding", leader.ID())
+	}
+	c.WaitReplicated(t)
+	if _, err := c.Nodes[fi].fsm.Queue("q"); err != nil {
+		t.Fatalf("%s after rejoin: %v", fid, err)
 	}
 }

@@ -2,7 +2,10 @@
 // and a file snapshot store, replicating the fsm package's state machine;
 // memberlist gossip for discovery, bootstrap and joins; and the gRPC API
 // (the transport package's Queue service plus this package's Cluster
-// service).
+// service). It also enforces the operator's controls on that API (bearer
+// tokens with scopes, the memory guard, the in-flight limit), serves the
+// admin HTTP endpoint (Prometheus metrics, /healthz, /readyz) and takes
+// backups and restores from them.
 //
 // Every raft future is waited on with a deadline of our own, because a
 // future can hang while there is no quorum. Only the leader proposes; it
@@ -68,10 +71,12 @@ type Node struct {
 	// of earlier terms (a barrier after winning the election), so reads and
 	// long polls on it see every acknowledged write.
 	ready atomic.Bool
-	// removed holds servers an admin removed while this node was leader;
-	// they are not re-added even if they still gossip as fresh.
+	// removed maps a server an admin removed while this node was leader
+	// to the boot ID it gossiped then: that process is not re-added even
+	// if it still gossips as fresh; a new boot of the server (wiped and
+	// restarted) is.
 	removedMu sync.Mutex
-	removed   map[string]bool
+	removed   map[string]string
 
 	stop     chan struct{} // closed when the node stops
 	wg       sync.WaitGroup
@@ -93,7 +98,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	n := &Node{
 		cfg:      cfg,
 		log:      cfg.Logger.With("node", cfg.NodeID),
-		removed:  map[string]bool{},
+		removed:  map[string]string{},
 		stop:     make(chan struct{}),
 		delegate: &metaDelegate{},
 	}
@@ -144,7 +149,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	hasState = hasState || cfg.RestoreFrom != ""
-	n.delegate.meta = nodeMeta{ID: cfg.NodeID, Raft: n.raftAdv, API: n.apiAddr, Fresh: !hasState}
+	n.delegate.meta = nodeMeta{ID: cfg.NodeID, Raft: n.raftAdv, API: n.apiAddr, Fresh: !hasState, Boot: newBootID()}
 	if err := n.startGossip(); err != nil {
 		return nil, err
 	}
