@@ -136,7 +136,7 @@ func TestJepsen(t *testing.T) {
 				Netns: netnsOK, Progress: os.Stderr,
 				// Small snapshot thresholds make snapshots, log compaction
 				// and snapshot installs happen within a short run.
-				ExtraArgs: []string{"--snapshot-threshold", "1024", "--trailing-logs", "256", "--log-level", "debug"},
+				ExtraArgs: []string{"--snapshot-threshold", "1024", "--snapshot-interval", "3s", "--trailing-logs", "256", "--log-level", "debug"},
 			})
 			if res != nil {
 				t.Logf("report: %s", res.ReportDir)
