@@ -196,7 +196,24 @@ func TestTruncatedBoltFileRefusesToStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Truncate(path, st.Size()/2); err != nil {
+	// Cut the file one page short of what its newest meta page says it
+	// holds: bolt grows the file ahead of use, so half its size may still
+	// hold every page in use (it does, depending on the page layout).
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m0, err0 := readBoltMeta(f, 0)
+	m1, err1 := readBoltMeta(f, int64(m0.pageSize))
+	f.Close()
+	if err0 != nil || err1 != nil {
+		t.Fatalf("read meta pages of %s: %v, %v", path, err0, err1)
+	}
+	used := int64(max(m0.highWater, m1.highWater)) * int64(m0.pageSize)
+	if used > st.Size() {
+		t.Fatalf("%s: %d bytes, meta says %d in use", path, st.Size(), used)
+	}
+	if err := os.Truncate(path, used-int64(m0.pageSize)); err != nil {
 		t.Fatal(err)
 	}
 	cfg := c.configs[fi]
