@@ -80,3 +80,51 @@ func TestMemoryGuardRefusesEnqueues(t *testing.T) {
 		t.Errorf("enqueued_total %d, want 1: a refused enqueue changed the queue", got)
 	}
 }
+
+// TestInFlightLimitPerConnection: with MaxInFlightPerConn 2, a third call
+// on a connection that has two long polls open waits until one of them
+// ends; the same call on another connection does not wait.
+func TestInFlightLimitPerConnection(t *testing.T) {
+	c := StartTestClusterWith(t, 3, func(_ int, cfg *Config) { cfg.MaxInFlightPerConn = 2 })
+	li := c.Index(c.Leader(t))
+	busy := quorumqpb.NewQueueClient(c.Conn(t, li))
+	if _, err := busy.CreateQueue(ctxT(t, 10*time.Second), &quorumqpb.CreateQueueRequest{Name: "idle"}); err != nil {
+		t.Fatal(err)
+	}
+	const poll = 2 * time.Second
+	done := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := busy.Receive(ctxT(t, 10*time.Second), &quorumqpb.ReceiveRequest{Queue: "idle", WaitNs: int64(poll)})
+			done <- err
+		}()
+	}
+	time.Sleep(300 * time.Millisecond) // both long polls are open
+
+	start := time.Now()
+	if _, err := quorumqpb.NewQueueClient(c.Conn(t, li)).GetQueue(ctxT(t, 10*time.Second), &quorumqpb.GetQueueRequest{Name: "idle"}); err != nil {
+		t.Fatal(err)
+	}
+	if free := time.Since(start); free > poll/2 {
+		t.Fatalf("a call on a fresh connection took %v; want it not to wait for the long polls", free)
+	}
+	start = time.Now()
+	if _, err := busy.GetQueue(ctxT(t, 10*time.Second), &quorumqpb.GetQueueRequest{Name: "idle"}); err != nil {
+		t.Fatal(err)
+	}
+	if waited := time.Since(start); waited < poll/2 {
+		t.Fatalf("the third call on a connection with 2 calls in flight ran after %v; want it to wait for a free slot (limit 2)", waited)
+	}
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Fatalf("long poll: %v", err)
+		}
+	}
+}
+
+// BenchmarkHeapBytes is the memory guard's cost on every enqueue.
+func BenchmarkHeapBytes(b *testing.B) {
+	for b.Loop() {
+		heapBytes()
+	}
+}
