@@ -148,7 +148,7 @@ enqueue-to-ack latency is measured end to end by the consumer.`,
 	f.IntVar(&cfg.Queues, "queues", 1, "number of queues, used round-robin")
 	f.BoolVar(&cfg.SeparateAcks, "separate-acks", false, "consumers ack each batch with its own Ack call (default: the acks ride on the next receive, one Raft entry per batch)")
 	f.Int64Var(&cfg.Prefill, "prefill", 0, "messages enqueued before the clock starts (for consumer-only runs)")
-	f.IntVar(&cfg.DevBasePort, "dev-base-port", 7601, "with --dev: API port of the first node (Raft +100, gossip +200)")
+	f.IntVar(&cfg.DevBasePort, "dev-base-port", 7601, "with --dev: API port of the first node (Raft +100, gossip +200, admin HTTP +300)")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of this process (with --dev: the three nodes and the clients) to FILE")
 	addClientFlags(cmd, &cf)
 	rootCmd.AddCommand(cmd)

@@ -43,8 +43,8 @@ temporary directory that is removed on exit, unless --data-dir names one
 first use.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if basePort < 1 || basePort+200+devNodes-1 > 65535 {
-				return fmt.Errorf("--base-port %d: want 1..%d so that base+%d stays a valid port", basePort, 65535-200-devNodes+1, 200+devNodes-1)
+			if basePort < 1 || basePort+300+devNodes-1 > 65535 {
+				return fmt.Errorf("--base-port %d: want 1..%d so that base+%d stays a valid port", basePort, 65535-300-devNodes+1, 300+devNodes-1)
 			}
 			logger, err := newSlogLogger(cmd.ErrOrStderr(), logLevel, logFormat)
 			if err != nil {
@@ -74,7 +74,7 @@ first use.`,
 				if n.ID() == leader {
 					role = "leader"
 				}
-				fmt.Fprintf(out, "  %s  api %s  raft %s  gossip %s  (%s)\n", n.ID(), n.APIAddr(), addr(basePort+100+i), gossip[i], role)
+				fmt.Fprintf(out, "  %s  api %s  raft %s  gossip %s  metrics http://%s/metrics  (%s)\n", n.ID(), n.APIAddr(), addr(basePort+100+i), gossip[i], n.AdminAddr(), role)
 				apis = append(apis, n.APIAddr())
 			}
 			next := ""
@@ -94,7 +94,7 @@ first use.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.IntVar(&basePort, "base-port", 7101, "API port of n1; Raft ports start at base+100, gossip at base+200")
+	fl.IntVar(&basePort, "base-port", 7101, "API port of n1; Raft ports start at base+100, gossip at base+200, admin HTTP (metrics, health) at base+300")
 	fl.StringVar(&dataDir, "data-dir", "", "keep the nodes' data in DIR/n1..n3 (default: a temporary directory removed on exit)")
 	fl.StringVar(&logLevel, "log-level", "warn", "debug, info, warn or error")
 	fl.StringVar(&logFormat, "log-format", "text", "text or json")
@@ -124,7 +124,7 @@ func (lc *localCluster) apiAddrs() []string {
 
 // startLocalCluster starts devNodes nodes on 127.0.0.1 with data in
 // dir/n1..n3 and ports from basePort (API), basePort+100 (Raft) and
-// basePort+200 (gossip), and waits for a leader. `quorumq dev` and
+// basePort+200 (gossip), basePort+300 (admin HTTP), and waits for a leader. `quorumq dev` and
 // `quorumq bench --dev` both use it.
 func startLocalCluster(ctx context.Context, dir string, basePort int, logger *slog.Logger) (*localCluster, error) {
 	lc := &localCluster{}
@@ -151,6 +151,7 @@ func startLocalCluster(ctx context.Context, dir string, basePort int, logger *sl
 			APIAddr:          localAddr(basePort + i),
 			RaftAddr:         localAddr(basePort + 100 + i),
 			GossipAddr:       lc.gossip[i],
+			AdminAddr:        localAddr(basePort + 300 + i),
 			BootstrapExpect:  devNodes,
 			Join:             lc.gossip,
 			AutoCreateQueues: true,
