@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // writerEnv switches the test binary into the writer program of
@@ -70,9 +71,10 @@ func checkAcked(acked []int, log []byte) (lost []int) {
 	return lost
 }
 
-// runWriterUntilKilled starts the writer on the mount, reads n acks,
-// kills it with SIGKILL mid-stream and returns every ack it printed.
-func runWriterUntilKilled(t *testing.T, path, mode string, n int) []int {
+// runWriterUntilKilled starts the writer on the mount, reads n acks, runs
+// beforeKill (if any), kills it with SIGKILL mid-stream and returns every
+// ack it printed.
+func runWriterUntilKilled(t *testing.T, path, mode string, n int, beforeKill func()) []int {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), writerEnv+"="+path+","+mode)
@@ -93,6 +95,9 @@ func runWriterUntilKilled(t *testing.T, path, mode string, n int) []int {
 		}
 		acked = append(acked, v)
 		if len(acked) == n {
+			if beforeKill != nil {
+				beforeKill()
+			}
 			cmd.Process.Kill()
 			break
 		}
@@ -124,7 +129,7 @@ func TestPowerFailureBites(t *testing.T) {
 		t.Run(tc.mode, func(t *testing.T) {
 			l := mountTemp(t)
 			path := filepath.Join(l.Mountpoint(), "records")
-			acked := runWriterUntilKilled(t, path, tc.mode, 250)
+			acked := runWriterUntilKilled(t, path, tc.mode, 250, nil)
 			before, err := os.ReadFile(path)
 			if err != nil {
 				t.Fatal(err)
@@ -150,5 +155,39 @@ func TestPowerFailureBites(t *testing.T) {
 				t.Fatalf("lost %d acknowledged records (first %d) although each was fsynced before its ack", len(lost), lost[0])
 			}
 		})
+	}
+}
+
+// TestPowerFailureDuringFsync holds the writer's fsync, kills it and cuts
+// the power: the record being synced (never acknowledged) is gone, every
+// acknowledged one is there.
+func TestPowerFailureDuringFsync(t *testing.T) {
+	l := mountTemp(t)
+	path := filepath.Join(l.Mountpoint(), "records")
+	var caught bool
+	acked := runWriterUntilKilled(t, path, "sync-before-ack", 50, func() {
+		select {
+		case <-l.HoldNextFsync():
+			caught = true
+		case <-time.After(10 * time.Second):
+		}
+	})
+	if !caught {
+		t.Fatal("the writer's next fsync was not held within 10 s")
+	}
+	loss, err := l.PowerFailure(Drop, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lost := checkAcked(acked, after); len(lost) != 0 {
+		t.Fatalf("lost %d acknowledged records", len(lost))
+	}
+	if loss.Bytes != 9 || len(after) != 9*len(acked) {
+		t.Fatalf("after a power failure during the fsync of one record: %d bytes dropped, file holds %d records for %d acks; want 9 bytes dropped and exactly the acked records",
+			loss.Bytes, len(after)/9, len(acked))
 	}
 }

@@ -351,6 +351,8 @@ func TestPowerFailureLosesNoAcknowledgedMessage(t *testing.T) {
 	for _, s := range servers {
 		byID[s.id] = s
 	}
+	// Each fault cuts the power while the victims are inside an fsync
+	// (HoldNextFsync), so their unsynced writes are certainly dropped.
 	faults := []struct {
 		name string
 		pick func() []*server
@@ -371,7 +373,7 @@ func TestPowerFailureLosesNoAcknowledgedMessage(t *testing.T) {
 			}
 			targets = append(targets, s.target())
 		}
-		losses, err := PowerFail(targets, f.mode, rng)
+		losses, caught, err := PowerFailMidFsync(targets, f.mode, rng, 3*time.Second)
 		if err != nil {
 			t.Fatalf("power failure (%s): %v", f.name, err)
 		}
@@ -381,7 +383,10 @@ func TestPowerFailureLosesNoAcknowledgedMessage(t *testing.T) {
 			lost = append(lost, fmt.Sprintf("%s %d B in %d files, kept %d B (mount so far: %d writes, %d B, %d fsyncs)",
 				s.id, l.Bytes, l.Files, l.KeptBytes, st.Writes, st.WrittenBytes, st.Fsyncs))
 		}
-		t.Logf("power failure, %s, %s: unsynced data dropped: %s", f.name, f.mode, strings.Join(lost, "; "))
+		t.Logf("power failure, %s, %s, mid-fsync on %v: unsynced data dropped: %s", f.name, f.mode, caught, strings.Join(lost, "; "))
+		if len(caught) == 0 {
+			t.Errorf("power failure (%s): no victim was caught inside an fsync within 3 s: were the producers writing?", f.name)
+		}
 		hctx, hcancel := context.WithTimeout(ctx, 30*time.Second)
 		st, err := waitHealthy(hctx, c, 3)
 		hcancel()

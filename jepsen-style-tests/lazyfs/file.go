@@ -110,13 +110,30 @@ func (l *FS) record(ino uint64, fd int, o op) error {
 }
 
 // sync makes ino's pending operations durable through fd.
-func (l *FS) sync(ino uint64, fd int) error {
+func (l *FS) sync(ctx context.Context, ino uint64, fd int) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.stats.Fsyncs++
 	st, ok := l.files[ino]
 	if !ok {
 		return syscall.Fsync(fd)
+	}
+	if l.hold != nil {
+		// HoldNextFsync: the power fails during this fsync. It never
+		// completes: it ends, applying nothing, when the kernel interrupts
+		// it (the caller was killed: a request already handed to us is
+		// only abandoned through FUSE_INTERRUPT) or when the power failure
+		// releases it.
+		caught, release := l.hold, l.release
+		l.hold = nil
+		close(caught)
+		l.mu.Unlock()
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		l.mu.Lock()
+		return syscall.EIO
 	}
 	if err := applyOps(fd, st.ops); err != nil {
 		// Half-applied: the backing file holds a prefix, as a failing disk
@@ -410,7 +427,7 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 		return 0, fs.ToErrno(err)
 	}
 	if h.sync {
-		if err := h.lfs.sync(h.ino, h.fd); err != nil {
+		if err := h.lfs.sync(ctx, h.ino, h.fd); err != nil {
 			return 0, fs.ToErrno(err)
 		}
 	}
@@ -420,7 +437,7 @@ func (h *handle) Write(ctx context.Context, data []byte, off int64) (uint32, sys
 // Fsync serves both fsync and fdatasync: it makes every pending operation
 // of the file durable.
 func (h *handle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
-	return fs.ToErrno(h.lfs.sync(h.ino, h.fd))
+	return fs.ToErrno(h.lfs.sync(ctx, h.ino, h.fd))
 }
 
 // Flush (close) makes nothing durable.

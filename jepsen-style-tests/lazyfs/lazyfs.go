@@ -63,6 +63,9 @@ type FS struct {
 	files  map[uint64]*fileState // files with pending operations, by backing inode number
 	open   map[uint64]int        // open handles by backing inode number
 	stats  Stats
+
+	hold    chan struct{} // armed by HoldNextFsync: closed when an fsync is held
+	release chan struct{} // closed by a power failure or unmount: held fsyncs fail
 }
 
 // Available reports why lazyfs cannot mount on this machine, or nil when it
@@ -135,8 +138,34 @@ func (l *FS) mount() error {
 	}
 	l.mu.Lock()
 	l.server = server
+	l.release = make(chan struct{})
 	l.mu.Unlock()
 	return nil
+}
+
+// HoldNextFsync arms the mount: the next fsync or fdatasync of a file with
+// unsynced data is held forever instead of made durable, and the returned
+// channel is closed when that happens. It lets a test cut the power at the
+// worst moment, while a process waits for its data to reach the disk: kill
+// the process once the channel is closed, then call PowerFailure, which
+// fails the held fsync with EIO and drops its data.
+func (l *FS) HoldNextFsync() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.hold = make(chan struct{})
+	return l.hold
+}
+
+// releaseHeld fails a held fsync and disarms HoldNextFsync. The process
+// that waited on it is dead by contract, so nothing sees the error.
+func (l *FS) releaseHeld() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.hold = nil
+	if l.release != nil {
+		close(l.release)
+		l.release = nil
+	}
 }
 
 // unmount detaches the mount. It fails with ErrBusy while files are open.
@@ -147,6 +176,9 @@ func (l *FS) unmount() error {
 	if server == nil {
 		return nil
 	}
+	// A held fsync blocks one of the server's loops, and unmounting waits
+	// for every loop.
+	l.releaseHeld()
 	// A killed process's files are released by the kernel shortly after
 	// its exit; go-fuse retries for a while, and so do we.
 	var err error
@@ -157,6 +189,9 @@ func (l *FS) unmount() error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	if err != nil {
+		l.mu.Lock()
+		l.release = make(chan struct{})
+		l.mu.Unlock()
 		return fmt.Errorf("%w: unmount %s: %v (stop every process using it first)", ErrBusy, l.mountpoint, err)
 	}
 	server.Wait()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"time"
 )
 
 // Target is one node as the power nemesis sees it: its mount and how to
@@ -26,6 +27,48 @@ func PowerFail(targets []Target, mode Mode, rng *rand.Rand) (map[string]Loss, er
 	if len(targets) == 0 {
 		return nil, errors.New("lazyfs: power failure of no targets: want at least one")
 	}
+	return powerFail(targets, mode, rng)
+}
+
+// PowerFailMidFsync is PowerFail at the worst moment: it arms every
+// target's mount with HoldNextFsync, waits until each has a process
+// blocked in fsync of unsynced data or until wait has passed, and then
+// cuts the power of all targets at once. caught names the targets whose
+// power failed during an fsync; their unsynced data is certainly lost. A
+// node that wrote nothing within wait fails in whatever state it is in.
+func PowerFailMidFsync(targets []Target, mode Mode, rng *rand.Rand, wait time.Duration) (losses map[string]Loss, caught []string, err error) {
+	if len(targets) == 0 {
+		return nil, nil, errors.New("lazyfs: power failure of no targets: want at least one")
+	}
+	if wait <= 0 {
+		return nil, nil, fmt.Errorf("lazyfs: power failure mid-fsync: wait is %v, want > 0", wait)
+	}
+	held := make([]<-chan struct{}, len(targets))
+	for i, t := range targets {
+		held[i] = t.FS.HoldNextFsync()
+	}
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	expired := false
+	for i, t := range targets {
+		if !expired {
+			select {
+			case <-held[i]:
+			case <-deadline.C:
+				expired = true
+			}
+		}
+		select {
+		case <-held[i]:
+			caught = append(caught, t.Name)
+		default:
+		}
+	}
+	losses, err = powerFail(targets, mode, rng)
+	return losses, caught, err
+}
+
+func powerFail(targets []Target, mode Mode, rng *rand.Rand) (map[string]Loss, error) {
 	errs := make([]error, len(targets))
 	var wg sync.WaitGroup
 	for i, t := range targets {
