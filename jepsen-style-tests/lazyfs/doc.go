@@ -55,6 +55,16 @@
 // mount) or the fusermount helper (Debian package fuse3); [Available]
 // says which is missing, and tests skip with its message.
 //
-// The nemesis functions for the jepsen suite, [FlipBit], [FlipBitsAt]
-// and [Truncate], corrupt a stopped node's files on the backing side.
+// [FS.HoldNextFsync] cuts the power at the worst moment: the next fsync of
+// unsynced data is held (never completes) until the process is killed, so
+// the power failure certainly finds data that the process was waiting to
+// make durable.
+//
+// # Nemeses
+//
+// [PowerFail] and [PowerFailMidFsync] kill one, some or all [Target]s at
+// the same moment, cut the power of their mounts and restart them.
+// [FlipBit], [FlipBitsAt], [FlipRandomBits] and [Truncate] corrupt a
+// stopped node's files on the backing side. DESIGN.md says how the fault
+// suite wires them in.
 package lazyfs
