@@ -94,3 +94,43 @@ func TestLongPollReturnsEmptyAtDeadline(t *testing.T) {
 		t.Fatalf("long poll on a missing queue: %v, want NotFound", err)
 	}
 }
+
+// TestLongPollWakesOnePollerPerMessage: eight consumers long-poll an empty
+// queue; one message arrives. Exactly one of them gets it, and the Raft log
+// grows by the enqueue and one receive — not by one receive per waiting
+// consumer (a thundering herd that also delays everyone by the backoff of
+// the losers).
+func TestLongPollWakesOnePollerPerMessage(t *testing.T) {
+	c := StartTestClusterWith(t, 3, func(_ int, cfg *Config) { cfg.TickInterval = time.Hour })
+	leader := c.Leader(t)
+	qc := quorumqpb.NewQueueClient(c.Conn(t, c.Index(leader)))
+	if _, err := qc.CreateQueue(ctxT(t, 5*time.Second), &quorumqpb.CreateQueueRequest{Name: "herd"}); err != nil {
+		t.Fatal(err)
+	}
+	const pollers = 8
+	got := make(chan int, pollers)
+	for i := 0; i < pollers; i++ {
+		go func() {
+			resp, err := qc.Receive(ctxT(t, 30*time.Second), &quorumqpb.ReceiveRequest{Queue: "herd", Max: 10, WaitNs: int64(3 * time.Second)})
+			if err != nil {
+				t.Errorf("receive: %v", err)
+			}
+			got <- len(resp.GetDeliveries())
+		}()
+	}
+	time.Sleep(500 * time.Millisecond) // every poller is waiting
+	before := lastIndex(leader)
+	if _, err := qc.Enqueue(ctxT(t, 5*time.Second), &quorumqpb.EnqueueRequest{Queue: "herd", Messages: []*fsmpb.Message{{Body: []byte("one")}}}); err != nil {
+		t.Fatal(err)
+	}
+	delivered := 0
+	for i := 0; i < pollers; i++ {
+		delivered += <-got
+	}
+	if delivered != 1 {
+		t.Fatalf("%d deliveries of one message", delivered)
+	}
+	if grew := lastIndex(leader) - before; grew != 2 {
+		t.Fatalf("the log grew by %d entries for one enqueue and %d waiting polls; want 2 (the enqueue, one receive)", grew, pollers)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -38,6 +39,29 @@ type QueueService struct {
 	backend    Backend
 	limits     Limits
 	autoCreate bool
+
+	// turns holds one token per queue (a chan of capacity 1, made on first
+	// use): only the long poll holding it waits for and proposes a receive.
+	// One arriving message then wakes one poller, not every poller of the
+	// queue (each of which would add a Raft entry and, losing the race,
+	// back off and deliver late).
+	turnsMu sync.Mutex
+	turns   map[string]chan struct{}
+}
+
+// turn returns queue's long-poll token.
+func (q *QueueService) turn(queue string) chan struct{} {
+	q.turnsMu.Lock()
+	defer q.turnsMu.Unlock()
+	t, ok := q.turns[queue]
+	if !ok {
+		if q.turns == nil {
+			q.turns = map[string]chan struct{}{}
+		}
+		t = make(chan struct{}, 1)
+		q.turns[queue] = t
+	}
+	return t
 }
 
 // NewQueueService returns the Queue service over backend. With autoCreate,
@@ -220,9 +244,11 @@ func (q *QueueService) Receive(ctx context.Context, req *quorumqpb.ReceiveReques
 
 	wctx, cancel := context.WithTimeout(ctx, time.Duration(req.GetWaitNs()))
 	defer cancel()
+	turn := q.turn(req.GetQueue())
 	// pause grows while proposals come back empty although the queue
-	// looked available (other consumers winning the race), so a contended
-	// long poll cannot turn into a stream of Raft entries.
+	// looked available (a short receive elsewhere took the message between
+	// the wake-up and our entry), so a contended long poll cannot turn
+	// into a stream of Raft entries.
 	pause := time.Duration(0)
 	for {
 		if pause > 0 {
@@ -232,27 +258,38 @@ func (q *QueueService) Receive(ctx context.Context, req *quorumqpb.ReceiveReques
 			case <-time.After(pause):
 			}
 		}
-		if err := q.backend.WaitAvailable(wctx, req.GetQueue()); err != nil {
-			if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
-				return resp, nil // the long poll ran out: an empty answer
-			}
-			if ctx.Err() != nil {
-				return nil, status.FromContextError(ctx.Err()).Err()
-			}
-			return nil, err
+		select {
+		case turn <- struct{}{}:
+		case <-wctx.Done():
+			return resp, nil // the long poll ran out waiting for its turn
 		}
-		res, err := q.propose(ctx, cmd)
-		if err != nil {
-			return nil, err
+		res, err := q.pollOnce(ctx, wctx, req.GetQueue(), cmd)
+		<-turn
+		if err != nil || res == nil {
+			return resp, err
 		}
-		// Another consumer may have taken the message between the wake-up
-		// and our entry; then wait again until the deadline.
 		if len(res.GetDeliveries()) > 0 || res.GetReplayed() || wctx.Err() != nil {
 			resp.Deliveries = res.GetDeliveries()
 			return resp, nil
 		}
 		pause = min(max(2*pause, 5*time.Millisecond), 200*time.Millisecond)
 	}
+}
+
+// pollOnce waits until queue has a message available and proposes the
+// receive cmd. It returns a nil result and nil error when the long poll's
+// wait (wctx) ran out first.
+func (q *QueueService) pollOnce(ctx, wctx context.Context, queue string, cmd *fsmpb.Command) (*fsmpb.Result, error) {
+	if err := q.backend.WaitAvailable(wctx, queue); err != nil {
+		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			return nil, nil // the long poll ran out: an empty answer
+		}
+		if ctx.Err() != nil {
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+		return nil, err
+	}
+	return q.propose(ctx, cmd)
 }
 
 // Ack deletes delivered messages whose receipts are still current.

@@ -353,8 +353,14 @@ func runBench(ctx context.Context, c *client.Client, cfg benchConfig, progressOu
 				}
 				// The previous batch's acks ride on the next receive: one
 				// Raft entry per batch instead of two.
+				// With acks to confirm, do not long-poll: the answer (and
+				// so the confirmation) would wait for the next message.
+				wait := time.Second
+				if len(pending) > 0 {
+					wait = 0
+				}
 				var ackErr error
-				msgs, ackErr, err = c.AckAndReceive(runCtx, q, receipts(), cfg.Batch, client.WithWait(time.Second))
+				msgs, ackErr, err = c.AckAndReceive(runCtx, q, receipts(), cfg.Batch, client.WithWait(wait))
 				if err != nil {
 					continue // pending stays and is acked by the next call
 				}
