@@ -28,7 +28,9 @@ type Backend interface {
 	Queues(ctx context.Context) ([]*fsmpb.QueueInfo, error)
 	// WaitAvailable returns nil as soon as queue has a message available,
 	// or ctx's error when it ends first. It writes nothing to the Raft
-	// log: an empty long poll costs no log entry.
+	// log: an empty long poll costs no log entry. It checks before it
+	// waits, so with a ctx that is already done it answers "available
+	// now?".
 	WaitAvailable(ctx context.Context, queue string) error
 }
 
@@ -242,6 +244,19 @@ func (q *QueueService) Receive(ctx context.Context, req *quorumqpb.ReceiveReques
 		}}}
 	}
 
+	// Messages available right now need no turn: busy consumers of a full
+	// queue propose side by side and Raft batches their receives.
+	if q.availableNow(ctx, req.GetQueue()) {
+		res, err := q.propose(ctx, cmd)
+		if err != nil {
+			return nil, err
+		}
+		if len(res.GetDeliveries()) > 0 || res.GetReplayed() {
+			resp.Deliveries = res.GetDeliveries()
+			return resp, nil
+		}
+	}
+
 	wctx, cancel := context.WithTimeout(ctx, time.Duration(req.GetWaitNs()))
 	defer cancel()
 	turn := q.turn(req.GetQueue())
@@ -274,6 +289,13 @@ func (q *QueueService) Receive(ctx context.Context, req *quorumqpb.ReceiveReques
 		}
 		pause = min(max(2*pause, 5*time.Millisecond), 200*time.Millisecond)
 	}
+}
+
+// availableNow reports whether queue has a message available at once.
+func (q *QueueService) availableNow(ctx context.Context, queue string) bool {
+	done, cancel := context.WithCancel(ctx)
+	cancel()
+	return q.backend.WaitAvailable(done, queue) == nil
 }
 
 // pollOnce waits until queue has a message available and proposes the
