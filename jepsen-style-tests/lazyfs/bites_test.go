@@ -20,6 +20,13 @@ func TestMain(m *testing.M) {
 	if spec := os.Getenv(writerEnv); spec != "" {
 		os.Exit(runWriter(spec))
 	}
+	if spec := os.Getenv(bboltEnv); spec != "" {
+		if err := runBbolt(spec); err != nil {
+			fmt.Println(err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	os.Exit(m.Run())
 }
 

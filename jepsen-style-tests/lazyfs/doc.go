@@ -53,7 +53,10 @@
 // on the same mount point. PowerFailure refuses (and changes nothing) when
 // the mount is still busy. Mounting needs /dev/fuse and root (a direct
 // mount) or the fusermount helper (Debian package fuse3); [Available]
-// says which is missing, and tests skip with its message.
+// says which is missing, and tests skip with its message. A Go process must
+// not mmap files of a mount it serves itself: a page fault waiting for the
+// FUSE server can deadlock with the garbage collector's stop-the-world
+// (run such programs, bbolt among them, as child processes).
 //
 // [FS.HoldNextFsync] cuts the power at the worst moment: the next fsync of
 // unsynced data is held (never completes) until the process is killed, so
