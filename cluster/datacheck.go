@@ -130,7 +130,7 @@ func checkBoltPages(path string) error {
 		var first error
 		for cerr := range tx.Check() { // drained: the check runs in its own goroutine
 			if first == nil {
-				first = fmt.Errorf("%w: %s is corrupt: %v", ErrDataDir, path, cerr)
+				first = fmt.Errorf("%w: %s is corrupt: bbolt check: %v", ErrDataDir, path, cerr)
 			}
 		}
 		return first

@@ -228,6 +228,7 @@ func TestRandomBitFlipsInBoltFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	outcomes := map[string]int{}
+	examples := map[string]string{}
 	rng := rand.New(rand.NewPCG(7, 7))
 	for round := range 40 {
 		data := append([]byte(nil), content...)
@@ -244,11 +245,15 @@ func TestRandomBitFlipsInBoltFile(t *testing.T) {
 			outcomes["intact"]++
 		case errors.Is(err, ErrDataDir) && strings.Contains(err.Error(), path):
 			outcomes[errKind(err)]++
+			examples[errKind(err)] = err.Error()
 		default:
 			t.Fatalf("round %d: %v; want ErrDataDir naming %s", round, err, path)
 		}
 	}
 	t.Logf("40 copies with 4 random bit flips each: %v", outcomes)
+	for k, e := range examples {
+		t.Logf("%s, e.g. %s", k, e)
+	}
 }
 
 // checkCopy runs the start-up checks a node runs on path and compares
@@ -285,7 +290,7 @@ func checkCopy(path string, want []*raft.Log) error {
 // errKind names which check refused a file, for the test log.
 func errKind(err error) string {
 	msg := err.Error()
-	for _, k := range []string{"bbolt page check", "log entry", "meta page", "truncated", "not a valid bolt", "open"} {
+	for _, k := range []string{"bbolt check", "reading it failed", "log entry", "meta page", "truncated", "not a valid bolt", "open"} {
 		if strings.Contains(msg, k) {
 			return "refused: " + k
 		}
