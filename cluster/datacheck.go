@@ -71,12 +71,16 @@ func verifyEntry(path string, index uint64, log *raft.Log) error {
 
 // verifyStores checks an existing data dir's stores before raft uses them.
 func (n *Node) verifyStores() error {
-	if err := verifyLog(n.store, filepath.Join(n.cfg.DataDir, raftDBFile)); err != nil {
-		return err
-	}
 	snaps, err := n.snaps.List()
 	if err != nil {
 		return fmt.Errorf("%w: list snapshots in %s: %v", ErrDataDir, filepath.Join(n.cfg.DataDir, "snapshots"), err)
+	}
+	var snapIndex uint64
+	for _, s := range snaps {
+		snapIndex = max(snapIndex, s.Index)
+	}
+	if err := verifyLog(n.store, filepath.Join(n.cfg.DataDir, raftDBFile), snapIndex); err != nil {
+		return err
 	}
 	for _, s := range snaps {
 		_, rc, err := n.snaps.Open(s.ID)
@@ -89,8 +93,11 @@ func (n *Node) verifyStores() error {
 }
 
 // verifyLog reads every entry of store (the bolt file at path) through
-// the checked store: none may be missing, unreadable or corrupt.
-func verifyLog(store raft.LogStore, path string) error {
+// the checked store: none may be unreadable or corrupt, and none above
+// snapIndex (the newest snapshot's) may be missing. Below it a hole is
+// normal: a follower that installed a snapshot keeps its older entries and
+// appends after the snapshot's index, and raft never reads below it.
+func verifyLog(store raft.LogStore, path string, snapIndex uint64) error {
 	logs := &checkedLogStore{LogStore: store, path: path}
 	return faultsAsErrors(path, func() error {
 		first, err := logs.FirstIndex()
@@ -107,6 +114,9 @@ func verifyLog(store raft.LogStore, path string) error {
 		var entry raft.Log
 		for i := first; i <= last; i++ {
 			if err := logs.GetLog(i, &entry); err != nil {
+				if errors.Is(err, raft.ErrLogNotFound) && i <= snapIndex {
+					continue
+				}
 				if errors.Is(err, raft.ErrLogNotFound) {
 					return fmt.Errorf("%w: %s: log entry %d is missing between %d and %d (corrupt)", ErrDataDir, path, i, first, last)
 				}
