@@ -78,8 +78,10 @@ func (c *Client) Receive(ctx context.Context, queue string, maxMsgs int, opts ..
 // unknown whether the acks were applied: ack the receipts again (acking is
 // idempotent).
 func (c *Client) AckAndReceive(ctx context.Context, queue string, acks []Receipt, maxMsgs int, opts ...ReceiveOption) (msgs []Message, ackErr, err error) {
-	if err := validateReceipts("AckAndReceive acks", acks); err != nil && len(acks) > 0 {
-		return nil, nil, err
+	if len(acks) > 0 {
+		if err := validateReceipts("AckAndReceive acks", acks); err != nil {
+			return nil, nil, err
+		}
 	}
 	return c.receive(ctx, queue, acks, maxMsgs, opts)
 }

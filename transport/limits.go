@@ -46,37 +46,25 @@ func DefaultLimits() Limits {
 // withDefaults fills every zero field from DefaultLimits.
 func (l Limits) withDefaults() Limits {
 	d := DefaultLimits()
-	if l.MaxMessageBytes == 0 {
-		l.MaxMessageBytes = d.MaxMessageBytes
-	}
-	if l.MaxBatchMessages == 0 {
-		l.MaxBatchMessages = d.MaxBatchMessages
-	}
-	if l.MaxBatchBytes == 0 {
-		l.MaxBatchBytes = d.MaxBatchBytes
-	}
-	if l.MaxReceipts == 0 {
-		l.MaxReceipts = d.MaxReceipts
-	}
-	if l.MaxReceive == 0 {
-		l.MaxReceive = d.MaxReceive
-	}
-	if l.MaxWait == 0 {
-		l.MaxWait = d.MaxWait
-	}
-	if l.MaxVisibility == 0 {
-		l.MaxVisibility = d.MaxVisibility
-	}
-	if l.MaxDelay == 0 {
-		l.MaxDelay = d.MaxDelay
-	}
-	if l.MaxIDBytes == 0 {
-		l.MaxIDBytes = d.MaxIDBytes
-	}
-	if l.MaxAttributes == 0 {
-		l.MaxAttributes = d.MaxAttributes
-	}
+	orDefault(&l.MaxMessageBytes, d.MaxMessageBytes)
+	orDefault(&l.MaxBatchMessages, d.MaxBatchMessages)
+	orDefault(&l.MaxBatchBytes, d.MaxBatchBytes)
+	orDefault(&l.MaxReceipts, d.MaxReceipts)
+	orDefault(&l.MaxReceive, d.MaxReceive)
+	orDefault(&l.MaxWait, d.MaxWait)
+	orDefault(&l.MaxVisibility, d.MaxVisibility)
+	orDefault(&l.MaxDelay, d.MaxDelay)
+	orDefault(&l.MaxIDBytes, d.MaxIDBytes)
+	orDefault(&l.MaxAttributes, d.MaxAttributes)
 	return l
+}
+
+// orDefault sets *v to d when *v is zero.
+func orDefault[T comparable](v *T, d T) {
+	var zero T
+	if *v == zero {
+		*v = d
+	}
 }
 
 // MaxRecvMsgSize is the gRPC receive limit a server needs so that a

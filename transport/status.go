@@ -1,7 +1,9 @@
 // Package transport owns quorumq's wire: the client API (package quorumqpb,
 // generated from quorumq.proto), the typed gRPC error details that both the
-// server and the client use, and (in package transport/raftnet) the Raft
-// stream layer.
+// server and the client use, request limits and their validation, the gRPC
+// Queue service over a node's Backend (including long polls, which take
+// turns per queue), and (in package transport/raftnet) the Raft stream
+// layer.
 //
 // Errors cross the wire as gRPC status codes with typed details, so a client
 // can tell "go elsewhere" from "may have happened" from "will never work":
