@@ -2,6 +2,7 @@ package lazyfs
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -118,14 +119,14 @@ func (l *FS) sync(ctx context.Context, ino uint64, fd int) error {
 	if !ok {
 		return syscall.Fsync(fd)
 	}
-	if l.hold != nil {
+	if l.hold != nil && (l.holdMatch == nil || l.holdMatch(l.relPath(fd))) {
 		// HoldNextFsync: the power fails during this fsync. It never
 		// completes: it ends, applying nothing, when the kernel interrupts
 		// it (the caller was killed: a request already handed to us is
 		// only abandoned through FUSE_INTERRUPT) or when the power failure
 		// releases it.
 		caught, release := l.hold, l.release
-		l.hold = nil
+		l.hold, l.holdMatch = nil, nil
 		close(caught)
 		l.mu.Unlock()
 		select {
@@ -143,6 +144,20 @@ func (l *FS) sync(ctx context.Context, ino uint64, fd int) error {
 	delete(l.files, ino)
 	st.close()
 	return nil
+}
+
+// relPath is the path of the backing file open as fd, relative to the
+// backing directory ("" when the kernel cannot say).
+func (l *FS) relPath(fd int) string {
+	p, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
+	if err != nil {
+		return ""
+	}
+	rel, err := filepath.Rel(l.backing, p)
+	if err != nil {
+		return ""
+	}
+	return rel
 }
 
 // read fills dest with the file's content at off as programs see it.

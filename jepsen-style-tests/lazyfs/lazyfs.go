@@ -64,8 +64,9 @@ type FS struct {
 	open   map[uint64]int        // open handles by backing inode number
 	stats  Stats
 
-	hold    chan struct{} // armed by HoldNextFsync: closed when an fsync is held
-	release chan struct{} // closed by a power failure or unmount: held fsyncs fail
+	hold      chan struct{}         // armed by HoldNextFsync: closed when an fsync is held
+	holdMatch func(rel string) bool // which files HoldNextFsyncOf holds; nil: any
+	release   chan struct{}         // closed by a power failure or unmount: held fsyncs fail
 }
 
 // Available reports why lazyfs cannot mount on this machine, or nil when it
@@ -149,10 +150,16 @@ func (l *FS) mount() error {
 // worst moment, while a process waits for its data to reach the disk: kill
 // the process once the channel is closed, then call PowerFailure, which
 // fails the held fsync with EIO and drops its data.
-func (l *FS) HoldNextFsync() <-chan struct{} {
+func (l *FS) HoldNextFsync() <-chan struct{} { return l.HoldNextFsyncOf(nil) }
+
+// HoldNextFsyncOf is HoldNextFsync for the files match accepts, by their
+// path relative to the backing directory (for example a snapshot being
+// written, "snapshots/2-40-123.tmp/state.bin"); fsyncs of other files
+// complete as usual. A nil match accepts every file.
+func (l *FS) HoldNextFsyncOf(match func(rel string) bool) <-chan struct{} {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.hold = make(chan struct{})
+	l.hold, l.holdMatch = make(chan struct{}), match
 	return l.hold
 }
 
@@ -161,7 +168,7 @@ func (l *FS) HoldNextFsync() <-chan struct{} {
 func (l *FS) releaseHeld() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.hold = nil
+	l.hold, l.holdMatch = nil, nil
 	if l.release != nil {
 		close(l.release)
 		l.release = nil

@@ -323,6 +323,53 @@ func TestPowerFailureRefusesABusyMount(t *testing.T) {
 	}
 }
 
+// TestHoldNextFsyncOfHoldsOnlyMatchingFiles: with a filter, the fsync of
+// another file completes (and is durable) while the matching file's fsync
+// is held, and fails without making anything durable when released.
+func TestHoldNextFsyncOfHoldsOnlyMatchingFiles(t *testing.T) {
+	l := mountTemp(t)
+	if err := os.Mkdir(filepath.Join(l.Mountpoint(), "snapshots"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	held := l.HoldNextFsyncOf(func(rel string) bool { return strings.HasPrefix(rel, "snapshots/") })
+	writeFile(t, filepath.Join(l.Mountpoint(), "log"), os.O_CREATE|os.O_WRONLY, "entry", true)
+	select {
+	case <-held:
+		t.Fatal("the fsync of log was held; only snapshots/ should be")
+	default:
+	}
+	f, err := os.Create(filepath.Join(l.Mountpoint(), "snapshots", "state.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString("state"); err != nil {
+		t.Fatal(err)
+	}
+	synced := make(chan error, 1)
+	go func() { synced <- f.Sync() }()
+	select {
+	case <-held:
+	case err := <-synced:
+		t.Fatalf("the fsync of snapshots/state.bin completed (%v), want it held", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the fsync of snapshots/state.bin was not held within 10 s")
+	}
+	l.releaseHeld()
+	if err := <-synced; err == nil {
+		t.Fatal("a released held fsync succeeded, want an error")
+	}
+	for name, want := range map[string]string{"log": "entry", "snapshots/state.bin": ""} {
+		got, err := os.ReadFile(filepath.Join(l.Backing(), name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != want {
+			t.Errorf("backing %s holds %q, want %q", name, got, want)
+		}
+	}
+}
+
 func TestCleanUnmountKeepsEverything(t *testing.T) {
 	l := mountTemp(t)
 	writeFile(t, filepath.Join(l.Mountpoint(), "f"), os.O_CREATE|os.O_WRONLY, "flushed at shutdown", false)

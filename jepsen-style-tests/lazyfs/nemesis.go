@@ -16,6 +16,9 @@ type Target struct {
 	FS    *FS
 	Kill  func() error
 	Start func() error
+	// Hold, when set, narrows PowerFailMidFsync to the fsync of a file it
+	// accepts (path relative to the backing directory), e.g. a snapshot.
+	Hold func(rel string) bool
 }
 
 // PowerFail cuts the power of targets at the same moment: all are killed
@@ -31,8 +34,9 @@ func PowerFail(targets []Target, mode Mode, rng *rand.Rand) (map[string]Loss, er
 }
 
 // PowerFailMidFsync is PowerFail at the worst moment: it arms every
-// target's mount with HoldNextFsync, waits until each has a process
-// blocked in fsync of unsynced data or until wait has passed, and then
+// target's mount with HoldNextFsync (HoldNextFsyncOf(t.Hold)), waits
+// until each has a process blocked in fsync of unsynced data or until wait
+// has passed, and then
 // cuts the power of all targets at once. caught names the targets whose
 // power failed during an fsync; their unsynced data is certainly lost. A
 // node that wrote nothing within wait fails in whatever state it is in.
@@ -45,7 +49,7 @@ func PowerFailMidFsync(targets []Target, mode Mode, rng *rand.Rand, wait time.Du
 	}
 	held := make([]<-chan struct{}, len(targets))
 	for i, t := range targets {
-		held[i] = t.FS.HoldNextFsync()
+		held[i] = t.FS.HoldNextFsyncOf(t.Hold)
 	}
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
