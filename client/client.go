@@ -33,6 +33,7 @@ type options struct {
 	backoffMax     time.Duration
 	attemptTimeout time.Duration
 	refresh        time.Duration
+	noGathering    bool
 }
 
 // WithTLS makes the client speak TLS with the given configuration.
@@ -59,6 +60,12 @@ func WithBackoff(min, max time.Duration) Option {
 // caller's context still has time. Default 10 s.
 func WithAttemptTimeout(d time.Duration) Option { return func(o *options) { o.attemptTimeout = d } }
 
+// WithSendGathering turns the gathering of concurrent Sends to one queue
+// into one Enqueue RPC on (the default) or off. Off, every Send is its own
+// RPC and its own Raft entry: the cluster then spends its time on
+// per-entry work instead of on messages (see docs/performance.md).
+func WithSendGathering(on bool) Option { return func(o *options) { o.noGathering = !on } }
+
 // WithRefreshInterval sets how often the client re-reads the member list
 // and the leader in the background. Default 5 s.
 func WithRefreshInterval(d time.Duration) Option { return func(o *options) { o.refresh = d } }
@@ -76,6 +83,9 @@ type Client struct {
 	leader string // API address of the believed leader; "" when unknown
 	next   int    // round-robin cursor over addrs when no leader is known
 	closed bool
+
+	// sender gathers concurrent Sends (nil with WithSendGathering(false)).
+	sender *Producer
 
 	stop chan struct{}
 	done chan struct{}
@@ -126,6 +136,11 @@ func New(ctx context.Context, addrs []string, opts ...Option) (*Client, error) {
 			return nil, fmt.Errorf("connect to %v: %w (last error: %v)", addrs, serr, err)
 		}
 	}
+	if !o.noGathering {
+		c.sender = c.NewProducer(WithLinger(0), WithBatchesInFlight(1),
+			WithMaxInFlight(math.MaxInt32, math.MaxInt64))
+		c.sender.o.op, c.sender.o.callerContexts = "Send", true
+	}
 	go c.refreshLoop()
 	return c, nil
 }
@@ -164,6 +179,11 @@ func (c *Client) Close() error {
 	}
 	c.closed = true
 	c.mu.Unlock()
+	if c.sender != nil {
+		c.sender.mu.Lock()
+		c.sender.closed = true // in-flight batches fail with ErrClosed
+		c.sender.mu.Unlock()
+	}
 	close(c.stop)
 	<-c.done
 	return c.closeConns()

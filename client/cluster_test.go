@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -19,10 +20,15 @@ import (
 
 func newClient(t *testing.T, addrs []string) *client.Client {
 	t.Helper()
+	return newClientWith(t, addrs)
+}
+
+func newClientWith(t *testing.T, addrs []string, opts ...client.Option) *client.Client {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	c, err := client.New(ctx, addrs, client.WithBackoff(10*time.Millisecond, 250*time.Millisecond),
-		client.WithAttemptTimeout(5*time.Second), client.WithRefreshInterval(500*time.Millisecond))
+	c, err := client.New(ctx, addrs, append([]client.Option{client.WithBackoff(10*time.Millisecond, 250*time.Millisecond),
+		client.WithAttemptTimeout(5 * time.Second), client.WithRefreshInterval(500 * time.Millisecond)}, opts...)...)
 	if err != nil {
 		t.Fatalf("client.New(%v): %v", addrs, err)
 	}
@@ -667,5 +673,99 @@ func TestAckAndReceiveConfirmsThePreviousBatch(t *testing.T) {
 	}
 	if len(last) != 1 || string(last[0].Body) != "e" {
 		t.Fatalf("AckAndReceive with a stale receipt delivered %v; want e", last)
+	}
+}
+
+// TestConcurrentSendsAreGathered: Sends from many goroutines share Raft
+// entries, each still gets its own result, and a bad message among them
+// fails alone.
+func TestConcurrentSendsAreGathered(t *testing.T) {
+	tc := cluster.StartTestCluster(t, 3)
+	ctx := ctxFor(t, 60*time.Second)
+	leaderIndex := func() uint64 { return tc.Leader(t).AppliedIndex() }
+	// run sends rounds x senders messages from senders goroutines, each
+	// waiting for its Send before the next, and returns the Raft entries
+	// they took.
+	run := func(c *client.Client, queue string, senders, rounds int) uint64 {
+		if _, err := c.CreateQueue(ctx, queue, client.QueueSettings{}); err != nil {
+			t.Fatal(err)
+		}
+		before := leaderIndex()
+		var wg sync.WaitGroup
+		ids := make([][]uint64, senders)
+		for s := range senders {
+			wg.Go(func() {
+				for r := range rounds {
+					res, err := c.Send(ctx, queue, fmt.Appendf(nil, "%d-%d", s, r))
+					if err != nil {
+						t.Errorf("sender %d round %d: %v", s, r, err)
+						return
+					}
+					ids[s] = append(ids[s], res.MessageID)
+				}
+			})
+		}
+		wg.Wait()
+		entries := leaderIndex() - before
+		for s, got := range ids {
+			for i := 1; i < len(got); i++ {
+				if got[i] <= got[i-1] {
+					t.Fatalf("sender %d: message IDs %v are out of order", s, got)
+				}
+			}
+		}
+		got := drain(t, c, queue)
+		if len(got) != senders*rounds {
+			t.Fatalf("%s: %d distinct messages received, want %d", queue, len(got), senders*rounds)
+		}
+		for body, k := range got {
+			if k != 1 {
+				t.Fatalf("%s: %q received %d times", queue, body, k)
+			}
+		}
+		return entries
+	}
+	const senders, rounds = 32, 20
+	gathered := run(newClient(t, tc.Addrs()), "gathered", senders, rounds)
+	alone := run(newClientWith(t, tc.Addrs(), client.WithSendGathering(false)), "alone", senders, rounds)
+	t.Logf("%d Sends: %d Raft entries gathered, %d one by one", senders*rounds, gathered, alone)
+	if alone < senders*rounds {
+		t.Fatalf("one by one, %d Sends took only %d entries", senders*rounds, alone)
+	}
+	if gathered > senders*rounds/4 {
+		t.Fatalf("%d concurrent Sends took %d Raft entries; they are not gathered", senders*rounds, gathered)
+	}
+
+	// One message the server refuses (a dedup ID over its 128-byte limit)
+	// among concurrent good ones: only its Send fails, naming the field.
+	c := newClient(t, tc.Addrs())
+	if _, err := c.CreateQueue(ctx, "mixed", client.QueueSettings{}); err != nil {
+		t.Fatal(err)
+	}
+	bad := string(make([]byte, 200))
+	for range 3 {
+		var wg sync.WaitGroup
+		errs := make([]error, 16)
+		for i := range errs {
+			wg.Go(func() {
+				var opts []client.SendOption
+				if i == 7 {
+					opts = append(opts, client.WithDedupID(bad))
+				}
+				_, errs[i] = c.Send(ctx, "mixed", fmt.Appendf(nil, "m%d", i), opts...)
+			})
+		}
+		wg.Wait()
+		for i, err := range errs {
+			switch {
+			case i == 7 && (!errors.Is(err, client.ErrInvalidArgument) || !strings.Contains(err.Error(), "dedup")):
+				t.Fatalf("Send with a 200-byte dedup ID = %v; want an invalid-argument error naming the dedup ID", err)
+			case i != 7 && err != nil:
+				t.Fatalf("good Send %d beside a bad one: %v", i, err)
+			}
+		}
+	}
+	if got := drain(t, c, "mixed"); len(got) != 15 {
+		t.Fatalf("received %d distinct good messages, want 15 (each enqueued once): %v", len(got), got)
 	}
 }

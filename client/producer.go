@@ -2,10 +2,12 @@ package client
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -60,10 +62,29 @@ func NewDedupID() string { return ulid.Make().String() }
 
 // Send enqueues one message and returns its ID. It is safe to retry: the
 // message's dedup ID is fixed before the first attempt.
+//
+// Concurrent Sends to the same queue from one Client are gathered: while
+// a batch to that queue is on the wire, the Sends that arrive wait for a
+// send slot together and go as one Enqueue RPC, one Raft entry (see
+// WithSendGathering). Each Send still gets its own result, and a Send
+// returns only once its message is committed, so one goroutine's Sends
+// stay in order.
 func (c *Client) Send(ctx context.Context, queue string, body []byte, opts ...SendOption) (SendResult, error) {
 	m := OutMessage{Body: body}
 	for _, o := range opts {
 		o(&m)
+	}
+	if c.sender != nil {
+		f := c.sender.SendAsync(ctx, queue, m)
+		select {
+		case <-f.done:
+			return f.res, f.err
+		case <-ctx.Done():
+			if f.sent.Load() {
+				return SendResult{}, fmt.Errorf("Send: %w: %w", ErrOutcomeUnknown, ctx.Err())
+			}
+			return SendResult{}, fmt.Errorf("Send: %w", ctx.Err())
+		}
 	}
 	res, err := c.sendBatch(ctx, "Send", queue, []OutMessage{m})
 	if err != nil {
@@ -83,8 +104,14 @@ func (c *Client) sendBatch(ctx context.Context, op, queue string, msgs []OutMess
 	if err != nil {
 		return nil, err
 	}
+	return c.enqueue(ctx, op, req, generated)
+}
+
+// enqueue sends req (retrying through leader changes) and pairs the
+// results with its messages.
+func (c *Client) enqueue(ctx context.Context, op string, req *quorumqpb.EnqueueRequest, generated []bool) ([]SendResult, error) {
 	var resp *quorumqpb.EnqueueResponse
-	err = c.call(ctx, op, idempotent, 0, func(ctx context.Context, cc *grpc.ClientConn) error {
+	err := c.call(ctx, op, idempotent, 0, func(ctx context.Context, cc *grpc.ClientConn) error {
 		var err error
 		resp, err = quorumqpb.NewQueueClient(cc).Enqueue(ctx, req)
 		return err
@@ -158,10 +185,25 @@ type producerOptions struct {
 	maxBytes        int64
 	batchesInFlight int
 	sendTimeout     time.Duration
+
+	// Set for the Client's own gatherer behind Send: errors name op, and a
+	// batch is retried for as long as one of its callers' contexts lives
+	// instead of for sendTimeout.
+	op             string
+	callerContexts bool
 }
 
+// regather is how long, after a batch of several messages is answered, the
+// next batch to its queue waits for as many messages before it goes: the
+// callers of the answered batch are about to send again, and a batch sent
+// without them would leave them to the batch after, so that callers split
+// into two groups that each wait two rounds.
+const regather = time.Millisecond
+
 // WithLinger sets how long a Producer waits for more messages to the same
-// queue before sending a batch. Default 2 ms.
+// queue before sending a batch. Default 0: a batch goes as soon as its
+// queue has a free send slot, and while one batch is on the wire the next
+// one fills, so batches grow with the load by themselves.
 func WithLinger(d time.Duration) ProducerOption { return func(o *producerOptions) { o.linger = d } }
 
 // WithBatchLimits bounds one enqueue RPC. Defaults: 1000 messages, 1 MiB of
@@ -194,8 +236,9 @@ func WithSendTimeout(d time.Duration) ProducerOption {
 
 // Producer gathers concurrent SendAsync calls to the same queue into one
 // Enqueue RPC: a batch is sent when it is full or its linger time has
-// passed and a send slot of its queue is free, so while a batch is on the
-// wire the next one keeps filling. Raft writes each batch as one log entry,
+// passed (at once, with the default linger of 0) and a send slot of its
+// queue is free, so while a batch is on the wire the next one keeps
+// filling. Raft writes each batch as one log entry,
 // which is where quorumq's throughput comes from. Each message gets its
 // own result. A Producer is safe for concurrent use.
 type Producer struct {
@@ -217,6 +260,11 @@ type queueBatches struct {
 	filling *batch
 	waiting []*batch
 	sending map[*batch]struct{}
+
+	// With regather: the size of the last batch answered and until when
+	// its callers are expected back with their next messages.
+	expect        int
+	regatherUntil time.Time
 }
 
 type batch struct {
@@ -227,12 +275,19 @@ type batch struct {
 	done  chan struct{}
 }
 
+func (b *batch) stopTimer() {
+	if b.timer != nil {
+		b.timer.Stop()
+	}
+}
+
 // SendFuture is the pending result of a SendAsync.
 type SendFuture struct {
 	ctx       context.Context
 	msg       *fsmpb.Message
 	generated bool
 	weight    int64
+	sent      atomic.Bool // in a batch on the wire
 	done      chan struct{}
 	res       SendResult
 	err       error
@@ -260,13 +315,14 @@ func (f *SendFuture) resolve(r SendResult, err error) {
 // NewProducer returns an asynchronous, batching producer on c.
 func (c *Client) NewProducer(opts ...ProducerOption) *Producer {
 	o := producerOptions{
-		linger:          2 * time.Millisecond,
+		linger:          0,
 		batchMessages:   1000,
 		batchBytes:      1 << 20,
 		maxMessages:     10000,
 		maxBytes:        64 << 20,
 		batchesInFlight: 1,
 		sendTimeout:     30 * time.Second,
+		op:              "Producer.Send",
 	}
 	for _, opt := range opts {
 		opt(&o)
@@ -341,17 +397,22 @@ func (p *Producer) SendAsync(ctx context.Context, queue string, msg OutMessage) 
 	if b == nil {
 		b = &batch{done: make(chan struct{})}
 		q.filling = b
-		b.timer = time.AfterFunc(p.o.linger, func() {
-			p.mu.Lock()
-			defer p.mu.Unlock()
-			b.due = true
-			p.startLocked(q)
-		})
+		if p.o.linger > 0 {
+			b.timer = time.AfterFunc(p.o.linger, func() {
+				p.mu.Lock()
+				defer p.mu.Unlock()
+				b.due = true
+				p.startLocked(q)
+			})
+		}
 	}
 	b.futs = append(b.futs, f)
 	b.bytes += len(msg.Body)
 	if len(b.futs) >= p.o.batchMessages || b.bytes >= p.o.batchBytes {
 		p.closeBatchLocked(q)
+	} else if p.o.linger == 0 {
+		b.due = true
+		p.startLocked(q)
 	}
 	return f
 }
@@ -365,7 +426,7 @@ func (p *Producer) release(f *SendFuture) {
 func (p *Producer) closeBatchLocked(q *queueBatches) {
 	b := q.filling
 	q.filling = nil
-	b.timer.Stop()
+	b.stopTimer()
 	b.due = true
 	q.waiting = append(q.waiting, b)
 	p.startLocked(q)
@@ -379,9 +440,9 @@ func (p *Producer) startLocked(q *queueBatches) {
 		switch {
 		case len(q.waiting) > 0:
 			b, q.waiting = q.waiting[0], q.waiting[1:]
-		case q.filling != nil && q.filling.due:
+		case q.filling != nil && q.filling.due && !p.regatherLocked(q):
 			b, q.filling = q.filling, nil
-			b.timer.Stop()
+			b.stopTimer()
 		default:
 			return
 		}
@@ -394,10 +455,16 @@ func (p *Producer) send(q *queueBatches, b *batch) {
 	defer func() {
 		p.mu.Lock()
 		delete(q.sending, b)
-		p.startLocked(q)
-		if q.filling == nil && len(q.waiting) == 0 && len(q.sending) == 0 && p.queues[q.name] == q {
-			delete(p.queues, q.name)
+		if p.o.linger == 0 && len(b.futs) > 1 {
+			q.expect, q.regatherUntil = len(b.futs), time.Now().Add(regather)
+			time.AfterFunc(regather, func() {
+				p.mu.Lock()
+				defer p.mu.Unlock()
+				p.forgetIdleLocked(q)
+			})
 		}
+		p.startLocked(q)
+		p.forgetIdleLocked(q)
 		p.mu.Unlock()
 		close(b.done)
 	}()
@@ -408,6 +475,7 @@ func (p *Producer) send(q *queueBatches, b *batch) {
 			f.resolve(SendResult{}, fmt.Errorf("SendAsync: not sent: %w", err))
 			continue
 		}
+		f.sent.Store(true)
 		live = append(live, f)
 	}
 	if len(live) == 0 {
@@ -418,17 +486,23 @@ func (p *Producer) send(q *queueBatches, b *batch) {
 	for i, f := range live {
 		req.Messages[i], generated[i] = f.msg, f.generated
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), p.o.sendTimeout)
-	defer cancel()
-	var resp *quorumqpb.EnqueueResponse
-	err := p.c.call(ctx, "Producer.Send", idempotent, 0, func(ctx context.Context, cc *grpc.ClientConn) error {
-		var err error
-		resp, err = quorumqpb.NewQueueClient(cc).Enqueue(ctx, req)
-		return err
-	}, nil)
-	var res []SendResult
-	if err == nil {
-		res, err = sendResults("Producer.Send", req.Messages, generated, resp.GetResults())
+	ctx, cancel := p.batchContext(live)
+	res, err := p.c.enqueue(ctx, p.o.op, req, generated)
+	cancel()
+	if err != nil && len(live) > 1 && p.o.callerContexts && (errors.Is(err, ErrInvalidArgument) || errors.Is(err, ErrQueueFull)) {
+		// A gathered batch is all or nothing and nothing was enqueued:
+		// send each message alone, so each caller gets its own answer
+		// (the message at fault its error, the others their place).
+		for _, f := range live {
+			res, err := p.c.enqueue(f.ctx, p.o.op, &quorumqpb.EnqueueRequest{Queue: q.name, Messages: []*fsmpb.Message{f.msg}}, []bool{f.generated})
+			p.release(f)
+			if err != nil {
+				f.resolve(SendResult{}, err)
+			} else {
+				f.resolve(res[0], nil)
+			}
+		}
+		return
 	}
 	for i, f := range live {
 		p.release(f)
@@ -437,6 +511,65 @@ func (p *Producer) send(q *queueBatches, b *batch) {
 		} else {
 			f.resolve(res[i], nil)
 		}
+	}
+}
+
+// batchContext bounds the retries of one batch: sendTimeout, or, for the
+// Client's gatherer, until every caller has given up (the batch goes on
+// while one caller still waits for it).
+func (p *Producer) batchContext(live []*SendFuture) (context.Context, context.CancelFunc) {
+	if !p.o.callerContexts {
+		return context.WithTimeout(context.Background(), p.o.sendTimeout)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var alive atomic.Int64
+	alive.Store(int64(len(live)))
+	stops := make([]func() bool, len(live))
+	for i, f := range live {
+		stops[i] = context.AfterFunc(f.ctx, func() {
+			if alive.Add(-1) == 0 {
+				cancel()
+			}
+		})
+	}
+	return ctx, func() {
+		for _, stop := range stops {
+			stop()
+		}
+		cancel()
+	}
+}
+
+// regatherLocked tells whether q's filling batch should wait for the
+// callers of the batch just answered, who are about to send their next
+// messages: sent now, it would go without them, and they would make the
+// next batch, every caller waiting two rounds instead of one. A timer
+// sends it when the wait is over.
+func (p *Producer) regatherLocked(q *queueBatches) bool {
+	b := q.filling
+	wait := time.Until(q.regatherUntil)
+	if wait <= 0 || len(b.futs) >= q.expect {
+		return false
+	}
+	if b.timer == nil {
+		b.timer = time.AfterFunc(wait, func() {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if q.filling == b {
+				q.regatherUntil = time.Time{}
+				p.startLocked(q)
+			}
+		})
+	}
+	return true
+}
+
+// forgetIdleLocked drops q's state once nothing is pending for it and
+// no callers are expected back.
+func (p *Producer) forgetIdleLocked(q *queueBatches) {
+	if q.filling == nil && len(q.waiting) == 0 && len(q.sending) == 0 &&
+		!time.Now().Before(q.regatherUntil) && p.queues[q.name] == q {
+		delete(p.queues, q.name)
 	}
 }
 
@@ -449,6 +582,7 @@ func (p *Producer) Flush(ctx context.Context) error {
 		if q.filling != nil {
 			q.filling.due = true
 		}
+		q.regatherUntil = time.Time{}
 		for b := range q.sending {
 			wait = append(wait, b)
 		}
