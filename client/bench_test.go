@@ -13,11 +13,11 @@ import (
 // messages per second; run them short, e.g.
 //
 //	go test ./client -run '^$' -bench . -benchtime 20000x
-func benchClient(b *testing.B) *client.Client {
+func benchClient(b *testing.B, opts ...client.Option) *client.Client {
 	tc := cluster.StartTestCluster(b, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	c, err := client.New(ctx, tc.Addrs())
+	c, err := client.New(ctx, tc.Addrs(), opts...)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -40,10 +40,19 @@ func BenchmarkSendSequential(b *testing.B) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 }
 
-// BenchmarkSendConcurrent: 32 goroutines per GOMAXPROCS calling Send;
-// Raft batches their entries.
-func BenchmarkSendConcurrent(b *testing.B) {
-	c := benchClient(b)
+// BenchmarkSendConcurrent: 32 goroutines per GOMAXPROCS calling Send; the
+// client gathers their messages into one Enqueue RPC per round.
+func BenchmarkSendConcurrent(b *testing.B) { benchSendConcurrent(b) }
+
+// BenchmarkSendConcurrentUngathered: as BenchmarkSendConcurrent with one
+// RPC and one Raft entry per Send (Raft still batches the entries into
+// one disk write).
+func BenchmarkSendConcurrentUngathered(b *testing.B) {
+	benchSendConcurrent(b, client.WithSendGathering(false))
+}
+
+func benchSendConcurrent(b *testing.B, opts ...client.Option) {
+	c := benchClient(b, opts...)
 	ctx := context.Background()
 	b.ResetTimer()
 	b.SetParallelism(32)
