@@ -47,9 +47,12 @@ func (p *Process) Start() error {
 	fmt.Fprintf(logf, "=== jepsen: start #%d at %s: %s %v\n", p.starts, time.Now().UTC().Format(time.RFC3339Nano), p.Bin, p.Args)
 	var cmd *exec.Cmd
 	if p.Namespace != "" {
-		// ip netns exec enters the namespace and then execs the binary, so
-		// the PID we hold is the server's own and kill -9 reaches it.
-		cmd = exec.Command("ip", append([]string{"netns", "exec", p.Namespace, p.Bin}, p.Args...)...)
+		// nsenter enters the network namespace and then execs the binary,
+		// so the PID we hold is the server's own and kill -9 reaches it.
+		// Not ip netns exec: it also makes a mount namespace per process,
+		// whose copies of the other nodes' lazyfs mounts would keep those
+		// mounts alive after their unmount (a power failure then hangs).
+		cmd = exec.Command("nsenter", append([]string{"--net=/run/netns/" + p.Namespace, "--", p.Bin}, p.Args...)...)
 	} else {
 		cmd = exec.Command(p.Bin, p.Args...)
 	}
