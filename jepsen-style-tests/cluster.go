@@ -344,19 +344,55 @@ func (c *Cluster) Voters(ctx context.Context) ([]string, error) {
 }
 
 // Restart starts node n again with its data directory (after a kill).
-// fresh wipes the data directory first and starts the node as a joiner,
+// fresh empties the data directory first and starts the node as a joiner,
 // the way an operator replaces a removed server.
 func (c *Cluster) Restart(n *Node, fresh bool) error {
 	if fresh {
-		if err := os.RemoveAll(n.DataDir); err != nil {
-			return err
-		}
-		if err := os.MkdirAll(n.DataDir, 0o755); err != nil {
+		if err := emptyDir(n.DataDir); err != nil {
 			return err
 		}
 		n.Proc.Args = c.serverArgs(n, 0)
 	}
 	return n.Proc.Start()
+}
+
+// emptyDir removes everything inside dir but not dir itself, which may be
+// a mount point (a lazyfs data dir).
+func emptyDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Snapshot asks node n to take a Raft snapshot now.
+func (c *Cluster) Snapshot(ctx context.Context, n *Node) error {
+	_, err := quorumqpb.NewClusterClient(n.conn).Snapshot(ctx, &quorumqpb.SnapshotRequest{})
+	return err
+}
+
+// WaitVoters polls the leader until it lists want voters or d has passed,
+// and returns the last list.
+func (c *Cluster) WaitVoters(ctx context.Context, want int, d time.Duration) ([]string, error) {
+	cctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	for {
+		voters, err := c.Voters(cctx)
+		if err == nil && len(voters) == want {
+			return voters, nil
+		}
+		select {
+		case <-cctx.Done():
+			return voters, fmt.Errorf("voters %v after %s, want %d (last error: %v)", voters, d, want, err)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
 
 // Close stops every node (SIGKILL: the data is not needed afterwards) and

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/quorumq/quorumq/jepsen-style-tests/lazyfs"
 )
 
 // Env is what a nemesis acts on. Rand is seeded from the run's seed, so
@@ -18,6 +20,9 @@ type Env struct {
 	Cluster *Cluster
 	Net     *Network // nil in loopback mode
 	Rand    *rand.Rand
+	// Disks are the nodes' data dirs' lazyfs mounts by node ID; nil when
+	// the case runs on plain directories.
+	Disks map[string]*lazyfs.FS
 }
 
 // Nemesis injects one kind of fault and heals it.
@@ -25,6 +30,9 @@ type Nemesis interface {
 	Name() string
 	// NeedsNetwork: the nemesis partitions and needs network namespaces.
 	NeedsNetwork() bool
+	// NeedsLazyFS: the nemesis cuts the power or corrupts files and needs
+	// the data dirs on lazyfs mounts.
+	NeedsLazyFS() bool
 	// Inject starts the fault and describes what it did.
 	Inject(ctx context.Context, env *Env) (string, error)
 	// Heal ends the fault and describes what it did.
@@ -44,6 +52,11 @@ func Nemeses() []Nemesis {
 		&kill{name: "kill-all", pick: pickAll},
 		&pauseLeader{},
 		&removeReadd{},
+		&powerFailure{name: "power-one", pick: pickRandom},
+		&powerFailure{name: "power-leader", pick: pickLeader},
+		&powerFailure{name: "power-all", pick: pickAll},
+		&partitionPower{},
+		&corruptNode{},
 	}
 }
 
@@ -68,6 +81,7 @@ type partition struct {
 
 func (p *partition) Name() string       { return p.name }
 func (p *partition) NeedsNetwork() bool { return true }
+func (p *partition) NeedsLazyFS() bool  { return false }
 
 func (p *partition) Inject(ctx context.Context, env *Env) (string, error) {
 	if env.Net == nil {
@@ -244,6 +258,7 @@ type kill struct {
 
 func (k *kill) Name() string       { return k.name }
 func (k *kill) NeedsNetwork() bool { return false }
+func (k *kill) NeedsLazyFS() bool  { return false }
 
 func (k *kill) Inject(ctx context.Context, env *Env) (string, error) {
 	ns, err := k.pick(ctx, env)
@@ -262,6 +277,11 @@ func (k *kill) Inject(ctx context.Context, env *Env) (string, error) {
 func (k *kill) Heal(_ context.Context, env *Env) (string, error) {
 	ns := k.killed
 	k.killed = nil
+	return restartAll(env, ns)
+}
+
+// restartAll starts every one of ns that is down again, on its data dir.
+func restartAll(env *Env, ns []*Node) (string, error) {
 	for _, n := range ns {
 		if n.Proc.Running() {
 			continue
@@ -279,6 +299,7 @@ type pauseLeader struct{ paused *Node }
 
 func (p *pauseLeader) Name() string       { return "pause-leader" }
 func (p *pauseLeader) NeedsNetwork() bool { return false }
+func (p *pauseLeader) NeedsLazyFS() bool  { return false }
 
 func (p *pauseLeader) Inject(ctx context.Context, env *Env) (string, error) {
 	l, err := env.Cluster.WaitLeader(ctx)
@@ -315,6 +336,7 @@ type removeReadd struct {
 
 func (r *removeReadd) Name() string       { return "remove-readd" }
 func (r *removeReadd) NeedsNetwork() bool { return false }
+func (r *removeReadd) NeedsLazyFS() bool  { return false }
 
 func (r *removeReadd) Inject(ctx context.Context, env *Env) (string, error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -361,19 +383,11 @@ func (r *removeReadd) Heal(ctx context.Context, env *Env) (string, error) {
 	if err := env.Cluster.Restart(n, true); err != nil {
 		return "", err
 	}
-	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	for {
-		voters, err := env.Cluster.Voters(cctx)
-		if err == nil && len(voters) == len(env.Cluster.Nodes) {
-			return "restarted " + n.ID + " with an empty data dir; voters " + strings.Join(voters, ","), nil
-		}
-		select {
-		case <-cctx.Done():
-			return "", fmt.Errorf("%s not a voter again after 20 s (voters %v, err %v)", n.ID, voters, err)
-		case <-time.After(250 * time.Millisecond):
-		}
+	voters, err := env.Cluster.WaitVoters(ctx, len(env.Cluster.Nodes), 20*time.Second)
+	if err != nil {
+		return "", fmt.Errorf("%s not a voter again: %w", n.ID, err)
 	}
+	return "restarted " + n.ID + " with an empty data dir; voters " + strings.Join(voters, ","), nil
 }
 
 // ---- heal everything ----

@@ -1,6 +1,7 @@
 package jepsen
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -8,12 +9,14 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/schollz/progressbar/v3"
 
 	"github.com/quorumq/quorumq/client"
+	"github.com/quorumq/quorumq/jepsen-style-tests/lazyfs"
 )
 
 // CaseConfig is one run: a cluster, the four workloads, one schedule.
@@ -33,6 +36,9 @@ type CaseConfig struct {
 	ExtraArgs []string
 	// FIFOOps bounds each FIFO queue's history (default 150).
 	FIFOOps int
+	// LazyFS puts every node's data dir on a lazyfs mount, for the power
+	// and corruption nemeses (see lazyfs.Available).
+	LazyFS bool
 }
 
 // OpCounts counts a workload's operations by outcome, overall and while a
@@ -49,20 +55,22 @@ type OpCounts struct {
 
 // Result is results.json: everything the checkers found in one run.
 type Result struct {
-	Case        string              `json:"case"`
-	Seed        uint64              `json:"seed"`
-	Network     string              `json:"network"` // netns or loopback
-	ReportDir   string              `json:"report_dir"`
-	Started     time.Time           `json:"started"`
-	Seconds     float64             `json:"seconds"`
-	Queues      []QueueResult       `json:"queues"`
-	FIFO        *FIFOResult         `json:"fifo_linearizability,omitempty"`
-	Convergence Convergence         `json:"convergence"`
-	Ops         map[string]OpCounts `json:"ops"`
-	Faults      []FaultEvent        `json:"faults"`
-	Windows     []Window            `json:"fault_windows"`
-	Valid       bool                `json:"valid"`
-	Problems    []string            `json:"problems,omitempty"`
+	Case        string               `json:"case"`
+	Seed        uint64               `json:"seed"`
+	Network     string               `json:"network"` // netns or loopback
+	Disk        string               `json:"disk"`    // lazyfs or plain
+	ReportDir   string               `json:"report_dir"`
+	Started     time.Time            `json:"started"`
+	Seconds     float64              `json:"seconds"`
+	Queues      []QueueResult        `json:"queues"`
+	FIFO        *FIFOResult          `json:"fifo_linearizability,omitempty"`
+	Convergence Convergence          `json:"convergence"`
+	Ops         map[string]OpCounts  `json:"ops"`
+	Faults      []FaultEvent         `json:"faults"`
+	Windows     []Window             `json:"fault_windows"`
+	Snapshots   map[string]Snapshots `json:"snapshots"`
+	Valid       bool                 `json:"valid"`
+	Problems    []string             `json:"problems,omitempty"`
 }
 
 // RunCase runs one case end to end and writes its report folder. The error
@@ -74,7 +82,7 @@ func RunCase(ctx context.Context, cfg CaseConfig) (*Result, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "nodes"), 0o755); err != nil {
 		return nil, err
 	}
-	res := &Result{Case: cfg.Name, Seed: cfg.Seed, ReportDir: dir, Started: started.UTC(), Network: "loopback"}
+	res := &Result{Case: cfg.Name, Seed: cfg.Seed, ReportDir: dir, Started: started.UTC(), Network: "loopback", Disk: "plain"}
 	if cfg.FIFOOps == 0 {
 		cfg.FIFOOps = 150
 	}
@@ -98,6 +106,21 @@ func RunCase(ctx context.Context, cfg CaseConfig) (*Result, error) {
 	removeData := func() { os.RemoveAll(dataDir) }
 	unreg := registerCleanup(removeData)
 	defer func() { unreg(); removeData() }()
+
+	var disks map[string]*lazyfs.FS
+	unmount := func() error { return nil }
+	if cfg.LazyFS {
+		disks, unmount, err = mountDisks(dataDir, ids)
+		if err != nil {
+			return res, err
+		}
+		// Deferred before cl.Close, so it runs after the nodes are
+		// killed; on an interrupt it runs after the nodes' own cleanups,
+		// which were registered later.
+		unregMount := registerCleanup(func() { unmount() })
+		defer func() { unregMount(); unmount() }()
+		res.Disk = "lazyfs"
+	}
 
 	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	cl, err := StartCluster(sctx, ClusterConfig{Bin: cfg.Bin, DataDir: dataDir, LogDir: filepath.Join(dir, "nodes"), IDs: ids, Net: netw, ExtraArgs: cfg.ExtraArgs})
@@ -154,7 +177,7 @@ func RunCase(ctx context.Context, cfg CaseConfig) (*Result, error) {
 		wg.Go(func() { wl.Run(mainCtx, drainCtx, world, c) })
 	}
 
-	env := &Env{Cluster: cl, Net: netw, Rand: rng}
+	env := &Env{Cluster: cl, Net: netw, Rand: rng, Disks: disks}
 	prog := newProgress(cfg, rec)
 	cfg.Schedule.Run(ctx, env, nlog, prog.phase)
 	prog.phase("heal all")
@@ -187,6 +210,12 @@ func RunCase(ctx context.Context, cfg CaseConfig) (*Result, error) {
 	cancel()
 	prog.phase("check")
 	prog.finish()
+	// The nodes are not needed any more; a mount that cannot be unmounted
+	// once they are dead is a harness problem worth reporting.
+	cl.Close()
+	if err := unmount(); err != nil {
+		res.Problems = append(res.Problems, err.Error())
+	}
 
 	ops := rec.Ops()
 	res.Faults = nlog.Events()
@@ -202,6 +231,7 @@ func RunCase(ctx context.Context, cfg CaseConfig) (*Result, error) {
 	}
 	res.FIFO = &fr
 	res.Ops = countOps(ops, res.Windows)
+	res.Snapshots = countSnapshots(cl)
 	res.Seconds = time.Since(started).Seconds()
 
 	for _, q := range res.Queues {
@@ -296,7 +326,7 @@ func writeResults(dir string, res *Result) error {
 // Summary is a one-table text rendering of a result, for test logs.
 func (r *Result) Summary() string {
 	var b []byte
-	b = fmt.Appendf(b, "case %s seed %d (%s), %.0f s, valid=%v, report %s\n", r.Case, r.Seed, r.Network, r.Seconds, r.Valid, r.ReportDir)
+	b = fmt.Appendf(b, "case %s seed %d (%s, data dirs %s), %.0f s, valid=%v, report %s\n", r.Case, r.Seed, r.Network, r.Disk, r.Seconds, r.Valid, r.ReportDir)
 	b = fmt.Appendf(b, "  %-14s %-7s %9s %6s %6s %6s %6s %5s %4s %4s %4s %4s %11s\n", "workload", "queue", "attempted", "ok", "fail", "unkn", "deliv", "lost", "dup", "unex", "recv", "2enq", "fail/unk@F")
 	for _, q := range r.Queues {
 		oc := r.Ops[q.Workload]
@@ -307,6 +337,7 @@ func (r *Result) Summary() string {
 		b = fmt.Appendf(b, "  fifo linearizability: %s (%d ops, %d unknown)\n", r.FIFO.Result, r.FIFO.Operations, r.FIFO.Unknown)
 	}
 	b = fmt.Appendf(b, "  state hashes converged: %v %v\n", r.Convergence.Converged, r.Convergence.Hashes)
+	b = fmt.Appendf(b, "  snapshots taken/installed: %s\n", describeSnapshots(r.Snapshots))
 	for _, w := range r.Windows {
 		b = fmt.Appendf(b, "  fault %s %.1f–%.1f s\n", w.Nemesis, float64(w.Start)/1e9, float64(w.End)/1e9)
 	}
@@ -404,13 +435,42 @@ func SummaryMarkdown(results []*Result) string {
 				q.Attempted, q.OK, q.Lost, q.Duplicated, q.Unexpected, q.Recovered, q.DoubleEnqueued, oc.FailedDuringFaults, oc.UnknownDuringFaults, verdict)
 		}
 	}
-	b = append(b, "\n| case | FIFO linearizability | state hashes equal | problems |\n| --- | --- | --- | --- |\n"...)
+	b = append(b, "\n| case | data dirs | FIFO linearizability | state hashes equal | snapshots taken/installed | problems |\n| --- | --- | --- | --- | --- | --- |\n"...)
 	for _, r := range results {
 		fifo := "-"
 		if r.FIFO != nil {
 			fifo = fmt.Sprintf("%s (%d ops, %d unknown)", r.FIFO.Result, r.FIFO.Operations, r.FIFO.Unknown)
 		}
-		b = fmt.Appendf(b, "| %s | %s | %v | %d |\n", r.Case, fifo, r.Convergence.Converged, len(r.Problems))
+		b = fmt.Appendf(b, "| %s | %s | %s | %v | %s | %d |\n", r.Case, r.Disk, fifo, r.Convergence.Converged, describeSnapshots(r.Snapshots), len(r.Problems))
 	}
 	return string(b)
+}
+
+// Snapshots counts one node's Raft snapshots during a run, from its log.
+type Snapshots struct {
+	Taken     int `json:"taken"`
+	Installed int `json:"installed"`
+}
+
+// countSnapshots reads every node's log for raft's "snapshot complete"
+// and "Installed remote snapshot" lines, so a report shows that snapshots
+// and their installs happened during the faults.
+func countSnapshots(c *Cluster) map[string]Snapshots {
+	out := map[string]Snapshots{}
+	for _, n := range c.Nodes {
+		b, err := os.ReadFile(n.LogPath)
+		if err != nil {
+			continue
+		}
+		out[n.ID] = Snapshots{Taken: bytes.Count(b, []byte("snapshot complete up to")), Installed: bytes.Count(b, []byte("Installed remote snapshot"))}
+	}
+	return out
+}
+
+func describeSnapshots(m map[string]Snapshots) string {
+	var parts []string
+	for _, id := range sortedKeys(m) {
+		parts = append(parts, fmt.Sprintf("%s %d/%d", id, m[id].Taken, m[id].Installed))
+	}
+	return strings.Join(parts, ", ")
 }

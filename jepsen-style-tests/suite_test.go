@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"math/rand/v2"
+
+	"github.com/quorumq/quorumq/jepsen-style-tests/lazyfs"
 )
 
 var (
@@ -83,15 +85,18 @@ func TestJepsen(t *testing.T) {
 	if os.Getenv("QUORUMQ_JEPSEN_NETNS") == "0" {
 		netnsOK, why = false, "disabled by QUORUMQ_JEPSEN_NETNS=0"
 	}
+	lazyErr := lazyfs.Available()
 	type tc struct {
 		name  string
 		sched Schedule
 	}
 	var cases []tc
-	available := func() []Nemesis {
+	// available lists the nemeses this machine can run, with or without
+	// those that need lazyfs mounts.
+	available := func(disk bool) []Nemesis {
 		var out []Nemesis
 		for _, n := range Nemeses() {
-			if netnsOK || !n.NeedsNetwork() {
+			if (netnsOK || !n.NeedsNetwork()) && (!n.NeedsLazyFS() || disk && lazyErr == nil) {
 				out = append(out, n)
 			}
 		}
@@ -99,14 +104,28 @@ func TestJepsen(t *testing.T) {
 	}
 	if longProfile() {
 		cases = append(cases,
-			tc{"mixed-long-1", Schedule{Nemeses: available(), Cycles: 14, Quiet: [2]time.Duration{3 * time.Second, 8 * time.Second}, Fault: [2]time.Duration{5 * time.Second, 12 * time.Second}}},
-			tc{"mixed-long-2", Schedule{Nemeses: available(), Cycles: 14, Quiet: [2]time.Duration{2 * time.Second, 6 * time.Second}, Fault: [2]time.Duration{3 * time.Second, 15 * time.Second}}},
+			tc{"mixed-long-1", Schedule{Nemeses: available(false), Cycles: 14, Quiet: [2]time.Duration{3 * time.Second, 8 * time.Second}, Fault: [2]time.Duration{5 * time.Second, 12 * time.Second}}},
+			tc{"mixed-long-2", Schedule{Nemeses: available(false), Cycles: 14, Quiet: [2]time.Duration{2 * time.Second, 6 * time.Second}, Fault: [2]time.Duration{3 * time.Second, 15 * time.Second}}},
 		)
+		var disk []Nemesis
+		for _, n := range available(true) {
+			if n.NeedsLazyFS() {
+				disk = append(disk, n)
+			}
+		}
+		if len(disk) > 0 {
+			cases = append(cases,
+				tc{"disk-long", Schedule{Nemeses: disk, Cycles: 16, Quiet: [2]time.Duration{3 * time.Second, 8 * time.Second}, Fault: [2]time.Duration{4 * time.Second, 10 * time.Second}}},
+				tc{"mixed-long-disk", Schedule{Nemeses: available(true), Cycles: 16, Quiet: [2]time.Duration{2 * time.Second, 6 * time.Second}, Fault: [2]time.Duration{3 * time.Second, 12 * time.Second}}},
+			)
+		} else {
+			t.Logf("long profile without the power and corruption cases: %v", lazyErr)
+		}
 	} else {
 		for _, n := range Nemeses() {
 			cases = append(cases, tc{n.Name(), shortSchedule(n)})
 		}
-		cases = append(cases, tc{"mixed", Schedule{Nemeses: available(), Cycles: 3, Quiet: [2]time.Duration{time.Second, 3 * time.Second}, Fault: [2]time.Duration{3 * time.Second, 5 * time.Second}}})
+		cases = append(cases, tc{"mixed", Schedule{Nemeses: available(false), Cycles: 3, Quiet: [2]time.Duration{time.Second, 3 * time.Second}, Fault: [2]time.Duration{3 * time.Second, 5 * time.Second}}})
 	}
 	var results []*Result
 	defer func() {
@@ -122,18 +141,22 @@ func TestJepsen(t *testing.T) {
 	}()
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			needsNet := false
+			needsNet, needsDisk := false, false
 			for _, n := range c.sched.Nemeses {
 				needsNet = needsNet || n.NeedsNetwork()
+				needsDisk = needsDisk || n.NeedsLazyFS()
 			}
 			if len(c.sched.Nemeses) == 1 && needsNet && !netnsOK {
 				t.Skipf("skipping partition case: network namespaces unavailable (%s); run as root with ip and nft", why)
+			}
+			if needsDisk && lazyErr != nil {
+				t.Skipf("skipping power/corruption case: %v", lazyErr)
 			}
 			seed := caseSeed()
 			t.Logf("seed %d (replay: go test ./jepsen-style-tests -run 'TestJepsen/%s$' -seed %d)", seed, c.name, seed)
 			res, err := RunCase(context.Background(), CaseConfig{
 				Name: c.name, Seed: seed, Schedule: c.sched, Bin: binary(t), ReportRoot: reportRoot(),
-				Netns: netnsOK, Progress: os.Stderr,
+				Netns: netnsOK, Progress: os.Stderr, LazyFS: needsDisk,
 				// Small snapshot thresholds make snapshots, log compaction
 				// and snapshot installs happen within a short run.
 				ExtraArgs: []string{"--snapshot-threshold", "1024", "--snapshot-interval", "3s", "--trailing-logs", "256", "--log-level", "debug"},
