@@ -67,6 +67,7 @@ type FS struct {
 	hold      chan struct{}         // armed by HoldNextFsync: closed when an fsync is held
 	holdMatch func(rel string) bool // which files HoldNextFsyncOf holds; nil: any
 	release   chan struct{}         // closed by a power failure or unmount: held fsyncs fail
+	lying     bool                  // LieAboutFsync: fsync succeeds and makes nothing durable
 }
 
 // Available reports why lazyfs cannot mount on this machine, or nil when it
@@ -161,6 +162,17 @@ func (l *FS) HoldNextFsyncOf(match func(rel string) bool) <-chan struct{} {
 	defer l.mu.Unlock()
 	l.hold, l.holdMatch = make(chan struct{}), match
 	return l.hold
+}
+
+// LieAboutFsync makes fsync and fdatasync (and O_SYNC writes) succeed
+// without making anything durable while on is true, like a disk whose
+// write cache acknowledges flushes it never does. Programs then cannot
+// know what a power failure keeps: it is how a test shows that a checker
+// notices acknowledged data going missing.
+func (l *FS) LieAboutFsync(on bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lying = on
 }
 
 // releaseHeld fails a held fsync and disarms HoldNextFsync. The process

@@ -370,6 +370,21 @@ func TestHoldNextFsyncOfHoldsOnlyMatchingFiles(t *testing.T) {
 	}
 }
 
+func TestLyingFsyncMakesNothingDurable(t *testing.T) {
+	l := mountTemp(t)
+	p := filepath.Join(l.Mountpoint(), "f")
+	writeFile(t, p, os.O_CREATE|os.O_WRONLY, "synced", true)
+	l.LieAboutFsync(true)
+	writeFile(t, p, os.O_WRONLY|os.O_APPEND, " lied-about", true)
+	wantContent(t, p, "synced lied-about")
+	powerFailure(t, l)
+	wantContent(t, p, "synced")
+	l.LieAboutFsync(false)
+	writeFile(t, p, os.O_WRONLY|os.O_APPEND, " honest", true)
+	powerFailure(t, l)
+	wantContent(t, p, "synced honest")
+}
+
 func TestCleanUnmountKeepsEverything(t *testing.T) {
 	l := mountTemp(t)
 	writeFile(t, filepath.Join(l.Mountpoint(), "f"), os.O_CREATE|os.O_WRONLY, "flushed at shutdown", false)
