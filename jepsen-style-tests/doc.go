@@ -4,8 +4,10 @@
 // It owns the whole fault-injection suite: the harness that starts the built
 // binary as separate processes (each in its own Linux network namespace when
 // running as root, on loopback otherwise), the nemeses that partition, kill,
-// pause and remove nodes, the workloads that drive the Go client concurrently,
-// the history recorder, the checkers and the report writer.
+// pause and remove nodes, cut their power and corrupt their files (data dirs
+// on lazyfs mounts, see lazyfs/DESIGN.md), the workloads that drive the Go
+// client concurrently, the history recorder, the checkers and the report
+// writer.
 //
 // Why it is built this way:
 //
@@ -28,6 +30,9 @@
 //   - The checkers are pure functions of a recorded history, so the tests in
 //     checker_test.go can feed them hand-made histories with a lost, a
 //     duplicated and an unexpected message and see each one rejected.
+//   - Power failure is a file system's doing, not a kill's: kill -9 leaves
+//     the page cache, so data never fsynced survives it. The power nemeses
+//     run on lazyfs, which holds unsynced writes in memory and drops them.
 //   - Every run takes one seed. The seed drives the fault schedule (which
 //     nemesis, when, for how long, which nodes), so -seed replays it.
 //

@@ -61,7 +61,10 @@
 // [FS.HoldNextFsync] cuts the power at the worst moment: the next fsync of
 // unsynced data is held (never completes) until the process is killed, so
 // the power failure certainly finds data that the process was waiting to
-// make durable.
+// make durable. [FS.HoldNextFsyncOf] holds only the fsync of chosen files
+// (a snapshot being written). [FS.LieAboutFsync] makes fsync succeed
+// without making anything durable, a disk that lies, for tests that must
+// see acknowledged data lost.
 //
 // # Nemeses
 //
@@ -69,5 +72,5 @@
 // the same moment, cut the power of their mounts and restart them.
 // [FlipBit], [FlipBitsAt], [FlipRandomBits] and [Truncate] corrupt a
 // stopped node's files on the backing side. DESIGN.md says how the fault
-// suite wires them in.
+// suite uses them.
 package lazyfs
