@@ -46,24 +46,45 @@ type QueueService struct {
 	// use): only the long poll holding it waits for and proposes a receive.
 	// One arriving message then wakes one poller, not every poller of the
 	// queue (each of which would add a Raft entry and, losing the race,
-	// back off and deliver late).
+	// back off and deliver late). A token is dropped when its last long
+	// poll ends, so queues come and go without the map growing.
 	turnsMu sync.Mutex
-	turns   map[string]chan struct{}
+	turns   map[string]*turn
 }
 
-// turn returns queue's long-poll token.
-func (q *QueueService) turn(queue string) chan struct{} {
+type turn struct {
+	token chan struct{}
+	polls int // long polls holding or waiting for token
+}
+
+// turn returns queue's long-poll token; release must be called once the
+// long poll is over.
+func (q *QueueService) turn(queue string) (token chan struct{}, release func()) {
 	q.turnsMu.Lock()
 	defer q.turnsMu.Unlock()
 	t, ok := q.turns[queue]
 	if !ok {
 		if q.turns == nil {
-			q.turns = map[string]chan struct{}{}
+			q.turns = map[string]*turn{}
 		}
-		t = make(chan struct{}, 1)
+		t = &turn{token: make(chan struct{}, 1)}
 		q.turns[queue] = t
 	}
-	return t
+	t.polls++
+	return t.token, func() {
+		q.turnsMu.Lock()
+		defer q.turnsMu.Unlock()
+		if t.polls--; t.polls == 0 {
+			delete(q.turns, queue)
+		}
+	}
+}
+
+// turnsHeld is the number of queues with a long-poll token (for tests).
+func (q *QueueService) turnsHeld() int {
+	q.turnsMu.Lock()
+	defer q.turnsMu.Unlock()
+	return len(q.turns)
 }
 
 // NewQueueService returns the Queue service over backend. With autoCreate,
@@ -259,7 +280,8 @@ func (q *QueueService) Receive(ctx context.Context, req *quorumqpb.ReceiveReques
 
 	wctx, cancel := context.WithTimeout(ctx, time.Duration(req.GetWaitNs()))
 	defer cancel()
-	turn := q.turn(req.GetQueue())
+	turn, release := q.turn(req.GetQueue())
+	defer release()
 	// pause grows while proposals come back empty although the queue
 	// looked available (a short receive elsewhere took the message between
 	// the wake-up and our entry), so a contended long poll cannot turn

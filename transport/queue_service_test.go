@@ -2,7 +2,9 @@ package transport
 
 import (
 	"context"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -229,5 +231,35 @@ func TestContendedLongPollBacksOff(t *testing.T) {
 	// 5+10+20+40+80+200 ms of pauses fit in 300 ms: about 7 proposals.
 	if n := len(r.cmds); n == 0 || n > 20 {
 		t.Fatalf("%d receive proposals in a 300 ms contended poll, want a handful", n)
+	}
+}
+
+// TestLongPollTokensAreDroppedWhenPollsEnd: the per-queue long-poll token
+// lives only while a long poll holds or waits for it, so a server whose
+// queues come and go does not keep one per queue it ever saw.
+func TestLongPollTokensAreDroppedWhenPollsEnd(t *testing.T) {
+	q := NewQueueService(&recorder{}, Limits{}, true)
+	const queues, polls = 20, 3
+	var wg sync.WaitGroup
+	for i := range queues {
+		for range polls {
+			wg.Go(func() {
+				req := &quorumqpb.ReceiveRequest{Queue: fmt.Sprintf("q%d", i), WaitNs: int64(300 * time.Millisecond)}
+				if _, err := q.Receive(context.Background(), req); err != nil {
+					t.Errorf("long poll on q%d: %v", i, err)
+				}
+			})
+		}
+	}
+	deadline := time.Now().Add(200 * time.Millisecond)
+	for q.turnsHeld() < queues && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := q.turnsHeld(); n != queues {
+		t.Fatalf("%d long-poll tokens while %d queues are polled, want one per queue", n, queues)
+	}
+	wg.Wait()
+	if n := q.turnsHeld(); n != 0 {
+		t.Fatalf("%d long-poll tokens left after every long poll ended, want 0", n)
 	}
 }
