@@ -137,9 +137,7 @@ func New(ctx context.Context, addrs []string, opts ...Option) (*Client, error) {
 		}
 	}
 	if !o.noGathering {
-		c.sender = c.NewProducer(WithLinger(0), WithBatchesInFlight(1),
-			WithMaxInFlight(math.MaxInt32, math.MaxInt64))
-		c.sender.o.op, c.sender.o.callerContexts = "Send", true
+		c.sender = newSendGatherer(c)
 	}
 	go c.refreshLoop()
 	return c, nil
@@ -167,6 +165,15 @@ func (o *options) validate(addrs []string) error {
 		return invalidArg("WithRefreshInterval", "must be > 0, got %v", o.refresh)
 	}
 	return nil
+}
+
+// newSendGatherer returns the Producer behind c's Send: no linger, one
+// batch per queue on the wire, no bound of its own (each Send waits for
+// its result, so callers bound it), retried while a caller waits.
+func newSendGatherer(c *Client) *Producer {
+	p := c.NewProducer(WithLinger(0), WithBatchesInFlight(1), WithMaxInFlight(math.MaxInt32, math.MaxInt64))
+	p.o.caller, p.o.op, p.o.callerContexts = "Send", "Send", true
+	return p
 }
 
 // Close stops the background refresh and closes every connection. Calls in

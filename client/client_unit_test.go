@@ -89,6 +89,8 @@ func TestAckErrorListsFailedReceipts(t *testing.T) {
 func TestBadArgumentsNameTheField(t *testing.T) {
 	ctx := context.Background()
 	c := &Client{} // validation runs before any network use
+	g := &Client{}
+	g.sender = newSendGatherer(g) // Send through the gatherer
 	long := strings.Repeat("q", 129)
 	cases := []struct {
 		name   string
@@ -99,6 +101,12 @@ func TestBadArgumentsNameTheField(t *testing.T) {
 		{"long queue", func() error { _, err := c.Send(ctx, long, []byte("x")); return err }(), "limit is 128"},
 		{"bad char", func() error { _, err := c.Receive(ctx, "a/b", 1); return err }(), `'/'`},
 		{"negative delay", func() error { _, err := c.Send(ctx, "q", nil, WithDelay(-time.Second)); return err }(), "msgs[0].Delay"},
+		{"gathered empty queue", func() error { _, err := g.Send(ctx, "", []byte("x")); return err }(), "Send queue"},
+		{"gathered negative delay", func() error { _, err := g.Send(ctx, "q", nil, WithDelay(-time.Second)); return err }(), "Send msg.Delay"},
+		{"gathered empty attribute", func() error {
+			_, err := g.Send(ctx, "q", nil, WithAttributes(map[string]string{"": "v"}))
+			return err
+		}(), "Send msg.Attributes"},
 		{"max 0", func() error { _, err := c.Receive(ctx, "q", 0); return err }(), "Receive max"},
 		{"wait", func() error { _, err := c.Receive(ctx, "q", 1, WithWait(21*time.Second)); return err }(), "0..20s"},
 		{"no receipts", c.Ack(ctx, "q"), "Ack receipts"},

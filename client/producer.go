@@ -186,10 +186,11 @@ type producerOptions struct {
 	batchesInFlight int
 	sendTimeout     time.Duration
 
-	// Set for the Client's own gatherer behind Send: errors name op, and a
+	// Set for the Client's own gatherer behind Send: errors name caller
+	// (the call that took the message) and op (the call that sent it), and a
 	// batch is retried for as long as one of its callers' contexts lives
 	// instead of for sendTimeout.
-	op             string
+	caller, op     string
 	callerContexts bool
 }
 
@@ -322,6 +323,7 @@ func (c *Client) NewProducer(opts ...ProducerOption) *Producer {
 		maxBytes:        64 << 20,
 		batchesInFlight: 1,
 		sendTimeout:     30 * time.Second,
+		caller:          "SendAsync",
 		op:              "Producer.Send",
 	}
 	for _, opt := range opts {
@@ -358,11 +360,11 @@ func (p *Producer) SendAsync(ctx context.Context, queue string, msg OutMessage) 
 		f.resolve(SendResult{}, p.err)
 		return f
 	}
-	if err := validateQueueName("SendAsync queue", queue); err != nil {
+	if err := validateQueueName(p.o.caller+" queue", queue); err != nil {
 		f.resolve(SendResult{}, err)
 		return f
 	}
-	pb, generated, err := messagePB("SendAsync msg", msg)
+	pb, generated, err := messagePB(p.o.caller+" msg", msg)
 	if err != nil {
 		f.resolve(SendResult{}, err)
 		return f
@@ -370,19 +372,19 @@ func (p *Producer) SendAsync(ctx context.Context, queue string, msg OutMessage) 
 	f.msg, f.generated = pb, generated
 	f.weight = min(int64(len(msg.Body))+1, p.o.maxBytes)
 	if err := p.msgs.Acquire(ctx, 1); err != nil {
-		f.resolve(SendResult{}, fmt.Errorf("SendAsync: waiting for room: %w", err))
+		f.resolve(SendResult{}, fmt.Errorf("%s: waiting for room: %w", p.o.caller, err))
 		return f
 	}
 	if err := p.byts.Acquire(ctx, f.weight); err != nil {
 		p.msgs.Release(1)
-		f.resolve(SendResult{}, fmt.Errorf("SendAsync: waiting for room: %w", err))
+		f.resolve(SendResult{}, fmt.Errorf("%s: waiting for room: %w", p.o.caller, err))
 		return f
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
 		p.release(f)
-		f.resolve(SendResult{}, fmt.Errorf("SendAsync: %w", ErrClosed))
+		f.resolve(SendResult{}, fmt.Errorf("%s: %w", p.o.caller, ErrClosed))
 		return f
 	}
 	q := p.queues[queue]
@@ -472,7 +474,7 @@ func (p *Producer) send(q *queueBatches, b *batch) {
 	for _, f := range b.futs {
 		if err := f.ctx.Err(); err != nil {
 			p.release(f)
-			f.resolve(SendResult{}, fmt.Errorf("SendAsync: not sent: %w", err))
+			f.resolve(SendResult{}, fmt.Errorf("%s: not sent: %w", p.o.caller, err))
 			continue
 		}
 		f.sent.Store(true)
