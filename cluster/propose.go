@@ -190,6 +190,15 @@ func (n *Node) Queues(ctx context.Context) ([]*fsmpb.QueueInfo, error) {
 // this node is still the leader (the FSM only wakes it on changes).
 const leaderRecheck = 500 * time.Millisecond
 
+// Available implements transport.Backend: the messages of queue a receive
+// would find now, 0 while this node is not a ready leader.
+func (n *Node) Available(queue string) int {
+	if !n.ready.Load() {
+		return 0
+	}
+	return n.fsm.Available(queue, time.Now())
+}
+
 // WaitAvailable implements transport.Backend: it sleeps on the FSM's
 // change notification for queue (and on the time the next delayed or
 // leased message becomes available) until a message is available. It

@@ -208,6 +208,25 @@ func (f *FSM) Watch(queue string, now time.Time) (available bool, changed <-chan
 	return avail, ch, next
 }
 
+// Available returns how many messages of queue a receive would find now:
+// the ready ones, or 1 when none is ready but a delayed or leased one is
+// due (a lower bound); 0 for an unknown queue.
+func (f *FSM) Available(queue string, now time.Time) int {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	q := f.get(queue)
+	if q == nil {
+		return 0
+	}
+	if n := q.ready.len(); n > 0 {
+		return n
+	}
+	if ok, _ := q.available(now.UnixNano()); ok {
+		return 1
+	}
+	return 0
+}
+
 // Restore replaces the state with a snapshot written by Persist. A corrupt,
 // truncated or unknown-version snapshot is rejected with an error wrapping
 // ErrSnapshot and the old state is kept.

@@ -81,3 +81,23 @@ func TestWatchClosedByRestore(t *testing.T) {
 		t.Fatal("restored message not available")
 	}
 }
+
+func TestAvailableCountsWhatAReceiveWouldFind(t *testing.T) {
+	h := newHarness(t)
+	now := time.Unix(0, t0)
+	if n := h.f.Available("q", now); n != 0 {
+		t.Fatalf("unknown queue: Available %d, want 0", n)
+	}
+	h.ok(createQ("q", nil))
+	h.ok(enq("q", msg("a", ""), msg("b", ""), msg("c", ""), delayed("later", 10*time.Second)))
+	if n := h.f.Available("q", now); n != 3 {
+		t.Fatalf("3 ready and 1 delayed: Available %d, want 3", n)
+	}
+	h.ok(recvCmd(recv("q", 3)))
+	if n := h.f.Available("q", now); n != 0 {
+		t.Fatalf("all ready ones leased, the delayed one not due: Available %d, want 0", n)
+	}
+	if n := h.f.Available("q", now.Add(10*time.Second)); n != 1 {
+		t.Fatalf("the delayed message is due: Available %d, want 1 (a lower bound)", n)
+	}
+}

@@ -32,6 +32,10 @@ type Backend interface {
 	// waits, so with a ctx that is already done it answers "available
 	// now?".
 	WaitAvailable(ctx context.Context, queue string) error
+	// Available returns how many messages of queue a receive proposed now
+	// would find (a lower bound; 0 when this node cannot serve). It
+	// writes nothing.
+	Available(queue string) int
 }
 
 // QueueService is the gRPC Queue service: it validates each request
@@ -42,49 +46,104 @@ type QueueService struct {
 	limits     Limits
 	autoCreate bool
 
-	// turns holds one token per queue (a chan of capacity 1, made on first
-	// use): only the long poll holding it waits for and proposes a receive.
-	// One arriving message then wakes one poller, not every poller of the
-	// queue (each of which would add a Raft entry and, losing the race,
-	// back off and deliver late). A token is dropped when its last long
-	// poll ends, so queues come and go without the map growing.
-	turnsMu sync.Mutex
-	turns   map[string]*turn
+	// polls holds, per queue with receives in progress, the long-poll
+	// token and the messages claimed by receives in flight.
+	//
+	// The token (a chan of capacity 1) lets only the long poll holding it
+	// wait for and propose a receive: one arriving message then wakes one
+	// poller, not every poller of the queue (each of which would add a
+	// Raft entry and, losing the race, back off and deliver late).
+	//
+	// The claims keep a receive off Raft when the messages available are
+	// already spoken for: a receive that skips the long poll because
+	// messages are available would otherwise race the receives in flight
+	// for them and, losing, cost a Raft entry that leases nothing.
+	//
+	// An entry is dropped when nothing uses it, so queues come and go
+	// without the map growing.
+	pollsMu sync.Mutex
+	polls   map[string]*queuePolls
 }
 
-type turn struct {
-	token chan struct{}
-	polls int // long polls holding or waiting for token
+type queuePolls struct {
+	token    chan struct{}
+	waiting  int           // long polls holding or waiting for token
+	claimed  int           // max of the receives in flight
+	released chan struct{} // closed (and replaced) when a claim ends
+}
+
+// pollsLocked returns queue's entry, made on first use; pollsMu is held.
+func (q *QueueService) pollsLocked(queue string) *queuePolls {
+	p, ok := q.polls[queue]
+	if !ok {
+		if q.polls == nil {
+			q.polls = map[string]*queuePolls{}
+		}
+		p = &queuePolls{token: make(chan struct{}, 1), released: make(chan struct{})}
+		q.polls[queue] = p
+	}
+	return p
+}
+
+// forgetLocked drops p once nothing uses it; pollsMu is held.
+func (q *QueueService) forgetLocked(queue string, p *queuePolls) {
+	if p.waiting == 0 && p.claimed == 0 && q.polls[queue] == p {
+		delete(q.polls, queue)
+	}
 }
 
 // turn returns queue's long-poll token; release must be called once the
 // long poll is over.
 func (q *QueueService) turn(queue string) (token chan struct{}, release func()) {
-	q.turnsMu.Lock()
-	defer q.turnsMu.Unlock()
-	t, ok := q.turns[queue]
-	if !ok {
-		if q.turns == nil {
-			q.turns = map[string]*turn{}
-		}
-		t = &turn{token: make(chan struct{}, 1)}
-		q.turns[queue] = t
-	}
-	t.polls++
-	return t.token, func() {
-		q.turnsMu.Lock()
-		defer q.turnsMu.Unlock()
-		if t.polls--; t.polls == 0 {
-			delete(q.turns, queue)
-		}
+	q.pollsMu.Lock()
+	defer q.pollsMu.Unlock()
+	p := q.pollsLocked(queue)
+	p.waiting++
+	return p.token, func() {
+		q.pollsMu.Lock()
+		defer q.pollsMu.Unlock()
+		p.waiting--
+		q.forgetLocked(queue, p)
 	}
 }
 
-// turnsHeld is the number of queues with a long-poll token (for tests).
+// proposeReceive proposes a receive of up to max messages of queue,
+// counting them as claimed while it is in flight.
+func (q *QueueService) proposeReceive(ctx context.Context, queue string, max uint32, cmd *fsmpb.Command) (*fsmpb.Result, error) {
+	q.pollsMu.Lock()
+	p := q.pollsLocked(queue)
+	p.claimed += int(max)
+	q.pollsMu.Unlock()
+	defer func() {
+		q.pollsMu.Lock()
+		p.claimed -= int(max)
+		close(p.released)
+		p.released = make(chan struct{})
+		q.forgetLocked(queue, p)
+		q.pollsMu.Unlock()
+	}()
+	return q.propose(ctx, cmd)
+}
+
+// unclaimedNow reports whether queue has more messages available right
+// now than the receives in flight may take; when it has not, released is
+// closed once one of those receives ends.
+func (q *QueueService) unclaimedNow(queue string) (ok bool, released <-chan struct{}) {
+	n := q.backend.Available(queue)
+	q.pollsMu.Lock()
+	defer q.pollsMu.Unlock()
+	p, found := q.polls[queue]
+	if !found || p.claimed == 0 {
+		return n > 0, nil
+	}
+	return n > p.claimed, p.released
+}
+
+// turnsHeld is the number of queues with a long-poll entry (for tests).
 func (q *QueueService) turnsHeld() int {
-	q.turnsMu.Lock()
-	defer q.turnsMu.Unlock()
-	return len(q.turns)
+	q.pollsMu.Lock()
+	defer q.pollsMu.Unlock()
+	return len(q.polls)
 }
 
 // NewQueueService returns the Queue service over backend. With autoCreate,
@@ -251,7 +310,7 @@ func (q *QueueService) Receive(ctx context.Context, req *quorumqpb.ReceiveReques
 	// Acks piggybacked on the receive must not wait for the long poll: a
 	// consumer's previous batch is confirmed now.
 	if req.GetWaitNs() == 0 || len(req.GetAck()) > 0 {
-		res, err := q.propose(ctx, cmd)
+		res, err := q.proposeReceive(ctx, req.GetQueue(), maxMsgs, cmd)
 		if err != nil {
 			return nil, err
 		}
@@ -265,10 +324,11 @@ func (q *QueueService) Receive(ctx context.Context, req *quorumqpb.ReceiveReques
 		}}}
 	}
 
-	// Messages available right now need no turn: busy consumers of a full
-	// queue propose side by side and Raft batches their receives.
-	if q.availableNow(ctx, req.GetQueue()) {
-		res, err := q.propose(ctx, cmd)
+	// Messages available right now, and not already claimed by receives
+	// in flight, need no turn: busy consumers of a full queue propose side
+	// by side and Raft batches their receives.
+	if ok, _ := q.unclaimedNow(req.GetQueue()); ok {
+		res, err := q.proposeReceive(ctx, req.GetQueue(), maxMsgs, cmd)
 		if err != nil {
 			return nil, err
 		}
@@ -300,7 +360,7 @@ func (q *QueueService) Receive(ctx context.Context, req *quorumqpb.ReceiveReques
 		case <-wctx.Done():
 			return resp, nil // the long poll ran out waiting for its turn
 		}
-		res, err := q.pollOnce(ctx, wctx, req.GetQueue(), cmd)
+		res, err := q.pollOnce(ctx, wctx, req.GetQueue(), maxMsgs, cmd)
 		<-turn
 		if err != nil || res == nil {
 			return resp, err
@@ -313,27 +373,35 @@ func (q *QueueService) Receive(ctx context.Context, req *quorumqpb.ReceiveReques
 	}
 }
 
-// availableNow reports whether queue has a message available at once.
-func (q *QueueService) availableNow(ctx context.Context, queue string) bool {
-	done, cancel := context.WithCancel(ctx)
-	cancel()
-	return q.backend.WaitAvailable(done, queue) == nil
-}
-
 // pollOnce waits until queue has a message available and proposes the
 // receive cmd. It returns a nil result and nil error when the long poll's
 // wait (wctx) ran out first.
-func (q *QueueService) pollOnce(ctx, wctx context.Context, queue string, cmd *fsmpb.Command) (*fsmpb.Result, error) {
-	if err := q.backend.WaitAvailable(wctx, queue); err != nil {
-		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
-			return nil, nil // the long poll ran out: an empty answer
+func (q *QueueService) pollOnce(ctx, wctx context.Context, queue string, max uint32, cmd *fsmpb.Command) (*fsmpb.Result, error) {
+	for {
+		if err := q.backend.WaitAvailable(wctx, queue); err != nil {
+			if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+				return nil, nil // the long poll ran out: an empty answer
+			}
+			if ctx.Err() != nil {
+				return nil, status.FromContextError(ctx.Err()).Err()
+			}
+			return nil, err
 		}
-		if ctx.Err() != nil {
-			return nil, status.FromContextError(ctx.Err()).Err()
+		ok, released := q.unclaimedNow(queue)
+		if ok || released == nil {
+			return q.proposeReceive(ctx, queue, max, cmd)
 		}
-		return nil, err
+		// Receives in flight will take what is there: wait for one to
+		// end and look again.
+		select {
+		case <-released:
+		case <-wctx.Done():
+			if ctx.Err() != nil {
+				return nil, status.FromContextError(ctx.Err()).Err()
+			}
+			return nil, nil
+		}
 	}
-	return q.propose(ctx, cmd)
 }
 
 // Ack deletes delivered messages whose receipts are still current.

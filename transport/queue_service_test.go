@@ -35,6 +35,7 @@ func (r *recorder) WaitAvailable(ctx context.Context, _ string) error {
 	<-ctx.Done()
 	return ctx.Err()
 }
+func (r *recorder) Available(string) int { return 0 }
 
 func msgs(n, size int) []*fsmpb.Message {
 	out := make([]*fsmpb.Message, n)
@@ -221,6 +222,7 @@ func TestReceiveLongPollDeadlineIsEmptyNotError(t *testing.T) {
 type racer struct{ recorder }
 
 func (r *racer) WaitAvailable(context.Context, string) error { return nil }
+func (r *racer) Available(string) int                        { return 1 }
 
 func TestContendedLongPollBacksOff(t *testing.T) {
 	r := &racer{}
@@ -261,5 +263,93 @@ func TestLongPollTokensAreDroppedWhenPollsEnd(t *testing.T) {
 	wg.Wait()
 	if n := q.turnsHeld(); n != 0 {
 		t.Fatalf("%d long-poll tokens left after every long poll ended, want 0", n)
+	}
+}
+
+// claimer is a Backend with avail messages whose first proposal blocks
+// until gate is closed.
+type claimer struct {
+	mu    sync.Mutex
+	avail int
+	cmds  int
+	gate  chan struct{}
+}
+
+func (c *claimer) Propose(ctx context.Context, cmd *fsmpb.Command) (*fsmpb.Result, error) {
+	c.mu.Lock()
+	c.cmds++
+	first := c.cmds == 1
+	c.mu.Unlock()
+	if first {
+		<-c.gate
+	}
+	return &fsmpb.Result{}, nil
+}
+func (c *claimer) Queue(context.Context, string) (*fsmpb.QueueInfo, error) { return nil, nil }
+func (c *claimer) Queues(context.Context) ([]*fsmpb.QueueInfo, error)      { return nil, nil }
+func (c *claimer) Available(string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.avail
+}
+func (c *claimer) WaitAvailable(ctx context.Context, q string) error {
+	for c.Available(q) == 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+	return nil
+}
+func (c *claimer) proposals() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cmds
+}
+
+// TestReceiveLeavesClaimedMessagesToTheReceiveInFlight: while a receive
+// that may take every available message is in flight, another consumer's
+// long poll waits for it instead of proposing a receive that can only come
+// back empty (one Raft entry wasted per race).
+func TestReceiveLeavesClaimedMessagesToTheReceiveInFlight(t *testing.T) {
+	c := &claimer{avail: 5, gate: make(chan struct{})}
+	q := NewQueueService(c, Limits{}, true)
+	first := make(chan error, 1)
+	go func() {
+		_, err := q.Receive(context.Background(), &quorumqpb.ReceiveRequest{Queue: "q", Max: 10})
+		first <- err
+	}()
+	for c.proposals() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	second := make(chan error, 1)
+	go func() {
+		resp, err := q.Receive(context.Background(), &quorumqpb.ReceiveRequest{Queue: "q", Max: 10, WaitNs: int64(300 * time.Millisecond)})
+		if err == nil && len(resp.GetDeliveries()) != 0 {
+			err = fmt.Errorf("got %d deliveries from a fake that delivers none", len(resp.GetDeliveries()))
+		}
+		second <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	if n := c.proposals(); n != 1 {
+		t.Fatalf("%d receives proposed while the first, claiming all 5 available messages, was in flight; want 1", n)
+	}
+	// The first receive takes the messages and returns.
+	c.mu.Lock()
+	c.avail = 0
+	c.mu.Unlock()
+	close(c.gate)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-second; err != nil {
+		t.Fatal(err)
+	}
+	if n := c.proposals(); n != 1 {
+		t.Fatalf("the second long poll proposed although nothing was left: %d proposals, want 1", n)
+	}
+	if n := q.turnsHeld(); n != 0 {
+		t.Fatalf("%d long-poll entries left after both receives ended", n)
 	}
 }
