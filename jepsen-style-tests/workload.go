@@ -207,6 +207,19 @@ func ackAll(c *client.Client, ms []client.Message) func(ctx context.Context, op 
 
 func always() bool { return true }
 
+// receiveAndAck is one at-least-once consumer step: receive up to max
+// messages of queue with a visibility of vis, ack them, and return how many
+// came.
+func receiveAndAck(w *World, c *client.Client, worker, workload, queue string, max int, vis time.Duration) int {
+	var ms []client.Message
+	w.do(Op{Worker: worker, Workload: workload, Kind: KindReceive, Queue: queue},
+		receiveInto(c, &ms, max, client.WithWait(500*time.Millisecond), client.WithVisibility(vis)))
+	if len(ms) > 0 {
+		w.do(Op{Worker: worker, Workload: workload, Kind: KindAck, Queue: queue, MessageID: ms[0].Receipt.MessageID}, ackAll(c, ms))
+	}
+	return len(ms)
+}
+
 func sleepCtx(ctx context.Context, d time.Duration) {
 	select {
 	case <-ctx.Done():
@@ -236,13 +249,7 @@ func (a *atLeastOnce) Run(main, drain context.Context, w *World, c *client.Clien
 		name := fmt.Sprintf("%s-c%d", a.Name(), i)
 		wg.Go(func() {
 			consumeLoop(prodDone, drain, c, a.Queues(), func() int {
-				var ms []client.Message
-				w.do(Op{Worker: name, Workload: a.Name(), Kind: KindReceive, Queue: a.queue},
-					receiveInto(c, &ms, 5, client.WithWait(500*time.Millisecond), client.WithVisibility(2*time.Second)))
-				if len(ms) > 0 {
-					w.do(Op{Worker: name, Workload: a.Name(), Kind: KindAck, Queue: a.queue, MessageID: ms[0].Receipt.MessageID}, ackAll(c, ms))
-				}
-				return len(ms)
+				return receiveAndAck(w, c, name, a.Name(), a.queue, 5, 2*time.Second)
 			})
 		})
 	}
@@ -295,13 +302,7 @@ func (e *exactlyOnce) Run(main, drain context.Context, w *World, c *client.Clien
 	name := e.Name() + "-sink"
 	wg.Go(func() {
 		consumeLoop(prodDone, drain, c, e.Queues(), func() int {
-			var ms []client.Message
-			w.do(Op{Worker: name, Workload: e.Name(), Kind: KindReceive, Queue: e.sink},
-				receiveInto(c, &ms, 10, client.WithWait(500*time.Millisecond), client.WithVisibility(3*time.Second)))
-			if len(ms) > 0 {
-				w.do(Op{Worker: name, Workload: e.Name(), Kind: KindAck, Queue: e.sink, MessageID: ms[0].Receipt.MessageID}, ackAll(c, ms))
-			}
-			return len(ms)
+			return receiveAndAck(w, c, name, e.Name(), e.sink, 10, 3*time.Second)
 		})
 	})
 	wg.Wait()
