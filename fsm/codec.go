@@ -69,6 +69,7 @@ var (
 	ErrQueueFull       = errors.New("fsm: queue full")
 	ErrLeaseLost       = errors.New("fsm: lease lost")
 	ErrUnknownMessage  = errors.New("fsm: unknown message")
+	ErrOutOfOrder      = errors.New("fsm: out of order")
 	// ErrSnapshot wraps every reason Restore rejects a snapshot.
 	ErrSnapshot = errors.New("fsm: bad snapshot")
 )
@@ -81,6 +82,7 @@ var codeErrors = map[fsmpb.ErrorCode]error{
 	fsmpb.ErrorCode_QUEUE_FULL:       ErrQueueFull,
 	fsmpb.ErrorCode_LEASE_LOST:       ErrLeaseLost,
 	fsmpb.ErrorCode_UNKNOWN_MESSAGE:  ErrUnknownMessage,
+	fsmpb.ErrorCode_OUT_OF_ORDER:     ErrOutOfOrder,
 }
 
 // cmdError is a command failure: a code for the Result and a message that

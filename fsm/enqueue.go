@@ -23,6 +23,9 @@ func (t *txn) enqueue(field string, e *fsmpb.Enqueue, res *fsmpb.Result) *cmdErr
 			return err
 		}
 	}
+	if len(e.GetAfterDedupId()) > MaxDedupID {
+		return invalid("%s.after_dedup_id is %d bytes, limit is %d", field, len(e.GetAfterDedupId()), MaxDedupID)
+	}
 	q, err := t.mut(field+".queue", e.GetQueue())
 	if err != nil && err.code == fsmpb.ErrorCode_QUEUE_NOT_FOUND && e.GetCreateQueue() && t.lookup(e.GetQueue()) == nil {
 		q, err = newQueue(e.GetQueue(), t.now, defaultSettings()), nil
@@ -30,6 +33,14 @@ func (t *txn) enqueue(field string, e *fsmpb.Enqueue, res *fsmpb.Result) *cmdErr
 	}
 	if err != nil {
 		return err
+	}
+	if after := e.GetAfterDedupId(); after != "" {
+		// A pipelined batch goes only behind its predecessor: if that was
+		// refused or lost, nothing of this one may go before it.
+		if _, ok := q.dedupLookup(after, t.now); !ok {
+			return fail(fsmpb.ErrorCode_OUT_OF_ORDER, "%s.after_dedup_id: no message with dedup ID %q in queue %q's dedup window; the batch was not enqueued",
+				field, after, q.name)
+		}
 	}
 	if err := q.checkDepth(field, e.GetMessages(), t.now); err != nil {
 		return err

@@ -37,6 +37,8 @@ const (
 	ErrorCode_QUEUE_FULL       ErrorCode = 5
 	ErrorCode_LEASE_LOST       ErrorCode = 6
 	ErrorCode_UNKNOWN_MESSAGE  ErrorCode = 7
+	// OUT_OF_ORDER: an enqueue's after_dedup_id was not in the dedup window.
+	ErrorCode_OUT_OF_ORDER ErrorCode = 8
 )
 
 // Enum value maps for ErrorCode.
@@ -50,6 +52,7 @@ var (
 		5: "QUEUE_FULL",
 		6: "LEASE_LOST",
 		7: "UNKNOWN_MESSAGE",
+		8: "OUT_OF_ORDER",
 	}
 	ErrorCode_value = map[string]int32{
 		"OK":               0,
@@ -60,6 +63,7 @@ var (
 		"QUEUE_FULL":       5,
 		"LEASE_LOST":       6,
 		"UNKNOWN_MESSAGE":  7,
+		"OUT_OF_ORDER":     8,
 	}
 )
 
@@ -799,7 +803,13 @@ type Enqueue struct {
 	Queue    string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
 	Messages []*Message             `protobuf:"bytes,2,rep,name=messages,proto3" json:"messages,omitempty"`
 	// create_queue: create the queue with default settings if it is missing.
-	CreateQueue   bool `protobuf:"varint,3,opt,name=create_queue,json=createQueue,proto3" json:"create_queue,omitempty"`
+	CreateQueue bool `protobuf:"varint,3,opt,name=create_queue,json=createQueue,proto3" json:"create_queue,omitempty"`
+	// after_dedup_id: apply only if a message with this dedup ID is already
+	// in the queue's dedup window (enqueued earlier, by this entry's
+	// predecessor in a pipeline); otherwise change nothing and fail with
+	// OUT_OF_ORDER. "" = no precondition. It lets a producer keep several
+	// batches in flight without one overtaking another.
+	AfterDedupId  string `protobuf:"bytes,4,opt,name=after_dedup_id,json=afterDedupId,proto3" json:"after_dedup_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -853,6 +863,13 @@ func (x *Enqueue) GetCreateQueue() bool {
 		return x.CreateQueue
 	}
 	return false
+}
+
+func (x *Enqueue) GetAfterDedupId() string {
+	if x != nil {
+		return x.AfterDedupId
+	}
+	return ""
 }
 
 type Receive struct {
@@ -2295,11 +2312,12 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\bdelay_ns\x18\x03 \x01(\x03R\adelayNs\x129\n" +
 	"\n" +
 	"attributes\x18\x04 \x03(\v2\x19.quorumq.fsm.v1.AttributeR\n" +
-	"attributes\"w\n" +
+	"attributes\"\x9d\x01\n" +
 	"\aEnqueue\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
 	"\bmessages\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.MessageR\bmessages\x12!\n" +
-	"\fcreate_queue\x18\x03 \x01(\bR\vcreateQueue\"\xbb\x01\n" +
+	"\fcreate_queue\x18\x03 \x01(\bR\vcreateQueue\x12$\n" +
+	"\x0eafter_dedup_id\x18\x04 \x01(\tR\fafterDedupId\"\xbb\x01\n" +
 	"\aReceive\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x10\n" +
 	"\x03max\x18\x02 \x01(\rR\x03max\x12#\n" +
@@ -2415,7 +2433,7 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\amessage\x18\x03 \x01(\v2\x1f.quorumq.fsm.v1.SnapshotMessageH\x00R\amessage\x125\n" +
 	"\x05dedup\x18\x04 \x01(\v2\x1d.quorumq.fsm.v1.SnapshotDedupH\x00R\x05dedup\x128\n" +
 	"\x06replay\x18\x05 \x01(\v2\x1e.quorumq.fsm.v1.SnapshotReplayH\x00R\x06replayB\b\n" +
-	"\x06record*\x94\x01\n" +
+	"\x06record*\xa6\x01\n" +
 	"\tErrorCode\x12\x06\n" +
 	"\x02OK\x10\x00\x12\r\n" +
 	"\tMALFORMED\x10\x01\x12\x14\n" +
@@ -2426,7 +2444,8 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"QUEUE_FULL\x10\x05\x12\x0e\n" +
 	"\n" +
 	"LEASE_LOST\x10\x06\x12\x13\n" +
-	"\x0fUNKNOWN_MESSAGE\x10\a*E\n" +
+	"\x0fUNKNOWN_MESSAGE\x10\a\x12\x10\n" +
+	"\fOUT_OF_ORDER\x10\b*E\n" +
 	"\n" +
 	"AckOutcome\x12\n" +
 	"\n" +
