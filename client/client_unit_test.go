@@ -51,6 +51,7 @@ func TestServerErrorsMatchTypedErrors(t *testing.T) {
 		{fsmpb.ErrorCode_INVALID_ARGUMENT, ErrInvalidArgument},
 		{fsmpb.ErrorCode_MALFORMED, ErrInvalidArgument},
 		{fsmpb.ErrorCode_UNKNOWN_MESSAGE, ErrUnknownMessage},
+		{fsmpb.ErrorCode_OUT_OF_ORDER, ErrOutOfOrder},
 	}
 	for _, c := range cases {
 		err := fromStatus("Send", transport.QueueError(c.code, "queue \"jobs\": detail"))

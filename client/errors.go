@@ -39,6 +39,10 @@ var (
 	// ErrUnknownMessage: a receipt names a message the queue never had, or
 	// one deleted longer ago than the queue's dedup window.
 	ErrUnknownMessage = errors.New("unknown message")
+	// ErrOutOfOrder: an enqueue was refused because the batch it was
+	// pipelined behind is not in the queue (it failed, or was not applied
+	// first). A Producer handles it by sending the batch again.
+	ErrOutOfOrder = errors.New("out of order")
 	// ErrClosed: the Client or Producer was closed.
 	ErrClosed = errors.New("client closed")
 )
@@ -96,6 +100,8 @@ func errorOfCode(code fsmpb.ErrorCode) error {
 		return ErrLeaseLost
 	case fsmpb.ErrorCode_UNKNOWN_MESSAGE:
 		return ErrUnknownMessage
+	case fsmpb.ErrorCode_OUT_OF_ORDER:
+		return ErrOutOfOrder
 	}
 	return nil
 }

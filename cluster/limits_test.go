@@ -64,13 +64,23 @@ func TestMemoryGuardRefusesEnqueues(t *testing.T) {
 	if status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("transaction above the memory limit: %v, want ResourceExhausted", err)
 	}
+	st, err := q.EnqueueStream(ctxT(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&quorumqpb.EnqueueRequest{Queue: "q", Messages: []*fsmpb.Message{{Body: []byte("d")}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Recv(); status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), "--memory-limit") {
+		t.Fatalf("enqueue stream above the memory limit: %v, want ResourceExhausted", err)
+	}
 	// Consumers keep draining.
 	rcv, err := q.Receive(ctxT(t, 10*time.Second), &quorumqpb.ReceiveRequest{Queue: "q", AutoAck: true})
 	if err != nil || len(rcv.GetDeliveries()) != 1 || string(rcv.GetDeliveries()[0].GetBody()) != "a" {
 		t.Fatalf("receive above the memory limit: %v %v, want message a", err, rcv.GetDeliveries())
 	}
-	if got := scrape(t, leader.AdminAddr())["quorumq_memory_guard_rejects_total"]; got != 2 {
-		t.Errorf("quorumq_memory_guard_rejects_total = %v, want 2", got)
+	if got := scrape(t, leader.AdminAddr())["quorumq_memory_guard_rejects_total"]; got != 3 {
+		t.Errorf("quorumq_memory_guard_rejects_total = %v, want 3", got)
 	}
 	info, err := q.GetQueue(ctxT(t, 10*time.Second), &quorumqpb.GetQueueRequest{Name: "q"})
 	if err != nil {

@@ -45,19 +45,51 @@ func heapBytes() int64 {
 }
 
 func (g *memoryGuard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	if limit := g.limit.Load(); limit > 0 && addsMessages(info.FullMethod) {
-		if heap := heapBytes(); heap > limit {
-			g.rejects.Inc()
-			return nil, status.Error(codes.ResourceExhausted,
-				"memory guard: heap holds "+strconv.FormatInt(heap, 10)+" bytes, limit is "+strconv.FormatInt(limit, 10)+
-					" (--memory-limit); enqueues are refused until consumers drain queues")
+	if addsMessages(info.FullMethod) {
+		if err := g.check(); err != nil {
+			return nil, err
 		}
 	}
 	return h(ctx, req)
 }
 
+// stream guards every request of a stream that adds messages, as it
+// arrives: a refused request ends the stream with the error.
+func (g *memoryGuard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	if addsMessages(info.FullMethod) {
+		ss = guardedStream{ServerStream: ss, g: g}
+	}
+	return h(srv, ss)
+}
+
+type guardedStream struct {
+	grpc.ServerStream
+	g *memoryGuard
+}
+
+func (s guardedStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	return s.g.check()
+}
+
+// check is the memory guard's refusal, or nil while the heap is under the
+// limit (or the guard is off).
+func (g *memoryGuard) check() error {
+	if limit := g.limit.Load(); limit > 0 {
+		if heap := heapBytes(); heap > limit {
+			g.rejects.Inc()
+			return status.Error(codes.ResourceExhausted,
+				"memory guard: heap holds "+strconv.FormatInt(heap, 10)+" bytes, limit is "+strconv.FormatInt(limit, 10)+
+					" (--memory-limit); enqueues are refused until consumers drain queues")
+		}
+	}
+	return nil
+}
+
 func addsMessages(method string) bool {
-	return method == "/quorumq.v1.Queue/Enqueue" || method == "/quorumq.v1.Queue/Transaction"
+	return method == "/quorumq.v1.Queue/Enqueue" || method == "/quorumq.v1.Queue/EnqueueStream" || method == "/quorumq.v1.Queue/Transaction"
 }
 
 // defaultMemoryLimit is 80% of the memory this process may use: the

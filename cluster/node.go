@@ -282,7 +282,7 @@ func (n *Node) startAPI() error {
 		opts = append(opts, grpc.ChainUnaryInterceptor(auth.unary), grpc.ChainStreamInterceptor(auth.stream))
 	}
 	n.guard = newMemoryGuard(n.cfg.MemoryLimit, n.metrics.memoryRejects)
-	opts = append(opts, grpc.ChainUnaryInterceptor(n.guard.unary))
+	opts = append(opts, grpc.ChainUnaryInterceptor(n.guard.unary), grpc.ChainStreamInterceptor(n.guard.stream))
 	n.grpc = grpc.NewServer(opts...)
 	transport.NewQueueService(n, n.cfg.Limits, n.cfg.AutoCreateQueues).Register(n.grpc)
 	(&clusterService{n: n}).register(n.grpc)

@@ -103,6 +103,19 @@ func (n *Node) notLeader() error {
 // OutcomeUnknown error: the command may still be applied, so a retry must
 // reuse its dedup and request IDs.
 func (n *Node) Propose(ctx context.Context, cmd *fsmpb.Command) (*fsmpb.Result, error) {
+	wait, err := n.Submit(ctx, cmd)
+	if err != nil {
+		return nil, err
+	}
+	return wait(ctx)
+}
+
+// Submit implements transport.Backend: it is Propose in two steps. It
+// returns once cmd is handed to Raft, so commands submitted one after
+// another from one goroutine reach the log in that order; wait then gives
+// the result as Propose would. The time limit (ApplyTimeout, or ctx's
+// deadline if sooner) runs from submission.
+func (n *Node) Submit(ctx context.Context, cmd *fsmpb.Command) (wait func(context.Context) (*fsmpb.Result, error), err error) {
 	if n.raft.State() != raft.Leader {
 		return nil, n.notLeader()
 	}
@@ -117,7 +130,15 @@ func (n *Node) Propose(ctx context.Context, cmd *fsmpb.Command) (*fsmpb.Result, 
 	}
 	start := time.Now()
 	f := n.raft.Apply(data, timeout)
-	switch err := n.await(ctx, f, timeout); {
+	return func(ctx context.Context) (*fsmpb.Result, error) {
+		return n.result(ctx, f, start, timeout)
+	}, nil
+}
+
+// result waits for the future of a command submitted at start and maps
+// raft's errors to the API's.
+func (n *Node) result(ctx context.Context, f raft.ApplyFuture, start time.Time, timeout time.Duration) (*fsmpb.Result, error) {
+	switch err := n.await(ctx, f, max(timeout-time.Since(start), time.Millisecond)); {
 	case err == nil:
 		n.metrics.applyDuration.Observe(time.Since(start).Seconds())
 	case errors.Is(err, raft.ErrNotLeader):

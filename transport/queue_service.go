@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"errors"
+	"io"
 	"strconv"
 	"sync"
 	"time"
@@ -22,6 +23,10 @@ type Backend interface {
 	// Raft and returns the FSM's result once a quorum has it and the
 	// leader applied it. A Result carrying an error changed nothing.
 	Propose(ctx context.Context, cmd *fsmpb.Command) (*fsmpb.Result, error)
+	// Submit is Propose in two steps: it returns once cmd is handed to
+	// Raft (commands submitted one after another reach the log in that
+	// order, unless refused), and wait gives Propose's result.
+	Submit(ctx context.Context, cmd *fsmpb.Command) (wait func(context.Context) (*fsmpb.Result, error), err error)
 	// Queue and Queues read the leader's state after confirming that this
 	// node is still the leader, so a deposed leader never answers.
 	Queue(ctx context.Context, name string) (*fsmpb.QueueInfo, error)
@@ -161,10 +166,18 @@ func (q *QueueService) propose(ctx context.Context, cmd *fsmpb.Command) (*fsmpb.
 	if err != nil {
 		return nil, err
 	}
-	if e := res.GetError(); e != nil && e.GetCode() != fsmpb.ErrorCode_OK {
-		return nil, QueueError(e.GetCode(), e.GetMessage())
+	if err := resultError(res); err != nil {
+		return nil, err
 	}
 	return res, nil
+}
+
+// resultError is the status error of an FSM result that carries one.
+func resultError(res *fsmpb.Result) error {
+	if e := res.GetError(); e != nil && e.GetCode() != fsmpb.ErrorCode_OK {
+		return QueueError(e.GetCode(), e.GetMessage())
+	}
+	return nil
 }
 
 // CreateQueue creates a queue.
@@ -261,6 +274,68 @@ func (q *QueueService) Enqueue(ctx context.Context, req *quorumqpb.EnqueueReques
 	return &quorumqpb.EnqueueResponse{Results: res.GetEnqueued()}, nil
 }
 
+// streamWindow bounds the batches of one EnqueueStream submitted to Raft
+// and not yet answered; the stream stops reading requests beyond it.
+const streamWindow = 64
+
+// EnqueueStream submits each request to Raft in arrival order and answers
+// in the same order, so that one producer can keep several batches in
+// flight without reordering them (the client chains them with
+// after_dedup_id, which the FSM checks, so even a batch refused or lost on
+// the way cannot be overtaken). The first request that fails ends the
+// stream with its error; requests after it are not answered.
+func (q *QueueService) EnqueueStream(stream quorumqpb.Queue_EnqueueStreamServer) error {
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	type submitted struct {
+		wait func(context.Context) (*fsmpb.Result, error)
+		err  error // refused before submission
+	}
+	inflight := make(chan submitted, streamWindow)
+	go func() {
+		defer close(inflight)
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				if err != io.EOF && ctx.Err() == nil {
+					inflight <- submitted{err: err}
+				}
+				return
+			}
+			var s submitted
+			enq, err := q.enqueueCommand("", req, &batchTotal{})
+			if err == nil {
+				s.wait, err = q.backend.Submit(ctx, &fsmpb.Command{Op: &fsmpb.Command_Enqueue{Enqueue: enq}})
+			}
+			s.err = err
+			select {
+			case inflight <- s:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return // the stream ends with this error; read no more
+			}
+		}
+	}()
+	for s := range inflight {
+		if s.err != nil {
+			return s.err
+		}
+		res, err := s.wait(ctx)
+		if err == nil {
+			err = resultError(res)
+		}
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(&quorumqpb.EnqueueResponse{Results: res.GetEnqueued()}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // enqueueCommand validates one enqueue (prefix names it inside a
 // transaction) and builds its fsm form.
 func (q *QueueService) enqueueCommand(prefix string, req *quorumqpb.EnqueueRequest, total *batchTotal) (*fsmpb.Enqueue, error) {
@@ -270,7 +345,7 @@ func (q *QueueService) enqueueCommand(prefix string, req *quorumqpb.EnqueueReque
 	if err := q.limits.checkMessages(prefix+"messages", req.GetMessages(), total); err != nil {
 		return nil, err
 	}
-	return &fsmpb.Enqueue{Queue: req.GetQueue(), Messages: req.GetMessages(), CreateQueue: q.autoCreate}, nil
+	return &fsmpb.Enqueue{Queue: req.GetQueue(), Messages: req.GetMessages(), CreateQueue: q.autoCreate, AfterDedupId: req.GetAfterDedupId()}, nil
 }
 
 // Receive leases messages. With wait_ns > 0 and nothing available it waits

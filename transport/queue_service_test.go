@@ -29,6 +29,10 @@ func (r *recorder) Propose(_ context.Context, cmd *fsmpb.Command) (*fsmpb.Result
 	}
 	return &fsmpb.Result{}, nil
 }
+func (r *recorder) Submit(ctx context.Context, cmd *fsmpb.Command) (func(context.Context) (*fsmpb.Result, error), error) {
+	res, err := r.Propose(ctx, cmd)
+	return func(context.Context) (*fsmpb.Result, error) { return res, err }, nil
+}
 func (r *recorder) Queue(context.Context, string) (*fsmpb.QueueInfo, error) { return nil, nil }
 func (r *recorder) Queues(context.Context) ([]*fsmpb.QueueInfo, error)      { return nil, nil }
 func (r *recorder) WaitAvailable(ctx context.Context, _ string) error {
@@ -284,6 +288,9 @@ func (c *claimer) Propose(ctx context.Context, cmd *fsmpb.Command) (*fsmpb.Resul
 		<-c.gate
 	}
 	return &fsmpb.Result{}, nil
+}
+func (c *claimer) Submit(ctx context.Context, cmd *fsmpb.Command) (func(context.Context) (*fsmpb.Result, error), error) {
+	return func(ctx context.Context) (*fsmpb.Result, error) { return c.Propose(ctx, cmd) }, nil
 }
 func (c *claimer) Queue(context.Context, string) (*fsmpb.QueueInfo, error) { return nil, nil }
 func (c *claimer) Queues(context.Context) ([]*fsmpb.QueueInfo, error)      { return nil, nil }

@@ -64,7 +64,7 @@ func CodeOf(code fsmpb.ErrorCode) codes.Code {
 		return codes.AlreadyExists
 	case fsmpb.ErrorCode_QUEUE_FULL:
 		return codes.ResourceExhausted
-	case fsmpb.ErrorCode_LEASE_LOST:
+	case fsmpb.ErrorCode_LEASE_LOST, fsmpb.ErrorCode_OUT_OF_ORDER:
 		return codes.FailedPrecondition
 	default:
 		return codes.Internal
