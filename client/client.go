@@ -294,6 +294,12 @@ func (c *Client) setLeader(addr string) {
 	}
 }
 
+func (c *Client) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}
+
 // forgetLeader drops the leader if it is still addr (another call may have
 // learned a newer one meanwhile).
 func (c *Client) forgetLeader(addr string) {
@@ -377,10 +383,7 @@ func (c *Client) call(ctx context.Context, op string, idem idempotency, extra ti
 		if err := ctx.Err(); err != nil {
 			return c.ctxErr(op, err, lastErr, uncertain)
 		}
-		c.mu.Lock()
-		closed := c.closed
-		c.mu.Unlock()
-		if closed {
+		if c.isClosed() {
 			return fmt.Errorf("%s: %w", op, ErrClosed)
 		}
 		addr := c.target()

@@ -769,3 +769,81 @@ func TestConcurrentSendsAreGathered(t *testing.T) {
 		t.Fatalf("received %d distinct good messages, want 15 (each enqueued once): %v", len(got), got)
 	}
 }
+
+// TestPipelinedProducerKeepsOrderThroughLeaderChanges: a Producer with
+// eight batches of one queue in flight, while the leader hands over
+// leadership twice and is then killed and restarted. Every message must
+// be enqueued exactly once, and the queue must hold them in the order of
+// the SendAsync calls: no batch may overtake one sent before it, however
+// the stream it travelled on was cut.
+func TestPipelinedProducerKeepsOrderThroughLeaderChanges(t *testing.T) {
+	tc := cluster.StartTestCluster(t, 3)
+	c := newClient(t, tc.Addrs())
+	ctx := ctxFor(t, 90*time.Second)
+	const queue = "pipelined"
+	if _, err := c.CreateQueue(ctx, queue, client.QueueSettings{}); err != nil {
+		t.Fatal(err)
+	}
+	p := c.NewProducer(client.WithBatchesInFlight(8), client.WithBatchLimits(40, 1<<20), client.WithMaxInFlight(1000, 1<<20))
+	var futs []*client.SendFuture
+	sent := make(chan struct{})
+	stop := make(chan struct{})
+	go func() {
+		defer close(sent)
+		for i := 0; i < 200000; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			futs = append(futs, p.SendAsync(ctx, queue, client.OutMessage{Body: fmt.Appendf(nil, "%d", i)}))
+		}
+	}()
+	for range 2 {
+		time.Sleep(600 * time.Millisecond)
+		id, err := c.TransferLeadership(ctx, "")
+		t.Logf("leadership handed to %q (%v)", id, err)
+	}
+	time.Sleep(600 * time.Millisecond)
+	dead := killLeader(t, tc)
+	time.Sleep(1500 * time.Millisecond)
+	tc.Restart(t, dead)
+	time.Sleep(600 * time.Millisecond)
+	close(stop)
+	<-sent
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	var prev uint64
+	for i, f := range futs {
+		r, err := f.Wait(ctx)
+		if err != nil {
+			t.Fatalf("message %d of %d: %v", i, len(futs), err)
+		}
+		if r.MessageID <= prev {
+			t.Fatalf("message %d got ID %d after ID %d: a batch overtook one sent before it", i, r.MessageID, prev)
+		}
+		prev = r.MessageID
+	}
+	next := 0
+	for {
+		msgs, err := c.Receive(ctx, queue, 1000, client.WithWait(time.Second), client.WithAutoAck())
+		if err != nil {
+			t.Fatalf("receive: %v", err)
+		}
+		if len(msgs) == 0 {
+			break
+		}
+		for _, m := range msgs {
+			if string(m.Body) != fmt.Sprint(next) {
+				t.Fatalf("queue position %d holds message %s, want %d (lost, doubled or reordered)", next, m.Body, next)
+			}
+			next++
+		}
+	}
+	if next != len(futs) {
+		t.Fatalf("queue held %d messages, %d were sent", next, len(futs))
+	}
+	t.Logf("%d messages sent with 8 batches in flight, all in order, each once", len(futs))
+}

@@ -220,11 +220,18 @@ func WithMaxInFlight(messages int, bytes int64) ProducerOption {
 	return func(o *producerOptions) { o.maxMessages, o.maxBytes = int64(messages), bytes }
 }
 
-// WithBatchesInFlight sets how many batches to one queue may be sent at
-// once. With 1 (the default) the messages of one queue are enqueued in the
-// order of the SendAsync calls, through retries and leader changes (a batch
-// that finally fails leaves a gap, not a reordering). More than 1 gives
-// more throughput to a single queue but batches may overtake each other.
+// WithBatchesInFlight sets how many batches to one queue may be on the
+// wire at once. Default 4. The messages of one queue are enqueued in the
+// order of the SendAsync calls whatever n is, through retries and leader
+// changes (a batch that finally fails leaves a gap, not a reordering).
+//
+// With n > 1 the batches of a queue travel on one EnqueueStream, which the
+// leader submits to Raft in order, each chained behind the one before by
+// after_dedup_id: if a batch is refused or lost on the way, the ones
+// behind it are refused by the state machine too (not enqueued ahead of
+// it) and the Producer sends them again behind it. Raft then has several
+// batches of one producer to write per round instead of one. With n = 1
+// each batch is one Enqueue call, sent when the one before is answered.
 func WithBatchesInFlight(n int) ProducerOption {
 	return func(o *producerOptions) { o.batchesInFlight = n }
 }
@@ -266,6 +273,12 @@ type queueBatches struct {
 	// its callers are expected back with their next messages.
 	expect        int
 	regatherUntil time.Time
+
+	// With more than one batch in flight: batches handed to the queue's
+	// pipe and not yet taken by it, and whether its goroutine runs.
+	toPipe []*batch
+	piping bool
+	wake   chan struct{}
 }
 
 type batch struct {
@@ -321,7 +334,7 @@ func (c *Client) NewProducer(opts ...ProducerOption) *Producer {
 		batchBytes:      1 << 20,
 		maxMessages:     10000,
 		maxBytes:        64 << 20,
-		batchesInFlight: 1,
+		batchesInFlight: 4,
 		sendTimeout:     30 * time.Second,
 		caller:          "SendAsync",
 		op:              "Producer.Send",
@@ -389,7 +402,7 @@ func (p *Producer) SendAsync(ctx context.Context, queue string, msg OutMessage) 
 	}
 	q := p.queues[queue]
 	if q == nil {
-		q = &queueBatches{name: queue, sending: map[*batch]struct{}{}}
+		q = &queueBatches{name: queue, sending: map[*batch]struct{}{}, wake: make(chan struct{}, 1)}
 		p.queues[queue] = q
 	}
 	if b := q.filling; b != nil && b.bytes+len(msg.Body) > p.o.batchBytes {
@@ -449,28 +462,44 @@ func (p *Producer) startLocked(q *queueBatches) {
 			return
 		}
 		q.sending[b] = struct{}{}
-		go p.send(q, b)
+		if p.o.batchesInFlight == 1 {
+			go p.send(q, b)
+			continue
+		}
+		q.toPipe = append(q.toPipe, b)
+		if !q.piping {
+			q.piping = true
+			go p.runPipe(q)
+		} else {
+			select {
+			case q.wake <- struct{}{}:
+			default:
+			}
+		}
 	}
 }
 
-func (p *Producer) send(q *queueBatches, b *batch) {
-	defer func() {
-		p.mu.Lock()
-		delete(q.sending, b)
-		if p.o.linger == 0 && len(b.futs) > 1 {
-			q.expect, q.regatherUntil = len(b.futs), time.Now().Add(regather)
-			time.AfterFunc(regather, func() {
-				p.mu.Lock()
-				defer p.mu.Unlock()
-				p.forgetIdleLocked(q)
-			})
-		}
-		p.startLocked(q)
-		p.forgetIdleLocked(q)
-		p.mu.Unlock()
-		close(b.done)
-	}()
-	live := b.futs[:0]
+// finished frees b's send slot once every future of b is resolved.
+func (p *Producer) finished(q *queueBatches, b *batch) {
+	p.mu.Lock()
+	delete(q.sending, b)
+	if p.o.linger == 0 && len(b.futs) > 1 {
+		q.expect, q.regatherUntil = len(b.futs), time.Now().Add(regather)
+		time.AfterFunc(regather, func() {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			p.forgetIdleLocked(q)
+		})
+	}
+	p.startLocked(q)
+	p.forgetIdleLocked(q)
+	p.mu.Unlock()
+	close(b.done)
+}
+
+// prepare drops the futures of b whose context ended, marks the others
+// sent, and builds their request.
+func (p *Producer) prepare(q *queueBatches, b *batch) (live []*SendFuture, req *quorumqpb.EnqueueRequest, generated []bool) {
 	for _, f := range b.futs {
 		if err := f.ctx.Err(); err != nil {
 			p.release(f)
@@ -480,13 +509,19 @@ func (p *Producer) send(q *queueBatches, b *batch) {
 		f.sent.Store(true)
 		live = append(live, f)
 	}
-	if len(live) == 0 {
-		return
-	}
-	req := &quorumqpb.EnqueueRequest{Queue: q.name, Messages: make([]*fsmpb.Message, len(live))}
-	generated := make([]bool, len(live))
+	req = &quorumqpb.EnqueueRequest{Queue: q.name, Messages: make([]*fsmpb.Message, len(live))}
+	generated = make([]bool, len(live))
 	for i, f := range live {
 		req.Messages[i], generated[i] = f.msg, f.generated
+	}
+	return live, req, generated
+}
+
+func (p *Producer) send(q *queueBatches, b *batch) {
+	defer p.finished(q, b)
+	live, req, generated := p.prepare(q, b)
+	if len(live) == 0 {
+		return
 	}
 	ctx, cancel := p.batchContext(live)
 	res, err := p.c.enqueue(ctx, p.o.op, req, generated)
