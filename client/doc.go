@@ -19,6 +19,14 @@
 //     (so "node down" is retried elsewhere), and after an unknown outcome
 //     return an error that matches ErrOutcomeUnknown: the caller decides.
 //     EnsureQueue is the idempotent way to create a queue.
+//   - Order. One goroutine's Sends to a queue are enqueued in call order
+//     (each returns once committed). A Producer enqueues a queue's messages
+//     in SendAsync order although it keeps up to four full batches in
+//     flight: they travel in order on one stream and each is chained
+//     behind the one before (after_dedup_id), so the state machine refuses
+//     a batch whose predecessor is not in the queue and the Producer sends
+//     it again behind it. A batch that finally fails leaves a gap, never a
+//     reordering.
 //   - Leases. Consume runs a handler per message with a concurrency limit,
 //     extends the lease while the handler runs, acks on success (in
 //     batches), nacks with backoff on error and stops cleanly when its
@@ -49,7 +57,8 @@
 //
 // Errors are typed: errors.Is(err, ErrLeaseLost), ErrQueueNotFound,
 // ErrQueueExists, ErrQueueFull, ErrOutcomeUnknown, ErrInvalidArgument,
-// ErrUnauthenticated, ErrPermissionDenied. Bad arguments are caught before
+// ErrUnauthenticated, ErrPermissionDenied (and ErrOutOfOrder, which only
+// callers of the raw wire API see: the Producer handles it). Bad arguments are caught before
 // any network call where the rule is known on the client (queue names,
 // counts, durations) and the error names the field and the limit.
 //
