@@ -9,6 +9,7 @@ import (
 
 	"github.com/quorumq/quorumq/fsm/fsmpb"
 	"github.com/quorumq/quorumq/transport"
+	"github.com/quorumq/quorumq/transport/quorumqpb"
 )
 
 func TestBackoffStaysWithinJitteredBounds(t *testing.T) {
@@ -211,6 +212,31 @@ func TestPipelineDedupIDIsPerMessageAndOutput(t *testing.T) {
 		ids[id] = name
 		if len(id) > 128 {
 			t.Fatalf("%s: dedup ID is %d bytes, server limit is 128", name, len(id))
+		}
+	}
+}
+
+// A pipelined batch is chained behind a dedup ID that can only be in the
+// queue once the batch before is: a generated one when there is one.
+func TestPipelineChainsBehindAFreshDedupID(t *testing.T) {
+	batch := func(ids []string, generated []bool) *piped {
+		req := &quorumqpb.EnqueueRequest{Queue: "q"}
+		for _, id := range ids {
+			req.Messages = append(req.Messages, &fsmpb.Message{DedupId: id})
+		}
+		return &piped{req: req, generated: generated}
+	}
+	for _, c := range []struct {
+		ids       []string
+		generated []bool
+		want      string
+	}{
+		{[]string{"a", "b", "c"}, []bool{true, true, true}, "c"},
+		{[]string{"a", "mine", "c"}, []bool{true, false, false}, "a"},
+		{[]string{"x", "y"}, []bool{false, false}, "y"},
+	} {
+		if got := batch(c.ids, c.generated).chainID(); got != c.want {
+			t.Errorf("chainID of %v (generated %v) = %q, want %q", c.ids, c.generated, got, c.want)
 		}
 	}
 }

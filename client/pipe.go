@@ -39,6 +39,24 @@ type piped struct {
 	lastErr   error
 }
 
+// chainID is the dedup ID the next batch is chained behind: the last one
+// the client generated, if any, since a fresh ULID can only be in the
+// queue once this batch is; otherwise the last caller-given one. (A
+// caller-given ID may be in the queue from an earlier send: then the
+// check passes before this batch is applied, and only this batch's other
+// messages could land behind the next one — which also needs Raft to
+// refuse this batch and accept the next, that is a leader change between
+// the two.)
+func (pb *piped) chainID() string {
+	msgs := pb.req.GetMessages()
+	for i := len(msgs) - 1; i >= 0; i-- {
+		if pb.generated[i] {
+			return msgs[i].GetDedupId()
+		}
+	}
+	return msgs[len(msgs)-1].GetDedupId()
+}
+
 // runPipe is the goroutine of q's pipe. It runs while q has batches handed
 // to it or unanswered, and returns when both are done.
 func (p *Producer) runPipe(q *queueBatches) {
@@ -192,8 +210,7 @@ func (p *Producer) stream(q *queueBatches, addr string, pending []*piped) ([]*pi
 		pb := pending[i]
 		pb.req.AfterDedupId = ""
 		if i > 0 {
-			prev := pending[i-1].req.GetMessages()
-			pb.req.AfterDedupId = prev[len(prev)-1].GetDedupId()
+			pb.req.AfterDedupId = pending[i-1].chainID()
 		}
 		if pb.deadline == (time.Time{}) {
 			pb.deadline = time.Now().Add(p.o.sendTimeout)
