@@ -101,6 +101,7 @@ var methodScopes = map[string]Scope{
 	"/quorumq.v1.Queue/GetQueue":             ScopeRead,
 	"/quorumq.v1.Queue/ListQueues":           ScopeRead,
 	"/quorumq.v1.Queue/Enqueue":              ScopeWrite,
+	"/quorumq.v1.Queue/EnqueueStream":        ScopeWrite,
 	"/quorumq.v1.Queue/Receive":              ScopeWrite,
 	"/quorumq.v1.Queue/Ack":                  ScopeWrite,
 	"/quorumq.v1.Queue/Nack":                 ScopeWrite,
