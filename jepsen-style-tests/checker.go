@@ -3,6 +3,7 @@ package jepsen
 import (
 	"fmt"
 	"sort"
+	"strings"
 )
 
 // Mode is the delivery guarantee a workload relies on; it decides which
@@ -30,6 +31,10 @@ type QueueSpec struct {
 	// Sink is the queue whose deliveries count as "delivered": Source
 	// itself, or the last queue of a pipeline.
 	Sink string
+	// Producer, if set, restricts the check to that producer's sends and
+	// to the deliveries of its values ("<Producer>-<seq>"), so one
+	// producer of a shared queue gets counts of its own.
+	Producer string
 }
 
 // QueueResult is the outcome of a total-queue check. Counts are of distinct
@@ -39,6 +44,7 @@ type QueueResult struct {
 	Mode     Mode   `json:"mode"`
 	Source   string `json:"source"`
 	Sink     string `json:"sink"`
+	Producer string `json:"producer,omitempty"`
 
 	Attempted int `json:"attempted"`
 	OK        int `json:"ok"`
@@ -89,7 +95,10 @@ type sendInfo struct {
 
 // CheckQueue runs the total-queue checker for one workload over a history.
 func CheckQueue(ops []Op, spec QueueSpec) QueueResult {
-	res := QueueResult{Workload: spec.Workload, Mode: spec.Mode, Source: spec.Source, Sink: spec.Sink}
+	res := QueueResult{Workload: spec.Workload, Mode: spec.Mode, Source: spec.Source, Sink: spec.Sink, Producer: spec.Producer}
+	// mine tells whether a value belongs to the check (every value, or
+	// the named producer's).
+	mine := func(v string) bool { return spec.Producer == "" || strings.HasPrefix(v, spec.Producer+"-") }
 	sends := map[string]*sendInfo{}
 	var order []string
 	sinkDeliveries := map[string][]Delivered{}
@@ -98,7 +107,7 @@ func CheckQueue(ops []Op, spec QueueSpec) QueueResult {
 			continue
 		}
 		switch {
-		case isSend(o.Kind) && o.Queue == spec.Source:
+		case isSend(o.Kind) && o.Queue == spec.Source && (spec.Producer == "" || o.Producer == spec.Producer):
 			s := sends[o.Value]
 			if s == nil {
 				s = &sendInfo{status: StatusFail, producer: o.Producer, seq: o.Seq, msgIDs: map[uint64]bool{}}
@@ -112,7 +121,9 @@ func CheckQueue(ops []Op, spec QueueSpec) QueueResult {
 		case isReceive(o.Kind) && o.Status == StatusOK:
 			if o.Queue == spec.Sink {
 				for _, d := range o.Delivered {
-					sinkDeliveries[d.Value] = append(sinkDeliveries[d.Value], d)
+					if mine(d.Value) {
+						sinkDeliveries[d.Value] = append(sinkDeliveries[d.Value], d)
+					}
 				}
 			}
 		}
@@ -213,8 +224,19 @@ func CheckQueue(ops []Op, spec QueueSpec) QueueResult {
 }
 
 // checkProducerOrder checks that each producer's messages got increasing
-// message IDs in its own send order: the producer sends one at a time, so
-// a later send is enqueued later, and message IDs increase in enqueue order.
+// message IDs in its own send order (Seq), and message IDs increase in
+// enqueue order. A synchronous producer sends one at a time, so a later
+// send is enqueued later. The pipelined producer has many sends in flight,
+// and Seq is the order of its SendAsync calls, which the client promises
+// to keep through resends, leader changes and crashes: a batch that
+// finally fails may leave a gap (its values absent, or with an unknown
+// outcome and never delivered), but every value that did get into the
+// queue, acknowledged or delivered after an unknown outcome, must sit
+// behind the ones sent before it. A send answered Duplicate carries the
+// message ID of the first enqueue of its dedup ID; every send of a value
+// has the value as dedup ID and the value's first Seq, so that ID is the
+// value's own message and stands at the value's place: a duplicate answer
+// is checked like any other, with no allowance.
 func checkProducerOrder(sends map[string]*sendInfo) (int, []string) {
 	type item struct {
 		seq   int
@@ -249,6 +271,24 @@ func checkProducerOrder(sends map[string]*sendInfo) (int, []string) {
 		}
 	}
 	return n, ex
+}
+
+// label names the checked queue in the summary tables: the sink, and for a
+// check of one producer its name without the workload's prefix
+// ("alo/pipe").
+func (q QueueResult) label() string {
+	if q.Producer == "" {
+		return q.Sink
+	}
+	return q.Sink + "/" + strings.TrimPrefix(q.Producer, q.Workload+"-")
+}
+
+// byProducer is " by <producer>" for a check of one producer, else "".
+func (q QueueResult) byProducer() string {
+	if q.Producer == "" {
+		return ""
+	}
+	return " by " + q.Producer
 }
 
 func isSend(kind string) bool    { return kind == KindSend || kind == KindEnqueue }

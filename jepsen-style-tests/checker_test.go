@@ -1,6 +1,7 @@
 package jepsen
 
 import (
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -220,5 +221,114 @@ func TestCheckFIFORejectsNonLinearizableHistory(t *testing.T) {
 			t.Errorf("%s: non-linearizable history accepted: %+v", name, r)
 		}
 		t.Logf("%s: porcupine says %s", name, r.Result)
+	}
+}
+
+// pipeMsg is one message of a pipelined producer in a hand-made history:
+// how its send ended, the message ID the answer carried, whether the
+// answer was Duplicate, and the message ID it was delivered under (0: not
+// delivered).
+type pipeMsg struct {
+	st        Status
+	id        uint64
+	dup       bool
+	delivered uint64
+}
+
+func ok(id uint64) pipeMsg { return pipeMsg{st: StatusOK, id: id, delivered: id} }
+
+// pipeHist adds a pipelined producer's history: every SendAsync is invoked
+// in Seq order, one burst, and the ops are recorded as their futures
+// resolve, a batch at a time and the last batch first, so the producer's
+// ops overlap and the history's order is not the send order. Then one
+// receive delivers every delivered message.
+func pipeHist(h *hist, producer string, msgs []pipeMsg, batch int) {
+	base := h.now
+	var ds []Delivered
+	for b := (len(msgs) - 1) / batch; b >= 0; b-- {
+		first := b * batch
+		for i := first; i < min(first+batch, len(msgs)); i++ {
+			m := msgs[i]
+			v := fmt.Sprintf("%s-%d", producer, i+1)
+			h.ops = append(h.ops, Op{Workload: "w", Worker: producer, Kind: KindSend, Queue: "q", Producer: producer, Seq: i + 1,
+				Value: v, DedupID: v, Status: m.st, MessageID: m.id, Duplicate: m.dup,
+				Start: base + int64(i), End: base + 1000 - int64(first)})
+		}
+	}
+	for i, m := range msgs {
+		if m.delivered != 0 {
+			ds = append(ds, d(fmt.Sprintf("%s-%d", producer, i+1), m.delivered))
+		}
+	}
+	h.now = base + 1000
+	h.recv("q", ds...)
+}
+
+func TestCheckQueueRejectsPipelinedProducerReordering(t *testing.T) {
+	unknown := func(delivered uint64) pipeMsg { return pipeMsg{st: StatusUnknown, delivered: delivered} }
+	for name, msgs := range map[string][]pipeMsg{
+		// The second batch was enqueued ahead of the first.
+		"acknowledged batches swapped": {ok(20), ok(21), ok(22), ok(23), ok(10), ok(11), ok(12), ok(13)},
+		// The first batch finally failed with an unknown outcome and was
+		// enqueued after all, behind the batch sent after it: a failed
+		// batch may leave a gap, never a reordering.
+		"unknown batch landed late": {unknown(20), unknown(21), unknown(22), unknown(23), ok(10), ok(11), ok(12), ok(13)},
+		// A resent message answered Duplicate: its first attempt was
+		// enqueued, but behind messages sent after it.
+		"duplicate answer out of place": {ok(1), ok(2), ok(3), ok(4), ok(5), {st: StatusOK, id: 30, dup: true, delivered: 30}, ok(7), ok(8)},
+		// One message of the third batch got an ID above the batch after.
+		"one message out of place": {ok(1), ok(2), ok(3), ok(4), ok(5), ok(6), ok(7), ok(8), ok(9), ok(50), ok(11), ok(12), ok(13)},
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := &hist{}
+			h.send("q", "p0", 1, "p0-1", StatusOK, 100) // a synchronous producer of the same queue, in order
+			h.recv("q", d("p0-1", 100))
+			pipeHist(h, "w-pipe", msgs, 4)
+			for _, spec := range []QueueSpec{
+				{Workload: "w", Mode: AtLeastOnce, Source: "q", Sink: "q"},
+				{Workload: "w", Mode: AtLeastOnce, Source: "q", Sink: "q", Producer: "w-pipe"},
+			} {
+				r := CheckQueue(h.ops, spec)
+				if r.Valid || r.OrderViolations != 1 || !strings.HasPrefix(r.OrderExamples[0], "w-pipe: ") {
+					t.Fatalf("%q: reordering not rejected: valid=%v violations=%d %v %v", spec.Producer, r.Valid, r.OrderViolations, r.Problems, r.OrderExamples)
+				}
+				if r.Lost != 0 || r.Unexpected != 0 || r.DoubleEnqueued != 0 {
+					t.Fatalf("%q: only the order is wrong, got %+v", spec.Producer, r)
+				}
+				t.Logf("%q rejects: %v (%v)", spec.Producer, r.Problems, r.OrderExamples)
+			}
+		})
+	}
+}
+
+func TestCheckQueueAcceptsPipelinedProducerGaps(t *testing.T) {
+	fail := pipeMsg{st: StatusFail}
+	lostReply := func(id uint64) pipeMsg { return pipeMsg{st: StatusUnknown, delivered: id} }
+	resent := func(id uint64) pipeMsg { return pipeMsg{st: StatusOK, id: id, dup: true, delivered: id} }
+	never := pipeMsg{st: StatusUnknown}
+	msgs := []pipeMsg{
+		ok(1), ok(2), ok(3), ok(4), // acknowledged
+		fail, fail, fail, fail, // failed before it was enqueued: a gap
+		lostReply(5), lostReply(6), lostReply(7), lostReply(8), // unknown, enqueued (recovered)
+		resent(9), resent(10), resent(11), resent(12), // first attempt enqueued, resend answered Duplicate
+		never, never, never, never, // unknown, never enqueued: a gap
+		ok(13), ok(14), ok(15), ok(16),
+	}
+	h := &hist{}
+	h.send("q", "p0", 1, "p0-1", StatusOK, 100)
+	h.recv("q", d("p0-1", 100))
+	pipeHist(h, "w-pipe", msgs, 4)
+
+	r := CheckQueue(h.ops, QueueSpec{Workload: "w", Mode: AtLeastOnce, Source: "q", Sink: "q", Producer: "w-pipe"})
+	if !r.Valid || r.OrderViolations != 0 {
+		t.Fatalf("in-order pipelined history rejected: %v %v", r.Problems, r.OrderExamples)
+	}
+	if r.Attempted != 24 || r.OK != 12 || r.Failed != 4 || r.Unknown != 8 || r.Recovered != 4 || r.Delivered != 16 || r.Lost != 0 {
+		t.Fatalf("counts of the pipelined producer alone: %+v", r)
+	}
+	// The whole queue counts the synchronous producer too.
+	r = CheckQueue(h.ops, QueueSpec{Workload: "w", Mode: AtLeastOnce, Source: "q", Sink: "q"})
+	if !r.Valid || r.Attempted != 25 || r.Delivered != 17 {
+		t.Fatalf("whole queue: %+v", r)
 	}
 }
