@@ -90,7 +90,9 @@ func (p *Producer) runPipe(q *queueBatches) {
 			continue
 		}
 		head := pending[0]
-		head.lastErr = fmt.Errorf("%s: %w", addr, err)
+		for _, pb := range pending {
+			pb.lastErr = fmt.Errorf("%s: %w", addr, err)
+		}
 		wait := time.Duration(0)
 		if code, ok := transport.QueueErrorCode(err); ok && code == fsmpb.ErrorCode_OUT_OF_ORDER {
 			// The head was refused because a batch before it failed or
