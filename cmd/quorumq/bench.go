@@ -140,7 +140,7 @@ enqueue-to-ack latency is measured end to end by the consumer.`,
 	f.IntVar(&cfg.Producers, "producers", 16, "concurrent producers")
 	f.IntVar(&cfg.Consumers, "consumers", 0, "concurrent consumers (receive a batch, process, ack it)")
 	f.IntVar(&cfg.Size, "size", 256, "message body size in bytes (at least 8: the send time)")
-	f.BoolVar(&cfg.Async, "async", false, "each producer keeps --window sends in flight through the client's gathering producer (default: one send at a time)")
+	f.BoolVar(&cfg.Async, "async", false, "each producer keeps --window sends in flight through one Producer that all producers share, as one process's goroutines share its Client (default: one send at a time)")
 	f.IntVar(&cfg.Window, "window", 256, "sends in flight per async producer")
 	f.IntVar(&cfg.Batch, "batch", 100, "messages per receive (consumers)")
 	f.DurationVar(&cfg.Duration, "duration", 10*time.Second, "how long to run")
@@ -254,6 +254,13 @@ func runBench(ctx context.Context, c *client.Client, cfg benchConfig, progressOu
 		return b
 	}
 
+	// The async producers share one Producer, as the goroutines of one
+	// process share its Client: their sends to a queue go out together.
+	var prod *client.Producer
+	if cfg.Async {
+		prod = c.NewProducer()
+		defer prod.Close()
+	}
 	start := time.Now()
 	for p := 0; p < cfg.Producers; p++ {
 		wg.Add(1)
@@ -276,8 +283,6 @@ func runBench(ctx context.Context, c *client.Client, cfg benchConfig, progressOu
 				}
 				return
 			}
-			prod := c.NewProducer()
-			defer prod.Close()
 			type inflight struct {
 				f  *client.SendFuture
 				t0 time.Time
