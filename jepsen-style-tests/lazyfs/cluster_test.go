@@ -40,14 +40,21 @@ var buildServer = sync.OnceValues(func() (string, error) {
 	return bin, nil
 })
 
-func freePort(t *testing.T) string {
+// freePorts returns n distinct free loopback addresses. The listeners stay
+// open until all n are picked: closed one by one, the kernel may hand the
+// same port out twice (two servers of one test then collide on bind).
+func freePorts(t *testing.T, n int) []string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	addrs := make([]string, n)
+	for i := range addrs {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		addrs[i] = l.Addr().String()
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addrs
 }
 
 // server is one quorumq process on a lazyfs mount.
@@ -112,8 +119,9 @@ func startServers(t *testing.T) []*server {
 	}
 	base := t.TempDir()
 	servers := make([]*server, 3)
+	ports := freePorts(t, 3*len(servers))
 	for i := range servers {
-		s := &server{id: fmt.Sprintf("n%d", i+1), api: freePort(t), raftAddr: freePort(t), gossip: freePort(t), bin: bin}
+		s := &server{id: fmt.Sprintf("n%d", i+1), api: ports[3*i], raftAddr: ports[3*i+1], gossip: ports[3*i+2], bin: bin}
 		backing, mnt := filepath.Join(base, s.id, "backing"), filepath.Join(base, s.id, "mnt")
 		for _, d := range []string{backing, mnt} {
 			if err := os.MkdirAll(d, 0o755); err != nil {
