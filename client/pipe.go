@@ -251,14 +251,7 @@ func (p *Producer) stream(q *queueBatches, addr string, pending []*piped) ([]*pi
 			head := pending[0]
 			pending = pending[1:]
 			res, err := sendResults(p.o.op, head.req.GetMessages(), head.generated, resp.GetResults())
-			for i, f := range head.live {
-				p.release(f)
-				if err != nil {
-					f.resolve(SendResult{}, err)
-				} else {
-					f.resolve(res[i], nil)
-				}
-			}
+			p.resolveAll(head.live, res, err)
 			p.finished(q, head.b)
 			hang.Reset(p.c.opts.attemptTimeout)
 		case err := <-ended:
@@ -273,9 +266,6 @@ func (p *Producer) stream(q *queueBatches, addr string, pending []*piped) ([]*pi
 
 // fail resolves every future of pb with err and frees its slot.
 func (p *Producer) fail(q *queueBatches, pb *piped, err error) {
-	for _, f := range pb.live {
-		p.release(f)
-		f.resolve(SendResult{}, err)
-	}
+	p.resolveAll(pb.live, nil, err)
 	p.finished(q, pb.b)
 }

@@ -554,6 +554,12 @@ func (p *Producer) send(q *queueBatches, b *batch) {
 		}
 		return
 	}
+	p.resolveAll(live, res, err)
+}
+
+// resolveAll gives each future of live its result (res[i], or err for
+// all) and frees its room.
+func (p *Producer) resolveAll(live []*SendFuture, res []SendResult, err error) {
 	for i, f := range live {
 		p.release(f)
 		if err != nil {
