@@ -80,6 +80,11 @@ type Config struct {
 	ApplyTimeout       time.Duration // cap on one proposal, whatever the caller's deadline; default 10 s
 	StatusTimeout      time.Duration // per-node timeout of the status fan-out; default 1 s
 	LocalGossip        bool          // faster gossip timings for loopback clusters (dev, tests)
+
+	// features, if not nil, replaces the log features this node gossips
+	// (supportedFeatures): tests set it empty to play a server of an
+	// older release.
+	features []string
 }
 
 // ErrConfig is wrapped by every configuration error.

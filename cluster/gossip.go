@@ -28,6 +28,9 @@ type nodeMeta struct {
 	// boot it saw, so the same server process stays out, while a server
 	// wiped and started again (a new boot, fresh again) is added back.
 	Boot string `json:"boot,omitempty"`
+	// Features are the log features the node applies (features.go); a
+	// server of a release before them gossips none.
+	Features []string `json:"features,omitempty"`
 }
 
 // member is one gossip member as this node last heard of it.
@@ -136,6 +139,13 @@ func (d *metaDelegate) NotifyMsg([]byte)                           {}
 func (d *metaDelegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 func (d *metaDelegate) LocalState(join bool) []byte                { return nil }
 func (d *metaDelegate) MergeRemoteState(buf []byte, join bool)     {}
+
+// features returns the log features this node gossips.
+func (d *metaDelegate) features() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.meta.Features
+}
 
 func (d *metaDelegate) setFresh(fresh bool) bool {
 	d.mu.Lock()

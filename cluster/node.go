@@ -56,6 +56,7 @@ type Node struct {
 	members    *members
 	delegate   *metaDelegate
 	gossipAddr string
+	features   featureGate
 
 	grpc    *grpc.Server
 	apiLn   net.Listener
@@ -149,7 +150,11 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	hasState = hasState || cfg.RestoreFrom != ""
-	n.delegate.meta = nodeMeta{ID: cfg.NodeID, Raft: n.raftAdv, API: n.apiAddr, Fresh: !hasState, Boot: newBootID()}
+	features := supportedFeatures
+	if cfg.features != nil {
+		features = cfg.features
+	}
+	n.delegate.meta = nodeMeta{ID: cfg.NodeID, Raft: n.raftAdv, API: n.apiAddr, Fresh: !hasState, Boot: newBootID(), Features: features}
 	if err := n.startGossip(); err != nil {
 		return nil, err
 	}

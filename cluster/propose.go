@@ -119,6 +119,11 @@ func (n *Node) Submit(ctx context.Context, cmd *fsmpb.Command) (wait func(contex
 	if n.raft.State() != raft.Leader {
 		return nil, n.notLeader()
 	}
+	if res, err := n.unchain(ctx, cmd); err != nil {
+		return nil, err
+	} else if res != nil {
+		return func(context.Context) (*fsmpb.Result, error) { return res, nil }, nil
+	}
 	cmd.NowUnixNano = time.Now().UnixNano()
 	data, err := fsm.Encode(cmd)
 	if err != nil {

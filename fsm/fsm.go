@@ -190,13 +190,7 @@ func (f *FSM) Queues() []*fsmpb.QueueInfo {
 func (f *FSM) Watch(queue string, now time.Time) (available bool, changed <-chan struct{}, next time.Time) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	f.wmu.Lock()
-	ch, ok := f.watch[queue]
-	if !ok {
-		ch = make(chan struct{})
-		f.watch[queue] = ch
-	}
-	f.wmu.Unlock()
+	ch := f.watchChan(queue)
 	q := f.get(queue)
 	if q == nil {
 		return false, ch, time.Time{}
@@ -206,6 +200,34 @@ func (f *FSM) Watch(queue string, now time.Time) (available bool, changed <-chan
 		next = time.Unix(0, at)
 	}
 	return avail, ch, next
+}
+
+// WatchDedupID tells whether a message with dedupID is in queue's dedup
+// window, as an enqueue applied now would see it, and gives the channel
+// Watch gives (closed by the next Apply that may enqueue into queue), both
+// read under one lock. The leader uses it to hold a chained batch until
+// its predecessor is applied.
+func (f *FSM) WatchDedupID(queue, dedupID string) (present bool, changed <-chan struct{}) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	ch := f.watchChan(queue)
+	if q := f.get(queue); q != nil {
+		_, present = q.dedupLookup(dedupID, f.now)
+	}
+	return present, ch
+}
+
+// watchChan returns queue's watch channel, making it if needed. f.mu is
+// held (read), so no Apply closes it before the caller has read the state.
+func (f *FSM) watchChan(queue string) chan struct{} {
+	f.wmu.Lock()
+	defer f.wmu.Unlock()
+	ch, ok := f.watch[queue]
+	if !ok {
+		ch = make(chan struct{})
+		f.watch[queue] = ch
+	}
+	return ch
 }
 
 // Available returns how many messages of queue a receive would find now:

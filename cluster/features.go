@@ -1,0 +1,153 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+)
+
+// Log features: command fields a server of an older release would not
+// know. Protobuf lets such a server decode the entry, silently without the
+// field, so it would apply the command differently from the others and
+// the replicas would drift apart. A leader therefore writes a field like
+// that only once every voter gossips that it knows it; until then it does
+// what the field asks for another way.
+const (
+	// featureEnqueueAfter: Enqueue.after_dedup_id, the chain that keeps
+	// a Producer's pipelined batches in order.
+	featureEnqueueAfter = "enqueue-after"
+)
+
+// supportedFeatures are the log features this build applies.
+var supportedFeatures = []string{featureEnqueueAfter}
+
+// featureRecheck is how long the leader trusts its last look at the
+// voters' features: a server that joins or is replaced with an older
+// release is noticed within this time. Downgrading a server below a
+// feature the log already uses is not supported (docs/operations.md).
+const featureRecheck = time.Second
+
+// featureGate caches whether every voter knows a feature.
+type featureGate struct {
+	mu      sync.Mutex
+	open    map[string]bool
+	checked map[string]time.Time
+}
+
+// clusterHas tells whether every voter of the latest Raft configuration
+// gossips feature (this node by its own metadata). A voter not heard of
+// in gossip counts as not knowing it.
+func (n *Node) clusterHas(feature string) bool {
+	g := &n.features
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if time.Since(g.checked[feature]) < featureRecheck {
+		return g.open[feature]
+	}
+	open := true
+	for _, s := range n.raft.GetConfiguration().Configuration().Servers {
+		if s.Suffrage != raft.Voter {
+			continue
+		}
+		var feats []string
+		if string(s.ID) == n.cfg.NodeID {
+			feats = n.delegate.features()
+		} else if m, ok := n.members.get(string(s.ID)); ok {
+			feats = m.meta.Features
+		}
+		if !slices.Contains(feats, feature) {
+			open = false
+			break
+		}
+	}
+	if g.open == nil {
+		g.open, g.checked = map[string]bool{}, map[string]time.Time{}
+	}
+	if open != g.open[feature] {
+		n.log.Info("log feature", "feature", feature, "every voter knows it", open)
+	}
+	g.open[feature], g.checked[feature] = open, time.Now()
+	return open
+}
+
+// chainWait bounds how long the leader holds a chained batch, while some
+// voter does not know after_dedup_id, for its predecessor to be applied.
+// A predecessor in flight on the same stream is applied within a round; one
+// that was refused or lost never comes, and the batch is refused as the
+// FSM would refuse it.
+const chainWait = 2 * time.Second
+
+// unchain makes cmd safe for voters that do not know after_dedup_id: for
+// every enqueue of cmd chained behind a dedup ID, it waits until a message
+// with that ID is applied (or is earlier in cmd itself), then clears the
+// field, so the entry goes into the log after its predecessor and every
+// replica applies it alike. A predecessor that does not appear within
+// chainWait gives the OUT_OF_ORDER result the FSM gives, and nothing is
+// submitted. It returns nil when cmd may be submitted.
+func (n *Node) unchain(ctx context.Context, cmd *fsmpb.Command) (*fsmpb.Result, error) {
+	enqs := []*fsmpb.Enqueue{cmd.GetEnqueue()}
+	if tx := cmd.GetTransaction(); tx != nil {
+		enqs = tx.GetEnqueues()
+	}
+	chained := false
+	for _, e := range enqs {
+		chained = chained || e.GetAfterDedupId() != ""
+	}
+	if !chained || n.clusterHas(featureEnqueueAfter) {
+		return nil, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, chainWait)
+	defer cancel()
+	earlier := map[string]bool{}
+	for i, e := range enqs {
+		if after := e.GetAfterDedupId(); after != "" && !earlier[after] {
+			if err := n.waitDedupID(ctx, e.GetQueue(), after); err != nil {
+				if ctx.Err() == context.DeadlineExceeded {
+					field := "enqueue"
+					if cmd.GetTransaction() != nil {
+						field = fmt.Sprintf("transaction.enqueues[%d]", i)
+					}
+					return &fsmpb.Result{Error: &fsmpb.Error{Code: fsmpb.ErrorCode_OUT_OF_ORDER, Message: fmt.Sprintf(
+						"%s.after_dedup_id: no message with dedup ID %q in queue %q's dedup window; the batch was not enqueued",
+						field, after, e.GetQueue())}}, nil
+				}
+				if ctx.Err() != nil {
+					err = status.FromContextError(ctx.Err()).Err()
+				}
+				return nil, err
+			}
+		}
+		for _, m := range e.GetMessages() {
+			earlier[m.GetDedupId()] = true
+		}
+	}
+	for _, e := range enqs {
+		e.AfterDedupId = ""
+	}
+	return nil, nil
+}
+
+// waitDedupID waits until queue's applied state holds dedupID.
+func (n *Node) waitDedupID(ctx context.Context, queue, dedupID string) error {
+	for {
+		present, changed := n.fsm.WatchDedupID(queue, dedupID)
+		if present {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-n.stop:
+			return status.Error(codes.Unavailable, "node is shutting down")
+		}
+	}
+}
