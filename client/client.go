@@ -9,6 +9,7 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -86,6 +87,10 @@ type Client struct {
 
 	// sender gathers concurrent Sends (nil with WithSendGathering(false)).
 	sender *Producer
+	// unaryUntil (Unix ns): until then Producers send with unary Enqueue
+	// calls, one batch of a queue at a time, because a node answered
+	// EnqueueStream Unimplemented (a server of an older release).
+	unaryUntil atomic.Int64
 
 	stop chan struct{}
 	done chan struct{}

@@ -26,7 +26,11 @@
 //     behind the one before (after_dedup_id), so the state machine refuses
 //     a batch whose predecessor is not in the queue and the Producer sends
 //     it again behind it. A batch that finally fails leaves a gap, never a
-//     reordering.
+//     reordering. Against a server of an older release (no EnqueueStream)
+//     the Producer sends one batch of a queue at a time for a minute, then
+//     tries the stream again; a cluster with a voter that does not know
+//     after_dedup_id keeps the order on the leader (docs/operations.md,
+//     Upgrading).
 //   - Leases. Consume runs a handler per message with a concurrency limit,
 //     extends the lease while the handler runs, acks on success (in
 //     batches), nacks with backoff on error and stops cleanly when its

@@ -82,9 +82,21 @@ func (p *Producer) runPipe(q *queueBatches) {
 			pending = nil
 			continue
 		}
+		if time.Now().UnixNano() < p.c.unaryUntil.Load() {
+			pending = p.sendUnary(q, pending)
+			continue
+		}
 		addr := p.c.target()
 		var err error
 		pending, err = p.stream(q, addr, pending)
+		if status.Code(err) == codes.Unimplemented {
+			// A server of a release before EnqueueStream (during a
+			// rolling upgrade): one batch at a time, as such a release's
+			// Producer sent, and the stream again after a while.
+			p.c.log.Info("quorumq: server has no EnqueueStream; sending one batch at a time", "op", p.o.op, "addr", addr)
+			p.c.unaryUntil.Store(time.Now().Add(unaryRecheck).UnixNano())
+			continue
+		}
 		if err == nil {
 			bo, redirects = backoff{min: bo.min, max: bo.max}, 0
 			continue
@@ -135,6 +147,29 @@ func (p *Producer) runPipe(q *queueBatches) {
 			time.Sleep(wait)
 		}
 	}
+}
+
+// unaryRecheck is how long a Client sends without streams after a server
+// answered EnqueueStream Unimplemented.
+const unaryRecheck = time.Minute
+
+// sendUnary sends the first of pending with unary Enqueue calls (retried
+// like Send) and resolves it; the rest wait for the next turn of runPipe.
+// Nothing is chained: the next batch is sent only once this one is
+// answered, so a batch that fails for good is the only one its callers
+// lose, as with WithBatchesInFlight(1).
+func (p *Producer) sendUnary(q *queueBatches, pending []*piped) []*piped {
+	pb := pending[0]
+	if pb.deadline == (time.Time{}) {
+		pb.deadline = time.Now().Add(p.o.sendTimeout)
+	}
+	pb.req.AfterDedupId = ""
+	ctx, cancel := context.WithDeadline(context.Background(), pb.deadline)
+	res, err := p.c.enqueue(ctx, p.o.op, pb.req, pb.generated)
+	cancel()
+	p.resolveAll(pb.live, res, err)
+	p.finished(q, pb.b)
+	return pending[1:]
 }
 
 // takePiped moves the batches handed to q's pipe to the end of pending.

@@ -3,7 +3,9 @@ package client_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -212,5 +214,32 @@ func TestDefiniteErrorsAreNotRetried(t *testing.T) {
 	_, err := c.Send(context.Background(), "q", []byte("x"))
 	if ids, _, _, _ := s.seen(); !errors.Is(err, client.ErrQueueFull) || len(ids) != 1 {
 		t.Fatalf("Send = %v after %d attempts; want ErrQueueFull after 1", err, len(ids))
+	}
+}
+
+// TestProducerFallsBackToUnaryOnAServerWithoutStreams: a server of a
+// release before EnqueueStream answers it Unimplemented; a Producer with
+// batches in flight then sends them one at a time with Enqueue, in order,
+// and every send succeeds.
+func TestProducerFallsBackToUnaryOnAServerWithoutStreams(t *testing.T) {
+	s := startScripted(t)
+	c := scriptedClient(t, s.addr)
+	p := c.NewProducer(client.WithBatchesInFlight(4), client.WithBatchLimits(3, 1<<20))
+	defer p.Close()
+	var futs []*client.SendFuture
+	var want []string
+	for i := range 30 {
+		id := fmt.Sprintf("m%02d", i)
+		want = append(want, id)
+		futs = append(futs, p.SendAsync(context.Background(), "q", client.OutMessage{Body: []byte(id), DedupID: id}))
+	}
+	for i, f := range futs {
+		if _, err := f.Wait(context.Background()); err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+	}
+	got, _, _, _ := s.seen()
+	if !slices.Equal(got, want) {
+		t.Fatalf("server got dedup IDs %v, want %v in order", got, want)
 	}
 }
