@@ -19,7 +19,7 @@ func (t *txn) enqueue(field string, e *fsmpb.Enqueue, res *fsmpb.Result) *cmdErr
 		if m == nil {
 			return invalid("%s.messages[%d] is empty", field, i)
 		}
-		if err := checkMessage(fieldf("%s.messages[%d]", field, i), m); err != nil {
+		if err := checkMessage(field, i, m); err != nil {
 			return err
 		}
 	}
@@ -53,7 +53,7 @@ func (t *txn) enqueue(field string, e *fsmpb.Enqueue, res *fsmpb.Result) *cmdErr
 		}
 		rec := q.add(m.GetBody(), m.GetDedupId(), toAttrs(m.GetAttributes()), addDur(t.now, m.GetDelayNs()), t.now, 0)
 		if rec.dedupID != "" {
-			q.dedup.Set(rec)
+			q.dedup.SetHint(rec, &q.dedupHint)
 		}
 		res.Enqueued = append(res.Enqueued, &fsmpb.EnqueueResult{MessageId: rec.id})
 	}
@@ -108,7 +108,7 @@ func (q *queue) dedupLookup(key string, now int64) (uint64, bool) {
 	if key == "" {
 		return 0, false
 	}
-	m, ok := q.dedup.Get(&message{dedupID: key})
+	m, ok := q.dedup.GetHint(&message{dedupID: key}, &q.dedupHint)
 	if !ok || m.enqueuedAt+q.settings.dedupWindow <= now {
 		return 0, false
 	}

@@ -19,7 +19,7 @@ func (q *queue) fence(r *fsmpb.Receipt) (*message, fsmpb.AckOutcome) {
 	if id == 0 || id >= q.nextID {
 		return nil, fsmpb.AckOutcome_ACK_UNKNOWN_MESSAGE
 	}
-	m, ok := q.msgs.Get(&message{id: id})
+	m, ok := q.msgs.GetHint(&message{id: id}, &q.msgsHint)
 	if !ok {
 		return nil, fsmpb.AckOutcome_ACK_UNKNOWN_MESSAGE
 	}
@@ -151,7 +151,7 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 		if !ok {
 			break
 		}
-		m, _ := q.msgs.Get(&message{id: id})
+		m, _ := q.msgs.GetHint(&message{id: id}, &q.msgsHint)
 		if q.settings.retention > 0 && m.enqueuedAt+q.settings.retention <= now {
 			q.remove(m, m.attempt, now, false)
 			q.counters.expired++

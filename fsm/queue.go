@@ -113,6 +113,13 @@ type queue struct {
 	dedup    *btree.BTreeG[*message]
 	replay   *btree.BTreeG[*replayEntry] // by request ID
 	replayAt *btree.BTreeG[*replayEntry] // by (at, request ID)
+
+	// Hints remember the path of the last operation on a tree: a batch's
+	// ids, lease times, deletion times and dedup IDs (ULIDs made one
+	// after another) sit next to each other, so the next search starts
+	// where the last one ended instead of at the root. They change
+	// nothing but the cost of a search.
+	msgsHint, timedHint, tombsHint, dedupHint btree.PathHint
 }
 
 func newQueue(name string, createdAt int64, s settings) *queue {
@@ -149,12 +156,12 @@ func (q *queue) live() uint64 { return uint64(q.ready.len() + q.timed.Len()) }
 
 // put inserts a live record into msgs and into the index its flags name.
 func (q *queue) put(m *message) {
-	q.msgs.Set(m)
+	q.msgs.SetHint(m, &q.msgsHint)
 	switch {
 	case m.is(flagReady):
 		q.ready.add(m.id)
 	default:
-		q.timed.Set(m)
+		q.timed.SetHint(m, &q.timedHint)
 		if m.is(flagLeased) {
 			q.leased++
 		}
@@ -167,7 +174,7 @@ func (q *queue) unindex(m *message) {
 		q.ready.remove(m.id)
 		return
 	}
-	q.timed.Delete(m)
+	q.timed.DeleteHint(m, &q.timedHint)
 	if m.is(flagLeased) {
 		q.leased--
 	}
@@ -180,13 +187,18 @@ func (q *queue) replace(old, m *message) {
 	q.redirectDedup(old, m)
 }
 
-// redirectDedup points old's dedup entry, if it is old's, at m.
+// redirectDedup points old's dedup entry, if it is old's, at m: one
+// search where a look-up and a set would take two.
 func (q *queue) redirectDedup(old, m *message) {
-	if old.dedupID == "" {
-		return
+	if old.dedupID == "" || old.id < q.dedupCursor {
+		return // Tick has removed the entries of every id below the cursor
 	}
-	if cur, ok := q.dedup.Get(old); ok && cur == old {
-		q.dedup.Set(m)
+	prev, replaced := q.dedup.SetHint(m, &q.dedupHint)
+	switch {
+	case !replaced:
+		q.dedup.DeleteHint(m, &q.dedupHint) // there was no entry
+	case prev != old:
+		q.dedup.SetHint(prev, &q.dedupHint) // the entry is a later message's
 	}
 }
 
@@ -203,8 +215,8 @@ func (q *queue) remove(m *message, attempt uint32, now int64, acked bool) {
 		flags |= flagAcked
 	}
 	t := &message{id: m.id, enqueuedAt: m.enqueuedAt, at: now, dedupID: m.dedupID, attempt: attempt, flags: flags}
-	q.msgs.Set(t)
-	q.tombs.Set(t)
+	q.msgs.SetHint(t, &q.msgsHint)
+	q.tombs.SetHint(t, &q.tombsHint)
 	q.redirectDedup(m, t)
 }
 

@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"fmt"
 	"math"
 	"time"
 
@@ -146,25 +147,28 @@ func checkCount(field string, n int) *cmdError {
 	return nil
 }
 
-func checkMessage(field string, m *fsmpb.Message) *cmdError {
+// checkMessage checks message i of field.messages. The field's name is
+// built only for an error: Apply checks every message on every node.
+func checkMessage(field string, i int, m *fsmpb.Message) *cmdError {
+	at := func() string { return fmt.Sprintf("%s.messages[%d]", field, i) }
 	if len(m.GetBody()) > MaxBodyBytes {
-		return invalid("%s.body is %d bytes, limit is %d", field, len(m.GetBody()), MaxBodyBytes)
+		return invalid("%s.body is %d bytes, limit is %d", at(), len(m.GetBody()), MaxBodyBytes)
 	}
 	if len(m.GetDedupId()) > MaxDedupID {
-		return invalid("%s.dedup_id is %d bytes, limit is %d", field, len(m.GetDedupId()), MaxDedupID)
+		return invalid("%s.dedup_id is %d bytes, limit is %d", at(), len(m.GetDedupId()), MaxDedupID)
 	}
 	if d := m.GetDelayNs(); d < 0 || d > int64(MaxDelay) {
-		return invalid("%s.delay_ns is %d, limit is 0 to %v", field, d, MaxDelay)
+		return invalid("%s.delay_ns is %d, limit is 0 to %v", at(), d, MaxDelay)
 	}
 	if len(m.GetAttributes()) > MaxAttributes {
-		return invalid("%s.attributes has %d entries, limit is %d", field, len(m.GetAttributes()), MaxAttributes)
+		return invalid("%s.attributes has %d entries, limit is %d", at(), len(m.GetAttributes()), MaxAttributes)
 	}
-	for i, a := range m.GetAttributes() {
+	for j, a := range m.GetAttributes() {
 		if len(a.GetKey()) == 0 || len(a.GetKey()) > MaxAttributeKey {
-			return invalid("%s.attributes[%d].key is %d bytes, limit is 1 to %d", field, i, len(a.GetKey()), MaxAttributeKey)
+			return invalid("%s.attributes[%d].key is %d bytes, limit is 1 to %d", at(), j, len(a.GetKey()), MaxAttributeKey)
 		}
 		if len(a.GetValue()) > MaxAttributeVal {
-			return invalid("%s.attributes[%d].value is %d bytes, limit is %d", field, i, len(a.GetValue()), MaxAttributeVal)
+			return invalid("%s.attributes[%d].value is %d bytes, limit is %d", at(), j, len(a.GetValue()), MaxAttributeVal)
 		}
 	}
 	return nil
