@@ -90,14 +90,20 @@ enqueue-to-ack latency is measured end to end by the consumer.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 			defer stop()
+			// The profile covers the measured run only, not the set-up
+			// and the prefill before its clock starts.
+			clockStarts := func() error { return nil }
 			if cpuProfile != "" {
 				f, err := os.Create(cpuProfile)
 				if err != nil {
 					return fmt.Errorf("--cpuprofile: %w", err)
 				}
 				defer f.Close()
-				if err := pprof.StartCPUProfile(f); err != nil {
-					return fmt.Errorf("--cpuprofile: %w", err)
+				clockStarts = func() error {
+					if err := pprof.StartCPUProfile(f); err != nil {
+						return fmt.Errorf("--cpuprofile: %w", err)
+					}
+					return nil
 				}
 				defer pprof.StopCPUProfile()
 			}
@@ -124,7 +130,7 @@ enqueue-to-ack latency is measured end to end by the consumer.`,
 			}
 			defer done()
 			progress := !cf.json && term.IsTerminal(int(os.Stderr.Fd()))
-			res, err := runBench(ctx, c, cfg, cmd.ErrOrStderr(), progress)
+			res, err := runBench(ctx, c, cfg, cmd.ErrOrStderr(), progress, clockStarts)
 			if err != nil {
 				return err
 			}
@@ -207,7 +213,9 @@ func (r *recorder) summary() latency {
 	return latency{Samples: len(s), P50: pct(0.50), P90: pct(0.90), P99: pct(0.99), P999: pct(0.999), Max: pct(1)}
 }
 
-func runBench(ctx context.Context, c *client.Client, cfg benchConfig, progressOut io.Writer, progress bool) (*benchResult, error) {
+// runBench creates the run's queues, prefills them, calls clockStarts and
+// runs the workload for its duration or count.
+func runBench(ctx context.Context, c *client.Client, cfg benchConfig, progressOut io.Writer, progress bool, clockStarts func() error) (*benchResult, error) {
 
 	run := fmt.Sprintf("bench-%d", time.Now().UnixNano())
 	queues := make([]string, cfg.Queues)
@@ -223,6 +231,9 @@ func runBench(ctx context.Context, c *client.Client, cfg benchConfig, progressOu
 		}
 	}
 
+	if err := clockStarts(); err != nil {
+		return nil, err
+	}
 	runCtx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
 	var bar *progressbar.ProgressBar
