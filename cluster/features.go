@@ -29,6 +29,19 @@ const (
 // supportedFeatures are the log features this build applies.
 var supportedFeatures = []string{featureEnqueueAfter}
 
+// missingFeatures returns the features of this build that have is without.
+// The leader adds no server that lacks one: a new server replays the log,
+// which may use them.
+func missingFeatures(have []string) []string {
+	var missing []string
+	for _, f := range supportedFeatures {
+		if !slices.Contains(have, f) {
+			missing = append(missing, f)
+		}
+	}
+	return missing
+}
+
 // featureRecheck is how long the leader trusts its last look at the
 // voters' features: a server that joins or is replaced with an older
 // release is noticed within this time. Downgrading a server below a

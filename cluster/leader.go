@@ -121,6 +121,14 @@ func (n *Node) reconcile(ctx context.Context) {
 		if m.state != "alive" || !m.meta.Fresh || inConfig[m.meta.ID] || n.isRemoved(m.meta.ID, m.meta.Boot) {
 			continue
 		}
+		if missing := missingFeatures(m.meta.Features); len(missing) > 0 {
+			// It would replay log entries that use these features
+			// without knowing them, and its state would differ.
+			if _, warned := n.olderWarned.LoadOrStore(m.meta.ID+"/"+m.meta.Boot, true); !warned {
+				n.log.Warn("not adding server: it runs an older release; start it with this one", "id", m.meta.ID, "missing_log_features", missing)
+			}
+			continue
+		}
 		n.log.Info("adding server", "id", m.meta.ID, "raft", m.meta.Raft)
 		f := n.raft.AddVoter(raft.ServerID(m.meta.ID), raft.ServerAddress(m.meta.Raft), 0, n.cfg.ApplyTimeout)
 		if err := n.await(ctx, f, n.cfg.ApplyTimeout); err != nil {

@@ -78,6 +78,9 @@ type Node struct {
 	// restarted) is.
 	removedMu sync.Mutex
 	removed   map[string]string
+	// olderWarned holds "id/boot" of fresh servers of an older release
+	// the leader has warned about and does not add (reconcile).
+	olderWarned sync.Map
 
 	stop     chan struct{} // closed when the node stops
 	wg       sync.WaitGroup

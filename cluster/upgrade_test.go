@@ -153,3 +153,35 @@ func TestChainedEnqueuesWaitForEveryVoterToKnowTheField(t *testing.T) {
 	}
 	c.WaitReplicated(t)
 }
+
+// TestLeaderDoesNotAddAServerOfAnOlderRelease: a fresh server that gossips
+// no log features (an older release) would replay the log's chained
+// enqueues without their chain, so the leader does not add it; a fresh
+// server of this release that joins after it is added.
+func TestLeaderDoesNotAddAServerOfAnOlderRelease(t *testing.T) {
+	c := StartTestClusterWith(t, 3, func(i int, cfg *Config) {
+		if i == 3 {
+			cfg.features = []string{}
+		}
+	})
+	c.Add(t) // n4, older
+	c.Add(t) // n5
+	voters := func() map[string]bool {
+		out := map[string]bool{}
+		for _, s := range c.Leader(t).raft.GetConfiguration().Configuration().Servers {
+			out[string(s.ID)] = true
+		}
+		return out
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for !voters()["n5"] {
+		if time.Now().After(deadline) {
+			t.Fatalf("n5 not added within 20 s: %v", voters())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second) // two more reconcile passes
+	if v := voters(); v["n4"] {
+		t.Fatalf("n4, which knows no log features, was added: %v", v)
+	}
+}
