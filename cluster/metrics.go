@@ -41,6 +41,7 @@ type metrics struct {
 	snapshotSize     prometheus.Gauge
 	nacked           *prometheus.CounterVec // queue
 	memoryRejects    prometheus.Counter
+	refusals         *prometheus.CounterVec // code
 }
 
 func newMetrics(n *Node) *metrics {
@@ -77,9 +78,13 @@ func newMetrics(n *Node) *metrics {
 			Name: "quorumq_memory_guard_rejects_total",
 			Help: "Enqueues refused with ResourceExhausted because the heap was above the memory limit.",
 		}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "quorumq_command_refusals_total",
+			Help: "Commands this node, as leader, answered with an error of the state machine (nothing applied), by error code; OUT_OF_ORDER counts pipelined batches sent again behind their predecessor.",
+		}, []string{"code"}),
 	}
 	m.reg.MustRegister(m.rpcDuration, m.applyDuration, m.leaderChanges, m.snapshotDuration, m.snapshotSize,
-		m.nacked, m.memoryRejects, &nodeCollector{n: n},
+		m.nacked, m.memoryRejects, m.refusals, &nodeCollector{n: n},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

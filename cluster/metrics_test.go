@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/quorumq/quorumq/fsm/fsmpb"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
 )
@@ -82,6 +85,11 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 	if _, err := q.GetQueue(ctxT(t, 10*time.Second), &quorumqpb.GetQueueRequest{Name: "nope"}); err == nil {
 		t.Fatal("GetQueue of a missing queue succeeded")
 	}
+	// A batch chained behind a message that is not there: refused.
+	if _, err := q.Enqueue(ctxT(t, 10*time.Second), &quorumqpb.EnqueueRequest{Queue: "m", AfterDedupId: "missing",
+		Messages: []*fsmpb.Message{{Body: []byte("x")}}}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("enqueue behind a missing message: %v, want FailedPrecondition", err)
+	}
 
 	after := scrape(t, leader.AdminAddr())
 	want := map[string]float64{
@@ -101,6 +109,7 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 		`quorumq_rpc_duration_seconds_count{code="OK",method="Queue/Enqueue"}`:        2,
 		`quorumq_rpc_duration_seconds_count{code="OK",method="Queue/Receive"}`:        2,
 		`quorumq_rpc_duration_seconds_count{code="NotFound",method="Queue/GetQueue"}`: 1,
+		`quorumq_command_refusals_total{code="OUT_OF_ORDER"}`:                         1,
 	}
 	for k, v := range want {
 		if got, ok := after[k]; !ok || got != v {

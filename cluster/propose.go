@@ -122,6 +122,7 @@ func (n *Node) Submit(ctx context.Context, cmd *fsmpb.Command) (wait func(contex
 	if res, err := n.unchain(ctx, cmd); err != nil {
 		return nil, err
 	} else if res != nil {
+		n.countRefusal(res)
 		return func(context.Context) (*fsmpb.Result, error) { return res, nil }, nil
 	}
 	cmd.NowUnixNano = time.Now().UnixNano()
@@ -170,7 +171,16 @@ func (n *Node) result(ctx context.Context, f raft.ApplyFuture, start time.Time, 
 	if !ok {
 		return nil, status.Errorf(codes.Internal, "fsm returned %T, want *fsmpb.Result", f.Response())
 	}
+	n.countRefusal(res)
 	return res, nil
+}
+
+// countRefusal counts res in quorumq_command_refusals_total if it is an
+// error of the state machine.
+func (n *Node) countRefusal(res *fsmpb.Result) {
+	if code := res.GetError().GetCode(); code != fsmpb.ErrorCode_OK {
+		n.metrics.refusals.WithLabelValues(code.String()).Inc()
+	}
 }
 
 // verifyLeader confirms with a quorum that this node is still the ready
