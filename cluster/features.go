@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/quorumq/quorumq/fsm"
 	"github.com/quorumq/quorumq/fsm/fsmpb"
 )
 
@@ -128,9 +129,7 @@ func (n *Node) unchain(ctx context.Context, cmd *fsmpb.Command) (*fsmpb.Result, 
 					if cmd.GetTransaction() != nil {
 						field = fmt.Sprintf("transaction.enqueues[%d]", i)
 					}
-					return &fsmpb.Result{Error: &fsmpb.Error{Code: fsmpb.ErrorCode_OUT_OF_ORDER, Message: fmt.Sprintf(
-						"%s.after_dedup_id: no message with dedup ID %q in queue %q's dedup window; the batch was not enqueued",
-						field, after, e.GetQueue())}}, nil
+					return fsm.OutOfOrderResult(field, after, e.GetQueue()), nil
 				}
 				if ctx.Err() != nil {
 					err = status.FromContextError(ctx.Err()).Err()

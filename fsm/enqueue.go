@@ -38,8 +38,7 @@ func (t *txn) enqueue(field string, e *fsmpb.Enqueue, res *fsmpb.Result) *cmdErr
 		// A pipelined batch goes only behind its predecessor: if that was
 		// refused or lost, nothing of this one may go before it.
 		if _, ok := q.dedupLookup(after, t.now); !ok {
-			return fail(fsmpb.ErrorCode_OUT_OF_ORDER, "%s.after_dedup_id: no message with dedup ID %q in queue %q's dedup window; the batch was not enqueued",
-				field, after, q.name)
+			return outOfOrder(field, after, q.name)
 		}
 	}
 	if err := q.checkDepth(field, e.GetMessages(), t.now); err != nil {
@@ -104,6 +103,18 @@ func (q *queue) add(body []byte, dedupID string, attrs *[]attribute, deliverAt, 
 // dedupLookup returns the message ID first enqueued with key, if that was
 // within the queue's dedup window (measured from the first enqueue with the
 // queue's current window). Expiry is exact even before Tick purges.
+func outOfOrder(field, after, queue string) *cmdError {
+	return fail(fsmpb.ErrorCode_OUT_OF_ORDER, "%s.after_dedup_id: no message with dedup ID %q in queue %q's dedup window; the batch was not enqueued",
+		field, after, queue)
+}
+
+// OutOfOrderResult is the result Apply gives an enqueue (field names it:
+// "enqueue", "transaction.enqueues[i]") chained behind a dedup ID that is
+// not in queue: for a leader that refuses such a batch itself.
+func OutOfOrderResult(field, after, queue string) *fsmpb.Result {
+	return errorResult(outOfOrder(field, after, queue))
+}
+
 func (q *queue) dedupLookup(key string, now int64) (uint64, bool) {
 	if key == "" {
 		return 0, false
