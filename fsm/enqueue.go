@@ -3,6 +3,8 @@ package fsm
 import (
 	"fmt"
 
+	"github.com/tidwall/btree"
+
 	"github.com/quorumq/quorumq/fsm/fsmpb"
 )
 
@@ -37,7 +39,7 @@ func (t *txn) enqueue(field string, e *fsmpb.Enqueue, res *fsmpb.Result) *cmdErr
 	if after := e.GetAfterDedupId(); after != "" {
 		// A pipelined batch goes only behind its predecessor: if that was
 		// refused or lost, nothing of this one may go before it.
-		if _, ok := q.dedupLookup(after, t.now); !ok {
+		if _, ok := q.dedupLookup(after, t.now, &q.dedupHint); !ok {
 			return outOfOrder(field, after, q.name)
 		}
 	}
@@ -45,7 +47,7 @@ func (t *txn) enqueue(field string, e *fsmpb.Enqueue, res *fsmpb.Result) *cmdErr
 		return err
 	}
 	for _, m := range e.GetMessages() {
-		if id, dup := q.dedupLookup(m.GetDedupId(), t.now); dup {
+		if id, dup := q.dedupLookup(m.GetDedupId(), t.now, &q.dedupHint); dup {
 			q.counters.dedupHits++
 			res.Enqueued = append(res.Enqueued, &fsmpb.EnqueueResult{MessageId: id, Duplicate: true})
 			continue
@@ -70,7 +72,7 @@ func (q *queue) checkDepth(field string, msgs []*fsmpb.Message, now int64) *cmdE
 	depth := q.live()
 	for i, m := range msgs {
 		key := m.GetDedupId()
-		if _, dup := q.dedupLookup(key, now); dup || seen[key] {
+		if _, dup := q.dedupLookup(key, now, &q.dedupHint); dup || seen[key] {
 			continue
 		}
 		if key != "" {
@@ -100,9 +102,6 @@ func (q *queue) add(body []byte, dedupID string, attrs *[]attribute, deliverAt, 
 	return m
 }
 
-// dedupLookup returns the message ID first enqueued with key, if that was
-// within the queue's dedup window (measured from the first enqueue with the
-// queue's current window). Expiry is exact even before Tick purges.
 func outOfOrder(field, after, queue string) *cmdError {
 	return fail(fsmpb.ErrorCode_OUT_OF_ORDER, "%s.after_dedup_id: no message with dedup ID %q in queue %q's dedup window; the batch was not enqueued",
 		field, after, queue)
@@ -115,11 +114,15 @@ func OutOfOrderResult(field, after, queue string) *fsmpb.Result {
 	return errorResult(outOfOrder(field, after, queue))
 }
 
-func (q *queue) dedupLookup(key string, now int64) (uint64, bool) {
+// dedupLookup returns the message ID first enqueued with key, if that was
+// within the queue's dedup window (measured from the first enqueue with the
+// queue's current window). Expiry is exact even before Tick purges.
+// hint is q.dedupHint when applying, nil when reading (readers share q).
+func (q *queue) dedupLookup(key string, now int64, hint *btree.PathHint) (uint64, bool) {
 	if key == "" {
 		return 0, false
 	}
-	m, ok := q.dedup.GetHint(&message{dedupID: key}, &q.dedupHint)
+	m, ok := q.dedup.GetHint(&message{dedupID: key}, hint)
 	if !ok || m.enqueuedAt+q.settings.dedupWindow <= now {
 		return 0, false
 	}

@@ -212,7 +212,7 @@ func (f *FSM) WatchDedupID(queue, dedupID string) (present bool, changed <-chan 
 	defer f.mu.RUnlock()
 	ch := f.watchChan(queue)
 	if q := f.get(queue); q != nil {
-		_, present = q.dedupLookup(dedupID, f.now)
+		_, present = q.dedupLookup(dedupID, f.now, nil)
 	}
 	return present, ch
 }
