@@ -73,6 +73,22 @@ func TestDeliveryContract(t *testing.T) {
 				t.Fatalf("repeat after tick: %v, want new id 3", e)
 			}
 		}},
+		{"acking the first holder of a reused dedup id keeps the second's entry", func(t *testing.T, h *harness) {
+			h.ok(enq("q", msg("a", "d1")))
+			h.at(DefaultDedupWindow) // d1's window is over, before any Tick
+			if e := h.ok(enq("q", msg("b", "d1"))).Enqueued[0]; e.Duplicate || e.MessageId != 2 {
+				t.Fatalf("d1 after its window: %v, want new id 2", e)
+			}
+			r := h.ok(recvCmd(recv("q", 1)))
+			if got := bodies(r); len(got) != 1 || got[0] != "a" {
+				t.Fatalf("deliveries %v, want [a]", got)
+			}
+			h.ok(ackCmd("q", r.Deliveries[0].Receipt))
+			h.at(DefaultDedupWindow + time.Minute)
+			if e := h.ok(enq("q", msg("c", "d1"))).Enqueued[0]; !e.Duplicate || e.MessageId != 2 {
+				t.Fatalf("d1 inside message 2's window after message 1 was acked: %v, want duplicate of id 2", e)
+			}
+		}},
 		{"ack with a stale receipt after redelivery gets lease lost", func(t *testing.T, h *harness) {
 			h.ok(enq("q", msg("a", "")))
 			first := h.ok(recvCmd(recv("q", 1))).Deliveries[0].Receipt
