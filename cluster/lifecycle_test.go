@@ -248,31 +248,39 @@ func TestRemovedFollowerRejoinsAfterWipe(t *testing.T) {
 	leader := c.Leader(t)
 	li := c.Index(leader)
 	enqueue(t, c, li, "q", "before")
-	fi := (li + 1) % 3
-	fid := c.Nodes[fi].ID()
-
-	cl := quorumqpb.NewClusterClient(c.Conn(t, li))
-	if _, err := cl.RemoveServer(ctxT(t, 10*time.Second), &quorumqpb.RemoveServerRequest{Id: fid}); err != nil {
-		t.Fatalf("RemoveServer %s: %v", fid, err)
-	}
-	c.Kill(fi)
-	if err := os.RemoveAll(c.configs[fi].DataDir); err != nil {
-		t.Fatal(err)
-	}
-	c.Restart(t, fi)
-
-	deadline := time.Now().Add(15 * time.Second)
-	for !slices.Contains(voters(t, leader), fid) {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s (wiped, restarted) not a voter again within 15 s: voters %v", fid, voters(t, leader))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	n := replaceNode(t, c, (li+1)%3)
 	if !leader.IsLeader() {
 		t.Fatalf("leadership moved from %s; this test is about the same leader re-adding", leader.ID())
 	}
 	c.WaitReplicated(t)
-	if _, err := c.Nodes[fi].fsm.Queue("q"); err != nil {
-		t.Fatalf("%s after rejoin: %v", fid, err)
+	if _, err := n.fsm.Queue("q"); err != nil {
+		t.Fatalf("%s after rejoin: %v", n.ID(), err)
 	}
+}
+
+// replaceNode replaces node i the way DESIGN.md tells an operator to
+// replace a node whose data is lost: remove it on the leader, stop it, wipe
+// its data dir and start it again under the same ID with --join. It
+// returns the new node once the leader lists it as a voter again.
+func replaceNode(t *testing.T, c *TestCluster, i int) *Node {
+	t.Helper()
+	leader := c.Leader(t)
+	id := c.Nodes[i].ID()
+	cl := quorumqpb.NewClusterClient(c.Conn(t, c.Index(leader)))
+	if _, err := cl.RemoveServer(ctxT(t, 10*time.Second), &quorumqpb.RemoveServerRequest{Id: id}); err != nil {
+		t.Fatalf("RemoveServer %s: %v", id, err)
+	}
+	c.Kill(i)
+	if err := os.RemoveAll(c.configs[i].DataDir); err != nil {
+		t.Fatal(err)
+	}
+	n := c.Restart(t, i)
+	deadline := time.Now().Add(15 * time.Second)
+	for !slices.Contains(voters(t, leader), id) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s (wiped, restarted) not a voter again within 15 s: voters %v", id, voters(t, leader))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return n
 }

@@ -135,7 +135,9 @@ func (m *metrics) observeLeader(o *raft.Observation) bool {
 }
 
 // observedFSM is the FSM raft sees: the real one, with snapshots timed and
-// measured. It embeds *fsm.FSM, so raft still finds ApplyBatch.
+// measured, and marked as the node's own for the snapshot store, which
+// refuses received snapshots behind the applied state (snapshotstore.go).
+// It embeds *fsm.FSM, so raft still finds ApplyBatch.
 type observedFSM struct {
 	*fsm.FSM
 	m *metrics
@@ -155,6 +157,7 @@ type observedSnapshot struct {
 }
 
 func (s observedSnapshot) Persist(sink raft.SnapshotSink) error {
+	markOwnSnapshot(sink)
 	start := time.Now()
 	cs := &countingSink{SnapshotSink: sink}
 	err := s.FSMSnapshot.Persist(cs)

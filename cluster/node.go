@@ -255,10 +255,12 @@ func (n *Node) startRaft() error {
 	if err := n.seedFromBackup(); err != nil {
 		return err
 	}
-	r, err := raft.NewRaft(rc, observedFSM{FSM: n.fsm, m: n.metrics}, logs, n.store, n.snaps, n.trans)
+	snaps := &snapshotStore{FileSnapshotStore: n.snaps}
+	r, err := raft.NewRaft(rc, observedFSM{FSM: n.fsm, m: n.metrics}, logs, n.store, snaps, n.trans)
 	if err != nil {
 		return fmt.Errorf("start raft with data dir %s: %w", n.cfg.DataDir, err)
 	}
+	snaps.follow(r)
 	r.RegisterObserver(raft.NewObserver(nil, false, n.metrics.observeLeader))
 	n.raft = r
 	return nil
