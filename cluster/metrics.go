@@ -42,6 +42,7 @@ type metrics struct {
 	nacked           *prometheus.CounterVec // queue
 	memoryRejects    prometheus.Counter
 	refusals         *prometheus.CounterVec // code
+	raftConnsRefused *prometheus.CounterVec // reason
 }
 
 func newMetrics(n *Node) *metrics {
@@ -82,9 +83,13 @@ func newMetrics(n *Node) *metrics {
 			Name: "quorumq_command_refusals_total",
 			Help: "Commands this node, as leader, answered with an error of the state machine (nothing applied), by error code; OUT_OF_ORDER counts pipelined batches sent again behind their predecessor.",
 		}, []string{"code"}),
+		raftConnsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "quorumq_raft_connections_refused_total",
+			Help: "Connections to the Raft port closed at accept because a cap was full, by reason (max-conns, max-conns-per-ip).",
+		}, []string{"reason"}),
 	}
 	m.reg.MustRegister(m.rpcDuration, m.applyDuration, m.leaderChanges, m.snapshotDuration, m.snapshotSize,
-		m.nacked, m.memoryRejects, m.refusals, &nodeCollector{n: n},
+		m.nacked, m.memoryRejects, m.refusals, m.raftConnsRefused, &nodeCollector{n: n},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

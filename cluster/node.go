@@ -215,6 +215,8 @@ func (n *Node) startRaft() error {
 	layer, err := raftnet.Listen(raftnet.Config{
 		Bind: n.cfg.RaftAddr, Advertise: n.cfg.RaftAdvertise,
 		ServerTLS: n.cfg.RaftServerTLS, ClientTLS: n.cfg.RaftClientTLS,
+		Limits:    n.cfg.RaftConnLimits,
+		OnRefused: func(reason string) { n.metrics.raftConnsRefused.WithLabelValues(reason).Inc() },
 	})
 	if err != nil {
 		return err
