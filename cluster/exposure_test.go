@@ -4,10 +4,18 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/quorumq/quorumq/transport/raftnet"
 )
@@ -63,4 +71,84 @@ func TestIdleRaftConnectionsAreCappedAndClosed(t *testing.T) {
 	}
 	enqueue(t, c, li, "q", "after")
 	c.WaitReplicated(t)
+}
+
+// rawCodec sends a request's wire bytes as they are, so a test can send
+// what no protobuf library would build.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+	return mem.BufferSlice{mem.SliceBuffer(v.([]byte))}, nil
+}
+func (rawCodec) Unmarshal(mem.BufferSlice, any) error { return nil }
+func (rawCodec) Name() string                         { return "proto" }
+
+// emptyElements is an EnqueueRequest for queue "jobs" whose messages field
+// repeats an empty element until the request is size bytes: two bytes on
+// the wire each, a whole fsmpb.Message each once decoded.
+func emptyElements(size int) []byte {
+	b := protowire.AppendTag(nil, 1, protowire.BytesType)
+	b = protowire.AppendString(b, "jobs")
+	for len(b)+2 <= size {
+		b = append(b, 0x12, 0x00) // field 2 (messages), length 0
+	}
+	return b
+}
+
+// peakHeapGrowth runs f and reports how far the heap rose above its size
+// before f, sampled every few milliseconds.
+func peakHeapGrowth(f func()) int64 {
+	runtime.GC()
+	base := heapBytes()
+	var peak atomic.Int64
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for {
+			if h := heapBytes() - base; h > peak.Load() {
+				peak.Store(h)
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+		}
+	}()
+	f()
+	close(done)
+	<-stopped
+	return peak.Load()
+}
+
+// A caller without a token costs the server nothing to decode: the token
+// is checked on the call's headers, before its message is read.
+func TestUnauthenticatedRequestsAreRefusedBeforeDecoding(t *testing.T) {
+	_, dial := tlsTokenCluster(t)
+	conn := dial("")
+	payload := emptyElements(9 << 20)
+	const parallel = 6
+	errs := make([]error, parallel)
+	growth := peakHeapGrowth(func() {
+		var wg sync.WaitGroup
+		for i := range parallel {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var out []byte
+				errs[i] = conn.Invoke(ctxT(t, 30*time.Second), "/quorumq.v1.Queue/Enqueue", payload, &out, grpc.ForceCodecV2(rawCodec{}))
+			}()
+		}
+		wg.Wait()
+	})
+	t.Logf("heap growth during %d unauthenticated 9 MiB requests: %.1f MB", parallel, float64(growth)/1e6)
+	for i, err := range errs {
+		if status.Code(err) != codes.Unauthenticated {
+			t.Fatalf("request %d: %v, want Unauthenticated", i, err)
+		}
+	}
+	if growth > 50e6 {
+		t.Fatalf("heap grew by %.1f MB during %d unauthenticated 9 MiB requests, want under 50 MB", float64(growth)/1e6, parallel)
+	}
 }

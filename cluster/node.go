@@ -288,8 +288,7 @@ func (n *Node) startAPI() error {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(n.cfg.APIServerTLS)))
 	}
 	if tokens := n.cfg.tokens(); len(tokens) > 0 {
-		auth := tokenAuth{tokens: tokens}
-		opts = append(opts, grpc.ChainUnaryInterceptor(auth.unary), grpc.ChainStreamInterceptor(auth.stream))
+		opts = append(opts, grpc.InTapHandle(tokenAuth{tokens: tokens}.tap))
 	}
 	n.guard = newMemoryGuard(n.cfg.MemoryLimit, n.metrics.memoryRejects)
 	opts = append(opts, grpc.ChainUnaryInterceptor(n.guard.unary), grpc.ChainStreamInterceptor(n.guard.stream))
