@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -150,5 +151,38 @@ func TestUnauthenticatedRequestsAreRefusedBeforeDecoding(t *testing.T) {
 	}
 	if growth > 50e6 {
 		t.Fatalf("heap grew by %.1f MB during %d unauthenticated 9 MiB requests, want under 50 MB", float64(growth)/1e6, parallel)
+	}
+}
+
+// An authenticated caller's request is counted before it is decoded: one
+// holding more nested messages than any legal request is refused, so six
+// 9 MiB requests of empty elements cost their bytes, not a hundred times
+// as much.
+func TestOversizedElementCountsAreRefusedBeforeDecoding(t *testing.T) {
+	_, dial := tlsTokenCluster(t)
+	conn := dial(writeToken)
+	payload := emptyElements(9 << 20)
+	const parallel = 6
+	errs := make([]error, parallel)
+	growth := peakHeapGrowth(func() {
+		var wg sync.WaitGroup
+		for i := range parallel {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var out []byte
+				errs[i] = conn.Invoke(ctxT(t, 30*time.Second), "/quorumq.v1.Queue/Enqueue", payload, &out, grpc.ForceCodecV2(rawCodec{}))
+			}()
+		}
+		wg.Wait()
+	})
+	t.Logf("heap growth during %d authenticated 9 MiB requests: %.1f MB", parallel, float64(growth)/1e6)
+	for i, err := range errs {
+		if err == nil || !strings.Contains(err.Error(), "nested messages, the most a legal request holds") {
+			t.Fatalf("request %d: %v, want a refusal naming the nested-message limit", i, err)
+		}
+	}
+	if growth > 200e6 {
+		t.Fatalf("heap grew by %.1f MB during %d authenticated 9 MiB requests, want under 200 MB", float64(growth)/1e6, parallel)
 	}
 }

@@ -279,6 +279,7 @@ func (n *Node) startAPI() error {
 	n.apiAddr = adv
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(n.cfg.Limits.MaxRecvMsgSize()),
+		grpc.ForceServerCodecV2(n.cfg.Limits.ServerCodec()),
 		grpc.MaxConcurrentStreams(n.cfg.MaxInFlightPerConn),
 		// Metrics outermost, so refused calls are counted with their code.
 		grpc.ChainUnaryInterceptor(n.metrics.unary),
