@@ -27,13 +27,10 @@ const (
 
 // tlsTokenCluster starts a TLS-only cluster with one token per scope.
 func tlsTokenCluster(t *testing.T) (*TestCluster, func(token string) *grpc.ClientConn) {
-	pool, cert := loopbackCert(t)
-	certs := []tls.Certificate{cert}
+	pki := newTestPKI(t)
+	pool := pki.pool
 	c := StartTestClusterWith(t, 3, func(_ int, cfg *Config) {
-		cfg.APIServerTLS = &tls.Config{Certificates: certs}
-		cfg.APIClientTLS = &tls.Config{RootCAs: pool}
-		cfg.RaftServerTLS = &tls.Config{Certificates: certs, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert}
-		cfg.RaftClientTLS = &tls.Config{Certificates: certs, RootCAs: pool}
+		pki.secure(t, cfg)
 		cfg.AuthTokens = []Token{{readToken, ScopeRead}, {writeToken, ScopeWrite}, {adminToken, ScopeAdmin}}
 	})
 	leader := c.Leader(t)

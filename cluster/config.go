@@ -126,6 +126,9 @@ func (c Config) withDefaults() (Config, error) {
 	if err := checkTokens(c.AuthTokens); err != nil {
 		return c, err
 	}
+	if err := c.checkAdmission(); err != nil {
+		return c, err
+	}
 	if c.MaxInFlightPerConn == 0 {
 		c.MaxInFlightPerConn = 1000
 	}

@@ -49,8 +49,12 @@ type Node struct {
 	fsm   *fsm.FSM
 	raft  *raft.Raft
 	trans *raft.NetworkTransport
-	store *raftboltdb.BoltStore
-	snaps *raft.FileSnapshotStore
+	// raftLayer is the stream layer under trans; admission dials members'
+	// Raft ports through it to check their certificates.
+	raftLayer *raftnet.Layer
+	proofs    proofCache
+	store     *raftboltdb.BoltStore
+	snaps     *raft.FileSnapshotStore
 
 	ml         *memberlist.Memberlist
 	members    *members
@@ -221,6 +225,7 @@ func (n *Node) startRaft() error {
 	if err != nil {
 		return err
 	}
+	n.raftLayer = layer
 	n.raftAdv = layer.Addr().String()
 	n.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		ServerAddressProvider: n.members,
