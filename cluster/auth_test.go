@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -192,6 +193,18 @@ func TestTokenConfigErrors(t *testing.T) {
 	}
 	if _, err := ParseScope("root"); err == nil || err.Error() != `scope "root": want read, write or admin` {
 		t.Errorf("ParseScope(root): %v", err)
+	}
+}
+
+// The single admin token (--auth-token) is held to the same length as the
+// tokens of a file.
+func TestShortAdminTokenIsRefused(t *testing.T) {
+	pki := newTestPKI(t)
+	cfg := Config{NodeID: "n1", DataDir: t.TempDir(), APIAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0", GossipAddr: "127.0.0.1:0", AuthToken: "x"}
+	pki.secure(t, &cfg)
+	_, err := cfg.withDefaults()
+	if want := "auth token (--auth-token): 1 characters, want at least 16"; !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("a 1-character admin token: %v, want %q", err, want)
 	}
 }
 

@@ -123,7 +123,10 @@ func (c Config) withDefaults() (Config, error) {
 	if len(c.tokens()) > 0 && (c.APIServerTLS == nil || c.APIClientTLS == nil) {
 		return c, configErr("an auth token needs API TLS (server and client configs): it must not cross the network in the clear")
 	}
-	if err := checkTokens(c.AuthTokens); err != nil {
+	if c.AuthToken != "" && len(c.AuthToken) < minTokenLen {
+		return c, configErr("auth token (--auth-token): %d characters, want at least %d", len(c.AuthToken), minTokenLen)
+	}
+	if err := checkTokens(c.tokens()); err != nil {
 		return c, err
 	}
 	if err := c.checkAdmission(); err != nil {

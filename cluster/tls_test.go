@@ -79,7 +79,7 @@ func TestTLSAndToken(t *testing.T) {
 	pool := pki.pool
 	c := StartTestClusterWith(t, 3, func(_ int, cfg *Config) {
 		pki.secure(t, cfg)
-		cfg.AuthToken = "s3cret"
+		cfg.AuthToken = "s3cret-admin-token-0123"
 	})
 	leader := c.Leader(t)
 	dial := func(token string) quorumqpb.QueueClient {
@@ -95,7 +95,7 @@ func TestTLSAndToken(t *testing.T) {
 		return quorumqpb.NewQueueClient(conn)
 	}
 	req := &quorumqpb.EnqueueRequest{Queue: "q", Messages: []*fsmpb.Message{{Body: []byte("x")}}}
-	if _, err := dial("s3cret").Enqueue(ctxT(t, 10*time.Second), req); err != nil {
+	if _, err := dial("s3cret-admin-token-0123").Enqueue(ctxT(t, 10*time.Second), req); err != nil {
 		t.Fatalf("enqueue over TLS with the token: %v", err)
 	}
 	c.WaitReplicated(t) // replicated over TLS Raft
@@ -106,7 +106,7 @@ func TestTLSAndToken(t *testing.T) {
 	}
 
 	// Status fans out to every node over TLS with the token.
-	conn, err := grpc.NewClient(leader.APIAddr(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool})), grpc.WithPerRPCCredentials(bearer("s3cret")))
+	conn, err := grpc.NewClient(leader.APIAddr(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool})), grpc.WithPerRPCCredentials(bearer("s3cret-admin-token-0123")))
 	if err != nil {
 		t.Fatal(err)
 	}

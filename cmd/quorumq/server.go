@@ -76,6 +76,7 @@ others with --join; the first server adds them.`,
 			return flagSources(cmd.Flags())
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			privateFiles()
 			logger, err := newSlogLogger(cmd.ErrOrStderr(), f.logLevel, f.logFormat)
 			if err != nil {
 				return err
@@ -98,6 +99,9 @@ others with --join; the first server adds them.`,
 			}
 			if err := f.security(&cfg); err != nil {
 				return err
+			}
+			for _, w := range f.secretFileWarnings() {
+				logger.Warn(w)
 			}
 			if err := f.operations(&cfg); err != nil {
 				return err
@@ -154,6 +158,26 @@ others with --join; the first server adds them.`,
 	fl.StringVar(&f.restoreFrom, "restore-from", "", "backup file (quorumq backup) to start a new cluster from; needs an empty --data-dir")
 	return cmd
 }
+
+// secretFileWarnings names each secret file (the tokens file, the TLS key)
+// that group or others may read.
+func (f *serverFlags) secretFileWarnings() []string {
+	var out []string
+	for _, s := range []struct{ flag, path string }{{"--auth-tokens-file", f.authTokensFile}, {"--tls-key", f.tlsKey}} {
+		if s.path == "" {
+			continue
+		}
+		if st, err := os.Stat(s.path); err == nil && st.Mode().Perm()&0o077 != 0 {
+			out = append(out, fmt.Sprintf("%s %s has mode %v: readable by group or others; chmod 600 it", s.flag, s.path, st.Mode().Perm()))
+		}
+	}
+	return out
+}
+
+// privateFiles makes every file and directory the server creates from now
+// on readable by its own user only (umask 077): the Raft log and the
+// snapshots, which raft's stores create, hold message bodies.
+func privateFiles() { syscall.Umask(0o077) }
 
 // security fills cfg's TLS, token and gossip-key settings from the flags.
 // One certificate serves the API and Raft; Raft requires client
