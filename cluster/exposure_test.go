@@ -18,6 +18,9 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+	"github.com/quorumq/quorumq/transport/quorumqpb"
+
 	"github.com/quorumq/quorumq/transport/raftnet"
 )
 
@@ -184,5 +187,62 @@ func TestOversizedElementCountsAreRefusedBeforeDecoding(t *testing.T) {
 	}
 	if growth > 200e6 {
 		t.Fatalf("heap grew by %.1f MB during %d authenticated 9 MiB requests, want under 200 MB", float64(growth)/1e6, parallel)
+	}
+}
+
+// A receipt names the queue that delivered it: used on another queue, where
+// the same message ID may be leased to someone else, it is refused before
+// anything is proposed, on every call that takes receipts.
+func TestReceiptOfAnotherQueueIsRefused(t *testing.T) {
+	c := StartTestCluster(t, 3)
+	li := c.Index(c.Leader(t))
+	q := quorumqpb.NewQueueClient(c.Conn(t, li))
+	receiveOne := func(queue string) *fsmpb.Receipt {
+		enqueue(t, c, li, queue, "m-"+queue)
+		resp, err := q.Receive(ctxT(t, 10*time.Second), &quorumqpb.ReceiveRequest{Queue: queue, Max: 1, VisibilityNs: int64(time.Minute)})
+		if err != nil || len(resp.GetDeliveries()) != 1 {
+			t.Fatalf("receive %s: %v %v", queue, resp, err)
+		}
+		return resp.GetDeliveries()[0].GetReceipt()
+	}
+	fromA, fromB := receiveOne("a"), receiveOne("b")
+	if fromA.GetMessageId() != fromB.GetMessageId() {
+		t.Fatalf("message IDs %d and %d: the test needs the same ID in both queues", fromA.GetMessageId(), fromB.GetMessageId())
+	}
+	index := c.Nodes[li].AppliedIndex()
+	want := `receipt of queue "a" used on queue "b"`
+	wrong := []*fsmpb.Receipt{fromA}
+	for name, call := range map[string]func() error{
+		"ack": func() error {
+			_, err := q.Ack(ctxT(t, 10*time.Second), &quorumqpb.AckRequest{Queue: "b", Receipts: wrong})
+			return err
+		},
+		"nack": func() error {
+			_, err := q.Nack(ctxT(t, 10*time.Second), &quorumqpb.NackRequest{Queue: "b", Receipts: wrong})
+			return err
+		},
+		"extend": func() error {
+			_, err := q.Extend(ctxT(t, 10*time.Second), &quorumqpb.ExtendRequest{Queue: "b", Receipts: wrong, VisibilityNs: int64(time.Minute)})
+			return err
+		},
+		"receive.ack": func() error {
+			_, err := q.Receive(ctxT(t, 10*time.Second), &quorumqpb.ReceiveRequest{Queue: "b", Ack: wrong})
+			return err
+		},
+		"transaction": func() error {
+			_, err := q.Transaction(ctxT(t, 10*time.Second), &quorumqpb.TransactionRequest{Acks: []*quorumqpb.AckRequest{{Queue: "b", Receipts: wrong}}})
+			return err
+		},
+	} {
+		if err := call(); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s on queue b with a receipt of queue a: %v, want FailedPrecondition %q", name, err, want)
+		}
+	}
+	if got := c.Nodes[li].AppliedIndex(); got > index+2 { // a tick may apply meanwhile
+		t.Errorf("applied index moved from %d to %d: refused calls were proposed", index, got)
+	}
+	resp, err := q.Ack(ctxT(t, 10*time.Second), &quorumqpb.AckRequest{Queue: "b", Receipts: []*fsmpb.Receipt{fromB}})
+	if err != nil || resp.GetOutcomes()[0] != fsmpb.AckOutcome_ACK_OK {
+		t.Fatalf("ack on b with b's receipt: %v %v", resp, err)
 	}
 }

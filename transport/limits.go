@@ -175,7 +175,8 @@ func (l Limits) checkMessages(field string, msgs []*fsmpb.Message, total *batchT
 
 type batchTotal struct{ messages, bytes int }
 
-func (l Limits) checkReceipts(field string, rs []*fsmpb.Receipt, allowEmpty bool) error {
+// checkReceipts validates the receipts of a call on queue.
+func (l Limits) checkReceipts(field, queue string, rs []*fsmpb.Receipt, allowEmpty bool) error {
 	if len(rs) == 0 && !allowEmpty {
 		return invalid("%s: no receipts (want 1..%d)", field, l.MaxReceipts)
 	}
@@ -191,6 +192,9 @@ func (l Limits) checkReceipts(field string, rs []*fsmpb.Receipt, allowEmpty bool
 		}
 		if r.GetAttempt() == 0 {
 			return invalid("%s[%d].attempt: 0 is not a delivery attempt", field, i)
+		}
+		if r.GetQueue() != "" && r.GetQueue() != queue {
+			return QueueError(fsmpb.ErrorCode_WRONG_QUEUE, fmt.Sprintf("%s[%d]: receipt of queue %q used on queue %q", field, i, r.GetQueue(), queue))
 		}
 	}
 	return nil

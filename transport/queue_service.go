@@ -372,7 +372,7 @@ func (q *QueueService) Receive(ctx context.Context, req *quorumqpb.ReceiveReques
 	if err := q.limits.checkID("request_id", req.GetRequestId()); err != nil {
 		return nil, err
 	}
-	if err := q.limits.checkReceipts("ack", req.GetAck(), true); err != nil {
+	if err := q.limits.checkReceipts("ack", req.GetQueue(), req.GetAck(), true); err != nil {
 		return nil, err
 	}
 	rcv := &fsmpb.Receive{
@@ -496,7 +496,7 @@ func (q *QueueService) ackCommand(prefix string, req *quorumqpb.AckRequest) (*fs
 	if err := ValidateQueueName(prefix+"queue", req.GetQueue()); err != nil {
 		return nil, err
 	}
-	if err := q.limits.checkReceipts(prefix+"receipts", req.GetReceipts(), false); err != nil {
+	if err := q.limits.checkReceipts(prefix+"receipts", req.GetQueue(), req.GetReceipts(), false); err != nil {
 		return nil, err
 	}
 	return &fsmpb.Ack{Queue: req.GetQueue(), Receipts: req.GetReceipts()}, nil
@@ -507,7 +507,7 @@ func (q *QueueService) Nack(ctx context.Context, req *quorumqpb.NackRequest) (*q
 	if err := ValidateQueueName("queue", req.GetQueue()); err != nil {
 		return nil, err
 	}
-	if err := q.limits.checkReceipts("receipts", req.GetReceipts(), false); err != nil {
+	if err := q.limits.checkReceipts("receipts", req.GetQueue(), req.GetReceipts(), false); err != nil {
 		return nil, err
 	}
 	if err := checkDuration("delay_ns", req.GetDelayNs(), q.limits.MaxDelay); err != nil {
@@ -527,7 +527,7 @@ func (q *QueueService) Extend(ctx context.Context, req *quorumqpb.ExtendRequest)
 	if err := ValidateQueueName("queue", req.GetQueue()); err != nil {
 		return nil, err
 	}
-	if err := q.limits.checkReceipts("receipts", req.GetReceipts(), false); err != nil {
+	if err := q.limits.checkReceipts("receipts", req.GetQueue(), req.GetReceipts(), false); err != nil {
 		return nil, err
 	}
 	if err := checkDuration("visibility_ns", req.GetVisibilityNs(), q.limits.MaxVisibility); err != nil {
