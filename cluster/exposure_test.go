@@ -246,3 +246,89 @@ func TestReceiptOfAnotherQueueIsRefused(t *testing.T) {
 		t.Fatalf("ack on b with b's receipt: %v %v", resp, err)
 	}
 }
+
+// The cluster holds at most MaxQueues queues (10,000 by default): a write
+// token cannot create queues without end, through CreateQueue or through
+// enqueues that auto-create them.
+func TestQueueCountIsCapped(t *testing.T) {
+	c := StartTestCluster(t, 3)
+	li := c.Index(c.Leader(t))
+	q := quorumqpb.NewQueueClient(c.Conn(t, li))
+	const max = 10000
+	body := []*fsmpb.Message{{Body: []byte("x")}}
+	for i := 0; i < max; i += 100 {
+		tx := &quorumqpb.TransactionRequest{}
+		for j := i; j < i+100; j++ {
+			tx.Enqueues = append(tx.Enqueues, &quorumqpb.EnqueueRequest{Queue: fmt.Sprintf("q%05d", j), Messages: body})
+		}
+		if _, err := q.Transaction(ctxT(t, 10*time.Second), tx); err != nil {
+			t.Fatalf("transaction creating queues q%05d..: %v", i, err)
+		}
+	}
+	index := c.Nodes[li].AppliedIndex()
+	want := "10000 queues exist, limit is 10000 (--max-queues)"
+	for name, call := range map[string]func() error{
+		"create": func() error {
+			_, err := q.CreateQueue(ctxT(t, 10*time.Second), &quorumqpb.CreateQueueRequest{Name: "one-more"})
+			return err
+		},
+		"auto-create": func() error {
+			_, err := q.Enqueue(ctxT(t, 10*time.Second), &quorumqpb.EnqueueRequest{Queue: "one-more", Messages: body})
+			return err
+		},
+	} {
+		if err := call(); status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s of queue 10,001: %v, want ResourceExhausted %q", name, err, want)
+		}
+	}
+	if got := c.Nodes[li].AppliedIndex(); got > index+2 { // a tick may apply meanwhile
+		t.Errorf("applied index moved from %d to %d: refused calls were proposed", index, got)
+	}
+	// Existing queues still take messages.
+	if _, err := q.Enqueue(ctxT(t, 10*time.Second), &quorumqpb.EnqueueRequest{Queue: "q00042", Messages: body}); err != nil {
+		t.Fatalf("enqueue to an existing queue at the limit: %v", err)
+	}
+}
+
+// Per-queue metric series are bounded: past maxQueueSeries queues, the rest
+// are summed into one series labelled queue="(other)", so a scrape stays
+// small however many queues exist.
+func TestPerQueueSeriesAreBounded(t *testing.T) {
+	c := StartTestCluster(t, 3)
+	leader := c.Leader(t)
+	q := quorumqpb.NewQueueClient(c.Conn(t, c.Index(leader)))
+	const queues = maxQueueSeries + 50
+	for i := 0; i < queues; i += 100 {
+		tx := &quorumqpb.TransactionRequest{}
+		for j := i; j < min(i+100, queues); j++ {
+			tx.Enqueues = append(tx.Enqueues, &quorumqpb.EnqueueRequest{Queue: fmt.Sprintf("q%05d", j), Messages: []*fsmpb.Message{{Body: []byte("x")}}})
+		}
+		if _, err := q.Transaction(ctxT(t, 10*time.Second), tx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mfs, err := leader.metrics.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "quorumq_queue_messages" && mf.GetName() != "quorumq_queue_enqueued_total" {
+			continue
+		}
+		labels := map[string]float64{}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "queue" {
+					v := m.GetCounter().GetValue() + m.GetGauge().GetValue()
+					labels[l.GetValue()] += v
+				}
+			}
+		}
+		if len(labels) != maxQueueSeries+1 {
+			t.Errorf("%s: %d queue label values, want %d queues and (other)", mf.GetName(), len(labels), maxQueueSeries)
+		}
+		if mf.GetName() == "quorumq_queue_enqueued_total" && labels["(other)"] != 50 {
+			t.Errorf("quorumq_queue_enqueued_total{queue=\"(other)\"} = %v, want 50 (one message in each of the 50 queues past the limit)", labels["(other)"])
+		}
+	}
+}

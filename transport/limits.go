@@ -25,6 +25,7 @@ type Limits struct {
 	MaxDelay         time.Duration // enqueue or nack delay; default 24 h
 	MaxIDBytes       int           // dedup ID and request ID; default 128
 	MaxAttributes    int           // attributes per message; default 32
+	MaxQueues        int           // queues in the cluster; default 10,000
 }
 
 // DefaultLimits returns the limits used when a field is zero.
@@ -40,6 +41,7 @@ func DefaultLimits() Limits {
 		MaxDelay:         24 * time.Hour,
 		MaxIDBytes:       128,
 		MaxAttributes:    32,
+		MaxQueues:        10000,
 	}
 }
 
@@ -56,6 +58,7 @@ func (l Limits) withDefaults() Limits {
 	orDefault(&l.MaxDelay, d.MaxDelay)
 	orDefault(&l.MaxIDBytes, d.MaxIDBytes)
 	orDefault(&l.MaxAttributes, d.MaxAttributes)
+	orDefault(&l.MaxQueues, d.MaxQueues)
 	return l
 }
 
@@ -104,6 +107,12 @@ func invalid(format string, args ...any) error {
 		st = d
 	}
 	return st.Err()
+}
+
+// resourceExhausted is the refusal of a request that would pass a
+// cluster-wide limit; the message names the limit.
+func resourceExhausted(format string, args ...any) error {
+	return status.Error(codes.ResourceExhausted, fmt.Sprintf(format, args...))
 }
 
 func checkDuration(field string, ns int64, max time.Duration) error {

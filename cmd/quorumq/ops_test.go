@@ -74,7 +74,7 @@ memory-limit = 2GiB
 }
 
 func TestOperationsFlagErrors(t *testing.T) {
-	base := serverFlags{maxInFlight: 10, memoryLimit: "auto", maxMessageBytes: "1MiB", maxBatchMessages: 1000, maxBatchBytes: "8MiB"}
+	base := serverFlags{maxInFlight: 10, memoryLimit: "auto", maxMessageBytes: "1MiB", maxBatchMessages: 1000, maxBatchBytes: "8MiB", maxQueues: 10000}
 	for _, tc := range []struct {
 		edit func(*serverFlags)
 		want string
@@ -82,6 +82,7 @@ func TestOperationsFlagErrors(t *testing.T) {
 		{func(f *serverFlags) { f.memoryLimit = "lots" }, `--memory-limit "lots": want a positive number of bytes`},
 		{func(f *serverFlags) { f.maxMessageBytes = "2MiB" }, "--max-message-size 2MiB: limit is 1048576 bytes"},
 		{func(f *serverFlags) { f.maxBatchMessages = 1001 }, "--max-batch 1001: want 1..1000"},
+		{func(f *serverFlags) { f.maxQueues = 0 }, "--max-queues 0: want at least 1"},
 		{func(f *serverFlags) { f.maxBatchBytes = "512KiB" }, "--max-batch-size 512KiB is smaller than --max-message-size 1MiB"},
 		{func(f *serverFlags) { f.maxInFlight = 0 }, "--max-inflight-per-conn 0"},
 	} {

@@ -46,6 +46,7 @@ type serverFlags struct {
 	memoryLimit                    string
 	maxMessageBytes                string
 	maxBatchMessages               int
+	maxQueues                      int
 	maxBatchBytes                  string
 	restoreFrom                    string
 }
@@ -154,6 +155,7 @@ others with --join; the first server adds them.`,
 	fl.StringVar(&f.memoryLimit, "memory-limit", "auto", "refuse enqueues (ResourceExhausted) while the heap is above this: bytes (or KiB/MiB/GiB), auto (80% of cgroup or physical memory) or off")
 	fl.StringVar(&f.maxMessageBytes, "max-message-size", "1MiB", "largest message body plus attributes (at most 1MiB)")
 	fl.IntVar(&f.maxBatchMessages, "max-batch", 1000, "messages in one enqueue or transaction (at most 1000)")
+	fl.IntVar(&f.maxQueues, "max-queues", 10000, "queues in the cluster; creating one more (or auto-creating it on enqueue) is refused with ResourceExhausted")
 	fl.StringVar(&f.maxBatchBytes, "max-batch-size", "8MiB", "bodies plus attributes of one enqueue or transaction")
 	fl.StringVar(&f.restoreFrom, "restore-from", "", "backup file (quorumq backup) to start a new cluster from; needs an empty --data-dir")
 	return cmd
@@ -270,6 +272,10 @@ func (f *serverFlags) operations(cfg *cluster.Config) error {
 	cfg.Limits.MaxMessageBytes = int(msg)
 	cfg.Limits.MaxBatchBytes = int(batch)
 	cfg.Limits.MaxBatchMessages = f.maxBatchMessages
+	if f.maxQueues <= 0 {
+		return fmt.Errorf("--max-queues %d: want at least 1", f.maxQueues)
+	}
+	cfg.Limits.MaxQueues = f.maxQueues
 	return nil
 }
 
