@@ -53,6 +53,7 @@ func TestServerErrorsMatchTypedErrors(t *testing.T) {
 		{fsmpb.ErrorCode_MALFORMED, ErrInvalidArgument},
 		{fsmpb.ErrorCode_UNKNOWN_MESSAGE, ErrUnknownMessage},
 		{fsmpb.ErrorCode_OUT_OF_ORDER, ErrOutOfOrder},
+		{fsmpb.ErrorCode_WRONG_QUEUE, ErrWrongQueue},
 	}
 	for _, c := range cases {
 		err := fromStatus("Send", transport.QueueError(c.code, "queue \"jobs\": detail"))
@@ -65,8 +66,17 @@ func TestServerErrorsMatchTypedErrors(t *testing.T) {
 	}
 }
 
+// A receipt used on another queue fails in the client, before any call.
+func TestReceiptOfAnotherQueueFailsLocally(t *testing.T) {
+	c := &Client{}
+	err := c.Ack(context.Background(), "b", Receipt{MessageID: 1, Attempt: 1, Queue: "a"})
+	if !errors.Is(err, ErrWrongQueue) || !strings.Contains(err.Error(), `Ack receipts[0]: receipt of queue "a" used on queue "b"`) {
+		t.Fatalf("ack on b with a receipt of a: %v, want ErrWrongQueue naming both queues", err)
+	}
+}
+
 func TestAckErrorListsFailedReceipts(t *testing.T) {
-	rs := []Receipt{{1, 1}, {2, 3}, {3, 1}}
+	rs := []Receipt{{MessageID: 1, Attempt: 1}, {MessageID: 2, Attempt: 3}, {MessageID: 3, Attempt: 1}}
 	err := ackError("Ack", "jobs", rs, []fsmpb.AckOutcome{
 		fsmpb.AckOutcome_ACK_OK, fsmpb.AckOutcome_ACK_LEASE_LOST, fsmpb.AckOutcome_ACK_UNKNOWN_MESSAGE,
 	}, nil)
@@ -74,7 +84,7 @@ func TestAckErrorListsFailedReceipts(t *testing.T) {
 	if !errors.As(err, &ae) {
 		t.Fatalf("got %v, want *AckError", err)
 	}
-	if len(ae.Failed) != 2 || ae.Failed[0].Receipt != (Receipt{2, 3}) || ae.Failed[1].Receipt != (Receipt{3, 1}) {
+	if len(ae.Failed) != 2 || ae.Failed[0].Receipt != rs[1] || ae.Failed[1].Receipt != rs[2] {
 		t.Fatalf("failed receipts = %+v, want 2/3 and 3/1", ae.Failed)
 	}
 	if !errors.Is(err, ErrLeaseLost) || !errors.Is(err, ErrUnknownMessage) || errors.Is(err, ErrQueueFull) {

@@ -43,6 +43,9 @@ var (
 	// pipelined behind is not in the queue (it failed, or was not applied
 	// first). A Producer handles it by sending the batch again.
 	ErrOutOfOrder = errors.New("out of order")
+	// ErrWrongQueue: a receipt was used on a queue other than the one
+	// that delivered it; nothing was acked, nacked or extended.
+	ErrWrongQueue = errors.New("receipt of another queue")
 	// ErrClosed: the Client or Producer was closed.
 	ErrClosed = errors.New("client closed")
 )
@@ -102,6 +105,8 @@ func errorOfCode(code fsmpb.ErrorCode) error {
 		return ErrUnknownMessage
 	case fsmpb.ErrorCode_OUT_OF_ORDER:
 		return ErrOutOfOrder
+	case fsmpb.ErrorCode_WRONG_QUEUE:
+		return ErrWrongQueue
 	}
 	return nil
 }

@@ -16,6 +16,10 @@ import (
 type Receipt struct {
 	MessageID uint64
 	Attempt   uint32 // delivery attempt, 1 for the first delivery
+	// Queue is the queue that delivered the message. Message IDs are
+	// unique per queue only, so a receipt used on another queue is
+	// refused (ErrWrongQueue). Empty: not checked.
+	Queue string
 }
 
 // Message is one delivered message.
@@ -79,7 +83,7 @@ func (c *Client) Receive(ctx context.Context, queue string, maxMsgs int, opts ..
 // idempotent).
 func (c *Client) AckAndReceive(ctx context.Context, queue string, acks []Receipt, maxMsgs int, opts ...ReceiveOption) (msgs []Message, ackErr, err error) {
 	if len(acks) > 0 {
-		if err := validateReceipts("AckAndReceive acks", acks); err != nil {
+		if err := validateReceipts("AckAndReceive acks", queue, acks); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -147,7 +151,7 @@ func (c *Client) receive(ctx context.Context, queue string, acks []Receipt, maxM
 func messageOf(queue string, d *fsmpb.Delivery) Message {
 	m := Message{
 		Queue:      queue,
-		Receipt:    Receipt{MessageID: d.GetReceipt().GetMessageId(), Attempt: d.GetReceipt().GetAttempt()},
+		Receipt:    Receipt{MessageID: d.GetReceipt().GetMessageId(), Attempt: d.GetReceipt().GetAttempt(), Queue: queue},
 		Body:       d.GetBody(),
 		DedupID:    d.GetDedupId(),
 		EnqueuedAt: time.Unix(0, d.GetEnqueuedAtUnixNano()),
@@ -165,7 +169,7 @@ func messageOf(queue string, d *fsmpb.Delivery) Message {
 func receiptsPB(rs []Receipt) []*fsmpb.Receipt {
 	out := make([]*fsmpb.Receipt, len(rs))
 	for i, r := range rs {
-		out[i] = &fsmpb.Receipt{MessageId: r.MessageID, Attempt: r.Attempt}
+		out[i] = &fsmpb.Receipt{MessageId: r.MessageID, Attempt: r.Attempt, Queue: r.Queue}
 	}
 	return out
 }
@@ -179,7 +183,7 @@ func (c *Client) Ack(ctx context.Context, queue string, receipts ...Receipt) err
 	if err := validateQueueName("Ack queue", queue); err != nil {
 		return err
 	}
-	if err := validateReceipts("Ack receipts", receipts); err != nil {
+	if err := validateReceipts("Ack receipts", queue, receipts); err != nil {
 		return err
 	}
 	req := &quorumqpb.AckRequest{Queue: queue, Receipts: receiptsPB(receipts)}
@@ -205,7 +209,7 @@ func (c *Client) Nack(ctx context.Context, queue string, delay time.Duration, re
 	if err := validateNonNegative("Nack delay", delay); err != nil {
 		return err
 	}
-	if err := validateReceipts("Nack receipts", receipts); err != nil {
+	if err := validateReceipts("Nack receipts", queue, receipts); err != nil {
 		return err
 	}
 	req := &quorumqpb.NackRequest{Queue: queue, Receipts: receiptsPB(receipts), DelayNs: int64(delay)}
@@ -234,7 +238,7 @@ func (c *Client) Extend(ctx context.Context, queue string, visibility time.Durat
 	if err := validateNonNegative("Extend visibility", visibility); err != nil {
 		return err
 	}
-	if err := validateReceipts("Extend receipts", receipts); err != nil {
+	if err := validateReceipts("Extend receipts", queue, receipts); err != nil {
 		return err
 	}
 	req := &quorumqpb.ExtendRequest{Queue: queue, Receipts: receiptsPB(receipts), VisibilityNs: int64(visibility)}

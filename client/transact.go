@@ -48,7 +48,7 @@ func (c *Client) Transact(ctx context.Context, tx Transaction) ([]SendResult, er
 		if err := validateQueueName(fmt.Sprintf("Transact Acks[%d].Queue", i), a.Queue); err != nil {
 			return nil, err
 		}
-		if err := validateReceipts(fmt.Sprintf("Transact Acks[%d].Receipt", i), []Receipt{a.Receipt}); err != nil {
+		if err := validateReceipts(fmt.Sprintf("Transact Acks[%d].Receipt", i), a.Queue, []Receipt{a.Receipt}); err != nil {
 			return nil, err
 		}
 		ar := byQueue[a.Queue]
@@ -57,12 +57,12 @@ func (c *Client) Transact(ctx context.Context, tx Transaction) ([]SendResult, er
 			byQueue[a.Queue] = ar
 			queues = append(queues, a.Queue)
 		}
-		ar.Receipts = append(ar.Receipts, &fsmpb.Receipt{MessageId: a.Receipt.MessageID, Attempt: a.Receipt.Attempt})
+		ar.Receipts = append(ar.Receipts, &fsmpb.Receipt{MessageId: a.Receipt.MessageID, Attempt: a.Receipt.Attempt, Queue: a.Receipt.Queue})
 	}
 	for _, q := range queues {
 		req.Acks = append(req.Acks, byQueue[q])
 		for _, r := range byQueue[q].Receipts {
-			order = append(order, Receipt{MessageID: r.MessageId, Attempt: r.Attempt})
+			order = append(order, Receipt{MessageID: r.MessageId, Attempt: r.Attempt, Queue: r.Queue})
 		}
 	}
 	var sent []*fsmpb.Message

@@ -26,13 +26,16 @@ func validateNonNegative(field string, d time.Duration) error {
 	return nil
 }
 
-func validateReceipts(field string, receipts []Receipt) error {
+func validateReceipts(field, queue string, receipts []Receipt) error {
 	if len(receipts) == 0 {
 		return invalidArg(field, "at least one receipt is required")
 	}
 	for i, r := range receipts {
 		if r.Attempt == 0 {
 			return invalidArg(fmt.Sprintf("%s[%d].Attempt", field, i), "must be >= 1 (a receipt from Receive), got 0")
+		}
+		if r.Queue != "" && r.Queue != queue {
+			return fmt.Errorf("%w: %s[%d]: receipt of queue %q used on queue %q", ErrWrongQueue, field, i, r.Queue, queue)
 		}
 	}
 	return nil

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -27,13 +28,10 @@ const (
 
 // tlsTokenCluster starts a TLS-only cluster with one token per scope.
 func tlsTokenCluster(t *testing.T) (*TestCluster, func(token string) *grpc.ClientConn) {
-	pool, cert := loopbackCert(t)
-	certs := []tls.Certificate{cert}
+	pki := newTestPKI(t)
+	pool := pki.pool
 	c := StartTestClusterWith(t, 3, func(_ int, cfg *Config) {
-		cfg.APIServerTLS = &tls.Config{Certificates: certs}
-		cfg.APIClientTLS = &tls.Config{RootCAs: pool}
-		cfg.RaftServerTLS = &tls.Config{Certificates: certs, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert}
-		cfg.RaftClientTLS = &tls.Config{Certificates: certs, RootCAs: pool}
+		pki.secure(t, cfg)
 		cfg.AuthTokens = []Token{{readToken, ScopeRead}, {writeToken, ScopeWrite}, {adminToken, ScopeAdmin}}
 	})
 	leader := c.Leader(t)
@@ -195,6 +193,18 @@ func TestTokenConfigErrors(t *testing.T) {
 	}
 	if _, err := ParseScope("root"); err == nil || err.Error() != `scope "root": want read, write or admin` {
 		t.Errorf("ParseScope(root): %v", err)
+	}
+}
+
+// The single admin token (--auth-token) is held to the same length as the
+// tokens of a file.
+func TestShortAdminTokenIsRefused(t *testing.T) {
+	pki := newTestPKI(t)
+	cfg := Config{NodeID: "n1", DataDir: t.TempDir(), APIAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0", GossipAddr: "127.0.0.1:0", AuthToken: "x"}
+	pki.secure(t, &cfg)
+	_, err := cfg.withDefaults()
+	if want := "auth token (--auth-token): 1 characters, want at least 16"; !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("a 1-character admin token: %v, want %q", err, want)
 	}
 }
 

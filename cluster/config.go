@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/quorumq/quorumq/transport"
+	"github.com/quorumq/quorumq/transport/raftnet"
 )
 
 // Config describes one node. Only NodeID, DataDir, the three bind addresses
@@ -41,6 +42,10 @@ type Config struct {
 	// when this node calls other nodes' APIs (cluster status fan-out).
 	RaftServerTLS, RaftClientTLS *tls.Config
 	APIServerTLS, APIClientTLS   *tls.Config
+	// RaftConnLimits bound the connections the Raft port accepts (TLS
+	// handshake and first-byte deadline, idle timeout, caps in total and
+	// per remote IP); zero fields take raftnet's defaults.
+	RaftConnLimits raftnet.Limits
 	// AuthToken, when set, is required as "authorization: Bearer <token>"
 	// on every API call, including the nodes' calls to each other. It
 	// has the admin scope. It needs APIServerTLS and APIClientTLS.
@@ -118,7 +123,13 @@ func (c Config) withDefaults() (Config, error) {
 	if len(c.tokens()) > 0 && (c.APIServerTLS == nil || c.APIClientTLS == nil) {
 		return c, configErr("an auth token needs API TLS (server and client configs): it must not cross the network in the clear")
 	}
-	if err := checkTokens(c.AuthTokens); err != nil {
+	if c.AuthToken != "" && len(c.AuthToken) < minTokenLen {
+		return c, configErr("auth token (--auth-token): %d characters, want at least %d", len(c.AuthToken), minTokenLen)
+	}
+	if err := checkTokens(c.tokens()); err != nil {
+		return c, err
+	}
+	if err := c.checkAdmission(); err != nil {
 		return c, err
 	}
 	if c.MaxInFlightPerConn == 0 {

@@ -118,7 +118,7 @@ func (n *Node) reconcile(ctx context.Context) {
 		inConfig[string(s.ID)] = true
 	}
 	for _, m := range n.members.all() {
-		if m.state != "alive" || !m.meta.Fresh || inConfig[m.meta.ID] || n.isRemoved(m.meta.ID, m.meta.Boot) {
+		if m.state != "alive" || !m.meta.Fresh || inConfig[m.meta.ID] || n.isRemoved(m.meta.ID, m.meta.Boot) || !n.proven(m) {
 			continue
 		}
 		if missing := missingFeatures(m.meta.Features); len(missing) > 0 {
@@ -209,7 +209,7 @@ func (n *Node) maybeBootstrap() {
 	var servers []raft.Server
 	self := false
 	for _, m := range n.members.all() {
-		if m.state != "alive" {
+		if m.state != "alive" || !n.proven(m) {
 			continue
 		}
 		if !m.meta.Fresh {

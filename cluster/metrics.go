@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/quorumq/quorumq/fsm"
 	"github.com/quorumq/quorumq/fsm/fsmpb"
@@ -42,6 +43,7 @@ type metrics struct {
 	nacked           *prometheus.CounterVec // queue
 	memoryRejects    prometheus.Counter
 	refusals         *prometheus.CounterVec // code
+	raftConnsRefused *prometheus.CounterVec // reason
 }
 
 func newMetrics(n *Node) *metrics {
@@ -82,9 +84,13 @@ func newMetrics(n *Node) *metrics {
 			Name: "quorumq_command_refusals_total",
 			Help: "Commands this node, as leader, answered with an error of the state machine (nothing applied), by error code; OUT_OF_ORDER counts pipelined batches sent again behind their predecessor.",
 		}, []string{"code"}),
+		raftConnsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "quorumq_raft_connections_refused_total",
+			Help: "Connections to the Raft port closed at accept because a cap was full, by reason (max-conns, max-conns-per-ip).",
+		}, []string{"reason"}),
 	}
 	m.reg.MustRegister(m.rpcDuration, m.applyDuration, m.leaderChanges, m.snapshotDuration, m.snapshotSize,
-		m.nacked, m.memoryRejects, m.refusals, &nodeCollector{n: n},
+		m.nacked, m.memoryRejects, m.refusals, m.raftConnsRefused, &nodeCollector{n: n},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -243,17 +249,16 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	if n.closed.Load() {
 		return // the stores may be closed; a scrape during shutdown gets the event series only
 	}
-	for _, q := range n.fsm.Queues() {
-		st := q.GetStats()
-		for _, s := range []struct {
-			state string
-			v     uint64
-		}{{"ready", st.GetReady()}, {"leased", st.GetLeased()}, {"delayed", st.GetDelayed()}, {"dead_lettered", st.GetDeadLettered()}} {
-			ch <- prometheus.MustNewConstMetric(descQueueMessages, prometheus.GaugeValue, float64(s.v), q.GetName(), s.state)
+	queues := n.fsm.Queues() // sorted by name
+	for _, q := range queues[:min(len(queues), maxQueueSeries)] {
+		collectQueue(ch, q.GetName(), q.GetStats())
+	}
+	if len(queues) > maxQueueSeries {
+		other := &fsmpb.QueueStats{}
+		for _, q := range queues[maxQueueSeries:] {
+			addStats(other, q.GetStats())
 		}
-		for _, qc := range queueCounters {
-			ch <- prometheus.MustNewConstMetric(qc.desc, prometheus.CounterValue, float64(qc.get(st)), q.GetName())
-		}
+		collectQueue(ch, otherQueues, other)
 	}
 
 	state := n.raft.State()
@@ -289,6 +294,36 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	if fi, err := os.Stat(filepath.Join(n.cfg.DataDir, raftDBFile)); err == nil {
 		ch <- prometheus.MustNewConstMetric(descBoltFileBytes, prometheus.GaugeValue, float64(fi.Size()))
 	}
+}
+
+// maxQueueSeries bounds the queues a scrape reports one by one: the first
+// ones by name (a stable choice, so a queue's counters do not jump between
+// its own series and the sum); the others are summed into one series with
+// the label otherQueues, which no queue can be named.
+const (
+	maxQueueSeries = 1000
+	otherQueues    = "(other)"
+)
+
+func collectQueue(ch chan<- prometheus.Metric, name string, st *fsmpb.QueueStats) {
+	for _, s := range []struct {
+		state string
+		v     uint64
+	}{{"ready", st.GetReady()}, {"leased", st.GetLeased()}, {"delayed", st.GetDelayed()}, {"dead_lettered", st.GetDeadLettered()}} {
+		ch <- prometheus.MustNewConstMetric(descQueueMessages, prometheus.GaugeValue, float64(s.v), name, s.state)
+	}
+	for _, qc := range queueCounters {
+		ch <- prometheus.MustNewConstMetric(qc.desc, prometheus.CounterValue, float64(qc.get(st)), name)
+	}
+}
+
+// addStats adds each of b's depths and counters (every field a uint64) to a.
+func addStats(a, b *fsmpb.QueueStats) {
+	ar := a.ProtoReflect()
+	b.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		ar.Set(fd, protoreflect.ValueOfUint64(ar.Get(fd).Uint()+v.Uint()))
+		return true
+	})
 }
 
 // Readiness reports whether this node can serve: a leader is known and

@@ -49,8 +49,12 @@ type Node struct {
 	fsm   *fsm.FSM
 	raft  *raft.Raft
 	trans *raft.NetworkTransport
-	store *raftboltdb.BoltStore
-	snaps *raft.FileSnapshotStore
+	// raftLayer is the stream layer under trans; admission dials members'
+	// Raft ports through it to check their certificates.
+	raftLayer *raftnet.Layer
+	proofs    proofCache
+	store     *raftboltdb.BoltStore
+	snaps     *raft.FileSnapshotStore
 
 	ml         *memberlist.Memberlist
 	members    *members
@@ -215,10 +219,13 @@ func (n *Node) startRaft() error {
 	layer, err := raftnet.Listen(raftnet.Config{
 		Bind: n.cfg.RaftAddr, Advertise: n.cfg.RaftAdvertise,
 		ServerTLS: n.cfg.RaftServerTLS, ClientTLS: n.cfg.RaftClientTLS,
+		Limits:    n.cfg.RaftConnLimits,
+		OnRefused: func(reason string) { n.metrics.raftConnsRefused.WithLabelValues(reason).Inc() },
 	})
 	if err != nil {
 		return err
 	}
+	n.raftLayer = layer
 	n.raftAdv = layer.Addr().String()
 	n.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		ServerAddressProvider: n.members,
@@ -279,6 +286,7 @@ func (n *Node) startAPI() error {
 	n.apiAddr = adv
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(n.cfg.Limits.MaxRecvMsgSize()),
+		grpc.ForceServerCodecV2(n.cfg.Limits.ServerCodec()),
 		grpc.MaxConcurrentStreams(n.cfg.MaxInFlightPerConn),
 		// Metrics outermost, so refused calls are counted with their code.
 		grpc.ChainUnaryInterceptor(n.metrics.unary),
@@ -288,8 +296,7 @@ func (n *Node) startAPI() error {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(n.cfg.APIServerTLS)))
 	}
 	if tokens := n.cfg.tokens(); len(tokens) > 0 {
-		auth := tokenAuth{tokens: tokens}
-		opts = append(opts, grpc.ChainUnaryInterceptor(auth.unary), grpc.ChainStreamInterceptor(auth.stream))
+		opts = append(opts, grpc.InTapHandle(tokenAuth{tokens: tokens}.tap))
 	}
 	n.guard = newMemoryGuard(n.cfg.MemoryLimit, n.metrics.memoryRejects)
 	opts = append(opts, grpc.ChainUnaryInterceptor(n.guard.unary), grpc.ChainStreamInterceptor(n.guard.stream))

@@ -226,6 +226,9 @@ func (n *Node) Queues(ctx context.Context) ([]*fsmpb.QueueInfo, error) {
 // this node is still the leader (the FSM only wakes it on changes).
 const leaderRecheck = 500 * time.Millisecond
 
+// HasQueue implements transport.Backend from this node's applied state.
+func (n *Node) HasQueue(queue string) (exists bool, queues int) { return n.fsm.HasQueue(queue) }
+
 // Available implements transport.Backend: the messages of queue a receive
 // would find now, 0 while this node is not a ready leader.
 func (n *Node) Available(queue string) int {

@@ -21,8 +21,15 @@ import (
 	"github.com/quorumq/quorumq/transport/quorumqpb"
 )
 
-// loopbackCert returns a CA pool and a certificate for 127.0.0.1 it signed.
-func loopbackCert(t *testing.T) (*x509.CertPool, tls.Certificate) {
+// testPKI is a CA for tests and the certificates it signs for 127.0.0.1,
+// each named like `quorumq tls cert --name` names a server's.
+type testPKI struct {
+	pool  *x509.CertPool
+	ca    *x509.Certificate
+	caKey *ecdsa.PrivateKey
+}
+
+func newTestPKI(t testing.TB) *testPKI {
 	t.Helper()
 	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	caTmpl := &x509.Certificate{
@@ -35,31 +42,44 @@ func loopbackCert(t *testing.T) (*x509.CertPool, tls.Certificate) {
 		t.Fatal(err)
 	}
 	ca, _ := x509.ParseCertificate(caDER)
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	return &testPKI{pool: pool, ca: ca, caKey: caKey}
+}
+
+// cert is a certificate for 127.0.0.1 with Common Name name.
+func (p *testPKI) cert(t testing.TB, name string) tls.Certificate {
+	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "quorumq node"},
+		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
 		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.caKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool := x509.NewCertPool()
-	pool.AddCert(ca)
-	return pool, tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// secure gives node cfg TLS on its API and mutual TLS on its Raft port,
+// with a certificate named by its node ID.
+func (p *testPKI) secure(t testing.TB, cfg *Config) {
+	certs := []tls.Certificate{p.cert(t, cfg.NodeID)}
+	cfg.APIServerTLS = &tls.Config{Certificates: certs}
+	cfg.APIClientTLS = &tls.Config{RootCAs: p.pool}
+	cfg.RaftServerTLS = &tls.Config{Certificates: certs, ClientCAs: p.pool, ClientAuth: tls.RequireAndVerifyClientCert}
+	cfg.RaftClientTLS = &tls.Config{Certificates: certs, RootCAs: p.pool}
 }
 
 func TestTLSAndToken(t *testing.T) {
-	pool, cert := loopbackCert(t)
-	certs := []tls.Certificate{cert}
+	pki := newTestPKI(t)
+	pool := pki.pool
 	c := StartTestClusterWith(t, 3, func(_ int, cfg *Config) {
-		cfg.APIServerTLS = &tls.Config{Certificates: certs}
-		cfg.APIClientTLS = &tls.Config{RootCAs: pool}
-		cfg.RaftServerTLS = &tls.Config{Certificates: certs, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert}
-		cfg.RaftClientTLS = &tls.Config{Certificates: certs, RootCAs: pool}
-		cfg.AuthToken = "s3cret"
+		pki.secure(t, cfg)
+		cfg.AuthToken = "s3cret-admin-token-0123"
 	})
 	leader := c.Leader(t)
 	dial := func(token string) quorumqpb.QueueClient {
@@ -75,7 +95,7 @@ func TestTLSAndToken(t *testing.T) {
 		return quorumqpb.NewQueueClient(conn)
 	}
 	req := &quorumqpb.EnqueueRequest{Queue: "q", Messages: []*fsmpb.Message{{Body: []byte("x")}}}
-	if _, err := dial("s3cret").Enqueue(ctxT(t, 10*time.Second), req); err != nil {
+	if _, err := dial("s3cret-admin-token-0123").Enqueue(ctxT(t, 10*time.Second), req); err != nil {
 		t.Fatalf("enqueue over TLS with the token: %v", err)
 	}
 	c.WaitReplicated(t) // replicated over TLS Raft
@@ -86,7 +106,7 @@ func TestTLSAndToken(t *testing.T) {
 	}
 
 	// Status fans out to every node over TLS with the token.
-	conn, err := grpc.NewClient(leader.APIAddr(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool})), grpc.WithPerRPCCredentials(bearer("s3cret")))
+	conn, err := grpc.NewClient(leader.APIAddr(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool})), grpc.WithPerRPCCredentials(bearer("s3cret-admin-token-0123")))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -166,6 +166,14 @@ func (f *FSM) Queue(name string) (*fsmpb.QueueInfo, error) {
 	return q.info(f.now), nil
 }
 
+// HasQueue reports whether queue exists and how many queues there are, as
+// of the last applied command, without copying any queue's state.
+func (f *FSM) HasQueue(name string) (exists bool, queues int) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.get(name) != nil, f.queues.Len()
+}
+
 // Queues returns every queue's settings and stats, sorted by name.
 func (f *FSM) Queues() []*fsmpb.QueueInfo {
 	f.mu.RLock()

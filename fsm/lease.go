@@ -131,7 +131,7 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 		if e, ok := q.replay.Get(&replayEntry{requestID: r.GetRequestId()}); ok && e.at+q.settings.dedupWindow > now {
 			res := &fsmpb.Result{Replayed: true, Outcomes: e.outcomes}
 			for _, m := range e.deliveries {
-				res.Deliveries = append(res.Deliveries, delivery(m))
+				res.Deliveries = append(res.Deliveries, delivery(q.name, m))
 			}
 			return res, nil
 		}
@@ -173,7 +173,7 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 			q.counters.redelivered++
 		}
 		delivered = append(delivered, d)
-		res.Deliveries = append(res.Deliveries, delivery(d))
+		res.Deliveries = append(res.Deliveries, delivery(q.name, d))
 	}
 	// Only a receive that delivered something is remembered. An empty one
 	// leased nothing, so a retry may lease afresh; remembering it would
@@ -212,9 +212,11 @@ func (t *txn) deadLetter(q *queue, m *message) {
 	t.notify(dlq.name)
 }
 
-func delivery(m *message) *fsmpb.Delivery {
+// delivery is m as handed to a consumer of queue; the receipt names the
+// queue, so that the API can refuse it on another one.
+func delivery(queue string, m *message) *fsmpb.Delivery {
 	return &fsmpb.Delivery{
-		Receipt:            &fsmpb.Receipt{MessageId: m.id, Attempt: m.attempt},
+		Receipt:            &fsmpb.Receipt{MessageId: m.id, Attempt: m.attempt, Queue: queue},
 		Body:               m.body,
 		EnqueuedAtUnixNano: m.enqueuedAt,
 		Attributes:         fromAttrs(m.attrs),

@@ -25,6 +25,7 @@ type Limits struct {
 	MaxDelay         time.Duration // enqueue or nack delay; default 24 h
 	MaxIDBytes       int           // dedup ID and request ID; default 128
 	MaxAttributes    int           // attributes per message; default 32
+	MaxQueues        int           // queues in the cluster; default 10,000
 }
 
 // DefaultLimits returns the limits used when a field is zero.
@@ -40,6 +41,7 @@ func DefaultLimits() Limits {
 		MaxDelay:         24 * time.Hour,
 		MaxIDBytes:       128,
 		MaxAttributes:    32,
+		MaxQueues:        10000,
 	}
 }
 
@@ -56,6 +58,7 @@ func (l Limits) withDefaults() Limits {
 	orDefault(&l.MaxDelay, d.MaxDelay)
 	orDefault(&l.MaxIDBytes, d.MaxIDBytes)
 	orDefault(&l.MaxAttributes, d.MaxAttributes)
+	orDefault(&l.MaxQueues, d.MaxQueues)
 	return l
 }
 
@@ -104,6 +107,12 @@ func invalid(format string, args ...any) error {
 		st = d
 	}
 	return st.Err()
+}
+
+// resourceExhausted is the refusal of a request that would pass a
+// cluster-wide limit; the message names the limit.
+func resourceExhausted(format string, args ...any) error {
+	return status.Error(codes.ResourceExhausted, fmt.Sprintf(format, args...))
 }
 
 func checkDuration(field string, ns int64, max time.Duration) error {
@@ -175,7 +184,8 @@ func (l Limits) checkMessages(field string, msgs []*fsmpb.Message, total *batchT
 
 type batchTotal struct{ messages, bytes int }
 
-func (l Limits) checkReceipts(field string, rs []*fsmpb.Receipt, allowEmpty bool) error {
+// checkReceipts validates the receipts of a call on queue.
+func (l Limits) checkReceipts(field, queue string, rs []*fsmpb.Receipt, allowEmpty bool) error {
 	if len(rs) == 0 && !allowEmpty {
 		return invalid("%s: no receipts (want 1..%d)", field, l.MaxReceipts)
 	}
@@ -191,6 +201,9 @@ func (l Limits) checkReceipts(field string, rs []*fsmpb.Receipt, allowEmpty bool
 		}
 		if r.GetAttempt() == 0 {
 			return invalid("%s[%d].attempt: 0 is not a delivery attempt", field, i)
+		}
+		if r.GetQueue() != "" && r.GetQueue() != queue {
+			return QueueError(fsmpb.ErrorCode_WRONG_QUEUE, fmt.Sprintf("%s[%d]: receipt of queue %q used on queue %q", field, i, r.GetQueue(), queue))
 		}
 	}
 	return nil

@@ -37,6 +37,10 @@ type Backend interface {
 	// waits, so with a ctx that is already done it answers "available
 	// now?".
 	WaitAvailable(ctx context.Context, queue string) error
+	// HasQueue reports whether queue exists and how many queues exist, from
+	// this node's applied state without confirming leadership: what it
+	// answers bounds creations, it does not fence them.
+	HasQueue(queue string) (exists bool, queues int)
 	// Available returns how many messages of queue a receive proposed now
 	// would find (a lower bound; 0 when this node cannot serve). It
 	// writes nothing.
@@ -188,6 +192,9 @@ func (q *QueueService) CreateQueue(ctx context.Context, req *quorumqpb.CreateQue
 	if err := q.limits.checkSettings("settings", req.GetName(), req.GetSettings()); err != nil {
 		return nil, err
 	}
+	if err := q.admitNewQueue("name", req.GetName(), nil); err != nil {
+		return nil, err
+	}
 	res, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_CreateQueue{CreateQueue: &fsmpb.CreateQueue{
 		Name: req.GetName(), Settings: req.GetSettings(), IfNotExists: req.GetIfNotExists(),
 	}}})
@@ -263,7 +270,7 @@ func (q *QueueService) Purge(ctx context.Context, req *quorumqpb.PurgeRequest) (
 
 // Enqueue appends a batch of messages in one Raft entry.
 func (q *QueueService) Enqueue(ctx context.Context, req *quorumqpb.EnqueueRequest) (*quorumqpb.EnqueueResponse, error) {
-	enq, err := q.enqueueCommand("", req, &batchTotal{})
+	enq, err := q.enqueueCommand("", req, &batchTotal{}, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -303,7 +310,7 @@ func (q *QueueService) EnqueueStream(stream quorumqpb.Queue_EnqueueStreamServer)
 				return
 			}
 			var s submitted
-			enq, err := q.enqueueCommand("", req, &batchTotal{})
+			enq, err := q.enqueueCommand("", req, &batchTotal{}, nil)
 			if err == nil {
 				s.wait, err = q.backend.Submit(ctx, &fsmpb.Command{Op: &fsmpb.Command_Enqueue{Enqueue: enq}})
 			}
@@ -336,14 +343,39 @@ func (q *QueueService) EnqueueStream(stream quorumqpb.Queue_EnqueueStreamServer)
 	return nil
 }
 
+// admitNewQueue refuses to create queue (directly, or by auto-creating it on
+// enqueue) when the cluster holds MaxQueues already; created counts the
+// queues earlier parts of the same request create (nil: none). Concurrent
+// requests may each see room for one more, so the cluster can exceed the
+// limit by the creations in flight at once, never without bound.
+func (q *QueueService) admitNewQueue(field, queue string, created map[string]bool) error {
+	exists, n := q.backend.HasQueue(queue)
+	if exists || created[queue] {
+		return nil
+	}
+	if n += len(created); n >= q.limits.MaxQueues {
+		return resourceExhausted("%s: queue %q would be new, but %d queues exist, limit is %d (--max-queues)", field, queue, n, q.limits.MaxQueues)
+	}
+	if created != nil {
+		created[queue] = true
+	}
+	return nil
+}
+
 // enqueueCommand validates one enqueue (prefix names it inside a
-// transaction) and builds its fsm form.
-func (q *QueueService) enqueueCommand(prefix string, req *quorumqpb.EnqueueRequest, total *batchTotal) (*fsmpb.Enqueue, error) {
+// transaction) and builds its fsm form; created carries the queues the
+// request auto-creates.
+func (q *QueueService) enqueueCommand(prefix string, req *quorumqpb.EnqueueRequest, total *batchTotal, created map[string]bool) (*fsmpb.Enqueue, error) {
 	if err := ValidateQueueName(prefix+"queue", req.GetQueue()); err != nil {
 		return nil, err
 	}
 	if err := q.limits.checkMessages(prefix+"messages", req.GetMessages(), total); err != nil {
 		return nil, err
+	}
+	if q.autoCreate {
+		if err := q.admitNewQueue(prefix+"queue", req.GetQueue(), created); err != nil {
+			return nil, err
+		}
 	}
 	return &fsmpb.Enqueue{Queue: req.GetQueue(), Messages: req.GetMessages(), CreateQueue: q.autoCreate, AfterDedupId: req.GetAfterDedupId()}, nil
 }
@@ -372,7 +404,7 @@ func (q *QueueService) Receive(ctx context.Context, req *quorumqpb.ReceiveReques
 	if err := q.limits.checkID("request_id", req.GetRequestId()); err != nil {
 		return nil, err
 	}
-	if err := q.limits.checkReceipts("ack", req.GetAck(), true); err != nil {
+	if err := q.limits.checkReceipts("ack", req.GetQueue(), req.GetAck(), true); err != nil {
 		return nil, err
 	}
 	rcv := &fsmpb.Receive{
@@ -496,7 +528,7 @@ func (q *QueueService) ackCommand(prefix string, req *quorumqpb.AckRequest) (*fs
 	if err := ValidateQueueName(prefix+"queue", req.GetQueue()); err != nil {
 		return nil, err
 	}
-	if err := q.limits.checkReceipts(prefix+"receipts", req.GetReceipts(), false); err != nil {
+	if err := q.limits.checkReceipts(prefix+"receipts", req.GetQueue(), req.GetReceipts(), false); err != nil {
 		return nil, err
 	}
 	return &fsmpb.Ack{Queue: req.GetQueue(), Receipts: req.GetReceipts()}, nil
@@ -507,7 +539,7 @@ func (q *QueueService) Nack(ctx context.Context, req *quorumqpb.NackRequest) (*q
 	if err := ValidateQueueName("queue", req.GetQueue()); err != nil {
 		return nil, err
 	}
-	if err := q.limits.checkReceipts("receipts", req.GetReceipts(), false); err != nil {
+	if err := q.limits.checkReceipts("receipts", req.GetQueue(), req.GetReceipts(), false); err != nil {
 		return nil, err
 	}
 	if err := checkDuration("delay_ns", req.GetDelayNs(), q.limits.MaxDelay); err != nil {
@@ -527,7 +559,7 @@ func (q *QueueService) Extend(ctx context.Context, req *quorumqpb.ExtendRequest)
 	if err := ValidateQueueName("queue", req.GetQueue()); err != nil {
 		return nil, err
 	}
-	if err := q.limits.checkReceipts("receipts", req.GetReceipts(), false); err != nil {
+	if err := q.limits.checkReceipts("receipts", req.GetQueue(), req.GetReceipts(), false); err != nil {
 		return nil, err
 	}
 	if err := checkDuration("visibility_ns", req.GetVisibilityNs(), q.limits.MaxVisibility); err != nil {
@@ -560,9 +592,9 @@ func (q *QueueService) Transaction(ctx context.Context, req *quorumqpb.Transacti
 	if receipts > q.limits.MaxReceipts {
 		return nil, invalid("acks: %d receipts in the transaction, limit is %d", receipts, q.limits.MaxReceipts)
 	}
-	total := &batchTotal{}
+	total, created := &batchTotal{}, map[string]bool{}
 	for i, e := range req.GetEnqueues() {
-		enq, err := q.enqueueCommand(fieldIndex("enqueues", i), e, total)
+		enq, err := q.enqueueCommand(fieldIndex("enqueues", i), e, total, created)
 		if err != nil {
 			return nil, err
 		}

@@ -39,7 +39,8 @@ func (r *recorder) WaitAvailable(ctx context.Context, _ string) error {
 	<-ctx.Done()
 	return ctx.Err()
 }
-func (r *recorder) Available(string) int { return 0 }
+func (r *recorder) Available(string) int        { return 0 }
+func (r *recorder) HasQueue(string) (bool, int) { return true, 1 }
 
 func msgs(n, size int) []*fsmpb.Message {
 	out := make([]*fsmpb.Message, n)
@@ -294,6 +295,7 @@ func (c *claimer) Submit(ctx context.Context, cmd *fsmpb.Command) (func(context.
 }
 func (c *claimer) Queue(context.Context, string) (*fsmpb.QueueInfo, error) { return nil, nil }
 func (c *claimer) Queues(context.Context) ([]*fsmpb.QueueInfo, error)      { return nil, nil }
+func (c *claimer) HasQueue(string) (bool, int)                             { return true, 1 }
 func (c *claimer) Available(string) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -14,7 +14,7 @@
 //	NotFound           + QueueError      unknown queue
 //	AlreadyExists      + QueueError      the queue exists
 //	ResourceExhausted  + QueueError      queue full, or a limit
-//	FailedPrecondition + QueueError      lease lost
+//	FailedPrecondition + QueueError      lease lost, out of order, receipt of another queue
 package transport
 
 import (
@@ -64,7 +64,7 @@ func CodeOf(code fsmpb.ErrorCode) codes.Code {
 		return codes.AlreadyExists
 	case fsmpb.ErrorCode_QUEUE_FULL:
 		return codes.ResourceExhausted
-	case fsmpb.ErrorCode_LEASE_LOST, fsmpb.ErrorCode_OUT_OF_ORDER:
+	case fsmpb.ErrorCode_LEASE_LOST, fsmpb.ErrorCode_OUT_OF_ORDER, fsmpb.ErrorCode_WRONG_QUEUE:
 		return codes.FailedPrecondition
 	default:
 		return codes.Internal

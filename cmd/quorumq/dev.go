@@ -46,6 +46,7 @@ first use.`,
 			if basePort < 1 || basePort+300+devNodes-1 > 65535 {
 				return fmt.Errorf("--base-port %d: want 1..%d so that base+%d stays a valid port", basePort, 65535-300-devNodes+1, 300+devNodes-1)
 			}
+			privateFiles()
 			logger, err := newSlogLogger(cmd.ErrOrStderr(), logLevel, logFormat)
 			if err != nil {
 				return err

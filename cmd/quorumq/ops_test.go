@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -73,7 +74,7 @@ memory-limit = 2GiB
 }
 
 func TestOperationsFlagErrors(t *testing.T) {
-	base := serverFlags{maxInFlight: 10, memoryLimit: "auto", maxMessageBytes: "1MiB", maxBatchMessages: 1000, maxBatchBytes: "8MiB"}
+	base := serverFlags{maxInFlight: 10, memoryLimit: "auto", maxMessageBytes: "1MiB", maxBatchMessages: 1000, maxBatchBytes: "8MiB", maxQueues: 10000}
 	for _, tc := range []struct {
 		edit func(*serverFlags)
 		want string
@@ -81,6 +82,7 @@ func TestOperationsFlagErrors(t *testing.T) {
 		{func(f *serverFlags) { f.memoryLimit = "lots" }, `--memory-limit "lots": want a positive number of bytes`},
 		{func(f *serverFlags) { f.maxMessageBytes = "2MiB" }, "--max-message-size 2MiB: limit is 1048576 bytes"},
 		{func(f *serverFlags) { f.maxBatchMessages = 1001 }, "--max-batch 1001: want 1..1000"},
+		{func(f *serverFlags) { f.maxQueues = 0 }, "--max-queues 0: want at least 1"},
 		{func(f *serverFlags) { f.maxBatchBytes = "512KiB" }, "--max-batch-size 512KiB is smaller than --max-message-size 1MiB"},
 		{func(f *serverFlags) { f.maxInFlight = 0 }, "--max-inflight-per-conn 0"},
 	} {
@@ -129,21 +131,27 @@ func TestSecureClusterBackupAndRestore(t *testing.T) {
 	if _, err := execute(t, "tls", "ca", "--dir", dir); err == nil || !strings.Contains(err.Error(), "exists") {
 		t.Fatalf("second tls ca: %v, want a refusal to overwrite", err)
 	}
-	if _, err := execute(t, "tls", "cert", "--dir", dir, "--name", "node", "--hosts", "127.0.0.1,localhost"); err != nil {
-		t.Fatal(err)
-	}
+	// One certificate per server, named by its node ID: members prove
+	// their ID with it before they become voters.
 	tokens := filepath.Join(dir, "tokens")
 	writeFile(t, tokens, "# token scope\nadmin-0123456789abcdef admin\nwrite-0123456789abcdef write\n")
-	f := serverFlags{
-		tlsCert: filepath.Join(dir, "node.pem"), tlsKey: filepath.Join(dir, "node-key.pem"), tlsCA: filepath.Join(dir, "ca.pem"),
-		authTokensFile: tokens,
-	}
-	var sec cluster.Config
-	if err := f.security(&sec); err != nil {
-		t.Fatal(err)
+	secs := make([]cluster.Config, 3)
+	for i := range secs {
+		name := fmt.Sprintf("n%d", i+1)
+		if _, err := execute(t, "tls", "cert", "--dir", dir, "--name", name, "--hosts", "127.0.0.1,localhost"); err != nil {
+			t.Fatal(err)
+		}
+		f := serverFlags{
+			tlsCert: filepath.Join(dir, name+".pem"), tlsKey: filepath.Join(dir, name+"-key.pem"), tlsCA: filepath.Join(dir, "ca.pem"),
+			authTokensFile: tokens,
+		}
+		if err := f.security(&secs[i]); err != nil {
+			t.Fatal(err)
+		}
 	}
 	noTick := func(c *cluster.Config) { c.TickInterval = time.Hour }
-	tc := cluster.StartTestClusterWith(t, 3, func(_ int, c *cluster.Config) {
+	tc := cluster.StartTestClusterWith(t, 3, func(i int, c *cluster.Config) {
+		sec := secs[i]
 		c.APIServerTLS, c.APIClientTLS, c.RaftServerTLS, c.RaftClientTLS = sec.APIServerTLS, sec.APIClientTLS, sec.RaftServerTLS, sec.RaftClientTLS
 		c.AuthTokens = sec.AuthTokens
 		noTick(c)

@@ -46,6 +46,7 @@ type serverFlags struct {
 	memoryLimit                    string
 	maxMessageBytes                string
 	maxBatchMessages               int
+	maxQueues                      int
 	maxBatchBytes                  string
 	restoreFrom                    string
 }
@@ -76,6 +77,7 @@ others with --join; the first server adds them.`,
 			return flagSources(cmd.Flags())
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			privateFiles()
 			logger, err := newSlogLogger(cmd.ErrOrStderr(), f.logLevel, f.logFormat)
 			if err != nil {
 				return err
@@ -98,6 +100,9 @@ others with --join; the first server adds them.`,
 			}
 			if err := f.security(&cfg); err != nil {
 				return err
+			}
+			for _, w := range f.secretFileWarnings() {
+				logger.Warn(w)
 			}
 			if err := f.operations(&cfg); err != nil {
 				return err
@@ -150,10 +155,31 @@ others with --join; the first server adds them.`,
 	fl.StringVar(&f.memoryLimit, "memory-limit", "auto", "refuse enqueues (ResourceExhausted) while the heap is above this: bytes (or KiB/MiB/GiB), auto (80% of cgroup or physical memory) or off")
 	fl.StringVar(&f.maxMessageBytes, "max-message-size", "1MiB", "largest message body plus attributes (at most 1MiB)")
 	fl.IntVar(&f.maxBatchMessages, "max-batch", 1000, "messages in one enqueue or transaction (at most 1000)")
+	fl.IntVar(&f.maxQueues, "max-queues", 10000, "queues in the cluster; creating one more (or auto-creating it on enqueue) is refused with ResourceExhausted")
 	fl.StringVar(&f.maxBatchBytes, "max-batch-size", "8MiB", "bodies plus attributes of one enqueue or transaction")
 	fl.StringVar(&f.restoreFrom, "restore-from", "", "backup file (quorumq backup) to start a new cluster from; needs an empty --data-dir")
 	return cmd
 }
+
+// secretFileWarnings names each secret file (the tokens file, the TLS key)
+// that group or others may read.
+func (f *serverFlags) secretFileWarnings() []string {
+	var out []string
+	for _, s := range []struct{ flag, path string }{{"--auth-tokens-file", f.authTokensFile}, {"--tls-key", f.tlsKey}} {
+		if s.path == "" {
+			continue
+		}
+		if st, err := os.Stat(s.path); err == nil && st.Mode().Perm()&0o077 != 0 {
+			out = append(out, fmt.Sprintf("%s %s has mode %v: readable by group or others; chmod 600 it", s.flag, s.path, st.Mode().Perm()))
+		}
+	}
+	return out
+}
+
+// privateFiles makes every file and directory the server creates from now
+// on readable by its own user only (umask 077): the Raft log and the
+// snapshots, which raft's stores create, hold message bodies.
+func privateFiles() { syscall.Umask(0o077) }
 
 // security fills cfg's TLS, token and gossip-key settings from the flags.
 // One certificate serves the API and Raft; Raft requires client
@@ -246,6 +272,10 @@ func (f *serverFlags) operations(cfg *cluster.Config) error {
 	cfg.Limits.MaxMessageBytes = int(msg)
 	cfg.Limits.MaxBatchBytes = int(batch)
 	cfg.Limits.MaxBatchMessages = f.maxBatchMessages
+	if f.maxQueues <= 0 {
+		return fmt.Errorf("--max-queues %d: want at least 1", f.maxQueues)
+	}
+	cfg.Limits.MaxQueues = f.maxQueues
 	return nil
 }
 

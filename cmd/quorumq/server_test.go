@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -65,6 +67,31 @@ func TestServerSecurityFlags(t *testing.T) {
 	f = serverFlags{gossipKey: "%%%"}
 	if err := f.security(&cfg); err == nil || !strings.Contains(err.Error(), "--gossip-key") {
 		t.Fatalf("bad gossip key: %v", err)
+	}
+}
+
+// A tokens file or TLS key that other local users can read is named in a
+// warning at start, as ssh does for private keys.
+func TestLooseSecretFilesAreWarnedAbout(t *testing.T) {
+	dir := t.TempDir()
+	tokens, key := filepath.Join(dir, "tokens"), filepath.Join(dir, "key.pem")
+	writeFile(t, tokens, "admin-0123456789abcdef admin\n")
+	writeFile(t, key, "key")
+	os.Chmod(tokens, 0o644)
+	os.Chmod(key, 0o640)
+	f := serverFlags{authTokensFile: tokens, tlsKey: key}
+	got := f.secretFileWarnings()
+	want := []string{
+		"--auth-tokens-file " + tokens + " has mode -rw-r--r--: readable by group or others; chmod 600 it",
+		"--tls-key " + key + " has mode -rw-r-----: readable by group or others; chmod 600 it",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("warnings %q, want %q", got, want)
+	}
+	os.Chmod(tokens, 0o600)
+	os.Chmod(key, 0o400)
+	if got := f.secretFileWarnings(); len(got) != 0 {
+		t.Fatalf("warnings for files of mode 0600 and 0400: %q", got)
 	}
 }
 
@@ -158,6 +185,31 @@ func TestServerCommandFormsClusterAndStopsOnSignal(t *testing.T) {
 		Queue: "jobs", Messages: []*fsmpb.Message{{Body: []byte("x")}},
 	}); err != nil {
 		t.Fatalf("enqueue (auto-created queue) on the leader: %v", err)
+	}
+	// Message bodies are in the log and the snapshots: no other local
+	// user may read them.
+	if _, err := quorumqpb.NewClusterClient(conn(leader)).Snapshot(ctx, &quorumqpb.SnapshotRequest{}); err != nil {
+		t.Fatalf("snapshot on the leader: %v", err)
+	}
+	snapshots := 0
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || path == dir {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if strings.Contains(path, "snapshots"+string(filepath.Separator)) && !d.IsDir() {
+			snapshots++
+		}
+		if info.Mode().Perm()&0o077 != 0 {
+			return fmt.Errorf("%s has mode %v: readable by group or others", path, info.Mode().Perm())
+		}
+		return nil
+	})
+	if err != nil || snapshots == 0 {
+		t.Fatalf("data dir modes: %v (%d snapshot files seen)", err, snapshots)
 	}
 
 	// Stop the leader first: it hands over and exits cleanly.

@@ -39,6 +39,9 @@ const (
 	ErrorCode_UNKNOWN_MESSAGE  ErrorCode = 7
 	// OUT_OF_ORDER: an enqueue's after_dedup_id was not in the dedup window.
 	ErrorCode_OUT_OF_ORDER ErrorCode = 8
+	// WRONG_QUEUE: a receipt used on a queue other than the one that
+	// delivered it; refused by the API, never written to the log.
+	ErrorCode_WRONG_QUEUE ErrorCode = 9
 )
 
 // Enum value maps for ErrorCode.
@@ -53,6 +56,7 @@ var (
 		6: "LEASE_LOST",
 		7: "UNKNOWN_MESSAGE",
 		8: "OUT_OF_ORDER",
+		9: "WRONG_QUEUE",
 	}
 	ErrorCode_value = map[string]int32{
 		"OK":               0,
@@ -64,6 +68,7 @@ var (
 		"LEASE_LOST":       6,
 		"UNKNOWN_MESSAGE":  7,
 		"OUT_OF_ORDER":     8,
+		"WRONG_QUEUE":      9,
 	}
 )
 
@@ -965,9 +970,14 @@ func (x *Receive) GetAck() []*Receipt {
 }
 
 type Receipt struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	MessageId     uint64                 `protobuf:"varint,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
-	Attempt       uint32                 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	MessageId uint64                 `protobuf:"varint,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	Attempt   uint32                 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// queue is the queue that delivered the message. Message IDs are unique
+	// per queue only, so the API refuses a receipt used on another queue
+	// (WRONG_QUEUE) before proposing; the state machine does not read it.
+	// Empty in receipts of older releases: not checked.
+	Queue         string `protobuf:"bytes,3,opt,name=queue,proto3" json:"queue,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1014,6 +1024,13 @@ func (x *Receipt) GetAttempt() uint32 {
 		return x.Attempt
 	}
 	return 0
+}
+
+func (x *Receipt) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
 }
 
 type Ack struct {
@@ -2325,11 +2342,12 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\bauto_ack\x18\x04 \x01(\bR\aautoAck\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x05 \x01(\tR\trequestId\x12)\n" +
-	"\x03ack\x18\x06 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\x03ack\"B\n" +
+	"\x03ack\x18\x06 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\x03ack\"X\n" +
 	"\aReceipt\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\x04R\tmessageId\x12\x18\n" +
-	"\aattempt\x18\x02 \x01(\rR\aattempt\"P\n" +
+	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x14\n" +
+	"\x05queue\x18\x03 \x01(\tR\x05queue\"P\n" +
 	"\x03Ack\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
 	"\breceipts\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\"l\n" +
@@ -2433,7 +2451,7 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\amessage\x18\x03 \x01(\v2\x1f.quorumq.fsm.v1.SnapshotMessageH\x00R\amessage\x125\n" +
 	"\x05dedup\x18\x04 \x01(\v2\x1d.quorumq.fsm.v1.SnapshotDedupH\x00R\x05dedup\x128\n" +
 	"\x06replay\x18\x05 \x01(\v2\x1e.quorumq.fsm.v1.SnapshotReplayH\x00R\x06replayB\b\n" +
-	"\x06record*\xa6\x01\n" +
+	"\x06record*\xb7\x01\n" +
 	"\tErrorCode\x12\x06\n" +
 	"\x02OK\x10\x00\x12\r\n" +
 	"\tMALFORMED\x10\x01\x12\x14\n" +
@@ -2445,7 +2463,8 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\n" +
 	"LEASE_LOST\x10\x06\x12\x13\n" +
 	"\x0fUNKNOWN_MESSAGE\x10\a\x12\x10\n" +
-	"\fOUT_OF_ORDER\x10\b*E\n" +
+	"\fOUT_OF_ORDER\x10\b\x12\x0f\n" +
+	"\vWRONG_QUEUE\x10\t*E\n" +
 	"\n" +
 	"AckOutcome\x12\n" +
 	"\n" +

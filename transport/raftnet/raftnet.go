@@ -6,6 +6,15 @@
 // the Raft port can be wrapped in TLS (mutual TLS when the config asks for
 // client certificates) without touching the transport, and the advertised
 // address can differ from the bound one (NAT, 0.0.0.0 binds, :0 in tests).
+//
+// The Raft port is reachable by anyone who can reach the host, and raft's
+// transport gives every accepted connection its own goroutine and 256 KiB of
+// buffers, with no deadline of its own. So the layer bounds what a peer that
+// is not a cluster member can hold before it has proved anything: a
+// connection must finish its TLS handshake and send its first byte within
+// HandshakeTimeout, is closed after IdleTimeout without traffic, and
+// connections beyond MaxConns in total or MaxConnsPerIP from one address are
+// closed at accept, before raft sees them.
 package raftnet
 
 import (
@@ -13,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -23,12 +33,36 @@ import (
 // an address like that.
 var ErrNoAdvertise = errors.New("raftnet: bind address is unspecified; an advertise address is required")
 
+// Defaults of the accepted-connection limits (Config fields left zero).
+const (
+	// DefaultHandshakeTimeout bounds an accepted connection's TLS handshake
+	// and the arrival of its first byte.
+	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultIdleTimeout closes an accepted connection silent this long. A
+	// leader writes to its followers every heartbeat and every tick, so
+	// only a spare pooled connection idles that long; raft redials it.
+	DefaultIdleTimeout = 2 * time.Minute
+	// DefaultMaxConns caps accepted connections open at once. A peer
+	// holds a few (a pool of MaxPool, a pipeline, a snapshot send), so a
+	// five-server cluster needs a few dozen.
+	DefaultMaxConns = 512
+	// DefaultMaxConnsPerIP caps accepted connections from one IP address.
+	// Several servers may share an address (one host, tests, `quorumq dev`).
+	DefaultMaxConnsPerIP = 64
+)
+
 // Layer is a raft.StreamLayer over TCP with optional TLS.
 type Layer struct {
 	ln        net.Listener
 	advertise net.Addr
 	serverTLS *tls.Config
 	clientTLS *tls.Config
+	limits    Limits // defaults filled in
+	onRefused func(reason string)
+
+	mu    sync.Mutex
+	open  int            // accepted connections not yet closed
+	perIP map[string]int // the same, by remote IP
 }
 
 var _ raft.StreamLayer = (*Layer)(nil)
@@ -46,6 +80,36 @@ type Config struct {
 	// ClientTLS secures dialed connections; nil means plain TCP. Both or
 	// neither must be set, since every server both accepts and dials.
 	ClientTLS *tls.Config
+
+	// Limits bound accepted connections.
+	Limits Limits
+	// OnRefused, if set, is called with the reason ("max-conns" or
+	// "max-conns-per-ip") for each connection closed at accept.
+	OnRefused func(reason string)
+}
+
+// Limits bound what accepted connections may hold; a zero field takes the
+// Default of its name.
+type Limits struct {
+	HandshakeTimeout time.Duration
+	IdleTimeout      time.Duration
+	MaxConns         int
+	MaxConnsPerIP    int
+}
+
+func (c *Limits) fillDefaults() {
+	if c.HandshakeTimeout <= 0 {
+		c.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = DefaultIdleTimeout
+	}
+	if c.MaxConns <= 0 {
+		c.MaxConns = DefaultMaxConns
+	}
+	if c.MaxConnsPerIP <= 0 {
+		c.MaxConnsPerIP = DefaultMaxConnsPerIP
+	}
 }
 
 // Listen opens the listener described by cfg.
@@ -62,7 +126,9 @@ func Listen(cfg Config) (*Layer, error) {
 		ln.Close()
 		return nil, err
 	}
-	return &Layer{ln: ln, advertise: adv, serverTLS: cfg.ServerTLS, clientTLS: cfg.ClientTLS}, nil
+	cfg.Limits.fillDefaults()
+	return &Layer{ln: ln, advertise: adv, serverTLS: cfg.ServerTLS, clientTLS: cfg.ClientTLS,
+		limits: cfg.Limits, onRefused: cfg.OnRefused, perIP: map[string]int{}}, nil
 }
 
 func advertiseAddr(bound net.Addr, advertise string) (net.Addr, error) {
@@ -83,18 +149,113 @@ func advertiseAddr(bound net.Addr, advertise string) (net.Addr, error) {
 	return tcp, nil
 }
 
-// Accept waits for the next Raft connection and, with TLS, wraps it. The
-// handshake runs on the first read, in raft's per-connection goroutine, so
-// a slow or hostile peer cannot stall the accept loop.
+// Accept waits for the next Raft connection within the limits and, with
+// TLS, wraps it. A connection over a cap is closed here and the wait goes
+// on. The handshake runs on the first read, in raft's per-connection
+// goroutine, so a slow or hostile peer cannot stall the accept loop; the
+// deadline set here bounds it.
 func (l *Layer) Accept() (net.Conn, error) {
-	c, err := l.ln.Accept()
-	if err != nil {
-		return nil, err
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			return nil, err
+		}
+		ip := remoteIP(c)
+		if reason := l.admit(ip); reason != "" {
+			c.Close()
+			if l.onRefused != nil {
+				l.onRefused(reason)
+			}
+			continue
+		}
+		c.SetDeadline(time.Now().Add(l.limits.HandshakeTimeout))
+		lc := &limitedConn{Conn: c, raw: c, idle: l.limits.IdleTimeout, release: func() { l.release(ip) }}
+		if l.serverTLS != nil {
+			tc := tls.Server(c, l.serverTLS)
+			lc.Conn, lc.handshake = tc, tc.Handshake
+		}
+		return lc, nil
 	}
-	if l.serverTLS != nil {
-		return tls.Server(c, l.serverTLS), nil
+}
+
+func remoteIP(c net.Conn) string {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return a.IP.String()
 	}
-	return c, nil
+	return c.RemoteAddr().String()
+}
+
+// admit takes a slot for a connection from ip, or says which cap is full.
+func (l *Layer) admit(ip string) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case l.open >= l.limits.MaxConns:
+		return "max-conns"
+	case l.perIP[ip] >= l.limits.MaxConnsPerIP:
+		return "max-conns-per-ip"
+	}
+	l.open++
+	l.perIP[ip]++
+	return ""
+}
+
+func (l *Layer) release(ip string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.open--
+	if l.perIP[ip]--; l.perIP[ip] <= 0 {
+		delete(l.perIP, ip)
+	}
+}
+
+// OpenConns is the number of accepted connections open now.
+func (l *Layer) OpenConns() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.open
+}
+
+// limitedConn is an accepted connection under the layer's limits: until its
+// first byte arrives (after the TLS handshake, if any) the deadline Accept
+// set is in force; after that each read and write must make progress within
+// the idle timeout.
+type limitedConn struct {
+	net.Conn           // what raft reads and writes: raw, or TLS over raw
+	raw       net.Conn // the TCP connection, whose deadlines bound both
+	idle      time.Duration
+	handshake func() error // TLS handshake; nil for plain TCP
+	started   bool         // the first byte arrived: idle deadlines from now on
+	release   func()
+	closeOnce sync.Once
+}
+
+func (c *limitedConn) Read(p []byte) (int, error) {
+	if !c.started {
+		if c.handshake != nil {
+			if err := c.handshake(); err != nil {
+				return 0, err
+			}
+		}
+		n, err := c.Conn.Read(p)
+		if n > 0 {
+			c.started = true
+		}
+		return n, err
+	}
+	c.raw.SetReadDeadline(time.Now().Add(c.idle))
+	return c.Conn.Read(p)
+}
+
+func (c *limitedConn) Write(p []byte) (int, error) {
+	c.raw.SetWriteDeadline(time.Now().Add(c.idle))
+	return c.Conn.Write(p)
+}
+
+func (c *limitedConn) Close() error {
+	err := c.Conn.Close()
+	c.closeOnce.Do(c.release)
+	return err
 }
 
 // Close stops listening. Connections already accepted stay open; raft's
