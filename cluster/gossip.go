@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -273,16 +274,58 @@ func (n *Node) joinLoop() {
 			n.log.Info("missing from gossip; joining", "missing", missing, "addrs", addrs)
 			lastMissing = m
 		}
-		joined, err := n.ml.Join(addrs)
-		if joined > 0 {
-			n.log.Info("joined gossip", "contacted", joined, "addrs", addrs, "members", n.ml.NumMembers())
+		done := make(chan joinResult, 1)
+		go func() { done <- n.joinEach(addrs) }()
+		var r joinResult
+		select {
+		case <-n.stop:
+			// A join held up by an address that does not answer ends by
+			// itself within memberlist's TCP timeout; stopping the node
+			// does not wait for it.
+			return
+		case r = <-done:
+		}
+		if r.joined > 0 {
+			n.log.Info("joined gossip", "contacted", r.joined, "addrs", addrs, "members", n.ml.NumMembers())
 			backoff, wait = joinBackoffMin, joinCheck
 			continue
 		}
-		n.log.Debug("gossip join failed; retrying", "addrs", addrs, "err", err, "in", backoff)
+		n.log.Debug("gossip join failed; retrying", "addrs", addrs, "err", r.err, "in", backoff)
 		wait = backoff
 		backoff = min(2*backoff, joinBackoffMax)
 	}
+}
+
+type joinResult struct {
+	joined int // addresses that answered
+	err    error
+}
+
+// joinEach joins every address at once. memberlist's Join tries a list one
+// address after the other, so one that does not answer (a host still cut
+// off, or down) would hold up the others for its TCP timeout, 10 s on a
+// LAN, and with them the return of a node whose network has healed.
+func (n *Node) joinEach(addrs []string) joinResult {
+	var (
+		mu   sync.Mutex
+		wg   sync.WaitGroup
+		r    joinResult
+		errs []error
+	)
+	for _, a := range addrs {
+		wg.Go(func() {
+			joined, err := n.ml.Join([]string{a})
+			mu.Lock()
+			defer mu.Unlock()
+			r.joined += joined
+			if err != nil {
+				errs = append(errs, err)
+			}
+		})
+	}
+	wg.Wait()
+	r.err = errors.Join(errs...)
+	return r
 }
 
 // joinTargets returns the gossip addresses joinLoop should try now and
