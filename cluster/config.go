@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/hashicorp/memberlist"
+
 	"github.com/quorumq/quorumq/transport"
 	"github.com/quorumq/quorumq/transport/raftnet"
 )
@@ -90,6 +92,10 @@ type Config struct {
 	// (supportedFeatures): tests set it empty to play a server of an
 	// older release.
 	features []string
+	// gossipTuning, if not nil, changes memberlist's settings before it
+	// starts: tests shorten its failure-detection timers, so a node is
+	// declared dead and forgotten within seconds instead of about 40 s.
+	gossipTuning func(*memberlist.Config)
 }
 
 // ErrConfig is wrapped by every configuration error.

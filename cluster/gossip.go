@@ -3,10 +3,13 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -195,6 +198,9 @@ func (n *Node) startGossip() error {
 	mc.Events = n.members
 	mc.Logger = stdlogFor(n.log, "memberlist")
 	mc.SecretKey = n.cfg.GossipKey
+	if n.cfg.gossipTuning != nil {
+		n.cfg.gossipTuning(mc)
+	}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return fmt.Errorf("gossip on %s: %w", n.cfg.GossipAddr, err)
@@ -219,28 +225,186 @@ func splitHostPort(what, addr string) (string, int, error) {
 	return host, p, nil
 }
 
-// joinLoop keeps trying the Join addresses until one answers, so servers
-// can be started in any order.
+// Pauses of joinLoop. While something is missing from gossip, the pause
+// between two join attempts doubles from joinBackoffMin up to
+// joinBackoffMax; once nothing is missing it is joinCheck. The cap is what
+// bounds how long after a network heals a node that was cut off for any
+// length of time is back in everyone's gossip.
+const (
+	joinBackoffMin = 200 * time.Millisecond
+	joinBackoffMax = 5 * time.Second
+	joinCheck      = time.Second
+)
+
+// joinLoop keeps this node in its cluster's gossip for as long as it runs.
+// At start it tries the Join addresses until one answers, so servers can
+// be started in any order. Afterwards it joins again whenever a known
+// server is missing from gossip: memberlist declares a node that was cut
+// off dead, stops probing it and, after GossipToTheDeadTime, forgets it,
+// so neither side ever contacts the other again on its own although Raft
+// heals. A server is known when it is in the latest Raft configuration or
+// is a configured Join address; missing means not alive in this node's
+// view. The addresses tried are the Join addresses no alive member has and
+// the last gossip address each missing server published. A join is
+// memberlist's own (the gossip key is checked as at start): it admits no
+// member that could not have joined at start, and it changes no Raft
+// configuration (only the leader's reconcile adds servers).
 func (n *Node) joinLoop() {
 	defer n.wg.Done()
-	if len(n.cfg.Join) == 0 {
-		return
-	}
-	backoff := 200 * time.Millisecond
+	res := &joinResolver{defaultPort: n.ml.LocalNode().Port, cache: map[string]resolvedJoin{}}
+	backoff := joinBackoffMin
+	var wait time.Duration
+	var lastMissing string
 	for {
-		joined, err := n.ml.Join(n.cfg.Join)
-		if joined > 0 {
-			n.log.Info("joined gossip", "contacted", joined, "members", n.ml.NumMembers())
-			return
-		}
-		n.log.Debug("gossip join failed; retrying", "join", n.cfg.Join, "err", err, "in", backoff)
 		select {
 		case <-n.stop:
 			return
-		case <-time.After(backoff):
+		case <-time.After(wait):
 		}
-		if backoff < 5*time.Second {
-			backoff *= 2
+		addrs, missing := n.joinTargets(res)
+		if len(addrs) == 0 {
+			if len(missing) == 0 && lastMissing != "" {
+				n.log.Info("gossip whole again")
+			}
+			lastMissing = strings.Join(missing, ",")
+			backoff, wait = joinBackoffMin, joinCheck
+			continue
+		}
+		if m := strings.Join(missing, ","); m != lastMissing {
+			n.log.Info("missing from gossip; joining", "missing", missing, "addrs", addrs)
+			lastMissing = m
+		}
+		done := make(chan joinResult, 1)
+		go func() { done <- n.joinEach(addrs) }()
+		var r joinResult
+		select {
+		case <-n.stop:
+			// A join held up by an address that does not answer ends by
+			// itself within memberlist's TCP timeout; stopping the node
+			// does not wait for it.
+			return
+		case r = <-done:
+		}
+		if r.joined > 0 {
+			n.log.Info("joined gossip", "contacted", r.joined, "addrs", addrs, "members", n.ml.NumMembers())
+			backoff, wait = joinBackoffMin, joinCheck
+			continue
+		}
+		n.log.Debug("gossip join failed; retrying", "addrs", addrs, "err", r.err, "in", backoff)
+		wait = backoff
+		backoff = min(2*backoff, joinBackoffMax)
+	}
+}
+
+type joinResult struct {
+	joined int // addresses that answered
+	err    error
+}
+
+// joinEach joins every address at once. memberlist's Join tries a list one
+// address after the other, so one that does not answer (a host still cut
+// off, or down) would hold up the others for its TCP timeout, 10 s on a
+// LAN, and with them the return of a node whose network has healed.
+func (n *Node) joinEach(addrs []string) joinResult {
+	var (
+		mu   sync.Mutex
+		wg   sync.WaitGroup
+		r    joinResult
+		errs []error
+	)
+	for _, a := range addrs {
+		wg.Go(func() {
+			joined, err := n.ml.Join([]string{a})
+			mu.Lock()
+			defer mu.Unlock()
+			r.joined += joined
+			if err != nil {
+				errs = append(errs, err)
+			}
+		})
+	}
+	wg.Wait()
+	r.err = errors.Join(errs...)
+	return r
+}
+
+// joinTargets returns the gossip addresses joinLoop should try now and
+// what is missing from gossip ("join <addr>" for a Join address, the
+// server ID for a server of the Raft configuration). A missing server
+// whose gossip address was never seen adds no address: the Join addresses
+// are then the only way back.
+func (n *Node) joinTargets(res *joinResolver) (addrs, missing []string) {
+	aliveAt := map[string]bool{}
+	byID := map[string]member{}
+	for _, m := range n.members.all() {
+		byID[m.meta.ID] = m
+		if m.state == "alive" {
+			aliveAt[m.gossip] = true
 		}
 	}
+	add := func(a string) {
+		if !slices.Contains(addrs, a) {
+			addrs = append(addrs, a)
+		}
+	}
+	for _, j := range n.cfg.Join {
+		if !slices.ContainsFunc(res.lookup(j), func(a string) bool { return aliveAt[a] }) {
+			missing = append(missing, "join "+j)
+			add(j)
+		}
+	}
+	for _, s := range n.raft.GetConfiguration().Configuration().Servers {
+		id := string(s.ID)
+		if id == n.cfg.NodeID {
+			continue
+		}
+		m, ok := byID[id]
+		if ok && m.state == "alive" {
+			continue
+		}
+		missing = append(missing, id)
+		if ok && m.gossip != "" {
+			add(m.gossip)
+		}
+	}
+	return addrs, missing
+}
+
+// joinResolver maps a Join address to the gossip addresses (ip:port) it
+// names, as memberlist resolves it (an optional "name/" prefix, the local
+// gossip port when none is given). A host name is looked up at most once
+// a minute, so checking every second does not query DNS every second.
+type joinResolver struct {
+	defaultPort uint16
+	cache       map[string]resolvedJoin
+}
+
+type resolvedJoin struct {
+	addrs []string
+	at    time.Time
+}
+
+func (r *joinResolver) lookup(join string) []string {
+	if c, ok := r.cache[join]; ok && time.Since(c.at) < time.Minute {
+		return c.addrs
+	}
+	hostPort := join
+	if i := strings.Index(hostPort, "/"); i >= 0 {
+		hostPort = hostPort[i+1:]
+	}
+	host, port, err := net.SplitHostPort(hostPort)
+	if err != nil {
+		host, port = hostPort, strconv.Itoa(int(r.defaultPort))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	hosts, _ := net.DefaultResolver.LookupHost(ctx, host)
+	cancel()
+	var out []string
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			out = append(out, net.JoinHostPort(ip.String(), port))
+		}
+	}
+	r.cache[join] = resolvedJoin{addrs: out, at: time.Now()}
+	return out
 }

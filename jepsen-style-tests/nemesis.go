@@ -57,6 +57,7 @@ func Nemeses() []Nemesis {
 		&powerFailure{name: "power-all", pick: pickAll},
 		&partitionPower{},
 		&corruptNode{},
+		longPartition{},
 	}
 }
 

@@ -96,6 +96,9 @@ func TestJepsen(t *testing.T) {
 	available := func(disk bool) []Nemesis {
 		var out []Nemesis
 		for _, n := range Nemeses() {
+			if _, long := n.(longPartition); long {
+				continue // its fault needs 60 s or more; mixed schedules hold faults for seconds
+			}
 			if (netnsOK || !n.NeedsNetwork()) && (!n.NeedsLazyFS() || disk && lazyErr == nil) {
 				out = append(out, n)
 			}
@@ -107,6 +110,7 @@ func TestJepsen(t *testing.T) {
 			tc{"mixed-long-1", Schedule{Nemeses: available(false), Cycles: 14, Quiet: [2]time.Duration{3 * time.Second, 8 * time.Second}, Fault: [2]time.Duration{5 * time.Second, 12 * time.Second}}},
 			tc{"mixed-long-2", Schedule{Nemeses: available(false), Cycles: 14, Quiet: [2]time.Duration{2 * time.Second, 6 * time.Second}, Fault: [2]time.Duration{3 * time.Second, 15 * time.Second}}},
 		)
+		cases = append(cases, tc{"long-partition-long", longPartitionSchedule(2, [2]time.Duration{60 * time.Second, 120 * time.Second})})
 		var disk []Nemesis
 		for _, n := range available(true) {
 			if n.NeedsLazyFS() {
@@ -123,7 +127,11 @@ func TestJepsen(t *testing.T) {
 		}
 	} else {
 		for _, n := range Nemeses() {
-			cases = append(cases, tc{n.Name(), shortSchedule(n)})
+			sched := shortSchedule(n)
+			if _, long := n.(longPartition); long {
+				sched = longPartitionSchedule(1, [2]time.Duration{60 * time.Second, 60 * time.Second})
+			}
+			cases = append(cases, tc{n.Name(), sched})
 		}
 		cases = append(cases, tc{"mixed", Schedule{Nemeses: available(false), Cycles: 3, Quiet: [2]time.Duration{time.Second, 3 * time.Second}, Fault: [2]time.Duration{3 * time.Second, 5 * time.Second}}})
 	}
