@@ -3,6 +3,7 @@ package cluster
 import (
 	"crypto/tls"
 	"fmt"
+	"net"
 	"slices"
 	"sync"
 	"time"
@@ -61,6 +62,42 @@ func (c Config) checkAdmission() error {
 	}
 	return configErr("%s protect nothing while anyone who reaches the gossip port can become a Raft voter: "+
 		"set a gossip key (--gossip-key), or mutual TLS on the Raft port (--tls-ca with --tls-cert and --tls-key) so members prove their node ID with a certificate", protected)
+}
+
+// exposures lists the cluster ports that run in the clear on an address
+// other hosts can reach, each with what an attacker there could do.
+func (c Config) exposures() []string {
+	var out []string
+	if c.RaftServerTLS == nil && !loopbackOnly(c.RaftAddr) {
+		out = append(out, fmt.Sprintf("Raft address %s is reachable from other hosts and Raft has no TLS: anyone who reaches it can send Raft messages; set --tls-cert, --tls-key and --tls-ca", c.RaftAddr))
+	}
+	if len(c.GossipKey) == 0 && !loopbackOnly(c.GossipAddr) {
+		out = append(out, fmt.Sprintf("gossip address %s is reachable from other hosts and gossip has no key: anyone who reaches it can join; set --gossip-key", c.GossipAddr))
+	}
+	return out
+}
+
+// checkExposure refuses cluster ports in the clear off loopback unless the
+// operator chose it (InsecureCluster).
+func (c Config) checkExposure() error {
+	if ex := c.exposures(); len(ex) > 0 && !c.InsecureCluster {
+		return configErr("%s, or --insecure-cluster to run it in the clear", ex[0])
+	}
+	return nil
+}
+
+// loopbackOnly reports whether a bind address host:port listens on a
+// loopback address only.
+func loopbackOnly(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // proofCache remembers the certificate checks of members, so that the

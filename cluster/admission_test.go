@@ -171,3 +171,32 @@ func TestProtectionWithoutAdmissionIsRefused(t *testing.T) {
 		t.Fatalf("nothing protected (the dev setup): %v", err)
 	}
 }
+
+// Plain Raft or gossip on an address other hosts can reach is a choice the
+// operator states (InsecureCluster), not what a missing flag gives them.
+func TestPlainClusterPortsOffLoopbackNeedInsecureCluster(t *testing.T) {
+	base := Config{NodeID: "n1", DataDir: t.TempDir(), APIAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0", GossipAddr: "127.0.0.1:0"}
+	if _, err := base.withDefaults(); err != nil {
+		t.Fatalf("plain ports on loopback: %v", err)
+	}
+	for _, tc := range []struct {
+		name   string
+		change func(*Config)
+		want   string
+	}{
+		{"raft on 0.0.0.0", func(c *Config) { c.RaftAddr = "0.0.0.0:7201" },
+			"Raft address 0.0.0.0:7201 is reachable from other hosts and Raft has no TLS: anyone who reaches it can send Raft messages; set --tls-cert, --tls-key and --tls-ca, or --insecure-cluster to run it in the clear"},
+		{"gossip on 10.1.2.3", func(c *Config) { c.GossipAddr = "10.1.2.3:7301" },
+			"gossip address 10.1.2.3:7301 is reachable from other hosts and gossip has no key: anyone who reaches it can join; set --gossip-key, or --insecure-cluster to run it in the clear"},
+	} {
+		cfg := base
+		tc.change(&cfg)
+		if _, err := cfg.withDefaults(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
+		}
+		cfg.InsecureCluster = true
+		if _, err := cfg.withDefaults(); err != nil {
+			t.Errorf("%s with InsecureCluster: %v", tc.name, err)
+		}
+	}
+}

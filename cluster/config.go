@@ -73,6 +73,10 @@ type Config struct {
 	RestoreFrom string
 	// GossipKey encrypts gossip (16, 24 or 32 bytes, AES); nil = plain.
 	GossipKey []byte
+	// InsecureCluster allows a Raft port without TLS, or gossip without
+	// a key, on an address other hosts can reach. Without it such a
+	// configuration is refused; with it the node warns at every start.
+	InsecureCluster bool
 
 	Limits transport.Limits // request limits; zero fields take defaults
 
@@ -136,6 +140,9 @@ func (c Config) withDefaults() (Config, error) {
 		return c, err
 	}
 	if err := c.checkAdmission(); err != nil {
+		return c, err
+	}
+	if err := c.checkExposure(); err != nil {
 		return c, err
 	}
 	if c.MaxInFlightPerConn == 0 {

@@ -178,6 +178,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	go n.leaderLoop()
 	go n.membershipLoop(!hasState)
 	ok = true
+	for _, e := range n.cfg.exposures() {
+		n.log.Warn("cluster port in the clear (--insecure-cluster)", "exposure", e)
+	}
 	n.log.Info("node started", "api", n.apiAddr, "raft", n.raftAdv, "gossip", n.gossipAddr,
 		"data_dir", cfg.DataDir, "existing_state", hasState, "bootstrap_expect", cfg.BootstrapExpect)
 	return n, nil

@@ -141,6 +141,9 @@ func (c *Cluster) serverArgs(n *Node, bootstrap int) []string {
 		"--gossip-addr", n.GossipAddr,
 		"--bootstrap-expect", strconv.Itoa(bootstrap),
 		"--join", strings.Join(join, ","),
+		// The nodes' addresses are in namespaces this test made; the
+		// fault cases need plain traffic to inspect and cut.
+		"--insecure-cluster",
 	}
 	return append(args, c.cfg.ExtraArgs...)
 }

@@ -47,6 +47,7 @@ type serverFlags struct {
 	maxMessageBytes                string
 	maxBatchMessages               int
 	maxQueues                      int
+	insecureCluster                bool
 	maxBatchBytes                  string
 	restoreFrom                    string
 }
@@ -148,6 +149,7 @@ others with --join; the first server adds them.`,
 	fl.StringVar(&f.tlsCA, "tls-ca", "", "PEM CA that signed every server's certificate (verifies Raft peers both ways; required with --tls-cert)")
 	fl.StringVar(&f.authToken, "auth-token", "", "require this bearer token on every API call (needs --tls-cert)")
 	fl.StringVar(&f.gossipKey, "gossip-key", "", "base64 AES key (16, 24 or 32 bytes) that encrypts gossip; the same on every server")
+	fl.BoolVar(&f.insecureCluster, "insecure-cluster", false, "allow Raft without TLS or gossip without a key on an address other hosts can reach (warned at every start)")
 	fl.StringVar(&f.authTokensFile, "auth-tokens-file", "", "file of bearer tokens, one \"TOKEN SCOPE\" per line, scope read, write or admin (needs --tls-cert)")
 	fl.StringVar(&f.config, configFlag, "", "config file of \"name = value\" lines, names as these flags (command line and environment win)")
 	fl.StringVar(&f.adminAddr, "admin-addr", "", "HTTP bind address for /metrics (Prometheus), /healthz and /readyz; empty: no admin server")
@@ -194,6 +196,7 @@ func (f *serverFlags) security(cfg *cluster.Config) error {
 		cfg.GossipKey = key
 	}
 	cfg.AuthToken = f.authToken
+	cfg.InsecureCluster = f.insecureCluster
 	if f.authTokensFile != "" {
 		tokens, err := readTokenFile(f.authTokensFile)
 		if err != nil {
