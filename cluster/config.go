@@ -145,6 +145,9 @@ func (c Config) withDefaults() (Config, error) {
 	if err := c.checkExposure(); err != nil {
 		return c, err
 	}
+	if err := c.Limits.Check(); err != nil {
+		return c, configErr("%v", err)
+	}
 	if c.MaxInFlightPerConn == 0 {
 		c.MaxInFlightPerConn = 1000
 	}

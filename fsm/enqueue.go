@@ -21,7 +21,7 @@ func (t *txn) enqueue(field string, e *fsmpb.Enqueue, res *fsmpb.Result) *cmdErr
 		if m == nil {
 			return invalid("%s.messages[%d] is empty", field, i)
 		}
-		if err := checkMessage(field, i, m); err != nil {
+		if err := checkMessage(func() string { return fmt.Sprintf("%s.messages[%d]", field, i) }, m); err != nil {
 			return err
 		}
 	}

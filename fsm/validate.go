@@ -1,7 +1,6 @@
 package fsm
 
 import (
-	"fmt"
 	"math"
 	"time"
 
@@ -147,10 +146,28 @@ func checkCount(field string, n int) *cmdError {
 	return nil
 }
 
-// checkMessage checks message i of field.messages. The field's name is
-// built only for an error: Apply checks every message on every node.
-func checkMessage(field string, i int, m *fsmpb.Message) *cmdError {
-	at := func() string { return fmt.Sprintf("%s.messages[%d]", field, i) }
+// ValidateMessage checks message m, named field in errors, against the
+// state machine's limits, as Apply will: the API calls it before
+// proposing, so an over-limit message costs no log entry.
+func ValidateMessage(field string, m *fsmpb.Message) error {
+	if err := checkMessage(func() string { return field }, m); err != nil {
+		return err
+	}
+	return nil
+}
+
+// ValidateSettings checks the fields set in p as settings of queue, as a
+// create or an update will.
+func ValidateSettings(queue string, p *fsmpb.QueueSettings) error {
+	if _, err := defaultSettings().merge(queue, p); err != nil {
+		return err
+	}
+	return nil
+}
+
+// checkMessage checks message m; at names it, and is called only for an
+// error: Apply checks every message on every node.
+func checkMessage(at func() string, m *fsmpb.Message) *cmdError {
 	if len(m.GetBody()) > MaxBodyBytes {
 		return invalid("%s.body is %d bytes, limit is %d", at(), len(m.GetBody()), MaxBodyBytes)
 	}

@@ -7,42 +7,73 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/quorumq/quorumq/fsm"
 	"github.com/quorumq/quorumq/fsm/fsmpb"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
 )
 
 // Limits bound what one request may carry. A request beyond a limit is
 // rejected with InvalidArgument naming the field and the limit; nothing is
-// clamped silently. The zero value of a field means its default.
+// clamped silently. The zero value of a field means its default; a field
+// marked "at most" cannot exceed the state machine's own limit (Check).
 type Limits struct {
-	MaxMessageBytes  int           // body + attributes of one message; default 1 MiB
-	MaxBatchMessages int           // messages in one enqueue or transaction; default 1000
+	MaxMessageBytes  int           // body + attributes of one message; default and at most 1 MiB
+	MaxBatchMessages int           // messages in one enqueue or transaction; default and at most 1000
 	MaxBatchBytes    int           // bodies + attributes of one request; default 8 MiB
-	MaxReceipts      int           // receipts in one ack, nack, extend or receive; default 1000
-	MaxReceive       uint32        // messages one receive may lease; default 1000
+	MaxReceipts      int           // receipts in one ack, nack, extend or receive; default and at most 1000
+	MaxReceive       uint32        // messages one receive may lease; default and at most 1000
 	MaxWait          time.Duration // long-poll wait; default 20 s
-	MaxVisibility    time.Duration // lease length; default 12 h
-	MaxDelay         time.Duration // enqueue or nack delay; default 24 h
-	MaxIDBytes       int           // dedup ID and request ID; default 128
-	MaxAttributes    int           // attributes per message; default 32
+	MaxVisibility    time.Duration // lease length; default and at most 12 h
+	MaxDelay         time.Duration // enqueue or nack delay; default and at most 12 h
+	MaxIDBytes       int           // dedup ID, request ID, after_dedup_id; default and at most 128
+	MaxAttributes    int           // attributes per message; default and at most 32
 	MaxQueues        int           // queues in the cluster; default 10,000
 }
 
-// DefaultLimits returns the limits used when a field is zero.
+// DefaultLimits returns the limits used when a field is zero. Those the
+// state machine also enforces are its limits, so that what passes here
+// passes there.
 func DefaultLimits() Limits {
 	return Limits{
-		MaxMessageBytes:  1 << 20,
-		MaxBatchMessages: 1000,
+		MaxMessageBytes:  fsm.MaxBodyBytes,
+		MaxBatchMessages: fsm.MaxBatch,
 		MaxBatchBytes:    8 << 20,
-		MaxReceipts:      1000,
-		MaxReceive:       1000,
+		MaxReceipts:      fsm.MaxBatch,
+		MaxReceive:       fsm.MaxBatch,
 		MaxWait:          20 * time.Second,
-		MaxVisibility:    12 * time.Hour,
-		MaxDelay:         24 * time.Hour,
-		MaxIDBytes:       128,
-		MaxAttributes:    32,
+		MaxVisibility:    fsm.MaxVisibility,
+		MaxDelay:         fsm.MaxDelay,
+		MaxIDBytes:       fsm.MaxDedupID,
+		MaxAttributes:    fsm.MaxAttributes,
 		MaxQueues:        10000,
 	}
+}
+
+// Check refuses limits above the state machine's own: a request within
+// such a limit would pass the API and be refused by Apply, after costing a
+// log entry.
+func (l Limits) Check() error {
+	l = l.withDefaults()
+	d := DefaultLimits()
+	for _, c := range []struct {
+		name     string
+		v, limit any
+		over     bool
+	}{
+		{"max message size", l.MaxMessageBytes, d.MaxMessageBytes, l.MaxMessageBytes > d.MaxMessageBytes},
+		{"max batch messages", l.MaxBatchMessages, d.MaxBatchMessages, l.MaxBatchMessages > d.MaxBatchMessages},
+		{"max receipts", l.MaxReceipts, d.MaxReceipts, l.MaxReceipts > d.MaxReceipts},
+		{"max receive", l.MaxReceive, d.MaxReceive, l.MaxReceive > d.MaxReceive},
+		{"max visibility", l.MaxVisibility, d.MaxVisibility, l.MaxVisibility > d.MaxVisibility},
+		{"max delay", l.MaxDelay, d.MaxDelay, l.MaxDelay > d.MaxDelay},
+		{"max ID bytes", l.MaxIDBytes, d.MaxIDBytes, l.MaxIDBytes > d.MaxIDBytes},
+		{"max attributes", l.MaxAttributes, d.MaxAttributes, l.MaxAttributes > d.MaxAttributes},
+	} {
+		if c.over {
+			return fmt.Errorf("limits: %s is %v, the state machine allows at most %v", c.name, c.v, c.limit)
+		}
+	}
+	return nil
 }
 
 // withDefaults fills every zero field from DefaultLimits.
@@ -165,10 +196,8 @@ func (l Limits) checkMessages(field string, msgs []*fsmpb.Message, total *batchT
 		if len(m.GetAttributes()) > l.MaxAttributes {
 			return invalid("%s.attributes: %d attributes, limit is %d", f, len(m.GetAttributes()), l.MaxAttributes)
 		}
-		for j, a := range m.GetAttributes() {
-			if a.GetKey() == "" {
-				return invalid("%s.attributes[%d].key: empty", f, j)
-			}
+		if err := fsm.ValidateMessage(f, m); err != nil {
+			return invalid("%v", err)
 		}
 		total.messages++
 		total.bytes += size
@@ -234,6 +263,9 @@ func (l Limits) checkSettings(field, queue string, s *fsmpb.QueueSettings) error
 	}
 	if s.RetentionNs != nil && s.GetRetentionNs() < 0 {
 		return invalid("%s.retention_ns: %v is negative (0 keeps messages forever)", field, time.Duration(s.GetRetentionNs()))
+	}
+	if err := fsm.ValidateSettings(queue, s); err != nil {
+		return invalid("%v", err)
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
+	"github.com/quorumq/quorumq/fsm"
 	"github.com/quorumq/quorumq/fsm/fsmpb"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
 )
@@ -372,6 +373,9 @@ func (q *QueueService) enqueueCommand(prefix string, req *quorumqpb.EnqueueReque
 	if err := q.limits.checkMessages(prefix+"messages", req.GetMessages(), total); err != nil {
 		return nil, err
 	}
+	if err := q.limits.checkID(prefix+"after_dedup_id", req.GetAfterDedupId()); err != nil {
+		return nil, err
+	}
 	if q.autoCreate {
 		if err := q.admitNewQueue(prefix+"queue", req.GetQueue(), created); err != nil {
 			return nil, err
@@ -578,6 +582,9 @@ func (q *QueueService) Extend(ctx context.Context, req *quorumqpb.ExtendRequest)
 func (q *QueueService) Transaction(ctx context.Context, req *quorumqpb.TransactionRequest) (*quorumqpb.TransactionResponse, error) {
 	if len(req.GetAcks()) == 0 && len(req.GetEnqueues()) == 0 {
 		return nil, invalid("acks, enqueues: the transaction is empty")
+	}
+	if n := len(req.GetAcks()) + len(req.GetEnqueues()); n > fsm.MaxTransactionOp {
+		return nil, invalid("acks, enqueues: the transaction has %d acks plus enqueues, limit is 1 to %d", n, fsm.MaxTransactionOp)
 	}
 	tx := &fsmpb.Transaction{}
 	receipts := 0
