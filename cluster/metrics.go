@@ -372,7 +372,10 @@ func (n *Node) startAdmin() error {
 		fmt.Fprintln(w, "ready")
 	})
 	n.adminLn = ln
-	n.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	// Every request is a small GET: a client that holds a connection
+	// without finishing one, or idles on it, is cut off.
+	n.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute}
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
