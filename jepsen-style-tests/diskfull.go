@@ -215,12 +215,13 @@ func (d *diskFullFollower) Inject(ctx context.Context, env *Env) (string, error)
 	}
 	path := filepath.Join(n.DataDir, fmt.Sprintf("jepsen-filler-%d", d.count))
 	d.count++
-	d.victim = n
-	d.fillers = append(d.fillers, path)
 	filled, err := fillDisk(path, true)
 	if err != nil {
+		os.Remove(path)
 		return "", fmt.Errorf("fill %s's disk: %w", n.ID, err)
 	}
+	d.victim = n
+	d.fillers = append(d.fillers, path)
 	d.stopFill = keepFull(path)
 	return fmt.Sprintf("filled follower %s's %d MiB disk (leader %s): %s of filler until ENOSPC, kept full", n.ID, size>>20, leader.ID, mib(filled)), nil
 }
