@@ -177,8 +177,10 @@ func keepFull(path string) (stop func()) {
 }
 
 // diskFullFollower fills the disk of a random follower, under load, and
-// keeps it full until heal. Heal gives the space back, by removing the
-// fillers and by growing the file system on alternate injections, and
+// keeps it full until heal. Inject returns once the node has refused a
+// write (it logs "no space left on device"): it can go on for seconds on
+// free pages inside its bolt file. Heal gives the space back, by removing
+// the fillers and by growing the file system on alternate injections, and
 // then requires that the node refused writes while full (the fault bit)
 // and that it applies the leader's commit index within catchUpBound.
 type diskFullFollower struct {
@@ -223,7 +225,20 @@ func (d *diskFullFollower) Inject(ctx context.Context, env *Env) (string, error)
 	d.victim = n
 	d.fillers = append(d.fillers, path)
 	d.stopFill = keepFull(path)
-	return fmt.Sprintf("filled follower %s's %d MiB disk (leader %s): %s of filler until ENOSPC, kept full", n.ID, size>>20, leader.ID, mib(filled)), nil
+	detail := fmt.Sprintf("filled follower %s's %d MiB disk (leader %s): %s of filler until ENOSPC, kept full", n.ID, size>>20, leader.ID, mib(filled))
+	// The node may go on for a while on the free pages inside its bolt
+	// file; the fault is in force once it refuses a write.
+	start := time.Now()
+	for {
+		if count, first := d.refusals(n); count > 0 {
+			return fmt.Sprintf("%s; first refusal after %s: %.300s", detail, time.Since(start).Round(100*time.Millisecond), first), nil
+		}
+		select {
+		case <-ctx.Done():
+			return detail, fmt.Errorf("%s's disk is full but it refused no write: %w", n.ID, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 func (d *diskFullFollower) Heal(ctx context.Context, env *Env) (string, error) {
@@ -257,11 +272,8 @@ func (d *diskFullFollower) Heal(ctx context.Context, env *Env) (string, error) {
 func (d *diskFullFollower) verify(ctx context.Context, env *Env, n *Node, what string) (string, error) {
 	var b strings.Builder
 	b.WriteString(what)
-	refusals, lastRefusal := d.refusals(n)
+	refusals, _ := d.refusals(n)
 	fmt.Fprintf(&b, "; %d lines of its log say no space left on device", refusals)
-	if lastRefusal != "" {
-		fmt.Fprintf(&b, " (last: %.300s)", lastRefusal)
-	}
 	if !n.Proc.Running() {
 		// raft stops a node that cannot save a new term; an operator's
 		// supervisor would restart it once there is space again.
@@ -271,7 +283,7 @@ func (d *diskFullFollower) verify(ctx context.Context, env *Env, n *Node, what s
 		b.WriteString("; it had exited while full, restarted")
 	}
 	if refusals == 0 {
-		return b.String(), fmt.Errorf("%s refused no write while its disk was full: no append reached it or the fault did not bite", n.ID)
+		return b.String(), fmt.Errorf("%s refused no write while its disk was full: the fault did not bite", n.ID)
 	}
 	caught, err := waitCaughtUp(ctx, env.Cluster, n, catchUpBound)
 	if err != nil {
@@ -281,7 +293,7 @@ func (d *diskFullFollower) verify(ctx context.Context, env *Env, n *Node, what s
 }
 
 // refusals counts the lines n logged since the injection that report a
-// full disk, and returns the last one.
+// full disk, and returns the first one.
 func (d *diskFullFollower) refusals(n *Node) (int, string) {
 	f, err := os.Open(n.LogPath)
 	if err != nil {
@@ -292,14 +304,16 @@ func (d *diskFullFollower) refusals(n *Node) (int, string) {
 	if err != nil {
 		return 0, ""
 	}
-	count, last := 0, ""
+	count, first := 0, ""
 	for _, line := range strings.Split(string(b), "\n") {
 		if strings.Contains(line, "no space left on device") {
+			if count == 0 {
+				first = line
+			}
 			count++
-			last = line
 		}
 	}
-	return count, last
+	return count, first
 }
 
 // waitCaughtUp waits until n has applied the leader's commit index as it
