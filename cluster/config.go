@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/raft"
 
 	"github.com/quorumq/quorumq/transport"
 	"github.com/quorumq/quorumq/transport/raftnet"
@@ -102,6 +103,10 @@ type Config struct {
 	// starts: tests shorten its failure-detection timers, so a node is
 	// declared dead and forgotten within seconds instead of about 40 s.
 	gossipTuning func(*memberlist.Config)
+	// wrapLogStore, if not nil, wraps the raft log store on disk (beneath
+	// the cache and the read checks): tests make its writes fail as a
+	// full disk would.
+	wrapLogStore func(raft.LogStore) raft.LogStore
 }
 
 // ErrConfig is wrapped by every configuration error.

@@ -236,6 +236,12 @@ func (n *Node) startRaft() error {
 		Stream:                layer,
 		MaxPool:               3,
 		Timeout:               10 * time.Second,
+		// 1 turns pipelined replication off: each follower gets one
+		// AppendEntries at a time. raft v1.7.3's pipeline deadlocks when a
+		// follower refuses an append (a full disk) while two more are in
+		// flight, and the leader never replicates to that follower again
+		// (DESIGN.md, "Replication without a pipeline").
+		MaxRPCsInFlight: 1,
 	})
 
 	rc := raft.DefaultConfig()
@@ -258,7 +264,11 @@ func (n *Node) startRaft() error {
 	}
 
 	n.fsm = fsm.New()
-	logs, err := raft.NewLogCache(512, &checkedLogStore{LogStore: n.store, path: filepath.Join(n.cfg.DataDir, raftDBFile)})
+	var disk raft.LogStore = n.store
+	if n.cfg.wrapLogStore != nil {
+		disk = n.cfg.wrapLogStore(disk)
+	}
+	logs, err := raft.NewLogCache(512, &checkedLogStore{LogStore: disk, path: filepath.Join(n.cfg.DataDir, raftDBFile)})
 	if err != nil {
 		return err
 	}

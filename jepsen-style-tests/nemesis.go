@@ -58,6 +58,7 @@ func Nemeses() []Nemesis {
 		&partitionPower{},
 		&corruptNode{},
 		longPartition{},
+		&diskFullFollower{},
 	}
 }
 

@@ -39,6 +39,10 @@ type CaseConfig struct {
 	// LazyFS puts every node's data dir on a lazyfs mount, for the power
 	// and corruption nemeses (see lazyfs.Available).
 	LazyFS bool
+	// SmallDisks puts every node's data dir on a tmpfs of its own of
+	// smallDiskSize, for the disk-full nemeses (see SmallDisksAvailable).
+	// Not with LazyFS.
+	SmallDisks bool
 }
 
 // OpCounts counts a workload's operations by outcome, overall and while a
@@ -120,6 +124,18 @@ func RunCase(ctx context.Context, cfg CaseConfig) (*Result, error) {
 		unregMount := registerCleanup(func() { unmount() })
 		defer func() { unregMount(); unmount() }()
 		res.Disk = "lazyfs"
+	}
+	if cfg.SmallDisks {
+		if cfg.LazyFS {
+			return res, fmt.Errorf("case %s: small disks and lazyfs data dirs cannot be combined", cfg.Name)
+		}
+		unmount, err = mountSmallDisks(dataDir, ids)
+		if err != nil {
+			return res, err
+		}
+		unregMount := registerCleanup(func() { unmount() })
+		defer func() { unregMount(); unmount() }()
+		res.Disk = fmt.Sprintf("tmpfs %d MiB", smallDiskSize>>20)
 	}
 
 	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)

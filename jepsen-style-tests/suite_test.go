@@ -86,18 +86,23 @@ func TestJepsen(t *testing.T) {
 		netnsOK, why = false, "disabled by QUORUMQ_JEPSEN_NETNS=0"
 	}
 	lazyErr := lazyfs.Available()
+	smallErr := SmallDisksAvailable()
 	type tc struct {
 		name  string
 		sched Schedule
 	}
 	var cases []tc
 	// available lists the nemeses this machine can run, with or without
-	// those that need lazyfs mounts.
+	// those that need lazyfs mounts. Those that need small disks are never
+	// combined with lazyfs mounts.
 	available := func(disk bool) []Nemesis {
 		var out []Nemesis
 		for _, n := range Nemeses() {
 			if _, long := n.(longPartition); long {
 				continue // its fault needs 60 s or more; mixed schedules hold faults for seconds
+			}
+			if needsSmallDisks(n) && (disk || smallErr != nil) {
+				continue
 			}
 			if (netnsOK || !n.NeedsNetwork()) && (!n.NeedsLazyFS() || disk && lazyErr == nil) {
 				out = append(out, n)
@@ -149,10 +154,11 @@ func TestJepsen(t *testing.T) {
 	}()
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			needsNet, needsDisk := false, false
+			needsNet, needsDisk, needsSmall := false, false, false
 			for _, n := range c.sched.Nemeses {
 				needsNet = needsNet || n.NeedsNetwork()
 				needsDisk = needsDisk || n.NeedsLazyFS()
+				needsSmall = needsSmall || needsSmallDisks(n)
 			}
 			if len(c.sched.Nemeses) == 1 && needsNet && !netnsOK {
 				t.Skipf("skipping partition case: network namespaces unavailable (%s); run as root with ip and nft", why)
@@ -160,11 +166,14 @@ func TestJepsen(t *testing.T) {
 			if needsDisk && lazyErr != nil {
 				t.Skipf("skipping power/corruption case: %v", lazyErr)
 			}
+			if needsSmall && smallErr != nil {
+				t.Skipf("skipping disk-full case: %v", smallErr)
+			}
 			seed := caseSeed()
 			t.Logf("seed %d (replay: go test ./jepsen-style-tests -run 'TestJepsen/%s$' -seed %d)", seed, c.name, seed)
 			res, err := RunCase(context.Background(), CaseConfig{
 				Name: c.name, Seed: seed, Schedule: c.sched, Bin: binary(t), ReportRoot: reportRoot(),
-				Netns: netnsOK, Progress: os.Stderr, LazyFS: needsDisk,
+				Netns: netnsOK, Progress: os.Stderr, LazyFS: needsDisk, SmallDisks: needsSmall,
 				// Small snapshot thresholds make snapshots, log compaction
 				// and snapshot installs happen within a short run.
 				ExtraArgs: []string{"--snapshot-threshold", "1024", "--snapshot-interval", "3s", "--trailing-logs", "256", "--log-level", "debug"},

@@ -1,0 +1,353 @@
+package jepsen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// The disk-full fault: with CaseConfig.SmallDisks every node's data dir is
+// a size-limited tmpfs from the start of the case (the data dir cannot be
+// moved under a running node, and which node is a follower is known only
+// when the fault strikes). The disk-full-follower nemesis fills a
+// follower's file system under load with a filler file until ENOSPC and
+// keeps it full, then gives the space back: freed (the filler removed) and
+// grown (the tmpfs remounted larger) on alternate injections.
+
+const (
+	smallDiskSize   = 128 << 20 // per node; a short case's data dir uses about 1 MiB
+	smallDiskGrowth = 64 << 20  // added by a "grown" heal
+	tmpfsMagic      = 0x01021994
+	// catchUpBound is how long a freed follower may take to apply the
+	// leader's commit index. raft backs off after each refused append, up
+	// to about 10 s between tries.
+	catchUpBound = 20 * time.Second
+)
+
+// smallDiskNemesis is implemented by nemeses that need every data dir on a
+// small file system of its own (CaseConfig.SmallDisks).
+type smallDiskNemesis interface {
+	NeedsSmallDisks() bool
+}
+
+// needsSmallDisks reports whether nemesis n needs CaseConfig.SmallDisks.
+func needsSmallDisks(n Nemesis) bool {
+	s, ok := n.(smallDiskNemesis)
+	return ok && s.NeedsSmallDisks()
+}
+
+// SmallDisksAvailable returns why size-limited data dirs cannot be
+// mounted on this machine, or nil.
+func SmallDisksAvailable() error {
+	if os.Geteuid() != 0 {
+		return errors.New("small disks: mounting a size-limited tmpfs under a data dir needs root")
+	}
+	dir, err := os.MkdirTemp("", "quorumq-jepsen-tmpfs-probe-")
+	if err != nil {
+		return fmt.Errorf("small disks: %w", err)
+	}
+	defer os.Remove(dir)
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=1m"); err != nil {
+		return fmt.Errorf("small disks: mount tmpfs on %s: %w (needs CAP_SYS_ADMIN)", dir, err)
+	}
+	return syscall.Unmount(dir, 0)
+}
+
+// mountSmallDisks mounts a tmpfs of smallDiskSize on dataDir/<id> for
+// every id. The returned unmount must run after every node using them is
+// dead; it is safe to call more than once.
+func mountSmallDisks(dataDir string, ids []string) (unmount func() error, err error) {
+	var mounted []string
+	unmount = func() error {
+		var errs []error
+		for _, dir := range mounted {
+			if err := syscall.Unmount(dir, 0); err != nil && !errors.Is(err, syscall.EINVAL) {
+				// Detach it anyway so the data dir can be removed; the
+				// kernel finishes the unmount once the mount is idle.
+				syscall.Unmount(dir, syscall.MNT_DETACH)
+				errs = append(errs, fmt.Errorf("unmount the tmpfs on %s: %w", dir, err))
+			}
+		}
+		mounted = nil
+		return errors.Join(errs...)
+	}
+	for _, id := range ids {
+		dir := filepath.Join(dataDir, id)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, errors.Join(err, unmount())
+		}
+		if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0755", smallDiskSize)); err != nil {
+			return nil, errors.Join(fmt.Errorf("mount a %d MiB tmpfs on %s: %w", smallDiskSize>>20, dir, err), unmount())
+		}
+		mounted = append(mounted, dir)
+	}
+	return unmount, nil
+}
+
+// smallDisk checks that dir is a tmpfs (a data dir of a SmallDisks case)
+// and returns its size.
+func smallDisk(nemesis, dir string) (int64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	if st.Type != tmpfsMagic {
+		return 0, fmt.Errorf("%s: %s is not on its own tmpfs; the case needs CaseConfig.SmallDisks", nemesis, dir)
+	}
+	return int64(st.Blocks) * st.Bsize, nil
+}
+
+// fillDisk appends zeros to path until the file system says ENOSPC and
+// returns how many bytes it added; create makes the file if it does not
+// exist. The file is opened for each call, so no descriptor stays open on
+// the data dir between calls.
+func fillDisk(path string, create bool) (int64, error) {
+	flags := os.O_WRONLY | os.O_APPEND
+	if create {
+		flags |= os.O_CREATE
+	}
+	f, err := os.OpenFile(path, flags, 0o644)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	var total int64
+	buf := make([]byte, 1<<20)
+	for chunk := len(buf); chunk >= 4096; {
+		n, err := f.Write(buf[:chunk])
+		total += int64(n)
+		switch {
+		case errors.Is(err, syscall.ENOSPC):
+			chunk /= 2 // the last pages
+		case err != nil:
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// growDisk remounts the tmpfs on dir with by more bytes and returns the
+// new size.
+func growDisk(dir string, by int64) (int64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	size := int64(st.Blocks)*st.Bsize + by
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", syscall.MS_REMOUNT, fmt.Sprintf("size=%d", size)); err != nil {
+		return 0, fmt.Errorf("grow the tmpfs on %s to %d bytes: %w", dir, size, err)
+	}
+	return size, nil
+}
+
+// keepFull tops the filler up every 100 ms (the node frees space when a
+// snapshot it could not write is cleaned up) until the returned stop is
+// called or a top-up fails for another reason than a full disk. A top-up
+// never creates the file: once the tmpfs is unmounted the path is gone,
+// and the top-ups end instead of filling the disk beneath.
+func keepFull(path string) (stop func()) {
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-quit:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			if _, err := fillDisk(path, false); err != nil {
+				return
+			}
+		}
+	}()
+	return func() {
+		select {
+		case <-quit:
+		default:
+			close(quit)
+		}
+		<-done
+	}
+}
+
+// diskFullFollower fills the disk of a random follower, under load, and
+// keeps it full until heal. Inject returns once the node has refused a
+// write (it logs "no space left on device"): it can go on for seconds on
+// free pages inside its bolt file. Heal gives the space back, by removing
+// the fillers and by growing the file system on alternate injections, and
+// then requires that the node refused writes while full (the fault bit)
+// and that it applies the leader's commit index within catchUpBound.
+type diskFullFollower struct {
+	count     int
+	victim    *Node
+	fillers   []string
+	logOffset int64
+	stopFill  func()
+}
+
+func (d *diskFullFollower) Name() string          { return "disk-full-follower" }
+func (d *diskFullFollower) NeedsNetwork() bool    { return false }
+func (d *diskFullFollower) NeedsLazyFS() bool     { return false }
+func (d *diskFullFollower) NeedsSmallDisks() bool { return true }
+
+func (d *diskFullFollower) Inject(ctx context.Context, env *Env) (string, error) {
+	leader, err := env.Cluster.WaitLeader(ctx)
+	if err != nil {
+		return "", err
+	}
+	var followers []*Node
+	for _, n := range env.Cluster.Nodes {
+		if n != leader {
+			followers = append(followers, n)
+		}
+	}
+	n := followers[env.Rand.IntN(len(followers))]
+	size, err := smallDisk(d.Name(), n.DataDir)
+	if err != nil {
+		return "", err
+	}
+	if st, err := os.Stat(n.LogPath); err == nil {
+		d.logOffset = st.Size()
+	}
+	path := filepath.Join(n.DataDir, fmt.Sprintf("jepsen-filler-%d", d.count))
+	d.count++
+	filled, err := fillDisk(path, true)
+	if err != nil {
+		os.Remove(path)
+		return "", fmt.Errorf("fill %s's disk: %w", n.ID, err)
+	}
+	d.victim = n
+	d.fillers = append(d.fillers, path)
+	d.stopFill = keepFull(path)
+	detail := fmt.Sprintf("filled follower %s's %d MiB disk (leader %s): %s of filler until ENOSPC, kept full", n.ID, size>>20, leader.ID, mib(filled))
+	// The node may go on for a while on the free pages inside its bolt
+	// file; the fault is in force once it refuses a write.
+	start := time.Now()
+	for {
+		if count, first := d.refusals(n); count > 0 {
+			return fmt.Sprintf("%s; first refusal after %s: %.300s", detail, time.Since(start).Round(100*time.Millisecond), first), nil
+		}
+		select {
+		case <-ctx.Done():
+			return detail, fmt.Errorf("%s's disk is full but it refused no write: %w", n.ID, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (d *diskFullFollower) Heal(ctx context.Context, env *Env) (string, error) {
+	n := d.victim
+	if n == nil {
+		return "", nil
+	}
+	d.victim = nil
+	d.stopFill()
+	var what string
+	if d.count%2 == 1 {
+		for _, f := range d.fillers {
+			if err := os.Remove(f); err != nil {
+				return "", fmt.Errorf("free %s's disk: %w", n.ID, err)
+			}
+		}
+		d.fillers = nil
+		what = fmt.Sprintf("freed %s's disk (fillers removed)", n.ID)
+	} else {
+		size, err := growDisk(n.DataDir, smallDiskGrowth)
+		if err != nil {
+			return "", err
+		}
+		what = fmt.Sprintf("grew %s's disk to %d MiB (fillers kept)", n.ID, size>>20)
+	}
+	return d.verify(ctx, env, n, what)
+}
+
+// verify is the end of a heal: node n, whose disk was full, must have
+// refused writes (else the fault did not bite) and must catch up.
+func (d *diskFullFollower) verify(ctx context.Context, env *Env, n *Node, what string) (string, error) {
+	var b strings.Builder
+	b.WriteString(what)
+	refusals, _ := d.refusals(n)
+	fmt.Fprintf(&b, "; %d lines of its log say no space left on device", refusals)
+	if !n.Proc.Running() {
+		// raft stops a node that cannot save a new term; an operator's
+		// supervisor would restart it once there is space again.
+		if err := env.Cluster.Restart(n, false); err != nil {
+			return b.String(), err
+		}
+		b.WriteString("; it had exited while full, restarted")
+	}
+	if refusals == 0 {
+		return b.String(), fmt.Errorf("%s refused no write while its disk was full: the fault did not bite", n.ID)
+	}
+	caught, err := waitCaughtUp(ctx, env.Cluster, n, catchUpBound)
+	if err != nil {
+		return b.String(), err
+	}
+	return b.String() + "; " + caught, nil
+}
+
+// refusals counts the lines n logged since the injection that report a
+// full disk, and returns the first one.
+func (d *diskFullFollower) refusals(n *Node) (int, string) {
+	f, err := os.Open(n.LogPath)
+	if err != nil {
+		return 0, ""
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.NewSectionReader(f, d.logOffset, 1<<40))
+	if err != nil {
+		return 0, ""
+	}
+	count, first := 0, ""
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, "no space left on device") {
+			if count == 0 {
+				first = line
+			}
+			count++
+		}
+	}
+	return count, first
+}
+
+// waitCaughtUp waits until n has applied the leader's commit index as it
+// was when the wait began, and says how long that took.
+func waitCaughtUp(ctx context.Context, c *Cluster, n *Node, bound time.Duration) (string, error) {
+	start := time.Now()
+	cctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
+	leader, err := c.WaitLeader(cctx)
+	if err != nil {
+		return "", err
+	}
+	lst, err := c.NodeStatus(cctx, leader)
+	if err != nil {
+		return "", fmt.Errorf("status of leader %s: %w", leader.ID, err)
+	}
+	target := lst.GetCommitIndex()
+	var applied uint64
+	for {
+		sctx, scancel := context.WithTimeout(cctx, time.Second)
+		st, err := c.NodeStatus(sctx, n)
+		scancel()
+		if err == nil {
+			applied = st.GetAppliedIndex()
+			if applied >= target {
+				return fmt.Sprintf("caught up with the leader's commit index %d within %s", target, time.Since(start).Round(100*time.Millisecond)), nil
+			}
+		}
+		select {
+		case <-cctx.Done():
+			return "", fmt.Errorf("%s did not catch up: applied index %d, %s after the heal began; leader %s's commit index was %d then", n.ID, applied, bound, leader.ID, target)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
