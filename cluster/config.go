@@ -90,6 +90,8 @@ type Config struct {
 	SnapshotRetain     int           // snapshots kept on disk; default 2
 	TickInterval       time.Duration // leader's periodic tick command; default 1 s
 	ApplyTimeout       time.Duration // cap on one proposal, whatever the caller's deadline; default 10 s
+	ReadyMaxLag        uint64        // /readyz: entries a follower may be behind the leader's commit index; default 1000
+	MinFreeDisk        int64         // /readyz: bytes the data dir's file system must have free; default 256 MiB
 	StatusTimeout      time.Duration // per-node timeout of the status fan-out; default 1 s
 	LocalGossip        bool          // faster gossip timings for loopback clusters (dev, tests)
 
@@ -185,6 +187,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.TrailingLogs == 0 {
 		c.TrailingLogs = 10240
+	}
+	if c.ReadyMaxLag == 0 {
+		c.ReadyMaxLag = 1000
+	}
+	if c.MinFreeDisk == 0 {
+		c.MinFreeDisk = 256 << 20
 	}
 	if c.SnapshotRetain == 0 {
 		c.SnapshotRetain = 2

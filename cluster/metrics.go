@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -326,20 +327,53 @@ func addStats(a, b *fsmpb.QueueStats) {
 	})
 }
 
-// Readiness reports whether this node can serve: a leader is known and
-// this node has applied every entry it knows to be committed. The error
-// says what is missing.
+// Readiness reports whether this node can serve: a leader is known, this
+// node has applied every entry it knows to be committed and is within
+// ReadyMaxLag entries of the leader's commit index (a follower whose
+// appends fail, on a full disk, still hears heartbeats and still knows
+// the leader, but falls behind), and its data dir has at least MinFreeDisk
+// bytes free. The error says what is missing.
 func (n *Node) Readiness() error {
 	if n.closed.Load() {
 		return errors.New("node is stopped")
+	}
+	if err := n.checkFreeDisk(); err != nil {
+		return err
 	}
 	_, lid := n.raft.LeaderWithID()
 	if lid == "" {
 		return errors.New("no leader known")
 	}
+	applied := n.raft.AppliedIndex()
 	commit, _ := strconv.ParseUint(n.raft.Stats()["commit_index"], 10, 64)
-	if applied := n.raft.AppliedIndex(); applied < commit {
+	if applied < commit {
 		return fmt.Errorf("applied index %d is behind commit index %d", applied, commit)
+	}
+	if string(lid) == n.cfg.NodeID {
+		return nil
+	}
+	id, api := n.leaderHint()
+	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.StatusTimeout)
+	defer cancel()
+	st := n.remoteStatus(ctx, id, api, "")
+	if st.GetError() != "" {
+		return fmt.Errorf("leader %s's commit index unknown: %s", id, st.GetError())
+	}
+	if lc := st.GetCommitIndex(); lc > applied+n.cfg.ReadyMaxLag {
+		return fmt.Errorf("applied index %d lags the leader's commit index %d by %d entries, more than %d", applied, lc, lc-applied, n.cfg.ReadyMaxLag)
+	}
+	return nil
+}
+
+// checkFreeDisk refuses readiness while the data dir's file system has
+// less than MinFreeDisk bytes available.
+func (n *Node) checkFreeDisk() error {
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(n.cfg.DataDir, &fs); err != nil {
+		return fmt.Errorf("free space of data dir %s unknown: %v", n.cfg.DataDir, err)
+	}
+	if free := int64(fs.Bavail) * int64(fs.Bsize); free < n.cfg.MinFreeDisk {
+		return fmt.Errorf("data dir %s has %d bytes free, less than %d (--min-free-disk)", n.cfg.DataDir, free, n.cfg.MinFreeDisk)
 	}
 	return nil
 }
@@ -372,7 +406,10 @@ func (n *Node) startAdmin() error {
 		fmt.Fprintln(w, "ready")
 	})
 	n.adminLn = ln
-	n.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	// Every request is a small GET: a client that holds a connection
+	// without finishing one, or idles on it, is cut off.
+	n.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute}
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()

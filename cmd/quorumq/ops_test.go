@@ -74,7 +74,7 @@ memory-limit = 2GiB
 }
 
 func TestOperationsFlagErrors(t *testing.T) {
-	base := serverFlags{maxInFlight: 10, memoryLimit: "auto", maxMessageBytes: "1MiB", maxBatchMessages: 1000, maxBatchBytes: "8MiB", maxQueues: 10000}
+	base := serverFlags{maxInFlight: 10, memoryLimit: "auto", maxMessageBytes: "1MiB", maxBatchMessages: 1000, maxBatchBytes: "8MiB", maxQueues: 10000, minFreeDisk: "256MiB"}
 	for _, tc := range []struct {
 		edit func(*serverFlags)
 		want string

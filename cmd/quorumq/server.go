@@ -44,6 +44,7 @@ type serverFlags struct {
 	adminAddr                      string
 	maxInFlight                    uint32
 	memoryLimit                    string
+	minFreeDisk                    string
 	maxMessageBytes                string
 	maxBatchMessages               int
 	maxQueues                      int
@@ -154,6 +155,7 @@ others with --join; the first server adds them.`,
 	fl.StringVar(&f.config, configFlag, "", "config file of \"name = value\" lines, names as these flags (command line and environment win)")
 	fl.StringVar(&f.adminAddr, "admin-addr", "", "HTTP bind address for /metrics (Prometheus), /healthz and /readyz; empty: no admin server")
 	fl.Uint32Var(&f.maxInFlight, "max-inflight-per-conn", 1000, "concurrent API calls on one client connection; further calls wait")
+	fl.StringVar(&f.minFreeDisk, "min-free-disk", "256MiB", "/readyz answers 503 while the data dir's file system has less free space than this")
 	fl.StringVar(&f.memoryLimit, "memory-limit", "auto", "refuse enqueues (ResourceExhausted) while the heap is above this: bytes (or KiB/MiB/GiB), auto (80% of cgroup or physical memory) or off")
 	fl.StringVar(&f.maxMessageBytes, "max-message-size", "1MiB", "largest message body plus attributes (at most 1MiB)")
 	fl.IntVar(&f.maxBatchMessages, "max-batch", 1000, "messages in one enqueue or transaction (at most 1000)")
@@ -253,6 +255,11 @@ func (f *serverFlags) operations(cfg *cluster.Config) error {
 		}
 		cfg.MemoryLimit = v
 	}
+	minFree, err := parseBytes("min-free-disk", f.minFreeDisk)
+	if err != nil {
+		return err
+	}
+	cfg.MinFreeDisk = minFree
 	msg, err := parseBytes("max-message-size", f.maxMessageBytes)
 	if err != nil {
 		return err
