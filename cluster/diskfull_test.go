@@ -39,19 +39,29 @@ func (s *fullDiskLogStore) StoreLogs(logs []*raft.Log) error {
 	return s.LogStore.StoreLogs(logs)
 }
 
+// fullDiskCluster starts three nodes, each on a fullDiskLogStore, with
+// tweak (if not nil) applied to each node's Config.
+func fullDiskCluster(t *testing.T, tweak func(i int, cfg *Config)) (*TestCluster, []*fullDiskLogStore) {
+	disks := make([]*fullDiskLogStore, 3)
+	c := StartTestClusterWith(t, 3, func(i int, cfg *Config) {
+		if tweak != nil {
+			tweak(i, cfg)
+		}
+		cfg.wrapLogStore = func(s raft.LogStore) raft.LogStore {
+			disks[i] = &fullDiskLogStore{LogStore: s}
+			return disks[i]
+		}
+	})
+	return c, disks
+}
+
 // TestFollowerCatchesUpAfterItsDiskWasFull fills one follower's disk while
 // producers keep the leader replicating, then frees it. The follower
 // answers every AppendEntries of that window with Success=false; once its
 // writes succeed again it must reach the leader's commit index and the
 // same state, with every acknowledged message kept.
 func TestFollowerCatchesUpAfterItsDiskWasFull(t *testing.T) {
-	disks := make([]*fullDiskLogStore, 3)
-	c := StartTestClusterWith(t, 3, func(i int, cfg *Config) {
-		cfg.wrapLogStore = func(s raft.LogStore) raft.LogStore {
-			disks[i] = &fullDiskLogStore{LogStore: s}
-			return disks[i]
-		}
-	})
+	c, disks := fullDiskCluster(t, nil)
 	leader := c.Leader(t)
 	li := c.Index(leader)
 	fi := (li + 1) % 3

@@ -5,8 +5,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/hashicorp/raft"
 )
 
 // /readyz is 503 while the data dir's file system has less free space than
@@ -29,14 +27,9 @@ func TestReadyzIsUnavailableWhileTheDiskIsLow(t *testing.T) {
 // heartbeats and knows the leader, but falls behind: /readyz says so, and
 // is 200 again once it has caught up.
 func TestReadyzIsUnavailableWhileAFollowerLags(t *testing.T) {
-	disks := make([]*fullDiskLogStore, 3)
-	c := StartTestClusterWith(t, 3, func(i int, cfg *Config) {
+	c, disks := fullDiskCluster(t, func(_ int, cfg *Config) {
 		cfg.AdminAddr = "127.0.0.1:0"
 		cfg.ReadyMaxLag = 20
-		cfg.wrapLogStore = func(s raft.LogStore) raft.LogStore {
-			disks[i] = &fullDiskLogStore{LogStore: s}
-			return disks[i]
-		}
 	})
 	leader := c.Leader(t)
 	li := c.Index(leader)
