@@ -125,7 +125,7 @@ func (n *Node) Submit(ctx context.Context, cmd *fsmpb.Command) (wait func(contex
 		n.countRefusal(res)
 		return func(context.Context) (*fsmpb.Result, error) { return res, nil }, nil
 	}
-	cmd.NowUnixNano = time.Now().UnixNano()
+	cmd.NowUnixNano = n.cfg.Clock.Wall().UnixNano()
 	data, err := fsm.Encode(cmd)
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "encode command: %v", err)
@@ -235,7 +235,7 @@ func (n *Node) Available(queue string) int {
 	if !n.ready.Load() {
 		return 0
 	}
-	return n.fsm.Available(queue, time.Now())
+	return n.fsm.Available(queue, n.cfg.Clock.Wall())
 }
 
 // WaitAvailable implements transport.Backend: it sleeps on the FSM's
@@ -253,7 +253,7 @@ func (n *Node) WaitAvailable(ctx context.Context, queue string) error {
 			}
 			return status.Error(codes.Internal, err.Error())
 		}
-		now := time.Now()
+		now := n.cfg.Clock.Wall()
 		available, changed, next := n.fsm.Watch(queue, now)
 		if available {
 			return nil
