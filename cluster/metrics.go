@@ -141,12 +141,23 @@ func (m *metrics) observeLeader(o *raft.Observation) bool {
 }
 
 // observedFSM is the FSM raft sees: the real one, with snapshots timed and
-// measured, and marked as the node's own for the snapshot store, which
-// refuses received snapshots behind the applied state (snapshotstore.go).
-// It embeds *fsm.FSM, so raft still finds ApplyBatch.
+// measured, marked as the node's own for the snapshot store, which
+// refuses received snapshots behind the applied state (snapshotstore.go),
+// and the time of every applied command given to the node's cluster time
+// as its anchor (the FSM itself reads no clock). It embeds *fsm.FSM, so
+// raft still finds ApplyBatch.
 type observedFSM struct {
 	*fsm.FSM
-	m *metrics
+	m  *metrics
+	ct *clusterTime
+}
+
+func (o observedFSM) Apply(l *raft.Log) interface{} {
+	res := o.FSM.Apply(l)
+	if l.Type == raft.LogCommand {
+		o.ct.applied(o.FSM.Now().UnixNano())
+	}
+	return res
 }
 
 func (o observedFSM) Snapshot() (raft.FSMSnapshot, error) {
