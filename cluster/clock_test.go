@@ -23,7 +23,10 @@ type clockCase struct {
 func startClockCase(t *testing.T) *clockCase {
 	t.Helper()
 	clocks := []*OffsetClock{{}, {}, {}}
-	c := StartTestClusterWith(t, 3, func(i int, cfg *Config) { cfg.Clock = clocks[i] })
+	c := StartTestClusterWith(t, 3, func(i int, cfg *Config) {
+		cfg.Clock = clocks[i]
+		cfg.AdminAddr = "127.0.0.1:0"
+	})
 	k := &clockCase{c: c, clocks: clocks}
 	k.follow(t)
 	return k
@@ -204,4 +207,42 @@ func TestLeaderClockStrobes(t *testing.T) {
 			}
 		})
 	})
+}
+
+// TestStatusShowsTheClockOffsetTheLeaderSees: a follower's clock is an
+// hour ahead; Status, asked on either follower, shows every node's offset
+// as the leader measures it, and the leader's metrics show it too.
+func TestStatusShowsTheClockOffsetTheLeaderSees(t *testing.T) {
+	k := startClockCase(t)
+	li := k.c.Index(k.leader)
+	fast, other := (li+1)%3, (li+2)%3
+	k.clocks[fast].Set(time.Hour)
+	want := map[string]time.Duration{k.leader.ID(): 0, k.c.Nodes[fast].ID(): time.Hour, k.c.Nodes[other].ID(): 0}
+	near := func(got, want time.Duration) bool { return got-want < time.Second && want-got < time.Second }
+
+	var last string
+	deadline := time.Now().Add(15 * time.Second)
+	for ok := false; !ok; {
+		if time.Now().After(deadline) {
+			t.Fatalf("status never showed the offsets %v; last: %s", want, last)
+		}
+		time.Sleep(200 * time.Millisecond)
+		st, err := quorumqpb.NewClusterClient(k.c.Conn(t, other)).Status(ctxT(t, 5*time.Second), &quorumqpb.StatusRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ok, last = true, ""
+		for _, ns := range st.GetNodes() {
+			last += fmt.Sprintf("%s=%v ", ns.GetId(), time.Duration(ns.GetClockOffsetNs()))
+			ok = ok && ns.ClockOffsetNs != nil && near(time.Duration(ns.GetClockOffsetNs()), want[ns.GetId()])
+		}
+	}
+	t.Logf("status offsets: %s", last)
+	m := scrape(t, k.leader.AdminAddr())
+	for id, w := range want {
+		name := fmt.Sprintf("quorumq_clock_offset_seconds{node=%q}", id)
+		if v, ok := m[name]; !ok || !near(time.Duration(v*float64(time.Second)), w) {
+			t.Errorf("%s = %v (present %v), want about %v", name, v, ok, w.Seconds())
+		}
+	}
 }

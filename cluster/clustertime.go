@@ -4,11 +4,14 @@ import (
 	"encoding/binary"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
+
+	"github.com/quorumq/quorumq/transport/quorumqpb"
 )
 
 // Cluster time is the now a leader stamps on each command. It must not
@@ -313,4 +316,16 @@ func (n *Node) voters() []string {
 // clusterNow is cluster time as this node would stamp it now.
 func (n *Node) clusterNow() time.Time {
 	return n.ctime.now(n.fsm.Now().UnixNano())
+}
+
+// clockOffsets is this node's view of every voter's wall clock against
+// its cluster time, sorted by ID (voters with no recent reading missing).
+func (n *Node) clockOffsets() []*quorumqpb.ClockOffset {
+	offs := n.ctime.offsets(n.fsm.Now().UnixNano(), n.voters())
+	out := make([]*quorumqpb.ClockOffset, 0, len(offs))
+	for id, d := range offs {
+		out = append(out, &quorumqpb.ClockOffset{Id: id, OffsetNs: int64(d)})
+	}
+	slices.SortFunc(out, func(a, b *quorumqpb.ClockOffset) int { return strings.Compare(a.GetId(), b.GetId()) })
+	return out
 }
