@@ -95,6 +95,11 @@ type Config struct {
 	// Clock is where the node reads wall and monotonic time; nil = the
 	// system clock. Tests and the fault suite move it (OffsetClock).
 	Clock Clock
+	// WallClockStamps makes a leader stamp commands with its own wall
+	// clock instead of cluster time: the behaviour cluster time replaced,
+	// kept only so the fault suite can prove that its clock checks fail
+	// without it. The release server refuses to set it.
+	WallClockStamps bool
 
 	// features, if not nil, replaces the log features this node gossips
 	// (supportedFeatures): tests set it empty to play a server of an

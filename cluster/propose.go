@@ -126,7 +126,11 @@ func (n *Node) Submit(ctx context.Context, cmd *fsmpb.Command) (wait func(contex
 		n.countRefusal(res)
 		return func(context.Context) (*fsmpb.Result, error) { return res, nil }, nil
 	}
-	cmd.NowUnixNano = n.ctime.stamp(n.fsm.Now().UnixNano(), n.voters())
+	if n.cfg.WallClockStamps {
+		cmd.NowUnixNano = n.cfg.Clock.Wall().UnixNano()
+	} else {
+		cmd.NowUnixNano = n.ctime.stamp(n.fsm.Now().UnixNano(), n.voters())
+	}
 	data, err := fsm.Encode(cmd)
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "encode command: %v", err)
