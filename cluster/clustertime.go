@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"cmp"
 	"encoding/binary"
 	"log/slog"
 	"slices"
@@ -73,6 +74,7 @@ type clusterTime struct {
 	base     int64         // cluster time minus monotonic reading, ns
 	lastMono time.Duration // of the last stamp
 	peers    map[string]clockSample
+	buf      []clockReading // readingsLocked's, reused
 	// warned* remember what was last logged, so a state is logged once
 	// when it begins and once when it ends.
 	warnedNoMajority, warnedOutvoted, warnedAhead bool
@@ -117,8 +119,9 @@ type clockReading struct {
 
 // readingsLocked projects the fresh samples of voters, and this node's own
 // wall clock, to monotonic reading m.
+// The slice is c.buf's, valid until the next call.
 func (c *clusterTime) readingsLocked(voters []string, m time.Duration) []clockReading {
-	out := []clockReading{{c.self, c.clock.Wall().UnixNano()}}
+	out := append(c.buf[:0], clockReading{c.self, c.clock.Wall().UnixNano()})
 	for _, id := range voters {
 		s, ok := c.peers[id]
 		if id == c.self || !ok || m-s.mono > clockSampleTTL {
@@ -126,29 +129,21 @@ func (c *clusterTime) readingsLocked(voters []string, m time.Duration) []clockRe
 		}
 		out = append(out, clockReading{id, s.wall + int64(m-s.mono)})
 	}
+	c.buf = out
 	return out
 }
 
 // reference returns the median of the largest set of readings within
 // clockTolerance of each other, if that set holds a majority of the
-// voters; members reports who is in it.
-func reference(rs []clockReading, voters int) (ref int64, members map[string]bool, ok bool) {
+// voters, and whether self's reading is in it. It sorts rs.
+func reference(rs []clockReading, voters int, self string) (ref int64, selfIn, ok bool) {
 	if voters == 0 {
-		return 0, nil, false
+		return 0, false, false
 	}
-	sorted := slices.Clone(rs)
-	slices.SortFunc(sorted, func(a, b clockReading) int {
-		switch {
-		case a.wall < b.wall:
-			return -1
-		case a.wall > b.wall:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(rs, func(a, b clockReading) int { return cmp.Compare(a.wall, b.wall) })
 	bestLo, bestN := 0, 0
-	for lo, hi := 0, 0; lo < len(sorted); lo++ {
-		for hi < len(sorted) && sorted[hi].wall-sorted[lo].wall <= int64(clockTolerance) {
+	for lo, hi := 0, 0; lo < len(rs); lo++ {
+		for hi < len(rs) && rs[hi].wall-rs[lo].wall <= int64(clockTolerance) {
 			hi++
 		}
 		if hi-lo > bestN {
@@ -156,19 +151,18 @@ func reference(rs []clockReading, voters int) (ref int64, members map[string]boo
 		}
 	}
 	if bestN < voters/2+1 {
-		return 0, nil, false
+		return 0, false, false
 	}
-	group := sorted[bestLo : bestLo+bestN]
-	members = map[string]bool{}
+	group := rs[bestLo : bestLo+bestN]
 	for _, r := range group {
-		members[r.id] = true
+		selfIn = selfIn || r.id == self
 	}
 	mid := len(group) / 2
 	ref = group[mid].wall
 	if len(group)%2 == 0 {
 		ref = group[mid-1].wall + (group[mid].wall-group[mid-1].wall)/2
 	}
-	return ref, members, true
+	return ref, selfIn, true
 }
 
 // estimateLocked is the anchor's cluster time at m, never before fsmNow
@@ -199,14 +193,15 @@ func (c *clusterTime) stamp(fsmNow int64, voters []string) int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	rs := c.readingsLocked(voters, m)
-	ref, members, ok := reference(rs, len(voters))
-	c.noteLocked(ok, members, ref, rs, len(voters))
+	own := rs[0].wall
+	ref, selfIn, ok := reference(rs, len(voters), c.self)
+	c.noteLocked(ok, selfIn, ref, own, len(rs), len(voters))
 	var s int64
 	switch {
 	case !c.anchored && fsmNow == 0:
 		// The cluster's first command: there is no time yet but the
 		// clocks'. The majority's if they agree, else this leader's.
-		s = rs[0].wall
+		s = own
 		if ok {
 			s = ref
 		}
@@ -232,25 +227,25 @@ func (c *clusterTime) stamp(fsmNow int64, voters []string) int64 {
 
 // noteLocked logs when the voters' clocks stop or start agreeing, and
 // when this node's own clock leaves or rejoins the majority.
-func (c *clusterTime) noteLocked(ok bool, members map[string]bool, ref int64, rs []clockReading, voters int) {
-	if !ok && len(rs) < voters/2+1 {
+func (c *clusterTime) noteLocked(ok, selfIn bool, ref, own int64, readings, voters int) {
+	if !ok && readings < voters/2+1 {
 		return // not enough clocks read yet (just started): nothing to say
 	}
 	if !ok != c.warnedNoMajority {
 		c.warnedNoMajority = !ok
 		if !ok {
 			c.log.Warn("no majority of the voters' wall clocks agree within tolerance; cluster time runs on this leader's monotonic clock",
-				"tolerance", clockTolerance, "clocks", len(rs))
+				"tolerance", clockTolerance, "clocks", readings)
 		} else {
 			c.log.Info("a majority of the voters' wall clocks agree again", "tolerance", clockTolerance)
 		}
 	}
-	outvoted := ok && !members[c.self]
+	outvoted := ok && !selfIn
 	if outvoted != c.warnedOutvoted {
 		c.warnedOutvoted = outvoted
 		if outvoted {
 			c.log.Warn("this node's wall clock disagrees with the voters' majority; cluster time does not follow it",
-				"offset", time.Duration(rs[0].wall-ref).Round(time.Millisecond))
+				"offset", time.Duration(own-ref).Round(time.Millisecond))
 		} else {
 			c.log.Info("this node's wall clock agrees with the voters' majority again")
 		}

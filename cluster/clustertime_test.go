@@ -61,7 +61,7 @@ func TestReferenceIsTheMedianOfAMajorityThatAgrees(t *testing.T) {
 		{"three of five", ms(0, 100, 400, 10000, 20000), 5, 100, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ref, _, ok := reference(tc.rs, tc.voters)
+			ref, _, ok := reference(tc.rs, tc.voters, "a")
 			if ok != tc.ok || (ok && ref != tc.want*int64(time.Millisecond)) {
 				t.Fatalf("reference = %v, %v; want %v ms, %v", time.Duration(ref), ok, tc.want, tc.ok)
 			}
@@ -152,5 +152,19 @@ func TestOffsets(t *testing.T) {
 	clk.advance(clockSampleTTL + time.Second)
 	if off := ct.offsets(now, voters3); len(off) != 1 {
 		t.Fatalf("offsets from stale readings: %v", off)
+	}
+}
+
+// BenchmarkStamp is what cluster time adds to every proposal on the
+// leader (go test ./cluster -run '^$' -bench Stamp).
+func BenchmarkStamp(b *testing.B) {
+	ct := newClusterTime(SystemClock{}, "n1", slog.New(slog.DiscardHandler))
+	now := time.Now()
+	ct.sample("n2", now.UnixNano(), time.Millisecond)
+	ct.sample("n3", now.UnixNano(), time.Millisecond)
+	last := ct.stamp(0, voters3)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		last = ct.stamp(last, voters3)
 	}
 }
