@@ -19,7 +19,7 @@ import (
 	"github.com/quorumq/quorumq/jepsen-style-tests/lazyfs"
 )
 
-// CaseConfig is one run: a cluster, the four workloads, one schedule.
+// CaseConfig is one run: a cluster, the workloads, one schedule.
 type CaseConfig struct {
 	Name     string
 	Seed     uint64

@@ -100,7 +100,7 @@ type Workload interface {
 	Specs() []QueueSpec
 }
 
-// Workloads returns the four workloads of every case.
+// Workloads returns the five workloads of every case.
 func Workloads() []Workload {
 	return []Workload{
 		&atLeastOnce{queue: "alo", producers: 2, consumers: 2, pipelined: true},
