@@ -54,6 +54,9 @@ func (n *Node) localStatus(ctx context.Context) *quorumqpb.NodeStatus {
 	}
 	_, lid := n.raft.LeaderWithID()
 	st.LeaderId = string(lid)
+	if n.raft.State() == raft.Leader {
+		st.ClockOffsets = n.clockOffsets()
+	}
 	if servers, err := n.configuration(ctx); err == nil {
 		for _, s := range servers {
 			if string(s.ID) == n.cfg.NodeID {
@@ -101,8 +104,30 @@ func (c *clusterService) Status(ctx context.Context, _ *quorumqpb.StatusRequest)
 		}()
 	}
 	wg.Wait()
+	leaderClockView(out)
 	id, addr := n.leaderHint()
 	return &quorumqpb.StatusResponse{Nodes: out, LeaderId: id, LeaderApiAddr: addr}, nil
+}
+
+// leaderClockView sets every node's clock_offset_ns from the clock
+// offsets the leader (the one with the highest term, if two say so)
+// measured: the leader's view is the one cluster time follows.
+func leaderClockView(nodes []*quorumqpb.NodeStatus) {
+	var leader *quorumqpb.NodeStatus
+	for _, st := range nodes {
+		if st.GetState() == raft.Leader.String() && (leader == nil || st.GetTerm() > leader.GetTerm()) {
+			leader = st
+		}
+	}
+	offsets := map[string]int64{}
+	for _, o := range leader.GetClockOffsets() {
+		offsets[o.GetId()] = o.GetOffsetNs()
+	}
+	for _, st := range nodes {
+		if off, ok := offsets[st.GetId()]; ok {
+			st.ClockOffsetNs = &off
+		}
+	}
 }
 
 func (n *Node) remoteStatus(ctx context.Context, id, api, raftAddr string) *quorumqpb.NodeStatus {

@@ -95,6 +95,15 @@ type Config struct {
 	StatusTimeout      time.Duration // per-node timeout of the status fan-out; default 1 s
 	LocalGossip        bool          // faster gossip timings for loopback clusters (dev, tests)
 
+	// Clock is where the node reads wall and monotonic time; nil = the
+	// system clock. Tests and the fault suite move it (OffsetClock).
+	Clock Clock
+	// WallClockStamps makes a leader stamp commands with its own wall
+	// clock instead of cluster time: the behaviour cluster time replaced,
+	// kept only so the fault suite can prove that its clock checks fail
+	// without it. The release server refuses to set it.
+	WallClockStamps bool
+
 	// features, if not nil, replaces the log features this node gossips
 	// (supportedFeatures): tests set it empty to play a server of an
 	// older release.
@@ -169,6 +178,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.Clock == nil {
+		c.Clock = SystemClock{}
 	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {

@@ -196,6 +196,7 @@ func (n *Node) startGossip() error {
 	}
 	mc.Delegate = n.delegate
 	mc.Events = n.members
+	mc.Ping = n.ctime // ping acks carry wall clocks (clustertime.go)
 	mc.Logger = stdlogFor(n.log, "memberlist")
 	mc.SecretKey = n.cfg.GossipKey
 	if n.cfg.gossipTuning != nil {

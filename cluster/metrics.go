@@ -142,12 +142,23 @@ func (m *metrics) observeLeader(o *raft.Observation) bool {
 }
 
 // observedFSM is the FSM raft sees: the real one, with snapshots timed and
-// measured, and marked as the node's own for the snapshot store, which
-// refuses received snapshots behind the applied state (snapshotstore.go).
-// It embeds *fsm.FSM, so raft still finds ApplyBatch.
+// measured, marked as the node's own for the snapshot store, which
+// refuses received snapshots behind the applied state (snapshotstore.go),
+// and the time of every applied command given to the node's cluster time
+// as its anchor (the FSM itself reads no clock). It embeds *fsm.FSM, so
+// raft still finds ApplyBatch.
 type observedFSM struct {
 	*fsm.FSM
-	m *metrics
+	m  *metrics
+	ct *clusterTime
+}
+
+func (o observedFSM) Apply(l *raft.Log) interface{} {
+	res := o.FSM.Apply(l)
+	if l.Type == raft.LogCommand {
+		o.ct.applied(o.FSM.Now().UnixNano())
+	}
+	return res
 }
 
 func (o observedFSM) Snapshot() (raft.FSMSnapshot, error) {
@@ -224,6 +235,9 @@ var (
 	descBoltWrites     = prometheus.NewDesc("quorumq_bolt_writes_total", "Page writes to raft.db.", nil, nil)
 	descBoltWriteSecs  = prometheus.NewDesc("quorumq_bolt_write_seconds_total", "Time spent writing raft.db pages.", nil, nil)
 	descBoltFileBytes  = prometheus.NewDesc("quorumq_bolt_file_bytes", "Size of raft.db on disk.", nil, nil)
+	descClockOffset    = prometheus.NewDesc("quorumq_clock_offset_seconds",
+		"Wall clock of each voter (this node included) minus this node's cluster time, read in gossip ping acks (to about 250 ms); on the leader, the clocks cluster time follows by majority.",
+		[]string{"node"}, nil)
 )
 
 func counterDesc(name, help string) *prometheus.Desc {
@@ -239,7 +253,7 @@ func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		descQueueMessages, descRaftState, descRaftTerm, descRaftCommit, descRaftApplied, descRaftLastLog,
 		descRaftLastSnap, descRaftReady, descBoltFreePages, descBoltPending, descBoltFreeAlloc, descBoltFreelist,
-		descBoltReadTx, descBoltOpenReadTx, descBoltWrites, descBoltWriteSecs, descBoltFileBytes,
+		descBoltReadTx, descBoltOpenReadTx, descBoltWrites, descBoltWriteSecs, descBoltFileBytes, descClockOffset,
 	} {
 		ch <- d
 	}
@@ -282,6 +296,9 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		ready = 1
 	}
 	ch <- prometheus.MustNewConstMetric(descRaftReady, prometheus.GaugeValue, ready)
+	for _, o := range n.clockOffsets() {
+		ch <- prometheus.MustNewConstMetric(descClockOffset, prometheus.GaugeValue, time.Duration(o.GetOffsetNs()).Seconds(), o.GetId())
+	}
 
 	bs := n.store.Stats()
 	ch <- prometheus.MustNewConstMetric(descBoltFreePages, prometheus.GaugeValue, float64(bs.FreePageN))

@@ -9,7 +9,9 @@
 //
 // Every raft future is waited on with a deadline of our own, because a
 // future can hang while there is no quorum. Only the leader proposes; it
-// stamps each command with its clock and proposes a periodic tick. Long
+// stamps each command with cluster time (clustertime.go: monotonic from
+// the last applied command, outvoting any one node's wall clock) and
+// proposes a periodic tick. Long
 // polls wait on the FSM's notifications, not on Raft entries. See DESIGN.md
 // beside this file for the decisions and their trade-offs.
 package cluster
@@ -67,6 +69,13 @@ type Node struct {
 	apiAddr string // advertised
 	raftAdv string
 
+	// ctime is this node's estimate of cluster time (clustertime.go).
+	ctime *clusterTime
+	// voterIDs caches the voters of the latest configuration (voters).
+	votersMu sync.Mutex
+	voterIDs []string
+	votersAt time.Duration
+
 	metrics *metrics
 	guard   *memoryGuard
 	admin   *http.Server // /metrics, /healthz, /readyz; nil without AdminAddr
@@ -110,6 +119,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		stop:     make(chan struct{}),
 		delegate: &metaDelegate{},
 	}
+	n.ctime = newClusterTime(cfg.Clock, cfg.NodeID, n.log)
 	n.metrics = newMetrics(n)
 	n.members = newMembers(func(node string, err error) { n.log.Warn("ignoring gossip member", "member", node, "err", err) })
 	ok := false
@@ -276,7 +286,7 @@ func (n *Node) startRaft() error {
 		return err
 	}
 	snaps := &snapshotStore{FileSnapshotStore: n.snaps}
-	r, err := raft.NewRaft(rc, observedFSM{FSM: n.fsm, m: n.metrics}, logs, n.store, snaps, n.trans)
+	r, err := raft.NewRaft(rc, observedFSM{FSM: n.fsm, m: n.metrics, ct: n.ctime}, logs, n.store, snaps, n.trans)
 	if err != nil {
 		return fmt.Errorf("start raft with data dir %s: %w", n.cfg.DataDir, err)
 	}

@@ -94,9 +94,10 @@ func (n *Node) notLeader() error {
 	return transport.NotLeaderError(id, addr)
 }
 
-// Propose implements transport.Backend: it stamps cmd with this leader's
-// clock, submits it to Raft and waits (at most ApplyTimeout, and never past
-// ctx) until a quorum stored it and the FSM applied it here.
+// Propose implements transport.Backend: it stamps cmd with cluster time
+// (clustertime.go), submits it to Raft and waits (at most ApplyTimeout,
+// and never past ctx) until a quorum stored it and the FSM applied it
+// here.
 //
 // Not being leader at submission is a NotLeader error with a hint. Any
 // failure after submission (leadership lost, deadline, shutdown) is an
@@ -125,7 +126,11 @@ func (n *Node) Submit(ctx context.Context, cmd *fsmpb.Command) (wait func(contex
 		n.countRefusal(res)
 		return func(context.Context) (*fsmpb.Result, error) { return res, nil }, nil
 	}
-	cmd.NowUnixNano = time.Now().UnixNano()
+	if n.cfg.WallClockStamps {
+		cmd.NowUnixNano = n.cfg.Clock.Wall().UnixNano()
+	} else {
+		cmd.NowUnixNano = n.ctime.stamp(n.fsm.Now().UnixNano(), n.voters())
+	}
 	data, err := fsm.Encode(cmd)
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "encode command: %v", err)
@@ -235,7 +240,7 @@ func (n *Node) Available(queue string) int {
 	if !n.ready.Load() {
 		return 0
 	}
-	return n.fsm.Available(queue, time.Now())
+	return n.fsm.Available(queue, n.clusterNow())
 }
 
 // WaitAvailable implements transport.Backend: it sleeps on the FSM's
@@ -253,7 +258,7 @@ func (n *Node) WaitAvailable(ctx context.Context, queue string) error {
 			}
 			return status.Error(codes.Internal, err.Error())
 		}
-		now := time.Now()
+		now := n.clusterNow()
 		available, changed, next := n.fsm.Watch(queue, now)
 		if available {
 			return nil

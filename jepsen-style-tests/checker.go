@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Mode is the delivery guarantee a workload relies on; it decides which
@@ -35,7 +36,19 @@ type QueueSpec struct {
 	// to the deliveries of its values ("<Producer>-<seq>"), so one
 	// producer of a shared queue gets counts of its own.
 	Producer string
+	// DedupWindow is Source's dedup window; 0 is the server's default,
+	// which every workload queue has.
+	DedupWindow time.Duration
 }
+
+// defaultDedupWindow is the server's default dedup window (fsm).
+const defaultDedupWindow = 10 * time.Minute
+
+// timingSlack is how much earlier than the harness's clock says a lease
+// may end or a dedup entry be forgotten: 1 s for the clocks' disagreement
+// and one tick (the server's TickInterval, 1 s) for expiries applied by
+// the next command.
+const timingSlack = 2 * time.Second
 
 // QueueResult is the outcome of a total-queue check. Counts are of distinct
 // values (one value = one message a producer meant to send).
@@ -71,6 +84,14 @@ type QueueResult struct {
 	// OrderViolations: pairs of one producer's consecutive messages whose
 	// message IDs do not increase with the producer's sequence.
 	OrderViolations int `json:"order_violations"`
+	// EarlyRedeliveries: deliveries of a message again while, by the
+	// harness's clock, the lease of its previous delivery had more than
+	// timingSlack to run.
+	EarlyRedeliveries int `json:"early_redeliveries"`
+	// DedupWindowViolations: acknowledged sends of a value that got a
+	// message ID other than an earlier acknowledged send of it, although
+	// they came inside its dedup window (less timingSlack).
+	DedupWindowViolations int `json:"dedup_window_violations"`
 
 	Valid    bool     `json:"valid"`
 	Problems []string `json:"problems,omitempty"`
@@ -80,6 +101,8 @@ type QueueResult struct {
 	DuplicatedValues []string `json:"duplicated_values,omitempty"`
 	DoubleEnqValues  []string `json:"double_enqueued_values,omitempty"`
 	OrderExamples    []string `json:"order_examples,omitempty"`
+	EarlyExamples    []string `json:"early_redelivery_examples,omitempty"`
+	DedupExamples    []string `json:"dedup_window_examples,omitempty"`
 }
 
 // maxExamples bounds the value lists in a result so results.json stays
@@ -203,12 +226,24 @@ func CheckQueue(ops []Op, spec QueueSpec) QueueResult {
 	}
 
 	res.OrderViolations, res.OrderExamples = checkProducerOrder(sends)
+	res.EarlyRedeliveries, res.EarlyExamples = checkLeaseTimes(ops, spec, mine)
+	window := spec.DedupWindow
+	if window == 0 {
+		window = defaultDedupWindow
+	}
+	res.DedupWindowViolations, res.DedupExamples = checkDedupWindow(ops, spec, window)
 
 	if res.Unexpected > 0 {
 		res.Problems = append(res.Problems, fmt.Sprintf("%d unexpected values", res.Unexpected))
 	}
 	if res.DoubleEnqueued > 0 {
 		res.Problems = append(res.Problems, fmt.Sprintf("%d values enqueued twice despite a dedup ID", res.DoubleEnqueued))
+	}
+	if res.EarlyRedeliveries > 0 {
+		res.Problems = append(res.Problems, fmt.Sprintf("%d messages delivered again more than %v before their lease ended", res.EarlyRedeliveries, timingSlack))
+	}
+	if res.DedupWindowViolations > 0 {
+		res.Problems = append(res.Problems, fmt.Sprintf("%d sends inside their dedup window enqueued again", res.DedupWindowViolations))
 	}
 	if res.OrderViolations > 0 {
 		res.Problems = append(res.Problems, fmt.Sprintf("%d per-producer order violations", res.OrderViolations))
@@ -321,3 +356,107 @@ func sortedIDs(m map[uint64]bool) []uint64 {
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 	return out
 }
+
+// checkLeaseTimes checks every redelivery in the spec's queues: attempt
+// k+1 of a message must not come before the lease of attempt k ends, by
+// the harness's clock, less timingSlack. The lease of attempt k was taken
+// during the receive that delivered it, so it ends no earlier than that
+// receive's start plus its visibility; the redelivery happened before its
+// receive ended. A pair is checked only when both receives are known (an
+// unknown receive's deliveries are not recorded). The workloads neither
+// nack nor extend, which would move a lease.
+func checkLeaseTimes(ops []Op, spec QueueSpec, mine func(string) bool) (int, []string) {
+	type key struct {
+		queue   string
+		id      uint64
+		attempt uint32
+	}
+	type lease struct {
+		start, end, vis int64 // the receive's start and end, its visibility
+		value           string
+	}
+	leases := map[key]lease{}
+	for _, o := range ops {
+		if o.Workload != spec.Workload || !isReceive(o.Kind) || o.Status != StatusOK || (o.Queue != spec.Source && o.Queue != spec.Sink) {
+			continue
+		}
+		for _, d := range o.Delivered {
+			if !mine(d.Value) {
+				continue
+			}
+			k := key{o.Queue, d.MessageID, d.Attempt}
+			if l, ok := leases[k]; !ok || o.Start < l.start {
+				leases[k] = lease{start: o.Start, end: o.End, vis: o.Visibility, value: d.Value}
+			}
+		}
+	}
+	keys := make([]key, 0, len(leases))
+	for k := range leases {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		a, b := keys[i], keys[j]
+		if a.queue != b.queue {
+			return a.queue < b.queue
+		}
+		if a.id != b.id {
+			return a.id < b.id
+		}
+		return a.attempt < b.attempt
+	})
+	var n int
+	var ex []string
+	for _, k := range keys {
+		prev, ok := leases[key{k.queue, k.id, k.attempt - 1}]
+		if k.attempt < 2 || !ok || prev.vis == 0 {
+			continue
+		}
+		again := leases[k]
+		if ends := prev.start + prev.vis; again.end < ends-int64(timingSlack) {
+			n++
+			ex = appendExample(ex, fmt.Sprintf("%s message %d (%s): attempt %d delivered by %.3f s, but attempt %d was leased for %v at %.3f s at the earliest (lease end %.3f s)",
+				k.queue, k.id, again.value, k.attempt, sec(again.end), k.attempt-1, time.Duration(prev.vis), sec(prev.start), sec(ends)))
+		}
+	}
+	return n, ex
+}
+
+// checkDedupWindow checks that acknowledged sends of one value inside its
+// dedup window got one message ID: a later send (ended by the earlier
+// one's start plus the window, less timingSlack) with another ID was
+// enqueued twice.
+func checkDedupWindow(ops []Op, spec QueueSpec, window time.Duration) (int, []string) {
+	byValue := map[string][]Op{}
+	var values []string
+	for _, o := range ops {
+		if o.Workload != spec.Workload || !isSend(o.Kind) || o.Queue != spec.Source || o.Status != StatusOK || o.DedupID == "" ||
+			(spec.Producer != "" && o.Producer != spec.Producer) {
+			continue
+		}
+		if _, ok := byValue[o.Value]; !ok {
+			values = append(values, o.Value)
+		}
+		byValue[o.Value] = append(byValue[o.Value], o)
+	}
+	sort.Strings(values)
+	var n int
+	var ex []string
+	for _, v := range values {
+		sends := byValue[v]
+		sort.Slice(sends, func(i, j int) bool { return sends[i].Start < sends[j].Start })
+		for j := 1; j < len(sends); j++ {
+			for i := 0; i < j; i++ {
+				a, b := sends[i], sends[j]
+				if a.MessageID != b.MessageID && b.End <= a.Start+int64(window-timingSlack) {
+					n++
+					ex = appendExample(ex, fmt.Sprintf("%s: sent at %.3f s as message %d, again at %.3f s (inside the %v window) as message %d",
+						v, sec(a.Start), a.MessageID, sec(b.Start), window, b.MessageID))
+					break
+				}
+			}
+		}
+	}
+	return n, ex
+}
+
+func sec(ns int64) float64 { return float64(ns) / 1e9 }

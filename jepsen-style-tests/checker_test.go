@@ -332,3 +332,78 @@ func TestCheckQueueAcceptsPipelinedProducerGaps(t *testing.T) {
 		t.Fatalf("whole queue: %+v", r)
 	}
 }
+
+// leaseHist is a message leased for 5 s by a receive at 0 s, and
+// delivered again by a receive that ends at again.
+func leaseHist(again time.Duration) []Op {
+	return []Op{
+		{Workload: "w", Kind: KindSend, Queue: "q", Producer: "p0", Seq: 1, Value: "p0-1", DedupID: "p0-1", Status: StatusOK, MessageID: 1, Start: 0, End: 1e6},
+		{Workload: "w", Kind: KindReceive, Queue: "q", Status: StatusOK, Visibility: int64(5 * time.Second), Start: int64(10 * time.Millisecond), End: int64(20 * time.Millisecond),
+			Delivered: []Delivered{{Value: "p0-1", MessageID: 1, Attempt: 1}}},
+		{Workload: "w", Kind: KindReceive, Queue: "q", Status: StatusOK, Visibility: int64(5 * time.Second), Start: int64(again) - int64(10*time.Millisecond), End: int64(again),
+			Delivered: []Delivered{{Value: "p0-1", MessageID: 1, Attempt: 2}}},
+	}
+}
+
+// A lease that ends early by more than the slack (1 s + a tick) is
+// rejected; one that ends within it, or on time, is not.
+func TestCheckQueueRejectsEarlyRedelivery(t *testing.T) {
+	spec := QueueSpec{Workload: "w", Mode: AtLeastOnce, Source: "q", Sink: "q"}
+	for _, tc := range []struct {
+		again time.Duration
+		early int
+	}{
+		{50 * time.Millisecond, 1},                // a clock an hour ahead: at once
+		{3 * time.Second, 1},                      // 2.01 s early
+		{3*time.Second + 20*time.Millisecond, 0},  // within the slack
+		{5*time.Second + 100*time.Millisecond, 0}, // on time
+	} {
+		r := CheckQueue(leaseHist(tc.again), spec)
+		if r.EarlyRedeliveries != tc.early || r.Valid != (tc.early == 0) {
+			t.Errorf("redelivered by %v: early %d valid %v (%v), want early %d", tc.again, r.EarlyRedeliveries, r.Valid, r.Problems, tc.early)
+		}
+		if tc.early > 0 {
+			t.Logf("by %v: %v %v", tc.again, r.Problems, r.EarlyExamples)
+		}
+	}
+	// Without the first delivery's receive (its outcome was unknown) there
+	// is no lease to compare with.
+	ops := leaseHist(50 * time.Millisecond)
+	if r := CheckQueue(append(ops[:1:1], ops[2]), spec); r.EarlyRedeliveries != 0 {
+		t.Errorf("a redelivery without its previous delivery counted early: %v", r.EarlyExamples)
+	}
+}
+
+// dedupHist sends value p0-1 at 0 s as message 1 and again at again,
+// answered as message id.
+func dedupHist(again time.Duration, id uint64, dup bool) []Op {
+	return []Op{
+		{Workload: "w", Kind: KindSend, Queue: "q", Producer: "p0", Seq: 1, Value: "p0-1", DedupID: "p0-1", Status: StatusOK, MessageID: 1, Start: 0, End: 1e6},
+		{Workload: "w", Kind: KindSend, Queue: "q", Producer: "p0", Seq: 1, Value: "p0-1", DedupID: "p0-1", Status: StatusOK, MessageID: id, Duplicate: dup,
+			Start: int64(again), End: int64(again) + 1e6},
+		{Workload: "w", Kind: KindReceive, Queue: "q", Status: StatusOK, Start: int64(again) + 2e6, End: int64(again) + 3e6,
+			Delivered: []Delivered{{Value: "p0-1", MessageID: 1, Attempt: 1}}},
+	}
+}
+
+// A re-send inside the dedup window must be a duplicate of the first
+// message; after the window it may be a new one.
+func TestCheckQueueRejectsASendEnqueuedTwiceInsideItsDedupWindow(t *testing.T) {
+	spec := QueueSpec{Workload: "w", Mode: AtLeastOnce, Source: "q", Sink: "q"}
+	r := CheckQueue(dedupHist(time.Second, 2, false), spec)
+	if r.DedupWindowViolations != 1 || r.Valid {
+		t.Fatalf("re-send 1 s later enqueued as message 2: violations %d valid %v", r.DedupWindowViolations, r.Valid)
+	}
+	t.Logf("%v %v", r.Problems, r.DedupExamples)
+	if r := CheckQueue(dedupHist(time.Second, 1, true), spec); r.DedupWindowViolations != 0 || !r.Valid {
+		t.Fatalf("duplicate answer rejected: %v", r.Problems)
+	}
+	short := spec
+	short.DedupWindow = 5 * time.Second
+	if r := CheckQueue(dedupHist(4*time.Second, 2, false), short); r.DedupWindowViolations != 0 {
+		t.Fatalf("re-send 4 s into a 5 s window (within the slack) counted: %v", r.DedupExamples)
+	}
+	if r := CheckQueue(dedupHist(2*time.Second, 2, false), short); r.DedupWindowViolations != 1 {
+		t.Fatalf("re-send 2 s into a 5 s window enqueued again not counted")
+	}
+}

@@ -21,13 +21,16 @@ import (
 )
 
 // BuildBinary builds cmd/quorumq into dir and returns the binary's path.
-// moduleRoot is the directory holding go.mod.
+// moduleRoot is the directory holding go.mod. It is a test build (-tags
+// fakeclock): a node started with --fake-clock-file reads its wall-clock
+// offset from that file (clock.go); without the flag it is the release
+// server.
 func BuildBinary(moduleRoot, dir string) (string, error) {
 	bin := filepath.Join(dir, "quorumq")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/quorumq")
+	cmd := exec.Command("go", "build", "-tags", "fakeclock", "-o", bin, "./cmd/quorumq")
 	cmd.Dir = moduleRoot
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/quorumq: %v\n%s", err, out)
+		return "", fmt.Errorf("go build -tags fakeclock ./cmd/quorumq: %v\n%s", err, out)
 	}
 	return bin, nil
 }
@@ -44,6 +47,8 @@ type ClusterConfig struct {
 	Net *Network
 	// ExtraArgs are appended to every node's command line.
 	ExtraArgs []string
+	// FakeClock starts every node with a clock file (Node.SetClock).
+	FakeClock bool
 }
 
 // Node is one member of the cluster under test.
@@ -55,6 +60,8 @@ type Node struct {
 	DataDir    string
 	LogPath    string
 	Proc       *Process
+	// ClockFile moves the node's wall clock (SetClock); "" without one.
+	ClockFile string
 
 	conn *grpc.ClientConn
 }
@@ -80,6 +87,11 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
 	c := &Cluster{cfg: cfg}
 	for _, id := range cfg.IDs {
 		n := &Node{ID: id, DataDir: filepath.Join(cfg.DataDir, id), LogPath: filepath.Join(cfg.LogDir, id+".log")}
+		if cfg.FakeClock {
+			// Beside the data dir, not in it: a wipe or a lazyfs mount
+			// must not touch it.
+			n.ClockFile = filepath.Join(cfg.DataDir, id+".clock")
+		}
 		if cfg.Net != nil {
 			nd, _ := cfg.Net.Node(id)
 			ip := nd.IP.String()
@@ -144,6 +156,9 @@ func (c *Cluster) serverArgs(n *Node, bootstrap int) []string {
 		// The nodes' addresses are in namespaces this test made; the
 		// fault cases need plain traffic to inspect and cut.
 		"--insecure-cluster",
+	}
+	if n.ClockFile != "" {
+		args = append(args, "--fake-clock-file", n.ClockFile)
 	}
 	return append(args, c.cfg.ExtraArgs...)
 }

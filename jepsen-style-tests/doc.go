@@ -5,7 +5,9 @@
 // binary as separate processes (each in its own Linux network namespace when
 // running as root, on loopback otherwise), the nemeses that partition, kill,
 // pause and remove nodes, cut their power and corrupt their files (data dirs
-// on lazyfs mounts, see lazyfs/DESIGN.md), the workloads that drive the Go
+// on lazyfs mounts, see lazyfs/DESIGN.md) and move their wall clocks (a
+// test build of the server reads its clock's offset from a file), the
+// workloads that drive the Go
 // client concurrently, the history recorder, the checkers and the report
 // writer.
 //

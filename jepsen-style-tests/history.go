@@ -61,10 +61,13 @@ type Op struct {
 	Duplicate bool `json:"duplicate,omitempty"`
 	// Delivered lists the messages an ok receive returned.
 	Delivered []Delivered `json:"delivered,omitempty"`
-	Status    Status      `json:"status"`
-	Error     string      `json:"error,omitempty"`
-	Start     int64       `json:"start_ns"`
-	End       int64       `json:"end_ns"`
+	// Visibility is the lease a receive asked for (0: auto-ack, or the
+	// queue's default).
+	Visibility int64  `json:"visibility_ns,omitempty"`
+	Status     Status `json:"status"`
+	Error      string `json:"error,omitempty"`
+	Start      int64  `json:"start_ns"`
+	End        int64  `json:"end_ns"`
 	// Drain marks operations of the final, fault-free drain.
 	Drain bool `json:"drain,omitempty"`
 }

@@ -59,6 +59,7 @@ func Nemeses() []Nemesis {
 		&corruptNode{},
 		longPartition{},
 		&diskFullFollower{},
+		newClockJumps(),
 	}
 }
 
@@ -394,8 +395,8 @@ func (r *removeReadd) Heal(ctx context.Context, env *Env) (string, error) {
 
 // ---- heal everything ----
 
-// HealAll undoes every fault there may be: drop rules, paused and stopped
-// processes. It runs after every schedule, whatever happened.
+// HealAll undoes every fault there may be: drop rules, moved clocks,
+// paused and stopped processes. It runs after every schedule, whatever happened.
 func HealAll(env *Env) error {
 	var errs []string
 	if env.Net != nil {
@@ -403,6 +404,7 @@ func HealAll(env *Env) error {
 			errs = append(errs, err.Error())
 		}
 	}
+	errs = append(errs, resetClocks(env.Cluster)...)
 	for _, n := range env.Cluster.Nodes {
 		if n.Proc.Paused() {
 			if err := n.Proc.Resume(); err != nil {

@@ -179,17 +179,20 @@ Replay with <code>go test ./jepsen-style-tests -run 'TestJepsen/{{.R.Case}}$' -s
 <p>Counts of distinct values. lost: acknowledged sends never delivered; unexpected: delivered but never sent (or send definitely failed);
 duplicated: delivered twice (at-least-once: allowed; at-most-once: forbidden) or put into the sink twice (exactly-once: forbidden);
 recovered: send outcome unknown, delivered later; 2×enq: a dedup ID that got two message IDs; order: pairs of one producer's
-enqueued messages whose message IDs do not rise with its send order. A row "(only P)" counts producer P's values alone.</p>
+enqueued messages whose message IDs do not rise with its send order; early: a message delivered again more than 2 s before its
+previous lease ended by the harness's clock; dedup window: an acknowledged send inside its dedup window that got a new message ID.
+A row "(only P)" counts producer P's values alone.</p>
 <table><tr><th class="l">workload</th><th class="l">mode</th><th class="l">queue</th><th>attempted</th><th>ok</th><th>failed</th><th>unknown</th>
-<th>delivered</th><th>lost</th><th>duplicated</th><th>unexpected</th><th>recovered</th><th>redelivered</th><th>2×enq</th><th>order</th><th class="l">verdict</th></tr>
+<th>delivered</th><th>lost</th><th>duplicated</th><th>unexpected</th><th>recovered</th><th>redelivered</th><th>2×enq</th><th>order</th><th>early</th><th>dedup window</th><th class="l">verdict</th></tr>
 {{range .R.Queues}}<tr><td class="l">{{.Workload}}</td><td class="l">{{.Mode}}</td><td class="l">{{.Source}}{{if ne .Source .Sink}} → {{.Sink}}{{end}}{{if .Producer}} (only {{.Producer}}){{end}}</td>
 <td>{{.Attempted}}</td><td>{{.OK}}</td><td>{{.Failed}}</td><td>{{.Unknown}}</td><td>{{.Delivered}}</td><td>{{.Lost}}</td><td>{{.Duplicated}}</td>
-<td>{{.Unexpected}}</td><td>{{.Recovered}}</td><td>{{.Redelivered}}</td><td>{{.DoubleEnqueued}}</td><td>{{.OrderViolations}}</td>
+<td>{{.Unexpected}}</td><td>{{.Recovered}}</td><td>{{.Redelivered}}</td><td>{{.DoubleEnqueued}}</td><td>{{.OrderViolations}}</td><td>{{.EarlyRedeliveries}}</td><td>{{.DedupWindowViolations}}</td>
 <td class="l">{{if .Valid}}<span class="ok">ok</span>{{else}}<span class="bad">{{range .Problems}}{{.}}; {{end}}</span>{{end}}</td></tr>
 {{end}}</table>
-{{range .R.Queues}}{{if or .LostValues .UnexpectedValues .DoubleEnqValues .OrderExamples}}<p><b>{{.Workload}} {{.Sink}}{{if .Producer}} (only {{.Producer}}){{end}}</b>:
+{{range .R.Queues}}{{if or .LostValues .UnexpectedValues .DoubleEnqValues .OrderExamples .EarlyExamples .DedupExamples}}<p><b>{{.Workload}} {{.Sink}}{{if .Producer}} (only {{.Producer}}){{end}}</b>:
 {{if .LostValues}}lost {{.LostValues}}. {{end}}{{if .UnexpectedValues}}unexpected {{.UnexpectedValues}}. {{end}}
-{{if .DoubleEnqValues}}enqueued twice {{.DoubleEnqValues}}. {{end}}{{if .OrderExamples}}order {{.OrderExamples}}.{{end}}</p>{{end}}{{end}}
+{{if .DoubleEnqValues}}enqueued twice {{.DoubleEnqValues}}. {{end}}{{if .OrderExamples}}order {{.OrderExamples}}.{{end}}
+{{if .EarlyExamples}}early {{.EarlyExamples}}. {{end}}{{if .DedupExamples}}dedup window {{.DedupExamples}}.{{end}}</p>{{end}}{{end}}
 
 <h2>Operations by outcome</h2>
 <table><tr><th class="l">workload</th><th>total</th><th>ok</th><th>failed</th><th>unknown</th><th>during faults</th><th>failed during faults</th><th>unknown during faults</th></tr>

@@ -19,7 +19,7 @@ import (
 	"github.com/quorumq/quorumq/jepsen-style-tests/lazyfs"
 )
 
-// CaseConfig is one run: a cluster, the four workloads, one schedule.
+// CaseConfig is one run: a cluster, the workloads, one schedule.
 type CaseConfig struct {
 	Name     string
 	Seed     uint64
@@ -139,7 +139,8 @@ func RunCase(ctx context.Context, cfg CaseConfig) (*Result, error) {
 	}
 
 	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	cl, err := StartCluster(sctx, ClusterConfig{Bin: cfg.Bin, DataDir: dataDir, LogDir: filepath.Join(dir, "nodes"), IDs: ids, Net: netw, ExtraArgs: cfg.ExtraArgs})
+	cl, err := StartCluster(sctx, ClusterConfig{Bin: cfg.Bin, DataDir: dataDir, LogDir: filepath.Join(dir, "nodes"), IDs: ids, Net: netw, ExtraArgs: cfg.ExtraArgs,
+		FakeClock: needsClockFiles(cfg.Schedule)})
 	cancel()
 	if err != nil {
 		return res, err
@@ -343,11 +344,11 @@ func writeResults(dir string, res *Result) error {
 func (r *Result) Summary() string {
 	var b []byte
 	b = fmt.Appendf(b, "case %s seed %d (%s, data dirs %s), %.0f s, valid=%v, report %s\n", r.Case, r.Seed, r.Network, r.Disk, r.Seconds, r.Valid, r.ReportDir)
-	b = fmt.Appendf(b, "  %-14s %-8s %9s %6s %6s %6s %6s %5s %4s %4s %4s %4s %5s %11s\n", "workload", "queue", "attempted", "ok", "fail", "unkn", "deliv", "lost", "dup", "unex", "recv", "2enq", "order", "fail/unk@F")
+	b = fmt.Appendf(b, "  %-14s %-8s %9s %6s %6s %6s %6s %5s %4s %4s %4s %4s %5s %5s %6s %11s\n", "workload", "queue", "attempted", "ok", "fail", "unkn", "deliv", "lost", "dup", "unex", "recv", "2enq", "order", "early", "dedupW", "fail/unk@F")
 	for _, q := range r.Queues {
 		oc := r.Ops[q.Workload]
-		b = fmt.Appendf(b, "  %-14s %-8s %9d %6d %6d %6d %6d %5d %4d %4d %4d %4d %5d %5d/%-5d\n", q.Workload, q.label(), q.Attempted, q.OK, q.Failed, q.Unknown,
-			q.Delivered, q.Lost, q.Duplicated, q.Unexpected, q.Recovered, q.DoubleEnqueued, q.OrderViolations, oc.FailedDuringFaults, oc.UnknownDuringFaults)
+		b = fmt.Appendf(b, "  %-14s %-8s %9d %6d %6d %6d %6d %5d %4d %4d %4d %4d %5d %5d %6d %5d/%-5d\n", q.Workload, q.label(), q.Attempted, q.OK, q.Failed, q.Unknown,
+			q.Delivered, q.Lost, q.Duplicated, q.Unexpected, q.Recovered, q.DoubleEnqueued, q.OrderViolations, q.EarlyRedeliveries, q.DedupWindowViolations, oc.FailedDuringFaults, oc.UnknownDuringFaults)
 	}
 	if r.FIFO != nil {
 		b = fmt.Appendf(b, "  fifo linearizability: %s (%d ops, %d unknown)\n", r.FIFO.Result, r.FIFO.Operations, r.FIFO.Unknown)
@@ -438,8 +439,8 @@ func (p *progress) finish() {
 // that failed or were unknown while a fault was in force.
 func SummaryMarkdown(results []*Result) string {
 	var b []byte
-	b = append(b, "| case | seed | workload | queue | attempted | ok | lost | duplicated | unexpected | recovered | 2×enq | order | failed / unknown ops during faults | verdict |\n"...)
-	b = append(b, "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n"...)
+	b = append(b, "| case | seed | workload | queue | attempted | ok | lost | duplicated | unexpected | recovered | 2×enq | order | early redelivery | dedup window | failed / unknown ops during faults | verdict |\n"...)
+	b = append(b, "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n"...)
 	for _, r := range results {
 		for _, q := range r.Queues {
 			oc := r.Ops[q.Workload]
@@ -447,8 +448,8 @@ func SummaryMarkdown(results []*Result) string {
 			if !q.Valid {
 				verdict = "**" + fmt.Sprint(q.Problems) + "**"
 			}
-			b = fmt.Appendf(b, "| %s | %d | %s | %s | %d | %d | %d | %d | %d | %d | %d | %d | %d / %d | %s |\n", r.Case, r.Seed, q.Workload, q.label(),
-				q.Attempted, q.OK, q.Lost, q.Duplicated, q.Unexpected, q.Recovered, q.DoubleEnqueued, q.OrderViolations, oc.FailedDuringFaults, oc.UnknownDuringFaults, verdict)
+			b = fmt.Appendf(b, "| %s | %d | %s | %s | %d | %d | %d | %d | %d | %d | %d | %d | %d | %d | %d / %d | %s |\n", r.Case, r.Seed, q.Workload, q.label(),
+				q.Attempted, q.OK, q.Lost, q.Duplicated, q.Unexpected, q.Recovered, q.DoubleEnqueued, q.OrderViolations, q.EarlyRedeliveries, q.DedupWindowViolations, oc.FailedDuringFaults, oc.UnknownDuringFaults, verdict)
 		}
 	}
 	b = append(b, "\n| case | data dirs | FIFO linearizability | state hashes equal | snapshots taken/installed | problems |\n| --- | --- | --- | --- | --- | --- |\n"...)

@@ -100,13 +100,14 @@ type Workload interface {
 	Specs() []QueueSpec
 }
 
-// Workloads returns the four workloads of every case.
+// Workloads returns the five workloads of every case.
 func Workloads() []Workload {
 	return []Workload{
 		&atLeastOnce{queue: "alo", producers: 2, consumers: 2, pipelined: true},
 		&exactlyOnce{source: "eo-a", sink: "eo-b", producers: 1, workers: 2},
 		&atMostOnce{queue: "amo", producers: 1, consumers: 2},
 		&fifo{queues: []string{"fifo-0", "fifo-1"}, maxOps: 150},
+		&timing{queue: "timing"},
 	}
 }
 
@@ -280,7 +281,7 @@ func always() bool { return true }
 // came.
 func receiveAndAck(w *World, c *client.Client, worker, workload, queue string, max int, vis time.Duration) int {
 	var ms []client.Message
-	w.do(Op{Worker: worker, Workload: workload, Kind: KindReceive, Queue: queue},
+	w.do(Op{Worker: worker, Workload: workload, Kind: KindReceive, Queue: queue, Visibility: int64(vis)},
 		receiveInto(c, &ms, max, client.WithWait(500*time.Millisecond), client.WithVisibility(vis)))
 	if len(ms) > 0 {
 		w.do(Op{Worker: worker, Workload: workload, Kind: KindAck, Queue: queue, MessageID: ms[0].Receipt.MessageID}, ackAll(c, ms))
@@ -368,7 +369,7 @@ func (e *exactlyOnce) Run(main, drain context.Context, w *World, c *client.Clien
 		wg.Go(func() {
 			consumeLoop(prodDone, drain, c, []string{e.source}, func() int {
 				var ms []client.Message
-				w.do(Op{Worker: name, Workload: e.Name(), Kind: KindReceive, Queue: e.source},
+				w.do(Op{Worker: name, Workload: e.Name(), Kind: KindReceive, Queue: e.source, Visibility: int64(3 * time.Second)},
 					receiveInto(c, &ms, 3, client.WithWait(500*time.Millisecond), client.WithVisibility(3*time.Second)))
 				for _, m := range ms {
 					tx := client.Transaction{
@@ -482,4 +483,71 @@ func (f *fifo) Run(main, drain context.Context, w *World, c *client.Client) {
 		}
 	}
 	wg.Wait()
+}
+
+// ---- (e) timing ----
+
+// Timing workload settings: every resendEvery-th value is sent again
+// resendAfter after its first send was acknowledged, well inside the
+// queue's dedup window; every message's first lease (timingVisibility)
+// is left to run out.
+const (
+	timingVisibility = 5 * time.Second
+	resendAfter      = time.Second
+	resendEvery      = 3
+)
+
+// timing exercises what depends on cluster time, so that a clock that
+// moves it shows in the history: a producer re-sends some acknowledged
+// values inside their dedup window (each must be answered as a duplicate
+// of the first message), and a consumer never acks a message's first
+// delivery, so every message is delivered again once its lease ends (no
+// earlier, by the harness's clock). The checker's lease and dedup-window
+// rules read it; the other workloads are checked by them too.
+type timing struct{ queue string }
+
+func (tw *timing) Name() string     { return "timing" }
+func (tw *timing) Queues() []string { return []string{tw.queue} }
+func (tw *timing) Specs() []QueueSpec {
+	return []QueueSpec{{Workload: tw.Name(), Mode: AtLeastOnce, Source: tw.queue, Sink: tw.queue}}
+}
+
+func (tw *timing) Run(main, drain context.Context, w *World, c *client.Client) {
+	name := tw.Name() + "-p0"
+	prodDone := startProducers(1, func(int) {
+		type resend struct {
+			op  Op
+			due time.Time
+		}
+		var pending []resend
+		for seq := 1; main.Err() == nil; seq++ {
+			v := fmt.Sprintf("%s-%d", name, seq)
+			op := Op{Worker: name, Workload: tw.Name(), Kind: KindSend, Queue: tw.queue, Value: v, Producer: name, Seq: seq, DedupID: v}
+			if w.do(op, sendOne(c)).Status == StatusOK && seq%resendEvery == 0 {
+				pending = append(pending, resend{op, time.Now().Add(resendAfter)})
+			}
+			for len(pending) > 0 && !time.Now().Before(pending[0].due) && main.Err() == nil {
+				w.do(pending[0].op, sendOne(c))
+				pending = pending[1:]
+			}
+			sleepCtx(main, 40*time.Millisecond)
+		}
+	})
+	cname := tw.Name() + "-c0"
+	consumeLoop(prodDone, drain, c, tw.Queues(), func() int {
+		var ms []client.Message
+		w.do(Op{Worker: cname, Workload: tw.Name(), Kind: KindReceive, Queue: tw.queue, Visibility: int64(timingVisibility)},
+			receiveInto(c, &ms, 5, client.WithWait(500*time.Millisecond), client.WithVisibility(timingVisibility)))
+		var again []client.Message
+		for _, m := range ms {
+			if m.Receipt.Attempt > 1 {
+				again = append(again, m)
+			}
+		}
+		if len(again) > 0 {
+			w.do(Op{Worker: cname, Workload: tw.Name(), Kind: KindAck, Queue: tw.queue, MessageID: again[0].Receipt.MessageID}, ackAll(c, again))
+		}
+		return len(ms)
+	})
+	<-prodDone
 }

@@ -92,6 +92,16 @@ func TestCLIWalkThrough(t *testing.T) {
 		len(st.Nodes) != 3 || st.LeaderID == "" || len(st.Queues) != 1 {
 		t.Fatalf("status --json = %+v (%v); want 3 nodes, a leader, 1 queue", st, err)
 	}
+	for _, n := range st.Nodes {
+		// The leader always reads its own clock; the others' need a ping
+		// round first, so only the leader's offset is certain here.
+		if n.GossipState != "alive" || (n.ID == st.LeaderID && n.ClockOffset == "") {
+			t.Fatalf("status --json node %+v; want gossip state alive, and a clock offset on the leader", n)
+		}
+	}
+	if out := mustRun(t, statusCmd(), addr, ""); !strings.Contains(out, "GOSSIP") || !strings.Contains(out, "CLOCK_OFFSET") {
+		t.Fatalf("status table:\n%s\nwant GOSSIP and CLOCK_OFFSET columns", out)
+	}
 
 	mustRun(t, sendCmd(), addr, "", "jobs", "to-purge")
 	if out := mustRun(t, queuePurgeCmd(), addr, "", "jobs"); !strings.Contains(out, "purged 1 message") {

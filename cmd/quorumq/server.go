@@ -51,6 +51,8 @@ type serverFlags struct {
 	insecureCluster                bool
 	maxBatchBytes                  string
 	restoreFrom                    string
+	fakeClockFile                  string // fakeclock.go
+	wallClockStamps                bool
 }
 
 func serverCmd() *cobra.Command {
@@ -109,6 +111,9 @@ others with --join; the first server adds them.`,
 			if err := f.operations(&cfg); err != nil {
 				return err
 			}
+			if err := f.fakeClock(cmd.Context(), &cfg); err != nil {
+				return err
+			}
 			if cfg.BootstrapExpect == 0 && len(cfg.Join) == 0 && cfg.RestoreFrom == "" {
 				return errors.New("give --bootstrap-expect N (a new cluster of N servers), --join (an existing cluster) or --restore-from (a new cluster from a backup)")
 			}
@@ -162,6 +167,12 @@ others with --join; the first server adds them.`,
 	fl.IntVar(&f.maxQueues, "max-queues", 10000, "queues in the cluster; creating one more (or auto-creating it on enqueue) is refused with ResourceExhausted")
 	fl.StringVar(&f.maxBatchBytes, "max-batch-size", "8MiB", "bodies plus attributes of one enqueue or transaction")
 	fl.StringVar(&f.restoreFrom, "restore-from", "", "backup file (quorumq backup) to start a new cluster from; needs an empty --data-dir")
+	// Test-only: a build with -tags fakeclock honours them (fakeclock.go);
+	// the release build refuses them (fakeclock_release.go).
+	fl.StringVar(&f.fakeClockFile, "fake-clock-file", "", "test builds only: file holding this server's wall-clock offset")
+	fl.BoolVar(&f.wallClockStamps, "fake-clock-wall-stamps", false, "test builds only: stamp commands with the leader's wall clock, not cluster time")
+	_ = fl.MarkHidden("fake-clock-file")
+	_ = fl.MarkHidden("fake-clock-wall-stamps")
 	return cmd
 }
 

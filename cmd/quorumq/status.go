@@ -14,6 +14,7 @@ type nodeJSON struct {
 	APIAddr      string `json:"api_addr"`
 	RaftAddr     string `json:"raft_addr"`
 	State        string `json:"state"`
+	GossipState  string `json:"gossip_state"`
 	Voter        bool   `json:"voter"`
 	Term         uint64 `json:"term"`
 	LastLogIndex uint64 `json:"last_log_index"`
@@ -21,7 +22,10 @@ type nodeJSON struct {
 	AppliedIndex uint64 `json:"applied_index"`
 	LastContact  string `json:"last_contact"`
 	StateHash    string `json:"state_hash"`
-	Error        string `json:"error,omitempty"`
+	// ClockOffset is the node's wall clock minus cluster time as the
+	// leader measures it; "" when it has no recent reading.
+	ClockOffset string `json:"clock_offset"`
+	Error       string `json:"error,omitempty"`
 }
 
 type memberJSON struct {
@@ -43,8 +47,11 @@ func statusCmd() *cobra.Command {
 	var f cliFlags
 	cmd := &cobra.Command{
 		Use:   "status",
-		Short: "Show members, leader, Raft indices and queues",
-		Args:  cobra.NoArgs,
+		Short: "Show members, leader, Raft indices, clock offsets and queues",
+		Long: `Show the leader; per node its Raft state, gossip state, Raft indices and
+the offset of its wall clock from cluster time as the leader measures it
+("-": no recent reading); the gossip members; and the queues.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, c, done, err := f.connect(cmd)
 			if err != nil {
@@ -65,13 +72,20 @@ func statusCmd() *cobra.Command {
 			}
 			out := statusJSON{LeaderID: st.GetLeaderId(), LeaderAPIAddr: st.GetLeaderApiAddr(),
 				Nodes: []nodeJSON{}, Members: []memberJSON{}, Queues: []queueJSON{}}
+			gossip := map[string]string{}
+			for _, m := range members {
+				gossip[m.GetId()] = m.GetState()
+			}
 			for _, n := range st.GetNodes() {
 				nj := nodeJSON{
 					ID: n.GetId(), APIAddr: n.GetApiAddr(), RaftAddr: n.GetRaftAddr(), State: n.GetState(),
 					Voter: n.GetVoter(), Term: n.GetTerm(), LastLogIndex: n.GetLastLogIndex(),
 					CommitIndex: n.GetCommitIndex(), AppliedIndex: n.GetAppliedIndex(),
 					LastContact: time.Duration(n.GetLastContactNs()).Round(time.Millisecond).String(),
-					StateHash:   n.GetStateHash(), Error: n.GetError(),
+					StateHash:   n.GetStateHash(), Error: n.GetError(), GossipState: gossip[n.GetId()],
+				}
+				if n.ClockOffsetNs != nil {
+					nj.ClockOffset = time.Duration(n.GetClockOffsetNs()).Round(time.Millisecond).String()
 				}
 				out.Nodes = append(out.Nodes, nj)
 			}
@@ -98,10 +112,17 @@ func statusCmd() *cobra.Command {
 				if len(hash) > 12 {
 					hash = hash[:12]
 				}
-				rows = append(rows, []string{n.ID, n.APIAddr, n.State, fmt.Sprint(n.Voter), u(n.Term),
-					u(n.LastLogIndex), u(n.CommitIndex), u(n.AppliedIndex), n.LastContact, hash, n.Error})
+				gossipState, offset := n.GossipState, n.ClockOffset
+				if gossipState == "" {
+					gossipState = "-" // not in this node's gossip view
+				}
+				if offset == "" {
+					offset = "-" // the leader has no recent reading
+				}
+				rows = append(rows, []string{n.ID, n.APIAddr, n.State, gossipState, fmt.Sprint(n.Voter), u(n.Term),
+					u(n.LastLogIndex), u(n.CommitIndex), u(n.AppliedIndex), n.LastContact, offset, hash, n.Error})
 			}
-			if err := table(w, []string{"NODE", "API", "STATE", "VOTER", "TERM", "LAST_LOG", "COMMIT", "APPLIED", "LAST_CONTACT", "STATE_HASH", "ERROR"}, rows); err != nil {
+			if err := table(w, []string{"NODE", "API", "STATE", "GOSSIP", "VOTER", "TERM", "LAST_LOG", "COMMIT", "APPLIED", "LAST_CONTACT", "CLOCK_OFFSET", "STATE_HASH", "ERROR"}, rows); err != nil {
 				return err
 			}
 			fmt.Fprintln(w)

@@ -1482,6 +1482,15 @@ type NodeStatus struct {
 	StateHash     string                 `protobuf:"bytes,11,opt,name=state_hash,json=stateHash,proto3" json:"state_hash,omitempty"` // hex of the FSM state hash at applied_index
 	Error         string                 `protobuf:"bytes,12,opt,name=error,proto3" json:"error,omitempty"`                          // set when this node could not be reached
 	Voter         bool                   `protobuf:"varint,13,opt,name=voter,proto3" json:"voter,omitempty"`
+	// clock_offset_ns: in a Status answer, this node's wall clock minus
+	// cluster time as the leader measures it (from ping acks, to about
+	// +-250 ms). Unset when the leader has no recent reading of it or did
+	// not answer. NodeStatus leaves it unset.
+	ClockOffsetNs *int64 `protobuf:"varint,14,opt,name=clock_offset_ns,json=clockOffsetNs,proto3,oneof" json:"clock_offset_ns,omitempty"`
+	// clock_offsets: set on a leader, its readings of every voter's wall
+	// clock (its own included) against its cluster time; Status copies
+	// them into clock_offset_ns.
+	ClockOffsets  []*ClockOffset `protobuf:"bytes,15,rep,name=clock_offsets,json=clockOffsets,proto3" json:"clock_offsets,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1607,6 +1616,72 @@ func (x *NodeStatus) GetVoter() bool {
 	return false
 }
 
+func (x *NodeStatus) GetClockOffsetNs() int64 {
+	if x != nil && x.ClockOffsetNs != nil {
+		return *x.ClockOffsetNs
+	}
+	return 0
+}
+
+func (x *NodeStatus) GetClockOffsets() []*ClockOffset {
+	if x != nil {
+		return x.ClockOffsets
+	}
+	return nil
+}
+
+type ClockOffset struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	OffsetNs      int64                  `protobuf:"varint,2,opt,name=offset_ns,json=offsetNs,proto3" json:"offset_ns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClockOffset) Reset() {
+	*x = ClockOffset{}
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClockOffset) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClockOffset) ProtoMessage() {}
+
+func (x *ClockOffset) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClockOffset.ProtoReflect.Descriptor instead.
+func (*ClockOffset) Descriptor() ([]byte, []int) {
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ClockOffset) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ClockOffset) GetOffsetNs() int64 {
+	if x != nil {
+		return x.OffsetNs
+	}
+	return 0
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1615,7 +1690,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[30]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1627,7 +1702,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[30]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1640,7 +1715,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{30}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{31}
 }
 
 type StatusResponse struct {
@@ -1654,7 +1729,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[31]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1666,7 +1741,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[31]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1679,7 +1754,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{31}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StatusResponse) GetNodes() []*NodeStatus {
@@ -1717,7 +1792,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[32]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1729,7 +1804,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[32]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1742,7 +1817,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{32}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Member) GetId() string {
@@ -1795,7 +1870,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[33]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1807,7 +1882,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[33]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1820,7 +1895,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{33}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{34}
 }
 
 type MembersResponse struct {
@@ -1832,7 +1907,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[34]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1844,7 +1919,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[34]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1857,7 +1932,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{34}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *MembersResponse) GetMembers() []*Member {
@@ -1875,7 +1950,7 @@ type LeaderRequest struct {
 
 func (x *LeaderRequest) Reset() {
 	*x = LeaderRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[35]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1887,7 +1962,7 @@ func (x *LeaderRequest) String() string {
 func (*LeaderRequest) ProtoMessage() {}
 
 func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[35]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1900,7 +1975,7 @@ func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderRequest.ProtoReflect.Descriptor instead.
 func (*LeaderRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{35}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{36}
 }
 
 type LeaderResponse struct {
@@ -1914,7 +1989,7 @@ type LeaderResponse struct {
 
 func (x *LeaderResponse) Reset() {
 	*x = LeaderResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[36]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1926,7 +2001,7 @@ func (x *LeaderResponse) String() string {
 func (*LeaderResponse) ProtoMessage() {}
 
 func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[36]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1939,7 +2014,7 @@ func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderResponse.ProtoReflect.Descriptor instead.
 func (*LeaderResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{36}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *LeaderResponse) GetLeaderId() string {
@@ -1972,7 +2047,7 @@ type RemoveServerRequest struct {
 
 func (x *RemoveServerRequest) Reset() {
 	*x = RemoveServerRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[37]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1984,7 +2059,7 @@ func (x *RemoveServerRequest) String() string {
 func (*RemoveServerRequest) ProtoMessage() {}
 
 func (x *RemoveServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[37]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1997,7 +2072,7 @@ func (x *RemoveServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveServerRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{37}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RemoveServerRequest) GetId() string {
@@ -2015,7 +2090,7 @@ type RemoveServerResponse struct {
 
 func (x *RemoveServerResponse) Reset() {
 	*x = RemoveServerResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[38]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2027,7 +2102,7 @@ func (x *RemoveServerResponse) String() string {
 func (*RemoveServerResponse) ProtoMessage() {}
 
 func (x *RemoveServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[38]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2040,7 +2115,7 @@ func (x *RemoveServerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServerResponse.ProtoReflect.Descriptor instead.
 func (*RemoveServerResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{38}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{39}
 }
 
 type TransferLeadershipRequest struct {
@@ -2053,7 +2128,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[39]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2065,7 +2140,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[39]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2078,7 +2153,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{39}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *TransferLeadershipRequest) GetId() string {
@@ -2097,7 +2172,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[40]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2109,7 +2184,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[40]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2122,7 +2197,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{40}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *TransferLeadershipResponse) GetNewLeaderId() string {
@@ -2140,7 +2215,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[41]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2152,7 +2227,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[41]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2165,7 +2240,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{41}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{42}
 }
 
 type SnapshotResponse struct {
@@ -2180,7 +2255,7 @@ type SnapshotResponse struct {
 
 func (x *SnapshotResponse) Reset() {
 	*x = SnapshotResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[42]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2192,7 +2267,7 @@ func (x *SnapshotResponse) String() string {
 func (*SnapshotResponse) ProtoMessage() {}
 
 func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[42]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2205,7 +2280,7 @@ func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{42}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SnapshotResponse) GetIndex() uint64 {
@@ -2244,7 +2319,7 @@ type BackupRequest struct {
 
 func (x *BackupRequest) Reset() {
 	*x = BackupRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[43]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2256,7 +2331,7 @@ func (x *BackupRequest) String() string {
 func (*BackupRequest) ProtoMessage() {}
 
 func (x *BackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[43]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2269,7 +2344,7 @@ func (x *BackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
 func (*BackupRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{43}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{44}
 }
 
 // BackupChunk: the first chunk carries index, term and size; every chunk
@@ -2286,7 +2361,7 @@ type BackupChunk struct {
 
 func (x *BackupChunk) Reset() {
 	*x = BackupChunk{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[44]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2298,7 +2373,7 @@ func (x *BackupChunk) String() string {
 func (*BackupChunk) ProtoMessage() {}
 
 func (x *BackupChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[44]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2311,7 +2386,7 @@ func (x *BackupChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
 func (*BackupChunk) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{44}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *BackupChunk) GetIndex() uint64 {
@@ -2428,7 +2503,7 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\benqueued\x18\x02 \x03(\v2\x1d.quorumq.fsm.v1.EnqueueResultR\benqueued\"\x13\n" +
 	"\x11NodeStatusRequest\"@\n" +
 	"\x12NodeStatusResponse\x12*\n" +
-	"\x04node\x18\x01 \x01(\v2\x16.quorumq.v1.NodeStatusR\x04node\"\xfc\x02\n" +
+	"\x04node\x18\x01 \x01(\v2\x16.quorumq.v1.NodeStatusR\x04node\"\xfb\x03\n" +
 	"\n" +
 	"NodeStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
@@ -2445,7 +2520,13 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\n" +
 	"state_hash\x18\v \x01(\tR\tstateHash\x12\x14\n" +
 	"\x05error\x18\f \x01(\tR\x05error\x12\x14\n" +
-	"\x05voter\x18\r \x01(\bR\x05voter\"\x0f\n" +
+	"\x05voter\x18\r \x01(\bR\x05voter\x12+\n" +
+	"\x0fclock_offset_ns\x18\x0e \x01(\x03H\x00R\rclockOffsetNs\x88\x01\x01\x12<\n" +
+	"\rclock_offsets\x18\x0f \x03(\v2\x17.quorumq.v1.ClockOffsetR\fclockOffsetsB\x12\n" +
+	"\x10_clock_offset_ns\":\n" +
+	"\vClockOffset\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
+	"\toffset_ns\x18\x02 \x01(\x03R\boffsetNs\"\x0f\n" +
 	"\rStatusRequest\"\x83\x01\n" +
 	"\x0eStatusResponse\x12,\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x16.quorumq.v1.NodeStatusR\x05nodes\x12\x1b\n" +
@@ -2524,7 +2605,7 @@ func file_transport_quorumqpb_quorumq_proto_rawDescGZIP() []byte {
 	return file_transport_quorumqpb_quorumq_proto_rawDescData
 }
 
-var file_transport_quorumqpb_quorumq_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_transport_quorumqpb_quorumq_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_transport_quorumqpb_quorumq_proto_goTypes = []any{
 	(*NotLeader)(nil),                  // 0: quorumq.v1.NotLeader
 	(*OutcomeUnknown)(nil),             // 1: quorumq.v1.OutcomeUnknown
@@ -2556,103 +2637,105 @@ var file_transport_quorumqpb_quorumq_proto_goTypes = []any{
 	(*NodeStatusRequest)(nil),          // 27: quorumq.v1.NodeStatusRequest
 	(*NodeStatusResponse)(nil),         // 28: quorumq.v1.NodeStatusResponse
 	(*NodeStatus)(nil),                 // 29: quorumq.v1.NodeStatus
-	(*StatusRequest)(nil),              // 30: quorumq.v1.StatusRequest
-	(*StatusResponse)(nil),             // 31: quorumq.v1.StatusResponse
-	(*Member)(nil),                     // 32: quorumq.v1.Member
-	(*MembersRequest)(nil),             // 33: quorumq.v1.MembersRequest
-	(*MembersResponse)(nil),            // 34: quorumq.v1.MembersResponse
-	(*LeaderRequest)(nil),              // 35: quorumq.v1.LeaderRequest
-	(*LeaderResponse)(nil),             // 36: quorumq.v1.LeaderResponse
-	(*RemoveServerRequest)(nil),        // 37: quorumq.v1.RemoveServerRequest
-	(*RemoveServerResponse)(nil),       // 38: quorumq.v1.RemoveServerResponse
-	(*TransferLeadershipRequest)(nil),  // 39: quorumq.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 40: quorumq.v1.TransferLeadershipResponse
-	(*SnapshotRequest)(nil),            // 41: quorumq.v1.SnapshotRequest
-	(*SnapshotResponse)(nil),           // 42: quorumq.v1.SnapshotResponse
-	(*BackupRequest)(nil),              // 43: quorumq.v1.BackupRequest
-	(*BackupChunk)(nil),                // 44: quorumq.v1.BackupChunk
-	(fsmpb.ErrorCode)(0),               // 45: quorumq.fsm.v1.ErrorCode
-	(*fsmpb.QueueSettings)(nil),        // 46: quorumq.fsm.v1.QueueSettings
-	(*fsmpb.QueueInfo)(nil),            // 47: quorumq.fsm.v1.QueueInfo
-	(*fsmpb.Message)(nil),              // 48: quorumq.fsm.v1.Message
-	(*fsmpb.EnqueueResult)(nil),        // 49: quorumq.fsm.v1.EnqueueResult
-	(*fsmpb.Receipt)(nil),              // 50: quorumq.fsm.v1.Receipt
-	(*fsmpb.Delivery)(nil),             // 51: quorumq.fsm.v1.Delivery
-	(fsmpb.AckOutcome)(0),              // 52: quorumq.fsm.v1.AckOutcome
+	(*ClockOffset)(nil),                // 30: quorumq.v1.ClockOffset
+	(*StatusRequest)(nil),              // 31: quorumq.v1.StatusRequest
+	(*StatusResponse)(nil),             // 32: quorumq.v1.StatusResponse
+	(*Member)(nil),                     // 33: quorumq.v1.Member
+	(*MembersRequest)(nil),             // 34: quorumq.v1.MembersRequest
+	(*MembersResponse)(nil),            // 35: quorumq.v1.MembersResponse
+	(*LeaderRequest)(nil),              // 36: quorumq.v1.LeaderRequest
+	(*LeaderResponse)(nil),             // 37: quorumq.v1.LeaderResponse
+	(*RemoveServerRequest)(nil),        // 38: quorumq.v1.RemoveServerRequest
+	(*RemoveServerResponse)(nil),       // 39: quorumq.v1.RemoveServerResponse
+	(*TransferLeadershipRequest)(nil),  // 40: quorumq.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 41: quorumq.v1.TransferLeadershipResponse
+	(*SnapshotRequest)(nil),            // 42: quorumq.v1.SnapshotRequest
+	(*SnapshotResponse)(nil),           // 43: quorumq.v1.SnapshotResponse
+	(*BackupRequest)(nil),              // 44: quorumq.v1.BackupRequest
+	(*BackupChunk)(nil),                // 45: quorumq.v1.BackupChunk
+	(fsmpb.ErrorCode)(0),               // 46: quorumq.fsm.v1.ErrorCode
+	(*fsmpb.QueueSettings)(nil),        // 47: quorumq.fsm.v1.QueueSettings
+	(*fsmpb.QueueInfo)(nil),            // 48: quorumq.fsm.v1.QueueInfo
+	(*fsmpb.Message)(nil),              // 49: quorumq.fsm.v1.Message
+	(*fsmpb.EnqueueResult)(nil),        // 50: quorumq.fsm.v1.EnqueueResult
+	(*fsmpb.Receipt)(nil),              // 51: quorumq.fsm.v1.Receipt
+	(*fsmpb.Delivery)(nil),             // 52: quorumq.fsm.v1.Delivery
+	(fsmpb.AckOutcome)(0),              // 53: quorumq.fsm.v1.AckOutcome
 }
 var file_transport_quorumqpb_quorumq_proto_depIdxs = []int32{
-	45, // 0: quorumq.v1.QueueError.code:type_name -> quorumq.fsm.v1.ErrorCode
-	46, // 1: quorumq.v1.CreateQueueRequest.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	47, // 2: quorumq.v1.CreateQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
-	46, // 3: quorumq.v1.UpdateQueueRequest.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	47, // 4: quorumq.v1.UpdateQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
-	47, // 5: quorumq.v1.GetQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
-	47, // 6: quorumq.v1.ListQueuesResponse.queues:type_name -> quorumq.fsm.v1.QueueInfo
-	48, // 7: quorumq.v1.EnqueueRequest.messages:type_name -> quorumq.fsm.v1.Message
-	49, // 8: quorumq.v1.EnqueueResponse.results:type_name -> quorumq.fsm.v1.EnqueueResult
-	50, // 9: quorumq.v1.ReceiveRequest.ack:type_name -> quorumq.fsm.v1.Receipt
-	51, // 10: quorumq.v1.ReceiveResponse.deliveries:type_name -> quorumq.fsm.v1.Delivery
-	52, // 11: quorumq.v1.ReceiveResponse.ack_outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	50, // 12: quorumq.v1.AckRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
-	52, // 13: quorumq.v1.AckResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	50, // 14: quorumq.v1.NackRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
-	52, // 15: quorumq.v1.NackResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	50, // 16: quorumq.v1.ExtendRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
-	52, // 17: quorumq.v1.ExtendResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	46, // 0: quorumq.v1.QueueError.code:type_name -> quorumq.fsm.v1.ErrorCode
+	47, // 1: quorumq.v1.CreateQueueRequest.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	48, // 2: quorumq.v1.CreateQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
+	47, // 3: quorumq.v1.UpdateQueueRequest.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	48, // 4: quorumq.v1.UpdateQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
+	48, // 5: quorumq.v1.GetQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
+	48, // 6: quorumq.v1.ListQueuesResponse.queues:type_name -> quorumq.fsm.v1.QueueInfo
+	49, // 7: quorumq.v1.EnqueueRequest.messages:type_name -> quorumq.fsm.v1.Message
+	50, // 8: quorumq.v1.EnqueueResponse.results:type_name -> quorumq.fsm.v1.EnqueueResult
+	51, // 9: quorumq.v1.ReceiveRequest.ack:type_name -> quorumq.fsm.v1.Receipt
+	52, // 10: quorumq.v1.ReceiveResponse.deliveries:type_name -> quorumq.fsm.v1.Delivery
+	53, // 11: quorumq.v1.ReceiveResponse.ack_outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	51, // 12: quorumq.v1.AckRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
+	53, // 13: quorumq.v1.AckResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	51, // 14: quorumq.v1.NackRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
+	53, // 15: quorumq.v1.NackResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	51, // 16: quorumq.v1.ExtendRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
+	53, // 17: quorumq.v1.ExtendResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
 	19, // 18: quorumq.v1.TransactionRequest.acks:type_name -> quorumq.v1.AckRequest
 	15, // 19: quorumq.v1.TransactionRequest.enqueues:type_name -> quorumq.v1.EnqueueRequest
-	52, // 20: quorumq.v1.TransactionResponse.ack_outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	49, // 21: quorumq.v1.TransactionResponse.enqueued:type_name -> quorumq.fsm.v1.EnqueueResult
+	53, // 20: quorumq.v1.TransactionResponse.ack_outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	50, // 21: quorumq.v1.TransactionResponse.enqueued:type_name -> quorumq.fsm.v1.EnqueueResult
 	29, // 22: quorumq.v1.NodeStatusResponse.node:type_name -> quorumq.v1.NodeStatus
-	29, // 23: quorumq.v1.StatusResponse.nodes:type_name -> quorumq.v1.NodeStatus
-	32, // 24: quorumq.v1.MembersResponse.members:type_name -> quorumq.v1.Member
-	3,  // 25: quorumq.v1.Queue.CreateQueue:input_type -> quorumq.v1.CreateQueueRequest
-	5,  // 26: quorumq.v1.Queue.UpdateQueue:input_type -> quorumq.v1.UpdateQueueRequest
-	7,  // 27: quorumq.v1.Queue.GetQueue:input_type -> quorumq.v1.GetQueueRequest
-	9,  // 28: quorumq.v1.Queue.ListQueues:input_type -> quorumq.v1.ListQueuesRequest
-	11, // 29: quorumq.v1.Queue.DeleteQueue:input_type -> quorumq.v1.DeleteQueueRequest
-	13, // 30: quorumq.v1.Queue.Purge:input_type -> quorumq.v1.PurgeRequest
-	15, // 31: quorumq.v1.Queue.Enqueue:input_type -> quorumq.v1.EnqueueRequest
-	15, // 32: quorumq.v1.Queue.EnqueueStream:input_type -> quorumq.v1.EnqueueRequest
-	17, // 33: quorumq.v1.Queue.Receive:input_type -> quorumq.v1.ReceiveRequest
-	19, // 34: quorumq.v1.Queue.Ack:input_type -> quorumq.v1.AckRequest
-	21, // 35: quorumq.v1.Queue.Nack:input_type -> quorumq.v1.NackRequest
-	23, // 36: quorumq.v1.Queue.Extend:input_type -> quorumq.v1.ExtendRequest
-	25, // 37: quorumq.v1.Queue.Transaction:input_type -> quorumq.v1.TransactionRequest
-	30, // 38: quorumq.v1.Cluster.Status:input_type -> quorumq.v1.StatusRequest
-	27, // 39: quorumq.v1.Cluster.NodeStatus:input_type -> quorumq.v1.NodeStatusRequest
-	33, // 40: quorumq.v1.Cluster.Members:input_type -> quorumq.v1.MembersRequest
-	35, // 41: quorumq.v1.Cluster.Leader:input_type -> quorumq.v1.LeaderRequest
-	37, // 42: quorumq.v1.Cluster.RemoveServer:input_type -> quorumq.v1.RemoveServerRequest
-	39, // 43: quorumq.v1.Cluster.TransferLeadership:input_type -> quorumq.v1.TransferLeadershipRequest
-	41, // 44: quorumq.v1.Cluster.Snapshot:input_type -> quorumq.v1.SnapshotRequest
-	43, // 45: quorumq.v1.Cluster.Backup:input_type -> quorumq.v1.BackupRequest
-	4,  // 46: quorumq.v1.Queue.CreateQueue:output_type -> quorumq.v1.CreateQueueResponse
-	6,  // 47: quorumq.v1.Queue.UpdateQueue:output_type -> quorumq.v1.UpdateQueueResponse
-	8,  // 48: quorumq.v1.Queue.GetQueue:output_type -> quorumq.v1.GetQueueResponse
-	10, // 49: quorumq.v1.Queue.ListQueues:output_type -> quorumq.v1.ListQueuesResponse
-	12, // 50: quorumq.v1.Queue.DeleteQueue:output_type -> quorumq.v1.DeleteQueueResponse
-	14, // 51: quorumq.v1.Queue.Purge:output_type -> quorumq.v1.PurgeResponse
-	16, // 52: quorumq.v1.Queue.Enqueue:output_type -> quorumq.v1.EnqueueResponse
-	16, // 53: quorumq.v1.Queue.EnqueueStream:output_type -> quorumq.v1.EnqueueResponse
-	18, // 54: quorumq.v1.Queue.Receive:output_type -> quorumq.v1.ReceiveResponse
-	20, // 55: quorumq.v1.Queue.Ack:output_type -> quorumq.v1.AckResponse
-	22, // 56: quorumq.v1.Queue.Nack:output_type -> quorumq.v1.NackResponse
-	24, // 57: quorumq.v1.Queue.Extend:output_type -> quorumq.v1.ExtendResponse
-	26, // 58: quorumq.v1.Queue.Transaction:output_type -> quorumq.v1.TransactionResponse
-	31, // 59: quorumq.v1.Cluster.Status:output_type -> quorumq.v1.StatusResponse
-	28, // 60: quorumq.v1.Cluster.NodeStatus:output_type -> quorumq.v1.NodeStatusResponse
-	34, // 61: quorumq.v1.Cluster.Members:output_type -> quorumq.v1.MembersResponse
-	36, // 62: quorumq.v1.Cluster.Leader:output_type -> quorumq.v1.LeaderResponse
-	38, // 63: quorumq.v1.Cluster.RemoveServer:output_type -> quorumq.v1.RemoveServerResponse
-	40, // 64: quorumq.v1.Cluster.TransferLeadership:output_type -> quorumq.v1.TransferLeadershipResponse
-	42, // 65: quorumq.v1.Cluster.Snapshot:output_type -> quorumq.v1.SnapshotResponse
-	44, // 66: quorumq.v1.Cluster.Backup:output_type -> quorumq.v1.BackupChunk
-	46, // [46:67] is the sub-list for method output_type
-	25, // [25:46] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	30, // 23: quorumq.v1.NodeStatus.clock_offsets:type_name -> quorumq.v1.ClockOffset
+	29, // 24: quorumq.v1.StatusResponse.nodes:type_name -> quorumq.v1.NodeStatus
+	33, // 25: quorumq.v1.MembersResponse.members:type_name -> quorumq.v1.Member
+	3,  // 26: quorumq.v1.Queue.CreateQueue:input_type -> quorumq.v1.CreateQueueRequest
+	5,  // 27: quorumq.v1.Queue.UpdateQueue:input_type -> quorumq.v1.UpdateQueueRequest
+	7,  // 28: quorumq.v1.Queue.GetQueue:input_type -> quorumq.v1.GetQueueRequest
+	9,  // 29: quorumq.v1.Queue.ListQueues:input_type -> quorumq.v1.ListQueuesRequest
+	11, // 30: quorumq.v1.Queue.DeleteQueue:input_type -> quorumq.v1.DeleteQueueRequest
+	13, // 31: quorumq.v1.Queue.Purge:input_type -> quorumq.v1.PurgeRequest
+	15, // 32: quorumq.v1.Queue.Enqueue:input_type -> quorumq.v1.EnqueueRequest
+	15, // 33: quorumq.v1.Queue.EnqueueStream:input_type -> quorumq.v1.EnqueueRequest
+	17, // 34: quorumq.v1.Queue.Receive:input_type -> quorumq.v1.ReceiveRequest
+	19, // 35: quorumq.v1.Queue.Ack:input_type -> quorumq.v1.AckRequest
+	21, // 36: quorumq.v1.Queue.Nack:input_type -> quorumq.v1.NackRequest
+	23, // 37: quorumq.v1.Queue.Extend:input_type -> quorumq.v1.ExtendRequest
+	25, // 38: quorumq.v1.Queue.Transaction:input_type -> quorumq.v1.TransactionRequest
+	31, // 39: quorumq.v1.Cluster.Status:input_type -> quorumq.v1.StatusRequest
+	27, // 40: quorumq.v1.Cluster.NodeStatus:input_type -> quorumq.v1.NodeStatusRequest
+	34, // 41: quorumq.v1.Cluster.Members:input_type -> quorumq.v1.MembersRequest
+	36, // 42: quorumq.v1.Cluster.Leader:input_type -> quorumq.v1.LeaderRequest
+	38, // 43: quorumq.v1.Cluster.RemoveServer:input_type -> quorumq.v1.RemoveServerRequest
+	40, // 44: quorumq.v1.Cluster.TransferLeadership:input_type -> quorumq.v1.TransferLeadershipRequest
+	42, // 45: quorumq.v1.Cluster.Snapshot:input_type -> quorumq.v1.SnapshotRequest
+	44, // 46: quorumq.v1.Cluster.Backup:input_type -> quorumq.v1.BackupRequest
+	4,  // 47: quorumq.v1.Queue.CreateQueue:output_type -> quorumq.v1.CreateQueueResponse
+	6,  // 48: quorumq.v1.Queue.UpdateQueue:output_type -> quorumq.v1.UpdateQueueResponse
+	8,  // 49: quorumq.v1.Queue.GetQueue:output_type -> quorumq.v1.GetQueueResponse
+	10, // 50: quorumq.v1.Queue.ListQueues:output_type -> quorumq.v1.ListQueuesResponse
+	12, // 51: quorumq.v1.Queue.DeleteQueue:output_type -> quorumq.v1.DeleteQueueResponse
+	14, // 52: quorumq.v1.Queue.Purge:output_type -> quorumq.v1.PurgeResponse
+	16, // 53: quorumq.v1.Queue.Enqueue:output_type -> quorumq.v1.EnqueueResponse
+	16, // 54: quorumq.v1.Queue.EnqueueStream:output_type -> quorumq.v1.EnqueueResponse
+	18, // 55: quorumq.v1.Queue.Receive:output_type -> quorumq.v1.ReceiveResponse
+	20, // 56: quorumq.v1.Queue.Ack:output_type -> quorumq.v1.AckResponse
+	22, // 57: quorumq.v1.Queue.Nack:output_type -> quorumq.v1.NackResponse
+	24, // 58: quorumq.v1.Queue.Extend:output_type -> quorumq.v1.ExtendResponse
+	26, // 59: quorumq.v1.Queue.Transaction:output_type -> quorumq.v1.TransactionResponse
+	32, // 60: quorumq.v1.Cluster.Status:output_type -> quorumq.v1.StatusResponse
+	28, // 61: quorumq.v1.Cluster.NodeStatus:output_type -> quorumq.v1.NodeStatusResponse
+	35, // 62: quorumq.v1.Cluster.Members:output_type -> quorumq.v1.MembersResponse
+	37, // 63: quorumq.v1.Cluster.Leader:output_type -> quorumq.v1.LeaderResponse
+	39, // 64: quorumq.v1.Cluster.RemoveServer:output_type -> quorumq.v1.RemoveServerResponse
+	41, // 65: quorumq.v1.Cluster.TransferLeadership:output_type -> quorumq.v1.TransferLeadershipResponse
+	43, // 66: quorumq.v1.Cluster.Snapshot:output_type -> quorumq.v1.SnapshotResponse
+	45, // 67: quorumq.v1.Cluster.Backup:output_type -> quorumq.v1.BackupChunk
+	47, // [47:68] is the sub-list for method output_type
+	26, // [26:47] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_transport_quorumqpb_quorumq_proto_init() }
@@ -2660,13 +2743,14 @@ func file_transport_quorumqpb_quorumq_proto_init() {
 	if File_transport_quorumqpb_quorumq_proto != nil {
 		return
 	}
+	file_transport_quorumqpb_quorumq_proto_msgTypes[29].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_transport_quorumqpb_quorumq_proto_rawDesc), len(file_transport_quorumqpb_quorumq_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   45,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
