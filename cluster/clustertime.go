@@ -310,13 +310,13 @@ func (n *Node) voters() []string {
 
 // clusterNow is cluster time as this node would stamp it now.
 func (n *Node) clusterNow() time.Time {
-	return n.ctime.now(n.fsm.Now().UnixNano())
+	return n.ctime.now(n.fsm.NowUnixNano())
 }
 
 // clockOffsets is this node's view of every voter's wall clock against
 // its cluster time, sorted by ID (voters with no recent reading missing).
 func (n *Node) clockOffsets() []*quorumqpb.ClockOffset {
-	offs := n.ctime.offsets(n.fsm.Now().UnixNano(), n.voters())
+	offs := n.ctime.offsets(n.fsm.NowUnixNano(), n.voters())
 	out := make([]*quorumqpb.ClockOffset, 0, len(offs))
 	for id, d := range offs {
 		out = append(out, &quorumqpb.ClockOffset{Id: id, OffsetNs: int64(d)})

@@ -156,7 +156,7 @@ type observedFSM struct {
 func (o observedFSM) Apply(l *raft.Log) interface{} {
 	res := o.FSM.Apply(l)
 	if l.Type == raft.LogCommand {
-		o.ct.applied(o.FSM.Now().UnixNano())
+		o.ct.applied(o.FSM.NowUnixNano())
 	}
 	return res
 }

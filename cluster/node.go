@@ -246,12 +246,6 @@ func (n *Node) startRaft() error {
 		Stream:                layer,
 		MaxPool:               3,
 		Timeout:               10 * time.Second,
-		// 1 turns pipelined replication off: each follower gets one
-		// AppendEntries at a time. raft v1.7.3's pipeline deadlocks when a
-		// follower refuses an append (a full disk) while two more are in
-		// flight, and the leader never replicates to that follower again
-		// (DESIGN.md, "Replication without a pipeline").
-		MaxRPCsInFlight: 1,
 	})
 
 	rc := raft.DefaultConfig()
@@ -286,7 +280,7 @@ func (n *Node) startRaft() error {
 		return err
 	}
 	snaps := &snapshotStore{FileSnapshotStore: n.snaps}
-	r, err := raft.NewRaft(rc, observedFSM{FSM: n.fsm, m: n.metrics, ct: n.ctime}, logs, n.store, snaps, n.trans)
+	r, err := raft.NewRaft(rc, observedFSM{FSM: n.fsm, m: n.metrics, ct: n.ctime}, logs, n.store, snaps, drainedTransport{n.trans})
 	if err != nil {
 		return fmt.Errorf("start raft with data dir %s: %w", n.cfg.DataDir, err)
 	}

@@ -129,7 +129,7 @@ func (n *Node) Submit(ctx context.Context, cmd *fsmpb.Command) (wait func(contex
 	if n.cfg.WallClockStamps {
 		cmd.NowUnixNano = n.cfg.Clock.Wall().UnixNano()
 	} else {
-		cmd.NowUnixNano = n.ctime.stamp(n.fsm.Now().UnixNano(), n.voters())
+		cmd.NowUnixNano = n.ctime.stamp(n.fsm.NowUnixNano(), n.voters())
 	}
 	data, err := fsm.Encode(cmd)
 	if err != nil {

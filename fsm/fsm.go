@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -16,9 +17,13 @@ import (
 // Apply from raft's goroutine, reads (Queue, Queues, Watch, StateHash) from
 // many goroutines.
 type FSM struct {
-	mu      sync.RWMutex
-	queues  *btree.BTreeG[*queue] // by name
-	now     int64                 // last applied (monotone) now
+	mu     sync.RWMutex
+	queues *btree.BTreeG[*queue] // by name
+	now    int64                 // last applied (monotone) now
+	// lastNow mirrors now for NowUnixNano, which the leader reads on every
+	// proposal: without the lock, so that proposals never wait for an
+	// Apply in progress.
+	lastNow atomic.Int64
 	applied uint64
 
 	// wmu guards watch. Apply closes channels while holding mu for writing
@@ -109,6 +114,7 @@ func (f *FSM) apply(cmd *fsmpb.Command) (res *fsmpb.Result) {
 		}
 	}
 	f.now = t.now
+	f.lastNow.Store(t.now)
 	f.notify(t.wake)
 	return res
 }
@@ -146,6 +152,9 @@ func (f *FSM) AppliedIndex() uint64 {
 	defer f.mu.RUnlock()
 	return f.applied
 }
+
+// NowUnixNano is Now in nanoseconds, read without taking the FSM's lock.
+func (f *FSM) NowUnixNano() int64 { return f.lastNow.Load() }
 
 // Now returns the last applied (monotone) command time.
 func (f *FSM) Now() time.Time {
@@ -269,6 +278,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.queues, f.now, f.applied = s.queues, s.now, s.applied
+	f.lastNow.Store(s.now)
 	f.notifyAll()
 	return nil
 }
