@@ -146,8 +146,11 @@ func TestPowerNemesisBitesInTheSuite(t *testing.T) {
 	if res.Valid {
 		t.Fatal("the case is valid although the cluster forgot acknowledged writes")
 	}
+	// The at-least-once workload's queue is busy enough to show it in
+	// every run; the timing workload's few messages may all have been
+	// delivered before the power failed.
 	for _, q := range res.Queues {
-		if q.Mode != AtLeastOnce {
+		if q.Mode != AtLeastOnce || q.Workload != (&atLeastOnce{}).Name() {
 			continue
 		}
 		if q.Lost == 0 && q.OrderViolations == 0 {
