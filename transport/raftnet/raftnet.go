@@ -162,10 +162,12 @@ func (l *Layer) Accept() (net.Conn, error) {
 		}
 		ip := remoteIP(c)
 		if reason := l.admit(ip); reason != "" {
-			c.Close()
+			// Counted before the close, so that the refusal shows by the
+			// time the peer sees its connection end.
 			if l.onRefused != nil {
 				l.onRefused(reason)
 			}
+			c.Close()
 			continue
 		}
 		c.SetDeadline(time.Now().Add(l.limits.HandshakeTimeout))
