@@ -17,6 +17,9 @@ func TestClockNemesisBitesInTheSuite(t *testing.T) {
 	if testing.Short() {
 		t.Skip("skipping: starts a cluster (-short)")
 	}
+	if !longProfile() {
+		t.Skip("skipping: a must-fail case, run with the long profile (-long or QUORUMQ_JEPSEN_LONG=1)")
+	}
 	seed := caseSeed()
 	t.Logf("seed %d", seed)
 	res, err := RunCase(context.Background(), CaseConfig{

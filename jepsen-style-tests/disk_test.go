@@ -130,6 +130,9 @@ func TestPowerNemesisBitesInTheSuite(t *testing.T) {
 	if testing.Short() {
 		t.Skip("skipping: starts a cluster (-short)")
 	}
+	if !longProfile() {
+		t.Skip("skipping: a must-fail case, run with the long profile (-long or QUORUMQ_JEPSEN_LONG=1)")
+	}
 	if err := lazyfs.Available(); err != nil {
 		t.Skipf("skipping: %v", err)
 	}

@@ -80,6 +80,9 @@ func TestDiskFullNemesisBitesInTheSuite(t *testing.T) {
 	if testing.Short() {
 		t.Skip("skipping: starts a cluster (-short)")
 	}
+	if !longProfile() {
+		t.Skip("skipping: a must-fail case, run with the long profile (-long or QUORUMQ_JEPSEN_LONG=1)")
+	}
 	if err := SmallDisksAvailable(); err != nil {
 		t.Skipf("skipping: %v", err)
 	}

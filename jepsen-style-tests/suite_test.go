@@ -132,11 +132,13 @@ func TestJepsen(t *testing.T) {
 		}
 	} else {
 		for _, n := range Nemeses() {
-			sched := shortSchedule(n)
 			if _, long := n.(longPartition); long {
-				sched = longPartitionSchedule(1, [2]time.Duration{60 * time.Second, 60 * time.Second})
+				// A cut of 60 s or more: the long profile runs it, so that
+				// the short one stays within go test's 10-minute timeout
+				// on two cores.
+				continue
 			}
-			cases = append(cases, tc{n.Name(), sched})
+			cases = append(cases, tc{n.Name(), shortSchedule(n)})
 		}
 		cases = append(cases, tc{"mixed", Schedule{Nemeses: available(false), Cycles: 3, Quiet: [2]time.Duration{time.Second, 3 * time.Second}, Fault: [2]time.Duration{3 * time.Second, 5 * time.Second}}})
 	}
