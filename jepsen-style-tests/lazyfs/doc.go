@@ -34,7 +34,7 @@
 //     rmdir, rename, link and symlink reach the backing directory when they
 //     happen, and fsync of a directory always succeeds. A program that
 //     forgets to fsync a directory after a rename is not caught. This is
-//     the simpler model the issue allowed; raft's FileSnapshotStore and
+//     the simpler model, chosen on purpose; raft's FileSnapshotStore and
 //     quorumq's node.json do fsync their directories anyway.
 //   - Metadata other than size (mode, owner, times, xattrs) is durable at
 //     once.
