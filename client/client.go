@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/status"
 
 	"github.com/quorumq/quorumq/transport"
@@ -343,7 +344,8 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 		// A receive may carry up to 1000 messages of up to 1 MiB each: far
 		// past gRPC's 4 MiB default, which would fail the call after the
 		// messages were leased.
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(math.MaxInt32)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(math.MaxInt32), grpc.ForceCodecV2(transport.Codec())),
+		experimental.WithBufferPool(transport.BufferPool),
 	}
 	if c.opts.token != "" {
 		dialOpts = append(dialOpts, grpc.WithPerRPCCredentials(tokenCreds{token: c.opts.token}))

@@ -35,6 +35,7 @@ import (
 	bolterrors "go.etcd.io/bbolt/errors"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/experimental"
 
 	"github.com/quorumq/quorumq/fsm"
 	"github.com/quorumq/quorumq/transport"
@@ -304,6 +305,7 @@ func (n *Node) startAPI() error {
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(n.cfg.Limits.MaxRecvMsgSize()),
 		grpc.ForceServerCodecV2(n.cfg.Limits.ServerCodec()),
+		experimental.BufferPool(transport.BufferPool),
 		grpc.MaxConcurrentStreams(n.cfg.MaxInFlightPerConn),
 		// Metrics outermost, so refused calls are counted with their code.
 		grpc.ChainUnaryInterceptor(n.metrics.unary),

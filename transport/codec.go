@@ -24,27 +24,69 @@ func (l Limits) MaxNestedMessages() int {
 	return l.MaxBatchMessages*(1+l.MaxAttributes) + l.MaxReceipts + fsm.MaxTransactionOp
 }
 
-// ServerCodec is the API server's protobuf codec: gRPC's own, after a scan
-// of the wire bytes that refuses a request holding more nested messages
-// than MaxNestedMessages. gRPC reports a codec's refusal as Internal with
-// the codec's message; no legal request is refused.
+// ServerCodec is the API server's protobuf codec: Codec, after a scan of
+// the wire bytes that refuses a request holding more nested messages than
+// MaxNestedMessages. gRPC reports a codec's refusal as Internal with the
+// codec's message; no legal request is refused.
 func (l Limits) ServerCodec() encoding.CodecV2 {
-	return boundedCodec{CodecV2: encoding.GetCodecV2(grpcproto.Name), max: l.MaxNestedMessages()}
+	return boundedCodec{max: l.MaxNestedMessages()}
+}
+
+// Codec is gRPC's protobuf codec with its buffers taken from BufferPool
+// instead of gRPC's default pool (see BufferPool for why). The client
+// and the server both use it.
+func Codec() encoding.CodecV2 { return pooledCodec{} }
+
+type pooledCodec struct{}
+
+func (pooledCodec) Name() string { return grpcproto.Name }
+
+func (pooledCodec) Marshal(v any) (mem.BufferSlice, error) {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return nil, fmt.Errorf("proto: cannot marshal %T, want proto.Message", v)
+	}
+	size := proto.Size(m)
+	// UseCachedSize reuses the size just computed.
+	opts := proto.MarshalOptions{UseCachedSize: true}
+	if mem.IsBelowBufferPoolingThreshold(size) {
+		b, err := opts.Marshal(m)
+		if err != nil {
+			return nil, err
+		}
+		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+	}
+	buf := BufferPool.Get(size)
+	if _, err := opts.MarshalAppend((*buf)[:0], m); err != nil {
+		BufferPool.Put(buf)
+		return nil, err
+	}
+	return mem.BufferSlice{mem.NewBuffer(buf, BufferPool)}, nil
+}
+
+func (pooledCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return fmt.Errorf("proto: cannot unmarshal into %T, want proto.Message", v)
+	}
+	buf := data.MaterializeToBuffer(BufferPool)
+	defer buf.Free()
+	return proto.Unmarshal(buf.ReadOnlyData(), m)
 }
 
 type boundedCodec struct {
-	encoding.CodecV2
+	pooledCodec
 	max int
 }
 
 func (c boundedCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	m, ok := v.(proto.Message)
 	if !ok {
-		return c.CodecV2.Unmarshal(data, v)
+		return c.pooledCodec.Unmarshal(data, v)
 	}
-	// One contiguous copy serves the scan and the decode, as gRPC's codec
-	// makes one for the decode alone.
-	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+	// One contiguous copy serves the scan and the decode, as the plain
+	// codec makes one for the decode alone.
+	buf := data.MaterializeToBuffer(BufferPool)
 	defer buf.Free()
 	budget := c.max
 	if !withinBudget(buf.ReadOnlyData(), m.ProtoReflect().Descriptor(), &budget) {

@@ -213,7 +213,9 @@ func (l Limits) checkMessages(field string, msgs []*fsmpb.Message, total *batchT
 
 type batchTotal struct{ messages, bytes int }
 
-// checkReceipts validates the receipts of a call on queue.
+// checkReceipts validates the receipts of a call on queue and then clears
+// each receipt's queue: the check is done here, the state machine does not
+// read it, and the Raft log need not carry the name once per receipt.
 func (l Limits) checkReceipts(field, queue string, rs []*fsmpb.Receipt, allowEmpty bool) error {
 	if len(rs) == 0 && !allowEmpty {
 		return invalid("%s: no receipts (want 1..%d)", field, l.MaxReceipts)
@@ -234,6 +236,9 @@ func (l Limits) checkReceipts(field, queue string, rs []*fsmpb.Receipt, allowEmp
 		if r.GetQueue() != "" && r.GetQueue() != queue {
 			return QueueError(fsmpb.ErrorCode_WRONG_QUEUE, fmt.Sprintf("%s[%d]: receipt of queue %q used on queue %q", field, i, r.GetQueue(), queue))
 		}
+	}
+	for _, r := range rs {
+		r.Queue = ""
 	}
 	return nil
 }

@@ -362,3 +362,56 @@ func TestReceiveLeavesClaimedMessagesToTheReceiveInFlight(t *testing.T) {
 		t.Fatalf("%d long-poll entries left after both receives ended", n)
 	}
 }
+
+// A receipt's queue is checked at the gateway; the state machine does not
+// read it, so the commands written to the Raft log do not carry it (a
+// batch of 100 acks would otherwise repeat the queue name 100 times).
+func TestReceiptQueueIsCheckedNotLogged(t *testing.T) {
+	ctx := context.Background()
+	rec := &recorder{result: &fsmpb.Result{Outcomes: []fsmpb.AckOutcome{fsmpb.AckOutcome_ACK_OK}}}
+	q := NewQueueService(rec, Limits{}, true)
+	bound := func() []*fsmpb.Receipt { return []*fsmpb.Receipt{{MessageId: 1, Attempt: 1, Queue: "jobs"}} }
+	calls := map[string]func() error{
+		"ack": func() error {
+			_, err := q.Ack(ctx, &quorumqpb.AckRequest{Queue: "jobs", Receipts: bound()})
+			return err
+		},
+		"nack": func() error {
+			_, err := q.Nack(ctx, &quorumqpb.NackRequest{Queue: "jobs", Receipts: bound()})
+			return err
+		},
+		"extend": func() error {
+			_, err := q.Extend(ctx, &quorumqpb.ExtendRequest{Queue: "jobs", Receipts: bound(), VisibilityNs: int64(time.Minute)})
+			return err
+		},
+		"receive.ack": func() error {
+			_, err := q.Receive(ctx, &quorumqpb.ReceiveRequest{Queue: "jobs", Max: 1, Ack: bound()})
+			return err
+		},
+		"transaction": func() error {
+			_, err := q.Transaction(ctx, &quorumqpb.TransactionRequest{Acks: []*quorumqpb.AckRequest{{Queue: "jobs", Receipts: bound()}}})
+			return err
+		},
+	}
+	for name, call := range calls {
+		rec.cmds = nil
+		if err := call(); err != nil {
+			t.Fatalf("%s with a receipt of its own queue: %v", name, err)
+		}
+		if len(rec.cmds) != 1 {
+			t.Fatalf("%s proposed %d commands, want 1", name, len(rec.cmds))
+		}
+		cmd := rec.cmds[0]
+		var logged []*fsmpb.Receipt
+		logged = append(logged, cmd.GetAck().GetReceipts()...)
+		logged = append(logged, cmd.GetNack().GetReceipts()...)
+		logged = append(logged, cmd.GetExtend().GetReceipts()...)
+		logged = append(logged, cmd.GetReceive().GetAck()...)
+		for _, a := range cmd.GetTransaction().GetAcks() {
+			logged = append(logged, a.GetReceipts()...)
+		}
+		if len(logged) != 1 || logged[0].GetMessageId() != 1 || logged[0].GetQueue() != "" {
+			t.Errorf("%s proposed receipts %v, want message 1 without its queue", name, logged)
+		}
+	}
+}
