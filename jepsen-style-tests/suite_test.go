@@ -91,7 +91,8 @@ func TestJepsen(t *testing.T) {
 		name  string
 		sched Schedule
 	}
-	var cases []tc
+	// cases run one after another; beside runs alongside them.
+	var cases, beside []tc
 	// available lists the nemeses this machine can run, with or without
 	// those that need lazyfs mounts. Those that need small disks are never
 	// combined with lazyfs mounts.
@@ -133,16 +134,21 @@ func TestJepsen(t *testing.T) {
 	} else {
 		for _, n := range Nemeses() {
 			if _, long := n.(longPartition); long {
-				// A cut of 60 s or more: the long profile runs it, so that
-				// the short one stays within go test's 10-minute timeout
-				// on two cores.
+				// One cut of 60 to 120 s. It runs beside the other cases,
+				// not after them, so that the short profile stays within
+				// go test's 10-minute timeout on two cores; while the cut
+				// holds, its cluster mostly waits.
+				beside = append(beside, tc{n.Name(), longPartitionSchedule(1, [2]time.Duration{60 * time.Second, 120 * time.Second})})
 				continue
 			}
 			cases = append(cases, tc{n.Name(), shortSchedule(n)})
 		}
 		cases = append(cases, tc{"mixed", Schedule{Nemeses: available(false), Cycles: 3, Quiet: [2]time.Duration{time.Second, 3 * time.Second}, Fault: [2]time.Duration{3 * time.Second, 5 * time.Second}}})
 	}
-	var results []*Result
+	var (
+		resultsMu sync.Mutex
+		results   []*Result
+	)
 	defer func() {
 		if len(results) == 0 {
 			return
@@ -154,8 +160,8 @@ func TestJepsen(t *testing.T) {
 		}
 		t.Logf("summary of %d cases (%s):\n%s", len(results), path, md)
 	}()
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
+	run := func(c tc) func(t *testing.T) {
+		return func(t *testing.T) {
 			needsNet, needsDisk, needsSmall := false, false, false
 			for _, n := range c.sched.Nemeses {
 				needsNet = needsNet || n.NeedsNetwork()
@@ -186,11 +192,21 @@ func TestJepsen(t *testing.T) {
 			if err != nil {
 				t.Fatalf("harness: %v", err)
 			}
+			resultsMu.Lock()
 			results = append(results, res)
+			resultsMu.Unlock()
 			t.Log("\n" + res.Summary())
 			if !res.Valid {
 				t.Errorf("checkers found problems (seed %d):\n%s", seed, res.Summary())
 			}
-		})
+		}
 	}
+	var wg sync.WaitGroup
+	for _, c := range beside {
+		wg.Go(func() { t.Run(c.name, run(c)) })
+	}
+	for _, c := range cases {
+		t.Run(c.name, run(c))
+	}
+	wg.Wait()
 }
