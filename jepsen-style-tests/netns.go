@@ -53,8 +53,13 @@ type NetNode struct {
 }
 
 // CanUseNetns reports whether this process may create network namespaces,
-// and why not when it may not.
+// and why not when it may not. The answer cannot change while the process
+// runs, so the probe runs once and cases running side by side share it.
 func CanUseNetns() (bool, string) {
+	return netnsProbe()
+}
+
+var netnsProbe = sync.OnceValues(func() (bool, string) {
 	if os.Geteuid() != 0 {
 		return false, "not running as root (euid " + strconv.Itoa(os.Geteuid()) + ")"
 	}
@@ -72,7 +77,7 @@ func CanUseNetns() (bool, string) {
 		return false, "nft inside a namespace failed: " + strings.TrimSpace(string(out))
 	}
 	return true, ""
-}
+})
 
 // NewNetwork creates the switch namespace, its bridge, one namespace per
 // node ID and the host veth. tag makes the names unique among runs of this

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -219,5 +220,27 @@ func TestInterruptRemovesNamespacesAndProcesses(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); err == nil {
 		t.Errorf("directory %s left behind after SIGINT", dir)
+	}
+}
+
+// Cases run side by side in one test process (long-partition runs beside
+// the sequential cases), so the namespace probe must answer the same for
+// every caller at once instead of racing on one probe name.
+func TestCanUseNetnsFromManyGoroutinesAtOnce(t *testing.T) {
+	requireNetns(t)
+	const callers = 8
+	whys := make(chan string, callers)
+	var wg sync.WaitGroup
+	for range callers {
+		wg.Go(func() {
+			if ok, why := CanUseNetns(); !ok {
+				whys <- why
+			}
+		})
+	}
+	wg.Wait()
+	close(whys)
+	for why := range whys {
+		t.Errorf("concurrent CanUseNetns refused: %s", why)
 	}
 }
