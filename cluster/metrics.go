@@ -43,6 +43,7 @@ type metrics struct {
 	snapshotSize     prometheus.Gauge
 	nacked           *prometheus.CounterVec // queue
 	memoryRejects    prometheus.Counter
+	memoryReserved   prometheus.Gauge
 	refusals         *prometheus.CounterVec // code
 	raftConnsRefused *prometheus.CounterVec // reason
 }
@@ -79,7 +80,11 @@ func newMetrics(n *Node) *metrics {
 		}, []string{"queue"}),
 		memoryRejects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "quorumq_memory_guard_rejects_total",
-			Help: "Enqueues refused with ResourceExhausted because the heap was above the memory limit.",
+			Help: "Enqueues refused with ResourceExhausted because the heap, the bytes reserved by enqueues in flight and the request's own cost would exceed the memory limit.",
+		}),
+		memoryReserved: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "quorumq_memory_guard_reserved_bytes",
+			Help: "Bytes the memory guard holds for enqueues it admitted and that are still being served (their Raft round not yet over), counted against the memory limit with the heap.",
 		}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "quorumq_command_refusals_total",
@@ -91,7 +96,7 @@ func newMetrics(n *Node) *metrics {
 		}, []string{"reason"}),
 	}
 	m.reg.MustRegister(m.rpcDuration, m.applyDuration, m.leaderChanges, m.snapshotDuration, m.snapshotSize,
-		m.nacked, m.memoryRejects, m.refusals, m.raftConnsRefused, &nodeCollector{n: n},
+		m.nacked, m.memoryRejects, m.memoryReserved, m.refusals, m.raftConnsRefused, &nodeCollector{n: n},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -36,6 +36,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/experimental"
+	"google.golang.org/grpc/tap"
 
 	"github.com/quorumq/quorumq/fsm"
 	"github.com/quorumq/quorumq/transport"
@@ -314,15 +315,32 @@ func (n *Node) startAPI() error {
 	if n.cfg.APIServerTLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(n.cfg.APIServerTLS)))
 	}
+	n.guard = newMemoryGuard(n.cfg.MemoryLimit, n.metrics.memoryRejects, n.metrics.memoryReserved)
+	// gRPC takes one tap handle: the token first, so that a caller without
+	// one learns nothing about the node's memory.
+	taps := []tap.ServerInHandle{n.guard.tap}
 	if tokens := n.cfg.tokens(); len(tokens) > 0 {
-		opts = append(opts, grpc.InTapHandle(tokenAuth{tokens: tokens}.tap))
+		taps = append([]tap.ServerInHandle{tokenAuth{tokens: tokens}.tap}, taps...)
 	}
-	n.guard = newMemoryGuard(n.cfg.MemoryLimit, n.metrics.memoryRejects)
-	opts = append(opts, grpc.ChainUnaryInterceptor(n.guard.unary), grpc.ChainStreamInterceptor(n.guard.stream))
+	opts = append(opts, grpc.InTapHandle(chainTaps(taps)),
+		grpc.ChainUnaryInterceptor(n.guard.unary), grpc.ChainStreamInterceptor(n.guard.stream))
 	n.grpc = grpc.NewServer(opts...)
 	transport.NewQueueService(n, n.cfg.Limits, n.cfg.AutoCreateQueues).Register(n.grpc)
 	(&clusterService{n: n}).register(n.grpc)
 	return nil
+}
+
+// chainTaps runs taps in order; the first refusal is the call's.
+func chainTaps(taps []tap.ServerInHandle) tap.ServerInHandle {
+	return func(ctx context.Context, info *tap.Info) (context.Context, error) {
+		for _, t := range taps {
+			var err error
+			if ctx, err = t(ctx, info); err != nil {
+				return ctx, err
+			}
+		}
+		return ctx, nil
+	}
 }
 
 func (n *Node) serveAPI() {
