@@ -46,6 +46,7 @@ type metrics struct {
 	memoryReserved   prometheus.Gauge
 	refusals         *prometheus.CounterVec // code
 	raftConnsRefused *prometheus.CounterVec // reason
+	raftRPCsRefused  *prometheus.CounterVec // rpc
 }
 
 func newMetrics(n *Node) *metrics {
@@ -92,11 +93,15 @@ func newMetrics(n *Node) *metrics {
 		}, []string{"code"}),
 		raftConnsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "quorumq_raft_connections_refused_total",
-			Help: "Connections to the Raft port closed at accept because a cap was full, by reason (max-conns, max-conns-per-ip).",
+			Help: "Connections to the Raft port closed at accept, by reason: a cap was full (max-conns, max-conns-per-ip), or, without mutual TLS, the remote IP is no known server's (not-a-peer).",
 		}, []string{"reason"}),
+		raftRPCsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "quorumq_raft_rpcs_refused_total",
+			Help: "Raft RPCs refused before raft saw them because, without mutual TLS, the sender's ID and address are no known server's, by rpc (append_entries, heartbeat, request_vote, request_pre_vote, install_snapshot, timeout_now).",
+		}, []string{"rpc"}),
 	}
 	m.reg.MustRegister(m.rpcDuration, m.applyDuration, m.leaderChanges, m.snapshotDuration, m.snapshotSize,
-		m.nacked, m.memoryRejects, m.memoryReserved, m.refusals, m.raftConnsRefused, &nodeCollector{n: n},
+		m.nacked, m.memoryRejects, m.memoryReserved, m.refusals, m.raftConnsRefused, m.raftRPCsRefused, &nodeCollector{n: n},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

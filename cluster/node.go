@@ -231,12 +231,19 @@ func (n *Node) openStores() error {
 const maxAppendEntries = 256
 
 func (n *Node) startRaft() error {
-	layer, err := raftnet.Listen(raftnet.Config{
+	netCfg := raftnet.Config{
 		Bind: n.cfg.RaftAddr, Advertise: n.cfg.RaftAdvertise,
 		ServerTLS: n.cfg.RaftServerTLS, ClientTLS: n.cfg.RaftClientTLS,
 		Limits:    n.cfg.RaftConnLimits,
 		OnRefused: func(reason string) { n.metrics.raftConnsRefused.WithLabelValues(reason).Inc() },
-	})
+	}
+	var peers *raftPeers
+	if n.cfg.checksRaftPeers() {
+		peers = &raftPeers{self: n.cfg.NodeID, members: n.members, warn: n.log.Warn,
+			onRefusedRPC: func(rpc string) { n.metrics.raftRPCsRefused.WithLabelValues(rpc).Inc() }}
+		netCfg.AllowPeer = peers.allowIP
+	}
+	layer, err := raftnet.Listen(netCfg)
 	if err != nil {
 		return err
 	}
@@ -282,9 +289,16 @@ func (n *Node) startRaft() error {
 		return err
 	}
 	snaps := &snapshotStore{FileSnapshotStore: n.snaps}
-	r, err := raft.NewRaft(rc, observedFSM{FSM: n.fsm, m: n.metrics, ct: n.ctime}, logs, n.store, snaps, drainedTransport{n.trans})
+	var trans raft.Transport = drainedTransport{n.trans}
+	if peers != nil {
+		trans = newMemberTransport(drainedTransport{n.trans}, peers, n.stop)
+	}
+	r, err := raft.NewRaft(rc, observedFSM{FSM: n.fsm, m: n.metrics, ct: n.ctime}, logs, n.store, snaps, trans)
 	if err != nil {
 		return fmt.Errorf("start raft with data dir %s: %w", n.cfg.DataDir, err)
+	}
+	if peers != nil {
+		peers.raft.Store(r)
 	}
 	snaps.follow(r)
 	r.RegisterObserver(raft.NewObserver(nil, false, n.metrics.observeLeader))
