@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/raft"
 )
@@ -49,9 +50,22 @@ type raftPeers struct {
 	members *members
 
 	onRefusedRPC func(rpc string)
-	warned       sync.Map // "id@addr" of senders already logged
+	warned       sync.Map // refusals already logged, by their text
 	warn         func(msg string, args ...any)
+
+	// recent is the last view built and when, so that the RPCs of known
+	// servers (every append and heartbeat) do not each build one; a
+	// sender it does not know is checked against a fresh view.
+	recent atomic.Pointer[timedView]
 }
+
+type timedView struct {
+	peerView
+	at time.Time
+}
+
+// recentFor is how long a view serves the check of a sender it knows.
+const recentFor = time.Second
 
 // checksRaftPeers reports whether the node checks Raft peers itself: only
 // when the Raft port does not require client certificates of the CA.
@@ -115,18 +129,22 @@ func (p *raftPeers) allowIP(ip net.IP) bool {
 }
 
 // check returns why rpc is refused, or nil when its sender is a known
-// server.
+// server. A view up to recentFor old may admit a sender (a server removed
+// since may still be taken for that long, as raft itself does until the
+// removal reaches this node); only a fresh one refuses.
 func (p *raftPeers) check(rpc raft.RPC) error {
 	h, ok := rpc.Command.(raft.WithRPCHeader)
 	if !ok {
 		return fmt.Errorf("raft RPC %T carries no header naming its sender", rpc.Command)
 	}
-	v := p.view()
-	if v.open {
+	id, addr := string(h.GetRPCHeader().ID), string(h.GetRPCHeader().Addr)
+	known := func(v peerView) bool { return v.open || id != p.self && slices.Contains(v.raft[id], addr) }
+	if r := p.recent.Load(); r != nil && time.Since(r.at) < recentFor && known(r.peerView) {
 		return nil
 	}
-	id, addr := string(h.GetRPCHeader().ID), string(h.GetRPCHeader().Addr)
-	if id != p.self && slices.Contains(v.raft[id], addr) {
+	v := p.view()
+	p.recent.Store(&timedView{peerView: v, at: time.Now()})
+	if known(v) {
 		return nil
 	}
 	return fmt.Errorf("raft RPC refused: sender %q at %q is not a server of %s's configuration", id, addr, p.self)
