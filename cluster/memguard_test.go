@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"fmt"
+	"io"
 	"runtime"
 	"strings"
 	"sync"
@@ -212,5 +213,62 @@ func TestWorstCaseHeapOfOneRequest(t *testing.T) {
 		if peak > before+cost {
 			t.Errorf("%s: heap peaked %s above its start, more than the %s held before the guard plus the %s it reserved", tc.name, mb(peak), mb(before), mb(cost))
 		}
+	}
+}
+
+// A stream's requests hold their reservations only until they are answered
+// or the stream ends, also when it ends with a refused request: nothing is
+// left reserved after the stream, so later enqueues are not refused for
+// memory a finished stream no longer uses.
+func TestStreamReservationsEndWithTheirAnswers(t *testing.T) {
+	c := StartTestClusterWith(t, 1, func(_ int, cfg *Config) { cfg.MemoryLimit = 1 << 40 })
+	leader := c.Leader(t)
+	q := quorumqpb.NewQueueClient(c.Conn(t, 0))
+	reserved := func() float64 { return testutil.ToFloat64(leader.metrics.memoryReserved) }
+	msg := func(queue string) *quorumqpb.EnqueueRequest {
+		return &quorumqpb.EnqueueRequest{Queue: queue, Messages: []*fsmpb.Message{{Body: make([]byte, 64<<10)}}}
+	}
+
+	st, err := q.EnqueueStream(ctxT(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		if err := st.Send(msg("s")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 5 {
+		if _, err := st.Recv(); err != nil {
+			t.Fatalf("answer %d: %v", i, err)
+		}
+	}
+	if got := reserved(); got != 0 {
+		t.Errorf("%v bytes reserved after all five requests of an open stream were answered, want 0", got)
+	}
+	st.CloseSend()
+	if _, err := st.Recv(); err != io.EOF {
+		t.Fatalf("end of stream: %v", err)
+	}
+
+	st, err = q.EnqueueStream(ctxT(t, 10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, queue := range []string{"s", "not a queue name", "s"} {
+		if err := st.Send(msg(queue)); err != nil && err != io.EOF {
+			t.Fatal(err)
+		}
+	}
+	for {
+		if _, err := st.Recv(); err != nil {
+			if status.Code(err) != codes.InvalidArgument {
+				t.Fatalf("stream with an invalid queue name ended with %v, want InvalidArgument", err)
+			}
+			break
+		}
+	}
+	if got := reserved(); got != 0 {
+		t.Errorf("%v bytes reserved after a stream ended with a refused request, want 0", got)
 	}
 }
