@@ -26,13 +26,24 @@ const (
 	adminToken = "admin-token-0123456789"
 )
 
-// tlsTokenCluster starts a TLS-only cluster with one token per scope.
+// tlsTokenCluster starts a TLS-only cluster of three with one token per
+// scope.
 func tlsTokenCluster(t *testing.T) (*TestCluster, func(token string) *grpc.ClientConn) {
+	return tlsTokenClusterWith(t, 3, nil)
+}
+
+// tlsTokenClusterWith is tlsTokenCluster with n nodes and tweak applied to
+// each node's Config after the TLS and token settings; dial connects to the
+// leader.
+func tlsTokenClusterWith(t *testing.T, n int, tweak func(i int, c *Config)) (*TestCluster, func(token string) *grpc.ClientConn) {
 	pki := newTestPKI(t)
 	pool := pki.pool
-	c := StartTestClusterWith(t, 3, func(_ int, cfg *Config) {
+	c := StartTestClusterWith(t, n, func(i int, cfg *Config) {
 		pki.secure(t, cfg)
 		cfg.AuthTokens = []Token{{readToken, ScopeRead}, {writeToken, ScopeWrite}, {adminToken, ScopeAdmin}}
+		if tweak != nil {
+			tweak(i, cfg)
+		}
 	})
 	leader := c.Leader(t)
 	dial := func(token string) *grpc.ClientConn {

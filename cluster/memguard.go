@@ -7,28 +7,46 @@ import (
 	rtmetrics "runtime/metrics"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
-// memoryGuard refuses calls that add messages (Enqueue, Transaction)
-// while the Go heap holds more than limit bytes. Every message lives in
-// memory on every node (the FSM is in RAM), so a queue that only grows
-// would end in an out-of-memory kill of all nodes at about the same time;
-// refusing enqueues with ResourceExhausted turns that into back-pressure
-// producers can see, while consumers keep draining. The heap is read with
-// runtime/metrics, which does not stop the world.
+// memoryGuard refuses calls that add messages (Enqueue, EnqueueStream,
+// Transaction) while the Go heap holds more than limit bytes. Every message
+// lives in memory on every node (the FSM is in RAM), so a queue that only
+// grows would end in an out-of-memory kill of all nodes at about the same
+// time; refusing enqueues with ResourceExhausted turns that into
+// back-pressure producers can see, while consumers keep draining. The heap
+// is read with runtime/metrics, which does not stop the world.
+//
+// A request that is admitted allocates most of its cost after the check:
+// the encoded log entry, the log store's encoding and pages, the state
+// machine's copy (requestCost). Requests checked together would each see a
+// heap without the others' rounds and all be admitted, so each admitted
+// request reserves its cost until its Raft round ends, and a request is
+// admitted only while heap + reserved + its own cost stays within the
+// limit. What the guard cannot count: the bytes gRPC reads and decodes
+// before any interceptor runs (docs/security.md, "Worst-case memory of one
+// request").
 type memoryGuard struct {
-	limit   atomic.Int64 // <= 0: off
-	rejects prometheus.Counter
+	limit    atomic.Int64 // <= 0: off
+	rejects  prometheus.Counter
+	reserved prometheus.Gauge // the same as inFlight, for /metrics
+
+	mu       sync.Mutex
+	inFlight int64 // bytes reserved by admitted requests not yet served
 }
 
-func newMemoryGuard(limit int64, rejects prometheus.Counter) *memoryGuard {
-	g := &memoryGuard{rejects: rejects}
+func newMemoryGuard(limit int64, rejects prometheus.Counter, reserved prometheus.Gauge) *memoryGuard {
+	g := &memoryGuard{rejects: rejects, reserved: reserved}
 	g.limit.Store(limit)
 	return g
 }
@@ -44,48 +62,183 @@ func heapBytes() int64 {
 	return int64(s[0].Value.Uint64())
 }
 
+// What an admitted request still allocates on the leader after the guard
+// admitted it, per byte of its wire size and per nested message it holds
+// (a message, an attribute, a receipt). Measured with one node, TLS and a
+// write token (TestWorstCaseHeapOfOneRequest): a full batch of 8 MiB of
+// bodies allocated 9 to 11 times its size after decoding (the command
+// encoded for the log, raft-boltdb's msgpack encoding of the entry in a
+// buffer that doubles as it grows, bbolt's pages for it, the state
+// machine's decoded copy); a batch of 1,000 messages with 32 attributes
+// each, about 750 bytes per nested message beyond that. Garbage counts
+// until the collector runs, which is when the heap is at its highest.
+const (
+	costPerWireByte      = 10
+	costPerNestedMessage = 1 << 10
+)
+
+// requestCost is what the guard reserves for req while it is served.
+func requestCost(req proto.Message) int64 {
+	return costPerWireByte*int64(proto.Size(req)) + costPerNestedMessage*nestedMessages(req.ProtoReflect())
+}
+
+// nestedMessages counts the messages held in m at any depth.
+func nestedMessages(m protoreflect.Message) int64 {
+	var n int64
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.IsMap():
+			n += int64(v.Map().Len())
+		case fd.IsList() && fd.Message() != nil:
+			l := v.List()
+			for i := range l.Len() {
+				n += 1 + nestedMessages(l.Get(i).Message())
+			}
+		case fd.Message() != nil:
+			n += 1 + nestedMessages(v.Message())
+		}
+		return true
+	})
+	return n
+}
+
+// tap refuses a call that adds messages while the heap and the
+// reservations already exceed the limit, before gRPC reads its message:
+// while the guard is full, a request's bytes are not even received.
+func (g *memoryGuard) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
+	if addsMessages(info.FullMethodName) {
+		if err := g.admit(0); err != nil {
+			return ctx, err
+		}
+	}
+	return ctx, nil
+}
+
 func (g *memoryGuard) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	if addsMessages(info.FullMethod) {
-		if err := g.check(); err != nil {
+	if m, ok := req.(proto.Message); ok && addsMessages(info.FullMethod) {
+		release, err := g.reserve(requestCost(m))
+		if err != nil {
 			return nil, err
 		}
+		defer release()
 	}
 	return h(ctx, req)
 }
 
 // stream guards every request of a stream that adds messages, as it
-// arrives: a refused request ends the stream with the error.
+// arrives: a refused request ends the stream with the error. Each admitted
+// request's reservation lasts until its answer is sent (the stream answers
+// requests in order, one answer each) or the stream ends.
 func (g *memoryGuard) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-	if addsMessages(info.FullMethod) {
-		ss = guardedStream{ServerStream: ss, g: g}
+	if !addsMessages(info.FullMethod) {
+		return h(srv, ss)
 	}
-	return h(srv, ss)
+	gs := &guardedStream{ServerStream: ss, g: g}
+	defer gs.end()
+	return h(srv, gs)
 }
 
 type guardedStream struct {
 	grpc.ServerStream
 	g *memoryGuard
+
+	mu      sync.Mutex
+	pending []func() // releases of requests not yet answered, oldest first
+	ended   bool
 }
 
-func (s guardedStream) RecvMsg(m any) error {
+func (s *guardedStream) RecvMsg(m any) error {
 	if err := s.ServerStream.RecvMsg(m); err != nil {
 		return err
 	}
-	return s.g.check()
+	pm, ok := m.(proto.Message)
+	if !ok {
+		return nil
+	}
+	release, err := s.g.reserve(requestCost(pm))
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended { // the handler returned while this request was being read
+		release()
+		return nil
+	}
+	s.pending = append(s.pending, release)
+	return nil
 }
 
-// check is the memory guard's refusal, or nil while the heap is under the
-// limit (or the guard is off).
-func (g *memoryGuard) check() error {
-	if limit := g.limit.Load(); limit > 0 {
-		if heap := heapBytes(); heap > limit {
-			g.rejects.Inc()
-			return status.Error(codes.ResourceExhausted,
-				"memory guard: heap holds "+strconv.FormatInt(heap, 10)+" bytes, limit is "+strconv.FormatInt(limit, 10)+
-					" (--memory-limit); enqueues are refused until consumers drain queues")
-		}
+func (s *guardedStream) SendMsg(m any) error {
+	err := s.ServerStream.SendMsg(m)
+	s.mu.Lock()
+	var release func()
+	if len(s.pending) > 0 {
+		release = s.pending[0]
+		s.pending = s.pending[1:]
 	}
-	return nil
+	s.mu.Unlock()
+	if release != nil {
+		release()
+	}
+	return err
+}
+
+func (s *guardedStream) end() {
+	s.mu.Lock()
+	pending := s.pending
+	s.pending, s.ended = nil, true
+	s.mu.Unlock()
+	for _, release := range pending {
+		release()
+	}
+}
+
+// reserve admits a request that will cost about cost bytes and holds them
+// until release is called, or refuses it (admit).
+func (g *memoryGuard) reserve(cost int64) (release func(), err error) {
+	if g.limit.Load() <= 0 {
+		return func() {}, nil
+	}
+	if err := g.admit(cost); err != nil {
+		return nil, err
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			g.mu.Lock()
+			g.inFlight -= cost
+			g.mu.Unlock()
+			g.reserved.Sub(float64(cost))
+		})
+	}, nil
+}
+
+// admit reserves cost bytes, or returns the memory guard's refusal when the
+// heap, the bytes reserved by requests in flight and cost together exceed
+// the limit. The refusal names the limit and what filled it.
+func (g *memoryGuard) admit(cost int64) error {
+	limit := g.limit.Load()
+	if limit <= 0 {
+		return nil
+	}
+	heap := heapBytes()
+	g.mu.Lock()
+	reserved := g.inFlight
+	ok := heap+reserved+cost <= limit
+	if ok {
+		g.inFlight += cost
+	}
+	g.mu.Unlock()
+	if ok {
+		g.reserved.Add(float64(cost))
+		return nil
+	}
+	g.rejects.Inc()
+	return status.Error(codes.ResourceExhausted,
+		"memory guard: heap holds "+strconv.FormatInt(heap, 10)+" bytes, requests in flight reserve "+strconv.FormatInt(reserved, 10)+
+			", this one needs "+strconv.FormatInt(cost, 10)+"; limit is "+strconv.FormatInt(limit, 10)+
+			" (--memory-limit); enqueues are refused until consumers drain queues")
 }
 
 func addsMessages(method string) bool {

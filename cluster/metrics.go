@@ -43,8 +43,10 @@ type metrics struct {
 	snapshotSize     prometheus.Gauge
 	nacked           *prometheus.CounterVec // queue
 	memoryRejects    prometheus.Counter
+	memoryReserved   prometheus.Gauge
 	refusals         *prometheus.CounterVec // code
 	raftConnsRefused *prometheus.CounterVec // reason
+	raftRPCsRefused  *prometheus.CounterVec // rpc
 }
 
 func newMetrics(n *Node) *metrics {
@@ -79,7 +81,11 @@ func newMetrics(n *Node) *metrics {
 		}, []string{"queue"}),
 		memoryRejects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "quorumq_memory_guard_rejects_total",
-			Help: "Enqueues refused with ResourceExhausted because the heap was above the memory limit.",
+			Help: "Enqueues refused with ResourceExhausted because the heap, the bytes reserved by enqueues in flight and the request's own cost would exceed the memory limit.",
+		}),
+		memoryReserved: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "quorumq_memory_guard_reserved_bytes",
+			Help: "Bytes the memory guard holds for enqueues it admitted and that are still being served (their Raft round not yet over), counted against the memory limit with the heap.",
 		}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "quorumq_command_refusals_total",
@@ -87,11 +93,15 @@ func newMetrics(n *Node) *metrics {
 		}, []string{"code"}),
 		raftConnsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "quorumq_raft_connections_refused_total",
-			Help: "Connections to the Raft port closed at accept because a cap was full, by reason (max-conns, max-conns-per-ip).",
+			Help: "Connections to the Raft port closed at accept, by reason: a cap was full (max-conns, max-conns-per-ip), or, without mutual TLS, the remote IP is no known server's (not-a-peer).",
 		}, []string{"reason"}),
+		raftRPCsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "quorumq_raft_rpcs_refused_total",
+			Help: "Raft RPCs refused before raft saw them because, without mutual TLS, the sender's ID and address are no known server's, by rpc (append_entries, heartbeat, request_vote, request_pre_vote, install_snapshot, timeout_now).",
+		}, []string{"rpc"}),
 	}
 	m.reg.MustRegister(m.rpcDuration, m.applyDuration, m.leaderChanges, m.snapshotDuration, m.snapshotSize,
-		m.nacked, m.memoryRejects, m.refusals, m.raftConnsRefused, &nodeCollector{n: n},
+		m.nacked, m.memoryRejects, m.memoryReserved, m.refusals, m.raftConnsRefused, m.raftRPCsRefused, &nodeCollector{n: n},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -36,6 +36,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/experimental"
+	"google.golang.org/grpc/tap"
 
 	"github.com/quorumq/quorumq/fsm"
 	"github.com/quorumq/quorumq/transport"
@@ -230,12 +231,19 @@ func (n *Node) openStores() error {
 const maxAppendEntries = 256
 
 func (n *Node) startRaft() error {
-	layer, err := raftnet.Listen(raftnet.Config{
+	netCfg := raftnet.Config{
 		Bind: n.cfg.RaftAddr, Advertise: n.cfg.RaftAdvertise,
 		ServerTLS: n.cfg.RaftServerTLS, ClientTLS: n.cfg.RaftClientTLS,
 		Limits:    n.cfg.RaftConnLimits,
 		OnRefused: func(reason string) { n.metrics.raftConnsRefused.WithLabelValues(reason).Inc() },
-	})
+	}
+	var peers *raftPeers
+	if n.cfg.checksRaftPeers() {
+		peers = &raftPeers{self: n.cfg.NodeID, members: n.members, warn: n.log.Warn,
+			onRefusedRPC: func(rpc string) { n.metrics.raftRPCsRefused.WithLabelValues(rpc).Inc() }}
+		netCfg.AllowPeer = peers.allowIP
+	}
+	layer, err := raftnet.Listen(netCfg)
 	if err != nil {
 		return err
 	}
@@ -281,9 +289,16 @@ func (n *Node) startRaft() error {
 		return err
 	}
 	snaps := &snapshotStore{FileSnapshotStore: n.snaps}
-	r, err := raft.NewRaft(rc, observedFSM{FSM: n.fsm, m: n.metrics, ct: n.ctime}, logs, n.store, snaps, drainedTransport{n.trans})
+	var trans raft.Transport = drainedTransport{n.trans}
+	if peers != nil {
+		trans = newMemberTransport(drainedTransport{n.trans}, peers, n.stop)
+	}
+	r, err := raft.NewRaft(rc, observedFSM{FSM: n.fsm, m: n.metrics, ct: n.ctime}, logs, n.store, snaps, trans)
 	if err != nil {
 		return fmt.Errorf("start raft with data dir %s: %w", n.cfg.DataDir, err)
+	}
+	if peers != nil {
+		peers.raft.Store(r)
 	}
 	snaps.follow(r)
 	r.RegisterObserver(raft.NewObserver(nil, false, n.metrics.observeLeader))
@@ -314,15 +329,32 @@ func (n *Node) startAPI() error {
 	if n.cfg.APIServerTLS != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(n.cfg.APIServerTLS)))
 	}
+	n.guard = newMemoryGuard(n.cfg.MemoryLimit, n.metrics.memoryRejects, n.metrics.memoryReserved)
+	// gRPC takes one tap handle: the token first, so that a caller without
+	// one learns nothing about the node's memory.
+	taps := []tap.ServerInHandle{n.guard.tap}
 	if tokens := n.cfg.tokens(); len(tokens) > 0 {
-		opts = append(opts, grpc.InTapHandle(tokenAuth{tokens: tokens}.tap))
+		taps = append([]tap.ServerInHandle{tokenAuth{tokens: tokens}.tap}, taps...)
 	}
-	n.guard = newMemoryGuard(n.cfg.MemoryLimit, n.metrics.memoryRejects)
-	opts = append(opts, grpc.ChainUnaryInterceptor(n.guard.unary), grpc.ChainStreamInterceptor(n.guard.stream))
+	opts = append(opts, grpc.InTapHandle(chainTaps(taps)),
+		grpc.ChainUnaryInterceptor(n.guard.unary), grpc.ChainStreamInterceptor(n.guard.stream))
 	n.grpc = grpc.NewServer(opts...)
 	transport.NewQueueService(n, n.cfg.Limits, n.cfg.AutoCreateQueues).Register(n.grpc)
 	(&clusterService{n: n}).register(n.grpc)
 	return nil
+}
+
+// chainTaps runs taps in order; the first refusal is the call's.
+func chainTaps(taps []tap.ServerInHandle) tap.ServerInHandle {
+	return func(ctx context.Context, info *tap.Info) (context.Context, error) {
+		for _, t := range taps {
+			var err error
+			if ctx, err = t(ctx, info); err != nil {
+				return ctx, err
+			}
+		}
+		return ctx, nil
+	}
 }
 
 func (n *Node) serveAPI() {

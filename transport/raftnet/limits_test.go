@@ -163,3 +163,38 @@ func waitOpen(t *testing.T, l *Layer, want int) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A connection from an IP that AllowPeer refuses is closed at accept and
+// counted as "not-a-peer"; one from an allowed IP is served.
+func TestConnectionsFromRefusedPeersAreClosedAtAccept(t *testing.T) {
+	var mu sync.Mutex
+	var reasons []string
+	l, err := Listen(Config{
+		Bind:      "127.0.0.1:0",
+		AllowPeer: func(ip net.IP) bool { return ip.Equal(net.ParseIP("127.0.0.1")) },
+		OnRefused: func(reason string) { mu.Lock(); reasons = append(reasons, reason); mu.Unlock() },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go serve(l)
+
+	stranger := dialFrom(t, "127.0.0.2", l.BoundAddr().String())
+	if !closedWithin(stranger, 2*time.Second) {
+		t.Fatal("a connection from 127.0.0.2 was still open after 2 s; AllowPeer refuses it")
+	}
+	peer := dialFrom(t, "127.0.0.1", l.BoundAddr().String())
+	if _, err := peer.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	peer.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := io.ReadFull(peer, make([]byte, 1)); err != nil {
+		t.Fatalf("a connection from 127.0.0.1 was not served: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(reasons) != 1 || reasons[0] != "not-a-peer" {
+		t.Fatalf("refusals %v, want one not-a-peer", reasons)
+	}
+}

@@ -14,7 +14,9 @@
 // connection must finish its TLS handshake and send its first byte within
 // HandshakeTimeout, is closed after IdleTimeout without traffic, and
 // connections beyond MaxConns in total or MaxConnsPerIP from one address are
-// closed at accept, before raft sees them.
+// closed at accept, before raft sees them. Without mutual TLS the layer
+// cannot authenticate a peer; the caller may pass AllowPeer to close
+// connections from IPs that are not its servers'.
 package raftnet
 
 import (
@@ -59,6 +61,7 @@ type Layer struct {
 	clientTLS *tls.Config
 	limits    Limits // defaults filled in
 	onRefused func(reason string)
+	allowPeer func(net.IP) bool
 
 	mu    sync.Mutex
 	open  int            // accepted connections not yet closed
@@ -83,9 +86,15 @@ type Config struct {
 
 	// Limits bound accepted connections.
 	Limits Limits
-	// OnRefused, if set, is called with the reason ("max-conns" or
-	// "max-conns-per-ip") for each connection closed at accept.
+	// OnRefused, if set, is called with the reason ("max-conns",
+	// "max-conns-per-ip" or "not-a-peer") for each connection closed at
+	// accept.
 	OnRefused func(reason string)
+	// AllowPeer, if set, is asked about the remote IP of every accepted
+	// connection; one it refuses is closed at accept ("not-a-peer"). A
+	// cluster without mutual TLS uses it to refuse hosts that are not its
+	// servers.
+	AllowPeer func(net.IP) bool
 }
 
 // Limits bound what accepted connections may hold; a zero field takes the
@@ -128,7 +137,7 @@ func Listen(cfg Config) (*Layer, error) {
 	}
 	cfg.Limits.fillDefaults()
 	return &Layer{ln: ln, advertise: adv, serverTLS: cfg.ServerTLS, clientTLS: cfg.ClientTLS,
-		limits: cfg.Limits, onRefused: cfg.OnRefused, perIP: map[string]int{}}, nil
+		limits: cfg.Limits, onRefused: cfg.OnRefused, allowPeer: cfg.AllowPeer, perIP: map[string]int{}}, nil
 }
 
 func advertiseAddr(bound net.Addr, advertise string) (net.Addr, error) {
@@ -150,8 +159,8 @@ func advertiseAddr(bound net.Addr, advertise string) (net.Addr, error) {
 }
 
 // Accept waits for the next Raft connection within the limits and, with
-// TLS, wraps it. A connection over a cap is closed here and the wait goes
-// on. The handshake runs on the first read, in raft's per-connection
+// TLS, wraps it. A connection over a cap, or from an IP AllowPeer refuses,
+// is closed here and the wait goes on. The handshake runs on the first read, in raft's per-connection
 // goroutine, so a slow or hostile peer cannot stall the accept loop; the
 // deadline set here bounds it.
 func (l *Layer) Accept() (net.Conn, error) {
@@ -161,7 +170,13 @@ func (l *Layer) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		ip := remoteIP(c)
-		if reason := l.admit(ip); reason != "" {
+		reason := ""
+		if l.allowPeer != nil && !l.allowPeer(net.ParseIP(ip)) {
+			reason = "not-a-peer"
+		} else {
+			reason = l.admit(ip)
+		}
+		if reason != "" {
 			// Counted before the close, so that the refusal shows by the
 			// time the peer sees its connection end.
 			if l.onRefused != nil {
