@@ -324,6 +324,47 @@ func TestDeliveryContract(t *testing.T) {
 				t.Fatal("replayed after the window")
 			}
 		}},
+		{"a replay returns only the deliveries still leased by the attempt that made them", func(t *testing.T, h *harness) {
+			h.ok(enq("q", msg("a", ""), msg("b", ""), msg("c", ""), msg("d", "")))
+			req := &fsmpb.Receive{Queue: "q", Max: 4, RequestId: "r1"}
+			rs := h.ok(recvCmd(req)).Deliveries
+			h.ok(ackCmd("q", rs[0].Receipt))
+			h.ok(nackCmd("q", time.Hour, rs[1].Receipt))
+			h.ok(extendCmd("q", time.Minute, rs[2].Receipt))
+			h.at(time.Second)
+			r := h.ok(recvCmd(req))
+			if !r.Replayed || !slices.Equal(bodies(r), []string{"c", "d"}) {
+				t.Fatalf("replay after a was acked and b nacked = %v; want c and d", r)
+			}
+			if c := r.Deliveries[0]; c.LeaseUntilUnixNano != t0+int64(time.Minute) || c.Receipt.Attempt != 1 {
+				t.Fatalf("replayed c = %v; want its extended lease", c)
+			}
+			// d's lease ends and d is delivered again: the old receipt no
+			// longer holds it, before and after the redelivery.
+			h.at(DefaultVisibility)
+			if r := h.ok(recvCmd(req)); !r.Replayed || !slices.Equal(bodies(r), []string{"c"}) {
+				t.Fatalf("replay after d's lease ended = %v; want c alone", r)
+			}
+			if r := h.ok(recvCmd(recv("q", 4))); !slices.Equal(bodies(r), []string{"d"}) || r.Deliveries[0].Receipt.Attempt != 2 {
+				t.Fatalf("receive after d's lease ended = %v; want d again", r)
+			}
+			if r := h.ok(recvCmd(req)); !r.Replayed || !slices.Equal(bodies(r), []string{"c"}) {
+				t.Fatalf("replay after d was delivered again = %v; want c alone", r)
+			}
+		}},
+		{"a replayed auto-ack receive delivers nothing again", func(t *testing.T, h *harness) {
+			h.ok(enq("q", msg("a", ""), msg("b", "")))
+			req := &fsmpb.Receive{Queue: "q", Max: 1, AutoAck: true, RequestId: "r1"}
+			if r := h.ok(recvCmd(req)); !slices.Equal(bodies(r), []string{"a"}) {
+				t.Fatalf("auto-ack receive = %v", r)
+			}
+			if r := h.ok(recvCmd(req)); !r.Replayed || len(r.Deliveries) != 0 {
+				t.Fatalf("its replay = %v; want replayed, nothing delivered (a is deleted, b not leased)", r)
+			}
+			if st := h.stats("q"); st.Ready != 1 || st.AckedTotal != 1 {
+				t.Fatalf("after the replay: %v; want b still ready", st)
+			}
+		}},
 		{"an empty receive leaves no replay entry, so its long poll can still deliver", func(t *testing.T, h *harness) {
 			// The server proposes the same receive (same request ID) again
 			// when its long poll wakes; an entry recorded for the empty

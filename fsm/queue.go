@@ -54,11 +54,24 @@ func byAtID(a, b *message) bool {
 	return a.id < b.id
 }
 
+// replayEntry remembers a receive with a request ID for the dedup window:
+// the receipts it handed out and the outcomes of the acks it carried. It
+// keeps no record: a record holds its body, and an entry lives for the
+// whole window, so every body delivered under a request ID would outlive
+// its ack by up to that long. A replay reads the live records instead
+// (queue.replay).
 type replayEntry struct {
-	requestID  string
-	at         int64
-	deliveries []*message // the records as delivered
-	outcomes   []fsmpb.AckOutcome
+	requestID string
+	at        int64
+	receipts  []replayReceipt
+	outcomes  []fsmpb.AckOutcome
+}
+
+// replayReceipt is one delivery of a replayed receive: the message and the
+// delivery attempt that leased it.
+type replayReceipt struct {
+	id      uint64
+	attempt uint32
 }
 
 func byReplayAt(a, b *replayEntry) bool {

@@ -196,10 +196,8 @@ func (sw *snapWriter) queue(q *queue) error {
 	}
 	q.replayAt.Scan(func(e *replayEntry) bool {
 		r := &fsmpb.SnapshotReplay{RequestId: e.requestID, AtUnixNano: e.at, Outcomes: e.outcomes}
-		for _, m := range e.deliveries {
-			sm := new(fsmpb.SnapshotMessage)
-			toSnapMessage(sm, m)
-			r.Deliveries = append(r.Deliveries, sm)
+		for _, rr := range e.receipts {
+			r.Receipts = append(r.Receipts, &fsmpb.Receipt{MessageId: rr.id, Attempt: rr.attempt})
 		}
 		err = sw.record(&fsmpb.SnapshotRecord{Record: &fsmpb.SnapshotRecord_Replay{Replay: r}})
 		return err == nil
@@ -517,12 +515,24 @@ func (b *builder) replay(sr *fsmpb.SnapshotReplay) error {
 			return fmt.Errorf("queue %q: replay entry %q: unknown ack outcome %d", q.name, e.requestID, o)
 		}
 	}
+	if len(sr.GetDeliveries()) > 0 && len(sr.GetReceipts()) > 0 {
+		return fmt.Errorf("queue %q: replay entry %q has both deliveries and receipts", q.name, e.requestID)
+	}
+	// A snapshot of an earlier release holds the records as delivered;
+	// only their receipts are kept (see replayEntry).
 	for _, sm := range sr.GetDeliveries() {
 		m, flags := toMessage(sm)
 		if err := checkMessageRecord(m, flags, q.nextID); err != nil {
 			return fmt.Errorf("queue %q: replay entry %q: %v", q.name, e.requestID, err)
 		}
-		e.deliveries = append(e.deliveries, m)
+		e.receipts = append(e.receipts, replayReceipt{id: m.id, attempt: m.attempt})
+	}
+	for _, r := range sr.GetReceipts() {
+		if r.GetMessageId() < 1 || r.GetMessageId() >= q.nextID || r.GetAttempt() < 1 || r.GetQueue() != "" {
+			return fmt.Errorf("queue %q: replay entry %q: receipt %v: id out of range 1 to %d, attempt 0 or a queue name",
+				q.name, e.requestID, r, q.nextID-1)
+		}
+		e.receipts = append(e.receipts, replayReceipt{id: r.GetMessageId(), attempt: r.GetAttempt()})
 	}
 	b.phase = 2
 	q.replay.Set(e)
