@@ -4,11 +4,13 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -272,3 +274,34 @@ func TestStreamReservationsEndWithTheirAnswers(t *testing.T) {
 		t.Errorf("%v bytes reserved after a stream ended with a refused request, want 0", got)
 	}
 }
+
+// TestMemoryGuardCollectsBeforeRefusing checks that the guard refuses on
+// what the heap holds after a collection, not on garbage the collector
+// has not reached yet, and that it collects at most once per
+// guardCollectEvery.
+func TestMemoryGuardCollectsBeforeRefusing(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(-1)) // no collection but the guard's
+	runtime.GC()
+	live := heapBytes()
+	g := newMemoryGuard(live+64<<20, prometheus.NewCounter(prometheus.CounterOpts{Name: "rejects"}), prometheus.NewGauge(prometheus.GaugeOpts{Name: "reserved"}))
+	garbage := func() {
+		for range 32 {
+			keep = make([]byte, 8<<20)
+		}
+		keep = nil
+	}
+	garbage()
+	if heapBytes() <= g.limit.Load() {
+		t.Fatalf("the heap holds %d MiB with 256 MiB of garbage, want more than the %d MiB limit", heapBytes()>>20, g.limit.Load()>>20)
+	}
+	if err := g.admit(0); err != nil {
+		t.Fatalf("with the heap over the limit only by garbage: %v", err)
+	}
+	garbage()
+	if err := g.admit(0); err == nil {
+		t.Fatal("a second collection within guardCollectEvery: want the refusal")
+	}
+}
+
+// keep makes the garbage of TestMemoryGuardCollectsBeforeRefusing escape.
+var keep []byte
