@@ -58,7 +58,7 @@
 //   - Receive: the retry carries the same request ID and does not long-poll,
 //     so the server answers from its replay table with the deliveries the
 //     lost attempt leased (those still leased under their receipts; with
-//     auto-ack, none), instead of waiting for other messages.
+//     auto-ack, all of them), instead of waiting for other messages.
 //
 // Errors are typed: errors.Is(err, ErrLeaseLost), ErrQueueNotFound,
 // ErrQueueExists, ErrQueueFull, ErrOutcomeUnknown, ErrInvalidArgument,

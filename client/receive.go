@@ -56,15 +56,15 @@ func WithVisibility(d time.Duration) ReceiveOption {
 }
 
 // WithAutoAck deletes the messages as they are delivered: at-most-once. A
-// reply lost on the way is a lost message, also when Receive retries: the
-// retry's replay returns only messages its request ID still leases, and
-// auto-acked ones are no longer there.
+// reply lost for good (the caller's context ends while the reply is in
+// flight) is a lost message.
 func WithAutoAck() ReceiveOption { return func(o *receiveOptions) { o.autoAck = true } }
 
 // WithRequestID sets the receive request ID. A Receive with an ID the queue
 // saw within its dedup window leases nothing new: it returns again those of
 // the first call's deliveries that are still leased under their receipts
-// (not the ones acked, nacked, expired or delivered again since). Receive
+// (not the ones acked, nacked, expired or delivered again since), or, with
+// WithAutoAck, all of them. Receive
 // picks a fresh one when none is given, which makes its own retries safe;
 // give one to make a retry across calls safe.
 func WithRequestID(id string) ReceiveOption { return func(o *receiveOptions) { o.requestID = id } }

@@ -55,15 +55,17 @@ func byAtID(a, b *message) bool {
 }
 
 // replayEntry remembers a receive with a request ID for the dedup window:
-// the receipts it handed out and the outcomes of the acks it carried. It
-// keeps no record: a record holds its body, and an entry lives for the
-// whole window, so every body delivered under a request ID would outlive
-// its ack by up to that long. A replay reads the live records instead
-// (queue.replay).
+// the receipts it handed out and the outcomes of the acks it carried. A
+// leasing receive's entry keeps no record: a record holds its body, and an
+// entry lives for the whole window, so every body delivered under a
+// request ID would outlive its ack by up to that long. A replay reads the
+// live records instead (queue.replayed). An auto-ack receive's messages
+// are deleted as they are delivered, so its entry keeps the records.
 type replayEntry struct {
 	requestID string
 	at        int64
 	receipts  []replayReceipt
+	autoAcked []*message // an auto-ack receive's records as delivered
 	outcomes  []fsmpb.AckOutcome
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/quorumq/quorumq/fsm/fsmpb"
 )
@@ -199,5 +200,23 @@ func TestRestoreReplayEntryOfEarlierRelease(t *testing.T) {
 	h.ok(ackCmd("q", r.Deliveries[1].Receipt))
 	if r := h.ok(req); !r.Replayed || !slices.Equal(bodies(r), []string{"a"}) {
 		t.Fatalf("replay after c was acked = %v; want a alone", r)
+	}
+}
+
+// TestAutoAckReplaySurvivesRestore checks that the replay entry of an
+// auto-ack receive, which keeps its deleted records, still returns them
+// after a snapshot round trip.
+func TestAutoAckReplaySurvivesRestore(t *testing.T) {
+	h := newHarness(t)
+	h.ok(createQ("q", nil))
+	h.ok(enq("q", msg("a", "da"), msg("b", "")))
+	req := recvCmd(&fsmpb.Receive{Queue: "q", Max: 1, AutoAck: true, RequestId: "r"})
+	first := h.ok(req)
+	g := &harness{t: t, f: New(), idx: h.idx, now: h.now}
+	if err := g.f.Restore(persist(t, h.f)); err != nil {
+		t.Fatal(err)
+	}
+	if r := g.ok(req); !r.Replayed || !proto.Equal(&fsmpb.Result{Deliveries: first.Deliveries}, &fsmpb.Result{Deliveries: r.Deliveries}) {
+		t.Fatalf("replay after restore = %v; want %v", r, first.Deliveries)
 	}
 }

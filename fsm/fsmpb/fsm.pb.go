@@ -2081,13 +2081,17 @@ type SnapshotReplay struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	RequestId  string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	AtUnixNano int64                  `protobuf:"varint,2,opt,name=at_unix_nano,json=atUnixNano,proto3" json:"at_unix_nano,omitempty"`
-	// The records as delivered, bodies included: written by releases before
-	// receipts (5) existed. Still read, for their id and attempt only.
+	// The records as delivered, bodies included: of an auto-ack receive
+	// (auto_ack), or of any receive in a snapshot of a release before
+	// receipts (5), which is read for their ids and attempts only.
 	Deliveries []*SnapshotMessage `protobuf:"bytes,3,rep,name=deliveries,proto3" json:"deliveries,omitempty"`
 	Outcomes   []AckOutcome       `protobuf:"varint,4,rep,packed,name=outcomes,proto3,enum=quorumq.fsm.v1.AckOutcome" json:"outcomes,omitempty"`
 	// The receipts the receive handed out, in delivery order (queue empty).
 	// A replay answers from the live records, so no body is kept here.
-	Receipts      []*Receipt `protobuf:"bytes,5,rep,name=receipts,proto3" json:"receipts,omitempty"`
+	Receipts []*Receipt `protobuf:"bytes,5,rep,name=receipts,proto3" json:"receipts,omitempty"`
+	// An auto-ack receive: deliveries (3) are its records as delivered,
+	// kept because the messages are deleted and a replay cannot read them.
+	AutoAck       bool `protobuf:"varint,6,opt,name=auto_ack,json=autoAck,proto3" json:"auto_ack,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2155,6 +2159,13 @@ func (x *SnapshotReplay) GetReceipts() []*Receipt {
 		return x.Receipts
 	}
 	return nil
+}
+
+func (x *SnapshotReplay) GetAutoAck() bool {
+	if x != nil {
+		return x.AutoAck
+	}
+	return false
 }
 
 type SnapshotRecord struct {
@@ -2447,7 +2458,7 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\rSnapshotDedup\x12\x19\n" +
 	"\bdedup_id\x18\x01 \x01(\tR\adedupId\x12\x1d\n" +
 	"\n" +
-	"message_id\x18\x02 \x01(\x04R\tmessageId\"\xff\x01\n" +
+	"message_id\x18\x02 \x01(\x04R\tmessageId\"\x9a\x02\n" +
 	"\x0eSnapshotReplay\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12 \n" +
@@ -2457,7 +2468,8 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"deliveries\x18\x03 \x03(\v2\x1f.quorumq.fsm.v1.SnapshotMessageR\n" +
 	"deliveries\x126\n" +
 	"\boutcomes\x18\x04 \x03(\x0e2\x1a.quorumq.fsm.v1.AckOutcomeR\boutcomes\x123\n" +
-	"\breceipts\x18\x05 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\"\xb6\x02\n" +
+	"\breceipts\x18\x05 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\x12\x19\n" +
+	"\bauto_ack\x18\x06 \x01(\bR\aautoAck\"\xb6\x02\n" +
 	"\x0eSnapshotRecord\x125\n" +
 	"\x05state\x18\x01 \x01(\v2\x1d.quorumq.fsm.v1.SnapshotStateH\x00R\x05state\x125\n" +
 	"\x05queue\x18\x02 \x01(\v2\x1d.quorumq.fsm.v1.SnapshotQueueH\x00R\x05queue\x12;\n" +
