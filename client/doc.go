@@ -57,7 +57,8 @@
 //     (the ID was recorded, possibly by an earlier attempt of this call).
 //   - Receive: the retry carries the same request ID and does not long-poll,
 //     so the server answers from its replay table with the deliveries the
-//     lost attempt leased, instead of waiting for other messages.
+//     lost attempt leased (those still leased under their receipts; with
+//     auto-ack, all of them), instead of waiting for other messages.
 //
 // Errors are typed: errors.Is(err, ErrLeaseLost), ErrQueueNotFound,
 // ErrQueueExists, ErrQueueFull, ErrOutcomeUnknown, ErrInvalidArgument,

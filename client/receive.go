@@ -61,9 +61,12 @@ func WithVisibility(d time.Duration) ReceiveOption {
 func WithAutoAck() ReceiveOption { return func(o *receiveOptions) { o.autoAck = true } }
 
 // WithRequestID sets the receive request ID. A Receive with an ID the queue
-// saw within its dedup window returns the same deliveries instead of
-// leasing new ones. Receive picks a fresh one when none is given, which
-// makes its own retries safe; give one to make a retry across calls safe.
+// saw within its dedup window leases nothing new: it returns again those of
+// the first call's deliveries that are still leased under their receipts
+// (not the ones acked, nacked, expired or delivered again since), or, with
+// WithAutoAck, all of them. Receive
+// picks a fresh one when none is given, which makes its own retries safe;
+// give one to make a retry across calls safe.
 func WithRequestID(id string) ReceiveOption { return func(o *receiveOptions) { o.requestID = id } }
 
 // Receive leases up to maxMsgs available messages of queue. With WithWait it

@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"context"
 	"os"
+	"runtime"
 	rtmetrics "runtime/metrics"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -36,14 +38,27 @@ import (
 // limit. What the guard cannot count: the bytes gRPC reads and decodes
 // before any interceptor runs (docs/security.md, "Worst-case memory of one
 // request").
+//
+// Heap objects count garbage until a collection frees it, and after a
+// backlog is drained that can be most of the heap for minutes: the
+// collector starts a cycle when the heap has doubled since the last one
+// (or after two minutes), and a cluster that only refuses sends allocates
+// little. So a guard that would refuse first collects, at most once per
+// guardCollectEvery, and refuses only if the heap is still too full.
 type memoryGuard struct {
-	limit    atomic.Int64 // <= 0: off
-	rejects  prometheus.Counter
-	reserved prometheus.Gauge // the same as inFlight, for /metrics
+	limit     atomic.Int64 // <= 0: off
+	rejects   prometheus.Counter
+	reserved  prometheus.Gauge // the same as inFlight, for /metrics
+	collected atomic.Int64     // when the guard last ran a collection, unix ns
 
 	mu       sync.Mutex
 	inFlight int64 // bytes reserved by admitted requests not yet served
 }
+
+// guardCollectEvery bounds the collections the guard runs: a full
+// collection of a heap that is really full takes tens to hundreds of
+// milliseconds of CPU.
+const guardCollectEvery = 5 * time.Second
 
 func newMemoryGuard(limit int64, rejects prometheus.Counter, reserved prometheus.Gauge) *memoryGuard {
 	g := &memoryGuard{rejects: rejects, reserved: reserved}
@@ -222,14 +237,10 @@ func (g *memoryGuard) admit(cost int64) error {
 	if limit <= 0 {
 		return nil
 	}
-	heap := heapBytes()
-	g.mu.Lock()
-	reserved := g.inFlight
-	ok := heap+reserved+cost <= limit
-	if ok {
-		g.inFlight += cost
+	heap, reserved, ok := g.take(cost, limit)
+	if !ok && g.collect() {
+		heap, reserved, ok = g.take(cost, limit)
 	}
-	g.mu.Unlock()
 	if ok {
 		g.reserved.Add(float64(cost))
 		return nil
@@ -239,6 +250,32 @@ func (g *memoryGuard) admit(cost int64) error {
 		"memory guard: heap holds "+strconv.FormatInt(heap, 10)+" bytes, requests in flight reserve "+strconv.FormatInt(reserved, 10)+
 			", this one needs "+strconv.FormatInt(cost, 10)+"; limit is "+strconv.FormatInt(limit, 10)+
 			" (--memory-limit); enqueues are refused until consumers drain queues")
+}
+
+// take reserves cost if the heap, the reservations and cost fit within
+// limit, and returns what it found.
+func (g *memoryGuard) take(cost, limit int64) (heap, reserved int64, ok bool) {
+	heap = heapBytes()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	reserved = g.inFlight
+	ok = heap+reserved+cost <= limit
+	if ok {
+		g.inFlight += cost
+	}
+	return heap, reserved, ok
+}
+
+// collect runs a garbage collection unless one of the guard's ran less
+// than guardCollectEvery ago (or runs now), and reports whether it did.
+func (g *memoryGuard) collect() bool {
+	now := time.Now().UnixNano()
+	last := g.collected.Load()
+	if now-last < int64(guardCollectEvery) || !g.collected.CompareAndSwap(last, now) {
+		return false
+	}
+	runtime.GC()
+	return true
 }
 
 func addsMessages(method string) bool {

@@ -4,11 +4,13 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -272,3 +274,166 @@ func TestStreamReservationsEndWithTheirAnswers(t *testing.T) {
 		t.Errorf("%v bytes reserved after a stream ended with a refused request, want 0", got)
 	}
 }
+
+// TestHeapReturnsAfterADrain fills a three-node cluster with 192 MiB of
+// 64 KiB messages (a dedup ID on every one), drains it the way a consumer
+// does (receives with request IDs, each acking the batch before), and then
+// wants, within a minute, the heap the memory guard reads back within
+// twice its size before the fill, and the guard taking sends again, while
+// the dedup window still answers for every message: each dedup ID is a
+// duplicate of its message, each request ID leases nothing new and each
+// receipt acks again as ACK_OK.
+//
+// "Before the fill" is a cluster that has already served the same
+// traffic on a small scale (16 MiB filled and drained), so that its log
+// caches and buffer pools hold what they hold in service; an idle cluster
+// that never saw a message is not what a drain should return to. The three
+// nodes share this process's heap, so the fill is 576 MiB of bodies in
+// all; the 1 GB per node of a production drain would not fit a CI
+// machine running the other packages' tests beside this one.
+func TestHeapReturnsAfterADrain(t *testing.T) {
+	const (
+		size  = 64 << 10
+		warm  = 256
+		n     = 3072
+		batch = 64 // messages per enqueue: 4 MiB
+		take  = 32 // per receive: 2 MiB, under the client's 4 MiB default
+		queue = "drain"
+	)
+	// No ticks: WaitReplicated compares the state hashes of all nodes at
+	// one applied index, and hashing 192 MiB outlasts a tick interval.
+	c := StartTestClusterWith(t, 3, func(_ int, cfg *Config) { cfg.TickInterval = time.Hour })
+	leader := c.Leader(t)
+	api := quorumqpb.NewQueueClient(c.Conn(t, c.Index(leader)))
+	ctx := ctxT(t, 3*time.Minute)
+
+	// fill enqueues messages first to first+count-1 (message IDs first+1
+	// on), with dedup IDs d<number>.
+	fill := func(first, count int) {
+		for i := first; i < first+count; i += batch {
+			req := &quorumqpb.EnqueueRequest{Queue: queue}
+			for j := i; j < i+batch; j++ {
+				body := make([]byte, size)
+				body[0] = byte(j)
+				req.Messages = append(req.Messages, &fsmpb.Message{Body: body, DedupId: fmt.Sprintf("d%05d", j)})
+			}
+			if _, err := api.Enqueue(ctx, req); err != nil {
+				t.Fatalf("enqueue messages %d to %d: %v", i, i+batch-1, err)
+			}
+		}
+		c.WaitReplicated(t)
+	}
+	// drain receives until the queue is empty, with request IDs
+	// <prefix><number>, and returns the receipts.
+	drain := func(prefix string) []*fsmpb.Receipt {
+		var receipts, pending []*fsmpb.Receipt
+		for r := 0; ; r++ {
+			res, err := api.Receive(ctx, &quorumqpb.ReceiveRequest{Queue: queue, Max: take, RequestId: fmt.Sprintf("%s%03d", prefix, r), Ack: pending})
+			if err != nil {
+				t.Fatalf("receive %s%03d: %v", prefix, r, err)
+			}
+			pending = nil
+			for _, d := range res.GetDeliveries() {
+				pending = append(pending, d.GetReceipt())
+			}
+			receipts = append(receipts, pending...)
+			if len(pending) == 0 {
+				c.WaitReplicated(t)
+				return receipts
+			}
+		}
+	}
+
+	fill(n, warm)
+	drain("warm")
+	runtime.GC()
+	before := heapBytes()
+	fill(0, n)
+	runtime.GC()
+	filled := heapBytes()
+	if filled-before < 3*n*size*9/10 {
+		t.Fatalf("the heap grew by %d MiB through the fill, want about the %d MiB of bodies", (filled-before)>>20, 3*n*size>>20)
+	}
+	receipts := drain("r")
+	if len(receipts) != n {
+		t.Fatalf("drained %d messages, want %d", len(receipts), n)
+	}
+
+	// The guard refuses sends above twice the heap before the fill.
+	leader.guard.limit.Store(2 * before)
+	start := time.Now()
+	for leader.guard.admit(0) != nil {
+		if time.Since(start) > time.Minute {
+			t.Fatalf("a minute after the drain the heap holds %d MiB; before the fill it held %d MiB, full %d MiB",
+				heapBytes()>>20, before>>20, filled>>20)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	t.Logf("heap: %d MiB before the fill, %d MiB full, %d MiB %v after the drain",
+		before>>20, filled>>20, heapBytes()>>20, time.Since(start).Round(time.Millisecond))
+
+	late := enqueue(t, c, c.Index(leader), queue, "late")[0]
+	for i := 0; i < n; i += batch {
+		req := &quorumqpb.EnqueueRequest{Queue: queue}
+		for j := i; j < i+batch; j++ {
+			req.Messages = append(req.Messages, &fsmpb.Message{Body: []byte("again"), DedupId: fmt.Sprintf("d%05d", j)})
+		}
+		resp, err := api.Enqueue(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, e := range resp.GetResults() {
+			if want := uint64(warm + i + k + 1); !e.GetDuplicate() || e.GetMessageId() != want {
+				t.Fatalf("dedup ID d%05d after the drain: %v, want a duplicate of message %d", i+k, e, want)
+			}
+		}
+	}
+	for r := 0; r < n/take; r++ {
+		res, err := api.Receive(ctx, &quorumqpb.ReceiveRequest{Queue: queue, Max: take, RequestId: fmt.Sprintf("r%03d", r)})
+		if err != nil || len(res.GetDeliveries()) != 0 {
+			t.Fatalf("request ID r%03d after the drain: %v, %v; want its replay, which leases nothing (message %d is ready)", r, res, err, late.GetMessageId())
+		}
+	}
+	for i := 0; i < n; i += batch {
+		resp, err := api.Ack(ctx, &quorumqpb.AckRequest{Queue: queue, Receipts: receipts[i : i+batch]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, o := range resp.GetOutcomes() {
+			if o != fsmpb.AckOutcome_ACK_OK {
+				t.Fatalf("receipt %v acked again: %v, want ACK_OK", receipts[i+k], o)
+			}
+		}
+	}
+}
+
+// TestMemoryGuardCollectsBeforeRefusing checks that the guard refuses on
+// what the heap holds after a collection, not on garbage the collector
+// has not reached yet, and that it collects at most once per
+// guardCollectEvery.
+func TestMemoryGuardCollectsBeforeRefusing(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(-1)) // no collection but the guard's
+	runtime.GC()
+	live := heapBytes()
+	g := newMemoryGuard(live+64<<20, prometheus.NewCounter(prometheus.CounterOpts{Name: "rejects"}), prometheus.NewGauge(prometheus.GaugeOpts{Name: "reserved"}))
+	garbage := func() {
+		for range 32 {
+			keep = make([]byte, 8<<20)
+		}
+		keep = nil
+	}
+	garbage()
+	if heapBytes() <= g.limit.Load() {
+		t.Fatalf("the heap holds %d MiB with 256 MiB of garbage, want more than the %d MiB limit", heapBytes()>>20, g.limit.Load()>>20)
+	}
+	if err := g.admit(0); err != nil {
+		t.Fatalf("with the heap over the limit only by garbage: %v", err)
+	}
+	garbage()
+	if err := g.admit(0); err == nil {
+		t.Fatal("a second collection within guardCollectEvery: want the refusal")
+	}
+}
+
+// keep makes the garbage of TestMemoryGuardCollectsBeforeRefusing escape.
+var keep []byte

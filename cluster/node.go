@@ -281,10 +281,7 @@ func (n *Node) startRaft() error {
 	if n.cfg.wrapLogStore != nil {
 		disk = n.cfg.wrapLogStore(disk)
 	}
-	logs, err := raft.NewLogCache(512, &checkedLogStore{LogStore: disk, path: filepath.Join(n.cfg.DataDir, raftDBFile)})
-	if err != nil {
-		return err
-	}
+	logs := newLogCache(&checkedLogStore{LogStore: disk, path: filepath.Join(n.cfg.DataDir, raftDBFile)}, logCacheEntries, logCacheBytes)
 	if err := n.seedFromBackup(); err != nil {
 		return err
 	}

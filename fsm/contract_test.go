@@ -324,6 +324,50 @@ func TestDeliveryContract(t *testing.T) {
 				t.Fatal("replayed after the window")
 			}
 		}},
+		{"a replay returns only the deliveries still leased by the attempt that made them", func(t *testing.T, h *harness) {
+			h.ok(enq("q", msg("a", ""), msg("b", ""), msg("c", ""), msg("d", "")))
+			req := &fsmpb.Receive{Queue: "q", Max: 4, RequestId: "r1"}
+			rs := h.ok(recvCmd(req)).Deliveries
+			h.ok(ackCmd("q", rs[0].Receipt))
+			h.ok(nackCmd("q", time.Hour, rs[1].Receipt))
+			h.ok(extendCmd("q", time.Minute, rs[2].Receipt))
+			h.at(time.Second)
+			r := h.ok(recvCmd(req))
+			if !r.Replayed || !slices.Equal(bodies(r), []string{"c", "d"}) {
+				t.Fatalf("replay after a was acked and b nacked = %v; want c and d", r)
+			}
+			if c := r.Deliveries[0]; c.LeaseUntilUnixNano != t0+int64(time.Minute) || c.Receipt.Attempt != 1 {
+				t.Fatalf("replayed c = %v; want its extended lease", c)
+			}
+			// d's lease ends and d is delivered again: the old receipt no
+			// longer holds it, before and after the redelivery.
+			h.at(DefaultVisibility)
+			if r := h.ok(recvCmd(req)); !r.Replayed || !slices.Equal(bodies(r), []string{"c"}) {
+				t.Fatalf("replay after d's lease ended = %v; want c alone", r)
+			}
+			if r := h.ok(recvCmd(recv("q", 4))); !slices.Equal(bodies(r), []string{"d"}) || r.Deliveries[0].Receipt.Attempt != 2 {
+				t.Fatalf("receive after d's lease ended = %v; want d again", r)
+			}
+			if r := h.ok(recvCmd(req)); !r.Replayed || !slices.Equal(bodies(r), []string{"c"}) {
+				t.Fatalf("replay after d was delivered again = %v; want c alone", r)
+			}
+		}},
+		{"a replayed auto-ack receive returns the deleted messages again", func(t *testing.T, h *harness) {
+			// A retry after a lost reply must not answer "empty" for a
+			// receive that took the queue's head.
+			h.ok(enq("q", msg("a", ""), msg("b", "")))
+			req := &fsmpb.Receive{Queue: "q", Max: 1, AutoAck: true, RequestId: "r1"}
+			first := h.ok(recvCmd(req))
+			if !slices.Equal(bodies(first), []string{"a"}) {
+				t.Fatalf("auto-ack receive = %v", first)
+			}
+			if r := h.ok(recvCmd(req)); !r.Replayed || !proto.Equal(&fsmpb.Result{Deliveries: first.Deliveries}, &fsmpb.Result{Deliveries: r.Deliveries}) {
+				t.Fatalf("its replay = %v; want a again", r)
+			}
+			if st := h.stats("q"); st.Ready != 1 || st.AckedTotal != 1 {
+				t.Fatalf("after the replay: %v; want b still ready", st)
+			}
+		}},
 		{"an empty receive leaves no replay entry, so its long poll can still deliver", func(t *testing.T, h *harness) {
 			// The server proposes the same receive (same request ID) again
 			// when its long poll wakes; an entry recorded for the empty

@@ -106,12 +106,25 @@ func (f *FSM) apply(cmd *fsmpb.Command) (res *fsmpb.Result) {
 	if err != nil {
 		return errorResult(err)
 	}
+	refresh := false
 	for name, q := range t.work {
-		if q == nil {
+		switch {
+		case q == nil:
 			f.queues.Delete(&queue{name: name})
-		} else {
+			refresh = true
+		case q.refreshDue():
+			q.refresh()
+			refresh = true
+		}
+		if q != nil {
 			f.queues.Set(q)
 		}
+	}
+	// The queue tree splits like any other (see queue.refresh): refreshed
+	// after a queue was deleted or its trees replaced, so that no stale
+	// slot keeps the old ones.
+	if refresh {
+		f.queues = refreshed(f.queues)
 	}
 	f.now = t.now
 	f.lastNow.Store(t.now)

@@ -129,11 +129,7 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 	now := t.now
 	if r.GetRequestId() != "" {
 		if e, ok := q.replay.Get(&replayEntry{requestID: r.GetRequestId()}); ok && e.at+q.settings.dedupWindow > now {
-			res := &fsmpb.Result{Replayed: true, Outcomes: e.outcomes}
-			for _, m := range e.deliveries {
-				res.Deliveries = append(res.Deliveries, delivery(q.name, m))
-			}
-			return res, nil
+			return q.replayed(e, now), nil
 		}
 	}
 	res := &fsmpb.Result{}
@@ -145,7 +141,10 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 	if vis == 0 {
 		vis = q.settings.visibility
 	}
-	var delivered []*message
+	var (
+		delivered []replayReceipt
+		autoAcked []*message
+	)
 	for uint32(len(delivered)) < r.GetMax() {
 		id, ok := q.ready.min()
 		if !ok {
@@ -165,6 +164,7 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 		if r.GetAutoAck() {
 			q.remove(m, d.attempt, now, true)
 			q.counters.acked++
+			autoAcked = append(autoAcked, d)
 		} else {
 			q.replace(m, d)
 		}
@@ -172,7 +172,7 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 		if d.attempt > 1 {
 			q.counters.redelivered++
 		}
-		delivered = append(delivered, d)
+		delivered = append(delivered, replayReceipt{id: d.id, attempt: d.attempt})
 		res.Deliveries = append(res.Deliveries, delivery(q.name, d))
 	}
 	// Only a receive that delivered something is remembered. An empty one
@@ -186,11 +186,41 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 			q.replay.Delete(old)
 			q.replayAt.Delete(old)
 		}
-		e := &replayEntry{requestID: r.GetRequestId(), at: now, deliveries: delivered, outcomes: res.Outcomes}
+		e := &replayEntry{requestID: r.GetRequestId(), at: now, outcomes: res.Outcomes}
+		if autoAcked != nil {
+			e.autoAcked = autoAcked
+		} else {
+			e.receipts = delivered
+		}
 		q.replay.Set(e)
 		q.replayAt.Set(e)
 	}
 	return res, nil
+}
+
+// replayed answers a repeated receive from its replay entry. An auto-ack
+// receive gets its deliveries back as they were. A leasing one gets every
+// delivery that the attempt which made it still leases, as it is now (the
+// body is the live record's, which shares it with the record as
+// delivered; a lease extended since shows its new end). A delivery that
+// was acked, nacked, expired or delivered again since is left out. Only
+// the holder of the receipt could have acked, nacked or extended it, so
+// the caller already dealt with it; and a message whose lease ended is
+// available to other consumers (or already leased by one), so handing it
+// out again under the old receipt would let two consumers work on it
+// while the second lease runs.
+func (q *queue) replayed(e *replayEntry, now int64) *fsmpb.Result {
+	res := &fsmpb.Result{Replayed: true, Outcomes: e.outcomes}
+	for _, m := range e.autoAcked {
+		res.Deliveries = append(res.Deliveries, delivery(q.name, m))
+	}
+	for _, rr := range e.receipts {
+		m, ok := q.msgs.GetHint(&message{id: rr.id}, &q.msgsHint)
+		if ok && m.attempt == rr.attempt && m.is(flagLeased) && m.at > now {
+			res.Deliveries = append(res.Deliveries, delivery(q.name, m))
+		}
+	}
+	return res
 }
 
 // deadLetter moves m, which would be delivered more than max_deliveries

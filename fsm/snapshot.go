@@ -195,11 +195,14 @@ func (sw *snapWriter) queue(q *queue) error {
 		return err
 	}
 	q.replayAt.Scan(func(e *replayEntry) bool {
-		r := &fsmpb.SnapshotReplay{RequestId: e.requestID, AtUnixNano: e.at, Outcomes: e.outcomes}
-		for _, m := range e.deliveries {
+		r := &fsmpb.SnapshotReplay{RequestId: e.requestID, AtUnixNano: e.at, Outcomes: e.outcomes, AutoAck: e.autoAcked != nil}
+		for _, m := range e.autoAcked {
 			sm := new(fsmpb.SnapshotMessage)
 			toSnapMessage(sm, m)
 			r.Deliveries = append(r.Deliveries, sm)
+		}
+		for _, rr := range e.receipts {
+			r.Receipts = append(r.Receipts, &fsmpb.Receipt{MessageId: rr.id, Attempt: rr.attempt})
 		}
 		err = sw.record(&fsmpb.SnapshotRecord{Record: &fsmpb.SnapshotRecord_Replay{Replay: r}})
 		return err == nil
@@ -517,12 +520,30 @@ func (b *builder) replay(sr *fsmpb.SnapshotReplay) error {
 			return fmt.Errorf("queue %q: replay entry %q: unknown ack outcome %d", q.name, e.requestID, o)
 		}
 	}
+	if len(sr.GetDeliveries()) > 0 && len(sr.GetReceipts()) > 0 || sr.GetAutoAck() && len(sr.GetDeliveries()) == 0 {
+		return fmt.Errorf("queue %q: replay entry %q: deliveries %d, receipts %d, auto-ack %v",
+			q.name, e.requestID, len(sr.GetDeliveries()), len(sr.GetReceipts()), sr.GetAutoAck())
+	}
+	// An auto-ack receive keeps its records. So did every receive in a
+	// snapshot of an earlier release; of those only the receipts are kept
+	// (see replayEntry).
 	for _, sm := range sr.GetDeliveries() {
 		m, flags := toMessage(sm)
 		if err := checkMessageRecord(m, flags, q.nextID); err != nil {
 			return fmt.Errorf("queue %q: replay entry %q: %v", q.name, e.requestID, err)
 		}
-		e.deliveries = append(e.deliveries, m)
+		if sr.GetAutoAck() {
+			e.autoAcked = append(e.autoAcked, m)
+		} else {
+			e.receipts = append(e.receipts, replayReceipt{id: m.id, attempt: m.attempt})
+		}
+	}
+	for _, r := range sr.GetReceipts() {
+		if r.GetMessageId() < 1 || r.GetMessageId() >= q.nextID || r.GetAttempt() < 1 || r.GetQueue() != "" {
+			return fmt.Errorf("queue %q: replay entry %q: receipt %v: id out of range 1 to %d, attempt 0 or a queue name",
+				q.name, e.requestID, r, q.nextID-1)
+		}
+		e.receipts = append(e.receipts, replayReceipt{id: r.GetMessageId(), attempt: r.GetAttempt()})
 	}
 	b.phase = 2
 	q.replay.Set(e)

@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"os"
+	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/quorumq/quorumq/fsm/fsmpb"
 )
@@ -160,3 +164,59 @@ func TestSnapshotOfEmptyFSM(t *testing.T) {
 }
 
 var _ raft.FSMSnapshot = (*fsmSnapshot)(nil)
+
+// TestRestoreReplayEntryOfEarlierRelease restores a snapshot written by the
+// release that kept the delivered records in replay entries: a queue with
+// messages a, b and c delivered under request ID "req", then b acked. The
+// entry still answers, from the live records: a and c, not the acked b.
+// Persisted again, it holds receipts instead of records.
+func TestRestoreReplayEntryOfEarlierRelease(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("testdata", "replay-deliveries.snap"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t)
+	if err := h.f.Restore(io.NopCloser(bytes.NewReader(data))); err != nil {
+		t.Fatal(err)
+	}
+	checkInvariants(t, h.f)
+	h.at(2 * time.Second)
+	req := recvCmd(&fsmpb.Receive{Queue: "q", Max: 3, RequestId: "req"})
+	r := h.ok(req)
+	if !r.Replayed || !slices.Equal(bodies(r), []string{"a", "c"}) || r.Deliveries[0].Receipt.MessageId != 1 || r.Deliveries[1].Receipt.MessageId != 3 {
+		t.Fatalf("replay after restore = %v; want a and c, replayed", r)
+	}
+	if a := r.Deliveries[0]; a.DedupId != "da" || len(a.Attributes) != 1 || a.LeaseUntilUnixNano != t0+int64(DefaultVisibility) || a.Receipt.Attempt != 1 {
+		t.Fatalf("replayed a = %v", a)
+	}
+
+	g := New()
+	if err := g.Restore(persist(t, h.f)); err != nil {
+		t.Fatal(err)
+	}
+	if g.StateHash() != h.f.StateHash() {
+		t.Fatal("the restored replay entry did not survive another round trip")
+	}
+	h.ok(ackCmd("q", r.Deliveries[1].Receipt))
+	if r := h.ok(req); !r.Replayed || !slices.Equal(bodies(r), []string{"a"}) {
+		t.Fatalf("replay after c was acked = %v; want a alone", r)
+	}
+}
+
+// TestAutoAckReplaySurvivesRestore checks that the replay entry of an
+// auto-ack receive, which keeps its deleted records, still returns them
+// after a snapshot round trip.
+func TestAutoAckReplaySurvivesRestore(t *testing.T) {
+	h := newHarness(t)
+	h.ok(createQ("q", nil))
+	h.ok(enq("q", msg("a", "da"), msg("b", "")))
+	req := recvCmd(&fsmpb.Receive{Queue: "q", Max: 1, AutoAck: true, RequestId: "r"})
+	first := h.ok(req)
+	g := &harness{t: t, f: New(), idx: h.idx, now: h.now}
+	if err := g.f.Restore(persist(t, h.f)); err != nil {
+		t.Fatal(err)
+	}
+	if r := g.ok(req); !r.Replayed || !proto.Equal(&fsmpb.Result{Deliveries: first.Deliveries}, &fsmpb.Result{Deliveries: r.Deliveries}) {
+		t.Fatalf("replay after restore = %v; want %v", r, first.Deliveries)
+	}
+}

@@ -2078,11 +2078,20 @@ func (x *SnapshotDedup) GetMessageId() uint64 {
 }
 
 type SnapshotReplay struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RequestId     string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	AtUnixNano    int64                  `protobuf:"varint,2,opt,name=at_unix_nano,json=atUnixNano,proto3" json:"at_unix_nano,omitempty"`
-	Deliveries    []*SnapshotMessage     `protobuf:"bytes,3,rep,name=deliveries,proto3" json:"deliveries,omitempty"` // as delivered (attempt, lease end)
-	Outcomes      []AckOutcome           `protobuf:"varint,4,rep,packed,name=outcomes,proto3,enum=quorumq.fsm.v1.AckOutcome" json:"outcomes,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	RequestId  string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	AtUnixNano int64                  `protobuf:"varint,2,opt,name=at_unix_nano,json=atUnixNano,proto3" json:"at_unix_nano,omitempty"`
+	// The records as delivered, bodies included: of an auto-ack receive
+	// (auto_ack), or of any receive in a snapshot of a release before
+	// receipts (5), which is read for their ids and attempts only.
+	Deliveries []*SnapshotMessage `protobuf:"bytes,3,rep,name=deliveries,proto3" json:"deliveries,omitempty"`
+	Outcomes   []AckOutcome       `protobuf:"varint,4,rep,packed,name=outcomes,proto3,enum=quorumq.fsm.v1.AckOutcome" json:"outcomes,omitempty"`
+	// The receipts the receive handed out, in delivery order (queue empty).
+	// A replay answers from the live records, so no body is kept here.
+	Receipts []*Receipt `protobuf:"bytes,5,rep,name=receipts,proto3" json:"receipts,omitempty"`
+	// An auto-ack receive: deliveries (3) are its records as delivered,
+	// kept because the messages are deleted and a replay cannot read them.
+	AutoAck       bool `protobuf:"varint,6,opt,name=auto_ack,json=autoAck,proto3" json:"auto_ack,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2143,6 +2152,20 @@ func (x *SnapshotReplay) GetOutcomes() []AckOutcome {
 		return x.Outcomes
 	}
 	return nil
+}
+
+func (x *SnapshotReplay) GetReceipts() []*Receipt {
+	if x != nil {
+		return x.Receipts
+	}
+	return nil
+}
+
+func (x *SnapshotReplay) GetAutoAck() bool {
+	if x != nil {
+		return x.AutoAck
+	}
+	return false
 }
 
 type SnapshotRecord struct {
@@ -2435,7 +2458,7 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\rSnapshotDedup\x12\x19\n" +
 	"\bdedup_id\x18\x01 \x01(\tR\adedupId\x12\x1d\n" +
 	"\n" +
-	"message_id\x18\x02 \x01(\x04R\tmessageId\"\xca\x01\n" +
+	"message_id\x18\x02 \x01(\x04R\tmessageId\"\x9a\x02\n" +
 	"\x0eSnapshotReplay\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12 \n" +
@@ -2444,7 +2467,9 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\n" +
 	"deliveries\x18\x03 \x03(\v2\x1f.quorumq.fsm.v1.SnapshotMessageR\n" +
 	"deliveries\x126\n" +
-	"\boutcomes\x18\x04 \x03(\x0e2\x1a.quorumq.fsm.v1.AckOutcomeR\boutcomes\"\xb6\x02\n" +
+	"\boutcomes\x18\x04 \x03(\x0e2\x1a.quorumq.fsm.v1.AckOutcomeR\boutcomes\x123\n" +
+	"\breceipts\x18\x05 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\x12\x19\n" +
+	"\bauto_ack\x18\x06 \x01(\bR\aautoAck\"\xb6\x02\n" +
 	"\x0eSnapshotRecord\x125\n" +
 	"\x05state\x18\x01 \x01(\v2\x1d.quorumq.fsm.v1.SnapshotStateH\x00R\x05state\x125\n" +
 	"\x05queue\x18\x02 \x01(\v2\x1d.quorumq.fsm.v1.SnapshotQueueH\x00R\x05queue\x12;\n" +
@@ -2555,16 +2580,17 @@ var file_fsm_fsmpb_fsm_proto_depIdxs = []int32{
 	8,  // 33: quorumq.fsm.v1.SnapshotMessage.attributes:type_name -> quorumq.fsm.v1.Attribute
 	26, // 34: quorumq.fsm.v1.SnapshotReplay.deliveries:type_name -> quorumq.fsm.v1.SnapshotMessage
 	1,  // 35: quorumq.fsm.v1.SnapshotReplay.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	24, // 36: quorumq.fsm.v1.SnapshotRecord.state:type_name -> quorumq.fsm.v1.SnapshotState
-	25, // 37: quorumq.fsm.v1.SnapshotRecord.queue:type_name -> quorumq.fsm.v1.SnapshotQueue
-	26, // 38: quorumq.fsm.v1.SnapshotRecord.message:type_name -> quorumq.fsm.v1.SnapshotMessage
-	27, // 39: quorumq.fsm.v1.SnapshotRecord.dedup:type_name -> quorumq.fsm.v1.SnapshotDedup
-	28, // 40: quorumq.fsm.v1.SnapshotRecord.replay:type_name -> quorumq.fsm.v1.SnapshotReplay
-	41, // [41:41] is the sub-list for method output_type
-	41, // [41:41] is the sub-list for method input_type
-	41, // [41:41] is the sub-list for extension type_name
-	41, // [41:41] is the sub-list for extension extendee
-	0,  // [0:41] is the sub-list for field type_name
+	12, // 36: quorumq.fsm.v1.SnapshotReplay.receipts:type_name -> quorumq.fsm.v1.Receipt
+	24, // 37: quorumq.fsm.v1.SnapshotRecord.state:type_name -> quorumq.fsm.v1.SnapshotState
+	25, // 38: quorumq.fsm.v1.SnapshotRecord.queue:type_name -> quorumq.fsm.v1.SnapshotQueue
+	26, // 39: quorumq.fsm.v1.SnapshotRecord.message:type_name -> quorumq.fsm.v1.SnapshotMessage
+	27, // 40: quorumq.fsm.v1.SnapshotRecord.dedup:type_name -> quorumq.fsm.v1.SnapshotDedup
+	28, // 41: quorumq.fsm.v1.SnapshotRecord.replay:type_name -> quorumq.fsm.v1.SnapshotReplay
+	42, // [42:42] is the sub-list for method output_type
+	42, // [42:42] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_fsm_fsmpb_fsm_proto_init() }
