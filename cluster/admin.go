@@ -224,7 +224,11 @@ func (n *Node) RemoveServer(ctx context.Context, id string) error {
 	n.removed[id] = boot
 	n.removedMu.Unlock()
 	timeout := n.timeoutFor(ctx)
-	if err := n.await(ctx, n.raft.RemoveServer(raft.ServerID(id), 0, timeout), timeout); err != nil {
+	var f raft.Future = n.raft.RemoveServer(raft.ServerID(id), 0, timeout)
+	if id == n.cfg.NodeID {
+		f = n.selfRemoval(f)
+	}
+	if err := n.await(ctx, f, timeout); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) {
 			return n.notLeader()
 		}
@@ -232,6 +236,54 @@ func (n *Node) RemoveServer(ctx context.Context, id string) error {
 	}
 	n.log.Info("removed server", "id", id)
 	return nil
+}
+
+// selfRemoval is the future of a leader's removal of itself. raft shuts a
+// leader down as soon as the configuration without it commits, and the
+// future of that change can then stay unanswered for good: raft answers it
+// from its FSM goroutine, which may see the shutdown first, and the
+// change's future, unlike an Apply's, does not end with the shutdown. Raft
+// stops only after that commit, or when the node stops; so raft shut down
+// with a latest configuration that no longer holds this node is the
+// removal done.
+func (n *Node) selfRemoval(f raft.Future) raft.Future {
+	return removalFuture{f: f, n: n}
+}
+
+type removalFuture struct {
+	f raft.Future
+	n *Node
+}
+
+func (r removalFuture) Error() error {
+	done := make(chan error, 1)
+	go func() { done <- r.f.Error() }()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-r.n.stop:
+			return raft.ErrRaftShutdown
+		case <-tick.C:
+			if r.n.raft.State() == raft.Shutdown && !r.n.inLatestConfiguration(r.n.cfg.NodeID) {
+				return nil
+			}
+		}
+	}
+}
+
+// inLatestConfiguration reports whether id is a server of the latest
+// configuration raft holds (committed or not); raft keeps it after it
+// shuts down.
+func (n *Node) inLatestConfiguration(id string) bool {
+	for _, s := range n.raft.GetConfiguration().Configuration().Servers {
+		if string(s.ID) == id {
+			return true
+		}
+	}
+	return false
 }
 
 // TransferLeadership hands leadership to req.id, or to the most

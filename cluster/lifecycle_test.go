@@ -9,11 +9,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/raft"
 
+	"github.com/quorumq/quorumq/fsm/fsmpb"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
 )
 
@@ -283,4 +285,59 @@ func replaceNode(t *testing.T, c *TestCluster, i int) *Node {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return n
+}
+
+// A leader asked to remove itself answers once the configuration without
+// it has committed. raft shuts such a leader down right after that commit,
+// and the change's future can stay unanswered when raft's FSM goroutine
+// sees the shutdown first (more likely while it is busy applying), which
+// the fault suite saw as a remove that timed out although it was done.
+// Producers keep the FSM busy while each removal commits.
+func TestLeaderRemovesItselfUnderLoad(t *testing.T) {
+	body := make([]byte, 1024)
+	for round := range 6 {
+		c := StartTestCluster(t, 3)
+		leader := c.Leader(t)
+		li := c.Index(leader)
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for p := range 4 {
+			wg.Go(func() {
+				qc := quorumqpb.NewQueueClient(c.Conn(t, li))
+				for k := 0; k < 2000; k++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					req := &quorumqpb.EnqueueRequest{Queue: "q"}
+					for m := range 500 {
+						req.Messages = append(req.Messages, &fsmpb.Message{Body: body, DedupId: fmt.Sprintf("%d-%d-%d-%d", round, p, k, m)})
+					}
+					ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+					_, _ = qc.Enqueue(ctx, req) // refused once the leader is gone
+					cancel()
+				}
+			})
+		}
+		time.Sleep(300 * time.Millisecond)
+		cl := quorumqpb.NewClusterClient(c.Conn(t, li))
+		start := time.Now()
+		_, err := cl.RemoveServer(ctxT(t, 15*time.Second), &quorumqpb.RemoveServerRequest{Id: leader.ID()})
+		close(stop)
+		wg.Wait()
+		if err != nil {
+			t.Fatalf("round %d: leader %s removing itself: %v after %s", round, leader.ID(), err, time.Since(start).Round(time.Millisecond))
+		}
+		other := c.Nodes[(li+1)%3]
+		deadline := time.Now().Add(10 * time.Second)
+		for slices.Contains(voters(t, other), leader.ID()) {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: %s still lists %s as a voter: %v", round, other.ID(), leader.ID(), voters(t, other))
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Logf("round %d: %s removed itself in %s", round, leader.ID(), time.Since(start).Round(time.Millisecond))
+		c.stopAll()
+	}
 }
