@@ -155,19 +155,26 @@ func newBootID() string {
 }
 
 // membershipLoop bootstraps a fresh node once BootstrapExpect fresh
-// servers are in gossip, and clears this node's fresh flag once it sees
-// itself in a Raft configuration.
+// servers are in gossip, and clears this node's fresh flag once it has
+// joined: it sees itself in its Raft configuration and a leader has kept
+// in touch with it for joinSettle (see joined).
 func (n *Node) membershipLoop(fresh bool) {
 	defer n.wg.Done()
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
+	var since time.Time // when joined's conditions started to hold
 	for fresh {
 		select {
 		case <-n.stop:
 			return
 		case <-t.C:
 		}
-		if n.inConfiguration() {
+		if !n.joined() {
+			since = time.Time{}
+		} else if since.IsZero() {
+			since = time.Now()
+		}
+		if !since.IsZero() && time.Since(since) >= n.joinSettle() {
 			fresh = false
 			break
 		}
@@ -181,6 +188,33 @@ func (n *Node) membershipLoop(fresh bool) {
 		}
 	}
 }
+
+// joined reports whether this node is in its own latest Raft
+// configuration and either leads or heard from a leader within a
+// heartbeat timeout. A configuration naming the node is not enough on its
+// own: a server wiped and started again under the same ID and address can
+// receive one last RPC from the leader's replication to its previous
+// incarnation (raft's replication goroutine sleeps out a failure backoff of
+// up to about 10 s without watching for the server's removal, then sends
+// once more), and an InstallSnapshot then brings a configuration from
+// before the removal. No leader replicates to the node after it, so the
+// contact does not last; the node stays fresh and the leader adds it.
+func (n *Node) joined() bool {
+	if !n.inConfiguration() {
+		return false
+	}
+	if n.raft.State() == raft.Leader {
+		return true
+	}
+	addr, _ := n.raft.LeaderWithID()
+	return addr != "" && time.Since(n.raft.LastContact()) < n.cfg.HeartbeatTimeout
+}
+
+// joinSettle is how long joined must hold before the node stops gossiping
+// as fresh: twice the heartbeat timeout, so that a single stale RPC (whose
+// contact lapses after one heartbeat timeout) never clears it, while a
+// leader's heartbeats (ten per heartbeat timeout) keep it true.
+func (n *Node) joinSettle() time.Duration { return 2 * n.cfg.HeartbeatTimeout }
 
 // inConfiguration reports whether this node is in its own latest Raft
 // configuration.

@@ -341,3 +341,91 @@ func TestLeaderRemovesItselfUnderLoad(t *testing.T) {
 		c.stopAll()
 	}
 }
+
+// fresh reports whether n gossips itself as fresh (not yet part of a
+// cluster), the flag a leader adds servers by.
+func fresh(n *Node) bool {
+	n.delegate.mu.Lock()
+	defer n.delegate.mu.Unlock()
+	return n.delegate.meta.Fresh
+}
+
+// A wiped and restarted server can receive, before the leader adds it
+// back, one RPC from the leader's replication to its previous incarnation:
+// raft's replication goroutine sleeps out its failure backoff (up to about
+// 10 s) without watching for its removal, then sends once more to the same
+// address. The fault suite met an InstallSnapshot whose configuration still
+// named the server. Seeing itself in that configuration, the new process
+// stopped gossiping as fresh; the leader adds only fresh servers, so it was
+// never added, and stayed a candidate whose votes everyone refused. The
+// stale snapshot is sent here while the cluster has no leader, so that
+// nothing adds the server before it arrives.
+func TestReplacedNodeStaysFreshAfterAStaleSnapshot(t *testing.T) {
+	c := StartTestCluster(t, 3)
+	leader := c.Leader(t)
+	li := c.Index(leader)
+	enqueue(t, c, li, "q", "a", "b")
+	stale := takeSnapshot(t, leader) // its configuration names all three
+	keep, gone := -1, -1
+	for i, n := range c.Nodes {
+		switch {
+		case n == leader:
+		case keep < 0:
+			keep = i
+		default:
+			gone = i
+		}
+	}
+	id := c.Nodes[gone].ID()
+	cl := quorumqpb.NewClusterClient(c.Conn(t, li))
+	if _, err := cl.RemoveServer(ctxT(t, 10*time.Second), &quorumqpb.RemoveServerRequest{Id: id}); err != nil {
+		t.Fatalf("RemoveServer %s: %v", id, err)
+	}
+	c.Kill(gone)
+	if err := os.RemoveAll(c.configs[gone].DataDir); err != nil {
+		t.Fatal(err)
+	}
+
+	// Without its one other voter, the leader steps down: no leader adds
+	// the replaced server while the stale snapshot is on its way.
+	c.Shutdown(t, keep)
+	deadline := time.Now().Add(10 * time.Second)
+	for leader.IsLeader() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still leader 10 s after losing its quorum", leader.ID())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	n := c.Restart(t, gone)
+	if !fresh(n) {
+		t.Fatalf("wiped %s does not start fresh", id)
+	}
+	if err := sendSnapshot(t, leader, n, stale); err != nil {
+		t.Fatalf("stale snapshot to %s: %v", id, err)
+	}
+	if !slices.Contains(voters(t, n), id) {
+		t.Fatalf("%s's configuration after the stale snapshot %v does not name it; the test sets nothing up", id, voters(t, n))
+	}
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if !fresh(n) {
+			t.Fatalf("%s stopped gossiping as fresh after a snapshot from its previous incarnation's replication; no leader will add it", id)
+		}
+	}
+
+	c.Restart(t, keep)
+	deadline = time.Now().Add(15 * time.Second)
+	for l := c.Leader(t); !slices.Contains(voters(t, l), id); {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not a voter again within 15 s: voters %v", id, voters(t, l))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.WaitReplicated(t)
+	deadline = time.Now().Add(10 * time.Second)
+	for fresh(n) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s, a voter again and replicated, still gossips as fresh", id)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
