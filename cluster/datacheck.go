@@ -5,10 +5,10 @@ import (
 	"fmt"
 	"path/filepath"
 	"runtime/debug"
-	"time"
 
 	"github.com/hashicorp/raft"
 	"go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/quorumq/quorumq/fsm"
 )
@@ -149,7 +149,10 @@ func verifyLog(store raft.LogStore, path string, snapIndex uint64, fileOf func(u
 // exactly once, every branch and leaf well formed) on a closed bolt file.
 // bbolt turns a panic inside the check into an error itself.
 func checkBoltPages(path string) error {
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{ReadOnly: true, Timeout: time.Second})
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{ReadOnly: true, Timeout: storeLockTimeout})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return fmt.Errorf("%w: %s is locked by another process (is another quorumq using this data dir?)", ErrDataDir, path)
+	}
 	if err != nil {
 		return fmt.Errorf("%w: open %s to check it: %v", ErrDataDir, path, err)
 	}

@@ -202,12 +202,33 @@ func copyToWAL(ctx context.Context, dir string, src raft.LogStore, stable raft.S
 	err = migrate.CopyLogs(ctx, w.LogStore, src, 4<<20, progress) // closes progress
 	<-done
 	if err == nil {
-		err = migrate.CopyStable(ctx, w.stable, stable, nil, nil, nil)
+		err = migrate.CopyStable(ctx, w.stable, missingAsEmpty{stable}, nil, nil, nil)
 	}
 	if err == nil {
 		err = sameLog(w.LogStore, src, dir)
 	}
 	return errors.Join(err, w.Close())
+}
+
+// missingAsEmpty reads a key the store does not have as empty, as raft
+// does: raft-boltdb answers "not found" for a vote never cast, and
+// migrate.CopyStable copies every key raft uses.
+type missingAsEmpty struct{ raft.StableStore }
+
+func (s missingAsEmpty) Get(key []byte) ([]byte, error) {
+	v, err := s.StableStore.Get(key)
+	if err != nil && err.Error() == "not found" { // raft's own test for a missing key
+		return nil, nil
+	}
+	return v, err
+}
+
+func (s missingAsEmpty) GetUint64(key []byte) (uint64, error) {
+	v, err := s.StableStore.GetUint64(key)
+	if err != nil && err.Error() == "not found" {
+		return 0, nil
+	}
+	return v, err
 }
 
 // sameLog compares every entry of got (the new wal in dir) with want.
