@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -168,23 +169,58 @@ func openWAL(dir string, log *slog.Logger, fsyncs prometheus.Observer) (*logStor
 	if fsyncs != nil {
 		vfs = timedVFS{VFS: vfs, fsyncs: fsyncs}
 	}
-	w, err := wal.Open(dir,
-		wal.WithMetaStore(meta),
-		wal.WithSegmentFiler(walFiler{segment.NewFiler(dir, vfs)}),
-		wal.WithMetricsCollector(collector),
-		wal.WithLogger(hclogFor(log, "wal")),
-	)
-	if err != nil {
+	if walVFS != nil {
+		vfs = walVFS(vfs)
+	}
+	wl := &walLog{dir: dir, meta: meta, log: log, open: func() (*wal.WAL, error) {
+		if err := removeEmptyTail(dir, meta); err != nil {
+			return nil, err
+		}
+		return wal.Open(dir,
+			wal.WithMetaStore(meta),
+			wal.WithSegmentFiler(walFiler{segment.NewFiler(dir, vfs)}),
+			wal.WithSegmentSize(walSegmentSize),
+			wal.WithMetricsCollector(collector),
+			wal.WithLogger(hclogFor(log, "wal")),
+		)
+	}}
+	if wl.w, err = wl.open(); err != nil {
 		meta.Close()
 		return nil, fmt.Errorf("%w: open the raft-wal store in %s: %v", ErrDataDir, dir, err)
 	}
 	return &logStore{
-		LogStore: walLog{w}, stable: w, kind: LogStoreWAL, path: dir,
+		LogStore: wl, stable: wl, kind: LogStoreWAL, path: dir,
 		walMeta: meta, walMetrics: collector,
-		close: func() error {
-			return errors.Join(w.Close(), meta.Close())
-		},
+		close: wl.Close,
 	}, nil
+}
+
+// Test hooks: the segment size (raft-wal's default, 64 MiB, in
+// production) and a wrapper of the file system raft-wal writes through.
+var (
+	walSegmentSize = wal.DefaultSegmentSize
+	walVFS         func(types.VFS) types.VFS
+)
+
+// removeEmptyTail removes the tail segment file if nothing was ever
+// committed to it (its header, written with the first batch, is zeros or
+// missing), so that raft-wal creates it again, preallocated. raft-wal
+// leaves such a file when preallocating a new segment fails (a full disk)
+// and would otherwise append to it unpreallocated.
+func removeEmptyTail(dir string, meta *metadb.BoltMetaDB) error {
+	st, err := meta.Load(dir)
+	if err != nil || len(st.Segments) == 0 {
+		return err
+	}
+	tail := st.Segments[len(st.Segments)-1]
+	if !tail.SealTime.IsZero() {
+		return nil
+	}
+	path := filepath.Join(dir, segment.FileName(tail))
+	if _, err := os.Stat(path); err != nil || hasHeader(path) {
+		return nil
+	}
+	return os.Remove(path)
 }
 
 // lockFree waits up to d for no one to hold the bolt lock (flock) of path,
@@ -215,25 +251,141 @@ func lockFree(path string, d time.Duration) error {
 	}
 }
 
-// walLog is raft-wal's log with one repair. After raft deletes the head of
-// the log (compaction after a snapshot), raft-wal v0.4.0 still returns the
-// deleted entries that sit in the tail segment: the tail's reader checks
-// the range the segment was created with, not the one the deletion left.
-// Raft would then replicate a new follower from entries it compacted, and
-// after a restart the same reads fail. A read below the first index is
-// ErrLogNotFound, as in raft-boltdb: raft sends a snapshot instead.
-type walLog struct{ *wal.WAL }
+// walLog is raft-wal's log and stable store with two repairs.
+//
+//   - After raft deletes the head of the log (compaction after a snapshot),
+//     raft-wal v0.4.0 still returns the deleted entries that sit in the
+//     tail segment: the tail's reader checks the range the segment was
+//     created with, not the one the deletion left. Raft would then
+//     replicate a new follower from entries it compacted, and after a
+//     restart the same reads fail. A read below the first index is
+//     ErrLogNotFound, as in raft-boltdb: raft sends a snapshot instead.
+//   - raft-wal seals a full segment and starts the next one in the
+//     background. If creating the next file fails (a full disk cannot hold
+//     its preallocation), raft-wal logs "rotate error" and never tries
+//     again: every later append fails with "sealed" until the process
+//     restarts, also once the disk has room. An append that fails so opens
+//     the wal again, the way a restart would (raft-wal then creates the
+//     missing segment), and retries; while that fails too, the append
+//     fails as on a full disk, reads go on from the wal that is open, and
+//     the next append tries again.
+type walLog struct {
+	dir  string
+	meta *metadb.BoltMetaDB
+	log  *slog.Logger
+	open func() (*wal.WAL, error)
+
+	mu sync.RWMutex // held for reading around every call of w
+	w  *wal.WAL
+}
+
+func (l *walLog) with(fn func(w *wal.WAL) error) error {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return fn(l.w)
+}
+
+// FirstIndex implements raft.LogStore.
+func (l *walLog) FirstIndex() (i uint64, err error) {
+	err = l.with(func(w *wal.WAL) (err error) { i, err = w.FirstIndex(); return err })
+	return i, err
+}
+
+// LastIndex implements raft.LogStore.
+func (l *walLog) LastIndex() (i uint64, err error) {
+	err = l.with(func(w *wal.WAL) (err error) { i, err = w.LastIndex(); return err })
+	return i, err
+}
 
 // GetLog implements raft.LogStore.
-func (w walLog) GetLog(index uint64, log *raft.Log) error {
-	first, err := w.FirstIndex()
+func (l *walLog) GetLog(index uint64, log *raft.Log) error {
+	return l.with(func(w *wal.WAL) error {
+		first, err := w.FirstIndex()
+		if err != nil {
+			return err
+		}
+		if index < first {
+			return raft.ErrLogNotFound
+		}
+		return w.GetLog(index, log)
+	})
+}
+
+// StoreLog implements raft.LogStore.
+func (l *walLog) StoreLog(log *raft.Log) error { return l.StoreLogs([]*raft.Log{log}) }
+
+// StoreLogs implements raft.LogStore.
+func (l *walLog) StoreLogs(logs []*raft.Log) error {
+	var sealed *wal.WAL
+	err := l.with(func(w *wal.WAL) error {
+		err := w.StoreLogs(logs)
+		if errors.Is(err, wal.ErrSealed) {
+			sealed = w
+		}
+		return err
+	})
+	if sealed == nil {
+		return err
+	}
+	if rerr := l.reopen(sealed); rerr != nil {
+		return fmt.Errorf("%w (the wal could not start a new segment: %v)", err, rerr)
+	}
+	return l.with(func(w *wal.WAL) error { return w.StoreLogs(logs) })
+}
+
+// reopen replaces sealed, unless another call did already, by the wal
+// opened again. The new one is opened before the old one is closed, so a
+// failure leaves the old one serving reads.
+func (l *walLog) reopen(sealed *wal.WAL) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.w != sealed {
+		return nil
+	}
+	w, err := l.open()
 	if err != nil {
 		return err
 	}
-	if index < first {
-		return raft.ErrLogNotFound
-	}
-	return w.WAL.GetLog(index, log)
+	l.w = w
+	l.log.Warn("the wal could not start its next segment (was the disk full?) and has been opened again", "dir", l.dir)
+	return sealed.Close()
+}
+
+// DeleteRange implements raft.LogStore.
+func (l *walLog) DeleteRange(lo, hi uint64) error {
+	return l.with(func(w *wal.WAL) error { return w.DeleteRange(lo, hi) })
+}
+
+// IsMonotonic implements raft.MonotonicLogStore.
+func (l *walLog) IsMonotonic() bool { return true }
+
+// Set implements raft.StableStore.
+func (l *walLog) Set(k, v []byte) error {
+	return l.with(func(w *wal.WAL) error { return w.Set(k, v) })
+}
+
+// Get implements raft.StableStore.
+func (l *walLog) Get(k []byte) (v []byte, err error) {
+	err = l.with(func(w *wal.WAL) (err error) { v, err = w.Get(k); return err })
+	return v, err
+}
+
+// SetUint64 implements raft.StableStore.
+func (l *walLog) SetUint64(k []byte, v uint64) error {
+	return l.with(func(w *wal.WAL) error { return w.SetUint64(k, v) })
+}
+
+// GetUint64 implements raft.StableStore.
+func (l *walLog) GetUint64(k []byte) (v uint64, err error) {
+	err = l.with(func(w *wal.WAL) (err error) { v, err = w.GetUint64(k); return err })
+	return v, err
+}
+
+// Close closes the wal, then its meta DB, which wal.Close leaves open.
+func (l *walLog) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return errors.Join(l.w.Close(), l.meta.Close())
 }
 
 // walFiler is raft-wal's segment filer with one repair. raft-wal v0.4.0

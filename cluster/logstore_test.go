@@ -7,10 +7,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/raft"
+	wal "github.com/hashicorp/raft-wal"
+	"github.com/hashicorp/raft-wal/types"
 
 	"github.com/quorumq/quorumq/fsm"
 	"github.com/quorumq/quorumq/fsm/fsmpb"
@@ -234,5 +238,81 @@ func TestWALHeadDeletionIsFinal(t *testing.T) {
 	}
 	if err := s.GetLog(13, &l); err != nil {
 		t.Fatalf("entry 13: %v", err)
+	}
+}
+
+// fullVFS fails the creation of a segment file with ENOSPC while full is
+// set, leaving the empty file behind as raft-wal's file system does when
+// the preallocation does not fit.
+type fullVFS struct {
+	types.VFS
+	full *atomic.Bool
+}
+
+func (v fullVFS) Create(dir, name string, size uint64) (types.WritableFile, error) {
+	if v.full.Load() {
+		f, err := os.Create(filepath.Join(dir, name))
+		if err == nil {
+			f.Close()
+		}
+		return nil, fmt.Errorf("preallocate %s: %w", name, syscall.ENOSPC)
+	}
+	return v.VFS.Create(dir, name, size)
+}
+
+// TestWALAppendsAgainAfterAFailedSegmentRotation: a full disk makes the
+// creation of the next segment fail. raft-wal v0.4.0 then refuses every
+// append ("sealed") until the process restarts; the store appends again
+// once the disk has room, and the log is whole after a restart.
+func TestWALAppendsAgainAfterAFailedSegmentRotation(t *testing.T) {
+	var full atomic.Bool
+	walSegmentSize, walVFS = 16<<10, func(v types.VFS) types.VFS { return fullVFS{VFS: v, full: &full} }
+	defer func() { walSegmentSize, walVFS = wal.DefaultSegmentSize, nil }()
+	dir := t.TempDir()
+	s, err := openLogStore(dir, LogStoreWAL, testLogger(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := uint64(1)
+	store := func() error {
+		err := s.StoreLogs(commandLogs(t, next, next+9, 1))
+		if err == nil {
+			next += 10
+		}
+		return err
+	}
+	full.Store(true)
+	var failed error
+	for range 200 {
+		if failed = store(); failed != nil {
+			break
+		}
+	}
+	if failed == nil {
+		t.Fatal("200 batches appended without a segment rotation failing")
+	}
+	if err := store(); err == nil {
+		t.Fatal("append succeeded while the disk is still full")
+	}
+	full.Store(false)
+	for i := range 3 {
+		if err := store(); err != nil {
+			t.Fatalf("append %d after the disk has room again: %v (first failure: %v)", i, err, failed)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	walSegmentSize, walVFS = wal.DefaultSegmentSize, nil
+	s, err = openLogStore(dir, LogStoreWAL, testLogger(), nil)
+	if err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	defer s.Close()
+	if err := verifyLog(s.LogStore, s.path, 0, s.fileOf); err != nil {
+		t.Fatal(err)
+	}
+	if first, last, _ := indexes(s.LogStore); first != 1 || last != next-1 {
+		t.Fatalf("log %d..%d after the restart, want 1..%d", first, last, next-1)
 	}
 }

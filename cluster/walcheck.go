@@ -32,8 +32,8 @@ func checkSegmentFiles(dir string, st types.PersistentState) (torn string, err e
 		}
 		sealed := !seg.SealTime.IsZero()
 		size := fi.Size()
-		if !sealed && size == 0 {
-			continue // created, then a crash before its first append: nothing in it
+		if !sealed && !hasHeader(path) {
+			continue // nothing committed yet: removeEmptyTail lets raft-wal create it again
 		}
 		need, what := int64(seg.SizeLimit), "its preallocated size"
 		entries := fmt.Sprintf("log entries from %d", seg.MinIndex)
@@ -58,6 +58,24 @@ func checkSegmentFiles(dir string, st types.PersistentState) (torn string, err e
 		}
 	}
 	return torn, nil
+}
+
+// hasHeader reports whether the segment file at path has a header, which
+// raft-wal writes with the first batch committed to it.
+func hasHeader(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	hdr := make([]byte, segFileHeaderLen)
+	n, _ := f.ReadAt(hdr, 0)
+	for _, b := range hdr[:n] {
+		if b != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // Segment file layout, as raft-wal v0.4.0 writes it (segment/format.go):
