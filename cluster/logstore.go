@@ -47,7 +47,7 @@ const storeLockTimeout = time.Second
 
 // logStore is the Raft log and stable store of one data dir.
 type logStore struct {
-	raft.LogStore // *wal.WAL or *raftboltdb.BoltStore
+	raft.LogStore // *walLog or *raftboltdb.BoltStore
 	stable        raft.StableStore
 	kind          string
 	// path is the store's file (raft.db) or directory (wal), named in
