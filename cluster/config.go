@@ -21,7 +21,11 @@ import (
 // takes the default named in its comment.
 type Config struct {
 	NodeID  string // unique, stable across restarts; [A-Za-z0-9._-]{1,128}
-	DataDir string // raft.db, snapshots/ and node.json live here
+	DataDir string // the log store (wal/ or raft.db), snapshots/ and node.json live here
+	// LogStore is the Raft log store of a new data dir: LogStoreWAL
+	// (default) or LogStoreBolt. A data dir that already holds one keeps
+	// it, whatever this says (a mismatch is logged).
+	LogStore string
 
 	APIAddr, APIAdvertise       string // gRPC bind / advertised (advertised "" = bound, which must be a specific IP)
 	RaftAddr, RaftAdvertise     string // Raft stream layer bind / advertised
@@ -132,6 +136,13 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.DataDir == "" {
 		return c, configErr("data dir is empty")
+	}
+	switch c.LogStore {
+	case "":
+		c.LogStore = LogStoreWAL
+	case LogStoreWAL, LogStoreBolt:
+	default:
+		return c, configErr("log store %q: want wal or bolt", c.LogStore)
 	}
 	for _, a := range []struct{ name, v string }{
 		{"API address", c.APIAddr}, {"Raft address", c.RaftAddr}, {"gossip address", c.GossipAddr},

@@ -5,10 +5,10 @@ import (
 	"fmt"
 	"path/filepath"
 	"runtime/debug"
-	"time"
 
 	"github.com/hashicorp/raft"
 	"go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/quorumq/quorumq/fsm"
 )
@@ -44,6 +44,9 @@ import (
 type checkedLogStore struct {
 	raft.LogStore
 	path string
+	// fileOf, if not nil, names the file that holds an entry (a wal
+	// segment); errors name path otherwise.
+	fileOf func(index uint64) string
 }
 
 // GetLog reads entry index and verifies it.
@@ -52,18 +55,32 @@ func (s *checkedLogStore) GetLog(index uint64, log *raft.Log) error {
 		if errors.Is(err, raft.ErrLogNotFound) {
 			return err
 		}
-		return fmt.Errorf("%w: %s: read log entry %d: %v", ErrDataDir, s.path, index, err)
+		return fmt.Errorf("%w: %s: read log entry %d: %v", ErrDataDir, s.file(index), index, err)
 	}
-	return verifyEntry(s.path, index, log)
+	if err := verifyEntry(index, log); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrDataDir, s.file(index), err)
+	}
+	return nil
 }
 
-func verifyEntry(path string, index uint64, log *raft.Log) error {
+// IsMonotonic implements raft.MonotonicLogStore: the checks change
+// nothing of what the store under them is.
+func (s *checkedLogStore) IsMonotonic() bool { return monotonic(s.LogStore) }
+
+func (s *checkedLogStore) file(index uint64) string {
+	if s.fileOf != nil {
+		return s.fileOf(index)
+	}
+	return s.path
+}
+
+func verifyEntry(index uint64, log *raft.Log) error {
 	if log.Index != index {
-		return fmt.Errorf("%w: %s: log entry stored under index %d says it is index %d (corrupt)", ErrDataDir, path, index, log.Index)
+		return fmt.Errorf("log entry stored under index %d says it is index %d (corrupt)", index, log.Index)
 	}
 	if log.Type == raft.LogCommand {
 		if _, err := fsm.Decode(log.Data); err != nil {
-			return fmt.Errorf("%w: %s: log entry %d (term %d) is corrupt: %v", ErrDataDir, path, index, log.Term, err)
+			return fmt.Errorf("log entry %d (term %d) is corrupt: %v", index, log.Term, err)
 		}
 	}
 	return nil
@@ -79,7 +96,7 @@ func (n *Node) verifyStores() error {
 	for _, s := range snaps {
 		snapIndex = max(snapIndex, s.Index)
 	}
-	if err := verifyLog(n.store, filepath.Join(n.cfg.DataDir, raftDBFile), snapIndex); err != nil {
+	if err := verifyLog(n.store.LogStore, n.store.path, snapIndex, n.store.fileOf); err != nil {
 		return err
 	}
 	for _, s := range snaps {
@@ -92,13 +109,14 @@ func (n *Node) verifyStores() error {
 	return nil
 }
 
-// verifyLog reads every entry of store (the bolt file at path) through
-// the checked store: none may be unreadable or corrupt, and none above
-// snapIndex (the newest snapshot's) may be missing. Below it a hole is
-// normal: a follower that installed a snapshot keeps its older entries and
-// appends after the snapshot's index, and raft never reads below it.
-func verifyLog(store raft.LogStore, path string, snapIndex uint64) error {
-	logs := &checkedLogStore{LogStore: store, path: path}
+// verifyLog reads every entry of store (raft.db or the wal dir at path;
+// fileOf, if not nil, names the file of one entry) through the checked
+// store: none may be unreadable or corrupt, and none above snapIndex (the
+// newest snapshot's) may be missing. Below it a hole is normal: a follower
+// that installed a snapshot keeps its older entries and appends after the
+// snapshot's index, and raft never reads below it.
+func verifyLog(store raft.LogStore, path string, snapIndex uint64, fileOf func(uint64) string) error {
+	logs := &checkedLogStore{LogStore: store, path: path, fileOf: fileOf}
 	return faultsAsErrors(path, func() error {
 		first, err := logs.FirstIndex()
 		if err != nil {
@@ -131,7 +149,10 @@ func verifyLog(store raft.LogStore, path string, snapIndex uint64) error {
 // exactly once, every branch and leaf well formed) on a closed bolt file.
 // bbolt turns a panic inside the check into an error itself.
 func checkBoltPages(path string) error {
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{ReadOnly: true, Timeout: time.Second})
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{ReadOnly: true, Timeout: storeLockTimeout})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return fmt.Errorf("%w: %s is locked by another process (is another quorumq using this data dir?)", ErrDataDir, path)
+	}
 	if err != nil {
 		return fmt.Errorf("%w: open %s to check it: %v", ErrDataDir, path, err)
 	}

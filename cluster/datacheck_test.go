@@ -61,12 +61,20 @@ func receiveAll(t *testing.T, c *TestCluster, i int, queue string) []string {
 }
 
 // TestCorruptLogEntryRefusedThenNodeReplaced flips a bit inside one log
-// entry's command in a stopped follower's raft.db: the node refuses to
-// start naming the file and the entry, the other two keep serving every
-// value intact, and the operator's procedure (remove, wipe, rejoin) brings
-// the node back through a snapshot install.
+// entry's command in a stopped follower's log store (raft.db, or the wal
+// segment that holds it): the node refuses to start naming the file and
+// the entry, the other two keep serving every value intact, and the
+// operator's procedure (remove, wipe, rejoin) brings the node back through
+// a snapshot install.
 func TestCorruptLogEntryRefusedThenNodeReplaced(t *testing.T) {
+	for _, kind := range []string{LogStoreWAL, LogStoreBolt} {
+		t.Run(kind, func(t *testing.T) { corruptEntryThenReplace(t, kind) })
+	}
+}
+
+func corruptEntryThenReplace(t *testing.T, kind string) {
 	c := StartTestClusterWith(t, 3, func(_ int, cfg *Config) {
+		cfg.LogStore = kind
 		cfg.TrailingLogs = 5
 		cfg.SnapshotThreshold = 1 << 30
 	})
@@ -77,22 +85,35 @@ func TestCorruptLogEntryRefusedThenNodeReplaced(t *testing.T) {
 		want = append(want, b)
 		enqueue(t, c, li, "q", b)
 	}
-	want = append(want, "CORRUPT-ME-PLEASE")
+	want = append(want, "CORRUPT-ME-PLEASE", "value-after")
 	enqueue(t, c, li, "q", "CORRUPT-ME-PLEASE")
+	// One more batch after it: a flipped bit in the last batch of a wal
+	// tail is what a write torn by a crash looks like, and raft-wal drops
+	// that batch at start instead of refusing (TestWALDropsATornLastBatch).
+	enqueue(t, c, li, "q", "value-after")
 	c.WaitReplicated(t)
 
 	fi := follower(t, c)
 	cfg := c.configs[fi]
 	c.Kill(fi)
-	dbPath := filepath.Join(cfg.DataDir, raftDBFile)
-	if n := flipMiddleBits(t, dbPath, []byte("CORRUPT-ME-PLEASE")); n == 0 {
-		t.Fatalf("the value is not in %s", dbPath)
+	files := []string{filepath.Join(cfg.DataDir, raftDBFile)}
+	if kind == LogStoreWAL {
+		files = segmentFiles(t, cfg.DataDir)
+	}
+	var dbPath string
+	for _, f := range files {
+		if flipMiddleBits(t, f, []byte("CORRUPT-ME-PLEASE")) > 0 {
+			dbPath = f
+		}
+	}
+	if dbPath == "" {
+		t.Fatalf("the value is not in %v", files)
 	}
 	_, err := Start(context.Background(), cfg)
 	if err == nil {
 		t.Fatal("node started with a corrupt log entry")
 	}
-	if !errors.Is(err, ErrDataDir) || !strings.Contains(err.Error(), dbPath) || !strings.Contains(err.Error(), "log entry") {
+	if !errors.Is(err, ErrDataDir) || !strings.Contains(err.Error(), dbPath) || !strings.Contains(err.Error(), "log entr") {
 		t.Fatalf("start with a corrupt entry: %q; want ErrDataDir naming %s and the log entry", err, dbPath)
 	}
 	t.Logf("refused: %v", err)
@@ -269,7 +290,7 @@ func checkCopy(path string, want []*raft.Log) error {
 		return fmt.Errorf("%w: open %s: %v", ErrDataDir, path, err)
 	}
 	defer store.Close()
-	if err := verifyLog(store, path, 0); err != nil {
+	if err := verifyLog(store, path, 0, nil); err != nil {
 		return err
 	}
 	for _, w := range want {
@@ -284,7 +305,7 @@ func checkCopy(path string, want []*raft.Log) error {
 // errKind names which check refused a file, for the test log.
 func errKind(err error) string {
 	msg := err.Error()
-	for _, k := range []string{"bbolt check", "reading it failed", "log entry", "meta page", "truncated", "not a valid bolt", "open"} {
+	for _, k := range []string{"bbolt check", "reading it failed", "batch of log entries", "frames after log entry", "log entry", "meta page", "truncated", "not a valid bolt", "open"} {
 		if strings.Contains(msg, k) {
 			return "refused: " + k
 		}
@@ -311,10 +332,10 @@ func TestVerifyLogAcceptsTheGapASnapshotInstallLeaves(t *testing.T) {
 	if err := store.StoreLogs(logs); err != nil {
 		t.Fatal(err)
 	}
-	if err := verifyLog(store, "/data/raft.db", 19); err != nil {
+	if err := verifyLog(store, "/data/raft.db", 19, nil); err != nil {
 		t.Fatalf("log 5-7, 20-22 with a snapshot at 19: %v; want accepted", err)
 	}
-	err = verifyLog(store, "/data/raft.db", 6)
+	err = verifyLog(store, "/data/raft.db", 6, nil)
 	if !errors.Is(err, ErrDataDir) || !strings.Contains(err.Error(), "log entry 8 is missing") {
 		t.Fatalf("the same log with the newest snapshot at 6: %v; want entry 8 missing", err)
 	}

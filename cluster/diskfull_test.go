@@ -26,6 +26,9 @@ type fullDiskLogStore struct {
 	failed atomic.Int64 // StoreLogs calls refused
 }
 
+// IsMonotonic passes the store's answer through, as every wrapper must.
+func (s *fullDiskLogStore) IsMonotonic() bool { return monotonic(s.LogStore) }
+
 func (s *fullDiskLogStore) StoreLog(l *raft.Log) error {
 	return s.StoreLogs([]*raft.Log{l})
 }
@@ -34,7 +37,7 @@ func (s *fullDiskLogStore) StoreLogs(logs []*raft.Log) error {
 	if s.full.Load() {
 		s.failed.Add(1)
 		time.Sleep(5 * time.Millisecond)
-		return fmt.Errorf("write raft.db: %w", syscall.ENOSPC)
+		return fmt.Errorf("write the log: %w", syscall.ENOSPC)
 	}
 	return s.LogStore.StoreLogs(logs)
 }

@@ -185,7 +185,7 @@ func TestGracefulShutdownTransfersLeadership(t *testing.T) {
 }
 
 func TestTruncatedBoltFileRefusesToStart(t *testing.T) {
-	c := StartTestCluster(t, 3)
+	c := StartTestClusterWith(t, 3, func(_ int, cfg *Config) { cfg.LogStore = LogStoreBolt })
 	li := c.Index(c.Leader(t))
 	for i := 0; i < 30; i++ {
 		enqueue(t, c, li, "q", fmt.Sprintf("m%d", i))

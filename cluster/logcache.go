@@ -56,6 +56,10 @@ func (c *logCache) GetLog(index uint64, log *raft.Log) error {
 	return c.LogStore.GetLog(index, log)
 }
 
+// IsMonotonic implements raft.MonotonicLogStore: the cache is what the
+// store under it is.
+func (c *logCache) IsMonotonic() bool { return monotonic(c.LogStore) }
+
 // StoreLog implements raft.LogStore.
 func (c *logCache) StoreLog(log *raft.Log) error { return c.StoreLogs([]*raft.Log{log}) }
 

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	wal "github.com/hashicorp/raft-wal"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -47,6 +48,8 @@ type metrics struct {
 	refusals         *prometheus.CounterVec // code
 	raftConnsRefused *prometheus.CounterVec // reason
 	raftRPCsRefused  *prometheus.CounterVec // rpc
+	// walFsync is registered on a node whose log store is the wal only.
+	walFsync prometheus.Histogram
 }
 
 func newMetrics(n *Node) *metrics {
@@ -99,6 +102,11 @@ func newMetrics(n *Node) *metrics {
 			Name: "quorumq_raft_rpcs_refused_total",
 			Help: "Raft RPCs refused before raft saw them because, without mutual TLS, the sender's ID and address are no known server's, by rpc (append_entries, heartbeat, request_vote, request_pre_vote, install_snapshot, timeout_now).",
 		}, []string{"rpc"}),
+		walFsync: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "quorumq_wal_fsync_duration_seconds",
+			Help:    "fsyncs of wal segment files (one per appended Raft batch, plus one of the directory for each new segment).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16), // 0.1 ms .. 3.3 s
+		}),
 	}
 	m.reg.MustRegister(m.rpcDuration, m.applyDuration, m.leaderChanges, m.snapshotDuration, m.snapshotSize,
 		m.nacked, m.memoryRejects, m.memoryReserved, m.refusals, m.raftConnsRefused, m.raftRPCsRefused, &nodeCollector{n: n},
@@ -209,7 +217,9 @@ func (c *countingSink) Write(p []byte) (int, error) {
 
 // nodeCollector reads the current state at scrape time: per-queue depths
 // and counters from this node's FSM (every node has the replicated state,
-// so any node can be scraped), Raft's role and indices, and bolt stats.
+// so any node can be scraped), Raft's role and indices, and the stats of
+// the node's log store: bolt's on a bolt node, the wal's on a wal node
+// (the other store's series are absent).
 type nodeCollector struct{ n *Node }
 
 var (
@@ -250,6 +260,21 @@ var (
 		[]string{"node"}, nil)
 )
 
+// walCounterDescs and walGaugeDescs export raft-wal's own metrics
+// (wal.MetricDefinitions: appends, entries and bytes written and read,
+// segment rotations, truncations, stable store calls) as
+// quorumq_wal_<name>_total and quorumq_wal_<name>.
+var walCounterDescs, walGaugeDescs = func() (map[string]*prometheus.Desc, map[string]*prometheus.Desc) {
+	counters, gauges := map[string]*prometheus.Desc{}, map[string]*prometheus.Desc{}
+	for _, d := range wal.MetricDefinitions.Counters {
+		counters[d.Name] = prometheus.NewDesc("quorumq_wal_"+d.Name+"_total", "raft-wal: "+d.Desc, nil, nil)
+	}
+	for _, d := range wal.MetricDefinitions.Gauges {
+		gauges[d.Name] = prometheus.NewDesc("quorumq_wal_"+d.Name, "raft-wal: "+d.Desc, nil, nil)
+	}
+	return counters, gauges
+}()
+
 func counterDesc(name, help string) *prometheus.Desc {
 	return prometheus.NewDesc("quorumq_queue_"+name+"_total", help, []string{"queue"}, nil)
 }
@@ -265,6 +290,12 @@ func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 		descRaftLastSnap, descRaftReady, descBoltFreePages, descBoltPending, descBoltFreeAlloc, descBoltFreelist,
 		descBoltReadTx, descBoltOpenReadTx, descBoltWrites, descBoltWriteSecs, descBoltFileBytes, descClockOffset,
 	} {
+		ch <- d
+	}
+	for _, d := range walCounterDescs {
+		ch <- d
+	}
+	for _, d := range walGaugeDescs {
 		ch <- d
 	}
 }
@@ -310,7 +341,19 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descClockOffset, prometheus.GaugeValue, time.Duration(o.GetOffsetNs()).Seconds(), o.GetId())
 	}
 
-	bs := n.store.Stats()
+	if n.store.walMetrics != nil {
+		sum := n.store.walMetrics.Summary()
+		for name, v := range sum.Counters {
+			ch <- prometheus.MustNewConstMetric(walCounterDescs[name], prometheus.CounterValue, float64(v))
+		}
+		for name, v := range sum.Gauges {
+			ch <- prometheus.MustNewConstMetric(walGaugeDescs[name], prometheus.GaugeValue, float64(v))
+		}
+	}
+	if n.store.bolt == nil {
+		return
+	}
+	bs := n.store.bolt.Stats()
 	ch <- prometheus.MustNewConstMetric(descBoltFreePages, prometheus.GaugeValue, float64(bs.FreePageN))
 	ch <- prometheus.MustNewConstMetric(descBoltPending, prometheus.GaugeValue, float64(bs.PendingPageN))
 	ch <- prometheus.MustNewConstMetric(descBoltFreeAlloc, prometheus.GaugeValue, float64(bs.FreeAlloc))

@@ -119,15 +119,24 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 	// Series that grow with traffic, whatever their exact values.
 	for _, k := range []string{
 		"quorumq_raft_commit_index", "quorumq_raft_applied_index", "quorumq_raft_last_log_index",
-		"quorumq_raft_apply_duration_seconds_count", "quorumq_bolt_writes_total",
+		"quorumq_raft_apply_duration_seconds_count", "quorumq_wal_log_appends_total",
+		"quorumq_wal_log_entries_written_total", "quorumq_wal_log_entry_bytes_written_total",
+		"quorumq_wal_fsync_duration_seconds_count",
 	} {
 		if after[k] <= before[k] {
 			t.Errorf("%s did not grow with traffic: %v → %v", k, before[k], after[k])
 		}
 	}
-	for _, k := range []string{"quorumq_raft_term", "quorumq_raft_leader_changes_total", "quorumq_bolt_file_bytes"} {
+	for _, k := range []string{"quorumq_raft_term", "quorumq_raft_leader_changes_total"} {
 		if after[k] < 1 {
 			t.Errorf("%s = %v, want >= 1", k, after[k])
+		}
+	}
+	// The bolt series are absent on a wal node (TestBoltNodeMetrics for
+	// the reverse).
+	for k := range after {
+		if strings.HasPrefix(k, "quorumq_bolt_") {
+			t.Errorf("wal node reports %s", k)
 		}
 	}
 
@@ -150,6 +159,30 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 		fm := scrape(t, n.AdminAddr())
 		if fm[`quorumq_queue_enqueued_total{queue="m"}`] != 3 || fm[`quorumq_raft_state{state="follower"}`] != 1 {
 			t.Errorf("follower %s: enqueued %v, follower state %v; want 3 and 1", n.ID(), fm[`quorumq_queue_enqueued_total{queue="m"}`], fm[`quorumq_raft_state{state="follower"}`])
+		}
+	}
+}
+
+// TestBoltNodeMetrics: a node on raft-boltdb reports bolt's series and
+// none of the wal's.
+func TestBoltNodeMetrics(t *testing.T) {
+	c := StartTestClusterWith(t, 1, func(_ int, cfg *Config) {
+		cfg.AdminAddr = "127.0.0.1:0"
+		cfg.LogStore = LogStoreBolt
+	})
+	leader := c.Leader(t)
+	before := scrape(t, leader.AdminAddr())
+	enqueue(t, c, 0, "m", "a", "b", "c")
+	after := scrape(t, leader.AdminAddr())
+	if after["quorumq_bolt_writes_total"] <= before["quorumq_bolt_writes_total"] {
+		t.Errorf("quorumq_bolt_writes_total did not grow with traffic: %v → %v", before["quorumq_bolt_writes_total"], after["quorumq_bolt_writes_total"])
+	}
+	if after["quorumq_bolt_file_bytes"] < 1 {
+		t.Errorf("quorumq_bolt_file_bytes = %v, want >= 1", after["quorumq_bolt_file_bytes"])
+	}
+	for k := range after {
+		if strings.HasPrefix(k, "quorumq_wal_") {
+			t.Errorf("bolt node reports %s", k)
 		}
 	}
 }

@@ -1,5 +1,6 @@
-// Package cluster runs one quorumq server: hashicorp/raft over raft-boltdb
-// and a file snapshot store, replicating the fsm package's state machine;
+// Package cluster runs one quorumq server: hashicorp/raft over raft-wal
+// (raft-boltdb for data dirs made on it) and a file snapshot store,
+// replicating the fsm package's state machine;
 // memberlist gossip for discovery, bootstrap and joins; and the gRPC API
 // (the transport package's Queue service plus this package's Cluster
 // service). It also enforces the operator's controls on that API (bearer
@@ -30,9 +31,7 @@ import (
 
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
-	"go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/experimental"
@@ -57,7 +56,9 @@ type Node struct {
 	// Raft ports through it to check their certificates.
 	raftLayer *raftnet.Layer
 	proofs    proofCache
-	store     *raftboltdb.BoltStore
+	store     *logStore
+	storeKind string        // LogStoreWAL or LogStoreBolt: what the data dir holds
+	logs      raft.LogStore // what raft reads and writes: store under the cache and the read checks
 	snaps     *raft.FileSnapshotStore
 
 	ml         *memberlist.Memberlist
@@ -135,8 +136,16 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	if n.storeKind, err = n.chooseLogStore(); err != nil {
+		return nil, err
+	}
 	if !newDir {
-		if err := checkBoltPages(filepath.Join(cfg.DataDir, raftDBFile)); err != nil {
+		// raft.db, or the wal's meta DB: both are bolt files. The meta
+		// page check comes first: bbolt faults on a truncated file.
+		if err := checkBoltFile(n.boltFile()); err != nil {
+			return nil, err
+		}
+		if err := checkBoltPages(n.boltFile()); err != nil {
 			return nil, err
 		}
 	}
@@ -153,7 +162,7 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 			return nil, err
 		}
 	}
-	hasState, err := raft.HasExistingState(n.store, n.store, n.snaps)
+	hasState, err := raft.HasExistingState(n.store.LogStore, n.store.stable, n.snaps)
 	if err != nil {
 		return nil, fmt.Errorf("read raft state in %s: %w", cfg.DataDir, err)
 	}
@@ -194,25 +203,19 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		n.log.Warn("cluster port in the clear (--insecure-cluster)", "exposure", e)
 	}
 	n.log.Info("node started", "api", n.apiAddr, "raft", n.raftAdv, "gossip", n.gossipAddr,
-		"data_dir", cfg.DataDir, "existing_state", hasState, "bootstrap_expect", cfg.BootstrapExpect)
+		"data_dir", cfg.DataDir, "log_store", n.storeKind, "existing_state", hasState, "bootstrap_expect", cfg.BootstrapExpect)
 	return n, nil
 }
 
 func (n *Node) openStores() error {
-	dbPath := filepath.Join(n.cfg.DataDir, raftDBFile)
-	store, err := raftboltdb.New(raftboltdb.Options{
-		Path: dbPath,
-		// NoFreelistSync: the freelist is rebuilt from the pages on open
-		// instead of being rewritten by every commit, so a commit (one per
-		// Raft batch) writes and fsyncs less. The log data itself is still
-		// fsynced: raft-boltdb's NoSync stays false.
-		BoltOptions: &bbolt.Options{Timeout: time.Second, NoFreelistSync: true, FreelistType: bbolt.FreelistMapType},
-	})
+	var fsyncs prometheus.Observer
+	if n.storeKind == LogStoreWAL {
+		fsyncs = n.metrics.walFsync
+		n.metrics.reg.MustRegister(n.metrics.walFsync) // a bolt node has no such series
+	}
+	store, err := openLogStore(n.cfg.DataDir, n.storeKind, n.log, fsyncs)
 	if err != nil {
-		if errors.Is(err, bolterrors.ErrTimeout) {
-			return fmt.Errorf("%w: %s is locked by another process (is another quorumq using this data dir?)", ErrDataDir, dbPath)
-		}
-		return fmt.Errorf("%w: open %s: %v", ErrDataDir, dbPath, err)
+		return err
 	}
 	n.store = store
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(n.cfg.DataDir, n.cfg.SnapshotRetain, hclogFor(n.log, "snapshot"))
@@ -281,7 +284,8 @@ func (n *Node) startRaft() error {
 	if n.cfg.wrapLogStore != nil {
 		disk = n.cfg.wrapLogStore(disk)
 	}
-	logs := newLogCache(&checkedLogStore{LogStore: disk, path: filepath.Join(n.cfg.DataDir, raftDBFile)}, logCacheEntries, logCacheBytes)
+	logs := newLogCache(&checkedLogStore{LogStore: disk, path: n.store.path, fileOf: n.store.fileOf}, logCacheEntries, logCacheBytes)
+	n.logs = logs
 	if err := n.seedFromBackup(); err != nil {
 		return err
 	}
@@ -290,7 +294,7 @@ func (n *Node) startRaft() error {
 	if peers != nil {
 		trans = newMemberTransport(drainedTransport{n.trans}, peers, n.stop)
 	}
-	r, err := raft.NewRaft(rc, observedFSM{FSM: n.fsm, m: n.metrics, ct: n.ctime}, logs, n.store, snaps, trans)
+	r, err := raft.NewRaft(rc, observedFSM{FSM: n.fsm, m: n.metrics, ct: n.ctime}, logs, n.store.stable, snaps, trans)
 	if err != nil {
 		return fmt.Errorf("start raft with data dir %s: %w", n.cfg.DataDir, err)
 	}
@@ -474,7 +478,7 @@ func (n *Node) Close(ctx context.Context) error {
 }
 
 // Kill stops the node without a leadership transfer or a gossip leave:
-// sockets, raft and the bolt file are closed as they are. It models a
+// sockets, raft and the log store are closed as they are. It models a
 // crash (kill -9) as closely as a process can from inside; what it cannot
 // model is losing writes the OS had not yet flushed, which fsync prevents.
 func (n *Node) Kill() {
@@ -523,7 +527,7 @@ func (n *Node) teardown() error {
 	n.wg.Wait()
 	if n.store != nil {
 		if err := n.store.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close %s: %w", filepath.Join(n.cfg.DataDir, raftDBFile), err))
+			errs = append(errs, fmt.Errorf("close %s: %w", n.store.path, err))
 		}
 	}
 	return errors.Join(errs...)

@@ -235,20 +235,106 @@ func (p *partitionPower) Heal(_ context.Context, env *Env) (string, error) {
 // start).
 type corruption func(backing string, env *Env) (what, rel string, err error)
 
+// The node's Raft log store is raft-wal (wal/: segment files and the
+// wal-meta.db bolt file) on a data dir the current release made, or
+// raft-boltdb (raft.db) on one an earlier release made; each corruption
+// damages whichever the node has.
+const (
+	boltFile    = "raft.db"
+	walDir      = "wal"
+	walMetaFile = "wal/wal-meta.db"
+)
+
+// walSegments returns the wal segment files of backing, oldest first
+// (their names start with the first index they hold, zero-padded), or nil
+// for a node on raft.db.
+func walSegments(backing string) ([]string, error) {
+	if _, err := os.Stat(filepath.Join(backing, boltFile)); err == nil {
+		return nil, nil
+	}
+	segs, err := filepath.Glob(filepath.Join(backing, walDir, "*.wal"))
+	if err != nil {
+		return nil, err
+	}
+	if len(segs) == 0 {
+		return nil, fmt.Errorf("neither %s nor a wal segment in %s", boltFile, backing)
+	}
+	sort.Strings(segs)
+	return segs, nil
+}
+
 // corruptLogEntries flips a bit in every copy of the at-least-once
-// producers' value prefix in raft.db: every log entry still held that
-// carries an enqueue of that workload fails its command checksum.
+// producers' value prefix in the log store: every log entry still held
+// that carries an enqueue of that workload fails its command checksum, and
+// on the wal every batch holding one fails its commit checksum. A wal node
+// names the oldest segment with a hit: it checks segments oldest first.
 func corruptLogEntries(backing string, _ *Env) (string, string, error) {
-	offs, err := lazyfs.FlipBitsAt(filepath.Join(backing, "raft.db"), []byte("at-least-once-p"))
+	pattern := []byte("at-least-once-p")
+	segs, err := walSegments(backing)
 	if err != nil {
 		return "", "", err
 	}
-	return fmt.Sprintf("flipped a bit in %d copies of an at-least-once value in raft.db", len(offs)), "raft.db", nil
+	if segs == nil {
+		offs, err := lazyfs.FlipBitsAt(filepath.Join(backing, boltFile), pattern)
+		if err != nil {
+			return "", "", err
+		}
+		return fmt.Sprintf("flipped a bit in %d copies of an at-least-once value in %s", len(offs), boltFile), boltFile, nil
+	}
+	var hit []string
+	n := 0
+	for _, seg := range segs {
+		offs, err := lazyfs.FlipBitsAt(seg, pattern)
+		if errors.Is(err, lazyfs.ErrPatternNotFound) {
+			continue
+		}
+		if err != nil {
+			return "", "", err
+		}
+		rel, _ := filepath.Rel(backing, seg)
+		hit = append(hit, rel)
+		n += len(offs)
+	}
+	if len(hit) == 0 {
+		return "", "", fmt.Errorf("%w: %q in the wal segments of %s", lazyfs.ErrPatternNotFound, pattern, backing)
+	}
+	return fmt.Sprintf("flipped a bit in %d copies of an at-least-once value in %s", n, strings.Join(hit, ", ")), hit[0], nil
 }
 
-// truncateBolt cuts raft.db to between a quarter and a half of its size.
-func truncateBolt(backing string, env *Env) (string, string, error) {
-	path := filepath.Join(backing, "raft.db")
+// truncateLog cuts raft.db, or the newest wal segment (the one being
+// written), to between a quarter and a half of its size.
+func truncateLog(backing string, env *Env) (string, string, error) {
+	segs, err := walSegments(backing)
+	if err != nil {
+		return "", "", err
+	}
+	rel := boltFile
+	if segs != nil {
+		rel, _ = filepath.Rel(backing, segs[len(segs)-1])
+	}
+	return truncateFile(backing, rel, env)
+}
+
+// truncateLogMeta cuts the wal's meta DB (segment list, term and vote) to
+// between a quarter and a half of its size; on a node on raft.db, which
+// holds both its log and that metadata, it cuts raft.db. Random bit flips
+// are not used on these bolt files: bbolt has no page checksums, and a
+// flip in a page it does not use is harmless and rightly not refused.
+func truncateLogMeta(backing string, env *Env) (string, string, error) {
+	segs, err := walSegments(backing)
+	if err != nil {
+		return "", "", err
+	}
+	if segs == nil {
+		return truncateFile(backing, boltFile, env)
+	}
+	return truncateFile(backing, walMetaFile, env)
+}
+
+// truncateFile cuts backing/rel to between a quarter and a half of its
+// size.
+func truncateFile(backing, rel string, env *Env) (string, string, error) {
+	path := filepath.Join(backing, rel)
 	st, err := os.Stat(path)
 	if err != nil {
 		return "", "", err
@@ -257,7 +343,7 @@ func truncateBolt(backing string, env *Env) (string, string, error) {
 	if err := lazyfs.Truncate(path, size); err != nil {
 		return "", "", err
 	}
-	return fmt.Sprintf("truncated raft.db from %d to %d bytes", st.Size(), size), "raft.db", nil
+	return fmt.Sprintf("truncated %s from %d to %d bytes", rel, st.Size(), size), rel, nil
 }
 
 // corruptSnapshot flips three random bits in the state.bin of a retained
@@ -284,8 +370,8 @@ func corruptSnapshot(backing string, env *Env) (string, string, error) {
 }
 
 // corruptNode stops a random node, corrupts one of its files (log entries
-// in raft.db, raft.db truncated, or a snapshot, in turn from a random
-// start) and starts it:
+// in its log store, the log store truncated, a snapshot, or the log
+// store's metadata truncated, in turn from a random start) and starts it:
 // it must refuse to start naming the file. Heal is the operator's
 // replacement procedure: remove it from the configuration, wipe its data
 // dir, start it; it rejoins and catches up by snapshot.
@@ -298,7 +384,7 @@ func (c *corruptNode) Name() string       { return "corrupt-node" }
 func (c *corruptNode) NeedsNetwork() bool { return false }
 func (c *corruptNode) NeedsLazyFS() bool  { return true }
 
-var corruptions = []corruption{corruptLogEntries, truncateBolt, corruptSnapshot}
+var corruptions = []corruption{corruptLogEntries, truncateLog, corruptSnapshot, truncateLogMeta}
 
 func (c *corruptNode) Inject(ctx context.Context, env *Env) (string, error) {
 	n := env.Cluster.Nodes[env.Rand.IntN(len(env.Cluster.Nodes))]
@@ -308,7 +394,7 @@ func (c *corruptNode) Inject(ctx context.Context, env *Env) (string, error) {
 	}
 	if c.count == 0 {
 		// Where the rotation starts is the seed's choice, so that short
-		// runs with two injections still meet every corruption.
+		// runs with two injections meet every corruption over a few seeds.
 		c.first = env.Rand.IntN(len(corruptions))
 	}
 	corrupt := corruptions[(c.first+c.count)%len(corruptions)]

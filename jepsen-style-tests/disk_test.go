@@ -1,7 +1,9 @@
 package jepsen
 
 import (
+	"bytes"
 	"context"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -160,5 +162,68 @@ func TestPowerNemesisBitesInTheSuite(t *testing.T) {
 			t.Fatalf("%s: neither lost values nor reused message IDs after a power failure of disks that lied about fsync: the power nemesis or the checker does not bite", q.Source)
 		}
 		t.Logf("%s: the checker reports %d acknowledged values lost and %d order violations (message IDs handed out twice)", q.Source, q.Lost, q.OrderViolations)
+	}
+}
+
+// TestCorruptionsHitTheNodesLogStore runs the corrupt-node nemesis's log
+// corruptions on data dirs laid out as a wal node's and a bolt node's:
+// each damages the store the node has and names the file the node's
+// refusal must name.
+func TestCorruptionsHitTheNodesLogStore(t *testing.T) {
+	value := []byte("..at-least-once-p1-000042..")
+	write := func(dir, rel string, data []byte) {
+		t.Helper()
+		p := filepath.Join(dir, rel)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seg1, seg2 := "wal/00000000000000000001-0000000000000000.wal", "wal/00000000000000004097-0000000000000001.wal"
+	walNode := t.TempDir()
+	write(walNode, seg1, bytes.Repeat(value, 100))
+	write(walNode, seg2, bytes.Repeat(value, 100))
+	write(walNode, walMetaFile, make([]byte, 32<<10))
+	boltNode := t.TempDir()
+	write(boltNode, boltFile, bytes.Repeat(value, 100))
+	env := &Env{Rand: rand.New(rand.NewPCG(1, 2))}
+
+	for _, tc := range []struct {
+		name    string
+		fn      corruption
+		dir     string
+		wantRel string
+	}{
+		{"entries on the wal: the oldest segment hit", corruptLogEntries, walNode, seg1},
+		{"truncated wal: the newest segment", truncateLog, walNode, seg2},
+		{"truncated wal meta DB", truncateLogMeta, walNode, walMetaFile},
+		{"entries in raft.db", corruptLogEntries, boltNode, boltFile},
+		{"truncated raft.db", truncateLog, boltNode, boltFile},
+		{"metadata of a bolt node: raft.db", truncateLogMeta, boltNode, boltFile},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before, _ := os.ReadFile(filepath.Join(tc.dir, tc.wantRel))
+			what, rel, err := tc.fn(tc.dir, env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rel != tc.wantRel {
+				t.Fatalf("names %q, want %q (%s)", rel, tc.wantRel, what)
+			}
+			after, _ := os.ReadFile(filepath.Join(tc.dir, rel))
+			if bytes.Equal(before, after) {
+				t.Fatalf("%s unchanged after %q", rel, what)
+			}
+			t.Log(what)
+		})
+	}
+	// Every segment that holds the value is hit, not only the one named.
+	for _, seg := range []string{seg1, seg2} {
+		b, _ := os.ReadFile(filepath.Join(walNode, seg))
+		if bytes.Contains(b, value) {
+			t.Errorf("%s still holds an intact copy of the value", seg)
+		}
 	}
 }

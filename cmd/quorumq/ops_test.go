@@ -32,9 +32,11 @@ raft-addr = 10.0.0.1:7201 # unquoted, trailing comment
 join = 10.0.0.2:7301, 10.0.0.3:7301
 bootstrap-expect = 3
 memory-limit = 2GiB
+log-store = bolt
 `)
 	cmd := serverCmd()
 	t.Setenv("QUORUMQ_RAFT_ADDR", "10.9.9.9:7201") // env beats the file
+	t.Setenv("QUORUMQ_LOG_STORE", "wal")
 	if err := cmd.ParseFlags([]string{"--config", path, "--node-id", "flag-node"}); err != nil {
 		t.Fatal(err)
 	}
@@ -49,6 +51,7 @@ memory-limit = 2GiB
 		"join":             "[10.0.0.2:7301,10.0.0.3:7301]",
 		"bootstrap-expect": "3",
 		"memory-limit":     "2GiB",
+		"log-store":        "wal",            // env beats the file
 		"gossip-addr":      "127.0.0.1:7301", // in none of them: the default
 	} {
 		if got := get(flag); got != want {
@@ -74,7 +77,7 @@ memory-limit = 2GiB
 }
 
 func TestOperationsFlagErrors(t *testing.T) {
-	base := serverFlags{maxInFlight: 10, memoryLimit: "auto", maxMessageBytes: "1MiB", maxBatchMessages: 1000, maxBatchBytes: "8MiB", maxQueues: 10000, minFreeDisk: "256MiB"}
+	base := serverFlags{logStore: "wal", maxInFlight: 10, memoryLimit: "auto", maxMessageBytes: "1MiB", maxBatchMessages: 1000, maxBatchBytes: "8MiB", maxQueues: 10000, minFreeDisk: "256MiB"}
 	for _, tc := range []struct {
 		edit func(*serverFlags)
 		want string
@@ -85,6 +88,7 @@ func TestOperationsFlagErrors(t *testing.T) {
 		{func(f *serverFlags) { f.maxQueues = 0 }, "--max-queues 0: want at least 1"},
 		{func(f *serverFlags) { f.maxBatchBytes = "512KiB" }, "--max-batch-size 512KiB is smaller than --max-message-size 1MiB"},
 		{func(f *serverFlags) { f.maxInFlight = 0 }, "--max-inflight-per-conn 0"},
+		{func(f *serverFlags) { f.logStore = "rocksdb" }, `--log-store "rocksdb": want wal or bolt`},
 	} {
 		f := base
 		tc.edit(&f)
@@ -94,9 +98,12 @@ func TestOperationsFlagErrors(t *testing.T) {
 	}
 	var cfg cluster.Config
 	f := base
-	f.memoryLimit, f.maxMessageBytes = "512MiB", "64KiB"
+	f.memoryLimit, f.maxMessageBytes, f.logStore = "512MiB", "64KiB", "bolt"
 	if err := f.operations(&cfg); err != nil {
 		t.Fatal(err)
+	}
+	if cfg.LogStore != cluster.LogStoreBolt {
+		t.Errorf("--log-store bolt gives Config.LogStore %q", cfg.LogStore)
 	}
 	if cfg.MemoryLimit != 512<<20 || cfg.Limits.MaxMessageBytes != 64<<10 || cfg.MaxInFlightPerConn != 10 {
 		t.Errorf("operations: memory %d, message %d, in-flight %d", cfg.MemoryLimit, cfg.Limits.MaxMessageBytes, cfg.MaxInFlightPerConn)
@@ -108,7 +115,7 @@ func TestOperationsFlagErrors(t *testing.T) {
 func execute(t *testing.T, args ...string) (string, error) {
 	t.Helper()
 	root := &cobra.Command{Use: "quorumq", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(tlsCmd(), backupCmd(), sendCmd())
+	root.AddCommand(tlsCmd(), backupCmd(), sendCmd(), dataCmd())
 	var out bytes.Buffer
 	root.SetArgs(args)
 	root.SetOut(&out)

@@ -27,6 +27,7 @@ func init() { rootCmd.AddCommand(serverCmd()) }
 // serverFlags are the flags of `quorumq server`.
 type serverFlags struct {
 	nodeID, dataDir                string
+	logStore                       string
 	apiAddr, apiAdvertise          string
 	raftAddr, raftAdvertise        string
 	gossipAddr, gossipAdvertise    string
@@ -134,7 +135,8 @@ others with --join; the first server adds them.`,
 	host, _ := os.Hostname()
 	fl := cmd.Flags()
 	fl.StringVar(&f.nodeID, "node-id", host, "unique, stable ID of this server ([A-Za-z0-9._-]; defaults to the host name)")
-	fl.StringVar(&f.dataDir, "data-dir", "", "directory for the Raft log (raft.db), snapshots and node.json (required)")
+	fl.StringVar(&f.dataDir, "data-dir", "", "directory for the Raft log (wal/ or raft.db), snapshots and node.json (required)")
+	fl.StringVar(&f.logStore, "log-store", cluster.LogStoreWAL, "Raft log store of a new data dir: wal (raft-wal) or bolt (raft-boltdb); a data dir keeps the store it has (convert bolt to wal with quorumq data migrate-log)")
 	fl.StringVar(&f.apiAddr, "api-addr", "127.0.0.1:7101", "gRPC API bind address")
 	fl.StringVar(&f.apiAdvertise, "api-advertise", "", "API address clients and other servers use (default: the bind address)")
 	fl.StringVar(&f.raftAddr, "raft-addr", "127.0.0.1:7201", "Raft bind address")
@@ -251,6 +253,10 @@ func (f *serverFlags) security(cfg *cluster.Config) error {
 func (f *serverFlags) operations(cfg *cluster.Config) error {
 	cfg.AdminAddr = f.adminAddr
 	cfg.RestoreFrom = f.restoreFrom
+	if f.logStore != cluster.LogStoreWAL && f.logStore != cluster.LogStoreBolt {
+		return fmt.Errorf("--log-store %q: want wal or bolt", f.logStore)
+	}
+	cfg.LogStore = f.logStore
 	if f.maxInFlight == 0 {
 		return errors.New("--max-inflight-per-conn 0: want at least 1")
 	}
