@@ -78,7 +78,8 @@ type Config struct {
 	// most one of them set). Below it the leader refuses enqueues,
 	// transactions and queue creation with ResourceExhausted, before
 	// proposing, and /readyz is 503; receives, acks and purges go on, so
-	// consumers can drain. Neither set = DefaultMinFreeDiskPercent;
+	// consumers can drain. Neither set = 5 % of the file system, at
+	// least 128 MiB, at most a quarter of it (defaultMinFreeDisk);
 	// MinFreeDisk negative = no threshold.
 	MinFreeDisk        int64
 	MinFreeDiskPercent float64
@@ -235,18 +236,7 @@ func (c Config) withDefaults() (Config, error) {
 	return c, nil
 }
 
-// DefaultMinFreeDiskPercent is the free space, in percent of the data
-// dir's file system, that a node keeps unless told otherwise. A share
-// rather than a number of bytes, so that it suits a 1 GiB test volume and
-// a 2 TiB one alike: what the node still writes once enqueues are refused
-// grows with the data it holds (a snapshot of the state, the log until
-// the next snapshot compacts it, the entries of the enqueues already in
-// flight), and so does the disk it is given. 5 % is also where
-// Elasticsearch stops writes by default (its flood-stage watermark).
-const DefaultMinFreeDiskPercent = 5
-
-// checkMinFreeDisk validates the free-space threshold and fills its
-// default.
+// checkMinFreeDisk validates the free-space threshold.
 func (c *Config) checkMinFreeDisk() error {
 	p := c.MinFreeDiskPercent
 	switch {
@@ -254,8 +244,6 @@ func (c *Config) checkMinFreeDisk() error {
 		return configErr("min free disk: %d bytes and %v%% both set; set one", c.MinFreeDisk, p)
 	case math.IsNaN(p) || p < 0 || p >= 100:
 		return configErr("min free disk %v%%: want more than 0 and less than 100", p)
-	case c.MinFreeDisk == 0 && p == 0:
-		c.MinFreeDiskPercent = DefaultMinFreeDiskPercent
 	}
 	return nil
 }

@@ -41,13 +41,33 @@ type diskGuard struct {
 	mu       sync.Mutex
 	minBytes int64   // > 0: the threshold in bytes
 	percent  float64 // > 0 (minBytes 0): the threshold as a share of the file system's size
-	off      bool    // no threshold
+	off      bool    // no threshold; neither set nor off: defaultMinFreeDisk
 	readAt   time.Time
 	space    diskSpace
 }
 
 // diskReadEvery bounds the age of the free-space reading the guard decides on.
 const diskReadEvery = 250 * time.Millisecond
+
+// defaultMinFreeDisk is the threshold of a file system of size bytes
+// when none is configured: 5 % of it, at least 128 MiB, at most a
+// quarter of it.
+//
+// A share rather than a number of bytes, because what a node still
+// writes once enqueues are refused grows with the data it holds and so
+// does the disk it is given: a snapshot of the state (written before
+// the older one is removed), the log until that snapshot compacts it,
+// the entries of the enqueues already admitted. 5 % is also where
+// Elasticsearch stops writes by default (its flood-stage watermark).
+// The floor is two raft-wal segments: acks and receives keep appending
+// once enqueues are refused, and a segment rotation needs 64 MiB free
+// for the next segment's preallocation, which 5 % of a volume under
+// 1.3 GiB would not leave. The cap keeps the floor from refusing every
+// enqueue on a small test volume (a 128 MiB tmpfs holding one 64 MiB
+// segment keeps 32 MiB).
+func defaultMinFreeDisk(size int64) int64 {
+	return min(max(size/20, 128<<20), size/4)
+}
 
 // diskSpace is one statfs reading of the data dir's file system.
 type diskSpace struct {
@@ -105,18 +125,22 @@ func (g *diskGuard) read() diskReading {
 	case g.off:
 	case g.minBytes > 0:
 		r.min, r.percent = g.minBytes, 0
-	default:
+	case g.percent > 0:
 		r.min = int64(g.percent / 100 * float64(g.space.size))
+	default:
+		r.min, r.auto = defaultMinFreeDisk(g.space.size), true
 	}
 	return r
 }
 
 // diskReading is a reading and the threshold in force: min bytes (-1:
-// none), percent of the size when that is how it was set.
+// none), percent of the size when that is how it was set, auto when it
+// is the default.
 type diskReading struct {
 	diskSpace
 	min     int64
 	percent float64
+	auto    bool
 }
 
 // check returns why the data dir has too little free space (low), or why
@@ -132,8 +156,11 @@ func (g *diskGuard) check() (low, unknown error) {
 		return nil, nil
 	}
 	what := "--min-free-disk"
-	if r.percent > 0 {
+	switch {
+	case r.percent > 0:
 		what = strconv.FormatFloat(r.percent, 'f', -1, 64) + "% of its " + strconv.FormatInt(r.size, 10) + " bytes, --min-free-disk"
+	case r.auto:
+		what = "--min-free-disk auto: 5% of its " + strconv.FormatInt(r.size, 10) + " bytes, at least 128 MiB, at most a quarter"
 	}
 	return fmt.Errorf("data dir %s has %d bytes free, less than %d (%s)", g.dir, r.free, r.min, what), nil
 }

@@ -201,7 +201,7 @@ func TestEnqueuesAreRefusedWhileTheLeadersDiskIsLow(t *testing.T) {
 }
 
 // The free-space threshold is bytes or a percentage, not both, and a
-// percentage is above 0 and below 100; neither set is 5 %.
+// percentage is above 0 and below 100.
 func TestMinFreeDiskIsValidated(t *testing.T) {
 	base := Config{NodeID: "n1", DataDir: t.TempDir(), APIAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0", GossipAddr: "127.0.0.1:0"}
 	for _, tc := range []struct {
@@ -219,9 +219,33 @@ func TestMinFreeDiskIsValidated(t *testing.T) {
 			t.Errorf("MinFreeDisk %d, MinFreeDiskPercent %v: %v, want %q", tc.bytes, tc.percent, err, tc.want)
 		}
 	}
-	cfg, err := base.withDefaults()
-	if err != nil || cfg.MinFreeDisk != 0 || cfg.MinFreeDiskPercent != DefaultMinFreeDiskPercent {
-		t.Errorf("defaults: %v, MinFreeDisk %d, MinFreeDiskPercent %v, want 0 and %v", err, cfg.MinFreeDisk, cfg.MinFreeDiskPercent, DefaultMinFreeDiskPercent)
+	if _, err := base.withDefaults(); err != nil {
+		t.Errorf("neither set: %v", err)
+	}
+}
+
+// With no threshold configured, a node keeps 5 % of its file system
+// free, at least 128 MiB, at most a quarter of the file system.
+func TestDefaultMinFreeDisk(t *testing.T) {
+	for _, tc := range []struct{ size, want int64 }{
+		{100 << 30, 5 << 30},    // 5 %
+		{1 << 30, 128 << 20},    // 5 % is 51 MiB: the floor
+		{128 << 20, 32 << 20},   // the floor would be all of it: a quarter
+		{2 << 40, 2 << 40 / 20}, // 5 %
+	} {
+		if got := defaultMinFreeDisk(tc.size); got != tc.want {
+			t.Errorf("defaultMinFreeDisk(%d) = %d, want %d", tc.size, got, tc.want)
+		}
+	}
+	g := newDiskGuard(Config{DataDir: t.TempDir()}, func() bool { return true }, prometheus.NewRegistry())
+	r := g.read()
+	if r.err != nil || r.min != defaultMinFreeDisk(r.size) {
+		t.Fatalf("a guard with no threshold configured holds %d bytes of %d free (%v), want %d", r.min, r.size, r.err, defaultMinFreeDisk(r.size))
+	}
+	g.set(0, 0)
+	g.readAt, g.space = time.Now(), diskSpace{free: 1 << 20, size: 1 << 30}
+	if low, _ := g.check(); low == nil || !strings.Contains(low.Error(), "has 1048576 bytes free, less than 134217728 (--min-free-disk auto: 5% of its 1073741824 bytes, at least 128 MiB, at most a quarter)") {
+		t.Errorf("1 MiB free of 1 GiB under the default threshold: %v", low)
 	}
 }
 
