@@ -131,23 +131,27 @@ func readTokenFile(path string) ([]cluster.Token, error) {
 }
 
 // parseMinFreeDisk sets cfg's free-space threshold from --min-free-disk:
-// a percentage of the file system ("5%"), bytes ("2GiB") or "off".
+// a percentage of the file system ("5%"), bytes ("2GiB"), "auto" (the
+// node's default) or "off".
 func parseMinFreeDisk(cfg *cluster.Config, s string) error {
-	if s == "off" {
+	switch s {
+	case "auto":
+		return nil
+	case "off":
 		cfg.MinFreeDisk = -1
 		return nil
 	}
 	if num, ok := strings.CutSuffix(strings.TrimSpace(s), "%"); ok {
 		p, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
 		if err != nil || !(p > 0 && p < 100) {
-			return fmt.Errorf("--min-free-disk %q: want a percentage above 0 and below 100, bytes (KiB, MiB, GiB, TiB) or off", s)
+			return fmt.Errorf("--min-free-disk %q: want a percentage above 0 and below 100, bytes (KiB, MiB, GiB, TiB), auto or off", s)
 		}
 		cfg.MinFreeDiskPercent = p
 		return nil
 	}
 	v, err := parseBytes("min-free-disk", s)
 	if err != nil {
-		return fmt.Errorf("%w; or a percentage of the file system such as 5%%, or off", err)
+		return fmt.Errorf("%w; or a percentage of the file system such as 5%%, auto or off", err)
 	}
 	cfg.MinFreeDisk = v
 	return nil
