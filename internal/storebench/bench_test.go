@@ -1,8 +1,10 @@
 package storebench
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"flag"
 	"fmt"
 	"io/fs"
@@ -34,6 +36,9 @@ type engine interface {
 	apply(index uint64, puts []uint64, dels []uint64) error
 	// read reads the bodies of ids (one receive) and returns their bytes.
 	read(ids []uint64) (int, error)
+	// scan reads the bodies of n consecutive ids from the first, with one
+	// iterator, and returns their bytes.
+	scan(first uint64, n int) (int, error)
 	// checkpoint makes a consistent copy of the store in dir that needs
 	// nothing of the live store once made.
 	checkpoint(dir string) error
@@ -162,6 +167,18 @@ func (e *pebbleEngine) read(ids []uint64) (int, error) {
 	return n, nil
 }
 
+func (e *pebbleEngine) scan(first uint64, n int) (int, error) {
+	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: key(first), UpperBound: key(first + uint64(n))})
+	if err != nil {
+		return 0, err
+	}
+	got := 0
+	for ok := it.First(); ok; ok = it.Next() {
+		got += len(it.Value())
+	}
+	return got, errors.Join(it.Error(), it.Close())
+}
+
 func (e *pebbleEngine) checkpoint(dir string) error {
 	if e.noWAL {
 		// Without a WAL the memtable is only in memory: flush it, or the
@@ -270,6 +287,19 @@ func (e *boltEngine) read(ids []uint64) (int, error) {
 		return nil
 	})
 	return n, err
+}
+
+func (e *boltEngine) scan(first uint64, n int) (int, error) {
+	got := 0
+	err := e.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bodiesBucket).Cursor()
+		end := key(first + uint64(n))
+		for k, v := c.Seek(key(first)); k != nil && bytes.Compare(k, end) < 0; k, v = c.Next() {
+			got += len(v)
+		}
+		return nil
+	})
+	return got, err
 }
 
 // checkpoint copies the whole file: bbolt has no other consistent copy.
@@ -445,19 +475,34 @@ func BenchmarkEnqueue(b *testing.B) {
 }
 
 // BenchmarkReceive reads b.N bodies in FIFO order, applySize per receive,
-// after they were enqueued.
+// after they were enqueued, each by a point read.
 func BenchmarkReceive(b *testing.B) {
 	forEachEngine(b, func(b *testing.B, def engineDef) {
 		e, q := filled(b, def, b.N)
-		b.SetBytes(bodySize)
-		b.ResetTimer()
-		for id := uint64(1); id < q.head; id += applySize {
-			k := min(applySize, int(q.head-id))
-			if got, err := e.read(ids(id, k)); err != nil || got != k*bodySize {
-				b.Fatalf("read %d bodies from %d: %d bytes, %v", k, id, got, err)
-			}
-		}
+		receiveAll(b, q, func(first uint64, k int) (int, error) { return e.read(ids(first, k)) })
 	})
+}
+
+// BenchmarkReceiveScan is BenchmarkReceive with each receive's
+// consecutive ids read by one iterator instead of point reads.
+func BenchmarkReceiveScan(b *testing.B) {
+	forEachEngine(b, func(b *testing.B, def engineDef) {
+		e, q := filled(b, def, b.N)
+		receiveAll(b, q, e.scan)
+	})
+}
+
+// receiveAll times reading every body of q in FIFO order, applySize ids
+// per call of read.
+func receiveAll(b *testing.B, q *queue, read func(first uint64, k int) (int, error)) {
+	b.SetBytes(bodySize)
+	b.ResetTimer()
+	for id := q.tail; id < q.head; id += applySize {
+		k := min(applySize, int(q.head-id))
+		if got, err := read(id, k); err != nil || got != k*bodySize {
+			b.Fatalf("read %d bodies from %d: %d bytes, %v", k, id, got, err)
+		}
+	}
 }
 
 // BenchmarkAck deletes b.N bodies in FIFO order, applySize per apply,
