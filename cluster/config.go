@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"strconv"
 	"time"
@@ -72,6 +73,16 @@ type Config struct {
 	// heap holds more than this many bytes. 0 = 80% of the memory
 	// available (cgroup limit or physical memory); negative = no guard.
 	MemoryLimit int64
+	// MinFreeDisk and MinFreeDiskPercent are the free space the data
+	// dir's file system must keep, in bytes or in percent of its size (at
+	// most one of them set). Below it the leader refuses enqueues,
+	// transactions and queue creation with ResourceExhausted, before
+	// proposing, and /readyz is 503; receives, acks and purges go on, so
+	// consumers can drain. Neither set = 5 % of the file system, at
+	// least 128 MiB, at most a quarter of it (defaultMinFreeDisk);
+	// MinFreeDisk negative = no threshold.
+	MinFreeDisk        int64
+	MinFreeDiskPercent float64
 	// RestoreFrom names a backup file (quorumq backup) to start a new
 	// cluster from: the data dir must be empty; the node starts as the only
 	// voter with the backup's state and adds the servers that join it.
@@ -95,7 +106,6 @@ type Config struct {
 	TickInterval       time.Duration // leader's periodic tick command; default 1 s
 	ApplyTimeout       time.Duration // cap on one proposal, whatever the caller's deadline; default 10 s
 	ReadyMaxLag        uint64        // /readyz: entries a follower may be behind the leader's commit index; default 1000
-	MinFreeDisk        int64         // /readyz: bytes the data dir's file system must have free; default 256 MiB
 	StatusTimeout      time.Duration // per-node timeout of the status fan-out; default 1 s
 	LocalGossip        bool          // faster gossip timings for loopback clusters (dev, tests)
 
@@ -214,8 +224,8 @@ func (c Config) withDefaults() (Config, error) {
 	if c.ReadyMaxLag == 0 {
 		c.ReadyMaxLag = 1000
 	}
-	if c.MinFreeDisk == 0 {
-		c.MinFreeDisk = 256 << 20
+	if err := c.checkMinFreeDisk(); err != nil {
+		return c, err
 	}
 	if c.SnapshotRetain == 0 {
 		c.SnapshotRetain = 2
@@ -224,6 +234,18 @@ func (c Config) withDefaults() (Config, error) {
 		return c, configErr("leader lease timeout %v exceeds heartbeat timeout %v", c.LeaderLeaseTimeout, c.HeartbeatTimeout)
 	}
 	return c, nil
+}
+
+// checkMinFreeDisk validates the free-space threshold.
+func (c *Config) checkMinFreeDisk() error {
+	p := c.MinFreeDiskPercent
+	switch {
+	case c.MinFreeDisk != 0 && p != 0:
+		return configErr("min free disk: %d bytes and %v%% both set; set one", c.MinFreeDisk, p)
+	case math.IsNaN(p) || p < 0 || p >= 100:
+		return configErr("min free disk %v%%: want more than 0 and less than 100", p)
+	}
+	return nil
 }
 
 // advertised picks the address other nodes use: advertise when set,

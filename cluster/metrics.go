@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -401,8 +400,8 @@ func addStats(a, b *fsmpb.QueueStats) {
 // node has applied every entry it knows to be committed and is within
 // ReadyMaxLag entries of the leader's commit index (a follower whose
 // appends fail, on a full disk, still hears heartbeats and still knows
-// the leader, but falls behind), and its data dir has at least MinFreeDisk
-// bytes free. The error says what is missing.
+// the leader, but falls behind), and its data dir has the free space
+// --min-free-disk asks for (diskguard.go). The error says what is missing.
 func (n *Node) Readiness() error {
 	if n.closed.Load() {
 		return errors.New("node is stopped")
@@ -436,16 +435,10 @@ func (n *Node) Readiness() error {
 }
 
 // checkFreeDisk refuses readiness while the data dir's file system has
-// less than MinFreeDisk bytes available.
+// less free space than the threshold, or its free space is unknown.
 func (n *Node) checkFreeDisk() error {
-	var fs syscall.Statfs_t
-	if err := syscall.Statfs(n.cfg.DataDir, &fs); err != nil {
-		return fmt.Errorf("free space of data dir %s unknown: %v", n.cfg.DataDir, err)
-	}
-	if free := int64(fs.Bavail) * int64(fs.Bsize); free < n.cfg.MinFreeDisk {
-		return fmt.Errorf("data dir %s has %d bytes free, less than %d (--min-free-disk)", n.cfg.DataDir, free, n.cfg.MinFreeDisk)
-	}
-	return nil
+	low, unknown := n.disk.check()
+	return errors.Join(low, unknown)
 }
 
 // startAdmin listens on AdminAddr (if set) and serves /metrics, /healthz

@@ -81,6 +81,7 @@ type Node struct {
 
 	metrics *metrics
 	guard   *memoryGuard
+	disk    *diskGuard
 	admin   *http.Server // /metrics, /healthz, /readyz; nil without AdminAddr
 	adminLn net.Listener
 
@@ -333,12 +334,13 @@ func (n *Node) startAPI() error {
 	n.guard = newMemoryGuard(n.cfg.MemoryLimit, n.metrics.memoryRejects, n.metrics.memoryReserved)
 	// gRPC takes one tap handle: the token first, so that a caller without
 	// one learns nothing about the node's memory.
-	taps := []tap.ServerInHandle{n.guard.tap}
+	n.disk = newDiskGuard(n.cfg, func() bool { return n.raft.State() == raft.Leader }, n.metrics.reg)
+	taps := []tap.ServerInHandle{n.guard.tap, n.disk.tap}
 	if tokens := n.cfg.tokens(); len(tokens) > 0 {
 		taps = append([]tap.ServerInHandle{tokenAuth{tokens: tokens}.tap}, taps...)
 	}
 	opts = append(opts, grpc.InTapHandle(chainTaps(taps)),
-		grpc.ChainUnaryInterceptor(n.guard.unary), grpc.ChainStreamInterceptor(n.guard.stream))
+		grpc.ChainUnaryInterceptor(n.guard.unary, n.disk.unary), grpc.ChainStreamInterceptor(n.guard.stream, n.disk.stream))
 	n.grpc = grpc.NewServer(opts...)
 	transport.NewQueueService(n, n.cfg.Limits, n.cfg.AutoCreateQueues).Register(n.grpc)
 	(&clusterService{n: n}).register(n.grpc)

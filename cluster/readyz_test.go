@@ -16,7 +16,7 @@ func TestReadyzIsUnavailableWhileTheDiskIsLow(t *testing.T) {
 	if code, body := httpGet(t, "http://"+n.AdminAddr()+"/readyz"); code != 200 {
 		t.Fatalf("/readyz with room on disk: %d %s", code, body)
 	}
-	n.cfg.MinFreeDisk = 1 << 62 // more than any disk has
+	n.disk.set(1<<62, 0) // more than any disk has
 	code, body := httpGet(t, "http://"+n.AdminAddr()+"/readyz")
 	if code != 503 || !strings.Contains(body, "bytes free, less than 4611686018427387904 (--min-free-disk)") {
 		t.Fatalf("/readyz below the free-space threshold: %d %q, want 503 naming the threshold", code, body)

@@ -130,6 +130,33 @@ func readTokenFile(path string) ([]cluster.Token, error) {
 	return out, nil
 }
 
+// parseMinFreeDisk sets cfg's free-space threshold from --min-free-disk:
+// a percentage of the file system ("5%"), bytes ("2GiB"), "auto" (the
+// node's default) or "off".
+func parseMinFreeDisk(cfg *cluster.Config, s string) error {
+	switch s {
+	case "auto":
+		return nil
+	case "off":
+		cfg.MinFreeDisk = -1
+		return nil
+	}
+	if num, ok := strings.CutSuffix(strings.TrimSpace(s), "%"); ok {
+		p, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
+		if err != nil || !(p > 0 && p < 100) {
+			return fmt.Errorf("--min-free-disk %q: want a percentage above 0 and below 100, bytes (KiB, MiB, GiB, TiB), auto or off", s)
+		}
+		cfg.MinFreeDiskPercent = p
+		return nil
+	}
+	v, err := parseBytes("min-free-disk", s)
+	if err != nil {
+		return fmt.Errorf("%w; or a percentage of the file system such as 5%%, auto or off", err)
+	}
+	cfg.MinFreeDisk = v
+	return nil
+}
+
 // parseBytes reads a size: a plain number of bytes or one with a KiB,
 // MiB, GiB or TiB suffix ("512MiB").
 func parseBytes(flag, s string) (int64, error) {

@@ -77,7 +77,7 @@ log-store = bolt
 }
 
 func TestOperationsFlagErrors(t *testing.T) {
-	base := serverFlags{logStore: "wal", maxInFlight: 10, memoryLimit: "auto", maxMessageBytes: "1MiB", maxBatchMessages: 1000, maxBatchBytes: "8MiB", maxQueues: 10000, minFreeDisk: "256MiB"}
+	base := serverFlags{logStore: "wal", maxInFlight: 10, memoryLimit: "auto", maxMessageBytes: "1MiB", maxBatchMessages: 1000, maxBatchBytes: "8MiB", maxQueues: 10000, minFreeDisk: "auto"}
 	for _, tc := range []struct {
 		edit func(*serverFlags)
 		want string
@@ -89,6 +89,8 @@ func TestOperationsFlagErrors(t *testing.T) {
 		{func(f *serverFlags) { f.maxBatchBytes = "512KiB" }, "--max-batch-size 512KiB is smaller than --max-message-size 1MiB"},
 		{func(f *serverFlags) { f.maxInFlight = 0 }, "--max-inflight-per-conn 0"},
 		{func(f *serverFlags) { f.logStore = "rocksdb" }, `--log-store "rocksdb": want wal or bolt`},
+		{func(f *serverFlags) { f.minFreeDisk = "100%" }, `--min-free-disk "100%": want a percentage above 0 and below 100, bytes (KiB, MiB, GiB, TiB), auto or off`},
+		{func(f *serverFlags) { f.minFreeDisk = "lots" }, `--min-free-disk "lots": want a positive number of bytes, optionally with KiB, MiB, GiB or TiB; or a percentage of the file system such as 5%, auto or off`},
 	} {
 		f := base
 		tc.edit(&f)
@@ -107,6 +109,18 @@ func TestOperationsFlagErrors(t *testing.T) {
 	}
 	if cfg.MemoryLimit != 512<<20 || cfg.Limits.MaxMessageBytes != 64<<10 || cfg.MaxInFlightPerConn != 10 {
 		t.Errorf("operations: memory %d, message %d, in-flight %d", cfg.MemoryLimit, cfg.Limits.MaxMessageBytes, cfg.MaxInFlightPerConn)
+	}
+	for _, tc := range []struct {
+		flag    string
+		bytes   int64
+		percent float64
+	}{{"auto", 0, 0}, {"5%", 0, 5}, {"0.5%", 0, 0.5}, {"2GiB", 2 << 30, 0}, {"off", -1, 0}} {
+		var cfg cluster.Config
+		f := base
+		f.minFreeDisk = tc.flag
+		if err := f.operations(&cfg); err != nil || cfg.MinFreeDisk != tc.bytes || cfg.MinFreeDiskPercent != tc.percent {
+			t.Errorf("--min-free-disk %s: %v, MinFreeDisk %d, MinFreeDiskPercent %v, want %d and %v", tc.flag, err, cfg.MinFreeDisk, cfg.MinFreeDiskPercent, tc.bytes, tc.percent)
+		}
 	}
 }
 

@@ -162,7 +162,7 @@ others with --join; the first server adds them.`,
 	fl.StringVar(&f.config, configFlag, "", "config file of \"name = value\" lines, names as these flags (command line and environment win)")
 	fl.StringVar(&f.adminAddr, "admin-addr", "", "HTTP bind address for /metrics (Prometheus), /healthz and /readyz; empty: no admin server")
 	fl.Uint32Var(&f.maxInFlight, "max-inflight-per-conn", 1000, "concurrent API calls on one client connection; further calls wait")
-	fl.StringVar(&f.minFreeDisk, "min-free-disk", "256MiB", "/readyz answers 503 while the data dir's file system has less free space than this")
+	fl.StringVar(&f.minFreeDisk, "min-free-disk", "auto", "free space the data dir's file system keeps: a percentage of its size (5%), bytes (KiB/MiB/GiB), auto (5%, at least 128MiB, at most a quarter) or off; below it the leader refuses enqueues and queue creation (ResourceExhausted) and /readyz answers 503")
 	fl.StringVar(&f.memoryLimit, "memory-limit", "auto", "refuse enqueues (ResourceExhausted) while the heap is above this: bytes (or KiB/MiB/GiB), auto (80% of cgroup or physical memory) or off")
 	fl.StringVar(&f.maxMessageBytes, "max-message-size", "1MiB", "largest message body plus attributes (at most 1MiB)")
 	fl.IntVar(&f.maxBatchMessages, "max-batch", 1000, "messages in one enqueue or transaction (at most 1000)")
@@ -272,11 +272,9 @@ func (f *serverFlags) operations(cfg *cluster.Config) error {
 		}
 		cfg.MemoryLimit = v
 	}
-	minFree, err := parseBytes("min-free-disk", f.minFreeDisk)
-	if err != nil {
+	if err := parseMinFreeDisk(cfg, f.minFreeDisk); err != nil {
 		return err
 	}
-	cfg.MinFreeDisk = minFree
 	msg, err := parseBytes("max-message-size", f.maxMessageBytes)
 	if err != nil {
 		return err
