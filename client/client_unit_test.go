@@ -110,7 +110,7 @@ func TestBadArgumentsNameTheField(t *testing.T) {
 		substr string
 	}{
 		{"empty queue", func() error { _, err := c.Send(ctx, "", []byte("x")); return err }(), "Send queue"},
-		{"long queue", func() error { _, err := c.Send(ctx, long, []byte("x")); return err }(), "limit is 128"},
+		{"long queue", func() error { _, err := c.Send(ctx, long, []byte("x")); return err }(), "has length 129, limit is 1 to 128"},
 		{"bad char", func() error { _, err := c.Receive(ctx, "a/b", 1); return err }(), `'/'`},
 		{"negative delay", func() error { _, err := c.Send(ctx, "q", nil, WithDelay(-time.Second)); return err }(), "msgs[0].Delay"},
 		{"gathered empty queue", func() error { _, err := g.Send(ctx, "", []byte("x")); return err }(), "Send queue"},
@@ -118,7 +118,16 @@ func TestBadArgumentsNameTheField(t *testing.T) {
 		{"gathered empty attribute", func() error {
 			_, err := g.Send(ctx, "q", nil, WithAttributes(map[string]string{"": "v"}))
 			return err
-		}(), "Send msg.Attributes"},
+		}(), "Send msg.attributes[0].key is 0 bytes, limit is 1 to 256"},
+		{"13 h delay", func() error { _, err := c.Send(ctx, "q", nil, WithDelay(13*time.Hour)); return err }(), "msgs[0].Delay: must be 0..12h0m0s, got 13h0m0s"},
+		{"gathered 13 h delay", func() error { _, err := g.Send(ctx, "q", nil, WithDelay(13*time.Hour)); return err }(), "Send msg.Delay: must be 0..12h0m0s"},
+		{"13 h nack delay", c.Nack(ctx, "q", 13*time.Hour, Receipt{MessageID: 1, Attempt: 1}), "Nack delay: must be 0..12h0m0s"},
+		{"13 h extend", c.Extend(ctx, "q", 13*time.Hour, Receipt{MessageID: 1, Attempt: 1}), "Extend visibility: must be 0..12h0m0s"},
+		{"13 h receive visibility", func() error { _, err := c.Receive(ctx, "q", 1, WithVisibility(13*time.Hour)); return err }(), "Receive WithVisibility: must be 0..12h0m0s"},
+		{"257-byte attribute key", func() error {
+			_, err := c.Send(ctx, "q", nil, WithAttributes(map[string]string{strings.Repeat("k", 257): "v"}))
+			return err
+		}(), "attributes[0].key is 257 bytes, limit is 1 to 256"},
 		{"max 0", func() error { _, err := c.Receive(ctx, "q", 0); return err }(), "Receive max"},
 		{"wait", func() error { _, err := c.Receive(ctx, "q", 1, WithWait(21*time.Second)); return err }(), "0..20s"},
 		{"no receipts", c.Ack(ctx, "q"), "Ack receipts"},

@@ -4,11 +4,16 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/quorumq/quorumq/fsm/fsmpb"
 	"github.com/quorumq/quorumq/transport"
 )
 
 // MaxWait is the longest long-poll wait of one Receive the wire allows.
-const MaxWait = 20 * time.Second
+const MaxWait = transport.DefaultMaxWait
+
+// limits are the server's default limits, which are the state machine's
+// where it has one; a request beyond them is refused before it is sent.
+var limits = transport.DefaultLimits()
 
 // validateQueueName checks the [A-Za-z0-9._-]{1,128} rule with the same
 // function the server uses, before a request leaves the process.
@@ -19,9 +24,26 @@ func validateQueueName(field, name string) error {
 	return nil
 }
 
+// validateMessage checks m with the state machine's message rule (sizes,
+// attributes), as the server will.
+func validateMessage(field string, m *fsmpb.Message) error {
+	if err := transport.ValidateMessage(field, m); err != nil {
+		return fromStatus("", err)
+	}
+	return nil
+}
+
 func validateNonNegative(field string, d time.Duration) error {
 	if d < 0 {
 		return invalidArg(field, "must be >= 0, got %v", d)
+	}
+	return nil
+}
+
+// validateDuration checks that d is within 0..max.
+func validateDuration(field string, d, max time.Duration) error {
+	if d < 0 || d > max {
+		return invalidArg(field, "must be 0..%v, got %v", max, d)
 	}
 	return nil
 }

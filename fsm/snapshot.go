@@ -443,8 +443,8 @@ func checkMessageRecord(m *message, f uint32, nextID uint64) error {
 	}
 	if m.attrs != nil {
 		for i, a := range *m.attrs {
-			if a.key == "" {
-				return fmt.Errorf("message %d: attribute %d has an empty key", m.id, i)
+			if err := checkAttribute(a.key, a.value); err != "" {
+				return fmt.Errorf("message %d: attribute %d: %s", m.id, i, err)
 			}
 		}
 	}

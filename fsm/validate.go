@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"fmt"
 	"math"
 	"time"
 
@@ -126,14 +127,26 @@ func checkOptionalDuration(field string, v int64, lo, hi time.Duration) *cmdErro
 	return nil
 }
 
+// ValidateQueueName checks a queue name, named field in the error, as Apply
+// will: [A-Za-z0-9._-]{1,128}.
+func ValidateQueueName(field, name string) error {
+	if err := checkQueueName(field, name); err != nil {
+		return err
+	}
+	return nil
+}
+
 func checkQueueName(field, name string) *cmdError {
-	if len(name) == 0 || len(name) > MaxQueueName {
-		return invalid("%s %q has length %d, limit is 1 to %d characters [A-Za-z0-9._-]", field, name, len(name), MaxQueueName)
+	if len(name) == 0 {
+		return invalid("%s: queue name is empty, want 1 to %d characters [A-Za-z0-9._-]", field, MaxQueueName)
+	}
+	if len(name) > MaxQueueName {
+		return invalid("%s: queue name %q has length %d, limit is 1 to %d characters [A-Za-z0-9._-]", field, name, len(name), MaxQueueName)
 	}
 	for i := 0; i < len(name); i++ {
 		c := name[i]
 		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return invalid("%s %q has byte %q at %d, allowed are [A-Za-z0-9._-]", field, name, c, i)
+			return invalid("%s: queue name %q has byte %q at %d, allowed are [A-Za-z0-9._-]", field, name, c, i)
 		}
 	}
 	return nil
@@ -181,14 +194,24 @@ func checkMessage(at func() string, m *fsmpb.Message) *cmdError {
 		return invalid("%s.attributes has %d entries, limit is %d", at(), len(m.GetAttributes()), MaxAttributes)
 	}
 	for j, a := range m.GetAttributes() {
-		if len(a.GetKey()) == 0 || len(a.GetKey()) > MaxAttributeKey {
-			return invalid("%s.attributes[%d].key is %d bytes, limit is 1 to %d", at(), j, len(a.GetKey()), MaxAttributeKey)
-		}
-		if len(a.GetValue()) > MaxAttributeVal {
-			return invalid("%s.attributes[%d].value is %d bytes, limit is %d", at(), j, len(a.GetValue()), MaxAttributeVal)
+		if err := checkAttribute(a.GetKey(), a.GetValue()); err != "" {
+			return invalid("%s.attributes[%d].%s", at(), j, err)
 		}
 	}
 	return nil
+}
+
+// checkAttribute is the rule for one attribute, for commands and for
+// restored snapshots alike; it returns the problem ("key is 0 bytes, ...")
+// or "".
+func checkAttribute(key, value string) string {
+	if len(key) == 0 || len(key) > MaxAttributeKey {
+		return fmt.Sprintf("key is %d bytes, limit is 1 to %d", len(key), MaxAttributeKey)
+	}
+	if len(value) > MaxAttributeVal {
+		return fmt.Sprintf("value is %d bytes, limit is %d", len(value), MaxAttributeVal)
+	}
+	return ""
 }
 
 func checkReceipts(field string, rs []*fsmpb.Receipt) *cmdError {

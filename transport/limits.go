@@ -30,6 +30,11 @@ type Limits struct {
 	MaxQueues        int           // queues in the cluster; default 10,000
 }
 
+// DefaultMaxWait is the default longest long-poll wait of one receive.
+// The state machine does not bound it (a wait costs no log entry); clients
+// use it as the longest wait they ask for.
+const DefaultMaxWait = 20 * time.Second
+
 // DefaultLimits returns the limits used when a field is zero. Those the
 // state machine also enforces are its limits, so that what passes here
 // passes there.
@@ -40,7 +45,7 @@ func DefaultLimits() Limits {
 		MaxBatchBytes:    8 << 20,
 		MaxReceipts:      fsm.MaxBatch,
 		MaxReceive:       fsm.MaxBatch,
-		MaxWait:          20 * time.Second,
+		MaxWait:          DefaultMaxWait,
 		MaxVisibility:    fsm.MaxVisibility,
 		MaxDelay:         fsm.MaxDelay,
 		MaxIDBytes:       fsm.MaxDedupID,
@@ -51,8 +56,29 @@ func DefaultLimits() Limits {
 
 // Check refuses limits above the state machine's own: a request within
 // such a limit would pass the API and be refused by Apply, after costing a
-// log entry.
+// log entry. It also refuses negative limits and a batch size below the
+// message size, which no request could meet.
 func (l Limits) Check() error {
+	for _, c := range []struct {
+		name     string
+		v        any
+		negative bool
+	}{
+		{"max message size", l.MaxMessageBytes, l.MaxMessageBytes < 0},
+		{"max batch messages", l.MaxBatchMessages, l.MaxBatchMessages < 0},
+		{"max batch size", l.MaxBatchBytes, l.MaxBatchBytes < 0},
+		{"max receipts", l.MaxReceipts, l.MaxReceipts < 0},
+		{"max wait", l.MaxWait, l.MaxWait < 0},
+		{"max visibility", l.MaxVisibility, l.MaxVisibility < 0},
+		{"max delay", l.MaxDelay, l.MaxDelay < 0},
+		{"max ID bytes", l.MaxIDBytes, l.MaxIDBytes < 0},
+		{"max attributes", l.MaxAttributes, l.MaxAttributes < 0},
+		{"max queues", l.MaxQueues, l.MaxQueues < 0},
+	} {
+		if c.negative {
+			return fmt.Errorf("limits: %s is %v, want a positive value (or 0 for the default)", c.name, c.v)
+		}
+	}
 	l = l.withDefaults()
 	d := DefaultLimits()
 	for _, c := range []struct {
@@ -72,6 +98,9 @@ func (l Limits) Check() error {
 		if c.over {
 			return fmt.Errorf("limits: %s is %v, the state machine allows at most %v", c.name, c.v, c.limit)
 		}
+	}
+	if l.MaxBatchBytes < l.MaxMessageBytes {
+		return fmt.Errorf("limits: max batch size %d is smaller than max message size %d: a single message could never be sent", l.MaxBatchBytes, l.MaxMessageBytes)
 	}
 	return nil
 }
@@ -109,24 +138,23 @@ func (l Limits) MaxRecvMsgSize() int {
 	return l.MaxBatchBytes + l.MaxBatchMessages*(l.MaxIDBytes+64) + 1<<20
 }
 
-// MaxQueueNameLen is the longest queue name.
-const MaxQueueNameLen = 128
-
-// ValidateQueueName checks a queue name against [A-Za-z0-9._-]{1,128};
-// field names the request field in the error.
+// ValidateQueueName checks a queue name with the state machine's rule
+// ([A-Za-z0-9._-]{1,128}); field names the request field in the error,
+// an InvalidArgument status.
 func ValidateQueueName(field, name string) error {
-	if name == "" {
-		return invalid("%s: queue name is empty (want 1..%d characters of [A-Za-z0-9._-])", field, MaxQueueNameLen)
+	if err := fsm.ValidateQueueName(field, name); err != nil {
+		return invalid("%v", err)
 	}
-	if len(name) > MaxQueueNameLen {
-		return invalid("%s: queue name is %d bytes, limit is %d", field, len(name), MaxQueueNameLen)
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-'
-		if !ok {
-			return invalid("%s: queue name %q has %q at byte %d (allowed: [A-Za-z0-9._-])", field, name, c, i)
-		}
+	return nil
+}
+
+// ValidateMessage checks message m, named field in errors, against the
+// state machine's own limits (body size, dedup ID, delay, attributes); the
+// error is an InvalidArgument status. A server's configured Limits may be
+// lower (checkMessages).
+func ValidateMessage(field string, m *fsmpb.Message) error {
+	if err := fsm.ValidateMessage(field, m); err != nil {
+		return invalid("%v", err)
 	}
 	return nil
 }
@@ -196,8 +224,8 @@ func (l Limits) checkMessages(field string, msgs []*fsmpb.Message, total *batchT
 		if len(m.GetAttributes()) > l.MaxAttributes {
 			return invalid("%s.attributes: %d attributes, limit is %d", f, len(m.GetAttributes()), l.MaxAttributes)
 		}
-		if err := fsm.ValidateMessage(f, m); err != nil {
-			return invalid("%v", err)
+		if err := ValidateMessage(f, m); err != nil {
+			return err
 		}
 		total.messages++
 		total.bytes += size
