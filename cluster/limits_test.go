@@ -1,8 +1,6 @@
 package cluster
 
 import (
-	"context"
-	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -159,15 +157,6 @@ func TestStartRefusesLimitsTheStateMachineWouldNot(t *testing.T) {
 		{transport.Limits{MaxQueues: -5}, "limits: max queues is -5, want a positive value (or 0 for the default)"},
 		{transport.Limits{MaxMessageBytes: 1 << 20, MaxBatchBytes: 1 << 10}, "limits: max batch size 1024 is smaller than max message size 1048576: a single message could never be sent"},
 	} {
-		cfg := Config{NodeID: "n1", DataDir: t.TempDir(), APIAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0", GossipAddr: "127.0.0.1:0", BootstrapExpect: 1, Limits: tc.limits}
-		n, err := Start(context.Background(), cfg)
-		if err == nil {
-			n.Kill()
-			t.Errorf("limits %+v: node started, want %q", tc.limits, tc.want)
-			continue
-		}
-		if !errors.Is(err, ErrConfig) || err.Error() != ErrConfig.Error()+": "+tc.want {
-			t.Errorf("limits %+v: %v, want ErrConfig: %q", tc.limits, err, tc.want)
-		}
+		checkStartRefused(t, Config{NodeID: "n1", DataDir: t.TempDir(), APIAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0", GossipAddr: "127.0.0.1:0", BootstrapExpect: 1, Limits: tc.limits}, tc.want)
 	}
 }
