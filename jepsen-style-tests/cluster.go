@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -17,22 +16,17 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/quorumq/quorumq/jepsen-style-tests/harness"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
 )
 
 // BuildBinary builds cmd/quorumq into dir and returns the binary's path.
-// moduleRoot is the directory holding go.mod. It is a test build (-tags
-// fakeclock): a node started with --fake-clock-file reads its wall-clock
-// offset from that file (clock.go); without the flag it is the release
-// server.
-func BuildBinary(moduleRoot, dir string) (string, error) {
+// It is a test build (-tags fakeclock): a node started with
+// --fake-clock-file reads its wall-clock offset from that file (clock.go);
+// without the flag it is the release server.
+func BuildBinary(dir string) (string, error) {
 	bin := filepath.Join(dir, "quorumq")
-	cmd := exec.Command("go", "build", "-tags", "fakeclock", "-o", bin, "./cmd/quorumq")
-	cmd.Dir = moduleRoot
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build -tags fakeclock ./cmd/quorumq: %v\n%s", err, out)
-	}
-	return bin, nil
+	return bin, harness.BuildBinary(bin, nil, "-tags", "fakeclock")
 }
 
 // ClusterConfig describes a cluster to start.
@@ -85,7 +79,14 @@ const (
 // and every node is a voter.
 func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
 	c := &Cluster{cfg: cfg}
-	for _, id := range cfg.IDs {
+	var ports []int // three per node on loopback, chosen together so none repeats
+	if cfg.Net == nil {
+		var err error
+		if ports, err = harness.FreePorts(3 * len(cfg.IDs)); err != nil {
+			return nil, err
+		}
+	}
+	for i, id := range cfg.IDs {
 		n := &Node{ID: id, DataDir: filepath.Join(cfg.DataDir, id), LogPath: filepath.Join(cfg.LogDir, id+".log")}
 		if cfg.FakeClock {
 			// Beside the data dir, not in it: a wipe or a lazyfs mount
@@ -99,13 +100,10 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
 			n.RaftAddr = net.JoinHostPort(ip, strconv.Itoa(nsRaftPort))
 			n.GossipAddr = net.JoinHostPort(ip, strconv.Itoa(nsGossipPort))
 		} else {
-			ports, err := freePorts(3)
-			if err != nil {
-				return nil, err
-			}
-			n.APIAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
-			n.RaftAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1]))
-			n.GossipAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[2]))
+			p := ports[3*i:]
+			n.APIAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(p[0]))
+			n.RaftAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(p[1]))
+			n.GossipAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(p[2]))
 		}
 		if err := os.MkdirAll(n.DataDir, 0o755); err != nil {
 			return nil, err
@@ -443,26 +441,4 @@ func describeStatuses(sts map[string]*quorumqpb.NodeStatus) string {
 		return "no node answered"
 	}
 	return b.String()
-}
-
-// freePorts asks the kernel for n free TCP ports on loopback. The ports
-// are released before use, so another process could take one in between;
-// the node then fails to start and the test says so.
-func freePorts(n int) ([]int, error) {
-	var lns []net.Listener
-	defer func() {
-		for _, l := range lns {
-			l.Close()
-		}
-	}()
-	var ports []int
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		lns = append(lns, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }

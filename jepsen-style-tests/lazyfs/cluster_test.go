@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/quorumq/quorumq/client"
+	"github.com/quorumq/quorumq/jepsen-style-tests/harness"
 )
 
 // This file runs three real quorumq processes, each with its data dir on
@@ -32,30 +33,8 @@ var buildServer = sync.OnceValues(func() (string, error) {
 		return "", err
 	}
 	bin := filepath.Join(dir, "quorumq")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/quorumq")
-	cmd.Dir = filepath.Join("..", "..")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/quorumq: %v\n%s", err, out)
-	}
-	return bin, nil
+	return bin, harness.BuildBinary(bin, nil)
 })
-
-// freePorts returns n distinct free loopback addresses. The listeners stay
-// open until all n are picked: closed one by one, the kernel may hand the
-// same port out twice (two servers of one test then collide on bind).
-func freePorts(t *testing.T, n int) []string {
-	t.Helper()
-	addrs := make([]string, n)
-	for i := range addrs {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		addrs[i] = l.Addr().String()
-	}
-	return addrs
-}
 
 // server is one quorumq process on a lazyfs mount.
 type server struct {
@@ -119,9 +98,13 @@ func startServers(t *testing.T) []*server {
 	}
 	base := t.TempDir()
 	servers := make([]*server, 3)
-	ports := freePorts(t, 3*len(servers))
+	ports, err := harness.FreePorts(3 * len(servers))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := func(i int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[i])) }
 	for i := range servers {
-		s := &server{id: fmt.Sprintf("n%d", i+1), api: ports[3*i], raftAddr: ports[3*i+1], gossip: ports[3*i+2], bin: bin}
+		s := &server{id: fmt.Sprintf("n%d", i+1), api: addr(3 * i), raftAddr: addr(3*i + 1), gossip: addr(3*i + 2), bin: bin}
 		backing, mnt := filepath.Join(base, s.id, "backing"), filepath.Join(base, s.id, "mnt")
 		for _, d := range []string{backing, mnt} {
 			if err := os.MkdirAll(d, 0o755); err != nil {
