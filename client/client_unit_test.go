@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/quorumq/quorumq/fsm/fsmpb"
 	"github.com/quorumq/quorumq/transport"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
@@ -257,5 +259,30 @@ func TestPipelineChainsBehindAFreshDedupID(t *testing.T) {
 		if got := batch(c.ids, c.generated).chainID(); got != c.want {
 			t.Errorf("chainID of %v (generated %v) = %q, want %q", c.ids, c.generated, got, c.want)
 		}
+	}
+}
+
+// A queue's info reaches the caller in the client's own types, with a
+// retention of 0 on the wire (keep forever) as NoRetentionLimit.
+func TestQueueInfoIsTheClientsOwn(t *testing.T) {
+	created := time.Unix(1700000000, 0)
+	got := queueInfoOf(&fsmpb.QueueInfo{
+		Name: "jobs", CreatedAtUnixNano: created.UnixNano(),
+		Settings: &fsmpb.QueueSettings{
+			VisibilityTimeoutNs: proto.Int64(int64(time.Minute)), MaxDeliveries: proto.Uint32(5), DeadLetterQueue: proto.String("dlq"),
+			DedupWindowNs: proto.Int64(int64(time.Hour)), RetentionNs: proto.Int64(0), MaxDepth: proto.Uint64(9),
+		},
+		Stats: &fsmpb.QueueStats{Ready: 1, Leased: 2, Delayed: 3, AckedTotal: 4, PurgedTotal: 5},
+	})
+	want := &QueueInfo{
+		Name: "jobs", CreatedAt: created,
+		Settings: QueueSettings{VisibilityTimeout: time.Minute, MaxDeliveries: 5, DeadLetterQueue: "dlq", DedupWindow: time.Hour, Retention: NoRetentionLimit, MaxDepth: 9},
+		Stats:    QueueStats{Ready: 1, Leased: 2, Delayed: 3, AckedTotal: 4, PurgedTotal: 5},
+	}
+	if !got.CreatedAt.Equal(want.CreatedAt) || got.Name != want.Name || got.Settings != want.Settings || got.Stats != want.Stats {
+		t.Fatalf("queue info = %+v, want %+v", got, want)
+	}
+	if r := queueInfoOf(&fsmpb.QueueInfo{Settings: &fsmpb.QueueSettings{RetentionNs: proto.Int64(int64(time.Hour))}}).Settings.Retention; r != time.Hour {
+		t.Fatalf("retention of 1 h = %v", r)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/quorumq/quorumq/client"
-	"github.com/quorumq/quorumq/fsm/fsmpb"
 )
 
 func init() {
@@ -68,7 +67,7 @@ func queueCreateCmd() *cobra.Command {
 				return err
 			}
 			defer done()
-			var q *fsmpb.QueueInfo
+			var q *client.QueueInfo
 			if ifNotExists {
 				q, err = c.EnsureQueue(ctx, args[0], s)
 			} else {
@@ -123,7 +122,7 @@ depth); retention can, with --keep-forever.`,
 	return cmd
 }
 
-func printQueue(cmd *cobra.Command, f *cliFlags, q *fsmpb.QueueInfo) error {
+func printQueue(cmd *cobra.Command, f *cliFlags, q *client.QueueInfo) error {
 	w := cmd.OutOrStdout()
 	if f.json {
 		return printJSON(w, queueOf(q))

@@ -399,8 +399,7 @@ func TestPowerFailureLosesNoAcknowledgedMessage(t *testing.T) {
 			gctx, gcancel := context.WithTimeout(ctx, 2*time.Second)
 			info, err := c.GetQueue(gctx, q)
 			gcancel()
-			s := info.GetStats()
-			if err != nil || s.GetReady()+s.GetLeased()+s.GetDelayed() != 0 {
+			if err != nil || info.Stats.Ready+info.Stats.Leased+info.Stats.Delayed != 0 {
 				empty = false
 			}
 		}
