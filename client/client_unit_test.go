@@ -10,8 +10,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/quorumq/quorumq/fsm/fsmpb"
-	"github.com/quorumq/quorumq/transport"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
+	"github.com/quorumq/quorumq/transport/wire"
 )
 
 func TestBackoffStaysWithinJitteredBounds(t *testing.T) {
@@ -58,7 +58,7 @@ func TestServerErrorsMatchTypedErrors(t *testing.T) {
 		{fsmpb.ErrorCode_WRONG_QUEUE, ErrWrongQueue},
 	}
 	for _, c := range cases {
-		err := fromStatus("Send", transport.QueueError(c.code, "queue \"jobs\": detail"))
+		err := fromStatus("Send", wire.QueueError(c.code, "queue \"jobs\": detail"))
 		if !errors.Is(err, c.want) {
 			t.Errorf("%v: got %v, want errors.Is %v", c.code, err, c.want)
 		}

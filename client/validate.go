@@ -5,20 +5,20 @@ import (
 	"time"
 
 	"github.com/quorumq/quorumq/fsm/fsmpb"
-	"github.com/quorumq/quorumq/transport"
+	"github.com/quorumq/quorumq/transport/wire"
 )
 
 // MaxWait is the longest long-poll wait of one Receive the wire allows.
-const MaxWait = transport.DefaultMaxWait
+const MaxWait = wire.DefaultMaxWait
 
 // limits are the server's default limits, which are the state machine's
 // where it has one; a request beyond them is refused before it is sent.
-var limits = transport.DefaultLimits()
+var limits = wire.DefaultLimits()
 
 // validateQueueName checks the [A-Za-z0-9._-]{1,128} rule with the same
 // function the server uses, before a request leaves the process.
 func validateQueueName(field, name string) error {
-	if err := transport.ValidateQueueName(field, name); err != nil {
+	if err := wire.ValidateQueueName(field, name); err != nil {
 		return fromStatus("", err)
 	}
 	return nil
@@ -27,7 +27,7 @@ func validateQueueName(field, name string) error {
 // validateMessage checks m with the state machine's message rule (sizes,
 // attributes), as the server will.
 func validateMessage(field string, m *fsmpb.Message) error {
-	if err := transport.ValidateMessage(field, m); err != nil {
+	if err := wire.ValidateMessage(field, m); err != nil {
 		return fromStatus("", err)
 	}
 	return nil

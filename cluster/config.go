@@ -12,8 +12,8 @@ import (
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
 
-	"github.com/quorumq/quorumq/transport"
 	"github.com/quorumq/quorumq/transport/raftnet"
+	"github.com/quorumq/quorumq/transport/wire"
 )
 
 // Config describes one node. Only NodeID, DataDir, the three bind addresses
@@ -83,7 +83,7 @@ type Config struct {
 	// configuration is refused; with it the node warns at every start.
 	InsecureCluster bool
 
-	Limits transport.Limits // request limits; zero fields take defaults
+	Limits wire.Limits // request limits; zero fields take defaults
 
 	HeartbeatTimeout   time.Duration // default 1 s
 	ElectionTimeout    time.Duration // default 1 s

@@ -1,4 +1,4 @@
-package transport
+package wire
 
 import (
 	"fmt"
@@ -20,7 +20,7 @@ import (
 // wire and a whole struct each once decoded, so the server counts them in
 // the wire bytes before it decodes anything.
 func (l Limits) MaxNestedMessages() int {
-	l = l.withDefaults()
+	l = l.WithDefaults()
 	return l.MaxBatchMessages*(1+l.MaxAttributes) + l.MaxReceipts + fsm.MaxTransactionOp
 }
 
