@@ -5,6 +5,7 @@ import (
 	"go/build"
 	"go/parser"
 	"go/token"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -24,6 +25,18 @@ func TestPublicAPIIsTheClientsOwn(t *testing.T) {
 		if imp == "github.com/quorumq/quorumq/transport" || imp == "github.com/quorumq/quorumq/cluster" ||
 			strings.HasPrefix(imp, "github.com/quorumq/quorumq/cluster/") {
 			t.Errorf("client imports %s, a server package", imp)
+		}
+	}
+
+	// Nor through the wire contract: the state machine and Raft are the
+	// server's, whatever the client imports.
+	deps, err := exec.Command("go", "list", "-deps", ".").Output()
+	if err != nil {
+		t.Fatalf("go list -deps: %v", err)
+	}
+	for _, d := range strings.Fields(string(deps)) {
+		if d == "github.com/quorumq/quorumq/fsm" || d == "github.com/hashicorp/raft" {
+			t.Errorf("client depends on %s, a package of the server", d)
 		}
 	}
 

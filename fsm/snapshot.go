@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/quorumq/quorumq/fsm/fsmpb"
+	"github.com/quorumq/quorumq/fsm/limits"
 )
 
 // Snapshot stream format, version 1:
@@ -443,7 +444,7 @@ func checkMessageRecord(m *message, f uint32, nextID uint64) error {
 	}
 	if m.attrs != nil {
 		for i, a := range *m.attrs {
-			if err := checkAttribute(a.key, a.value); err != "" {
+			if err := limits.AttributeProblem(a.key, a.value); err != "" {
 				return fmt.Errorf("message %d: attribute %d: %s", m.id, i, err)
 			}
 		}

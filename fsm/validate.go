@@ -1,13 +1,13 @@
 package fsm
 
 import (
-	"fmt"
 	"math"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 
 	"github.com/quorumq/quorumq/fsm/fsmpb"
+	"github.com/quorumq/quorumq/fsm/limits"
 )
 
 // Defaults and limits. Every bad value is rejected with an error naming the
@@ -18,23 +18,25 @@ const (
 	DefaultRetention   = 14 * 24 * time.Hour
 
 	MinVisibility  = time.Millisecond
-	MaxVisibility  = 12 * time.Hour
-	MaxDelay       = 12 * time.Hour // message delay and nack delay
 	MinDedupWindow = time.Second
 	MaxDedupWindow = 7 * 24 * time.Hour
 	MinRetention   = time.Second
 	MaxRetention   = 365 * 24 * time.Hour
 	MaxDeliveries  = 1000
+	MaxRequestID   = 128
 
-	MaxQueueName     = 128
-	MaxBatch         = 1000 // messages per Enqueue, receipts per Ack/Nack/Extend, Receive.max
-	MaxBodyBytes     = 1 << 20
-	MaxDedupID       = 128
-	MaxRequestID     = 128
-	MaxAttributes    = 32
-	MaxAttributeKey  = 256
-	MaxAttributeVal  = 4096
-	MaxTransactionOp = 100 // Ack and Enqueue groups per Transaction
+	// The limits the API and the client check too live in package limits,
+	// which does not depend on the state machine; these are their names here.
+	MaxVisibility    = limits.MaxVisibility
+	MaxDelay         = limits.MaxDelay
+	MaxQueueName     = limits.MaxQueueName
+	MaxBatch         = limits.MaxBatch
+	MaxBodyBytes     = limits.MaxBodyBytes
+	MaxDedupID       = limits.MaxDedupID
+	MaxAttributes    = limits.MaxAttributes
+	MaxAttributeKey  = limits.MaxAttributeKey
+	MaxAttributeVal  = limits.MaxAttributeVal
+	MaxTransactionOp = limits.MaxTransactionOp
 
 	// MaxNow bounds a command's now (about the year 2096) so that now plus
 	// any allowed duration cannot overflow int64.
@@ -127,27 +129,9 @@ func checkOptionalDuration(field string, v int64, lo, hi time.Duration) *cmdErro
 	return nil
 }
 
-// ValidateQueueName checks a queue name, named field in the error, as Apply
-// will: [A-Za-z0-9._-]{1,128}.
-func ValidateQueueName(field, name string) error {
-	if err := checkQueueName(field, name); err != nil {
-		return err
-	}
-	return nil
-}
-
 func checkQueueName(field, name string) *cmdError {
-	if len(name) == 0 {
-		return invalid("%s: queue name is empty, want 1 to %d characters [A-Za-z0-9._-]", field, MaxQueueName)
-	}
-	if len(name) > MaxQueueName {
-		return invalid("%s: queue name %q has length %d, limit is 1 to %d characters [A-Za-z0-9._-]", field, name, len(name), MaxQueueName)
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return invalid("%s: queue name %q has byte %q at %d, allowed are [A-Za-z0-9._-]", field, name, c, i)
-		}
+	if p := limits.QueueNameProblem(name); p != "" {
+		return invalid("%s: %s", field, p)
 	}
 	return nil
 }
@@ -155,16 +139,6 @@ func checkQueueName(field, name string) *cmdError {
 func checkCount(field string, n int) *cmdError {
 	if n < 1 || n > MaxBatch {
 		return invalid("%s has %d entries, limit is 1 to %d", field, n, MaxBatch)
-	}
-	return nil
-}
-
-// ValidateMessage checks message m, named field in errors, against the
-// state machine's limits, as Apply will: the API calls it before
-// proposing, so an over-limit message costs no log entry.
-func ValidateMessage(field string, m *fsmpb.Message) error {
-	if err := checkMessage(func() string { return field }, m); err != nil {
-		return err
 	}
 	return nil
 }
@@ -181,37 +155,10 @@ func ValidateSettings(queue string, p *fsmpb.QueueSettings) error {
 // checkMessage checks message m; at names it, and is called only for an
 // error: Apply checks every message on every node.
 func checkMessage(at func() string, m *fsmpb.Message) *cmdError {
-	if len(m.GetBody()) > MaxBodyBytes {
-		return invalid("%s.body is %d bytes, limit is %d", at(), len(m.GetBody()), MaxBodyBytes)
-	}
-	if len(m.GetDedupId()) > MaxDedupID {
-		return invalid("%s.dedup_id is %d bytes, limit is %d", at(), len(m.GetDedupId()), MaxDedupID)
-	}
-	if d := m.GetDelayNs(); d < 0 || d > int64(MaxDelay) {
-		return invalid("%s.delay_ns is %d, limit is 0 to %v", at(), d, MaxDelay)
-	}
-	if len(m.GetAttributes()) > MaxAttributes {
-		return invalid("%s.attributes has %d entries, limit is %d", at(), len(m.GetAttributes()), MaxAttributes)
-	}
-	for j, a := range m.GetAttributes() {
-		if err := checkAttribute(a.GetKey(), a.GetValue()); err != "" {
-			return invalid("%s.attributes[%d].%s", at(), j, err)
-		}
+	if p := limits.MessageProblem(m); p != "" {
+		return invalid("%s.%s", at(), p)
 	}
 	return nil
-}
-
-// checkAttribute is the rule for one attribute, for commands and for
-// restored snapshots alike; it returns the problem ("key is 0 bytes, ...")
-// or "".
-func checkAttribute(key, value string) string {
-	if len(key) == 0 || len(key) > MaxAttributeKey {
-		return fmt.Sprintf("key is %d bytes, limit is 1 to %d", len(key), MaxAttributeKey)
-	}
-	if len(value) > MaxAttributeVal {
-		return fmt.Sprintf("value is %d bytes, limit is %d", len(value), MaxAttributeVal)
-	}
-	return ""
 }
 
 func checkReceipts(field string, rs []*fsmpb.Receipt) *cmdError {

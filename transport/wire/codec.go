@@ -10,7 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
-	"github.com/quorumq/quorumq/fsm"
+	"github.com/quorumq/quorumq/fsm/limits"
 )
 
 // MaxNestedMessages is the most nested messages (repeated elements
@@ -21,7 +21,7 @@ import (
 // the wire bytes before it decodes anything.
 func (l Limits) MaxNestedMessages() int {
 	l = l.WithDefaults()
-	return l.MaxBatchMessages*(1+l.MaxAttributes) + l.MaxReceipts + fsm.MaxTransactionOp
+	return l.MaxBatchMessages*(1+l.MaxAttributes) + l.MaxReceipts + limits.MaxTransactionOp
 }
 
 // ServerCodec is the API server's protobuf codec: Codec, after a scan of

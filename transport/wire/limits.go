@@ -7,8 +7,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/quorumq/quorumq/fsm"
 	"github.com/quorumq/quorumq/fsm/fsmpb"
+	"github.com/quorumq/quorumq/fsm/limits"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
 )
 
@@ -40,16 +40,16 @@ const DefaultMaxWait = 20 * time.Second
 // passes there.
 func DefaultLimits() Limits {
 	return Limits{
-		MaxMessageBytes:  fsm.MaxBodyBytes,
-		MaxBatchMessages: fsm.MaxBatch,
+		MaxMessageBytes:  limits.MaxBodyBytes,
+		MaxBatchMessages: limits.MaxBatch,
 		MaxBatchBytes:    8 << 20,
-		MaxReceipts:      fsm.MaxBatch,
-		MaxReceive:       fsm.MaxBatch,
+		MaxReceipts:      limits.MaxBatch,
+		MaxReceive:       limits.MaxBatch,
 		MaxWait:          DefaultMaxWait,
-		MaxVisibility:    fsm.MaxVisibility,
-		MaxDelay:         fsm.MaxDelay,
-		MaxIDBytes:       fsm.MaxDedupID,
-		MaxAttributes:    fsm.MaxAttributes,
+		MaxVisibility:    limits.MaxVisibility,
+		MaxDelay:         limits.MaxDelay,
+		MaxIDBytes:       limits.MaxDedupID,
+		MaxAttributes:    limits.MaxAttributes,
 		MaxQueues:        10000,
 	}
 }
@@ -142,8 +142,8 @@ func (l Limits) MaxRecvMsgSize() int {
 // ([A-Za-z0-9._-]{1,128}); field names the request field in the error,
 // an InvalidArgument status.
 func ValidateQueueName(field, name string) error {
-	if err := fsm.ValidateQueueName(field, name); err != nil {
-		return InvalidArgument("%v", err)
+	if p := limits.QueueNameProblem(name); p != "" {
+		return InvalidArgument("%s: %s", field, p)
 	}
 	return nil
 }
@@ -153,8 +153,8 @@ func ValidateQueueName(field, name string) error {
 // error is an InvalidArgument status. A server's configured Limits may be
 // lower (checkMessages).
 func ValidateMessage(field string, m *fsmpb.Message) error {
-	if err := fsm.ValidateMessage(field, m); err != nil {
-		return InvalidArgument("%v", err)
+	if p := limits.MessageProblem(m); p != "" {
+		return InvalidArgument("%s.%s", field, p)
 	}
 	return nil
 }
