@@ -45,7 +45,12 @@ func parseReceipts(queue string, args []string) ([]client.Receipt, error) {
 // settleVerb completes cmd as a verb over receipts: QUEUE RECEIPT...;
 // settle does the call, and done ("acked 2 message(s)") is what it reports.
 func settleVerb(cmd *cobra.Command, done func(n int) (key, text string), settle func(ctx context.Context, c *client.Client, queue string, rs []client.Receipt) error) *cobra.Command {
-	cmd.Args = cobra.MinimumNArgs(2)
+	cmd.Args = func(cmd *cobra.Command, args []string) error {
+		if len(args) < 2 {
+			return fmt.Errorf("%s: want QUEUE and at least one RECEIPT (MESSAGE_ID/ATTEMPT, as recv prints it), got %d argument(s)", cmd.Name(), len(args))
+		}
+		return nil
+	}
 	var rs []client.Receipt
 	cmd.PreRunE = func(cmd *cobra.Command, args []string) error {
 		var err error

@@ -84,7 +84,7 @@ func TestCLIUpdateAndSettleVerbs(t *testing.T) {
 			_, err := run(t, queueUpdateCmd(), addr, "", "jobs", "--retention", "1h", "--keep-forever")
 			return err
 		}, "--retention and --keep-forever"},
-		{"ack without receipts", func() error { _, err := run(t, ackCmd(), addr, "", "jobs"); return err }, "requires at least 2 arg(s)"},
+		{"ack without receipts", func() error { _, err := run(t, ackCmd(), addr, "", "jobs"); return err }, "ack: want QUEUE and at least one RECEIPT (MESSAGE_ID/ATTEMPT, as recv prints it), got 1 argument(s)"},
 		{"receipt without attempt", func() error { _, err := run(t, ackCmd(), addr, "", "jobs", "12"); return err }, `receipt "12": want MESSAGE_ID/ATTEMPT`},
 		{"receipt with attempt 0", func() error { _, err := run(t, ackCmd(), addr, "", "jobs", "12/0"); return err }, `receipt "12/0": attempt must be a number from 1`},
 		{"receipt with message 0", func() error { _, err := run(t, nackCmd(), addr, "", "jobs", "0/1"); return err }, `receipt "0/1": message ID must be a number from 1`},
