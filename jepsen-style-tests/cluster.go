@@ -20,6 +20,11 @@ import (
 	"github.com/quorumq/quorumq/transport/quorumqpb"
 )
 
+// registerCleanup adds fn to the interrupt cleanups that node processes
+// register too (harness.RegisterCleanup), so that on ^C namespaces, mounts
+// and processes go in the reverse order of their creation.
+func registerCleanup(fn func()) (unregister func()) { return harness.RegisterCleanup(fn) }
+
 // BuildBinary builds cmd/quorumq into dir and returns the binary's path.
 // It is a test build (-tags fakeclock): a node started with
 // --fake-clock-file reads its wall-clock offset from that file (clock.go);
@@ -53,7 +58,7 @@ type Node struct {
 	GossipAddr string
 	DataDir    string
 	LogPath    string
-	Proc       *Process
+	Proc       *harness.Process
 	// ClockFile moves the node's wall clock (SetClock); "" without one.
 	ClockFile string
 
@@ -121,7 +126,7 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
 			nd, _ := cfg.Net.Node(n.ID)
 			ns = nd.Namespace
 		}
-		n.Proc = &Process{Namespace: ns, Bin: cfg.Bin, Args: c.serverArgs(n, len(cfg.IDs)), LogPath: n.LogPath}
+		n.Proc = &harness.Process{Namespace: ns, Bin: cfg.Bin, Args: c.serverArgs(n, len(cfg.IDs)), LogPath: n.LogPath}
 		if err := n.Proc.Start(); err != nil {
 			c.Close()
 			return nil, err
@@ -137,28 +142,22 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
 // serverArgs is node n's command line; bootstrap is the number of servers
 // it waits for before bootstrapping (0: join an existing cluster).
 func (c *Cluster) serverArgs(n *Node, bootstrap int) []string {
-	var join []string
-	for _, o := range c.Nodes {
-		if o != n {
-			join = append(join, o.GossipAddr)
-		}
+	servers := make([]harness.Server, len(c.Nodes))
+	for i, o := range c.Nodes {
+		servers[i] = o.server()
 	}
-	args := []string{"server",
-		"--node-id", n.ID,
-		"--data-dir", n.DataDir,
-		"--api-addr", n.APIAddr,
-		"--raft-addr", n.RaftAddr,
-		"--gossip-addr", n.GossipAddr,
-		"--bootstrap-expect", strconv.Itoa(bootstrap),
-		"--join", strings.Join(join, ","),
-		// The nodes' addresses are in namespaces this test made; the
-		// fault cases need plain traffic to inspect and cut.
-		"--insecure-cluster",
-	}
+	// The nodes' addresses are in namespaces this test made; the fault
+	// cases need plain traffic to inspect and cut.
+	extra := []string{"--insecure-cluster"}
 	if n.ClockFile != "" {
-		args = append(args, "--fake-clock-file", n.ClockFile)
+		extra = append(extra, "--fake-clock-file", n.ClockFile)
 	}
-	return append(args, c.cfg.ExtraArgs...)
+	return harness.ServerArgs(n.server(), servers, bootstrap, append(extra, c.cfg.ExtraArgs...)...)
+}
+
+// server is n as the harness names a node.
+func (n *Node) server() harness.Server {
+	return harness.Server{ID: n.ID, DataDir: n.DataDir, API: n.APIAddr, Raft: n.RaftAddr, Gossip: n.GossipAddr}
 }
 
 // Node returns the node with id, or nil.

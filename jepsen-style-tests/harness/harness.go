@@ -1,8 +1,12 @@
 // Package harness holds what every test that runs quorumq as separate
-// processes needs, once: the built binary and free loopback ports. The
-// fault suite (package jepsen), the lazyfs power-cut tests, the server
-// command's tests and the deployment test all use it, so a fix to either
-// (a port handed out twice, a build flag) reaches them all.
+// processes needs, once: the built binary (BuildBinary), free loopback
+// ports (FreePorts), a server's command line (ServerArgs), the process
+// that can be killed, paused and restarted with one log across its
+// incarnations (Process), and the registry that removes what a test set up
+// when the test binary is interrupted (RegisterCleanup). The fault suite
+// (package jepsen), the lazyfs power-cut tests, the server command's tests
+// and the deployment test use it, so a fix (a port handed out twice, a
+// build flag, a process left behind) reaches them all.
 package harness
 
 import (
@@ -10,6 +14,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 )
 
@@ -44,4 +49,33 @@ func BuildBinary(out string, env []string, flags ...string) error {
 		return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, b)
 	}
 	return nil
+}
+
+// Server names one node of a cluster of server processes.
+type Server struct {
+	ID, DataDir       string
+	API, Raft, Gossip string // host:port each
+}
+
+// ServerArgs is the command line of `quorumq server` for node s of
+// cluster (s included): it joins the others' gossip addresses and
+// bootstraps once bootstrapExpect servers see each other (0: it waits to be
+// added to a running cluster). extra flags follow.
+func ServerArgs(s Server, cluster []Server, bootstrapExpect int, extra ...string) []string {
+	var join []string
+	for _, o := range cluster {
+		if o.ID != s.ID {
+			join = append(join, o.Gossip)
+		}
+	}
+	args := []string{"server",
+		"--node-id", s.ID,
+		"--data-dir", s.DataDir,
+		"--api-addr", s.API,
+		"--raft-addr", s.Raft,
+		"--gossip-addr", s.Gossip,
+		"--bootstrap-expect", strconv.Itoa(bootstrapExpect),
+		"--join", strings.Join(join, ","),
+	}
+	return append(args, extra...)
 }
