@@ -25,6 +25,69 @@ type QueueSettings struct {
 // NoRetentionLimit as QueueSettings.Retention keeps messages until acked.
 const NoRetentionLimit time.Duration = -1
 
+// QueueInfo is a queue as the leader has it: its settings, with every
+// default filled in, and its counters.
+type QueueInfo struct {
+	Name      string
+	CreatedAt time.Time
+	// Settings has every field as the queue uses it: Retention is
+	// NoRetentionLimit for a queue that keeps messages until acked;
+	// MaxDeliveries and MaxDepth are 0 when unlimited, DeadLetterQueue ""
+	// when dead letters are dropped and counted.
+	Settings QueueSettings
+	Stats    QueueStats
+}
+
+// QueueStats are a queue's message counts (now) and counters (since the
+// queue was created).
+type QueueStats struct {
+	Ready        uint64 // available for delivery now
+	Leased       uint64 // delivered, waiting for an ack
+	Delayed      uint64 // enqueued or nacked with a delay not yet over
+	DeadLettered uint64 // held in this queue as dead letters of another
+
+	EnqueuedTotal     uint64
+	DeliveredTotal    uint64
+	AckedTotal        uint64
+	RedeliveredTotal  uint64
+	DedupHitsTotal    uint64 // enqueues answered as duplicates
+	ExpiredTotal      uint64 // removed by the retention limit
+	DeadLetteredTotal uint64 // moved out of this queue as dead letters (or dropped)
+	PurgedTotal       uint64
+}
+
+// queueInfoOf converts the wire's queue info.
+func queueInfoOf(q *fsmpb.QueueInfo) *QueueInfo {
+	if q == nil {
+		return nil
+	}
+	s, st := q.GetSettings(), q.GetStats()
+	info := &QueueInfo{
+		Name: q.GetName(),
+		Settings: QueueSettings{
+			VisibilityTimeout: time.Duration(s.GetVisibilityTimeoutNs()),
+			MaxDeliveries:     s.GetMaxDeliveries(),
+			DeadLetterQueue:   s.GetDeadLetterQueue(),
+			DedupWindow:       time.Duration(s.GetDedupWindowNs()),
+			Retention:         time.Duration(s.GetRetentionNs()),
+			MaxDepth:          s.GetMaxDepth(),
+		},
+		Stats: QueueStats{
+			Ready: st.GetReady(), Leased: st.GetLeased(), Delayed: st.GetDelayed(), DeadLettered: st.GetDeadLettered(),
+			EnqueuedTotal: st.GetEnqueuedTotal(), DeliveredTotal: st.GetDeliveredTotal(), AckedTotal: st.GetAckedTotal(),
+			RedeliveredTotal: st.GetRedeliveredTotal(), DedupHitsTotal: st.GetDedupHitsTotal(), ExpiredTotal: st.GetExpiredTotal(),
+			DeadLetteredTotal: st.GetDeadLetteredTotal(), PurgedTotal: st.GetPurgedTotal(),
+		},
+	}
+	if s != nil && s.RetentionNs != nil && *s.RetentionNs == 0 {
+		info.Settings.Retention = NoRetentionLimit
+	}
+	if ns := q.GetCreatedAtUnixNano(); ns != 0 {
+		info.CreatedAt = time.Unix(0, ns)
+	}
+	return info
+}
+
 func (s QueueSettings) pb(op string) (*fsmpb.QueueSettings, error) {
 	out := &fsmpb.QueueSettings{}
 	if err := validateNonNegative(op+" VisibilityTimeout", s.VisibilityTimeout); err != nil {
@@ -67,7 +130,7 @@ func (s QueueSettings) pb(op string) (*fsmpb.QueueSettings, error) {
 // exists. It is not retried after an unknown outcome (a retry could not tell
 // "I created it" from "it existed"): the error then matches
 // ErrOutcomeUnknown; GetQueue tells what happened.
-func (c *Client) CreateQueue(ctx context.Context, name string, s QueueSettings) (*fsmpb.QueueInfo, error) {
+func (c *Client) CreateQueue(ctx context.Context, name string, s QueueSettings) (*QueueInfo, error) {
 	if err := validateQueueName("CreateQueue name", name); err != nil {
 		return nil, err
 	}
@@ -82,13 +145,13 @@ func (c *Client) CreateQueue(ctx context.Context, name string, s QueueSettings) 
 		resp, err = quorumqpb.NewQueueClient(cc).CreateQueue(ctx, req)
 		return err
 	}, nil)
-	return resp.GetQueue(), err
+	return queueInfoOf(resp.GetQueue()), err
 }
 
 // EnsureQueue creates the queue if it is missing and returns its info. It
 // is idempotent, so it is retried through leader changes. Settings apply
 // only when it creates the queue.
-func (c *Client) EnsureQueue(ctx context.Context, name string, s QueueSettings) (*fsmpb.QueueInfo, error) {
+func (c *Client) EnsureQueue(ctx context.Context, name string, s QueueSettings) (*QueueInfo, error) {
 	if err := validateQueueName("EnsureQueue name", name); err != nil {
 		return nil, err
 	}
@@ -103,12 +166,12 @@ func (c *Client) EnsureQueue(ctx context.Context, name string, s QueueSettings) 
 		resp, err = quorumqpb.NewQueueClient(cc).CreateQueue(ctx, req)
 		return err
 	}, nil)
-	return resp.GetQueue(), err
+	return queueInfoOf(resp.GetQueue()), err
 }
 
 // UpdateQueue changes the non-zero settings of s. Setting the same values
 // twice is harmless, so it is retried like the message calls.
-func (c *Client) UpdateQueue(ctx context.Context, name string, s QueueSettings) (*fsmpb.QueueInfo, error) {
+func (c *Client) UpdateQueue(ctx context.Context, name string, s QueueSettings) (*QueueInfo, error) {
 	if err := validateQueueName("UpdateQueue name", name); err != nil {
 		return nil, err
 	}
@@ -123,11 +186,11 @@ func (c *Client) UpdateQueue(ctx context.Context, name string, s QueueSettings) 
 		resp, err = quorumqpb.NewQueueClient(cc).UpdateQueue(ctx, req)
 		return err
 	}, nil)
-	return resp.GetQueue(), err
+	return queueInfoOf(resp.GetQueue()), err
 }
 
 // GetQueue returns a queue's settings and stats, read on the leader.
-func (c *Client) GetQueue(ctx context.Context, name string) (*fsmpb.QueueInfo, error) {
+func (c *Client) GetQueue(ctx context.Context, name string) (*QueueInfo, error) {
 	if err := validateQueueName("GetQueue name", name); err != nil {
 		return nil, err
 	}
@@ -137,18 +200,25 @@ func (c *Client) GetQueue(ctx context.Context, name string) (*fsmpb.QueueInfo, e
 		resp, err = quorumqpb.NewQueueClient(cc).GetQueue(ctx, &quorumqpb.GetQueueRequest{Name: name})
 		return err
 	}, nil)
-	return resp.GetQueue(), err
+	return queueInfoOf(resp.GetQueue()), err
 }
 
 // ListQueues returns every queue with its settings and stats.
-func (c *Client) ListQueues(ctx context.Context) ([]*fsmpb.QueueInfo, error) {
+func (c *Client) ListQueues(ctx context.Context) ([]*QueueInfo, error) {
 	var resp *quorumqpb.ListQueuesResponse
 	err := c.call(ctx, "ListQueues", idempotent, 0, func(ctx context.Context, cc *grpc.ClientConn) error {
 		var err error
 		resp, err = quorumqpb.NewQueueClient(cc).ListQueues(ctx, &quorumqpb.ListQueuesRequest{})
 		return err
 	}, nil)
-	return resp.GetQueues(), err
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*QueueInfo, len(resp.GetQueues()))
+	for i, q := range resp.GetQueues() {
+		out[i] = queueInfoOf(q)
+	}
+	return out, nil
 }
 
 // DeleteQueue deletes a queue and its messages. Not retried after an

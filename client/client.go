@@ -20,8 +20,8 @@ import (
 	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/status"
 
-	"github.com/quorumq/quorumq/transport"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
+	"github.com/quorumq/quorumq/transport/wire"
 )
 
 // Option configures a Client.
@@ -344,8 +344,8 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 		// A receive may carry up to 1000 messages of up to 1 MiB each: far
 		// past gRPC's 4 MiB default, which would fail the call after the
 		// messages were leased.
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(math.MaxInt32), grpc.ForceCodecV2(transport.Codec())),
-		experimental.WithBufferPool(transport.BufferPool),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(math.MaxInt32), grpc.ForceCodecV2(wire.Codec())),
+		experimental.WithBufferPool(wire.BufferPool),
 	}
 	if c.opts.token != "" {
 		dialOpts = append(dialOpts, grpc.WithPerRPCCredentials(tokenCreds{token: c.opts.token}))
@@ -414,7 +414,7 @@ func (c *Client) call(ctx context.Context, op string, idem idempotency, extra ti
 			return nil
 		}
 		lastErr = fmt.Errorf("%s: %w", addr, err)
-		if id, hint, ok := transport.LeaderHint(err); ok {
+		if id, hint, ok := wire.LeaderHint(err); ok {
 			// Refused before proposing: always safe to send elsewhere.
 			if hint != "" && hint != addr && redirects < 3 {
 				redirects++
@@ -429,7 +429,7 @@ func (c *Client) call(ctx context.Context, op string, idem idempotency, extra ti
 			}
 			continue
 		}
-		unknown := transport.IsOutcomeUnknown(err)
+		unknown := wire.IsOutcomeUnknown(err)
 		broken := !unknown && isTransportErr(err)
 		if !unknown && !broken {
 			return fromStatus(op, err) // the server's definite answer

@@ -7,9 +7,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/quorumq/quorumq/fsm/fsmpb"
-	"github.com/quorumq/quorumq/transport"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
+	"github.com/quorumq/quorumq/transport/wire"
 )
 
 func TestBackoffStaysWithinJitteredBounds(t *testing.T) {
@@ -56,7 +58,7 @@ func TestServerErrorsMatchTypedErrors(t *testing.T) {
 		{fsmpb.ErrorCode_WRONG_QUEUE, ErrWrongQueue},
 	}
 	for _, c := range cases {
-		err := fromStatus("Send", transport.QueueError(c.code, "queue \"jobs\": detail"))
+		err := fromStatus("Send", wire.QueueError(c.code, "queue \"jobs\": detail"))
 		if !errors.Is(err, c.want) {
 			t.Errorf("%v: got %v, want errors.Is %v", c.code, err, c.want)
 		}
@@ -110,7 +112,7 @@ func TestBadArgumentsNameTheField(t *testing.T) {
 		substr string
 	}{
 		{"empty queue", func() error { _, err := c.Send(ctx, "", []byte("x")); return err }(), "Send queue"},
-		{"long queue", func() error { _, err := c.Send(ctx, long, []byte("x")); return err }(), "limit is 128"},
+		{"long queue", func() error { _, err := c.Send(ctx, long, []byte("x")); return err }(), "has length 129, limit is 1 to 128"},
 		{"bad char", func() error { _, err := c.Receive(ctx, "a/b", 1); return err }(), `'/'`},
 		{"negative delay", func() error { _, err := c.Send(ctx, "q", nil, WithDelay(-time.Second)); return err }(), "msgs[0].Delay"},
 		{"gathered empty queue", func() error { _, err := g.Send(ctx, "", []byte("x")); return err }(), "Send queue"},
@@ -118,7 +120,16 @@ func TestBadArgumentsNameTheField(t *testing.T) {
 		{"gathered empty attribute", func() error {
 			_, err := g.Send(ctx, "q", nil, WithAttributes(map[string]string{"": "v"}))
 			return err
-		}(), "Send msg.Attributes"},
+		}(), "Send msg.attributes[0].key is 0 bytes, limit is 1 to 256"},
+		{"13 h delay", func() error { _, err := c.Send(ctx, "q", nil, WithDelay(13*time.Hour)); return err }(), "msgs[0].Delay: must be 0..12h0m0s, got 13h0m0s"},
+		{"gathered 13 h delay", func() error { _, err := g.Send(ctx, "q", nil, WithDelay(13*time.Hour)); return err }(), "Send msg.Delay: must be 0..12h0m0s"},
+		{"13 h nack delay", c.Nack(ctx, "q", 13*time.Hour, Receipt{MessageID: 1, Attempt: 1}), "Nack delay: must be 0..12h0m0s"},
+		{"13 h extend", c.Extend(ctx, "q", 13*time.Hour, Receipt{MessageID: 1, Attempt: 1}), "Extend visibility: must be 0..12h0m0s"},
+		{"13 h receive visibility", func() error { _, err := c.Receive(ctx, "q", 1, WithVisibility(13*time.Hour)); return err }(), "Receive WithVisibility: must be 0..12h0m0s"},
+		{"257-byte attribute key", func() error {
+			_, err := c.Send(ctx, "q", nil, WithAttributes(map[string]string{strings.Repeat("k", 257): "v"}))
+			return err
+		}(), "attributes[0].key is 257 bytes, limit is 1 to 256"},
 		{"max 0", func() error { _, err := c.Receive(ctx, "q", 0); return err }(), "Receive max"},
 		{"wait", func() error { _, err := c.Receive(ctx, "q", 1, WithWait(21*time.Second)); return err }(), "0..20s"},
 		{"no receipts", c.Ack(ctx, "q"), "Ack receipts"},
@@ -248,5 +259,30 @@ func TestPipelineChainsBehindAFreshDedupID(t *testing.T) {
 		if got := batch(c.ids, c.generated).chainID(); got != c.want {
 			t.Errorf("chainID of %v (generated %v) = %q, want %q", c.ids, c.generated, got, c.want)
 		}
+	}
+}
+
+// A queue's info reaches the caller in the client's own types, with a
+// retention of 0 on the wire (keep forever) as NoRetentionLimit.
+func TestQueueInfoIsTheClientsOwn(t *testing.T) {
+	created := time.Unix(1700000000, 0)
+	got := queueInfoOf(&fsmpb.QueueInfo{
+		Name: "jobs", CreatedAtUnixNano: created.UnixNano(),
+		Settings: &fsmpb.QueueSettings{
+			VisibilityTimeoutNs: proto.Int64(int64(time.Minute)), MaxDeliveries: proto.Uint32(5), DeadLetterQueue: proto.String("dlq"),
+			DedupWindowNs: proto.Int64(int64(time.Hour)), RetentionNs: proto.Int64(0), MaxDepth: proto.Uint64(9),
+		},
+		Stats: &fsmpb.QueueStats{Ready: 1, Leased: 2, Delayed: 3, AckedTotal: 4, PurgedTotal: 5},
+	})
+	want := &QueueInfo{
+		Name: "jobs", CreatedAt: created,
+		Settings: QueueSettings{VisibilityTimeout: time.Minute, MaxDeliveries: 5, DeadLetterQueue: "dlq", DedupWindow: time.Hour, Retention: NoRetentionLimit, MaxDepth: 9},
+		Stats:    QueueStats{Ready: 1, Leased: 2, Delayed: 3, AckedTotal: 4, PurgedTotal: 5},
+	}
+	if !got.CreatedAt.Equal(want.CreatedAt) || got.Name != want.Name || got.Settings != want.Settings || got.Stats != want.Stats {
+		t.Fatalf("queue info = %+v, want %+v", got, want)
+	}
+	if r := queueInfoOf(&fsmpb.QueueInfo{Settings: &fsmpb.QueueSettings{RetentionNs: proto.Int64(int64(time.Hour))}}).Settings.Retention; r != time.Hour {
+		t.Fatalf("retention of 1 h = %v", r)
 	}
 }

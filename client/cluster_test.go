@@ -325,8 +325,8 @@ func TestConsumerKeepsTheLeaseOfASlowHandler(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := q.GetStats()
-	if st.GetAckedTotal() != n || st.GetRedeliveredTotal() != 0 || st.GetReady()+st.GetLeased() != 0 {
+	st := q.Stats
+	if st.AckedTotal != n || st.RedeliveredTotal != 0 || st.Ready+st.Leased != 0 {
 		t.Fatalf("queue stats %v; want %d acked, 0 redelivered, nothing left", st, n)
 	}
 }
@@ -374,8 +374,8 @@ func TestExactlyOncePipelineThroughLeaderKill(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		st := q.GetStats()
-		if st.GetReady()+st.GetLeased()+st.GetDelayed() == 0 {
+		st := q.Stats
+		if st.Ready+st.Leased+st.Delayed == 0 {
 			break
 		}
 		if ctx.Err() != nil {
@@ -402,7 +402,7 @@ func TestExactlyOncePipelineThroughLeaderKill(t *testing.T) {
 	}
 	// Dedup hits on the output are transactions applied whose reply the
 	// kill swallowed, retried with the same IDs.
-	t.Logf("handler ran %d times for %d inputs; output dedup hits %d", processed.Load(), n, q.GetStats().GetDedupHitsTotal())
+	t.Logf("handler ran %d times for %d inputs; output dedup hits %d", processed.Load(), n, q.Stats.DedupHitsTotal)
 }
 
 // TestProducerGathersSendsInOrder: one goroutine's SendAsync calls to a
@@ -421,8 +421,8 @@ func TestProducerGathersSendsInOrder(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, nd := range st.GetNodes() {
-			if nd.GetId() == st.GetLeaderId() {
+		for _, nd := range st.Nodes {
+			if nd.GetId() == st.LeaderId {
 				return nd.GetLastLogIndex()
 			}
 		}
@@ -583,8 +583,8 @@ func TestReceiveModes(t *testing.T) {
 			t.Fatalf("redelivered %v after the failure; want the 700 ms nack backoff", gap)
 		}
 		q, err := c.GetQueue(ctx, "flaky")
-		if err != nil || q.GetStats().GetAckedTotal() != 1 || reported.Load() != 0 {
-			t.Fatalf("stats %v, %v, %d async errors; want the second delivery acked without errors", q.GetStats(), err, reported.Load())
+		if err != nil || q.Stats.AckedTotal != 1 || reported.Load() != 0 {
+			t.Fatalf("stats %v, %v, %d async errors; want the second delivery acked without errors", q.Stats, err, reported.Load())
 		}
 	})
 
@@ -652,8 +652,8 @@ func TestAckAndReceiveConfirmsThePreviousBatch(t *testing.T) {
 		t.Fatalf("AckAndReceive delivered %v; want c, d", next)
 	}
 	q, err := c.GetQueue(ctx, "pipe")
-	if err != nil || q.GetStats().GetAckedTotal() != 2 || q.GetStats().GetLeased() != 2 {
-		t.Fatalf("stats after AckAndReceive = %v (%v); want 2 acked, 2 leased", q.GetStats(), err)
+	if err != nil || q.Stats.AckedTotal != 2 || q.Stats.Leased != 2 {
+		t.Fatalf("stats after AckAndReceive = %v (%v); want 2 acked, 2 leased", q.Stats, err)
 	}
 
 	// Let c's lease lapse and hand c out again: its first receipt is stale.

@@ -213,7 +213,7 @@ func (c *Client) consume(ctx context.Context, op, queue string, opts []ConsumerO
 			}
 			return fmt.Errorf("%s: %w", op, err)
 		}
-		lease = time.Duration(info.GetSettings().GetVisibilityTimeoutNs())
+		lease = info.Settings.VisibilityTimeout
 		if lease <= 0 {
 			return fmt.Errorf("%s: queue %s reports visibility timeout %v", op, queue, lease)
 		}

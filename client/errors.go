@@ -9,7 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/quorumq/quorumq/fsm/fsmpb"
-	"github.com/quorumq/quorumq/transport"
+	"github.com/quorumq/quorumq/transport/wire"
 )
 
 // Errors returned by the client. Every error the client returns for one of
@@ -67,7 +67,7 @@ func fromStatus(op string, err error) error {
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	var kind error
-	if code, ok := transport.QueueErrorCode(err); ok {
+	if code, ok := wire.QueueErrorCode(err); ok {
 		kind = errorOfCode(code)
 	}
 	if kind == nil {

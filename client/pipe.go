@@ -11,8 +11,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/quorumq/quorumq/fsm/fsmpb"
-	"github.com/quorumq/quorumq/transport"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
+	"github.com/quorumq/quorumq/transport/wire"
 )
 
 // A pipe sends the batches of one queue of a Producer with more than one
@@ -106,11 +106,11 @@ func (p *Producer) runPipe(q *queueBatches) {
 			pb.lastErr = fmt.Errorf("%s: %w", addr, err)
 		}
 		wait := time.Duration(0)
-		if code, ok := transport.QueueErrorCode(err); ok && code == fsmpb.ErrorCode_OUT_OF_ORDER {
+		if code, ok := wire.QueueErrorCode(err); ok && code == fsmpb.ErrorCode_OUT_OF_ORDER {
 			// The head was refused because a batch before it failed or
 			// was not applied first; that one is answered by now, so the
 			// head goes again at the front of a new stream.
-		} else if id, hint, ok := transport.LeaderHint(err); ok {
+		} else if id, hint, ok := wire.LeaderHint(err); ok {
 			if hint != "" && hint != addr && redirects < 3 {
 				redirects++
 				p.c.log.Debug("quorumq: redirect", "op", p.o.op, "from", addr, "to", hint, "leader_id", id)
@@ -120,7 +120,7 @@ func (p *Producer) runPipe(q *queueBatches) {
 				redirects = 0
 				wait = bo.next()
 			}
-		} else if unknown, broken := transport.IsOutcomeUnknown(err), isTransportErr(err); unknown || broken {
+		} else if unknown, broken := wire.IsOutcomeUnknown(err), isTransportErr(err); unknown || broken {
 			if broken {
 				p.c.forgetLeader(addr)
 			}

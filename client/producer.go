@@ -145,7 +145,7 @@ func enqueueRequest(op, queue string, msgs []OutMessage) (req *quorumqpb.Enqueue
 // messagePB converts m, giving it a fresh dedup ID when it has none
 // (generated is then true).
 func messagePB(field string, m OutMessage) (_ *fsmpb.Message, generated bool, _ error) {
-	if err := validateNonNegative(field+".Delay", m.Delay); err != nil {
+	if err := validateDuration(field+".Delay", m.Delay, limits.MaxDelay); err != nil {
 		return nil, false, err
 	}
 	id := m.DedupID
@@ -155,10 +155,10 @@ func messagePB(field string, m OutMessage) (_ *fsmpb.Message, generated bool, _ 
 	p := &fsmpb.Message{Body: m.Body, DedupId: id, DelayNs: int64(m.Delay)}
 	// Sorted, so the same message always encodes the same way.
 	for _, k := range slices.Sorted(maps.Keys(m.Attributes)) {
-		if k == "" {
-			return nil, false, invalidArg(field+".Attributes", "empty attribute key")
-		}
 		p.Attributes = append(p.Attributes, &fsmpb.Attribute{Key: k, Value: m.Attributes[k]})
+	}
+	if err := validateMessage(field, p); err != nil {
+		return nil, false, err
 	}
 	return p, generated, nil
 }

@@ -107,7 +107,7 @@ func (c *Client) receive(ctx context.Context, queue string, acks []Receipt, maxM
 	if o.wait < 0 || o.wait > MaxWait {
 		return nil, nil, invalidArg("Receive WithWait", "must be 0..%v, got %v", MaxWait, o.wait)
 	}
-	if err := validateNonNegative("Receive WithVisibility", o.visibility); err != nil {
+	if err := validateDuration("Receive WithVisibility", o.visibility, limits.MaxVisibility); err != nil {
 		return nil, nil, err
 	}
 	if dl, ok := ctx.Deadline(); ok {
@@ -209,7 +209,7 @@ func (c *Client) Nack(ctx context.Context, queue string, delay time.Duration, re
 	if err := validateQueueName("Nack queue", queue); err != nil {
 		return err
 	}
-	if err := validateNonNegative("Nack delay", delay); err != nil {
+	if err := validateDuration("Nack delay", delay, limits.MaxDelay); err != nil {
 		return err
 	}
 	if err := validateReceipts("Nack receipts", queue, receipts); err != nil {
@@ -238,7 +238,7 @@ func (c *Client) Extend(ctx context.Context, queue string, visibility time.Durat
 	if err := validateQueueName("Extend queue", queue); err != nil {
 		return err
 	}
-	if err := validateNonNegative("Extend visibility", visibility); err != nil {
+	if err := validateDuration("Extend visibility", visibility, limits.MaxVisibility); err != nil {
 		return err
 	}
 	if err := validateReceipts("Extend receipts", queue, receipts); err != nil {

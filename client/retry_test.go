@@ -16,8 +16,8 @@ import (
 
 	"github.com/quorumq/quorumq/client"
 	"github.com/quorumq/quorumq/fsm/fsmpb"
-	"github.com/quorumq/quorumq/transport"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
+	"github.com/quorumq/quorumq/transport/wire"
 )
 
 // scripted is a gRPC node whose answers a test scripts, to pin down the
@@ -134,9 +134,9 @@ func scriptedClient(t *testing.T, addrs ...string) *client.Client {
 func TestRetryAfterUnknownOutcomeReusesTheDedupID(t *testing.T) {
 	s := startScripted(t)
 	s.failures = []error{
-		transport.OutcomeUnknownError("leadership lost"),
+		wire.OutcomeUnknownError("leadership lost"),
 		status.Error(codes.Unavailable, "connection reset"), // no NotLeader detail: may have been applied
-		transport.NotLeaderError("", ""),                    // election running
+		wire.NotLeaderError("", ""),                         // election running
 	}
 	c := scriptedClient(t, s.addr)
 	r, err := c.Send(context.Background(), "q", []byte("x"))
@@ -156,7 +156,7 @@ func TestRetryAfterUnknownOutcomeReusesTheDedupID(t *testing.T) {
 
 func TestRetriedReceiveKeepsItsRequestIDAndStopsPolling(t *testing.T) {
 	s := startScripted(t)
-	s.failures = []error{transport.OutcomeUnknownError("timeout")}
+	s.failures = []error{wire.OutcomeUnknownError("timeout")}
 	c := scriptedClient(t, s.addr)
 	if _, err := c.Receive(context.Background(), "q", 5, client.WithWait(3*time.Second)); err != nil {
 		t.Fatal(err)
@@ -172,7 +172,7 @@ func TestRetriedReceiveKeepsItsRequestIDAndStopsPolling(t *testing.T) {
 
 func TestNonIdempotentCallSurfacesUnknownOutcome(t *testing.T) {
 	s := startScripted(t)
-	s.failures = []error{transport.OutcomeUnknownError("leadership lost")}
+	s.failures = []error{wire.OutcomeUnknownError("leadership lost")}
 	c := scriptedClient(t, s.addr)
 	_, err := c.CreateQueue(context.Background(), "q", client.QueueSettings{})
 	if !errors.Is(err, client.ErrOutcomeUnknown) {
@@ -183,7 +183,7 @@ func TestNonIdempotentCallSurfacesUnknownOutcome(t *testing.T) {
 	}
 	// The idempotent form is retried.
 	s.mu.Lock()
-	s.failures = []error{transport.OutcomeUnknownError("leadership lost")}
+	s.failures = []error{wire.OutcomeUnknownError("leadership lost")}
 	s.mu.Unlock()
 	_, err = c.EnsureQueue(context.Background(), "q", client.QueueSettings{})
 	if _, _, _, n := s.seen(); err != nil || n != 3 {
@@ -195,7 +195,7 @@ func TestNotLeaderHintIsFollowed(t *testing.T) {
 	leader, follower := startScripted(t), startScripted(t)
 	// The client knows only the follower, which at connect time names
 	// itself leader (a stale view), then refuses with a hint.
-	follower.failures = []error{transport.NotLeaderError("n", leader.addr)}
+	follower.failures = []error{wire.NotLeaderError("n", leader.addr)}
 	c := scriptedClient(t, follower.addr)
 	if _, err := c.Send(context.Background(), "q", []byte("x")); err != nil {
 		t.Fatal(err)
@@ -209,7 +209,7 @@ func TestNotLeaderHintIsFollowed(t *testing.T) {
 
 func TestDefiniteErrorsAreNotRetried(t *testing.T) {
 	s := startScripted(t)
-	s.failures = []error{transport.QueueError(fsmpb.ErrorCode_QUEUE_FULL, `queue "q" is full (max_depth 10)`)}
+	s.failures = []error{wire.QueueError(fsmpb.ErrorCode_QUEUE_FULL, `queue "q" is full (max_depth 10)`)}
 	c := scriptedClient(t, s.addr)
 	_, err := c.Send(context.Background(), "q", []byte("x"))
 	if ids, _, _, _ := s.seen(); !errors.Is(err, client.ErrQueueFull) || len(ids) != 1 {

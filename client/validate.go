@@ -4,16 +4,30 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/quorumq/quorumq/transport"
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+	"github.com/quorumq/quorumq/transport/wire"
 )
 
 // MaxWait is the longest long-poll wait of one Receive the wire allows.
-const MaxWait = 20 * time.Second
+const MaxWait = wire.DefaultMaxWait
+
+// limits are the server's default limits, which are the state machine's
+// where it has one; a request beyond them is refused before it is sent.
+var limits = wire.DefaultLimits()
 
 // validateQueueName checks the [A-Za-z0-9._-]{1,128} rule with the same
 // function the server uses, before a request leaves the process.
 func validateQueueName(field, name string) error {
-	if err := transport.ValidateQueueName(field, name); err != nil {
+	if err := wire.ValidateQueueName(field, name); err != nil {
+		return fromStatus("", err)
+	}
+	return nil
+}
+
+// validateMessage checks m with the state machine's message rule (sizes,
+// attributes), as the server will.
+func validateMessage(field string, m *fsmpb.Message) error {
+	if err := wire.ValidateMessage(field, m); err != nil {
 		return fromStatus("", err)
 	}
 	return nil
@@ -22,6 +36,14 @@ func validateQueueName(field, name string) error {
 func validateNonNegative(field string, d time.Duration) error {
 	if d < 0 {
 		return invalidArg(field, "must be >= 0, got %v", d)
+	}
+	return nil
+}
+
+// validateDuration checks that d is within 0..max.
+func validateDuration(field string, d, max time.Duration) error {
+	if d < 0 || d > max {
+		return invalidArg(field, "must be 0..%v, got %v", max, d)
 	}
 	return nil
 }

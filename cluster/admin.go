@@ -15,8 +15,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
-	"github.com/quorumq/quorumq/transport"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
+	"github.com/quorumq/quorumq/transport/wire"
 )
 
 // clusterService is the gRPC Cluster service of one node.
@@ -232,7 +232,7 @@ func (n *Node) RemoveServer(ctx context.Context, id string) error {
 		if errors.Is(err, raft.ErrNotLeader) {
 			return n.notLeader()
 		}
-		return transport.OutcomeUnknownError(fmt.Sprintf("remove server %s: %v", id, err))
+		return wire.OutcomeUnknownError(fmt.Sprintf("remove server %s: %v", id, err))
 	}
 	n.log.Info("removed server", "id", id)
 	return nil

@@ -10,6 +10,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
+
+	"github.com/quorumq/quorumq/transport/quorumqpb"
 )
 
 // Scope is what a bearer token may do. Scopes are ordered: a token with a
@@ -98,27 +100,27 @@ func (c Config) peerToken() string {
 // methodScopes maps each API method to the scope it needs. A method not
 // listed needs admin, so a new rpc is closed until someone decides.
 var methodScopes = map[string]Scope{
-	"/quorumq.v1.Queue/GetQueue":             ScopeRead,
-	"/quorumq.v1.Queue/ListQueues":           ScopeRead,
-	"/quorumq.v1.Queue/Enqueue":              ScopeWrite,
-	"/quorumq.v1.Queue/EnqueueStream":        ScopeWrite,
-	"/quorumq.v1.Queue/Receive":              ScopeWrite,
-	"/quorumq.v1.Queue/Ack":                  ScopeWrite,
-	"/quorumq.v1.Queue/Nack":                 ScopeWrite,
-	"/quorumq.v1.Queue/Extend":               ScopeWrite,
-	"/quorumq.v1.Queue/Transaction":          ScopeWrite,
-	"/quorumq.v1.Queue/CreateQueue":          ScopeAdmin,
-	"/quorumq.v1.Queue/UpdateQueue":          ScopeAdmin,
-	"/quorumq.v1.Queue/DeleteQueue":          ScopeAdmin,
-	"/quorumq.v1.Queue/Purge":                ScopeAdmin,
-	"/quorumq.v1.Cluster/Status":             ScopeRead,
-	"/quorumq.v1.Cluster/NodeStatus":         ScopeRead,
-	"/quorumq.v1.Cluster/Members":            ScopeRead,
-	"/quorumq.v1.Cluster/Leader":             ScopeRead,
-	"/quorumq.v1.Cluster/RemoveServer":       ScopeAdmin,
-	"/quorumq.v1.Cluster/TransferLeadership": ScopeAdmin,
-	"/quorumq.v1.Cluster/Snapshot":           ScopeAdmin,
-	"/quorumq.v1.Cluster/Backup":             ScopeAdmin,
+	quorumqpb.Queue_GetQueue_FullMethodName:             ScopeRead,
+	quorumqpb.Queue_ListQueues_FullMethodName:           ScopeRead,
+	quorumqpb.Queue_Enqueue_FullMethodName:              ScopeWrite,
+	quorumqpb.Queue_EnqueueStream_FullMethodName:        ScopeWrite,
+	quorumqpb.Queue_Receive_FullMethodName:              ScopeWrite,
+	quorumqpb.Queue_Ack_FullMethodName:                  ScopeWrite,
+	quorumqpb.Queue_Nack_FullMethodName:                 ScopeWrite,
+	quorumqpb.Queue_Extend_FullMethodName:               ScopeWrite,
+	quorumqpb.Queue_Transaction_FullMethodName:          ScopeWrite,
+	quorumqpb.Queue_CreateQueue_FullMethodName:          ScopeAdmin,
+	quorumqpb.Queue_UpdateQueue_FullMethodName:          ScopeAdmin,
+	quorumqpb.Queue_DeleteQueue_FullMethodName:          ScopeAdmin,
+	quorumqpb.Queue_Purge_FullMethodName:                ScopeAdmin,
+	quorumqpb.Cluster_Status_FullMethodName:             ScopeRead,
+	quorumqpb.Cluster_NodeStatus_FullMethodName:         ScopeRead,
+	quorumqpb.Cluster_Members_FullMethodName:            ScopeRead,
+	quorumqpb.Cluster_Leader_FullMethodName:             ScopeRead,
+	quorumqpb.Cluster_RemoveServer_FullMethodName:       ScopeAdmin,
+	quorumqpb.Cluster_TransferLeadership_FullMethodName: ScopeAdmin,
+	quorumqpb.Cluster_Snapshot_FullMethodName:           ScopeAdmin,
+	quorumqpb.Cluster_Backup_FullMethodName:             ScopeAdmin,
 }
 
 func scopeFor(method string) Scope {

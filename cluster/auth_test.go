@@ -78,20 +78,26 @@ func streamOne(t *testing.T, q quorumqpb.QueueClient, body string) error {
 // Every API method has a scope chosen for it: one left out needs admin,
 // which for a data-path method means producers with a write token fail.
 func TestEveryMethodHasAScope(t *testing.T) {
-	for _, sd := range []grpc.ServiceDesc{quorumqpb.Queue_ServiceDesc, quorumqpb.Cluster_ServiceDesc} {
-		var names []string
-		for _, m := range sd.Methods {
-			names = append(names, m.MethodName)
-		}
-		for _, s := range sd.Streams {
-			names = append(names, s.StreamName)
-		}
-		for _, n := range names {
-			if _, ok := methodScopes["/"+sd.ServiceName+"/"+n]; !ok {
-				t.Errorf("%s/%s has no entry in methodScopes", sd.ServiceName, n)
-			}
+	for _, m := range apiMethods() {
+		if _, ok := methodScopes[m]; !ok {
+			t.Errorf("%s has no entry in methodScopes", m)
 		}
 	}
+}
+
+// apiMethods returns the full name (/service/method) of every method and
+// stream the API serves.
+func apiMethods() []string {
+	var out []string
+	for _, sd := range []grpc.ServiceDesc{quorumqpb.Queue_ServiceDesc, quorumqpb.Cluster_ServiceDesc} {
+		for _, m := range sd.Methods {
+			out = append(out, "/"+sd.ServiceName+"/"+m.MethodName)
+		}
+		for _, s := range sd.Streams {
+			out = append(out, "/"+sd.ServiceName+"/"+s.StreamName)
+		}
+	}
+	return out
 }
 
 func TestTokenScopes(t *testing.T) {

@@ -10,8 +10,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/quorumq/quorumq/fsm/fsmpb"
-	"github.com/quorumq/quorumq/transport"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
+	"github.com/quorumq/quorumq/transport/wire"
 )
 
 func ctxT(t *testing.T, d time.Duration) context.Context {
@@ -70,13 +70,13 @@ func TestFollowerRejectsWriteWithLeaderHint(t *testing.T) {
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("write on follower: %v, want Unavailable", err)
 	}
-	id, addr, ok := transport.LeaderHint(err)
+	id, addr, ok := wire.LeaderHint(err)
 	if !ok || id != leader.ID() || addr != leader.APIAddr() {
 		t.Fatalf("leader hint = (%q, %q, %v), want (%q, %q)", id, addr, ok, leader.ID(), leader.APIAddr())
 	}
 	// Reads are leader-only too.
 	_, err = quorumqpb.NewQueueClient(c.Conn(t, fi)).ListQueues(ctxT(t, 5*time.Second), &quorumqpb.ListQueuesRequest{})
-	if id, _, ok := transport.LeaderHint(err); !ok || id != leader.ID() {
+	if id, _, ok := wire.LeaderHint(err); !ok || id != leader.ID() {
 		t.Fatalf("read on follower: %v, want a NotLeader hint to %s", err, leader.ID())
 	}
 	// And nothing was written anywhere.

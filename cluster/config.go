@@ -13,8 +13,8 @@ import (
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/raft"
 
-	"github.com/quorumq/quorumq/transport"
 	"github.com/quorumq/quorumq/transport/raftnet"
+	"github.com/quorumq/quorumq/transport/wire"
 )
 
 // Config describes one node. Only NodeID, DataDir, the three bind addresses
@@ -94,7 +94,7 @@ type Config struct {
 	// configuration is refused; with it the node warns at every start.
 	InsecureCluster bool
 
-	Limits transport.Limits // request limits; zero fields take defaults
+	Limits wire.Limits // request limits; zero fields take defaults
 
 	HeartbeatTimeout   time.Duration // default 1 s
 	ElectionTimeout    time.Duration // default 1 s
@@ -139,10 +139,30 @@ func configErr(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrConfig, fmt.Sprintf(format, args...))
 }
 
+// maxNodeID is the longest node ID in bytes.
+const maxNodeID = 128
+
+// validateNodeID checks a node ID: 1..128 characters of [A-Za-z0-9._-],
+// so that it is safe in file names, metric labels and certificate names.
+func validateNodeID(id string) error {
+	if id == "" {
+		return configErr("node ID is empty: want 1..%d characters of [A-Za-z0-9._-]", maxNodeID)
+	}
+	if len(id) > maxNodeID {
+		return configErr("node ID %q is %d bytes, limit is %d", id, len(id), maxNodeID)
+	}
+	for i, r := range id {
+		if !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return configErr("node ID %q has %q at byte %d, allowed are [A-Za-z0-9._-]", id, r, i)
+		}
+	}
+	return nil
+}
+
 // withDefaults validates c and fills the defaults.
 func (c Config) withDefaults() (Config, error) {
-	if err := transport.ValidateQueueName("node ID", c.NodeID); err != nil {
-		return c, configErr("node ID %q: want 1..128 characters of [A-Za-z0-9._-]", c.NodeID)
+	if err := validateNodeID(c.NodeID); err != nil {
+		return c, err
 	}
 	if c.DataDir == "" {
 		return c, configErr("data dir is empty")

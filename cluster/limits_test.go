@@ -10,6 +10,7 @@ import (
 
 	"github.com/quorumq/quorumq/fsm/fsmpb"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
+	"github.com/quorumq/quorumq/transport/wire"
 )
 
 // Oversize requests reach validation through gRPC (the server's receive
@@ -136,5 +137,26 @@ func TestInFlightLimitPerConnection(t *testing.T) {
 func BenchmarkHeapBytes(b *testing.B) {
 	for b.Loop() {
 		heapBytes()
+	}
+}
+
+// An embedder of cluster gets the same limit checks as the server binary:
+// a limit the state machine would refuse after a log entry, or one no
+// request could ever meet, stops Start with the limit named.
+func TestStartRefusesLimitsTheStateMachineWouldNot(t *testing.T) {
+	for _, tc := range []struct {
+		limits wire.Limits
+		want   string
+	}{
+		{wire.Limits{MaxDelay: 24 * time.Hour}, "limits: max delay is 24h0m0s, the state machine allows at most 12h0m0s"},
+		{wire.Limits{MaxVisibility: 13 * time.Hour}, "limits: max visibility is 13h0m0s, the state machine allows at most 12h0m0s"},
+		{wire.Limits{MaxMessageBytes: 2 << 20}, "limits: max message size is 2097152, the state machine allows at most 1048576"},
+		{wire.Limits{MaxBatchMessages: 1001}, "limits: max batch messages is 1001, the state machine allows at most 1000"},
+		{wire.Limits{MaxMessageBytes: -1}, "limits: max message size is -1, want a positive value (or 0 for the default)"},
+		{wire.Limits{MaxWait: -time.Second}, "limits: max wait is -1s, want a positive value (or 0 for the default)"},
+		{wire.Limits{MaxQueues: -5}, "limits: max queues is -5, want a positive value (or 0 for the default)"},
+		{wire.Limits{MaxMessageBytes: 1 << 20, MaxBatchBytes: 1 << 10}, "limits: max batch size 1024 is smaller than max message size 1048576: a single message could never be sent"},
+	} {
+		checkStartRefused(t, Config{NodeID: "n1", DataDir: t.TempDir(), APIAddr: "127.0.0.1:0", RaftAddr: "127.0.0.1:0", GossipAddr: "127.0.0.1:0", BootstrapExpect: 1, Limits: tc.limits}, tc.want)
 	}
 }

@@ -19,6 +19,8 @@ import (
 	"google.golang.org/grpc/tap"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/quorumq/quorumq/transport/quorumqpb"
 )
 
 // memoryGuard refuses calls that add messages (Enqueue, EnqueueStream,
@@ -281,8 +283,36 @@ func (g *memoryGuard) collect() bool {
 	return true
 }
 
-func addsMessages(method string) bool {
-	return method == "/quorumq.v1.Queue/Enqueue" || method == "/quorumq.v1.Queue/EnqueueStream" || method == "/quorumq.v1.Queue/Transaction"
+// addsMessages reports whether method carries messages to enqueue, which
+// the guard refuses while the heap is over the limit.
+func addsMessages(method string) bool { return methodAddsMessages[method] }
+
+// methodAddsMessages holds the guard's decision for every API method (a
+// test checks that none is missing); other services, such as health
+// checks, are never refused.
+var methodAddsMessages = map[string]bool{
+	quorumqpb.Queue_Enqueue_FullMethodName:       true,
+	quorumqpb.Queue_EnqueueStream_FullMethodName: true,
+	quorumqpb.Queue_Transaction_FullMethodName:   true,
+	// Receive may ack, which frees memory; the others carry no messages.
+	quorumqpb.Queue_CreateQueue_FullMethodName:          false,
+	quorumqpb.Queue_UpdateQueue_FullMethodName:          false,
+	quorumqpb.Queue_GetQueue_FullMethodName:             false,
+	quorumqpb.Queue_ListQueues_FullMethodName:           false,
+	quorumqpb.Queue_DeleteQueue_FullMethodName:          false,
+	quorumqpb.Queue_Purge_FullMethodName:                false,
+	quorumqpb.Queue_Receive_FullMethodName:              false,
+	quorumqpb.Queue_Ack_FullMethodName:                  false,
+	quorumqpb.Queue_Nack_FullMethodName:                 false,
+	quorumqpb.Queue_Extend_FullMethodName:               false,
+	quorumqpb.Cluster_Status_FullMethodName:             false,
+	quorumqpb.Cluster_NodeStatus_FullMethodName:         false,
+	quorumqpb.Cluster_Members_FullMethodName:            false,
+	quorumqpb.Cluster_Leader_FullMethodName:             false,
+	quorumqpb.Cluster_RemoveServer_FullMethodName:       false,
+	quorumqpb.Cluster_TransferLeadership_FullMethodName: false,
+	quorumqpb.Cluster_Snapshot_FullMethodName:           false,
+	quorumqpb.Cluster_Backup_FullMethodName:             false,
 }
 
 // defaultMemoryLimit is 80% of the memory this process may use: the

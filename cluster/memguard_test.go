@@ -5,6 +5,7 @@ import (
 	"io"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -448,3 +449,19 @@ func TestMemoryGuardCollectsBeforeRefusing(t *testing.T) {
 
 // keep makes the garbage of TestMemoryGuardCollectsBeforeRefusing escape.
 var keep []byte
+
+// Every API method has a memory-guard decision: whether it adds messages
+// (and is refused while the heap is over the limit) is chosen for each
+// method, so a new rpc that carries messages cannot slip past the guard.
+func TestEveryMethodHasAMemoryGuardDecision(t *testing.T) {
+	for _, m := range apiMethods() {
+		if _, ok := methodAddsMessages[m]; !ok {
+			t.Errorf("%s has no entry in methodAddsMessages", m)
+		}
+	}
+	for m := range methodAddsMessages {
+		if !slices.Contains(apiMethods(), m) {
+			t.Errorf("methodAddsMessages lists %s, which the API does not serve", m)
+		}
+	}
+}

@@ -40,6 +40,7 @@ import (
 	"github.com/quorumq/quorumq/fsm"
 	"github.com/quorumq/quorumq/transport"
 	"github.com/quorumq/quorumq/transport/raftnet"
+	"github.com/quorumq/quorumq/transport/wire"
 )
 
 // Node is one running quorumq server.
@@ -322,7 +323,7 @@ func (n *Node) startAPI() error {
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(n.cfg.Limits.MaxRecvMsgSize()),
 		grpc.ForceServerCodecV2(n.cfg.Limits.ServerCodec()),
-		experimental.BufferPool(transport.BufferPool),
+		experimental.BufferPool(wire.BufferPool),
 		grpc.MaxConcurrentStreams(n.cfg.MaxInFlightPerConn),
 		// Metrics outermost, so refused calls are counted with their code.
 		grpc.ChainUnaryInterceptor(n.metrics.unary),

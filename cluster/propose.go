@@ -12,7 +12,7 @@ import (
 
 	"github.com/quorumq/quorumq/fsm"
 	"github.com/quorumq/quorumq/fsm/fsmpb"
-	"github.com/quorumq/quorumq/transport"
+	"github.com/quorumq/quorumq/transport/wire"
 )
 
 // errDeadline is what await returns when our own deadline expires first.
@@ -89,9 +89,9 @@ func (n *Node) notLeader() error {
 	if id == n.cfg.NodeID {
 		// We are leader but have not yet applied earlier terms' entries:
 		// no one can serve right now; the client backs off and retries.
-		return transport.NotLeaderError("", "")
+		return wire.NotLeaderError("", "")
 	}
-	return transport.NotLeaderError(id, addr)
+	return wire.NotLeaderError(id, addr)
 }
 
 // Propose implements transport.Backend: it stamps cmd with cluster time
@@ -160,17 +160,17 @@ func (n *Node) result(ctx context.Context, f raft.ApplyFuture, start time.Time, 
 	case errors.Is(err, raft.ErrLeadershipTransferInProgress):
 		// Refused before appending, while handing leadership over: the
 		// client retries once the new leader is known.
-		return nil, transport.NotLeaderError("", "")
+		return nil, wire.NotLeaderError("", "")
 	case errors.Is(err, raft.ErrLeadershipLost):
-		return nil, transport.OutcomeUnknownError("leadership lost after the command was submitted")
+		return nil, wire.OutcomeUnknownError("leadership lost after the command was submitted")
 	case errors.Is(err, raft.ErrRaftShutdown):
-		return nil, transport.OutcomeUnknownError("node shut down after the command was submitted")
+		return nil, wire.OutcomeUnknownError("node shut down after the command was submitted")
 	case errors.Is(err, errDeadline), errors.Is(err, context.DeadlineExceeded):
-		return nil, transport.OutcomeUnknownError(fmt.Sprintf("no commit within %v", timeout.Round(time.Millisecond)))
+		return nil, wire.OutcomeUnknownError(fmt.Sprintf("no commit within %v", timeout.Round(time.Millisecond)))
 	case errors.Is(err, context.Canceled):
-		return nil, transport.OutcomeUnknownError("request canceled after the command was submitted")
+		return nil, wire.OutcomeUnknownError("request canceled after the command was submitted")
 	default:
-		return nil, transport.OutcomeUnknownError(err.Error())
+		return nil, wire.OutcomeUnknownError(err.Error())
 	}
 	res, ok := f.Response().(*fsmpb.Result)
 	if !ok {
@@ -211,7 +211,7 @@ func (n *Node) Queue(ctx context.Context, name string) (*fsmpb.QueueInfo, error)
 	}
 	info, err := n.fsm.Queue(name)
 	if errors.Is(err, fsm.ErrQueueNotFound) {
-		return nil, transport.QueueError(fsmpb.ErrorCode_QUEUE_NOT_FOUND, fmt.Sprintf("queue %q not found", name))
+		return nil, wire.QueueError(fsmpb.ErrorCode_QUEUE_NOT_FOUND, fmt.Sprintf("queue %q not found", name))
 	}
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
@@ -254,7 +254,7 @@ func (n *Node) WaitAvailable(ctx context.Context, queue string) error {
 		}
 		if _, err := n.fsm.Queue(queue); err != nil {
 			if errors.Is(err, fsm.ErrQueueNotFound) {
-				return transport.QueueError(fsmpb.ErrorCode_QUEUE_NOT_FOUND, fmt.Sprintf("queue %q not found", queue))
+				return wire.QueueError(fsmpb.ErrorCode_QUEUE_NOT_FOUND, fmt.Sprintf("queue %q not found", queue))
 			}
 			return status.Error(codes.Internal, err.Error())
 		}
@@ -276,7 +276,7 @@ func (n *Node) WaitAvailable(ctx context.Context, queue string) error {
 			return ctx.Err()
 		case <-n.stop:
 			t.Stop()
-			return transport.NotLeaderError("", "")
+			return wire.NotLeaderError("", "")
 		}
 		t.Stop()
 	}

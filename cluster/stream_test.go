@@ -11,8 +11,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/quorumq/quorumq/fsm/fsmpb"
-	"github.com/quorumq/quorumq/transport"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
+	"github.com/quorumq/quorumq/transport/wire"
 )
 
 // batchReq is batch i of n messages, chained behind batch i-1's last
@@ -98,7 +98,7 @@ func TestEnqueueStreamEndsAtTheFirstFailure(t *testing.T) {
 		t.Fatalf("batch 0: %v", err)
 	}
 	_, err = st.Recv()
-	if code, _ := transport.QueueErrorCode(err); status.Code(err) != codes.FailedPrecondition || code != fsmpb.ErrorCode_OUT_OF_ORDER {
+	if code, _ := wire.QueueErrorCode(err); status.Code(err) != codes.FailedPrecondition || code != fsmpb.ErrorCode_OUT_OF_ORDER {
 		t.Fatalf("batch 2 behind a missing batch: %v, want FailedPrecondition with OUT_OF_ORDER", err)
 	}
 	c.WaitReplicated(t)
@@ -120,7 +120,7 @@ func TestEnqueueStreamEndsAtTheFirstFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = fst.Recv()
-	if _, hint, ok := transport.LeaderHint(err); !ok || hint != leader.APIAddr() {
+	if _, hint, ok := wire.LeaderHint(err); !ok || hint != leader.APIAddr() {
 		t.Fatalf("stream to a follower: %v, want NotLeader naming %s", err, leader.APIAddr())
 	}
 }

@@ -44,17 +44,8 @@ func StartTestClusterWith(t testing.TB, n int, tweak func(i int, c *Config)) *Te
 	c := &TestCluster{tweak: tweak, dir: t.TempDir()}
 	t.Cleanup(c.stopAll)
 	for i := 0; i < n; i++ {
-		cfg := Config{
-			NodeID:           fmt.Sprintf("n%d", i+1),
-			DataDir:          filepath.Join(c.dir, fmt.Sprintf("n%d", i+1)),
-			APIAddr:          "127.0.0.1:0",
-			RaftAddr:         "127.0.0.1:0",
-			GossipAddr:       "127.0.0.1:0",
-			BootstrapExpect:  n,
-			AutoCreateQueues: true,
-			LocalGossip:      true,
-			Logger:           testLogger(),
-		}
+		cfg := LocalConfig(c.dir, i, n, testLogger())
+		cfg.APIAddr, cfg.RaftAddr, cfg.GossipAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 		if i > 0 {
 			cfg.Join = []string{c.Nodes[0].GossipAddr()}
 		}

@@ -10,8 +10,8 @@ import (
 
 	"github.com/quorumq/quorumq/fsm"
 	"github.com/quorumq/quorumq/fsm/fsmpb"
-	"github.com/quorumq/quorumq/transport"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
+	"github.com/quorumq/quorumq/transport/wire"
 )
 
 // chainedEntries counts, among node's log entries after index from, the
@@ -110,7 +110,7 @@ func TestChainedEnqueuesWaitForEveryVoterToKnowTheField(t *testing.T) {
 	// nothing of it is enqueued.
 	_, err := q.Enqueue(ctxT(t, 10*time.Second), &quorumqpb.EnqueueRequest{Queue: "up", AfterDedupId: "never-sent",
 		Messages: []*fsmpb.Message{{Body: []byte("x"), DedupId: "behind-nothing"}}})
-	if code, _ := transport.QueueErrorCode(err); status.Code(err) != codes.FailedPrecondition || code != fsmpb.ErrorCode_OUT_OF_ORDER {
+	if code, _ := wire.QueueErrorCode(err); status.Code(err) != codes.FailedPrecondition || code != fsmpb.ErrorCode_OUT_OF_ORDER {
 		t.Fatalf("batch behind a missing message: %v, want FailedPrecondition OUT_OF_ORDER", err)
 	}
 	if info, err := q.GetQueue(ctxT(t, 10*time.Second), &quorumqpb.GetQueueRequest{Name: "up"}); err != nil || info.GetQueue().GetStats().GetReady() != 120 {

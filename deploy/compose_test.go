@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/quorumq/quorumq/jepsen-style-tests/harness"
 )
 
 // TestComposeCluster builds the static binary and the FROM scratch image,
@@ -34,7 +36,6 @@ func TestComposeCluster(t *testing.T) {
 	}
 	_, self, _, _ := runtime.Caller(0)
 	deployDir := filepath.Dir(self)
-	repo := filepath.Dir(deployDir)
 
 	suffix := make([]byte, 4)
 	rand.Read(suffix)
@@ -48,11 +49,8 @@ func TestComposeCluster(t *testing.T) {
 		t.Fatal(err)
 	}
 	cp(t, filepath.Join(deployDir, "rootfs", "data", ".keep"), filepath.Join(buildCtx, "rootfs", "data", ".keep"))
-	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", filepath.Join(buildCtx, "quorumq"), "./cmd/quorumq")
-	build.Dir = repo
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("static build: %v\n%s", err, out)
+	if err := harness.BuildBinary(filepath.Join(buildCtx, "quorumq"), []string{"CGO_ENABLED=0"}, "-trimpath", "-ldflags=-s -w"); err != nil {
+		t.Fatalf("static build: %v", err)
 	}
 	run(t, 2*time.Minute, "docker", "build", "-q", "-t", image, buildCtx)
 	t.Cleanup(func() { runQuiet(2*time.Minute, "docker", "rmi", "-f", image) })

@@ -77,13 +77,3 @@ func TestApplyMalformedAndOtherLogTypes(t *testing.T) {
 func enqCreate(queue, body string) *fsmpb.Command {
 	return &fsmpb.Command{Op: &fsmpb.Command_Enqueue{Enqueue: &fsmpb.Enqueue{Queue: queue, CreateQueue: true, Messages: []*fsmpb.Message{msg(body, "")}}}}
 }
-
-func TestResultError(t *testing.T) {
-	if err := ResultError(&fsmpb.Result{}); err != nil {
-		t.Fatalf("success: %v", err)
-	}
-	err := ResultError(&fsmpb.Result{Error: &fsmpb.Error{Code: fsmpb.ErrorCode_QUEUE_FULL, Message: "full"}})
-	if !errors.Is(err, ErrQueueFull) {
-		t.Fatalf("%v does not wrap ErrQueueFull", err)
-	}
-}

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/quorumq/quorumq/fsm/fsmpb"
+	"github.com/quorumq/quorumq/fsm/limits"
 )
 
 // Snapshot stream format, version 1:
@@ -443,8 +444,8 @@ func checkMessageRecord(m *message, f uint32, nextID uint64) error {
 	}
 	if m.attrs != nil {
 		for i, a := range *m.attrs {
-			if a.key == "" {
-				return fmt.Errorf("message %d: attribute %d has an empty key", m.id, i)
+			if err := limits.AttributeProblem(a.key, a.value); err != "" {
+				return fmt.Errorf("message %d: attribute %d: %s", m.id, i, err)
 			}
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/quorumq/quorumq/fsm/fsmpb"
+	"github.com/quorumq/quorumq/fsm/limits"
 )
 
 // Defaults and limits. Every bad value is rejected with an error naming the
@@ -17,23 +18,25 @@ const (
 	DefaultRetention   = 14 * 24 * time.Hour
 
 	MinVisibility  = time.Millisecond
-	MaxVisibility  = 12 * time.Hour
-	MaxDelay       = 12 * time.Hour // message delay and nack delay
 	MinDedupWindow = time.Second
 	MaxDedupWindow = 7 * 24 * time.Hour
 	MinRetention   = time.Second
 	MaxRetention   = 365 * 24 * time.Hour
 	MaxDeliveries  = 1000
+	MaxRequestID   = 128
 
-	MaxQueueName     = 128
-	MaxBatch         = 1000 // messages per Enqueue, receipts per Ack/Nack/Extend, Receive.max
-	MaxBodyBytes     = 1 << 20
-	MaxDedupID       = 128
-	MaxRequestID     = 128
-	MaxAttributes    = 32
-	MaxAttributeKey  = 256
-	MaxAttributeVal  = 4096
-	MaxTransactionOp = 100 // Ack and Enqueue groups per Transaction
+	// The limits the API and the client check too live in package limits,
+	// which does not depend on the state machine; these are their names here.
+	MaxVisibility    = limits.MaxVisibility
+	MaxDelay         = limits.MaxDelay
+	MaxQueueName     = limits.MaxQueueName
+	MaxBatch         = limits.MaxBatch
+	MaxBodyBytes     = limits.MaxBodyBytes
+	MaxDedupID       = limits.MaxDedupID
+	MaxAttributes    = limits.MaxAttributes
+	MaxAttributeKey  = limits.MaxAttributeKey
+	MaxAttributeVal  = limits.MaxAttributeVal
+	MaxTransactionOp = limits.MaxTransactionOp
 
 	// MaxNow bounds a command's now (about the year 2096) so that now plus
 	// any allowed duration cannot overflow int64.
@@ -127,14 +130,8 @@ func checkOptionalDuration(field string, v int64, lo, hi time.Duration) *cmdErro
 }
 
 func checkQueueName(field, name string) *cmdError {
-	if len(name) == 0 || len(name) > MaxQueueName {
-		return invalid("%s %q has length %d, limit is 1 to %d characters [A-Za-z0-9._-]", field, name, len(name), MaxQueueName)
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return invalid("%s %q has byte %q at %d, allowed are [A-Za-z0-9._-]", field, name, c, i)
-		}
+	if p := limits.QueueNameProblem(name); p != "" {
+		return invalid("%s: %s", field, p)
 	}
 	return nil
 }
@@ -142,16 +139,6 @@ func checkQueueName(field, name string) *cmdError {
 func checkCount(field string, n int) *cmdError {
 	if n < 1 || n > MaxBatch {
 		return invalid("%s has %d entries, limit is 1 to %d", field, n, MaxBatch)
-	}
-	return nil
-}
-
-// ValidateMessage checks message m, named field in errors, against the
-// state machine's limits, as Apply will: the API calls it before
-// proposing, so an over-limit message costs no log entry.
-func ValidateMessage(field string, m *fsmpb.Message) error {
-	if err := checkMessage(func() string { return field }, m); err != nil {
-		return err
 	}
 	return nil
 }
@@ -168,25 +155,8 @@ func ValidateSettings(queue string, p *fsmpb.QueueSettings) error {
 // checkMessage checks message m; at names it, and is called only for an
 // error: Apply checks every message on every node.
 func checkMessage(at func() string, m *fsmpb.Message) *cmdError {
-	if len(m.GetBody()) > MaxBodyBytes {
-		return invalid("%s.body is %d bytes, limit is %d", at(), len(m.GetBody()), MaxBodyBytes)
-	}
-	if len(m.GetDedupId()) > MaxDedupID {
-		return invalid("%s.dedup_id is %d bytes, limit is %d", at(), len(m.GetDedupId()), MaxDedupID)
-	}
-	if d := m.GetDelayNs(); d < 0 || d > int64(MaxDelay) {
-		return invalid("%s.delay_ns is %d, limit is 0 to %v", at(), d, MaxDelay)
-	}
-	if len(m.GetAttributes()) > MaxAttributes {
-		return invalid("%s.attributes has %d entries, limit is %d", at(), len(m.GetAttributes()), MaxAttributes)
-	}
-	for j, a := range m.GetAttributes() {
-		if len(a.GetKey()) == 0 || len(a.GetKey()) > MaxAttributeKey {
-			return invalid("%s.attributes[%d].key is %d bytes, limit is 1 to %d", at(), j, len(a.GetKey()), MaxAttributeKey)
-		}
-		if len(a.GetValue()) > MaxAttributeVal {
-			return invalid("%s.attributes[%d].value is %d bytes, limit is %d", at(), j, len(a.GetValue()), MaxAttributeVal)
-		}
+	if p := limits.MessageProblem(m); p != "" {
+		return invalid("%s.%s", at(), p)
 	}
 	return nil
 }

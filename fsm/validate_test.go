@@ -23,7 +23,7 @@ func TestInvalidCommandsNameFieldAndLimit(t *testing.T) {
 	}{
 		{"no operation", &fsmpb.Command{}, fsmpb.ErrorCode_MALFORMED, "no operation"},
 		{"negative now", &fsmpb.Command{NowUnixNano: -1, Op: tickCmd().Op}, inv, "now_unix_nano is -1, limit is 0 to"},
-		{"empty queue name", createQ("", nil), inv, "create_queue.name \"\" has length 0, limit is 1 to 128"},
+		{"empty queue name", createQ("", nil), inv, "create_queue.name: queue name is empty, want 1 to 128 characters"},
 		{"long queue name", createQ(strings.Repeat("x", 129), nil), inv, "limit is 1 to 128"},
 		{"bad queue name byte", createQ("a/b", nil), inv, "has byte '/' at 1, allowed are [A-Za-z0-9._-]"},
 		{"existing queue", createQ("q", nil), fsmpb.ErrorCode_QUEUE_EXISTS, "already exists"},
@@ -33,7 +33,7 @@ func TestInvalidCommandsNameFieldAndLimit(t *testing.T) {
 		{"retention negative", set(func(s *fsmpb.QueueSettings) { s.RetentionNs = proto.Int64(-5) }), inv, "settings.retention_ns is -5 ns, limit is 1s to 8760h0m0s (or 0 to keep messages forever)"},
 		{"max deliveries", set(func(s *fsmpb.QueueSettings) { s.MaxDeliveries = proto.Uint32(1001) }), inv, "settings.max_deliveries is 1001, limit is 0 (unlimited) to 1000"},
 		{"dlq is self", set(func(s *fsmpb.QueueSettings) { s.DeadLetterQueue = proto.String("new") }), inv, "settings.dead_letter_queue must not be the queue itself"},
-		{"dlq bad name", set(func(s *fsmpb.QueueSettings) { s.DeadLetterQueue = proto.String("a b") }), inv, "settings.dead_letter_queue \"a b\" has byte ' '"},
+		{"dlq bad name", set(func(s *fsmpb.QueueSettings) { s.DeadLetterQueue = proto.String("a b") }), inv, "settings.dead_letter_queue: queue name \"a b\" has byte ' '"},
 		{"update unknown queue", updateQ("nope", nil), fsmpb.ErrorCode_QUEUE_NOT_FOUND, "update_queue.name: queue \"nope\" does not exist"},
 		{"enqueue unknown queue", enq("nope", msg("a", "")), fsmpb.ErrorCode_QUEUE_NOT_FOUND, "enqueue.queue: queue \"nope\" does not exist"},
 		{"enqueue no messages", enq("q"), inv, "enqueue.messages has 0 entries, limit is 1 to 1000"},

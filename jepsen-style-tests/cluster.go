@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -17,22 +16,22 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/quorumq/quorumq/jepsen-style-tests/harness"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
 )
 
+// registerCleanup adds fn to the interrupt cleanups that node processes
+// register too (harness.RegisterCleanup), so that on ^C namespaces, mounts
+// and processes go in the reverse order of their creation.
+func registerCleanup(fn func()) (unregister func()) { return harness.RegisterCleanup(fn) }
+
 // BuildBinary builds cmd/quorumq into dir and returns the binary's path.
-// moduleRoot is the directory holding go.mod. It is a test build (-tags
-// fakeclock): a node started with --fake-clock-file reads its wall-clock
-// offset from that file (clock.go); without the flag it is the release
-// server.
-func BuildBinary(moduleRoot, dir string) (string, error) {
+// It is a test build (-tags fakeclock): a node started with
+// --fake-clock-file reads its wall-clock offset from that file (clock.go);
+// without the flag it is the release server.
+func BuildBinary(dir string) (string, error) {
 	bin := filepath.Join(dir, "quorumq")
-	cmd := exec.Command("go", "build", "-tags", "fakeclock", "-o", bin, "./cmd/quorumq")
-	cmd.Dir = moduleRoot
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build -tags fakeclock ./cmd/quorumq: %v\n%s", err, out)
-	}
-	return bin, nil
+	return bin, harness.BuildBinary(bin, nil, "-tags", "fakeclock")
 }
 
 // ClusterConfig describes a cluster to start.
@@ -59,7 +58,7 @@ type Node struct {
 	GossipAddr string
 	DataDir    string
 	LogPath    string
-	Proc       *Process
+	Proc       *harness.Process
 	// ClockFile moves the node's wall clock (SetClock); "" without one.
 	ClockFile string
 
@@ -85,7 +84,14 @@ const (
 // and every node is a voter.
 func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
 	c := &Cluster{cfg: cfg}
-	for _, id := range cfg.IDs {
+	var ports []int // three per node on loopback, chosen together so none repeats
+	if cfg.Net == nil {
+		var err error
+		if ports, err = harness.FreePorts(3 * len(cfg.IDs)); err != nil {
+			return nil, err
+		}
+	}
+	for i, id := range cfg.IDs {
 		n := &Node{ID: id, DataDir: filepath.Join(cfg.DataDir, id), LogPath: filepath.Join(cfg.LogDir, id+".log")}
 		if cfg.FakeClock {
 			// Beside the data dir, not in it: a wipe or a lazyfs mount
@@ -99,13 +105,10 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
 			n.RaftAddr = net.JoinHostPort(ip, strconv.Itoa(nsRaftPort))
 			n.GossipAddr = net.JoinHostPort(ip, strconv.Itoa(nsGossipPort))
 		} else {
-			ports, err := freePorts(3)
-			if err != nil {
-				return nil, err
-			}
-			n.APIAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0]))
-			n.RaftAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1]))
-			n.GossipAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[2]))
+			p := ports[3*i:]
+			n.APIAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(p[0]))
+			n.RaftAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(p[1]))
+			n.GossipAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(p[2]))
 		}
 		if err := os.MkdirAll(n.DataDir, 0o755); err != nil {
 			return nil, err
@@ -123,7 +126,7 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
 			nd, _ := cfg.Net.Node(n.ID)
 			ns = nd.Namespace
 		}
-		n.Proc = &Process{Namespace: ns, Bin: cfg.Bin, Args: c.serverArgs(n, len(cfg.IDs)), LogPath: n.LogPath}
+		n.Proc = &harness.Process{Namespace: ns, Bin: cfg.Bin, Args: c.serverArgs(n, len(cfg.IDs)), LogPath: n.LogPath}
 		if err := n.Proc.Start(); err != nil {
 			c.Close()
 			return nil, err
@@ -139,28 +142,22 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
 // serverArgs is node n's command line; bootstrap is the number of servers
 // it waits for before bootstrapping (0: join an existing cluster).
 func (c *Cluster) serverArgs(n *Node, bootstrap int) []string {
-	var join []string
-	for _, o := range c.Nodes {
-		if o != n {
-			join = append(join, o.GossipAddr)
-		}
+	servers := make([]harness.Server, len(c.Nodes))
+	for i, o := range c.Nodes {
+		servers[i] = o.server()
 	}
-	args := []string{"server",
-		"--node-id", n.ID,
-		"--data-dir", n.DataDir,
-		"--api-addr", n.APIAddr,
-		"--raft-addr", n.RaftAddr,
-		"--gossip-addr", n.GossipAddr,
-		"--bootstrap-expect", strconv.Itoa(bootstrap),
-		"--join", strings.Join(join, ","),
-		// The nodes' addresses are in namespaces this test made; the
-		// fault cases need plain traffic to inspect and cut.
-		"--insecure-cluster",
-	}
+	// The nodes' addresses are in namespaces this test made; the fault
+	// cases need plain traffic to inspect and cut.
+	extra := []string{"--insecure-cluster"}
 	if n.ClockFile != "" {
-		args = append(args, "--fake-clock-file", n.ClockFile)
+		extra = append(extra, "--fake-clock-file", n.ClockFile)
 	}
-	return append(args, c.cfg.ExtraArgs...)
+	return harness.ServerArgs(n.server(), servers, bootstrap, append(extra, c.cfg.ExtraArgs...)...)
+}
+
+// server is n as the harness names a node.
+func (n *Node) server() harness.Server {
+	return harness.Server{ID: n.ID, DataDir: n.DataDir, API: n.APIAddr, Raft: n.RaftAddr, Gossip: n.GossipAddr}
 }
 
 // Node returns the node with id, or nil.
@@ -443,26 +440,4 @@ func describeStatuses(sts map[string]*quorumqpb.NodeStatus) string {
 		return "no node answered"
 	}
 	return b.String()
-}
-
-// freePorts asks the kernel for n free TCP ports on loopback. The ports
-// are released before use, so another process could take one in between;
-// the node then fails to start and the test says so.
-func freePorts(n int) ([]int, error) {
-	var lns []net.Listener
-	defer func() {
-		for _, l := range lns {
-			l.Close()
-		}
-	}()
-	var ports []int
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		lns = append(lns, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }

@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/quorumq/quorumq/jepsen-style-tests/harness"
 	"github.com/quorumq/quorumq/jepsen-style-tests/lazyfs"
 )
 
@@ -436,7 +437,7 @@ func refusalNaming(logPath, path string) (string, error) {
 		return "", err
 	}
 	last := string(b)
-	if i := strings.LastIndex(last, "=== jepsen: start #"); i >= 0 {
+	if i := strings.LastIndex(last, harness.StartMarker); i >= 0 {
 		last = last[i:]
 	}
 	for _, line := range strings.Split(last, "\n") {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quorumq/quorumq/jepsen-style-tests/harness"
 	"github.com/quorumq/quorumq/jepsen-style-tests/lazyfs"
 )
 
@@ -46,11 +47,11 @@ func TestRefusalNaming(t *testing.T) {
 		name, log string
 		ok        bool
 	}{
-		{"names the file", "=== jepsen: start #1\nquorumq: unusable data dir: /data/n1/raft.db: log entry 9 is corrupt\n", true},
-		{"names another file", "=== jepsen: start #1\nquorumq: unusable data dir: /data/n1/node.json is corrupt\n", false},
-		{"no refusal", "=== jepsen: start #1\nlevel=INFO msg=\"node started\"\n", false},
+		{"names the file", harness.StartMarker + "1\nquorumq: unusable data dir: /data/n1/raft.db: log entry 9 is corrupt\n", true},
+		{"names another file", harness.StartMarker + "1\nquorumq: unusable data dir: /data/n1/node.json is corrupt\n", false},
+		{"no refusal", harness.StartMarker + "1\nlevel=INFO msg=\"node started\"\n", false},
 		// An earlier incarnation's refusal does not count for this one.
-		{"refusal of an earlier start", "=== jepsen: start #1\nquorumq: unusable data dir: /data/n1/raft.db: x\n=== jepsen: start #2\nlevel=INFO msg=\"node started\"\n", false},
+		{"refusal of an earlier start", harness.StartMarker + "1\nquorumq: unusable data dir: /data/n1/raft.db: x\n" + harness.StartMarker + "2\nlevel=INFO msg=\"node started\"\n", false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

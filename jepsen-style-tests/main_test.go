@@ -7,6 +7,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"github.com/quorumq/quorumq/jepsen-style-tests/harness"
 )
 
 // The test binary doubles as a tiny echo server and dialer so the network
@@ -22,7 +24,7 @@ func TestMain(m *testing.M) {
 		os.Exit(helperHold())
 	}
 	code := m.Run()
-	runCleanups()
+	harness.RunCleanups()
 	os.Exit(code)
 }
 
@@ -91,7 +93,7 @@ func helperHold() int {
 	if err != nil {
 		return 2
 	}
-	p := &Process{Namespace: nd.Namespace, Bin: os.Args[0], Env: []string{"QJ_HELPER=echo", "QJ_ADDR=" + nd.IP.String() + ":7999"},
+	p := &harness.Process{Namespace: nd.Namespace, Bin: os.Args[0], Env: []string{"QJ_HELPER=echo", "QJ_ADDR=" + nd.IP.String() + ":7999"},
 		LogPath: dir + "/echo.log"}
 	if err := p.Start(); err != nil {
 		fmt.Fprintln(os.Stderr, "hold:", err)

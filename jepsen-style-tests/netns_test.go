@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/quorumq/quorumq/jepsen-style-tests/harness"
 )
 
 func requireNetns(t *testing.T) {
@@ -50,7 +52,7 @@ func TestNetworkPartitionsAndHeals(t *testing.T) {
 	for _, id := range ids {
 		nd, _ := n.Node(id)
 		addrs[id] = net.JoinHostPort(nd.IP.String(), "7999")
-		p := &Process{Namespace: nd.Namespace, Bin: os.Args[0], Env: []string{"QJ_HELPER=echo", "QJ_ADDR=" + addrs[id]},
+		p := &harness.Process{Namespace: nd.Namespace, Bin: os.Args[0], Env: []string{"QJ_HELPER=echo", "QJ_ADDR=" + addrs[id]},
 			LogPath: filepath.Join(t.TempDir(), id+".log")}
 		if err := p.Start(); err != nil {
 			t.Fatal(err)
@@ -129,7 +131,7 @@ func TestProcessKillPauseRestart(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	log := filepath.Join(t.TempDir(), "echo.log")
-	p := &Process{Bin: os.Args[0], Env: []string{"QJ_HELPER=echo", "QJ_ADDR=" + addr}, LogPath: log}
+	p := &harness.Process{Bin: os.Args[0], Env: []string{"QJ_HELPER=echo", "QJ_ADDR=" + addr}, LogPath: log}
 	t.Cleanup(func() { p.Close() })
 	waitEcho := func(stage string, want bool) {
 		t.Helper()
@@ -176,7 +178,7 @@ func TestProcessKillPauseRestart(t *testing.T) {
 		t.Fatal("restart kept the old pid")
 	}
 	b, _ := os.ReadFile(log)
-	if strings.Count(string(b), "=== jepsen: start #") != 2 || !strings.Contains(string(b), "listening on") {
+	if strings.Count(string(b), harness.StartMarker) != 2 || !strings.Contains(string(b), "listening on") {
 		t.Fatalf("log does not record both incarnations:\n%s", b)
 	}
 }

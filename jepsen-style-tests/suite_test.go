@@ -36,7 +36,7 @@ func binary(t *testing.T) string {
 			return
 		}
 		registerCleanup(func() { os.RemoveAll(dir) })
-		binPath, buildErr = BuildBinary("..", dir)
+		binPath, buildErr = BuildBinary(dir)
 	})
 	if buildErr != nil {
 		t.Fatalf("building the server: %v", buildErr)

@@ -241,8 +241,7 @@ func queuesEmpty(ctx context.Context, c *client.Client, queues []string) bool {
 		if err != nil {
 			return false
 		}
-		s := info.GetStats()
-		if s.GetReady()+s.GetLeased()+s.GetDelayed() > 0 {
+		if s := info.Stats; s.Ready+s.Leased+s.Delayed > 0 {
 			return false
 		}
 	}

@@ -9,136 +9,16 @@ import (
 
 	"github.com/quorumq/quorumq/fsm"
 	"github.com/quorumq/quorumq/fsm/fsmpb"
-	"github.com/quorumq/quorumq/transport/quorumqpb"
+	"github.com/quorumq/quorumq/transport/wire"
 )
 
-// Limits bound what one request may carry. A request beyond a limit is
-// rejected with InvalidArgument naming the field and the limit; nothing is
-// clamped silently. The zero value of a field means its default; a field
-// marked "at most" cannot exceed the state machine's own limit (Check).
-type Limits struct {
-	MaxMessageBytes  int           // body + attributes of one message; default and at most 1 MiB
-	MaxBatchMessages int           // messages in one enqueue or transaction; default and at most 1000
-	MaxBatchBytes    int           // bodies + attributes of one request; default 8 MiB
-	MaxReceipts      int           // receipts in one ack, nack, extend or receive; default and at most 1000
-	MaxReceive       uint32        // messages one receive may lease; default and at most 1000
-	MaxWait          time.Duration // long-poll wait; default 20 s
-	MaxVisibility    time.Duration // lease length; default and at most 12 h
-	MaxDelay         time.Duration // enqueue or nack delay; default and at most 12 h
-	MaxIDBytes       int           // dedup ID, request ID, after_dedup_id; default and at most 128
-	MaxAttributes    int           // attributes per message; default and at most 32
-	MaxQueues        int           // queues in the cluster; default 10,000
-}
+// limits are the server's request limits (wire.Limits, defaults filled)
+// with the checks of each kind of request.
+type limits struct{ wire.Limits }
 
-// DefaultLimits returns the limits used when a field is zero. Those the
-// state machine also enforces are its limits, so that what passes here
-// passes there.
-func DefaultLimits() Limits {
-	return Limits{
-		MaxMessageBytes:  fsm.MaxBodyBytes,
-		MaxBatchMessages: fsm.MaxBatch,
-		MaxBatchBytes:    8 << 20,
-		MaxReceipts:      fsm.MaxBatch,
-		MaxReceive:       fsm.MaxBatch,
-		MaxWait:          20 * time.Second,
-		MaxVisibility:    fsm.MaxVisibility,
-		MaxDelay:         fsm.MaxDelay,
-		MaxIDBytes:       fsm.MaxDedupID,
-		MaxAttributes:    fsm.MaxAttributes,
-		MaxQueues:        10000,
-	}
-}
-
-// Check refuses limits above the state machine's own: a request within
-// such a limit would pass the API and be refused by Apply, after costing a
-// log entry.
-func (l Limits) Check() error {
-	l = l.withDefaults()
-	d := DefaultLimits()
-	for _, c := range []struct {
-		name     string
-		v, limit any
-		over     bool
-	}{
-		{"max message size", l.MaxMessageBytes, d.MaxMessageBytes, l.MaxMessageBytes > d.MaxMessageBytes},
-		{"max batch messages", l.MaxBatchMessages, d.MaxBatchMessages, l.MaxBatchMessages > d.MaxBatchMessages},
-		{"max receipts", l.MaxReceipts, d.MaxReceipts, l.MaxReceipts > d.MaxReceipts},
-		{"max receive", l.MaxReceive, d.MaxReceive, l.MaxReceive > d.MaxReceive},
-		{"max visibility", l.MaxVisibility, d.MaxVisibility, l.MaxVisibility > d.MaxVisibility},
-		{"max delay", l.MaxDelay, d.MaxDelay, l.MaxDelay > d.MaxDelay},
-		{"max ID bytes", l.MaxIDBytes, d.MaxIDBytes, l.MaxIDBytes > d.MaxIDBytes},
-		{"max attributes", l.MaxAttributes, d.MaxAttributes, l.MaxAttributes > d.MaxAttributes},
-	} {
-		if c.over {
-			return fmt.Errorf("limits: %s is %v, the state machine allows at most %v", c.name, c.v, c.limit)
-		}
-	}
-	return nil
-}
-
-// withDefaults fills every zero field from DefaultLimits.
-func (l Limits) withDefaults() Limits {
-	d := DefaultLimits()
-	orDefault(&l.MaxMessageBytes, d.MaxMessageBytes)
-	orDefault(&l.MaxBatchMessages, d.MaxBatchMessages)
-	orDefault(&l.MaxBatchBytes, d.MaxBatchBytes)
-	orDefault(&l.MaxReceipts, d.MaxReceipts)
-	orDefault(&l.MaxReceive, d.MaxReceive)
-	orDefault(&l.MaxWait, d.MaxWait)
-	orDefault(&l.MaxVisibility, d.MaxVisibility)
-	orDefault(&l.MaxDelay, d.MaxDelay)
-	orDefault(&l.MaxIDBytes, d.MaxIDBytes)
-	orDefault(&l.MaxAttributes, d.MaxAttributes)
-	orDefault(&l.MaxQueues, d.MaxQueues)
-	return l
-}
-
-// orDefault sets *v to d when *v is zero.
-func orDefault[T comparable](v *T, d T) {
-	var zero T
-	if *v == zero {
-		*v = d
-	}
-}
-
-// MaxRecvMsgSize is the gRPC receive limit a server needs so that a
-// full batch reaches validation (and gets a clear error) instead of being
-// cut off by gRPC's 4 MiB default.
-func (l Limits) MaxRecvMsgSize() int {
-	l = l.withDefaults()
-	return l.MaxBatchBytes + l.MaxBatchMessages*(l.MaxIDBytes+64) + 1<<20
-}
-
-// MaxQueueNameLen is the longest queue name.
-const MaxQueueNameLen = 128
-
-// ValidateQueueName checks a queue name against [A-Za-z0-9._-]{1,128};
-// field names the request field in the error.
-func ValidateQueueName(field, name string) error {
-	if name == "" {
-		return invalid("%s: queue name is empty (want 1..%d characters of [A-Za-z0-9._-])", field, MaxQueueNameLen)
-	}
-	if len(name) > MaxQueueNameLen {
-		return invalid("%s: queue name is %d bytes, limit is %d", field, len(name), MaxQueueNameLen)
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-'
-		if !ok {
-			return invalid("%s: queue name %q has %q at byte %d (allowed: [A-Za-z0-9._-])", field, name, c, i)
-		}
-	}
-	return nil
-}
-
-func invalid(format string, args ...any) error {
-	msg := fmt.Sprintf(format, args...)
-	st := status.New(codes.InvalidArgument, msg)
-	if d, err := st.WithDetails(&quorumqpb.QueueError{Code: fsmpb.ErrorCode_INVALID_ARGUMENT, Message: msg}); err == nil {
-		st = d
-	}
-	return st.Err()
-}
+// invalid is the InvalidArgument refusal of a request; the message names
+// the field and the limit.
+func invalid(format string, args ...any) error { return wire.InvalidArgument(format, args...) }
 
 // resourceExhausted is the refusal of a request that would pass a
 // cluster-wide limit; the message names the limit.
@@ -156,7 +36,7 @@ func checkDuration(field string, ns int64, max time.Duration) error {
 	return nil
 }
 
-func (l Limits) checkID(field, id string) error {
+func (l limits) checkID(field, id string) error {
 	if len(id) > l.MaxIDBytes {
 		return invalid("%s: %d bytes, limit is %d", field, len(id), l.MaxIDBytes)
 	}
@@ -174,7 +54,7 @@ func messageSize(m *fsmpb.Message) int {
 
 // checkMessages validates one enqueue's messages; total carries the bytes
 // and count of the whole request across enqueues of a transaction.
-func (l Limits) checkMessages(field string, msgs []*fsmpb.Message, total *batchTotal) error {
+func (l limits) checkMessages(field string, msgs []*fsmpb.Message, total *batchTotal) error {
 	if len(msgs) == 0 {
 		return invalid("%s: no messages (want 1..%d)", field, l.MaxBatchMessages)
 	}
@@ -196,8 +76,8 @@ func (l Limits) checkMessages(field string, msgs []*fsmpb.Message, total *batchT
 		if len(m.GetAttributes()) > l.MaxAttributes {
 			return invalid("%s.attributes: %d attributes, limit is %d", f, len(m.GetAttributes()), l.MaxAttributes)
 		}
-		if err := fsm.ValidateMessage(f, m); err != nil {
-			return invalid("%v", err)
+		if err := wire.ValidateMessage(f, m); err != nil {
+			return err
 		}
 		total.messages++
 		total.bytes += size
@@ -216,7 +96,7 @@ type batchTotal struct{ messages, bytes int }
 // checkReceipts validates the receipts of a call on queue and then clears
 // each receipt's queue: the check is done here, the state machine does not
 // read it, and the Raft log need not carry the name once per receipt.
-func (l Limits) checkReceipts(field, queue string, rs []*fsmpb.Receipt, allowEmpty bool) error {
+func (l limits) checkReceipts(field, queue string, rs []*fsmpb.Receipt, allowEmpty bool) error {
 	if len(rs) == 0 && !allowEmpty {
 		return invalid("%s: no receipts (want 1..%d)", field, l.MaxReceipts)
 	}
@@ -234,7 +114,7 @@ func (l Limits) checkReceipts(field, queue string, rs []*fsmpb.Receipt, allowEmp
 			return invalid("%s[%d].attempt: 0 is not a delivery attempt", field, i)
 		}
 		if r.GetQueue() != "" && r.GetQueue() != queue {
-			return QueueError(fsmpb.ErrorCode_WRONG_QUEUE, fmt.Sprintf("%s[%d]: receipt of queue %q used on queue %q", field, i, r.GetQueue(), queue))
+			return wire.QueueError(fsmpb.ErrorCode_WRONG_QUEUE, fmt.Sprintf("%s[%d]: receipt of queue %q used on queue %q", field, i, r.GetQueue(), queue))
 		}
 	}
 	for _, r := range rs {
@@ -243,7 +123,7 @@ func (l Limits) checkReceipts(field, queue string, rs []*fsmpb.Receipt, allowEmp
 	return nil
 }
 
-func (l Limits) checkSettings(field, queue string, s *fsmpb.QueueSettings) error {
+func (l limits) checkSettings(field, queue string, s *fsmpb.QueueSettings) error {
 	if s == nil {
 		return nil
 	}
@@ -256,7 +136,7 @@ func (l Limits) checkSettings(field, queue string, s *fsmpb.QueueSettings) error
 		}
 	}
 	if s.DeadLetterQueue != nil && s.GetDeadLetterQueue() != "" {
-		if err := ValidateQueueName(field+".dead_letter_queue", s.GetDeadLetterQueue()); err != nil {
+		if err := wire.ValidateQueueName(field+".dead_letter_queue", s.GetDeadLetterQueue()); err != nil {
 			return err
 		}
 		if s.GetDeadLetterQueue() == queue {

@@ -14,10 +14,11 @@ import (
 	"github.com/quorumq/quorumq/fsm"
 	"github.com/quorumq/quorumq/fsm/fsmpb"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
+	"github.com/quorumq/quorumq/transport/wire"
 )
 
 // Backend is what the Queue service needs from a node. Errors it returns
-// are gRPC status errors (NotLeaderError, OutcomeUnknownError, ...), which
+// are gRPC status errors (wire.NotLeaderError, wire.OutcomeUnknownError, ...), which
 // the service passes through unchanged.
 type Backend interface {
 	// Propose stamps cmd with the leader's clock, replicates it through
@@ -53,7 +54,7 @@ type Backend interface {
 type QueueService struct {
 	quorumqpb.UnimplementedQueueServer
 	backend    Backend
-	limits     Limits
+	limits     limits
 	autoCreate bool
 
 	// polls holds, per queue with receives in progress, the long-poll
@@ -158,8 +159,8 @@ func (q *QueueService) turnsHeld() int {
 
 // NewQueueService returns the Queue service over backend. With autoCreate,
 // an enqueue creates a missing queue with default settings.
-func NewQueueService(backend Backend, limits Limits, autoCreate bool) *QueueService {
-	return &QueueService{backend: backend, limits: limits.withDefaults(), autoCreate: autoCreate}
+func NewQueueService(backend Backend, l wire.Limits, autoCreate bool) *QueueService {
+	return &QueueService{backend: backend, limits: limits{l.WithDefaults()}, autoCreate: autoCreate}
 }
 
 // Register adds the service to s.
@@ -180,14 +181,14 @@ func (q *QueueService) propose(ctx context.Context, cmd *fsmpb.Command) (*fsmpb.
 // resultError is the status error of an FSM result that carries one.
 func resultError(res *fsmpb.Result) error {
 	if e := res.GetError(); e != nil && e.GetCode() != fsmpb.ErrorCode_OK {
-		return QueueError(e.GetCode(), e.GetMessage())
+		return wire.QueueError(e.GetCode(), e.GetMessage())
 	}
 	return nil
 }
 
 // CreateQueue creates a queue.
 func (q *QueueService) CreateQueue(ctx context.Context, req *quorumqpb.CreateQueueRequest) (*quorumqpb.CreateQueueResponse, error) {
-	if err := ValidateQueueName("name", req.GetName()); err != nil {
+	if err := wire.ValidateQueueName("name", req.GetName()); err != nil {
 		return nil, err
 	}
 	if err := q.limits.checkSettings("settings", req.GetName(), req.GetSettings()); err != nil {
@@ -207,7 +208,7 @@ func (q *QueueService) CreateQueue(ctx context.Context, req *quorumqpb.CreateQue
 
 // UpdateQueue changes the settings that are set in the request.
 func (q *QueueService) UpdateQueue(ctx context.Context, req *quorumqpb.UpdateQueueRequest) (*quorumqpb.UpdateQueueResponse, error) {
-	if err := ValidateQueueName("name", req.GetName()); err != nil {
+	if err := wire.ValidateQueueName("name", req.GetName()); err != nil {
 		return nil, err
 	}
 	if req.GetSettings() == nil {
@@ -227,7 +228,7 @@ func (q *QueueService) UpdateQueue(ctx context.Context, req *quorumqpb.UpdateQue
 
 // GetQueue returns a queue's settings and stats, read on the leader.
 func (q *QueueService) GetQueue(ctx context.Context, req *quorumqpb.GetQueueRequest) (*quorumqpb.GetQueueResponse, error) {
-	if err := ValidateQueueName("name", req.GetName()); err != nil {
+	if err := wire.ValidateQueueName("name", req.GetName()); err != nil {
 		return nil, err
 	}
 	info, err := q.backend.Queue(ctx, req.GetName())
@@ -248,7 +249,7 @@ func (q *QueueService) ListQueues(ctx context.Context, _ *quorumqpb.ListQueuesRe
 
 // DeleteQueue deletes a queue and its messages.
 func (q *QueueService) DeleteQueue(ctx context.Context, req *quorumqpb.DeleteQueueRequest) (*quorumqpb.DeleteQueueResponse, error) {
-	if err := ValidateQueueName("name", req.GetName()); err != nil {
+	if err := wire.ValidateQueueName("name", req.GetName()); err != nil {
 		return nil, err
 	}
 	if _, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_DeleteQueue{DeleteQueue: &fsmpb.DeleteQueue{Name: req.GetName()}}}); err != nil {
@@ -259,7 +260,7 @@ func (q *QueueService) DeleteQueue(ctx context.Context, req *quorumqpb.DeleteQue
 
 // Purge removes every message of a queue and keeps the queue.
 func (q *QueueService) Purge(ctx context.Context, req *quorumqpb.PurgeRequest) (*quorumqpb.PurgeResponse, error) {
-	if err := ValidateQueueName("queue", req.GetQueue()); err != nil {
+	if err := wire.ValidateQueueName("queue", req.GetQueue()); err != nil {
 		return nil, err
 	}
 	res, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Purge{Purge: &fsmpb.Purge{Queue: req.GetQueue()}}})
@@ -367,7 +368,7 @@ func (q *QueueService) admitNewQueue(field, queue string, created map[string]boo
 // transaction) and builds its fsm form; created carries the queues the
 // request auto-creates.
 func (q *QueueService) enqueueCommand(prefix string, req *quorumqpb.EnqueueRequest, total *batchTotal, created map[string]bool) (*fsmpb.Enqueue, error) {
-	if err := ValidateQueueName(prefix+"queue", req.GetQueue()); err != nil {
+	if err := wire.ValidateQueueName(prefix+"queue", req.GetQueue()); err != nil {
 		return nil, err
 	}
 	if err := q.limits.checkMessages(prefix+"messages", req.GetMessages(), total); err != nil {
@@ -389,7 +390,7 @@ func (q *QueueService) enqueueCommand(prefix string, req *quorumqpb.EnqueueReque
 // proposes the receive once a message is available; at the deadline it
 // returns an empty response, not an error.
 func (q *QueueService) Receive(ctx context.Context, req *quorumqpb.ReceiveRequest) (*quorumqpb.ReceiveResponse, error) {
-	if err := ValidateQueueName("queue", req.GetQueue()); err != nil {
+	if err := wire.ValidateQueueName("queue", req.GetQueue()); err != nil {
 		return nil, err
 	}
 	maxMsgs := req.GetMax()
@@ -529,7 +530,7 @@ func (q *QueueService) Ack(ctx context.Context, req *quorumqpb.AckRequest) (*quo
 }
 
 func (q *QueueService) ackCommand(prefix string, req *quorumqpb.AckRequest) (*fsmpb.Ack, error) {
-	if err := ValidateQueueName(prefix+"queue", req.GetQueue()); err != nil {
+	if err := wire.ValidateQueueName(prefix+"queue", req.GetQueue()); err != nil {
 		return nil, err
 	}
 	if err := q.limits.checkReceipts(prefix+"receipts", req.GetQueue(), req.GetReceipts(), false); err != nil {
@@ -540,7 +541,7 @@ func (q *QueueService) ackCommand(prefix string, req *quorumqpb.AckRequest) (*fs
 
 // Nack releases leased messages, available again after delay_ns.
 func (q *QueueService) Nack(ctx context.Context, req *quorumqpb.NackRequest) (*quorumqpb.NackResponse, error) {
-	if err := ValidateQueueName("queue", req.GetQueue()); err != nil {
+	if err := wire.ValidateQueueName("queue", req.GetQueue()); err != nil {
 		return nil, err
 	}
 	if err := q.limits.checkReceipts("receipts", req.GetQueue(), req.GetReceipts(), false); err != nil {
@@ -560,7 +561,7 @@ func (q *QueueService) Nack(ctx context.Context, req *quorumqpb.NackRequest) (*q
 
 // Extend renews leases until now + visibility_ns.
 func (q *QueueService) Extend(ctx context.Context, req *quorumqpb.ExtendRequest) (*quorumqpb.ExtendResponse, error) {
-	if err := ValidateQueueName("queue", req.GetQueue()); err != nil {
+	if err := wire.ValidateQueueName("queue", req.GetQueue()); err != nil {
 		return nil, err
 	}
 	if err := q.limits.checkReceipts("receipts", req.GetQueue(), req.GetReceipts(), false); err != nil {

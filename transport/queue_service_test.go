@@ -13,6 +13,7 @@ import (
 
 	"github.com/quorumq/quorumq/fsm/fsmpb"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
+	"github.com/quorumq/quorumq/transport/wire"
 )
 
 // recorder is a Backend that records what the service proposes and
@@ -134,7 +135,7 @@ func TestRejectsBadRequestsNamingFieldAndLimit(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			rec := &recorder{}
-			err := tc.call(NewQueueService(rec, Limits{}, true))
+			err := tc.call(NewQueueService(rec, wire.Limits{}, true))
 			if status.Code(err) != codes.InvalidArgument {
 				t.Fatalf("got %v, want InvalidArgument", err)
 			}
@@ -143,7 +144,7 @@ func TestRejectsBadRequestsNamingFieldAndLimit(t *testing.T) {
 					t.Errorf("error %q does not mention %q", err, w)
 				}
 			}
-			if code, ok := QueueErrorCode(err); !ok || code != fsmpb.ErrorCode_INVALID_ARGUMENT {
+			if code, ok := wire.QueueErrorCode(err); !ok || code != fsmpb.ErrorCode_INVALID_ARGUMENT {
 				t.Errorf("error lacks the INVALID_ARGUMENT QueueError detail")
 			}
 			if len(rec.cmds) != 0 {
@@ -156,7 +157,7 @@ func TestRejectsBadRequestsNamingFieldAndLimit(t *testing.T) {
 func TestEnqueueCommandAndResultMapping(t *testing.T) {
 	ctx := context.Background()
 	rec := &recorder{result: &fsmpb.Result{Enqueued: []*fsmpb.EnqueueResult{{MessageId: 7}}}}
-	q := NewQueueService(rec, Limits{}, true)
+	q := NewQueueService(rec, wire.Limits{}, true)
 	resp, err := q.Enqueue(ctx, &quorumqpb.EnqueueRequest{Queue: "q", Messages: msgs(1, 3)})
 	if err != nil {
 		t.Fatal(err)
@@ -171,7 +172,7 @@ func TestEnqueueCommandAndResultMapping(t *testing.T) {
 
 	// Without auto-create the command does not create the queue.
 	rec = &recorder{}
-	if _, err := NewQueueService(rec, Limits{}, false).Enqueue(ctx, &quorumqpb.EnqueueRequest{Queue: "q", Messages: msgs(1, 1)}); err != nil {
+	if _, err := NewQueueService(rec, wire.Limits{}, false).Enqueue(ctx, &quorumqpb.EnqueueRequest{Queue: "q", Messages: msgs(1, 1)}); err != nil {
 		t.Fatal(err)
 	}
 	if rec.cmds[0].GetEnqueue().GetCreateQueue() {
@@ -180,18 +181,18 @@ func TestEnqueueCommandAndResultMapping(t *testing.T) {
 
 	// An FSM error becomes its gRPC code with the QueueError detail.
 	rec = &recorder{result: &fsmpb.Result{Error: &fsmpb.Error{Code: fsmpb.ErrorCode_QUEUE_FULL, Message: "queue q is full (max_depth 10)"}}}
-	_, err = NewQueueService(rec, Limits{}, true).Enqueue(ctx, &quorumqpb.EnqueueRequest{Queue: "q", Messages: msgs(1, 1)})
+	_, err = NewQueueService(rec, wire.Limits{}, true).Enqueue(ctx, &quorumqpb.EnqueueRequest{Queue: "q", Messages: msgs(1, 1)})
 	if status.Code(err) != codes.ResourceExhausted {
 		t.Fatalf("queue full: %v, want ResourceExhausted", err)
 	}
-	if code, _ := QueueErrorCode(err); code != fsmpb.ErrorCode_QUEUE_FULL {
+	if code, _ := wire.QueueErrorCode(err); code != fsmpb.ErrorCode_QUEUE_FULL {
 		t.Fatalf("queue full: detail code %v", code)
 	}
 }
 
 func TestReceiveLongPollDeadlineIsEmptyNotError(t *testing.T) {
 	rec := &recorder{}
-	q := NewQueueService(rec, Limits{}, true)
+	q := NewQueueService(rec, wire.Limits{}, true)
 	start := time.Now()
 	resp, err := q.Receive(context.Background(), &quorumqpb.ReceiveRequest{Queue: "q", WaitNs: int64(200 * time.Millisecond)})
 	if err != nil {
@@ -206,7 +207,7 @@ func TestReceiveLongPollDeadlineIsEmptyNotError(t *testing.T) {
 
 	// Piggybacked acks are proposed at once, before the wait.
 	rec = &recorder{result: &fsmpb.Result{Outcomes: []fsmpb.AckOutcome{fsmpb.AckOutcome_ACK_OK}}}
-	resp, err = NewQueueService(rec, Limits{}, true).Receive(context.Background(), &quorumqpb.ReceiveRequest{
+	resp, err = NewQueueService(rec, wire.Limits{}, true).Receive(context.Background(), &quorumqpb.ReceiveRequest{
 		Queue: "q", WaitNs: int64(100 * time.Millisecond), Ack: []*fsmpb.Receipt{{MessageId: 1, Attempt: 1}},
 	})
 	if err != nil || len(resp.GetAckOutcomes()) != 1 || len(rec.cmds) != 1 || len(rec.cmds[0].GetReceive().GetAck()) != 1 {
@@ -216,7 +217,7 @@ func TestReceiveLongPollDeadlineIsEmptyNotError(t *testing.T) {
 	// A caller that goes away gets its context error, not an empty answer.
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	_, err = NewQueueService(&recorder{}, Limits{}, true).Receive(ctx, &quorumqpb.ReceiveRequest{Queue: "q", WaitNs: int64(time.Second)})
+	_, err = NewQueueService(&recorder{}, wire.Limits{}, true).Receive(ctx, &quorumqpb.ReceiveRequest{Queue: "q", WaitNs: int64(time.Second)})
 	if status.Code(err) != codes.DeadlineExceeded {
 		t.Fatalf("caller deadline inside the long poll: %v, want DeadlineExceeded", err)
 	}
@@ -231,7 +232,7 @@ func (r *racer) Available(string) int                        { return 1 }
 
 func TestContendedLongPollBacksOff(t *testing.T) {
 	r := &racer{}
-	resp, err := NewQueueService(r, Limits{}, true).Receive(context.Background(), &quorumqpb.ReceiveRequest{Queue: "q", WaitNs: int64(300 * time.Millisecond)})
+	resp, err := NewQueueService(r, wire.Limits{}, true).Receive(context.Background(), &quorumqpb.ReceiveRequest{Queue: "q", WaitNs: int64(300 * time.Millisecond)})
 	if err != nil || len(resp.GetDeliveries()) != 0 {
 		t.Fatalf("got %v, %v; want an empty response at the deadline", resp, err)
 	}
@@ -245,7 +246,7 @@ func TestContendedLongPollBacksOff(t *testing.T) {
 // lives only while a long poll holds or waits for it, so a server whose
 // queues come and go does not keep one per queue it ever saw.
 func TestLongPollTokensAreDroppedWhenPollsEnd(t *testing.T) {
-	q := NewQueueService(&recorder{}, Limits{}, true)
+	q := NewQueueService(&recorder{}, wire.Limits{}, true)
 	const queues, polls = 20, 3
 	var wg sync.WaitGroup
 	for i := range queues {
@@ -323,7 +324,7 @@ func (c *claimer) proposals() int {
 // back empty (one Raft entry wasted per race).
 func TestReceiveLeavesClaimedMessagesToTheReceiveInFlight(t *testing.T) {
 	c := &claimer{avail: 5, gate: make(chan struct{})}
-	q := NewQueueService(c, Limits{}, true)
+	q := NewQueueService(c, wire.Limits{}, true)
 	first := make(chan error, 1)
 	go func() {
 		_, err := q.Receive(context.Background(), &quorumqpb.ReceiveRequest{Queue: "q", Max: 10})
@@ -369,7 +370,7 @@ func TestReceiveLeavesClaimedMessagesToTheReceiveInFlight(t *testing.T) {
 func TestReceiptQueueIsCheckedNotLogged(t *testing.T) {
 	ctx := context.Background()
 	rec := &recorder{result: &fsmpb.Result{Outcomes: []fsmpb.AckOutcome{fsmpb.AckOutcome_ACK_OK}}}
-	q := NewQueueService(rec, Limits{}, true)
+	q := NewQueueService(rec, wire.Limits{}, true)
 	bound := func() []*fsmpb.Receipt { return []*fsmpb.Receipt{{MessageId: 1, Attempt: 1, Queue: "jobs"}} }
 	calls := map[string]func() error{
 		"ack": func() error {

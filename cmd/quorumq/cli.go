@@ -15,7 +15,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/quorumq/quorumq/client"
-	"github.com/quorumq/quorumq/fsm/fsmpb"
 )
 
 // defaultAddrs reaches the API ports of `quorumq dev`.
@@ -149,39 +148,39 @@ type queueJSON struct {
 	DeadLetteredTotal uint64 `json:"dead_lettered_total"`
 }
 
-func queueOf(q *fsmpb.QueueInfo) queueJSON {
-	s, st := q.GetSettings(), q.GetStats()
+func queueOf(q *client.QueueInfo) queueJSON {
+	s, st := q.Settings, q.Stats
 	out := queueJSON{
-		Name:              q.GetName(),
-		VisibilityTimeout: time.Duration(s.GetVisibilityTimeoutNs()).String(),
-		MaxDeliveries:     s.GetMaxDeliveries(),
-		DeadLetterQueue:   s.GetDeadLetterQueue(),
-		DedupWindow:       time.Duration(s.GetDedupWindowNs()).String(),
-		Retention:         time.Duration(s.GetRetentionNs()).String(),
-		MaxDepth:          s.GetMaxDepth(),
-		Ready:             st.GetReady(),
-		Leased:            st.GetLeased(),
-		Delayed:           st.GetDelayed(),
-		DeadLettered:      st.GetDeadLettered(),
-		EnqueuedTotal:     st.GetEnqueuedTotal(),
-		DeliveredTotal:    st.GetDeliveredTotal(),
-		AckedTotal:        st.GetAckedTotal(),
-		RedeliveredTotal:  st.GetRedeliveredTotal(),
-		DedupHitsTotal:    st.GetDedupHitsTotal(),
-		ExpiredTotal:      st.GetExpiredTotal(),
-		DeadLetteredTotal: st.GetDeadLetteredTotal(),
+		Name:              q.Name,
+		VisibilityTimeout: s.VisibilityTimeout.String(),
+		MaxDeliveries:     s.MaxDeliveries,
+		DeadLetterQueue:   s.DeadLetterQueue,
+		DedupWindow:       s.DedupWindow.String(),
+		Retention:         s.Retention.String(),
+		MaxDepth:          s.MaxDepth,
+		Ready:             st.Ready,
+		Leased:            st.Leased,
+		Delayed:           st.Delayed,
+		DeadLettered:      st.DeadLettered,
+		EnqueuedTotal:     st.EnqueuedTotal,
+		DeliveredTotal:    st.DeliveredTotal,
+		AckedTotal:        st.AckedTotal,
+		RedeliveredTotal:  st.RedeliveredTotal,
+		DedupHitsTotal:    st.DedupHitsTotal,
+		ExpiredTotal:      st.ExpiredTotal,
+		DeadLetteredTotal: st.DeadLetteredTotal,
 	}
-	if s.GetRetentionNs() == 0 {
+	if s.Retention == client.NoRetentionLimit {
 		out.Retention = "forever"
 	}
-	if ns := q.GetCreatedAtUnixNano(); ns != 0 {
-		out.CreatedAt = time.Unix(0, ns).UTC().Format(time.RFC3339)
+	if !q.CreatedAt.IsZero() {
+		out.CreatedAt = q.CreatedAt.UTC().Format(time.RFC3339)
 	}
 	return out
 }
 
 // queueTable prints queues one per row with their main counters.
-func queueTable(w io.Writer, qs []*fsmpb.QueueInfo) error {
+func queueTable(w io.Writer, qs []*client.QueueInfo) error {
 	rows := make([][]string, len(qs))
 	for i, q := range qs {
 		j := queueOf(q)

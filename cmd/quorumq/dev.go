@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -145,22 +144,13 @@ func startLocalCluster(ctx context.Context, dir string, basePort int, logger *sl
 		return errors.Join(errs...)
 	}
 	for i := 0; i < devNodes; i++ {
-		id := "n" + strconv.Itoa(i+1)
-		n, err := cluster.Start(ctx, cluster.Config{
-			NodeID:           id,
-			DataDir:          filepath.Join(dir, id),
-			APIAddr:          localAddr(basePort + i),
-			RaftAddr:         localAddr(basePort + 100 + i),
-			GossipAddr:       lc.gossip[i],
-			AdminAddr:        localAddr(basePort + 300 + i),
-			BootstrapExpect:  devNodes,
-			Join:             lc.gossip,
-			AutoCreateQueues: true,
-			LocalGossip:      true,
-			Logger:           logger,
-		})
+		cfg := cluster.LocalConfig(dir, i, devNodes, logger)
+		cfg.APIAddr, cfg.RaftAddr, cfg.GossipAddr = localAddr(basePort+i), localAddr(basePort+100+i), lc.gossip[i]
+		cfg.AdminAddr = localAddr(basePort + 300 + i)
+		cfg.Join = lc.gossip
+		n, err := cluster.Start(ctx, cfg)
 		if err != nil {
-			return nil, errors.Join(fmt.Errorf("start %s: %w", id, err), lc.close())
+			return nil, errors.Join(fmt.Errorf("start %s: %w", cfg.NodeID, err), lc.close())
 		}
 		lc.nodes = append(lc.nodes, n)
 	}

@@ -217,7 +217,7 @@ func TestSecureClusterBackupAndRestore(t *testing.T) {
 	}
 	defer c.Close()
 	info, err := c.GetQueue(ctx, "jobs")
-	if err != nil || info.GetStats().GetReady() != 1 {
+	if err != nil || info.Stats.Ready != 1 {
 		t.Fatalf("restored queue jobs: %v %v, want 1 ready message", info, err)
 	}
 }

@@ -8,39 +8,66 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/quorumq/quorumq/client"
-	"github.com/quorumq/quorumq/fsm/fsmpb"
 )
 
 func init() {
 	queueCmd := &cobra.Command{
 		Use:   "queue",
-		Short: "Create, list, inspect, purge and delete queues",
+		Short: "Create, update, list, inspect, purge and delete queues",
 	}
-	queueCmd.AddCommand(queueCreateCmd(), queueListCmd(), queueStatsCmd(), queueDeleteCmd(), queuePurgeCmd())
+	queueCmd.AddCommand(queueCreateCmd(), queueUpdateCmd(), queueListCmd(), queueStatsCmd(), queueDeleteCmd(), queuePurgeCmd())
 	rootCmd.AddCommand(queueCmd)
+}
+
+// settingsFlags are the queue settings create and update take; an unset
+// flag means the server's default on create and "unchanged" on update.
+type settingsFlags struct {
+	s       client.QueueSettings
+	forever bool
+}
+
+func (sf *settingsFlags) add(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.DurationVar(&sf.s.VisibilityTimeout, "visibility", 0, "lease length when a receive gives none (server default 30s)")
+	fl.Uint32Var(&sf.s.MaxDeliveries, "max-deliveries", 0, "deliveries before a message is dead-lettered (0: unlimited)")
+	fl.StringVar(&sf.s.DeadLetterQueue, "dlq", "", "dead-letter queue (default: drop and count)")
+	fl.DurationVar(&sf.s.DedupWindow, "dedup-window", 0, "how long dedup and request IDs are remembered (server default 10m)")
+	fl.DurationVar(&sf.s.Retention, "retention", 0, "max age of a message (server default 14 days)")
+	fl.BoolVar(&sf.forever, "keep-forever", false, "no retention limit")
+	fl.Uint64Var(&sf.s.MaxDepth, "max-depth", 0, "max messages in the queue; enqueues beyond are rejected (0: unlimited)")
+}
+
+// settings returns the settings the flags give.
+func (sf *settingsFlags) settings() (client.QueueSettings, error) {
+	s := sf.s
+	if sf.forever {
+		if s.Retention != 0 {
+			return s, fmt.Errorf("--retention and --keep-forever: give one, not both")
+		}
+		s.Retention = client.NoRetentionLimit
+	}
+	return s, nil
 }
 
 func queueCreateCmd() *cobra.Command {
 	var f cliFlags
-	var s client.QueueSettings
-	var forever, ifNotExists bool
+	var sf settingsFlags
+	var ifNotExists bool
 	cmd := &cobra.Command{
 		Use:   "create NAME",
 		Short: "Create a queue (unset settings take the server's defaults)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if forever {
-				if s.Retention != 0 {
-					return fmt.Errorf("--retention and --keep-forever: give one, not both")
-				}
-				s.Retention = client.NoRetentionLimit
+			s, err := sf.settings()
+			if err != nil {
+				return err
 			}
 			ctx, c, done, err := f.connect(cmd)
 			if err != nil {
 				return err
 			}
 			defer done()
-			var q *fsmpb.QueueInfo
+			var q *client.QueueInfo
 			if ifNotExists {
 				q, err = c.EnsureQueue(ctx, args[0], s)
 			} else {
@@ -53,19 +80,49 @@ func queueCreateCmd() *cobra.Command {
 		},
 	}
 	addClientFlags(cmd, &f)
-	fl := cmd.Flags()
-	fl.DurationVar(&s.VisibilityTimeout, "visibility", 0, "lease length when a receive gives none (server default 30s)")
-	fl.Uint32Var(&s.MaxDeliveries, "max-deliveries", 0, "deliveries before a message is dead-lettered (0: unlimited)")
-	fl.StringVar(&s.DeadLetterQueue, "dlq", "", "dead-letter queue (default: drop and count)")
-	fl.DurationVar(&s.DedupWindow, "dedup-window", 0, "how long dedup and request IDs are remembered (server default 10m)")
-	fl.DurationVar(&s.Retention, "retention", 0, "max age of a message (server default 14 days)")
-	fl.BoolVar(&forever, "keep-forever", false, "no retention limit")
-	fl.Uint64Var(&s.MaxDepth, "max-depth", 0, "max messages in the queue; enqueues beyond are rejected (0: unlimited)")
-	fl.BoolVar(&ifNotExists, "if-not-exists", false, "succeed when the queue exists (and keep its settings)")
+	sf.add(cmd)
+	cmd.Flags().BoolVar(&ifNotExists, "if-not-exists", false, "succeed when the queue exists (and keep its settings)")
 	return cmd
 }
 
-func printQueue(cmd *cobra.Command, f *cliFlags, q *fsmpb.QueueInfo) error {
+func queueUpdateCmd() *cobra.Command {
+	var f cliFlags
+	var sf settingsFlags
+	cmd := &cobra.Command{
+		Use:   "update NAME",
+		Short: "Change the settings given as flags and keep the others",
+		Long: `Change the settings given as flags and keep the others.
+
+An unset or zero flag leaves its setting as it is, so a setting cannot be
+changed back to "none" (unlimited deliveries, no dead-letter queue, no max
+depth); retention can, with --keep-forever.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := sf.settings()
+			if err != nil {
+				return err
+			}
+			if s == (client.QueueSettings{}) {
+				return fmt.Errorf("queue update %s: give at least one setting to change (--visibility, --max-deliveries, --dlq, --dedup-window, --retention, --keep-forever, --max-depth)", args[0])
+			}
+			ctx, c, done, err := f.connect(cmd)
+			if err != nil {
+				return err
+			}
+			defer done()
+			q, err := c.UpdateQueue(ctx, args[0], s)
+			if err != nil {
+				return err
+			}
+			return printQueue(cmd, &f, q)
+		},
+	}
+	addClientFlags(cmd, &f)
+	sf.add(cmd)
+	return cmd
+}
+
+func printQueue(cmd *cobra.Command, f *cliFlags, q *client.QueueInfo) error {
 	w := cmd.OutOrStdout()
 	if f.json {
 		return printJSON(w, queueOf(q))

@@ -15,6 +15,7 @@ import (
 func init() { rootCmd.AddCommand(recvCmd()) }
 
 type recvJSON struct {
+	Receipt    string            `json:"receipt"` // MESSAGE_ID/ATTEMPT, what ack, nack and extend take
 	MessageID  uint64            `json:"message_id"`
 	Attempt    uint32            `json:"attempt"`
 	Body       string            `json:"body"`
@@ -36,9 +37,10 @@ func recvCmd() *cobra.Command {
 		Long: `Receive up to --max messages and print them.
 
 Without --ack or --auto-ack the messages stay leased for the visibility
-timeout and are then delivered again (at-least-once: the printed receipt,
-MESSAGE_ID/ATTEMPT, is what an ack needs). --ack acks them after they were
-printed; --auto-ack deletes them as they are delivered (at-most-once).`,
+timeout and are then delivered again (at-least-once): the printed receipt,
+MESSAGE_ID/ATTEMPT, is what "quorumq ack", "nack" and "extend" take. --ack
+acks them after they were printed; --auto-ack deletes them as they are
+delivered (at-most-once).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if ack && autoAck {
@@ -64,6 +66,7 @@ printed; --auto-ack deletes them as they are delivered (at-most-once).`,
 			out := make([]recvJSON, len(msgs))
 			for i, m := range msgs {
 				out[i] = recvJSON{
+					Receipt:   formatReceipt(m.Receipt),
 					MessageID: m.Receipt.MessageID, Attempt: m.Receipt.Attempt, Body: string(m.Body),
 					DedupID: m.DedupID, Attributes: m.Attributes, EnqueuedAt: fmtTime(m.EnqueuedAt), Acked: autoAck,
 				}
@@ -116,7 +119,7 @@ func printMessages(cmd *cobra.Command, f *cliFlags, ms []recvJSON) error {
 		for _, k := range slices.Sorted(maps.Keys(m.Attributes)) {
 			attrs = append(attrs, k+"="+m.Attributes[k])
 		}
-		rows[i] = []string{u(m.MessageID), fmt.Sprint(m.Attempt), m.Body, strings.Join(attrs, ","), m.LeaseUntil}
+		rows[i] = []string{m.Receipt, m.Body, strings.Join(attrs, ","), m.LeaseUntil}
 	}
-	return table(w, []string{"MESSAGE_ID", "ATTEMPT", "BODY", "ATTRIBUTES", "LEASE_UNTIL"}, rows)
+	return table(w, []string{"RECEIPT", "BODY", "ATTRIBUTES", "LEASE_UNTIL"}, rows)
 }

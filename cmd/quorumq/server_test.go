@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/quorumq/quorumq/cluster"
 	"github.com/quorumq/quorumq/fsm/fsmpb"
+	"github.com/quorumq/quorumq/jepsen-style-tests/harness"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
 )
 
@@ -95,30 +95,14 @@ func TestLooseSecretFilesAreWarnedAbout(t *testing.T) {
 	}
 }
 
-// freePorts returns n ports that were free a moment ago.
-func freePorts(t *testing.T, n int) []int {
-	t.Helper()
-	var ports []int
-	var lns []net.Listener
-	for i := 0; i < n; i++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		lns = append(lns, ln)
-		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
-	}
-	for _, ln := range lns {
-		ln.Close()
-	}
-	return ports
-}
-
 // TestServerCommandFormsClusterAndStopsOnSignal runs three `quorumq
 // server` commands in-process, as an operator would start them, and stops
 // them the way a SIGTERM does (their context ends).
 func TestServerCommandFormsClusterAndStopsOnSignal(t *testing.T) {
-	ports := freePorts(t, 9)
+	ports, err := harness.FreePorts(9)
+	if err != nil {
+		t.Fatal(err)
+	}
 	addr := func(p int) string { return "127.0.0.1:" + strconv.Itoa(p) }
 	var join []string
 	for i := 0; i < 3; i++ {
@@ -192,7 +176,7 @@ func TestServerCommandFormsClusterAndStopsOnSignal(t *testing.T) {
 		t.Fatalf("snapshot on the leader: %v", err)
 	}
 	snapshots := 0
-	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil || path == dir {
 			return err
 		}

@@ -6,17 +6,16 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/quorumq/quorumq/client"
+	"github.com/quorumq/quorumq/jepsen-style-tests/harness"
 )
 
 // This file runs three real quorumq processes, each with its data dir on
@@ -32,80 +31,20 @@ var buildServer = sync.OnceValues(func() (string, error) {
 		return "", err
 	}
 	bin := filepath.Join(dir, "quorumq")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/quorumq")
-	cmd.Dir = filepath.Join("..", "..")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/quorumq: %v\n%s", err, out)
-	}
-	return bin, nil
+	return bin, harness.BuildBinary(bin, nil)
 })
-
-// freePorts returns n distinct free loopback addresses. The listeners stay
-// open until all n are picked: closed one by one, the kernel may hand the
-// same port out twice (two servers of one test then collide on bind).
-func freePorts(t *testing.T, n int) []string {
-	t.Helper()
-	addrs := make([]string, n)
-	for i := range addrs {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		addrs[i] = l.Addr().String()
-	}
-	return addrs
-}
 
 // server is one quorumq process on a lazyfs mount.
 type server struct {
 	id, api, raftAddr, gossip string
 	fs                        *FS
-	logPath                   string
-	args                      []string
-	bin                       string
-	starts                    int
-
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
+	proc                      *harness.Process
 }
 
-func (s *server) start() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	logf, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	s.starts++
-	fmt.Fprintf(logf, "=== lazyfs test: start #%d\n", s.starts)
-	cmd := exec.Command(s.bin, s.args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	// Dies with the test binary, even when its cleanups do not run.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return err
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); logf.Close(); close(done) }()
-	s.cmd, s.done = cmd, done
-	return nil
-}
+func (s *server) start() error { return s.proc.Start() }
 
 // kill is kill -9 plus waiting for the exit, so the mount is idle.
-func (s *server) kill() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd == nil {
-		return nil
-	}
-	s.cmd.Process.Kill()
-	<-s.done
-	s.cmd = nil
-	return nil
-}
+func (s *server) kill() error { return s.proc.Kill() }
 
 func (s *server) target() Target {
 	return Target{Name: s.id, FS: s.fs, Kill: s.kill, Start: s.start}
@@ -119,9 +58,13 @@ func startServers(t *testing.T) []*server {
 	}
 	base := t.TempDir()
 	servers := make([]*server, 3)
-	ports := freePorts(t, 3*len(servers))
+	ports, err := harness.FreePorts(3 * len(servers))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := func(i int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[i])) }
 	for i := range servers {
-		s := &server{id: fmt.Sprintf("n%d", i+1), api: ports[3*i], raftAddr: ports[3*i+1], gossip: ports[3*i+2], bin: bin}
+		s := &server{id: fmt.Sprintf("n%d", i+1), api: addr(3 * i), raftAddr: addr(3*i + 1), gossip: addr(3*i + 2)}
 		backing, mnt := filepath.Join(base, s.id, "backing"), filepath.Join(base, s.id, "mnt")
 		for _, d := range []string{backing, mnt} {
 			if err := os.MkdirAll(d, 0o755); err != nil {
@@ -131,19 +74,15 @@ func startServers(t *testing.T) []*server {
 		if s.fs, err = Mount(backing, mnt); err != nil {
 			t.Fatal(err)
 		}
-		s.logPath = filepath.Join(base, s.id+".log")
+		s.proc = &harness.Process{Bin: bin, LogPath: filepath.Join(base, s.id+".log")}
 		servers[i] = s
 	}
-	for _, s := range servers {
-		var join []string
-		for _, o := range servers {
-			if o != s {
-				join = append(join, o.gossip)
-			}
-		}
-		s.args = []string{"server", "--node-id", s.id, "--data-dir", filepath.Join(s.fs.Mountpoint(), "data"),
-			"--api-addr", s.api, "--raft-addr", s.raftAddr, "--gossip-addr", s.gossip,
-			"--bootstrap-expect", "3", "--join", strings.Join(join, ","), "--log-level", "info"}
+	names := make([]harness.Server, len(servers))
+	for i, s := range servers {
+		names[i] = harness.Server{ID: s.id, DataDir: filepath.Join(s.fs.Mountpoint(), "data"), API: s.api, Raft: s.raftAddr, Gossip: s.gossip}
+	}
+	for i, s := range servers {
+		s.proc.Args = harness.ServerArgs(names[i], names, len(names), "--log-level", "info")
 	}
 	t.Cleanup(func() {
 		for _, s := range servers {
@@ -155,7 +94,7 @@ func startServers(t *testing.T) []*server {
 		}
 		if t.Failed() {
 			for _, s := range servers {
-				b, _ := os.ReadFile(s.logPath)
+				b, _ := os.ReadFile(s.proc.LogPath)
 				if len(b) > 6000 {
 					b = b[len(b)-6000:]
 				}
@@ -416,8 +355,7 @@ func TestPowerFailureLosesNoAcknowledgedMessage(t *testing.T) {
 			gctx, gcancel := context.WithTimeout(ctx, 2*time.Second)
 			info, err := c.GetQueue(gctx, q)
 			gcancel()
-			s := info.GetStats()
-			if err != nil || s.GetReady()+s.GetLeased()+s.GetDelayed() != 0 {
+			if err != nil || info.Stats.Ready+info.Stats.Leased+info.Stats.Delayed != 0 {
 				empty = false
 			}
 		}

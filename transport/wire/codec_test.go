@@ -1,4 +1,4 @@
-package transport
+package wire
 
 import (
 	"strings"
@@ -8,8 +8,8 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/quorumq/quorumq/fsm"
 	"github.com/quorumq/quorumq/fsm/fsmpb"
+	"github.com/quorumq/quorumq/fsm/limits"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
 )
 
@@ -23,7 +23,7 @@ func unmarshal(t *testing.T, l Limits, m proto.Message, b []byte) error {
 func TestServerCodecDecodesTheLargestLegalRequest(t *testing.T) {
 	l := DefaultLimits()
 	req := &quorumqpb.TransactionRequest{}
-	groups := fsm.MaxTransactionOp
+	groups := limits.MaxTransactionOp
 	for range groups / 2 {
 		ack := &quorumqpb.AckRequest{Queue: "a"}
 		for range l.MaxReceipts / (groups / 2) {

@@ -1,4 +1,4 @@
-package transport
+package wire
 
 import (
 	"fmt"
@@ -10,7 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
-	"github.com/quorumq/quorumq/fsm"
+	"github.com/quorumq/quorumq/fsm/limits"
 )
 
 // MaxNestedMessages is the most nested messages (repeated elements
@@ -20,8 +20,8 @@ import (
 // wire and a whole struct each once decoded, so the server counts them in
 // the wire bytes before it decodes anything.
 func (l Limits) MaxNestedMessages() int {
-	l = l.withDefaults()
-	return l.MaxBatchMessages*(1+l.MaxAttributes) + l.MaxReceipts + fsm.MaxTransactionOp
+	l = l.WithDefaults()
+	return l.MaxBatchMessages*(1+l.MaxAttributes) + l.MaxReceipts + limits.MaxTransactionOp
 }
 
 // ServerCodec is the API server's protobuf codec: Codec, after a scan of

@@ -1,4 +1,4 @@
-package transport
+package wire
 
 import (
 	"google.golang.org/grpc/mem"
@@ -17,7 +17,7 @@ var BufferPool = func() mem.BufferPool {
 	}
 	p, err := mem.NewBinaryTieredBufferPool(exponents...)
 	if err != nil {
-		panic("transport: buffer pool: " + err.Error())
+		panic("wire: buffer pool: " + err.Error())
 	}
 	return p
 }()

@@ -1,4 +1,4 @@
-package jepsen
+package harness
 
 import (
 	"os"
@@ -8,8 +8,9 @@ import (
 	"syscall"
 )
 
-// The cleanup registry makes sure namespaces and node processes go away when
-// the test binary is interrupted: t.Cleanup does not run on SIGINT, so the
+// The cleanup registry makes sure what a test set up outside its process
+// (node processes, network namespaces, mounts) goes away when the test
+// binary is interrupted: t.Cleanup does not run on SIGINT, so the
 // first registration installs a handler that runs every pending cleanup and
 // then exits with the conventional 128+signal status.
 var cleanups = struct {
@@ -19,9 +20,9 @@ var cleanups = struct {
 	installed bool
 }{fns: map[int]func(){}}
 
-// registerCleanup adds fn to the interrupt cleanups and returns a function
+// RegisterCleanup adds fn to the interrupt cleanups and returns a function
 // that removes it again (call it once fn has run normally).
-func registerCleanup(fn func()) (unregister func()) {
+func RegisterCleanup(fn func()) (unregister func()) {
 	cleanups.Lock()
 	defer cleanups.Unlock()
 	if !cleanups.installed {
@@ -30,7 +31,7 @@ func registerCleanup(fn func()) (unregister func()) {
 		signal.Notify(ch, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 		go func() {
 			sig := <-ch
-			runCleanups()
+			RunCleanups()
 			code := 130
 			if s, ok := sig.(syscall.Signal); ok {
 				code = 128 + int(s)
@@ -48,9 +49,9 @@ func registerCleanup(fn func()) (unregister func()) {
 	}
 }
 
-// runCleanups runs every registered cleanup, newest first (processes were
+// RunCleanups runs every registered cleanup, newest first (processes were
 // registered after the network they run in).
-func runCleanups() {
+func RunCleanups() {
 	cleanups.Lock()
 	var ids []int
 	for id := range cleanups.fns {

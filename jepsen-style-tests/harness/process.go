@@ -1,4 +1,4 @@
-package jepsen
+package harness
 
 import (
 	"errors"
@@ -10,10 +10,17 @@ import (
 	"time"
 )
 
+// StartMarker begins the line a Process writes to its log at each start,
+// followed by the start's number: what a node logged since its last start
+// is what follows the last marker.
+const StartMarker = "=== harness: start #"
+
 // Process is one node's server process. It can be killed, paused and
 // restarted any number of times; every incarnation appends to the same log
 // file, separated by a marker line, so a report shows what each node said
-// before and after each fault.
+// before and after each fault. Every process started is killed if the test
+// binary is interrupted (RegisterCleanup) or dies (SIGKILL on the parent's
+// death).
 type Process struct {
 	// Namespace is the network namespace to run in; "" runs in the test
 	// process's own namespace (loopback mode).
@@ -44,7 +51,7 @@ func (p *Process) Start() error {
 		return fmt.Errorf("process log: %w", err)
 	}
 	p.starts++
-	fmt.Fprintf(logf, "=== jepsen: start #%d at %s: %s %v\n", p.starts, time.Now().UTC().Format(time.RFC3339Nano), p.Bin, p.Args)
+	fmt.Fprintf(logf, StartMarker+"%d at %s: %s %v\n", p.starts, time.Now().UTC().Format(time.RFC3339Nano), p.Bin, p.Args)
 	var cmd *exec.Cmd
 	if p.Namespace != "" {
 		// nsenter enters the network namespace and then execs the binary,
@@ -70,11 +77,11 @@ func (p *Process) Start() error {
 	done := make(chan struct{})
 	p.cmd, p.done, p.paused, p.exitErr = cmd, done, false, nil
 	if p.unreg == nil {
-		p.unreg = registerCleanup(func() { p.Kill() })
+		p.unreg = RegisterCleanup(func() { p.Kill() })
 	}
 	go func() {
 		err := cmd.Wait()
-		fmt.Fprintf(logf, "=== jepsen: exit of start #%d at %s: %v\n", p.starts, time.Now().UTC().Format(time.RFC3339Nano), err)
+		fmt.Fprintf(logf, "=== harness: exit of start #%d at %s: %v\n", p.starts, time.Now().UTC().Format(time.RFC3339Nano), err)
 		logf.Close()
 		p.mu.Lock()
 		p.exitErr = err

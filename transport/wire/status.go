@@ -1,9 +1,10 @@
-// Package transport owns quorumq's wire: the client API (package quorumqpb,
-// generated from quorumq.proto), the typed gRPC error details that both the
-// server and the client use, request limits and their validation, the gRPC
-// Queue service over a node's Backend (including long polls, which take
-// turns per queue), and (in package transport/raftnet) the Raft stream
-// layer.
+// Package wire is quorumq's wire contract beyond the generated stubs
+// (package quorumqpb): what the server and the Go client must agree on,
+// and nothing of the server. It holds the typed gRPC error details, the
+// request limits with the name and message rules both sides check, and
+// the protobuf codec and buffer pool both sides use. The client imports it
+// and quorumqpb, never the server's packages (transport, cluster), so a
+// change inside the server cannot break a user's build.
 //
 // Errors cross the wire as gRPC status codes with typed details, so a client
 // can tell "go elsewhere" from "may have happened" from "will never work":
@@ -15,7 +16,7 @@
 //	AlreadyExists      + QueueError      the queue exists
 //	ResourceExhausted  + QueueError      queue full, or a limit
 //	FailedPrecondition + QueueError      lease lost, out of order, receipt of another queue
-package transport
+package wire
 
 import (
 	"errors"
