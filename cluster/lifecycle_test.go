@@ -429,3 +429,35 @@ func TestReplacedNodeStaysFreshAfterAStaleSnapshot(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// A leader that removes itself right after the cluster formed is not
+// added back by the next leader. raft shuts the removed leader down, but
+// its process still gossips; had it still gossiped as fresh, the next
+// leader (which does not know of the removal) would add it again.
+func TestLeaderRemovedRightAfterBootstrapStaysRemoved(t *testing.T) {
+	c := StartTestCluster(t, 3)
+	leader := c.Leader(t)
+	id := leader.ID()
+	cl := quorumqpb.NewClusterClient(c.Conn(t, c.Index(leader)))
+	if _, err := cl.RemoveServer(ctxT(t, 10*time.Second), &quorumqpb.RemoveServerRequest{Id: id}); err != nil {
+		t.Fatalf("leader %s removing itself: %v", id, err)
+	}
+	var next *Node
+	deadline := time.Now().Add(15 * time.Second)
+	for next == nil {
+		for _, n := range c.Live() {
+			if n != leader && n.IsLeader() && n.ready.Load() {
+				next = n
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no new leader within 15 s of %s removing itself", id)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for end := time.Now().Add(4 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if v := voters(t, next); slices.Contains(v, id) {
+			t.Fatalf("new leader %s added the removed %s back: voters %v", next.ID(), id, v)
+		}
+	}
+}

@@ -16,19 +16,33 @@ import (
 // has joined.
 
 // membershipLoop bootstraps a fresh node once BootstrapExpect fresh
-// servers are in gossip, and clears this node's fresh flag once it has
-// joined: it sees itself in its Raft configuration and a leader has kept
-// in touch with it for joinSettle (see joined).
+// servers are in gossip, and clears this node's fresh flag once it is part
+// of the cluster: it bootstrapped and sees itself in its configuration, or
+// it sees itself there and a leader has kept in touch with it for
+// joinSettle (see joined); or once raft has shut down after removing it.
 func (n *Node) membershipLoop(fresh bool) {
 	defer n.wg.Done()
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
 	var since time.Time // when joined's conditions started to hold
+	bootstrapped := false
 	for fresh {
 		select {
 		case <-n.stop:
 			return
 		case <-t.C:
+		}
+		// raft shuts down a leader that removed itself: it will not be
+		// part of this cluster again, and must not look like a server
+		// waiting to be added to the next leader, which does not know of
+		// the removal.
+		if n.raft.State() == raft.Shutdown {
+			break
+		}
+		// A server that bootstrapped holds the configuration it wrote
+		// itself; only a joiner's can come from a stale RPC.
+		if bootstrapped && n.inConfiguration() {
+			break
 		}
 		if !n.joined() {
 			since = time.Time{}
@@ -36,11 +50,10 @@ func (n *Node) membershipLoop(fresh bool) {
 			since = time.Now()
 		}
 		if !since.IsZero() && time.Since(since) >= n.joinSettle() {
-			fresh = false
 			break
 		}
-		if n.cfg.BootstrapExpect > 0 {
-			n.maybeBootstrap()
+		if n.cfg.BootstrapExpect > 0 && !bootstrapped {
+			bootstrapped = n.maybeBootstrap()
 		}
 	}
 	if n.delegate.setFresh(false) {
@@ -94,13 +107,13 @@ func (n *Node) inConfiguration() bool {
 	return false
 }
 
-// maybeBootstrap bootstraps Raft when exactly the expected number of
+// maybeBootstrap bootstraps Raft, and reports whether it did, when exactly the expected number of
 // fresh servers, this one included, see each other and none of the alive
 // members is already part of a cluster. Every such server computes the
 // same configuration (all of them as voters, sorted by ID), so their
 // bootstraps agree; a server that joins a running cluster sees a non-fresh
 // member and waits for the leader to add it instead.
-func (n *Node) maybeBootstrap() {
+func (n *Node) maybeBootstrap() bool {
 	var servers []raft.Server
 	self := false
 	for _, m := range n.members.all() {
@@ -108,7 +121,7 @@ func (n *Node) maybeBootstrap() {
 			continue
 		}
 		if !m.meta.Fresh {
-			return // a cluster exists; its leader will add us
+			return false // a cluster exists; its leader will add us
 		}
 		servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(m.meta.ID), Address: raft.ServerAddress(m.meta.Raft)})
 		if m.meta.ID == n.cfg.NodeID {
@@ -116,12 +129,12 @@ func (n *Node) maybeBootstrap() {
 		}
 	}
 	if !self || len(servers) < n.cfg.BootstrapExpect {
-		return
+		return false
 	}
 	if len(servers) > n.cfg.BootstrapExpect {
 		n.log.Warn("more fresh servers than bootstrap-expect; not bootstrapping, to avoid diverging configurations",
 			"seen", len(servers), "expect", n.cfg.BootstrapExpect)
-		return
+		return false
 	}
 	sort.Slice(servers, func(i, j int) bool { return servers[i].ID < servers[j].ID })
 	ids := make([]string, len(servers))
@@ -131,9 +144,14 @@ func (n *Node) maybeBootstrap() {
 	f := n.raft.BootstrapCluster(raft.Configuration{Servers: servers})
 	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.ApplyTimeout)
 	defer cancel()
-	if err := n.await(ctx, f, n.cfg.ApplyTimeout); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+	err := n.await(ctx, f, n.cfg.ApplyTimeout)
+	switch {
+	case errors.Is(err, raft.ErrCantBootstrap):
+		return false // raft already holds state: not this node's configuration
+	case err != nil:
 		n.log.Error("bootstrap failed", "err", err)
-		return
+		return false
 	}
 	n.log.Info("bootstrapped raft", "servers", ids)
+	return true
 }
