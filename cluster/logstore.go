@@ -172,6 +172,7 @@ func openWAL(dir string, log *slog.Logger, fsyncs prometheus.Observer) (*logStor
 	if walVFS != nil {
 		vfs = walVFS(vfs)
 	}
+	vfs = createVFS{VFS: vfs, log: log}
 	wl := &walLog{dir: dir, meta: meta, log: log, open: func() (*wal.WAL, error) {
 		if err := removeEmptyTail(dir, meta); err != nil {
 			return nil, err
@@ -407,6 +408,36 @@ func (f walFiler) Open(info types.SegmentInfo) (types.SegmentReader, error) {
 		return f.RecoverTail(info)
 	}
 	return f.Filer.Open(info)
+}
+
+// createVFS cleans up after a segment creation that failed. raft-wal
+// creates a segment file exclusively, then preallocates it; when the
+// preallocation fails (a full disk) the file stays, and raft-wal's next
+// try names the segment identically (same ID, same base index) and fails
+// with "file exists", every time, for as long as the process runs: the
+// log can then neither rotate nor drop a suffix nor be reset after a
+// snapshot install. A segment being created is never one the wal's meta
+// DB lists (its ID is above all of theirs), so a file of its name is the
+// leftover of such a failure, and is removed.
+type createVFS struct {
+	types.VFS
+	log *slog.Logger
+}
+
+func (v createVFS) Create(dir, name string, size uint64) (types.WritableFile, error) {
+	path := filepath.Join(dir, name)
+	f, err := v.VFS.Create(dir, name, size)
+	if errors.Is(err, os.ErrExist) {
+		if rerr := os.Remove(path); rerr != nil {
+			return nil, err
+		}
+		v.log.Warn("removed a segment file left by a creation that failed", "file", path)
+		f, err = v.VFS.Create(dir, name, size)
+	}
+	if err != nil && !errors.Is(err, os.ErrExist) {
+		_ = os.Remove(path) // left by a failed preallocation, if this call created it
+	}
+	return f, err
 }
 
 // timedVFS is the file system raft-wal writes segments through, with

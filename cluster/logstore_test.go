@@ -316,3 +316,48 @@ func TestWALAppendsAgainAfterAFailedSegmentRotation(t *testing.T) {
 		t.Fatalf("log %d..%d after the restart, want 1..%d", first, last, next-1)
 	}
 }
+
+// TestWALTruncatesAgainAfterAFailedSegmentCreation: removing a suffix of
+// the log (a follower whose log conflicts with its leader's) or all of it
+// (after a snapshot install) makes raft-wal create a new segment. When a
+// full disk fails that creation, raft-wal leaves the file behind and
+// names the next try identically, which then failed with "file exists"
+// for as long as the process ran: the fault suite saw a follower install
+// 51 snapshots in a row without catching up. Once the disk has room, the
+// truncation and the appends after it succeed.
+func TestWALTruncatesAgainAfterAFailedSegmentCreation(t *testing.T) {
+	var full atomic.Bool
+	walVFS = func(v types.VFS) types.VFS { return fullVFS{VFS: v, full: &full} }
+	defer func() { walVFS = nil }()
+	s, err := openLogStore(t.TempDir(), LogStoreWAL, testLogger(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.StoreLogs(commandLogs(t, 1, 30, 1)); err != nil {
+		t.Fatal(err)
+	}
+	full.Store(true)
+	if err := s.DeleteRange(21, 30); err == nil {
+		t.Fatal("suffix removed while the disk is full; the test injects nothing")
+	}
+	if err := s.DeleteRange(1, 30); err == nil {
+		t.Fatal("log reset while the disk is full; the test injects nothing")
+	}
+	full.Store(false)
+	if err := s.DeleteRange(21, 30); err != nil {
+		t.Fatalf("remove the suffix 21..30 once the disk has room: %v", err)
+	}
+	if err := s.StoreLogs(commandLogs(t, 21, 25, 2)); err != nil {
+		t.Fatalf("append 21..25 after the suffix was removed: %v", err)
+	}
+	if err := s.DeleteRange(1, 25); err != nil {
+		t.Fatalf("reset the log once the disk has room: %v", err)
+	}
+	if err := s.StoreLogs(commandLogs(t, 41, 45, 3)); err != nil {
+		t.Fatalf("append 41..45 after the reset: %v", err)
+	}
+	if first, last, _ := indexes(s.LogStore); first != 41 || last != 45 {
+		t.Fatalf("log %d..%d, want 41..45", first, last)
+	}
+}
