@@ -50,7 +50,7 @@ func (s *server) target() Target {
 	return Target{Name: s.id, FS: s.fs, Kill: s.kill, Start: s.start}
 }
 
-func startServers(t *testing.T) []*server {
+func startServers(t *testing.T, extra ...string) []*server {
 	t.Helper()
 	bin, err := buildServer()
 	if err != nil {
@@ -82,7 +82,7 @@ func startServers(t *testing.T) []*server {
 		names[i] = harness.Server{ID: s.id, DataDir: filepath.Join(s.fs.Mountpoint(), "data"), API: s.api, Raft: s.raftAddr, Gossip: s.gossip}
 	}
 	for i, s := range servers {
-		s.proc.Args = harness.ServerArgs(names[i], names, len(names), "--log-level", "info")
+		s.proc.Args = harness.ServerArgs(names[i], names, len(names), append([]string{"--log-level", "info"}, extra...)...)
 	}
 	t.Cleanup(func() {
 		for _, s := range servers {

@@ -23,6 +23,10 @@ import (
 //  2. wipe the node's data dir
 //  3. start the node with its usual flags (--join): it joins as a fresh
 //     server, is added as a voter by the same leader and catches up.
+//
+// The nodes keep their log in raft-boltdb (--log-store bolt), the store of
+// data dirs made before raft-wal, which stays supported; the fault suite's
+// corrupt-node case damages raft-wal's files.
 func TestCorruptMinorityNodeDetectedAndReplaced(t *testing.T) {
 	if testing.Short() {
 		t.Skip("skipping: starts a three-node cluster (-short)")
@@ -30,7 +34,7 @@ func TestCorruptMinorityNodeDetectedAndReplaced(t *testing.T) {
 	if err := Available(); err != nil {
 		t.Skipf("skipping: %v", err)
 	}
-	servers := startServers(t)
+	servers := startServers(t, "--log-store", "bolt")
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	var addrs []string
