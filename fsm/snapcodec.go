@@ -9,7 +9,7 @@ import (
 
 // The snapshot's hot record, a SnapshotRecord holding one SnapshotMessage,
 // is encoded and decoded by hand with protowire: the bytes are exactly what
-// proto.Marshal writes for the schema in fsm.proto (fields in number order,
+// proto.Marshal writes for the schema in fsmpb/snapshot.proto (fields in number order,
 // zero values omitted), but without building a protobuf message per queued
 // message, which made Persist and Restore of a million messages several
 // times slower. Every other record goes through the generated code.

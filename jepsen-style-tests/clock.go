@@ -3,7 +3,6 @@ package jepsen
 import (
 	"context"
 	"fmt"
-	"os"
 	"time"
 )
 
@@ -22,19 +21,6 @@ func clockOffset(d time.Duration) string { return fmt.Sprintf("offset %s\n", d) 
 // clockStrobe is the clock file's line for a clock that flips between +d
 // and -d every period.
 func clockStrobe(d, period time.Duration) string { return fmt.Sprintf("strobe %s %s\n", d, period) }
-
-// SetClock writes node n's clock file (atomically: the server reads it
-// every few milliseconds). It fails for a node started without one.
-func (n *Node) SetClock(line string) error {
-	if n.ClockFile == "" {
-		return fmt.Errorf("%s: started without --fake-clock-file (the case has no clock nemesis)", n.ID)
-	}
-	tmp := n.ClockFile + ".tmp"
-	if err := os.WriteFile(tmp, []byte(line), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, n.ClockFile)
-}
 
 // fakeClockNemesis is a nemesis that needs the nodes started with clock
 // files.

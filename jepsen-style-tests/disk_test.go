@@ -69,29 +69,6 @@ func TestRefusalNaming(t *testing.T) {
 	}
 }
 
-func TestEmptyDirKeepsTheDirectory(t *testing.T) {
-	dir := t.TempDir()
-	for _, p := range []string{"raft.db", "snapshots/2-9-1/state.bin"} {
-		p = filepath.Join(dir, p)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := emptyDir(dir); err != nil {
-		t.Fatal(err)
-	}
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatalf("the directory itself is gone: %v", err)
-	}
-	if len(entries) != 0 {
-		t.Fatalf("%d entries left after emptyDir", len(entries))
-	}
-}
-
 // lyingDisks makes every node's disk acknowledge fsync without writing
 // anything, lets the workloads run on them, and then cuts the power of all
 // three at once: writes the cluster acknowledged meanwhile are gone from

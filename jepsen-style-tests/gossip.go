@@ -79,7 +79,7 @@ func (c *Cluster) GossipView(ctx context.Context) GossipView {
 	v := GossipView{Members: map[string][]*quorumqpb.Member{}}
 	for _, n := range c.Nodes {
 		cctx, cancel := context.WithTimeout(ctx, time.Second)
-		resp, err := quorumqpb.NewClusterClient(n.conn).Members(cctx, &quorumqpb.MembersRequest{})
+		resp, err := quorumqpb.NewClusterClient(n.Conn()).Members(cctx, &quorumqpb.MembersRequest{})
 		cancel()
 		if err == nil {
 			v.Members[n.ID] = resp.GetMembers()

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/quorumq/quorumq/jepsen-style-tests/harness"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
 )
 
@@ -27,7 +28,7 @@ func wholeView(c *Cluster) GossipView {
 // passes a whole view and names the fault in every broken one (the
 // broken views are what a node that never re-joined gossip shows).
 func TestGossipCheckFailsOnABrokenView(t *testing.T) {
-	c := &Cluster{}
+	c := &Cluster{&harness.Cluster{}}
 	for _, id := range []string{"n1", "n2", "n3"} {
 		c.Nodes = append(c.Nodes, &Node{ID: id, APIAddr: "10.0.0." + id[1:] + ":7101"})
 	}

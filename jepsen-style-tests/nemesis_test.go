@@ -13,10 +13,11 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/quorumq/quorumq/client"
+	"github.com/quorumq/quorumq/jepsen-style-tests/harness"
 )
 
 func envOf(n int, seed uint64) *Env {
-	c := &Cluster{}
+	c := &Cluster{&harness.Cluster{}}
 	for i := 1; i <= n; i++ {
 		c.Nodes = append(c.Nodes, &Node{ID: fmt.Sprintf("n%d", i)})
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/schollz/progressbar/v3"
 
 	"github.com/quorumq/quorumq/client"
+	"github.com/quorumq/quorumq/jepsen-style-tests/harness"
 	"github.com/quorumq/quorumq/jepsen-style-tests/lazyfs"
 )
 
@@ -139,8 +140,8 @@ func RunCase(ctx context.Context, cfg CaseConfig) (*Result, error) {
 	}
 
 	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	cl, err := StartCluster(sctx, ClusterConfig{Bin: cfg.Bin, DataDir: dataDir, LogDir: filepath.Join(dir, "nodes"), IDs: ids, Net: netw, ExtraArgs: cfg.ExtraArgs,
-		FakeClock: needsClockFiles(cfg.Schedule)})
+	cl, err := StartCluster(sctx, harness.ClusterConfig{Bin: cfg.Bin, DataDir: dataDir, LogDir: filepath.Join(dir, "nodes"), IDs: ids, ExtraArgs: cfg.ExtraArgs,
+		FakeClock: needsClockFiles(cfg.Schedule)}, netw)
 	cancel()
 	if err != nil {
 		return res, err

@@ -2,8 +2,10 @@
 // processes needs, once: the built binary (BuildBinary), free loopback
 // ports (FreePorts), a server's command line (ServerArgs), the process
 // that can be killed, paused and restarted with one log across its
-// incarnations (Process), and the registry that removes what a test set up
-// when the test binary is interrupted (RegisterCleanup). The fault suite
+// incarnations (Process), a cluster of such processes with its status,
+// leader, convergence and membership calls (Cluster, cluster.go), and the
+// registry that removes what a test set up when the test binary is
+// interrupted (RegisterCleanup). The fault suite
 // (package jepsen), the lazyfs power-cut tests, the server command's tests
 // and the deployment test use it, so a fix (a port handed out twice, a
 // build flag, a process left behind) reaches them all.

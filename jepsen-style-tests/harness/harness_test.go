@@ -49,10 +49,10 @@ func TestBuildBinaryBuildsTheCommand(t *testing.T) {
 	}
 }
 
-// The pieces make a cluster of server processes: three nodes started with
-// ServerArgs on FreePorts elect a leader, and after the leader's kill -9
-// the other two elect another.
-func TestThreeServerProcessesElectALeader(t *testing.T) {
+// A Cluster of three server processes comes up with a leader; after the
+// leader's kill -9 the other two elect another, and the killed node,
+// restarted on its data dir, rejoins with the same state as the others.
+func TestClusterElectsAgainAndTheKilledNodeRejoins(t *testing.T) {
 	if testing.Short() {
 		t.Skip("skipping: builds the binary and starts three servers (-short)")
 	}
@@ -61,61 +61,81 @@ func TestThreeServerProcessesElectALeader(t *testing.T) {
 	if err := BuildBinary(bin, nil); err != nil {
 		t.Fatal(err)
 	}
-	ports, err := FreePorts(9)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cl, err := StartCluster(ctx, ClusterConfig{Bin: bin, DataDir: filepath.Join(dir, "data"), LogDir: dir, IDs: []string{"n1", "n2", "n3"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := func(i int) string { return "127.0.0.1:" + strconv.Itoa(ports[i]) }
-	servers := make([]Server, 3)
-	for i := range servers {
-		id := "n" + strconv.Itoa(i+1)
-		servers[i] = Server{ID: id, DataDir: filepath.Join(dir, id), API: addr(3 * i), Raft: addr(3*i + 1), Gossip: addr(3*i + 2)}
-	}
-	procs := map[string]*Process{}
-	var apis []string
-	for _, s := range servers {
-		p := &Process{Bin: bin, Args: ServerArgs(s, servers, len(servers)), LogPath: filepath.Join(dir, s.ID+".log")}
-		t.Cleanup(func() { p.Close() })
-		if err := p.Start(); err != nil {
-			t.Fatal(err)
+	defer cl.Close()
+	logs := func() {
+		for _, n := range cl.Nodes {
+			b, _ := os.ReadFile(n.LogPath)
+			t.Logf("--- %s log ---\n%s", n.ID, b)
 		}
-		procs[s.ID] = p
-		apis = append(apis, s.API)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	c, err := client.New(ctx, apis)
+	c, err := client.New(ctx, cl.APIAddrs())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	leader := func(not string) string {
-		t.Helper()
-		for ctx.Err() == nil {
-			lctx, lcancel := context.WithTimeout(ctx, 2*time.Second)
-			id, _, err := c.Leader(lctx)
-			lcancel()
-			if err == nil && id != "" && id != not {
-				return id
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		for id, p := range procs {
-			b, _ := os.ReadFile(p.LogPath)
-			t.Logf("--- %s log ---\n%s", id, b)
-		}
-		t.Fatalf("no leader other than %q", not)
-		return ""
-	}
-	first := leader("")
-	if err := procs[first].Kill(); err != nil {
+	if _, err := c.Send(ctx, "q", []byte("before the kill")); err != nil {
 		t.Fatal(err)
 	}
-	if second := leader(first); second == first {
-		t.Fatalf("leader %s again after its kill", second)
+	first, err := cl.WaitLeader(ctx)
+	if err != nil {
+		t.Fatal(err)
 	}
-	b, _ := os.ReadFile(procs[first].LogPath)
-	if !strings.Contains(string(b), StartMarker+"1") {
-		t.Fatalf("%s log lacks the start marker:\n%s", first, b)
+	if err := first.Proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	var second *Node
+	for second == nil || second == first {
+		if second, err = cl.WaitLeader(ctx); err != nil {
+			logs()
+			t.Fatalf("no leader after %s's kill: %v", first.ID, err)
+		}
+	}
+	if _, err := c.Send(ctx, "q", []byte("after the kill")); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.Restart(first, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.WaitHealthy(ctx, 3); err != nil {
+		logs()
+		t.Fatal(err)
+	}
+	if conv := cl.WaitConverged(ctx); !conv.Converged {
+		logs()
+		t.Fatalf("not converged after %s's restart: %s (applied %v)", first.ID, conv.Problem, conv.Applied)
+	}
+	b, _ := os.ReadFile(first.LogPath)
+	if !strings.Contains(string(b), StartMarker+"2") {
+		t.Fatalf("%s's log lacks the second start marker:\n%s", first.ID, b)
+	}
+}
+
+// EmptyDir empties a data dir that may be a mount point, which must stay.
+func TestEmptyDirKeepsTheDirectory(t *testing.T) {
+	dir := t.TempDir()
+	for _, p := range []string{"raft.db", "snapshots/2-9-1/state.bin"} {
+		p = filepath.Join(dir, p)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := EmptyDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatalf("the directory itself is gone: %v", err)
+	}
+	if len(entries) != 0 {
+		t.Fatalf("%d entries left after EmptyDir", len(entries))
 	}
 }

@@ -2,9 +2,9 @@ package lazyfs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -34,80 +34,78 @@ var buildServer = sync.OnceValues(func() (string, error) {
 	return bin, harness.BuildBinary(bin, nil)
 })
 
-// server is one quorumq process on a lazyfs mount.
+// server is one quorumq process of the harness cluster, on a lazyfs mount.
 type server struct {
-	id, api, raftAddr, gossip string
-	fs                        *FS
-	proc                      *harness.Process
+	id   string
+	fs   *FS
+	node *harness.Node
 }
 
-func (s *server) start() error { return s.proc.Start() }
+func (s *server) start() error { return s.node.Proc.Start() }
 
 // kill is kill -9 plus waiting for the exit, so the mount is idle.
-func (s *server) kill() error { return s.proc.Kill() }
+func (s *server) kill() error { return s.node.Proc.Kill() }
 
 func (s *server) target() Target {
 	return Target{Name: s.id, FS: s.fs, Kill: s.kill, Start: s.start}
 }
 
-func startServers(t *testing.T, extra ...string) []*server {
+// startServers mounts one lazyfs per node as its data dir and starts a
+// three-node harness cluster on them, healthy when it returns.
+func startServers(t *testing.T) ([]*server, *harness.Cluster) {
 	t.Helper()
 	bin, err := buildServer()
 	if err != nil {
 		t.Fatal(err)
 	}
 	base := t.TempDir()
-	servers := make([]*server, 3)
-	ports, err := harness.FreePorts(3 * len(servers))
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := func(i int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[i])) }
-	for i := range servers {
-		s := &server{id: fmt.Sprintf("n%d", i+1), api: addr(3 * i), raftAddr: addr(3*i + 1), gossip: addr(3*i + 2)}
-		backing, mnt := filepath.Join(base, s.id, "backing"), filepath.Join(base, s.id, "mnt")
+	ids := []string{"n1", "n2", "n3"}
+	dataDir := filepath.Join(base, "data")
+	servers := make([]*server, len(ids))
+	for i, id := range ids {
+		backing, mnt := filepath.Join(base, "backing", id), filepath.Join(dataDir, id)
 		for _, d := range []string{backing, mnt} {
 			if err := os.MkdirAll(d, 0o755); err != nil {
 				t.Fatal(err)
 			}
 		}
-		if s.fs, err = Mount(backing, mnt); err != nil {
+		servers[i] = &server{id: id}
+		if servers[i].fs, err = Mount(backing, mnt); err != nil {
 			t.Fatal(err)
 		}
-		s.proc = &harness.Process{Bin: bin, LogPath: filepath.Join(base, s.id+".log")}
-		servers[i] = s
 	}
-	names := make([]harness.Server, len(servers))
-	for i, s := range servers {
-		names[i] = harness.Server{ID: s.id, DataDir: filepath.Join(s.fs.Mountpoint(), "data"), API: s.api, Raft: s.raftAddr, Gossip: s.gossip}
-	}
-	for i, s := range servers {
-		s.proc.Args = harness.ServerArgs(names[i], names, len(names), append([]string{"--log-level", "info"}, extra...)...)
-	}
+	var cl *harness.Cluster
 	t.Cleanup(func() {
+		if cl != nil {
+			if t.Failed() {
+				for _, n := range cl.Nodes {
+					b, _ := os.ReadFile(n.LogPath)
+					if len(b) > 6000 {
+						b = b[len(b)-6000:]
+					}
+					t.Logf("--- %s log (tail) ---\n%s", n.ID, b)
+				}
+			}
+			cl.Close()
+		}
 		for _, s := range servers {
-			s.kill()
 			if err := s.fs.Unmount(); err != nil {
 				t.Errorf("unmount %s: %v", s.id, err)
 				s.fs.unmount()
 			}
 		}
-		if t.Failed() {
-			for _, s := range servers {
-				b, _ := os.ReadFile(s.proc.LogPath)
-				if len(b) > 6000 {
-					b = b[len(b)-6000:]
-				}
-				t.Logf("--- %s log (tail) ---\n%s", s.id, b)
-			}
-		}
 	})
-	for _, s := range servers {
-		if err := s.start(); err != nil {
-			t.Fatal(err)
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cl, err = harness.StartCluster(ctx, harness.ClusterConfig{Bin: bin, DataDir: dataDir, LogDir: base, IDs: ids,
+		ExtraArgs: []string{"--log-level", "info"}})
+	if err != nil {
+		t.Fatal(err)
 	}
-	return servers
+	for _, s := range servers {
+		s.node = cl.Node(s.id)
+	}
+	return servers, cl
 }
 
 // history records what the workloads saw, as distinct values.
@@ -206,47 +204,18 @@ func consumer(ctx context.Context, c *client.Client, h *history, queue, next str
 	}
 }
 
-// waitHealthy waits until every node answers status and all report the
-// same applied index and state hash (three replicas converged).
-func waitHealthy(ctx context.Context, c *client.Client, want int) (string, error) {
-	var last string
-	for ctx.Err() == nil {
-		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		st, err := c.Status(sctx)
-		cancel()
-		if err == nil {
-			ok, hashes := 0, map[string]bool{}
-			idx := map[uint64]bool{}
-			for _, n := range st.GetNodes() {
-				if n.GetError() == "" && n.GetVoter() {
-					ok++
-					hashes[n.GetStateHash()] = true
-					idx[n.GetAppliedIndex()] = true
-				}
-			}
-			last = fmt.Sprintf("%d healthy voters, %d hashes, %d applied indices", ok, len(hashes), len(idx))
-			if ok == want && len(hashes) == 1 && len(idx) == 1 {
-				return last, nil
-			}
-		} else {
-			last = err.Error()
-		}
-		time.Sleep(250 * time.Millisecond)
+// waitConverged waits until the leader lists three voters and every node
+// reports the same applied index and state hash (three replicas
+// converged), and says what the nodes reported last.
+func waitConverged(ctx context.Context, cl *harness.Cluster) (string, error) {
+	if err := cl.WaitHealthy(ctx, 3); err != nil {
+		return err.Error(), err
 	}
-	return last, ctx.Err()
-}
-
-func leaderID(ctx context.Context, c *client.Client) string {
-	for ctx.Err() == nil {
-		lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		id, _, err := c.Leader(lctx)
-		cancel()
-		if err == nil && id != "" {
-			return id
-		}
-		time.Sleep(200 * time.Millisecond)
+	conv := cl.WaitConverged(ctx)
+	if !conv.Converged {
+		return fmt.Sprintf("%s: applied %v, hashes %v", conv.Problem, conv.Applied, conv.Hashes), errors.New(conv.Problem)
 	}
-	return ""
+	return fmt.Sprintf("converged at %v", conv.Applied), nil
 }
 
 // TestPowerFailureLosesNoAcknowledgedMessage is the cluster-level proof:
@@ -267,21 +236,14 @@ func TestPowerFailureLosesNoAcknowledgedMessage(t *testing.T) {
 	t.Logf("seed %d (LAZYFS_SEED=%d replays the fault choices)", seed, seed)
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 
-	servers := startServers(t)
+	servers, cl := startServers(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
 	defer cancel()
-	var addrs []string
-	for _, s := range servers {
-		addrs = append(addrs, s.api)
-	}
-	c, err := client.New(ctx, addrs)
+	c, err := client.New(ctx, cl.APIAddrs())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if st, err := waitHealthy(ctx, c, 3); err != nil {
-		t.Fatalf("cluster not healthy: %s", st)
-	}
 
 	h := newHistory()
 	stop := make(chan struct{})
@@ -309,7 +271,13 @@ func TestPowerFailureLosesNoAcknowledgedMessage(t *testing.T) {
 		mode Mode
 	}{
 		{"one node", func() []*server { return []*server{servers[rng.IntN(3)]} }, Drop},
-		{"minority (the leader)", func() []*server { return []*server{byID[leaderID(ctx, c)]} }, Torn},
+		{"minority (the leader)", func() []*server {
+			l, err := cl.WaitLeader(ctx)
+			if err != nil {
+				return []*server{nil}
+			}
+			return []*server{byID[l.ID]}
+		}, Torn},
 		{"all three at once", func() []*server { return servers }, Drop},
 		{"all three at once", func() []*server { return servers }, Torn},
 	}
@@ -338,7 +306,7 @@ func TestPowerFailureLosesNoAcknowledgedMessage(t *testing.T) {
 			t.Errorf("power failure (%s): no victim was caught inside an fsync within 3 s: were the producers writing?", f.name)
 		}
 		hctx, hcancel := context.WithTimeout(ctx, 30*time.Second)
-		st, err := waitHealthy(hctx, c, 3)
+		st, err := waitConverged(hctx, cl)
 		hcancel()
 		if err != nil {
 			t.Fatalf("cluster not healthy 30 s after the power failure (%s): %s", f.name, st)
@@ -369,7 +337,7 @@ func TestPowerFailureLosesNoAcknowledgedMessage(t *testing.T) {
 	}
 	wcancel()
 	consumers.Wait()
-	if st, err := waitHealthy(ctx, c, 3); err != nil {
+	if st, err := waitConverged(ctx, cl); err != nil {
 		t.Fatalf("replicas did not converge: %s", st)
 	}
 

@@ -2422,7 +2422,7 @@ var File_transport_quorumqpb_quorumq_proto protoreflect.FileDescriptor
 const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\n" +
 	"!transport/quorumqpb/quorumq.proto\x12\n" +
-	"quorumq.v1\x1a\x13fsm/fsmpb/fsm.proto\"P\n" +
+	"quorumq.v1\x1a\x17fsm/fsmpb/command.proto\x1a\x14fsm/fsmpb/view.proto\"P\n" +
 	"\tNotLeader\x12\x1b\n" +
 	"\tleader_id\x18\x01 \x01(\tR\bleaderId\x12&\n" +
 	"\x0fleader_api_addr\x18\x02 \x01(\tR\rleaderApiAddr\"(\n" +
