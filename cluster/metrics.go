@@ -2,10 +2,6 @@ package cluster
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -16,7 +12,6 @@ import (
 	wal "github.com/hashicorp/raft-wal"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -394,99 +389,4 @@ func addStats(a, b *fsmpb.QueueStats) {
 		ar.Set(fd, protoreflect.ValueOfUint64(ar.Get(fd).Uint()+v.Uint()))
 		return true
 	})
-}
-
-// Readiness reports whether this node can serve: a leader is known, this
-// node has applied every entry it knows to be committed and is within
-// ReadyMaxLag entries of the leader's commit index (a follower whose
-// appends fail, on a full disk, still hears heartbeats and still knows
-// the leader, but falls behind), and its data dir has the free space
-// --min-free-disk asks for (diskguard.go). The error says what is missing.
-func (n *Node) Readiness() error {
-	if n.closed.Load() {
-		return errors.New("node is stopped")
-	}
-	if err := n.checkFreeDisk(); err != nil {
-		return err
-	}
-	_, lid := n.raft.LeaderWithID()
-	if lid == "" {
-		return errors.New("no leader known")
-	}
-	applied := n.raft.AppliedIndex()
-	commit, _ := strconv.ParseUint(n.raft.Stats()["commit_index"], 10, 64)
-	if applied < commit {
-		return fmt.Errorf("applied index %d is behind commit index %d", applied, commit)
-	}
-	if string(lid) == n.cfg.NodeID {
-		return nil
-	}
-	id, api := n.leaderHint()
-	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.StatusTimeout)
-	defer cancel()
-	st := n.remoteStatus(ctx, id, api, "")
-	if st.GetError() != "" {
-		return fmt.Errorf("leader %s's commit index unknown: %s", id, st.GetError())
-	}
-	if lc := st.GetCommitIndex(); lc > applied+n.cfg.ReadyMaxLag {
-		return fmt.Errorf("applied index %d lags the leader's commit index %d by %d entries, more than %d", applied, lc, lc-applied, n.cfg.ReadyMaxLag)
-	}
-	return nil
-}
-
-// checkFreeDisk refuses readiness while the data dir's file system has
-// less free space than the threshold, or its free space is unknown.
-func (n *Node) checkFreeDisk() error {
-	low, unknown := n.disk.check()
-	return errors.Join(low, unknown)
-}
-
-// startAdmin listens on AdminAddr (if set) and serves /metrics, /healthz
-// and /readyz over plain HTTP: it carries no queue data and no secrets, and
-// belongs on a management network.
-func (n *Node) startAdmin() error {
-	if n.cfg.AdminAddr == "" {
-		return nil
-	}
-	ln, err := net.Listen("tcp", n.cfg.AdminAddr)
-	if err != nil {
-		return fmt.Errorf("admin listen on %q: %w", n.cfg.AdminAddr, err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{ErrorLog: nil}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		if n.closed.Load() {
-			http.Error(w, "stopped\n", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if err := n.Readiness(); err != nil {
-			http.Error(w, "not ready: "+err.Error()+"\n", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ready")
-	})
-	n.adminLn = ln
-	// Every request is a small GET: a client that holds a connection
-	// without finishing one, or idles on it, is cut off.
-	n.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
-		WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute}
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		if err := n.admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			n.log.Error("admin HTTP server stopped", "err", err)
-		}
-	}()
-	return nil
-}
-
-// AdminAddr is the bound admin HTTP address ("" when there is none).
-func (n *Node) AdminAddr() string {
-	if n.adminLn == nil {
-		return ""
-	}
-	return n.adminLn.Addr().String()
 }
