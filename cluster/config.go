@@ -27,6 +27,12 @@ type Config struct {
 	// (default) or LogStoreBolt. A data dir that already holds one keeps
 	// it, whatever this says (a mismatch is logged).
 	LogStore string
+	// WALSegmentSize is the size in bytes of each raft-wal segment file
+	// this node creates: 1 MiB to 1 GiB, default 64 MiB. raft-wal
+	// preallocates a segment to this size when it starts one, so a disk
+	// that fills up refuses the next segment, not an append inside one.
+	// Segments already on disk keep the size their meta records.
+	WALSegmentSize int64
 
 	APIAddr, APIAdvertise       string // gRPC bind / advertised (advertised "" = bound, which must be a specific IP)
 	RaftAddr, RaftAdvertise     string // Raft stream layer bind / advertised
@@ -173,6 +179,12 @@ func (c Config) withDefaults() (Config, error) {
 	case LogStoreWAL, LogStoreBolt:
 	default:
 		return c, configErr("log store %q: want wal or bolt", c.LogStore)
+	}
+	switch {
+	case c.WALSegmentSize == 0:
+		c.WALSegmentSize = defaultWALSegmentSize
+	case c.WALSegmentSize < minWALSegmentSize || c.WALSegmentSize > maxWALSegmentSize:
+		return c, configErr("wal segment size (--wal-segment-size) %d bytes: want 1MiB to 1GiB", c.WALSegmentSize)
 	}
 	for _, a := range []struct{ name, v string }{
 		{"API address", c.APIAddr}, {"Raft address", c.RaftAddr}, {"gossip address", c.GossipAddr},

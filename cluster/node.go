@@ -215,7 +215,7 @@ func (n *Node) openStores() error {
 		fsyncs = n.metrics.walFsync
 		n.metrics.reg.MustRegister(n.metrics.walFsync) // a bolt node has no such series
 	}
-	store, err := openLogStore(n.cfg.DataDir, n.storeKind, n.log, fsyncs)
+	store, err := openLogStore(n.cfg.DataDir, n.storeKind, n.cfg.WALSegmentSize, n.log, fsyncs)
 	if err != nil {
 		return err
 	}
