@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -139,8 +140,14 @@ func RunCase(ctx context.Context, cfg CaseConfig) (*Result, error) {
 		res.Disk = fmt.Sprintf("tmpfs %d MiB", smallDiskSize>>20)
 	}
 
+	extra := cfg.ExtraArgs
+	if cfg.SmallDisks {
+		// Small segments, so that the full disk refuses the log's next
+		// segment during the fault, not only snapshots (diskfull.go).
+		extra = append(slices.Clip(extra), "--wal-segment-size", smallDiskSegmentSize)
+	}
 	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	cl, err := StartCluster(sctx, harness.ClusterConfig{Bin: cfg.Bin, DataDir: dataDir, LogDir: filepath.Join(dir, "nodes"), IDs: ids, ExtraArgs: cfg.ExtraArgs,
+	cl, err := StartCluster(sctx, harness.ClusterConfig{Bin: cfg.Bin, DataDir: dataDir, LogDir: filepath.Join(dir, "nodes"), IDs: ids, ExtraArgs: extra,
 		FakeClock: needsClockFiles(cfg.Schedule)}, netw)
 	cancel()
 	if err != nil {
