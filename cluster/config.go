@@ -110,6 +110,7 @@ type Config struct {
 	TrailingLogs       uint64        // entries kept after a snapshot for slow followers; default 10240
 	SnapshotRetain     int           // snapshots kept on disk; default 2
 	TickInterval       time.Duration // leader's periodic tick command; default 1 s
+	LogVerifyInterval  time.Duration // leader's log-verification checkpoints (logverify.go); default 60 s, negative = none
 	ApplyTimeout       time.Duration // cap on one proposal, whatever the caller's deadline; default 10 s
 	ReadyMaxLag        uint64        // /readyz: entries a follower may be behind the leader's commit index; default 1000
 	StatusTimeout      time.Duration // per-node timeout of the status fan-out; default 1 s
@@ -245,6 +246,7 @@ func (c Config) withDefaults() (Config, error) {
 	def(&c.LeaderLeaseTimeout, 500*time.Millisecond)
 	def(&c.SnapshotInterval, 30*time.Second)
 	def(&c.TickInterval, time.Second)
+	def(&c.LogVerifyInterval, defaultLogVerifyInterval)
 	def(&c.ApplyTimeout, 10*time.Second)
 	def(&c.StatusTimeout, time.Second)
 	if c.SnapshotThreshold == 0 {

@@ -92,10 +92,12 @@ func TestStoreWrappersPassMonotonicThrough(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		wrapped := newLogCache(&checkedLogStore{LogStore: s.LogStore, path: s.path}, 8, 1<<20)
+		v := newLogVerification(s.LogStore, s.fileOf, t.Logf, t.Logf)
+		wrapped := newLogCache(&checkedLogStore{LogStore: v.store, path: s.path}, 8, 1<<20)
 		if got, want := isMonotonic(wrapped), kind == LogStoreWAL; got != want {
-			t.Errorf("%s store under the cache and the checks: monotonic %v, want %v", kind, got, want)
+			t.Errorf("%s store under the cache, the checks and the verifier: monotonic %v, want %v", kind, got, want)
 		}
+		v.store.Close()
 		if err := s.Close(); err != nil {
 			t.Fatal(err)
 		}

@@ -39,6 +39,7 @@ type serverFlags struct {
 	shutdownTimeout                time.Duration
 	snapshotThreshold, trailingLog uint64
 	snapshotInterval               time.Duration
+	logVerifyInterval              time.Duration
 	tlsCert, tlsKey, tlsCA         string
 	authToken, gossipKey           string
 	authTokensFile                 string
@@ -103,6 +104,7 @@ others with --join; the first server adds them.`,
 				SnapshotThreshold: f.snapshotThreshold,
 				TrailingLogs:      f.trailingLog,
 				SnapshotInterval:  f.snapshotInterval,
+				LogVerifyInterval: f.logVerifyInterval,
 			}
 			if err := f.security(&cfg); err != nil {
 				return err
@@ -153,6 +155,7 @@ others with --join; the first server adds them.`,
 	fl.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long a graceful shutdown (leadership transfer, gossip leave) may take")
 	fl.Uint64Var(&f.snapshotThreshold, "snapshot-threshold", 8192, "log entries since the last snapshot that trigger a new one")
 	fl.DurationVar(&f.snapshotInterval, "snapshot-interval", 30*time.Second, "how often to check --snapshot-threshold (raft adds up to this much random jitter)")
+	fl.DurationVar(&f.logVerifyInterval, "log-verify-interval", time.Minute, "how often the leader appends a checkpoint at which every server verifies its Raft log against the leader's checksum; negative: never")
 	fl.Uint64Var(&f.trailingLog, "trailing-logs", 10240, "log entries kept after a snapshot so a slow follower can catch up from the log")
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate of this server (API and Raft TLS); its SANs must cover the advertised addresses")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
