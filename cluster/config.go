@@ -85,7 +85,8 @@ type Config struct {
 	// transactions and queue creation with ResourceExhausted, before
 	// proposing, and /readyz is 503; receives, acks and purges go on, so
 	// consumers can drain. Neither set = 5 % of the file system, at
-	// least 128 MiB, at most a quarter of it (defaultMinFreeDisk);
+	// least two wal segments (WALSegmentSize), at most a quarter of it
+	// (defaultMinFreeDisk);
 	// MinFreeDisk negative = no threshold.
 	MinFreeDisk        int64
 	MinFreeDiskPercent float64
