@@ -92,7 +92,7 @@ func TestStoreWrappersPassMonotonicThrough(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		v := newLogVerification(s.LogStore, s.fileOf, t.Logf, t.Logf)
+		v := newLogVerification(s.LogStore, s.fileOf, t.Logf, t.Logf, t.Logf)
 		wrapped := newLogCache(&checkedLogStore{LogStore: v.store, path: s.path}, 8, 1<<20)
 		if got, want := isMonotonic(wrapped), kind == LogStoreWAL; got != want {
 			t.Errorf("%s store under the cache, the checks and the verifier: monotonic %v, want %v", kind, got, want)

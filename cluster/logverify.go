@@ -63,13 +63,13 @@ type logVerification struct {
 }
 
 // newLogVerification wraps disk, the node's log store, in a verifier.
-// fileOf names the file that holds an entry; errors and warnings are
-// logged through logErr and logWarn.
-func newLogVerification(disk raft.LogStore, fileOf func(uint64) string, logErr, logWarn func(string, ...any)) *logVerification {
+// fileOf names the file that holds an entry; what it finds is logged
+// through logErr, logWarn and logDebug.
+func newLogVerification(disk raft.LogStore, fileOf func(uint64) string, logErr, logWarn, logDebug func(string, ...any)) *logVerification {
 	v := &logVerification{metrics: walmetrics.NewAtomicCollector(verifier.MetricDefinitions), fileOf: fileOf}
 	base := verifiedStore{disk}
 	v.store = &verifyingStore{base: base, renew: func() *verifier.LogStore {
-		return verifier.NewLogStore(base, isCheckpoint, func(r verifier.VerificationReport) { v.report(r, logErr, logWarn) }, v.metrics)
+		return verifier.NewLogStore(base, isCheckpoint, func(r verifier.VerificationReport) { v.report(r, logErr, logWarn, logDebug) }, v.metrics)
 	}}
 	v.store.cur.Store(v.store.renew())
 	return v
@@ -148,7 +148,7 @@ func isCheckpoint(l *raft.Log) (bool, error) {
 
 // report is the verifier's ReportFn: it runs once per checkpoint, after
 // the range was compared.
-func (v *logVerification) report(r verifier.VerificationReport, logErr, logWarn func(string, ...any)) {
+func (v *logVerification) report(r verifier.VerificationReport, logErr, logWarn, logDebug func(string, ...any)) {
 	if r.SkippedRange != nil {
 		logWarn("log verification skipped a range: the previous one was still being read; lengthen the checkpoint interval",
 			"skipped", r.SkippedRange.String())
@@ -156,9 +156,11 @@ func (v *logVerification) report(r verifier.VerificationReport, logErr, logWarn 
 	var mismatch verifier.ErrChecksumMismatch
 	switch {
 	case r.Err == nil:
+		logDebug("log range verified", "range", r.Range.String(), "as_written", r.WrittenSum != 0, "elapsed", r.Elapsed)
 	case errors.Is(r.Err, verifier.ErrRangeMismatch):
 		// This node does not hold the whole range (it joined or
 		// compacted its log within it): there is nothing to compare.
+		logDebug("log range not verified: this node does not hold all of it", "range", r.Range.String())
 	case errors.As(r.Err, &mismatch):
 		logErr("log verification failed: this node's log differs from what the leader wrote; replace the node (docs/operations.md)",
 			"range", r.Range.String(), "file", v.fileOf(r.Range.Start), "err", r.Err)

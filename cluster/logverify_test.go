@@ -190,7 +190,7 @@ func TestLogVerificationDetectsAFlippedBitOnAFollower(t *testing.T) {
 func TestLogVerificationAfterAConflictingSuffix(t *testing.T) {
 	reports := make(chan verifier.VerificationReport, 4)
 	newStore := func() *logVerification {
-		v := newLogVerification(raft.NewInmemStore(), func(uint64) string { return "mem" }, t.Logf, t.Logf)
+		v := newLogVerification(raft.NewInmemStore(), func(uint64) string { return "mem" }, t.Logf, t.Logf, t.Logf)
 		v.onReport = func(r verifier.VerificationReport) { reports <- r }
 		return v
 	}

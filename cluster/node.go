@@ -287,7 +287,7 @@ func (n *Node) startRaft() error {
 	if n.cfg.wrapLogStore != nil {
 		disk = n.cfg.wrapLogStore(disk)
 	}
-	n.verify = newLogVerification(disk, n.store.fileOf, n.log.Error, n.log.Warn)
+	n.verify = newLogVerification(disk, n.store.fileOf, n.log.Error, n.log.Warn, n.log.Debug)
 	logs := newLogCache(&checkedLogStore{LogStore: n.verify.store, path: n.store.path, fileOf: n.store.fileOf}, logCacheEntries, logCacheBytes)
 	n.logs = logs
 	if err := n.seedFromBackup(); err != nil {
