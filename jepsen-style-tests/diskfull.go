@@ -21,10 +21,12 @@ import (
 // grown (the tmpfs remounted larger) on alternate injections.
 //
 // raft-wal preallocates each segment file when it starts it, so appends
-// inside a segment never meet the full disk: only the next segment does.
-// The nodes of a small-disk case therefore run with segments of
-// smallDiskSegmentSize, and the follower starts a segment, and is refused
-// it, within a second or two of load while its disk is full.
+// inside a segment never meet the full disk: only the end of one does
+// (the sealing batch writes past the preallocated size, then the next
+// segment is preallocated). The nodes of a small-disk case therefore run
+// with segments of smallDiskSegmentSize, and the follower reaches the end
+// of its segment, and is refused, within seconds of load while its disk
+// is full.
 
 const (
 	smallDiskSize   = 128 << 20 // per node; a short case's data dir uses about 1 MiB
