@@ -47,6 +47,7 @@ func (n *Node) localStatus(ctx context.Context) *quorumqpb.NodeStatus {
 		AppliedIndex: n.fsm.AppliedIndex(),
 		StateHash:    n.fsm.StateHash(),
 	}
+	st.LogRangesVerified, st.LogReadMismatches, st.LogWriteMismatches, st.LogVerifyError = n.verify.counts()
 	if n.raft.State() != raft.Leader {
 		if lc := n.raft.LastContact(); !lc.IsZero() {
 			st.LastContactNs = int64(time.Since(lc))

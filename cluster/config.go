@@ -27,6 +27,12 @@ type Config struct {
 	// (default) or LogStoreBolt. A data dir that already holds one keeps
 	// it, whatever this says (a mismatch is logged).
 	LogStore string
+	// WALSegmentSize is the size in bytes of each raft-wal segment file
+	// this node creates: 1 MiB to 1 GiB, default 64 MiB. raft-wal
+	// preallocates a segment to this size when it starts one, so a disk
+	// that fills up refuses the next segment, not an append inside one.
+	// Segments already on disk keep the size their meta records.
+	WALSegmentSize int64
 
 	APIAddr, APIAdvertise       string // gRPC bind / advertised (advertised "" = bound, which must be a specific IP)
 	RaftAddr, RaftAdvertise     string // Raft stream layer bind / advertised
@@ -79,7 +85,8 @@ type Config struct {
 	// transactions and queue creation with ResourceExhausted, before
 	// proposing, and /readyz is 503; receives, acks and purges go on, so
 	// consumers can drain. Neither set = 5 % of the file system, at
-	// least 128 MiB, at most a quarter of it (defaultMinFreeDisk);
+	// least two wal segments (WALSegmentSize), at most a quarter of it
+	// (defaultMinFreeDisk);
 	// MinFreeDisk negative = no threshold.
 	MinFreeDisk        int64
 	MinFreeDiskPercent float64
@@ -104,6 +111,7 @@ type Config struct {
 	TrailingLogs       uint64        // entries kept after a snapshot for slow followers; default 10240
 	SnapshotRetain     int           // snapshots kept on disk; default 2
 	TickInterval       time.Duration // leader's periodic tick command; default 1 s
+	LogVerifyInterval  time.Duration // leader's log-verification checkpoints (logverify.go); default 60 s, negative = none
 	ApplyTimeout       time.Duration // cap on one proposal, whatever the caller's deadline; default 10 s
 	ReadyMaxLag        uint64        // /readyz: entries a follower may be behind the leader's commit index; default 1000
 	StatusTimeout      time.Duration // per-node timeout of the status fan-out; default 1 s
@@ -174,6 +182,12 @@ func (c Config) withDefaults() (Config, error) {
 	default:
 		return c, configErr("log store %q: want wal or bolt", c.LogStore)
 	}
+	switch {
+	case c.WALSegmentSize == 0:
+		c.WALSegmentSize = defaultWALSegmentSize
+	case c.WALSegmentSize < minWALSegmentSize || c.WALSegmentSize > maxWALSegmentSize:
+		return c, configErr("wal segment size (--wal-segment-size) %d bytes: want 1MiB to 1GiB", c.WALSegmentSize)
+	}
 	for _, a := range []struct{ name, v string }{
 		{"API address", c.APIAddr}, {"Raft address", c.RaftAddr}, {"gossip address", c.GossipAddr},
 	} {
@@ -233,6 +247,7 @@ func (c Config) withDefaults() (Config, error) {
 	def(&c.LeaderLeaseTimeout, 500*time.Millisecond)
 	def(&c.SnapshotInterval, 30*time.Second)
 	def(&c.TickInterval, time.Second)
+	def(&c.LogVerifyInterval, defaultLogVerifyInterval)
 	def(&c.ApplyTimeout, 10*time.Second)
 	def(&c.StatusTimeout, time.Second)
 	if c.SnapshotThreshold == 0 {

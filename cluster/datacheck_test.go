@@ -194,6 +194,7 @@ func TestCheckedLogStoreRefusesCorruptEntries(t *testing.T) {
 		{Index: 1, Term: 1, Type: raft.LogCommand, Data: good},
 		{Index: 2, Term: 1, Type: raft.LogCommand, Data: bad},
 		{Index: 3, Term: 1, Type: raft.LogNoop},
+		{Index: 4, Term: 1, Type: raft.LogCommand, Data: fsm.CheckpointData()},
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -208,6 +209,9 @@ func TestCheckedLogStoreRefusesCorruptEntries(t *testing.T) {
 	}
 	if err := s.GetLog(3, &l); err != nil {
 		t.Fatalf("noop entry: %v", err)
+	}
+	if err := s.GetLog(4, &l); err != nil {
+		t.Fatalf("log-verification checkpoint: %v", err)
 	}
 	if err := s.GetLog(9, &l); !errors.Is(err, raft.ErrLogNotFound) {
 		t.Fatalf("missing entry: %v, want raft.ErrLogNotFound unchanged (raft sends a snapshot then)", err)

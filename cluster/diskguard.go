@@ -37,6 +37,7 @@ type diskGuard struct {
 	dir      string
 	isLeader func() bool
 	rejects  prometheus.Counter
+	segment  int64 // Config.WALSegmentSize: the default threshold keeps two
 
 	mu       sync.Mutex
 	minBytes int64   // > 0: the threshold in bytes
@@ -50,8 +51,8 @@ type diskGuard struct {
 const diskReadEvery = 250 * time.Millisecond
 
 // defaultMinFreeDisk is the threshold of a file system of size bytes
-// when none is configured: 5 % of it, at least 128 MiB, at most a
-// quarter of it.
+// when none is configured: 5 % of it, at least two wal segments of
+// segment bytes (128 MiB with the default size), at most a quarter of it.
 //
 // A share rather than a number of bytes, because what a node still
 // writes once enqueues are refused grows with the data it holds and so
@@ -60,13 +61,13 @@ const diskReadEvery = 250 * time.Millisecond
 // the entries of the enqueues already admitted. 5 % is also where
 // Elasticsearch stops writes by default (its flood-stage watermark).
 // The floor is two raft-wal segments: acks and receives keep appending
-// once enqueues are refused, and a segment rotation needs 64 MiB free
-// for the next segment's preallocation, which 5 % of a volume under
-// 1.3 GiB would not leave. The cap keeps the floor from refusing every
-// enqueue on a small test volume (a 128 MiB tmpfs holding one 64 MiB
-// segment keeps 32 MiB).
-func defaultMinFreeDisk(size int64) int64 {
-	return min(max(size/20, 128<<20), size/4)
+// once enqueues are refused, and a segment rotation needs a segment's
+// size free for the next segment's preallocation (64 MiB by default),
+// which 5 % of a volume under 1.3 GiB would not leave. The cap keeps the
+// floor from refusing every enqueue on a small test volume (a 128 MiB
+// tmpfs holding one 64 MiB segment keeps 32 MiB).
+func defaultMinFreeDisk(size, segment int64) int64 {
+	return min(max(size/20, 2*segment), size/4)
 }
 
 // diskSpace is one statfs reading of the data dir's file system.
@@ -88,10 +89,14 @@ func newDiskGuard(cfg Config, isLeader func() bool, reg prometheus.Registerer) *
 	g := &diskGuard{
 		dir:      cfg.DataDir,
 		isLeader: isLeader,
+		segment:  cfg.WALSegmentSize,
 		rejects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "quorumq_disk_guard_rejects_total",
 			Help: "Calls that add data (enqueue, transaction, queue creation) this leader refused with ResourceExhausted because its data dir had less free space than --min-free-disk.",
 		}),
+	}
+	if g.segment == 0 {
+		g.segment = defaultWALSegmentSize
 	}
 	g.set(cfg.MinFreeDisk, cfg.MinFreeDiskPercent)
 	reg.MustRegister(g.rejects, diskCollector{g})
@@ -128,7 +133,7 @@ func (g *diskGuard) read() diskReading {
 	case g.percent > 0:
 		r.min = int64(g.percent / 100 * float64(g.space.size))
 	default:
-		r.min, r.auto = defaultMinFreeDisk(g.space.size), true
+		r.min, r.auto, r.segment = defaultMinFreeDisk(g.space.size, g.segment), true, g.segment
 	}
 	return r
 }
@@ -141,6 +146,7 @@ type diskReading struct {
 	min     int64
 	percent float64
 	auto    bool
+	segment int64 // with auto: the wal segment size its floor is two of
 }
 
 // check returns why the data dir has too little free space (low), or why
@@ -160,7 +166,7 @@ func (g *diskGuard) check() (low, unknown error) {
 	case r.percent > 0:
 		what = strconv.FormatFloat(r.percent, 'f', -1, 64) + "% of its " + strconv.FormatInt(r.size, 10) + " bytes, --min-free-disk"
 	case r.auto:
-		what = "--min-free-disk auto: 5% of its " + strconv.FormatInt(r.size, 10) + " bytes, at least 128 MiB, at most a quarter"
+		what = "--min-free-disk auto: 5% of its " + strconv.FormatInt(r.size, 10) + " bytes, at least two wal segments of " + strconv.FormatInt(r.segment, 10) + " bytes, at most a quarter"
 	}
 	return fmt.Errorf("data dir %s has %d bytes free, less than %d (%s)", g.dir, r.free, r.min, what), nil
 }

@@ -225,27 +225,37 @@ func TestMinFreeDiskIsValidated(t *testing.T) {
 }
 
 // With no threshold configured, a node keeps 5 % of its file system
-// free, at least 128 MiB, at most a quarter of the file system.
+// free, at least two wal segments (128 MiB with the default segment
+// size), at most a quarter of the file system.
 func TestDefaultMinFreeDisk(t *testing.T) {
-	for _, tc := range []struct{ size, want int64 }{
-		{100 << 30, 5 << 30},    // 5 %
-		{1 << 30, 128 << 20},    // 5 % is 51 MiB: the floor
-		{128 << 20, 32 << 20},   // the floor would be all of it: a quarter
-		{2 << 40, 2 << 40 / 20}, // 5 %
+	for _, tc := range []struct{ size, segment, want int64 }{
+		{100 << 30, 64 << 20, 5 << 30},    // 5 %
+		{1 << 30, 64 << 20, 128 << 20},    // 5 % is 51 MiB: the floor
+		{128 << 20, 64 << 20, 32 << 20},   // the floor would be all of it: a quarter
+		{2 << 40, 64 << 20, 2 << 40 / 20}, // 5 %
+		{1 << 30, 1 << 20, 1 << 30 / 20},  // 1 MiB segments: 5 % is above the floor
+		{1 << 30, 1 << 30, 1 << 30 / 4},   // 1 GiB segments: a quarter
+		{100 << 30, 1 << 30, 5 << 30},     // 2 GiB floor, 5 % above it
+		{20 << 30, 1 << 30, 2 << 30},      // 5 % is 1 GiB: the floor
 	} {
-		if got := defaultMinFreeDisk(tc.size); got != tc.want {
-			t.Errorf("defaultMinFreeDisk(%d) = %d, want %d", tc.size, got, tc.want)
+		if got := defaultMinFreeDisk(tc.size, tc.segment); got != tc.want {
+			t.Errorf("defaultMinFreeDisk(%d, segment %d) = %d, want %d", tc.size, tc.segment, got, tc.want)
 		}
 	}
 	g := newDiskGuard(Config{DataDir: t.TempDir()}, func() bool { return true }, prometheus.NewRegistry())
 	r := g.read()
-	if r.err != nil || r.min != defaultMinFreeDisk(r.size) {
-		t.Fatalf("a guard with no threshold configured holds %d bytes of %d free (%v), want %d", r.min, r.size, r.err, defaultMinFreeDisk(r.size))
+	if r.err != nil || r.min != defaultMinFreeDisk(r.size, defaultWALSegmentSize) {
+		t.Fatalf("a guard with no threshold configured holds %d bytes of %d free (%v), want %d", r.min, r.size, r.err, defaultMinFreeDisk(r.size, defaultWALSegmentSize))
 	}
 	g.set(0, 0)
 	g.readAt, g.space = time.Now(), diskSpace{free: 1 << 20, size: 1 << 30}
-	if low, _ := g.check(); low == nil || !strings.Contains(low.Error(), "has 1048576 bytes free, less than 134217728 (--min-free-disk auto: 5% of its 1073741824 bytes, at least 128 MiB, at most a quarter)") {
+	if low, _ := g.check(); low == nil || !strings.Contains(low.Error(), "has 1048576 bytes free, less than 134217728 (--min-free-disk auto: 5% of its 1073741824 bytes, at least two wal segments of 67108864 bytes, at most a quarter)") {
 		t.Errorf("1 MiB free of 1 GiB under the default threshold: %v", low)
+	}
+	g = newDiskGuard(Config{DataDir: t.TempDir(), WALSegmentSize: 1 << 30}, func() bool { return true }, prometheus.NewRegistry())
+	g.readAt, g.space = time.Now(), diskSpace{free: 1 << 30, size: 20 << 30}
+	if low, _ := g.check(); low == nil || !strings.Contains(low.Error(), "less than 2147483648 (--min-free-disk auto: 5% of its 21474836480 bytes, at least two wal segments of 1073741824 bytes") {
+		t.Errorf("1 GiB free of 20 GiB with 1 GiB segments: %v, want the two-segment floor", low)
 	}
 }
 

@@ -28,7 +28,7 @@ const (
 )
 
 // supportedFeatures are the log features this build applies.
-var supportedFeatures = []string{featureEnqueueAfter}
+var supportedFeatures = []string{featureEnqueueAfter, featureLogCheckpoint}
 
 // missingFeatures returns the features of this build that have is without.
 // The leader adds no server that lacks one: a new server replays the log,

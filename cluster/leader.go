@@ -75,6 +75,8 @@ func (n *Node) lead(ctx context.Context) {
 	defer tick.Stop()
 	reconcile := time.NewTicker(time.Second)
 	defer reconcile.Stop()
+	checkpoints, stopCheckpoints := n.checkpoints() // logverify.go
+	defer stopCheckpoints()
 	for {
 		select {
 		case <-ctx.Done():
@@ -89,6 +91,8 @@ func (n *Node) lead(ctx context.Context) {
 			n.reconcile(ctx)
 		case <-reconcile.C:
 			n.reconcile(ctx)
+		case <-checkpoints:
+			n.checkpoint(ctx)
 		}
 	}
 }

@@ -40,6 +40,17 @@ const (
 	walMigratingName = "wal.migrating" // a conversion from raft.db in progress (migrate.go)
 )
 
+// Segment sizes a node accepts (Config.WALSegmentSize). Below 1 MiB most
+// Raft batches of large enqueues would span segments and rotations would
+// cost more than appends; raft-wal keeps offsets in 32 bits and its file
+// system refuses a preallocation above 2 GiB, and segments are only
+// reclaimed whole, so 1 GiB bounds what one stale segment keeps on disk.
+const (
+	minWALSegmentSize     = 1 << 20
+	maxWALSegmentSize     = 1 << 30
+	defaultWALSegmentSize = 64 << 20 // raft-wal's wal.DefaultSegmentSize
+)
+
 // storeLockTimeout bounds the wait for the lock of a store file: a store in
 // use by another process (or another node of this process) is refused
 // instead of waited for.
@@ -98,14 +109,15 @@ func (s *logStore) fileOf(index uint64) string {
 	return filepath.Join(s.path, name)
 }
 
-// openLogStore opens the store of kind in dataDir. fsyncs, if not nil,
+// openLogStore opens the store of kind in dataDir. segSize is the size of
+// the wal segments it creates (0: raft-wal's default). fsyncs, if not nil,
 // observes the duration of every fsync of a wal segment file.
-func openLogStore(dataDir, kind string, log *slog.Logger, fsyncs prometheus.Observer) (*logStore, error) {
+func openLogStore(dataDir, kind string, segSize int64, log *slog.Logger, fsyncs prometheus.Observer) (*logStore, error) {
 	switch kind {
 	case LogStoreBolt:
 		return openBolt(filepath.Join(dataDir, raftDBFile))
 	case LogStoreWAL:
-		return openWAL(filepath.Join(dataDir, walDirName), log, fsyncs)
+		return openWAL(filepath.Join(dataDir, walDirName), segSize, log, fsyncs)
 	}
 	return nil, configErr("log store %q: want wal or bolt", kind)
 }
@@ -129,7 +141,10 @@ func openBolt(path string) (*logStore, error) {
 }
 
 // openWAL opens (or creates) the raft-wal store in dir, after checking
-// its segment files (checkSegmentFiles). raft-wal keeps
+// its segment files (checkSegmentFiles). New segments are segSize bytes
+// (0: raft-wal's default); a segment already on disk keeps the size its
+// meta records, which is also what checkSegmentFiles checks it against,
+// so a node restarted with another size opens its log. raft-wal keeps
 // two things open that its Close leaves alone or cannot bound:
 //
 //   - Its meta DB is a bbolt file opened without a lock timeout, so a
@@ -139,7 +154,10 @@ func openBolt(path string) (*logStore, error) {
 //     the life of the process: a node stopped and started again in one
 //     process (tests, quorumq dev) would wait forever. The meta DB is
 //     created here and closed by the store's Close after the wal's.
-func openWAL(dir string, log *slog.Logger, fsyncs prometheus.Observer) (*logStore, error) {
+func openWAL(dir string, segSize int64, log *slog.Logger, fsyncs prometheus.Observer) (*logStore, error) {
+	if segSize == 0 {
+		segSize = defaultWALSegmentSize
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("%w: create %s: %v", ErrDataDir, dir, err)
 	}
@@ -180,7 +198,7 @@ func openWAL(dir string, log *slog.Logger, fsyncs prometheus.Observer) (*logStor
 		return wal.Open(dir,
 			wal.WithMetaStore(meta),
 			wal.WithSegmentFiler(walFiler{segment.NewFiler(dir, vfs)}),
-			wal.WithSegmentSize(walSegmentSize),
+			wal.WithSegmentSize(int(segSize)),
 			wal.WithMetricsCollector(collector),
 			wal.WithLogger(hclogFor(log, "wal")),
 		)
@@ -196,12 +214,9 @@ func openWAL(dir string, log *slog.Logger, fsyncs prometheus.Observer) (*logStor
 	}, nil
 }
 
-// Test hooks: the segment size (raft-wal's default, 64 MiB, in
-// production) and a wrapper of the file system raft-wal writes through.
-var (
-	walSegmentSize = wal.DefaultSegmentSize
-	walVFS         func(types.VFS) types.VFS
-)
+// walVFS, if not nil, wraps the file system raft-wal writes through
+// (tests make it fail as a full disk does).
+var walVFS func(types.VFS) types.VFS
 
 // removeEmptyTail removes the tail segment file if nothing was ever
 // committed to it (its header, written with the first batch, is zeros or

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	wal "github.com/hashicorp/raft-wal"
 	"github.com/hashicorp/raft-wal/types"
 
 	"github.com/quorumq/quorumq/fsm"
@@ -89,14 +88,16 @@ func TestNewDataDirRunsOnTheWAL(t *testing.T) {
 func TestStoreWrappersPassMonotonicThrough(t *testing.T) {
 	for _, kind := range []string{LogStoreWAL, LogStoreBolt} {
 		dir := t.TempDir()
-		s, err := openLogStore(dir, kind, testLogger(), nil)
+		s, err := openLogStore(dir, kind, 0, testLogger(), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		wrapped := newLogCache(&checkedLogStore{LogStore: s.LogStore, path: s.path}, 8, 1<<20)
+		v := newLogVerification(s.LogStore, s.fileOf, t.Logf, t.Logf, t.Logf)
+		wrapped := newLogCache(&checkedLogStore{LogStore: v.store, path: s.path}, 8, 1<<20)
 		if got, want := isMonotonic(wrapped), kind == LogStoreWAL; got != want {
-			t.Errorf("%s store under the cache and the checks: monotonic %v, want %v", kind, got, want)
+			t.Errorf("%s store under the cache, the checks and the verifier: monotonic %v, want %v", kind, got, want)
 		}
+		v.store.Close()
 		if err := s.Close(); err != nil {
 			t.Fatal(err)
 		}
@@ -141,7 +142,7 @@ func TestExistingBoltDataDirStaysOnBolt(t *testing.T) {
 // segment failed with "sealed segment has no index block".
 func TestWALReopensAfterTailTruncation(t *testing.T) {
 	dir := t.TempDir()
-	s, err := openLogStore(dir, LogStoreWAL, testLogger(), nil)
+	s, err := openLogStore(dir, LogStoreWAL, 0, testLogger(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +158,7 @@ func TestWALReopensAfterTailTruncation(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	s, err = openLogStore(dir, LogStoreWAL, testLogger(), nil)
+	s, err = openLogStore(dir, LogStoreWAL, 0, testLogger(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,14 +185,14 @@ func TestWALReopensAfterTailTruncation(t *testing.T) {
 // error naming the meta DB instead of waiting for its lock forever.
 func TestWALInUseIsRefused(t *testing.T) {
 	dir := t.TempDir()
-	s, err := openLogStore(dir, LogStoreWAL, testLogger(), nil)
+	s, err := openLogStore(dir, LogStoreWAL, 0, testLogger(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
 	errc := make(chan error, 1)
 	go func() {
-		s2, err := openLogStore(dir, LogStoreWAL, testLogger(), nil)
+		s2, err := openLogStore(dir, LogStoreWAL, 0, testLogger(), nil)
 		if err == nil {
 			s2.Close()
 		}
@@ -221,7 +222,7 @@ func TestLogStoreSettingIsChecked(t *testing.T) {
 // TestWALHeadDeletionIsFinal: entries raft deleted from the head of the
 // log are gone, also while they still sit in the tail segment's file.
 func TestWALHeadDeletionIsFinal(t *testing.T) {
-	s, err := openLogStore(t.TempDir(), LogStoreWAL, testLogger(), nil)
+	s, err := openLogStore(t.TempDir(), LogStoreWAL, 0, testLogger(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,10 +267,10 @@ func (v fullVFS) Create(dir, name string, size uint64) (types.WritableFile, erro
 // once the disk has room, and the log is whole after a restart.
 func TestWALAppendsAgainAfterAFailedSegmentRotation(t *testing.T) {
 	var full atomic.Bool
-	walSegmentSize, walVFS = 16<<10, func(v types.VFS) types.VFS { return fullVFS{VFS: v, full: &full} }
-	defer func() { walSegmentSize, walVFS = wal.DefaultSegmentSize, nil }()
+	walVFS = func(v types.VFS) types.VFS { return fullVFS{VFS: v, full: &full} }
+	defer func() { walVFS = nil }()
 	dir := t.TempDir()
-	s, err := openLogStore(dir, LogStoreWAL, testLogger(), nil)
+	s, err := openLogStore(dir, LogStoreWAL, 16<<10, testLogger(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -303,8 +304,8 @@ func TestWALAppendsAgainAfterAFailedSegmentRotation(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	walSegmentSize, walVFS = wal.DefaultSegmentSize, nil
-	s, err = openLogStore(dir, LogStoreWAL, testLogger(), nil)
+	walVFS = nil
+	s, err = openLogStore(dir, LogStoreWAL, 0, testLogger(), nil)
 	if err != nil {
 		t.Fatalf("reopen: %v", err)
 	}
@@ -329,7 +330,7 @@ func TestWALTruncatesAgainAfterAFailedSegmentCreation(t *testing.T) {
 	var full atomic.Bool
 	walVFS = func(v types.VFS) types.VFS { return fullVFS{VFS: v, full: &full} }
 	defer func() { walVFS = nil }()
-	s, err := openLogStore(t.TempDir(), LogStoreWAL, testLogger(), nil)
+	s, err := openLogStore(t.TempDir(), LogStoreWAL, 0, testLogger(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

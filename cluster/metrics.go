@@ -10,6 +10,8 @@ import (
 
 	"github.com/hashicorp/raft"
 	wal "github.com/hashicorp/raft-wal"
+	walmetrics "github.com/hashicorp/raft-wal/metrics"
+	"github.com/hashicorp/raft-wal/verifier"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
@@ -167,7 +169,7 @@ type observedFSM struct {
 
 func (o observedFSM) Apply(l *raft.Log) interface{} {
 	res := o.FSM.Apply(l)
-	if l.Type == raft.LogCommand {
+	if l.Type == raft.LogCommand && !fsm.IsCheckpoint(l.Data) { // a checkpoint carries no time
 		o.ct.applied(o.FSM.NowUnixNano())
 	}
 	return res
@@ -258,16 +260,37 @@ var (
 // (wal.MetricDefinitions: appends, entries and bytes written and read,
 // segment rotations, truncations, stable store calls) as
 // quorumq_wal_<name>_total and quorumq_wal_<name>.
-var walCounterDescs, walGaugeDescs = func() (map[string]*prometheus.Desc, map[string]*prometheus.Desc) {
-	counters, gauges := map[string]*prometheus.Desc{}, map[string]*prometheus.Desc{}
-	for _, d := range wal.MetricDefinitions.Counters {
-		counters[d.Name] = prometheus.NewDesc("quorumq_wal_"+d.Name+"_total", "raft-wal: "+d.Desc, nil, nil)
+var walCounterDescs, walGaugeDescs = collectorDescs("quorumq_wal_", "raft-wal: ", wal.MetricDefinitions)
+
+// verifierCounterDescs export the log verifier's counters
+// (verifier.MetricDefinitions: checkpoints written, ranges verified, read
+// and write checksum failures, dropped reports; logverify.go) as
+// quorumq_log_verifier_<name>_total, on every node whatever its store.
+var verifierCounterDescs, _ = collectorDescs("quorumq_log_verifier_", "log verifier: ", verifier.MetricDefinitions)
+
+// collectorDescs describes the metrics of one of raft-wal's collectors
+// (defs) as prefix<name>_total (counters) and prefix<name> (gauges).
+func collectorDescs(prefix, help string, defs walmetrics.Definitions) (counters, gauges map[string]*prometheus.Desc) {
+	counters, gauges = map[string]*prometheus.Desc{}, map[string]*prometheus.Desc{}
+	for _, d := range defs.Counters {
+		counters[d.Name] = prometheus.NewDesc(prefix+d.Name+"_total", help+d.Desc, nil, nil)
 	}
-	for _, d := range wal.MetricDefinitions.Gauges {
-		gauges[d.Name] = prometheus.NewDesc("quorumq_wal_"+d.Name, "raft-wal: "+d.Desc, nil, nil)
+	for _, d := range defs.Gauges {
+		gauges[d.Name] = prometheus.NewDesc(prefix+d.Name, help+d.Desc, nil, nil)
 	}
 	return counters, gauges
-}()
+}
+
+// collectSummary sends what one of raft-wal's collectors counted as the
+// series counters and gauges describe.
+func collectSummary(ch chan<- prometheus.Metric, sum walmetrics.Summary, counters, gauges map[string]*prometheus.Desc) {
+	for name, v := range sum.Counters {
+		ch <- prometheus.MustNewConstMetric(counters[name], prometheus.CounterValue, float64(v))
+	}
+	for name, v := range sum.Gauges {
+		ch <- prometheus.MustNewConstMetric(gauges[name], prometheus.GaugeValue, float64(v))
+	}
+}
 
 func counterDesc(name, help string) *prometheus.Desc {
 	return prometheus.NewDesc("quorumq_queue_"+name+"_total", help, []string{"queue"}, nil)
@@ -290,6 +313,9 @@ func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- d
 	}
 	for _, d := range walGaugeDescs {
+		ch <- d
+	}
+	for _, d := range verifierCounterDescs {
 		ch <- d
 	}
 }
@@ -336,14 +362,9 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 
 	if n.store.walMetrics != nil {
-		sum := n.store.walMetrics.Summary()
-		for name, v := range sum.Counters {
-			ch <- prometheus.MustNewConstMetric(walCounterDescs[name], prometheus.CounterValue, float64(v))
-		}
-		for name, v := range sum.Gauges {
-			ch <- prometheus.MustNewConstMetric(walGaugeDescs[name], prometheus.GaugeValue, float64(v))
-		}
+		collectSummary(ch, n.store.walMetrics.Summary(), walCounterDescs, walGaugeDescs)
 	}
+	collectSummary(ch, n.verify.metrics.Summary(), verifierCounterDescs, nil)
 	if n.store.bolt == nil {
 		return
 	}

@@ -187,7 +187,7 @@ func (f fromIndex) FirstIndex() (uint64, error) { return f.first, nil }
 // copyToWAL writes a new wal in dir with every entry of src and the
 // stable store's keys, then reads it back and compares every entry.
 func copyToWAL(ctx context.Context, dir string, src raft.LogStore, stable raft.StableStore, log *slog.Logger) error {
-	w, err := openWAL(dir, log, nil)
+	w, err := openWAL(dir, 0, log, nil)
 	if err != nil {
 		return err
 	}

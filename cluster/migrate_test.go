@@ -137,7 +137,7 @@ func TestMigrateCopiesTheLogAfterASnapshotGap(t *testing.T) {
 	if err := copyToWAL(context.Background(), dir, src, raft.NewInmemStore(), testLogger()); err != nil {
 		t.Fatal(err)
 	}
-	w, err := openWAL(dir, testLogger(), nil)
+	w, err := openWAL(dir, 0, testLogger(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

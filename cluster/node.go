@@ -58,8 +58,9 @@ type Node struct {
 	raftLayer *raftnet.Layer
 	proofs    proofCache
 	store     *logStore
-	storeKind string        // LogStoreWAL or LogStoreBolt: what the data dir holds
-	logs      raft.LogStore // what raft reads and writes: store under the cache and the read checks
+	verify    *logVerification // the verifier over store (logverify.go)
+	storeKind string           // LogStoreWAL or LogStoreBolt: what the data dir holds
+	logs      raft.LogStore    // what raft reads and writes: store under the cache and the read checks
 	snaps     *raft.FileSnapshotStore
 
 	ml         *memberlist.Memberlist
@@ -215,7 +216,7 @@ func (n *Node) openStores() error {
 		fsyncs = n.metrics.walFsync
 		n.metrics.reg.MustRegister(n.metrics.walFsync) // a bolt node has no such series
 	}
-	store, err := openLogStore(n.cfg.DataDir, n.storeKind, n.log, fsyncs)
+	store, err := openLogStore(n.cfg.DataDir, n.storeKind, n.cfg.WALSegmentSize, n.log, fsyncs)
 	if err != nil {
 		return err
 	}
@@ -286,7 +287,8 @@ func (n *Node) startRaft() error {
 	if n.cfg.wrapLogStore != nil {
 		disk = n.cfg.wrapLogStore(disk)
 	}
-	logs := newLogCache(&checkedLogStore{LogStore: disk, path: n.store.path, fileOf: n.store.fileOf}, logCacheEntries, logCacheBytes)
+	n.verify = newLogVerification(disk, n.store.fileOf, n.log.Error, n.log.Warn, n.log.Debug)
+	logs := newLogCache(&checkedLogStore{LogStore: n.verify.store, path: n.store.path, fileOf: n.store.fileOf}, logCacheEntries, logCacheBytes)
 	n.logs = logs
 	if err := n.seedFromBackup(); err != nil {
 		return err
@@ -517,10 +519,17 @@ func (n *Node) teardown() error {
 			errs = append(errs, fmt.Errorf("gossip: %w", err))
 		}
 	}
+	raftStopped := true
 	if n.raft != nil {
 		if err := waitUpTo(n.raft.Shutdown(), raftShutdownTimeout); err != nil {
 			errs = append(errs, fmt.Errorf("raft: %w", err))
+			raftStopped = false
 		}
+	}
+	if n.verify != nil && raftStopped {
+		// Its background reader ends; only once raft writes no more,
+		// since a checkpoint stored after this would panic.
+		n.verify.store.Close()
 	}
 	if n.trans != nil {
 		if err := n.trans.Close(); err != nil {

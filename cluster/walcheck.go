@@ -13,7 +13,10 @@ import (
 
 // checkSegmentFiles checks that every segment file the wal's meta DB lists
 // is there and as long as raft-wal made it. raft-wal preallocates each
-// segment to its size limit when it creates it, and a sealed segment ends
+// segment to its size limit when it creates it (the segment size the node
+// ran with then, recorded per segment in the meta DB: a node restarted
+// with another Config.WALSegmentSize keeps its older segments at their
+// size), and a sealed segment ends
 // with an index block at an offset the meta DB records. Neither shrinks
 // afterwards, so a shorter file was cut by something else. raft-wal itself
 // would not notice on the tail segment: it recovers the tail by reading

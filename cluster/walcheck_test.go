@@ -77,7 +77,7 @@ func TestTruncatedWALFilesRefuseToStart(t *testing.T) {
 func TestRandomBitFlipsInWALSegment(t *testing.T) {
 	base := t.TempDir()
 	orig := filepath.Join(base, "orig")
-	s, err := openLogStore(orig, LogStoreWAL, testLogger(), nil)
+	s, err := openLogStore(orig, LogStoreWAL, 0, testLogger(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +137,7 @@ func TestRandomBitFlipsInWALSegment(t *testing.T) {
 // is "intact", or "last batch dropped" when exactly the last batch of
 // ten is missing.
 func checkWALCopy(dataDir string, want []*raft.Log) (string, error) {
-	s, err := openLogStore(dataDir, LogStoreWAL, testLogger(), nil)
+	s, err := openLogStore(dataDir, LogStoreWAL, 0, testLogger(), nil)
 	if err != nil {
 		return "", err
 	}
@@ -184,7 +184,7 @@ func TestWALDropsATornLastBatch(t *testing.T) {
 	}{{"last batch", 25, false}, {"batch before it", 15, true}} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
-			s, err := openLogStore(dir, LogStoreWAL, testLogger(), nil)
+			s, err := openLogStore(dir, LogStoreWAL, 0, testLogger(), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -199,7 +199,7 @@ func TestWALDropsATornLastBatch(t *testing.T) {
 			if n := flipMiddleBits(t, seg, fmt.Appendf(nil, "entry-%04d-term-1", c.victim)); n != 1 {
 				t.Fatalf("flipped %d copies of entry %d", n, c.victim)
 			}
-			s, err = openLogStore(dir, LogStoreWAL, testLogger(), nil)
+			s, err = openLogStore(dir, LogStoreWAL, 0, testLogger(), nil)
 			if c.refused {
 				if !errors.Is(err, ErrDataDir) || !strings.Contains(err.Error(), seg) || !strings.Contains(err.Error(), "log entries 11 to 20") {
 					t.Fatalf("open: %v; want ErrDataDir naming %s and entries 11 to 20", err, seg)

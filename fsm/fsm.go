@@ -48,8 +48,10 @@ func New() *FSM {
 }
 
 // Apply applies one Raft log entry. It returns a *fsmpb.Result (never nil)
-// for LogCommand entries and nil for every other entry type. It never
-// panics: a malformed entry is an error result that changes nothing.
+// for LogCommand entries and nil for every other entry type and for
+// log-verification checkpoints (IsCheckpoint), which change nothing but
+// the applied index. It never panics: a malformed entry is an error
+// result that changes nothing.
 func (f *FSM) Apply(l *raft.Log) interface{} {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -60,7 +62,7 @@ func (f *FSM) applyLog(l *raft.Log) interface{} {
 	if l.Index > f.applied {
 		f.applied = l.Index
 	}
-	if l.Type != raft.LogCommand {
+	if l.Type != raft.LogCommand || IsCheckpoint(l.Data) {
 		return nil
 	}
 	cmd, err := Decode(l.Data)

@@ -19,6 +19,14 @@ import (
 // follower's file system under load with a filler file until ENOSPC and
 // keeps it full, then gives the space back: freed (the filler removed) and
 // grown (the tmpfs remounted larger) on alternate injections.
+//
+// raft-wal preallocates each segment file when it starts it, so appends
+// inside a segment never meet the full disk: only the end of one does
+// (the sealing batch writes past the preallocated size, then the next
+// segment is preallocated). The nodes of a small-disk case therefore run
+// with segments of smallDiskSegmentSize, and the follower reaches the end
+// of its segment, and is refused, within seconds of load while its disk
+// is full.
 
 const (
 	smallDiskSize   = 128 << 20 // per node; a short case's data dir uses about 1 MiB
@@ -28,6 +36,9 @@ const (
 	// leader's commit index. raft backs off after each refused append, up
 	// to about 10 s between tries.
 	catchUpBound = 20 * time.Second
+	// smallDiskSegmentSize is --wal-segment-size on the nodes of a
+	// small-disk case: raft-wal's smallest segment that quorumq accepts.
+	smallDiskSegmentSize = "1MiB"
 )
 
 // smallDiskNemesis is implemented by nemeses that need every data dir on a
@@ -178,17 +189,20 @@ func keepFull(path string) (stop func()) {
 
 // diskFullFollower fills the disk of a random follower, under load, and
 // keeps it full until heal. Inject returns once the node has refused a
-// write (it logs "no space left on device"): it can go on for seconds on
-// free pages inside its bolt file. Heal gives the space back, by removing
-// the fillers and by growing the file system on alternate injections, and
-// then requires that the node refused writes while full (the fault bit)
-// and that it applies the leader's commit index within catchUpBound.
+// log append (raft logs "failed to append to logs" with "no space left on
+// device"): it goes on for seconds inside its preallocated wal segment
+// (or on free pages inside its bolt file), refusing snapshots meanwhile.
+// Heal gives the space back, by removing the fillers and by growing the
+// file system on alternate injections, and then requires that the node
+// refused log appends while full (the fault bit) and that it applies the
+// leader's commit index within catchUpBound.
 type diskFullFollower struct {
-	count     int
-	victim    *Node
-	fillers   []string
-	logOffset int64
-	stopFill  func()
+	count        int
+	victim       *Node
+	firstRefusal time.Time // of any write, in the current injection
+	fillers      []string
+	logOffset    int64
+	stopFill     func()
 }
 
 func (d *diskFullFollower) Name() string          { return "disk-full-follower" }
@@ -222,20 +236,26 @@ func (d *diskFullFollower) Inject(ctx context.Context, env *Env) (string, error)
 		os.Remove(path)
 		return "", fmt.Errorf("fill %s's disk: %w", n.ID, err)
 	}
-	d.victim = n
+	d.victim, d.firstRefusal = n, time.Time{}
 	d.fillers = append(d.fillers, path)
 	d.stopFill = keepFull(path)
 	detail := fmt.Sprintf("filled follower %s's %d MiB disk (leader %s): %s of filler until ENOSPC, kept full", n.ID, size>>20, leader.ID, mib(filled))
-	// The node may go on for a while on the free pages inside its bolt
-	// file; the fault is in force once it refuses a write.
+	// The node goes on appending into its preallocated wal segment (or
+	// on the free pages inside its bolt file) until it needs a new one;
+	// the fault is in force once it refuses a log append.
 	start := time.Now()
 	for {
-		if count, first := d.refusals(n); count > 0 {
-			return fmt.Sprintf("%s; first refusal after %s: %.300s", detail, time.Since(start).Round(100*time.Millisecond), first), nil
+		count, first, logs := d.refusals(n)
+		if count > 0 && d.firstRefusal.IsZero() {
+			d.firstRefusal = time.Now()
+		}
+		if logs > 0 {
+			return fmt.Sprintf("%s; first refusal after %s, first log append refused after %s: %.300s",
+				detail, d.firstRefusal.Sub(start).Round(100*time.Millisecond), time.Since(start).Round(100*time.Millisecond), first), nil
 		}
 		select {
 		case <-ctx.Done():
-			return detail, fmt.Errorf("%s's disk is full but it refused no write: %w", n.ID, ctx.Err())
+			return detail, fmt.Errorf("%s's disk is full but it refused no log append (%d other writes refused): %w", n.ID, count, ctx.Err())
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
@@ -272,8 +292,8 @@ func (d *diskFullFollower) Heal(ctx context.Context, env *Env) (string, error) {
 func (d *diskFullFollower) verify(ctx context.Context, env *Env, n *Node, what string) (string, error) {
 	var b strings.Builder
 	b.WriteString(what)
-	refusals, _ := d.refusals(n)
-	fmt.Fprintf(&b, "; %d lines of its log say no space left on device", refusals)
+	refusals, _, logs := d.refusals(n)
+	fmt.Fprintf(&b, "; %d lines of its log say no space left on device, %d of them refused log appends", refusals, logs)
 	if !n.Proc.Running() {
 		// raft stops a node that cannot save a new term; an operator's
 		// supervisor would restart it once there is space again.
@@ -285,6 +305,9 @@ func (d *diskFullFollower) verify(ctx context.Context, env *Env, n *Node, what s
 	if refusals == 0 {
 		return b.String(), fmt.Errorf("%s refused no write while its disk was full: the fault did not bite", n.ID)
 	}
+	if logs == 0 {
+		return b.String(), fmt.Errorf("%s refused no log append while its disk was full, only other writes: the full disk never met the log", n.ID)
+	}
 	caught, err := waitCaughtUp(ctx, env.Cluster, n, catchUpBound)
 	if err != nil {
 		return b.String(), err
@@ -292,28 +315,36 @@ func (d *diskFullFollower) verify(ctx context.Context, env *Env, n *Node, what s
 	return b.String() + "; " + caught, nil
 }
 
+// logAppendRefused marks the line raft logs when the log store refuses a
+// follower's append: with "no space left on device" in it, a full disk
+// refused a log write, not only a snapshot.
+const logAppendRefused = "failed to append to logs"
+
 // refusals counts the lines n logged since the injection that report a
-// full disk, and returns the first one.
-func (d *diskFullFollower) refusals(n *Node) (int, string) {
+// full disk, and returns the first one; logs counts those among them
+// that refused a log append.
+func (d *diskFullFollower) refusals(n *Node) (count int, first string, logs int) {
 	f, err := os.Open(n.LogPath)
 	if err != nil {
-		return 0, ""
+		return 0, "", 0
 	}
 	defer f.Close()
 	b, err := io.ReadAll(io.NewSectionReader(f, d.logOffset, 1<<40))
 	if err != nil {
-		return 0, ""
+		return 0, "", 0
 	}
-	count, first := 0, ""
 	for _, line := range strings.Split(string(b), "\n") {
 		if strings.Contains(line, "no space left on device") {
 			if count == 0 {
 				first = line
 			}
 			count++
+			if strings.Contains(line, logAppendRefused) {
+				logs++
+			}
 		}
 	}
-	return count, first
+	return count, first, logs
 }
 
 // waitCaughtUp waits until n has applied the leader's commit index as it

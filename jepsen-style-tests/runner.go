@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -139,8 +140,14 @@ func RunCase(ctx context.Context, cfg CaseConfig) (*Result, error) {
 		res.Disk = fmt.Sprintf("tmpfs %d MiB", smallDiskSize>>20)
 	}
 
+	extra := cfg.ExtraArgs
+	if cfg.SmallDisks {
+		// Small segments, so that the full disk refuses the log's next
+		// segment during the fault, not only snapshots (diskfull.go).
+		extra = append(slices.Clip(extra), "--wal-segment-size", smallDiskSegmentSize)
+	}
 	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	cl, err := StartCluster(sctx, harness.ClusterConfig{Bin: cfg.Bin, DataDir: dataDir, LogDir: filepath.Join(dir, "nodes"), IDs: ids, ExtraArgs: cfg.ExtraArgs,
+	cl, err := StartCluster(sctx, harness.ClusterConfig{Bin: cfg.Bin, DataDir: dataDir, LogDir: filepath.Join(dir, "nodes"), IDs: ids, ExtraArgs: extra,
 		FakeClock: needsClockFiles(cfg.Schedule)}, netw)
 	cancel()
 	if err != nil {
@@ -250,6 +257,9 @@ func RunCase(ctx context.Context, cfg CaseConfig) (*Result, error) {
 	res.FIFO = &fr
 	res.Ops = countOps(ops, res.Windows)
 	res.Snapshots = countSnapshots(cl)
+	for _, line := range logVerifyFailures(cl) {
+		res.Problems = append(res.Problems, fmt.Sprintf("log verification: %.400s", line))
+	}
 	res.Seconds = time.Since(started).Seconds()
 
 	for _, q := range res.Queues {
@@ -481,6 +491,32 @@ func countSnapshots(c *Cluster) map[string]Snapshots {
 			continue
 		}
 		out[n.ID] = Snapshots{Taken: bytes.Count(b, []byte("snapshot complete up to")), Installed: bytes.Count(b, []byte("Installed remote snapshot"))}
+	}
+	return out
+}
+
+// logVerifyFailed is in the line a server logs when its online log
+// verification finds that its log differs from what the leader wrote
+// (cluster/logverify.go). No fault of the suite changes a running node's
+// log on disk (the corruption nemesis damages a stopped node, which is
+// then refused and replaced), so any such line is a problem: corruption
+// the faults did not cause, or a verification that is wrong.
+const logVerifyFailed = "log verification failed"
+
+// logVerifyFailures returns every line of the nodes' logs that reports a
+// log verification mismatch, prefixed with the node's ID.
+func logVerifyFailures(c *Cluster) []string {
+	var out []string
+	for _, n := range c.Nodes {
+		b, err := os.ReadFile(n.LogPath)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.Contains(line, logVerifyFailed) {
+				out = append(out, n.ID+": "+line)
+			}
+		}
 	}
 	return out
 }

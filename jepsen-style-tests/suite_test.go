@@ -183,8 +183,11 @@ func TestJepsen(t *testing.T) {
 				Name: c.name, Seed: seed, Schedule: c.sched, Bin: binary(t), ReportRoot: reportRoot(),
 				Netns: netnsOK, Progress: os.Stderr, LazyFS: needsDisk, SmallDisks: needsSmall,
 				// Small snapshot thresholds make snapshots, log compaction
-				// and snapshot installs happen within a short run.
-				ExtraArgs: []string{"--snapshot-threshold", "1024", "--snapshot-interval", "3s", "--trailing-logs", "256", "--log-level", "debug"},
+				// and snapshot installs happen within a short run, and a
+				// log-verification checkpoint every 250 ms (a range within
+				// --trailing-logs at the suite's load) has every node
+				// verify its log under the faults.
+				ExtraArgs: []string{"--snapshot-threshold", "1024", "--snapshot-interval", "3s", "--trailing-logs", "256", "--log-verify-interval", "250ms", "--log-level", "debug"},
 			})
 			if res != nil {
 				t.Logf("report: %s", res.ReportDir)

@@ -99,8 +99,8 @@ func TestCLIWalkThrough(t *testing.T) {
 			t.Fatalf("status --json node %+v; want gossip state alive, and a clock offset on the leader", n)
 		}
 	}
-	if out := mustRun(t, statusCmd(), addr, ""); !strings.Contains(out, "GOSSIP") || !strings.Contains(out, "CLOCK_OFFSET") {
-		t.Fatalf("status table:\n%s\nwant GOSSIP and CLOCK_OFFSET columns", out)
+	if out := mustRun(t, statusCmd(), addr, ""); !strings.Contains(out, "GOSSIP") || !strings.Contains(out, "CLOCK_OFFSET") || !strings.Contains(out, "LOG_CHECK") || !strings.Contains(out, "ok/") {
+		t.Fatalf("status table:\n%s\nwant GOSSIP, CLOCK_OFFSET and LOG_CHECK columns, the log check ok", out)
 	}
 
 	mustRun(t, sendCmd(), addr, "", "jobs", "to-purge")

@@ -221,3 +221,64 @@ func TestSecureClusterBackupAndRestore(t *testing.T) {
 		t.Fatalf("restored queue jobs: %v %v, want 1 ready message", info, err)
 	}
 }
+
+// TestWALSegmentSizeFlag: --wal-segment-size reaches Config in bytes from
+// the flag, the environment and the config file; a value that is no size,
+// or one outside the range the cluster accepts, is refused by the server
+// naming the flag.
+func TestWALSegmentSizeFlag(t *testing.T) {
+	for _, tc := range []struct{ value, want string }{
+		{"lots", `--wal-segment-size "lots": want a positive number of bytes`},
+		{"512KiB", "--wal-segment-size"},
+		{"2GiB", "--wal-segment-size"},
+	} {
+		cmd := serverCmd()
+		cmd.SetArgs([]string{"--data-dir", t.TempDir(), "--bootstrap-expect", "1",
+			"--api-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0", "--gossip-addr", "127.0.0.1:0",
+			"--wal-segment-size", tc.value})
+		cmd.SetOut(&bytes.Buffer{})
+		cmd.SetErr(&bytes.Buffer{})
+		cmd.SilenceUsage, cmd.SilenceErrors = true, true
+		err := cmd.ExecuteContext(ctxTimeout(t, 10*time.Second))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("--wal-segment-size %s: %v, want an error containing %q", tc.value, err, tc.want)
+		}
+		if tc.value != "lots" && (err == nil || !strings.Contains(err.Error(), "1MiB to 1GiB")) {
+			t.Errorf("--wal-segment-size %s: %v, want the accepted range", tc.value, err)
+		}
+	}
+
+	path := filepath.Join(t.TempDir(), "quorumq.conf")
+	writeFile(t, path, "wal-segment-size = 4MiB\n")
+	for _, env := range []string{"", "8MiB"} {
+		if env != "" {
+			t.Setenv("QUORUMQ_WAL_SEGMENT_SIZE", env)
+		}
+		cmd := serverCmd()
+		if err := cmd.ParseFlags([]string{"--config", path}); err != nil {
+			t.Fatal(err)
+		}
+		if err := flagSources(cmd.Flags()); err != nil {
+			t.Fatal(err)
+		}
+		f := serverFlags{logStore: "wal", maxInFlight: 10, memoryLimit: "auto", maxMessageBytes: "1MiB", maxBatchMessages: 1000, maxBatchBytes: "8MiB", maxQueues: 10000, minFreeDisk: "256MiB"}
+		f.walSegmentSize = cmd.Flags().Lookup("wal-segment-size").Value.String()
+		var cfg cluster.Config
+		if err := f.operations(&cfg); err != nil {
+			t.Fatal(err)
+		}
+		want := int64(4 << 20)
+		if env != "" {
+			want = 8 << 20 // the environment beats the file
+		}
+		if cfg.WALSegmentSize != want {
+			t.Errorf("env %q: Config.WALSegmentSize %d, want %d", env, cfg.WALSegmentSize, want)
+		}
+	}
+}
+
+func ctxTimeout(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}

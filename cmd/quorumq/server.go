@@ -28,6 +28,7 @@ func init() { rootCmd.AddCommand(serverCmd()) }
 type serverFlags struct {
 	nodeID, dataDir                string
 	logStore                       string
+	walSegmentSize                 string
 	apiAddr, apiAdvertise          string
 	raftAddr, raftAdvertise        string
 	gossipAddr, gossipAdvertise    string
@@ -38,6 +39,7 @@ type serverFlags struct {
 	shutdownTimeout                time.Duration
 	snapshotThreshold, trailingLog uint64
 	snapshotInterval               time.Duration
+	logVerifyInterval              time.Duration
 	tlsCert, tlsKey, tlsCA         string
 	authToken, gossipKey           string
 	authTokensFile                 string
@@ -102,6 +104,7 @@ others with --join; the first server adds them.`,
 				SnapshotThreshold: f.snapshotThreshold,
 				TrailingLogs:      f.trailingLog,
 				SnapshotInterval:  f.snapshotInterval,
+				LogVerifyInterval: f.logVerifyInterval,
 			}
 			if err := f.security(&cfg); err != nil {
 				return err
@@ -137,6 +140,7 @@ others with --join; the first server adds them.`,
 	fl.StringVar(&f.nodeID, "node-id", host, "unique, stable ID of this server ([A-Za-z0-9._-]; defaults to the host name)")
 	fl.StringVar(&f.dataDir, "data-dir", "", "directory for the Raft log (wal/ or raft.db), snapshots and node.json (required)")
 	fl.StringVar(&f.logStore, "log-store", cluster.LogStoreWAL, "Raft log store of a new data dir: wal (raft-wal) or bolt (raft-boltdb); a data dir keeps the store it has (convert bolt to wal with quorumq data migrate-log)")
+	fl.StringVar(&f.walSegmentSize, "wal-segment-size", "64MiB", "size of each raft-wal segment file a wal node creates, preallocated when it starts (1MiB to 1GiB); existing segments keep theirs")
 	fl.StringVar(&f.apiAddr, "api-addr", "127.0.0.1:7101", "gRPC API bind address")
 	fl.StringVar(&f.apiAdvertise, "api-advertise", "", "API address clients and other servers use (default: the bind address)")
 	fl.StringVar(&f.raftAddr, "raft-addr", "127.0.0.1:7201", "Raft bind address")
@@ -151,6 +155,7 @@ others with --join; the first server adds them.`,
 	fl.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 15*time.Second, "how long a graceful shutdown (leadership transfer, gossip leave) may take")
 	fl.Uint64Var(&f.snapshotThreshold, "snapshot-threshold", 8192, "log entries since the last snapshot that trigger a new one")
 	fl.DurationVar(&f.snapshotInterval, "snapshot-interval", 30*time.Second, "how often to check --snapshot-threshold (raft adds up to this much random jitter)")
+	fl.DurationVar(&f.logVerifyInterval, "log-verify-interval", time.Minute, "how often the leader appends a checkpoint at which every server verifies its Raft log against the leader's checksum; negative: never")
 	fl.Uint64Var(&f.trailingLog, "trailing-logs", 10240, "log entries kept after a snapshot so a slow follower can catch up from the log")
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate of this server (API and Raft TLS); its SANs must cover the advertised addresses")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
@@ -257,6 +262,13 @@ func (f *serverFlags) operations(cfg *cluster.Config) error {
 		return fmt.Errorf("--log-store %q: want wal or bolt", f.logStore)
 	}
 	cfg.LogStore = f.logStore
+	if f.walSegmentSize != "" {
+		seg, err := parseBytes("wal-segment-size", f.walSegmentSize)
+		if err != nil {
+			return err
+		}
+		cfg.WALSegmentSize = seg // its range is checked by cluster.Config
+	}
 	if f.maxInFlight == 0 {
 		return errors.New("--max-inflight-per-conn 0: want at least 1")
 	}

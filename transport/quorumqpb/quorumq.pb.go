@@ -1490,9 +1490,20 @@ type NodeStatus struct {
 	// clock_offsets: set on a leader, its readings of every voter's wall
 	// clock (its own included) against its cluster time; Status copies
 	// them into clock_offset_ns.
-	ClockOffsets  []*ClockOffset `protobuf:"bytes,15,rep,name=clock_offsets,json=clockOffsets,proto3" json:"clock_offsets,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ClockOffsets []*ClockOffset `protobuf:"bytes,15,rep,name=clock_offsets,json=clockOffsets,proto3" json:"clock_offsets,omitempty"`
+	// Online log verification: log ranges between two checkpoints this
+	// node has read back and compared with the leader's checksum since it
+	// started, and the mismatches among them: read (what it reads back from
+	// its log store differs: storage corruption) and write (what it wrote
+	// already differed from what the leader wrote: in-flight corruption).
+	LogRangesVerified  uint64 `protobuf:"varint,16,opt,name=log_ranges_verified,json=logRangesVerified,proto3" json:"log_ranges_verified,omitempty"`
+	LogReadMismatches  uint64 `protobuf:"varint,17,opt,name=log_read_mismatches,json=logReadMismatches,proto3" json:"log_read_mismatches,omitempty"`
+	LogWriteMismatches uint64 `protobuf:"varint,18,opt,name=log_write_mismatches,json=logWriteMismatches,proto3" json:"log_write_mismatches,omitempty"`
+	// log_verify_error: the latest mismatch, as the node logged it; empty
+	// while there has been none.
+	LogVerifyError string `protobuf:"bytes,19,opt,name=log_verify_error,json=logVerifyError,proto3" json:"log_verify_error,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *NodeStatus) Reset() {
@@ -1628,6 +1639,34 @@ func (x *NodeStatus) GetClockOffsets() []*ClockOffset {
 		return x.ClockOffsets
 	}
 	return nil
+}
+
+func (x *NodeStatus) GetLogRangesVerified() uint64 {
+	if x != nil {
+		return x.LogRangesVerified
+	}
+	return 0
+}
+
+func (x *NodeStatus) GetLogReadMismatches() uint64 {
+	if x != nil {
+		return x.LogReadMismatches
+	}
+	return 0
+}
+
+func (x *NodeStatus) GetLogWriteMismatches() uint64 {
+	if x != nil {
+		return x.LogWriteMismatches
+	}
+	return 0
+}
+
+func (x *NodeStatus) GetLogVerifyError() string {
+	if x != nil {
+		return x.LogVerifyError
+	}
+	return ""
 }
 
 type ClockOffset struct {
@@ -2503,7 +2542,7 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\benqueued\x18\x02 \x03(\v2\x1d.quorumq.fsm.v1.EnqueueResultR\benqueued\"\x13\n" +
 	"\x11NodeStatusRequest\"@\n" +
 	"\x12NodeStatusResponse\x12*\n" +
-	"\x04node\x18\x01 \x01(\v2\x16.quorumq.v1.NodeStatusR\x04node\"\xfb\x03\n" +
+	"\x04node\x18\x01 \x01(\v2\x16.quorumq.v1.NodeStatusR\x04node\"\xb7\x05\n" +
 	"\n" +
 	"NodeStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
@@ -2522,7 +2561,11 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\x05error\x18\f \x01(\tR\x05error\x12\x14\n" +
 	"\x05voter\x18\r \x01(\bR\x05voter\x12+\n" +
 	"\x0fclock_offset_ns\x18\x0e \x01(\x03H\x00R\rclockOffsetNs\x88\x01\x01\x12<\n" +
-	"\rclock_offsets\x18\x0f \x03(\v2\x17.quorumq.v1.ClockOffsetR\fclockOffsetsB\x12\n" +
+	"\rclock_offsets\x18\x0f \x03(\v2\x17.quorumq.v1.ClockOffsetR\fclockOffsets\x12.\n" +
+	"\x13log_ranges_verified\x18\x10 \x01(\x04R\x11logRangesVerified\x12.\n" +
+	"\x13log_read_mismatches\x18\x11 \x01(\x04R\x11logReadMismatches\x120\n" +
+	"\x14log_write_mismatches\x18\x12 \x01(\x04R\x12logWriteMismatches\x12(\n" +
+	"\x10log_verify_error\x18\x13 \x01(\tR\x0elogVerifyErrorB\x12\n" +
 	"\x10_clock_offset_ns\":\n" +
 	"\vClockOffset\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
