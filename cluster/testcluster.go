@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -43,33 +42,13 @@ func StartTestClusterWith(t testing.TB, n int, tweak func(i int, c *Config)) *Te
 	t.Helper()
 	c := &TestCluster{tweak: tweak, dir: t.TempDir()}
 	t.Cleanup(c.stopAll)
-	for i := 0; i < n; i++ {
-		cfg := LocalConfig(c.dir, i, n, testLogger())
-		cfg.APIAddr, cfg.RaftAddr, cfg.GossipAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
-		if i > 0 {
-			cfg.Join = []string{c.Nodes[0].GossipAddr()}
-		}
-		if tweak != nil {
-			tweak(i, &cfg)
-		}
-		node, err := Start(context.Background(), cfg)
-		if err != nil {
-			t.Fatalf("start node %s: %v", cfg.NodeID, err)
-		}
-		c.pin(&cfg, node)
-		c.configs = append(c.configs, cfg)
-		c.Nodes = append(c.Nodes, node)
+	lc, err := StartLocal(context.Background(), LocalOptions{Dir: c.dir, N: n, Logger: testLogger(), Tweak: tweak})
+	if err != nil {
+		t.Fatalf("start cluster: %v", err)
 	}
+	c.Nodes, c.configs = lc.Nodes, lc.configs
 	c.Leader(t)
 	return c
-}
-
-// pin replaces :0 ports in cfg with the ports node bound, so a restart
-// comes back at the same addresses (the Raft configuration names them).
-func (c *TestCluster) pin(cfg *Config, node *Node) {
-	cfg.APIAddr = node.APIAddr()
-	cfg.RaftAddr = node.RaftAddr()
-	cfg.GossipAddr = node.GossipAddr()
 }
 
 func testLogger() *slog.Logger {
@@ -216,31 +195,18 @@ func (c *TestCluster) Add(t testing.TB) int {
 	t.Helper()
 	c.mu.Lock()
 	i := len(c.configs)
-	cfg := Config{
-		NodeID:           fmt.Sprintf("n%d", i+1),
-		DataDir:          filepath.Join(c.dir, fmt.Sprintf("n%d", i+1)),
-		APIAddr:          "127.0.0.1:0",
-		RaftAddr:         "127.0.0.1:0",
-		GossipAddr:       "127.0.0.1:0",
-		BootstrapExpect:  c.configs[0].BootstrapExpect,
-		AutoCreateQueues: true,
-		LocalGossip:      true,
-		Logger:           testLogger(),
-	}
+	cfg := LocalConfig(c.dir, i, c.configs[0].BootstrapExpect, testLogger())
+	cfg.APIAddr, cfg.RaftAddr, cfg.GossipAddr = localAddr(0), localAddr(0), localAddr(0)
 	for _, n := range c.Nodes {
 		if n != nil {
 			cfg.Join = append(cfg.Join, n.GossipAddr())
 		}
 	}
 	c.mu.Unlock()
-	if c.tweak != nil {
-		c.tweak(i, &cfg)
-	}
-	node, err := Start(context.Background(), cfg)
+	node, cfg, err := startPinned(context.Background(), i, cfg, c.tweak)
 	if err != nil {
-		t.Fatalf("start node %s: %v", cfg.NodeID, err)
+		t.Fatalf("%v", err)
 	}
-	c.pin(&cfg, node)
 	c.mu.Lock()
 	c.configs = append(c.configs, cfg)
 	c.Nodes = append(c.Nodes, node)

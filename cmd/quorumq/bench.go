@@ -22,6 +22,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/quorumq/quorumq/client"
+	"github.com/quorumq/quorumq/cluster"
 )
 
 // benchConfig is one `quorumq bench` run. Producers and consumers run at the
@@ -114,12 +115,12 @@ enqueue-to-ack latency is measured end to end by the consumer.`,
 				}
 				defer os.RemoveAll(dir)
 				logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-				lc, err := startLocalCluster(ctx, dir, cfg.DevBasePort, logger)
+				lc, err := cluster.StartLocal(ctx, cluster.LocalOptions{Dir: dir, N: devNodes, BasePort: cfg.DevBasePort, Logger: logger})
 				if err != nil {
 					return fmt.Errorf("--dev: %w", err)
 				}
-				defer lc.close()
-				cf.addr = strings.Join(lc.apiAddrs(), ",")
+				defer lc.Close()
+				cf.addr = strings.Join(lc.APIAddrs(), ",")
 			}
 			// The run's own clock is --duration; --timeout bounds set-up
 			// and the final acks on top of it.
