@@ -253,13 +253,17 @@ func (c *clusterTime) noteLocked(ok, selfIn bool, ref, own int64, readings, vote
 }
 
 // offsets returns, for this node and every peer with a fresh reading,
-// its wall clock minus this node's cluster time now.
+// its wall clock minus this node's cluster time now; none before this
+// node has a cluster time (no command applied or stamped yet).
 func (c *clusterTime) offsets(fsmNow int64, ids []string) map[string]time.Duration {
 	m := c.clock.Mono()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.estimateLocked(fsmNow, m)
 	out := map[string]time.Duration{}
+	if now == 0 {
+		return out // no command applied or stamped yet: no cluster time to compare with
+	}
 	for _, r := range c.readingsLocked(ids, m) {
 		out[r.id] = time.Duration(r.wall - now)
 	}

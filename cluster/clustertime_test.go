@@ -155,6 +155,21 @@ func TestOffsets(t *testing.T) {
 	}
 }
 
+// A node that has neither applied a command nor stamped one has no cluster
+// time yet: it reports no offsets, rather than every wall clock against
+// the Unix epoch (a fresh cluster's status showed 499001h).
+func TestNoOffsetsBeforeClusterTimeExists(t *testing.T) {
+	ct, clk := newTestClusterTime()
+	peersAt(ct, clk, time.Second, 0)
+	if off := ct.offsets(0, voters3); len(off) != 0 {
+		t.Fatalf("offsets before any cluster time: %v, want none", off)
+	}
+	ct.applied(clk.wall.UnixNano())
+	if off := ct.offsets(0, voters3); off["n2"] != time.Second {
+		t.Fatalf("offsets once a command is applied: %v, want n2 at 1s", off)
+	}
+}
+
 // BenchmarkStamp is what cluster time adds to every proposal on the
 // leader (go test ./cluster -run '^$' -bench Stamp).
 func BenchmarkStamp(b *testing.B) {
