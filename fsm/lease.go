@@ -47,14 +47,23 @@ func (ackOp) apply(q *queue, m *message, now int64) bool {
 }
 func (ackOp) deletedOK() bool { return true }
 
-type nackOp struct{ delay int64 }
+// nackOp releases a message; a reason, when given, replaces the one an
+// earlier nack left.
+type nackOp struct {
+	delay  int64
+	reason string
+}
 
 func (o nackOp) apply(q *queue, m *message, now int64) bool {
 	flags := m.flags &^ (flagLeased | flagReady)
 	if o.delay == 0 {
 		flags |= flagReady
 	}
-	q.replace(m, m.with(addDur(now, o.delay), m.attempt, flags))
+	n := m.with(addDur(now, o.delay), m.attempt, flags)
+	if o.reason != "" {
+		n.ext = m.withNackReason(o.reason)
+	}
+	q.replace(m, n)
 	return true
 }
 func (nackOp) deletedOK() bool { return false }
@@ -157,7 +166,7 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 			continue
 		}
 		if md := q.settings.maxDeliveries; md > 0 && m.attempt >= md {
-			t.deadLetter(q, m)
+			t.deadLetter(q, m, fsmpb.DeadLetterReason_DEAD_LETTER_MAX_DELIVERIES)
 			continue
 		}
 		d := m.with(addDur(now, vis), m.attempt+1, m.flags&^flagReady|flagLeased)
@@ -223,12 +232,12 @@ func (q *queue) replayed(e *replayEntry, now int64) *fsmpb.Result {
 	return res
 }
 
-// deadLetter moves m, which would be delivered more than max_deliveries
-// times, to the dead-letter queue as a new message (new id, same body,
-// dedup ID and attributes), or drops it when the queue has none or it does
-// not exist. Dead letters bypass the DLQ's max_depth: dropping a message
-// because its DLQ is full would defeat the DLQ.
-func (t *txn) deadLetter(q *queue, m *message) {
+// deadLetter moves m to the dead-letter queue as a new message (new id,
+// same body, dedup ID and attributes) that records where it came from and
+// why, or drops it when the queue has none or it does not exist. Dead
+// letters bypass the DLQ's max_depth: dropping a message because its DLQ
+// is full would defeat the DLQ.
+func (t *txn) deadLetter(q *queue, m *message, reason fsmpb.DeadLetterReason) {
 	q.remove(m, m.attempt, t.now, false)
 	q.counters.deadLettered++
 	if q.settings.deadLetter == "" || t.lookup(q.settings.deadLetter) == nil {
@@ -238,7 +247,19 @@ func (t *txn) deadLetter(q *queue, m *message) {
 	if err != nil {
 		return
 	}
-	dlq.add(m.body, m.dedupID, m.attrs, t.now, t.now, flagDeadLetter)
+	first := m.enqueuedAt
+	if d := m.dead(); d != nil && d.GetFirstEnqueuedAtUnixNano() != 0 {
+		first = d.GetFirstEnqueuedAtUnixNano()
+	}
+	ext := &extra{attrs: m.attrs(), dead: &fsmpb.DeadLetter{
+		SourceQueue:             q.name,
+		SourceMessageId:         m.id,
+		Reason:                  reason,
+		Attempts:                m.attempt,
+		FirstEnqueuedAtUnixNano: first,
+		LastNackReason:          m.nackReason(),
+	}}
+	dlq.add(m.body, m.dedupID, ext, t.now, t.now, flagDeadLetter)
 	t.notify(dlq.name)
 }
 
@@ -249,8 +270,22 @@ func delivery(queue string, m *message) *fsmpb.Delivery {
 		Receipt:            &fsmpb.Receipt{MessageId: m.id, Attempt: m.attempt, Queue: queue},
 		Body:               m.body,
 		EnqueuedAtUnixNano: m.enqueuedAt,
-		Attributes:         fromAttrs(m.attrs),
+		Attributes:         fromAttrs(m.attrs()),
 		DedupId:            m.dedupID,
 		LeaseUntilUnixNano: m.at,
+		DeadLetter:         deadLetterOf(m),
+		LastNackReason:     m.nackReason(),
 	}
+}
+
+// deadLetterOf is the origin of m when it arrived as a dead letter: an
+// empty one when it came in a release that did not record it.
+func deadLetterOf(m *message) *fsmpb.DeadLetter {
+	if !m.is(flagDeadLetter) {
+		return nil
+	}
+	if d := m.dead(); d != nil {
+		return d
+	}
+	return &fsmpb.DeadLetter{}
 }

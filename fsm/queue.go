@@ -29,12 +29,64 @@ type message struct {
 	at      int64
 	body    []byte
 	dedupID string
-	attrs   *[]attribute
+	ext     *extra // nil for a message with none of it
 	attempt uint32
 	flags   uint8
 }
 
+// extra is what few messages carry: attributes, a nack reason, the origin
+// of a dead letter. Keeping it behind one pointer keeps the record of
+// every other message at 80 bytes. Like a record it is never mutated: a
+// change makes a new one.
+type extra struct {
+	attrs []attribute
+	// nackReason: the reason of the last nack in this queue that gave one.
+	nackReason string
+	// dead: the origin of a message that arrived as a dead letter (an
+	// empty one for a dead letter of a release that kept none).
+	dead *fsmpb.DeadLetter
+}
+
 type attribute struct{ key, value string }
+
+// orNil returns e, or nil when it carries nothing.
+func (e *extra) orNil() *extra {
+	if e == nil || len(e.attrs) == 0 && e.nackReason == "" && e.dead == nil {
+		return nil
+	}
+	return e
+}
+
+func (m *message) attrs() []attribute {
+	if m.ext == nil {
+		return nil
+	}
+	return m.ext.attrs
+}
+
+func (m *message) nackReason() string {
+	if m.ext == nil {
+		return ""
+	}
+	return m.ext.nackReason
+}
+
+func (m *message) dead() *fsmpb.DeadLetter {
+	if m.ext == nil {
+		return nil
+	}
+	return m.ext.dead
+}
+
+// withNackReason returns m's extra with the nack reason set.
+func (m *message) withNackReason(reason string) *extra {
+	var e extra
+	if m.ext != nil {
+		e = *m.ext
+	}
+	e.nackReason = reason
+	return &e
+}
 
 func (m *message) is(flag uint8) bool { return m.flags&flag != 0 }
 

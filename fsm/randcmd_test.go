@@ -150,7 +150,8 @@ func (g *gen) next() *fsmpb.Command {
 	case 11, 12, 13:
 		cmd.Op = &fsmpb.Command_Ack{Ack: &fsmpb.Ack{Queue: q, Receipts: g.pick(q)}}
 	case 14:
-		cmd.Op = &fsmpb.Command_Nack{Nack: &fsmpb.Nack{Queue: q, Receipts: g.pick(q), DelayNs: g.dur(3 * time.Second)}}
+		cmd.Op = &fsmpb.Command_Nack{Nack: &fsmpb.Nack{Queue: q, Receipts: g.pick(q), DelayNs: g.dur(3 * time.Second),
+			Reason: []string{"", "timeout", "bad input"}[g.c.intn(3)]}}
 	case 15:
 		cmd.Op = &fsmpb.Command_Extend{Extend: &fsmpb.Extend{Queue: q, Receipts: g.pick(q), VisibilityNs: g.dur(5 * time.Second)}}
 	case 16, 17:

@@ -220,7 +220,9 @@ func toSnapMessage(sm *fsmpb.SnapshotMessage, m *message) {
 		Flags:              uint32(m.flags),
 		Body:               m.body,
 		DedupId:            m.dedupID,
-		Attributes:         fromAttrs(m.attrs),
+		Attributes:         fromAttrs(m.attrs()),
+		DeadLetter:         m.dead(),
+		LastNackReason:     m.nackReason(),
 	}
 }
 
@@ -420,12 +422,22 @@ func (b *builder) queue(sq *fsmpb.SnapshotQueue) error {
 	return nil
 }
 
+// snapExtra is the extra of a decoded SnapshotMessage, nil when it has
+// none.
+func snapExtra(sm *fsmpb.SnapshotMessage) *extra {
+	var attrs []attribute
+	if e := extOf(sm.GetAttributes()); e != nil {
+		attrs = e.attrs
+	}
+	return (&extra{attrs: attrs, dead: sm.GetDeadLetter(), nackReason: sm.GetLastNackReason()}).orNil()
+}
+
 // toMessage converts a decoded SnapshotMessage; checkMessageRecord
 // validates it.
 func toMessage(sm *fsmpb.SnapshotMessage) (*message, uint32) {
 	return &message{
 		id: sm.GetId(), enqueuedAt: sm.GetEnqueuedAtUnixNano(), at: sm.GetAtUnixNano(),
-		body: sm.GetBody(), dedupID: sm.GetDedupId(), attrs: toAttrs(sm.GetAttributes()),
+		body: sm.GetBody(), dedupID: sm.GetDedupId(), ext: snapExtra(sm),
 		attempt: sm.GetAttempt(),
 	}, sm.GetFlags()
 }
@@ -442,11 +454,26 @@ func checkMessageRecord(m *message, f uint32, nextID uint64) error {
 	if deleted && (ready || leased || len(m.body) > 0) || ready && leased || f&flagAcked != 0 && !deleted {
 		return fmt.Errorf("message %d: inconsistent flags %#x", m.id, f)
 	}
-	if m.attrs != nil {
-		for i, a := range *m.attrs {
-			if err := limits.AttributeProblem(a.key, a.value); err != "" {
-				return fmt.Errorf("message %d: attribute %d: %s", m.id, i, err)
-			}
+	for i, a := range m.attrs() {
+		if err := limits.AttributeProblem(a.key, a.value); err != "" {
+			return fmt.Errorf("message %d: attribute %d: %s", m.id, i, err)
+		}
+	}
+	if n := len(m.nackReason()); n > limits.MaxNackReason {
+		return fmt.Errorf("message %d: nack reason is %d bytes, limit is %d", m.id, n, limits.MaxNackReason)
+	}
+	if d := m.dead(); d != nil {
+		if f&flagDeadLetter == 0 {
+			return fmt.Errorf("message %d: dead-letter origin on a message that is no dead letter", m.id)
+		}
+		if p := limits.QueueNameProblem(d.GetSourceQueue()); p != "" {
+			return fmt.Errorf("message %d: dead letter source: %s", m.id, p)
+		}
+		if n := len(d.GetLastNackReason()); n > limits.MaxNackReason {
+			return fmt.Errorf("message %d: dead letter nack reason is %d bytes, limit is %d", m.id, n, limits.MaxNackReason)
+		}
+		if _, ok := fsmpb.DeadLetterReason_name[int32(d.GetReason())]; !ok {
+			return fmt.Errorf("message %d: dead letter reason %d unknown", m.id, d.GetReason())
 		}
 	}
 	m.flags = uint8(f)

@@ -80,7 +80,10 @@ func (t *txn) run(cmd *fsmpb.Command) (*fsmpb.Result, *cmdError) {
 		if d < 0 || d > int64(MaxDelay) {
 			return nil, invalid("nack.delay_ns is %d, limit is 0 to %v", d, MaxDelay)
 		}
-		return t.settle("nack", op.Nack.GetQueue(), op.Nack.GetReceipts(), nackOp{delay: d})
+		if n := len(op.Nack.GetReason()); n > MaxNackReason {
+			return nil, invalid("nack.reason is %d bytes, limit is %d", n, MaxNackReason)
+		}
+		return t.settle("nack", op.Nack.GetQueue(), op.Nack.GetReceipts(), nackOp{delay: d, reason: op.Nack.GetReason()})
 	case *fsmpb.Command_Extend:
 		v := op.Extend.GetVisibilityNs()
 		if err := checkOptionalDuration("extend.visibility_ns", v, MinVisibility, MaxVisibility); err != nil {

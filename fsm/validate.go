@@ -37,6 +37,7 @@ const (
 	MaxAttributeKey  = limits.MaxAttributeKey
 	MaxAttributeVal  = limits.MaxAttributeVal
 	MaxTransactionOp = limits.MaxTransactionOp
+	MaxNackReason    = limits.MaxNackReason
 
 	// MaxNow bounds a command's now (about the year 2096) so that now plus
 	// any allowed duration cannot overflow int64.

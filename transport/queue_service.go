@@ -550,8 +550,11 @@ func (q *QueueService) Nack(ctx context.Context, req *quorumqpb.NackRequest) (*q
 	if err := checkDuration("delay_ns", req.GetDelayNs(), q.limits.MaxDelay); err != nil {
 		return nil, err
 	}
+	if err := wire.ValidateNackReason("reason", req.GetReason()); err != nil {
+		return nil, err
+	}
 	res, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Nack{Nack: &fsmpb.Nack{
-		Queue: req.GetQueue(), Receipts: req.GetReceipts(), DelayNs: req.GetDelayNs(),
+		Queue: req.GetQueue(), Receipts: req.GetReceipts(), DelayNs: req.GetDelayNs(), Reason: req.GetReason(),
 	}}})
 	if err != nil {
 		return nil, err

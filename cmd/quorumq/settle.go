@@ -83,16 +83,21 @@ same receipt succeeds.`,
 
 func nackCmd() *cobra.Command {
 	var delay time.Duration
+	var reason string
 	cmd := settleVerb(&cobra.Command{
 		Use:   "nack QUEUE RECEIPT...",
 		Short: "Give received messages back, available again after --delay",
 		Long: `Give the messages of the receipts back (receipts as recv prints them,
-MESSAGE_ID/ATTEMPT): they are available again after --delay (default at once).`,
+MESSAGE_ID/ATTEMPT): they are available again after --delay (default at once).
+
+--reason says why: recv shows it on the next delivery (LAST_NACK_REASON),
+and a message that is dead-lettered later carries it into its DLQ.`,
 	}, func(n int) (string, string) { return "nacked", fmt.Sprintf("nacked %d message(s)", n) },
 		func(ctx context.Context, c *client.Client, queue string, rs []client.Receipt) error {
-			return c.Nack(ctx, queue, delay, rs...)
+			return c.NackWithReason(ctx, queue, delay, reason, rs...)
 		})
 	cmd.Flags().DurationVar(&delay, "delay", 0, "make the messages available again after this long (max 12h)")
+	cmd.Flags().StringVar(&reason, "reason", "", "why the messages are given back (at most 1024 bytes; default: keep the last reason given)")
 	return cmd
 }
 

@@ -99,6 +99,60 @@ func (ErrorCode) EnumDescriptor() ([]byte, []int) {
 	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{0}
 }
 
+type DeadLetterReason int32
+
+const (
+	// DEAD_LETTER_REASON_UNSPECIFIED: a dead letter of a release that kept
+	// no reason.
+	DeadLetterReason_DEAD_LETTER_REASON_UNSPECIFIED DeadLetterReason = 0
+	// DEAD_LETTER_MAX_DELIVERIES: it would have been delivered more than
+	// its queue's max_deliveries times.
+	DeadLetterReason_DEAD_LETTER_MAX_DELIVERIES DeadLetterReason = 1
+	// DEAD_LETTER_REJECTED: a consumer rejected it.
+	DeadLetterReason_DEAD_LETTER_REJECTED DeadLetterReason = 2
+)
+
+// Enum value maps for DeadLetterReason.
+var (
+	DeadLetterReason_name = map[int32]string{
+		0: "DEAD_LETTER_REASON_UNSPECIFIED",
+		1: "DEAD_LETTER_MAX_DELIVERIES",
+		2: "DEAD_LETTER_REJECTED",
+	}
+	DeadLetterReason_value = map[string]int32{
+		"DEAD_LETTER_REASON_UNSPECIFIED": 0,
+		"DEAD_LETTER_MAX_DELIVERIES":     1,
+		"DEAD_LETTER_REJECTED":           2,
+	}
+)
+
+func (x DeadLetterReason) Enum() *DeadLetterReason {
+	p := new(DeadLetterReason)
+	*p = x
+	return p
+}
+
+func (x DeadLetterReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DeadLetterReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_fsm_fsmpb_fsm_proto_enumTypes[1].Descriptor()
+}
+
+func (DeadLetterReason) Type() protoreflect.EnumType {
+	return &file_fsm_fsmpb_fsm_proto_enumTypes[1]
+}
+
+func (x DeadLetterReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DeadLetterReason.Descriptor instead.
+func (DeadLetterReason) EnumDescriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{1}
+}
+
 type AckOutcome int32
 
 const (
@@ -132,11 +186,11 @@ func (x AckOutcome) String() string {
 }
 
 func (AckOutcome) Descriptor() protoreflect.EnumDescriptor {
-	return file_fsm_fsmpb_fsm_proto_enumTypes[1].Descriptor()
+	return file_fsm_fsmpb_fsm_proto_enumTypes[2].Descriptor()
 }
 
 func (AckOutcome) Type() protoreflect.EnumType {
-	return &file_fsm_fsmpb_fsm_proto_enumTypes[1]
+	return &file_fsm_fsmpb_fsm_proto_enumTypes[2]
 }
 
 func (x AckOutcome) Number() protoreflect.EnumNumber {
@@ -145,7 +199,7 @@ func (x AckOutcome) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use AckOutcome.Descriptor instead.
 func (AckOutcome) EnumDescriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{1}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{2}
 }
 
 // Command is one replicated state-machine operation.
@@ -1086,10 +1140,15 @@ func (x *Ack) GetReceipts() []*Receipt {
 }
 
 type Nack struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Queue         string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
-	Receipts      []*Receipt             `protobuf:"bytes,2,rep,name=receipts,proto3" json:"receipts,omitempty"`
-	DelayNs       int64                  `protobuf:"varint,3,opt,name=delay_ns,json=delayNs,proto3" json:"delay_ns,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Queue    string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	Receipts []*Receipt             `protobuf:"bytes,2,rep,name=receipts,proto3" json:"receipts,omitempty"`
+	DelayNs  int64                  `protobuf:"varint,3,opt,name=delay_ns,json=delayNs,proto3" json:"delay_ns,omitempty"`
+	// reason is why the consumer gave the messages back, kept on each
+	// message as its last nack reason and carried into its dead letter.
+	// "" keeps the reason of an earlier nack. At most limits.MaxNackReason
+	// bytes.
+	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1143,6 +1202,13 @@ func (x *Nack) GetDelayNs() int64 {
 		return x.DelayNs
 	}
 	return 0
+}
+
+func (x *Nack) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
 }
 
 type Extend struct {
@@ -1412,8 +1478,13 @@ type Delivery struct {
 	Attributes         []*Attribute           `protobuf:"bytes,4,rep,name=attributes,proto3" json:"attributes,omitempty"`
 	DedupId            string                 `protobuf:"bytes,5,opt,name=dedup_id,json=dedupId,proto3" json:"dedup_id,omitempty"`
 	LeaseUntilUnixNano int64                  `protobuf:"varint,6,opt,name=lease_until_unix_nano,json=leaseUntilUnixNano,proto3" json:"lease_until_unix_nano,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// dead_letter is set on a message that arrived as a dead letter.
+	DeadLetter *DeadLetter `protobuf:"bytes,7,opt,name=dead_letter,json=deadLetter,proto3" json:"dead_letter,omitempty"`
+	// last_nack_reason is the reason of the last nack in this queue that
+	// gave one.
+	LastNackReason string `protobuf:"bytes,8,opt,name=last_nack_reason,json=lastNackReason,proto3" json:"last_nack_reason,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Delivery) Reset() {
@@ -1488,6 +1559,110 @@ func (x *Delivery) GetLeaseUntilUnixNano() int64 {
 	return 0
 }
 
+func (x *Delivery) GetDeadLetter() *DeadLetter {
+	if x != nil {
+		return x.DeadLetter
+	}
+	return nil
+}
+
+func (x *Delivery) GetLastNackReason() string {
+	if x != nil {
+		return x.LastNackReason
+	}
+	return ""
+}
+
+// DeadLetter says where a dead letter came from and why.
+type DeadLetter struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	SourceQueue     string                 `protobuf:"bytes,1,opt,name=source_queue,json=sourceQueue,proto3" json:"source_queue,omitempty"`
+	SourceMessageId uint64                 `protobuf:"varint,2,opt,name=source_message_id,json=sourceMessageId,proto3" json:"source_message_id,omitempty"`
+	Reason          DeadLetterReason       `protobuf:"varint,3,opt,name=reason,proto3,enum=quorumq.fsm.v1.DeadLetterReason" json:"reason,omitempty"`
+	// attempts is how many times the source queue delivered it.
+	Attempts uint32 `protobuf:"varint,4,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// first_enqueued_at_unix_nano is when it was enqueued to the source
+	// queue (or, when it was a dead letter there too, to the first queue).
+	FirstEnqueuedAtUnixNano int64 `protobuf:"varint,5,opt,name=first_enqueued_at_unix_nano,json=firstEnqueuedAtUnixNano,proto3" json:"first_enqueued_at_unix_nano,omitempty"`
+	// last_nack_reason is the reason of its last nack in the source queue
+	// that gave one.
+	LastNackReason string `protobuf:"bytes,6,opt,name=last_nack_reason,json=lastNackReason,proto3" json:"last_nack_reason,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *DeadLetter) Reset() {
+	*x = DeadLetter{}
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeadLetter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeadLetter) ProtoMessage() {}
+
+func (x *DeadLetter) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeadLetter.ProtoReflect.Descriptor instead.
+func (*DeadLetter) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *DeadLetter) GetSourceQueue() string {
+	if x != nil {
+		return x.SourceQueue
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetSourceMessageId() uint64 {
+	if x != nil {
+		return x.SourceMessageId
+	}
+	return 0
+}
+
+func (x *DeadLetter) GetReason() DeadLetterReason {
+	if x != nil {
+		return x.Reason
+	}
+	return DeadLetterReason_DEAD_LETTER_REASON_UNSPECIFIED
+}
+
+func (x *DeadLetter) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *DeadLetter) GetFirstEnqueuedAtUnixNano() int64 {
+	if x != nil {
+		return x.FirstEnqueuedAtUnixNano
+	}
+	return 0
+}
+
+func (x *DeadLetter) GetLastNackReason() string {
+	if x != nil {
+		return x.LastNackReason
+	}
+	return ""
+}
+
 type QueueStats struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
 	Ready             uint64                 `protobuf:"varint,1,opt,name=ready,proto3" json:"ready,omitempty"`
@@ -1508,7 +1683,7 @@ type QueueStats struct {
 
 func (x *QueueStats) Reset() {
 	*x = QueueStats{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[19]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1520,7 +1695,7 @@ func (x *QueueStats) String() string {
 func (*QueueStats) ProtoMessage() {}
 
 func (x *QueueStats) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[19]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1533,7 +1708,7 @@ func (x *QueueStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueStats.ProtoReflect.Descriptor instead.
 func (*QueueStats) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{19}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *QueueStats) GetReady() uint64 {
@@ -1633,7 +1808,7 @@ type QueueInfo struct {
 
 func (x *QueueInfo) Reset() {
 	*x = QueueInfo{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[20]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1645,7 +1820,7 @@ func (x *QueueInfo) String() string {
 func (*QueueInfo) ProtoMessage() {}
 
 func (x *QueueInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[20]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1658,7 +1833,7 @@ func (x *QueueInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueInfo.ProtoReflect.Descriptor instead.
 func (*QueueInfo) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{20}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *QueueInfo) GetName() string {
@@ -1706,7 +1881,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[21]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1718,7 +1893,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[21]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1731,7 +1906,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{21}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Result) GetError() *Error {
@@ -1794,7 +1969,7 @@ type SnapshotState struct {
 
 func (x *SnapshotState) Reset() {
 	*x = SnapshotState{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[22]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1806,7 +1981,7 @@ func (x *SnapshotState) String() string {
 func (*SnapshotState) ProtoMessage() {}
 
 func (x *SnapshotState) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[22]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1819,7 +1994,7 @@ func (x *SnapshotState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotState.ProtoReflect.Descriptor instead.
 func (*SnapshotState) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{22}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SnapshotState) GetAppliedIndex() uint64 {
@@ -1852,7 +2027,7 @@ type SnapshotQueue struct {
 
 func (x *SnapshotQueue) Reset() {
 	*x = SnapshotQueue{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[23]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1864,7 +2039,7 @@ func (x *SnapshotQueue) String() string {
 func (*SnapshotQueue) ProtoMessage() {}
 
 func (x *SnapshotQueue) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[23]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1877,7 +2052,7 @@ func (x *SnapshotQueue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotQueue.ProtoReflect.Descriptor instead.
 func (*SnapshotQueue) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{23}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SnapshotQueue) GetName() string {
@@ -1929,19 +2104,21 @@ type SnapshotMessage struct {
 	EnqueuedAtUnixNano int64                  `protobuf:"varint,2,opt,name=enqueued_at_unix_nano,json=enqueuedAtUnixNano,proto3" json:"enqueued_at_unix_nano,omitempty"`
 	// Ready or delayed: when it becomes available. Leased: lease end.
 	// Tombstone: when it was deleted.
-	AtUnixNano    int64        `protobuf:"varint,3,opt,name=at_unix_nano,json=atUnixNano,proto3" json:"at_unix_nano,omitempty"`
-	Attempt       uint32       `protobuf:"varint,4,opt,name=attempt,proto3" json:"attempt,omitempty"`
-	Flags         uint32       `protobuf:"varint,5,opt,name=flags,proto3" json:"flags,omitempty"`
-	Body          []byte       `protobuf:"bytes,6,opt,name=body,proto3" json:"body,omitempty"`
-	DedupId       string       `protobuf:"bytes,7,opt,name=dedup_id,json=dedupId,proto3" json:"dedup_id,omitempty"`
-	Attributes    []*Attribute `protobuf:"bytes,8,rep,name=attributes,proto3" json:"attributes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	AtUnixNano     int64        `protobuf:"varint,3,opt,name=at_unix_nano,json=atUnixNano,proto3" json:"at_unix_nano,omitempty"`
+	Attempt        uint32       `protobuf:"varint,4,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Flags          uint32       `protobuf:"varint,5,opt,name=flags,proto3" json:"flags,omitempty"`
+	Body           []byte       `protobuf:"bytes,6,opt,name=body,proto3" json:"body,omitempty"`
+	DedupId        string       `protobuf:"bytes,7,opt,name=dedup_id,json=dedupId,proto3" json:"dedup_id,omitempty"`
+	Attributes     []*Attribute `protobuf:"bytes,8,rep,name=attributes,proto3" json:"attributes,omitempty"`
+	DeadLetter     *DeadLetter  `protobuf:"bytes,9,opt,name=dead_letter,json=deadLetter,proto3" json:"dead_letter,omitempty"`
+	LastNackReason string       `protobuf:"bytes,10,opt,name=last_nack_reason,json=lastNackReason,proto3" json:"last_nack_reason,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *SnapshotMessage) Reset() {
 	*x = SnapshotMessage{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[24]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1953,7 +2130,7 @@ func (x *SnapshotMessage) String() string {
 func (*SnapshotMessage) ProtoMessage() {}
 
 func (x *SnapshotMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[24]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1966,7 +2143,7 @@ func (x *SnapshotMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotMessage.ProtoReflect.Descriptor instead.
 func (*SnapshotMessage) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{24}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SnapshotMessage) GetId() uint64 {
@@ -2025,6 +2202,20 @@ func (x *SnapshotMessage) GetAttributes() []*Attribute {
 	return nil
 }
 
+func (x *SnapshotMessage) GetDeadLetter() *DeadLetter {
+	if x != nil {
+		return x.DeadLetter
+	}
+	return nil
+}
+
+func (x *SnapshotMessage) GetLastNackReason() string {
+	if x != nil {
+		return x.LastNackReason
+	}
+	return ""
+}
+
 type SnapshotDedup struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	DedupId       string                 `protobuf:"bytes,1,opt,name=dedup_id,json=dedupId,proto3" json:"dedup_id,omitempty"`
@@ -2035,7 +2226,7 @@ type SnapshotDedup struct {
 
 func (x *SnapshotDedup) Reset() {
 	*x = SnapshotDedup{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[25]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2047,7 +2238,7 @@ func (x *SnapshotDedup) String() string {
 func (*SnapshotDedup) ProtoMessage() {}
 
 func (x *SnapshotDedup) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[25]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2060,7 +2251,7 @@ func (x *SnapshotDedup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotDedup.ProtoReflect.Descriptor instead.
 func (*SnapshotDedup) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{25}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SnapshotDedup) GetDedupId() string {
@@ -2098,7 +2289,7 @@ type SnapshotReplay struct {
 
 func (x *SnapshotReplay) Reset() {
 	*x = SnapshotReplay{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[26]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2110,7 +2301,7 @@ func (x *SnapshotReplay) String() string {
 func (*SnapshotReplay) ProtoMessage() {}
 
 func (x *SnapshotReplay) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[26]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2123,7 +2314,7 @@ func (x *SnapshotReplay) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotReplay.ProtoReflect.Descriptor instead.
 func (*SnapshotReplay) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{26}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SnapshotReplay) GetRequestId() string {
@@ -2184,7 +2375,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[27]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2196,7 +2387,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[27]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2209,7 +2400,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{27}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -2373,11 +2564,12 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\x05queue\x18\x03 \x01(\tR\x05queue\"P\n" +
 	"\x03Ack\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
-	"\breceipts\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\"l\n" +
+	"\breceipts\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\"\x84\x01\n" +
 	"\x04Nack\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
 	"\breceipts\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\x12\x19\n" +
-	"\bdelay_ns\x18\x03 \x01(\x03R\adelayNs\"x\n" +
+	"\bdelay_ns\x18\x03 \x01(\x03R\adelayNs\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"x\n" +
 	"\x06Extend\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
 	"\breceipts\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\x12#\n" +
@@ -2392,7 +2584,7 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\rEnqueueResult\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\x04R\tmessageId\x12\x1c\n" +
-	"\tduplicate\x18\x02 \x01(\bR\tduplicate\"\x8d\x02\n" +
+	"\tduplicate\x18\x02 \x01(\bR\tduplicate\"\xf4\x02\n" +
 	"\bDelivery\x121\n" +
 	"\areceipt\x18\x01 \x01(\v2\x17.quorumq.fsm.v1.ReceiptR\areceipt\x12\x12\n" +
 	"\x04body\x18\x02 \x01(\fR\x04body\x121\n" +
@@ -2401,7 +2593,18 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"attributes\x18\x04 \x03(\v2\x19.quorumq.fsm.v1.AttributeR\n" +
 	"attributes\x12\x19\n" +
 	"\bdedup_id\x18\x05 \x01(\tR\adedupId\x121\n" +
-	"\x15lease_until_unix_nano\x18\x06 \x01(\x03R\x12leaseUntilUnixNano\"\xb9\x03\n" +
+	"\x15lease_until_unix_nano\x18\x06 \x01(\x03R\x12leaseUntilUnixNano\x12;\n" +
+	"\vdead_letter\x18\a \x01(\v2\x1a.quorumq.fsm.v1.DeadLetterR\n" +
+	"deadLetter\x12(\n" +
+	"\x10last_nack_reason\x18\b \x01(\tR\x0elastNackReason\"\x99\x02\n" +
+	"\n" +
+	"DeadLetter\x12!\n" +
+	"\fsource_queue\x18\x01 \x01(\tR\vsourceQueue\x12*\n" +
+	"\x11source_message_id\x18\x02 \x01(\x04R\x0fsourceMessageId\x128\n" +
+	"\x06reason\x18\x03 \x01(\x0e2 .quorumq.fsm.v1.DeadLetterReasonR\x06reason\x12\x1a\n" +
+	"\battempts\x18\x04 \x01(\rR\battempts\x12<\n" +
+	"\x1bfirst_enqueued_at_unix_nano\x18\x05 \x01(\x03R\x17firstEnqueuedAtUnixNano\x12(\n" +
+	"\x10last_nack_reason\x18\x06 \x01(\tR\x0elastNackReason\"\xb9\x03\n" +
 	"\n" +
 	"QueueStats\x12\x14\n" +
 	"\x05ready\x18\x01 \x01(\x04R\x05ready\x12\x16\n" +
@@ -2442,7 +2645,7 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\bcounters\x18\x03 \x01(\v2\x1a.quorumq.fsm.v1.QueueStatsR\bcounters\x12/\n" +
 	"\x14created_at_unix_nano\x18\x04 \x01(\x03R\x11createdAtUnixNano\x12\x17\n" +
 	"\anext_id\x18\x05 \x01(\x04R\x06nextId\x12!\n" +
-	"\fdedup_cursor\x18\x06 \x01(\x04R\vdedupCursor\"\x90\x02\n" +
+	"\fdedup_cursor\x18\x06 \x01(\x04R\vdedupCursor\"\xf7\x02\n" +
 	"\x0fSnapshotMessage\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x121\n" +
 	"\x15enqueued_at_unix_nano\x18\x02 \x01(\x03R\x12enqueuedAtUnixNano\x12 \n" +
@@ -2454,7 +2657,11 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\bdedup_id\x18\a \x01(\tR\adedupId\x129\n" +
 	"\n" +
 	"attributes\x18\b \x03(\v2\x19.quorumq.fsm.v1.AttributeR\n" +
-	"attributes\"I\n" +
+	"attributes\x12;\n" +
+	"\vdead_letter\x18\t \x01(\v2\x1a.quorumq.fsm.v1.DeadLetterR\n" +
+	"deadLetter\x12(\n" +
+	"\x10last_nack_reason\x18\n" +
+	" \x01(\tR\x0elastNackReason\"I\n" +
 	"\rSnapshotDedup\x12\x19\n" +
 	"\bdedup_id\x18\x01 \x01(\tR\adedupId\x12\x1d\n" +
 	"\n" +
@@ -2489,7 +2696,11 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"LEASE_LOST\x10\x06\x12\x13\n" +
 	"\x0fUNKNOWN_MESSAGE\x10\a\x12\x10\n" +
 	"\fOUT_OF_ORDER\x10\b\x12\x0f\n" +
-	"\vWRONG_QUEUE\x10\t*E\n" +
+	"\vWRONG_QUEUE\x10\t*p\n" +
+	"\x10DeadLetterReason\x12\"\n" +
+	"\x1eDEAD_LETTER_REASON_UNSPECIFIED\x10\x00\x12\x1e\n" +
+	"\x1aDEAD_LETTER_MAX_DELIVERIES\x10\x01\x12\x18\n" +
+	"\x14DEAD_LETTER_REJECTED\x10\x02*E\n" +
 	"\n" +
 	"AckOutcome\x12\n" +
 	"\n" +
@@ -2509,88 +2720,93 @@ func file_fsm_fsmpb_fsm_proto_rawDescGZIP() []byte {
 	return file_fsm_fsmpb_fsm_proto_rawDescData
 }
 
-var file_fsm_fsmpb_fsm_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_fsm_fsmpb_fsm_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_fsm_fsmpb_fsm_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_fsm_fsmpb_fsm_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_fsm_fsmpb_fsm_proto_goTypes = []any{
 	(ErrorCode)(0),          // 0: quorumq.fsm.v1.ErrorCode
-	(AckOutcome)(0),         // 1: quorumq.fsm.v1.AckOutcome
-	(*Command)(nil),         // 2: quorumq.fsm.v1.Command
-	(*QueueSettings)(nil),   // 3: quorumq.fsm.v1.QueueSettings
-	(*CreateQueue)(nil),     // 4: quorumq.fsm.v1.CreateQueue
-	(*UpdateQueue)(nil),     // 5: quorumq.fsm.v1.UpdateQueue
-	(*DeleteQueue)(nil),     // 6: quorumq.fsm.v1.DeleteQueue
-	(*Purge)(nil),           // 7: quorumq.fsm.v1.Purge
-	(*Attribute)(nil),       // 8: quorumq.fsm.v1.Attribute
-	(*Message)(nil),         // 9: quorumq.fsm.v1.Message
-	(*Enqueue)(nil),         // 10: quorumq.fsm.v1.Enqueue
-	(*Receive)(nil),         // 11: quorumq.fsm.v1.Receive
-	(*Receipt)(nil),         // 12: quorumq.fsm.v1.Receipt
-	(*Ack)(nil),             // 13: quorumq.fsm.v1.Ack
-	(*Nack)(nil),            // 14: quorumq.fsm.v1.Nack
-	(*Extend)(nil),          // 15: quorumq.fsm.v1.Extend
-	(*Transaction)(nil),     // 16: quorumq.fsm.v1.Transaction
-	(*Tick)(nil),            // 17: quorumq.fsm.v1.Tick
-	(*Error)(nil),           // 18: quorumq.fsm.v1.Error
-	(*EnqueueResult)(nil),   // 19: quorumq.fsm.v1.EnqueueResult
-	(*Delivery)(nil),        // 20: quorumq.fsm.v1.Delivery
-	(*QueueStats)(nil),      // 21: quorumq.fsm.v1.QueueStats
-	(*QueueInfo)(nil),       // 22: quorumq.fsm.v1.QueueInfo
-	(*Result)(nil),          // 23: quorumq.fsm.v1.Result
-	(*SnapshotState)(nil),   // 24: quorumq.fsm.v1.SnapshotState
-	(*SnapshotQueue)(nil),   // 25: quorumq.fsm.v1.SnapshotQueue
-	(*SnapshotMessage)(nil), // 26: quorumq.fsm.v1.SnapshotMessage
-	(*SnapshotDedup)(nil),   // 27: quorumq.fsm.v1.SnapshotDedup
-	(*SnapshotReplay)(nil),  // 28: quorumq.fsm.v1.SnapshotReplay
-	(*SnapshotRecord)(nil),  // 29: quorumq.fsm.v1.SnapshotRecord
+	(DeadLetterReason)(0),   // 1: quorumq.fsm.v1.DeadLetterReason
+	(AckOutcome)(0),         // 2: quorumq.fsm.v1.AckOutcome
+	(*Command)(nil),         // 3: quorumq.fsm.v1.Command
+	(*QueueSettings)(nil),   // 4: quorumq.fsm.v1.QueueSettings
+	(*CreateQueue)(nil),     // 5: quorumq.fsm.v1.CreateQueue
+	(*UpdateQueue)(nil),     // 6: quorumq.fsm.v1.UpdateQueue
+	(*DeleteQueue)(nil),     // 7: quorumq.fsm.v1.DeleteQueue
+	(*Purge)(nil),           // 8: quorumq.fsm.v1.Purge
+	(*Attribute)(nil),       // 9: quorumq.fsm.v1.Attribute
+	(*Message)(nil),         // 10: quorumq.fsm.v1.Message
+	(*Enqueue)(nil),         // 11: quorumq.fsm.v1.Enqueue
+	(*Receive)(nil),         // 12: quorumq.fsm.v1.Receive
+	(*Receipt)(nil),         // 13: quorumq.fsm.v1.Receipt
+	(*Ack)(nil),             // 14: quorumq.fsm.v1.Ack
+	(*Nack)(nil),            // 15: quorumq.fsm.v1.Nack
+	(*Extend)(nil),          // 16: quorumq.fsm.v1.Extend
+	(*Transaction)(nil),     // 17: quorumq.fsm.v1.Transaction
+	(*Tick)(nil),            // 18: quorumq.fsm.v1.Tick
+	(*Error)(nil),           // 19: quorumq.fsm.v1.Error
+	(*EnqueueResult)(nil),   // 20: quorumq.fsm.v1.EnqueueResult
+	(*Delivery)(nil),        // 21: quorumq.fsm.v1.Delivery
+	(*DeadLetter)(nil),      // 22: quorumq.fsm.v1.DeadLetter
+	(*QueueStats)(nil),      // 23: quorumq.fsm.v1.QueueStats
+	(*QueueInfo)(nil),       // 24: quorumq.fsm.v1.QueueInfo
+	(*Result)(nil),          // 25: quorumq.fsm.v1.Result
+	(*SnapshotState)(nil),   // 26: quorumq.fsm.v1.SnapshotState
+	(*SnapshotQueue)(nil),   // 27: quorumq.fsm.v1.SnapshotQueue
+	(*SnapshotMessage)(nil), // 28: quorumq.fsm.v1.SnapshotMessage
+	(*SnapshotDedup)(nil),   // 29: quorumq.fsm.v1.SnapshotDedup
+	(*SnapshotReplay)(nil),  // 30: quorumq.fsm.v1.SnapshotReplay
+	(*SnapshotRecord)(nil),  // 31: quorumq.fsm.v1.SnapshotRecord
 }
 var file_fsm_fsmpb_fsm_proto_depIdxs = []int32{
-	4,  // 0: quorumq.fsm.v1.Command.create_queue:type_name -> quorumq.fsm.v1.CreateQueue
-	5,  // 1: quorumq.fsm.v1.Command.update_queue:type_name -> quorumq.fsm.v1.UpdateQueue
-	6,  // 2: quorumq.fsm.v1.Command.delete_queue:type_name -> quorumq.fsm.v1.DeleteQueue
-	10, // 3: quorumq.fsm.v1.Command.enqueue:type_name -> quorumq.fsm.v1.Enqueue
-	11, // 4: quorumq.fsm.v1.Command.receive:type_name -> quorumq.fsm.v1.Receive
-	13, // 5: quorumq.fsm.v1.Command.ack:type_name -> quorumq.fsm.v1.Ack
-	14, // 6: quorumq.fsm.v1.Command.nack:type_name -> quorumq.fsm.v1.Nack
-	15, // 7: quorumq.fsm.v1.Command.extend:type_name -> quorumq.fsm.v1.Extend
-	16, // 8: quorumq.fsm.v1.Command.transaction:type_name -> quorumq.fsm.v1.Transaction
-	7,  // 9: quorumq.fsm.v1.Command.purge:type_name -> quorumq.fsm.v1.Purge
-	17, // 10: quorumq.fsm.v1.Command.tick:type_name -> quorumq.fsm.v1.Tick
-	3,  // 11: quorumq.fsm.v1.CreateQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	3,  // 12: quorumq.fsm.v1.UpdateQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	8,  // 13: quorumq.fsm.v1.Message.attributes:type_name -> quorumq.fsm.v1.Attribute
-	9,  // 14: quorumq.fsm.v1.Enqueue.messages:type_name -> quorumq.fsm.v1.Message
-	12, // 15: quorumq.fsm.v1.Receive.ack:type_name -> quorumq.fsm.v1.Receipt
-	12, // 16: quorumq.fsm.v1.Ack.receipts:type_name -> quorumq.fsm.v1.Receipt
-	12, // 17: quorumq.fsm.v1.Nack.receipts:type_name -> quorumq.fsm.v1.Receipt
-	12, // 18: quorumq.fsm.v1.Extend.receipts:type_name -> quorumq.fsm.v1.Receipt
-	13, // 19: quorumq.fsm.v1.Transaction.acks:type_name -> quorumq.fsm.v1.Ack
-	10, // 20: quorumq.fsm.v1.Transaction.enqueues:type_name -> quorumq.fsm.v1.Enqueue
+	5,  // 0: quorumq.fsm.v1.Command.create_queue:type_name -> quorumq.fsm.v1.CreateQueue
+	6,  // 1: quorumq.fsm.v1.Command.update_queue:type_name -> quorumq.fsm.v1.UpdateQueue
+	7,  // 2: quorumq.fsm.v1.Command.delete_queue:type_name -> quorumq.fsm.v1.DeleteQueue
+	11, // 3: quorumq.fsm.v1.Command.enqueue:type_name -> quorumq.fsm.v1.Enqueue
+	12, // 4: quorumq.fsm.v1.Command.receive:type_name -> quorumq.fsm.v1.Receive
+	14, // 5: quorumq.fsm.v1.Command.ack:type_name -> quorumq.fsm.v1.Ack
+	15, // 6: quorumq.fsm.v1.Command.nack:type_name -> quorumq.fsm.v1.Nack
+	16, // 7: quorumq.fsm.v1.Command.extend:type_name -> quorumq.fsm.v1.Extend
+	17, // 8: quorumq.fsm.v1.Command.transaction:type_name -> quorumq.fsm.v1.Transaction
+	8,  // 9: quorumq.fsm.v1.Command.purge:type_name -> quorumq.fsm.v1.Purge
+	18, // 10: quorumq.fsm.v1.Command.tick:type_name -> quorumq.fsm.v1.Tick
+	4,  // 11: quorumq.fsm.v1.CreateQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	4,  // 12: quorumq.fsm.v1.UpdateQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	9,  // 13: quorumq.fsm.v1.Message.attributes:type_name -> quorumq.fsm.v1.Attribute
+	10, // 14: quorumq.fsm.v1.Enqueue.messages:type_name -> quorumq.fsm.v1.Message
+	13, // 15: quorumq.fsm.v1.Receive.ack:type_name -> quorumq.fsm.v1.Receipt
+	13, // 16: quorumq.fsm.v1.Ack.receipts:type_name -> quorumq.fsm.v1.Receipt
+	13, // 17: quorumq.fsm.v1.Nack.receipts:type_name -> quorumq.fsm.v1.Receipt
+	13, // 18: quorumq.fsm.v1.Extend.receipts:type_name -> quorumq.fsm.v1.Receipt
+	14, // 19: quorumq.fsm.v1.Transaction.acks:type_name -> quorumq.fsm.v1.Ack
+	11, // 20: quorumq.fsm.v1.Transaction.enqueues:type_name -> quorumq.fsm.v1.Enqueue
 	0,  // 21: quorumq.fsm.v1.Error.code:type_name -> quorumq.fsm.v1.ErrorCode
-	12, // 22: quorumq.fsm.v1.Delivery.receipt:type_name -> quorumq.fsm.v1.Receipt
-	8,  // 23: quorumq.fsm.v1.Delivery.attributes:type_name -> quorumq.fsm.v1.Attribute
-	3,  // 24: quorumq.fsm.v1.QueueInfo.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	21, // 25: quorumq.fsm.v1.QueueInfo.stats:type_name -> quorumq.fsm.v1.QueueStats
-	18, // 26: quorumq.fsm.v1.Result.error:type_name -> quorumq.fsm.v1.Error
-	19, // 27: quorumq.fsm.v1.Result.enqueued:type_name -> quorumq.fsm.v1.EnqueueResult
-	20, // 28: quorumq.fsm.v1.Result.deliveries:type_name -> quorumq.fsm.v1.Delivery
-	1,  // 29: quorumq.fsm.v1.Result.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	22, // 30: quorumq.fsm.v1.Result.queue:type_name -> quorumq.fsm.v1.QueueInfo
-	3,  // 31: quorumq.fsm.v1.SnapshotQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	21, // 32: quorumq.fsm.v1.SnapshotQueue.counters:type_name -> quorumq.fsm.v1.QueueStats
-	8,  // 33: quorumq.fsm.v1.SnapshotMessage.attributes:type_name -> quorumq.fsm.v1.Attribute
-	26, // 34: quorumq.fsm.v1.SnapshotReplay.deliveries:type_name -> quorumq.fsm.v1.SnapshotMessage
-	1,  // 35: quorumq.fsm.v1.SnapshotReplay.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	12, // 36: quorumq.fsm.v1.SnapshotReplay.receipts:type_name -> quorumq.fsm.v1.Receipt
-	24, // 37: quorumq.fsm.v1.SnapshotRecord.state:type_name -> quorumq.fsm.v1.SnapshotState
-	25, // 38: quorumq.fsm.v1.SnapshotRecord.queue:type_name -> quorumq.fsm.v1.SnapshotQueue
-	26, // 39: quorumq.fsm.v1.SnapshotRecord.message:type_name -> quorumq.fsm.v1.SnapshotMessage
-	27, // 40: quorumq.fsm.v1.SnapshotRecord.dedup:type_name -> quorumq.fsm.v1.SnapshotDedup
-	28, // 41: quorumq.fsm.v1.SnapshotRecord.replay:type_name -> quorumq.fsm.v1.SnapshotReplay
-	42, // [42:42] is the sub-list for method output_type
-	42, // [42:42] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	13, // 22: quorumq.fsm.v1.Delivery.receipt:type_name -> quorumq.fsm.v1.Receipt
+	9,  // 23: quorumq.fsm.v1.Delivery.attributes:type_name -> quorumq.fsm.v1.Attribute
+	22, // 24: quorumq.fsm.v1.Delivery.dead_letter:type_name -> quorumq.fsm.v1.DeadLetter
+	1,  // 25: quorumq.fsm.v1.DeadLetter.reason:type_name -> quorumq.fsm.v1.DeadLetterReason
+	4,  // 26: quorumq.fsm.v1.QueueInfo.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	23, // 27: quorumq.fsm.v1.QueueInfo.stats:type_name -> quorumq.fsm.v1.QueueStats
+	19, // 28: quorumq.fsm.v1.Result.error:type_name -> quorumq.fsm.v1.Error
+	20, // 29: quorumq.fsm.v1.Result.enqueued:type_name -> quorumq.fsm.v1.EnqueueResult
+	21, // 30: quorumq.fsm.v1.Result.deliveries:type_name -> quorumq.fsm.v1.Delivery
+	2,  // 31: quorumq.fsm.v1.Result.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	24, // 32: quorumq.fsm.v1.Result.queue:type_name -> quorumq.fsm.v1.QueueInfo
+	4,  // 33: quorumq.fsm.v1.SnapshotQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	23, // 34: quorumq.fsm.v1.SnapshotQueue.counters:type_name -> quorumq.fsm.v1.QueueStats
+	9,  // 35: quorumq.fsm.v1.SnapshotMessage.attributes:type_name -> quorumq.fsm.v1.Attribute
+	22, // 36: quorumq.fsm.v1.SnapshotMessage.dead_letter:type_name -> quorumq.fsm.v1.DeadLetter
+	28, // 37: quorumq.fsm.v1.SnapshotReplay.deliveries:type_name -> quorumq.fsm.v1.SnapshotMessage
+	2,  // 38: quorumq.fsm.v1.SnapshotReplay.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	13, // 39: quorumq.fsm.v1.SnapshotReplay.receipts:type_name -> quorumq.fsm.v1.Receipt
+	26, // 40: quorumq.fsm.v1.SnapshotRecord.state:type_name -> quorumq.fsm.v1.SnapshotState
+	27, // 41: quorumq.fsm.v1.SnapshotRecord.queue:type_name -> quorumq.fsm.v1.SnapshotQueue
+	28, // 42: quorumq.fsm.v1.SnapshotRecord.message:type_name -> quorumq.fsm.v1.SnapshotMessage
+	29, // 43: quorumq.fsm.v1.SnapshotRecord.dedup:type_name -> quorumq.fsm.v1.SnapshotDedup
+	30, // 44: quorumq.fsm.v1.SnapshotRecord.replay:type_name -> quorumq.fsm.v1.SnapshotReplay
+	45, // [45:45] is the sub-list for method output_type
+	45, // [45:45] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_fsm_fsmpb_fsm_proto_init() }
@@ -2612,7 +2828,7 @@ func file_fsm_fsmpb_fsm_proto_init() {
 		(*Command_Tick)(nil),
 	}
 	file_fsm_fsmpb_fsm_proto_msgTypes[1].OneofWrappers = []any{}
-	file_fsm_fsmpb_fsm_proto_msgTypes[27].OneofWrappers = []any{
+	file_fsm_fsmpb_fsm_proto_msgTypes[28].OneofWrappers = []any{
 		(*SnapshotRecord_State)(nil),
 		(*SnapshotRecord_Queue)(nil),
 		(*SnapshotRecord_Message)(nil),
@@ -2624,8 +2840,8 @@ func file_fsm_fsmpb_fsm_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fsm_fsmpb_fsm_proto_rawDesc), len(file_fsm_fsmpb_fsm_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   28,
+			NumEnums:      3,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

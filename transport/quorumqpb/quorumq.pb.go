@@ -1076,10 +1076,13 @@ func (x *AckResponse) GetOutcomes() []fsmpb.AckOutcome {
 }
 
 type NackRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Queue         string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
-	Receipts      []*fsmpb.Receipt       `protobuf:"bytes,2,rep,name=receipts,proto3" json:"receipts,omitempty"`
-	DelayNs       int64                  `protobuf:"varint,3,opt,name=delay_ns,json=delayNs,proto3" json:"delay_ns,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Queue    string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	Receipts []*fsmpb.Receipt       `protobuf:"bytes,2,rep,name=receipts,proto3" json:"receipts,omitempty"`
+	DelayNs  int64                  `protobuf:"varint,3,opt,name=delay_ns,json=delayNs,proto3" json:"delay_ns,omitempty"`
+	// reason is kept on each message as its last nack reason and carried
+	// into its dead letter; at most 1024 bytes.
+	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1133,6 +1136,13 @@ func (x *NackRequest) GetDelayNs() int64 {
 		return x.DelayNs
 	}
 	return 0
+}
+
+func (x *NackRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
 }
 
 type NackResponse struct {
@@ -2482,11 +2492,12 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
 	"\breceipts\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\"E\n" +
 	"\vAckResponse\x126\n" +
-	"\boutcomes\x18\x01 \x03(\x0e2\x1a.quorumq.fsm.v1.AckOutcomeR\boutcomes\"s\n" +
+	"\boutcomes\x18\x01 \x03(\x0e2\x1a.quorumq.fsm.v1.AckOutcomeR\boutcomes\"\x8b\x01\n" +
 	"\vNackRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
 	"\breceipts\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\x12\x19\n" +
-	"\bdelay_ns\x18\x03 \x01(\x03R\adelayNs\"F\n" +
+	"\bdelay_ns\x18\x03 \x01(\x03R\adelayNs\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"F\n" +
 	"\fNackResponse\x126\n" +
 	"\boutcomes\x18\x01 \x03(\x0e2\x1a.quorumq.fsm.v1.AckOutcomeR\boutcomes\"\x7f\n" +
 	"\rExtendRequest\x12\x14\n" +

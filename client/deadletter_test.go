@@ -1,0 +1,96 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/quorumq/quorumq/client"
+	"github.com/quorumq/quorumq/cluster"
+)
+
+// A message nacked with a reason until it dead-letters arrives in the DLQ
+// saying where it came from, why, after how many attempts, when it was
+// first enqueued and what the consumer said last.
+func TestDeadLetterCarriesItsOriginThroughTheCluster(t *testing.T) {
+	tc := cluster.StartTestCluster(t, 3)
+	c := newClient(t, tc.Addrs())
+	ctx := ctxFor(t, 60*time.Second)
+	if _, err := c.CreateQueue(ctx, "orders-dlq", client.QueueSettings{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateQueue(ctx, "orders", client.QueueSettings{MaxDeliveries: 2, DeadLetterQueue: "orders-dlq"}); err != nil {
+		t.Fatal(err)
+	}
+	sent := time.Now()
+	res, err := c.Send(ctx, "orders", []byte("order 42"), client.WithDedupID("order-42"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, why := range []string{"payment service down", "card declined"} {
+		msgs, err := c.Receive(ctx, "orders", 1)
+		if err != nil || len(msgs) != 1 {
+			t.Fatalf("delivery %d: %v %v", i+1, msgs, err)
+		}
+		if i == 1 && msgs[0].LastNackReason != "payment service down" {
+			t.Fatalf("second delivery: LastNackReason %q, want the first nack's", msgs[0].LastNackReason)
+		}
+		if err := c.NackWithReason(ctx, "orders", 0, why, msgs[0].Receipt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if msgs, err := c.Receive(ctx, "orders", 1); err != nil || len(msgs) != 0 {
+		t.Fatalf("third receive: %v %v; want nothing (max deliveries 2)", msgs, err)
+	}
+	msgs, err := c.Receive(ctx, "orders-dlq", 1)
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("DLQ receive: %v %v", msgs, err)
+	}
+	dl := msgs[0].DeadLetter
+	if dl == nil || dl.SourceQueue != "orders" || dl.SourceMessageID != res.MessageID || dl.Reason != client.DeadLetterMaxDeliveries ||
+		dl.Attempts != 2 || dl.LastNackReason != "card declined" || dl.FirstEnqueuedAt.Before(sent.Add(-time.Minute)) || dl.FirstEnqueuedAt.After(time.Now().Add(time.Minute)) {
+		t.Fatalf("dead letter %+v; want from orders id %d, max_deliveries, 2 attempts, card declined, enqueued about %v", dl, res.MessageID, sent)
+	}
+	if string(msgs[0].Body) != "order 42" || msgs[0].DedupID != "order-42" {
+		t.Fatalf("dead letter message %+v", msgs[0])
+	}
+
+	// A consumer whose handler fails nacks with the error as the reason.
+	if _, err := c.Send(ctx, "orders", []byte("order 43")); err != nil {
+		t.Fatal(err)
+	}
+	seen := make(chan string, 2)
+	cctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Consume(cctx, "orders", func(_ context.Context, m *client.Message) error {
+			seen <- m.LastNackReason
+			if m.Receipt.Attempt == 1 {
+				return errors.New("inventory lookup failed")
+			}
+			return nil
+		}, client.WithNackBackoff(10*time.Millisecond, 10*time.Millisecond), client.WithLease(5*time.Second))
+	}()
+	for i, want := range []string{"", "inventory lookup failed"} {
+		select {
+		case got := <-seen:
+			if got != want {
+				t.Fatalf("consumer delivery %d: LastNackReason %q, want %q", i+1, got, want)
+			}
+		case <-ctx.Done():
+			t.Fatalf("consumer delivery %d never came", i+1)
+		}
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+
+	// A reason over the limit is refused before it is sent.
+	err = c.NackWithReason(ctx, "orders-dlq", 0, strings.Repeat("x", 1025), msgs[0].Receipt)
+	if !errors.Is(err, client.ErrInvalidArgument) || !strings.Contains(err.Error(), "1025 bytes, limit is 1024") {
+		t.Fatalf("nack with a 1025-byte reason: %v; want invalid argument naming the limit", err)
+	}
+}

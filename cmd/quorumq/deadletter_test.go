@@ -1,0 +1,58 @@
+package main
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/quorumq/quorumq/cluster"
+)
+
+// nack --reason gives a reason that the next delivery and the dead letter
+// show in recv; a reason over the limit is refused.
+func TestCLINackReasonAndDeadLetterOrigin(t *testing.T) {
+	tc := cluster.StartTestCluster(t, 3)
+	addr := strings.Join(tc.Addrs(), ",")
+	mustRun(t, queueCreateCmd(), addr, "", "orders-dlq")
+	mustRun(t, queueCreateCmd(), addr, "", "orders", "--max-deliveries", "2", "--dlq", "orders-dlq")
+	mustRun(t, sendCmd(), addr, "order 42\n", "orders")
+
+	recv := func(queue string) []recvJSON {
+		t.Helper()
+		var got []recvJSON
+		if err := json.Unmarshal([]byte(mustRun(t, recvCmd(), addr, "", queue, "--json")), &got); err != nil {
+			t.Fatalf("recv %s --json: %v", queue, err)
+		}
+		return got
+	}
+	first := recv("orders")
+	mustRun(t, nackCmd(), addr, "", "orders", first[0].Receipt, "--reason", "card declined")
+	second := recv("orders")
+	if len(second) != 1 || second[0].LastNackReason != "card declined" {
+		t.Fatalf("recv after nack --reason = %+v; want last_nack_reason card declined", second)
+	}
+	if _, err := run(t, nackCmd(), addr, "", "orders", second[0].Receipt, "--reason", strings.Repeat("x", 1025)); err == nil ||
+		!strings.Contains(err.Error(), "1025 bytes, limit is 1024") {
+		t.Fatalf("nack with a 1025-byte reason: %v; want refused naming the limit", err)
+	}
+	mustRun(t, nackCmd(), addr, "", "orders", second[0].Receipt)
+	if got := recv("orders"); len(got) != 0 {
+		t.Fatalf("third recv = %+v; want nothing, max deliveries is 2", got)
+	}
+
+	table := mustRun(t, recvCmd(), addr, "", "orders-dlq")
+	for _, want := range []string{"DEAD_LETTER", "from orders/1 after 2 attempt(s): max_deliveries", "card declined"} {
+		if !strings.Contains(table, want) {
+			t.Fatalf("recv of the dead letter printed\n%s\nwant %q in it", table, want)
+		}
+	}
+	mustRun(t, nackCmd(), addr, "", "orders-dlq", "1/1")
+	dl := recv("orders-dlq")
+	if len(dl) != 1 || dl[0].DeadLetter == nil {
+		t.Fatalf("recv --json of the dead letter = %+v", dl)
+	}
+	if d := dl[0].DeadLetter; d.SourceQueue != "orders" || d.SourceMessageID != 1 || d.Reason != "max_deliveries" || d.Attempts != 2 ||
+		d.LastNackReason != "card declined" || d.FirstEnqueuedAt == "" {
+		t.Fatalf("dead letter = %+v", d)
+	}
+}

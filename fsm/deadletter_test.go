@@ -1,0 +1,131 @@
+package fsm
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+	"github.com/quorumq/quorumq/fsm/limits"
+)
+
+func nackWhy(queue, reason string, rs ...*fsmpb.Receipt) *fsmpb.Command {
+	return &fsmpb.Command{Op: &fsmpb.Command_Nack{Nack: &fsmpb.Nack{Queue: queue, Receipts: rs, Reason: reason}}}
+}
+
+// poisonState is a queue w (max 2 deliveries, DLQ dlq) whose message
+// "poison", enqueued at t0, was delivered twice and nacked with reasons
+// the first time and without one the second, which keeps the first; the
+// third receive at t0+2m dead-letters it.
+func poisonState(t *testing.T) *harness {
+	h := newHarness(t)
+	h.ok(createQ("dlq", nil))
+	h.ok(createQ("w", settingsOf(func(s *fsmpb.QueueSettings) {
+		s.MaxDeliveries = proto.Uint32(2)
+		s.DeadLetterQueue = proto.String("dlq")
+	})))
+	h.ok(enq("w", msg("first", ""), msg("poison", "order-42")))
+	h.ok(ackCmd("w", h.ok(recvCmd(recv("w", 1))).Deliveries[0].Receipt))
+	for i, why := range []string{"bad schema", ""} {
+		h.at(time.Duration(i) * time.Minute)
+		d := h.ok(recvCmd(recv("w", 1))).Deliveries[0]
+		if i == 1 && d.LastNackReason != "bad schema" {
+			t.Fatalf("second delivery has last nack reason %q, want %q", d.LastNackReason, "bad schema")
+		}
+		h.ok(nackWhy("w", why, d.Receipt))
+	}
+	return h
+}
+
+// A dead letter says where it came from, why, after how many attempts,
+// when it was first enqueued, and the consumer's last nack reason.
+func TestDeadLetterCarriesItsOrigin(t *testing.T) {
+	h := poisonState(t)
+	h.at(2 * time.Minute)
+	if n := len(h.ok(recvCmd(recv("w", 1))).Deliveries); n != 0 {
+		t.Fatalf("third delivery happened, max_deliveries is 2")
+	}
+	d := h.ok(recvCmd(recv("dlq", 1))).Deliveries[0]
+	want := &fsmpb.DeadLetter{
+		SourceQueue: "w", SourceMessageId: 2, Reason: fsmpb.DeadLetterReason_DEAD_LETTER_MAX_DELIVERIES,
+		Attempts: 2, FirstEnqueuedAtUnixNano: t0, LastNackReason: "bad schema",
+	}
+	if !proto.Equal(d.DeadLetter, want) {
+		t.Fatalf("dead letter metadata %v, want %v", d.DeadLetter, want)
+	}
+	if string(d.Body) != "poison" || d.DedupId != "order-42" || d.LastNackReason != "" {
+		t.Fatalf("dead letter %v: want body poison, dedup ID order-42, no nack reason in the DLQ yet", d)
+	}
+	// A dead letter of a dead letter keeps the first enqueue time.
+	h.ok(updateQ("dlq", settingsOf(func(s *fsmpb.QueueSettings) {
+		s.MaxDeliveries = proto.Uint32(1)
+		s.DeadLetterQueue = proto.String("w")
+	})))
+	h.ok(nackWhy("dlq", "still bad", d.Receipt))
+	h.at(3 * time.Minute)
+	h.ok(recvCmd(recv("dlq", 1)))
+	back := h.ok(recvCmd(recv("w", 1))).Deliveries[0]
+	if dl := back.DeadLetter; dl.GetSourceQueue() != "dlq" || dl.GetFirstEnqueuedAtUnixNano() != t0 || dl.GetLastNackReason() != "still bad" || dl.GetAttempts() != 1 {
+		t.Fatalf("dead letter of a dead letter: %v; want source dlq, first enqueued at t0, reason still bad, 1 attempt", dl)
+	}
+}
+
+// The metadata survives a snapshot round trip and is part of the state
+// hash.
+func TestDeadLetterMetadataSurvivesRestore(t *testing.T) {
+	h := poisonState(t)
+	h.at(2 * time.Minute)
+	h.ok(recvCmd(recv("w", 1)))
+	g := New()
+	if err := g.Restore(persist(t, h.f)); err != nil {
+		t.Fatal(err)
+	}
+	checkInvariants(t, g)
+	if g.StateHash() != h.f.StateHash() {
+		t.Fatal("restored hash differs")
+	}
+	h2 := &harness{t: t, f: g, idx: h.idx, now: h.now}
+	a, b := h.ok(recvCmd(recv("dlq", 1))).Deliveries[0], h2.ok(recvCmd(recv("dlq", 1))).Deliveries[0]
+	if !proto.Equal(a, b) || b.DeadLetter.GetLastNackReason() != "bad schema" {
+		t.Fatalf("after restore %v, before %v", b, a)
+	}
+
+	// Two states that differ only in a nack reason hash differently.
+	x, y := newHarness(t), newHarness(t)
+	for _, z := range []*harness{x, y} {
+		z.ok(createQ("q", nil))
+		z.ok(enq("q", msg("m", "")))
+	}
+	rc := x.ok(recvCmd(recv("q", 1))).Deliveries[0].Receipt
+	y.ok(recvCmd(recv("q", 1)))
+	x.ok(nackWhy("q", "one", rc))
+	y.ok(nackWhy("q", "two", rc))
+	if x.f.StateHash() == y.f.StateHash() {
+		t.Fatal("nack reasons one and two gave the same state hash")
+	}
+}
+
+// A nack reason beyond limits.MaxNackReason is refused and changes nothing.
+func TestNackReasonLimit(t *testing.T) {
+	h := newHarness(t)
+	h.ok(createQ("q", nil))
+	h.ok(enq("q", msg("m", "")))
+	rc := h.ok(recvCmd(recv("q", 1))).Deliveries[0].Receipt
+	h.fails(nackWhy("q", strings.Repeat("r", limits.MaxNackReason+1), rc), fsmpb.ErrorCode_INVALID_ARGUMENT,
+		"nack.reason is 1025 bytes, limit is 1024")
+	h.ok(nackWhy("q", strings.Repeat("r", limits.MaxNackReason), rc))
+}
+
+// A snapshot of a release without dead-letter metadata (testdata: queue w
+// with max 1 delivery whose message "poison" went to dlq) still restores;
+// its dead letter shows as one with no recorded reason.
+func TestRestoreDeadLetterOfEarlierRelease(t *testing.T) {
+	h := restoreTestdata(t, "dead-letter-v1.snap")
+	h.at(time.Minute)
+	d := h.ok(recvCmd(recv("dlq", 1))).Deliveries
+	if len(d) != 1 || string(d[0].Body) != "poison" || d[0].DeadLetter == nil || d[0].DeadLetter.Reason != fsmpb.DeadLetterReason_DEAD_LETTER_REASON_UNSPECIFIED {
+		t.Fatalf("dead letter of the earlier release = %v; want poison marked as a dead letter with no reason", d)
+	}
+}
