@@ -25,10 +25,30 @@ const (
 	// featureEnqueueAfter: Enqueue.after_dedup_id, the chain that keeps
 	// a Producer's pipelined batches in order.
 	featureEnqueueAfter = "enqueue-after"
+	// featureDeadLetterOrigin: Nack.reason and Receive.dead_letter_origin,
+	// a message's last nack reason and a dead letter's origin.
+	featureDeadLetterOrigin = "dead-letter-origin"
 )
 
 // supportedFeatures are the log features this build applies.
-var supportedFeatures = []string{featureEnqueueAfter}
+var supportedFeatures = []string{featureEnqueueAfter, featureDeadLetterOrigin}
+
+// gateDeadLetterOrigin sets a receive's dead_letter_origin when every
+// voter knows it, and clears a nack's reason when some voter does not: a
+// server of an earlier release records neither, and the replicas must
+// keep the same state. The nack itself still goes through; its reason is
+// advice for whoever looks at the message, and a consumer's nacks must
+// not fail during a rolling upgrade.
+func (n *Node) gateDeadLetterOrigin(cmd *fsmpb.Command) {
+	switch op := cmd.GetOp().(type) {
+	case *fsmpb.Command_Receive:
+		op.Receive.DeadLetterOrigin = n.clusterHas(featureDeadLetterOrigin)
+	case *fsmpb.Command_Nack:
+		if op.Nack.GetReason() != "" && !n.clusterHas(featureDeadLetterOrigin) {
+			op.Nack.Reason = ""
+		}
+	}
+}
 
 // missingFeatures returns the features of this build that have is without.
 // The leader adds no server that lacks one: a new server replays the log,

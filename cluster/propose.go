@@ -120,6 +120,7 @@ func (n *Node) Submit(ctx context.Context, cmd *fsmpb.Command) (wait func(contex
 	if n.raft.State() != raft.Leader {
 		return nil, n.notLeader()
 	}
+	n.gateDeadLetterOrigin(cmd)
 	if res, err := n.unchain(ctx, cmd); err != nil {
 		return nil, err
 	} else if res != nil {

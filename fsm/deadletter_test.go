@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"bytes"
 	"strings"
 	"testing"
 	"time"
@@ -69,6 +70,22 @@ func TestDeadLetterCarriesItsOrigin(t *testing.T) {
 	back := h.ok(recvCmd(recv("w", 1))).Deliveries[0]
 	if dl := back.DeadLetter; dl.GetSourceQueue() != "dlq" || dl.GetFirstEnqueuedAtUnixNano() != t0 || dl.GetLastNackReason() != "still bad" || dl.GetAttempts() != 1 {
 		t.Fatalf("dead letter of a dead letter: %v; want source dlq, first enqueued at t0, reason still bad, 1 attempt", dl)
+	}
+}
+
+// A receive without dead_letter_origin (what a leader writes while some
+// voter is of an earlier release) dead-letters as that release does: the
+// dead letter records no origin, so both releases keep the same state.
+func TestDeadLetterWithoutOriginAsAnEarlierRelease(t *testing.T) {
+	h := poisonState(t)
+	h.at(2 * time.Minute)
+	h.ok(recvCmd(&fsmpb.Receive{Queue: "w", Max: 1}))
+	d := h.ok(recvCmd(recv("dlq", 1))).Deliveries
+	if len(d) != 1 || !proto.Equal(d[0].DeadLetter, &fsmpb.DeadLetter{}) {
+		t.Fatalf("dead letter of a receive without dead_letter_origin = %v; want an empty origin", d)
+	}
+	if bytes.Contains(persistBytes(t, h.f), []byte("bad schema")) {
+		t.Fatalf("the state keeps the nack reason of a message dead-lettered without origin")
 	}
 }
 

@@ -104,7 +104,11 @@ func delayed(body string, d time.Duration) *fsmpb.Message {
 	return &fsmpb.Message{Body: []byte(body), DelayNs: int64(d)}
 }
 
-func recv(queue string, max uint32) *fsmpb.Receive { return &fsmpb.Receive{Queue: queue, Max: max} }
+// recv is a receive as a leader of this release writes it once every
+// voter knows dead-letter origins.
+func recv(queue string, max uint32) *fsmpb.Receive {
+	return &fsmpb.Receive{Queue: queue, Max: max, DeadLetterOrigin: true}
+}
 
 func recvCmd(r *fsmpb.Receive) *fsmpb.Command {
 	return &fsmpb.Command{Op: &fsmpb.Command_Receive{Receive: r}}

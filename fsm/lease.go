@@ -166,7 +166,7 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 			continue
 		}
 		if md := q.settings.maxDeliveries; md > 0 && m.attempt >= md {
-			t.deadLetter(q, m, fsmpb.DeadLetterReason_DEAD_LETTER_MAX_DELIVERIES)
+			t.deadLetter(q, m, fsmpb.DeadLetterReason_DEAD_LETTER_MAX_DELIVERIES, r.GetDeadLetterOrigin())
 			continue
 		}
 		d := m.with(addDur(now, vis), m.attempt+1, m.flags&^flagReady|flagLeased)
@@ -233,11 +233,11 @@ func (q *queue) replayed(e *replayEntry, now int64) *fsmpb.Result {
 }
 
 // deadLetter moves m to the dead-letter queue as a new message (new id,
-// same body, dedup ID and attributes) that records where it came from and
-// why, or drops it when the queue has none or it does not exist. Dead
+// same body, dedup ID and attributes) that, with origin, records where it
+// came from and why, or drops it when the queue has none or it does not exist. Dead
 // letters bypass the DLQ's max_depth: dropping a message because its DLQ
 // is full would defeat the DLQ.
-func (t *txn) deadLetter(q *queue, m *message, reason fsmpb.DeadLetterReason) {
+func (t *txn) deadLetter(q *queue, m *message, reason fsmpb.DeadLetterReason, origin bool) {
 	q.remove(m, m.attempt, t.now, false)
 	q.counters.deadLettered++
 	if q.settings.deadLetter == "" || t.lookup(q.settings.deadLetter) == nil {
@@ -247,18 +247,21 @@ func (t *txn) deadLetter(q *queue, m *message, reason fsmpb.DeadLetterReason) {
 	if err != nil {
 		return
 	}
-	first := m.enqueuedAt
-	if d := m.dead(); d != nil && d.GetFirstEnqueuedAtUnixNano() != 0 {
-		first = d.GetFirstEnqueuedAtUnixNano()
+	ext := (&extra{attrs: m.attrs()}).orNil()
+	if origin {
+		first := m.enqueuedAt
+		if d := m.dead(); d != nil && d.GetFirstEnqueuedAtUnixNano() != 0 {
+			first = d.GetFirstEnqueuedAtUnixNano()
+		}
+		ext = &extra{attrs: m.attrs(), dead: &fsmpb.DeadLetter{
+			SourceQueue:             q.name,
+			SourceMessageId:         m.id,
+			Reason:                  reason,
+			Attempts:                m.attempt,
+			FirstEnqueuedAtUnixNano: first,
+			LastNackReason:          m.nackReason(),
+		}}
 	}
-	ext := &extra{attrs: m.attrs(), dead: &fsmpb.DeadLetter{
-		SourceQueue:             q.name,
-		SourceMessageId:         m.id,
-		Reason:                  reason,
-		Attempts:                m.attempt,
-		FirstEnqueuedAtUnixNano: first,
-		LastNackReason:          m.nackReason(),
-	}}
 	dlq.add(m.body, m.dedupID, ext, t.now, t.now, flagDeadLetter)
 	t.notify(dlq.name)
 }

@@ -136,7 +136,7 @@ func (g *gen) next() *fsmpb.Command {
 	case 3, 4, 5, 6:
 		cmd.Op = &fsmpb.Command_Enqueue{Enqueue: &fsmpb.Enqueue{Queue: q, Messages: g.msgs(), CreateQueue: g.c.intn(3) > 0}}
 	case 7, 8, 9, 10:
-		r := &fsmpb.Receive{Queue: q, Max: uint32(1 + g.c.intn(4)), AutoAck: g.c.intn(6) == 0}
+		r := &fsmpb.Receive{Queue: q, Max: uint32(1 + g.c.intn(4)), AutoAck: g.c.intn(6) == 0, DeadLetterOrigin: g.c.intn(4) != 0}
 		if g.c.intn(3) == 0 {
 			r.VisibilityNs = int64(time.Second) + g.dur(4*time.Second)
 		}

@@ -946,9 +946,14 @@ type Receive struct {
 	// ack: receipts of this queue acked in the same command before leasing, so
 	// a consumer confirms its previous batch and takes the next in one Raft
 	// round. Their outcomes are in Result.outcomes.
-	Ack           []*Receipt `protobuf:"bytes,6,rep,name=ack,proto3" json:"ack,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Ack []*Receipt `protobuf:"bytes,6,rep,name=ack,proto3" json:"ack,omitempty"`
+	// dead_letter_origin: a message this receive dead-letters records its
+	// origin (DeadLetter). The leader sets it once every voter applies it,
+	// so that a server of an earlier release, which records none, keeps
+	// the same state.
+	DeadLetterOrigin bool `protobuf:"varint,7,opt,name=dead_letter_origin,json=deadLetterOrigin,proto3" json:"dead_letter_origin,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Receive) Reset() {
@@ -1021,6 +1026,13 @@ func (x *Receive) GetAck() []*Receipt {
 		return x.Ack
 	}
 	return nil
+}
+
+func (x *Receive) GetDeadLetterOrigin() bool {
+	if x != nil {
+		return x.DeadLetterOrigin
+	}
+	return false
 }
 
 type Receipt struct {
@@ -2548,7 +2560,7 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
 	"\bmessages\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.MessageR\bmessages\x12!\n" +
 	"\fcreate_queue\x18\x03 \x01(\bR\vcreateQueue\x12$\n" +
-	"\x0eafter_dedup_id\x18\x04 \x01(\tR\fafterDedupId\"\xbb\x01\n" +
+	"\x0eafter_dedup_id\x18\x04 \x01(\tR\fafterDedupId\"\xe9\x01\n" +
 	"\aReceive\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x10\n" +
 	"\x03max\x18\x02 \x01(\rR\x03max\x12#\n" +
@@ -2556,7 +2568,8 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\bauto_ack\x18\x04 \x01(\bR\aautoAck\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x05 \x01(\tR\trequestId\x12)\n" +
-	"\x03ack\x18\x06 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\x03ack\"X\n" +
+	"\x03ack\x18\x06 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\x03ack\x12,\n" +
+	"\x12dead_letter_origin\x18\a \x01(\bR\x10deadLetterOrigin\"X\n" +
 	"\aReceipt\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\x04R\tmessageId\x12\x18\n" +

@@ -1,0 +1,92 @@
+package cluster
+
+import (
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+	"github.com/quorumq/quorumq/transport/quorumqpb"
+)
+
+// poisonOnce sends one message to w (max 1 delivery, DLQ dlq), receives
+// it, nacks it with reason and receives again, which dead-letters it, and
+// returns the dead letter as the DLQ delivers it.
+func poisonOnce(t *testing.T, c *TestCluster, reason string) *fsmpb.Delivery {
+	t.Helper()
+	q := quorumqpb.NewQueueClient(c.Conn(t, c.Index(c.Leader(t))))
+	ctx := ctxT(t, 10*time.Second)
+	if _, err := q.Enqueue(ctx, &quorumqpb.EnqueueRequest{Queue: "w", Messages: []*fsmpb.Message{{Body: []byte(reason)}}}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := q.Receive(ctx, &quorumqpb.ReceiveRequest{Queue: "w", Max: 1})
+	if err != nil || len(r.GetDeliveries()) != 1 {
+		t.Fatalf("receive: %v %v", r, err)
+	}
+	if _, err := q.Nack(ctx, &quorumqpb.NackRequest{Queue: "w", Receipts: []*fsmpb.Receipt{r.GetDeliveries()[0].GetReceipt()}, Reason: reason}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := q.Receive(ctx, &quorumqpb.ReceiveRequest{Queue: "w", Max: 1}); err != nil || len(r.GetDeliveries()) != 0 {
+		t.Fatalf("second receive: %v %v; want the message dead-lettered", r, err)
+	}
+	d, err := q.Receive(ctx, &quorumqpb.ReceiveRequest{Queue: "dlq", Max: 1})
+	if err != nil || len(d.GetDeliveries()) != 1 {
+		t.Fatalf("DLQ receive: %v %v", d, err)
+	}
+	return d.GetDeliveries()[0]
+}
+
+// TestDeadLetterOriginWaitsForEveryVoterToKnowIt plays a rolling upgrade:
+// n3 gossips only the features of a release before dead-letter origins,
+// which would apply a nack's reason and a dead letter's origin as if they
+// were not there. While it is a voter, the leader writes neither into the
+// log and every replica keeps the same state; once n3 knows them, dead
+// letters carry their origin.
+func TestDeadLetterOriginWaitsForEveryVoterToKnowIt(t *testing.T) {
+	c := StartTestClusterWith(t, 3, func(i int, cfg *Config) {
+		if i == 2 {
+			cfg.features = []string{featureEnqueueAfter}
+		}
+	})
+	q := quorumqpb.NewQueueClient(c.Conn(t, c.Index(c.Leader(t))))
+	if _, err := q.CreateQueue(ctxT(t, 10*time.Second), &quorumqpb.CreateQueueRequest{Name: "dlq"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.CreateQueue(ctxT(t, 10*time.Second), &quorumqpb.CreateQueueRequest{Name: "w",
+		Settings: &fsmpb.QueueSettings{MaxDeliveries: proto.Uint32(1), DeadLetterQueue: proto.String("dlq")}}); err != nil {
+		t.Fatal(err)
+	}
+	leader := c.Leader(t)
+	from := leader.raft.LastIndex()
+	if d := poisonOnce(t, c, "before"); !proto.Equal(d.GetDeadLetter(), &fsmpb.DeadLetter{}) {
+		t.Fatalf("dead letter while n3 is of an earlier release: origin %v, want none recorded", d.GetDeadLetter())
+	}
+	c.WaitReplicated(t)
+	for _, cmd := range logCommands(t, leader, from) {
+		if cmd.GetNack().GetReason() != "" || cmd.GetReceive().GetDeadLetterOrigin() {
+			t.Fatalf("while n3 is of an earlier release the log holds %v", cmd)
+		}
+	}
+
+	upgrade(t, c, 2)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		// The leader looks at the voters' features again each second, so
+		// the nack and the receive of one round may see the feature
+		// before and after it opens: a round counts once its nack reason
+		// went through, which it does only with the origin.
+		d := poisonOnce(t, c, "after")
+		if dl := d.GetDeadLetter(); dl.GetLastNackReason() == "after" {
+			if dl.GetSourceQueue() != "w" || dl.GetReason() != fsmpb.DeadLetterReason_DEAD_LETTER_MAX_DELIVERIES {
+				t.Fatalf("dead letter once every voter knows origins: %v", dl)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("dead letters still without origin 20 s after every voter knows it")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	c.WaitReplicated(t)
+}
