@@ -94,3 +94,51 @@ func TestDeadLetterCarriesItsOriginThroughTheCluster(t *testing.T) {
 		t.Fatalf("nack with a 1025-byte reason: %v; want invalid argument naming the limit", err)
 	}
 }
+
+// Reject sends a message to the DLQ at once, fenced by its receipt: a
+// retry with the same receipt succeeds, a stale receipt is LeaseLost.
+func TestRejectDeadLettersNowThroughTheCluster(t *testing.T) {
+	tc := cluster.StartTestCluster(t, 3)
+	c := newClient(t, tc.Addrs())
+	ctx := ctxFor(t, 60*time.Second)
+	if _, err := c.CreateQueue(ctx, "jobs-dlq", client.QueueSettings{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateQueue(ctx, "jobs", client.QueueSettings{DeadLetterQueue: "jobs-dlq"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Send(ctx, "jobs", []byte("poison")); err != nil {
+		t.Fatal(err)
+	}
+	first, err := c.Receive(ctx, "jobs", 1, client.WithVisibility(time.Second))
+	if err != nil || len(first) != 1 {
+		t.Fatalf("receive: %v %v", first, err)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	second, err := c.Receive(ctx, "jobs", 1)
+	if err != nil || len(second) != 1 {
+		t.Fatalf("receive after the lease ran out: %v %v", second, err)
+	}
+	if err := c.Reject(ctx, "jobs", "schema v1", first[0].Receipt); !errors.Is(err, client.ErrLeaseLost) {
+		t.Fatalf("reject with the first, stale receipt: %v; want ErrLeaseLost", err)
+	}
+	for range 2 {
+		if err := c.Reject(ctx, "jobs", "schema v1", second[0].Receipt); err != nil {
+			t.Fatalf("reject: %v", err)
+		}
+	}
+	if err := c.Ack(ctx, "jobs", second[0].Receipt); !errors.Is(err, client.ErrLeaseLost) {
+		t.Fatalf("ack of a rejected message: %v; want ErrLeaseLost", err)
+	}
+	dl, err := c.Receive(ctx, "jobs-dlq", 10)
+	if err != nil || len(dl) != 1 {
+		t.Fatalf("DLQ receive: %v %v; want the one rejected message", dl, err)
+	}
+	if d := dl[0].DeadLetter; d == nil || d.Reason != client.DeadLetterRejected || d.RejectReason != "schema v1" || d.Attempts != 2 || d.SourceQueue != "jobs" {
+		t.Fatalf("dead letter %+v; want rejected from jobs after 2 attempts with reason schema v1", d)
+	}
+	err = c.Reject(ctx, "jobs-dlq", strings.Repeat("x", 1025), dl[0].Receipt)
+	if !errors.Is(err, client.ErrInvalidArgument) || !strings.Contains(err.Error(), "1025 bytes, limit is 1024") {
+		t.Fatalf("reject with a 1025-byte reason: %v; want invalid argument naming the limit", err)
+	}
+}

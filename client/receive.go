@@ -53,6 +53,8 @@ type DeadLetter struct {
 	// LastNackReason is the reason of its last nack in the source queue
 	// that gave one.
 	LastNackReason string
+	// RejectReason is the reason given to Reject.
+	RejectReason string
 }
 
 // DeadLetterReason is why a message was dead-lettered.
@@ -79,6 +81,7 @@ func deadLetterOf(d *fsmpb.DeadLetter) *DeadLetter {
 		Reason:          DeadLetterUnknown,
 		Attempts:        d.GetAttempts(),
 		LastNackReason:  d.GetLastNackReason(),
+		RejectReason:    d.GetRejectReason(),
 	}
 	switch d.GetReason() {
 	case fsmpb.DeadLetterReason_DEAD_LETTER_MAX_DELIVERIES:
@@ -300,6 +303,35 @@ func (c *Client) NackWithReason(ctx context.Context, queue string, delay time.Du
 	return ackError("Nack", queue, receipts, resp.GetOutcomes(), func(o fsmpb.AckOutcome) bool {
 		return retried && o == fsmpb.AckOutcome_ACK_LEASE_LOST
 	})
+}
+
+// Reject sends the messages of the receipts to their queue's dead-letter
+// queue now, with reason (at most 1024 bytes) as the dead letter's
+// RejectReason. It is fenced like Ack: a receipt whose message was
+// delivered again fails with ErrLeaseLost in the returned *AckError, and
+// rejecting a rejected message again with the same receipt succeeds, so
+// a retry is safe.
+func (c *Client) Reject(ctx context.Context, queue, reason string, receipts ...Receipt) error {
+	if err := validateQueueName("Reject queue", queue); err != nil {
+		return err
+	}
+	if err := validateNackReason("Reject reason", reason); err != nil {
+		return err
+	}
+	if err := validateReceipts("Reject receipts", queue, receipts); err != nil {
+		return err
+	}
+	req := &quorumqpb.RejectRequest{Queue: queue, Receipts: receiptsPB(receipts), Reason: reason}
+	var resp *quorumqpb.RejectResponse
+	err := c.call(ctx, "Reject", idempotent, 0, func(ctx context.Context, cc *grpc.ClientConn) error {
+		var err error
+		resp, err = quorumqpb.NewQueueClient(cc).Reject(ctx, req)
+		return err
+	}, nil)
+	if err != nil {
+		return err
+	}
+	return ackError("Reject", queue, receipts, resp.GetOutcomes(), nil)
 }
 
 // Extend renews the leases of the receipts to visibility from now (0: the

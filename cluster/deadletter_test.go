@@ -1,9 +1,12 @@
 package cluster
 
 import (
+	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/quorumq/quorumq/fsm/fsmpb"
@@ -41,8 +44,9 @@ func poisonOnce(t *testing.T, c *TestCluster, reason string) *fsmpb.Delivery {
 // n3 gossips only the features of a release before dead-letter origins,
 // which would apply a nack's reason and a dead letter's origin as if they
 // were not there. While it is a voter, the leader writes neither into the
-// log and every replica keeps the same state; once n3 knows them, dead
-// letters carry their origin.
+// log and every replica keeps the same state, and it refuses a reject,
+// which an earlier release would not apply at all; once n3 knows them,
+// dead letters carry their origin and rejects go through.
 func TestDeadLetterOriginWaitsForEveryVoterToKnowIt(t *testing.T) {
 	c := StartTestClusterWith(t, 3, func(i int, cfg *Config) {
 		if i == 2 {
@@ -57,13 +61,40 @@ func TestDeadLetterOriginWaitsForEveryVoterToKnowIt(t *testing.T) {
 		Settings: &fsmpb.QueueSettings{MaxDeliveries: proto.Uint32(1), DeadLetterQueue: proto.String("dlq")}}); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := q.CreateQueue(ctxT(t, 10*time.Second), &quorumqpb.CreateQueueRequest{Name: "rq",
+		Settings: &fsmpb.QueueSettings{DeadLetterQueue: proto.String("dlq")}}); err != nil {
+		t.Fatal(err)
+	}
 	leader := c.Leader(t)
 	from := leader.raft.LastIndex()
 	if d := poisonOnce(t, c, "before"); !proto.Equal(d.GetDeadLetter(), &fsmpb.DeadLetter{}) {
 		t.Fatalf("dead letter while n3 is of an earlier release: origin %v, want none recorded", d.GetDeadLetter())
 	}
+	// A reject cannot be written another way: it is refused, naming why.
+	q = quorumqpb.NewQueueClient(c.Conn(t, c.Index(c.Leader(t))))
+	if _, err := q.Enqueue(ctxT(t, 10*time.Second), &quorumqpb.EnqueueRequest{Queue: "rq", Messages: []*fsmpb.Message{{Body: []byte("r")}}}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := q.Receive(ctxT(t, 10*time.Second), &quorumqpb.ReceiveRequest{Queue: "rq", Max: 1})
+	if err != nil || len(r.GetDeliveries()) != 1 {
+		t.Fatalf("receive: %v %v", r, err)
+	}
+	_, err = q.Reject(ctxT(t, 10*time.Second), &quorumqpb.RejectRequest{Queue: "rq", Receipts: []*fsmpb.Receipt{r.GetDeliveries()[0].GetReceipt()}})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "does not know reject yet") {
+		t.Fatalf("reject while n3 is of an earlier release: %v; want FailedPrecondition saying a voter does not know reject", err)
+	}
+	nack := func(rc *fsmpb.Receipt) {
+		t.Helper()
+		if _, err := q.Nack(ctxT(t, 10*time.Second), &quorumqpb.NackRequest{Queue: "rq", Receipts: []*fsmpb.Receipt{rc}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nack(r.GetDeliveries()[0].GetReceipt())
 	c.WaitReplicated(t)
 	for _, cmd := range logCommands(t, leader, from) {
+		if cmd.GetReject() != nil {
+			t.Fatalf("while n3 is of an earlier release the log holds %v", cmd)
+		}
 		if cmd.GetNack().GetReason() != "" || cmd.GetReceive().GetDeadLetterOrigin() {
 			t.Fatalf("while n3 is of an earlier release the log holds %v", cmd)
 		}
@@ -86,6 +117,22 @@ func TestDeadLetterOriginWaitsForEveryVoterToKnowIt(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("dead letters still without origin 20 s after every voter knows it")
 		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	q = quorumqpb.NewQueueClient(c.Conn(t, c.Index(c.Leader(t))))
+	for {
+		r, err := q.Receive(ctxT(t, 10*time.Second), &quorumqpb.ReceiveRequest{Queue: "rq", Max: 1})
+		if err != nil || len(r.GetDeliveries()) != 1 {
+			t.Fatalf("receive: %v %v", r, err)
+		}
+		_, err = q.Reject(ctxT(t, 10*time.Second), &quorumqpb.RejectRequest{Queue: "rq", Receipts: []*fsmpb.Receipt{r.GetDeliveries()[0].GetReceipt()}, Reason: "no"})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) || status.Code(err) != codes.FailedPrecondition {
+			t.Fatalf("reject once every voter knows it: %v", err)
+		}
+		nack(r.GetDeliveries()[0].GetReceipt())
 		time.Sleep(100 * time.Millisecond)
 	}
 	c.WaitReplicated(t)

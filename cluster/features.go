@@ -28,10 +28,12 @@ const (
 	// featureDeadLetterOrigin: Nack.reason and Receive.dead_letter_origin,
 	// a message's last nack reason and a dead letter's origin.
 	featureDeadLetterOrigin = "dead-letter-origin"
+	// featureReject: the Reject command.
+	featureReject = "reject"
 )
 
 // supportedFeatures are the log features this build applies.
-var supportedFeatures = []string{featureEnqueueAfter, featureDeadLetterOrigin}
+var supportedFeatures = []string{featureEnqueueAfter, featureDeadLetterOrigin, featureReject}
 
 // gateDeadLetterOrigin sets a receive's dead_letter_origin when every
 // voter knows it, and clears a nack's reason when some voter does not: a
@@ -39,8 +41,16 @@ var supportedFeatures = []string{featureEnqueueAfter, featureDeadLetterOrigin}
 // keep the same state. The nack itself still goes through; its reason is
 // advice for whoever looks at the message, and a consumer's nacks must
 // not fail during a rolling upgrade.
-func (n *Node) gateDeadLetterOrigin(cmd *fsmpb.Command) {
+//
+// A reject cannot be written another way, so while some voter does not
+// know it, it is refused with FailedPrecondition before anything is
+// proposed.
+func (n *Node) gateDeadLetterOrigin(cmd *fsmpb.Command) error {
 	switch op := cmd.GetOp().(type) {
+	case *fsmpb.Command_Reject:
+		if !n.clusterHas(featureReject) {
+			return status.Error(codes.FailedPrecondition, "reject: a voter does not know reject yet (a server of an earlier release); nack the messages, or retry once every server is upgraded")
+		}
 	case *fsmpb.Command_Receive:
 		op.Receive.DeadLetterOrigin = n.clusterHas(featureDeadLetterOrigin)
 	case *fsmpb.Command_Nack:
@@ -48,6 +58,7 @@ func (n *Node) gateDeadLetterOrigin(cmd *fsmpb.Command) {
 			op.Nack.Reason = ""
 		}
 	}
+	return nil
 }
 
 // missingFeatures returns the features of this build that have is without.

@@ -53,6 +53,10 @@ func TestEveryLimitIsCheckedBeforePropose(t *testing.T) {
 			_, err := q.Nack(ctx, &quorumqpb.NackRequest{Queue: "q", Receipts: []*fsmpb.Receipt{receipt}, Reason: long(1025)})
 			return err
 		}, "reason: 1025 bytes, limit is 1024"},
+		{"1025-byte reject reason", func(ctx context.Context) error {
+			_, err := q.Reject(ctx, &quorumqpb.RejectRequest{Queue: "q", Receipts: []*fsmpb.Receipt{receipt}, Reason: long(1025)})
+			return err
+		}, "reason: 1025 bytes, limit is 1024"},
 		{"257-byte attribute key", func(ctx context.Context) error {
 			_, err := q.Enqueue(ctx, msg(&fsmpb.Message{Body: []byte("x"), Attributes: []*fsmpb.Attribute{{Key: long(257)}}}))
 			return err

@@ -120,7 +120,9 @@ func (n *Node) Submit(ctx context.Context, cmd *fsmpb.Command) (wait func(contex
 	if n.raft.State() != raft.Leader {
 		return nil, n.notLeader()
 	}
-	n.gateDeadLetterOrigin(cmd)
+	if err := n.gateDeadLetterOrigin(cmd); err != nil {
+		return nil, err
+	}
 	if res, err := n.unchain(ctx, cmd); err != nil {
 		return nil, err
 	} else if res != nil {

@@ -146,3 +146,56 @@ func TestRestoreDeadLetterOfEarlierRelease(t *testing.T) {
 		t.Fatalf("dead letter of the earlier release = %v; want poison marked as a dead letter with no reason", d)
 	}
 }
+
+func rejectCmd(queue, reason string, rs ...*fsmpb.Receipt) *fsmpb.Command {
+	return &fsmpb.Command{Op: &fsmpb.Command_Reject{Reject: &fsmpb.Reject{Queue: queue, Receipts: rs, Reason: reason}}}
+}
+
+// Reject dead-letters a leased message now, fenced by its receipt like an
+// ack: a repeat with the same receipt succeeds and changes nothing, a
+// stale receipt loses, and an ack of a rejected message loses.
+func TestRejectDeadLettersNow(t *testing.T) {
+	h := newHarness(t)
+	h.ok(createQ("dlq", nil))
+	h.ok(createQ("w", settingsOf(func(s *fsmpb.QueueSettings) { s.DeadLetterQueue = proto.String("dlq") })))
+	h.ok(enq("w", msg("poison", "p"), msg("fine", "")))
+	d := h.ok(recvCmd(recv("w", 1))).Deliveries[0]
+	h.ok(nackWhy("w", "parse error", d.Receipt))
+	h.at(time.Second)
+	d = h.ok(recvCmd(recv("w", 1))).Deliveries[0]
+	stale := receipt(d.Receipt.MessageId, 1)
+	stale.Queue = "w"
+
+	ok, lost := fsmpb.AckOutcome_ACK_OK, fsmpb.AckOutcome_ACK_LEASE_LOST
+	if got := outcomes(h.ok(rejectCmd("w", "cannot parse", stale))); len(got) != 1 || got[0] != lost {
+		t.Fatalf("reject with a stale receipt: %v, want lease lost", got)
+	}
+	if got := outcomes(h.ok(rejectCmd("w", "cannot parse", d.Receipt))); len(got) != 1 || got[0] != ok {
+		t.Fatalf("reject: %v, want ok", got)
+	}
+	hash := h.f.StateHash()
+	if got := outcomes(h.ok(rejectCmd("w", "cannot parse", d.Receipt))); len(got) != 1 || got[0] != ok || h.f.StateHash() != hash {
+		t.Fatalf("reject again with the same receipt: %v (state changed: %v), want ok and no change", got, h.f.StateHash() != hash)
+	}
+	if got := outcomes(h.ok(ackCmd("w", d.Receipt))); len(got) != 1 || got[0] != lost {
+		t.Fatalf("ack of a rejected message: %v, want lease lost", got)
+	}
+	if st := h.stats("w"); st.DeadLetteredTotal != 1 || st.Ready != 1 {
+		t.Fatalf("source stats %v: want 1 dead-lettered, fine still ready", st)
+	}
+	dl := h.ok(recvCmd(recv("dlq", 1))).Deliveries
+	want := &fsmpb.DeadLetter{SourceQueue: "w", SourceMessageId: 1, Reason: fsmpb.DeadLetterReason_DEAD_LETTER_REJECTED,
+		Attempts: 2, FirstEnqueuedAtUnixNano: t0, LastNackReason: "parse error", RejectReason: "cannot parse"}
+	if len(dl) != 1 || string(dl[0].Body) != "poison" || !proto.Equal(dl[0].DeadLetter, want) {
+		t.Fatalf("rejected message in the DLQ: %v, want poison with origin %v", dl, want)
+	}
+	g := New()
+	if err := g.Restore(persist(t, h.f)); err != nil {
+		t.Fatal(err)
+	}
+	if g.StateHash() != h.f.StateHash() {
+		t.Fatal("a state with a rejected message restores to another hash")
+	}
+	h.fails(rejectCmd("w", strings.Repeat("r", limits.MaxNackReason+1), d.Receipt), fsmpb.ErrorCode_INVALID_ARGUMENT,
+		"reject.reason is 1025 bytes, limit is 1024")
+}

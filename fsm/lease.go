@@ -8,7 +8,8 @@ import (
 // the record (live or tombstone) when there is one.
 //
 //   - id never issued, or its tombstone already purged: ACK_UNKNOWN_MESSAGE.
-//   - tombstone of an ack by the same attempt: ACK_OK (an idempotent retry).
+//   - tombstone of an ack or a reject by the same attempt: ACK_OK (an
+//     idempotent retry, if the op is the same: settleOp.deletedOK).
 //   - any other tombstone (acked by another attempt, expired, purged, dead-
 //     lettered): ACK_LEASE_LOST.
 //   - live with a different attempt (delivered again since): ACK_LEASE_LOST.
@@ -23,7 +24,7 @@ func (q *queue) fence(r *fsmpb.Receipt) (*message, fsmpb.AckOutcome) {
 	if !ok {
 		return nil, fsmpb.AckOutcome_ACK_UNKNOWN_MESSAGE
 	}
-	if m.attempt != r.GetAttempt() || m.is(flagDeleted) && !m.is(flagAcked) {
+	if m.attempt != r.GetAttempt() || m.is(flagDeleted) && !m.is(flagAcked|flagRejected) {
 		return m, fsmpb.AckOutcome_ACK_LEASE_LOST
 	}
 	return m, fsmpb.AckOutcome_ACK_OK
@@ -34,18 +35,18 @@ func (q *queue) fence(r *fsmpb.Receipt) (*message, fsmpb.AckOutcome) {
 type settleOp interface {
 	// apply changes live record m and reports whether watchers should wake.
 	apply(q *queue, m *message, now int64) bool
-	// deletedOK says whether a fenced-OK tombstone is a success.
-	deletedOK() bool
+	// deletedOK says whether fenced-OK tombstone m is a success.
+	deletedOK(m *message) bool
 }
 
 type ackOp struct{}
 
 func (ackOp) apply(q *queue, m *message, now int64) bool {
-	q.remove(m, m.attempt, now, true)
+	q.remove(m, m.attempt, now, flagAcked)
 	q.counters.acked++
 	return false
 }
-func (ackOp) deletedOK() bool { return true }
+func (ackOp) deletedOK(m *message) bool { return m.is(flagAcked) }
 
 // nackOp releases a message; a reason, when given, replaces the one an
 // earlier nack left.
@@ -66,7 +67,7 @@ func (o nackOp) apply(q *queue, m *message, now int64) bool {
 	q.replace(m, n)
 	return true
 }
-func (nackOp) deletedOK() bool { return false }
+func (nackOp) deletedOK(*message) bool { return false }
 
 type extendOp struct{ visibility int64 }
 
@@ -78,7 +79,20 @@ func (o extendOp) apply(q *queue, m *message, now int64) bool {
 	q.replace(m, m.with(addDur(now, v), m.attempt, m.flags&^flagReady|flagLeased))
 	return false
 }
-func (extendOp) deletedOK() bool { return false }
+func (extendOp) deletedOK(*message) bool { return false }
+
+// rejectOp dead-letters a message now, as max_deliveries would, with
+// reason DEAD_LETTER_REJECTED and the consumer's reason.
+type rejectOp struct {
+	t      *txn
+	reason string
+}
+
+func (o rejectOp) apply(q *queue, m *message, _ int64) bool {
+	o.t.deadLetter(q, m, deadLetterCause{reason: fsmpb.DeadLetterReason_DEAD_LETTER_REJECTED, origin: true, rejectReason: o.reason})
+	return false
+}
+func (rejectOp) deletedOK(m *message) bool { return m.is(flagRejected) }
 
 // settle applies op to each receipt: one outcome each, in order; a stale
 // receipt does not fail the others.
@@ -103,7 +117,7 @@ func (q *queue) settleAll(receipts []*fsmpb.Receipt, op settleOp, now int64) []f
 		m, o := q.fence(r)
 		if o == fsmpb.AckOutcome_ACK_OK {
 			if m.is(flagDeleted) {
-				if !op.deletedOK() {
+				if !op.deletedOK(m) {
 					o = fsmpb.AckOutcome_ACK_LEASE_LOST
 				}
 			} else {
@@ -161,17 +175,17 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 		}
 		m, _ := q.msgs.GetHint(&message{id: id}, &q.msgsHint)
 		if q.settings.retention > 0 && m.enqueuedAt+q.settings.retention <= now {
-			q.remove(m, m.attempt, now, false)
+			q.remove(m, m.attempt, now, 0)
 			q.counters.expired++
 			continue
 		}
 		if md := q.settings.maxDeliveries; md > 0 && m.attempt >= md {
-			t.deadLetter(q, m, fsmpb.DeadLetterReason_DEAD_LETTER_MAX_DELIVERIES, r.GetDeadLetterOrigin())
+			t.deadLetter(q, m, deadLetterCause{reason: fsmpb.DeadLetterReason_DEAD_LETTER_MAX_DELIVERIES, origin: r.GetDeadLetterOrigin()})
 			continue
 		}
 		d := m.with(addDur(now, vis), m.attempt+1, m.flags&^flagReady|flagLeased)
 		if r.GetAutoAck() {
-			q.remove(m, d.attempt, now, true)
+			q.remove(m, d.attempt, now, flagAcked)
 			q.counters.acked++
 			autoAcked = append(autoAcked, d)
 		} else {
@@ -232,13 +246,25 @@ func (q *queue) replayed(e *replayEntry, now int64) *fsmpb.Result {
 	return res
 }
 
+// deadLetterCause is why a message is dead-lettered; origin says whether
+// the dead letter records it (see Receive.dead_letter_origin).
+type deadLetterCause struct {
+	reason       fsmpb.DeadLetterReason
+	origin       bool
+	rejectReason string
+}
+
 // deadLetter moves m to the dead-letter queue as a new message (new id,
-// same body, dedup ID and attributes) that, with origin, records where it
+// same body, dedup ID and attributes) that, with c.origin, records where it
 // came from and why, or drops it when the queue has none or it does not exist. Dead
 // letters bypass the DLQ's max_depth: dropping a message because its DLQ
 // is full would defeat the DLQ.
-func (t *txn) deadLetter(q *queue, m *message, reason fsmpb.DeadLetterReason, origin bool) {
-	q.remove(m, m.attempt, t.now, false)
+func (t *txn) deadLetter(q *queue, m *message, c deadLetterCause) {
+	var how uint8
+	if c.reason == fsmpb.DeadLetterReason_DEAD_LETTER_REJECTED {
+		how = flagRejected
+	}
+	q.remove(m, m.attempt, t.now, how)
 	q.counters.deadLettered++
 	if q.settings.deadLetter == "" || t.lookup(q.settings.deadLetter) == nil {
 		return
@@ -248,7 +274,7 @@ func (t *txn) deadLetter(q *queue, m *message, reason fsmpb.DeadLetterReason, or
 		return
 	}
 	ext := (&extra{attrs: m.attrs()}).orNil()
-	if origin {
+	if c.origin {
 		first := m.enqueuedAt
 		if d := m.dead(); d != nil && d.GetFirstEnqueuedAtUnixNano() != 0 {
 			first = d.GetFirstEnqueuedAtUnixNano()
@@ -256,10 +282,11 @@ func (t *txn) deadLetter(q *queue, m *message, reason fsmpb.DeadLetterReason, or
 		ext = &extra{attrs: m.attrs(), dead: &fsmpb.DeadLetter{
 			SourceQueue:             q.name,
 			SourceMessageId:         m.id,
-			Reason:                  reason,
+			Reason:                  c.reason,
 			Attempts:                m.attempt,
 			FirstEnqueuedAtUnixNano: first,
 			LastNackReason:          m.nackReason(),
+			RejectReason:            c.rejectReason,
 		}}
 	}
 	dlq.add(m.body, m.dedupID, ext, t.now, t.now, flagDeadLetter)

@@ -15,7 +15,8 @@ const (
 	flagDeadLetter = 1 << 2 // arrived as a dead letter from another queue
 	flagDeleted    = 1 << 3 // tombstone
 	flagAcked      = 1 << 4 // tombstone of an ack (or auto-ack)
-	flagMask       = flagReady | flagLeased | flagDeadLetter | flagDeleted | flagAcked
+	flagRejected   = 1 << 5 // tombstone of a reject
+	flagMask       = flagReady | flagLeased | flagDeadLetter | flagDeleted | flagAcked | flagRejected
 )
 
 // message is an immutable record: a change replaces the record in every
@@ -322,18 +323,15 @@ func (q *queue) redirectDedup(old, m *message) {
 }
 
 // remove turns live record m into a tombstone of its final delivery attempt,
-// deleted at now; acked says whether it was an ack (which makes a repeat of
-// the same receipt succeed).
-func (q *queue) remove(m *message, attempt uint32, now int64, acked bool) {
+// deleted at now; how is flagAcked for an ack and flagRejected for a
+// reject (which make a repeat of the same receipt succeed), else 0.
+func (q *queue) remove(m *message, attempt uint32, now int64, how uint8) {
 	q.unindex(m)
 	if m.is(flagDeadLetter) {
 		q.deadLetters--
 	}
 	q.released += uint64(len(m.body))
-	flags := uint8(flagDeleted)
-	if acked {
-		flags |= flagAcked
-	}
+	flags := flagDeleted | how
 	t := &message{id: m.id, enqueuedAt: m.enqueuedAt, at: now, dedupID: m.dedupID, attempt: attempt, flags: flags}
 	q.msgs.SetHint(t, &q.msgsHint)
 	q.tombs.SetHint(t, &q.tombsHint)

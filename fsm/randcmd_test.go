@@ -122,7 +122,7 @@ func (g *gen) next() *fsmpb.Command {
 	}
 	cmd := &fsmpb.Command{NowUnixNano: g.now}
 	q := g.queue()
-	switch g.c.intn(20) {
+	switch g.c.intn(21) {
 	case 0:
 		cmd.Op = &fsmpb.Command_CreateQueue{CreateQueue: &fsmpb.CreateQueue{Name: q, Settings: g.settings(), IfNotExists: g.c.intn(2) == 0}}
 	case 1:
@@ -160,6 +160,8 @@ func (g *gen) next() *fsmpb.Command {
 			Acks:     []*fsmpb.Ack{{Queue: q, Receipts: g.pick(q)}},
 			Enqueues: []*fsmpb.Enqueue{{Queue: out, Messages: g.msgs()}},
 		}}
+	case 20:
+		cmd.Op = &fsmpb.Command_Reject{Reject: &fsmpb.Reject{Queue: q, Receipts: g.pick(q), Reason: []string{"", "poison"}[g.c.intn(2)]}}
 	default:
 		cmd.Op = &fsmpb.Command_Tick{Tick: &fsmpb.Tick{}}
 	}

@@ -451,7 +451,8 @@ func checkMessageRecord(m *message, f uint32, nextID uint64) error {
 		return fmt.Errorf("message %d: unknown flags %#x", m.id, f)
 	}
 	deleted, ready, leased := f&flagDeleted != 0, f&flagReady != 0, f&flagLeased != 0
-	if deleted && (ready || leased || len(m.body) > 0) || ready && leased || f&flagAcked != 0 && !deleted {
+	acked, rejected := f&flagAcked != 0, f&flagRejected != 0
+	if deleted && (ready || leased || len(m.body) > 0) || ready && leased || (acked || rejected) && !deleted || acked && rejected {
 		return fmt.Errorf("message %d: inconsistent flags %#x", m.id, f)
 	}
 	for i, a := range m.attrs() {
@@ -469,8 +470,8 @@ func checkMessageRecord(m *message, f uint32, nextID uint64) error {
 		if p := limits.QueueNameProblem(d.GetSourceQueue()); p != "" {
 			return fmt.Errorf("message %d: dead letter source: %s", m.id, p)
 		}
-		if n := len(d.GetLastNackReason()); n > limits.MaxNackReason {
-			return fmt.Errorf("message %d: dead letter nack reason is %d bytes, limit is %d", m.id, n, limits.MaxNackReason)
+		if n := max(len(d.GetLastNackReason()), len(d.GetRejectReason())); n > limits.MaxNackReason {
+			return fmt.Errorf("message %d: dead letter reason is %d bytes, limit is %d", m.id, n, limits.MaxNackReason)
 		}
 		if _, ok := fsmpb.DeadLetterReason_name[int32(d.GetReason())]; !ok {
 			return fmt.Errorf("message %d: dead letter reason %d unknown", m.id, d.GetReason())

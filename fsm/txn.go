@@ -84,6 +84,11 @@ func (t *txn) run(cmd *fsmpb.Command) (*fsmpb.Result, *cmdError) {
 			return nil, invalid("nack.reason is %d bytes, limit is %d", n, MaxNackReason)
 		}
 		return t.settle("nack", op.Nack.GetQueue(), op.Nack.GetReceipts(), nackOp{delay: d, reason: op.Nack.GetReason()})
+	case *fsmpb.Command_Reject:
+		if n := len(op.Reject.GetReason()); n > MaxNackReason {
+			return nil, invalid("reject.reason is %d bytes, limit is %d", n, MaxNackReason)
+		}
+		return t.settle("reject", op.Reject.GetQueue(), op.Reject.GetReceipts(), rejectOp{t: t, reason: op.Reject.GetReason()})
 	case *fsmpb.Command_Extend:
 		v := op.Extend.GetVisibilityNs()
 		if err := checkOptionalDuration("extend.visibility_ns", v, MinVisibility, MaxVisibility); err != nil {
@@ -160,7 +165,7 @@ func (t *txn) purge(p *fsmpb.Purge) (*fsmpb.Result, *cmdError) {
 		return true
 	})
 	for _, m := range live {
-		q.remove(m, m.attempt, t.now, false)
+		q.remove(m, m.attempt, t.now, 0)
 	}
 	q.counters.purged += uint64(len(live))
 	t.notify(q.name)

@@ -562,6 +562,27 @@ func (q *QueueService) Nack(ctx context.Context, req *quorumqpb.NackRequest) (*q
 	return &quorumqpb.NackResponse{Outcomes: res.GetOutcomes()}, nil
 }
 
+// Reject dead-letters leased messages now, fenced by their receipts like
+// an ack.
+func (q *QueueService) Reject(ctx context.Context, req *quorumqpb.RejectRequest) (*quorumqpb.RejectResponse, error) {
+	if err := wire.ValidateQueueName("queue", req.GetQueue()); err != nil {
+		return nil, err
+	}
+	if err := q.limits.checkReceipts("receipts", req.GetQueue(), req.GetReceipts(), false); err != nil {
+		return nil, err
+	}
+	if err := wire.ValidateNackReason("reason", req.GetReason()); err != nil {
+		return nil, err
+	}
+	res, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Reject{Reject: &fsmpb.Reject{
+		Queue: req.GetQueue(), Receipts: req.GetReceipts(), Reason: req.GetReason(),
+	}}})
+	if err != nil {
+		return nil, err
+	}
+	return &quorumqpb.RejectResponse{Outcomes: res.GetOutcomes()}, nil
+}
+
 // Extend renews leases until now + visibility_ns.
 func (q *QueueService) Extend(ctx context.Context, req *quorumqpb.ExtendRequest) (*quorumqpb.ExtendResponse, error) {
 	if err := wire.ValidateQueueName("queue", req.GetQueue()); err != nil {

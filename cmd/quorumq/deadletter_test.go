@@ -56,3 +56,34 @@ func TestCLINackReasonAndDeadLetterOrigin(t *testing.T) {
 		t.Fatalf("dead letter = %+v", d)
 	}
 }
+
+// reject QUEUE RECEIPT --reason dead-letters at once; a stale receipt is
+// refused like a stale ack.
+func TestCLIReject(t *testing.T) {
+	tc := cluster.StartTestCluster(t, 3)
+	addr := strings.Join(tc.Addrs(), ",")
+	mustRun(t, queueCreateCmd(), addr, "", "jobs-dlq")
+	mustRun(t, queueCreateCmd(), addr, "", "jobs", "--dlq", "jobs-dlq")
+	mustRun(t, sendCmd(), addr, "poison\n", "jobs")
+	var got []recvJSON
+	if err := json.Unmarshal([]byte(mustRun(t, recvCmd(), addr, "", "jobs", "--json")), &got); err != nil || len(got) != 1 {
+		t.Fatalf("recv: %+v %v", got, err)
+	}
+	mustRun(t, nackCmd(), addr, "", "jobs", got[0].Receipt)
+	stale := got[0].Receipt
+	if err := json.Unmarshal([]byte(mustRun(t, recvCmd(), addr, "", "jobs", "--json")), &got); err != nil || len(got) != 1 {
+		t.Fatalf("recv: %+v %v", got, err)
+	}
+	if _, err := run(t, rejectCmd(), addr, "", "jobs", stale, "--reason", "bad"); err == nil || !strings.Contains(err.Error(), "lease lost") {
+		t.Fatalf("reject with the stale receipt %s: %v; want lease lost", stale, err)
+	}
+	if out := mustRun(t, rejectCmd(), addr, "", "jobs", got[0].Receipt, "--reason", "unknown schema"); !strings.Contains(out, "rejected 1 message") {
+		t.Fatalf("reject printed %q", out)
+	}
+	table := mustRun(t, recvCmd(), addr, "", "jobs-dlq")
+	for _, want := range []string{"poison", "from jobs/1 after 2 attempt(s): rejected", `rejected: "unknown schema"`} {
+		if !strings.Contains(table, want) {
+			t.Fatalf("recv of the rejected message printed\n%s\nwant %q in it", table, want)
+		}
+	}
+}

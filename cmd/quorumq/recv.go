@@ -37,6 +37,7 @@ type deadLetterJSON struct {
 	Attempts        uint32 `json:"attempts"`
 	FirstEnqueuedAt string `json:"first_enqueued_at,omitempty"`
 	LastNackReason  string `json:"last_nack_reason,omitempty"`
+	RejectReason    string `json:"reject_reason,omitempty"`
 }
 
 func deadLetterJSONOf(d *client.DeadLetter) *deadLetterJSON {
@@ -45,7 +46,7 @@ func deadLetterJSONOf(d *client.DeadLetter) *deadLetterJSON {
 	}
 	out := &deadLetterJSON{
 		SourceQueue: d.SourceQueue, SourceMessageID: d.SourceMessageID, Reason: string(d.Reason),
-		Attempts: d.Attempts, LastNackReason: d.LastNackReason,
+		Attempts: d.Attempts, LastNackReason: d.LastNackReason, RejectReason: d.RejectReason,
 	}
 	if !d.FirstEnqueuedAt.IsZero() {
 		out.FirstEnqueuedAt = fmtTime(d.FirstEnqueuedAt)
@@ -61,6 +62,9 @@ func (d *deadLetterJSON) String() string {
 	}
 	if d.LastNackReason != "" {
 		s += fmt.Sprintf(", last nack: %q", d.LastNackReason)
+	}
+	if d.RejectReason != "" {
+		s += fmt.Sprintf(", rejected: %q", d.RejectReason)
 	}
 	return s
 }

@@ -221,6 +221,7 @@ type Command struct {
 	//	*Command_Transaction
 	//	*Command_Purge
 	//	*Command_Tick
+	//	*Command_Reject
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -369,6 +370,15 @@ func (x *Command) GetTick() *Tick {
 	return nil
 }
 
+func (x *Command) GetReject() *Reject {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Reject); ok {
+			return x.Reject
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -417,6 +427,10 @@ type Command_Tick struct {
 	Tick *Tick `protobuf:"bytes,20,opt,name=tick,proto3,oneof"`
 }
 
+type Command_Reject struct {
+	Reject *Reject `protobuf:"bytes,21,opt,name=reject,proto3,oneof"`
+}
+
 func (*Command_CreateQueue) isCommand_Op() {}
 
 func (*Command_UpdateQueue) isCommand_Op() {}
@@ -438,6 +452,8 @@ func (*Command_Transaction) isCommand_Op() {}
 func (*Command_Purge) isCommand_Op() {}
 
 func (*Command_Tick) isCommand_Op() {}
+
+func (*Command_Reject) isCommand_Op() {}
 
 // QueueSettings are per-queue options. An unset field takes its default on
 // create and keeps its current value on update.
@@ -1223,6 +1239,71 @@ func (x *Nack) GetReason() string {
 	return ""
 }
 
+// Reject dead-letters leased messages now, fenced by their receipts like
+// an ack: each goes to its queue's dead-letter queue with reason
+// DEAD_LETTER_REJECTED. A repeat with the same receipt is ACK_OK.
+type Reject struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Queue    string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	Receipts []*Receipt             `protobuf:"bytes,2,rep,name=receipts,proto3" json:"receipts,omitempty"`
+	// reason: why, at most limits.MaxNackReason bytes; it goes into the
+	// dead letter's reject_reason.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Reject) Reset() {
+	*x = Reject{}
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Reject) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Reject) ProtoMessage() {}
+
+func (x *Reject) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Reject.ProtoReflect.Descriptor instead.
+func (*Reject) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Reject) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *Reject) GetReceipts() []*Receipt {
+	if x != nil {
+		return x.Receipts
+	}
+	return nil
+}
+
+func (x *Reject) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 type Extend struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Queue    string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
@@ -1235,7 +1316,7 @@ type Extend struct {
 
 func (x *Extend) Reset() {
 	*x = Extend{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[13]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1247,7 +1328,7 @@ func (x *Extend) String() string {
 func (*Extend) ProtoMessage() {}
 
 func (x *Extend) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[13]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1260,7 +1341,7 @@ func (x *Extend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Extend.ProtoReflect.Descriptor instead.
 func (*Extend) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{13}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Extend) GetQueue() string {
@@ -1297,7 +1378,7 @@ type Transaction struct {
 
 func (x *Transaction) Reset() {
 	*x = Transaction{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[14]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1309,7 +1390,7 @@ func (x *Transaction) String() string {
 func (*Transaction) ProtoMessage() {}
 
 func (x *Transaction) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[14]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1322,7 +1403,7 @@ func (x *Transaction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Transaction.ProtoReflect.Descriptor instead.
 func (*Transaction) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{14}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Transaction) GetAcks() []*Ack {
@@ -1350,7 +1431,7 @@ type Tick struct {
 
 func (x *Tick) Reset() {
 	*x = Tick{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[15]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1362,7 +1443,7 @@ func (x *Tick) String() string {
 func (*Tick) ProtoMessage() {}
 
 func (x *Tick) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[15]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1375,7 +1456,7 @@ func (x *Tick) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tick.ProtoReflect.Descriptor instead.
 func (*Tick) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{15}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{16}
 }
 
 type Error struct {
@@ -1388,7 +1469,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[16]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1400,7 +1481,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[16]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1413,7 +1494,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{16}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -1440,7 +1521,7 @@ type EnqueueResult struct {
 
 func (x *EnqueueResult) Reset() {
 	*x = EnqueueResult{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[17]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1452,7 +1533,7 @@ func (x *EnqueueResult) String() string {
 func (*EnqueueResult) ProtoMessage() {}
 
 func (x *EnqueueResult) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[17]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1465,7 +1546,7 @@ func (x *EnqueueResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnqueueResult.ProtoReflect.Descriptor instead.
 func (*EnqueueResult) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{17}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *EnqueueResult) GetMessageId() uint64 {
@@ -1501,7 +1582,7 @@ type Delivery struct {
 
 func (x *Delivery) Reset() {
 	*x = Delivery{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[18]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1513,7 +1594,7 @@ func (x *Delivery) String() string {
 func (*Delivery) ProtoMessage() {}
 
 func (x *Delivery) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[18]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1526,7 +1607,7 @@ func (x *Delivery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delivery.ProtoReflect.Descriptor instead.
 func (*Delivery) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{18}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Delivery) GetReceipt() *Receipt {
@@ -1599,13 +1680,15 @@ type DeadLetter struct {
 	// last_nack_reason is the reason of its last nack in the source queue
 	// that gave one.
 	LastNackReason string `protobuf:"bytes,6,opt,name=last_nack_reason,json=lastNackReason,proto3" json:"last_nack_reason,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// reject_reason is the reason the rejecting consumer gave.
+	RejectReason  string `protobuf:"bytes,7,opt,name=reject_reason,json=rejectReason,proto3" json:"reject_reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeadLetter) Reset() {
 	*x = DeadLetter{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[19]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1617,7 +1700,7 @@ func (x *DeadLetter) String() string {
 func (*DeadLetter) ProtoMessage() {}
 
 func (x *DeadLetter) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[19]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1630,7 +1713,7 @@ func (x *DeadLetter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeadLetter.ProtoReflect.Descriptor instead.
 func (*DeadLetter) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{19}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DeadLetter) GetSourceQueue() string {
@@ -1675,6 +1758,13 @@ func (x *DeadLetter) GetLastNackReason() string {
 	return ""
 }
 
+func (x *DeadLetter) GetRejectReason() string {
+	if x != nil {
+		return x.RejectReason
+	}
+	return ""
+}
+
 type QueueStats struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
 	Ready             uint64                 `protobuf:"varint,1,opt,name=ready,proto3" json:"ready,omitempty"`
@@ -1695,7 +1785,7 @@ type QueueStats struct {
 
 func (x *QueueStats) Reset() {
 	*x = QueueStats{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[20]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1707,7 +1797,7 @@ func (x *QueueStats) String() string {
 func (*QueueStats) ProtoMessage() {}
 
 func (x *QueueStats) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[20]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1720,7 +1810,7 @@ func (x *QueueStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueStats.ProtoReflect.Descriptor instead.
 func (*QueueStats) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{20}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *QueueStats) GetReady() uint64 {
@@ -1820,7 +1910,7 @@ type QueueInfo struct {
 
 func (x *QueueInfo) Reset() {
 	*x = QueueInfo{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[21]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1832,7 +1922,7 @@ func (x *QueueInfo) String() string {
 func (*QueueInfo) ProtoMessage() {}
 
 func (x *QueueInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[21]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1845,7 +1935,7 @@ func (x *QueueInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueInfo.ProtoReflect.Descriptor instead.
 func (*QueueInfo) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{21}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *QueueInfo) GetName() string {
@@ -1883,7 +1973,7 @@ type Result struct {
 	Error         *Error                 `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
 	Enqueued      []*EnqueueResult       `protobuf:"bytes,2,rep,name=enqueued,proto3" json:"enqueued,omitempty"`                                        // Enqueue; Transaction (in order of all its messages)
 	Deliveries    []*Delivery            `protobuf:"bytes,3,rep,name=deliveries,proto3" json:"deliveries,omitempty"`                                    // Receive
-	Outcomes      []AckOutcome           `protobuf:"varint,4,rep,packed,name=outcomes,proto3,enum=quorumq.fsm.v1.AckOutcome" json:"outcomes,omitempty"` // Ack, Nack, Extend, Receive.ack, Transaction (its acks, in order)
+	Outcomes      []AckOutcome           `protobuf:"varint,4,rep,packed,name=outcomes,proto3,enum=quorumq.fsm.v1.AckOutcome" json:"outcomes,omitempty"` // Ack, Nack, Extend, Reject, Receive.ack, Transaction (its acks, in order)
 	Queue         *QueueInfo             `protobuf:"bytes,5,opt,name=queue,proto3" json:"queue,omitempty"`                                              // CreateQueue, UpdateQueue
 	Count         uint64                 `protobuf:"varint,6,opt,name=count,proto3" json:"count,omitempty"`                                             // Purge: messages removed; Tick: entries purged
 	Replayed      bool                   `protobuf:"varint,7,opt,name=replayed,proto3" json:"replayed,omitempty"`                                       // Receive answered from the request-ID replay table
@@ -1893,7 +1983,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[22]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1905,7 +1995,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[22]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1918,7 +2008,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{22}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Result) GetError() *Error {
@@ -1981,7 +2071,7 @@ type SnapshotState struct {
 
 func (x *SnapshotState) Reset() {
 	*x = SnapshotState{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[23]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1993,7 +2083,7 @@ func (x *SnapshotState) String() string {
 func (*SnapshotState) ProtoMessage() {}
 
 func (x *SnapshotState) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[23]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2006,7 +2096,7 @@ func (x *SnapshotState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotState.ProtoReflect.Descriptor instead.
 func (*SnapshotState) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{23}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SnapshotState) GetAppliedIndex() uint64 {
@@ -2039,7 +2129,7 @@ type SnapshotQueue struct {
 
 func (x *SnapshotQueue) Reset() {
 	*x = SnapshotQueue{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[24]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2051,7 +2141,7 @@ func (x *SnapshotQueue) String() string {
 func (*SnapshotQueue) ProtoMessage() {}
 
 func (x *SnapshotQueue) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[24]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2064,7 +2154,7 @@ func (x *SnapshotQueue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotQueue.ProtoReflect.Descriptor instead.
 func (*SnapshotQueue) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{24}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SnapshotQueue) GetName() string {
@@ -2130,7 +2220,7 @@ type SnapshotMessage struct {
 
 func (x *SnapshotMessage) Reset() {
 	*x = SnapshotMessage{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[25]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2142,7 +2232,7 @@ func (x *SnapshotMessage) String() string {
 func (*SnapshotMessage) ProtoMessage() {}
 
 func (x *SnapshotMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[25]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2155,7 +2245,7 @@ func (x *SnapshotMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotMessage.ProtoReflect.Descriptor instead.
 func (*SnapshotMessage) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{25}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SnapshotMessage) GetId() uint64 {
@@ -2238,7 +2328,7 @@ type SnapshotDedup struct {
 
 func (x *SnapshotDedup) Reset() {
 	*x = SnapshotDedup{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[26]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2250,7 +2340,7 @@ func (x *SnapshotDedup) String() string {
 func (*SnapshotDedup) ProtoMessage() {}
 
 func (x *SnapshotDedup) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[26]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2263,7 +2353,7 @@ func (x *SnapshotDedup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotDedup.ProtoReflect.Descriptor instead.
 func (*SnapshotDedup) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{26}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SnapshotDedup) GetDedupId() string {
@@ -2301,7 +2391,7 @@ type SnapshotReplay struct {
 
 func (x *SnapshotReplay) Reset() {
 	*x = SnapshotReplay{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[27]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2313,7 +2403,7 @@ func (x *SnapshotReplay) String() string {
 func (*SnapshotReplay) ProtoMessage() {}
 
 func (x *SnapshotReplay) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[27]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2326,7 +2416,7 @@ func (x *SnapshotReplay) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotReplay.ProtoReflect.Descriptor instead.
 func (*SnapshotReplay) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{27}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SnapshotReplay) GetRequestId() string {
@@ -2387,7 +2477,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[28]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2399,7 +2489,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[28]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2412,7 +2502,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{28}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -2505,7 +2595,7 @@ var File_fsm_fsmpb_fsm_proto protoreflect.FileDescriptor
 
 const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\n" +
-	"\x13fsm/fsmpb/fsm.proto\x12\x0equorumq.fsm.v1\"\x86\x05\n" +
+	"\x13fsm/fsmpb/fsm.proto\x12\x0equorumq.fsm.v1\"\xb8\x05\n" +
 	"\aCommand\x12\"\n" +
 	"\rnow_unix_nano\x18\x01 \x01(\x03R\vnowUnixNano\x12@\n" +
 	"\fcreate_queue\x18\n" +
@@ -2519,7 +2609,8 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\x06extend\x18\x11 \x01(\v2\x16.quorumq.fsm.v1.ExtendH\x00R\x06extend\x12?\n" +
 	"\vtransaction\x18\x12 \x01(\v2\x1b.quorumq.fsm.v1.TransactionH\x00R\vtransaction\x12-\n" +
 	"\x05purge\x18\x13 \x01(\v2\x15.quorumq.fsm.v1.PurgeH\x00R\x05purge\x12*\n" +
-	"\x04tick\x18\x14 \x01(\v2\x14.quorumq.fsm.v1.TickH\x00R\x04tickB\x04\n" +
+	"\x04tick\x18\x14 \x01(\v2\x14.quorumq.fsm.v1.TickH\x00R\x04tick\x120\n" +
+	"\x06reject\x18\x15 \x01(\v2\x16.quorumq.fsm.v1.RejectH\x00R\x06rejectB\x04\n" +
 	"\x02op\"\x92\x03\n" +
 	"\rQueueSettings\x127\n" +
 	"\x15visibility_timeout_ns\x18\x01 \x01(\x03H\x00R\x13visibilityTimeoutNs\x88\x01\x01\x12*\n" +
@@ -2582,7 +2673,11 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
 	"\breceipts\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\x12\x19\n" +
 	"\bdelay_ns\x18\x03 \x01(\x03R\adelayNs\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"x\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"k\n" +
+	"\x06Reject\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
+	"\breceipts\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"x\n" +
 	"\x06Extend\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
 	"\breceipts\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\x12#\n" +
@@ -2609,7 +2704,7 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\x15lease_until_unix_nano\x18\x06 \x01(\x03R\x12leaseUntilUnixNano\x12;\n" +
 	"\vdead_letter\x18\a \x01(\v2\x1a.quorumq.fsm.v1.DeadLetterR\n" +
 	"deadLetter\x12(\n" +
-	"\x10last_nack_reason\x18\b \x01(\tR\x0elastNackReason\"\x99\x02\n" +
+	"\x10last_nack_reason\x18\b \x01(\tR\x0elastNackReason\"\xbe\x02\n" +
 	"\n" +
 	"DeadLetter\x12!\n" +
 	"\fsource_queue\x18\x01 \x01(\tR\vsourceQueue\x12*\n" +
@@ -2617,7 +2712,8 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\x06reason\x18\x03 \x01(\x0e2 .quorumq.fsm.v1.DeadLetterReasonR\x06reason\x12\x1a\n" +
 	"\battempts\x18\x04 \x01(\rR\battempts\x12<\n" +
 	"\x1bfirst_enqueued_at_unix_nano\x18\x05 \x01(\x03R\x17firstEnqueuedAtUnixNano\x12(\n" +
-	"\x10last_nack_reason\x18\x06 \x01(\tR\x0elastNackReason\"\xb9\x03\n" +
+	"\x10last_nack_reason\x18\x06 \x01(\tR\x0elastNackReason\x12#\n" +
+	"\rreject_reason\x18\a \x01(\tR\frejectReason\"\xb9\x03\n" +
 	"\n" +
 	"QueueStats\x12\x14\n" +
 	"\x05ready\x18\x01 \x01(\x04R\x05ready\x12\x16\n" +
@@ -2734,7 +2830,7 @@ func file_fsm_fsmpb_fsm_proto_rawDescGZIP() []byte {
 }
 
 var file_fsm_fsmpb_fsm_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_fsm_fsmpb_fsm_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_fsm_fsmpb_fsm_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_fsm_fsmpb_fsm_proto_goTypes = []any{
 	(ErrorCode)(0),          // 0: quorumq.fsm.v1.ErrorCode
 	(DeadLetterReason)(0),   // 1: quorumq.fsm.v1.DeadLetterReason
@@ -2752,22 +2848,23 @@ var file_fsm_fsmpb_fsm_proto_goTypes = []any{
 	(*Receipt)(nil),         // 13: quorumq.fsm.v1.Receipt
 	(*Ack)(nil),             // 14: quorumq.fsm.v1.Ack
 	(*Nack)(nil),            // 15: quorumq.fsm.v1.Nack
-	(*Extend)(nil),          // 16: quorumq.fsm.v1.Extend
-	(*Transaction)(nil),     // 17: quorumq.fsm.v1.Transaction
-	(*Tick)(nil),            // 18: quorumq.fsm.v1.Tick
-	(*Error)(nil),           // 19: quorumq.fsm.v1.Error
-	(*EnqueueResult)(nil),   // 20: quorumq.fsm.v1.EnqueueResult
-	(*Delivery)(nil),        // 21: quorumq.fsm.v1.Delivery
-	(*DeadLetter)(nil),      // 22: quorumq.fsm.v1.DeadLetter
-	(*QueueStats)(nil),      // 23: quorumq.fsm.v1.QueueStats
-	(*QueueInfo)(nil),       // 24: quorumq.fsm.v1.QueueInfo
-	(*Result)(nil),          // 25: quorumq.fsm.v1.Result
-	(*SnapshotState)(nil),   // 26: quorumq.fsm.v1.SnapshotState
-	(*SnapshotQueue)(nil),   // 27: quorumq.fsm.v1.SnapshotQueue
-	(*SnapshotMessage)(nil), // 28: quorumq.fsm.v1.SnapshotMessage
-	(*SnapshotDedup)(nil),   // 29: quorumq.fsm.v1.SnapshotDedup
-	(*SnapshotReplay)(nil),  // 30: quorumq.fsm.v1.SnapshotReplay
-	(*SnapshotRecord)(nil),  // 31: quorumq.fsm.v1.SnapshotRecord
+	(*Reject)(nil),          // 16: quorumq.fsm.v1.Reject
+	(*Extend)(nil),          // 17: quorumq.fsm.v1.Extend
+	(*Transaction)(nil),     // 18: quorumq.fsm.v1.Transaction
+	(*Tick)(nil),            // 19: quorumq.fsm.v1.Tick
+	(*Error)(nil),           // 20: quorumq.fsm.v1.Error
+	(*EnqueueResult)(nil),   // 21: quorumq.fsm.v1.EnqueueResult
+	(*Delivery)(nil),        // 22: quorumq.fsm.v1.Delivery
+	(*DeadLetter)(nil),      // 23: quorumq.fsm.v1.DeadLetter
+	(*QueueStats)(nil),      // 24: quorumq.fsm.v1.QueueStats
+	(*QueueInfo)(nil),       // 25: quorumq.fsm.v1.QueueInfo
+	(*Result)(nil),          // 26: quorumq.fsm.v1.Result
+	(*SnapshotState)(nil),   // 27: quorumq.fsm.v1.SnapshotState
+	(*SnapshotQueue)(nil),   // 28: quorumq.fsm.v1.SnapshotQueue
+	(*SnapshotMessage)(nil), // 29: quorumq.fsm.v1.SnapshotMessage
+	(*SnapshotDedup)(nil),   // 30: quorumq.fsm.v1.SnapshotDedup
+	(*SnapshotReplay)(nil),  // 31: quorumq.fsm.v1.SnapshotReplay
+	(*SnapshotRecord)(nil),  // 32: quorumq.fsm.v1.SnapshotRecord
 }
 var file_fsm_fsmpb_fsm_proto_depIdxs = []int32{
 	5,  // 0: quorumq.fsm.v1.Command.create_queue:type_name -> quorumq.fsm.v1.CreateQueue
@@ -2777,49 +2874,51 @@ var file_fsm_fsmpb_fsm_proto_depIdxs = []int32{
 	12, // 4: quorumq.fsm.v1.Command.receive:type_name -> quorumq.fsm.v1.Receive
 	14, // 5: quorumq.fsm.v1.Command.ack:type_name -> quorumq.fsm.v1.Ack
 	15, // 6: quorumq.fsm.v1.Command.nack:type_name -> quorumq.fsm.v1.Nack
-	16, // 7: quorumq.fsm.v1.Command.extend:type_name -> quorumq.fsm.v1.Extend
-	17, // 8: quorumq.fsm.v1.Command.transaction:type_name -> quorumq.fsm.v1.Transaction
+	17, // 7: quorumq.fsm.v1.Command.extend:type_name -> quorumq.fsm.v1.Extend
+	18, // 8: quorumq.fsm.v1.Command.transaction:type_name -> quorumq.fsm.v1.Transaction
 	8,  // 9: quorumq.fsm.v1.Command.purge:type_name -> quorumq.fsm.v1.Purge
-	18, // 10: quorumq.fsm.v1.Command.tick:type_name -> quorumq.fsm.v1.Tick
-	4,  // 11: quorumq.fsm.v1.CreateQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	4,  // 12: quorumq.fsm.v1.UpdateQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	9,  // 13: quorumq.fsm.v1.Message.attributes:type_name -> quorumq.fsm.v1.Attribute
-	10, // 14: quorumq.fsm.v1.Enqueue.messages:type_name -> quorumq.fsm.v1.Message
-	13, // 15: quorumq.fsm.v1.Receive.ack:type_name -> quorumq.fsm.v1.Receipt
-	13, // 16: quorumq.fsm.v1.Ack.receipts:type_name -> quorumq.fsm.v1.Receipt
-	13, // 17: quorumq.fsm.v1.Nack.receipts:type_name -> quorumq.fsm.v1.Receipt
-	13, // 18: quorumq.fsm.v1.Extend.receipts:type_name -> quorumq.fsm.v1.Receipt
-	14, // 19: quorumq.fsm.v1.Transaction.acks:type_name -> quorumq.fsm.v1.Ack
-	11, // 20: quorumq.fsm.v1.Transaction.enqueues:type_name -> quorumq.fsm.v1.Enqueue
-	0,  // 21: quorumq.fsm.v1.Error.code:type_name -> quorumq.fsm.v1.ErrorCode
-	13, // 22: quorumq.fsm.v1.Delivery.receipt:type_name -> quorumq.fsm.v1.Receipt
-	9,  // 23: quorumq.fsm.v1.Delivery.attributes:type_name -> quorumq.fsm.v1.Attribute
-	22, // 24: quorumq.fsm.v1.Delivery.dead_letter:type_name -> quorumq.fsm.v1.DeadLetter
-	1,  // 25: quorumq.fsm.v1.DeadLetter.reason:type_name -> quorumq.fsm.v1.DeadLetterReason
-	4,  // 26: quorumq.fsm.v1.QueueInfo.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	23, // 27: quorumq.fsm.v1.QueueInfo.stats:type_name -> quorumq.fsm.v1.QueueStats
-	19, // 28: quorumq.fsm.v1.Result.error:type_name -> quorumq.fsm.v1.Error
-	20, // 29: quorumq.fsm.v1.Result.enqueued:type_name -> quorumq.fsm.v1.EnqueueResult
-	21, // 30: quorumq.fsm.v1.Result.deliveries:type_name -> quorumq.fsm.v1.Delivery
-	2,  // 31: quorumq.fsm.v1.Result.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	24, // 32: quorumq.fsm.v1.Result.queue:type_name -> quorumq.fsm.v1.QueueInfo
-	4,  // 33: quorumq.fsm.v1.SnapshotQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	23, // 34: quorumq.fsm.v1.SnapshotQueue.counters:type_name -> quorumq.fsm.v1.QueueStats
-	9,  // 35: quorumq.fsm.v1.SnapshotMessage.attributes:type_name -> quorumq.fsm.v1.Attribute
-	22, // 36: quorumq.fsm.v1.SnapshotMessage.dead_letter:type_name -> quorumq.fsm.v1.DeadLetter
-	28, // 37: quorumq.fsm.v1.SnapshotReplay.deliveries:type_name -> quorumq.fsm.v1.SnapshotMessage
-	2,  // 38: quorumq.fsm.v1.SnapshotReplay.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	13, // 39: quorumq.fsm.v1.SnapshotReplay.receipts:type_name -> quorumq.fsm.v1.Receipt
-	26, // 40: quorumq.fsm.v1.SnapshotRecord.state:type_name -> quorumq.fsm.v1.SnapshotState
-	27, // 41: quorumq.fsm.v1.SnapshotRecord.queue:type_name -> quorumq.fsm.v1.SnapshotQueue
-	28, // 42: quorumq.fsm.v1.SnapshotRecord.message:type_name -> quorumq.fsm.v1.SnapshotMessage
-	29, // 43: quorumq.fsm.v1.SnapshotRecord.dedup:type_name -> quorumq.fsm.v1.SnapshotDedup
-	30, // 44: quorumq.fsm.v1.SnapshotRecord.replay:type_name -> quorumq.fsm.v1.SnapshotReplay
-	45, // [45:45] is the sub-list for method output_type
-	45, // [45:45] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	19, // 10: quorumq.fsm.v1.Command.tick:type_name -> quorumq.fsm.v1.Tick
+	16, // 11: quorumq.fsm.v1.Command.reject:type_name -> quorumq.fsm.v1.Reject
+	4,  // 12: quorumq.fsm.v1.CreateQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	4,  // 13: quorumq.fsm.v1.UpdateQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	9,  // 14: quorumq.fsm.v1.Message.attributes:type_name -> quorumq.fsm.v1.Attribute
+	10, // 15: quorumq.fsm.v1.Enqueue.messages:type_name -> quorumq.fsm.v1.Message
+	13, // 16: quorumq.fsm.v1.Receive.ack:type_name -> quorumq.fsm.v1.Receipt
+	13, // 17: quorumq.fsm.v1.Ack.receipts:type_name -> quorumq.fsm.v1.Receipt
+	13, // 18: quorumq.fsm.v1.Nack.receipts:type_name -> quorumq.fsm.v1.Receipt
+	13, // 19: quorumq.fsm.v1.Reject.receipts:type_name -> quorumq.fsm.v1.Receipt
+	13, // 20: quorumq.fsm.v1.Extend.receipts:type_name -> quorumq.fsm.v1.Receipt
+	14, // 21: quorumq.fsm.v1.Transaction.acks:type_name -> quorumq.fsm.v1.Ack
+	11, // 22: quorumq.fsm.v1.Transaction.enqueues:type_name -> quorumq.fsm.v1.Enqueue
+	0,  // 23: quorumq.fsm.v1.Error.code:type_name -> quorumq.fsm.v1.ErrorCode
+	13, // 24: quorumq.fsm.v1.Delivery.receipt:type_name -> quorumq.fsm.v1.Receipt
+	9,  // 25: quorumq.fsm.v1.Delivery.attributes:type_name -> quorumq.fsm.v1.Attribute
+	23, // 26: quorumq.fsm.v1.Delivery.dead_letter:type_name -> quorumq.fsm.v1.DeadLetter
+	1,  // 27: quorumq.fsm.v1.DeadLetter.reason:type_name -> quorumq.fsm.v1.DeadLetterReason
+	4,  // 28: quorumq.fsm.v1.QueueInfo.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	24, // 29: quorumq.fsm.v1.QueueInfo.stats:type_name -> quorumq.fsm.v1.QueueStats
+	20, // 30: quorumq.fsm.v1.Result.error:type_name -> quorumq.fsm.v1.Error
+	21, // 31: quorumq.fsm.v1.Result.enqueued:type_name -> quorumq.fsm.v1.EnqueueResult
+	22, // 32: quorumq.fsm.v1.Result.deliveries:type_name -> quorumq.fsm.v1.Delivery
+	2,  // 33: quorumq.fsm.v1.Result.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	25, // 34: quorumq.fsm.v1.Result.queue:type_name -> quorumq.fsm.v1.QueueInfo
+	4,  // 35: quorumq.fsm.v1.SnapshotQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	24, // 36: quorumq.fsm.v1.SnapshotQueue.counters:type_name -> quorumq.fsm.v1.QueueStats
+	9,  // 37: quorumq.fsm.v1.SnapshotMessage.attributes:type_name -> quorumq.fsm.v1.Attribute
+	23, // 38: quorumq.fsm.v1.SnapshotMessage.dead_letter:type_name -> quorumq.fsm.v1.DeadLetter
+	29, // 39: quorumq.fsm.v1.SnapshotReplay.deliveries:type_name -> quorumq.fsm.v1.SnapshotMessage
+	2,  // 40: quorumq.fsm.v1.SnapshotReplay.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	13, // 41: quorumq.fsm.v1.SnapshotReplay.receipts:type_name -> quorumq.fsm.v1.Receipt
+	27, // 42: quorumq.fsm.v1.SnapshotRecord.state:type_name -> quorumq.fsm.v1.SnapshotState
+	28, // 43: quorumq.fsm.v1.SnapshotRecord.queue:type_name -> quorumq.fsm.v1.SnapshotQueue
+	29, // 44: quorumq.fsm.v1.SnapshotRecord.message:type_name -> quorumq.fsm.v1.SnapshotMessage
+	30, // 45: quorumq.fsm.v1.SnapshotRecord.dedup:type_name -> quorumq.fsm.v1.SnapshotDedup
+	31, // 46: quorumq.fsm.v1.SnapshotRecord.replay:type_name -> quorumq.fsm.v1.SnapshotReplay
+	47, // [47:47] is the sub-list for method output_type
+	47, // [47:47] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_fsm_fsmpb_fsm_proto_init() }
@@ -2839,9 +2938,10 @@ func file_fsm_fsmpb_fsm_proto_init() {
 		(*Command_Transaction)(nil),
 		(*Command_Purge)(nil),
 		(*Command_Tick)(nil),
+		(*Command_Reject)(nil),
 	}
 	file_fsm_fsmpb_fsm_proto_msgTypes[1].OneofWrappers = []any{}
-	file_fsm_fsmpb_fsm_proto_msgTypes[28].OneofWrappers = []any{
+	file_fsm_fsmpb_fsm_proto_msgTypes[29].OneofWrappers = []any{
 		(*SnapshotRecord_State)(nil),
 		(*SnapshotRecord_Queue)(nil),
 		(*SnapshotRecord_Message)(nil),
@@ -2854,7 +2954,7 @@ func file_fsm_fsmpb_fsm_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fsm_fsmpb_fsm_proto_rawDesc), len(file_fsm_fsmpb_fsm_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   29,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
