@@ -142,3 +142,51 @@ func TestRejectDeadLettersNowThroughTheCluster(t *testing.T) {
 		t.Fatalf("reject with a 1025-byte reason: %v; want invalid argument naming the limit", err)
 	}
 }
+
+// A queue may name only a dead-letter queue that exists, unless it asks
+// for it to be created with it; a DLQ in use is deleted only with force,
+// and then the dead letters of its users stay in them as dead.
+func TestDeadLetterQueueMustExistThroughTheCluster(t *testing.T) {
+	tc := cluster.StartTestCluster(t, 3)
+	c := newClient(t, tc.Addrs())
+	ctx := ctxFor(t, 60*time.Second)
+	_, err := c.CreateQueue(ctx, "orders", client.QueueSettings{DeadLetterQueue: "orders-dlx", MaxDeliveries: 1})
+	if !errors.Is(err, client.ErrQueueNotFound) || !strings.Contains(err.Error(), `dead_letter_queue: queue "orders-dlx" does not exist`) {
+		t.Fatalf("create naming a DLQ that does not exist: %v; want queue not found naming it", err)
+	}
+	if _, err := c.GetQueue(ctx, "orders"); !errors.Is(err, client.ErrQueueNotFound) {
+		t.Fatalf("the refused create left queue orders: %v", err)
+	}
+	if _, err := c.CreateQueue(ctx, "orders", client.QueueSettings{DeadLetterQueue: "orders-dlq", MaxDeliveries: 1}, client.WithCreateDLQ()); err != nil {
+		t.Fatalf("create with WithCreateDLQ: %v", err)
+	}
+	if _, err := c.GetQueue(ctx, "orders-dlq"); err != nil {
+		t.Fatalf("WithCreateDLQ did not create orders-dlq: %v", err)
+	}
+	if _, err := c.UpdateQueue(ctx, "orders", client.QueueSettings{DeadLetterQueue: "nope"}); !errors.Is(err, client.ErrQueueNotFound) {
+		t.Fatalf("update naming a DLQ that does not exist: %v; want queue not found", err)
+	}
+	err = c.DeleteQueue(ctx, "orders-dlq")
+	if !errors.Is(err, client.ErrInvalidArgument) || !strings.Contains(err.Error(), `is the dead-letter queue of "orders"`) {
+		t.Fatalf("delete of a DLQ in use: %v; want refused naming its user", err)
+	}
+	if err := c.DeleteQueue(ctx, "orders-dlq", client.WithForce()); err != nil {
+		t.Fatalf("forced delete: %v", err)
+	}
+	if _, err := c.Send(ctx, "orders", []byte("poison")); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		msgs, err := c.Receive(ctx, "orders", 1, client.WithVisibility(10*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(msgs) == 1 {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	info, err := c.GetQueue(ctx, "orders")
+	if err != nil || info.Stats.Dead != 1 || info.Stats.Ready+info.Stats.Leased != 0 {
+		t.Fatalf("orders after its DLQ was deleted: %+v %v; want the message kept dead", info, err)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/quorumq/quorumq/fsm"
 	"github.com/quorumq/quorumq/fsm/fsmpb"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
 )
@@ -46,7 +47,8 @@ func poisonOnce(t *testing.T, c *TestCluster, reason string) *fsmpb.Delivery {
 // were not there. While it is a voter, the leader writes neither into the
 // log and every replica keeps the same state, and it refuses a reject,
 // which an earlier release would not apply at all; once n3 knows them,
-// dead letters carry their origin and rejects go through.
+// dead letters carry their origin and rejects go through. The same holds
+// for the dead-letter queue rules (Command.rules).
 func TestDeadLetterOriginWaitsForEveryVoterToKnowIt(t *testing.T) {
 	c := StartTestClusterWith(t, 3, func(i int, cfg *Config) {
 		if i == 2 {
@@ -90,9 +92,14 @@ func TestDeadLetterOriginWaitsForEveryVoterToKnowIt(t *testing.T) {
 		}
 	}
 	nack(r.GetDeliveries()[0].GetReceipt())
+	_, err = q.CreateQueue(ctxT(t, 10*time.Second), &quorumqpb.CreateQueueRequest{Name: "x",
+		Settings: &fsmpb.QueueSettings{DeadLetterQueue: proto.String("x-dlq")}, CreateDeadLetterQueue: true})
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("create_dead_letter_queue while n3 is of an earlier release: %v; want FailedPrecondition", err)
+	}
 	c.WaitReplicated(t)
 	for _, cmd := range logCommands(t, leader, from) {
-		if cmd.GetReject() != nil {
+		if cmd.GetReject() != nil || cmd.GetRules() != 0 {
 			t.Fatalf("while n3 is of an earlier release the log holds %v", cmd)
 		}
 		if cmd.GetNack().GetReason() != "" || cmd.GetReceive().GetDeadLetterOrigin() {
@@ -135,5 +142,56 @@ func TestDeadLetterOriginWaitsForEveryVoterToKnowIt(t *testing.T) {
 		nack(r.GetDeliveries()[0].GetReceipt())
 		time.Sleep(100 * time.Millisecond)
 	}
+	for {
+		from = c.Leader(t).raft.LastIndex()
+		_, err := q.CreateQueue(ctxT(t, 10*time.Second), &quorumqpb.CreateQueueRequest{Name: "x",
+			Settings: &fsmpb.QueueSettings{DeadLetterQueue: proto.String("x-dlq")}, CreateDeadLetterQueue: true})
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) || status.Code(err) != codes.FailedPrecondition {
+			t.Fatalf("create_dead_letter_queue once every voter knows it: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if cmds := logCommands(t, c.Leader(t), from); len(cmds) == 0 || cmds[len(cmds)-1].GetRules() != fsm.Rules {
+		t.Fatalf("commands once every voter knows the rules: %v; want rules %d", cmds, fsm.Rules)
+	}
 	c.WaitReplicated(t)
+}
+
+// A create or update naming a dead-letter queue that does not exist is
+// refused by the leader before a Raft round.
+func TestMissingDeadLetterQueueIsRefusedBeforePropose(t *testing.T) {
+	c := StartTestClusterWith(t, 3, func(_ int, cfg *Config) { cfg.TickInterval = time.Hour })
+	leader := c.Leader(t)
+	q := quorumqpb.NewQueueClient(c.Conn(t, c.Index(leader)))
+	if _, err := q.CreateQueue(ctxT(t, 10*time.Second), &quorumqpb.CreateQueueRequest{Name: "w"}); err != nil {
+		t.Fatal(err)
+	}
+	missing := &fsmpb.QueueSettings{DeadLetterQueue: proto.String("w-dlq")}
+	for name, call := range map[string]func() error{
+		"create": func() error {
+			_, err := q.CreateQueue(ctxT(t, 10*time.Second), &quorumqpb.CreateQueueRequest{Name: "v", Settings: missing})
+			return err
+		},
+		"update": func() error {
+			_, err := q.UpdateQueue(ctxT(t, 10*time.Second), &quorumqpb.UpdateQueueRequest{Name: "w", Settings: missing})
+			return err
+		},
+	} {
+		before := leader.raft.LastIndex()
+		if err := call(); status.Code(err) != codes.NotFound || !strings.Contains(err.Error(), `dead_letter_queue: queue "w-dlq" does not exist`) {
+			t.Errorf("%s naming a missing DLQ: %v; want NotFound naming it", name, err)
+		}
+		if after := leader.raft.LastIndex(); after != before {
+			t.Errorf("%s: the Raft log moved from %d to %d", name, before, after)
+		}
+	}
+	if _, err := q.UpdateQueue(ctxT(t, 10*time.Second), &quorumqpb.UpdateQueueRequest{Name: "w", Settings: missing, CreateDeadLetterQueue: true}); err != nil {
+		t.Fatalf("update with create_dead_letter_queue: %v", err)
+	}
+	if _, err := q.GetQueue(ctxT(t, 10*time.Second), &quorumqpb.GetQueueRequest{Name: "w-dlq"}); err != nil {
+		t.Fatalf("w-dlq after the update that creates it: %v", err)
+	}
 }

@@ -30,10 +30,33 @@ const (
 	featureDeadLetterOrigin = "dead-letter-origin"
 	// featureReject: the Reject command.
 	featureReject = "reject"
+	// featureDLQRules: Command.rules 1 (fsm.Rules), the dead-letter queue
+	// rules, with CreateQueue/UpdateQueue.create_dead_letter_queue and
+	// DeleteQueue.force.
+	featureDLQRules = "dlq-rules"
 )
 
 // supportedFeatures are the log features this build applies.
-var supportedFeatures = []string{featureEnqueueAfter, featureDeadLetterOrigin, featureReject}
+var supportedFeatures = []string{featureEnqueueAfter, featureDeadLetterOrigin, featureReject, featureDLQRules}
+
+// gateRules stamps cmd with the state-machine rules every voter applies:
+// fsm.Rules once every voter knows them, else 0, the rules of an earlier
+// release (a queue may then name a dead-letter queue that does not exist,
+// a DLQ in use may be deleted, and a dead letter with nowhere to go is
+// dropped and counted, on every replica alike). Creating a dead-letter
+// queue with its user cannot be done another way, so it is refused with
+// FailedPrecondition until then.
+func (n *Node) gateRules(cmd *fsmpb.Command) error {
+	if n.clusterHas(featureDLQRules) {
+		cmd.Rules = fsm.Rules
+		return nil
+	}
+	cmd.Rules = 0
+	if cmd.GetCreateQueue().GetCreateDeadLetterQueue() || cmd.GetUpdateQueue().GetCreateDeadLetterQueue() {
+		return status.Error(codes.FailedPrecondition, "create_dead_letter_queue: a voter does not know it yet (a server of an earlier release); create the dead-letter queue first, or retry once every server is upgraded")
+	}
+	return nil
+}
 
 // gateDeadLetterOrigin sets a receive's dead_letter_origin when every
 // voter knows it, and clears a nack's reason when some voter does not: a

@@ -97,6 +97,7 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 		`quorumq_queue_messages{queue="m",state="leased"}`:                            2,
 		`quorumq_queue_messages{queue="m",state="delayed"}`:                           0,
 		`quorumq_queue_messages{queue="m",state="dead_lettered"}`:                     0,
+		`quorumq_queue_messages{queue="m",state="dead"}`:                              0,
 		`quorumq_queue_enqueued_total{queue="m"}`:                                     3,
 		`quorumq_queue_dedup_hits_total{queue="m"}`:                                   3,
 		`quorumq_queue_delivered_total{queue="m"}`:                                    4,

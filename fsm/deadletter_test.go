@@ -199,3 +199,125 @@ func TestRejectDeadLettersNow(t *testing.T) {
 	h.fails(rejectCmd("w", strings.Repeat("r", limits.MaxNackReason+1), d.Receipt), fsmpb.ErrorCode_INVALID_ARGUMENT,
 		"reject.reason is 1025 bytes, limit is 1024")
 }
+
+func createWithDLQ(name, dlq string, create bool) *fsmpb.Command {
+	return &fsmpb.Command{Op: &fsmpb.Command_CreateQueue{CreateQueue: &fsmpb.CreateQueue{Name: name,
+		Settings: settingsOf(func(s *fsmpb.QueueSettings) { s.DeadLetterQueue = proto.String(dlq) }), CreateDeadLetterQueue: create}}}
+}
+
+func updateWithDLQ(name, dlq string, create bool) *fsmpb.Command {
+	return &fsmpb.Command{Op: &fsmpb.Command_UpdateQueue{UpdateQueue: &fsmpb.UpdateQueue{Name: name,
+		Settings: settingsOf(func(s *fsmpb.QueueSettings) { s.DeadLetterQueue = proto.String(dlq) }), CreateDeadLetterQueue: create}}}
+}
+
+func deleteQ(name string, force bool) *fsmpb.Command {
+	return &fsmpb.Command{Op: &fsmpb.Command_DeleteQueue{DeleteQueue: &fsmpb.DeleteQueue{Name: name, Force: force}}}
+}
+
+// A queue names only a dead-letter queue that exists, or one it creates
+// in the same command; a queue that is another's DLQ is deleted only
+// with force.
+func TestDeadLetterQueueMustExist(t *testing.T) {
+	h := newHarness(t)
+	h.fails(createWithDLQ("orders", "orders-dlx", false), fsmpb.ErrorCode_QUEUE_NOT_FOUND,
+		`create_queue.settings.dead_letter_queue: queue "orders-dlx" does not exist`)
+	h.ok(createWithDLQ("orders", "orders-dlq", true))
+	if st := h.stats("orders-dlq"); st == nil {
+		t.Fatal("create_dead_letter_queue did not create orders-dlq")
+	}
+	h.ok(createQ("jobs", nil))
+	h.fails(updateWithDLQ("jobs", "jobs-dlq", false), fsmpb.ErrorCode_QUEUE_NOT_FOUND,
+		`update_queue.settings.dead_letter_queue: queue "jobs-dlq" does not exist`)
+	h.ok(updateWithDLQ("jobs", "jobs-dlq", true))
+	h.ok(updateWithDLQ("jobs", "orders-dlq", false))
+
+	h.fails(deleteQ("orders-dlq", false), fsmpb.ErrorCode_INVALID_ARGUMENT,
+		`delete_queue.name: queue "orders-dlq" is the dead-letter queue of "jobs", "orders"`)
+	h.ok(deleteQ("jobs-dlq", false)) // no longer anyone's DLQ
+	h.ok(deleteQ("orders-dlq", true))
+
+	// A leader of a mixed cluster (rules 0) writes commands applied as an
+	// earlier release applies them.
+	h.rules = 0
+	h.ok(createWithDLQ("old", "missing", false))
+	h.ok(createQ("old-dlq", nil))
+	h.ok(updateQ("old", settingsOf(func(s *fsmpb.QueueSettings) { s.DeadLetterQueue = proto.String("old-dlq") })))
+	h.ok(deleteQ("old-dlq", false))
+}
+
+// A dead letter with no queue to go to stays in its source queue as dead:
+// not delivered, counted in stats, its receipt lost like a dead-lettered
+// one's, kept through a snapshot, and removed only by purge or retention.
+func TestDeadLetterWithNowhereToGoStaysDead(t *testing.T) {
+	h := newHarness(t)
+	h.ok(createWithDLQ("w", "gone", true))
+	h.ok(updateQ("w", settingsOf(func(s *fsmpb.QueueSettings) { s.MaxDeliveries = proto.Uint32(1) })))
+	h.ok(createQ("plain", settingsOf(func(s *fsmpb.QueueSettings) { s.MaxDeliveries = proto.Uint32(1) })))
+	h.ok(deleteQ("gone", true))
+	h.ok(enq("w", msg("a", "da"), msg("b", "")))
+	h.ok(enq("plain", msg("p", "")))
+	ra := h.ok(recvCmd(recv("w", 1))).Deliveries[0].Receipt
+	h.ok(nackWhy("w", "boom", ra))
+	h.ok(recvCmd(recv("plain", 1)))
+	h.at(time.Minute)
+	if got := bodies(h.ok(recvCmd(recv("w", 10)))); len(got) != 1 || got[0] != "b" {
+		t.Fatalf("deliveries %v, want [b]: a stays dead", got)
+	}
+	if got := bodies(h.ok(recvCmd(recv("plain", 10)))); len(got) != 0 {
+		t.Fatalf("deliveries of plain %v, want none: p stays dead", got)
+	}
+	if st := h.stats("w"); st.Dead != 1 || st.DeadLetteredTotal != 0 || st.Leased != 1 || st.Ready != 0 {
+		t.Fatalf("stats of w %v: want 1 dead, b leased, nothing dead-lettered out", st)
+	}
+	if st := h.stats("plain"); st.Dead != 1 {
+		t.Fatalf("stats of plain %v: want 1 dead", st)
+	}
+	if got := outcomes(h.ok(ackCmd("w", ra))); got[0] != fsmpb.AckOutcome_ACK_LEASE_LOST {
+		t.Fatalf("ack of a dead message: %v, want lease lost", got)
+	}
+	g := New()
+	if err := g.Restore(persist(t, h.f)); err != nil {
+		t.Fatal(err)
+	}
+	checkInvariants(t, g)
+	if g.StateHash() != h.f.StateHash() {
+		t.Fatal("a state with a dead message restores to another hash")
+	}
+	if n := h.ok(purgeCmd("w")).Count; n != 2 {
+		t.Fatalf("purge removed %d, want 2 (b and the dead a)", n)
+	}
+	if st := h.stats("w"); st.Dead != 0 {
+		t.Fatalf("stats after purge %v: want no dead", st)
+	}
+
+	// Under rules 0 the message is dropped and counted, as an earlier
+	// release does.
+	h.rules = 0
+	h.ok(enq("plain", msg("q", "")))
+	h.ok(recvCmd(recv("plain", 1)))
+	h.at(3 * time.Minute)
+	h.ok(recvCmd(recv("plain", 1)))
+	if st := h.stats("plain"); st.Dead != 1 || st.DeadLetteredTotal != 1 {
+		t.Fatalf("stats of plain under rules 0 %v: want the old dead message and 1 dropped", st)
+	}
+}
+
+// A reject with no dead-letter queue to go to keeps the message dead; a
+// repeat with the same receipt is OK.
+func TestRejectWithNowhereToGoStaysDead(t *testing.T) {
+	h := newHarness(t)
+	h.ok(createQ("w", nil))
+	h.ok(enq("w", msg("a", "")))
+	rc := h.ok(recvCmd(recv("w", 1))).Deliveries[0].Receipt
+	for range 2 {
+		if got := outcomes(h.ok(rejectCmd("w", "bad", rc))); got[0] != fsmpb.AckOutcome_ACK_OK {
+			t.Fatalf("reject: %v, want ok", got)
+		}
+	}
+	if got := outcomes(h.ok(ackCmd("w", rc))); got[0] != fsmpb.AckOutcome_ACK_LEASE_LOST {
+		t.Fatalf("ack of a rejected dead message: %v, want lease lost", got)
+	}
+	if st := h.stats("w"); st.Dead != 1 || st.Leased != 0 {
+		t.Fatalf("stats %v: want 1 dead", st)
+	}
+}

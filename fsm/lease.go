@@ -24,7 +24,7 @@ func (q *queue) fence(r *fsmpb.Receipt) (*message, fsmpb.AckOutcome) {
 	if !ok {
 		return nil, fsmpb.AckOutcome_ACK_UNKNOWN_MESSAGE
 	}
-	if m.attempt != r.GetAttempt() || m.is(flagDeleted) && !m.is(flagAcked|flagRejected) {
+	if m.attempt != r.GetAttempt() || m.is(flagDeleted|flagDead) && !m.is(flagAcked|flagRejected) {
 		return m, fsmpb.AckOutcome_ACK_LEASE_LOST
 	}
 	return m, fsmpb.AckOutcome_ACK_OK
@@ -116,7 +116,7 @@ func (q *queue) settleAll(receipts []*fsmpb.Receipt, op settleOp, now int64) []f
 	for i, r := range receipts {
 		m, o := q.fence(r)
 		if o == fsmpb.AckOutcome_ACK_OK {
-			if m.is(flagDeleted) {
+			if m.is(flagDeleted | flagDead) {
 				if !op.deletedOK(m) {
 					o = fsmpb.AckOutcome_ACK_LEASE_LOST
 				}
@@ -264,33 +264,61 @@ func (t *txn) deadLetter(q *queue, m *message, c deadLetterCause) {
 	if c.reason == fsmpb.DeadLetterReason_DEAD_LETTER_REJECTED {
 		how = flagRejected
 	}
-	q.remove(m, m.attempt, t.now, how)
-	q.counters.deadLettered++
 	if q.settings.deadLetter == "" || t.lookup(q.settings.deadLetter) == nil {
+		if t.rules >= 1 {
+			q.keepDead(m, how, &extra{attrs: m.attrs(), dead: origin(q, m, c)}, t.now)
+			return
+		}
+		q.remove(m, m.attempt, t.now, how)
+		q.counters.deadLettered++
 		return
 	}
+	q.remove(m, m.attempt, t.now, how)
+	q.counters.deadLettered++
 	dlq, err := t.mut("dead_letter_queue", q.settings.deadLetter)
 	if err != nil {
 		return
 	}
 	ext := (&extra{attrs: m.attrs()}).orNil()
 	if c.origin {
-		first := m.enqueuedAt
-		if d := m.dead(); d != nil && d.GetFirstEnqueuedAtUnixNano() != 0 {
-			first = d.GetFirstEnqueuedAtUnixNano()
-		}
-		ext = &extra{attrs: m.attrs(), dead: &fsmpb.DeadLetter{
-			SourceQueue:             q.name,
-			SourceMessageId:         m.id,
-			Reason:                  c.reason,
-			Attempts:                m.attempt,
-			FirstEnqueuedAtUnixNano: first,
-			LastNackReason:          m.nackReason(),
-			RejectReason:            c.rejectReason,
-		}}
+		ext = &extra{attrs: m.attrs(), dead: origin(q, m, c)}
 	}
 	dlq.add(m.body, m.dedupID, ext, t.now, t.now, flagDeadLetter)
 	t.notify(dlq.name)
+}
+
+// origin is where dead letter m of q comes from and why.
+func origin(q *queue, m *message, c deadLetterCause) *fsmpb.DeadLetter {
+	first := m.enqueuedAt
+	if d := m.dead(); d != nil && d.GetFirstEnqueuedAtUnixNano() != 0 {
+		first = d.GetFirstEnqueuedAtUnixNano()
+	}
+	return &fsmpb.DeadLetter{
+		SourceQueue:             q.name,
+		SourceMessageId:         m.id,
+		Reason:                  c.reason,
+		Attempts:                m.attempt,
+		FirstEnqueuedAtUnixNano: first,
+		LastNackReason:          m.nackReason(),
+		RejectReason:            c.rejectReason,
+	}
+}
+
+// keepDead turns live m into a dead record of q (deleted at now, how
+// flagRejected for a reject): a dead letter with no queue to go to. It
+// stays, with its body, out of ready and timed, so it is never delivered;
+// it counts in the dead gauge, not in dead_lettered_total, since it has
+// not left the queue.
+func (q *queue) keepDead(m *message, how uint8, ext *extra, now int64) {
+	q.unindex(m)
+	if m.is(flagDeadLetter) {
+		q.deadLetters--
+	}
+	d := m.with(now, m.attempt, flagDead|how)
+	d.ext = ext
+	q.msgs.SetHint(d, &q.msgsHint)
+	q.redirectDedup(m, d)
+	q.dead++
 }
 
 // delivery is m as handed to a consumer of queue; the receipt names the

@@ -15,8 +15,9 @@ const (
 	flagDeadLetter = 1 << 2 // arrived as a dead letter from another queue
 	flagDeleted    = 1 << 3 // tombstone
 	flagAcked      = 1 << 4 // tombstone of an ack (or auto-ack)
-	flagRejected   = 1 << 5 // tombstone of a reject
-	flagMask       = flagReady | flagLeased | flagDeadLetter | flagDeleted | flagAcked | flagRejected
+	flagRejected   = 1 << 5 // tombstone (or dead message) of a reject
+	flagDead       = 1 << 6 // dead: dead-lettered with no queue to go to, kept here, never delivered
+	flagMask       = flagReady | flagLeased | flagDeadLetter | flagDeleted | flagAcked | flagRejected | flagDead
 )
 
 // message is an immutable record: a change replaces the record in every
@@ -169,6 +170,7 @@ type queue struct {
 	dedupCursor uint64
 	leased      uint64 // records in timed with flagLeased
 	deadLetters uint64 // live records with flagDeadLetter
+	dead        uint64 // records with flagDead
 	// released: bytes of the bodies of records removed since the trees
 	// were last refreshed (see refresh).
 	released uint64
@@ -326,7 +328,11 @@ func (q *queue) redirectDedup(old, m *message) {
 // deleted at now; how is flagAcked for an ack and flagRejected for a
 // reject (which make a repeat of the same receipt succeed), else 0.
 func (q *queue) remove(m *message, attempt uint32, now int64, how uint8) {
-	q.unindex(m)
+	if m.is(flagDead) {
+		q.dead--
+	} else {
+		q.unindex(m)
+	}
 	if m.is(flagDeadLetter) {
 		q.deadLetters--
 	}
@@ -389,6 +395,7 @@ func (q *queue) stats(now int64) *fsmpb.QueueStats {
 		Leased:            leased,
 		Delayed:           delayed,
 		DeadLettered:      q.deadLetters,
+		Dead:              q.dead,
 		EnqueuedTotal:     c.enqueued,
 		AckedTotal:        c.acked,
 		RedeliveredTotal:  c.redelivered,

@@ -120,16 +120,16 @@ func (g *gen) next() *fsmpb.Command {
 	default:
 		g.now += g.dur(3 * time.Second)
 	}
-	cmd := &fsmpb.Command{NowUnixNano: g.now}
+	cmd := &fsmpb.Command{NowUnixNano: g.now, Rules: uint32(min(g.c.intn(8), Rules))}
 	q := g.queue()
 	switch g.c.intn(21) {
 	case 0:
-		cmd.Op = &fsmpb.Command_CreateQueue{CreateQueue: &fsmpb.CreateQueue{Name: q, Settings: g.settings(), IfNotExists: g.c.intn(2) == 0}}
+		cmd.Op = &fsmpb.Command_CreateQueue{CreateQueue: &fsmpb.CreateQueue{Name: q, Settings: g.settings(), IfNotExists: g.c.intn(2) == 0, CreateDeadLetterQueue: g.c.intn(2) == 0}}
 	case 1:
-		cmd.Op = &fsmpb.Command_UpdateQueue{UpdateQueue: &fsmpb.UpdateQueue{Name: q, Settings: g.settings()}}
+		cmd.Op = &fsmpb.Command_UpdateQueue{UpdateQueue: &fsmpb.UpdateQueue{Name: q, Settings: g.settings(), CreateDeadLetterQueue: g.c.intn(2) == 0}}
 	case 2:
 		if g.c.intn(4) == 0 {
-			cmd.Op = &fsmpb.Command_DeleteQueue{DeleteQueue: &fsmpb.DeleteQueue{Name: q}}
+			cmd.Op = &fsmpb.Command_DeleteQueue{DeleteQueue: &fsmpb.DeleteQueue{Name: q, Force: g.c.intn(2) == 0}}
 		} else {
 			cmd.Op = &fsmpb.Command_Purge{Purge: &fsmpb.Purge{Queue: q}}
 		}

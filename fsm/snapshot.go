@@ -451,8 +451,9 @@ func checkMessageRecord(m *message, f uint32, nextID uint64) error {
 		return fmt.Errorf("message %d: unknown flags %#x", m.id, f)
 	}
 	deleted, ready, leased := f&flagDeleted != 0, f&flagReady != 0, f&flagLeased != 0
-	acked, rejected := f&flagAcked != 0, f&flagRejected != 0
-	if deleted && (ready || leased || len(m.body) > 0) || ready && leased || (acked || rejected) && !deleted || acked && rejected {
+	acked, rejected, dead := f&flagAcked != 0, f&flagRejected != 0, f&flagDead != 0
+	if deleted && (ready || leased || len(m.body) > 0) || ready && leased || acked && !deleted || rejected && !deleted && !dead ||
+		acked && rejected || dead && (deleted || ready || leased || f&flagDeadLetter != 0) {
 		return fmt.Errorf("message %d: inconsistent flags %#x", m.id, f)
 	}
 	for i, a := range m.attrs() {
@@ -464,7 +465,7 @@ func checkMessageRecord(m *message, f uint32, nextID uint64) error {
 		return fmt.Errorf("message %d: nack reason is %d bytes, limit is %d", m.id, n, limits.MaxNackReason)
 	}
 	if d := m.dead(); d != nil {
-		if f&flagDeadLetter == 0 {
+		if f&(flagDeadLetter|flagDead) == 0 {
 			return fmt.Errorf("message %d: dead-letter origin on a message that is no dead letter", m.id)
 		}
 		if p := limits.QueueNameProblem(d.GetSourceQueue()); p != "" {
@@ -493,6 +494,11 @@ func (b *builder) message(m *message, flags uint32) error {
 		return fmt.Errorf("queue %q: message %d after %d: not in id order", q.name, m.id, b.lastID)
 	}
 	b.lastID = m.id
+	if m.is(flagDead) {
+		q.msgs.Load(m)
+		q.dead++
+		return nil
+	}
 	if m.is(flagDeleted) {
 		q.msgs.Load(m)
 		q.tombs.Set(m)

@@ -194,11 +194,18 @@ func (q *QueueService) CreateQueue(ctx context.Context, req *quorumqpb.CreateQue
 	if err := q.limits.checkSettings("settings", req.GetName(), req.GetSettings()); err != nil {
 		return nil, err
 	}
-	if err := q.admitNewQueue("name", req.GetName(), nil); err != nil {
+	created := map[string]bool{}
+	if err := q.admitNewQueue("name", req.GetName(), created); err != nil {
 		return nil, err
+	}
+	if dlq := req.GetSettings().GetDeadLetterQueue(); dlq != "" && req.GetCreateDeadLetterQueue() {
+		if err := q.admitNewQueue("settings.dead_letter_queue", dlq, created); err != nil {
+			return nil, err
+		}
 	}
 	res, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_CreateQueue{CreateQueue: &fsmpb.CreateQueue{
 		Name: req.GetName(), Settings: req.GetSettings(), IfNotExists: req.GetIfNotExists(),
+		CreateDeadLetterQueue: req.GetCreateDeadLetterQueue(),
 	}}})
 	if err != nil {
 		return nil, err
@@ -217,8 +224,13 @@ func (q *QueueService) UpdateQueue(ctx context.Context, req *quorumqpb.UpdateQue
 	if err := q.limits.checkSettings("settings", req.GetName(), req.GetSettings()); err != nil {
 		return nil, err
 	}
+	if dlq := req.GetSettings().GetDeadLetterQueue(); dlq != "" && req.GetCreateDeadLetterQueue() {
+		if err := q.admitNewQueue("settings.dead_letter_queue", dlq, nil); err != nil {
+			return nil, err
+		}
+	}
 	res, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_UpdateQueue{UpdateQueue: &fsmpb.UpdateQueue{
-		Name: req.GetName(), Settings: req.GetSettings(),
+		Name: req.GetName(), Settings: req.GetSettings(), CreateDeadLetterQueue: req.GetCreateDeadLetterQueue(),
 	}}})
 	if err != nil {
 		return nil, err
@@ -252,7 +264,7 @@ func (q *QueueService) DeleteQueue(ctx context.Context, req *quorumqpb.DeleteQue
 	if err := wire.ValidateQueueName("name", req.GetName()); err != nil {
 		return nil, err
 	}
-	if _, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_DeleteQueue{DeleteQueue: &fsmpb.DeleteQueue{Name: req.GetName()}}}); err != nil {
+	if _, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_DeleteQueue{DeleteQueue: &fsmpb.DeleteQueue{Name: req.GetName(), Force: req.GetForce()}}}); err != nil {
 		return nil, err
 	}
 	return &quorumqpb.DeleteQueueResponse{}, nil

@@ -139,6 +139,7 @@ type queueJSON struct {
 	Leased            uint64 `json:"leased"`
 	Delayed           uint64 `json:"delayed"`
 	DeadLettered      uint64 `json:"dead_lettered"`
+	Dead              uint64 `json:"dead"` // dead letters with nowhere to go, kept here
 	EnqueuedTotal     uint64 `json:"enqueued_total"`
 	DeliveredTotal    uint64 `json:"delivered_total"`
 	AckedTotal        uint64 `json:"acked_total"`
@@ -162,6 +163,7 @@ func queueOf(q *client.QueueInfo) queueJSON {
 		Leased:            st.Leased,
 		Delayed:           st.Delayed,
 		DeadLettered:      st.DeadLettered,
+		Dead:              st.Dead,
 		EnqueuedTotal:     st.EnqueuedTotal,
 		DeliveredTotal:    st.DeliveredTotal,
 		AckedTotal:        st.AckedTotal,

@@ -87,3 +87,39 @@ func TestCLIReject(t *testing.T) {
 		}
 	}
 }
+
+// queue create and update refuse a DLQ that does not exist unless
+// --create-dlq; queue delete refuses a DLQ in use unless --force, and a
+// dead letter with nowhere to go then shows as dead in queue stats.
+func TestCLIDeadLetterQueueMustExist(t *testing.T) {
+	tc := cluster.StartTestCluster(t, 3)
+	addr := strings.Join(tc.Addrs(), ",")
+	if _, err := run(t, queueCreateCmd(), addr, "", "orders", "--dlq", "orders-dlx"); err == nil || !strings.Contains(err.Error(), `queue "orders-dlx" does not exist`) {
+		t.Fatalf("queue create --dlq orders-dlx: %v; want refused naming the missing DLQ", err)
+	}
+	mustRun(t, queueCreateCmd(), addr, "", "orders", "--dlq", "orders-dlq", "--create-dlq", "--max-deliveries", "1")
+	mustRun(t, queueStatsCmd(), addr, "", "orders-dlq")
+	if _, err := run(t, queueUpdateCmd(), addr, "", "orders", "--dlq", "nope"); err == nil || !strings.Contains(err.Error(), `queue "nope" does not exist`) {
+		t.Fatalf("queue update --dlq nope: %v; want refused", err)
+	}
+	if _, err := run(t, queueDeleteCmd(), addr, "", "orders-dlq"); err == nil || !strings.Contains(err.Error(), `is the dead-letter queue of "orders"`) {
+		t.Fatalf("queue delete orders-dlq: %v; want refused naming orders", err)
+	}
+	mustRun(t, queueDeleteCmd(), addr, "", "orders-dlq", "--force")
+	mustRun(t, sendCmd(), addr, "poison\n", "orders")
+	var got []recvJSON
+	if err := json.Unmarshal([]byte(mustRun(t, recvCmd(), addr, "", "orders", "--json")), &got); err != nil || len(got) != 1 {
+		t.Fatalf("recv: %+v %v", got, err)
+	}
+	mustRun(t, nackCmd(), addr, "", "orders", got[0].Receipt)
+	if err := json.Unmarshal([]byte(mustRun(t, recvCmd(), addr, "", "orders", "--json")), &got); err != nil || len(got) != 0 {
+		t.Fatalf("recv after max deliveries: %+v %v; want nothing", got, err)
+	}
+	var q queueJSON
+	if err := json.Unmarshal([]byte(mustRun(t, queueStatsCmd(), addr, "", "orders", "--json")), &q); err != nil || q.Dead != 1 {
+		t.Fatalf("queue stats --json = %+v (%v); want dead 1", q, err)
+	}
+	if out := mustRun(t, queueStatsCmd(), addr, "", "orders"); !strings.Contains(out, "dead ") {
+		t.Fatalf("queue stats printed\n%s\nwant a dead row", out)
+	}
+}

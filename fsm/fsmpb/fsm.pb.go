@@ -208,6 +208,14 @@ type Command struct {
 	// now_unix_nano is the proposing leader's clock. The FSM uses
 	// max(now_unix_nano, last applied now) so time never goes backwards.
 	NowUnixNano int64 `protobuf:"varint,1,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	// rules: the state-machine rules the leader knows every voter applies.
+	// 0: those of a release before dead-letter queue rules. 1: a queue may
+	// name only an existing dead-letter queue, a queue that is another's
+	// dead-letter queue is deleted only with force, and a dead letter with
+	// no queue to go to stays in its source queue as dead (see
+	// fsm/DESIGN.md). A server of an earlier release ignores the field and
+	// applies rules 0, as the leader asked while it was a voter.
+	Rules uint32 `protobuf:"varint,2,opt,name=rules,proto3" json:"rules,omitempty"`
 	// Types that are valid to be assigned to Op:
 	//
 	//	*Command_CreateQueue
@@ -260,6 +268,13 @@ func (*Command) Descriptor() ([]byte, []int) {
 func (x *Command) GetNowUnixNano() int64 {
 	if x != nil {
 		return x.NowUnixNano
+	}
+	return 0
+}
+
+func (x *Command) GetRules() uint32 {
+	if x != nil {
+		return x.Rules
 	}
 	return 0
 }
@@ -463,7 +478,8 @@ type QueueSettings struct {
 	VisibilityTimeoutNs *int64 `protobuf:"varint,1,opt,name=visibility_timeout_ns,json=visibilityTimeoutNs,proto3,oneof" json:"visibility_timeout_ns,omitempty"`
 	// Deliveries after which a message is dead-lettered. 0 = unlimited (default).
 	MaxDeliveries *uint32 `protobuf:"varint,2,opt,name=max_deliveries,json=maxDeliveries,proto3,oneof" json:"max_deliveries,omitempty"`
-	// Queue that receives dead letters; "" = drop and count them.
+	// Queue that receives dead letters; "" = none (under rules 1 they stay
+	// in the queue as dead; under rules 0 they are dropped and counted).
 	DeadLetterQueue *string `protobuf:"bytes,3,opt,name=dead_letter_queue,json=deadLetterQueue,proto3,oneof" json:"dead_letter_queue,omitempty"`
 	// How long a dedup ID (and a receive request ID, and an ack tombstone) is
 	// remembered. Default 10 min.
@@ -555,9 +571,12 @@ type CreateQueue struct {
 	Settings *QueueSettings         `protobuf:"bytes,2,opt,name=settings,proto3" json:"settings,omitempty"`
 	// if_not_exists makes creating an existing queue a success (used for
 	// create-on-first-use); otherwise it is QUEUE_EXISTS.
-	IfNotExists   bool `protobuf:"varint,3,opt,name=if_not_exists,json=ifNotExists,proto3" json:"if_not_exists,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	IfNotExists bool `protobuf:"varint,3,opt,name=if_not_exists,json=ifNotExists,proto3" json:"if_not_exists,omitempty"`
+	// create_dead_letter_queue creates the dead-letter queue the settings
+	// name, with default settings, when it does not exist (rules >= 1).
+	CreateDeadLetterQueue bool `protobuf:"varint,4,opt,name=create_dead_letter_queue,json=createDeadLetterQueue,proto3" json:"create_dead_letter_queue,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *CreateQueue) Reset() {
@@ -611,12 +630,21 @@ func (x *CreateQueue) GetIfNotExists() bool {
 	return false
 }
 
+func (x *CreateQueue) GetCreateDeadLetterQueue() bool {
+	if x != nil {
+		return x.CreateDeadLetterQueue
+	}
+	return false
+}
+
 type UpdateQueue struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Settings      *QueueSettings         `protobuf:"bytes,2,opt,name=settings,proto3" json:"settings,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Name     string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Settings *QueueSettings         `protobuf:"bytes,2,opt,name=settings,proto3" json:"settings,omitempty"`
+	// create_dead_letter_queue: as in CreateQueue.
+	CreateDeadLetterQueue bool `protobuf:"varint,3,opt,name=create_dead_letter_queue,json=createDeadLetterQueue,proto3" json:"create_dead_letter_queue,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *UpdateQueue) Reset() {
@@ -663,9 +691,19 @@ func (x *UpdateQueue) GetSettings() *QueueSettings {
 	return nil
 }
 
+func (x *UpdateQueue) GetCreateDeadLetterQueue() bool {
+	if x != nil {
+		return x.CreateDeadLetterQueue
+	}
+	return false
+}
+
 type DeleteQueue struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// force deletes a queue that is another queue's dead-letter queue
+	// (rules >= 1); their dead letters then stay in their queues as dead.
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -705,6 +743,13 @@ func (x *DeleteQueue) GetName() string {
 		return x.Name
 	}
 	return ""
+}
+
+func (x *DeleteQueue) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 type Purge struct {
@@ -1771,12 +1816,13 @@ type QueueStats struct {
 	Leased            uint64                 `protobuf:"varint,2,opt,name=leased,proto3" json:"leased,omitempty"`
 	Delayed           uint64                 `protobuf:"varint,3,opt,name=delayed,proto3" json:"delayed,omitempty"`
 	DeadLettered      uint64                 `protobuf:"varint,4,opt,name=dead_lettered,json=deadLettered,proto3" json:"dead_lettered,omitempty"` // messages now held in this queue that came as dead letters
+	Dead              uint64                 `protobuf:"varint,5,opt,name=dead,proto3" json:"dead,omitempty"`                                     // messages of this queue held here dead: dead-lettered with no dead-letter queue to go to
 	EnqueuedTotal     uint64                 `protobuf:"varint,10,opt,name=enqueued_total,json=enqueuedTotal,proto3" json:"enqueued_total,omitempty"`
 	AckedTotal        uint64                 `protobuf:"varint,11,opt,name=acked_total,json=ackedTotal,proto3" json:"acked_total,omitempty"`
 	RedeliveredTotal  uint64                 `protobuf:"varint,12,opt,name=redelivered_total,json=redeliveredTotal,proto3" json:"redelivered_total,omitempty"`
 	DedupHitsTotal    uint64                 `protobuf:"varint,13,opt,name=dedup_hits_total,json=dedupHitsTotal,proto3" json:"dedup_hits_total,omitempty"`
 	ExpiredTotal      uint64                 `protobuf:"varint,14,opt,name=expired_total,json=expiredTotal,proto3" json:"expired_total,omitempty"`
-	DeadLetteredTotal uint64                 `protobuf:"varint,15,opt,name=dead_lettered_total,json=deadLetteredTotal,proto3" json:"dead_lettered_total,omitempty"` // messages moved out of this queue as dead letters (or dropped)
+	DeadLetteredTotal uint64                 `protobuf:"varint,15,opt,name=dead_lettered_total,json=deadLetteredTotal,proto3" json:"dead_lettered_total,omitempty"` // messages moved out of this queue as dead letters (or dropped under rules 0)
 	DeliveredTotal    uint64                 `protobuf:"varint,16,opt,name=delivered_total,json=deliveredTotal,proto3" json:"delivered_total,omitempty"`
 	PurgedTotal       uint64                 `protobuf:"varint,17,opt,name=purged_total,json=purgedTotal,proto3" json:"purged_total,omitempty"` // messages removed by Purge
 	unknownFields     protoimpl.UnknownFields
@@ -1837,6 +1883,13 @@ func (x *QueueStats) GetDelayed() uint64 {
 func (x *QueueStats) GetDeadLettered() uint64 {
 	if x != nil {
 		return x.DeadLettered
+	}
+	return 0
+}
+
+func (x *QueueStats) GetDead() uint64 {
+	if x != nil {
+		return x.Dead
 	}
 	return 0
 }
@@ -2595,9 +2648,10 @@ var File_fsm_fsmpb_fsm_proto protoreflect.FileDescriptor
 
 const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\n" +
-	"\x13fsm/fsmpb/fsm.proto\x12\x0equorumq.fsm.v1\"\xb8\x05\n" +
+	"\x13fsm/fsmpb/fsm.proto\x12\x0equorumq.fsm.v1\"\xce\x05\n" +
 	"\aCommand\x12\"\n" +
-	"\rnow_unix_nano\x18\x01 \x01(\x03R\vnowUnixNano\x12@\n" +
+	"\rnow_unix_nano\x18\x01 \x01(\x03R\vnowUnixNano\x12\x14\n" +
+	"\x05rules\x18\x02 \x01(\rR\x05rules\x12@\n" +
 	"\fcreate_queue\x18\n" +
 	" \x01(\v2\x1b.quorumq.fsm.v1.CreateQueueH\x00R\vcreateQueue\x12@\n" +
 	"\fupdate_queue\x18\v \x01(\v2\x1b.quorumq.fsm.v1.UpdateQueueH\x00R\vupdateQueue\x12@\n" +
@@ -2625,16 +2679,19 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\x10_dedup_window_nsB\x0f\n" +
 	"\r_retention_nsB\f\n" +
 	"\n" +
-	"_max_depth\"\x80\x01\n" +
+	"_max_depth\"\xb9\x01\n" +
 	"\vCreateQueue\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x129\n" +
 	"\bsettings\x18\x02 \x01(\v2\x1d.quorumq.fsm.v1.QueueSettingsR\bsettings\x12\"\n" +
-	"\rif_not_exists\x18\x03 \x01(\bR\vifNotExists\"\\\n" +
+	"\rif_not_exists\x18\x03 \x01(\bR\vifNotExists\x127\n" +
+	"\x18create_dead_letter_queue\x18\x04 \x01(\bR\x15createDeadLetterQueue\"\x95\x01\n" +
 	"\vUpdateQueue\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x129\n" +
-	"\bsettings\x18\x02 \x01(\v2\x1d.quorumq.fsm.v1.QueueSettingsR\bsettings\"!\n" +
+	"\bsettings\x18\x02 \x01(\v2\x1d.quorumq.fsm.v1.QueueSettingsR\bsettings\x127\n" +
+	"\x18create_dead_letter_queue\x18\x03 \x01(\bR\x15createDeadLetterQueue\"7\n" +
 	"\vDeleteQueue\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x1d\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"\x1d\n" +
 	"\x05Purge\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\"3\n" +
 	"\tAttribute\x12\x10\n" +
@@ -2713,13 +2770,14 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\battempts\x18\x04 \x01(\rR\battempts\x12<\n" +
 	"\x1bfirst_enqueued_at_unix_nano\x18\x05 \x01(\x03R\x17firstEnqueuedAtUnixNano\x12(\n" +
 	"\x10last_nack_reason\x18\x06 \x01(\tR\x0elastNackReason\x12#\n" +
-	"\rreject_reason\x18\a \x01(\tR\frejectReason\"\xb9\x03\n" +
+	"\rreject_reason\x18\a \x01(\tR\frejectReason\"\xcd\x03\n" +
 	"\n" +
 	"QueueStats\x12\x14\n" +
 	"\x05ready\x18\x01 \x01(\x04R\x05ready\x12\x16\n" +
 	"\x06leased\x18\x02 \x01(\x04R\x06leased\x12\x18\n" +
 	"\adelayed\x18\x03 \x01(\x04R\adelayed\x12#\n" +
-	"\rdead_lettered\x18\x04 \x01(\x04R\fdeadLettered\x12%\n" +
+	"\rdead_lettered\x18\x04 \x01(\x04R\fdeadLettered\x12\x12\n" +
+	"\x04dead\x18\x05 \x01(\x04R\x04dead\x12%\n" +
 	"\x0eenqueued_total\x18\n" +
 	" \x01(\x04R\renqueuedTotal\x12\x1f\n" +
 	"\vacked_total\x18\v \x01(\x04R\n" +

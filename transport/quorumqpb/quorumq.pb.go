@@ -191,12 +191,16 @@ func (x *QueueError) GetMessage() string {
 }
 
 type CreateQueueRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Settings      *fsmpb.QueueSettings   `protobuf:"bytes,2,opt,name=settings,proto3" json:"settings,omitempty"`
-	IfNotExists   bool                   `protobuf:"varint,3,opt,name=if_not_exists,json=ifNotExists,proto3" json:"if_not_exists,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Settings    *fsmpb.QueueSettings   `protobuf:"bytes,2,opt,name=settings,proto3" json:"settings,omitempty"`
+	IfNotExists bool                   `protobuf:"varint,3,opt,name=if_not_exists,json=ifNotExists,proto3" json:"if_not_exists,omitempty"`
+	// create_dead_letter_queue creates the dead-letter queue the settings
+	// name when it does not exist, in the same command; without it a
+	// dead-letter queue that does not exist is refused.
+	CreateDeadLetterQueue bool `protobuf:"varint,4,opt,name=create_dead_letter_queue,json=createDeadLetterQueue,proto3" json:"create_dead_letter_queue,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *CreateQueueRequest) Reset() {
@@ -250,6 +254,13 @@ func (x *CreateQueueRequest) GetIfNotExists() bool {
 	return false
 }
 
+func (x *CreateQueueRequest) GetCreateDeadLetterQueue() bool {
+	if x != nil {
+		return x.CreateDeadLetterQueue
+	}
+	return false
+}
+
 type CreateQueueResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Queue         *fsmpb.QueueInfo       `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
@@ -295,11 +306,12 @@ func (x *CreateQueueResponse) GetQueue() *fsmpb.QueueInfo {
 }
 
 type UpdateQueueRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Settings      *fsmpb.QueueSettings   `protobuf:"bytes,2,opt,name=settings,proto3" json:"settings,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state                 protoimpl.MessageState `protogen:"open.v1"`
+	Name                  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Settings              *fsmpb.QueueSettings   `protobuf:"bytes,2,opt,name=settings,proto3" json:"settings,omitempty"`
+	CreateDeadLetterQueue bool                   `protobuf:"varint,3,opt,name=create_dead_letter_queue,json=createDeadLetterQueue,proto3" json:"create_dead_letter_queue,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *UpdateQueueRequest) Reset() {
@@ -344,6 +356,13 @@ func (x *UpdateQueueRequest) GetSettings() *fsmpb.QueueSettings {
 		return x.Settings
 	}
 	return nil
+}
+
+func (x *UpdateQueueRequest) GetCreateDeadLetterQueue() bool {
+	if x != nil {
+		return x.CreateDeadLetterQueue
+	}
+	return false
 }
 
 type UpdateQueueResponse struct {
@@ -559,8 +578,10 @@ func (x *ListQueuesResponse) GetQueues() []*fsmpb.QueueInfo {
 }
 
 type DeleteQueueRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// force deletes a queue that is another queue's dead-letter queue.
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -600,6 +621,13 @@ func (x *DeleteQueueRequest) GetName() string {
 		return x.Name
 	}
 	return ""
+}
+
+func (x *DeleteQueueRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 type DeleteQueueResponse struct {
@@ -2546,16 +2574,18 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\n" +
 	"QueueError\x12-\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x19.quorumq.fsm.v1.ErrorCodeR\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\x87\x01\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\xc0\x01\n" +
 	"\x12CreateQueueRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x129\n" +
 	"\bsettings\x18\x02 \x01(\v2\x1d.quorumq.fsm.v1.QueueSettingsR\bsettings\x12\"\n" +
-	"\rif_not_exists\x18\x03 \x01(\bR\vifNotExists\"F\n" +
+	"\rif_not_exists\x18\x03 \x01(\bR\vifNotExists\x127\n" +
+	"\x18create_dead_letter_queue\x18\x04 \x01(\bR\x15createDeadLetterQueue\"F\n" +
 	"\x13CreateQueueResponse\x12/\n" +
-	"\x05queue\x18\x01 \x01(\v2\x19.quorumq.fsm.v1.QueueInfoR\x05queue\"c\n" +
+	"\x05queue\x18\x01 \x01(\v2\x19.quorumq.fsm.v1.QueueInfoR\x05queue\"\x9c\x01\n" +
 	"\x12UpdateQueueRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x129\n" +
-	"\bsettings\x18\x02 \x01(\v2\x1d.quorumq.fsm.v1.QueueSettingsR\bsettings\"F\n" +
+	"\bsettings\x18\x02 \x01(\v2\x1d.quorumq.fsm.v1.QueueSettingsR\bsettings\x127\n" +
+	"\x18create_dead_letter_queue\x18\x03 \x01(\bR\x15createDeadLetterQueue\"F\n" +
 	"\x13UpdateQueueResponse\x12/\n" +
 	"\x05queue\x18\x01 \x01(\v2\x19.quorumq.fsm.v1.QueueInfoR\x05queue\"%\n" +
 	"\x0fGetQueueRequest\x12\x12\n" +
@@ -2564,9 +2594,10 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\x05queue\x18\x01 \x01(\v2\x19.quorumq.fsm.v1.QueueInfoR\x05queue\"\x13\n" +
 	"\x11ListQueuesRequest\"G\n" +
 	"\x12ListQueuesResponse\x121\n" +
-	"\x06queues\x18\x01 \x03(\v2\x19.quorumq.fsm.v1.QueueInfoR\x06queues\"(\n" +
+	"\x06queues\x18\x01 \x03(\v2\x19.quorumq.fsm.v1.QueueInfoR\x06queues\">\n" +
 	"\x12DeleteQueueRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x15\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"\x15\n" +
 	"\x13DeleteQueueResponse\"$\n" +
 	"\fPurgeRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\"'\n" +
