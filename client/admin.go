@@ -57,6 +57,7 @@ type QueueStats struct {
 	ExpiredTotal      uint64 // removed by the retention limit
 	DeadLetteredTotal uint64 // moved out of this queue as dead letters
 	PurgedTotal       uint64
+	RedrivenTotal     uint64 // moved out of this queue by Redrive
 }
 
 // queueInfoOf converts the wire's queue info.
@@ -79,7 +80,7 @@ func queueInfoOf(q *fsmpb.QueueInfo) *QueueInfo {
 			Ready: st.GetReady(), Leased: st.GetLeased(), Delayed: st.GetDelayed(), DeadLettered: st.GetDeadLettered(), Dead: st.GetDead(),
 			EnqueuedTotal: st.GetEnqueuedTotal(), DeliveredTotal: st.GetDeliveredTotal(), AckedTotal: st.GetAckedTotal(),
 			RedeliveredTotal: st.GetRedeliveredTotal(), DedupHitsTotal: st.GetDedupHitsTotal(), ExpiredTotal: st.GetExpiredTotal(),
-			DeadLetteredTotal: st.GetDeadLetteredTotal(), PurgedTotal: st.GetPurgedTotal(),
+			DeadLetteredTotal: st.GetDeadLetteredTotal(), PurgedTotal: st.GetPurgedTotal(), RedrivenTotal: st.GetRedrivenTotal(),
 		},
 	}
 	if s != nil && s.RetentionNs != nil && *s.RetentionNs == 0 {

@@ -190,3 +190,52 @@ func TestDeadLetterQueueMustExistThroughTheCluster(t *testing.T) {
 		t.Fatalf("orders after its DLQ was deleted: %+v %v; want the message kept dead", info, err)
 	}
 }
+
+// Redrive puts dead letters back into their source queue (or a named
+// one) in batches, all of them up to the limit given, and they are
+// delivered again as fresh messages.
+func TestRedriveThroughTheCluster(t *testing.T) {
+	tc := cluster.StartTestCluster(t, 3)
+	c := newClient(t, tc.Addrs())
+	ctx := ctxFor(t, 60*time.Second)
+	if _, err := c.CreateQueue(ctx, "orders", client.QueueSettings{DeadLetterQueue: "orders-dlq"}, client.WithCreateDLQ()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateQueue(ctx, "retry", client.QueueSettings{}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if _, err := c.Send(ctx, "orders", []byte{byte('a' + i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	msgs, err := c.Receive(ctx, "orders", 5)
+	if err != nil || len(msgs) != 5 {
+		t.Fatalf("receive: %v %v", msgs, err)
+	}
+	for _, m := range msgs {
+		if err := c.Reject(ctx, "orders", "bug 7", m.Receipt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := c.Redrive(ctx, "orders-dlq", "", 3, client.WithRedriveBatch(2)); err != nil || n != 3 {
+		t.Fatalf("redrive max 3 in batches of 2: %d %v; want 3", n, err)
+	}
+	if n, err := c.Redrive(ctx, "orders-dlq", "retry", 0); err != nil || n != 2 {
+		t.Fatalf("redrive of the rest to retry: %d %v; want 2", n, err)
+	}
+	back, err := c.Receive(ctx, "orders", 10)
+	if err != nil || len(back) != 3 || string(back[0].Body) != "a" || string(back[2].Body) != "c" || back[0].DeadLetter != nil {
+		t.Fatalf("orders after redrive: %v %v; want a, b, c as fresh messages", back, err)
+	}
+	if rest, err := c.Receive(ctx, "retry", 10); err != nil || len(rest) != 2 || string(rest[0].Body) != "d" {
+		t.Fatalf("retry after redrive: %v %v; want d and e", rest, err)
+	}
+	info, err := c.GetQueue(ctx, "orders-dlq")
+	if err != nil || info.Stats.RedrivenTotal != 5 || info.Stats.Ready != 0 {
+		t.Fatalf("orders-dlq after redrive: %+v %v; want 5 redriven, empty", info, err)
+	}
+	if _, err := c.Redrive(ctx, "orders-dlq", "nope", 0); !errors.Is(err, client.ErrQueueNotFound) {
+		t.Fatalf("redrive to a queue that does not exist: %v; want ErrQueueNotFound", err)
+	}
+}

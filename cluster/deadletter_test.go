@@ -97,9 +97,12 @@ func TestDeadLetterOriginWaitsForEveryVoterToKnowIt(t *testing.T) {
 	if status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("create_dead_letter_queue while n3 is of an earlier release: %v; want FailedPrecondition", err)
 	}
+	if _, err := q.Redrive(ctxT(t, 10*time.Second), &quorumqpb.RedriveRequest{Queue: "dlq", Max: 10}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("redrive while n3 is of an earlier release: %v; want FailedPrecondition", err)
+	}
 	c.WaitReplicated(t)
 	for _, cmd := range logCommands(t, leader, from) {
-		if cmd.GetReject() != nil || cmd.GetRules() != 0 {
+		if cmd.GetReject() != nil || cmd.GetRedrive() != nil || cmd.GetRules() != 0 {
 			t.Fatalf("while n3 is of an earlier release the log holds %v", cmd)
 		}
 		if cmd.GetNack().GetReason() != "" || cmd.GetReceive().GetDeadLetterOrigin() {

@@ -34,10 +34,12 @@ const (
 	// rules, with CreateQueue/UpdateQueue.create_dead_letter_queue and
 	// DeleteQueue.force.
 	featureDLQRules = "dlq-rules"
+	// featureRedrive: the Redrive command.
+	featureRedrive = "redrive"
 )
 
 // supportedFeatures are the log features this build applies.
-var supportedFeatures = []string{featureEnqueueAfter, featureDeadLetterOrigin, featureReject, featureDLQRules}
+var supportedFeatures = []string{featureEnqueueAfter, featureDeadLetterOrigin, featureReject, featureDLQRules, featureRedrive}
 
 // gateRules stamps cmd with the state-machine rules every voter applies:
 // fsm.Rules once every voter knows them, else 0, the rules of an earlier
@@ -65,14 +67,18 @@ func (n *Node) gateRules(cmd *fsmpb.Command) error {
 // advice for whoever looks at the message, and a consumer's nacks must
 // not fail during a rolling upgrade.
 //
-// A reject cannot be written another way, so while some voter does not
-// know it, it is refused with FailedPrecondition before anything is
-// proposed.
+// A reject or a redrive cannot be written another way, so while some
+// voter does not know it, it is refused with FailedPrecondition before
+// anything is proposed.
 func (n *Node) gateDeadLetterOrigin(cmd *fsmpb.Command) error {
 	switch op := cmd.GetOp().(type) {
 	case *fsmpb.Command_Reject:
 		if !n.clusterHas(featureReject) {
 			return status.Error(codes.FailedPrecondition, "reject: a voter does not know reject yet (a server of an earlier release); nack the messages, or retry once every server is upgraded")
+		}
+	case *fsmpb.Command_Redrive:
+		if !n.clusterHas(featureRedrive) {
+			return status.Error(codes.FailedPrecondition, "redrive: a voter does not know redrive yet (a server of an earlier release); retry once every server is upgraded")
 		}
 	case *fsmpb.Command_Receive:
 		op.Receive.DeadLetterOrigin = n.clusterHas(featureDeadLetterOrigin)

@@ -57,6 +57,10 @@ func TestEveryLimitIsCheckedBeforePropose(t *testing.T) {
 			_, err := q.Reject(ctx, &quorumqpb.RejectRequest{Queue: "q", Receipts: []*fsmpb.Receipt{receipt}, Reason: long(1025)})
 			return err
 		}, "reason: 1025 bytes, limit is 1024"},
+		{"redrive of 1001", func(ctx context.Context) error {
+			_, err := q.Redrive(ctx, &quorumqpb.RedriveRequest{Queue: "q", Max: 1001})
+			return err
+		}, "max: 1001, limit is 1 to 1000"},
 		{"257-byte attribute key", func(ctx context.Context) error {
 			_, err := q.Enqueue(ctx, msg(&fsmpb.Message{Body: []byte("x"), Attributes: []*fsmpb.Attribute{{Key: long(257)}}}))
 			return err

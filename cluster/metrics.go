@@ -237,6 +237,7 @@ var (
 		{counterDesc("expired", "Messages removed by retention."), (*fsmpb.QueueStats).GetExpiredTotal},
 		{counterDesc("dead_lettered", "Messages moved to the dead-letter queue after max deliveries or a reject (or dropped, under the rules of an earlier release)."), (*fsmpb.QueueStats).GetDeadLetteredTotal},
 		{counterDesc("purged", "Messages removed by purge."), (*fsmpb.QueueStats).GetPurgedTotal},
+		{counterDesc("redriven", "Messages moved out of the queue by redrive."), (*fsmpb.QueueStats).GetRedrivenTotal},
 	}
 	descRaftState      = prometheus.NewDesc("quorumq_raft_state", "1 for this node's current Raft role.", []string{"state"}, nil)
 	descRaftTerm       = prometheus.NewDesc("quorumq_raft_term", "Current Raft term.", nil, nil)

@@ -102,6 +102,7 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 		`quorumq_queue_dedup_hits_total{queue="m"}`:                                   3,
 		`quorumq_queue_delivered_total{queue="m"}`:                                    4,
 		`quorumq_queue_acked_total{queue="m"}`:                                        1,
+		`quorumq_queue_redriven_total{queue="m"}`:                                     0,
 		`quorumq_queue_redelivered_total{queue="m"}`:                                  1,
 		`quorumq_queue_expired_total{queue="m"}`:                                      0,
 		`quorumq_messages_nacked_total{queue="m"}`:                                    1,

@@ -219,9 +219,9 @@ func checkInvariants(t testing.TB, f *FSM) {
 				live, q.live(), leased, q.leased, deadLetters, q.deadLetters, tombs, q.tombs.Len(), dead, q.dead)
 		}
 		c := q.counters
-		if c.enqueued != live+dead+c.acked+c.expired+c.deadLettered+c.purged {
-			t.Fatalf("queue %s: enqueued %d != live %d + dead %d + acked %d + expired %d + dead-lettered %d + purged %d",
-				q.name, c.enqueued, live, dead, c.acked, c.expired, c.deadLettered, c.purged)
+		if c.enqueued != live+dead+c.acked+c.expired+c.deadLettered+c.purged+c.redriven {
+			t.Fatalf("queue %s: enqueued %d != live %d + dead %d + acked %d + expired %d + dead-lettered %d + purged %d + redriven %d",
+				q.name, c.enqueued, live, dead, c.acked, c.expired, c.deadLettered, c.purged, c.redriven)
 		}
 		if c.redelivered > c.delivered {
 			t.Fatalf("queue %s: redelivered %d > delivered %d", q.name, c.redelivered, c.delivered)

@@ -153,7 +153,7 @@ type settings struct {
 
 // counters are the monotone totals of a queue.
 type counters struct {
-	enqueued, acked, redelivered, dedupHits, expired, deadLettered, delivered, purged uint64
+	enqueued, acked, redelivered, dedupHits, expired, deadLettered, delivered, purged, redriven uint64
 }
 
 // queue is one queue's state. clone() is O(1) and shares every tree node
@@ -404,6 +404,7 @@ func (q *queue) stats(now int64) *fsmpb.QueueStats {
 		DeadLetteredTotal: c.deadLettered,
 		DeliveredTotal:    c.delivered,
 		PurgedTotal:       c.purged,
+		RedrivenTotal:     c.redriven,
 	}
 }
 

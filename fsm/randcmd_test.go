@@ -122,7 +122,7 @@ func (g *gen) next() *fsmpb.Command {
 	}
 	cmd := &fsmpb.Command{NowUnixNano: g.now, Rules: uint32(min(g.c.intn(8), Rules))}
 	q := g.queue()
-	switch g.c.intn(21) {
+	switch g.c.intn(22) {
 	case 0:
 		cmd.Op = &fsmpb.Command_CreateQueue{CreateQueue: &fsmpb.CreateQueue{Name: q, Settings: g.settings(), IfNotExists: g.c.intn(2) == 0, CreateDeadLetterQueue: g.c.intn(2) == 0}}
 	case 1:
@@ -162,6 +162,12 @@ func (g *gen) next() *fsmpb.Command {
 		}}
 	case 20:
 		cmd.Op = &fsmpb.Command_Reject{Reject: &fsmpb.Reject{Queue: q, Receipts: g.pick(q), Reason: []string{"", "poison"}[g.c.intn(2)]}}
+	case 21:
+		to := ""
+		if g.c.intn(2) == 0 {
+			to = g.queue()
+		}
+		cmd.Op = &fsmpb.Command_Redrive{Redrive: &fsmpb.Redrive{Queue: q, To: to, Max: uint32(1 + g.c.intn(3))}}
 	default:
 		cmd.Op = &fsmpb.Command_Tick{Tick: &fsmpb.Tick{}}
 	}

@@ -172,7 +172,7 @@ func (sw *snapWriter) queue(q *queue) error {
 		Counters: &fsmpb.QueueStats{
 			EnqueuedTotal: c.enqueued, AckedTotal: c.acked, RedeliveredTotal: c.redelivered,
 			DedupHitsTotal: c.dedupHits, ExpiredTotal: c.expired, DeadLetteredTotal: c.deadLettered,
-			DeliveredTotal: c.delivered, PurgedTotal: c.purged,
+			DeliveredTotal: c.delivered, PurgedTotal: c.purged, RedrivenTotal: c.redriven,
 		},
 		CreatedAtUnixNano: q.createdAt,
 		NextId:            q.nextID,
@@ -415,7 +415,7 @@ func (b *builder) queue(sq *fsmpb.SnapshotQueue) error {
 	q.counters = counters{
 		enqueued: c.GetEnqueuedTotal(), acked: c.GetAckedTotal(), redelivered: c.GetRedeliveredTotal(),
 		dedupHits: c.GetDedupHitsTotal(), expired: c.GetExpiredTotal(), deadLettered: c.GetDeadLetteredTotal(),
-		delivered: c.GetDeliveredTotal(), purged: c.GetPurgedTotal(),
+		delivered: c.GetDeliveredTotal(), purged: c.GetPurgedTotal(), redriven: c.GetRedrivenTotal(),
 	}
 	b.queues.Set(q)
 	b.q, b.phase, b.lastID, b.lastKey = q, 0, 0, ""

@@ -93,6 +93,8 @@ func (t *txn) run(cmd *fsmpb.Command) (*fsmpb.Result, *cmdError) {
 			return nil, invalid("reject.reason is %d bytes, limit is %d", n, MaxNackReason)
 		}
 		return t.settle("reject", op.Reject.GetQueue(), op.Reject.GetReceipts(), rejectOp{t: t, reason: op.Reject.GetReason()})
+	case *fsmpb.Command_Redrive:
+		return t.redrive(op.Redrive)
 	case *fsmpb.Command_Extend:
 		v := op.Extend.GetVisibilityNs()
 		if err := checkOptionalDuration("extend.visibility_ns", v, MinVisibility, MaxVisibility); err != nil {

@@ -595,6 +595,29 @@ func (q *QueueService) Reject(ctx context.Context, req *quorumqpb.RejectRequest)
 	return &quorumqpb.RejectResponse{Outcomes: res.GetOutcomes()}, nil
 }
 
+// Redrive moves dead letters of a queue back to their source queue, or to
+// a named one, up to max in one Raft command.
+func (q *QueueService) Redrive(ctx context.Context, req *quorumqpb.RedriveRequest) (*quorumqpb.RedriveResponse, error) {
+	if err := wire.ValidateQueueName("queue", req.GetQueue()); err != nil {
+		return nil, err
+	}
+	if to := req.GetTo(); to != "" {
+		if err := wire.ValidateQueueName("to", to); err != nil {
+			return nil, err
+		}
+	}
+	if m := req.GetMax(); m < 1 || m > uint32(q.limits.MaxReceipts) {
+		return nil, invalid("max: %d, limit is 1 to %d", m, q.limits.MaxReceipts)
+	}
+	res, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Redrive{Redrive: &fsmpb.Redrive{
+		Queue: req.GetQueue(), To: req.GetTo(), Max: req.GetMax(),
+	}}})
+	if err != nil {
+		return nil, err
+	}
+	return &quorumqpb.RedriveResponse{Moved: res.GetCount()}, nil
+}
+
 // Extend renews leases until now + visibility_ns.
 func (q *QueueService) Extend(ctx context.Context, req *quorumqpb.ExtendRequest) (*quorumqpb.ExtendResponse, error) {
 	if err := wire.ValidateQueueName("queue", req.GetQueue()); err != nil {

@@ -147,6 +147,7 @@ type queueJSON struct {
 	DedupHitsTotal    uint64 `json:"dedup_hits_total"`
 	ExpiredTotal      uint64 `json:"expired_total"`
 	DeadLetteredTotal uint64 `json:"dead_lettered_total"`
+	RedrivenTotal     uint64 `json:"redriven_total"`
 }
 
 func queueOf(q *client.QueueInfo) queueJSON {
@@ -171,6 +172,7 @@ func queueOf(q *client.QueueInfo) queueJSON {
 		DedupHitsTotal:    st.DedupHitsTotal,
 		ExpiredTotal:      st.ExpiredTotal,
 		DeadLetteredTotal: st.DeadLetteredTotal,
+		RedrivenTotal:     st.RedrivenTotal,
 	}
 	if s.Retention == client.NoRetentionLimit {
 		out.Retention = "forever"

@@ -123,3 +123,34 @@ func TestCLIDeadLetterQueueMustExist(t *testing.T) {
 		t.Fatalf("queue stats printed\n%s\nwant a dead row", out)
 	}
 }
+
+// dlq redrive puts dead letters back where they came from, or --to a
+// named queue, at most --max.
+func TestCLIRedrive(t *testing.T) {
+	tc := cluster.StartTestCluster(t, 3)
+	addr := strings.Join(tc.Addrs(), ",")
+	mustRun(t, queueCreateCmd(), addr, "", "orders", "--dlq", "orders-dlq", "--create-dlq")
+	mustRun(t, queueCreateCmd(), addr, "", "retry")
+	mustRun(t, sendCmd(), addr, "a\nb\nc\n", "orders")
+	var got []recvJSON
+	if err := json.Unmarshal([]byte(mustRun(t, recvCmd(), addr, "", "orders", "--max", "3", "--json")), &got); err != nil || len(got) != 3 {
+		t.Fatalf("recv: %+v %v", got, err)
+	}
+	mustRun(t, rejectCmd(), addr, "", append([]string{"orders"}, got[0].Receipt, got[1].Receipt, got[2].Receipt)...)
+	if out := mustRun(t, dlqRedriveCmd(), addr, "", "orders-dlq", "--max", "2"); !strings.Contains(out, "moved 2 message(s) from orders-dlq") {
+		t.Fatalf("dlq redrive --max 2 printed %q", out)
+	}
+	if out := mustRun(t, dlqRedriveCmd(), addr, "", "orders-dlq", "--to", "retry"); !strings.Contains(out, "moved 1 message(s) from orders-dlq to retry") {
+		t.Fatalf("dlq redrive --to retry printed %q", out)
+	}
+	if err := json.Unmarshal([]byte(mustRun(t, recvCmd(), addr, "", "orders", "--max", "3", "--json")), &got); err != nil || len(got) != 2 || got[0].Body != "a" || got[0].DeadLetter != nil {
+		t.Fatalf("orders after redrive: %+v %v; want a and b back", got, err)
+	}
+	if err := json.Unmarshal([]byte(mustRun(t, recvCmd(), addr, "", "retry", "--json")), &got); err != nil || len(got) != 1 || got[0].Body != "c" {
+		t.Fatalf("retry after redrive: %+v %v; want c", got, err)
+	}
+	var q queueJSON
+	if err := json.Unmarshal([]byte(mustRun(t, queueStatsCmd(), addr, "", "orders-dlq", "--json")), &q); err != nil || q.RedrivenTotal != 3 {
+		t.Fatalf("queue stats orders-dlq = %+v (%v); want redriven_total 3", q, err)
+	}
+}

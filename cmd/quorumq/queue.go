@@ -159,6 +159,7 @@ func printQueue(cmd *cobra.Command, f *cliFlags, q *client.QueueInfo) error {
 		{"dedup_hits_total", u(j.DedupHitsTotal)},
 		{"expired_total", u(j.ExpiredTotal)},
 		{"dead_lettered_total", u(j.DeadLetteredTotal)},
+		{"redriven_total", u(j.RedrivenTotal)},
 	})
 }
 

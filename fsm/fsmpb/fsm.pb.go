@@ -230,6 +230,7 @@ type Command struct {
 	//	*Command_Purge
 	//	*Command_Tick
 	//	*Command_Reject
+	//	*Command_Redrive
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -394,6 +395,15 @@ func (x *Command) GetReject() *Reject {
 	return nil
 }
 
+func (x *Command) GetRedrive() *Redrive {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Redrive); ok {
+			return x.Redrive
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -446,6 +456,10 @@ type Command_Reject struct {
 	Reject *Reject `protobuf:"bytes,21,opt,name=reject,proto3,oneof"`
 }
 
+type Command_Redrive struct {
+	Redrive *Redrive `protobuf:"bytes,22,opt,name=redrive,proto3,oneof"`
+}
+
 func (*Command_CreateQueue) isCommand_Op() {}
 
 func (*Command_UpdateQueue) isCommand_Op() {}
@@ -469,6 +483,8 @@ func (*Command_Purge) isCommand_Op() {}
 func (*Command_Tick) isCommand_Op() {}
 
 func (*Command_Reject) isCommand_Op() {}
+
+func (*Command_Redrive) isCommand_Op() {}
 
 // QueueSettings are per-queue options. An unset field takes its default on
 // create and keeps its current value on update.
@@ -1349,6 +1365,74 @@ func (x *Reject) GetReason() string {
 	return ""
 }
 
+// Redrive moves up to max messages out of queue, lowest id first: those
+// that arrived as dead letters and are available, and the queue's own
+// dead messages. Each is enqueued, as a new message with the same body,
+// dedup ID and attributes, to `to`, or ("") to the queue its dead letter
+// came from, in this same command that deletes it from queue. A message
+// whose source queue is not known or does not exist stays. The dedup ID
+// is not looked up in the target's dedup window: a redriven message is
+// never taken for a duplicate.
+type Redrive struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Queue         string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	To            string                 `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	Max           uint32                 `protobuf:"varint,3,opt,name=max,proto3" json:"max,omitempty"` // 1 ... 1000
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Redrive) Reset() {
+	*x = Redrive{}
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Redrive) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Redrive) ProtoMessage() {}
+
+func (x *Redrive) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Redrive.ProtoReflect.Descriptor instead.
+func (*Redrive) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Redrive) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *Redrive) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *Redrive) GetMax() uint32 {
+	if x != nil {
+		return x.Max
+	}
+	return 0
+}
+
 type Extend struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Queue    string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
@@ -1361,7 +1445,7 @@ type Extend struct {
 
 func (x *Extend) Reset() {
 	*x = Extend{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[14]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1373,7 +1457,7 @@ func (x *Extend) String() string {
 func (*Extend) ProtoMessage() {}
 
 func (x *Extend) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[14]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1386,7 +1470,7 @@ func (x *Extend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Extend.ProtoReflect.Descriptor instead.
 func (*Extend) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{14}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Extend) GetQueue() string {
@@ -1423,7 +1507,7 @@ type Transaction struct {
 
 func (x *Transaction) Reset() {
 	*x = Transaction{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[15]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1435,7 +1519,7 @@ func (x *Transaction) String() string {
 func (*Transaction) ProtoMessage() {}
 
 func (x *Transaction) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[15]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1448,7 +1532,7 @@ func (x *Transaction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Transaction.ProtoReflect.Descriptor instead.
 func (*Transaction) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{15}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Transaction) GetAcks() []*Ack {
@@ -1476,7 +1560,7 @@ type Tick struct {
 
 func (x *Tick) Reset() {
 	*x = Tick{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[16]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1488,7 +1572,7 @@ func (x *Tick) String() string {
 func (*Tick) ProtoMessage() {}
 
 func (x *Tick) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[16]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1501,7 +1585,7 @@ func (x *Tick) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tick.ProtoReflect.Descriptor instead.
 func (*Tick) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{16}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{17}
 }
 
 type Error struct {
@@ -1514,7 +1598,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[17]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1526,7 +1610,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[17]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1539,7 +1623,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{17}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -1566,7 +1650,7 @@ type EnqueueResult struct {
 
 func (x *EnqueueResult) Reset() {
 	*x = EnqueueResult{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[18]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1578,7 +1662,7 @@ func (x *EnqueueResult) String() string {
 func (*EnqueueResult) ProtoMessage() {}
 
 func (x *EnqueueResult) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[18]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1591,7 +1675,7 @@ func (x *EnqueueResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnqueueResult.ProtoReflect.Descriptor instead.
 func (*EnqueueResult) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{18}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *EnqueueResult) GetMessageId() uint64 {
@@ -1627,7 +1711,7 @@ type Delivery struct {
 
 func (x *Delivery) Reset() {
 	*x = Delivery{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[19]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1639,7 +1723,7 @@ func (x *Delivery) String() string {
 func (*Delivery) ProtoMessage() {}
 
 func (x *Delivery) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[19]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1652,7 +1736,7 @@ func (x *Delivery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Delivery.ProtoReflect.Descriptor instead.
 func (*Delivery) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{19}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Delivery) GetReceipt() *Receipt {
@@ -1733,7 +1817,7 @@ type DeadLetter struct {
 
 func (x *DeadLetter) Reset() {
 	*x = DeadLetter{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[20]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1745,7 +1829,7 @@ func (x *DeadLetter) String() string {
 func (*DeadLetter) ProtoMessage() {}
 
 func (x *DeadLetter) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[20]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1758,7 +1842,7 @@ func (x *DeadLetter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeadLetter.ProtoReflect.Descriptor instead.
 func (*DeadLetter) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{20}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DeadLetter) GetSourceQueue() string {
@@ -1824,14 +1908,15 @@ type QueueStats struct {
 	ExpiredTotal      uint64                 `protobuf:"varint,14,opt,name=expired_total,json=expiredTotal,proto3" json:"expired_total,omitempty"`
 	DeadLetteredTotal uint64                 `protobuf:"varint,15,opt,name=dead_lettered_total,json=deadLetteredTotal,proto3" json:"dead_lettered_total,omitempty"` // messages moved out of this queue as dead letters (or dropped under rules 0)
 	DeliveredTotal    uint64                 `protobuf:"varint,16,opt,name=delivered_total,json=deliveredTotal,proto3" json:"delivered_total,omitempty"`
-	PurgedTotal       uint64                 `protobuf:"varint,17,opt,name=purged_total,json=purgedTotal,proto3" json:"purged_total,omitempty"` // messages removed by Purge
+	PurgedTotal       uint64                 `protobuf:"varint,17,opt,name=purged_total,json=purgedTotal,proto3" json:"purged_total,omitempty"`       // messages removed by Purge
+	RedrivenTotal     uint64                 `protobuf:"varint,18,opt,name=redriven_total,json=redrivenTotal,proto3" json:"redriven_total,omitempty"` // messages moved out of this queue by Redrive
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
 
 func (x *QueueStats) Reset() {
 	*x = QueueStats{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[21]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1843,7 +1928,7 @@ func (x *QueueStats) String() string {
 func (*QueueStats) ProtoMessage() {}
 
 func (x *QueueStats) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[21]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1856,7 +1941,7 @@ func (x *QueueStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueStats.ProtoReflect.Descriptor instead.
 func (*QueueStats) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{21}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *QueueStats) GetReady() uint64 {
@@ -1950,6 +2035,13 @@ func (x *QueueStats) GetPurgedTotal() uint64 {
 	return 0
 }
 
+func (x *QueueStats) GetRedrivenTotal() uint64 {
+	if x != nil {
+		return x.RedrivenTotal
+	}
+	return 0
+}
+
 // QueueSettingsResolved is QueueSettings with every default filled in.
 type QueueInfo struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
@@ -1963,7 +2055,7 @@ type QueueInfo struct {
 
 func (x *QueueInfo) Reset() {
 	*x = QueueInfo{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[22]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1975,7 +2067,7 @@ func (x *QueueInfo) String() string {
 func (*QueueInfo) ProtoMessage() {}
 
 func (x *QueueInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[22]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1988,7 +2080,7 @@ func (x *QueueInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueInfo.ProtoReflect.Descriptor instead.
 func (*QueueInfo) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{22}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *QueueInfo) GetName() string {
@@ -2028,7 +2120,7 @@ type Result struct {
 	Deliveries    []*Delivery            `protobuf:"bytes,3,rep,name=deliveries,proto3" json:"deliveries,omitempty"`                                    // Receive
 	Outcomes      []AckOutcome           `protobuf:"varint,4,rep,packed,name=outcomes,proto3,enum=quorumq.fsm.v1.AckOutcome" json:"outcomes,omitempty"` // Ack, Nack, Extend, Reject, Receive.ack, Transaction (its acks, in order)
 	Queue         *QueueInfo             `protobuf:"bytes,5,opt,name=queue,proto3" json:"queue,omitempty"`                                              // CreateQueue, UpdateQueue
-	Count         uint64                 `protobuf:"varint,6,opt,name=count,proto3" json:"count,omitempty"`                                             // Purge: messages removed; Tick: entries purged
+	Count         uint64                 `protobuf:"varint,6,opt,name=count,proto3" json:"count,omitempty"`                                             // Purge: messages removed; Tick: entries purged; Redrive: messages moved
 	Replayed      bool                   `protobuf:"varint,7,opt,name=replayed,proto3" json:"replayed,omitempty"`                                       // Receive answered from the request-ID replay table
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2036,7 +2128,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[23]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2048,7 +2140,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[23]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2061,7 +2153,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{23}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Result) GetError() *Error {
@@ -2124,7 +2216,7 @@ type SnapshotState struct {
 
 func (x *SnapshotState) Reset() {
 	*x = SnapshotState{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[24]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2136,7 +2228,7 @@ func (x *SnapshotState) String() string {
 func (*SnapshotState) ProtoMessage() {}
 
 func (x *SnapshotState) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[24]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2149,7 +2241,7 @@ func (x *SnapshotState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotState.ProtoReflect.Descriptor instead.
 func (*SnapshotState) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{24}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SnapshotState) GetAppliedIndex() uint64 {
@@ -2182,7 +2274,7 @@ type SnapshotQueue struct {
 
 func (x *SnapshotQueue) Reset() {
 	*x = SnapshotQueue{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[25]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2194,7 +2286,7 @@ func (x *SnapshotQueue) String() string {
 func (*SnapshotQueue) ProtoMessage() {}
 
 func (x *SnapshotQueue) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[25]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2207,7 +2299,7 @@ func (x *SnapshotQueue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotQueue.ProtoReflect.Descriptor instead.
 func (*SnapshotQueue) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{25}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SnapshotQueue) GetName() string {
@@ -2273,7 +2365,7 @@ type SnapshotMessage struct {
 
 func (x *SnapshotMessage) Reset() {
 	*x = SnapshotMessage{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[26]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2285,7 +2377,7 @@ func (x *SnapshotMessage) String() string {
 func (*SnapshotMessage) ProtoMessage() {}
 
 func (x *SnapshotMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[26]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2298,7 +2390,7 @@ func (x *SnapshotMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotMessage.ProtoReflect.Descriptor instead.
 func (*SnapshotMessage) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{26}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SnapshotMessage) GetId() uint64 {
@@ -2381,7 +2473,7 @@ type SnapshotDedup struct {
 
 func (x *SnapshotDedup) Reset() {
 	*x = SnapshotDedup{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[27]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2393,7 +2485,7 @@ func (x *SnapshotDedup) String() string {
 func (*SnapshotDedup) ProtoMessage() {}
 
 func (x *SnapshotDedup) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[27]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2406,7 +2498,7 @@ func (x *SnapshotDedup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotDedup.ProtoReflect.Descriptor instead.
 func (*SnapshotDedup) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{27}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SnapshotDedup) GetDedupId() string {
@@ -2444,7 +2536,7 @@ type SnapshotReplay struct {
 
 func (x *SnapshotReplay) Reset() {
 	*x = SnapshotReplay{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[28]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2456,7 +2548,7 @@ func (x *SnapshotReplay) String() string {
 func (*SnapshotReplay) ProtoMessage() {}
 
 func (x *SnapshotReplay) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[28]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2469,7 +2561,7 @@ func (x *SnapshotReplay) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotReplay.ProtoReflect.Descriptor instead.
 func (*SnapshotReplay) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{28}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SnapshotReplay) GetRequestId() string {
@@ -2530,7 +2622,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[29]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2542,7 +2634,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[29]
+	mi := &file_fsm_fsmpb_fsm_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2555,7 +2647,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{29}
+	return file_fsm_fsmpb_fsm_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -2648,7 +2740,7 @@ var File_fsm_fsmpb_fsm_proto protoreflect.FileDescriptor
 
 const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\n" +
-	"\x13fsm/fsmpb/fsm.proto\x12\x0equorumq.fsm.v1\"\xce\x05\n" +
+	"\x13fsm/fsmpb/fsm.proto\x12\x0equorumq.fsm.v1\"\x83\x06\n" +
 	"\aCommand\x12\"\n" +
 	"\rnow_unix_nano\x18\x01 \x01(\x03R\vnowUnixNano\x12\x14\n" +
 	"\x05rules\x18\x02 \x01(\rR\x05rules\x12@\n" +
@@ -2664,7 +2756,8 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\vtransaction\x18\x12 \x01(\v2\x1b.quorumq.fsm.v1.TransactionH\x00R\vtransaction\x12-\n" +
 	"\x05purge\x18\x13 \x01(\v2\x15.quorumq.fsm.v1.PurgeH\x00R\x05purge\x12*\n" +
 	"\x04tick\x18\x14 \x01(\v2\x14.quorumq.fsm.v1.TickH\x00R\x04tick\x120\n" +
-	"\x06reject\x18\x15 \x01(\v2\x16.quorumq.fsm.v1.RejectH\x00R\x06rejectB\x04\n" +
+	"\x06reject\x18\x15 \x01(\v2\x16.quorumq.fsm.v1.RejectH\x00R\x06reject\x123\n" +
+	"\aredrive\x18\x16 \x01(\v2\x17.quorumq.fsm.v1.RedriveH\x00R\aredriveB\x04\n" +
 	"\x02op\"\x92\x03\n" +
 	"\rQueueSettings\x127\n" +
 	"\x15visibility_timeout_ns\x18\x01 \x01(\x03H\x00R\x13visibilityTimeoutNs\x88\x01\x01\x12*\n" +
@@ -2734,7 +2827,11 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\x06Reject\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
 	"\breceipts\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"x\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"A\n" +
+	"\aRedrive\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\tR\x02to\x12\x10\n" +
+	"\x03max\x18\x03 \x01(\rR\x03max\"x\n" +
 	"\x06Extend\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
 	"\breceipts\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\x12#\n" +
@@ -2770,7 +2867,7 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\battempts\x18\x04 \x01(\rR\battempts\x12<\n" +
 	"\x1bfirst_enqueued_at_unix_nano\x18\x05 \x01(\x03R\x17firstEnqueuedAtUnixNano\x12(\n" +
 	"\x10last_nack_reason\x18\x06 \x01(\tR\x0elastNackReason\x12#\n" +
-	"\rreject_reason\x18\a \x01(\tR\frejectReason\"\xcd\x03\n" +
+	"\rreject_reason\x18\a \x01(\tR\frejectReason\"\xf4\x03\n" +
 	"\n" +
 	"QueueStats\x12\x14\n" +
 	"\x05ready\x18\x01 \x01(\x04R\x05ready\x12\x16\n" +
@@ -2787,7 +2884,8 @@ const file_fsm_fsmpb_fsm_proto_rawDesc = "" +
 	"\rexpired_total\x18\x0e \x01(\x04R\fexpiredTotal\x12.\n" +
 	"\x13dead_lettered_total\x18\x0f \x01(\x04R\x11deadLetteredTotal\x12'\n" +
 	"\x0fdelivered_total\x18\x10 \x01(\x04R\x0edeliveredTotal\x12!\n" +
-	"\fpurged_total\x18\x11 \x01(\x04R\vpurgedTotal\"\xbd\x01\n" +
+	"\fpurged_total\x18\x11 \x01(\x04R\vpurgedTotal\x12%\n" +
+	"\x0eredriven_total\x18\x12 \x01(\x04R\rredrivenTotal\"\xbd\x01\n" +
 	"\tQueueInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x129\n" +
 	"\bsettings\x18\x02 \x01(\v2\x1d.quorumq.fsm.v1.QueueSettingsR\bsettings\x120\n" +
@@ -2888,7 +2986,7 @@ func file_fsm_fsmpb_fsm_proto_rawDescGZIP() []byte {
 }
 
 var file_fsm_fsmpb_fsm_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_fsm_fsmpb_fsm_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_fsm_fsmpb_fsm_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_fsm_fsmpb_fsm_proto_goTypes = []any{
 	(ErrorCode)(0),          // 0: quorumq.fsm.v1.ErrorCode
 	(DeadLetterReason)(0),   // 1: quorumq.fsm.v1.DeadLetterReason
@@ -2907,22 +3005,23 @@ var file_fsm_fsmpb_fsm_proto_goTypes = []any{
 	(*Ack)(nil),             // 14: quorumq.fsm.v1.Ack
 	(*Nack)(nil),            // 15: quorumq.fsm.v1.Nack
 	(*Reject)(nil),          // 16: quorumq.fsm.v1.Reject
-	(*Extend)(nil),          // 17: quorumq.fsm.v1.Extend
-	(*Transaction)(nil),     // 18: quorumq.fsm.v1.Transaction
-	(*Tick)(nil),            // 19: quorumq.fsm.v1.Tick
-	(*Error)(nil),           // 20: quorumq.fsm.v1.Error
-	(*EnqueueResult)(nil),   // 21: quorumq.fsm.v1.EnqueueResult
-	(*Delivery)(nil),        // 22: quorumq.fsm.v1.Delivery
-	(*DeadLetter)(nil),      // 23: quorumq.fsm.v1.DeadLetter
-	(*QueueStats)(nil),      // 24: quorumq.fsm.v1.QueueStats
-	(*QueueInfo)(nil),       // 25: quorumq.fsm.v1.QueueInfo
-	(*Result)(nil),          // 26: quorumq.fsm.v1.Result
-	(*SnapshotState)(nil),   // 27: quorumq.fsm.v1.SnapshotState
-	(*SnapshotQueue)(nil),   // 28: quorumq.fsm.v1.SnapshotQueue
-	(*SnapshotMessage)(nil), // 29: quorumq.fsm.v1.SnapshotMessage
-	(*SnapshotDedup)(nil),   // 30: quorumq.fsm.v1.SnapshotDedup
-	(*SnapshotReplay)(nil),  // 31: quorumq.fsm.v1.SnapshotReplay
-	(*SnapshotRecord)(nil),  // 32: quorumq.fsm.v1.SnapshotRecord
+	(*Redrive)(nil),         // 17: quorumq.fsm.v1.Redrive
+	(*Extend)(nil),          // 18: quorumq.fsm.v1.Extend
+	(*Transaction)(nil),     // 19: quorumq.fsm.v1.Transaction
+	(*Tick)(nil),            // 20: quorumq.fsm.v1.Tick
+	(*Error)(nil),           // 21: quorumq.fsm.v1.Error
+	(*EnqueueResult)(nil),   // 22: quorumq.fsm.v1.EnqueueResult
+	(*Delivery)(nil),        // 23: quorumq.fsm.v1.Delivery
+	(*DeadLetter)(nil),      // 24: quorumq.fsm.v1.DeadLetter
+	(*QueueStats)(nil),      // 25: quorumq.fsm.v1.QueueStats
+	(*QueueInfo)(nil),       // 26: quorumq.fsm.v1.QueueInfo
+	(*Result)(nil),          // 27: quorumq.fsm.v1.Result
+	(*SnapshotState)(nil),   // 28: quorumq.fsm.v1.SnapshotState
+	(*SnapshotQueue)(nil),   // 29: quorumq.fsm.v1.SnapshotQueue
+	(*SnapshotMessage)(nil), // 30: quorumq.fsm.v1.SnapshotMessage
+	(*SnapshotDedup)(nil),   // 31: quorumq.fsm.v1.SnapshotDedup
+	(*SnapshotReplay)(nil),  // 32: quorumq.fsm.v1.SnapshotReplay
+	(*SnapshotRecord)(nil),  // 33: quorumq.fsm.v1.SnapshotRecord
 }
 var file_fsm_fsmpb_fsm_proto_depIdxs = []int32{
 	5,  // 0: quorumq.fsm.v1.Command.create_queue:type_name -> quorumq.fsm.v1.CreateQueue
@@ -2932,51 +3031,52 @@ var file_fsm_fsmpb_fsm_proto_depIdxs = []int32{
 	12, // 4: quorumq.fsm.v1.Command.receive:type_name -> quorumq.fsm.v1.Receive
 	14, // 5: quorumq.fsm.v1.Command.ack:type_name -> quorumq.fsm.v1.Ack
 	15, // 6: quorumq.fsm.v1.Command.nack:type_name -> quorumq.fsm.v1.Nack
-	17, // 7: quorumq.fsm.v1.Command.extend:type_name -> quorumq.fsm.v1.Extend
-	18, // 8: quorumq.fsm.v1.Command.transaction:type_name -> quorumq.fsm.v1.Transaction
+	18, // 7: quorumq.fsm.v1.Command.extend:type_name -> quorumq.fsm.v1.Extend
+	19, // 8: quorumq.fsm.v1.Command.transaction:type_name -> quorumq.fsm.v1.Transaction
 	8,  // 9: quorumq.fsm.v1.Command.purge:type_name -> quorumq.fsm.v1.Purge
-	19, // 10: quorumq.fsm.v1.Command.tick:type_name -> quorumq.fsm.v1.Tick
+	20, // 10: quorumq.fsm.v1.Command.tick:type_name -> quorumq.fsm.v1.Tick
 	16, // 11: quorumq.fsm.v1.Command.reject:type_name -> quorumq.fsm.v1.Reject
-	4,  // 12: quorumq.fsm.v1.CreateQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	4,  // 13: quorumq.fsm.v1.UpdateQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	9,  // 14: quorumq.fsm.v1.Message.attributes:type_name -> quorumq.fsm.v1.Attribute
-	10, // 15: quorumq.fsm.v1.Enqueue.messages:type_name -> quorumq.fsm.v1.Message
-	13, // 16: quorumq.fsm.v1.Receive.ack:type_name -> quorumq.fsm.v1.Receipt
-	13, // 17: quorumq.fsm.v1.Ack.receipts:type_name -> quorumq.fsm.v1.Receipt
-	13, // 18: quorumq.fsm.v1.Nack.receipts:type_name -> quorumq.fsm.v1.Receipt
-	13, // 19: quorumq.fsm.v1.Reject.receipts:type_name -> quorumq.fsm.v1.Receipt
-	13, // 20: quorumq.fsm.v1.Extend.receipts:type_name -> quorumq.fsm.v1.Receipt
-	14, // 21: quorumq.fsm.v1.Transaction.acks:type_name -> quorumq.fsm.v1.Ack
-	11, // 22: quorumq.fsm.v1.Transaction.enqueues:type_name -> quorumq.fsm.v1.Enqueue
-	0,  // 23: quorumq.fsm.v1.Error.code:type_name -> quorumq.fsm.v1.ErrorCode
-	13, // 24: quorumq.fsm.v1.Delivery.receipt:type_name -> quorumq.fsm.v1.Receipt
-	9,  // 25: quorumq.fsm.v1.Delivery.attributes:type_name -> quorumq.fsm.v1.Attribute
-	23, // 26: quorumq.fsm.v1.Delivery.dead_letter:type_name -> quorumq.fsm.v1.DeadLetter
-	1,  // 27: quorumq.fsm.v1.DeadLetter.reason:type_name -> quorumq.fsm.v1.DeadLetterReason
-	4,  // 28: quorumq.fsm.v1.QueueInfo.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	24, // 29: quorumq.fsm.v1.QueueInfo.stats:type_name -> quorumq.fsm.v1.QueueStats
-	20, // 30: quorumq.fsm.v1.Result.error:type_name -> quorumq.fsm.v1.Error
-	21, // 31: quorumq.fsm.v1.Result.enqueued:type_name -> quorumq.fsm.v1.EnqueueResult
-	22, // 32: quorumq.fsm.v1.Result.deliveries:type_name -> quorumq.fsm.v1.Delivery
-	2,  // 33: quorumq.fsm.v1.Result.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	25, // 34: quorumq.fsm.v1.Result.queue:type_name -> quorumq.fsm.v1.QueueInfo
-	4,  // 35: quorumq.fsm.v1.SnapshotQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	24, // 36: quorumq.fsm.v1.SnapshotQueue.counters:type_name -> quorumq.fsm.v1.QueueStats
-	9,  // 37: quorumq.fsm.v1.SnapshotMessage.attributes:type_name -> quorumq.fsm.v1.Attribute
-	23, // 38: quorumq.fsm.v1.SnapshotMessage.dead_letter:type_name -> quorumq.fsm.v1.DeadLetter
-	29, // 39: quorumq.fsm.v1.SnapshotReplay.deliveries:type_name -> quorumq.fsm.v1.SnapshotMessage
-	2,  // 40: quorumq.fsm.v1.SnapshotReplay.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	13, // 41: quorumq.fsm.v1.SnapshotReplay.receipts:type_name -> quorumq.fsm.v1.Receipt
-	27, // 42: quorumq.fsm.v1.SnapshotRecord.state:type_name -> quorumq.fsm.v1.SnapshotState
-	28, // 43: quorumq.fsm.v1.SnapshotRecord.queue:type_name -> quorumq.fsm.v1.SnapshotQueue
-	29, // 44: quorumq.fsm.v1.SnapshotRecord.message:type_name -> quorumq.fsm.v1.SnapshotMessage
-	30, // 45: quorumq.fsm.v1.SnapshotRecord.dedup:type_name -> quorumq.fsm.v1.SnapshotDedup
-	31, // 46: quorumq.fsm.v1.SnapshotRecord.replay:type_name -> quorumq.fsm.v1.SnapshotReplay
-	47, // [47:47] is the sub-list for method output_type
-	47, // [47:47] is the sub-list for method input_type
-	47, // [47:47] is the sub-list for extension type_name
-	47, // [47:47] is the sub-list for extension extendee
-	0,  // [0:47] is the sub-list for field type_name
+	17, // 12: quorumq.fsm.v1.Command.redrive:type_name -> quorumq.fsm.v1.Redrive
+	4,  // 13: quorumq.fsm.v1.CreateQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	4,  // 14: quorumq.fsm.v1.UpdateQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	9,  // 15: quorumq.fsm.v1.Message.attributes:type_name -> quorumq.fsm.v1.Attribute
+	10, // 16: quorumq.fsm.v1.Enqueue.messages:type_name -> quorumq.fsm.v1.Message
+	13, // 17: quorumq.fsm.v1.Receive.ack:type_name -> quorumq.fsm.v1.Receipt
+	13, // 18: quorumq.fsm.v1.Ack.receipts:type_name -> quorumq.fsm.v1.Receipt
+	13, // 19: quorumq.fsm.v1.Nack.receipts:type_name -> quorumq.fsm.v1.Receipt
+	13, // 20: quorumq.fsm.v1.Reject.receipts:type_name -> quorumq.fsm.v1.Receipt
+	13, // 21: quorumq.fsm.v1.Extend.receipts:type_name -> quorumq.fsm.v1.Receipt
+	14, // 22: quorumq.fsm.v1.Transaction.acks:type_name -> quorumq.fsm.v1.Ack
+	11, // 23: quorumq.fsm.v1.Transaction.enqueues:type_name -> quorumq.fsm.v1.Enqueue
+	0,  // 24: quorumq.fsm.v1.Error.code:type_name -> quorumq.fsm.v1.ErrorCode
+	13, // 25: quorumq.fsm.v1.Delivery.receipt:type_name -> quorumq.fsm.v1.Receipt
+	9,  // 26: quorumq.fsm.v1.Delivery.attributes:type_name -> quorumq.fsm.v1.Attribute
+	24, // 27: quorumq.fsm.v1.Delivery.dead_letter:type_name -> quorumq.fsm.v1.DeadLetter
+	1,  // 28: quorumq.fsm.v1.DeadLetter.reason:type_name -> quorumq.fsm.v1.DeadLetterReason
+	4,  // 29: quorumq.fsm.v1.QueueInfo.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	25, // 30: quorumq.fsm.v1.QueueInfo.stats:type_name -> quorumq.fsm.v1.QueueStats
+	21, // 31: quorumq.fsm.v1.Result.error:type_name -> quorumq.fsm.v1.Error
+	22, // 32: quorumq.fsm.v1.Result.enqueued:type_name -> quorumq.fsm.v1.EnqueueResult
+	23, // 33: quorumq.fsm.v1.Result.deliveries:type_name -> quorumq.fsm.v1.Delivery
+	2,  // 34: quorumq.fsm.v1.Result.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	26, // 35: quorumq.fsm.v1.Result.queue:type_name -> quorumq.fsm.v1.QueueInfo
+	4,  // 36: quorumq.fsm.v1.SnapshotQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	25, // 37: quorumq.fsm.v1.SnapshotQueue.counters:type_name -> quorumq.fsm.v1.QueueStats
+	9,  // 38: quorumq.fsm.v1.SnapshotMessage.attributes:type_name -> quorumq.fsm.v1.Attribute
+	24, // 39: quorumq.fsm.v1.SnapshotMessage.dead_letter:type_name -> quorumq.fsm.v1.DeadLetter
+	30, // 40: quorumq.fsm.v1.SnapshotReplay.deliveries:type_name -> quorumq.fsm.v1.SnapshotMessage
+	2,  // 41: quorumq.fsm.v1.SnapshotReplay.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	13, // 42: quorumq.fsm.v1.SnapshotReplay.receipts:type_name -> quorumq.fsm.v1.Receipt
+	28, // 43: quorumq.fsm.v1.SnapshotRecord.state:type_name -> quorumq.fsm.v1.SnapshotState
+	29, // 44: quorumq.fsm.v1.SnapshotRecord.queue:type_name -> quorumq.fsm.v1.SnapshotQueue
+	30, // 45: quorumq.fsm.v1.SnapshotRecord.message:type_name -> quorumq.fsm.v1.SnapshotMessage
+	31, // 46: quorumq.fsm.v1.SnapshotRecord.dedup:type_name -> quorumq.fsm.v1.SnapshotDedup
+	32, // 47: quorumq.fsm.v1.SnapshotRecord.replay:type_name -> quorumq.fsm.v1.SnapshotReplay
+	48, // [48:48] is the sub-list for method output_type
+	48, // [48:48] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_fsm_fsmpb_fsm_proto_init() }
@@ -2997,9 +3097,10 @@ func file_fsm_fsmpb_fsm_proto_init() {
 		(*Command_Purge)(nil),
 		(*Command_Tick)(nil),
 		(*Command_Reject)(nil),
+		(*Command_Redrive)(nil),
 	}
 	file_fsm_fsmpb_fsm_proto_msgTypes[1].OneofWrappers = []any{}
-	file_fsm_fsmpb_fsm_proto_msgTypes[29].OneofWrappers = []any{
+	file_fsm_fsmpb_fsm_proto_msgTypes[30].OneofWrappers = []any{
 		(*SnapshotRecord_State)(nil),
 		(*SnapshotRecord_Queue)(nil),
 		(*SnapshotRecord_Message)(nil),
@@ -3012,7 +3113,7 @@ func file_fsm_fsmpb_fsm_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fsm_fsmpb_fsm_proto_rawDesc), len(file_fsm_fsmpb_fsm_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   30,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1322,6 +1322,111 @@ func (x *RejectResponse) GetOutcomes() []fsmpb.AckOutcome {
 	return nil
 }
 
+type RedriveRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Queue string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	// to: the target queue; "" = each message's source queue.
+	To            string `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	Max           uint32 `protobuf:"varint,3,opt,name=max,proto3" json:"max,omitempty"` // 1 ... 1000
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RedriveRequest) Reset() {
+	*x = RedriveRequest{}
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RedriveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RedriveRequest) ProtoMessage() {}
+
+func (x *RedriveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RedriveRequest.ProtoReflect.Descriptor instead.
+func (*RedriveRequest) Descriptor() ([]byte, []int) {
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *RedriveRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *RedriveRequest) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *RedriveRequest) GetMax() uint32 {
+	if x != nil {
+		return x.Max
+	}
+	return 0
+}
+
+type RedriveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Moved         uint64                 `protobuf:"varint,1,opt,name=moved,proto3" json:"moved,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RedriveResponse) Reset() {
+	*x = RedriveResponse{}
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RedriveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RedriveResponse) ProtoMessage() {}
+
+func (x *RedriveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RedriveResponse.ProtoReflect.Descriptor instead.
+func (*RedriveResponse) Descriptor() ([]byte, []int) {
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *RedriveResponse) GetMoved() uint64 {
+	if x != nil {
+		return x.Moved
+	}
+	return 0
+}
+
 type ExtendRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Queue         string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
@@ -1333,7 +1438,7 @@ type ExtendRequest struct {
 
 func (x *ExtendRequest) Reset() {
 	*x = ExtendRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[25]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1345,7 +1450,7 @@ func (x *ExtendRequest) String() string {
 func (*ExtendRequest) ProtoMessage() {}
 
 func (x *ExtendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[25]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1358,7 +1463,7 @@ func (x *ExtendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendRequest.ProtoReflect.Descriptor instead.
 func (*ExtendRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{25}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ExtendRequest) GetQueue() string {
@@ -1391,7 +1496,7 @@ type ExtendResponse struct {
 
 func (x *ExtendResponse) Reset() {
 	*x = ExtendResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[26]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1403,7 +1508,7 @@ func (x *ExtendResponse) String() string {
 func (*ExtendResponse) ProtoMessage() {}
 
 func (x *ExtendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[26]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1416,7 +1521,7 @@ func (x *ExtendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendResponse.ProtoReflect.Descriptor instead.
 func (*ExtendResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{26}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ExtendResponse) GetOutcomes() []fsmpb.AckOutcome {
@@ -1436,7 +1541,7 @@ type TransactionRequest struct {
 
 func (x *TransactionRequest) Reset() {
 	*x = TransactionRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[27]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1448,7 +1553,7 @@ func (x *TransactionRequest) String() string {
 func (*TransactionRequest) ProtoMessage() {}
 
 func (x *TransactionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[27]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1461,7 +1566,7 @@ func (x *TransactionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransactionRequest.ProtoReflect.Descriptor instead.
 func (*TransactionRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{27}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *TransactionRequest) GetAcks() []*AckRequest {
@@ -1488,7 +1593,7 @@ type TransactionResponse struct {
 
 func (x *TransactionResponse) Reset() {
 	*x = TransactionResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[28]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1500,7 +1605,7 @@ func (x *TransactionResponse) String() string {
 func (*TransactionResponse) ProtoMessage() {}
 
 func (x *TransactionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[28]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1513,7 +1618,7 @@ func (x *TransactionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransactionResponse.ProtoReflect.Descriptor instead.
 func (*TransactionResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{28}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *TransactionResponse) GetAckOutcomes() []fsmpb.AckOutcome {
@@ -1538,7 +1643,7 @@ type NodeStatusRequest struct {
 
 func (x *NodeStatusRequest) Reset() {
 	*x = NodeStatusRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[29]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1550,7 +1655,7 @@ func (x *NodeStatusRequest) String() string {
 func (*NodeStatusRequest) ProtoMessage() {}
 
 func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[29]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1563,7 +1668,7 @@ func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusRequest.ProtoReflect.Descriptor instead.
 func (*NodeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{29}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{31}
 }
 
 type NodeStatusResponse struct {
@@ -1575,7 +1680,7 @@ type NodeStatusResponse struct {
 
 func (x *NodeStatusResponse) Reset() {
 	*x = NodeStatusResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[30]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1587,7 +1692,7 @@ func (x *NodeStatusResponse) String() string {
 func (*NodeStatusResponse) ProtoMessage() {}
 
 func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[30]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1600,7 +1705,7 @@ func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusResponse.ProtoReflect.Descriptor instead.
 func (*NodeStatusResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{30}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *NodeStatusResponse) GetNode() *NodeStatus {
@@ -1640,7 +1745,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[31]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1652,7 +1757,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[31]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1665,7 +1770,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{31}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *NodeStatus) GetId() string {
@@ -1783,7 +1888,7 @@ type ClockOffset struct {
 
 func (x *ClockOffset) Reset() {
 	*x = ClockOffset{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[32]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1795,7 +1900,7 @@ func (x *ClockOffset) String() string {
 func (*ClockOffset) ProtoMessage() {}
 
 func (x *ClockOffset) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[32]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1808,7 +1913,7 @@ func (x *ClockOffset) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClockOffset.ProtoReflect.Descriptor instead.
 func (*ClockOffset) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{32}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ClockOffset) GetId() string {
@@ -1833,7 +1938,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[33]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1845,7 +1950,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[33]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1858,7 +1963,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{33}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{35}
 }
 
 type StatusResponse struct {
@@ -1872,7 +1977,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[34]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1884,7 +1989,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[34]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1897,7 +2002,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{34}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *StatusResponse) GetNodes() []*NodeStatus {
@@ -1935,7 +2040,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[35]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1947,7 +2052,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[35]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1960,7 +2065,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{35}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Member) GetId() string {
@@ -2013,7 +2118,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[36]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2025,7 +2130,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[36]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2038,7 +2143,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{36}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{38}
 }
 
 type MembersResponse struct {
@@ -2050,7 +2155,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[37]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2062,7 +2167,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[37]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2075,7 +2180,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{37}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *MembersResponse) GetMembers() []*Member {
@@ -2093,7 +2198,7 @@ type LeaderRequest struct {
 
 func (x *LeaderRequest) Reset() {
 	*x = LeaderRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[38]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2105,7 +2210,7 @@ func (x *LeaderRequest) String() string {
 func (*LeaderRequest) ProtoMessage() {}
 
 func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[38]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2118,7 +2223,7 @@ func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderRequest.ProtoReflect.Descriptor instead.
 func (*LeaderRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{38}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{40}
 }
 
 type LeaderResponse struct {
@@ -2132,7 +2237,7 @@ type LeaderResponse struct {
 
 func (x *LeaderResponse) Reset() {
 	*x = LeaderResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[39]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2144,7 +2249,7 @@ func (x *LeaderResponse) String() string {
 func (*LeaderResponse) ProtoMessage() {}
 
 func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[39]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2157,7 +2262,7 @@ func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderResponse.ProtoReflect.Descriptor instead.
 func (*LeaderResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{39}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *LeaderResponse) GetLeaderId() string {
@@ -2190,7 +2295,7 @@ type RemoveServerRequest struct {
 
 func (x *RemoveServerRequest) Reset() {
 	*x = RemoveServerRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[40]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2202,7 +2307,7 @@ func (x *RemoveServerRequest) String() string {
 func (*RemoveServerRequest) ProtoMessage() {}
 
 func (x *RemoveServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[40]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2215,7 +2320,7 @@ func (x *RemoveServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveServerRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{40}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RemoveServerRequest) GetId() string {
@@ -2233,7 +2338,7 @@ type RemoveServerResponse struct {
 
 func (x *RemoveServerResponse) Reset() {
 	*x = RemoveServerResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[41]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2245,7 +2350,7 @@ func (x *RemoveServerResponse) String() string {
 func (*RemoveServerResponse) ProtoMessage() {}
 
 func (x *RemoveServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[41]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2258,7 +2363,7 @@ func (x *RemoveServerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServerResponse.ProtoReflect.Descriptor instead.
 func (*RemoveServerResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{41}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{43}
 }
 
 type TransferLeadershipRequest struct {
@@ -2271,7 +2376,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[42]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2283,7 +2388,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[42]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2296,7 +2401,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{42}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *TransferLeadershipRequest) GetId() string {
@@ -2315,7 +2420,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[43]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2327,7 +2432,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[43]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2340,7 +2445,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{43}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *TransferLeadershipResponse) GetNewLeaderId() string {
@@ -2358,7 +2463,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[44]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2370,7 +2475,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[44]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2383,7 +2488,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{44}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{46}
 }
 
 type SnapshotResponse struct {
@@ -2398,7 +2503,7 @@ type SnapshotResponse struct {
 
 func (x *SnapshotResponse) Reset() {
 	*x = SnapshotResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[45]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2410,7 +2515,7 @@ func (x *SnapshotResponse) String() string {
 func (*SnapshotResponse) ProtoMessage() {}
 
 func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[45]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2423,7 +2528,7 @@ func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{45}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *SnapshotResponse) GetIndex() uint64 {
@@ -2462,7 +2567,7 @@ type BackupRequest struct {
 
 func (x *BackupRequest) Reset() {
 	*x = BackupRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[46]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2474,7 +2579,7 @@ func (x *BackupRequest) String() string {
 func (*BackupRequest) ProtoMessage() {}
 
 func (x *BackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[46]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2487,7 +2592,7 @@ func (x *BackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
 func (*BackupRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{46}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{48}
 }
 
 // BackupChunk: the first chunk carries index, term and size; every chunk
@@ -2504,7 +2609,7 @@ type BackupChunk struct {
 
 func (x *BackupChunk) Reset() {
 	*x = BackupChunk{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[47]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2516,7 +2621,7 @@ func (x *BackupChunk) String() string {
 func (*BackupChunk) ProtoMessage() {}
 
 func (x *BackupChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[47]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2529,7 +2634,7 @@ func (x *BackupChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
 func (*BackupChunk) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{47}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *BackupChunk) GetIndex() uint64 {
@@ -2641,7 +2746,13 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\breceipts\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\"H\n" +
 	"\x0eRejectResponse\x126\n" +
-	"\boutcomes\x18\x01 \x03(\x0e2\x1a.quorumq.fsm.v1.AckOutcomeR\boutcomes\"\x7f\n" +
+	"\boutcomes\x18\x01 \x03(\x0e2\x1a.quorumq.fsm.v1.AckOutcomeR\boutcomes\"H\n" +
+	"\x0eRedriveRequest\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\tR\x02to\x12\x10\n" +
+	"\x03max\x18\x03 \x01(\rR\x03max\"'\n" +
+	"\x0fRedriveResponse\x12\x14\n" +
+	"\x05moved\x18\x01 \x01(\x04R\x05moved\"\x7f\n" +
 	"\rExtendRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
 	"\breceipts\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\x12#\n" +
@@ -2719,7 +2830,7 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\x12\x12\n" +
 	"\x04size\x18\x03 \x01(\x03R\x04size\x12\x12\n" +
-	"\x04data\x18\x04 \x01(\fR\x04data2\xe4\a\n" +
+	"\x04data\x18\x04 \x01(\fR\x04data2\xa8\b\n" +
 	"\x05Queue\x12N\n" +
 	"\vCreateQueue\x12\x1e.quorumq.v1.CreateQueueRequest\x1a\x1f.quorumq.v1.CreateQueueResponse\x12N\n" +
 	"\vUpdateQueue\x12\x1e.quorumq.v1.UpdateQueueRequest\x1a\x1f.quorumq.v1.UpdateQueueResponse\x12E\n" +
@@ -2734,7 +2845,8 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\x03Ack\x12\x16.quorumq.v1.AckRequest\x1a\x17.quorumq.v1.AckResponse\x129\n" +
 	"\x04Nack\x12\x17.quorumq.v1.NackRequest\x1a\x18.quorumq.v1.NackResponse\x12?\n" +
 	"\x06Extend\x12\x19.quorumq.v1.ExtendRequest\x1a\x1a.quorumq.v1.ExtendResponse\x12?\n" +
-	"\x06Reject\x12\x19.quorumq.v1.RejectRequest\x1a\x1a.quorumq.v1.RejectResponse\x12N\n" +
+	"\x06Reject\x12\x19.quorumq.v1.RejectRequest\x1a\x1a.quorumq.v1.RejectResponse\x12B\n" +
+	"\aRedrive\x12\x1a.quorumq.v1.RedriveRequest\x1a\x1b.quorumq.v1.RedriveResponse\x12N\n" +
 	"\vTransaction\x12\x1e.quorumq.v1.TransactionRequest\x1a\x1f.quorumq.v1.TransactionResponse2\xdb\x04\n" +
 	"\aCluster\x12?\n" +
 	"\x06Status\x12\x19.quorumq.v1.StatusRequest\x1a\x1a.quorumq.v1.StatusResponse\x12K\n" +
@@ -2759,7 +2871,7 @@ func file_transport_quorumqpb_quorumq_proto_rawDescGZIP() []byte {
 	return file_transport_quorumqpb_quorumq_proto_rawDescData
 }
 
-var file_transport_quorumqpb_quorumq_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
+var file_transport_quorumqpb_quorumq_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_transport_quorumqpb_quorumq_proto_goTypes = []any{
 	(*NotLeader)(nil),                  // 0: quorumq.v1.NotLeader
 	(*OutcomeUnknown)(nil),             // 1: quorumq.v1.OutcomeUnknown
@@ -2786,67 +2898,69 @@ var file_transport_quorumqpb_quorumq_proto_goTypes = []any{
 	(*NackResponse)(nil),               // 22: quorumq.v1.NackResponse
 	(*RejectRequest)(nil),              // 23: quorumq.v1.RejectRequest
 	(*RejectResponse)(nil),             // 24: quorumq.v1.RejectResponse
-	(*ExtendRequest)(nil),              // 25: quorumq.v1.ExtendRequest
-	(*ExtendResponse)(nil),             // 26: quorumq.v1.ExtendResponse
-	(*TransactionRequest)(nil),         // 27: quorumq.v1.TransactionRequest
-	(*TransactionResponse)(nil),        // 28: quorumq.v1.TransactionResponse
-	(*NodeStatusRequest)(nil),          // 29: quorumq.v1.NodeStatusRequest
-	(*NodeStatusResponse)(nil),         // 30: quorumq.v1.NodeStatusResponse
-	(*NodeStatus)(nil),                 // 31: quorumq.v1.NodeStatus
-	(*ClockOffset)(nil),                // 32: quorumq.v1.ClockOffset
-	(*StatusRequest)(nil),              // 33: quorumq.v1.StatusRequest
-	(*StatusResponse)(nil),             // 34: quorumq.v1.StatusResponse
-	(*Member)(nil),                     // 35: quorumq.v1.Member
-	(*MembersRequest)(nil),             // 36: quorumq.v1.MembersRequest
-	(*MembersResponse)(nil),            // 37: quorumq.v1.MembersResponse
-	(*LeaderRequest)(nil),              // 38: quorumq.v1.LeaderRequest
-	(*LeaderResponse)(nil),             // 39: quorumq.v1.LeaderResponse
-	(*RemoveServerRequest)(nil),        // 40: quorumq.v1.RemoveServerRequest
-	(*RemoveServerResponse)(nil),       // 41: quorumq.v1.RemoveServerResponse
-	(*TransferLeadershipRequest)(nil),  // 42: quorumq.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 43: quorumq.v1.TransferLeadershipResponse
-	(*SnapshotRequest)(nil),            // 44: quorumq.v1.SnapshotRequest
-	(*SnapshotResponse)(nil),           // 45: quorumq.v1.SnapshotResponse
-	(*BackupRequest)(nil),              // 46: quorumq.v1.BackupRequest
-	(*BackupChunk)(nil),                // 47: quorumq.v1.BackupChunk
-	(fsmpb.ErrorCode)(0),               // 48: quorumq.fsm.v1.ErrorCode
-	(*fsmpb.QueueSettings)(nil),        // 49: quorumq.fsm.v1.QueueSettings
-	(*fsmpb.QueueInfo)(nil),            // 50: quorumq.fsm.v1.QueueInfo
-	(*fsmpb.Message)(nil),              // 51: quorumq.fsm.v1.Message
-	(*fsmpb.EnqueueResult)(nil),        // 52: quorumq.fsm.v1.EnqueueResult
-	(*fsmpb.Receipt)(nil),              // 53: quorumq.fsm.v1.Receipt
-	(*fsmpb.Delivery)(nil),             // 54: quorumq.fsm.v1.Delivery
-	(fsmpb.AckOutcome)(0),              // 55: quorumq.fsm.v1.AckOutcome
+	(*RedriveRequest)(nil),             // 25: quorumq.v1.RedriveRequest
+	(*RedriveResponse)(nil),            // 26: quorumq.v1.RedriveResponse
+	(*ExtendRequest)(nil),              // 27: quorumq.v1.ExtendRequest
+	(*ExtendResponse)(nil),             // 28: quorumq.v1.ExtendResponse
+	(*TransactionRequest)(nil),         // 29: quorumq.v1.TransactionRequest
+	(*TransactionResponse)(nil),        // 30: quorumq.v1.TransactionResponse
+	(*NodeStatusRequest)(nil),          // 31: quorumq.v1.NodeStatusRequest
+	(*NodeStatusResponse)(nil),         // 32: quorumq.v1.NodeStatusResponse
+	(*NodeStatus)(nil),                 // 33: quorumq.v1.NodeStatus
+	(*ClockOffset)(nil),                // 34: quorumq.v1.ClockOffset
+	(*StatusRequest)(nil),              // 35: quorumq.v1.StatusRequest
+	(*StatusResponse)(nil),             // 36: quorumq.v1.StatusResponse
+	(*Member)(nil),                     // 37: quorumq.v1.Member
+	(*MembersRequest)(nil),             // 38: quorumq.v1.MembersRequest
+	(*MembersResponse)(nil),            // 39: quorumq.v1.MembersResponse
+	(*LeaderRequest)(nil),              // 40: quorumq.v1.LeaderRequest
+	(*LeaderResponse)(nil),             // 41: quorumq.v1.LeaderResponse
+	(*RemoveServerRequest)(nil),        // 42: quorumq.v1.RemoveServerRequest
+	(*RemoveServerResponse)(nil),       // 43: quorumq.v1.RemoveServerResponse
+	(*TransferLeadershipRequest)(nil),  // 44: quorumq.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 45: quorumq.v1.TransferLeadershipResponse
+	(*SnapshotRequest)(nil),            // 46: quorumq.v1.SnapshotRequest
+	(*SnapshotResponse)(nil),           // 47: quorumq.v1.SnapshotResponse
+	(*BackupRequest)(nil),              // 48: quorumq.v1.BackupRequest
+	(*BackupChunk)(nil),                // 49: quorumq.v1.BackupChunk
+	(fsmpb.ErrorCode)(0),               // 50: quorumq.fsm.v1.ErrorCode
+	(*fsmpb.QueueSettings)(nil),        // 51: quorumq.fsm.v1.QueueSettings
+	(*fsmpb.QueueInfo)(nil),            // 52: quorumq.fsm.v1.QueueInfo
+	(*fsmpb.Message)(nil),              // 53: quorumq.fsm.v1.Message
+	(*fsmpb.EnqueueResult)(nil),        // 54: quorumq.fsm.v1.EnqueueResult
+	(*fsmpb.Receipt)(nil),              // 55: quorumq.fsm.v1.Receipt
+	(*fsmpb.Delivery)(nil),             // 56: quorumq.fsm.v1.Delivery
+	(fsmpb.AckOutcome)(0),              // 57: quorumq.fsm.v1.AckOutcome
 }
 var file_transport_quorumqpb_quorumq_proto_depIdxs = []int32{
-	48, // 0: quorumq.v1.QueueError.code:type_name -> quorumq.fsm.v1.ErrorCode
-	49, // 1: quorumq.v1.CreateQueueRequest.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	50, // 2: quorumq.v1.CreateQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
-	49, // 3: quorumq.v1.UpdateQueueRequest.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	50, // 4: quorumq.v1.UpdateQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
-	50, // 5: quorumq.v1.GetQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
-	50, // 6: quorumq.v1.ListQueuesResponse.queues:type_name -> quorumq.fsm.v1.QueueInfo
-	51, // 7: quorumq.v1.EnqueueRequest.messages:type_name -> quorumq.fsm.v1.Message
-	52, // 8: quorumq.v1.EnqueueResponse.results:type_name -> quorumq.fsm.v1.EnqueueResult
-	53, // 9: quorumq.v1.ReceiveRequest.ack:type_name -> quorumq.fsm.v1.Receipt
-	54, // 10: quorumq.v1.ReceiveResponse.deliveries:type_name -> quorumq.fsm.v1.Delivery
-	55, // 11: quorumq.v1.ReceiveResponse.ack_outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	53, // 12: quorumq.v1.AckRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
-	55, // 13: quorumq.v1.AckResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	53, // 14: quorumq.v1.NackRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
-	55, // 15: quorumq.v1.NackResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	53, // 16: quorumq.v1.RejectRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
-	55, // 17: quorumq.v1.RejectResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	53, // 18: quorumq.v1.ExtendRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
-	55, // 19: quorumq.v1.ExtendResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	50, // 0: quorumq.v1.QueueError.code:type_name -> quorumq.fsm.v1.ErrorCode
+	51, // 1: quorumq.v1.CreateQueueRequest.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	52, // 2: quorumq.v1.CreateQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
+	51, // 3: quorumq.v1.UpdateQueueRequest.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	52, // 4: quorumq.v1.UpdateQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
+	52, // 5: quorumq.v1.GetQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
+	52, // 6: quorumq.v1.ListQueuesResponse.queues:type_name -> quorumq.fsm.v1.QueueInfo
+	53, // 7: quorumq.v1.EnqueueRequest.messages:type_name -> quorumq.fsm.v1.Message
+	54, // 8: quorumq.v1.EnqueueResponse.results:type_name -> quorumq.fsm.v1.EnqueueResult
+	55, // 9: quorumq.v1.ReceiveRequest.ack:type_name -> quorumq.fsm.v1.Receipt
+	56, // 10: quorumq.v1.ReceiveResponse.deliveries:type_name -> quorumq.fsm.v1.Delivery
+	57, // 11: quorumq.v1.ReceiveResponse.ack_outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	55, // 12: quorumq.v1.AckRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
+	57, // 13: quorumq.v1.AckResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	55, // 14: quorumq.v1.NackRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
+	57, // 15: quorumq.v1.NackResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	55, // 16: quorumq.v1.RejectRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
+	57, // 17: quorumq.v1.RejectResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	55, // 18: quorumq.v1.ExtendRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
+	57, // 19: quorumq.v1.ExtendResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
 	19, // 20: quorumq.v1.TransactionRequest.acks:type_name -> quorumq.v1.AckRequest
 	15, // 21: quorumq.v1.TransactionRequest.enqueues:type_name -> quorumq.v1.EnqueueRequest
-	55, // 22: quorumq.v1.TransactionResponse.ack_outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	52, // 23: quorumq.v1.TransactionResponse.enqueued:type_name -> quorumq.fsm.v1.EnqueueResult
-	31, // 24: quorumq.v1.NodeStatusResponse.node:type_name -> quorumq.v1.NodeStatus
-	32, // 25: quorumq.v1.NodeStatus.clock_offsets:type_name -> quorumq.v1.ClockOffset
-	31, // 26: quorumq.v1.StatusResponse.nodes:type_name -> quorumq.v1.NodeStatus
-	35, // 27: quorumq.v1.MembersResponse.members:type_name -> quorumq.v1.Member
+	57, // 22: quorumq.v1.TransactionResponse.ack_outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	54, // 23: quorumq.v1.TransactionResponse.enqueued:type_name -> quorumq.fsm.v1.EnqueueResult
+	33, // 24: quorumq.v1.NodeStatusResponse.node:type_name -> quorumq.v1.NodeStatus
+	34, // 25: quorumq.v1.NodeStatus.clock_offsets:type_name -> quorumq.v1.ClockOffset
+	33, // 26: quorumq.v1.StatusResponse.nodes:type_name -> quorumq.v1.NodeStatus
+	37, // 27: quorumq.v1.MembersResponse.members:type_name -> quorumq.v1.Member
 	3,  // 28: quorumq.v1.Queue.CreateQueue:input_type -> quorumq.v1.CreateQueueRequest
 	5,  // 29: quorumq.v1.Queue.UpdateQueue:input_type -> quorumq.v1.UpdateQueueRequest
 	7,  // 30: quorumq.v1.Queue.GetQueue:input_type -> quorumq.v1.GetQueueRequest
@@ -2858,41 +2972,43 @@ var file_transport_quorumqpb_quorumq_proto_depIdxs = []int32{
 	17, // 36: quorumq.v1.Queue.Receive:input_type -> quorumq.v1.ReceiveRequest
 	19, // 37: quorumq.v1.Queue.Ack:input_type -> quorumq.v1.AckRequest
 	21, // 38: quorumq.v1.Queue.Nack:input_type -> quorumq.v1.NackRequest
-	25, // 39: quorumq.v1.Queue.Extend:input_type -> quorumq.v1.ExtendRequest
+	27, // 39: quorumq.v1.Queue.Extend:input_type -> quorumq.v1.ExtendRequest
 	23, // 40: quorumq.v1.Queue.Reject:input_type -> quorumq.v1.RejectRequest
-	27, // 41: quorumq.v1.Queue.Transaction:input_type -> quorumq.v1.TransactionRequest
-	33, // 42: quorumq.v1.Cluster.Status:input_type -> quorumq.v1.StatusRequest
-	29, // 43: quorumq.v1.Cluster.NodeStatus:input_type -> quorumq.v1.NodeStatusRequest
-	36, // 44: quorumq.v1.Cluster.Members:input_type -> quorumq.v1.MembersRequest
-	38, // 45: quorumq.v1.Cluster.Leader:input_type -> quorumq.v1.LeaderRequest
-	40, // 46: quorumq.v1.Cluster.RemoveServer:input_type -> quorumq.v1.RemoveServerRequest
-	42, // 47: quorumq.v1.Cluster.TransferLeadership:input_type -> quorumq.v1.TransferLeadershipRequest
-	44, // 48: quorumq.v1.Cluster.Snapshot:input_type -> quorumq.v1.SnapshotRequest
-	46, // 49: quorumq.v1.Cluster.Backup:input_type -> quorumq.v1.BackupRequest
-	4,  // 50: quorumq.v1.Queue.CreateQueue:output_type -> quorumq.v1.CreateQueueResponse
-	6,  // 51: quorumq.v1.Queue.UpdateQueue:output_type -> quorumq.v1.UpdateQueueResponse
-	8,  // 52: quorumq.v1.Queue.GetQueue:output_type -> quorumq.v1.GetQueueResponse
-	10, // 53: quorumq.v1.Queue.ListQueues:output_type -> quorumq.v1.ListQueuesResponse
-	12, // 54: quorumq.v1.Queue.DeleteQueue:output_type -> quorumq.v1.DeleteQueueResponse
-	14, // 55: quorumq.v1.Queue.Purge:output_type -> quorumq.v1.PurgeResponse
-	16, // 56: quorumq.v1.Queue.Enqueue:output_type -> quorumq.v1.EnqueueResponse
-	16, // 57: quorumq.v1.Queue.EnqueueStream:output_type -> quorumq.v1.EnqueueResponse
-	18, // 58: quorumq.v1.Queue.Receive:output_type -> quorumq.v1.ReceiveResponse
-	20, // 59: quorumq.v1.Queue.Ack:output_type -> quorumq.v1.AckResponse
-	22, // 60: quorumq.v1.Queue.Nack:output_type -> quorumq.v1.NackResponse
-	26, // 61: quorumq.v1.Queue.Extend:output_type -> quorumq.v1.ExtendResponse
-	24, // 62: quorumq.v1.Queue.Reject:output_type -> quorumq.v1.RejectResponse
-	28, // 63: quorumq.v1.Queue.Transaction:output_type -> quorumq.v1.TransactionResponse
-	34, // 64: quorumq.v1.Cluster.Status:output_type -> quorumq.v1.StatusResponse
-	30, // 65: quorumq.v1.Cluster.NodeStatus:output_type -> quorumq.v1.NodeStatusResponse
-	37, // 66: quorumq.v1.Cluster.Members:output_type -> quorumq.v1.MembersResponse
-	39, // 67: quorumq.v1.Cluster.Leader:output_type -> quorumq.v1.LeaderResponse
-	41, // 68: quorumq.v1.Cluster.RemoveServer:output_type -> quorumq.v1.RemoveServerResponse
-	43, // 69: quorumq.v1.Cluster.TransferLeadership:output_type -> quorumq.v1.TransferLeadershipResponse
-	45, // 70: quorumq.v1.Cluster.Snapshot:output_type -> quorumq.v1.SnapshotResponse
-	47, // 71: quorumq.v1.Cluster.Backup:output_type -> quorumq.v1.BackupChunk
-	50, // [50:72] is the sub-list for method output_type
-	28, // [28:50] is the sub-list for method input_type
+	25, // 41: quorumq.v1.Queue.Redrive:input_type -> quorumq.v1.RedriveRequest
+	29, // 42: quorumq.v1.Queue.Transaction:input_type -> quorumq.v1.TransactionRequest
+	35, // 43: quorumq.v1.Cluster.Status:input_type -> quorumq.v1.StatusRequest
+	31, // 44: quorumq.v1.Cluster.NodeStatus:input_type -> quorumq.v1.NodeStatusRequest
+	38, // 45: quorumq.v1.Cluster.Members:input_type -> quorumq.v1.MembersRequest
+	40, // 46: quorumq.v1.Cluster.Leader:input_type -> quorumq.v1.LeaderRequest
+	42, // 47: quorumq.v1.Cluster.RemoveServer:input_type -> quorumq.v1.RemoveServerRequest
+	44, // 48: quorumq.v1.Cluster.TransferLeadership:input_type -> quorumq.v1.TransferLeadershipRequest
+	46, // 49: quorumq.v1.Cluster.Snapshot:input_type -> quorumq.v1.SnapshotRequest
+	48, // 50: quorumq.v1.Cluster.Backup:input_type -> quorumq.v1.BackupRequest
+	4,  // 51: quorumq.v1.Queue.CreateQueue:output_type -> quorumq.v1.CreateQueueResponse
+	6,  // 52: quorumq.v1.Queue.UpdateQueue:output_type -> quorumq.v1.UpdateQueueResponse
+	8,  // 53: quorumq.v1.Queue.GetQueue:output_type -> quorumq.v1.GetQueueResponse
+	10, // 54: quorumq.v1.Queue.ListQueues:output_type -> quorumq.v1.ListQueuesResponse
+	12, // 55: quorumq.v1.Queue.DeleteQueue:output_type -> quorumq.v1.DeleteQueueResponse
+	14, // 56: quorumq.v1.Queue.Purge:output_type -> quorumq.v1.PurgeResponse
+	16, // 57: quorumq.v1.Queue.Enqueue:output_type -> quorumq.v1.EnqueueResponse
+	16, // 58: quorumq.v1.Queue.EnqueueStream:output_type -> quorumq.v1.EnqueueResponse
+	18, // 59: quorumq.v1.Queue.Receive:output_type -> quorumq.v1.ReceiveResponse
+	20, // 60: quorumq.v1.Queue.Ack:output_type -> quorumq.v1.AckResponse
+	22, // 61: quorumq.v1.Queue.Nack:output_type -> quorumq.v1.NackResponse
+	28, // 62: quorumq.v1.Queue.Extend:output_type -> quorumq.v1.ExtendResponse
+	24, // 63: quorumq.v1.Queue.Reject:output_type -> quorumq.v1.RejectResponse
+	26, // 64: quorumq.v1.Queue.Redrive:output_type -> quorumq.v1.RedriveResponse
+	30, // 65: quorumq.v1.Queue.Transaction:output_type -> quorumq.v1.TransactionResponse
+	36, // 66: quorumq.v1.Cluster.Status:output_type -> quorumq.v1.StatusResponse
+	32, // 67: quorumq.v1.Cluster.NodeStatus:output_type -> quorumq.v1.NodeStatusResponse
+	39, // 68: quorumq.v1.Cluster.Members:output_type -> quorumq.v1.MembersResponse
+	41, // 69: quorumq.v1.Cluster.Leader:output_type -> quorumq.v1.LeaderResponse
+	43, // 70: quorumq.v1.Cluster.RemoveServer:output_type -> quorumq.v1.RemoveServerResponse
+	45, // 71: quorumq.v1.Cluster.TransferLeadership:output_type -> quorumq.v1.TransferLeadershipResponse
+	47, // 72: quorumq.v1.Cluster.Snapshot:output_type -> quorumq.v1.SnapshotResponse
+	49, // 73: quorumq.v1.Cluster.Backup:output_type -> quorumq.v1.BackupChunk
+	51, // [51:74] is the sub-list for method output_type
+	28, // [28:51] is the sub-list for method input_type
 	28, // [28:28] is the sub-list for extension type_name
 	28, // [28:28] is the sub-list for extension extendee
 	0,  // [0:28] is the sub-list for field type_name
@@ -2903,14 +3019,14 @@ func file_transport_quorumqpb_quorumq_proto_init() {
 	if File_transport_quorumqpb_quorumq_proto != nil {
 		return
 	}
-	file_transport_quorumqpb_quorumq_proto_msgTypes[31].OneofWrappers = []any{}
+	file_transport_quorumqpb_quorumq_proto_msgTypes[33].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_transport_quorumqpb_quorumq_proto_rawDesc), len(file_transport_quorumqpb_quorumq_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   48,
+			NumMessages:   50,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -46,6 +46,7 @@ const (
 	Queue_Nack_FullMethodName          = "/quorumq.v1.Queue/Nack"
 	Queue_Extend_FullMethodName        = "/quorumq.v1.Queue/Extend"
 	Queue_Reject_FullMethodName        = "/quorumq.v1.Queue/Reject"
+	Queue_Redrive_FullMethodName       = "/quorumq.v1.Queue/Redrive"
 	Queue_Transaction_FullMethodName   = "/quorumq.v1.Queue/Transaction"
 )
 
@@ -74,6 +75,9 @@ type QueueClient interface {
 	// Reject dead-letters leased messages now, fenced by their receipts
 	// like an ack.
 	Reject(ctx context.Context, in *RejectRequest, opts ...grpc.CallOption) (*RejectResponse, error)
+	// Redrive moves dead letters back to their source queue (or to a named
+	// one), up to max in one Raft command.
+	Redrive(ctx context.Context, in *RedriveRequest, opts ...grpc.CallOption) (*RedriveResponse, error)
 	Transaction(ctx context.Context, in *TransactionRequest, opts ...grpc.CallOption) (*TransactionResponse, error)
 }
 
@@ -218,6 +222,16 @@ func (c *queueClient) Reject(ctx context.Context, in *RejectRequest, opts ...grp
 	return out, nil
 }
 
+func (c *queueClient) Redrive(ctx context.Context, in *RedriveRequest, opts ...grpc.CallOption) (*RedriveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RedriveResponse)
+	err := c.cc.Invoke(ctx, Queue_Redrive_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *queueClient) Transaction(ctx context.Context, in *TransactionRequest, opts ...grpc.CallOption) (*TransactionResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(TransactionResponse)
@@ -253,6 +267,9 @@ type QueueServer interface {
 	// Reject dead-letters leased messages now, fenced by their receipts
 	// like an ack.
 	Reject(context.Context, *RejectRequest) (*RejectResponse, error)
+	// Redrive moves dead letters back to their source queue (or to a named
+	// one), up to max in one Raft command.
+	Redrive(context.Context, *RedriveRequest) (*RedriveResponse, error)
 	Transaction(context.Context, *TransactionRequest) (*TransactionResponse, error)
 	mustEmbedUnimplementedQueueServer()
 }
@@ -302,6 +319,9 @@ func (UnimplementedQueueServer) Extend(context.Context, *ExtendRequest) (*Extend
 }
 func (UnimplementedQueueServer) Reject(context.Context, *RejectRequest) (*RejectResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Reject not implemented")
+}
+func (UnimplementedQueueServer) Redrive(context.Context, *RedriveRequest) (*RedriveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Redrive not implemented")
 }
 func (UnimplementedQueueServer) Transaction(context.Context, *TransactionRequest) (*TransactionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Transaction not implemented")
@@ -550,6 +570,24 @@ func _Queue_Reject_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Queue_Redrive_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RedriveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueueServer).Redrive(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Queue_Redrive_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueueServer).Redrive(ctx, req.(*RedriveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Queue_Transaction_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(TransactionRequest)
 	if err := dec(in); err != nil {
@@ -622,6 +660,10 @@ var Queue_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Reject",
 			Handler:    _Queue_Reject_Handler,
+		},
+		{
+			MethodName: "Redrive",
+			Handler:    _Queue_Redrive_Handler,
 		},
 		{
 			MethodName: "Transaction",
