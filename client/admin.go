@@ -16,7 +16,7 @@ import (
 type QueueSettings struct {
 	VisibilityTimeout time.Duration // default 30 s
 	MaxDeliveries     uint32        // 0: unlimited (the default)
-	DeadLetterQueue   string        // "": drop and count dead letters
+	DeadLetterQueue   string        // must exist (see WithCreateDLQ); "": dead letters stay in the queue as dead
 	DedupWindow       time.Duration // default 10 min
 	Retention         time.Duration // default 14 days; NoRetentionLimit keeps messages forever
 	MaxDepth          uint64        // 0: unlimited (the default)
@@ -33,7 +33,7 @@ type QueueInfo struct {
 	// Settings has every field as the queue uses it: Retention is
 	// NoRetentionLimit for a queue that keeps messages until acked;
 	// MaxDeliveries and MaxDepth are 0 when unlimited, DeadLetterQueue ""
-	// when dead letters are dropped and counted.
+	// when there is none (dead letters then stay in the queue as dead).
 	Settings QueueSettings
 	Stats    QueueStats
 }
@@ -45,6 +45,9 @@ type QueueStats struct {
 	Leased       uint64 // delivered, waiting for an ack
 	Delayed      uint64 // enqueued or nacked with a delay not yet over
 	DeadLettered uint64 // held in this queue as dead letters of another
+	// Dead: messages of this queue held here dead (never delivered): they
+	// were dead-lettered when the queue had no dead-letter queue to go to.
+	Dead uint64
 
 	EnqueuedTotal     uint64
 	DeliveredTotal    uint64
@@ -52,8 +55,9 @@ type QueueStats struct {
 	RedeliveredTotal  uint64
 	DedupHitsTotal    uint64 // enqueues answered as duplicates
 	ExpiredTotal      uint64 // removed by the retention limit
-	DeadLetteredTotal uint64 // moved out of this queue as dead letters (or dropped)
+	DeadLetteredTotal uint64 // moved out of this queue as dead letters
 	PurgedTotal       uint64
+	RedrivenTotal     uint64 // moved out of this queue by Redrive
 }
 
 // queueInfoOf converts the wire's queue info.
@@ -73,10 +77,10 @@ func queueInfoOf(q *fsmpb.QueueInfo) *QueueInfo {
 			MaxDepth:          s.GetMaxDepth(),
 		},
 		Stats: QueueStats{
-			Ready: st.GetReady(), Leased: st.GetLeased(), Delayed: st.GetDelayed(), DeadLettered: st.GetDeadLettered(),
+			Ready: st.GetReady(), Leased: st.GetLeased(), Delayed: st.GetDelayed(), DeadLettered: st.GetDeadLettered(), Dead: st.GetDead(),
 			EnqueuedTotal: st.GetEnqueuedTotal(), DeliveredTotal: st.GetDeliveredTotal(), AckedTotal: st.GetAckedTotal(),
 			RedeliveredTotal: st.GetRedeliveredTotal(), DedupHitsTotal: st.GetDedupHitsTotal(), ExpiredTotal: st.GetExpiredTotal(),
-			DeadLetteredTotal: st.GetDeadLetteredTotal(), PurgedTotal: st.GetPurgedTotal(),
+			DeadLetteredTotal: st.GetDeadLetteredTotal(), PurgedTotal: st.GetPurgedTotal(), RedrivenTotal: st.GetRedrivenTotal(),
 		},
 	}
 	if s != nil && s.RetentionNs != nil && *s.RetentionNs == 0 {
@@ -126,11 +130,39 @@ func (s QueueSettings) pb(op string) (*fsmpb.QueueSettings, error) {
 	return out, nil
 }
 
+// QueueOption configures CreateQueue, EnsureQueue, UpdateQueue and
+// DeleteQueue.
+type QueueOption func(*queueOptions)
+
+type queueOptions struct{ createDLQ, force bool }
+
+func queueOptionsOf(opts []QueueOption) queueOptions {
+	var o queueOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
+}
+
+// WithCreateDLQ makes CreateQueue, EnsureQueue and UpdateQueue create the
+// dead-letter queue the settings name, with default settings, in the same
+// command, when it does not exist. Without it a dead-letter queue that
+// does not exist is refused with ErrQueueNotFound.
+func WithCreateDLQ() QueueOption { return func(o *queueOptions) { o.createDLQ = true } }
+
+// WithForce makes DeleteQueue delete a queue that is another queue's
+// dead-letter queue; the dead letters of that queue then stay in it as
+// dead (QueueStats.Dead). Without it such a delete is refused with
+// ErrInvalidArgument naming the queues that use it.
+func WithForce() QueueOption { return func(o *queueOptions) { o.force = true } }
+
 // CreateQueue creates a queue. It fails with ErrQueueExists when the queue
-// exists. It is not retried after an unknown outcome (a retry could not tell
-// "I created it" from "it existed"): the error then matches
-// ErrOutcomeUnknown; GetQueue tells what happened.
-func (c *Client) CreateQueue(ctx context.Context, name string, s QueueSettings) (*QueueInfo, error) {
+// exists, and with ErrQueueNotFound when the settings name a dead-letter
+// queue that does not exist (see WithCreateDLQ). It is not retried after
+// an unknown outcome (a retry could not tell "I created it" from "it
+// existed"): the error then matches ErrOutcomeUnknown; GetQueue tells what
+// happened.
+func (c *Client) CreateQueue(ctx context.Context, name string, s QueueSettings, opts ...QueueOption) (*QueueInfo, error) {
 	if err := validateQueueName("CreateQueue name", name); err != nil {
 		return nil, err
 	}
@@ -138,7 +170,7 @@ func (c *Client) CreateQueue(ctx context.Context, name string, s QueueSettings) 
 	if err != nil {
 		return nil, err
 	}
-	req := &quorumqpb.CreateQueueRequest{Name: name, Settings: set}
+	req := &quorumqpb.CreateQueueRequest{Name: name, Settings: set, CreateDeadLetterQueue: queueOptionsOf(opts).createDLQ}
 	var resp *quorumqpb.CreateQueueResponse
 	err = c.call(ctx, "CreateQueue", notIdempotent, 0, func(ctx context.Context, cc *grpc.ClientConn) error {
 		var err error
@@ -151,7 +183,7 @@ func (c *Client) CreateQueue(ctx context.Context, name string, s QueueSettings) 
 // EnsureQueue creates the queue if it is missing and returns its info. It
 // is idempotent, so it is retried through leader changes. Settings apply
 // only when it creates the queue.
-func (c *Client) EnsureQueue(ctx context.Context, name string, s QueueSettings) (*QueueInfo, error) {
+func (c *Client) EnsureQueue(ctx context.Context, name string, s QueueSettings, opts ...QueueOption) (*QueueInfo, error) {
 	if err := validateQueueName("EnsureQueue name", name); err != nil {
 		return nil, err
 	}
@@ -159,7 +191,7 @@ func (c *Client) EnsureQueue(ctx context.Context, name string, s QueueSettings) 
 	if err != nil {
 		return nil, err
 	}
-	req := &quorumqpb.CreateQueueRequest{Name: name, Settings: set, IfNotExists: true}
+	req := &quorumqpb.CreateQueueRequest{Name: name, Settings: set, IfNotExists: true, CreateDeadLetterQueue: queueOptionsOf(opts).createDLQ}
 	var resp *quorumqpb.CreateQueueResponse
 	err = c.call(ctx, "EnsureQueue", idempotent, 0, func(ctx context.Context, cc *grpc.ClientConn) error {
 		var err error
@@ -170,8 +202,9 @@ func (c *Client) EnsureQueue(ctx context.Context, name string, s QueueSettings) 
 }
 
 // UpdateQueue changes the non-zero settings of s. Setting the same values
-// twice is harmless, so it is retried like the message calls.
-func (c *Client) UpdateQueue(ctx context.Context, name string, s QueueSettings) (*QueueInfo, error) {
+// twice is harmless, so it is retried like the message calls. A new
+// dead-letter queue must exist, or WithCreateDLQ creates it.
+func (c *Client) UpdateQueue(ctx context.Context, name string, s QueueSettings, opts ...QueueOption) (*QueueInfo, error) {
 	if err := validateQueueName("UpdateQueue name", name); err != nil {
 		return nil, err
 	}
@@ -179,7 +212,7 @@ func (c *Client) UpdateQueue(ctx context.Context, name string, s QueueSettings) 
 	if err != nil {
 		return nil, err
 	}
-	req := &quorumqpb.UpdateQueueRequest{Name: name, Settings: set}
+	req := &quorumqpb.UpdateQueueRequest{Name: name, Settings: set, CreateDeadLetterQueue: queueOptionsOf(opts).createDLQ}
 	var resp *quorumqpb.UpdateQueueResponse
 	err = c.call(ctx, "UpdateQueue", idempotent, 0, func(ctx context.Context, cc *grpc.ClientConn) error {
 		var err error
@@ -221,14 +254,16 @@ func (c *Client) ListQueues(ctx context.Context) ([]*QueueInfo, error) {
 	return out, nil
 }
 
-// DeleteQueue deletes a queue and its messages. Not retried after an
+// DeleteQueue deletes a queue and its messages. A queue that is another
+// queue's dead-letter queue is deleted only WithForce. Not retried after an
 // unknown outcome (ErrOutcomeUnknown).
-func (c *Client) DeleteQueue(ctx context.Context, name string) error {
+func (c *Client) DeleteQueue(ctx context.Context, name string, opts ...QueueOption) error {
 	if err := validateQueueName("DeleteQueue name", name); err != nil {
 		return err
 	}
+	req := &quorumqpb.DeleteQueueRequest{Name: name, Force: queueOptionsOf(opts).force}
 	return c.call(ctx, "DeleteQueue", notIdempotent, 0, func(ctx context.Context, cc *grpc.ClientConn) error {
-		_, err := quorumqpb.NewQueueClient(cc).DeleteQueue(ctx, &quorumqpb.DeleteQueueRequest{Name: name})
+		_, err := quorumqpb.NewQueueClient(cc).DeleteQueue(ctx, req)
 		return err
 	}, nil)
 }

@@ -10,6 +10,9 @@ import (
 	"strconv"
 	"sync"
 	"time"
+	"unicode/utf8"
+
+	"github.com/quorumq/quorumq/transport/wire"
 )
 
 // Handler processes one message. Returning nil acks it; an error nacks it
@@ -98,7 +101,9 @@ func (o *consumerOptions) validate() error {
 // WithConcurrency at a time, until ctx ends; it returns nil then, after the
 // running handlers returned and their acks and nacks were sent. While a
 // handler runs its lease is extended, so a slow handler keeps its message.
-// A nil return acks (in batches), an error nacks with backoff. When ctx
+// A nil return acks (in batches), an error nacks with backoff and the
+// error's text (its first 1024 bytes) as the nack reason, which the next
+// delivery and a dead letter show. When ctx
 // ends, the handlers' contexts end too; a handler that then returns an
 // error has its message nacked without delay, so another consumer takes it
 // at once. Consume returns early only for errors that retrying cannot fix
@@ -319,9 +324,24 @@ func (r *run) nack(hctx context.Context, m *Message, herr error) {
 	}
 	sctx, cancel := r.settleCtx()
 	defer cancel()
-	if err := r.c.Nack(sctx, r.queue, delay, m.Receipt); err != nil {
+	if err := r.c.NackWithReason(sctx, r.queue, delay, nackReason(herr), m.Receipt); err != nil {
 		r.report(fmt.Errorf("nack message %d after handler error %v: %w", m.Receipt.MessageID, herr, err))
 	}
+}
+
+// nackReason is the text of a handler's error as a nack reason: cut to
+// the limit a reason has, at a UTF-8 character boundary, since the
+// message must be given back whatever the error says.
+func nackReason(err error) string {
+	s := err.Error()
+	if len(s) <= wire.MaxNackReason {
+		return s
+	}
+	n := wire.MaxNackReason
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 // leaseKeeper extends the leases of the messages being handled, in one

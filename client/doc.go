@@ -11,7 +11,7 @@
 //     Send, SendBatch, Producer and Transact (a ULID when the caller gives
 //     none), a request ID per Receive (a retried Receive gets the same
 //     deliveries back instead of leasing new ones), and the receipts for
-//     Ack, Nack and Extend.
+//     Ack, Nack, Reject and Extend.
 //   - Unknown outcomes. When the server (or a broken connection) cannot say
 //     whether a command was applied, idempotent calls are retried with the
 //     same IDs. Calls that are not idempotent — CreateQueue, DeleteQueue,
@@ -43,6 +43,8 @@
 //
 //   - Ack: acking an acked receipt again is OK (the FSM keeps a tombstone for
 //     the dedup window), so a retry is exact.
+//   - Reject: rejecting a rejected receipt again is OK (its tombstone says
+//     it was rejected), so a retry is exact.
 //   - Extend: if the first attempt was applied the retry extends again; if
 //     it was not and the lease expired meanwhile, LeaseLost is the truth.
 //   - Nack: if the first attempt was applied, the message may already be

@@ -33,6 +33,66 @@ type Message struct {
 	// LeaseUntil is when the lease ends by the leader's clock; the message
 	// is delivered again after it unless acked, nacked or extended.
 	LeaseUntil time.Time
+	// LastNackReason is the reason of the last nack in this queue that
+	// gave one (NackWithReason).
+	LastNackReason string
+	// DeadLetter is set on a message that arrived as a dead letter: where
+	// it came from and why.
+	DeadLetter *DeadLetter
+}
+
+// DeadLetter is the origin of a dead letter.
+type DeadLetter struct {
+	SourceQueue     string
+	SourceMessageID uint64
+	Reason          DeadLetterReason
+	Attempts        uint32 // deliveries in the source queue
+	// FirstEnqueuedAt is when it was enqueued to the source queue, or,
+	// when it was a dead letter there too, to the first queue.
+	FirstEnqueuedAt time.Time
+	// LastNackReason is the reason of its last nack in the source queue
+	// that gave one.
+	LastNackReason string
+	// RejectReason is the reason given to Reject.
+	RejectReason string
+}
+
+// DeadLetterReason is why a message was dead-lettered.
+type DeadLetterReason string
+
+// The reasons a message is dead-lettered.
+const (
+	// DeadLetterMaxDeliveries: it would have been delivered more than its
+	// queue's max deliveries.
+	DeadLetterMaxDeliveries DeadLetterReason = "max_deliveries"
+	// DeadLetterRejected: a consumer rejected it.
+	DeadLetterRejected DeadLetterReason = "rejected"
+	// DeadLetterUnknown: dead-lettered by a release that kept no reason.
+	DeadLetterUnknown DeadLetterReason = "unknown"
+)
+
+func deadLetterOf(d *fsmpb.DeadLetter) *DeadLetter {
+	if d == nil {
+		return nil
+	}
+	out := &DeadLetter{
+		SourceQueue:     d.GetSourceQueue(),
+		SourceMessageID: d.GetSourceMessageId(),
+		Reason:          DeadLetterUnknown,
+		Attempts:        d.GetAttempts(),
+		LastNackReason:  d.GetLastNackReason(),
+		RejectReason:    d.GetRejectReason(),
+	}
+	switch d.GetReason() {
+	case fsmpb.DeadLetterReason_DEAD_LETTER_MAX_DELIVERIES:
+		out.Reason = DeadLetterMaxDeliveries
+	case fsmpb.DeadLetterReason_DEAD_LETTER_REJECTED:
+		out.Reason = DeadLetterRejected
+	}
+	if ns := d.GetFirstEnqueuedAtUnixNano(); ns != 0 {
+		out.FirstEnqueuedAt = time.Unix(0, ns)
+	}
+	return out
 }
 
 // ReceiveOption configures one Receive.
@@ -159,6 +219,9 @@ func messageOf(queue string, d *fsmpb.Delivery) Message {
 		DedupID:    d.GetDedupId(),
 		EnqueuedAt: time.Unix(0, d.GetEnqueuedAtUnixNano()),
 		LeaseUntil: time.Unix(0, d.GetLeaseUntilUnixNano()),
+
+		LastNackReason: d.GetLastNackReason(),
+		DeadLetter:     deadLetterOf(d.GetDeadLetter()),
 	}
 	if len(d.GetAttributes()) > 0 {
 		m.Attributes = make(map[string]string, len(d.GetAttributes()))
@@ -206,16 +269,27 @@ func (c *Client) Ack(ctx context.Context, queue string, receipts ...Receipt) err
 // After an attempt with an unknown outcome, a LeaseLost answer to the retry
 // counts as success (see the package doc).
 func (c *Client) Nack(ctx context.Context, queue string, delay time.Duration, receipts ...Receipt) error {
+	return c.NackWithReason(ctx, queue, delay, "", receipts...)
+}
+
+// NackWithReason is Nack that also says why: each message keeps reason
+// as its LastNackReason and carries it into its dead letter. An empty
+// reason keeps the one an earlier nack gave. A reason is at most 1024
+// bytes.
+func (c *Client) NackWithReason(ctx context.Context, queue string, delay time.Duration, reason string, receipts ...Receipt) error {
 	if err := validateQueueName("Nack queue", queue); err != nil {
 		return err
 	}
 	if err := validateDuration("Nack delay", delay, limits.MaxDelay); err != nil {
 		return err
 	}
+	if err := validateNackReason("Nack reason", reason); err != nil {
+		return err
+	}
 	if err := validateReceipts("Nack receipts", queue, receipts); err != nil {
 		return err
 	}
-	req := &quorumqpb.NackRequest{Queue: queue, Receipts: receiptsPB(receipts), DelayNs: int64(delay)}
+	req := &quorumqpb.NackRequest{Queue: queue, Receipts: receiptsPB(receipts), DelayNs: int64(delay), Reason: reason}
 	var resp *quorumqpb.NackResponse
 	retried := false
 	err := c.call(ctx, "Nack", idempotent, 0, func(ctx context.Context, cc *grpc.ClientConn) error {
@@ -229,6 +303,35 @@ func (c *Client) Nack(ctx context.Context, queue string, delay time.Duration, re
 	return ackError("Nack", queue, receipts, resp.GetOutcomes(), func(o fsmpb.AckOutcome) bool {
 		return retried && o == fsmpb.AckOutcome_ACK_LEASE_LOST
 	})
+}
+
+// Reject sends the messages of the receipts to their queue's dead-letter
+// queue now, with reason (at most 1024 bytes) as the dead letter's
+// RejectReason. It is fenced like Ack: a receipt whose message was
+// delivered again fails with ErrLeaseLost in the returned *AckError, and
+// rejecting a rejected message again with the same receipt succeeds, so
+// a retry is safe.
+func (c *Client) Reject(ctx context.Context, queue, reason string, receipts ...Receipt) error {
+	if err := validateQueueName("Reject queue", queue); err != nil {
+		return err
+	}
+	if err := validateNackReason("Reject reason", reason); err != nil {
+		return err
+	}
+	if err := validateReceipts("Reject receipts", queue, receipts); err != nil {
+		return err
+	}
+	req := &quorumqpb.RejectRequest{Queue: queue, Receipts: receiptsPB(receipts), Reason: reason}
+	var resp *quorumqpb.RejectResponse
+	err := c.call(ctx, "Reject", idempotent, 0, func(ctx context.Context, cc *grpc.ClientConn) error {
+		var err error
+		resp, err = quorumqpb.NewQueueClient(cc).Reject(ctx, req)
+		return err
+	}, nil)
+	if err != nil {
+		return err
+	}
+	return ackError("Reject", queue, receipts, resp.GetOutcomes(), nil)
 }
 
 // Extend renews the leases of the receipts to visibility from now (0: the

@@ -33,6 +33,15 @@ func validateMessage(field string, m *fsmpb.Message) error {
 	return nil
 }
 
+// validateNackReason checks a nack or reject reason with the server's
+// rule.
+func validateNackReason(field, reason string) error {
+	if err := wire.ValidateNackReason(field, reason); err != nil {
+		return fromStatus("", err)
+	}
+	return nil
+}
+
 func validateNonNegative(field string, d time.Duration) error {
 	if d < 0 {
 		return invalidArg(field, "must be >= 0, got %v", d)

@@ -108,6 +108,8 @@ var methodScopes = map[string]Scope{
 	quorumqpb.Queue_Ack_FullMethodName:                  ScopeWrite,
 	quorumqpb.Queue_Nack_FullMethodName:                 ScopeWrite,
 	quorumqpb.Queue_Extend_FullMethodName:               ScopeWrite,
+	quorumqpb.Queue_Reject_FullMethodName:               ScopeWrite,
+	quorumqpb.Queue_Redrive_FullMethodName:              ScopeWrite,
 	quorumqpb.Queue_Transaction_FullMethodName:          ScopeWrite,
 	quorumqpb.Queue_CreateQueue_FullMethodName:          ScopeAdmin,
 	quorumqpb.Queue_UpdateQueue_FullMethodName:          ScopeAdmin,

@@ -25,10 +25,70 @@ const (
 	// featureEnqueueAfter: Enqueue.after_dedup_id, the chain that keeps
 	// a Producer's pipelined batches in order.
 	featureEnqueueAfter = "enqueue-after"
+	// featureDeadLetterOrigin: Nack.reason and Receive.dead_letter_origin,
+	// a message's last nack reason and a dead letter's origin.
+	featureDeadLetterOrigin = "dead-letter-origin"
+	// featureReject: the Reject command.
+	featureReject = "reject"
+	// featureDLQRules: Command.rules 1 (fsm.Rules), the dead-letter queue
+	// rules, with CreateQueue/UpdateQueue.create_dead_letter_queue and
+	// DeleteQueue.force.
+	featureDLQRules = "dlq-rules"
+	// featureRedrive: the Redrive command.
+	featureRedrive = "redrive"
 )
 
 // supportedFeatures are the log features this build applies.
-var supportedFeatures = []string{featureEnqueueAfter, featureLogCheckpoint}
+var supportedFeatures = []string{featureEnqueueAfter, featureLogCheckpoint, featureDeadLetterOrigin, featureReject, featureDLQRules, featureRedrive}
+
+// gateRules stamps cmd with the state-machine rules every voter applies:
+// fsm.Rules once every voter knows them, else 0, the rules of an earlier
+// release (a queue may then name a dead-letter queue that does not exist,
+// a DLQ in use may be deleted, and a dead letter with nowhere to go is
+// dropped and counted, on every replica alike). Creating a dead-letter
+// queue with its user cannot be done another way, so it is refused with
+// FailedPrecondition until then.
+func (n *Node) gateRules(cmd *fsmpb.Command) error {
+	if n.clusterHas(featureDLQRules) {
+		cmd.Rules = fsm.Rules
+		return nil
+	}
+	cmd.Rules = 0
+	if cmd.GetCreateQueue().GetCreateDeadLetterQueue() || cmd.GetUpdateQueue().GetCreateDeadLetterQueue() {
+		return status.Error(codes.FailedPrecondition, "create_dead_letter_queue: a voter does not know it yet (a server of an earlier release); create the dead-letter queue first, or retry once every server is upgraded")
+	}
+	return nil
+}
+
+// gateDeadLetterOrigin sets a receive's dead_letter_origin when every
+// voter knows it, and clears a nack's reason when some voter does not: a
+// server of an earlier release records neither, and the replicas must
+// keep the same state. The nack itself still goes through; its reason is
+// advice for whoever looks at the message, and a consumer's nacks must
+// not fail during a rolling upgrade.
+//
+// A reject or a redrive cannot be written another way, so while some
+// voter does not know it, it is refused with FailedPrecondition before
+// anything is proposed.
+func (n *Node) gateDeadLetterOrigin(cmd *fsmpb.Command) error {
+	switch op := cmd.GetOp().(type) {
+	case *fsmpb.Command_Reject:
+		if !n.clusterHas(featureReject) {
+			return status.Error(codes.FailedPrecondition, "reject: a voter does not know reject yet (a server of an earlier release); nack the messages, or retry once every server is upgraded")
+		}
+	case *fsmpb.Command_Redrive:
+		if !n.clusterHas(featureRedrive) {
+			return status.Error(codes.FailedPrecondition, "redrive: a voter does not know redrive yet (a server of an earlier release); retry once every server is upgraded")
+		}
+	case *fsmpb.Command_Receive:
+		op.Receive.DeadLetterOrigin = n.clusterHas(featureDeadLetterOrigin)
+	case *fsmpb.Command_Nack:
+		if op.Nack.GetReason() != "" && !n.clusterHas(featureDeadLetterOrigin) {
+			op.Nack.Reason = ""
+		}
+	}
+	return nil
+}
 
 // missingFeatures returns the features of this build that have is without.
 // The leader adds no server that lacks one: a new server replays the log,

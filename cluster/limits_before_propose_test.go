@@ -49,6 +49,18 @@ func TestEveryLimitIsCheckedBeforePropose(t *testing.T) {
 			_, err := q.Nack(ctx, &quorumqpb.NackRequest{Queue: "q", Receipts: []*fsmpb.Receipt{receipt}, DelayNs: int64(13 * time.Hour)})
 			return err
 		}, "delay_ns: 13h0m0s exceeds the limit of 12h0m0s"},
+		{"1025-byte nack reason", func(ctx context.Context) error {
+			_, err := q.Nack(ctx, &quorumqpb.NackRequest{Queue: "q", Receipts: []*fsmpb.Receipt{receipt}, Reason: long(1025)})
+			return err
+		}, "reason: 1025 bytes, limit is 1024"},
+		{"1025-byte reject reason", func(ctx context.Context) error {
+			_, err := q.Reject(ctx, &quorumqpb.RejectRequest{Queue: "q", Receipts: []*fsmpb.Receipt{receipt}, Reason: long(1025)})
+			return err
+		}, "reason: 1025 bytes, limit is 1024"},
+		{"redrive of 1001", func(ctx context.Context) error {
+			_, err := q.Redrive(ctx, &quorumqpb.RedriveRequest{Queue: "q", Max: 1001})
+			return err
+		}, "max: 1001, limit is 1 to 1000"},
 		{"257-byte attribute key", func(ctx context.Context) error {
 			_, err := q.Enqueue(ctx, msg(&fsmpb.Message{Body: []byte("x"), Attributes: []*fsmpb.Attribute{{Key: long(257)}}}))
 			return err

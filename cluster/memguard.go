@@ -305,6 +305,8 @@ var methodAddsMessages = map[string]bool{
 	quorumqpb.Queue_Ack_FullMethodName:                  false,
 	quorumqpb.Queue_Nack_FullMethodName:                 false,
 	quorumqpb.Queue_Extend_FullMethodName:               false,
+	quorumqpb.Queue_Reject_FullMethodName:               false,
+	quorumqpb.Queue_Redrive_FullMethodName:              false,
 	quorumqpb.Cluster_Status_FullMethodName:             false,
 	quorumqpb.Cluster_NodeStatus_FullMethodName:         false,
 	quorumqpb.Cluster_Members_FullMethodName:            false,

@@ -220,7 +220,7 @@ type nodeCollector struct{ n *Node }
 
 var (
 	descQueueMessages = prometheus.NewDesc("quorumq_queue_messages",
-		"Messages in a queue by state (ready, leased, delayed, dead_lettered), as applied on this node.",
+		"Messages in a queue by state (ready, leased, delayed, dead_lettered, dead), as applied on this node.",
 		[]string{"queue", "state"}, nil)
 	queueCounters = []struct {
 		desc *prometheus.Desc
@@ -232,8 +232,9 @@ var (
 		{counterDesc("redelivered", "Deliveries of a message that had been delivered before."), (*fsmpb.QueueStats).GetRedeliveredTotal},
 		{counterDesc("dedup_hits", "Enqueues answered from the dedup table (nothing enqueued)."), (*fsmpb.QueueStats).GetDedupHitsTotal},
 		{counterDesc("expired", "Messages removed by retention."), (*fsmpb.QueueStats).GetExpiredTotal},
-		{counterDesc("dead_lettered", "Messages moved to the dead-letter queue (or dropped) after max deliveries."), (*fsmpb.QueueStats).GetDeadLetteredTotal},
+		{counterDesc("dead_lettered", "Messages moved to the dead-letter queue after max deliveries or a reject (or dropped, under the rules of an earlier release)."), (*fsmpb.QueueStats).GetDeadLetteredTotal},
 		{counterDesc("purged", "Messages removed by purge."), (*fsmpb.QueueStats).GetPurgedTotal},
+		{counterDesc("redriven", "Messages moved out of the queue by redrive."), (*fsmpb.QueueStats).GetRedrivenTotal},
 	}
 	descRaftState      = prometheus.NewDesc("quorumq_raft_state", "1 for this node's current Raft role.", []string{"state"}, nil)
 	descRaftTerm       = prometheus.NewDesc("quorumq_raft_term", "Current Raft term.", nil, nil)
@@ -395,7 +396,7 @@ func collectQueue(ch chan<- prometheus.Metric, name string, st *fsmpb.QueueStats
 	for _, s := range []struct {
 		state string
 		v     uint64
-	}{{"ready", st.GetReady()}, {"leased", st.GetLeased()}, {"delayed", st.GetDelayed()}, {"dead_lettered", st.GetDeadLettered()}} {
+	}{{"ready", st.GetReady()}, {"leased", st.GetLeased()}, {"delayed", st.GetDelayed()}, {"dead_lettered", st.GetDeadLettered()}, {"dead", st.GetDead()}} {
 		ch <- prometheus.MustNewConstMetric(descQueueMessages, prometheus.GaugeValue, float64(s.v), name, s.state)
 	}
 	for _, qc := range queueCounters {

@@ -120,6 +120,18 @@ func (n *Node) Submit(ctx context.Context, cmd *fsmpb.Command) (wait func(contex
 	if n.raft.State() != raft.Leader {
 		return nil, n.notLeader()
 	}
+	if err := n.gateDeadLetterOrigin(cmd); err != nil {
+		return nil, err
+	}
+	if err := n.gateRules(cmd); err != nil {
+		return nil, err
+	}
+	// A dead-letter queue that does not exist is refused before a Raft
+	// round; Apply checks it again, against the state it applies to.
+	if res := n.fsm.MissingDeadLetterQueue(cmd); res != nil {
+		n.countRefusal(res)
+		return func(context.Context) (*fsmpb.Result, error) { return res, nil }, nil
+	}
 	if res, err := n.unchain(ctx, cmd); err != nil {
 		return nil, err
 	} else if res != nil {

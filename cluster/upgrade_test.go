@@ -14,14 +14,25 @@ import (
 	"github.com/quorumq/quorumq/transport/wire"
 )
 
-// chainedEntries counts, among node's log entries after index from, the
-// enqueues that carry an after_dedup_id and those that do not.
-func chainedEntries(t *testing.T, node *Node, from uint64) (chained, plain int) {
+// upgrade restarts node i gossiping every log feature of this build, as
+// a server upgraded to this release does.
+func upgrade(t *testing.T, c *TestCluster, i int) {
+	t.Helper()
+	c.Shutdown(t, i)
+	c.mu.Lock()
+	c.configs[i].features = nil
+	c.mu.Unlock()
+	c.Restart(t, i)
+}
+
+// logCommands returns the commands in node's log after index from.
+func logCommands(t *testing.T, node *Node, from uint64) []*fsmpb.Command {
 	t.Helper()
 	last, err := node.store.LastIndex()
 	if err != nil {
 		t.Fatal(err)
 	}
+	var out []*fsmpb.Command
 	for i := from + 1; i <= last; i++ {
 		var l raft.Log
 		if err := node.store.GetLog(i, &l); err != nil {
@@ -34,6 +45,16 @@ func chainedEntries(t *testing.T, node *Node, from uint64) (chained, plain int) 
 		if err != nil {
 			t.Fatalf("log entry %d: %v", i, err)
 		}
+		out = append(out, cmd)
+	}
+	return out
+}
+
+// chainedEntries counts, among node's log entries after index from, the
+// enqueues that carry an after_dedup_id and those that do not.
+func chainedEntries(t *testing.T, node *Node, from uint64) (chained, plain int) {
+	t.Helper()
+	for _, cmd := range logCommands(t, node, from) {
 		enqs := cmd.GetTransaction().GetEnqueues()
 		if e := cmd.GetEnqueue(); e != nil {
 			enqs = append(enqs, e)
@@ -131,12 +152,7 @@ func TestChainedEnqueuesWaitForEveryVoterToKnowTheField(t *testing.T) {
 		t.Fatalf("transaction: %d chained and %d plain enqueues in the log, want 0 and 2", chained, plain)
 	}
 
-	// n3 is upgraded: it restarts gossiping every feature of this build.
-	c.Shutdown(t, 2)
-	c.mu.Lock()
-	c.configs[2].features = nil
-	c.mu.Unlock()
-	c.Restart(t, 2)
+	upgrade(t, c, 2)
 	deadline := time.Now().Add(20 * time.Second)
 	for batch := 30; ; batch += 2 {
 		leader = c.Leader(t)

@@ -207,16 +207,16 @@ func TestDeliveryContract(t *testing.T) {
 				t.Fatalf("dead letter %v: want body poison, attempt 1, attribute k=v", d)
 			}
 		}},
-		{"max deliveries without a dead-letter queue drops and counts", func(t *testing.T, h *harness) {
+		{"max deliveries without a dead-letter queue keeps the message dead", func(t *testing.T, h *harness) {
 			h.ok(createQ("w", settingsOf(func(s *fsmpb.QueueSettings) { s.MaxDeliveries = proto.Uint32(1) })))
 			h.ok(enq("w", msg("a", ""), msg("b", "")))
 			rc := h.ok(recvCmd(recv("w", 1))).Deliveries[0].Receipt
 			h.ok(nackCmd("w", 0, rc))
 			if got := bodies(h.ok(recvCmd(recv("w", 10)))); !slices.Equal(got, []string{"b"}) {
-				t.Fatalf("deliveries %v, want [b] (a dropped)", got)
+				t.Fatalf("deliveries %v, want [b] (a dead)", got)
 			}
-			if st := h.stats("w"); st.DeadLetteredTotal != 1 {
-				t.Fatalf("stats %v: want dead_lettered_total 1", st)
+			if st := h.stats("w"); st.Dead != 1 || st.DeadLetteredTotal != 0 {
+				t.Fatalf("stats %v: want dead 1, nothing dead-lettered out", st)
 			}
 			if got := outcomes(h.ok(ackCmd("w", rc))); !slices.Equal(got, []fsmpb.AckOutcome{lost}) {
 				t.Fatalf("ack of a dead-lettered message: %v, want lease lost", got)

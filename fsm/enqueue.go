@@ -52,7 +52,7 @@ func (t *txn) enqueue(field string, e *fsmpb.Enqueue, res *fsmpb.Result) *cmdErr
 			res.Enqueued = append(res.Enqueued, &fsmpb.EnqueueResult{MessageId: id, Duplicate: true})
 			continue
 		}
-		rec := q.add(m.GetBody(), m.GetDedupId(), toAttrs(m.GetAttributes()), addDur(t.now, m.GetDelayNs()), t.now, 0)
+		rec := q.add(m.GetBody(), m.GetDedupId(), extOf(m.GetAttributes()), addDur(t.now, m.GetDelayNs()), t.now, 0)
 		if rec.dedupID != "" {
 			q.dedup.SetHint(rec, &q.dedupHint)
 		}
@@ -88,11 +88,11 @@ func (q *queue) checkDepth(field string, msgs []*fsmpb.Message, now int64) *cmdE
 }
 
 // add appends a new live message and returns its record.
-func (q *queue) add(body []byte, dedupID string, attrs *[]attribute, deliverAt, now int64, flags uint8) *message {
+func (q *queue) add(body []byte, dedupID string, ext *extra, deliverAt, now int64, flags uint8) *message {
 	if deliverAt <= now {
 		flags |= flagReady
 	}
-	m := &message{id: q.nextID, enqueuedAt: now, at: deliverAt, body: body, dedupID: dedupID, attrs: attrs, flags: flags}
+	m := &message{id: q.nextID, enqueuedAt: now, at: deliverAt, body: body, dedupID: dedupID, ext: ext, flags: flags}
 	q.nextID++
 	q.put(m)
 	q.counters.enqueued++
@@ -129,7 +129,9 @@ func (q *queue) dedupLookup(key string, now int64, hint *btree.PathHint) (uint64
 	return m.id, true
 }
 
-func toAttrs(in []*fsmpb.Attribute) *[]attribute {
+// extOf returns the extra of a new message with attributes in, or nil
+// when there are none.
+func extOf(in []*fsmpb.Attribute) *extra {
 	if len(in) == 0 {
 		return nil
 	}
@@ -137,15 +139,15 @@ func toAttrs(in []*fsmpb.Attribute) *[]attribute {
 	for i, a := range in {
 		out[i] = attribute{key: a.GetKey(), value: a.GetValue()}
 	}
-	return &out
+	return &extra{attrs: out}
 }
 
-func fromAttrs(in *[]attribute) []*fsmpb.Attribute {
-	if in == nil {
+func fromAttrs(in []attribute) []*fsmpb.Attribute {
+	if len(in) == 0 {
 		return nil
 	}
-	out := make([]*fsmpb.Attribute, len(*in))
-	for i, a := range *in {
+	out := make([]*fsmpb.Attribute, len(in))
+	for i, a := range in {
 		out[i] = &fsmpb.Attribute{Key: a.key, Value: a.value}
 	}
 	return out

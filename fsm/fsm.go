@@ -103,7 +103,7 @@ func (f *FSM) apply(cmd *fsmpb.Command) (res *fsmpb.Result) {
 	if n := cmd.GetNowUnixNano(); n < 0 || n > MaxNow {
 		return errorResult(invalid("now_unix_nano is %d, limit is 0 to %d", n, MaxNow))
 	}
-	t := &txn{committed: f.queues, now: max(cmd.GetNowUnixNano(), f.now), work: make(map[string]*queue)}
+	t := &txn{committed: f.queues, now: max(cmd.GetNowUnixNano(), f.now), rules: cmd.GetRules(), work: make(map[string]*queue)}
 	res, err := t.run(cmd)
 	if err != nil {
 		return errorResult(err)
@@ -196,6 +196,32 @@ func (f *FSM) HasQueue(name string) (exists bool, queues int) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return f.get(name) != nil, f.queues.Len()
+}
+
+// MissingDeadLetterQueue returns the result Apply gives, under rules 1, a
+// create or update of a queue whose settings name a dead-letter queue
+// that does not exist, without create_dead_letter_queue, as of the last
+// applied command: for a leader that refuses such a command itself. It returns nil when the command names none, names one
+// that exists or asks for it to be created, or (update) keeps the
+// dead-letter queue the queue has.
+func (f *FSM) MissingDeadLetterQueue(cmd *fsmpb.Command) *fsmpb.Result {
+	field, name, s, create := "create_queue", cmd.GetCreateQueue().GetName(), cmd.GetCreateQueue().GetSettings(), cmd.GetCreateQueue().GetCreateDeadLetterQueue()
+	if u := cmd.GetUpdateQueue(); u != nil {
+		field, name, s, create = "update_queue", u.GetName(), u.GetSettings(), u.GetCreateDeadLetterQueue()
+	}
+	dlq := s.GetDeadLetterQueue()
+	if dlq == "" || create || cmd.GetRules() < 1 {
+		return nil
+	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.get(dlq) != nil {
+		return nil
+	}
+	if q := f.get(name); q != nil && (cmd.GetCreateQueue() != nil || q.settings.deadLetter == dlq) {
+		return nil // create of an existing queue, or an update keeping its DLQ
+	}
+	return errorResult(missingDeadLetterQueue(field, dlq))
 }
 
 // Queues returns every queue's settings and stats, sorted by name.

@@ -19,9 +19,12 @@ type harness struct {
 	f   *FSM
 	idx uint64
 	now int64
+	// rules: the Command.rules of the commands it applies (Rules unless a
+	// test plays a leader of a mixed cluster).
+	rules uint32
 }
 
-func newHarness(t testing.TB) *harness { return &harness{t: t, f: New(), now: t0} }
+func newHarness(t testing.TB) *harness { return &harness{t: t, f: New(), now: t0, rules: Rules} }
 
 // at sets the clock to t0 + d for the next commands.
 func (h *harness) at(d time.Duration) *harness { h.now = t0 + int64(d); return h }
@@ -30,6 +33,9 @@ func (h *harness) apply(cmd *fsmpb.Command) *fsmpb.Result {
 	h.t.Helper()
 	if cmd.NowUnixNano == 0 {
 		cmd.NowUnixNano = h.now
+	}
+	if cmd.Rules == 0 {
+		cmd.Rules = h.rules
 	}
 	data, err := Encode(cmd)
 	if err != nil {
@@ -104,7 +110,11 @@ func delayed(body string, d time.Duration) *fsmpb.Message {
 	return &fsmpb.Message{Body: []byte(body), DelayNs: int64(d)}
 }
 
-func recv(queue string, max uint32) *fsmpb.Receive { return &fsmpb.Receive{Queue: queue, Max: max} }
+// recv is a receive as a leader of this release writes it once every
+// voter knows dead-letter origins.
+func recv(queue string, max uint32) *fsmpb.Receive {
+	return &fsmpb.Receive{Queue: queue, Max: max, DeadLetterOrigin: true}
+}
 
 func recvCmd(r *fsmpb.Receive) *fsmpb.Command {
 	return &fsmpb.Command{Op: &fsmpb.Command_Receive{Receive: r}}
@@ -160,7 +170,7 @@ func checkInvariants(t testing.TB, f *FSM) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	f.queues.Scan(func(q *queue) bool {
-		var live, leased, deadLetters, tombs uint64
+		var live, leased, deadLetters, tombs, dead uint64
 		var prev *message
 		q.msgs.Scan(func(m *message) bool {
 			if prev != nil && m.id <= prev.id {
@@ -180,6 +190,16 @@ func checkInvariants(t testing.TB, f *FSM) {
 				}
 				return true
 			}
+			if m.is(flagDead) {
+				dead++
+				if q.ready.has(m.id) || m.is(flagReady|flagLeased) {
+					t.Fatalf("queue %s: dead message %d is deliverable", q.name, m.id)
+				}
+				if _, ok := q.timed.Get(m); ok {
+					t.Fatalf("queue %s: dead message %d is in timed", q.name, m.id)
+				}
+				return true
+			}
 			live++
 			inReady := q.ready.has(m.id)
 			_, inTimed := q.timed.Get(m)
@@ -194,14 +214,14 @@ func checkInvariants(t testing.TB, f *FSM) {
 			}
 			return true
 		})
-		if live != q.live() || leased != q.leased || deadLetters != q.deadLetters || tombs != uint64(q.tombs.Len()) {
-			t.Fatalf("queue %s: live %d/%d leased %d/%d dead letters %d/%d tombs %d/%d", q.name,
-				live, q.live(), leased, q.leased, deadLetters, q.deadLetters, tombs, q.tombs.Len())
+		if live != q.live() || leased != q.leased || deadLetters != q.deadLetters || tombs != uint64(q.tombs.Len()) || dead != q.dead {
+			t.Fatalf("queue %s: live %d/%d leased %d/%d dead letters %d/%d tombs %d/%d dead %d/%d", q.name,
+				live, q.live(), leased, q.leased, deadLetters, q.deadLetters, tombs, q.tombs.Len(), dead, q.dead)
 		}
 		c := q.counters
-		if c.enqueued != live+c.acked+c.expired+c.deadLettered+c.purged {
-			t.Fatalf("queue %s: enqueued %d != live %d + acked %d + expired %d + dead-lettered %d + purged %d",
-				q.name, c.enqueued, live, c.acked, c.expired, c.deadLettered, c.purged)
+		if c.enqueued != live+dead+c.acked+c.expired+c.deadLettered+c.purged+c.redriven {
+			t.Fatalf("queue %s: enqueued %d != live %d + dead %d + acked %d + expired %d + dead-lettered %d + purged %d + redriven %d",
+				q.name, c.enqueued, live, dead, c.acked, c.expired, c.deadLettered, c.purged, c.redriven)
 		}
 		if c.redelivered > c.delivered {
 			t.Fatalf("queue %s: redelivered %d > delivered %d", q.name, c.redelivered, c.delivered)

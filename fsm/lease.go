@@ -8,7 +8,8 @@ import (
 // the record (live or tombstone) when there is one.
 //
 //   - id never issued, or its tombstone already purged: ACK_UNKNOWN_MESSAGE.
-//   - tombstone of an ack by the same attempt: ACK_OK (an idempotent retry).
+//   - tombstone of an ack or a reject by the same attempt: ACK_OK (an
+//     idempotent retry, if the op is the same: settleOp.deletedOK).
 //   - any other tombstone (acked by another attempt, expired, purged, dead-
 //     lettered): ACK_LEASE_LOST.
 //   - live with a different attempt (delivered again since): ACK_LEASE_LOST.
@@ -23,7 +24,7 @@ func (q *queue) fence(r *fsmpb.Receipt) (*message, fsmpb.AckOutcome) {
 	if !ok {
 		return nil, fsmpb.AckOutcome_ACK_UNKNOWN_MESSAGE
 	}
-	if m.attempt != r.GetAttempt() || m.is(flagDeleted) && !m.is(flagAcked) {
+	if m.attempt != r.GetAttempt() || m.is(flagDeleted|flagDead) && !m.is(flagAcked|flagRejected) {
 		return m, fsmpb.AckOutcome_ACK_LEASE_LOST
 	}
 	return m, fsmpb.AckOutcome_ACK_OK
@@ -34,30 +35,39 @@ func (q *queue) fence(r *fsmpb.Receipt) (*message, fsmpb.AckOutcome) {
 type settleOp interface {
 	// apply changes live record m and reports whether watchers should wake.
 	apply(q *queue, m *message, now int64) bool
-	// deletedOK says whether a fenced-OK tombstone is a success.
-	deletedOK() bool
+	// deletedOK says whether fenced-OK tombstone m is a success.
+	deletedOK(m *message) bool
 }
 
 type ackOp struct{}
 
 func (ackOp) apply(q *queue, m *message, now int64) bool {
-	q.remove(m, m.attempt, now, true)
+	q.remove(m, m.attempt, now, flagAcked)
 	q.counters.acked++
 	return false
 }
-func (ackOp) deletedOK() bool { return true }
+func (ackOp) deletedOK(m *message) bool { return m.is(flagAcked) }
 
-type nackOp struct{ delay int64 }
+// nackOp releases a message; a reason, when given, replaces the one an
+// earlier nack left.
+type nackOp struct {
+	delay  int64
+	reason string
+}
 
 func (o nackOp) apply(q *queue, m *message, now int64) bool {
 	flags := m.flags &^ (flagLeased | flagReady)
 	if o.delay == 0 {
 		flags |= flagReady
 	}
-	q.replace(m, m.with(addDur(now, o.delay), m.attempt, flags))
+	n := m.with(addDur(now, o.delay), m.attempt, flags)
+	if o.reason != "" {
+		n.ext = m.withNackReason(o.reason)
+	}
+	q.replace(m, n)
 	return true
 }
-func (nackOp) deletedOK() bool { return false }
+func (nackOp) deletedOK(*message) bool { return false }
 
 type extendOp struct{ visibility int64 }
 
@@ -69,7 +79,20 @@ func (o extendOp) apply(q *queue, m *message, now int64) bool {
 	q.replace(m, m.with(addDur(now, v), m.attempt, m.flags&^flagReady|flagLeased))
 	return false
 }
-func (extendOp) deletedOK() bool { return false }
+func (extendOp) deletedOK(*message) bool { return false }
+
+// rejectOp dead-letters a message now, as max_deliveries would, with
+// reason DEAD_LETTER_REJECTED and the consumer's reason.
+type rejectOp struct {
+	t      *txn
+	reason string
+}
+
+func (o rejectOp) apply(q *queue, m *message, _ int64) bool {
+	o.t.deadLetter(q, m, deadLetterCause{reason: fsmpb.DeadLetterReason_DEAD_LETTER_REJECTED, origin: true, rejectReason: o.reason})
+	return false
+}
+func (rejectOp) deletedOK(m *message) bool { return m.is(flagRejected) }
 
 // settle applies op to each receipt: one outcome each, in order; a stale
 // receipt does not fail the others.
@@ -93,8 +116,8 @@ func (q *queue) settleAll(receipts []*fsmpb.Receipt, op settleOp, now int64) []f
 	for i, r := range receipts {
 		m, o := q.fence(r)
 		if o == fsmpb.AckOutcome_ACK_OK {
-			if m.is(flagDeleted) {
-				if !op.deletedOK() {
+			if m.is(flagDeleted | flagDead) {
+				if !op.deletedOK(m) {
 					o = fsmpb.AckOutcome_ACK_LEASE_LOST
 				}
 			} else {
@@ -152,17 +175,17 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 		}
 		m, _ := q.msgs.GetHint(&message{id: id}, &q.msgsHint)
 		if q.settings.retention > 0 && m.enqueuedAt+q.settings.retention <= now {
-			q.remove(m, m.attempt, now, false)
+			q.remove(m, m.attempt, now, 0)
 			q.counters.expired++
 			continue
 		}
 		if md := q.settings.maxDeliveries; md > 0 && m.attempt >= md {
-			t.deadLetter(q, m)
+			t.deadLetter(q, m, deadLetterCause{reason: fsmpb.DeadLetterReason_DEAD_LETTER_MAX_DELIVERIES, origin: r.GetDeadLetterOrigin()})
 			continue
 		}
 		d := m.with(addDur(now, vis), m.attempt+1, m.flags&^flagReady|flagLeased)
 		if r.GetAutoAck() {
-			q.remove(m, d.attempt, now, true)
+			q.remove(m, d.attempt, now, flagAcked)
 			q.counters.acked++
 			autoAcked = append(autoAcked, d)
 		} else {
@@ -223,23 +246,79 @@ func (q *queue) replayed(e *replayEntry, now int64) *fsmpb.Result {
 	return res
 }
 
-// deadLetter moves m, which would be delivered more than max_deliveries
-// times, to the dead-letter queue as a new message (new id, same body,
-// dedup ID and attributes), or drops it when the queue has none or it does
-// not exist. Dead letters bypass the DLQ's max_depth: dropping a message
-// because its DLQ is full would defeat the DLQ.
-func (t *txn) deadLetter(q *queue, m *message) {
-	q.remove(m, m.attempt, t.now, false)
-	q.counters.deadLettered++
+// deadLetterCause is why a message is dead-lettered; origin says whether
+// the dead letter records it (see Receive.dead_letter_origin).
+type deadLetterCause struct {
+	reason       fsmpb.DeadLetterReason
+	origin       bool
+	rejectReason string
+}
+
+// deadLetter moves m to the dead-letter queue as a new message (new id,
+// same body, dedup ID and attributes) that, with c.origin, records where it
+// came from and why, or drops it when the queue has none or it does not exist. Dead
+// letters bypass the DLQ's max_depth: dropping a message because its DLQ
+// is full would defeat the DLQ.
+func (t *txn) deadLetter(q *queue, m *message, c deadLetterCause) {
+	var how uint8
+	if c.reason == fsmpb.DeadLetterReason_DEAD_LETTER_REJECTED {
+		how = flagRejected
+	}
 	if q.settings.deadLetter == "" || t.lookup(q.settings.deadLetter) == nil {
+		if t.rules >= 1 {
+			q.keepDead(m, how, &extra{attrs: m.attrs(), dead: origin(q, m, c)}, t.now)
+			return
+		}
+		q.remove(m, m.attempt, t.now, how)
+		q.counters.deadLettered++
 		return
 	}
+	q.remove(m, m.attempt, t.now, how)
+	q.counters.deadLettered++
 	dlq, err := t.mut("dead_letter_queue", q.settings.deadLetter)
 	if err != nil {
 		return
 	}
-	dlq.add(m.body, m.dedupID, m.attrs, t.now, t.now, flagDeadLetter)
+	ext := (&extra{attrs: m.attrs()}).orNil()
+	if c.origin {
+		ext = &extra{attrs: m.attrs(), dead: origin(q, m, c)}
+	}
+	dlq.add(m.body, m.dedupID, ext, t.now, t.now, flagDeadLetter)
 	t.notify(dlq.name)
+}
+
+// origin is where dead letter m of q comes from and why.
+func origin(q *queue, m *message, c deadLetterCause) *fsmpb.DeadLetter {
+	first := m.enqueuedAt
+	if d := m.dead(); d != nil && d.GetFirstEnqueuedAtUnixNano() != 0 {
+		first = d.GetFirstEnqueuedAtUnixNano()
+	}
+	return &fsmpb.DeadLetter{
+		SourceQueue:             q.name,
+		SourceMessageId:         m.id,
+		Reason:                  c.reason,
+		Attempts:                m.attempt,
+		FirstEnqueuedAtUnixNano: first,
+		LastNackReason:          m.nackReason(),
+		RejectReason:            c.rejectReason,
+	}
+}
+
+// keepDead turns live m into a dead record of q (deleted at now, how
+// flagRejected for a reject): a dead letter with no queue to go to. It
+// stays, with its body, out of ready and timed, so it is never delivered;
+// it counts in the dead gauge, not in dead_lettered_total, since it has
+// not left the queue.
+func (q *queue) keepDead(m *message, how uint8, ext *extra, now int64) {
+	q.unindex(m)
+	if m.is(flagDeadLetter) {
+		q.deadLetters--
+	}
+	d := m.with(now, m.attempt, flagDead|how)
+	d.ext = ext
+	q.msgs.SetHint(d, &q.msgsHint)
+	q.redirectDedup(m, d)
+	q.dead++
 }
 
 // delivery is m as handed to a consumer of queue; the receipt names the
@@ -249,8 +328,22 @@ func delivery(queue string, m *message) *fsmpb.Delivery {
 		Receipt:            &fsmpb.Receipt{MessageId: m.id, Attempt: m.attempt, Queue: queue},
 		Body:               m.body,
 		EnqueuedAtUnixNano: m.enqueuedAt,
-		Attributes:         fromAttrs(m.attrs),
+		Attributes:         fromAttrs(m.attrs()),
 		DedupId:            m.dedupID,
 		LeaseUntilUnixNano: m.at,
+		DeadLetter:         deadLetterOf(m),
+		LastNackReason:     m.nackReason(),
 	}
+}
+
+// deadLetterOf is the origin of m when it arrived as a dead letter: an
+// empty one when it came in a release that did not record it.
+func deadLetterOf(m *message) *fsmpb.DeadLetter {
+	if !m.is(flagDeadLetter) {
+		return nil
+	}
+	if d := m.dead(); d != nil {
+		return d
+	}
+	return &fsmpb.DeadLetter{}
 }

@@ -15,7 +15,9 @@ const (
 	flagDeadLetter = 1 << 2 // arrived as a dead letter from another queue
 	flagDeleted    = 1 << 3 // tombstone
 	flagAcked      = 1 << 4 // tombstone of an ack (or auto-ack)
-	flagMask       = flagReady | flagLeased | flagDeadLetter | flagDeleted | flagAcked
+	flagRejected   = 1 << 5 // tombstone (or dead message) of a reject
+	flagDead       = 1 << 6 // dead: dead-lettered with no queue to go to, kept here, never delivered
+	flagMask       = flagReady | flagLeased | flagDeadLetter | flagDeleted | flagAcked | flagRejected | flagDead
 )
 
 // message is an immutable record: a change replaces the record in every
@@ -29,12 +31,64 @@ type message struct {
 	at      int64
 	body    []byte
 	dedupID string
-	attrs   *[]attribute
+	ext     *extra // nil for a message with none of it
 	attempt uint32
 	flags   uint8
 }
 
+// extra is what few messages carry: attributes, a nack reason, the origin
+// of a dead letter. Keeping it behind one pointer keeps the record of
+// every other message at 80 bytes. Like a record it is never mutated: a
+// change makes a new one.
+type extra struct {
+	attrs []attribute
+	// nackReason: the reason of the last nack in this queue that gave one.
+	nackReason string
+	// dead: the origin of a message that arrived as a dead letter (an
+	// empty one for a dead letter of a release that kept none).
+	dead *fsmpb.DeadLetter
+}
+
 type attribute struct{ key, value string }
+
+// orNil returns e, or nil when it carries nothing.
+func (e *extra) orNil() *extra {
+	if e == nil || len(e.attrs) == 0 && e.nackReason == "" && e.dead == nil {
+		return nil
+	}
+	return e
+}
+
+func (m *message) attrs() []attribute {
+	if m.ext == nil {
+		return nil
+	}
+	return m.ext.attrs
+}
+
+func (m *message) nackReason() string {
+	if m.ext == nil {
+		return ""
+	}
+	return m.ext.nackReason
+}
+
+func (m *message) dead() *fsmpb.DeadLetter {
+	if m.ext == nil {
+		return nil
+	}
+	return m.ext.dead
+}
+
+// withNackReason returns m's extra with the nack reason set.
+func (m *message) withNackReason(reason string) *extra {
+	var e extra
+	if m.ext != nil {
+		e = *m.ext
+	}
+	e.nackReason = reason
+	return &e
+}
 
 func (m *message) is(flag uint8) bool { return m.flags&flag != 0 }
 
@@ -99,7 +153,7 @@ type settings struct {
 
 // counters are the monotone totals of a queue.
 type counters struct {
-	enqueued, acked, redelivered, dedupHits, expired, deadLettered, delivered, purged uint64
+	enqueued, acked, redelivered, dedupHits, expired, deadLettered, delivered, purged, redriven uint64
 }
 
 // queue is one queue's state. clone() is O(1) and shares every tree node
@@ -116,6 +170,7 @@ type queue struct {
 	dedupCursor uint64
 	leased      uint64 // records in timed with flagLeased
 	deadLetters uint64 // live records with flagDeadLetter
+	dead        uint64 // records with flagDead
 	// released: bytes of the bodies of records removed since the trees
 	// were last refreshed (see refresh).
 	released uint64
@@ -270,18 +325,19 @@ func (q *queue) redirectDedup(old, m *message) {
 }
 
 // remove turns live record m into a tombstone of its final delivery attempt,
-// deleted at now; acked says whether it was an ack (which makes a repeat of
-// the same receipt succeed).
-func (q *queue) remove(m *message, attempt uint32, now int64, acked bool) {
-	q.unindex(m)
+// deleted at now; how is flagAcked for an ack and flagRejected for a
+// reject (which make a repeat of the same receipt succeed), else 0.
+func (q *queue) remove(m *message, attempt uint32, now int64, how uint8) {
+	if m.is(flagDead) {
+		q.dead--
+	} else {
+		q.unindex(m)
+	}
 	if m.is(flagDeadLetter) {
 		q.deadLetters--
 	}
 	q.released += uint64(len(m.body))
-	flags := uint8(flagDeleted)
-	if acked {
-		flags |= flagAcked
-	}
+	flags := flagDeleted | how
 	t := &message{id: m.id, enqueuedAt: m.enqueuedAt, at: now, dedupID: m.dedupID, attempt: attempt, flags: flags}
 	q.msgs.SetHint(t, &q.msgsHint)
 	q.tombs.SetHint(t, &q.tombsHint)
@@ -339,6 +395,7 @@ func (q *queue) stats(now int64) *fsmpb.QueueStats {
 		Leased:            leased,
 		Delayed:           delayed,
 		DeadLettered:      q.deadLetters,
+		Dead:              q.dead,
 		EnqueuedTotal:     c.enqueued,
 		AckedTotal:        c.acked,
 		RedeliveredTotal:  c.redelivered,
@@ -347,6 +404,7 @@ func (q *queue) stats(now int64) *fsmpb.QueueStats {
 		DeadLetteredTotal: c.deadLettered,
 		DeliveredTotal:    c.delivered,
 		PurgedTotal:       c.purged,
+		RedrivenTotal:     c.redriven,
 	}
 }
 

@@ -120,23 +120,23 @@ func (g *gen) next() *fsmpb.Command {
 	default:
 		g.now += g.dur(3 * time.Second)
 	}
-	cmd := &fsmpb.Command{NowUnixNano: g.now}
+	cmd := &fsmpb.Command{NowUnixNano: g.now, Rules: uint32(min(g.c.intn(8), Rules))}
 	q := g.queue()
-	switch g.c.intn(20) {
+	switch g.c.intn(22) {
 	case 0:
-		cmd.Op = &fsmpb.Command_CreateQueue{CreateQueue: &fsmpb.CreateQueue{Name: q, Settings: g.settings(), IfNotExists: g.c.intn(2) == 0}}
+		cmd.Op = &fsmpb.Command_CreateQueue{CreateQueue: &fsmpb.CreateQueue{Name: q, Settings: g.settings(), IfNotExists: g.c.intn(2) == 0, CreateDeadLetterQueue: g.c.intn(2) == 0}}
 	case 1:
-		cmd.Op = &fsmpb.Command_UpdateQueue{UpdateQueue: &fsmpb.UpdateQueue{Name: q, Settings: g.settings()}}
+		cmd.Op = &fsmpb.Command_UpdateQueue{UpdateQueue: &fsmpb.UpdateQueue{Name: q, Settings: g.settings(), CreateDeadLetterQueue: g.c.intn(2) == 0}}
 	case 2:
 		if g.c.intn(4) == 0 {
-			cmd.Op = &fsmpb.Command_DeleteQueue{DeleteQueue: &fsmpb.DeleteQueue{Name: q}}
+			cmd.Op = &fsmpb.Command_DeleteQueue{DeleteQueue: &fsmpb.DeleteQueue{Name: q, Force: g.c.intn(2) == 0}}
 		} else {
 			cmd.Op = &fsmpb.Command_Purge{Purge: &fsmpb.Purge{Queue: q}}
 		}
 	case 3, 4, 5, 6:
 		cmd.Op = &fsmpb.Command_Enqueue{Enqueue: &fsmpb.Enqueue{Queue: q, Messages: g.msgs(), CreateQueue: g.c.intn(3) > 0}}
 	case 7, 8, 9, 10:
-		r := &fsmpb.Receive{Queue: q, Max: uint32(1 + g.c.intn(4)), AutoAck: g.c.intn(6) == 0}
+		r := &fsmpb.Receive{Queue: q, Max: uint32(1 + g.c.intn(4)), AutoAck: g.c.intn(6) == 0, DeadLetterOrigin: g.c.intn(4) != 0}
 		if g.c.intn(3) == 0 {
 			r.VisibilityNs = int64(time.Second) + g.dur(4*time.Second)
 		}
@@ -150,7 +150,8 @@ func (g *gen) next() *fsmpb.Command {
 	case 11, 12, 13:
 		cmd.Op = &fsmpb.Command_Ack{Ack: &fsmpb.Ack{Queue: q, Receipts: g.pick(q)}}
 	case 14:
-		cmd.Op = &fsmpb.Command_Nack{Nack: &fsmpb.Nack{Queue: q, Receipts: g.pick(q), DelayNs: g.dur(3 * time.Second)}}
+		cmd.Op = &fsmpb.Command_Nack{Nack: &fsmpb.Nack{Queue: q, Receipts: g.pick(q), DelayNs: g.dur(3 * time.Second),
+			Reason: []string{"", "timeout", "bad input"}[g.c.intn(3)]}}
 	case 15:
 		cmd.Op = &fsmpb.Command_Extend{Extend: &fsmpb.Extend{Queue: q, Receipts: g.pick(q), VisibilityNs: g.dur(5 * time.Second)}}
 	case 16, 17:
@@ -159,6 +160,14 @@ func (g *gen) next() *fsmpb.Command {
 			Acks:     []*fsmpb.Ack{{Queue: q, Receipts: g.pick(q)}},
 			Enqueues: []*fsmpb.Enqueue{{Queue: out, Messages: g.msgs()}},
 		}}
+	case 20:
+		cmd.Op = &fsmpb.Command_Reject{Reject: &fsmpb.Reject{Queue: q, Receipts: g.pick(q), Reason: []string{"", "poison"}[g.c.intn(2)]}}
+	case 21:
+		to := ""
+		if g.c.intn(2) == 0 {
+			to = g.queue()
+		}
+		cmd.Op = &fsmpb.Command_Redrive{Redrive: &fsmpb.Redrive{Queue: q, To: to, Max: uint32(1 + g.c.intn(3))}}
 	default:
 		cmd.Op = &fsmpb.Command_Tick{Tick: &fsmpb.Tick{}}
 	}

@@ -5,6 +5,9 @@ import (
 	"fmt"
 
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/quorumq/quorumq/fsm/fsmpb"
 )
 
 // The snapshot's hot record, a SnapshotRecord holding one SnapshotMessage,
@@ -25,6 +28,8 @@ const (
 	smBody       = 6
 	smDedupID    = 7
 	smAttributes = 8
+	smDeadLetter = 9
+	smNackReason = 10
 
 	attrKey   = 1
 	attrValue = 2
@@ -74,14 +79,20 @@ func appendSnapMessage(b []byte, m *message) []byte {
 	b = appendVarintField(b, smFlags, uint64(m.flags))
 	b = appendBytesField(b, smBody, m.body)
 	b = appendStringField(b, smDedupID, m.dedupID)
-	if m.attrs != nil {
-		for _, a := range *m.attrs {
-			b = protowire.AppendTag(b, smAttributes, protowire.BytesType)
-			b = protowire.AppendVarint(b, uint64(attributeSize(a)))
-			b = appendStringField(b, attrKey, a.key)
-			b = appendStringField(b, attrValue, a.value)
-		}
+	for _, a := range m.attrs() {
+		b = protowire.AppendTag(b, smAttributes, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(attributeSize(a)))
+		b = appendStringField(b, attrKey, a.key)
+		b = appendStringField(b, attrValue, a.value)
 	}
+	if d := m.dead(); d != nil {
+		// Rare, so through the generated code; a DeadLetter has no map
+		// field, so its encoding is the same on every node.
+		b = protowire.AppendTag(b, smDeadLetter, protowire.BytesType)
+		b = protowire.AppendVarint(b, uint64(proto.Size(d)))
+		b, _ = proto.MarshalOptions{Deterministic: true}.MarshalAppend(b, d)
+	}
+	b = appendStringField(b, smNackReason, m.nackReason())
 	return b
 }
 
@@ -114,7 +125,11 @@ var errWireType = errors.New("wrong wire type")
 func decodeSnapMessage(b []byte) (*message, uint32, error) {
 	m := &message{}
 	var flags uint64
-	var attrs []attribute
+	var (
+		attrs      []attribute
+		dead       *fsmpb.DeadLetter
+		nackReason string
+	)
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
@@ -136,10 +151,10 @@ func decodeSnapMessage(b []byte) (*message, uint32, error) {
 		}
 		b = b[n:]
 		want := protowire.VarintType
-		if num == smBody || num == smDedupID || num == smAttributes {
+		if num == smBody || num == smDedupID || num == smAttributes || num == smDeadLetter || num == smNackReason {
 			want = protowire.BytesType
 		}
-		if num >= smID && num <= smAttributes && typ != want {
+		if num >= smID && num <= smNackReason && typ != want {
 			return nil, 0, fmt.Errorf("field %d: %w %d", num, errWireType, typ)
 		}
 		switch num {
@@ -163,11 +178,16 @@ func decodeSnapMessage(b []byte) (*message, uint32, error) {
 				return nil, 0, err
 			}
 			attrs = append(attrs, a)
+		case smDeadLetter:
+			dead = new(fsmpb.DeadLetter)
+			if err := proto.Unmarshal(raw, dead); err != nil {
+				return nil, 0, fmt.Errorf("dead letter: %w", err)
+			}
+		case smNackReason:
+			nackReason = string(raw)
 		}
 	}
-	if len(attrs) > 0 {
-		m.attrs = &attrs
-	}
+	m.ext = (&extra{attrs: attrs, dead: dead, nackReason: nackReason}).orNil()
 	if flags > 0xffffffff {
 		return nil, 0, fmt.Errorf("flags %#x out of range", flags)
 	}

@@ -18,7 +18,10 @@ func TestSnapMessageCodecMatchesProto(t *testing.T) {
 	cases := []*message{
 		{id: 1},
 		{id: 7, enqueuedAt: t0, at: -5, attempt: 3, flags: flagLeased | flagDeadLetter, body: []byte("body"), dedupID: "d"},
-		{id: 1 << 40, enqueuedAt: MaxNow, at: MaxNow, attempt: 1 << 31, flags: flagDeleted | flagAcked, dedupID: "x", attrs: &attrs},
+		{id: 1 << 40, enqueuedAt: MaxNow, at: MaxNow, attempt: 1 << 31, flags: flagDeleted | flagAcked, dedupID: "x", ext: &extra{attrs: attrs}},
+		{id: 9, flags: flagReady | flagDeadLetter, body: []byte("b"), ext: &extra{nackReason: "here", dead: &fsmpb.DeadLetter{
+			SourceQueue: "src", SourceMessageId: 3, Reason: fsmpb.DeadLetterReason_DEAD_LETTER_REJECTED, Attempts: 2,
+			FirstEnqueuedAtUnixNano: t0, LastNackReason: "there"}}},
 	}
 	for _, m := range cases {
 		var sm fsmpb.SnapshotMessage
@@ -45,6 +48,14 @@ func TestSnapMessageCodecMatchesProto(t *testing.T) {
 		}
 		m2 := *m
 		back.body, m2.body = nil, nil
+		if !proto.Equal(back.dead(), m.dead()) {
+			t.Fatalf("dead letter %v, want %v", back.dead(), m.dead())
+		}
+		if back.ext != nil && m.ext != nil {
+			e1, e2 := *back.ext, *m.ext
+			e1.dead, e2.dead = nil, nil
+			back.ext, m2.ext = &e1, &e2
+		}
 		if !reflect.DeepEqual(back, &m2) {
 			t.Fatalf("decoded %+v, want %+v", back, &m2)
 		}

@@ -172,7 +172,7 @@ func (sw *snapWriter) queue(q *queue) error {
 		Counters: &fsmpb.QueueStats{
 			EnqueuedTotal: c.enqueued, AckedTotal: c.acked, RedeliveredTotal: c.redelivered,
 			DedupHitsTotal: c.dedupHits, ExpiredTotal: c.expired, DeadLetteredTotal: c.deadLettered,
-			DeliveredTotal: c.delivered, PurgedTotal: c.purged,
+			DeliveredTotal: c.delivered, PurgedTotal: c.purged, RedrivenTotal: c.redriven,
 		},
 		CreatedAtUnixNano: q.createdAt,
 		NextId:            q.nextID,
@@ -220,7 +220,9 @@ func toSnapMessage(sm *fsmpb.SnapshotMessage, m *message) {
 		Flags:              uint32(m.flags),
 		Body:               m.body,
 		DedupId:            m.dedupID,
-		Attributes:         fromAttrs(m.attrs),
+		Attributes:         fromAttrs(m.attrs()),
+		DeadLetter:         m.dead(),
+		LastNackReason:     m.nackReason(),
 	}
 }
 
@@ -413,11 +415,21 @@ func (b *builder) queue(sq *fsmpb.SnapshotQueue) error {
 	q.counters = counters{
 		enqueued: c.GetEnqueuedTotal(), acked: c.GetAckedTotal(), redelivered: c.GetRedeliveredTotal(),
 		dedupHits: c.GetDedupHitsTotal(), expired: c.GetExpiredTotal(), deadLettered: c.GetDeadLetteredTotal(),
-		delivered: c.GetDeliveredTotal(), purged: c.GetPurgedTotal(),
+		delivered: c.GetDeliveredTotal(), purged: c.GetPurgedTotal(), redriven: c.GetRedrivenTotal(),
 	}
 	b.queues.Set(q)
 	b.q, b.phase, b.lastID, b.lastKey = q, 0, 0, ""
 	return nil
+}
+
+// snapExtra is the extra of a decoded SnapshotMessage, nil when it has
+// none.
+func snapExtra(sm *fsmpb.SnapshotMessage) *extra {
+	var attrs []attribute
+	if e := extOf(sm.GetAttributes()); e != nil {
+		attrs = e.attrs
+	}
+	return (&extra{attrs: attrs, dead: sm.GetDeadLetter(), nackReason: sm.GetLastNackReason()}).orNil()
 }
 
 // toMessage converts a decoded SnapshotMessage; checkMessageRecord
@@ -425,7 +437,7 @@ func (b *builder) queue(sq *fsmpb.SnapshotQueue) error {
 func toMessage(sm *fsmpb.SnapshotMessage) (*message, uint32) {
 	return &message{
 		id: sm.GetId(), enqueuedAt: sm.GetEnqueuedAtUnixNano(), at: sm.GetAtUnixNano(),
-		body: sm.GetBody(), dedupID: sm.GetDedupId(), attrs: toAttrs(sm.GetAttributes()),
+		body: sm.GetBody(), dedupID: sm.GetDedupId(), ext: snapExtra(sm),
 		attempt: sm.GetAttempt(),
 	}, sm.GetFlags()
 }
@@ -439,14 +451,31 @@ func checkMessageRecord(m *message, f uint32, nextID uint64) error {
 		return fmt.Errorf("message %d: unknown flags %#x", m.id, f)
 	}
 	deleted, ready, leased := f&flagDeleted != 0, f&flagReady != 0, f&flagLeased != 0
-	if deleted && (ready || leased || len(m.body) > 0) || ready && leased || f&flagAcked != 0 && !deleted {
+	acked, rejected, dead := f&flagAcked != 0, f&flagRejected != 0, f&flagDead != 0
+	if deleted && (ready || leased || len(m.body) > 0) || ready && leased || acked && !deleted || rejected && !deleted && !dead ||
+		acked && rejected || dead && (deleted || ready || leased || f&flagDeadLetter != 0) {
 		return fmt.Errorf("message %d: inconsistent flags %#x", m.id, f)
 	}
-	if m.attrs != nil {
-		for i, a := range *m.attrs {
-			if err := limits.AttributeProblem(a.key, a.value); err != "" {
-				return fmt.Errorf("message %d: attribute %d: %s", m.id, i, err)
-			}
+	for i, a := range m.attrs() {
+		if err := limits.AttributeProblem(a.key, a.value); err != "" {
+			return fmt.Errorf("message %d: attribute %d: %s", m.id, i, err)
+		}
+	}
+	if n := len(m.nackReason()); n > limits.MaxNackReason {
+		return fmt.Errorf("message %d: nack reason is %d bytes, limit is %d", m.id, n, limits.MaxNackReason)
+	}
+	if d := m.dead(); d != nil {
+		if f&(flagDeadLetter|flagDead) == 0 {
+			return fmt.Errorf("message %d: dead-letter origin on a message that is no dead letter", m.id)
+		}
+		if p := limits.QueueNameProblem(d.GetSourceQueue()); p != "" {
+			return fmt.Errorf("message %d: dead letter source: %s", m.id, p)
+		}
+		if n := max(len(d.GetLastNackReason()), len(d.GetRejectReason())); n > limits.MaxNackReason {
+			return fmt.Errorf("message %d: dead letter reason is %d bytes, limit is %d", m.id, n, limits.MaxNackReason)
+		}
+		if _, ok := fsmpb.DeadLetterReason_name[int32(d.GetReason())]; !ok {
+			return fmt.Errorf("message %d: dead letter reason %d unknown", m.id, d.GetReason())
 		}
 	}
 	m.flags = uint8(f)
@@ -465,6 +494,11 @@ func (b *builder) message(m *message, flags uint32) error {
 		return fmt.Errorf("queue %q: message %d after %d: not in id order", q.name, m.id, b.lastID)
 	}
 	b.lastID = m.id
+	if m.is(flagDead) {
+		q.msgs.Load(m)
+		q.dead++
+		return nil
+	}
 	if m.is(flagDeleted) {
 		q.msgs.Load(m)
 		q.tombs.Set(m)

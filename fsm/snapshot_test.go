@@ -165,13 +165,11 @@ func TestSnapshotOfEmptyFSM(t *testing.T) {
 
 var _ raft.FSMSnapshot = (*fsmSnapshot)(nil)
 
-// TestRestoreReplayEntryOfEarlierRelease restores a snapshot written by the
-// release that kept the delivered records in replay entries: a queue with
-// messages a, b and c delivered under request ID "req", then b acked. The
-// entry still answers, from the live records: a and c, not the acked b.
-// Persisted again, it holds receipts instead of records.
-func TestRestoreReplayEntryOfEarlierRelease(t *testing.T) {
-	data, err := os.ReadFile(filepath.Join("testdata", "replay-deliveries.snap"))
+// restoreTestdata is a harness on the state of the snapshot file name in
+// testdata, written by an earlier release.
+func restoreTestdata(t *testing.T, name string) *harness {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("testdata", name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,6 +178,16 @@ func TestRestoreReplayEntryOfEarlierRelease(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkInvariants(t, h.f)
+	return h
+}
+
+// TestRestoreReplayEntryOfEarlierRelease restores a snapshot written by the
+// release that kept the delivered records in replay entries: a queue with
+// messages a, b and c delivered under request ID "req", then b acked. The
+// entry still answers, from the live records: a and c, not the acked b.
+// Persisted again, it holds receipts instead of records.
+func TestRestoreReplayEntryOfEarlierRelease(t *testing.T) {
+	h := restoreTestdata(t, "replay-deliveries.snap")
 	h.at(2 * time.Second)
 	req := recvCmd(&fsmpb.Receive{Queue: "q", Max: 3, RequestId: "req"})
 	r := h.ok(req)

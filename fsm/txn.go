@@ -1,6 +1,9 @@
 package fsm
 
 import (
+	"fmt"
+	"strings"
+
 	"github.com/tidwall/btree"
 
 	"github.com/quorumq/quorumq/fsm/fsmpb"
@@ -18,6 +21,7 @@ import (
 type txn struct {
 	committed *btree.BTreeG[*queue]
 	now       int64
+	rules     uint32 // Command.rules
 	cow       bool
 	work      map[string]*queue // queues to commit; nil marks a deleted queue
 	wake      []string          // queues whose watchers Apply notifies
@@ -80,7 +84,17 @@ func (t *txn) run(cmd *fsmpb.Command) (*fsmpb.Result, *cmdError) {
 		if d < 0 || d > int64(MaxDelay) {
 			return nil, invalid("nack.delay_ns is %d, limit is 0 to %v", d, MaxDelay)
 		}
-		return t.settle("nack", op.Nack.GetQueue(), op.Nack.GetReceipts(), nackOp{delay: d})
+		if n := len(op.Nack.GetReason()); n > MaxNackReason {
+			return nil, invalid("nack.reason is %d bytes, limit is %d", n, MaxNackReason)
+		}
+		return t.settle("nack", op.Nack.GetQueue(), op.Nack.GetReceipts(), nackOp{delay: d, reason: op.Nack.GetReason()})
+	case *fsmpb.Command_Reject:
+		if n := len(op.Reject.GetReason()); n > MaxNackReason {
+			return nil, invalid("reject.reason is %d bytes, limit is %d", n, MaxNackReason)
+		}
+		return t.settle("reject", op.Reject.GetQueue(), op.Reject.GetReceipts(), rejectOp{t: t, reason: op.Reject.GetReason()})
+	case *fsmpb.Command_Redrive:
+		return t.redrive(op.Redrive)
 	case *fsmpb.Command_Extend:
 		v := op.Extend.GetVisibilityNs()
 		if err := checkOptionalDuration("extend.visibility_ns", v, MinVisibility, MaxVisibility); err != nil {
@@ -112,6 +126,9 @@ func (t *txn) createQueue(c *fsmpb.CreateQueue) (*fsmpb.Result, *cmdError) {
 		}
 		return &fsmpb.Result{Queue: q.info(t.now)}, nil
 	}
+	if err := t.deadLetterQueue("create_queue", s.deadLetter, c.GetCreateDeadLetterQueue()); err != nil {
+		return nil, err
+	}
 	q := newQueue(c.GetName(), t.now, s)
 	t.work[q.name] = q
 	t.notify(q.name)
@@ -127,6 +144,11 @@ func (t *txn) updateQueue(u *fsmpb.UpdateQueue) (*fsmpb.Result, *cmdError) {
 	if err != nil {
 		return nil, err
 	}
+	if u.GetSettings().DeadLetterQueue != nil && s.deadLetter != q.settings.deadLetter {
+		if err := t.deadLetterQueue("update_queue", s.deadLetter, u.GetCreateDeadLetterQueue()); err != nil {
+			return nil, err
+		}
+	}
 	q.settings = s
 	t.notify(q.name)
 	return &fsmpb.Result{Queue: q.info(t.now)}, nil
@@ -136,9 +158,43 @@ func (t *txn) deleteQueue(d *fsmpb.DeleteQueue) (*fsmpb.Result, *cmdError) {
 	if _, err := t.mut("delete_queue.name", d.GetName()); err != nil {
 		return nil, err
 	}
+	if t.rules >= 1 && !d.GetForce() {
+		var users []string
+		t.committed.Scan(func(q *queue) bool {
+			if q.settings.deadLetter == d.GetName() && q.name != d.GetName() {
+				users = append(users, fmt.Sprintf("%q", q.name))
+			}
+			return true
+		})
+		if len(users) > 0 {
+			return nil, invalid("delete_queue.name: queue %q is the dead-letter queue of %s; change their dead-letter queue first, or force the delete (their dead letters then stay in them as dead)",
+				d.GetName(), strings.Join(users, ", "))
+		}
+	}
 	t.work[d.GetName()] = nil
 	t.notify(d.GetName())
 	return &fsmpb.Result{}, nil
+}
+
+// deadLetterQueue checks, under rules 1, that dead-letter queue name
+// (field names the command) exists, or creates it with default settings
+// when create is set. It is the last check of its command, so a queue it
+// creates is never left behind by a refusal.
+func (t *txn) deadLetterQueue(field, name string, create bool) *cmdError {
+	if t.rules < 1 || name == "" || t.lookup(name) != nil {
+		return nil
+	}
+	if !create {
+		return missingDeadLetterQueue(field, name)
+	}
+	q := newQueue(name, t.now, defaultSettings())
+	t.work[name] = q
+	t.notify(name)
+	return nil
+}
+
+func missingDeadLetterQueue(field, name string) *cmdError {
+	return fail(fsmpb.ErrorCode_QUEUE_NOT_FOUND, "%s.settings.dead_letter_queue: queue %q does not exist; create it first, or ask for it to be created with the queue (create_dead_letter_queue)", field, name)
 }
 
 func (t *txn) purge(p *fsmpb.Purge) (*fsmpb.Result, *cmdError) {
@@ -156,8 +212,16 @@ func (t *txn) purge(p *fsmpb.Purge) (*fsmpb.Result, *cmdError) {
 		live = append(live, m)
 		return true
 	})
+	if q.dead > 0 {
+		q.msgs.Scan(func(m *message) bool {
+			if m.is(flagDead) {
+				live = append(live, m)
+			}
+			return true
+		})
+	}
 	for _, m := range live {
-		q.remove(m, m.attempt, t.now, false)
+		q.remove(m, m.attempt, t.now, 0)
 	}
 	q.counters.purged += uint64(len(live))
 	t.notify(q.name)

@@ -37,6 +37,13 @@ const (
 	MaxAttributeKey  = limits.MaxAttributeKey
 	MaxAttributeVal  = limits.MaxAttributeVal
 	MaxTransactionOp = limits.MaxTransactionOp
+	MaxNackReason    = limits.MaxNackReason
+
+	// Rules is the newest Command.rules this release applies (see
+	// fsmpb/command.proto): 1, dead-letter queues must exist, are deleted
+	// only with force, and a dead letter with nowhere to go stays dead in
+	// its queue.
+	Rules = 1
 
 	// MaxNow bounds a command's now (about the year 2096) so that now plus
 	// any allowed duration cannot overflow int64.

@@ -194,11 +194,18 @@ func (q *QueueService) CreateQueue(ctx context.Context, req *quorumqpb.CreateQue
 	if err := q.limits.checkSettings("settings", req.GetName(), req.GetSettings()); err != nil {
 		return nil, err
 	}
-	if err := q.admitNewQueue("name", req.GetName(), nil); err != nil {
+	created := map[string]bool{}
+	if err := q.admitNewQueue("name", req.GetName(), created); err != nil {
 		return nil, err
+	}
+	if dlq := req.GetSettings().GetDeadLetterQueue(); dlq != "" && req.GetCreateDeadLetterQueue() {
+		if err := q.admitNewQueue("settings.dead_letter_queue", dlq, created); err != nil {
+			return nil, err
+		}
 	}
 	res, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_CreateQueue{CreateQueue: &fsmpb.CreateQueue{
 		Name: req.GetName(), Settings: req.GetSettings(), IfNotExists: req.GetIfNotExists(),
+		CreateDeadLetterQueue: req.GetCreateDeadLetterQueue(),
 	}}})
 	if err != nil {
 		return nil, err
@@ -217,8 +224,13 @@ func (q *QueueService) UpdateQueue(ctx context.Context, req *quorumqpb.UpdateQue
 	if err := q.limits.checkSettings("settings", req.GetName(), req.GetSettings()); err != nil {
 		return nil, err
 	}
+	if dlq := req.GetSettings().GetDeadLetterQueue(); dlq != "" && req.GetCreateDeadLetterQueue() {
+		if err := q.admitNewQueue("settings.dead_letter_queue", dlq, nil); err != nil {
+			return nil, err
+		}
+	}
 	res, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_UpdateQueue{UpdateQueue: &fsmpb.UpdateQueue{
-		Name: req.GetName(), Settings: req.GetSettings(),
+		Name: req.GetName(), Settings: req.GetSettings(), CreateDeadLetterQueue: req.GetCreateDeadLetterQueue(),
 	}}})
 	if err != nil {
 		return nil, err
@@ -252,7 +264,7 @@ func (q *QueueService) DeleteQueue(ctx context.Context, req *quorumqpb.DeleteQue
 	if err := wire.ValidateQueueName("name", req.GetName()); err != nil {
 		return nil, err
 	}
-	if _, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_DeleteQueue{DeleteQueue: &fsmpb.DeleteQueue{Name: req.GetName()}}}); err != nil {
+	if _, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_DeleteQueue{DeleteQueue: &fsmpb.DeleteQueue{Name: req.GetName(), Force: req.GetForce()}}}); err != nil {
 		return nil, err
 	}
 	return &quorumqpb.DeleteQueueResponse{}, nil
@@ -550,13 +562,60 @@ func (q *QueueService) Nack(ctx context.Context, req *quorumqpb.NackRequest) (*q
 	if err := checkDuration("delay_ns", req.GetDelayNs(), q.limits.MaxDelay); err != nil {
 		return nil, err
 	}
+	if err := wire.ValidateNackReason("reason", req.GetReason()); err != nil {
+		return nil, err
+	}
 	res, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Nack{Nack: &fsmpb.Nack{
-		Queue: req.GetQueue(), Receipts: req.GetReceipts(), DelayNs: req.GetDelayNs(),
+		Queue: req.GetQueue(), Receipts: req.GetReceipts(), DelayNs: req.GetDelayNs(), Reason: req.GetReason(),
 	}}})
 	if err != nil {
 		return nil, err
 	}
 	return &quorumqpb.NackResponse{Outcomes: res.GetOutcomes()}, nil
+}
+
+// Reject dead-letters leased messages now, fenced by their receipts like
+// an ack.
+func (q *QueueService) Reject(ctx context.Context, req *quorumqpb.RejectRequest) (*quorumqpb.RejectResponse, error) {
+	if err := wire.ValidateQueueName("queue", req.GetQueue()); err != nil {
+		return nil, err
+	}
+	if err := q.limits.checkReceipts("receipts", req.GetQueue(), req.GetReceipts(), false); err != nil {
+		return nil, err
+	}
+	if err := wire.ValidateNackReason("reason", req.GetReason()); err != nil {
+		return nil, err
+	}
+	res, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Reject{Reject: &fsmpb.Reject{
+		Queue: req.GetQueue(), Receipts: req.GetReceipts(), Reason: req.GetReason(),
+	}}})
+	if err != nil {
+		return nil, err
+	}
+	return &quorumqpb.RejectResponse{Outcomes: res.GetOutcomes()}, nil
+}
+
+// Redrive moves dead letters of a queue back to their source queue, or to
+// a named one, up to max in one Raft command.
+func (q *QueueService) Redrive(ctx context.Context, req *quorumqpb.RedriveRequest) (*quorumqpb.RedriveResponse, error) {
+	if err := wire.ValidateQueueName("queue", req.GetQueue()); err != nil {
+		return nil, err
+	}
+	if to := req.GetTo(); to != "" {
+		if err := wire.ValidateQueueName("to", to); err != nil {
+			return nil, err
+		}
+	}
+	if m := req.GetMax(); m < 1 || m > uint32(q.limits.MaxReceipts) {
+		return nil, invalid("max: %d, limit is 1 to %d", m, q.limits.MaxReceipts)
+	}
+	res, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Redrive{Redrive: &fsmpb.Redrive{
+		Queue: req.GetQueue(), To: req.GetTo(), Max: req.GetMax(),
+	}}})
+	if err != nil {
+		return nil, err
+	}
+	return &quorumqpb.RedriveResponse{Moved: res.GetCount()}, nil
 }
 
 // Extend renews leases until now + visibility_ns.

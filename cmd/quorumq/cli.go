@@ -139,6 +139,7 @@ type queueJSON struct {
 	Leased            uint64 `json:"leased"`
 	Delayed           uint64 `json:"delayed"`
 	DeadLettered      uint64 `json:"dead_lettered"`
+	Dead              uint64 `json:"dead"` // dead letters with nowhere to go, kept here
 	EnqueuedTotal     uint64 `json:"enqueued_total"`
 	DeliveredTotal    uint64 `json:"delivered_total"`
 	AckedTotal        uint64 `json:"acked_total"`
@@ -146,6 +147,7 @@ type queueJSON struct {
 	DedupHitsTotal    uint64 `json:"dedup_hits_total"`
 	ExpiredTotal      uint64 `json:"expired_total"`
 	DeadLetteredTotal uint64 `json:"dead_lettered_total"`
+	RedrivenTotal     uint64 `json:"redriven_total"`
 }
 
 func queueOf(q *client.QueueInfo) queueJSON {
@@ -162,6 +164,7 @@ func queueOf(q *client.QueueInfo) queueJSON {
 		Leased:            st.Leased,
 		Delayed:           st.Delayed,
 		DeadLettered:      st.DeadLettered,
+		Dead:              st.Dead,
 		EnqueuedTotal:     st.EnqueuedTotal,
 		DeliveredTotal:    st.DeliveredTotal,
 		AckedTotal:        st.AckedTotal,
@@ -169,6 +172,7 @@ func queueOf(q *client.QueueInfo) queueJSON {
 		DedupHitsTotal:    st.DedupHitsTotal,
 		ExpiredTotal:      st.ExpiredTotal,
 		DeadLetteredTotal: st.DeadLetteredTotal,
+		RedrivenTotal:     st.RedrivenTotal,
 	}
 	if s.Retention == client.NoRetentionLimit {
 		out.Retention = "forever"

@@ -22,19 +22,29 @@ func init() {
 // settingsFlags are the queue settings create and update take; an unset
 // flag means the server's default on create and "unchanged" on update.
 type settingsFlags struct {
-	s       client.QueueSettings
-	forever bool
+	s         client.QueueSettings
+	forever   bool
+	createDLQ bool
 }
 
 func (sf *settingsFlags) add(cmd *cobra.Command) {
 	fl := cmd.Flags()
 	fl.DurationVar(&sf.s.VisibilityTimeout, "visibility", 0, "lease length when a receive gives none (server default 30s)")
 	fl.Uint32Var(&sf.s.MaxDeliveries, "max-deliveries", 0, "deliveries before a message is dead-lettered (0: unlimited)")
-	fl.StringVar(&sf.s.DeadLetterQueue, "dlq", "", "dead-letter queue (default: drop and count)")
+	fl.StringVar(&sf.s.DeadLetterQueue, "dlq", "", "dead-letter queue, which must exist (default: none; dead letters stay in the queue as dead)")
+	fl.BoolVar(&sf.createDLQ, "create-dlq", false, "create the --dlq queue with default settings if it does not exist")
 	fl.DurationVar(&sf.s.DedupWindow, "dedup-window", 0, "how long dedup and request IDs are remembered (server default 10m)")
 	fl.DurationVar(&sf.s.Retention, "retention", 0, "max age of a message (server default 14 days)")
 	fl.BoolVar(&sf.forever, "keep-forever", false, "no retention limit")
 	fl.Uint64Var(&sf.s.MaxDepth, "max-depth", 0, "max messages in the queue; enqueues beyond are rejected (0: unlimited)")
+}
+
+// options returns the client options the flags give.
+func (sf *settingsFlags) options() []client.QueueOption {
+	if sf.createDLQ {
+		return []client.QueueOption{client.WithCreateDLQ()}
+	}
+	return nil
 }
 
 // settings returns the settings the flags give.
@@ -69,9 +79,9 @@ func queueCreateCmd() *cobra.Command {
 			defer done()
 			var q *client.QueueInfo
 			if ifNotExists {
-				q, err = c.EnsureQueue(ctx, args[0], s)
+				q, err = c.EnsureQueue(ctx, args[0], s, sf.options()...)
 			} else {
-				q, err = c.CreateQueue(ctx, args[0], s)
+				q, err = c.CreateQueue(ctx, args[0], s, sf.options()...)
 			}
 			if err != nil {
 				return err
@@ -110,7 +120,7 @@ depth); retention can, with --keep-forever.`,
 				return err
 			}
 			defer done()
-			q, err := c.UpdateQueue(ctx, args[0], s)
+			q, err := c.UpdateQueue(ctx, args[0], s, sf.options()...)
 			if err != nil {
 				return err
 			}
@@ -141,6 +151,7 @@ func printQueue(cmd *cobra.Command, f *cliFlags, q *client.QueueInfo) error {
 		{"leased", u(j.Leased)},
 		{"delayed", u(j.Delayed)},
 		{"dead_lettered", u(j.DeadLettered)},
+		{"dead", u(j.Dead)},
 		{"enqueued_total", u(j.EnqueuedTotal)},
 		{"delivered_total", u(j.DeliveredTotal)},
 		{"acked_total", u(j.AckedTotal)},
@@ -148,6 +159,7 @@ func printQueue(cmd *cobra.Command, f *cliFlags, q *client.QueueInfo) error {
 		{"dedup_hits_total", u(j.DedupHitsTotal)},
 		{"expired_total", u(j.ExpiredTotal)},
 		{"dead_lettered_total", u(j.DeadLetteredTotal)},
+		{"redriven_total", u(j.RedrivenTotal)},
 	})
 }
 
@@ -187,16 +199,28 @@ func queueStatsCmd() *cobra.Command {
 }
 
 func queueDeleteCmd() *cobra.Command {
-	return clientVerb(&cobra.Command{
+	var force bool
+	cmd := clientVerb(&cobra.Command{
 		Use:   "delete NAME",
 		Short: "Delete a queue and its messages",
-		Args:  cobra.ExactArgs(1),
+		Long: `Delete a queue and its messages.
+
+A queue that is another queue's dead-letter queue is deleted only with
+--force; the dead letters of that queue then stay in it as dead (the
+"dead" row of queue stats), never delivered and never dropped.`,
+		Args: cobra.ExactArgs(1),
 	}, func(ctx context.Context, c *client.Client, f *cliFlags, cmd *cobra.Command, args []string) error {
-		if err := c.DeleteQueue(ctx, args[0]); err != nil {
+		var opts []client.QueueOption
+		if force {
+			opts = append(opts, client.WithForce())
+		}
+		if err := c.DeleteQueue(ctx, args[0], opts...); err != nil {
 			return err
 		}
 		return report(cmd, f, map[string]any{"deleted": args[0]}, "deleted queue %s\n", args[0])
 	})
+	cmd.Flags().BoolVar(&force, "force", false, "delete it even if it is another queue's dead-letter queue")
+	return cmd
 }
 
 func queuePurgeCmd() *cobra.Command {

@@ -24,6 +24,49 @@ type recvJSON struct {
 	EnqueuedAt string            `json:"enqueued_at"`
 	LeaseUntil string            `json:"lease_until,omitempty"`
 	Acked      bool              `json:"acked"`
+	// LastNackReason: the reason of the last nack in this queue that gave one.
+	LastNackReason string          `json:"last_nack_reason,omitempty"`
+	DeadLetter     *deadLetterJSON `json:"dead_letter,omitempty"`
+}
+
+// deadLetterJSON is where a dead letter came from and why.
+type deadLetterJSON struct {
+	SourceQueue     string `json:"source_queue"`
+	SourceMessageID uint64 `json:"source_message_id"`
+	Reason          string `json:"reason"` // max_deliveries, rejected, unknown
+	Attempts        uint32 `json:"attempts"`
+	FirstEnqueuedAt string `json:"first_enqueued_at,omitempty"`
+	LastNackReason  string `json:"last_nack_reason,omitempty"`
+	RejectReason    string `json:"reject_reason,omitempty"`
+}
+
+func deadLetterJSONOf(d *client.DeadLetter) *deadLetterJSON {
+	if d == nil {
+		return nil
+	}
+	out := &deadLetterJSON{
+		SourceQueue: d.SourceQueue, SourceMessageID: d.SourceMessageID, Reason: string(d.Reason),
+		Attempts: d.Attempts, LastNackReason: d.LastNackReason, RejectReason: d.RejectReason,
+	}
+	if !d.FirstEnqueuedAt.IsZero() {
+		out.FirstEnqueuedAt = fmtTime(d.FirstEnqueuedAt)
+	}
+	return out
+}
+
+// String is the dead letter in one table cell.
+func (d *deadLetterJSON) String() string {
+	s := fmt.Sprintf("from %s/%d after %d attempt(s): %s", d.SourceQueue, d.SourceMessageID, d.Attempts, d.Reason)
+	if d.FirstEnqueuedAt != "" {
+		s += ", first enqueued " + d.FirstEnqueuedAt
+	}
+	if d.LastNackReason != "" {
+		s += fmt.Sprintf(", last nack: %q", d.LastNackReason)
+	}
+	if d.RejectReason != "" {
+		s += fmt.Sprintf(", rejected: %q", d.RejectReason)
+	}
+	return s
 }
 
 func recvCmd() *cobra.Command {
@@ -69,6 +112,7 @@ delivered (at-most-once).`,
 					Receipt:   formatReceipt(m.Receipt),
 					MessageID: m.Receipt.MessageID, Attempt: m.Receipt.Attempt, Body: string(m.Body),
 					DedupID: m.DedupID, Attributes: m.Attributes, EnqueuedAt: fmtTime(m.EnqueuedAt), Acked: autoAck,
+					LastNackReason: m.LastNackReason, DeadLetter: deadLetterJSONOf(m.DeadLetter),
 				}
 				if !autoAck {
 					out[i].LeaseUntil = fmtTime(m.LeaseUntil)
@@ -113,6 +157,9 @@ func printMessages(cmd *cobra.Command, f *cliFlags, ms []recvJSON) error {
 		_, err := fmt.Fprintln(w, "no messages")
 		return err
 	}
+	// The nack reason and dead-letter columns show only when a message
+	// has one.
+	why := slices.ContainsFunc(ms, func(m recvJSON) bool { return m.LastNackReason != "" || m.DeadLetter != nil })
 	rows := make([][]string, len(ms))
 	for i, m := range ms {
 		var attrs []string
@@ -120,6 +167,17 @@ func printMessages(cmd *cobra.Command, f *cliFlags, ms []recvJSON) error {
 			attrs = append(attrs, k+"="+m.Attributes[k])
 		}
 		rows[i] = []string{m.Receipt, m.Body, strings.Join(attrs, ","), m.LeaseUntil}
+		if why {
+			dl := ""
+			if m.DeadLetter != nil {
+				dl = m.DeadLetter.String()
+			}
+			rows[i] = append(rows[i], m.LastNackReason, dl)
+		}
 	}
-	return table(w, []string{"RECEIPT", "BODY", "ATTRIBUTES", "LEASE_UNTIL"}, rows)
+	header := []string{"RECEIPT", "BODY", "ATTRIBUTES", "LEASE_UNTIL"}
+	if why {
+		header = append(header, "LAST_NACK_REASON", "DEAD_LETTER")
+	}
+	return table(w, header, rows)
 }

@@ -12,7 +12,7 @@ import (
 	"github.com/quorumq/quorumq/client"
 )
 
-func init() { rootCmd.AddCommand(ackCmd(), nackCmd(), extendCmd()) }
+func init() { rootCmd.AddCommand(ackCmd(), nackCmd(), rejectCmd(), extendCmd()) }
 
 // formatReceipt is the text form of a receipt that recv prints and
 // parseReceipts reads: MESSAGE_ID/ATTEMPT.
@@ -83,16 +83,39 @@ same receipt succeeds.`,
 
 func nackCmd() *cobra.Command {
 	var delay time.Duration
+	var reason string
 	cmd := settleVerb(&cobra.Command{
 		Use:   "nack QUEUE RECEIPT...",
 		Short: "Give received messages back, available again after --delay",
 		Long: `Give the messages of the receipts back (receipts as recv prints them,
-MESSAGE_ID/ATTEMPT): they are available again after --delay (default at once).`,
+MESSAGE_ID/ATTEMPT): they are available again after --delay (default at once).
+
+--reason says why: recv shows it on the next delivery (LAST_NACK_REASON),
+and a message that is dead-lettered later carries it into its DLQ.`,
 	}, func(n int) (string, string) { return "nacked", fmt.Sprintf("nacked %d message(s)", n) },
 		func(ctx context.Context, c *client.Client, queue string, rs []client.Receipt) error {
-			return c.Nack(ctx, queue, delay, rs...)
+			return c.NackWithReason(ctx, queue, delay, reason, rs...)
 		})
 	cmd.Flags().DurationVar(&delay, "delay", 0, "make the messages available again after this long (max 12h)")
+	cmd.Flags().StringVar(&reason, "reason", "", "why the messages are given back (at most 1024 bytes; default: keep the last reason given)")
+	return cmd
+}
+
+func rejectCmd() *cobra.Command {
+	var reason string
+	cmd := settleVerb(&cobra.Command{
+		Use:   "reject QUEUE RECEIPT...",
+		Short: "Send received messages to the queue's dead-letter queue now",
+		Long: `Send the messages of the receipts (as recv prints them, MESSAGE_ID/ATTEMPT)
+to the queue's dead-letter queue now, with --reason as the dead letter's
+reject reason. A receipt whose message was delivered again since fails
+with "lease lost", as for ack; rejecting again with the same receipt
+succeeds.`,
+	}, func(n int) (string, string) { return "rejected", fmt.Sprintf("rejected %d message(s)", n) },
+		func(ctx context.Context, c *client.Client, queue string, rs []client.Receipt) error {
+			return c.Reject(ctx, queue, reason, rs...)
+		})
+	cmd.Flags().StringVar(&reason, "reason", "", "why the messages are rejected (at most 1024 bytes)")
 	return cmd
 }
 

@@ -25,7 +25,7 @@ func TestCLIUpdateAndSettleVerbs(t *testing.T) {
 
 	mustRun(t, queueCreateCmd(), addr, "", "jobs", "--visibility", "5s", "--max-deliveries", "3")
 	var q queueJSON
-	out := mustRun(t, queueUpdateCmd(), addr, "", "jobs", "--visibility", "1m", "--dlq", "jobs-dead", "--json")
+	out := mustRun(t, queueUpdateCmd(), addr, "", "jobs", "--visibility", "1m", "--dlq", "jobs-dead", "--create-dlq", "--json")
 	if err := json.Unmarshal([]byte(out), &q); err != nil || q.VisibilityTimeout != "1m0s" || q.DeadLetterQueue != "jobs-dead" || q.MaxDeliveries != 3 {
 		t.Fatalf("queue update --visibility 1m --dlq jobs-dead = %s (%v); want visibility 1m0s, dlq jobs-dead, max deliveries still 3", out, err)
 	}

@@ -34,6 +34,14 @@ type Command struct {
 	// now_unix_nano is the proposing leader's clock. The FSM uses
 	// max(now_unix_nano, last applied now) so time never goes backwards.
 	NowUnixNano int64 `protobuf:"varint,1,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	// rules: the state-machine rules the leader knows every voter applies.
+	// 0: those of a release before dead-letter queue rules. 1: a queue may
+	// name only an existing dead-letter queue, a queue that is another's
+	// dead-letter queue is deleted only with force, and a dead letter with
+	// no queue to go to stays in its source queue as dead (see
+	// fsm/DESIGN.md). A server of an earlier release ignores the field and
+	// applies rules 0, as the leader asked while it was a voter.
+	Rules uint32 `protobuf:"varint,2,opt,name=rules,proto3" json:"rules,omitempty"`
 	// Types that are valid to be assigned to Op:
 	//
 	//	*Command_CreateQueue
@@ -47,6 +55,8 @@ type Command struct {
 	//	*Command_Transaction
 	//	*Command_Purge
 	//	*Command_Tick
+	//	*Command_Reject
+	//	*Command_Redrive
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -85,6 +95,13 @@ func (*Command) Descriptor() ([]byte, []int) {
 func (x *Command) GetNowUnixNano() int64 {
 	if x != nil {
 		return x.NowUnixNano
+	}
+	return 0
+}
+
+func (x *Command) GetRules() uint32 {
+	if x != nil {
+		return x.Rules
 	}
 	return 0
 }
@@ -195,6 +212,24 @@ func (x *Command) GetTick() *Tick {
 	return nil
 }
 
+func (x *Command) GetReject() *Reject {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Reject); ok {
+			return x.Reject
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRedrive() *Redrive {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Redrive); ok {
+			return x.Redrive
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -243,6 +278,14 @@ type Command_Tick struct {
 	Tick *Tick `protobuf:"bytes,20,opt,name=tick,proto3,oneof"`
 }
 
+type Command_Reject struct {
+	Reject *Reject `protobuf:"bytes,21,opt,name=reject,proto3,oneof"`
+}
+
+type Command_Redrive struct {
+	Redrive *Redrive `protobuf:"bytes,22,opt,name=redrive,proto3,oneof"`
+}
+
 func (*Command_CreateQueue) isCommand_Op() {}
 
 func (*Command_UpdateQueue) isCommand_Op() {}
@@ -265,6 +308,10 @@ func (*Command_Purge) isCommand_Op() {}
 
 func (*Command_Tick) isCommand_Op() {}
 
+func (*Command_Reject) isCommand_Op() {}
+
+func (*Command_Redrive) isCommand_Op() {}
+
 // QueueSettings are per-queue options. An unset field takes its default on
 // create and keeps its current value on update.
 type QueueSettings struct {
@@ -273,7 +320,8 @@ type QueueSettings struct {
 	VisibilityTimeoutNs *int64 `protobuf:"varint,1,opt,name=visibility_timeout_ns,json=visibilityTimeoutNs,proto3,oneof" json:"visibility_timeout_ns,omitempty"`
 	// Deliveries after which a message is dead-lettered. 0 = unlimited (default).
 	MaxDeliveries *uint32 `protobuf:"varint,2,opt,name=max_deliveries,json=maxDeliveries,proto3,oneof" json:"max_deliveries,omitempty"`
-	// Queue that receives dead letters; "" = drop and count them.
+	// Queue that receives dead letters; "" = none (under rules 1 they stay
+	// in the queue as dead; under rules 0 they are dropped and counted).
 	DeadLetterQueue *string `protobuf:"bytes,3,opt,name=dead_letter_queue,json=deadLetterQueue,proto3,oneof" json:"dead_letter_queue,omitempty"`
 	// How long a dedup ID (and a receive request ID, and an ack tombstone) is
 	// remembered. Default 10 min.
@@ -365,9 +413,12 @@ type CreateQueue struct {
 	Settings *QueueSettings         `protobuf:"bytes,2,opt,name=settings,proto3" json:"settings,omitempty"`
 	// if_not_exists makes creating an existing queue a success (used for
 	// create-on-first-use); otherwise it is QUEUE_EXISTS.
-	IfNotExists   bool `protobuf:"varint,3,opt,name=if_not_exists,json=ifNotExists,proto3" json:"if_not_exists,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	IfNotExists bool `protobuf:"varint,3,opt,name=if_not_exists,json=ifNotExists,proto3" json:"if_not_exists,omitempty"`
+	// create_dead_letter_queue creates the dead-letter queue the settings
+	// name, with default settings, when it does not exist (rules >= 1).
+	CreateDeadLetterQueue bool `protobuf:"varint,4,opt,name=create_dead_letter_queue,json=createDeadLetterQueue,proto3" json:"create_dead_letter_queue,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *CreateQueue) Reset() {
@@ -421,12 +472,21 @@ func (x *CreateQueue) GetIfNotExists() bool {
 	return false
 }
 
+func (x *CreateQueue) GetCreateDeadLetterQueue() bool {
+	if x != nil {
+		return x.CreateDeadLetterQueue
+	}
+	return false
+}
+
 type UpdateQueue struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Settings      *QueueSettings         `protobuf:"bytes,2,opt,name=settings,proto3" json:"settings,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Name     string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Settings *QueueSettings         `protobuf:"bytes,2,opt,name=settings,proto3" json:"settings,omitempty"`
+	// create_dead_letter_queue: as in CreateQueue.
+	CreateDeadLetterQueue bool `protobuf:"varint,3,opt,name=create_dead_letter_queue,json=createDeadLetterQueue,proto3" json:"create_dead_letter_queue,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *UpdateQueue) Reset() {
@@ -473,9 +533,19 @@ func (x *UpdateQueue) GetSettings() *QueueSettings {
 	return nil
 }
 
+func (x *UpdateQueue) GetCreateDeadLetterQueue() bool {
+	if x != nil {
+		return x.CreateDeadLetterQueue
+	}
+	return false
+}
+
 type DeleteQueue struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// force deletes a queue that is another queue's dead-letter queue
+	// (rules >= 1); their dead letters then stay in their queues as dead.
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -515,6 +585,13 @@ func (x *DeleteQueue) GetName() string {
 		return x.Name
 	}
 	return ""
+}
+
+func (x *DeleteQueue) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 type Purge struct {
@@ -772,9 +849,14 @@ type Receive struct {
 	// ack: receipts of this queue acked in the same command before leasing, so
 	// a consumer confirms its previous batch and takes the next in one Raft
 	// round. Their outcomes are in Result.outcomes.
-	Ack           []*Receipt `protobuf:"bytes,6,rep,name=ack,proto3" json:"ack,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Ack []*Receipt `protobuf:"bytes,6,rep,name=ack,proto3" json:"ack,omitempty"`
+	// dead_letter_origin: a message this receive dead-letters records its
+	// origin (DeadLetter). The leader sets it once every voter applies it,
+	// so that a server of an earlier release, which records none, keeps
+	// the same state.
+	DeadLetterOrigin bool `protobuf:"varint,7,opt,name=dead_letter_origin,json=deadLetterOrigin,proto3" json:"dead_letter_origin,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Receive) Reset() {
@@ -847,6 +929,13 @@ func (x *Receive) GetAck() []*Receipt {
 		return x.Ack
 	}
 	return nil
+}
+
+func (x *Receive) GetDeadLetterOrigin() bool {
+	if x != nil {
+		return x.DeadLetterOrigin
+	}
+	return false
 }
 
 type Receipt struct {
@@ -966,10 +1055,15 @@ func (x *Ack) GetReceipts() []*Receipt {
 }
 
 type Nack struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Queue         string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
-	Receipts      []*Receipt             `protobuf:"bytes,2,rep,name=receipts,proto3" json:"receipts,omitempty"`
-	DelayNs       int64                  `protobuf:"varint,3,opt,name=delay_ns,json=delayNs,proto3" json:"delay_ns,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Queue    string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	Receipts []*Receipt             `protobuf:"bytes,2,rep,name=receipts,proto3" json:"receipts,omitempty"`
+	DelayNs  int64                  `protobuf:"varint,3,opt,name=delay_ns,json=delayNs,proto3" json:"delay_ns,omitempty"`
+	// reason is why the consumer gave the messages back, kept on each
+	// message as its last nack reason and carried into its dead letter.
+	// "" keeps the reason of an earlier nack. At most limits.MaxNackReason
+	// bytes.
+	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1025,6 +1119,146 @@ func (x *Nack) GetDelayNs() int64 {
 	return 0
 }
 
+func (x *Nack) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// Reject dead-letters leased messages now, fenced by their receipts like
+// an ack: each goes to its queue's dead-letter queue with reason
+// DEAD_LETTER_REJECTED. A repeat with the same receipt is ACK_OK.
+type Reject struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Queue    string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	Receipts []*Receipt             `protobuf:"bytes,2,rep,name=receipts,proto3" json:"receipts,omitempty"`
+	// reason: why, at most limits.MaxNackReason bytes; it goes into the
+	// dead letter's reject_reason.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Reject) Reset() {
+	*x = Reject{}
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Reject) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Reject) ProtoMessage() {}
+
+func (x *Reject) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Reject.ProtoReflect.Descriptor instead.
+func (*Reject) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Reject) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *Reject) GetReceipts() []*Receipt {
+	if x != nil {
+		return x.Receipts
+	}
+	return nil
+}
+
+func (x *Reject) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// Redrive moves up to max messages out of queue, lowest id first: those
+// that arrived as dead letters and are available, and the queue's own
+// dead messages. Each is enqueued, as a new message with the same body,
+// dedup ID and attributes, to `to`, or ("") to the queue its dead letter
+// came from, in this same command that deletes it from queue. A message
+// whose source queue is not known or does not exist stays. The dedup ID
+// is not looked up in the target's dedup window: a redriven message is
+// never taken for a duplicate.
+type Redrive struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Queue         string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	To            string                 `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	Max           uint32                 `protobuf:"varint,3,opt,name=max,proto3" json:"max,omitempty"` // 1 ... 1000
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Redrive) Reset() {
+	*x = Redrive{}
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Redrive) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Redrive) ProtoMessage() {}
+
+func (x *Redrive) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Redrive.ProtoReflect.Descriptor instead.
+func (*Redrive) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Redrive) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *Redrive) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *Redrive) GetMax() uint32 {
+	if x != nil {
+		return x.Max
+	}
+	return 0
+}
+
 type Extend struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Queue    string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
@@ -1037,7 +1271,7 @@ type Extend struct {
 
 func (x *Extend) Reset() {
 	*x = Extend{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[13]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1049,7 +1283,7 @@ func (x *Extend) String() string {
 func (*Extend) ProtoMessage() {}
 
 func (x *Extend) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[13]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1062,7 +1296,7 @@ func (x *Extend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Extend.ProtoReflect.Descriptor instead.
 func (*Extend) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{13}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Extend) GetQueue() string {
@@ -1099,7 +1333,7 @@ type Transaction struct {
 
 func (x *Transaction) Reset() {
 	*x = Transaction{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[14]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1111,7 +1345,7 @@ func (x *Transaction) String() string {
 func (*Transaction) ProtoMessage() {}
 
 func (x *Transaction) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[14]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1124,7 +1358,7 @@ func (x *Transaction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Transaction.ProtoReflect.Descriptor instead.
 func (*Transaction) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{14}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Transaction) GetAcks() []*Ack {
@@ -1152,7 +1386,7 @@ type Tick struct {
 
 func (x *Tick) Reset() {
 	*x = Tick{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[15]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1164,7 +1398,7 @@ func (x *Tick) String() string {
 func (*Tick) ProtoMessage() {}
 
 func (x *Tick) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[15]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1177,16 +1411,17 @@ func (x *Tick) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Tick.ProtoReflect.Descriptor instead.
 func (*Tick) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{15}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{17}
 }
 
 var File_fsm_fsmpb_command_proto protoreflect.FileDescriptor
 
 const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\n" +
-	"\x17fsm/fsmpb/command.proto\x12\x0equorumq.fsm.v1\"\x86\x05\n" +
+	"\x17fsm/fsmpb/command.proto\x12\x0equorumq.fsm.v1\"\x83\x06\n" +
 	"\aCommand\x12\"\n" +
-	"\rnow_unix_nano\x18\x01 \x01(\x03R\vnowUnixNano\x12@\n" +
+	"\rnow_unix_nano\x18\x01 \x01(\x03R\vnowUnixNano\x12\x14\n" +
+	"\x05rules\x18\x02 \x01(\rR\x05rules\x12@\n" +
 	"\fcreate_queue\x18\n" +
 	" \x01(\v2\x1b.quorumq.fsm.v1.CreateQueueH\x00R\vcreateQueue\x12@\n" +
 	"\fupdate_queue\x18\v \x01(\v2\x1b.quorumq.fsm.v1.UpdateQueueH\x00R\vupdateQueue\x12@\n" +
@@ -1198,7 +1433,9 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\x06extend\x18\x11 \x01(\v2\x16.quorumq.fsm.v1.ExtendH\x00R\x06extend\x12?\n" +
 	"\vtransaction\x18\x12 \x01(\v2\x1b.quorumq.fsm.v1.TransactionH\x00R\vtransaction\x12-\n" +
 	"\x05purge\x18\x13 \x01(\v2\x15.quorumq.fsm.v1.PurgeH\x00R\x05purge\x12*\n" +
-	"\x04tick\x18\x14 \x01(\v2\x14.quorumq.fsm.v1.TickH\x00R\x04tickB\x04\n" +
+	"\x04tick\x18\x14 \x01(\v2\x14.quorumq.fsm.v1.TickH\x00R\x04tick\x120\n" +
+	"\x06reject\x18\x15 \x01(\v2\x16.quorumq.fsm.v1.RejectH\x00R\x06reject\x123\n" +
+	"\aredrive\x18\x16 \x01(\v2\x17.quorumq.fsm.v1.RedriveH\x00R\aredriveB\x04\n" +
 	"\x02op\"\x92\x03\n" +
 	"\rQueueSettings\x127\n" +
 	"\x15visibility_timeout_ns\x18\x01 \x01(\x03H\x00R\x13visibilityTimeoutNs\x88\x01\x01\x12*\n" +
@@ -1213,16 +1450,19 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\x10_dedup_window_nsB\x0f\n" +
 	"\r_retention_nsB\f\n" +
 	"\n" +
-	"_max_depth\"\x80\x01\n" +
+	"_max_depth\"\xb9\x01\n" +
 	"\vCreateQueue\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x129\n" +
 	"\bsettings\x18\x02 \x01(\v2\x1d.quorumq.fsm.v1.QueueSettingsR\bsettings\x12\"\n" +
-	"\rif_not_exists\x18\x03 \x01(\bR\vifNotExists\"\\\n" +
+	"\rif_not_exists\x18\x03 \x01(\bR\vifNotExists\x127\n" +
+	"\x18create_dead_letter_queue\x18\x04 \x01(\bR\x15createDeadLetterQueue\"\x95\x01\n" +
 	"\vUpdateQueue\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x129\n" +
-	"\bsettings\x18\x02 \x01(\v2\x1d.quorumq.fsm.v1.QueueSettingsR\bsettings\"!\n" +
+	"\bsettings\x18\x02 \x01(\v2\x1d.quorumq.fsm.v1.QueueSettingsR\bsettings\x127\n" +
+	"\x18create_dead_letter_queue\x18\x03 \x01(\bR\x15createDeadLetterQueue\"7\n" +
 	"\vDeleteQueue\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x1d\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"\x1d\n" +
 	"\x05Purge\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\"3\n" +
 	"\tAttribute\x12\x10\n" +
@@ -1239,7 +1479,7 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
 	"\bmessages\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.MessageR\bmessages\x12!\n" +
 	"\fcreate_queue\x18\x03 \x01(\bR\vcreateQueue\x12$\n" +
-	"\x0eafter_dedup_id\x18\x04 \x01(\tR\fafterDedupId\"\xbb\x01\n" +
+	"\x0eafter_dedup_id\x18\x04 \x01(\tR\fafterDedupId\"\xe9\x01\n" +
 	"\aReceive\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x10\n" +
 	"\x03max\x18\x02 \x01(\rR\x03max\x12#\n" +
@@ -1247,7 +1487,8 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\bauto_ack\x18\x04 \x01(\bR\aautoAck\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x05 \x01(\tR\trequestId\x12)\n" +
-	"\x03ack\x18\x06 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\x03ack\"X\n" +
+	"\x03ack\x18\x06 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\x03ack\x12,\n" +
+	"\x12dead_letter_origin\x18\a \x01(\bR\x10deadLetterOrigin\"X\n" +
 	"\aReceipt\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\x04R\tmessageId\x12\x18\n" +
@@ -1255,11 +1496,20 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\x05queue\x18\x03 \x01(\tR\x05queue\"P\n" +
 	"\x03Ack\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
-	"\breceipts\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\"l\n" +
+	"\breceipts\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\"\x84\x01\n" +
 	"\x04Nack\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
 	"\breceipts\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\x12\x19\n" +
-	"\bdelay_ns\x18\x03 \x01(\x03R\adelayNs\"x\n" +
+	"\bdelay_ns\x18\x03 \x01(\x03R\adelayNs\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"k\n" +
+	"\x06Reject\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
+	"\breceipts\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"A\n" +
+	"\aRedrive\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\tR\x02to\x12\x10\n" +
+	"\x03max\x18\x03 \x01(\rR\x03max\"x\n" +
 	"\x06Extend\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
 	"\breceipts\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\x12#\n" +
@@ -1281,7 +1531,7 @@ func file_fsm_fsmpb_command_proto_rawDescGZIP() []byte {
 	return file_fsm_fsmpb_command_proto_rawDescData
 }
 
-var file_fsm_fsmpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_fsm_fsmpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_fsm_fsmpb_command_proto_goTypes = []any{
 	(*Command)(nil),       // 0: quorumq.fsm.v1.Command
 	(*QueueSettings)(nil), // 1: quorumq.fsm.v1.QueueSettings
@@ -1296,9 +1546,11 @@ var file_fsm_fsmpb_command_proto_goTypes = []any{
 	(*Receipt)(nil),       // 10: quorumq.fsm.v1.Receipt
 	(*Ack)(nil),           // 11: quorumq.fsm.v1.Ack
 	(*Nack)(nil),          // 12: quorumq.fsm.v1.Nack
-	(*Extend)(nil),        // 13: quorumq.fsm.v1.Extend
-	(*Transaction)(nil),   // 14: quorumq.fsm.v1.Transaction
-	(*Tick)(nil),          // 15: quorumq.fsm.v1.Tick
+	(*Reject)(nil),        // 13: quorumq.fsm.v1.Reject
+	(*Redrive)(nil),       // 14: quorumq.fsm.v1.Redrive
+	(*Extend)(nil),        // 15: quorumq.fsm.v1.Extend
+	(*Transaction)(nil),   // 16: quorumq.fsm.v1.Transaction
+	(*Tick)(nil),          // 17: quorumq.fsm.v1.Tick
 }
 var file_fsm_fsmpb_command_proto_depIdxs = []int32{
 	2,  // 0: quorumq.fsm.v1.Command.create_queue:type_name -> quorumq.fsm.v1.CreateQueue
@@ -1308,25 +1560,28 @@ var file_fsm_fsmpb_command_proto_depIdxs = []int32{
 	9,  // 4: quorumq.fsm.v1.Command.receive:type_name -> quorumq.fsm.v1.Receive
 	11, // 5: quorumq.fsm.v1.Command.ack:type_name -> quorumq.fsm.v1.Ack
 	12, // 6: quorumq.fsm.v1.Command.nack:type_name -> quorumq.fsm.v1.Nack
-	13, // 7: quorumq.fsm.v1.Command.extend:type_name -> quorumq.fsm.v1.Extend
-	14, // 8: quorumq.fsm.v1.Command.transaction:type_name -> quorumq.fsm.v1.Transaction
+	15, // 7: quorumq.fsm.v1.Command.extend:type_name -> quorumq.fsm.v1.Extend
+	16, // 8: quorumq.fsm.v1.Command.transaction:type_name -> quorumq.fsm.v1.Transaction
 	5,  // 9: quorumq.fsm.v1.Command.purge:type_name -> quorumq.fsm.v1.Purge
-	15, // 10: quorumq.fsm.v1.Command.tick:type_name -> quorumq.fsm.v1.Tick
-	1,  // 11: quorumq.fsm.v1.CreateQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	1,  // 12: quorumq.fsm.v1.UpdateQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	6,  // 13: quorumq.fsm.v1.Message.attributes:type_name -> quorumq.fsm.v1.Attribute
-	7,  // 14: quorumq.fsm.v1.Enqueue.messages:type_name -> quorumq.fsm.v1.Message
-	10, // 15: quorumq.fsm.v1.Receive.ack:type_name -> quorumq.fsm.v1.Receipt
-	10, // 16: quorumq.fsm.v1.Ack.receipts:type_name -> quorumq.fsm.v1.Receipt
-	10, // 17: quorumq.fsm.v1.Nack.receipts:type_name -> quorumq.fsm.v1.Receipt
-	10, // 18: quorumq.fsm.v1.Extend.receipts:type_name -> quorumq.fsm.v1.Receipt
-	11, // 19: quorumq.fsm.v1.Transaction.acks:type_name -> quorumq.fsm.v1.Ack
-	8,  // 20: quorumq.fsm.v1.Transaction.enqueues:type_name -> quorumq.fsm.v1.Enqueue
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	17, // 10: quorumq.fsm.v1.Command.tick:type_name -> quorumq.fsm.v1.Tick
+	13, // 11: quorumq.fsm.v1.Command.reject:type_name -> quorumq.fsm.v1.Reject
+	14, // 12: quorumq.fsm.v1.Command.redrive:type_name -> quorumq.fsm.v1.Redrive
+	1,  // 13: quorumq.fsm.v1.CreateQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	1,  // 14: quorumq.fsm.v1.UpdateQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	6,  // 15: quorumq.fsm.v1.Message.attributes:type_name -> quorumq.fsm.v1.Attribute
+	7,  // 16: quorumq.fsm.v1.Enqueue.messages:type_name -> quorumq.fsm.v1.Message
+	10, // 17: quorumq.fsm.v1.Receive.ack:type_name -> quorumq.fsm.v1.Receipt
+	10, // 18: quorumq.fsm.v1.Ack.receipts:type_name -> quorumq.fsm.v1.Receipt
+	10, // 19: quorumq.fsm.v1.Nack.receipts:type_name -> quorumq.fsm.v1.Receipt
+	10, // 20: quorumq.fsm.v1.Reject.receipts:type_name -> quorumq.fsm.v1.Receipt
+	10, // 21: quorumq.fsm.v1.Extend.receipts:type_name -> quorumq.fsm.v1.Receipt
+	11, // 22: quorumq.fsm.v1.Transaction.acks:type_name -> quorumq.fsm.v1.Ack
+	8,  // 23: quorumq.fsm.v1.Transaction.enqueues:type_name -> quorumq.fsm.v1.Enqueue
+	24, // [24:24] is the sub-list for method output_type
+	24, // [24:24] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_fsm_fsmpb_command_proto_init() }
@@ -1346,6 +1601,8 @@ func file_fsm_fsmpb_command_proto_init() {
 		(*Command_Transaction)(nil),
 		(*Command_Purge)(nil),
 		(*Command_Tick)(nil),
+		(*Command_Reject)(nil),
+		(*Command_Redrive)(nil),
 	}
 	file_fsm_fsmpb_command_proto_msgTypes[1].OneofWrappers = []any{}
 	type x struct{}
@@ -1354,7 +1611,7 @@ func file_fsm_fsmpb_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fsm_fsmpb_command_proto_rawDesc), len(file_fsm_fsmpb_command_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

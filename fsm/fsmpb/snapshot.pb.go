@@ -173,14 +173,16 @@ type SnapshotMessage struct {
 	EnqueuedAtUnixNano int64                  `protobuf:"varint,2,opt,name=enqueued_at_unix_nano,json=enqueuedAtUnixNano,proto3" json:"enqueued_at_unix_nano,omitempty"`
 	// Ready or delayed: when it becomes available. Leased: lease end.
 	// Tombstone: when it was deleted.
-	AtUnixNano    int64        `protobuf:"varint,3,opt,name=at_unix_nano,json=atUnixNano,proto3" json:"at_unix_nano,omitempty"`
-	Attempt       uint32       `protobuf:"varint,4,opt,name=attempt,proto3" json:"attempt,omitempty"`
-	Flags         uint32       `protobuf:"varint,5,opt,name=flags,proto3" json:"flags,omitempty"`
-	Body          []byte       `protobuf:"bytes,6,opt,name=body,proto3" json:"body,omitempty"`
-	DedupId       string       `protobuf:"bytes,7,opt,name=dedup_id,json=dedupId,proto3" json:"dedup_id,omitempty"`
-	Attributes    []*Attribute `protobuf:"bytes,8,rep,name=attributes,proto3" json:"attributes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	AtUnixNano     int64        `protobuf:"varint,3,opt,name=at_unix_nano,json=atUnixNano,proto3" json:"at_unix_nano,omitempty"`
+	Attempt        uint32       `protobuf:"varint,4,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Flags          uint32       `protobuf:"varint,5,opt,name=flags,proto3" json:"flags,omitempty"`
+	Body           []byte       `protobuf:"bytes,6,opt,name=body,proto3" json:"body,omitempty"`
+	DedupId        string       `protobuf:"bytes,7,opt,name=dedup_id,json=dedupId,proto3" json:"dedup_id,omitempty"`
+	Attributes     []*Attribute `protobuf:"bytes,8,rep,name=attributes,proto3" json:"attributes,omitempty"`
+	DeadLetter     *DeadLetter  `protobuf:"bytes,9,opt,name=dead_letter,json=deadLetter,proto3" json:"dead_letter,omitempty"`
+	LastNackReason string       `protobuf:"bytes,10,opt,name=last_nack_reason,json=lastNackReason,proto3" json:"last_nack_reason,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *SnapshotMessage) Reset() {
@@ -267,6 +269,20 @@ func (x *SnapshotMessage) GetAttributes() []*Attribute {
 		return x.Attributes
 	}
 	return nil
+}
+
+func (x *SnapshotMessage) GetDeadLetter() *DeadLetter {
+	if x != nil {
+		return x.DeadLetter
+	}
+	return nil
+}
+
+func (x *SnapshotMessage) GetLastNackReason() string {
+	if x != nil {
+		return x.LastNackReason
+	}
+	return ""
 }
 
 type SnapshotDedup struct {
@@ -556,7 +572,7 @@ const file_fsm_fsmpb_snapshot_proto_rawDesc = "" +
 	"\bcounters\x18\x03 \x01(\v2\x1a.quorumq.fsm.v1.QueueStatsR\bcounters\x12/\n" +
 	"\x14created_at_unix_nano\x18\x04 \x01(\x03R\x11createdAtUnixNano\x12\x17\n" +
 	"\anext_id\x18\x05 \x01(\x04R\x06nextId\x12!\n" +
-	"\fdedup_cursor\x18\x06 \x01(\x04R\vdedupCursor\"\x90\x02\n" +
+	"\fdedup_cursor\x18\x06 \x01(\x04R\vdedupCursor\"\xf7\x02\n" +
 	"\x0fSnapshotMessage\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x121\n" +
 	"\x15enqueued_at_unix_nano\x18\x02 \x01(\x03R\x12enqueuedAtUnixNano\x12 \n" +
@@ -568,7 +584,11 @@ const file_fsm_fsmpb_snapshot_proto_rawDesc = "" +
 	"\bdedup_id\x18\a \x01(\tR\adedupId\x129\n" +
 	"\n" +
 	"attributes\x18\b \x03(\v2\x19.quorumq.fsm.v1.AttributeR\n" +
-	"attributes\"I\n" +
+	"attributes\x12;\n" +
+	"\vdead_letter\x18\t \x01(\v2\x1a.quorumq.fsm.v1.DeadLetterR\n" +
+	"deadLetter\x12(\n" +
+	"\x10last_nack_reason\x18\n" +
+	" \x01(\tR\x0elastNackReason\"I\n" +
 	"\rSnapshotDedup\x12\x19\n" +
 	"\bdedup_id\x18\x01 \x01(\tR\adedupId\x12\x1d\n" +
 	"\n" +
@@ -615,26 +635,28 @@ var file_fsm_fsmpb_snapshot_proto_goTypes = []any{
 	(*QueueSettings)(nil),   // 6: quorumq.fsm.v1.QueueSettings
 	(*QueueStats)(nil),      // 7: quorumq.fsm.v1.QueueStats
 	(*Attribute)(nil),       // 8: quorumq.fsm.v1.Attribute
-	(AckOutcome)(0),         // 9: quorumq.fsm.v1.AckOutcome
-	(*Receipt)(nil),         // 10: quorumq.fsm.v1.Receipt
+	(*DeadLetter)(nil),      // 9: quorumq.fsm.v1.DeadLetter
+	(AckOutcome)(0),         // 10: quorumq.fsm.v1.AckOutcome
+	(*Receipt)(nil),         // 11: quorumq.fsm.v1.Receipt
 }
 var file_fsm_fsmpb_snapshot_proto_depIdxs = []int32{
 	6,  // 0: quorumq.fsm.v1.SnapshotQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
 	7,  // 1: quorumq.fsm.v1.SnapshotQueue.counters:type_name -> quorumq.fsm.v1.QueueStats
 	8,  // 2: quorumq.fsm.v1.SnapshotMessage.attributes:type_name -> quorumq.fsm.v1.Attribute
-	2,  // 3: quorumq.fsm.v1.SnapshotReplay.deliveries:type_name -> quorumq.fsm.v1.SnapshotMessage
-	9,  // 4: quorumq.fsm.v1.SnapshotReplay.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	10, // 5: quorumq.fsm.v1.SnapshotReplay.receipts:type_name -> quorumq.fsm.v1.Receipt
-	0,  // 6: quorumq.fsm.v1.SnapshotRecord.state:type_name -> quorumq.fsm.v1.SnapshotState
-	1,  // 7: quorumq.fsm.v1.SnapshotRecord.queue:type_name -> quorumq.fsm.v1.SnapshotQueue
-	2,  // 8: quorumq.fsm.v1.SnapshotRecord.message:type_name -> quorumq.fsm.v1.SnapshotMessage
-	3,  // 9: quorumq.fsm.v1.SnapshotRecord.dedup:type_name -> quorumq.fsm.v1.SnapshotDedup
-	4,  // 10: quorumq.fsm.v1.SnapshotRecord.replay:type_name -> quorumq.fsm.v1.SnapshotReplay
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	9,  // 3: quorumq.fsm.v1.SnapshotMessage.dead_letter:type_name -> quorumq.fsm.v1.DeadLetter
+	2,  // 4: quorumq.fsm.v1.SnapshotReplay.deliveries:type_name -> quorumq.fsm.v1.SnapshotMessage
+	10, // 5: quorumq.fsm.v1.SnapshotReplay.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	11, // 6: quorumq.fsm.v1.SnapshotReplay.receipts:type_name -> quorumq.fsm.v1.Receipt
+	0,  // 7: quorumq.fsm.v1.SnapshotRecord.state:type_name -> quorumq.fsm.v1.SnapshotState
+	1,  // 8: quorumq.fsm.v1.SnapshotRecord.queue:type_name -> quorumq.fsm.v1.SnapshotQueue
+	2,  // 9: quorumq.fsm.v1.SnapshotRecord.message:type_name -> quorumq.fsm.v1.SnapshotMessage
+	3,  // 10: quorumq.fsm.v1.SnapshotRecord.dedup:type_name -> quorumq.fsm.v1.SnapshotDedup
+	4,  // 11: quorumq.fsm.v1.SnapshotRecord.replay:type_name -> quorumq.fsm.v1.SnapshotReplay
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_fsm_fsmpb_snapshot_proto_init() }

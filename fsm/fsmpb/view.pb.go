@@ -101,6 +101,60 @@ func (ErrorCode) EnumDescriptor() ([]byte, []int) {
 	return file_fsm_fsmpb_view_proto_rawDescGZIP(), []int{0}
 }
 
+type DeadLetterReason int32
+
+const (
+	// DEAD_LETTER_REASON_UNSPECIFIED: a dead letter of a release that kept
+	// no reason.
+	DeadLetterReason_DEAD_LETTER_REASON_UNSPECIFIED DeadLetterReason = 0
+	// DEAD_LETTER_MAX_DELIVERIES: it would have been delivered more than
+	// its queue's max_deliveries times.
+	DeadLetterReason_DEAD_LETTER_MAX_DELIVERIES DeadLetterReason = 1
+	// DEAD_LETTER_REJECTED: a consumer rejected it.
+	DeadLetterReason_DEAD_LETTER_REJECTED DeadLetterReason = 2
+)
+
+// Enum value maps for DeadLetterReason.
+var (
+	DeadLetterReason_name = map[int32]string{
+		0: "DEAD_LETTER_REASON_UNSPECIFIED",
+		1: "DEAD_LETTER_MAX_DELIVERIES",
+		2: "DEAD_LETTER_REJECTED",
+	}
+	DeadLetterReason_value = map[string]int32{
+		"DEAD_LETTER_REASON_UNSPECIFIED": 0,
+		"DEAD_LETTER_MAX_DELIVERIES":     1,
+		"DEAD_LETTER_REJECTED":           2,
+	}
+)
+
+func (x DeadLetterReason) Enum() *DeadLetterReason {
+	p := new(DeadLetterReason)
+	*p = x
+	return p
+}
+
+func (x DeadLetterReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (DeadLetterReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_fsm_fsmpb_view_proto_enumTypes[1].Descriptor()
+}
+
+func (DeadLetterReason) Type() protoreflect.EnumType {
+	return &file_fsm_fsmpb_view_proto_enumTypes[1]
+}
+
+func (x DeadLetterReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use DeadLetterReason.Descriptor instead.
+func (DeadLetterReason) EnumDescriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_view_proto_rawDescGZIP(), []int{1}
+}
+
 type AckOutcome int32
 
 const (
@@ -134,11 +188,11 @@ func (x AckOutcome) String() string {
 }
 
 func (AckOutcome) Descriptor() protoreflect.EnumDescriptor {
-	return file_fsm_fsmpb_view_proto_enumTypes[1].Descriptor()
+	return file_fsm_fsmpb_view_proto_enumTypes[2].Descriptor()
 }
 
 func (AckOutcome) Type() protoreflect.EnumType {
-	return &file_fsm_fsmpb_view_proto_enumTypes[1]
+	return &file_fsm_fsmpb_view_proto_enumTypes[2]
 }
 
 func (x AckOutcome) Number() protoreflect.EnumNumber {
@@ -147,7 +201,7 @@ func (x AckOutcome) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use AckOutcome.Descriptor instead.
 func (AckOutcome) EnumDescriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_view_proto_rawDescGZIP(), []int{1}
+	return file_fsm_fsmpb_view_proto_rawDescGZIP(), []int{2}
 }
 
 type Error struct {
@@ -262,8 +316,13 @@ type Delivery struct {
 	Attributes         []*Attribute           `protobuf:"bytes,4,rep,name=attributes,proto3" json:"attributes,omitempty"`
 	DedupId            string                 `protobuf:"bytes,5,opt,name=dedup_id,json=dedupId,proto3" json:"dedup_id,omitempty"`
 	LeaseUntilUnixNano int64                  `protobuf:"varint,6,opt,name=lease_until_unix_nano,json=leaseUntilUnixNano,proto3" json:"lease_until_unix_nano,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// dead_letter is set on a message that arrived as a dead letter.
+	DeadLetter *DeadLetter `protobuf:"bytes,7,opt,name=dead_letter,json=deadLetter,proto3" json:"dead_letter,omitempty"`
+	// last_nack_reason is the reason of the last nack in this queue that
+	// gave one.
+	LastNackReason string `protobuf:"bytes,8,opt,name=last_nack_reason,json=lastNackReason,proto3" json:"last_nack_reason,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Delivery) Reset() {
@@ -338,27 +397,142 @@ func (x *Delivery) GetLeaseUntilUnixNano() int64 {
 	return 0
 }
 
+func (x *Delivery) GetDeadLetter() *DeadLetter {
+	if x != nil {
+		return x.DeadLetter
+	}
+	return nil
+}
+
+func (x *Delivery) GetLastNackReason() string {
+	if x != nil {
+		return x.LastNackReason
+	}
+	return ""
+}
+
+// DeadLetter says where a dead letter came from and why.
+type DeadLetter struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	SourceQueue     string                 `protobuf:"bytes,1,opt,name=source_queue,json=sourceQueue,proto3" json:"source_queue,omitempty"`
+	SourceMessageId uint64                 `protobuf:"varint,2,opt,name=source_message_id,json=sourceMessageId,proto3" json:"source_message_id,omitempty"`
+	Reason          DeadLetterReason       `protobuf:"varint,3,opt,name=reason,proto3,enum=quorumq.fsm.v1.DeadLetterReason" json:"reason,omitempty"`
+	// attempts is how many times the source queue delivered it.
+	Attempts uint32 `protobuf:"varint,4,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// first_enqueued_at_unix_nano is when it was enqueued to the source
+	// queue (or, when it was a dead letter there too, to the first queue).
+	FirstEnqueuedAtUnixNano int64 `protobuf:"varint,5,opt,name=first_enqueued_at_unix_nano,json=firstEnqueuedAtUnixNano,proto3" json:"first_enqueued_at_unix_nano,omitempty"`
+	// last_nack_reason is the reason of its last nack in the source queue
+	// that gave one.
+	LastNackReason string `protobuf:"bytes,6,opt,name=last_nack_reason,json=lastNackReason,proto3" json:"last_nack_reason,omitempty"`
+	// reject_reason is the reason the rejecting consumer gave.
+	RejectReason  string `protobuf:"bytes,7,opt,name=reject_reason,json=rejectReason,proto3" json:"reject_reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeadLetter) Reset() {
+	*x = DeadLetter{}
+	mi := &file_fsm_fsmpb_view_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeadLetter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeadLetter) ProtoMessage() {}
+
+func (x *DeadLetter) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_view_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeadLetter.ProtoReflect.Descriptor instead.
+func (*DeadLetter) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_view_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *DeadLetter) GetSourceQueue() string {
+	if x != nil {
+		return x.SourceQueue
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetSourceMessageId() uint64 {
+	if x != nil {
+		return x.SourceMessageId
+	}
+	return 0
+}
+
+func (x *DeadLetter) GetReason() DeadLetterReason {
+	if x != nil {
+		return x.Reason
+	}
+	return DeadLetterReason_DEAD_LETTER_REASON_UNSPECIFIED
+}
+
+func (x *DeadLetter) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *DeadLetter) GetFirstEnqueuedAtUnixNano() int64 {
+	if x != nil {
+		return x.FirstEnqueuedAtUnixNano
+	}
+	return 0
+}
+
+func (x *DeadLetter) GetLastNackReason() string {
+	if x != nil {
+		return x.LastNackReason
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetRejectReason() string {
+	if x != nil {
+		return x.RejectReason
+	}
+	return ""
+}
+
 type QueueStats struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
 	Ready             uint64                 `protobuf:"varint,1,opt,name=ready,proto3" json:"ready,omitempty"`
 	Leased            uint64                 `protobuf:"varint,2,opt,name=leased,proto3" json:"leased,omitempty"`
 	Delayed           uint64                 `protobuf:"varint,3,opt,name=delayed,proto3" json:"delayed,omitempty"`
 	DeadLettered      uint64                 `protobuf:"varint,4,opt,name=dead_lettered,json=deadLettered,proto3" json:"dead_lettered,omitempty"` // messages now held in this queue that came as dead letters
+	Dead              uint64                 `protobuf:"varint,5,opt,name=dead,proto3" json:"dead,omitempty"`                                     // messages of this queue held here dead: dead-lettered with no dead-letter queue to go to
 	EnqueuedTotal     uint64                 `protobuf:"varint,10,opt,name=enqueued_total,json=enqueuedTotal,proto3" json:"enqueued_total,omitempty"`
 	AckedTotal        uint64                 `protobuf:"varint,11,opt,name=acked_total,json=ackedTotal,proto3" json:"acked_total,omitempty"`
 	RedeliveredTotal  uint64                 `protobuf:"varint,12,opt,name=redelivered_total,json=redeliveredTotal,proto3" json:"redelivered_total,omitempty"`
 	DedupHitsTotal    uint64                 `protobuf:"varint,13,opt,name=dedup_hits_total,json=dedupHitsTotal,proto3" json:"dedup_hits_total,omitempty"`
 	ExpiredTotal      uint64                 `protobuf:"varint,14,opt,name=expired_total,json=expiredTotal,proto3" json:"expired_total,omitempty"`
-	DeadLetteredTotal uint64                 `protobuf:"varint,15,opt,name=dead_lettered_total,json=deadLetteredTotal,proto3" json:"dead_lettered_total,omitempty"` // messages moved out of this queue as dead letters (or dropped)
+	DeadLetteredTotal uint64                 `protobuf:"varint,15,opt,name=dead_lettered_total,json=deadLetteredTotal,proto3" json:"dead_lettered_total,omitempty"` // messages moved out of this queue as dead letters (or dropped under rules 0)
 	DeliveredTotal    uint64                 `protobuf:"varint,16,opt,name=delivered_total,json=deliveredTotal,proto3" json:"delivered_total,omitempty"`
-	PurgedTotal       uint64                 `protobuf:"varint,17,opt,name=purged_total,json=purgedTotal,proto3" json:"purged_total,omitempty"` // messages removed by Purge
+	PurgedTotal       uint64                 `protobuf:"varint,17,opt,name=purged_total,json=purgedTotal,proto3" json:"purged_total,omitempty"`       // messages removed by Purge
+	RedrivenTotal     uint64                 `protobuf:"varint,18,opt,name=redriven_total,json=redrivenTotal,proto3" json:"redriven_total,omitempty"` // messages moved out of this queue by Redrive
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
 
 func (x *QueueStats) Reset() {
 	*x = QueueStats{}
-	mi := &file_fsm_fsmpb_view_proto_msgTypes[3]
+	mi := &file_fsm_fsmpb_view_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -370,7 +544,7 @@ func (x *QueueStats) String() string {
 func (*QueueStats) ProtoMessage() {}
 
 func (x *QueueStats) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_view_proto_msgTypes[3]
+	mi := &file_fsm_fsmpb_view_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -383,7 +557,7 @@ func (x *QueueStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueStats.ProtoReflect.Descriptor instead.
 func (*QueueStats) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_view_proto_rawDescGZIP(), []int{3}
+	return file_fsm_fsmpb_view_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *QueueStats) GetReady() uint64 {
@@ -410,6 +584,13 @@ func (x *QueueStats) GetDelayed() uint64 {
 func (x *QueueStats) GetDeadLettered() uint64 {
 	if x != nil {
 		return x.DeadLettered
+	}
+	return 0
+}
+
+func (x *QueueStats) GetDead() uint64 {
+	if x != nil {
+		return x.Dead
 	}
 	return 0
 }
@@ -470,6 +651,13 @@ func (x *QueueStats) GetPurgedTotal() uint64 {
 	return 0
 }
 
+func (x *QueueStats) GetRedrivenTotal() uint64 {
+	if x != nil {
+		return x.RedrivenTotal
+	}
+	return 0
+}
+
 // QueueSettingsResolved is QueueSettings with every default filled in.
 type QueueInfo struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
@@ -483,7 +671,7 @@ type QueueInfo struct {
 
 func (x *QueueInfo) Reset() {
 	*x = QueueInfo{}
-	mi := &file_fsm_fsmpb_view_proto_msgTypes[4]
+	mi := &file_fsm_fsmpb_view_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -495,7 +683,7 @@ func (x *QueueInfo) String() string {
 func (*QueueInfo) ProtoMessage() {}
 
 func (x *QueueInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_view_proto_msgTypes[4]
+	mi := &file_fsm_fsmpb_view_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -508,7 +696,7 @@ func (x *QueueInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QueueInfo.ProtoReflect.Descriptor instead.
 func (*QueueInfo) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_view_proto_rawDescGZIP(), []int{4}
+	return file_fsm_fsmpb_view_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *QueueInfo) GetName() string {
@@ -546,9 +734,9 @@ type Result struct {
 	Error         *Error                 `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
 	Enqueued      []*EnqueueResult       `protobuf:"bytes,2,rep,name=enqueued,proto3" json:"enqueued,omitempty"`                                        // Enqueue; Transaction (in order of all its messages)
 	Deliveries    []*Delivery            `protobuf:"bytes,3,rep,name=deliveries,proto3" json:"deliveries,omitempty"`                                    // Receive
-	Outcomes      []AckOutcome           `protobuf:"varint,4,rep,packed,name=outcomes,proto3,enum=quorumq.fsm.v1.AckOutcome" json:"outcomes,omitempty"` // Ack, Nack, Extend, Receive.ack, Transaction (its acks, in order)
+	Outcomes      []AckOutcome           `protobuf:"varint,4,rep,packed,name=outcomes,proto3,enum=quorumq.fsm.v1.AckOutcome" json:"outcomes,omitempty"` // Ack, Nack, Extend, Reject, Receive.ack, Transaction (its acks, in order)
 	Queue         *QueueInfo             `protobuf:"bytes,5,opt,name=queue,proto3" json:"queue,omitempty"`                                              // CreateQueue, UpdateQueue
-	Count         uint64                 `protobuf:"varint,6,opt,name=count,proto3" json:"count,omitempty"`                                             // Purge: messages removed; Tick: entries purged
+	Count         uint64                 `protobuf:"varint,6,opt,name=count,proto3" json:"count,omitempty"`                                             // Purge: messages removed; Tick: entries purged; Redrive: messages moved
 	Replayed      bool                   `protobuf:"varint,7,opt,name=replayed,proto3" json:"replayed,omitempty"`                                       // Receive answered from the request-ID replay table
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -556,7 +744,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_fsm_fsmpb_view_proto_msgTypes[5]
+	mi := &file_fsm_fsmpb_view_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -568,7 +756,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_view_proto_msgTypes[5]
+	mi := &file_fsm_fsmpb_view_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -581,7 +769,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_view_proto_rawDescGZIP(), []int{5}
+	return file_fsm_fsmpb_view_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Result) GetError() *Error {
@@ -644,7 +832,7 @@ const file_fsm_fsmpb_view_proto_rawDesc = "" +
 	"\rEnqueueResult\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\x04R\tmessageId\x12\x1c\n" +
-	"\tduplicate\x18\x02 \x01(\bR\tduplicate\"\x8d\x02\n" +
+	"\tduplicate\x18\x02 \x01(\bR\tduplicate\"\xf4\x02\n" +
 	"\bDelivery\x121\n" +
 	"\areceipt\x18\x01 \x01(\v2\x17.quorumq.fsm.v1.ReceiptR\areceipt\x12\x12\n" +
 	"\x04body\x18\x02 \x01(\fR\x04body\x121\n" +
@@ -653,13 +841,26 @@ const file_fsm_fsmpb_view_proto_rawDesc = "" +
 	"attributes\x18\x04 \x03(\v2\x19.quorumq.fsm.v1.AttributeR\n" +
 	"attributes\x12\x19\n" +
 	"\bdedup_id\x18\x05 \x01(\tR\adedupId\x121\n" +
-	"\x15lease_until_unix_nano\x18\x06 \x01(\x03R\x12leaseUntilUnixNano\"\xb9\x03\n" +
+	"\x15lease_until_unix_nano\x18\x06 \x01(\x03R\x12leaseUntilUnixNano\x12;\n" +
+	"\vdead_letter\x18\a \x01(\v2\x1a.quorumq.fsm.v1.DeadLetterR\n" +
+	"deadLetter\x12(\n" +
+	"\x10last_nack_reason\x18\b \x01(\tR\x0elastNackReason\"\xbe\x02\n" +
+	"\n" +
+	"DeadLetter\x12!\n" +
+	"\fsource_queue\x18\x01 \x01(\tR\vsourceQueue\x12*\n" +
+	"\x11source_message_id\x18\x02 \x01(\x04R\x0fsourceMessageId\x128\n" +
+	"\x06reason\x18\x03 \x01(\x0e2 .quorumq.fsm.v1.DeadLetterReasonR\x06reason\x12\x1a\n" +
+	"\battempts\x18\x04 \x01(\rR\battempts\x12<\n" +
+	"\x1bfirst_enqueued_at_unix_nano\x18\x05 \x01(\x03R\x17firstEnqueuedAtUnixNano\x12(\n" +
+	"\x10last_nack_reason\x18\x06 \x01(\tR\x0elastNackReason\x12#\n" +
+	"\rreject_reason\x18\a \x01(\tR\frejectReason\"\xf4\x03\n" +
 	"\n" +
 	"QueueStats\x12\x14\n" +
 	"\x05ready\x18\x01 \x01(\x04R\x05ready\x12\x16\n" +
 	"\x06leased\x18\x02 \x01(\x04R\x06leased\x12\x18\n" +
 	"\adelayed\x18\x03 \x01(\x04R\adelayed\x12#\n" +
-	"\rdead_lettered\x18\x04 \x01(\x04R\fdeadLettered\x12%\n" +
+	"\rdead_lettered\x18\x04 \x01(\x04R\fdeadLettered\x12\x12\n" +
+	"\x04dead\x18\x05 \x01(\x04R\x04dead\x12%\n" +
 	"\x0eenqueued_total\x18\n" +
 	" \x01(\x04R\renqueuedTotal\x12\x1f\n" +
 	"\vacked_total\x18\v \x01(\x04R\n" +
@@ -669,7 +870,8 @@ const file_fsm_fsmpb_view_proto_rawDesc = "" +
 	"\rexpired_total\x18\x0e \x01(\x04R\fexpiredTotal\x12.\n" +
 	"\x13dead_lettered_total\x18\x0f \x01(\x04R\x11deadLetteredTotal\x12'\n" +
 	"\x0fdelivered_total\x18\x10 \x01(\x04R\x0edeliveredTotal\x12!\n" +
-	"\fpurged_total\x18\x11 \x01(\x04R\vpurgedTotal\"\xbd\x01\n" +
+	"\fpurged_total\x18\x11 \x01(\x04R\vpurgedTotal\x12%\n" +
+	"\x0eredriven_total\x18\x12 \x01(\x04R\rredrivenTotal\"\xbd\x01\n" +
 	"\tQueueInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x129\n" +
 	"\bsettings\x18\x02 \x01(\v2\x1d.quorumq.fsm.v1.QueueSettingsR\bsettings\x120\n" +
@@ -697,7 +899,11 @@ const file_fsm_fsmpb_view_proto_rawDesc = "" +
 	"LEASE_LOST\x10\x06\x12\x13\n" +
 	"\x0fUNKNOWN_MESSAGE\x10\a\x12\x10\n" +
 	"\fOUT_OF_ORDER\x10\b\x12\x0f\n" +
-	"\vWRONG_QUEUE\x10\t*E\n" +
+	"\vWRONG_QUEUE\x10\t*p\n" +
+	"\x10DeadLetterReason\x12\"\n" +
+	"\x1eDEAD_LETTER_REASON_UNSPECIFIED\x10\x00\x12\x1e\n" +
+	"\x1aDEAD_LETTER_MAX_DELIVERIES\x10\x01\x12\x18\n" +
+	"\x14DEAD_LETTER_REJECTED\x10\x02*E\n" +
 	"\n" +
 	"AckOutcome\x12\n" +
 	"\n" +
@@ -717,37 +923,41 @@ func file_fsm_fsmpb_view_proto_rawDescGZIP() []byte {
 	return file_fsm_fsmpb_view_proto_rawDescData
 }
 
-var file_fsm_fsmpb_view_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_fsm_fsmpb_view_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_fsm_fsmpb_view_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_fsm_fsmpb_view_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_fsm_fsmpb_view_proto_goTypes = []any{
 	(ErrorCode)(0),        // 0: quorumq.fsm.v1.ErrorCode
-	(AckOutcome)(0),       // 1: quorumq.fsm.v1.AckOutcome
-	(*Error)(nil),         // 2: quorumq.fsm.v1.Error
-	(*EnqueueResult)(nil), // 3: quorumq.fsm.v1.EnqueueResult
-	(*Delivery)(nil),      // 4: quorumq.fsm.v1.Delivery
-	(*QueueStats)(nil),    // 5: quorumq.fsm.v1.QueueStats
-	(*QueueInfo)(nil),     // 6: quorumq.fsm.v1.QueueInfo
-	(*Result)(nil),        // 7: quorumq.fsm.v1.Result
-	(*Receipt)(nil),       // 8: quorumq.fsm.v1.Receipt
-	(*Attribute)(nil),     // 9: quorumq.fsm.v1.Attribute
-	(*QueueSettings)(nil), // 10: quorumq.fsm.v1.QueueSettings
+	(DeadLetterReason)(0), // 1: quorumq.fsm.v1.DeadLetterReason
+	(AckOutcome)(0),       // 2: quorumq.fsm.v1.AckOutcome
+	(*Error)(nil),         // 3: quorumq.fsm.v1.Error
+	(*EnqueueResult)(nil), // 4: quorumq.fsm.v1.EnqueueResult
+	(*Delivery)(nil),      // 5: quorumq.fsm.v1.Delivery
+	(*DeadLetter)(nil),    // 6: quorumq.fsm.v1.DeadLetter
+	(*QueueStats)(nil),    // 7: quorumq.fsm.v1.QueueStats
+	(*QueueInfo)(nil),     // 8: quorumq.fsm.v1.QueueInfo
+	(*Result)(nil),        // 9: quorumq.fsm.v1.Result
+	(*Receipt)(nil),       // 10: quorumq.fsm.v1.Receipt
+	(*Attribute)(nil),     // 11: quorumq.fsm.v1.Attribute
+	(*QueueSettings)(nil), // 12: quorumq.fsm.v1.QueueSettings
 }
 var file_fsm_fsmpb_view_proto_depIdxs = []int32{
 	0,  // 0: quorumq.fsm.v1.Error.code:type_name -> quorumq.fsm.v1.ErrorCode
-	8,  // 1: quorumq.fsm.v1.Delivery.receipt:type_name -> quorumq.fsm.v1.Receipt
-	9,  // 2: quorumq.fsm.v1.Delivery.attributes:type_name -> quorumq.fsm.v1.Attribute
-	10, // 3: quorumq.fsm.v1.QueueInfo.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	5,  // 4: quorumq.fsm.v1.QueueInfo.stats:type_name -> quorumq.fsm.v1.QueueStats
-	2,  // 5: quorumq.fsm.v1.Result.error:type_name -> quorumq.fsm.v1.Error
-	3,  // 6: quorumq.fsm.v1.Result.enqueued:type_name -> quorumq.fsm.v1.EnqueueResult
-	4,  // 7: quorumq.fsm.v1.Result.deliveries:type_name -> quorumq.fsm.v1.Delivery
-	1,  // 8: quorumq.fsm.v1.Result.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	6,  // 9: quorumq.fsm.v1.Result.queue:type_name -> quorumq.fsm.v1.QueueInfo
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	10, // 1: quorumq.fsm.v1.Delivery.receipt:type_name -> quorumq.fsm.v1.Receipt
+	11, // 2: quorumq.fsm.v1.Delivery.attributes:type_name -> quorumq.fsm.v1.Attribute
+	6,  // 3: quorumq.fsm.v1.Delivery.dead_letter:type_name -> quorumq.fsm.v1.DeadLetter
+	1,  // 4: quorumq.fsm.v1.DeadLetter.reason:type_name -> quorumq.fsm.v1.DeadLetterReason
+	12, // 5: quorumq.fsm.v1.QueueInfo.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	7,  // 6: quorumq.fsm.v1.QueueInfo.stats:type_name -> quorumq.fsm.v1.QueueStats
+	3,  // 7: quorumq.fsm.v1.Result.error:type_name -> quorumq.fsm.v1.Error
+	4,  // 8: quorumq.fsm.v1.Result.enqueued:type_name -> quorumq.fsm.v1.EnqueueResult
+	5,  // 9: quorumq.fsm.v1.Result.deliveries:type_name -> quorumq.fsm.v1.Delivery
+	2,  // 10: quorumq.fsm.v1.Result.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	8,  // 11: quorumq.fsm.v1.Result.queue:type_name -> quorumq.fsm.v1.QueueInfo
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_fsm_fsmpb_view_proto_init() }
@@ -761,8 +971,8 @@ func file_fsm_fsmpb_view_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fsm_fsmpb_view_proto_rawDesc), len(file_fsm_fsmpb_view_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   6,
+			NumEnums:      3,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -25,6 +25,9 @@ const (
 	MaxAttributeKey  = 256
 	MaxAttributeVal  = 4096
 	MaxTransactionOp = 100 // Ack and Enqueue groups per Transaction
+	// MaxNackReason bounds the reason a nack (or a reject) gives: it is
+	// kept on the message and carried into its dead letter.
+	MaxNackReason = 1024
 )
 
 // QueueNameProblem returns what is wrong with a queue name, or "" when it

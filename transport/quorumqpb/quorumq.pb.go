@@ -191,12 +191,16 @@ func (x *QueueError) GetMessage() string {
 }
 
 type CreateQueueRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Settings      *fsmpb.QueueSettings   `protobuf:"bytes,2,opt,name=settings,proto3" json:"settings,omitempty"`
-	IfNotExists   bool                   `protobuf:"varint,3,opt,name=if_not_exists,json=ifNotExists,proto3" json:"if_not_exists,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Settings    *fsmpb.QueueSettings   `protobuf:"bytes,2,opt,name=settings,proto3" json:"settings,omitempty"`
+	IfNotExists bool                   `protobuf:"varint,3,opt,name=if_not_exists,json=ifNotExists,proto3" json:"if_not_exists,omitempty"`
+	// create_dead_letter_queue creates the dead-letter queue the settings
+	// name when it does not exist, in the same command; without it a
+	// dead-letter queue that does not exist is refused.
+	CreateDeadLetterQueue bool `protobuf:"varint,4,opt,name=create_dead_letter_queue,json=createDeadLetterQueue,proto3" json:"create_dead_letter_queue,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *CreateQueueRequest) Reset() {
@@ -250,6 +254,13 @@ func (x *CreateQueueRequest) GetIfNotExists() bool {
 	return false
 }
 
+func (x *CreateQueueRequest) GetCreateDeadLetterQueue() bool {
+	if x != nil {
+		return x.CreateDeadLetterQueue
+	}
+	return false
+}
+
 type CreateQueueResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Queue         *fsmpb.QueueInfo       `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
@@ -295,11 +306,12 @@ func (x *CreateQueueResponse) GetQueue() *fsmpb.QueueInfo {
 }
 
 type UpdateQueueRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Settings      *fsmpb.QueueSettings   `protobuf:"bytes,2,opt,name=settings,proto3" json:"settings,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state                 protoimpl.MessageState `protogen:"open.v1"`
+	Name                  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Settings              *fsmpb.QueueSettings   `protobuf:"bytes,2,opt,name=settings,proto3" json:"settings,omitempty"`
+	CreateDeadLetterQueue bool                   `protobuf:"varint,3,opt,name=create_dead_letter_queue,json=createDeadLetterQueue,proto3" json:"create_dead_letter_queue,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *UpdateQueueRequest) Reset() {
@@ -344,6 +356,13 @@ func (x *UpdateQueueRequest) GetSettings() *fsmpb.QueueSettings {
 		return x.Settings
 	}
 	return nil
+}
+
+func (x *UpdateQueueRequest) GetCreateDeadLetterQueue() bool {
+	if x != nil {
+		return x.CreateDeadLetterQueue
+	}
+	return false
 }
 
 type UpdateQueueResponse struct {
@@ -559,8 +578,10 @@ func (x *ListQueuesResponse) GetQueues() []*fsmpb.QueueInfo {
 }
 
 type DeleteQueueRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// force deletes a queue that is another queue's dead-letter queue.
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -600,6 +621,13 @@ func (x *DeleteQueueRequest) GetName() string {
 		return x.Name
 	}
 	return ""
+}
+
+func (x *DeleteQueueRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 type DeleteQueueResponse struct {
@@ -1076,10 +1104,13 @@ func (x *AckResponse) GetOutcomes() []fsmpb.AckOutcome {
 }
 
 type NackRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Queue         string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
-	Receipts      []*fsmpb.Receipt       `protobuf:"bytes,2,rep,name=receipts,proto3" json:"receipts,omitempty"`
-	DelayNs       int64                  `protobuf:"varint,3,opt,name=delay_ns,json=delayNs,proto3" json:"delay_ns,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Queue    string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	Receipts []*fsmpb.Receipt       `protobuf:"bytes,2,rep,name=receipts,proto3" json:"receipts,omitempty"`
+	DelayNs  int64                  `protobuf:"varint,3,opt,name=delay_ns,json=delayNs,proto3" json:"delay_ns,omitempty"`
+	// reason is kept on each message as its last nack reason and carried
+	// into its dead letter; at most 1024 bytes.
+	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1135,6 +1166,13 @@ func (x *NackRequest) GetDelayNs() int64 {
 	return 0
 }
 
+func (x *NackRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 type NackResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Outcomes      []fsmpb.AckOutcome     `protobuf:"varint,1,rep,packed,name=outcomes,proto3,enum=quorumq.fsm.v1.AckOutcome" json:"outcomes,omitempty"`
@@ -1179,6 +1217,216 @@ func (x *NackResponse) GetOutcomes() []fsmpb.AckOutcome {
 	return nil
 }
 
+type RejectRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Queue    string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	Receipts []*fsmpb.Receipt       `protobuf:"bytes,2,rep,name=receipts,proto3" json:"receipts,omitempty"`
+	// reason goes into each dead letter; at most 1024 bytes.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RejectRequest) Reset() {
+	*x = RejectRequest{}
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RejectRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RejectRequest) ProtoMessage() {}
+
+func (x *RejectRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RejectRequest.ProtoReflect.Descriptor instead.
+func (*RejectRequest) Descriptor() ([]byte, []int) {
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *RejectRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *RejectRequest) GetReceipts() []*fsmpb.Receipt {
+	if x != nil {
+		return x.Receipts
+	}
+	return nil
+}
+
+func (x *RejectRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RejectResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Outcomes      []fsmpb.AckOutcome     `protobuf:"varint,1,rep,packed,name=outcomes,proto3,enum=quorumq.fsm.v1.AckOutcome" json:"outcomes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RejectResponse) Reset() {
+	*x = RejectResponse{}
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RejectResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RejectResponse) ProtoMessage() {}
+
+func (x *RejectResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RejectResponse.ProtoReflect.Descriptor instead.
+func (*RejectResponse) Descriptor() ([]byte, []int) {
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RejectResponse) GetOutcomes() []fsmpb.AckOutcome {
+	if x != nil {
+		return x.Outcomes
+	}
+	return nil
+}
+
+type RedriveRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Queue string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	// to: the target queue; "" = each message's source queue.
+	To            string `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	Max           uint32 `protobuf:"varint,3,opt,name=max,proto3" json:"max,omitempty"` // 1 ... 1000
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RedriveRequest) Reset() {
+	*x = RedriveRequest{}
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RedriveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RedriveRequest) ProtoMessage() {}
+
+func (x *RedriveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RedriveRequest.ProtoReflect.Descriptor instead.
+func (*RedriveRequest) Descriptor() ([]byte, []int) {
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *RedriveRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *RedriveRequest) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *RedriveRequest) GetMax() uint32 {
+	if x != nil {
+		return x.Max
+	}
+	return 0
+}
+
+type RedriveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Moved         uint64                 `protobuf:"varint,1,opt,name=moved,proto3" json:"moved,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RedriveResponse) Reset() {
+	*x = RedriveResponse{}
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RedriveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RedriveResponse) ProtoMessage() {}
+
+func (x *RedriveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RedriveResponse.ProtoReflect.Descriptor instead.
+func (*RedriveResponse) Descriptor() ([]byte, []int) {
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *RedriveResponse) GetMoved() uint64 {
+	if x != nil {
+		return x.Moved
+	}
+	return 0
+}
+
 type ExtendRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Queue         string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
@@ -1190,7 +1438,7 @@ type ExtendRequest struct {
 
 func (x *ExtendRequest) Reset() {
 	*x = ExtendRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[23]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1202,7 +1450,7 @@ func (x *ExtendRequest) String() string {
 func (*ExtendRequest) ProtoMessage() {}
 
 func (x *ExtendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[23]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1215,7 +1463,7 @@ func (x *ExtendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendRequest.ProtoReflect.Descriptor instead.
 func (*ExtendRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{23}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ExtendRequest) GetQueue() string {
@@ -1248,7 +1496,7 @@ type ExtendResponse struct {
 
 func (x *ExtendResponse) Reset() {
 	*x = ExtendResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[24]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1260,7 +1508,7 @@ func (x *ExtendResponse) String() string {
 func (*ExtendResponse) ProtoMessage() {}
 
 func (x *ExtendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[24]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1273,7 +1521,7 @@ func (x *ExtendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendResponse.ProtoReflect.Descriptor instead.
 func (*ExtendResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{24}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ExtendResponse) GetOutcomes() []fsmpb.AckOutcome {
@@ -1293,7 +1541,7 @@ type TransactionRequest struct {
 
 func (x *TransactionRequest) Reset() {
 	*x = TransactionRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[25]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1305,7 +1553,7 @@ func (x *TransactionRequest) String() string {
 func (*TransactionRequest) ProtoMessage() {}
 
 func (x *TransactionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[25]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1318,7 +1566,7 @@ func (x *TransactionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransactionRequest.ProtoReflect.Descriptor instead.
 func (*TransactionRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{25}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *TransactionRequest) GetAcks() []*AckRequest {
@@ -1345,7 +1593,7 @@ type TransactionResponse struct {
 
 func (x *TransactionResponse) Reset() {
 	*x = TransactionResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[26]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1357,7 +1605,7 @@ func (x *TransactionResponse) String() string {
 func (*TransactionResponse) ProtoMessage() {}
 
 func (x *TransactionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[26]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1370,7 +1618,7 @@ func (x *TransactionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransactionResponse.ProtoReflect.Descriptor instead.
 func (*TransactionResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{26}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *TransactionResponse) GetAckOutcomes() []fsmpb.AckOutcome {
@@ -1395,7 +1643,7 @@ type NodeStatusRequest struct {
 
 func (x *NodeStatusRequest) Reset() {
 	*x = NodeStatusRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[27]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1407,7 +1655,7 @@ func (x *NodeStatusRequest) String() string {
 func (*NodeStatusRequest) ProtoMessage() {}
 
 func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[27]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1420,7 +1668,7 @@ func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusRequest.ProtoReflect.Descriptor instead.
 func (*NodeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{27}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{31}
 }
 
 type NodeStatusResponse struct {
@@ -1432,7 +1680,7 @@ type NodeStatusResponse struct {
 
 func (x *NodeStatusResponse) Reset() {
 	*x = NodeStatusResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[28]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1444,7 +1692,7 @@ func (x *NodeStatusResponse) String() string {
 func (*NodeStatusResponse) ProtoMessage() {}
 
 func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[28]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1457,7 +1705,7 @@ func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusResponse.ProtoReflect.Descriptor instead.
 func (*NodeStatusResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{28}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *NodeStatusResponse) GetNode() *NodeStatus {
@@ -1508,7 +1756,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[29]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1520,7 +1768,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[29]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1533,7 +1781,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{29}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *NodeStatus) GetId() string {
@@ -1679,7 +1927,7 @@ type ClockOffset struct {
 
 func (x *ClockOffset) Reset() {
 	*x = ClockOffset{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[30]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1691,7 +1939,7 @@ func (x *ClockOffset) String() string {
 func (*ClockOffset) ProtoMessage() {}
 
 func (x *ClockOffset) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[30]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1704,7 +1952,7 @@ func (x *ClockOffset) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClockOffset.ProtoReflect.Descriptor instead.
 func (*ClockOffset) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{30}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ClockOffset) GetId() string {
@@ -1729,7 +1977,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[31]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1741,7 +1989,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[31]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1754,7 +2002,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{31}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{35}
 }
 
 type StatusResponse struct {
@@ -1768,7 +2016,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[32]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1780,7 +2028,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[32]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1793,7 +2041,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{32}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *StatusResponse) GetNodes() []*NodeStatus {
@@ -1831,7 +2079,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[33]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1843,7 +2091,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[33]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1856,7 +2104,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{33}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Member) GetId() string {
@@ -1909,7 +2157,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[34]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1921,7 +2169,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[34]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1934,7 +2182,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{34}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{38}
 }
 
 type MembersResponse struct {
@@ -1946,7 +2194,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[35]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1958,7 +2206,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[35]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1971,7 +2219,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{35}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *MembersResponse) GetMembers() []*Member {
@@ -1989,7 +2237,7 @@ type LeaderRequest struct {
 
 func (x *LeaderRequest) Reset() {
 	*x = LeaderRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[36]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2001,7 +2249,7 @@ func (x *LeaderRequest) String() string {
 func (*LeaderRequest) ProtoMessage() {}
 
 func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[36]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2014,7 +2262,7 @@ func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderRequest.ProtoReflect.Descriptor instead.
 func (*LeaderRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{36}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{40}
 }
 
 type LeaderResponse struct {
@@ -2028,7 +2276,7 @@ type LeaderResponse struct {
 
 func (x *LeaderResponse) Reset() {
 	*x = LeaderResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[37]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2040,7 +2288,7 @@ func (x *LeaderResponse) String() string {
 func (*LeaderResponse) ProtoMessage() {}
 
 func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[37]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2053,7 +2301,7 @@ func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderResponse.ProtoReflect.Descriptor instead.
 func (*LeaderResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{37}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *LeaderResponse) GetLeaderId() string {
@@ -2086,7 +2334,7 @@ type RemoveServerRequest struct {
 
 func (x *RemoveServerRequest) Reset() {
 	*x = RemoveServerRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[38]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2098,7 +2346,7 @@ func (x *RemoveServerRequest) String() string {
 func (*RemoveServerRequest) ProtoMessage() {}
 
 func (x *RemoveServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[38]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2111,7 +2359,7 @@ func (x *RemoveServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveServerRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{38}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RemoveServerRequest) GetId() string {
@@ -2129,7 +2377,7 @@ type RemoveServerResponse struct {
 
 func (x *RemoveServerResponse) Reset() {
 	*x = RemoveServerResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[39]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2141,7 +2389,7 @@ func (x *RemoveServerResponse) String() string {
 func (*RemoveServerResponse) ProtoMessage() {}
 
 func (x *RemoveServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[39]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2154,7 +2402,7 @@ func (x *RemoveServerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServerResponse.ProtoReflect.Descriptor instead.
 func (*RemoveServerResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{39}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{43}
 }
 
 type TransferLeadershipRequest struct {
@@ -2167,7 +2415,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[40]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2179,7 +2427,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[40]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2192,7 +2440,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{40}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *TransferLeadershipRequest) GetId() string {
@@ -2211,7 +2459,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[41]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2223,7 +2471,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[41]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2236,7 +2484,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{41}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *TransferLeadershipResponse) GetNewLeaderId() string {
@@ -2254,7 +2502,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[42]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2266,7 +2514,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[42]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2279,7 +2527,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{42}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{46}
 }
 
 type SnapshotResponse struct {
@@ -2294,7 +2542,7 @@ type SnapshotResponse struct {
 
 func (x *SnapshotResponse) Reset() {
 	*x = SnapshotResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[43]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2306,7 +2554,7 @@ func (x *SnapshotResponse) String() string {
 func (*SnapshotResponse) ProtoMessage() {}
 
 func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[43]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2319,7 +2567,7 @@ func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{43}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *SnapshotResponse) GetIndex() uint64 {
@@ -2358,7 +2606,7 @@ type BackupRequest struct {
 
 func (x *BackupRequest) Reset() {
 	*x = BackupRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[44]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2370,7 +2618,7 @@ func (x *BackupRequest) String() string {
 func (*BackupRequest) ProtoMessage() {}
 
 func (x *BackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[44]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2383,7 +2631,7 @@ func (x *BackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
 func (*BackupRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{44}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{48}
 }
 
 // BackupChunk: the first chunk carries index, term and size; every chunk
@@ -2400,7 +2648,7 @@ type BackupChunk struct {
 
 func (x *BackupChunk) Reset() {
 	*x = BackupChunk{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[45]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2412,7 +2660,7 @@ func (x *BackupChunk) String() string {
 func (*BackupChunk) ProtoMessage() {}
 
 func (x *BackupChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[45]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2425,7 +2673,7 @@ func (x *BackupChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
 func (*BackupChunk) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{45}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *BackupChunk) GetIndex() uint64 {
@@ -2470,16 +2718,18 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\n" +
 	"QueueError\x12-\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x19.quorumq.fsm.v1.ErrorCodeR\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\x87\x01\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\xc0\x01\n" +
 	"\x12CreateQueueRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x129\n" +
 	"\bsettings\x18\x02 \x01(\v2\x1d.quorumq.fsm.v1.QueueSettingsR\bsettings\x12\"\n" +
-	"\rif_not_exists\x18\x03 \x01(\bR\vifNotExists\"F\n" +
+	"\rif_not_exists\x18\x03 \x01(\bR\vifNotExists\x127\n" +
+	"\x18create_dead_letter_queue\x18\x04 \x01(\bR\x15createDeadLetterQueue\"F\n" +
 	"\x13CreateQueueResponse\x12/\n" +
-	"\x05queue\x18\x01 \x01(\v2\x19.quorumq.fsm.v1.QueueInfoR\x05queue\"c\n" +
+	"\x05queue\x18\x01 \x01(\v2\x19.quorumq.fsm.v1.QueueInfoR\x05queue\"\x9c\x01\n" +
 	"\x12UpdateQueueRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x129\n" +
-	"\bsettings\x18\x02 \x01(\v2\x1d.quorumq.fsm.v1.QueueSettingsR\bsettings\"F\n" +
+	"\bsettings\x18\x02 \x01(\v2\x1d.quorumq.fsm.v1.QueueSettingsR\bsettings\x127\n" +
+	"\x18create_dead_letter_queue\x18\x03 \x01(\bR\x15createDeadLetterQueue\"F\n" +
 	"\x13UpdateQueueResponse\x12/\n" +
 	"\x05queue\x18\x01 \x01(\v2\x19.quorumq.fsm.v1.QueueInfoR\x05queue\"%\n" +
 	"\x0fGetQueueRequest\x12\x12\n" +
@@ -2488,9 +2738,10 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\x05queue\x18\x01 \x01(\v2\x19.quorumq.fsm.v1.QueueInfoR\x05queue\"\x13\n" +
 	"\x11ListQueuesRequest\"G\n" +
 	"\x12ListQueuesResponse\x121\n" +
-	"\x06queues\x18\x01 \x03(\v2\x19.quorumq.fsm.v1.QueueInfoR\x06queues\"(\n" +
+	"\x06queues\x18\x01 \x03(\v2\x19.quorumq.fsm.v1.QueueInfoR\x06queues\">\n" +
 	"\x12DeleteQueueRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x15\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"\x15\n" +
 	"\x13DeleteQueueResponse\"$\n" +
 	"\fPurgeRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\"'\n" +
@@ -2521,13 +2772,26 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
 	"\breceipts\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\"E\n" +
 	"\vAckResponse\x126\n" +
-	"\boutcomes\x18\x01 \x03(\x0e2\x1a.quorumq.fsm.v1.AckOutcomeR\boutcomes\"s\n" +
+	"\boutcomes\x18\x01 \x03(\x0e2\x1a.quorumq.fsm.v1.AckOutcomeR\boutcomes\"\x8b\x01\n" +
 	"\vNackRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
 	"\breceipts\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\x12\x19\n" +
-	"\bdelay_ns\x18\x03 \x01(\x03R\adelayNs\"F\n" +
+	"\bdelay_ns\x18\x03 \x01(\x03R\adelayNs\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"F\n" +
 	"\fNackResponse\x126\n" +
-	"\boutcomes\x18\x01 \x03(\x0e2\x1a.quorumq.fsm.v1.AckOutcomeR\boutcomes\"\x7f\n" +
+	"\boutcomes\x18\x01 \x03(\x0e2\x1a.quorumq.fsm.v1.AckOutcomeR\boutcomes\"r\n" +
+	"\rRejectRequest\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
+	"\breceipts\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"H\n" +
+	"\x0eRejectResponse\x126\n" +
+	"\boutcomes\x18\x01 \x03(\x0e2\x1a.quorumq.fsm.v1.AckOutcomeR\boutcomes\"H\n" +
+	"\x0eRedriveRequest\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\tR\x02to\x12\x10\n" +
+	"\x03max\x18\x03 \x01(\rR\x03max\"'\n" +
+	"\x0fRedriveResponse\x12\x14\n" +
+	"\x05moved\x18\x01 \x01(\x04R\x05moved\"\x7f\n" +
 	"\rExtendRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
 	"\breceipts\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\x12#\n" +
@@ -2609,7 +2873,7 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\x12\x12\n" +
 	"\x04size\x18\x03 \x01(\x03R\x04size\x12\x12\n" +
-	"\x04data\x18\x04 \x01(\fR\x04data2\xa3\a\n" +
+	"\x04data\x18\x04 \x01(\fR\x04data2\xa8\b\n" +
 	"\x05Queue\x12N\n" +
 	"\vCreateQueue\x12\x1e.quorumq.v1.CreateQueueRequest\x1a\x1f.quorumq.v1.CreateQueueResponse\x12N\n" +
 	"\vUpdateQueue\x12\x1e.quorumq.v1.UpdateQueueRequest\x1a\x1f.quorumq.v1.UpdateQueueResponse\x12E\n" +
@@ -2623,7 +2887,9 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\aReceive\x12\x1a.quorumq.v1.ReceiveRequest\x1a\x1b.quorumq.v1.ReceiveResponse\x126\n" +
 	"\x03Ack\x12\x16.quorumq.v1.AckRequest\x1a\x17.quorumq.v1.AckResponse\x129\n" +
 	"\x04Nack\x12\x17.quorumq.v1.NackRequest\x1a\x18.quorumq.v1.NackResponse\x12?\n" +
-	"\x06Extend\x12\x19.quorumq.v1.ExtendRequest\x1a\x1a.quorumq.v1.ExtendResponse\x12N\n" +
+	"\x06Extend\x12\x19.quorumq.v1.ExtendRequest\x1a\x1a.quorumq.v1.ExtendResponse\x12?\n" +
+	"\x06Reject\x12\x19.quorumq.v1.RejectRequest\x1a\x1a.quorumq.v1.RejectResponse\x12B\n" +
+	"\aRedrive\x12\x1a.quorumq.v1.RedriveRequest\x1a\x1b.quorumq.v1.RedriveResponse\x12N\n" +
 	"\vTransaction\x12\x1e.quorumq.v1.TransactionRequest\x1a\x1f.quorumq.v1.TransactionResponse2\xdb\x04\n" +
 	"\aCluster\x12?\n" +
 	"\x06Status\x12\x19.quorumq.v1.StatusRequest\x1a\x1a.quorumq.v1.StatusResponse\x12K\n" +
@@ -2648,7 +2914,7 @@ func file_transport_quorumqpb_quorumq_proto_rawDescGZIP() []byte {
 	return file_transport_quorumqpb_quorumq_proto_rawDescData
 }
 
-var file_transport_quorumqpb_quorumq_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_transport_quorumqpb_quorumq_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_transport_quorumqpb_quorumq_proto_goTypes = []any{
 	(*NotLeader)(nil),                  // 0: quorumq.v1.NotLeader
 	(*OutcomeUnknown)(nil),             // 1: quorumq.v1.OutcomeUnknown
@@ -2673,112 +2939,122 @@ var file_transport_quorumqpb_quorumq_proto_goTypes = []any{
 	(*AckResponse)(nil),                // 20: quorumq.v1.AckResponse
 	(*NackRequest)(nil),                // 21: quorumq.v1.NackRequest
 	(*NackResponse)(nil),               // 22: quorumq.v1.NackResponse
-	(*ExtendRequest)(nil),              // 23: quorumq.v1.ExtendRequest
-	(*ExtendResponse)(nil),             // 24: quorumq.v1.ExtendResponse
-	(*TransactionRequest)(nil),         // 25: quorumq.v1.TransactionRequest
-	(*TransactionResponse)(nil),        // 26: quorumq.v1.TransactionResponse
-	(*NodeStatusRequest)(nil),          // 27: quorumq.v1.NodeStatusRequest
-	(*NodeStatusResponse)(nil),         // 28: quorumq.v1.NodeStatusResponse
-	(*NodeStatus)(nil),                 // 29: quorumq.v1.NodeStatus
-	(*ClockOffset)(nil),                // 30: quorumq.v1.ClockOffset
-	(*StatusRequest)(nil),              // 31: quorumq.v1.StatusRequest
-	(*StatusResponse)(nil),             // 32: quorumq.v1.StatusResponse
-	(*Member)(nil),                     // 33: quorumq.v1.Member
-	(*MembersRequest)(nil),             // 34: quorumq.v1.MembersRequest
-	(*MembersResponse)(nil),            // 35: quorumq.v1.MembersResponse
-	(*LeaderRequest)(nil),              // 36: quorumq.v1.LeaderRequest
-	(*LeaderResponse)(nil),             // 37: quorumq.v1.LeaderResponse
-	(*RemoveServerRequest)(nil),        // 38: quorumq.v1.RemoveServerRequest
-	(*RemoveServerResponse)(nil),       // 39: quorumq.v1.RemoveServerResponse
-	(*TransferLeadershipRequest)(nil),  // 40: quorumq.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 41: quorumq.v1.TransferLeadershipResponse
-	(*SnapshotRequest)(nil),            // 42: quorumq.v1.SnapshotRequest
-	(*SnapshotResponse)(nil),           // 43: quorumq.v1.SnapshotResponse
-	(*BackupRequest)(nil),              // 44: quorumq.v1.BackupRequest
-	(*BackupChunk)(nil),                // 45: quorumq.v1.BackupChunk
-	(fsmpb.ErrorCode)(0),               // 46: quorumq.fsm.v1.ErrorCode
-	(*fsmpb.QueueSettings)(nil),        // 47: quorumq.fsm.v1.QueueSettings
-	(*fsmpb.QueueInfo)(nil),            // 48: quorumq.fsm.v1.QueueInfo
-	(*fsmpb.Message)(nil),              // 49: quorumq.fsm.v1.Message
-	(*fsmpb.EnqueueResult)(nil),        // 50: quorumq.fsm.v1.EnqueueResult
-	(*fsmpb.Receipt)(nil),              // 51: quorumq.fsm.v1.Receipt
-	(*fsmpb.Delivery)(nil),             // 52: quorumq.fsm.v1.Delivery
-	(fsmpb.AckOutcome)(0),              // 53: quorumq.fsm.v1.AckOutcome
+	(*RejectRequest)(nil),              // 23: quorumq.v1.RejectRequest
+	(*RejectResponse)(nil),             // 24: quorumq.v1.RejectResponse
+	(*RedriveRequest)(nil),             // 25: quorumq.v1.RedriveRequest
+	(*RedriveResponse)(nil),            // 26: quorumq.v1.RedriveResponse
+	(*ExtendRequest)(nil),              // 27: quorumq.v1.ExtendRequest
+	(*ExtendResponse)(nil),             // 28: quorumq.v1.ExtendResponse
+	(*TransactionRequest)(nil),         // 29: quorumq.v1.TransactionRequest
+	(*TransactionResponse)(nil),        // 30: quorumq.v1.TransactionResponse
+	(*NodeStatusRequest)(nil),          // 31: quorumq.v1.NodeStatusRequest
+	(*NodeStatusResponse)(nil),         // 32: quorumq.v1.NodeStatusResponse
+	(*NodeStatus)(nil),                 // 33: quorumq.v1.NodeStatus
+	(*ClockOffset)(nil),                // 34: quorumq.v1.ClockOffset
+	(*StatusRequest)(nil),              // 35: quorumq.v1.StatusRequest
+	(*StatusResponse)(nil),             // 36: quorumq.v1.StatusResponse
+	(*Member)(nil),                     // 37: quorumq.v1.Member
+	(*MembersRequest)(nil),             // 38: quorumq.v1.MembersRequest
+	(*MembersResponse)(nil),            // 39: quorumq.v1.MembersResponse
+	(*LeaderRequest)(nil),              // 40: quorumq.v1.LeaderRequest
+	(*LeaderResponse)(nil),             // 41: quorumq.v1.LeaderResponse
+	(*RemoveServerRequest)(nil),        // 42: quorumq.v1.RemoveServerRequest
+	(*RemoveServerResponse)(nil),       // 43: quorumq.v1.RemoveServerResponse
+	(*TransferLeadershipRequest)(nil),  // 44: quorumq.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 45: quorumq.v1.TransferLeadershipResponse
+	(*SnapshotRequest)(nil),            // 46: quorumq.v1.SnapshotRequest
+	(*SnapshotResponse)(nil),           // 47: quorumq.v1.SnapshotResponse
+	(*BackupRequest)(nil),              // 48: quorumq.v1.BackupRequest
+	(*BackupChunk)(nil),                // 49: quorumq.v1.BackupChunk
+	(fsmpb.ErrorCode)(0),               // 50: quorumq.fsm.v1.ErrorCode
+	(*fsmpb.QueueSettings)(nil),        // 51: quorumq.fsm.v1.QueueSettings
+	(*fsmpb.QueueInfo)(nil),            // 52: quorumq.fsm.v1.QueueInfo
+	(*fsmpb.Message)(nil),              // 53: quorumq.fsm.v1.Message
+	(*fsmpb.EnqueueResult)(nil),        // 54: quorumq.fsm.v1.EnqueueResult
+	(*fsmpb.Receipt)(nil),              // 55: quorumq.fsm.v1.Receipt
+	(*fsmpb.Delivery)(nil),             // 56: quorumq.fsm.v1.Delivery
+	(fsmpb.AckOutcome)(0),              // 57: quorumq.fsm.v1.AckOutcome
 }
 var file_transport_quorumqpb_quorumq_proto_depIdxs = []int32{
-	46, // 0: quorumq.v1.QueueError.code:type_name -> quorumq.fsm.v1.ErrorCode
-	47, // 1: quorumq.v1.CreateQueueRequest.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	48, // 2: quorumq.v1.CreateQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
-	47, // 3: quorumq.v1.UpdateQueueRequest.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	48, // 4: quorumq.v1.UpdateQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
-	48, // 5: quorumq.v1.GetQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
-	48, // 6: quorumq.v1.ListQueuesResponse.queues:type_name -> quorumq.fsm.v1.QueueInfo
-	49, // 7: quorumq.v1.EnqueueRequest.messages:type_name -> quorumq.fsm.v1.Message
-	50, // 8: quorumq.v1.EnqueueResponse.results:type_name -> quorumq.fsm.v1.EnqueueResult
-	51, // 9: quorumq.v1.ReceiveRequest.ack:type_name -> quorumq.fsm.v1.Receipt
-	52, // 10: quorumq.v1.ReceiveResponse.deliveries:type_name -> quorumq.fsm.v1.Delivery
-	53, // 11: quorumq.v1.ReceiveResponse.ack_outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	51, // 12: quorumq.v1.AckRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
-	53, // 13: quorumq.v1.AckResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	51, // 14: quorumq.v1.NackRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
-	53, // 15: quorumq.v1.NackResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	51, // 16: quorumq.v1.ExtendRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
-	53, // 17: quorumq.v1.ExtendResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	19, // 18: quorumq.v1.TransactionRequest.acks:type_name -> quorumq.v1.AckRequest
-	15, // 19: quorumq.v1.TransactionRequest.enqueues:type_name -> quorumq.v1.EnqueueRequest
-	53, // 20: quorumq.v1.TransactionResponse.ack_outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	50, // 21: quorumq.v1.TransactionResponse.enqueued:type_name -> quorumq.fsm.v1.EnqueueResult
-	29, // 22: quorumq.v1.NodeStatusResponse.node:type_name -> quorumq.v1.NodeStatus
-	30, // 23: quorumq.v1.NodeStatus.clock_offsets:type_name -> quorumq.v1.ClockOffset
-	29, // 24: quorumq.v1.StatusResponse.nodes:type_name -> quorumq.v1.NodeStatus
-	33, // 25: quorumq.v1.MembersResponse.members:type_name -> quorumq.v1.Member
-	3,  // 26: quorumq.v1.Queue.CreateQueue:input_type -> quorumq.v1.CreateQueueRequest
-	5,  // 27: quorumq.v1.Queue.UpdateQueue:input_type -> quorumq.v1.UpdateQueueRequest
-	7,  // 28: quorumq.v1.Queue.GetQueue:input_type -> quorumq.v1.GetQueueRequest
-	9,  // 29: quorumq.v1.Queue.ListQueues:input_type -> quorumq.v1.ListQueuesRequest
-	11, // 30: quorumq.v1.Queue.DeleteQueue:input_type -> quorumq.v1.DeleteQueueRequest
-	13, // 31: quorumq.v1.Queue.Purge:input_type -> quorumq.v1.PurgeRequest
-	15, // 32: quorumq.v1.Queue.Enqueue:input_type -> quorumq.v1.EnqueueRequest
-	15, // 33: quorumq.v1.Queue.EnqueueStream:input_type -> quorumq.v1.EnqueueRequest
-	17, // 34: quorumq.v1.Queue.Receive:input_type -> quorumq.v1.ReceiveRequest
-	19, // 35: quorumq.v1.Queue.Ack:input_type -> quorumq.v1.AckRequest
-	21, // 36: quorumq.v1.Queue.Nack:input_type -> quorumq.v1.NackRequest
-	23, // 37: quorumq.v1.Queue.Extend:input_type -> quorumq.v1.ExtendRequest
-	25, // 38: quorumq.v1.Queue.Transaction:input_type -> quorumq.v1.TransactionRequest
-	31, // 39: quorumq.v1.Cluster.Status:input_type -> quorumq.v1.StatusRequest
-	27, // 40: quorumq.v1.Cluster.NodeStatus:input_type -> quorumq.v1.NodeStatusRequest
-	34, // 41: quorumq.v1.Cluster.Members:input_type -> quorumq.v1.MembersRequest
-	36, // 42: quorumq.v1.Cluster.Leader:input_type -> quorumq.v1.LeaderRequest
-	38, // 43: quorumq.v1.Cluster.RemoveServer:input_type -> quorumq.v1.RemoveServerRequest
-	40, // 44: quorumq.v1.Cluster.TransferLeadership:input_type -> quorumq.v1.TransferLeadershipRequest
-	42, // 45: quorumq.v1.Cluster.Snapshot:input_type -> quorumq.v1.SnapshotRequest
-	44, // 46: quorumq.v1.Cluster.Backup:input_type -> quorumq.v1.BackupRequest
-	4,  // 47: quorumq.v1.Queue.CreateQueue:output_type -> quorumq.v1.CreateQueueResponse
-	6,  // 48: quorumq.v1.Queue.UpdateQueue:output_type -> quorumq.v1.UpdateQueueResponse
-	8,  // 49: quorumq.v1.Queue.GetQueue:output_type -> quorumq.v1.GetQueueResponse
-	10, // 50: quorumq.v1.Queue.ListQueues:output_type -> quorumq.v1.ListQueuesResponse
-	12, // 51: quorumq.v1.Queue.DeleteQueue:output_type -> quorumq.v1.DeleteQueueResponse
-	14, // 52: quorumq.v1.Queue.Purge:output_type -> quorumq.v1.PurgeResponse
-	16, // 53: quorumq.v1.Queue.Enqueue:output_type -> quorumq.v1.EnqueueResponse
-	16, // 54: quorumq.v1.Queue.EnqueueStream:output_type -> quorumq.v1.EnqueueResponse
-	18, // 55: quorumq.v1.Queue.Receive:output_type -> quorumq.v1.ReceiveResponse
-	20, // 56: quorumq.v1.Queue.Ack:output_type -> quorumq.v1.AckResponse
-	22, // 57: quorumq.v1.Queue.Nack:output_type -> quorumq.v1.NackResponse
-	24, // 58: quorumq.v1.Queue.Extend:output_type -> quorumq.v1.ExtendResponse
-	26, // 59: quorumq.v1.Queue.Transaction:output_type -> quorumq.v1.TransactionResponse
-	32, // 60: quorumq.v1.Cluster.Status:output_type -> quorumq.v1.StatusResponse
-	28, // 61: quorumq.v1.Cluster.NodeStatus:output_type -> quorumq.v1.NodeStatusResponse
-	35, // 62: quorumq.v1.Cluster.Members:output_type -> quorumq.v1.MembersResponse
-	37, // 63: quorumq.v1.Cluster.Leader:output_type -> quorumq.v1.LeaderResponse
-	39, // 64: quorumq.v1.Cluster.RemoveServer:output_type -> quorumq.v1.RemoveServerResponse
-	41, // 65: quorumq.v1.Cluster.TransferLeadership:output_type -> quorumq.v1.TransferLeadershipResponse
-	43, // 66: quorumq.v1.Cluster.Snapshot:output_type -> quorumq.v1.SnapshotResponse
-	45, // 67: quorumq.v1.Cluster.Backup:output_type -> quorumq.v1.BackupChunk
-	47, // [47:68] is the sub-list for method output_type
-	26, // [26:47] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	50, // 0: quorumq.v1.QueueError.code:type_name -> quorumq.fsm.v1.ErrorCode
+	51, // 1: quorumq.v1.CreateQueueRequest.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	52, // 2: quorumq.v1.CreateQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
+	51, // 3: quorumq.v1.UpdateQueueRequest.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	52, // 4: quorumq.v1.UpdateQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
+	52, // 5: quorumq.v1.GetQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
+	52, // 6: quorumq.v1.ListQueuesResponse.queues:type_name -> quorumq.fsm.v1.QueueInfo
+	53, // 7: quorumq.v1.EnqueueRequest.messages:type_name -> quorumq.fsm.v1.Message
+	54, // 8: quorumq.v1.EnqueueResponse.results:type_name -> quorumq.fsm.v1.EnqueueResult
+	55, // 9: quorumq.v1.ReceiveRequest.ack:type_name -> quorumq.fsm.v1.Receipt
+	56, // 10: quorumq.v1.ReceiveResponse.deliveries:type_name -> quorumq.fsm.v1.Delivery
+	57, // 11: quorumq.v1.ReceiveResponse.ack_outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	55, // 12: quorumq.v1.AckRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
+	57, // 13: quorumq.v1.AckResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	55, // 14: quorumq.v1.NackRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
+	57, // 15: quorumq.v1.NackResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	55, // 16: quorumq.v1.RejectRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
+	57, // 17: quorumq.v1.RejectResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	55, // 18: quorumq.v1.ExtendRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
+	57, // 19: quorumq.v1.ExtendResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	19, // 20: quorumq.v1.TransactionRequest.acks:type_name -> quorumq.v1.AckRequest
+	15, // 21: quorumq.v1.TransactionRequest.enqueues:type_name -> quorumq.v1.EnqueueRequest
+	57, // 22: quorumq.v1.TransactionResponse.ack_outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	54, // 23: quorumq.v1.TransactionResponse.enqueued:type_name -> quorumq.fsm.v1.EnqueueResult
+	33, // 24: quorumq.v1.NodeStatusResponse.node:type_name -> quorumq.v1.NodeStatus
+	34, // 25: quorumq.v1.NodeStatus.clock_offsets:type_name -> quorumq.v1.ClockOffset
+	33, // 26: quorumq.v1.StatusResponse.nodes:type_name -> quorumq.v1.NodeStatus
+	37, // 27: quorumq.v1.MembersResponse.members:type_name -> quorumq.v1.Member
+	3,  // 28: quorumq.v1.Queue.CreateQueue:input_type -> quorumq.v1.CreateQueueRequest
+	5,  // 29: quorumq.v1.Queue.UpdateQueue:input_type -> quorumq.v1.UpdateQueueRequest
+	7,  // 30: quorumq.v1.Queue.GetQueue:input_type -> quorumq.v1.GetQueueRequest
+	9,  // 31: quorumq.v1.Queue.ListQueues:input_type -> quorumq.v1.ListQueuesRequest
+	11, // 32: quorumq.v1.Queue.DeleteQueue:input_type -> quorumq.v1.DeleteQueueRequest
+	13, // 33: quorumq.v1.Queue.Purge:input_type -> quorumq.v1.PurgeRequest
+	15, // 34: quorumq.v1.Queue.Enqueue:input_type -> quorumq.v1.EnqueueRequest
+	15, // 35: quorumq.v1.Queue.EnqueueStream:input_type -> quorumq.v1.EnqueueRequest
+	17, // 36: quorumq.v1.Queue.Receive:input_type -> quorumq.v1.ReceiveRequest
+	19, // 37: quorumq.v1.Queue.Ack:input_type -> quorumq.v1.AckRequest
+	21, // 38: quorumq.v1.Queue.Nack:input_type -> quorumq.v1.NackRequest
+	27, // 39: quorumq.v1.Queue.Extend:input_type -> quorumq.v1.ExtendRequest
+	23, // 40: quorumq.v1.Queue.Reject:input_type -> quorumq.v1.RejectRequest
+	25, // 41: quorumq.v1.Queue.Redrive:input_type -> quorumq.v1.RedriveRequest
+	29, // 42: quorumq.v1.Queue.Transaction:input_type -> quorumq.v1.TransactionRequest
+	35, // 43: quorumq.v1.Cluster.Status:input_type -> quorumq.v1.StatusRequest
+	31, // 44: quorumq.v1.Cluster.NodeStatus:input_type -> quorumq.v1.NodeStatusRequest
+	38, // 45: quorumq.v1.Cluster.Members:input_type -> quorumq.v1.MembersRequest
+	40, // 46: quorumq.v1.Cluster.Leader:input_type -> quorumq.v1.LeaderRequest
+	42, // 47: quorumq.v1.Cluster.RemoveServer:input_type -> quorumq.v1.RemoveServerRequest
+	44, // 48: quorumq.v1.Cluster.TransferLeadership:input_type -> quorumq.v1.TransferLeadershipRequest
+	46, // 49: quorumq.v1.Cluster.Snapshot:input_type -> quorumq.v1.SnapshotRequest
+	48, // 50: quorumq.v1.Cluster.Backup:input_type -> quorumq.v1.BackupRequest
+	4,  // 51: quorumq.v1.Queue.CreateQueue:output_type -> quorumq.v1.CreateQueueResponse
+	6,  // 52: quorumq.v1.Queue.UpdateQueue:output_type -> quorumq.v1.UpdateQueueResponse
+	8,  // 53: quorumq.v1.Queue.GetQueue:output_type -> quorumq.v1.GetQueueResponse
+	10, // 54: quorumq.v1.Queue.ListQueues:output_type -> quorumq.v1.ListQueuesResponse
+	12, // 55: quorumq.v1.Queue.DeleteQueue:output_type -> quorumq.v1.DeleteQueueResponse
+	14, // 56: quorumq.v1.Queue.Purge:output_type -> quorumq.v1.PurgeResponse
+	16, // 57: quorumq.v1.Queue.Enqueue:output_type -> quorumq.v1.EnqueueResponse
+	16, // 58: quorumq.v1.Queue.EnqueueStream:output_type -> quorumq.v1.EnqueueResponse
+	18, // 59: quorumq.v1.Queue.Receive:output_type -> quorumq.v1.ReceiveResponse
+	20, // 60: quorumq.v1.Queue.Ack:output_type -> quorumq.v1.AckResponse
+	22, // 61: quorumq.v1.Queue.Nack:output_type -> quorumq.v1.NackResponse
+	28, // 62: quorumq.v1.Queue.Extend:output_type -> quorumq.v1.ExtendResponse
+	24, // 63: quorumq.v1.Queue.Reject:output_type -> quorumq.v1.RejectResponse
+	26, // 64: quorumq.v1.Queue.Redrive:output_type -> quorumq.v1.RedriveResponse
+	30, // 65: quorumq.v1.Queue.Transaction:output_type -> quorumq.v1.TransactionResponse
+	36, // 66: quorumq.v1.Cluster.Status:output_type -> quorumq.v1.StatusResponse
+	32, // 67: quorumq.v1.Cluster.NodeStatus:output_type -> quorumq.v1.NodeStatusResponse
+	39, // 68: quorumq.v1.Cluster.Members:output_type -> quorumq.v1.MembersResponse
+	41, // 69: quorumq.v1.Cluster.Leader:output_type -> quorumq.v1.LeaderResponse
+	43, // 70: quorumq.v1.Cluster.RemoveServer:output_type -> quorumq.v1.RemoveServerResponse
+	45, // 71: quorumq.v1.Cluster.TransferLeadership:output_type -> quorumq.v1.TransferLeadershipResponse
+	47, // 72: quorumq.v1.Cluster.Snapshot:output_type -> quorumq.v1.SnapshotResponse
+	49, // 73: quorumq.v1.Cluster.Backup:output_type -> quorumq.v1.BackupChunk
+	51, // [51:74] is the sub-list for method output_type
+	28, // [28:51] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_transport_quorumqpb_quorumq_proto_init() }
@@ -2786,14 +3062,14 @@ func file_transport_quorumqpb_quorumq_proto_init() {
 	if File_transport_quorumqpb_quorumq_proto != nil {
 		return
 	}
-	file_transport_quorumqpb_quorumq_proto_msgTypes[29].OneofWrappers = []any{}
+	file_transport_quorumqpb_quorumq_proto_msgTypes[33].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_transport_quorumqpb_quorumq_proto_rawDesc), len(file_transport_quorumqpb_quorumq_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   46,
+			NumMessages:   50,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -45,6 +45,8 @@ const (
 	Queue_Ack_FullMethodName           = "/quorumq.v1.Queue/Ack"
 	Queue_Nack_FullMethodName          = "/quorumq.v1.Queue/Nack"
 	Queue_Extend_FullMethodName        = "/quorumq.v1.Queue/Extend"
+	Queue_Reject_FullMethodName        = "/quorumq.v1.Queue/Reject"
+	Queue_Redrive_FullMethodName       = "/quorumq.v1.Queue/Redrive"
 	Queue_Transaction_FullMethodName   = "/quorumq.v1.Queue/Transaction"
 )
 
@@ -70,6 +72,12 @@ type QueueClient interface {
 	Ack(ctx context.Context, in *AckRequest, opts ...grpc.CallOption) (*AckResponse, error)
 	Nack(ctx context.Context, in *NackRequest, opts ...grpc.CallOption) (*NackResponse, error)
 	Extend(ctx context.Context, in *ExtendRequest, opts ...grpc.CallOption) (*ExtendResponse, error)
+	// Reject dead-letters leased messages now, fenced by their receipts
+	// like an ack.
+	Reject(ctx context.Context, in *RejectRequest, opts ...grpc.CallOption) (*RejectResponse, error)
+	// Redrive moves dead letters back to their source queue (or to a named
+	// one), up to max in one Raft command.
+	Redrive(ctx context.Context, in *RedriveRequest, opts ...grpc.CallOption) (*RedriveResponse, error)
 	Transaction(ctx context.Context, in *TransactionRequest, opts ...grpc.CallOption) (*TransactionResponse, error)
 }
 
@@ -204,6 +212,26 @@ func (c *queueClient) Extend(ctx context.Context, in *ExtendRequest, opts ...grp
 	return out, nil
 }
 
+func (c *queueClient) Reject(ctx context.Context, in *RejectRequest, opts ...grpc.CallOption) (*RejectResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RejectResponse)
+	err := c.cc.Invoke(ctx, Queue_Reject_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *queueClient) Redrive(ctx context.Context, in *RedriveRequest, opts ...grpc.CallOption) (*RedriveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RedriveResponse)
+	err := c.cc.Invoke(ctx, Queue_Redrive_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *queueClient) Transaction(ctx context.Context, in *TransactionRequest, opts ...grpc.CallOption) (*TransactionResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(TransactionResponse)
@@ -236,6 +264,12 @@ type QueueServer interface {
 	Ack(context.Context, *AckRequest) (*AckResponse, error)
 	Nack(context.Context, *NackRequest) (*NackResponse, error)
 	Extend(context.Context, *ExtendRequest) (*ExtendResponse, error)
+	// Reject dead-letters leased messages now, fenced by their receipts
+	// like an ack.
+	Reject(context.Context, *RejectRequest) (*RejectResponse, error)
+	// Redrive moves dead letters back to their source queue (or to a named
+	// one), up to max in one Raft command.
+	Redrive(context.Context, *RedriveRequest) (*RedriveResponse, error)
 	Transaction(context.Context, *TransactionRequest) (*TransactionResponse, error)
 	mustEmbedUnimplementedQueueServer()
 }
@@ -282,6 +316,12 @@ func (UnimplementedQueueServer) Nack(context.Context, *NackRequest) (*NackRespon
 }
 func (UnimplementedQueueServer) Extend(context.Context, *ExtendRequest) (*ExtendResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Extend not implemented")
+}
+func (UnimplementedQueueServer) Reject(context.Context, *RejectRequest) (*RejectResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Reject not implemented")
+}
+func (UnimplementedQueueServer) Redrive(context.Context, *RedriveRequest) (*RedriveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Redrive not implemented")
 }
 func (UnimplementedQueueServer) Transaction(context.Context, *TransactionRequest) (*TransactionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Transaction not implemented")
@@ -512,6 +552,42 @@ func _Queue_Extend_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Queue_Reject_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RejectRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueueServer).Reject(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Queue_Reject_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueueServer).Reject(ctx, req.(*RejectRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Queue_Redrive_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RedriveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueueServer).Redrive(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Queue_Redrive_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueueServer).Redrive(ctx, req.(*RedriveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Queue_Transaction_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(TransactionRequest)
 	if err := dec(in); err != nil {
@@ -580,6 +656,14 @@ var Queue_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Extend",
 			Handler:    _Queue_Extend_Handler,
+		},
+		{
+			MethodName: "Reject",
+			Handler:    _Queue_Reject_Handler,
+		},
+		{
+			MethodName: "Redrive",
+			Handler:    _Queue_Redrive_Handler,
 		},
 		{
 			MethodName: "Transaction",

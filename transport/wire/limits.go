@@ -159,6 +159,19 @@ func ValidateMessage(field string, m *fsmpb.Message) error {
 	return nil
 }
 
+// MaxNackReason is the longest reason a nack or reject may give, in bytes.
+const MaxNackReason = limits.MaxNackReason
+
+// ValidateNackReason checks the reason a nack or reject gives against the
+// state machine's limit (limits.MaxNackReason); the error is an
+// InvalidArgument status naming field.
+func ValidateNackReason(field, reason string) error {
+	if len(reason) > limits.MaxNackReason {
+		return InvalidArgument("%s: %d bytes, limit is %d", field, len(reason), limits.MaxNackReason)
+	}
+	return nil
+}
+
 // InvalidArgument is the InvalidArgument status error of a request the
 // API refuses, with a QueueError detail carrying the same message.
 func InvalidArgument(format string, args ...any) error {
