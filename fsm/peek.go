@@ -29,11 +29,8 @@ type PeekOptions struct {
 // modified. An error wraps ErrInvalidArgument (max, state) or
 // ErrQueueNotFound; it is returned before anything is read.
 func (f *FSM) Peek(queue string, o PeekOptions) ([]*fsmpb.PeekedMessage, uint64, error) {
-	if p := limits.PeekMaxProblem(o.Max); p != "" {
+	if p := limits.PeekProblem(o.Max, o.State); p != "" {
 		return nil, 0, fmt.Errorf("%w: %s", ErrInvalidArgument, p)
-	}
-	if _, ok := fsmpb.PeekState_name[int32(o.State)]; !ok {
-		return nil, 0, fmt.Errorf("%w: state: %d is not a peek state", ErrInvalidArgument, o.State)
 	}
 	f.mu.RLock()
 	defer f.mu.RUnlock()

@@ -35,11 +35,15 @@ const (
 	MaxPeek = 100
 )
 
-// PeekMaxProblem returns what is wrong with a peek's max ("max: 101,
-// limit is 1 to 100"), or "" when it is within MaxPeek.
-func PeekMaxProblem(max int) string {
+// PeekProblem returns what is wrong with a peek's max and state filter
+// ("max: 101, limit is 1 to 100"), or "" when max is within MaxPeek and
+// state is a PeekState.
+func PeekProblem(max int, state fsmpb.PeekState) string {
 	if max < 1 || max > MaxPeek {
 		return fmt.Sprintf("max: %d, limit is 1 to %d", max, MaxPeek)
+	}
+	if _, ok := fsmpb.PeekState_name[int32(state)]; !ok {
+		return fmt.Sprintf("state: %d is not a peek state", state)
 	}
 	return ""
 }
