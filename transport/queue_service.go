@@ -13,7 +13,6 @@ import (
 
 	"github.com/quorumq/quorumq/fsm"
 	"github.com/quorumq/quorumq/fsm/fsmpb"
-	fsmlimits "github.com/quorumq/quorumq/fsm/limits"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
 	"github.com/quorumq/quorumq/transport/wire"
 )
@@ -263,8 +262,8 @@ func (q *QueueService) Peek(ctx context.Context, req *quorumqpb.PeekRequest) (*q
 	if err := wire.ValidateQueueName("queue", req.GetQueue()); err != nil {
 		return nil, err
 	}
-	if p := fsmlimits.PeekProblem(int(req.GetMax()), req.GetState()); p != "" {
-		return nil, invalid("%s", p)
+	if err := wire.ValidatePeek(int(req.GetMax()), req.GetState()); err != nil {
+		return nil, err
 	}
 	o := fsm.PeekOptions{From: req.GetFromId(), Max: int(req.GetMax()), State: req.GetState(), NoBody: req.GetNoBody()}
 	msgs, next, applied, err := q.backend.Peek(ctx, req.GetQueue(), o, req.GetLeader())
