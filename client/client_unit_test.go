@@ -142,6 +142,9 @@ func TestBadArgumentsNameTheField(t *testing.T) {
 		}(), "Enqueues[1].Queue"},
 		{"retention", func() error { _, err := c.CreateQueue(ctx, "q", QueueSettings{Retention: -2}); return err }(), "Retention"},
 		{"dlq", func() error { _, err := c.CreateQueue(ctx, "q", QueueSettings{DeadLetterQueue: "a b"}); return err }(), "DeadLetterQueue"},
+		{"peek of 101", func() error { _, err := c.Peek(ctx, "q", PeekOptions{Max: 101}); return err }(), "max: 101, limit is 1 to 100"},
+		{"peek state", func() error { _, err := c.Peek(ctx, "q", PeekOptions{State: "gone"}); return err }(), `Peek state: "gone"`},
+		{"peek queue", func() error { _, err := c.Peek(ctx, "", PeekOptions{}); return err }(), "Peek queue"},
 		{"concurrency", c.Consume(ctx, "q", nil, WithConcurrency(0)), "WithConcurrency"},
 		{"nack backoff", c.Consume(ctx, "q", nil, WithNackBackoff(time.Second, time.Millisecond)), "WithNackBackoff"},
 	}

@@ -102,6 +102,7 @@ func (c Config) peerToken() string {
 var methodScopes = map[string]Scope{
 	quorumqpb.Queue_GetQueue_FullMethodName:             ScopeRead,
 	quorumqpb.Queue_ListQueues_FullMethodName:           ScopeRead,
+	quorumqpb.Queue_Peek_FullMethodName:                 ScopeRead,
 	quorumqpb.Queue_Enqueue_FullMethodName:              ScopeWrite,
 	quorumqpb.Queue_EnqueueStream_FullMethodName:        ScopeWrite,
 	quorumqpb.Queue_Receive_FullMethodName:              ScopeWrite,

@@ -61,6 +61,10 @@ func TestEveryLimitIsCheckedBeforePropose(t *testing.T) {
 			_, err := q.Redrive(ctx, &quorumqpb.RedriveRequest{Queue: "q", Max: 1001})
 			return err
 		}, "max: 1001, limit is 1 to 1000"},
+		{"peek of 101", func(ctx context.Context) error {
+			_, err := q.Peek(ctx, &quorumqpb.PeekRequest{Queue: "q", Max: 101})
+			return err
+		}, "max: 101, limit is 1 to 100"},
 		{"257-byte attribute key", func(ctx context.Context) error {
 			_, err := q.Enqueue(ctx, msg(&fsmpb.Message{Body: []byte("x"), Attributes: []*fsmpb.Attribute{{Key: long(257)}}}))
 			return err

@@ -231,6 +231,25 @@ func (n *Node) Queue(ctx context.Context, name string) (*fsmpb.QueueInfo, error)
 	return info, nil
 }
 
+// Peek implements transport.Backend: a read of this node's applied state,
+// after confirming leadership when leader is set.
+func (n *Node) Peek(ctx context.Context, queue string, o fsm.PeekOptions, leader bool) ([]*fsmpb.PeekedMessage, uint64, uint64, error) {
+	if leader {
+		if err := n.verifyLeader(ctx); err != nil {
+			return nil, 0, 0, err
+		}
+	}
+	applied := n.fsm.AppliedIndex() // the state read is at least this new
+	msgs, next, err := n.fsm.Peek(queue, o)
+	switch {
+	case errors.Is(err, fsm.ErrQueueNotFound):
+		return nil, 0, 0, wire.QueueError(fsmpb.ErrorCode_QUEUE_NOT_FOUND, fmt.Sprintf("queue %q not found", queue))
+	case err != nil: // a max or state the API let through
+		return nil, 0, 0, status.Error(codes.Internal, err.Error())
+	}
+	return msgs, next, applied, nil
+}
+
 // Queues implements transport.Backend.
 func (n *Node) Queues(ctx context.Context) ([]*fsmpb.QueueInfo, error) {
 	if err := n.verifyLeader(ctx); err != nil {

@@ -33,6 +33,11 @@ type Backend interface {
 	// node is still the leader, so a deposed leader never answers.
 	Queue(ctx context.Context, name string) (*fsmpb.QueueInfo, error)
 	Queues(ctx context.Context) ([]*fsmpb.QueueInfo, error)
+	// Peek reads a queue's live messages (fsm.FSM.Peek) without a log
+	// entry: from this node's applied state, or, with leader, on the
+	// leader after confirming that it still is. It returns the messages,
+	// the next page's first id and the applied index read.
+	Peek(ctx context.Context, queue string, o fsm.PeekOptions, leader bool) ([]*fsmpb.PeekedMessage, uint64, uint64, error)
 	// WaitAvailable returns nil as soon as queue has a message available,
 	// or ctx's error when it ends first. It writes nothing to the Raft
 	// log: an empty long poll costs no log entry. It checks before it
@@ -248,6 +253,24 @@ func (q *QueueService) GetQueue(ctx context.Context, req *quorumqpb.GetQueueRequ
 		return nil, err
 	}
 	return &quorumqpb.GetQueueResponse{Queue: info}, nil
+}
+
+// Peek shows a queue's live messages without leasing or changing any,
+// read from this node's state (or the leader's, with leader set). Its max
+// is checked before anything is read.
+func (q *QueueService) Peek(ctx context.Context, req *quorumqpb.PeekRequest) (*quorumqpb.PeekResponse, error) {
+	if err := wire.ValidateQueueName("queue", req.GetQueue()); err != nil {
+		return nil, err
+	}
+	if err := wire.ValidatePeek(int(req.GetMax()), req.GetState()); err != nil {
+		return nil, err
+	}
+	o := fsm.PeekOptions{From: req.GetFromId(), Max: int(req.GetMax()), State: req.GetState(), NoBody: req.GetNoBody()}
+	msgs, next, applied, err := q.backend.Peek(ctx, req.GetQueue(), o, req.GetLeader())
+	if err != nil {
+		return nil, err
+	}
+	return &quorumqpb.PeekResponse{Messages: msgs, NextId: next, AppliedIndex: applied}, nil
 }
 
 // ListQueues returns every queue, read on the leader.

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/quorumq/quorumq/fsm"
 	"github.com/quorumq/quorumq/fsm/fsmpb"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
 	"github.com/quorumq/quorumq/transport/wire"
@@ -21,6 +22,7 @@ import (
 type recorder struct {
 	cmds   []*fsmpb.Command
 	result *fsmpb.Result
+	peeks  int // reads that reached the backend
 }
 
 func (r *recorder) Propose(_ context.Context, cmd *fsmpb.Command) (*fsmpb.Result, error) {
@@ -39,6 +41,10 @@ func (r *recorder) Queues(context.Context) ([]*fsmpb.QueueInfo, error)      { re
 func (r *recorder) WaitAvailable(ctx context.Context, _ string) error {
 	<-ctx.Done()
 	return ctx.Err()
+}
+func (r *recorder) Peek(context.Context, string, fsm.PeekOptions, bool) ([]*fsmpb.PeekedMessage, uint64, uint64, error) {
+	r.peeks++
+	return nil, 0, 0, nil
 }
 func (r *recorder) Available(string) int        { return 0 }
 func (r *recorder) HasQueue(string) (bool, int) { return true, 1 }
@@ -131,6 +137,18 @@ func TestRejectsBadRequestsNamingFieldAndLimit(t *testing.T) {
 			_, err := q.Transaction(ctx, &quorumqpb.TransactionRequest{Enqueues: []*quorumqpb.EnqueueRequest{{Queue: "ok", Messages: msgs(1, 1)}, {Queue: "", Messages: msgs(1, 1)}}})
 			return err
 		}, []string{"enqueues[1].queue"}},
+		{"peek of 101", func(q *QueueService) error {
+			_, err := q.Peek(ctx, &quorumqpb.PeekRequest{Queue: "q", Max: 101})
+			return err
+		}, []string{"max: 101, limit is 1 to 100"}},
+		{"peek of 0", func(q *QueueService) error {
+			_, err := q.Peek(ctx, &quorumqpb.PeekRequest{Queue: "q"})
+			return err
+		}, []string{"max: 0, limit is 1 to 100"}},
+		{"peek of an unknown state", func(q *QueueService) error {
+			_, err := q.Peek(ctx, &quorumqpb.PeekRequest{Queue: "q", Max: 1, State: 9})
+			return err
+		}, []string{"state: 9"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -147,8 +165,8 @@ func TestRejectsBadRequestsNamingFieldAndLimit(t *testing.T) {
 			if code, ok := wire.QueueErrorCode(err); !ok || code != fsmpb.ErrorCode_INVALID_ARGUMENT {
 				t.Errorf("error lacks the INVALID_ARGUMENT QueueError detail")
 			}
-			if len(rec.cmds) != 0 {
-				t.Errorf("an invalid request reached Raft: %v", rec.cmds)
+			if len(rec.cmds) != 0 || rec.peeks != 0 {
+				t.Errorf("an invalid request reached Raft (%v) or the state (%d peeks)", rec.cmds, rec.peeks)
 			}
 		})
 	}
@@ -295,8 +313,11 @@ func (c *claimer) Submit(ctx context.Context, cmd *fsmpb.Command) (func(context.
 	return func(ctx context.Context) (*fsmpb.Result, error) { return c.Propose(ctx, cmd) }, nil
 }
 func (c *claimer) Queue(context.Context, string) (*fsmpb.QueueInfo, error) { return nil, nil }
-func (c *claimer) Queues(context.Context) ([]*fsmpb.QueueInfo, error)      { return nil, nil }
-func (c *claimer) HasQueue(string) (bool, int)                             { return true, 1 }
+func (c *claimer) Peek(context.Context, string, fsm.PeekOptions, bool) ([]*fsmpb.PeekedMessage, uint64, uint64, error) {
+	return nil, 0, 0, nil
+}
+func (c *claimer) Queues(context.Context) ([]*fsmpb.QueueInfo, error) { return nil, nil }
+func (c *claimer) HasQueue(string) (bool, int)                        { return true, 1 }
 func (c *claimer) Available(string) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()

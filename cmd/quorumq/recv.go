@@ -162,11 +162,7 @@ func printMessages(cmd *cobra.Command, f *cliFlags, ms []recvJSON) error {
 	why := slices.ContainsFunc(ms, func(m recvJSON) bool { return m.LastNackReason != "" || m.DeadLetter != nil })
 	rows := make([][]string, len(ms))
 	for i, m := range ms {
-		var attrs []string
-		for _, k := range slices.Sorted(maps.Keys(m.Attributes)) {
-			attrs = append(attrs, k+"="+m.Attributes[k])
-		}
-		rows[i] = []string{m.Receipt, m.Body, strings.Join(attrs, ","), m.LeaseUntil}
+		rows[i] = []string{m.Receipt, m.Body, attributesCell(m.Attributes), m.LeaseUntil}
 		if why {
 			dl := ""
 			if m.DeadLetter != nil {
@@ -180,4 +176,14 @@ func printMessages(cmd *cobra.Command, f *cliFlags, ms []recvJSON) error {
 		header = append(header, "LAST_NACK_REASON", "DEAD_LETTER")
 	}
 	return table(w, header, rows)
+}
+
+// attributesCell is a message's attributes in one table cell: k=v pairs
+// in key order.
+func attributesCell(attrs map[string]string) string {
+	var kv []string
+	for _, k := range slices.Sorted(maps.Keys(attrs)) {
+		kv = append(kv, k+"="+attrs[k])
+	}
+	return strings.Join(kv, ",")
 }

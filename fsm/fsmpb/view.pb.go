@@ -204,6 +204,67 @@ func (AckOutcome) EnumDescriptor() ([]byte, []int) {
 	return file_fsm_fsmpb_view_proto_rawDescGZIP(), []int{2}
 }
 
+// PeekState is the state of a message as a peek sees it, and the filter
+// of a peek. Stats count the same way: a delayed message that is due and
+// a lease that ran out are ready.
+type PeekState int32
+
+const (
+	// PEEK_ALL: as a filter, every live message; never a message's state.
+	PeekState_PEEK_ALL     PeekState = 0
+	PeekState_PEEK_READY   PeekState = 1
+	PeekState_PEEK_DELAYED PeekState = 2
+	PeekState_PEEK_LEASED  PeekState = 3
+	// PEEK_DEAD: dead-lettered with no queue to go to, kept in its source
+	// queue and never delivered.
+	PeekState_PEEK_DEAD PeekState = 4
+)
+
+// Enum value maps for PeekState.
+var (
+	PeekState_name = map[int32]string{
+		0: "PEEK_ALL",
+		1: "PEEK_READY",
+		2: "PEEK_DELAYED",
+		3: "PEEK_LEASED",
+		4: "PEEK_DEAD",
+	}
+	PeekState_value = map[string]int32{
+		"PEEK_ALL":     0,
+		"PEEK_READY":   1,
+		"PEEK_DELAYED": 2,
+		"PEEK_LEASED":  3,
+		"PEEK_DEAD":    4,
+	}
+)
+
+func (x PeekState) Enum() *PeekState {
+	p := new(PeekState)
+	*p = x
+	return p
+}
+
+func (x PeekState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PeekState) Descriptor() protoreflect.EnumDescriptor {
+	return file_fsm_fsmpb_view_proto_enumTypes[3].Descriptor()
+}
+
+func (PeekState) Type() protoreflect.EnumType {
+	return &file_fsm_fsmpb_view_proto_enumTypes[3]
+}
+
+func (x PeekState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PeekState.Descriptor instead.
+func (PeekState) EnumDescriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_view_proto_rawDescGZIP(), []int{3}
+}
+
 type Error struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Code          ErrorCode              `protobuf:"varint,1,opt,name=code,proto3,enum=quorumq.fsm.v1.ErrorCode" json:"code,omitempty"`
@@ -821,6 +882,139 @@ func (x *Result) GetReplayed() bool {
 	return false
 }
 
+// PeekedMessage is a live message as a peek shows it; a peek changes
+// nothing, so it carries no receipt.
+type PeekedMessage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	State PeekState              `protobuf:"varint,2,opt,name=state,proto3,enum=quorumq.fsm.v1.PeekState" json:"state,omitempty"`
+	// attempts: deliveries so far (0: never delivered).
+	Attempts uint32 `protobuf:"varint,3,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// body is empty when the peek asked for no bodies; body_size is its
+	// size either way.
+	Body               []byte       `protobuf:"bytes,4,opt,name=body,proto3" json:"body,omitempty"`
+	BodySize           uint64       `protobuf:"varint,5,opt,name=body_size,json=bodySize,proto3" json:"body_size,omitempty"`
+	Attributes         []*Attribute `protobuf:"bytes,6,rep,name=attributes,proto3" json:"attributes,omitempty"`
+	DedupId            string       `protobuf:"bytes,7,opt,name=dedup_id,json=dedupId,proto3" json:"dedup_id,omitempty"`
+	EnqueuedAtUnixNano int64        `protobuf:"varint,8,opt,name=enqueued_at_unix_nano,json=enqueuedAtUnixNano,proto3" json:"enqueued_at_unix_nano,omitempty"`
+	// at_unix_nano: when a delayed message becomes ready, when a lease ends;
+	// 0 for ready and dead messages.
+	AtUnixNano int64 `protobuf:"varint,9,opt,name=at_unix_nano,json=atUnixNano,proto3" json:"at_unix_nano,omitempty"`
+	// dead_letter is set on a message that arrived as a dead letter, and on
+	// a dead one.
+	DeadLetter     *DeadLetter `protobuf:"bytes,10,opt,name=dead_letter,json=deadLetter,proto3" json:"dead_letter,omitempty"`
+	LastNackReason string      `protobuf:"bytes,11,opt,name=last_nack_reason,json=lastNackReason,proto3" json:"last_nack_reason,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *PeekedMessage) Reset() {
+	*x = PeekedMessage{}
+	mi := &file_fsm_fsmpb_view_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PeekedMessage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PeekedMessage) ProtoMessage() {}
+
+func (x *PeekedMessage) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_view_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PeekedMessage.ProtoReflect.Descriptor instead.
+func (*PeekedMessage) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_view_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *PeekedMessage) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *PeekedMessage) GetState() PeekState {
+	if x != nil {
+		return x.State
+	}
+	return PeekState_PEEK_ALL
+}
+
+func (x *PeekedMessage) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *PeekedMessage) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *PeekedMessage) GetBodySize() uint64 {
+	if x != nil {
+		return x.BodySize
+	}
+	return 0
+}
+
+func (x *PeekedMessage) GetAttributes() []*Attribute {
+	if x != nil {
+		return x.Attributes
+	}
+	return nil
+}
+
+func (x *PeekedMessage) GetDedupId() string {
+	if x != nil {
+		return x.DedupId
+	}
+	return ""
+}
+
+func (x *PeekedMessage) GetEnqueuedAtUnixNano() int64 {
+	if x != nil {
+		return x.EnqueuedAtUnixNano
+	}
+	return 0
+}
+
+func (x *PeekedMessage) GetAtUnixNano() int64 {
+	if x != nil {
+		return x.AtUnixNano
+	}
+	return 0
+}
+
+func (x *PeekedMessage) GetDeadLetter() *DeadLetter {
+	if x != nil {
+		return x.DeadLetter
+	}
+	return nil
+}
+
+func (x *PeekedMessage) GetLastNackReason() string {
+	if x != nil {
+		return x.LastNackReason
+	}
+	return ""
+}
+
 var File_fsm_fsmpb_view_proto protoreflect.FileDescriptor
 
 const file_fsm_fsmpb_view_proto_rawDesc = "" +
@@ -886,7 +1080,24 @@ const file_fsm_fsmpb_view_proto_rawDesc = "" +
 	"\boutcomes\x18\x04 \x03(\x0e2\x1a.quorumq.fsm.v1.AckOutcomeR\boutcomes\x12/\n" +
 	"\x05queue\x18\x05 \x01(\v2\x19.quorumq.fsm.v1.QueueInfoR\x05queue\x12\x14\n" +
 	"\x05count\x18\x06 \x01(\x04R\x05count\x12\x1a\n" +
-	"\breplayed\x18\a \x01(\bR\breplayed*\xb7\x01\n" +
+	"\breplayed\x18\a \x01(\bR\breplayed\"\xaf\x03\n" +
+	"\rPeekedMessage\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12/\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x19.quorumq.fsm.v1.PeekStateR\x05state\x12\x1a\n" +
+	"\battempts\x18\x03 \x01(\rR\battempts\x12\x12\n" +
+	"\x04body\x18\x04 \x01(\fR\x04body\x12\x1b\n" +
+	"\tbody_size\x18\x05 \x01(\x04R\bbodySize\x129\n" +
+	"\n" +
+	"attributes\x18\x06 \x03(\v2\x19.quorumq.fsm.v1.AttributeR\n" +
+	"attributes\x12\x19\n" +
+	"\bdedup_id\x18\a \x01(\tR\adedupId\x121\n" +
+	"\x15enqueued_at_unix_nano\x18\b \x01(\x03R\x12enqueuedAtUnixNano\x12 \n" +
+	"\fat_unix_nano\x18\t \x01(\x03R\n" +
+	"atUnixNano\x12;\n" +
+	"\vdead_letter\x18\n" +
+	" \x01(\v2\x1a.quorumq.fsm.v1.DeadLetterR\n" +
+	"deadLetter\x12(\n" +
+	"\x10last_nack_reason\x18\v \x01(\tR\x0elastNackReason*\xb7\x01\n" +
 	"\tErrorCode\x12\x06\n" +
 	"\x02OK\x10\x00\x12\r\n" +
 	"\tMALFORMED\x10\x01\x12\x14\n" +
@@ -909,7 +1120,14 @@ const file_fsm_fsmpb_view_proto_rawDesc = "" +
 	"\n" +
 	"\x06ACK_OK\x10\x00\x12\x12\n" +
 	"\x0eACK_LEASE_LOST\x10\x01\x12\x17\n" +
-	"\x13ACK_UNKNOWN_MESSAGE\x10\x02B&Z$github.com/quorumq/quorumq/fsm/fsmpbb\x06proto3"
+	"\x13ACK_UNKNOWN_MESSAGE\x10\x02*[\n" +
+	"\tPeekState\x12\f\n" +
+	"\bPEEK_ALL\x10\x00\x12\x0e\n" +
+	"\n" +
+	"PEEK_READY\x10\x01\x12\x10\n" +
+	"\fPEEK_DELAYED\x10\x02\x12\x0f\n" +
+	"\vPEEK_LEASED\x10\x03\x12\r\n" +
+	"\tPEEK_DEAD\x10\x04B&Z$github.com/quorumq/quorumq/fsm/fsmpbb\x06proto3"
 
 var (
 	file_fsm_fsmpb_view_proto_rawDescOnce sync.Once
@@ -923,41 +1141,46 @@ func file_fsm_fsmpb_view_proto_rawDescGZIP() []byte {
 	return file_fsm_fsmpb_view_proto_rawDescData
 }
 
-var file_fsm_fsmpb_view_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_fsm_fsmpb_view_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_fsm_fsmpb_view_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_fsm_fsmpb_view_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_fsm_fsmpb_view_proto_goTypes = []any{
 	(ErrorCode)(0),        // 0: quorumq.fsm.v1.ErrorCode
 	(DeadLetterReason)(0), // 1: quorumq.fsm.v1.DeadLetterReason
 	(AckOutcome)(0),       // 2: quorumq.fsm.v1.AckOutcome
-	(*Error)(nil),         // 3: quorumq.fsm.v1.Error
-	(*EnqueueResult)(nil), // 4: quorumq.fsm.v1.EnqueueResult
-	(*Delivery)(nil),      // 5: quorumq.fsm.v1.Delivery
-	(*DeadLetter)(nil),    // 6: quorumq.fsm.v1.DeadLetter
-	(*QueueStats)(nil),    // 7: quorumq.fsm.v1.QueueStats
-	(*QueueInfo)(nil),     // 8: quorumq.fsm.v1.QueueInfo
-	(*Result)(nil),        // 9: quorumq.fsm.v1.Result
-	(*Receipt)(nil),       // 10: quorumq.fsm.v1.Receipt
-	(*Attribute)(nil),     // 11: quorumq.fsm.v1.Attribute
-	(*QueueSettings)(nil), // 12: quorumq.fsm.v1.QueueSettings
+	(PeekState)(0),        // 3: quorumq.fsm.v1.PeekState
+	(*Error)(nil),         // 4: quorumq.fsm.v1.Error
+	(*EnqueueResult)(nil), // 5: quorumq.fsm.v1.EnqueueResult
+	(*Delivery)(nil),      // 6: quorumq.fsm.v1.Delivery
+	(*DeadLetter)(nil),    // 7: quorumq.fsm.v1.DeadLetter
+	(*QueueStats)(nil),    // 8: quorumq.fsm.v1.QueueStats
+	(*QueueInfo)(nil),     // 9: quorumq.fsm.v1.QueueInfo
+	(*Result)(nil),        // 10: quorumq.fsm.v1.Result
+	(*PeekedMessage)(nil), // 11: quorumq.fsm.v1.PeekedMessage
+	(*Receipt)(nil),       // 12: quorumq.fsm.v1.Receipt
+	(*Attribute)(nil),     // 13: quorumq.fsm.v1.Attribute
+	(*QueueSettings)(nil), // 14: quorumq.fsm.v1.QueueSettings
 }
 var file_fsm_fsmpb_view_proto_depIdxs = []int32{
 	0,  // 0: quorumq.fsm.v1.Error.code:type_name -> quorumq.fsm.v1.ErrorCode
-	10, // 1: quorumq.fsm.v1.Delivery.receipt:type_name -> quorumq.fsm.v1.Receipt
-	11, // 2: quorumq.fsm.v1.Delivery.attributes:type_name -> quorumq.fsm.v1.Attribute
-	6,  // 3: quorumq.fsm.v1.Delivery.dead_letter:type_name -> quorumq.fsm.v1.DeadLetter
+	12, // 1: quorumq.fsm.v1.Delivery.receipt:type_name -> quorumq.fsm.v1.Receipt
+	13, // 2: quorumq.fsm.v1.Delivery.attributes:type_name -> quorumq.fsm.v1.Attribute
+	7,  // 3: quorumq.fsm.v1.Delivery.dead_letter:type_name -> quorumq.fsm.v1.DeadLetter
 	1,  // 4: quorumq.fsm.v1.DeadLetter.reason:type_name -> quorumq.fsm.v1.DeadLetterReason
-	12, // 5: quorumq.fsm.v1.QueueInfo.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	7,  // 6: quorumq.fsm.v1.QueueInfo.stats:type_name -> quorumq.fsm.v1.QueueStats
-	3,  // 7: quorumq.fsm.v1.Result.error:type_name -> quorumq.fsm.v1.Error
-	4,  // 8: quorumq.fsm.v1.Result.enqueued:type_name -> quorumq.fsm.v1.EnqueueResult
-	5,  // 9: quorumq.fsm.v1.Result.deliveries:type_name -> quorumq.fsm.v1.Delivery
+	14, // 5: quorumq.fsm.v1.QueueInfo.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	8,  // 6: quorumq.fsm.v1.QueueInfo.stats:type_name -> quorumq.fsm.v1.QueueStats
+	4,  // 7: quorumq.fsm.v1.Result.error:type_name -> quorumq.fsm.v1.Error
+	5,  // 8: quorumq.fsm.v1.Result.enqueued:type_name -> quorumq.fsm.v1.EnqueueResult
+	6,  // 9: quorumq.fsm.v1.Result.deliveries:type_name -> quorumq.fsm.v1.Delivery
 	2,  // 10: quorumq.fsm.v1.Result.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	8,  // 11: quorumq.fsm.v1.Result.queue:type_name -> quorumq.fsm.v1.QueueInfo
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	9,  // 11: quorumq.fsm.v1.Result.queue:type_name -> quorumq.fsm.v1.QueueInfo
+	3,  // 12: quorumq.fsm.v1.PeekedMessage.state:type_name -> quorumq.fsm.v1.PeekState
+	13, // 13: quorumq.fsm.v1.PeekedMessage.attributes:type_name -> quorumq.fsm.v1.Attribute
+	7,  // 14: quorumq.fsm.v1.PeekedMessage.dead_letter:type_name -> quorumq.fsm.v1.DeadLetter
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_fsm_fsmpb_view_proto_init() }
@@ -971,8 +1194,8 @@ func file_fsm_fsmpb_view_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fsm_fsmpb_view_proto_rawDesc), len(file_fsm_fsmpb_view_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   7,
+			NumEnums:      4,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -28,7 +28,25 @@ const (
 	// MaxNackReason bounds the reason a nack (or a reject) gives: it is
 	// kept on the message and carried into its dead letter.
 	MaxNackReason = 1024
+	// MaxPeek bounds the messages one peek returns. A peek is a read
+	// served outside the log, each message may carry a 1 MiB body, and
+	// the answer is built under the state machine's read lock, so it is
+	// smaller than a batch.
+	MaxPeek = 100
 )
+
+// PeekProblem returns what is wrong with a peek's max and state filter
+// ("max: 101, limit is 1 to 100"), or "" when max is within MaxPeek and
+// state is a PeekState.
+func PeekProblem(max int, state fsmpb.PeekState) string {
+	if max < 1 || max > MaxPeek {
+		return fmt.Sprintf("max: %d, limit is 1 to %d", max, MaxPeek)
+	}
+	if _, ok := fsmpb.PeekState_name[int32(state)]; !ok {
+		return fmt.Sprintf("state: %d is not a peek state", state)
+	}
+	return ""
+}
 
 // QueueNameProblem returns what is wrong with a queue name, or "" when it
 // is one: [A-Za-z0-9._-]{1,128}.

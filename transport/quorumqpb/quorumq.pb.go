@@ -1427,6 +1427,156 @@ func (x *RedriveResponse) GetMoved() uint64 {
 	return 0
 }
 
+type PeekRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Queue string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	// from_id: the lowest message id to show (0 and 1: from the start).
+	FromId uint64 `protobuf:"varint,2,opt,name=from_id,json=fromId,proto3" json:"from_id,omitempty"`
+	Max    uint32 `protobuf:"varint,3,opt,name=max,proto3" json:"max,omitempty"` // 1 ... 100
+	// state: which messages to show; PEEK_ALL (0) shows every live one.
+	State fsmpb.PeekState `protobuf:"varint,4,opt,name=state,proto3,enum=quorumq.fsm.v1.PeekState" json:"state,omitempty"`
+	// no_body: leave bodies out (body_size still says how large each is).
+	NoBody bool `protobuf:"varint,5,opt,name=no_body,json=noBody,proto3" json:"no_body,omitempty"`
+	// leader: answer only on the leader after it confirms its leadership.
+	Leader        bool `protobuf:"varint,6,opt,name=leader,proto3" json:"leader,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PeekRequest) Reset() {
+	*x = PeekRequest{}
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PeekRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PeekRequest) ProtoMessage() {}
+
+func (x *PeekRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PeekRequest.ProtoReflect.Descriptor instead.
+func (*PeekRequest) Descriptor() ([]byte, []int) {
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *PeekRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *PeekRequest) GetFromId() uint64 {
+	if x != nil {
+		return x.FromId
+	}
+	return 0
+}
+
+func (x *PeekRequest) GetMax() uint32 {
+	if x != nil {
+		return x.Max
+	}
+	return 0
+}
+
+func (x *PeekRequest) GetState() fsmpb.PeekState {
+	if x != nil {
+		return x.State
+	}
+	return fsmpb.PeekState(0)
+}
+
+func (x *PeekRequest) GetNoBody() bool {
+	if x != nil {
+		return x.NoBody
+	}
+	return false
+}
+
+func (x *PeekRequest) GetLeader() bool {
+	if x != nil {
+		return x.Leader
+	}
+	return false
+}
+
+type PeekResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Messages []*fsmpb.PeekedMessage `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
+	// next_id: the from_id of the next page; 0 when no message is left.
+	NextId uint64 `protobuf:"varint,2,opt,name=next_id,json=nextId,proto3" json:"next_id,omitempty"`
+	// applied_index: the Raft index of the state the answer was read from.
+	AppliedIndex  uint64 `protobuf:"varint,3,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PeekResponse) Reset() {
+	*x = PeekResponse{}
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PeekResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PeekResponse) ProtoMessage() {}
+
+func (x *PeekResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PeekResponse.ProtoReflect.Descriptor instead.
+func (*PeekResponse) Descriptor() ([]byte, []int) {
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *PeekResponse) GetMessages() []*fsmpb.PeekedMessage {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
+func (x *PeekResponse) GetNextId() uint64 {
+	if x != nil {
+		return x.NextId
+	}
+	return 0
+}
+
+func (x *PeekResponse) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
 type ExtendRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Queue         string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
@@ -1438,7 +1588,7 @@ type ExtendRequest struct {
 
 func (x *ExtendRequest) Reset() {
 	*x = ExtendRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[27]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1450,7 +1600,7 @@ func (x *ExtendRequest) String() string {
 func (*ExtendRequest) ProtoMessage() {}
 
 func (x *ExtendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[27]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1463,7 +1613,7 @@ func (x *ExtendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendRequest.ProtoReflect.Descriptor instead.
 func (*ExtendRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{27}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ExtendRequest) GetQueue() string {
@@ -1496,7 +1646,7 @@ type ExtendResponse struct {
 
 func (x *ExtendResponse) Reset() {
 	*x = ExtendResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[28]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1508,7 +1658,7 @@ func (x *ExtendResponse) String() string {
 func (*ExtendResponse) ProtoMessage() {}
 
 func (x *ExtendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[28]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1521,7 +1671,7 @@ func (x *ExtendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendResponse.ProtoReflect.Descriptor instead.
 func (*ExtendResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{28}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ExtendResponse) GetOutcomes() []fsmpb.AckOutcome {
@@ -1541,7 +1691,7 @@ type TransactionRequest struct {
 
 func (x *TransactionRequest) Reset() {
 	*x = TransactionRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[29]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1553,7 +1703,7 @@ func (x *TransactionRequest) String() string {
 func (*TransactionRequest) ProtoMessage() {}
 
 func (x *TransactionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[29]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1566,7 +1716,7 @@ func (x *TransactionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransactionRequest.ProtoReflect.Descriptor instead.
 func (*TransactionRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{29}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *TransactionRequest) GetAcks() []*AckRequest {
@@ -1593,7 +1743,7 @@ type TransactionResponse struct {
 
 func (x *TransactionResponse) Reset() {
 	*x = TransactionResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[30]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1605,7 +1755,7 @@ func (x *TransactionResponse) String() string {
 func (*TransactionResponse) ProtoMessage() {}
 
 func (x *TransactionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[30]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1618,7 +1768,7 @@ func (x *TransactionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransactionResponse.ProtoReflect.Descriptor instead.
 func (*TransactionResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{30}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *TransactionResponse) GetAckOutcomes() []fsmpb.AckOutcome {
@@ -1643,7 +1793,7 @@ type NodeStatusRequest struct {
 
 func (x *NodeStatusRequest) Reset() {
 	*x = NodeStatusRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[31]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1655,7 +1805,7 @@ func (x *NodeStatusRequest) String() string {
 func (*NodeStatusRequest) ProtoMessage() {}
 
 func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[31]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1668,7 +1818,7 @@ func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusRequest.ProtoReflect.Descriptor instead.
 func (*NodeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{31}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{33}
 }
 
 type NodeStatusResponse struct {
@@ -1680,7 +1830,7 @@ type NodeStatusResponse struct {
 
 func (x *NodeStatusResponse) Reset() {
 	*x = NodeStatusResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[32]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1692,7 +1842,7 @@ func (x *NodeStatusResponse) String() string {
 func (*NodeStatusResponse) ProtoMessage() {}
 
 func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[32]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1705,7 +1855,7 @@ func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusResponse.ProtoReflect.Descriptor instead.
 func (*NodeStatusResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{32}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *NodeStatusResponse) GetNode() *NodeStatus {
@@ -1756,7 +1906,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[33]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1768,7 +1918,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[33]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1781,7 +1931,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{33}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *NodeStatus) GetId() string {
@@ -1927,7 +2077,7 @@ type ClockOffset struct {
 
 func (x *ClockOffset) Reset() {
 	*x = ClockOffset{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[34]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1939,7 +2089,7 @@ func (x *ClockOffset) String() string {
 func (*ClockOffset) ProtoMessage() {}
 
 func (x *ClockOffset) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[34]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1952,7 +2102,7 @@ func (x *ClockOffset) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClockOffset.ProtoReflect.Descriptor instead.
 func (*ClockOffset) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{34}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ClockOffset) GetId() string {
@@ -1977,7 +2127,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[35]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1989,7 +2139,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[35]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2002,7 +2152,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{35}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{37}
 }
 
 type StatusResponse struct {
@@ -2016,7 +2166,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[36]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2028,7 +2178,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[36]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2041,7 +2191,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{36}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *StatusResponse) GetNodes() []*NodeStatus {
@@ -2079,7 +2229,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[37]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2091,7 +2241,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[37]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2104,7 +2254,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{37}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Member) GetId() string {
@@ -2157,7 +2307,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[38]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2169,7 +2319,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[38]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2182,7 +2332,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{38}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{40}
 }
 
 type MembersResponse struct {
@@ -2194,7 +2344,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[39]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2206,7 +2356,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[39]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2219,7 +2369,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{39}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *MembersResponse) GetMembers() []*Member {
@@ -2237,7 +2387,7 @@ type LeaderRequest struct {
 
 func (x *LeaderRequest) Reset() {
 	*x = LeaderRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[40]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2249,7 +2399,7 @@ func (x *LeaderRequest) String() string {
 func (*LeaderRequest) ProtoMessage() {}
 
 func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[40]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2262,7 +2412,7 @@ func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderRequest.ProtoReflect.Descriptor instead.
 func (*LeaderRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{40}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{42}
 }
 
 type LeaderResponse struct {
@@ -2276,7 +2426,7 @@ type LeaderResponse struct {
 
 func (x *LeaderResponse) Reset() {
 	*x = LeaderResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[41]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2288,7 +2438,7 @@ func (x *LeaderResponse) String() string {
 func (*LeaderResponse) ProtoMessage() {}
 
 func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[41]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2301,7 +2451,7 @@ func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderResponse.ProtoReflect.Descriptor instead.
 func (*LeaderResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{41}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *LeaderResponse) GetLeaderId() string {
@@ -2334,7 +2484,7 @@ type RemoveServerRequest struct {
 
 func (x *RemoveServerRequest) Reset() {
 	*x = RemoveServerRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[42]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2346,7 +2496,7 @@ func (x *RemoveServerRequest) String() string {
 func (*RemoveServerRequest) ProtoMessage() {}
 
 func (x *RemoveServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[42]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2359,7 +2509,7 @@ func (x *RemoveServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveServerRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{42}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RemoveServerRequest) GetId() string {
@@ -2377,7 +2527,7 @@ type RemoveServerResponse struct {
 
 func (x *RemoveServerResponse) Reset() {
 	*x = RemoveServerResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[43]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2389,7 +2539,7 @@ func (x *RemoveServerResponse) String() string {
 func (*RemoveServerResponse) ProtoMessage() {}
 
 func (x *RemoveServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[43]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2402,7 +2552,7 @@ func (x *RemoveServerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServerResponse.ProtoReflect.Descriptor instead.
 func (*RemoveServerResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{43}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{45}
 }
 
 type TransferLeadershipRequest struct {
@@ -2415,7 +2565,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[44]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2427,7 +2577,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[44]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2440,7 +2590,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{44}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *TransferLeadershipRequest) GetId() string {
@@ -2459,7 +2609,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[45]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2471,7 +2621,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[45]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2484,7 +2634,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{45}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *TransferLeadershipResponse) GetNewLeaderId() string {
@@ -2502,7 +2652,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[46]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2514,7 +2664,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[46]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2527,7 +2677,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{46}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{48}
 }
 
 type SnapshotResponse struct {
@@ -2542,7 +2692,7 @@ type SnapshotResponse struct {
 
 func (x *SnapshotResponse) Reset() {
 	*x = SnapshotResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[47]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2554,7 +2704,7 @@ func (x *SnapshotResponse) String() string {
 func (*SnapshotResponse) ProtoMessage() {}
 
 func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[47]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2567,7 +2717,7 @@ func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{47}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *SnapshotResponse) GetIndex() uint64 {
@@ -2606,7 +2756,7 @@ type BackupRequest struct {
 
 func (x *BackupRequest) Reset() {
 	*x = BackupRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[48]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2618,7 +2768,7 @@ func (x *BackupRequest) String() string {
 func (*BackupRequest) ProtoMessage() {}
 
 func (x *BackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[48]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2631,7 +2781,7 @@ func (x *BackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
 func (*BackupRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{48}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{50}
 }
 
 // BackupChunk: the first chunk carries index, term and size; every chunk
@@ -2648,7 +2798,7 @@ type BackupChunk struct {
 
 func (x *BackupChunk) Reset() {
 	*x = BackupChunk{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[49]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2660,7 +2810,7 @@ func (x *BackupChunk) String() string {
 func (*BackupChunk) ProtoMessage() {}
 
 func (x *BackupChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[49]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2673,7 +2823,7 @@ func (x *BackupChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
 func (*BackupChunk) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{49}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *BackupChunk) GetIndex() uint64 {
@@ -2791,7 +2941,18 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\x02to\x18\x02 \x01(\tR\x02to\x12\x10\n" +
 	"\x03max\x18\x03 \x01(\rR\x03max\"'\n" +
 	"\x0fRedriveResponse\x12\x14\n" +
-	"\x05moved\x18\x01 \x01(\x04R\x05moved\"\x7f\n" +
+	"\x05moved\x18\x01 \x01(\x04R\x05moved\"\xb0\x01\n" +
+	"\vPeekRequest\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x17\n" +
+	"\afrom_id\x18\x02 \x01(\x04R\x06fromId\x12\x10\n" +
+	"\x03max\x18\x03 \x01(\rR\x03max\x12/\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x19.quorumq.fsm.v1.PeekStateR\x05state\x12\x17\n" +
+	"\ano_body\x18\x05 \x01(\bR\x06noBody\x12\x16\n" +
+	"\x06leader\x18\x06 \x01(\bR\x06leader\"\x87\x01\n" +
+	"\fPeekResponse\x129\n" +
+	"\bmessages\x18\x01 \x03(\v2\x1d.quorumq.fsm.v1.PeekedMessageR\bmessages\x12\x17\n" +
+	"\anext_id\x18\x02 \x01(\x04R\x06nextId\x12#\n" +
+	"\rapplied_index\x18\x03 \x01(\x04R\fappliedIndex\"\x7f\n" +
 	"\rExtendRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
 	"\breceipts\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\x12#\n" +
@@ -2873,7 +3034,7 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\x12\x12\n" +
 	"\x04size\x18\x03 \x01(\x03R\x04size\x12\x12\n" +
-	"\x04data\x18\x04 \x01(\fR\x04data2\xa8\b\n" +
+	"\x04data\x18\x04 \x01(\fR\x04data2\xe3\b\n" +
 	"\x05Queue\x12N\n" +
 	"\vCreateQueue\x12\x1e.quorumq.v1.CreateQueueRequest\x1a\x1f.quorumq.v1.CreateQueueResponse\x12N\n" +
 	"\vUpdateQueue\x12\x1e.quorumq.v1.UpdateQueueRequest\x1a\x1f.quorumq.v1.UpdateQueueResponse\x12E\n" +
@@ -2890,7 +3051,8 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\x06Extend\x12\x19.quorumq.v1.ExtendRequest\x1a\x1a.quorumq.v1.ExtendResponse\x12?\n" +
 	"\x06Reject\x12\x19.quorumq.v1.RejectRequest\x1a\x1a.quorumq.v1.RejectResponse\x12B\n" +
 	"\aRedrive\x12\x1a.quorumq.v1.RedriveRequest\x1a\x1b.quorumq.v1.RedriveResponse\x12N\n" +
-	"\vTransaction\x12\x1e.quorumq.v1.TransactionRequest\x1a\x1f.quorumq.v1.TransactionResponse2\xdb\x04\n" +
+	"\vTransaction\x12\x1e.quorumq.v1.TransactionRequest\x1a\x1f.quorumq.v1.TransactionResponse\x129\n" +
+	"\x04Peek\x12\x17.quorumq.v1.PeekRequest\x1a\x18.quorumq.v1.PeekResponse2\xdb\x04\n" +
 	"\aCluster\x12?\n" +
 	"\x06Status\x12\x19.quorumq.v1.StatusRequest\x1a\x1a.quorumq.v1.StatusResponse\x12K\n" +
 	"\n" +
@@ -2914,7 +3076,7 @@ func file_transport_quorumqpb_quorumq_proto_rawDescGZIP() []byte {
 	return file_transport_quorumqpb_quorumq_proto_rawDescData
 }
 
-var file_transport_quorumqpb_quorumq_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
+var file_transport_quorumqpb_quorumq_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
 var file_transport_quorumqpb_quorumq_proto_goTypes = []any{
 	(*NotLeader)(nil),                  // 0: quorumq.v1.NotLeader
 	(*OutcomeUnknown)(nil),             // 1: quorumq.v1.OutcomeUnknown
@@ -2943,118 +3105,126 @@ var file_transport_quorumqpb_quorumq_proto_goTypes = []any{
 	(*RejectResponse)(nil),             // 24: quorumq.v1.RejectResponse
 	(*RedriveRequest)(nil),             // 25: quorumq.v1.RedriveRequest
 	(*RedriveResponse)(nil),            // 26: quorumq.v1.RedriveResponse
-	(*ExtendRequest)(nil),              // 27: quorumq.v1.ExtendRequest
-	(*ExtendResponse)(nil),             // 28: quorumq.v1.ExtendResponse
-	(*TransactionRequest)(nil),         // 29: quorumq.v1.TransactionRequest
-	(*TransactionResponse)(nil),        // 30: quorumq.v1.TransactionResponse
-	(*NodeStatusRequest)(nil),          // 31: quorumq.v1.NodeStatusRequest
-	(*NodeStatusResponse)(nil),         // 32: quorumq.v1.NodeStatusResponse
-	(*NodeStatus)(nil),                 // 33: quorumq.v1.NodeStatus
-	(*ClockOffset)(nil),                // 34: quorumq.v1.ClockOffset
-	(*StatusRequest)(nil),              // 35: quorumq.v1.StatusRequest
-	(*StatusResponse)(nil),             // 36: quorumq.v1.StatusResponse
-	(*Member)(nil),                     // 37: quorumq.v1.Member
-	(*MembersRequest)(nil),             // 38: quorumq.v1.MembersRequest
-	(*MembersResponse)(nil),            // 39: quorumq.v1.MembersResponse
-	(*LeaderRequest)(nil),              // 40: quorumq.v1.LeaderRequest
-	(*LeaderResponse)(nil),             // 41: quorumq.v1.LeaderResponse
-	(*RemoveServerRequest)(nil),        // 42: quorumq.v1.RemoveServerRequest
-	(*RemoveServerResponse)(nil),       // 43: quorumq.v1.RemoveServerResponse
-	(*TransferLeadershipRequest)(nil),  // 44: quorumq.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 45: quorumq.v1.TransferLeadershipResponse
-	(*SnapshotRequest)(nil),            // 46: quorumq.v1.SnapshotRequest
-	(*SnapshotResponse)(nil),           // 47: quorumq.v1.SnapshotResponse
-	(*BackupRequest)(nil),              // 48: quorumq.v1.BackupRequest
-	(*BackupChunk)(nil),                // 49: quorumq.v1.BackupChunk
-	(fsmpb.ErrorCode)(0),               // 50: quorumq.fsm.v1.ErrorCode
-	(*fsmpb.QueueSettings)(nil),        // 51: quorumq.fsm.v1.QueueSettings
-	(*fsmpb.QueueInfo)(nil),            // 52: quorumq.fsm.v1.QueueInfo
-	(*fsmpb.Message)(nil),              // 53: quorumq.fsm.v1.Message
-	(*fsmpb.EnqueueResult)(nil),        // 54: quorumq.fsm.v1.EnqueueResult
-	(*fsmpb.Receipt)(nil),              // 55: quorumq.fsm.v1.Receipt
-	(*fsmpb.Delivery)(nil),             // 56: quorumq.fsm.v1.Delivery
-	(fsmpb.AckOutcome)(0),              // 57: quorumq.fsm.v1.AckOutcome
+	(*PeekRequest)(nil),                // 27: quorumq.v1.PeekRequest
+	(*PeekResponse)(nil),               // 28: quorumq.v1.PeekResponse
+	(*ExtendRequest)(nil),              // 29: quorumq.v1.ExtendRequest
+	(*ExtendResponse)(nil),             // 30: quorumq.v1.ExtendResponse
+	(*TransactionRequest)(nil),         // 31: quorumq.v1.TransactionRequest
+	(*TransactionResponse)(nil),        // 32: quorumq.v1.TransactionResponse
+	(*NodeStatusRequest)(nil),          // 33: quorumq.v1.NodeStatusRequest
+	(*NodeStatusResponse)(nil),         // 34: quorumq.v1.NodeStatusResponse
+	(*NodeStatus)(nil),                 // 35: quorumq.v1.NodeStatus
+	(*ClockOffset)(nil),                // 36: quorumq.v1.ClockOffset
+	(*StatusRequest)(nil),              // 37: quorumq.v1.StatusRequest
+	(*StatusResponse)(nil),             // 38: quorumq.v1.StatusResponse
+	(*Member)(nil),                     // 39: quorumq.v1.Member
+	(*MembersRequest)(nil),             // 40: quorumq.v1.MembersRequest
+	(*MembersResponse)(nil),            // 41: quorumq.v1.MembersResponse
+	(*LeaderRequest)(nil),              // 42: quorumq.v1.LeaderRequest
+	(*LeaderResponse)(nil),             // 43: quorumq.v1.LeaderResponse
+	(*RemoveServerRequest)(nil),        // 44: quorumq.v1.RemoveServerRequest
+	(*RemoveServerResponse)(nil),       // 45: quorumq.v1.RemoveServerResponse
+	(*TransferLeadershipRequest)(nil),  // 46: quorumq.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 47: quorumq.v1.TransferLeadershipResponse
+	(*SnapshotRequest)(nil),            // 48: quorumq.v1.SnapshotRequest
+	(*SnapshotResponse)(nil),           // 49: quorumq.v1.SnapshotResponse
+	(*BackupRequest)(nil),              // 50: quorumq.v1.BackupRequest
+	(*BackupChunk)(nil),                // 51: quorumq.v1.BackupChunk
+	(fsmpb.ErrorCode)(0),               // 52: quorumq.fsm.v1.ErrorCode
+	(*fsmpb.QueueSettings)(nil),        // 53: quorumq.fsm.v1.QueueSettings
+	(*fsmpb.QueueInfo)(nil),            // 54: quorumq.fsm.v1.QueueInfo
+	(*fsmpb.Message)(nil),              // 55: quorumq.fsm.v1.Message
+	(*fsmpb.EnqueueResult)(nil),        // 56: quorumq.fsm.v1.EnqueueResult
+	(*fsmpb.Receipt)(nil),              // 57: quorumq.fsm.v1.Receipt
+	(*fsmpb.Delivery)(nil),             // 58: quorumq.fsm.v1.Delivery
+	(fsmpb.AckOutcome)(0),              // 59: quorumq.fsm.v1.AckOutcome
+	(fsmpb.PeekState)(0),               // 60: quorumq.fsm.v1.PeekState
+	(*fsmpb.PeekedMessage)(nil),        // 61: quorumq.fsm.v1.PeekedMessage
 }
 var file_transport_quorumqpb_quorumq_proto_depIdxs = []int32{
-	50, // 0: quorumq.v1.QueueError.code:type_name -> quorumq.fsm.v1.ErrorCode
-	51, // 1: quorumq.v1.CreateQueueRequest.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	52, // 2: quorumq.v1.CreateQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
-	51, // 3: quorumq.v1.UpdateQueueRequest.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	52, // 4: quorumq.v1.UpdateQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
-	52, // 5: quorumq.v1.GetQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
-	52, // 6: quorumq.v1.ListQueuesResponse.queues:type_name -> quorumq.fsm.v1.QueueInfo
-	53, // 7: quorumq.v1.EnqueueRequest.messages:type_name -> quorumq.fsm.v1.Message
-	54, // 8: quorumq.v1.EnqueueResponse.results:type_name -> quorumq.fsm.v1.EnqueueResult
-	55, // 9: quorumq.v1.ReceiveRequest.ack:type_name -> quorumq.fsm.v1.Receipt
-	56, // 10: quorumq.v1.ReceiveResponse.deliveries:type_name -> quorumq.fsm.v1.Delivery
-	57, // 11: quorumq.v1.ReceiveResponse.ack_outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	55, // 12: quorumq.v1.AckRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
-	57, // 13: quorumq.v1.AckResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	55, // 14: quorumq.v1.NackRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
-	57, // 15: quorumq.v1.NackResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	55, // 16: quorumq.v1.RejectRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
-	57, // 17: quorumq.v1.RejectResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	55, // 18: quorumq.v1.ExtendRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
-	57, // 19: quorumq.v1.ExtendResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	19, // 20: quorumq.v1.TransactionRequest.acks:type_name -> quorumq.v1.AckRequest
-	15, // 21: quorumq.v1.TransactionRequest.enqueues:type_name -> quorumq.v1.EnqueueRequest
-	57, // 22: quorumq.v1.TransactionResponse.ack_outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	54, // 23: quorumq.v1.TransactionResponse.enqueued:type_name -> quorumq.fsm.v1.EnqueueResult
-	33, // 24: quorumq.v1.NodeStatusResponse.node:type_name -> quorumq.v1.NodeStatus
-	34, // 25: quorumq.v1.NodeStatus.clock_offsets:type_name -> quorumq.v1.ClockOffset
-	33, // 26: quorumq.v1.StatusResponse.nodes:type_name -> quorumq.v1.NodeStatus
-	37, // 27: quorumq.v1.MembersResponse.members:type_name -> quorumq.v1.Member
-	3,  // 28: quorumq.v1.Queue.CreateQueue:input_type -> quorumq.v1.CreateQueueRequest
-	5,  // 29: quorumq.v1.Queue.UpdateQueue:input_type -> quorumq.v1.UpdateQueueRequest
-	7,  // 30: quorumq.v1.Queue.GetQueue:input_type -> quorumq.v1.GetQueueRequest
-	9,  // 31: quorumq.v1.Queue.ListQueues:input_type -> quorumq.v1.ListQueuesRequest
-	11, // 32: quorumq.v1.Queue.DeleteQueue:input_type -> quorumq.v1.DeleteQueueRequest
-	13, // 33: quorumq.v1.Queue.Purge:input_type -> quorumq.v1.PurgeRequest
-	15, // 34: quorumq.v1.Queue.Enqueue:input_type -> quorumq.v1.EnqueueRequest
-	15, // 35: quorumq.v1.Queue.EnqueueStream:input_type -> quorumq.v1.EnqueueRequest
-	17, // 36: quorumq.v1.Queue.Receive:input_type -> quorumq.v1.ReceiveRequest
-	19, // 37: quorumq.v1.Queue.Ack:input_type -> quorumq.v1.AckRequest
-	21, // 38: quorumq.v1.Queue.Nack:input_type -> quorumq.v1.NackRequest
-	27, // 39: quorumq.v1.Queue.Extend:input_type -> quorumq.v1.ExtendRequest
-	23, // 40: quorumq.v1.Queue.Reject:input_type -> quorumq.v1.RejectRequest
-	25, // 41: quorumq.v1.Queue.Redrive:input_type -> quorumq.v1.RedriveRequest
-	29, // 42: quorumq.v1.Queue.Transaction:input_type -> quorumq.v1.TransactionRequest
-	35, // 43: quorumq.v1.Cluster.Status:input_type -> quorumq.v1.StatusRequest
-	31, // 44: quorumq.v1.Cluster.NodeStatus:input_type -> quorumq.v1.NodeStatusRequest
-	38, // 45: quorumq.v1.Cluster.Members:input_type -> quorumq.v1.MembersRequest
-	40, // 46: quorumq.v1.Cluster.Leader:input_type -> quorumq.v1.LeaderRequest
-	42, // 47: quorumq.v1.Cluster.RemoveServer:input_type -> quorumq.v1.RemoveServerRequest
-	44, // 48: quorumq.v1.Cluster.TransferLeadership:input_type -> quorumq.v1.TransferLeadershipRequest
-	46, // 49: quorumq.v1.Cluster.Snapshot:input_type -> quorumq.v1.SnapshotRequest
-	48, // 50: quorumq.v1.Cluster.Backup:input_type -> quorumq.v1.BackupRequest
-	4,  // 51: quorumq.v1.Queue.CreateQueue:output_type -> quorumq.v1.CreateQueueResponse
-	6,  // 52: quorumq.v1.Queue.UpdateQueue:output_type -> quorumq.v1.UpdateQueueResponse
-	8,  // 53: quorumq.v1.Queue.GetQueue:output_type -> quorumq.v1.GetQueueResponse
-	10, // 54: quorumq.v1.Queue.ListQueues:output_type -> quorumq.v1.ListQueuesResponse
-	12, // 55: quorumq.v1.Queue.DeleteQueue:output_type -> quorumq.v1.DeleteQueueResponse
-	14, // 56: quorumq.v1.Queue.Purge:output_type -> quorumq.v1.PurgeResponse
-	16, // 57: quorumq.v1.Queue.Enqueue:output_type -> quorumq.v1.EnqueueResponse
-	16, // 58: quorumq.v1.Queue.EnqueueStream:output_type -> quorumq.v1.EnqueueResponse
-	18, // 59: quorumq.v1.Queue.Receive:output_type -> quorumq.v1.ReceiveResponse
-	20, // 60: quorumq.v1.Queue.Ack:output_type -> quorumq.v1.AckResponse
-	22, // 61: quorumq.v1.Queue.Nack:output_type -> quorumq.v1.NackResponse
-	28, // 62: quorumq.v1.Queue.Extend:output_type -> quorumq.v1.ExtendResponse
-	24, // 63: quorumq.v1.Queue.Reject:output_type -> quorumq.v1.RejectResponse
-	26, // 64: quorumq.v1.Queue.Redrive:output_type -> quorumq.v1.RedriveResponse
-	30, // 65: quorumq.v1.Queue.Transaction:output_type -> quorumq.v1.TransactionResponse
-	36, // 66: quorumq.v1.Cluster.Status:output_type -> quorumq.v1.StatusResponse
-	32, // 67: quorumq.v1.Cluster.NodeStatus:output_type -> quorumq.v1.NodeStatusResponse
-	39, // 68: quorumq.v1.Cluster.Members:output_type -> quorumq.v1.MembersResponse
-	41, // 69: quorumq.v1.Cluster.Leader:output_type -> quorumq.v1.LeaderResponse
-	43, // 70: quorumq.v1.Cluster.RemoveServer:output_type -> quorumq.v1.RemoveServerResponse
-	45, // 71: quorumq.v1.Cluster.TransferLeadership:output_type -> quorumq.v1.TransferLeadershipResponse
-	47, // 72: quorumq.v1.Cluster.Snapshot:output_type -> quorumq.v1.SnapshotResponse
-	49, // 73: quorumq.v1.Cluster.Backup:output_type -> quorumq.v1.BackupChunk
-	51, // [51:74] is the sub-list for method output_type
-	28, // [28:51] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	52, // 0: quorumq.v1.QueueError.code:type_name -> quorumq.fsm.v1.ErrorCode
+	53, // 1: quorumq.v1.CreateQueueRequest.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	54, // 2: quorumq.v1.CreateQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
+	53, // 3: quorumq.v1.UpdateQueueRequest.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	54, // 4: quorumq.v1.UpdateQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
+	54, // 5: quorumq.v1.GetQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
+	54, // 6: quorumq.v1.ListQueuesResponse.queues:type_name -> quorumq.fsm.v1.QueueInfo
+	55, // 7: quorumq.v1.EnqueueRequest.messages:type_name -> quorumq.fsm.v1.Message
+	56, // 8: quorumq.v1.EnqueueResponse.results:type_name -> quorumq.fsm.v1.EnqueueResult
+	57, // 9: quorumq.v1.ReceiveRequest.ack:type_name -> quorumq.fsm.v1.Receipt
+	58, // 10: quorumq.v1.ReceiveResponse.deliveries:type_name -> quorumq.fsm.v1.Delivery
+	59, // 11: quorumq.v1.ReceiveResponse.ack_outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	57, // 12: quorumq.v1.AckRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
+	59, // 13: quorumq.v1.AckResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	57, // 14: quorumq.v1.NackRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
+	59, // 15: quorumq.v1.NackResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	57, // 16: quorumq.v1.RejectRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
+	59, // 17: quorumq.v1.RejectResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	60, // 18: quorumq.v1.PeekRequest.state:type_name -> quorumq.fsm.v1.PeekState
+	61, // 19: quorumq.v1.PeekResponse.messages:type_name -> quorumq.fsm.v1.PeekedMessage
+	57, // 20: quorumq.v1.ExtendRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
+	59, // 21: quorumq.v1.ExtendResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	19, // 22: quorumq.v1.TransactionRequest.acks:type_name -> quorumq.v1.AckRequest
+	15, // 23: quorumq.v1.TransactionRequest.enqueues:type_name -> quorumq.v1.EnqueueRequest
+	59, // 24: quorumq.v1.TransactionResponse.ack_outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	56, // 25: quorumq.v1.TransactionResponse.enqueued:type_name -> quorumq.fsm.v1.EnqueueResult
+	35, // 26: quorumq.v1.NodeStatusResponse.node:type_name -> quorumq.v1.NodeStatus
+	36, // 27: quorumq.v1.NodeStatus.clock_offsets:type_name -> quorumq.v1.ClockOffset
+	35, // 28: quorumq.v1.StatusResponse.nodes:type_name -> quorumq.v1.NodeStatus
+	39, // 29: quorumq.v1.MembersResponse.members:type_name -> quorumq.v1.Member
+	3,  // 30: quorumq.v1.Queue.CreateQueue:input_type -> quorumq.v1.CreateQueueRequest
+	5,  // 31: quorumq.v1.Queue.UpdateQueue:input_type -> quorumq.v1.UpdateQueueRequest
+	7,  // 32: quorumq.v1.Queue.GetQueue:input_type -> quorumq.v1.GetQueueRequest
+	9,  // 33: quorumq.v1.Queue.ListQueues:input_type -> quorumq.v1.ListQueuesRequest
+	11, // 34: quorumq.v1.Queue.DeleteQueue:input_type -> quorumq.v1.DeleteQueueRequest
+	13, // 35: quorumq.v1.Queue.Purge:input_type -> quorumq.v1.PurgeRequest
+	15, // 36: quorumq.v1.Queue.Enqueue:input_type -> quorumq.v1.EnqueueRequest
+	15, // 37: quorumq.v1.Queue.EnqueueStream:input_type -> quorumq.v1.EnqueueRequest
+	17, // 38: quorumq.v1.Queue.Receive:input_type -> quorumq.v1.ReceiveRequest
+	19, // 39: quorumq.v1.Queue.Ack:input_type -> quorumq.v1.AckRequest
+	21, // 40: quorumq.v1.Queue.Nack:input_type -> quorumq.v1.NackRequest
+	29, // 41: quorumq.v1.Queue.Extend:input_type -> quorumq.v1.ExtendRequest
+	23, // 42: quorumq.v1.Queue.Reject:input_type -> quorumq.v1.RejectRequest
+	25, // 43: quorumq.v1.Queue.Redrive:input_type -> quorumq.v1.RedriveRequest
+	31, // 44: quorumq.v1.Queue.Transaction:input_type -> quorumq.v1.TransactionRequest
+	27, // 45: quorumq.v1.Queue.Peek:input_type -> quorumq.v1.PeekRequest
+	37, // 46: quorumq.v1.Cluster.Status:input_type -> quorumq.v1.StatusRequest
+	33, // 47: quorumq.v1.Cluster.NodeStatus:input_type -> quorumq.v1.NodeStatusRequest
+	40, // 48: quorumq.v1.Cluster.Members:input_type -> quorumq.v1.MembersRequest
+	42, // 49: quorumq.v1.Cluster.Leader:input_type -> quorumq.v1.LeaderRequest
+	44, // 50: quorumq.v1.Cluster.RemoveServer:input_type -> quorumq.v1.RemoveServerRequest
+	46, // 51: quorumq.v1.Cluster.TransferLeadership:input_type -> quorumq.v1.TransferLeadershipRequest
+	48, // 52: quorumq.v1.Cluster.Snapshot:input_type -> quorumq.v1.SnapshotRequest
+	50, // 53: quorumq.v1.Cluster.Backup:input_type -> quorumq.v1.BackupRequest
+	4,  // 54: quorumq.v1.Queue.CreateQueue:output_type -> quorumq.v1.CreateQueueResponse
+	6,  // 55: quorumq.v1.Queue.UpdateQueue:output_type -> quorumq.v1.UpdateQueueResponse
+	8,  // 56: quorumq.v1.Queue.GetQueue:output_type -> quorumq.v1.GetQueueResponse
+	10, // 57: quorumq.v1.Queue.ListQueues:output_type -> quorumq.v1.ListQueuesResponse
+	12, // 58: quorumq.v1.Queue.DeleteQueue:output_type -> quorumq.v1.DeleteQueueResponse
+	14, // 59: quorumq.v1.Queue.Purge:output_type -> quorumq.v1.PurgeResponse
+	16, // 60: quorumq.v1.Queue.Enqueue:output_type -> quorumq.v1.EnqueueResponse
+	16, // 61: quorumq.v1.Queue.EnqueueStream:output_type -> quorumq.v1.EnqueueResponse
+	18, // 62: quorumq.v1.Queue.Receive:output_type -> quorumq.v1.ReceiveResponse
+	20, // 63: quorumq.v1.Queue.Ack:output_type -> quorumq.v1.AckResponse
+	22, // 64: quorumq.v1.Queue.Nack:output_type -> quorumq.v1.NackResponse
+	30, // 65: quorumq.v1.Queue.Extend:output_type -> quorumq.v1.ExtendResponse
+	24, // 66: quorumq.v1.Queue.Reject:output_type -> quorumq.v1.RejectResponse
+	26, // 67: quorumq.v1.Queue.Redrive:output_type -> quorumq.v1.RedriveResponse
+	32, // 68: quorumq.v1.Queue.Transaction:output_type -> quorumq.v1.TransactionResponse
+	28, // 69: quorumq.v1.Queue.Peek:output_type -> quorumq.v1.PeekResponse
+	38, // 70: quorumq.v1.Cluster.Status:output_type -> quorumq.v1.StatusResponse
+	34, // 71: quorumq.v1.Cluster.NodeStatus:output_type -> quorumq.v1.NodeStatusResponse
+	41, // 72: quorumq.v1.Cluster.Members:output_type -> quorumq.v1.MembersResponse
+	43, // 73: quorumq.v1.Cluster.Leader:output_type -> quorumq.v1.LeaderResponse
+	45, // 74: quorumq.v1.Cluster.RemoveServer:output_type -> quorumq.v1.RemoveServerResponse
+	47, // 75: quorumq.v1.Cluster.TransferLeadership:output_type -> quorumq.v1.TransferLeadershipResponse
+	49, // 76: quorumq.v1.Cluster.Snapshot:output_type -> quorumq.v1.SnapshotResponse
+	51, // 77: quorumq.v1.Cluster.Backup:output_type -> quorumq.v1.BackupChunk
+	54, // [54:78] is the sub-list for method output_type
+	30, // [30:54] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_transport_quorumqpb_quorumq_proto_init() }
@@ -3062,14 +3232,14 @@ func file_transport_quorumqpb_quorumq_proto_init() {
 	if File_transport_quorumqpb_quorumq_proto != nil {
 		return
 	}
-	file_transport_quorumqpb_quorumq_proto_msgTypes[33].OneofWrappers = []any{}
+	file_transport_quorumqpb_quorumq_proto_msgTypes[35].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_transport_quorumqpb_quorumq_proto_rawDesc), len(file_transport_quorumqpb_quorumq_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   50,
+			NumMessages:   52,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

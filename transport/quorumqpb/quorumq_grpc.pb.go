@@ -48,6 +48,7 @@ const (
 	Queue_Reject_FullMethodName        = "/quorumq.v1.Queue/Reject"
 	Queue_Redrive_FullMethodName       = "/quorumq.v1.Queue/Redrive"
 	Queue_Transaction_FullMethodName   = "/quorumq.v1.Queue/Transaction"
+	Queue_Peek_FullMethodName          = "/quorumq.v1.Queue/Peek"
 )
 
 // QueueClient is the client API for Queue service.
@@ -79,6 +80,11 @@ type QueueClient interface {
 	// one), up to max in one Raft command.
 	Redrive(ctx context.Context, in *RedriveRequest, opts ...grpc.CallOption) (*RedriveResponse, error)
 	Transaction(ctx context.Context, in *TransactionRequest, opts ...grpc.CallOption) (*TransactionResponse, error)
+	// Peek shows a queue's live messages in id order without leasing or
+	// changing any. Any node answers from the state it has applied, which
+	// on a follower may lag the leader; leader = true asks for the leader's
+	// view, read after it confirms its leadership.
+	Peek(ctx context.Context, in *PeekRequest, opts ...grpc.CallOption) (*PeekResponse, error)
 }
 
 type queueClient struct {
@@ -242,6 +248,16 @@ func (c *queueClient) Transaction(ctx context.Context, in *TransactionRequest, o
 	return out, nil
 }
 
+func (c *queueClient) Peek(ctx context.Context, in *PeekRequest, opts ...grpc.CallOption) (*PeekResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PeekResponse)
+	err := c.cc.Invoke(ctx, Queue_Peek_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // QueueServer is the server API for Queue service.
 // All implementations must embed UnimplementedQueueServer
 // for forward compatibility.
@@ -271,6 +287,11 @@ type QueueServer interface {
 	// one), up to max in one Raft command.
 	Redrive(context.Context, *RedriveRequest) (*RedriveResponse, error)
 	Transaction(context.Context, *TransactionRequest) (*TransactionResponse, error)
+	// Peek shows a queue's live messages in id order without leasing or
+	// changing any. Any node answers from the state it has applied, which
+	// on a follower may lag the leader; leader = true asks for the leader's
+	// view, read after it confirms its leadership.
+	Peek(context.Context, *PeekRequest) (*PeekResponse, error)
 	mustEmbedUnimplementedQueueServer()
 }
 
@@ -325,6 +346,9 @@ func (UnimplementedQueueServer) Redrive(context.Context, *RedriveRequest) (*Redr
 }
 func (UnimplementedQueueServer) Transaction(context.Context, *TransactionRequest) (*TransactionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Transaction not implemented")
+}
+func (UnimplementedQueueServer) Peek(context.Context, *PeekRequest) (*PeekResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Peek not implemented")
 }
 func (UnimplementedQueueServer) mustEmbedUnimplementedQueueServer() {}
 func (UnimplementedQueueServer) testEmbeddedByValue()               {}
@@ -606,6 +630,24 @@ func _Queue_Transaction_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Queue_Peek_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PeekRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueueServer).Peek(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Queue_Peek_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueueServer).Peek(ctx, req.(*PeekRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Queue_ServiceDesc is the grpc.ServiceDesc for Queue service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -668,6 +710,10 @@ var Queue_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Transaction",
 			Handler:    _Queue_Transaction_Handler,
+		},
+		{
+			MethodName: "Peek",
+			Handler:    _Queue_Peek_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -172,6 +172,16 @@ func ValidateNackReason(field, reason string) error {
 	return nil
 }
 
+// ValidatePeek checks a peek's max (1 to limits.MaxPeek) and state filter
+// with the state machine's rule, so the API and the Go client refuse what
+// Peek would.
+func ValidatePeek(max int, state fsmpb.PeekState) error {
+	if p := limits.PeekProblem(max, state); p != "" {
+		return InvalidArgument("%s", p)
+	}
+	return nil
+}
+
 // InvalidArgument is the InvalidArgument status error of a request the
 // API refuses, with a QueueError detail carrying the same message.
 func InvalidArgument(format string, args ...any) error {
