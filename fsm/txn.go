@@ -22,6 +22,7 @@ type txn struct {
 	committed *btree.BTreeG[*queue]
 	now       int64
 	rules     uint32 // Command.rules
+	index     uint64 // the Raft index of the command
 	cow       bool
 	work      map[string]*queue // queues to commit; nil marks a deleted queue
 	wake      []string          // queues whose watchers Apply notifies
@@ -53,6 +54,10 @@ func (t *txn) mut(field, name string) (*queue, *cmdError) {
 	}
 	if t.cow {
 		q = q.clone()
+	}
+	q.stamp = stamp{}
+	if t.rules >= 2 {
+		q.stamp = stamp{index: t.index, fates: true}
 	}
 	t.work[name] = q
 	return q, nil
@@ -221,7 +226,7 @@ func (t *txn) purge(p *fsmpb.Purge) (*fsmpb.Result, *cmdError) {
 		})
 	}
 	for _, m := range live {
-		q.remove(m, m.attempt, t.now, 0)
+		q.remove(m, m.attempt, t.now, 0, purgedExt)
 	}
 	q.counters.purged += uint64(len(live))
 	t.notify(q.name)
