@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -87,5 +88,57 @@ func TestLookupAndConsumerNamesOnNodes(t *testing.T) {
 	if lk, err := lq.Lookup(ctxT(t, 10*time.Second), &quorumqpb.LookupRequest{Queue: "orders", DedupId: "never-sent"}); err != nil ||
 		lk.GetMessage().GetState() != fsmpb.MessageState_MESSAGE_UNKNOWN {
 		t.Errorf("lookup of a dedup ID never sent: %v %v; want unknown", lk, err)
+	}
+}
+
+// While a voter of the release before message fates and consumer names
+// is in the cluster, the leader writes rules 1 and no consumer name, so
+// every replica keeps the same state (no index, no fate, no holder);
+// once it is upgraded, both are written.
+func TestMessageFateAndConsumerNameWaitForEveryVoter(t *testing.T) {
+	c := StartTestClusterWith(t, 3, func(i int, cfg *Config) {
+		if i == 2 {
+			cfg.features = []string{featureEnqueueAfter, featureLogCheckpoint, featureDeadLetterOrigin, featureReject, featureDLQRules, featureRedrive}
+		}
+	})
+	q := quorumqpb.NewQueueClient(c.Conn(t, c.Index(c.Leader(t))))
+	leader := c.Leader(t)
+	from := leader.raft.LastIndex()
+	enqueue(t, c, c.Index(leader), "q", "a")
+	if _, err := q.Receive(ctxT(t, 10*time.Second), &quorumqpb.ReceiveRequest{Queue: "q", Max: 1, Consumer: "w1"}); err != nil {
+		t.Fatal(err)
+	}
+	c.WaitReplicated(t)
+	for _, cmd := range logCommands(t, leader, from) {
+		if cmd.GetRules() != 1 || cmd.GetReceive().GetConsumer() != "" {
+			t.Fatalf("while n3 is of an earlier release the log holds %v", cmd)
+		}
+	}
+	if lk, err := q.Lookup(ctxT(t, 10*time.Second), &quorumqpb.LookupRequest{Queue: "q", Id: 1}); err != nil ||
+		lk.GetMessage().GetChangedIndex() != 0 || lk.GetMessage().GetConsumer() != "" {
+		t.Fatalf("lookup while n3 is of an earlier release: %v %v; want no index, no holder", lk, err)
+	}
+
+	upgrade(t, c, 2)
+	deadline := time.Now().Add(20 * time.Second)
+	for round := 0; ; round++ {
+		q = quorumqpb.NewQueueClient(c.Conn(t, c.Index(c.Leader(t))))
+		enqueue(t, c, c.Index(c.Leader(t)), "q", fmt.Sprintf("b%d", round))
+		r, err := q.Receive(ctxT(t, 10*time.Second), &quorumqpb.ReceiveRequest{Queue: "q", Max: 1, Consumer: "w2"})
+		if err != nil || len(r.GetDeliveries()) != 1 {
+			t.Fatalf("receive: %v %v", r, err)
+		}
+		id := r.GetDeliveries()[0].GetReceipt().GetMessageId()
+		lk, err := q.Lookup(ctxT(t, 10*time.Second), &quorumqpb.LookupRequest{Queue: "q", Id: id, Leader: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := lk.GetMessage(); m.GetConsumer() == "w2" && m.GetChangedIndex() != 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("20 s after every voter knows them, lookup says %v", lk.GetMessage())
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
