@@ -182,6 +182,9 @@ func ValidatePeek(max int, state fsmpb.PeekState) error {
 	return nil
 }
 
+// MaxConsumer is the longest consumer name a receive may give, in bytes.
+const MaxConsumer = limits.MaxConsumer
+
 // ValidateConsumer checks a receive's consumer name with the state
 // machine's rule (limits.ConsumerProblem); the error is an
 // InvalidArgument status naming field.
