@@ -99,12 +99,14 @@ type MessageFate struct {
 //
 // It is the honest answer to ErrOutcomeUnknown: a producer whose Send
 // with a dedup ID ended with an unknown outcome can look the dedup ID up
-// instead of guessing. MessageUnknown (read with Leader) means the send
-// did not land, or the window has passed; anything else means it did.
-// (Sending again with the same dedup ID is also safe within the window:
-// it is answered as a duplicate.) A queue remembers a removed message for
-// its dedup window after removal, and a dedup ID for the window from its
-// first enqueue.
+// instead of guessing. Any state but MessageUnknown means the send landed,
+// and says where the message is now. MessageUnknown (read with Leader)
+// means it has not landed by the time of the read: a request still on
+// its way inside the cluster when the call gave up can land a moment
+// later, so the way on is to send it again with the same dedup ID within
+// the window, which is safe: should the first one land too, the two are
+// one message. A queue remembers a removed message for its dedup window
+// after removal, and a dedup ID for the window from its first enqueue.
 func (c *Client) Lookup(ctx context.Context, queue string, o LookupOptions) (*MessageFate, error) {
 	if err := validateQueueName("Lookup queue", queue); err != nil {
 		return nil, err

@@ -50,10 +50,13 @@ command that last changed the message.
 
 A queue remembers a removed message for its dedup window after removal,
 and a dedup ID for the window from its first enqueue (default 10
-minutes); before that, or for an id never issued, the answer is
+minutes); past that, or for an id never issued, the answer is
 "unknown". This is the honest answer to a send that ended with an
 unknown outcome: look its dedup ID up (with --leader) instead of
-guessing. A dead letter's dedup ID is not registered in its dead-letter
+guessing. Anything but "unknown" means it landed; "unknown" means it has
+not landed by the time of the read (a request still on its way can land
+a moment later): send it again with the same dedup ID, which is safe, as
+both would be one message. A dead letter's dedup ID is not registered in its dead-letter
 queue; get follows it there by id.
 
 The node asked answers from the state it has applied, which on a
