@@ -237,7 +237,7 @@ var (
 		{counterDesc("redriven", "Messages moved out of the queue by redrive."), (*fsmpb.QueueStats).GetRedrivenTotal},
 	}
 	descQueueOldestReady = prometheus.NewDesc("quorumq_queue_oldest_ready_age_seconds",
-		"Age of the oldest ready message of a queue (0 when none is ready), as applied on this node: how far its consumers are behind.",
+		"Age of the oldest ready message of a queue (0 when none is ready), of the state applied on this node, measured at its cluster time: how far the queue's consumers are behind.",
 		[]string{"queue"}, nil)
 	descRaftState      = prometheus.NewDesc("quorumq_raft_state", "1 for this node's current Raft role.", []string{"state"}, nil)
 	descRaftTerm       = prometheus.NewDesc("quorumq_raft_term", "Current Raft term.", nil, nil)

@@ -63,6 +63,9 @@ func TestCLIGet(t *testing.T) {
 			t.Errorf("get %v: %v; want refused", args, err)
 		}
 	}
+	if _, err := run(t, recvCmd(), addr, "", "orders", "--consumer", "a\tb"); err == nil || !strings.Contains(err.Error(), "--consumer: consumer has control byte") {
+		t.Errorf("recv --consumer with a tab: %v; want refused", err)
+	}
 	if _, err := run(t, dlqRedriveCmd(), addr, "", "orders-dlq", "--rate", "-1"); err == nil || !strings.Contains(err.Error(), "--rate -1: want messages per second >= 0") {
 		t.Errorf("dlq redrive --rate -1: %v; want refused", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/quorumq/quorumq/client"
+	"github.com/quorumq/quorumq/fsm/limits"
 )
 
 func init() { rootCmd.AddCommand(recvCmd()) }
@@ -102,6 +103,9 @@ host:pid), which peek --state leased and get show as its holder.`,
 			queue := args[0]
 			opts := []client.ReceiveOption{client.WithWait(wait), client.WithVisibility(visibility)}
 			if cmd.Flags().Changed("consumer") {
+				if p := limits.ConsumerProblem(consumer); p != "" {
+					return fmt.Errorf("--consumer: %s", p)
+				}
 				opts = append(opts, client.WithConsumer(consumer))
 			}
 			if autoAck {
