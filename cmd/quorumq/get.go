@@ -84,6 +84,10 @@ follower may lag the leader; --leader asks for the leader's view.`,
 				return err
 			}
 		}
+		if !o.Leader {
+			_, err := fmt.Fprintf(cmd.OutOrStdout(), "(read from the state a node applied up to raft index %d, which may lag the leader; --leader for the leader's view)\n", hops[len(hops)-1].AppliedIndex)
+			return err
+		}
 		return nil
 	})
 	fl := cmd.Flags()
@@ -122,7 +126,6 @@ func (j fateJSON) String() string {
 	switch client.MessageState(j.State) {
 	case client.MessageUnknown:
 		b.WriteString("unknown: never enqueued, or no longer remembered (its dedup window has passed)")
-		fmt.Fprintf(&b, " [read at raft index %d]", j.AppliedIndex)
 		return b.String()
 	case client.MessageReady:
 		fmt.Fprintf(&b, "ready, %d attempt(s) so far", j.Attempts)

@@ -55,6 +55,12 @@ func TestCLIGet(t *testing.T) {
 			t.Errorf("get printed\n%s\nwant %q in it", text, w)
 		}
 	}
+	if !strings.Contains(text, "may lag the leader; --leader for the leader's view") {
+		t.Errorf("get without --leader printed\n%s\nwant it to say it may be stale", text)
+	}
+	if strings.Contains(leased, "may lag") {
+		t.Errorf("get --leader printed\n%s\nwant no staleness note", leased)
+	}
 	if out := mustRun(t, getCmd(), addr, "", "orders", "--dedup-id", "never-sent"); !strings.Contains(out, "unknown") {
 		t.Errorf("get of a dedup ID never sent printed %q", out)
 	}
