@@ -30,8 +30,7 @@ func (t *txn) enqueue(field string, e *fsmpb.Enqueue, res *fsmpb.Result) *cmdErr
 	}
 	q, err := t.mut(field+".queue", e.GetQueue())
 	if err != nil && err.code == fsmpb.ErrorCode_QUEUE_NOT_FOUND && e.GetCreateQueue() && t.lookup(e.GetQueue()) == nil {
-		q, err = newQueue(e.GetQueue(), t.now, defaultSettings()), nil
-		t.work[q.name] = q
+		q, err = t.track(newQueue(e.GetQueue(), t.now, defaultSettings())), nil
 	}
 	if err != nil {
 		return err

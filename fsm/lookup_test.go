@@ -144,6 +144,23 @@ func TestLookupTellsTheFateOfOneMessage(t *testing.T) {
 	}
 }
 
+// A message enqueued into a queue created on first use, or into a queue
+// created by the command before it, records its command's index.
+func TestLookupIndexOfNewQueues(t *testing.T) {
+	h := newHarness(t)
+	h.ok(enqCreate("fresh", "a"))
+	if f := h.lookup("fresh", 1, ""); f.State != fsmpb.MessageState_MESSAGE_READY || f.ChangedIndex != h.idx {
+		t.Fatalf("message of a queue created on first use: %v; want changed at %d", f, h.idx)
+	}
+	h.ok(createWithDLQ("w", "w-dlq", true))
+	h.ok(updateQ("w", settingsOf(func(s *fsmpb.QueueSettings) { s.MaxDeliveries = proto.Uint32(1) })))
+	h.ok(enq("w", msg("b", "")))
+	h.ok(rejectCmd("w", "", h.ok(recvCmd(recv("w", 1))).Deliveries[0].Receipt))
+	if f := h.lookup("w-dlq", 1, ""); f.ChangedIndex != h.idx {
+		t.Fatalf("dead letter in a DLQ created with its queue: %v; want changed at %d", f, h.idx)
+	}
+}
+
 // Lookup refuses a request that names both an id and a dedup ID, or
 // neither, and an unknown queue.
 func TestLookupRefusals(t *testing.T) {
