@@ -30,8 +30,7 @@ func (t *txn) enqueue(field string, e *fsmpb.Enqueue, res *fsmpb.Result) *cmdErr
 	}
 	q, err := t.mut(field+".queue", e.GetQueue())
 	if err != nil && err.code == fsmpb.ErrorCode_QUEUE_NOT_FOUND && e.GetCreateQueue() && t.lookup(e.GetQueue()) == nil {
-		q, err = newQueue(e.GetQueue(), t.now, defaultSettings()), nil
-		t.work[q.name] = q
+		q, err = t.track(newQueue(e.GetQueue(), t.now, defaultSettings())), nil
 	}
 	if err != nil {
 		return err
@@ -52,7 +51,7 @@ func (t *txn) enqueue(field string, e *fsmpb.Enqueue, res *fsmpb.Result) *cmdErr
 			res.Enqueued = append(res.Enqueued, &fsmpb.EnqueueResult{MessageId: id, Duplicate: true})
 			continue
 		}
-		rec := q.add(m.GetBody(), m.GetDedupId(), extOf(m.GetAttributes()), addDur(t.now, m.GetDelayNs()), t.now, 0)
+		rec := q.add(bodyOf(m.GetBody()), m.GetDedupId(), extOf(m.GetAttributes()), addDur(t.now, m.GetDelayNs()), t.now, 0)
 		if rec.dedupID != "" {
 			q.dedup.SetHint(rec, &q.dedupHint)
 		}
@@ -88,11 +87,11 @@ func (q *queue) checkDepth(field string, msgs []*fsmpb.Message, now int64) *cmdE
 }
 
 // add appends a new live message and returns its record.
-func (q *queue) add(body []byte, dedupID string, ext *extra, deliverAt, now int64, flags uint8) *message {
+func (q *queue) add(body, dedupID string, ext *extra, deliverAt, now int64, flags uint8) *message {
 	if deliverAt <= now {
 		flags |= flagReady
 	}
-	m := &message{id: q.nextID, enqueuedAt: now, at: deliverAt, body: body, dedupID: dedupID, ext: ext, flags: flags}
+	m := &message{id: q.nextID, enqueuedAt: now, at: deliverAt, body: body, dedupID: dedupID, ext: ext, flags: flags, index: q.stamp.index}
 	q.nextID++
 	q.put(m)
 	q.counters.enqueued++

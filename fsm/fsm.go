@@ -103,7 +103,7 @@ func (f *FSM) apply(cmd *fsmpb.Command) (res *fsmpb.Result) {
 	if n := cmd.GetNowUnixNano(); n < 0 || n > MaxNow {
 		return errorResult(invalid("now_unix_nano is %d, limit is 0 to %d", n, MaxNow))
 	}
-	t := &txn{committed: f.queues, now: max(cmd.GetNowUnixNano(), f.now), rules: cmd.GetRules(), work: make(map[string]*queue)}
+	t := &txn{committed: f.queues, now: max(cmd.GetNowUnixNano(), f.now), rules: cmd.GetRules(), index: f.applied, work: make(map[string]*queue)}
 	res, err := t.run(cmd)
 	if err != nil {
 		return errorResult(err)

@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"github.com/quorumq/quorumq/fsm/fsmpb"
+	"github.com/quorumq/quorumq/fsm/limits"
 )
 
 // fence decides a receipt's outcome without changing anything. It returns
@@ -42,7 +43,7 @@ type settleOp interface {
 type ackOp struct{}
 
 func (ackOp) apply(q *queue, m *message, now int64) bool {
-	q.remove(m, m.attempt, now, flagAcked)
+	q.remove(m, m.attempt, now, flagAcked, nil)
 	q.counters.acked++
 	return false
 }
@@ -140,6 +141,9 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 	if len(r.GetRequestId()) > MaxRequestID {
 		return nil, invalid("receive.request_id is %d bytes, limit is %d", len(r.GetRequestId()), MaxRequestID)
 	}
+	if p := limits.ConsumerProblem(r.GetConsumer()); p != "" {
+		return nil, invalid("receive.%s", p)
+	}
 	if len(r.GetAck()) > 0 {
 		if err := checkReceipts("receive.ack", r.GetAck()); err != nil {
 			return nil, err
@@ -167,6 +171,7 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 	var (
 		delivered []replayReceipt
 		autoAcked []*message
+		holder    *extra // the consumer's extra, shared by records that have none
 	)
 	for uint32(len(delivered)) < r.GetMax() {
 		id, ok := q.ready.min()
@@ -175,7 +180,7 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 		}
 		m, _ := q.msgs.GetHint(&message{id: id}, &q.msgsHint)
 		if q.settings.retention > 0 && m.enqueuedAt+q.settings.retention <= now {
-			q.remove(m, m.attempt, now, 0)
+			q.remove(m, m.attempt, now, 0, expiredExt)
 			q.counters.expired++
 			continue
 		}
@@ -185,10 +190,11 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 		}
 		d := m.with(addDur(now, vis), m.attempt+1, m.flags&^flagReady|flagLeased)
 		if r.GetAutoAck() {
-			q.remove(m, d.attempt, now, flagAcked)
+			q.remove(m, d.attempt, now, flagAcked, nil)
 			q.counters.acked++
 			autoAcked = append(autoAcked, d)
 		} else {
+			d.ext = m.withConsumer(r.GetConsumer(), &holder)
 			q.replace(m, d)
 		}
 		q.counters.delivered++
@@ -269,21 +275,18 @@ func (t *txn) deadLetter(q *queue, m *message, c deadLetterCause) {
 			q.keepDead(m, how, &extra{attrs: m.attrs(), dead: origin(q, m, c)}, t.now)
 			return
 		}
-		q.remove(m, m.attempt, t.now, how)
+		q.remove(m, m.attempt, t.now, how, nil)
 		q.counters.deadLettered++
 		return
 	}
-	q.remove(m, m.attempt, t.now, how)
-	q.counters.deadLettered++
-	dlq, err := t.mut("dead_letter_queue", q.settings.deadLetter)
-	if err != nil {
-		return
-	}
+	dlq, _ := t.mut("dead_letter_queue", q.settings.deadLetter) // it exists: looked up above
 	ext := (&extra{attrs: m.attrs()}).orNil()
 	if c.origin {
 		ext = &extra{attrs: m.attrs(), dead: origin(q, m, c)}
 	}
-	dlq.add(m.body, m.dedupID, ext, t.now, t.now, flagDeadLetter)
+	moved := dlq.add(m.body, m.dedupID, ext, t.now, t.now, flagDeadLetter)
+	q.remove(m, m.attempt, t.now, how, movedExt(fsmpb.MessageState_MESSAGE_DEAD_LETTERED, dlq.name, moved.id))
+	q.counters.deadLettered++
 	t.notify(dlq.name)
 }
 
@@ -316,6 +319,7 @@ func (q *queue) keepDead(m *message, how uint8, ext *extra, now int64) {
 	}
 	d := m.with(now, m.attempt, flagDead|how)
 	d.ext = ext
+	d.index = q.stamp.index
 	q.msgs.SetHint(d, &q.msgsHint)
 	q.redirectDedup(m, d)
 	q.dead++
@@ -326,7 +330,7 @@ func (q *queue) keepDead(m *message, how uint8, ext *extra, now int64) {
 func delivery(queue string, m *message) *fsmpb.Delivery {
 	return &fsmpb.Delivery{
 		Receipt:            &fsmpb.Receipt{MessageId: m.id, Attempt: m.attempt, Queue: queue},
-		Body:               m.body,
+		Body:               bodyBytes(m.body),
 		EnqueuedAtUnixNano: m.enqueuedAt,
 		Attributes:         fromAttrs(m.attrs()),
 		DedupId:            m.dedupID,

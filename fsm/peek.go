@@ -76,7 +76,7 @@ func peeked(m *message, state fsmpb.PeekState, noBody bool) *fsmpb.PeekedMessage
 		Id:                 m.id,
 		State:              state,
 		Attempts:           m.attempt,
-		Body:               m.body,
+		Body:               bodyBytes(m.body),
 		BodySize:           uint64(len(m.body)),
 		Attributes:         fromAttrs(m.attrs()),
 		DedupId:            m.dedupID,
@@ -89,6 +89,9 @@ func peeked(m *message, state fsmpb.PeekState, noBody bool) *fsmpb.PeekedMessage
 	}
 	if state == fsmpb.PeekState_PEEK_LEASED || state == fsmpb.PeekState_PEEK_DELAYED {
 		p.AtUnixNano = m.at
+	}
+	if state == fsmpb.PeekState_PEEK_LEASED {
+		p.Consumer = m.consumer()
 	}
 	if p.DeadLetter == nil && m.is(flagDead) {
 		p.DeadLetter = m.dead()

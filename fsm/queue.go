@@ -1,6 +1,8 @@
 package fsm
 
 import (
+	"unsafe"
+
 	"github.com/tidwall/btree"
 
 	"github.com/quorumq/quorumq/fsm/fsmpb"
@@ -22,18 +24,39 @@ const (
 
 // message is an immutable record: a change replaces the record in every
 // index that holds it, so a snapshot that shares tree nodes with the live
-// state sees a frozen view. 80 bytes on 64-bit platforms.
+// state sees a frozen view. 80 bytes on 64-bit platforms (an 80-byte size
+// class: the body is a string header, 8 bytes less than a slice's, which
+// pays for the index).
 type message struct {
 	id         uint64
 	enqueuedAt int64
 	// at is the availability time of a ready or delayed message, the lease
 	// end of a leased one, and the deletion time of a tombstone.
-	at      int64
-	body    []byte
+	at int64
+	// body shares the bytes of the command that enqueued it (bodyOf); they
+	// are never changed.
+	body    string
 	dedupID string
 	ext     *extra // nil for a message with none of it
+	// index is the Raft index of the command that last changed the
+	// message (0 under rules < 2, see queue.stamp). A lease that runs out
+	// or a delay that ends changes nothing by itself, so promote keeps it.
+	index   uint64
 	attempt uint32
 	flags   uint8
+}
+
+// bodyOf is b as a record's body, without a copy: a command's bytes are
+// never changed once it is applied, and a Result already shares them.
+func bodyOf(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
+
+// bodyBytes is a record's body as the bytes of a Result, without a copy;
+// a caller must never modify them (see the package doc).
+func bodyBytes(s string) []byte {
+	if s == "" {
+		return nil
+	}
+	return unsafe.Slice(unsafe.StringData(s), len(s))
 }
 
 // extra is what few messages carry: attributes, a nack reason, the origin
@@ -47,13 +70,44 @@ type extra struct {
 	// dead: the origin of a message that arrived as a dead letter (an
 	// empty one for a dead letter of a release that kept none).
 	dead *fsmpb.DeadLetter
+	// consumer: the consumer name of the receive that leased it last.
+	consumer string
+	// fate: of a tombstone, what removed it (nil for an ack, which its
+	// flags say, and under rules < 2).
+	fate *fate
+}
+
+// fate is what removed a message, and where a moved one went.
+type fate struct {
+	state fsmpb.MessageState
+	queue string
+	id    uint64
+}
+
+func (f fate) orNil() *fate {
+	if f == (fate{}) {
+		return nil
+	}
+	return &f
+}
+
+// The fates of removals that moved nothing, shared by their tombstones
+// (never mutated, like every extra).
+var (
+	expiredExt = &extra{fate: &fate{state: fsmpb.MessageState_MESSAGE_EXPIRED}}
+	purgedExt  = &extra{fate: &fate{state: fsmpb.MessageState_MESSAGE_PURGED}}
+)
+
+// movedExt is the extra of the tombstone of a message moved to queue as id.
+func movedExt(state fsmpb.MessageState, queue string, id uint64) *extra {
+	return &extra{fate: &fate{state: state, queue: queue, id: id}}
 }
 
 type attribute struct{ key, value string }
 
 // orNil returns e, or nil when it carries nothing.
 func (e *extra) orNil() *extra {
-	if e == nil || len(e.attrs) == 0 && e.nackReason == "" && e.dead == nil {
+	if e == nil || len(e.attrs) == 0 && e.nackReason == "" && e.dead == nil && e.consumer == "" && e.fate == nil {
 		return nil
 	}
 	return e
@@ -78,6 +132,40 @@ func (m *message) dead() *fsmpb.DeadLetter {
 		return nil
 	}
 	return m.ext.dead
+}
+
+func (m *message) consumer() string {
+	if m.ext == nil {
+		return ""
+	}
+	return m.ext.consumer
+}
+
+func (m *message) fate() *fate {
+	if m.ext == nil {
+		return nil
+	}
+	return m.ext.fate
+}
+
+// withConsumer returns m's extra with the consumer set to name. Records
+// without an extra share *shared, made once per receive.
+func (m *message) withConsumer(name string, shared **extra) *extra {
+	if m.ext == nil {
+		if name == "" {
+			return nil
+		}
+		if *shared == nil {
+			*shared = &extra{consumer: name}
+		}
+		return *shared
+	}
+	if m.ext.consumer == name {
+		return m.ext
+	}
+	e := *m.ext
+	e.consumer = name
+	return e.orNil()
 }
 
 // withNackReason returns m's extra with the nack reason set.
@@ -174,6 +262,9 @@ type queue struct {
 	// released: bytes of the bodies of records removed since the trees
 	// were last refreshed (see refresh).
 	released uint64
+	// stamp: what the command changing the queue records on the records
+	// it changes. Set by txn.mut; not part of the state.
+	stamp stamp
 
 	msgs  *btree.BTreeG[*message] // by id: live messages and tombstones
 	ready readySet                // ids of ready messages
@@ -193,6 +284,15 @@ type queue struct {
 	// where the last one ended instead of at the root. They change
 	// nothing but the cost of a search.
 	msgsHint, timedHint, tombsHint, dedupHint btree.PathHint
+}
+
+// stamp is what a command records on the messages it changes: its Raft
+// index, and with fates, what removed a tombstone's message. Both only
+// under rules >= 2: a server of an earlier release records neither, and
+// the replicas must keep the same state.
+type stamp struct {
+	index uint64
+	fates bool
 }
 
 func newQueue(name string, createdAt int64, s settings) *queue {
@@ -302,8 +402,15 @@ func (q *queue) unindex(m *message) {
 	}
 }
 
-// replace swaps live record old for new in every index.
+// replace swaps live record old for new in every index; new is changed
+// by the command applied, whose index it records.
 func (q *queue) replace(old, m *message) {
+	m.index = q.stamp.index
+	q.swap(old, m)
+}
+
+// swap swaps live record old for new in every index.
+func (q *queue) swap(old, m *message) {
 	q.unindex(old)
 	q.put(m)
 	q.redirectDedup(old, m)
@@ -326,8 +433,10 @@ func (q *queue) redirectDedup(old, m *message) {
 
 // remove turns live record m into a tombstone of its final delivery attempt,
 // deleted at now; how is flagAcked for an ack and flagRejected for a
-// reject (which make a repeat of the same receipt succeed), else 0.
-func (q *queue) remove(m *message, attempt uint32, now int64, how uint8) {
+// reject (which make a repeat of the same receipt succeed), else 0. why
+// holds the fate of anything but an ack (expiredExt, purgedExt, movedExt),
+// which the tombstone keeps when the stamp records fates.
+func (q *queue) remove(m *message, attempt uint32, now int64, how uint8, why *extra) {
 	if m.is(flagDead) {
 		q.dead--
 	} else {
@@ -338,7 +447,10 @@ func (q *queue) remove(m *message, attempt uint32, now int64, how uint8) {
 	}
 	q.released += uint64(len(m.body))
 	flags := flagDeleted | how
-	t := &message{id: m.id, enqueuedAt: m.enqueuedAt, at: now, dedupID: m.dedupID, attempt: attempt, flags: flags}
+	t := &message{id: m.id, enqueuedAt: m.enqueuedAt, at: now, dedupID: m.dedupID, attempt: attempt, flags: flags, index: q.stamp.index}
+	if q.stamp.fates {
+		t.ext = why
+	}
 	q.msgs.SetHint(t, &q.msgsHint)
 	q.tombs.SetHint(t, &q.tombsHint)
 	q.redirectDedup(m, t)
@@ -353,7 +465,7 @@ func (q *queue) promote(now int64) {
 		if !ok || m.at > now {
 			return
 		}
-		q.replace(m, m.with(m.at, m.attempt, m.flags&^flagLeased|flagReady))
+		q.swap(m, m.with(m.at, m.attempt, m.flags&^flagLeased|flagReady))
 	}
 }
 
@@ -390,7 +502,12 @@ func (q *queue) stats(now int64) *fsmpb.QueueStats {
 		return true
 	})
 	c := q.counters
+	var age int64
+	if first, ok := q.oldestReady(now); ok {
+		age = now - first
+	}
 	return &fsmpb.QueueStats{
+		OldestReadyAgeNs:  age,
 		Ready:             ready,
 		Leased:            leased,
 		Delayed:           delayed,
@@ -406,6 +523,29 @@ func (q *queue) stats(now int64) *fsmpb.QueueStats {
 		PurgedTotal:       c.purged,
 		RedrivenTotal:     c.redriven,
 	}
+}
+
+// oldestReady returns the enqueue time of the oldest message ready at now
+// (due timed records included). Ids grow with enqueue time, so it is the
+// lowest ready id's or an earlier due timed record's.
+func (q *queue) oldestReady(now int64) (int64, bool) {
+	var first int64
+	found := false
+	if id, ok := q.ready.min(); ok {
+		if m, ok := q.msgs.Get(&message{id: id}); ok {
+			first, found = m.enqueuedAt, true
+		}
+	}
+	q.timed.Scan(func(m *message) bool {
+		if m.at > now {
+			return false
+		}
+		if !found || m.enqueuedAt < first {
+			first, found = m.enqueuedAt, true
+		}
+		return true
+	})
+	return first, found
 }
 
 func (q *queue) info(now int64) *fsmpb.QueueInfo {

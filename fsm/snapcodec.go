@@ -30,6 +30,11 @@ const (
 	smAttributes = 8
 	smDeadLetter = 9
 	smNackReason = 10
+	smIndex      = 11
+	smConsumer   = 12
+	smFate       = 13
+	smMovedTo    = 14
+	smMovedToID  = 15
 
 	attrKey   = 1
 	attrValue = 2
@@ -41,14 +46,6 @@ func appendVarintField(b []byte, num protowire.Number, v uint64) []byte {
 	}
 	b = protowire.AppendTag(b, num, protowire.VarintType)
 	return protowire.AppendVarint(b, v)
-}
-
-func appendBytesField(b []byte, num protowire.Number, v []byte) []byte {
-	if len(v) == 0 {
-		return b
-	}
-	b = protowire.AppendTag(b, num, protowire.BytesType)
-	return protowire.AppendBytes(b, v)
 }
 
 func appendStringField(b []byte, num protowire.Number, v string) []byte {
@@ -77,7 +74,7 @@ func appendSnapMessage(b []byte, m *message) []byte {
 	b = appendVarintField(b, smAt, uint64(m.at))
 	b = appendVarintField(b, smAttempt, uint64(m.attempt))
 	b = appendVarintField(b, smFlags, uint64(m.flags))
-	b = appendBytesField(b, smBody, m.body)
+	b = appendStringField(b, smBody, m.body)
 	b = appendStringField(b, smDedupID, m.dedupID)
 	for _, a := range m.attrs() {
 		b = protowire.AppendTag(b, smAttributes, protowire.BytesType)
@@ -93,6 +90,13 @@ func appendSnapMessage(b []byte, m *message) []byte {
 		b, _ = proto.MarshalOptions{Deterministic: true}.MarshalAppend(b, d)
 	}
 	b = appendStringField(b, smNackReason, m.nackReason())
+	b = appendVarintField(b, smIndex, m.index)
+	b = appendStringField(b, smConsumer, m.consumer())
+	if f := m.fate(); f != nil {
+		b = appendVarintField(b, smFate, uint64(f.state))
+		b = appendStringField(b, smMovedTo, f.queue)
+		b = appendVarintField(b, smMovedToID, f.id)
+	}
 	return b
 }
 
@@ -129,6 +133,8 @@ func decodeSnapMessage(b []byte) (*message, uint32, error) {
 		attrs      []attribute
 		dead       *fsmpb.DeadLetter
 		nackReason string
+		consumer   string
+		fa         fate
 	)
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
@@ -151,10 +157,11 @@ func decodeSnapMessage(b []byte) (*message, uint32, error) {
 		}
 		b = b[n:]
 		want := protowire.VarintType
-		if num == smBody || num == smDedupID || num == smAttributes || num == smDeadLetter || num == smNackReason {
+		if num == smBody || num == smDedupID || num == smAttributes || num == smDeadLetter || num == smNackReason ||
+			num == smConsumer || num == smMovedTo {
 			want = protowire.BytesType
 		}
-		if num >= smID && num <= smNackReason && typ != want {
+		if num >= smID && num <= smMovedToID && typ != want {
 			return nil, 0, fmt.Errorf("field %d: %w %d", num, errWireType, typ)
 		}
 		switch num {
@@ -169,7 +176,7 @@ func decodeSnapMessage(b []byte) (*message, uint32, error) {
 		case smFlags:
 			flags = v
 		case smBody:
-			m.body = append([]byte(nil), raw...)
+			m.body = string(raw)
 		case smDedupID:
 			m.dedupID = string(raw)
 		case smAttributes:
@@ -185,9 +192,19 @@ func decodeSnapMessage(b []byte) (*message, uint32, error) {
 			}
 		case smNackReason:
 			nackReason = string(raw)
+		case smIndex:
+			m.index = v
+		case smConsumer:
+			consumer = string(raw)
+		case smFate:
+			fa.state = fsmpb.MessageState(v)
+		case smMovedTo:
+			fa.queue = string(raw)
+		case smMovedToID:
+			fa.id = v
 		}
 	}
-	m.ext = (&extra{attrs: attrs, dead: dead, nackReason: nackReason}).orNil()
+	m.ext = (&extra{attrs: attrs, dead: dead, nackReason: nackReason, consumer: consumer, fate: fa.orNil()}).orNil()
 	if flags > 0xffffffff {
 		return nil, 0, fmt.Errorf("flags %#x out of range", flags)
 	}

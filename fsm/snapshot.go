@@ -218,11 +218,16 @@ func toSnapMessage(sm *fsmpb.SnapshotMessage, m *message) {
 		AtUnixNano:         m.at,
 		Attempt:            m.attempt,
 		Flags:              uint32(m.flags),
-		Body:               m.body,
+		Body:               bodyBytes(m.body),
 		DedupId:            m.dedupID,
 		Attributes:         fromAttrs(m.attrs()),
 		DeadLetter:         m.dead(),
 		LastNackReason:     m.nackReason(),
+		ChangedIndex:       m.index,
+		Consumer:           m.consumer(),
+	}
+	if f := m.fate(); f != nil {
+		sm.Fate, sm.MovedToQueue, sm.MovedToId = f.state, f.queue, f.id
 	}
 }
 
@@ -429,7 +434,8 @@ func snapExtra(sm *fsmpb.SnapshotMessage) *extra {
 	if e := extOf(sm.GetAttributes()); e != nil {
 		attrs = e.attrs
 	}
-	return (&extra{attrs: attrs, dead: sm.GetDeadLetter(), nackReason: sm.GetLastNackReason()}).orNil()
+	fa := fate{state: sm.GetFate(), queue: sm.GetMovedToQueue(), id: sm.GetMovedToId()}
+	return (&extra{attrs: attrs, dead: sm.GetDeadLetter(), nackReason: sm.GetLastNackReason(), consumer: sm.GetConsumer(), fate: fa.orNil()}).orNil()
 }
 
 // toMessage converts a decoded SnapshotMessage; checkMessageRecord
@@ -437,8 +443,8 @@ func snapExtra(sm *fsmpb.SnapshotMessage) *extra {
 func toMessage(sm *fsmpb.SnapshotMessage) (*message, uint32) {
 	return &message{
 		id: sm.GetId(), enqueuedAt: sm.GetEnqueuedAtUnixNano(), at: sm.GetAtUnixNano(),
-		body: sm.GetBody(), dedupID: sm.GetDedupId(), ext: snapExtra(sm),
-		attempt: sm.GetAttempt(),
+		body: string(sm.GetBody()), dedupID: sm.GetDedupId(), ext: snapExtra(sm),
+		attempt: sm.GetAttempt(), index: sm.GetChangedIndex(),
 	}, sm.GetFlags()
 }
 
@@ -459,6 +465,29 @@ func checkMessageRecord(m *message, f uint32, nextID uint64) error {
 	for i, a := range m.attrs() {
 		if err := limits.AttributeProblem(a.key, a.value); err != "" {
 			return fmt.Errorf("message %d: attribute %d: %s", m.id, i, err)
+		}
+	}
+	if p := limits.ConsumerProblem(m.consumer()); p != "" {
+		return fmt.Errorf("message %d: %s", m.id, p)
+	}
+	if m.consumer() != "" && (deleted || dead) {
+		return fmt.Errorf("message %d: consumer on a message that is not live", m.id)
+	}
+	if fa := m.fate(); fa != nil {
+		switch fa.state {
+		case fsmpb.MessageState_MESSAGE_EXPIRED, fsmpb.MessageState_MESSAGE_PURGED:
+			if fa.queue != "" || fa.id != 0 {
+				return fmt.Errorf("message %d: %v with a destination", m.id, fa.state)
+			}
+		case fsmpb.MessageState_MESSAGE_DEAD_LETTERED, fsmpb.MessageState_MESSAGE_REDRIVEN:
+			if p := limits.QueueNameProblem(fa.queue); p != "" || fa.id == 0 {
+				return fmt.Errorf("message %d: %v to %q as id %d: %s", m.id, fa.state, fa.queue, fa.id, p)
+			}
+		default:
+			return fmt.Errorf("message %d: fate %v unknown", m.id, fa.state)
+		}
+		if !deleted || acked {
+			return fmt.Errorf("message %d: fate %v on a message that is not a removed one", m.id, fa.state)
 		}
 	}
 	if n := len(m.nackReason()); n > limits.MaxNackReason {
