@@ -188,6 +188,11 @@ func (n *Node) result(ctx context.Context, f raft.ApplyFuture, start time.Time, 
 	if !ok {
 		return nil, status.Errorf(codes.Internal, "fsm returned %T, want *fsmpb.Result", f.Response())
 	}
+	// A receive's Apply leaves the bodies in the store: the node that
+	// answers reads them, followers never do.
+	if err := n.fsm.FillBodies(res); err != nil {
+		return nil, wire.OutcomeUnknownError(fmt.Sprintf("the command was applied, but its messages could not be read: %v", err))
+	}
 	n.countRefusal(res)
 	return res, nil
 }

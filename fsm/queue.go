@@ -22,26 +22,27 @@ const (
 
 // message is an immutable record: a change replaces the record in every
 // index that holds it, so a snapshot that shares tree nodes with the live
-// state sees a frozen view. 80 bytes on 64-bit platforms.
+// state sees a frozen view. Its body and attributes are in the Store; the
+// record holds where (body). 72 bytes on 64-bit platforms, allocated in
+// the 80-byte size class.
 type message struct {
 	id         uint64
 	enqueuedAt int64
 	// at is the availability time of a ready or delayed message, the lease
 	// end of a leased one, and the deletion time of a tombstone.
 	at      int64
-	body    []byte
+	body    bodyRef // zero in a tombstone
 	dedupID string
 	ext     *extra // nil for a message with none of it
 	attempt uint32
 	flags   uint8
 }
 
-// extra is what few messages carry: attributes, a nack reason, the origin
-// of a dead letter. Keeping it behind one pointer keeps the record of
-// every other message at 80 bytes. Like a record it is never mutated: a
-// change makes a new one.
+// extra is what few messages carry: a nack reason, the origin of a dead
+// letter. Keeping it behind one pointer keeps the record of every other
+// message small. Like a record it is never mutated: a change makes a new
+// one.
 type extra struct {
-	attrs []attribute
 	// nackReason: the reason of the last nack in this queue that gave one.
 	nackReason string
 	// dead: the origin of a message that arrived as a dead letter (an
@@ -53,17 +54,10 @@ type attribute struct{ key, value string }
 
 // orNil returns e, or nil when it carries nothing.
 func (e *extra) orNil() *extra {
-	if e == nil || len(e.attrs) == 0 && e.nackReason == "" && e.dead == nil {
+	if e == nil || e.nackReason == "" && e.dead == nil {
 		return nil
 	}
 	return e
-}
-
-func (m *message) attrs() []attribute {
-	if m.ext == nil {
-		return nil
-	}
-	return m.ext.attrs
 }
 
 func (m *message) nackReason() string {
@@ -119,7 +113,9 @@ type replayEntry struct {
 	requestID string
 	at        int64
 	receipts  []replayReceipt
-	autoAcked []*message // an auto-ack receive's records as delivered
+	// autoAcked: an auto-ack receive's records as delivered. Their
+	// bodies stay in the store until the entry goes (dropReplay).
+	autoAcked []*message
 	outcomes  []fsmpb.AckOutcome
 }
 
@@ -171,9 +167,12 @@ type queue struct {
 	leased      uint64 // records in timed with flagLeased
 	deadLetters uint64 // live records with flagDeadLetter
 	dead        uint64 // records with flagDead
-	// released: bytes of the bodies of records removed since the trees
-	// were last refreshed (see refresh).
+	// released: bytes of the records removed since the trees were last
+	// refreshed (see refresh).
 	released uint64
+	// ops: the store writes of the command in progress (set by txn.own;
+	// nil between commands).
+	ops *bodyOps
 
 	msgs  *btree.BTreeG[*message] // by id: live messages and tombstones
 	ready readySet                // ids of ready messages
@@ -236,13 +235,13 @@ func (q *queue) clone() *queue {
 // it. Ids, lease ends and dedup IDs (ULIDs) arrive in ascending order, so
 // almost every record goes through such a split (after an ascending fill
 // of 10,000 records, each then replaced, 9,952 of the originals were still
-// reachable), and the record of an acked message, body included, stayed
-// in memory for as long as its tombstone: the dedup window.
+// reachable), and the record of an acked message stayed in memory beside
+// its tombstone for as long as the tombstone: the dedup window.
 //
 // A refresh copies each tree and scans the copy for writing, which gives
 // every node a fresh array holding only its live items; the old nodes are
 // garbage unless a snapshot view still reads them. It costs an allocation
-// of about refreshBytesPerEntry per entry, so it runs once the bodies
+// of about refreshBytesPerEntry per entry, so it runs once the records
 // released since the last one are worth at least that much (and at least
 // refreshMinBytes): never more than one byte copied per byte it frees,
 // and what a drained queue holds on to stays below the size of its trees.
@@ -325,9 +324,22 @@ func (q *queue) redirectDedup(old, m *message) {
 }
 
 // remove turns live record m into a tombstone of its final delivery attempt,
-// deleted at now; how is flagAcked for an ack and flagRejected for a
-// reject (which make a repeat of the same receipt succeed), else 0.
+// deleted at now, and deletes its body; how is flagAcked for an ack and
+// flagRejected for a reject (which make a repeat of the same receipt
+// succeed), else 0.
 func (q *queue) remove(m *message, attempt uint32, now int64, how uint8) {
+	q.tombstone(m, attempt, now, how)
+	q.dropBody(m)
+}
+
+// recordBytes is what one removed record counts towards a refresh: its
+// size class.
+const recordBytes = 80
+
+// tombstone is remove without deleting the body: for a message whose body
+// moves to another record (a dead letter, a redrive) or stays with a
+// replay entry.
+func (q *queue) tombstone(m *message, attempt uint32, now int64, how uint8) {
 	if m.is(flagDead) {
 		q.dead--
 	} else {
@@ -336,7 +348,7 @@ func (q *queue) remove(m *message, attempt uint32, now int64, how uint8) {
 	if m.is(flagDeadLetter) {
 		q.deadLetters--
 	}
-	q.released += uint64(len(m.body))
+	q.released += recordBytes
 	flags := flagDeleted | how
 	t := &message{id: m.id, enqueuedAt: m.enqueuedAt, at: now, dedupID: m.dedupID, attempt: attempt, flags: flags}
 	q.msgs.SetHint(t, &q.msgsHint)

@@ -49,9 +49,9 @@ func (t *txn) redrive(r *fsmpb.Redrive) (*fsmpb.Result, *cmdError) {
 	})
 	for _, m := range picked {
 		to, _ := t.mut("redrive.to", target(m))
-		q.remove(m, m.attempt, t.now, 0)
+		q.tombstone(m, m.attempt, t.now, 0) // the body moves, under the same key
 		q.counters.redriven++
-		to.add(m.body, m.dedupID, (&extra{attrs: m.attrs()}).orNil(), t.now, t.now, 0)
+		to.add(m.body, m.dedupID, nil, t.now, t.now, 0)
 		t.notify(to.name)
 	}
 	return &fsmpb.Result{Count: uint64(len(picked))}, nil

@@ -25,6 +25,19 @@ type txn struct {
 	cow       bool
 	work      map[string]*queue // queues to commit; nil marks a deleted queue
 	wake      []string          // queues whose watchers Apply notifies
+	// ops: the store writes of this command, committed with it; nextBody:
+	// the body id the next new body gets (FSM.nextBody once committed).
+	ops      *bodyOps
+	nextBody uint64
+	// read reads a stored value as of the last committed command.
+	read func(key []byte) ([]byte, bool, error)
+}
+
+// own puts q among the queues this command changes and commits, with
+// its store writes going to the command's batch.
+func (t *txn) own(q *queue) {
+	q.ops = t.ops
+	t.work[q.name] = q
 }
 
 // lookup returns the queue for reading (nil if it does not exist).
@@ -54,7 +67,7 @@ func (t *txn) mut(field, name string) (*queue, *cmdError) {
 	if t.cow {
 		q = q.clone()
 	}
-	t.work[name] = q
+	t.own(q)
 	return q, nil
 }
 
@@ -130,7 +143,7 @@ func (t *txn) createQueue(c *fsmpb.CreateQueue) (*fsmpb.Result, *cmdError) {
 		return nil, err
 	}
 	q := newQueue(c.GetName(), t.now, s)
-	t.work[q.name] = q
+	t.own(q)
 	t.notify(q.name)
 	return &fsmpb.Result{Queue: q.info(t.now)}, nil
 }
@@ -155,7 +168,8 @@ func (t *txn) updateQueue(u *fsmpb.UpdateQueue) (*fsmpb.Result, *cmdError) {
 }
 
 func (t *txn) deleteQueue(d *fsmpb.DeleteQueue) (*fsmpb.Result, *cmdError) {
-	if _, err := t.mut("delete_queue.name", d.GetName()); err != nil {
+	q, err := t.mut("delete_queue.name", d.GetName())
+	if err != nil {
 		return nil, err
 	}
 	if t.rules >= 1 && !d.GetForce() {
@@ -171,6 +185,19 @@ func (t *txn) deleteQueue(d *fsmpb.DeleteQueue) (*fsmpb.Result, *cmdError) {
 				d.GetName(), strings.Join(users, ", "))
 		}
 	}
+	// Bodies are keyed by body id, not by queue, so a deleted queue's are
+	// deleted one by one: every live or dead record's, and those that its
+	// auto-ack replay entries keep.
+	q.msgs.Scan(func(m *message) bool {
+		q.dropBody(m)
+		return true
+	})
+	q.replayAt.Scan(func(e *replayEntry) bool {
+		for _, m := range e.autoAcked {
+			q.dropBody(m)
+		}
+		return true
+	})
 	t.work[d.GetName()] = nil
 	t.notify(d.GetName())
 	return &fsmpb.Result{}, nil
@@ -188,7 +215,7 @@ func (t *txn) deadLetterQueue(field, name string, create bool) *cmdError {
 		return missingDeadLetterQueue(field, name)
 	}
 	q := newQueue(name, t.now, defaultSettings())
-	t.work[name] = q
+	t.own(q)
 	t.notify(name)
 	return nil
 }
