@@ -249,7 +249,7 @@ func (n *Node) Peek(ctx context.Context, queue string, o fsm.PeekOptions, leader
 	switch {
 	case errors.Is(err, fsm.ErrQueueNotFound):
 		return nil, 0, 0, wire.QueueError(fsmpb.ErrorCode_QUEUE_NOT_FOUND, fmt.Sprintf("queue %q not found", queue))
-	case err != nil: // a max or state the API let through
+	case err != nil: // a max or state the API let through, or a body the store could not read
 		return nil, 0, 0, status.Error(codes.Internal, err.Error())
 	}
 	return msgs, next, applied, nil
