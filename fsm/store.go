@@ -44,7 +44,8 @@ type StoreBatch interface {
 	Close()
 }
 
-// StoreView is a frozen read-only view of a Store.
+// StoreView is a frozen read-only view of a Store, read by one goroutine
+// at a time; reads in ascending key order may be cheaper than others.
 type StoreView interface {
 	Get(key []byte) (value []byte, ok bool, err error)
 	Close() error
@@ -208,9 +209,21 @@ func (f *FSM) FillBodies(res *fsmpb.Result) error {
 	if len(refs) != len(res.Deliveries) {
 		return fmt.Errorf("fsm: %d body refs for %d deliveries", len(refs), len(res.Deliveries))
 	}
+	// Several bodies are read through one view, in delivery order: a
+	// queue's ids, mostly ascending. A body deleted after the view was
+	// taken is read as it was before: that entry came after this one.
+	get := f.store.Get
+	if len(refs) > 1 {
+		v, err := f.store.View()
+		if err != nil {
+			return fmt.Errorf("fsm: read bodies: %w", err)
+		}
+		defer v.Close()
+		get = v.Get
+	}
 	kept := res.Deliveries[:0]
 	for i, d := range res.Deliveries {
-		body, attrs, ok, err := readValue(f.store.Get, bodyRef{id: refs[i]})
+		body, attrs, ok, err := readValue(get, bodyRef{id: refs[i]})
 		if err != nil {
 			return fmt.Errorf("fsm: read body of message %d: %w", d.GetReceipt().GetMessageId(), err)
 		}
