@@ -58,6 +58,12 @@ type QueueStats struct {
 	DeadLetteredTotal uint64 // moved out of this queue as dead letters
 	PurgedTotal       uint64
 	RedrivenTotal     uint64 // moved out of this queue by Redrive
+
+	// OldestReadyAge is how long the oldest ready message has been in
+	// the queue (since its enqueue there), 0 when none is ready: how far
+	// the consumers are behind. It is measured at the answering node's
+	// cluster time.
+	OldestReadyAge time.Duration
 }
 
 // queueInfoOf converts the wire's queue info.
@@ -81,6 +87,7 @@ func queueInfoOf(q *fsmpb.QueueInfo) *QueueInfo {
 			EnqueuedTotal: st.GetEnqueuedTotal(), DeliveredTotal: st.GetDeliveredTotal(), AckedTotal: st.GetAckedTotal(),
 			RedeliveredTotal: st.GetRedeliveredTotal(), DedupHitsTotal: st.GetDedupHitsTotal(), ExpiredTotal: st.GetExpiredTotal(),
 			DeadLetteredTotal: st.GetDeadLetteredTotal(), PurgedTotal: st.GetPurgedTotal(), RedrivenTotal: st.GetRedrivenTotal(),
+			OldestReadyAge: time.Duration(st.GetOldestReadyAgeNs()),
 		},
 	}
 	if s != nil && s.RetentionNs != nil && *s.RetentionNs == 0 {

@@ -7,10 +7,14 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -36,6 +40,7 @@ type options struct {
 	attemptTimeout time.Duration
 	refresh        time.Duration
 	noGathering    bool
+	consumer       *string // nil: DefaultConsumerName()
 }
 
 // WithTLS makes the client speak TLS with the given configuration.
@@ -77,6 +82,8 @@ func WithRefreshInterval(d time.Duration) Option { return func(o *options) { o.r
 type Client struct {
 	opts options
 	log  *slog.Logger
+	// consumer is the consumer name each Receive gives by default.
+	consumer string
 
 	mu     sync.Mutex
 	seeds  []string
@@ -95,6 +102,40 @@ type Client struct {
 
 	stop chan struct{}
 	done chan struct{}
+}
+
+// WithConsumerName sets the consumer name every Receive of the client
+// gives (WithConsumer overrides it for one receive): each lease it takes
+// carries the name, so that peek and Lookup show who holds it. At most
+// 128 bytes of UTF-8 without control characters; "" gives none. The
+// default is DefaultConsumerName().
+func WithConsumerName(name string) Option { return func(o *options) { o.consumer = &name } }
+
+// DefaultConsumerName is the consumer name a client gives when none is
+// set: host:pid, the host name cut to fit the 128-byte limit.
+func DefaultConsumerName() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "unknown-host"
+	}
+	pid := ":" + strconv.Itoa(os.Getpid())
+	host = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return -1
+		}
+		return r
+	}, host)
+	if max := wire.MaxConsumer - len(pid); len(host) > max {
+		host = strings.ToValidUTF8(host[:max], "")
+	}
+	return host + pid
+}
+
+func (o *options) consumerName() string {
+	if o.consumer != nil {
+		return *o.consumer
+	}
+	return DefaultConsumerName()
 }
 
 // New connects to the cluster at any of addrs (host:port of the nodes' API
@@ -119,13 +160,14 @@ func New(ctx context.Context, addrs []string, opts ...Option) (*Client, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	c := &Client{
-		opts:  o,
-		log:   log,
-		seeds: slices.Clone(addrs),
-		addrs: slices.Clone(addrs),
-		conns: map[string]*grpc.ClientConn{},
-		stop:  make(chan struct{}),
-		done:  make(chan struct{}),
+		consumer: o.consumerName(),
+		opts:     o,
+		log:      log,
+		seeds:    slices.Clone(addrs),
+		addrs:    slices.Clone(addrs),
+		conns:    map[string]*grpc.ClientConn{},
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
 	}
 	bo := backoff{min: o.backoffMin, max: o.backoffMax}
 	for {
@@ -169,6 +211,11 @@ func (o *options) validate(addrs []string) error {
 	}
 	if o.refresh <= 0 {
 		return invalidArg("WithRefreshInterval", "must be > 0, got %v", o.refresh)
+	}
+	if o.consumer != nil {
+		if err := wire.ValidateConsumer("WithConsumerName", *o.consumer); err != nil {
+			return fromStatus("", err)
+		}
 	}
 	return nil
 }

@@ -3,6 +3,9 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -145,6 +148,15 @@ func TestBadArgumentsNameTheField(t *testing.T) {
 		{"peek of 101", func() error { _, err := c.Peek(ctx, "q", PeekOptions{Max: 101}); return err }(), "max: 101, limit is 1 to 100"},
 		{"peek state", func() error { _, err := c.Peek(ctx, "q", PeekOptions{State: "gone"}); return err }(), `Peek state: "gone"`},
 		{"peek queue", func() error { _, err := c.Peek(ctx, "", PeekOptions{}); return err }(), "Peek queue"},
+		{"lookup of nothing", func() error { _, err := c.Lookup(ctx, "q", LookupOptions{}); return err }(), "give an id or a dedup ID"},
+		{"lookup of both", func() error { _, err := c.Lookup(ctx, "q", LookupOptions{ID: 1, DedupID: "d"}); return err }(), "not both"},
+		{"lookup queue", func() error { _, err := c.Lookup(ctx, "", LookupOptions{ID: 1}); return err }(), "Lookup queue"},
+		{"129-byte consumer", func() error {
+			_, err := c.Receive(ctx, "q", 1, WithConsumer(strings.Repeat("c", 129)))
+			return err
+		}(), "Receive WithConsumer: consumer is 129 bytes, limit is 128"},
+		{"negative redrive rate", func() error { _, err := c.Redrive(ctx, "q", "", 0, WithRedriveRate(-1)); return err }(), "WithRedriveRate"},
+		{"NaN redrive rate", func() error { _, err := c.Redrive(ctx, "q", "", 0, WithRedriveRate(math.NaN())); return err }(), "WithRedriveRate"},
 		{"concurrency", c.Consume(ctx, "q", nil, WithConcurrency(0)), "WithConcurrency"},
 		{"nack backoff", c.Consume(ctx, "q", nil, WithNackBackoff(time.Second, time.Millisecond)), "WithNackBackoff"},
 	}
@@ -166,6 +178,7 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		{[]string{"a:1", ""}, nil, "addrs[1]"},
 		{[]string{"a:1"}, []Option{WithToken("secret")}, "WithToken"},
 		{[]string{"a:1"}, []Option{WithBackoff(time.Second, time.Millisecond)}, "WithBackoff"},
+		{[]string{"a:1"}, []Option{WithConsumerName("tab\there")}, "WithConsumerName: consumer has control byte"},
 	} {
 		_, err := New(ctx, tc.addrs, tc.opts...)
 		if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), tc.substr) {
@@ -287,5 +300,13 @@ func TestQueueInfoIsTheClientsOwn(t *testing.T) {
 	}
 	if r := queueInfoOf(&fsmpb.QueueInfo{Settings: &fsmpb.QueueSettings{RetentionNs: proto.Int64(int64(time.Hour))}}).Settings.Retention; r != time.Hour {
 		t.Fatalf("retention of 1 h = %v", r)
+	}
+}
+
+// The default consumer name is host:pid and within the server's limit.
+func TestDefaultConsumerName(t *testing.T) {
+	name := DefaultConsumerName()
+	if !strings.HasSuffix(name, fmt.Sprintf(":%d", os.Getpid())) || len(name) > 128 {
+		t.Fatalf("DefaultConsumerName() = %q; want host:%d, at most 128 bytes", name, os.Getpid())
 	}
 }

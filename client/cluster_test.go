@@ -676,6 +676,51 @@ func TestAckAndReceiveConfirmsThePreviousBatch(t *testing.T) {
 	}
 }
 
+// TestProducerPipelinesPartialBatches: a producer with a few hundred
+// messages in flight keeps several batches on the wire, not one batch and
+// the rest waiting for it. 256 SendAsync calls at once: the first goes
+// alone, then each further 64 take a free slot while the first is still
+// in its Raft round, so the queue's messages arrive in five entries or so
+// instead of two, still in call order.
+func TestProducerPipelinesPartialBatches(t *testing.T) {
+	tc := cluster.StartTestCluster(t, 3)
+	c := newClient(t, tc.Addrs())
+	ctx := ctxFor(t, 60*time.Second)
+	const queue, n = "pipelined", 256
+	if _, err := c.CreateQueue(ctx, queue, client.QueueSettings{}); err != nil {
+		t.Fatal(err)
+	}
+	leaderIndex := func() uint64 { return tc.Leader(t).AppliedIndex() }
+	for round := range 3 {
+		before := leaderIndex()
+		p := c.NewProducer()
+		futs := make([]*client.SendFuture, n)
+		for i := range futs {
+			futs[i] = p.SendAsync(ctx, queue, client.OutMessage{Body: fmt.Appendf(nil, "%d-%d", round, i)})
+		}
+		var prev uint64
+		for i, f := range futs {
+			r, err := f.Wait(ctx)
+			if err != nil {
+				t.Fatalf("round %d, message %d: %v", round, i, err)
+			}
+			if r.MessageID <= prev {
+				t.Fatalf("round %d: message %d got ID %d after ID %d: the producer reordered sends", round, i, r.MessageID, prev)
+			}
+			prev = r.MessageID
+		}
+		p.Close()
+		entries := leaderIndex() - before
+		t.Logf("round %d: %d messages sent at once took %d Raft entries", round, n, entries)
+		if entries < 4 {
+			t.Fatalf("%d messages sent at once took %d Raft entries; want at least 4: batches of 64 go beside the one on the wire", n, entries)
+		}
+		if entries > 8 {
+			t.Fatalf("%d messages sent at once took %d Raft entries; the producer split them into batches smaller than 64", n, entries)
+		}
+	}
+}
+
 // TestConcurrentSendsAreGathered: Sends from many goroutines share Raft
 // entries, each still gets its own result, and a bad message among them
 // fails alone.

@@ -18,7 +18,11 @@
 //     Purge and TransferLeadership — are sent only on a connection that is up
 //     (so "node down" is retried elsewhere), and after an unknown outcome
 //     return an error that matches ErrOutcomeUnknown: the caller decides.
-//     EnsureQueue is the idempotent way to create a queue.
+//     EnsureQueue is the idempotent way to create a queue. Lookup tells
+//     what became of one message by id or dedup ID (landed or not, and
+//     where it is now), within the queue's dedup window.
+//   - Consumer names. Each Receive names its consumer (WithConsumerName,
+//     default host:pid) on the leases it takes; peek and Lookup show it.
 //   - Order. One goroutine's Sends to a queue are enqueued in call order
 //     (each returns once committed). A Producer enqueues a queue's messages
 //     in SendAsync order although it keeps up to four full batches in

@@ -71,6 +71,9 @@ type PeekedMessage struct {
 	// Until is when a delayed message becomes ready or a lease ends; zero
 	// for ready and dead messages.
 	Until time.Time
+	// Consumer is who holds the lease of a leased message: the consumer
+	// name its receive gave.
+	Consumer string
 }
 
 // PeekPage is one answer of Peek.
@@ -120,7 +123,7 @@ func (c *Client) Peek(ctx context.Context, queue string, o PeekOptions) (*PeekPa
 		pm := PeekedMessage{
 			ID: p.GetId(), State: peekStateOf(p.GetState()), Attempts: p.GetAttempts(), Body: m.Body,
 			BodySize: int(p.GetBodySize()), Attributes: m.Attributes, DedupID: m.DedupID, EnqueuedAt: m.EnqueuedAt,
-			LastNackReason: m.LastNackReason, DeadLetter: m.DeadLetter,
+			LastNackReason: m.LastNackReason, DeadLetter: m.DeadLetter, Consumer: p.GetConsumer(),
 		}
 		if at := p.GetAtUnixNano(); at != 0 {
 			pm.Until = time.Unix(0, at)

@@ -225,13 +225,14 @@ func WithMaxInFlight(messages int, bytes int64) ProducerOption {
 // order of the SendAsync calls whatever n is, through retries and leader
 // changes (a batch that finally fails leaves a gap, not a reordering).
 //
-// Only full batches (WithBatchLimits) use the slots beyond the first: a
-// batch that is not full goes when none of its queue is on the wire, and
-// fills until then, since a Raft round costs about as much for one message
-// as for a hundred. So a producer with more to send than one batch holds
-// keeps several rounds busy (BenchmarkProducer: about 1.4x the messages
-// per second of n = 1), and one that sends less is not split into more,
-// smaller rounds.
+// A batch that is not full goes at once when none of its queue is on the
+// wire. Beside others, a batch goes when it is full (WithBatchLimits) or
+// holds 64 messages or 64 KiB, and fills until then, since a Raft round
+// costs about as much for one message as for sixty. So a producer with
+// more to send than one batch holds keeps several rounds busy
+// (BenchmarkProducer: about 1.4x the messages per second of n = 1), so
+// does one with a few hundred messages in flight, and one that sends less
+// is not split into more, smaller rounds.
 //
 // With n > 1 the batches of a queue travel on one EnqueueStream, which the
 // leader submits to Raft in order, each chained behind the one before by
@@ -463,12 +464,14 @@ func (p *Producer) startLocked(q *queueBatches) {
 		case len(q.waiting) > 0:
 			b, q.waiting = q.waiting[0], q.waiting[1:]
 		case q.filling != nil && q.filling.due && len(q.sending) == 0 && !p.regatherLocked(q):
-			// A batch that is not full goes only when none of its queue
-			// is on the wire; until then it keeps filling. Only full
-			// batches use the further slots: a round of Raft costs
-			// about the same for 1 message as for 100 (two fsyncs on
-			// each of a quorum of disks), so many small batches in
-			// flight would cost more rounds for the same messages.
+			// A batch that is not full goes at once when none of its
+			// queue is on the wire.
+			b, q.filling = q.filling, nil
+			b.stopTimer()
+		case q.filling != nil && q.filling.due && p.pipelinesLocked(q.filling):
+			// Beside batches on the wire, a batch goes once it is worth a
+			// Raft round of its own (pipelinesLocked); a smaller one
+			// keeps filling until a batch is answered.
 			b, q.filling = q.filling, nil
 			b.stopTimer()
 		default:
@@ -595,6 +598,28 @@ func (p *Producer) batchContext(live []*SendFuture) (context.Context, context.Ca
 		cancel()
 	}
 }
+
+// pipelinesLocked tells whether b, a batch that is not full, may take a
+// free send slot while other batches of its queue are on the wire: when it
+// holds pipelineMessages messages or pipelineBytes bytes (each at most
+// the full batch). A Raft round takes the leader's and a follower's log
+// append one after the other, so the next batch's append overlaps the
+// round before only if it is already on its way; a producer with a few
+// hundred messages in flight (less than a full batch) then keeps several
+// rounds busy instead of one (docs/performance.md, "Log store").
+// Smaller batches wait: a Raft round costs
+// about as much for one message as for sixty, and raft's group commit
+// only merges entries that arrive together.
+func (p *Producer) pipelinesLocked(b *batch) bool {
+	return len(b.futs) >= min(pipelineMessages, p.o.batchMessages) || b.bytes >= min(pipelineBytes, p.o.batchBytes)
+}
+
+// pipelineMessages and pipelineBytes size a batch that goes beside others
+// on the wire (pipelinesLocked).
+const (
+	pipelineMessages = 64
+	pipelineBytes    = 64 << 10
+)
 
 // regatherLocked tells whether q's filling batch should wait for the
 // callers of the batch just answered, who are about to send their next

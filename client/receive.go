@@ -9,6 +9,7 @@ import (
 
 	"github.com/quorumq/quorumq/fsm/fsmpb"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
+	"github.com/quorumq/quorumq/transport/wire"
 )
 
 // Receipt identifies one delivery of a message: Ack, Nack and Extend take
@@ -103,7 +104,12 @@ type receiveOptions struct {
 	visibility time.Duration
 	autoAck    bool
 	requestID  string
+	consumer   *string
 }
+
+// WithConsumer sets the consumer name this receive gives instead of the
+// client's (WithConsumerName); "" gives none.
+func WithConsumer(name string) ReceiveOption { return func(o *receiveOptions) { o.consumer = &name } }
 
 // WithWait long-polls: when no message is available, the call waits up to d
 // (at most MaxWait) for one. It is shortened to fit the caller's deadline.
@@ -170,6 +176,13 @@ func (c *Client) receive(ctx context.Context, queue string, acks []Receipt, maxM
 	if err := validateDuration("Receive WithVisibility", o.visibility, limits.MaxVisibility); err != nil {
 		return nil, nil, err
 	}
+	consumer := c.consumer
+	if o.consumer != nil {
+		consumer = *o.consumer
+		if err := wire.ValidateConsumer("Receive WithConsumer", consumer); err != nil {
+			return nil, nil, fromStatus("", err)
+		}
+	}
 	if dl, ok := ctx.Deadline(); ok {
 		// Leave time for the reply: a poll cut off by the caller's deadline
 		// would lease messages nobody reads.
@@ -186,6 +199,7 @@ func (c *Client) receive(ctx context.Context, queue string, acks []Receipt, maxM
 		AutoAck:      o.autoAck,
 		RequestId:    o.requestID,
 		Ack:          receiptsPB(acks),
+		Consumer:     consumer,
 	}
 	var resp *quorumqpb.ReceiveResponse
 	err := c.call(ctx, "Receive", idempotent, o.wait, func(ctx context.Context, cc *grpc.ClientConn) error {

@@ -3,6 +3,8 @@ package client
 import (
 	"context"
 	"fmt"
+	"math"
+	"time"
 
 	"google.golang.org/grpc"
 
@@ -12,11 +14,24 @@ import (
 // RedriveOption configures Redrive.
 type RedriveOption func(*redriveOptions)
 
-type redriveOptions struct{ batch int }
+type redriveOptions struct {
+	batch int
+	rate  float64
+}
 
 // WithRedriveBatch sets how many messages one Raft command moves: 1 to
 // 1000, default 100.
 func WithRedriveBatch(n int) RedriveOption { return func(o *redriveOptions) { o.batch = n } }
+
+// WithRedriveRate paces a redrive to at most perSecond messages a second
+// on average (0: as fast as batches go), so that consumers of the target
+// are not flooded with a backlog. The pacing is the client's: a batch is
+// at most a tenth of a second's worth (the batch size is cut to
+// perSecond/10, at least 1), and the next one is sent once the messages
+// moved so far are due at that rate.
+func WithRedriveRate(perSecond float64) RedriveOption {
+	return func(o *redriveOptions) { o.rate = perSecond }
+}
 
 // Redrive moves the dead letters of queue back into the queue each came
 // from, or into to when it is not "", in id order, until none is left or
@@ -50,8 +65,21 @@ func (c *Client) Redrive(ctx context.Context, queue, to string, max int, opts ..
 	if o.batch < 1 || o.batch > limits.MaxReceipts {
 		return 0, invalidArg("WithRedriveBatch", "must be 1..%d, got %d", limits.MaxReceipts, o.batch)
 	}
+	if !(o.rate >= 0) || math.IsInf(o.rate, 0) {
+		return 0, invalidArg("WithRedriveRate", "must be a finite number of messages per second >= 0 (0: no limit), got %v", o.rate)
+	}
+	if o.rate > 0 && float64(o.batch) > o.rate/10 {
+		o.batch = int(math.Max(1, o.rate/10)) // at most a tenth of a second's worth per batch
+	}
+	start := time.Now()
 	moved := 0
 	for max == 0 || moved < max {
+		if o.rate > 0 && moved > 0 {
+			due := start.Add(time.Duration(float64(moved) / o.rate * float64(time.Second)))
+			if err := sleepCtx(ctx, time.Until(due)); err != nil {
+				return moved, fmt.Errorf("redrive after %d moved: %w", moved, err)
+			}
+		}
 		n := o.batch
 		if max > 0 {
 			n = min(n, max-moved)

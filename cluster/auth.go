@@ -103,6 +103,7 @@ var methodScopes = map[string]Scope{
 	quorumqpb.Queue_GetQueue_FullMethodName:             ScopeRead,
 	quorumqpb.Queue_ListQueues_FullMethodName:           ScopeRead,
 	quorumqpb.Queue_Peek_FullMethodName:                 ScopeRead,
+	quorumqpb.Queue_Lookup_FullMethodName:               ScopeRead,
 	quorumqpb.Queue_Enqueue_FullMethodName:              ScopeWrite,
 	quorumqpb.Queue_EnqueueStream_FullMethodName:        ScopeWrite,
 	quorumqpb.Queue_Receive_FullMethodName:              ScopeWrite,

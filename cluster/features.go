@@ -36,21 +36,31 @@ const (
 	featureDLQRules = "dlq-rules"
 	// featureRedrive: the Redrive command.
 	featureRedrive = "redrive"
+	// featureMessageFate: Command.rules 2 (fsm.Rules), each message's
+	// last-changed index and each tombstone's fate, for Lookup.
+	featureMessageFate = "message-fate"
+	// featureConsumerName: Receive.consumer, kept on the leases it takes.
+	featureConsumerName = "consumer-name"
 )
 
 // supportedFeatures are the log features this build applies.
-var supportedFeatures = []string{featureEnqueueAfter, featureLogCheckpoint, featureDeadLetterOrigin, featureReject, featureDLQRules, featureRedrive}
+var supportedFeatures = []string{featureEnqueueAfter, featureLogCheckpoint, featureDeadLetterOrigin, featureReject, featureDLQRules, featureRedrive, featureMessageFate, featureConsumerName}
 
 // gateRules stamps cmd with the state-machine rules every voter applies:
-// fsm.Rules once every voter knows them, else 0, the rules of an earlier
-// release (a queue may then name a dead-letter queue that does not exist,
-// a DLQ in use may be deleted, and a dead letter with nowhere to go is
-// dropped and counted, on every replica alike). Creating a dead-letter
-// queue with its user cannot be done another way, so it is refused with
-// FailedPrecondition until then.
+// fsm.Rules once every voter knows them, 1 while some voter knows the
+// dead-letter queue rules but not message fates (records then keep no
+// index and tombstones no fate, on every replica alike), else 0, the
+// rules of an earlier release (a queue may then name a dead-letter queue
+// that does not exist, a DLQ in use may be deleted, and a dead letter
+// with nowhere to go is dropped and counted, on every replica alike).
+// Creating a dead-letter queue with its user cannot be done another way,
+// so it is refused with FailedPrecondition until then.
 func (n *Node) gateRules(cmd *fsmpb.Command) error {
 	if n.clusterHas(featureDLQRules) {
-		cmd.Rules = fsm.Rules
+		cmd.Rules = 1
+		if n.clusterHas(featureMessageFate) {
+			cmd.Rules = fsm.Rules
+		}
 		return nil
 	}
 	cmd.Rules = 0
@@ -82,6 +92,11 @@ func (n *Node) gateDeadLetterOrigin(cmd *fsmpb.Command) error {
 		}
 	case *fsmpb.Command_Receive:
 		op.Receive.DeadLetterOrigin = n.clusterHas(featureDeadLetterOrigin)
+		// A consumer name, like a nack reason, is advice: dropped, not
+		// refused, while some voter would not keep it.
+		if op.Receive.GetConsumer() != "" && !n.clusterHas(featureConsumerName) {
+			op.Receive.Consumer = ""
+		}
 	case *fsmpb.Command_Nack:
 		if op.Nack.GetReason() != "" && !n.clusterHas(featureDeadLetterOrigin) {
 			op.Nack.Reason = ""

@@ -61,6 +61,14 @@ func TestEveryLimitIsCheckedBeforePropose(t *testing.T) {
 			_, err := q.Redrive(ctx, &quorumqpb.RedriveRequest{Queue: "q", Max: 1001})
 			return err
 		}, "max: 1001, limit is 1 to 1000"},
+		{"129-byte consumer name", func(ctx context.Context) error {
+			_, err := q.Receive(ctx, &quorumqpb.ReceiveRequest{Queue: "q", Max: 1, Consumer: long(129)})
+			return err
+		}, "consumer: consumer is 129 bytes, limit is 128"},
+		{"lookup by id and dedup ID", func(ctx context.Context) error {
+			_, err := q.Lookup(ctx, &quorumqpb.LookupRequest{Queue: "q", Id: 1, DedupId: "d"})
+			return err
+		}, "give an id or a dedup ID, not both"},
 		{"peek of 101", func(ctx context.Context) error {
 			_, err := q.Peek(ctx, &quorumqpb.PeekRequest{Queue: "q", Max: 101})
 			return err

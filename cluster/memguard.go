@@ -300,6 +300,7 @@ var methodAddsMessages = map[string]bool{
 	quorumqpb.Queue_GetQueue_FullMethodName:             false,
 	quorumqpb.Queue_ListQueues_FullMethodName:           false,
 	quorumqpb.Queue_Peek_FullMethodName:                 false,
+	quorumqpb.Queue_Lookup_FullMethodName:               false,
 	quorumqpb.Queue_DeleteQueue_FullMethodName:          false,
 	quorumqpb.Queue_Purge_FullMethodName:                false,
 	quorumqpb.Queue_Receive_FullMethodName:              false,

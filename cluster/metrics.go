@@ -236,6 +236,9 @@ var (
 		{counterDesc("purged", "Messages removed by purge."), (*fsmpb.QueueStats).GetPurgedTotal},
 		{counterDesc("redriven", "Messages moved out of the queue by redrive."), (*fsmpb.QueueStats).GetRedrivenTotal},
 	}
+	descQueueOldestReady = prometheus.NewDesc("quorumq_queue_oldest_ready_age_seconds",
+		"Age of the oldest ready message of a queue (0 when none is ready), of the state applied on this node, measured at its cluster time: how far the queue's consumers are behind.",
+		[]string{"queue"}, nil)
 	descRaftState      = prometheus.NewDesc("quorumq_raft_state", "1 for this node's current Raft role.", []string{"state"}, nil)
 	descRaftTerm       = prometheus.NewDesc("quorumq_raft_term", "Current Raft term.", nil, nil)
 	descRaftCommit     = prometheus.NewDesc("quorumq_raft_commit_index", "Highest log index known to be committed.", nil, nil)
@@ -327,6 +330,7 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		return // the stores may be closed; a scrape during shutdown gets the event series only
 	}
 	queues := n.fsm.Queues() // sorted by name
+	n.ageNow(queues...)
 	for _, q := range queues[:min(len(queues), maxQueueSeries)] {
 		collectQueue(ch, q.GetName(), q.GetStats())
 	}
@@ -399,16 +403,21 @@ func collectQueue(ch chan<- prometheus.Metric, name string, st *fsmpb.QueueStats
 	}{{"ready", st.GetReady()}, {"leased", st.GetLeased()}, {"delayed", st.GetDelayed()}, {"dead_lettered", st.GetDeadLettered()}, {"dead", st.GetDead()}} {
 		ch <- prometheus.MustNewConstMetric(descQueueMessages, prometheus.GaugeValue, float64(s.v), name, s.state)
 	}
+	ch <- prometheus.MustNewConstMetric(descQueueOldestReady, prometheus.GaugeValue, time.Duration(st.GetOldestReadyAgeNs()).Seconds(), name)
 	for _, qc := range queueCounters {
 		ch <- prometheus.MustNewConstMetric(qc.desc, prometheus.CounterValue, float64(qc.get(st)), name)
 	}
 }
 
-// addStats adds each of b's depths and counters (every field a uint64) to a.
+// addStats adds each of b's depths and counters (every uint64 field) to
+// a; the oldest ready age of the sum is the oldest of both.
 func addStats(a, b *fsmpb.QueueStats) {
 	ar := a.ProtoReflect()
 	b.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		ar.Set(fd, protoreflect.ValueOfUint64(ar.Get(fd).Uint()+v.Uint()))
+		if fd.Kind() == protoreflect.Uint64Kind {
+			ar.Set(fd, protoreflect.ValueOfUint64(ar.Get(fd).Uint()+v.Uint()))
+		}
 		return true
 	})
+	a.OldestReadyAgeNs = max(a.GetOldestReadyAgeNs(), b.GetOldestReadyAgeNs())
 }

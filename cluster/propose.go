@@ -233,7 +233,22 @@ func (n *Node) Queue(ctx context.Context, name string) (*fsmpb.QueueInfo, error)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
+	n.ageNow(info)
 	return info, nil
+}
+
+// ageNow measures each queue's oldest ready age at this node's cluster
+// time rather than at the last applied command's: an idle queue applies
+// no command, and its oldest message must still grow older. The messages
+// counted ready are those of the applied state.
+func (n *Node) ageNow(infos ...*fsmpb.QueueInfo) {
+	fsmNow := n.fsm.NowUnixNano()
+	lag := max(0, n.clusterNow().UnixNano()-fsmNow)
+	for _, info := range infos {
+		if st := info.GetStats(); st.GetReady() > 0 {
+			st.OldestReadyAgeNs += lag
+		}
+	}
 }
 
 // Peek implements transport.Backend: a read of this node's applied state,
@@ -255,12 +270,33 @@ func (n *Node) Peek(ctx context.Context, queue string, o fsm.PeekOptions, leader
 	return msgs, next, applied, nil
 }
 
+// Lookup implements transport.Backend: a read of this node's applied
+// state, after confirming leadership when leader is set.
+func (n *Node) Lookup(ctx context.Context, queue string, id uint64, dedupID string, leader bool) (*fsmpb.MessageFate, uint64, error) {
+	if leader {
+		if err := n.verifyLeader(ctx); err != nil {
+			return nil, 0, err
+		}
+	}
+	applied := n.fsm.AppliedIndex() // the state read is at least this new
+	fate, err := n.fsm.Lookup(queue, id, dedupID)
+	switch {
+	case errors.Is(err, fsm.ErrQueueNotFound):
+		return nil, 0, wire.QueueError(fsmpb.ErrorCode_QUEUE_NOT_FOUND, fmt.Sprintf("queue %q not found", queue))
+	case err != nil: // an id or dedup ID the API let through
+		return nil, 0, status.Error(codes.Internal, err.Error())
+	}
+	return fate, applied, nil
+}
+
 // Queues implements transport.Backend.
 func (n *Node) Queues(ctx context.Context) ([]*fsmpb.QueueInfo, error) {
 	if err := n.verifyLeader(ctx); err != nil {
 		return nil, err
 	}
-	return n.fsm.Queues(), nil
+	infos := n.fsm.Queues()
+	n.ageNow(infos...)
+	return infos, nil
 }
 
 // leaderRecheck bounds how long a long poll sleeps without checking that

@@ -103,7 +103,7 @@ func TestDeadLetterMetadataSurvivesRestore(t *testing.T) {
 	if g.StateHash() != h.f.StateHash() {
 		t.Fatal("restored hash differs")
 	}
-	h2 := &harness{t: t, f: g, idx: h.idx, now: h.now}
+	h2 := &harness{t: t, f: g, idx: h.idx, now: h.now, rules: h.rules}
 	a, b := h.ok(recvCmd(recv("dlq", 1))).Deliveries[0], h2.ok(recvCmd(recv("dlq", 1))).Deliveries[0]
 	if !proto.Equal(a, b) || b.DeadLetter.GetLastNackReason() != "bad schema" {
 		t.Fatalf("after restore %v, before %v", b, a)

@@ -30,8 +30,7 @@ func (t *txn) enqueue(field string, e *fsmpb.Enqueue, res *fsmpb.Result) *cmdErr
 	}
 	q, err := t.mut(field+".queue", e.GetQueue())
 	if err != nil && err.code == fsmpb.ErrorCode_QUEUE_NOT_FOUND && e.GetCreateQueue() && t.lookup(e.GetQueue()) == nil {
-		q, err = newQueue(e.GetQueue(), t.now, defaultSettings()), nil
-		t.own(q)
+		q, err = t.track(newQueue(e.GetQueue(), t.now, defaultSettings())), nil
 	}
 	if err != nil {
 		return err
@@ -105,7 +104,7 @@ func (q *queue) add(body bodyRef, dedupID string, ext *extra, deliverAt, now int
 	if deliverAt <= now {
 		flags |= flagReady
 	}
-	m := &message{id: q.nextID, enqueuedAt: now, at: deliverAt, body: body, dedupID: dedupID, ext: ext, flags: flags}
+	m := &message{id: q.nextID, enqueuedAt: now, at: deliverAt, body: body, dedupID: dedupID, ext: ext, flags: flags, index: q.stamp.index}
 	q.nextID++
 	q.put(m)
 	q.counters.enqueued++

@@ -110,7 +110,7 @@ func errorResult(err *cmdError) *fsmpb.Result {
 // entry, and it goes on up, stopping the node before its memory and its
 // store can disagree.
 func (f *FSM) apply(cmd *fsmpb.Command) (res *fsmpb.Result) {
-	t := &txn{committed: f.queues, now: f.now, rules: cmd.GetRules(), work: make(map[string]*queue),
+	t := &txn{committed: f.queues, now: f.now, rules: cmd.GetRules(), index: f.applied, work: make(map[string]*queue),
 		ops: &bodyOps{}, nextBody: f.nextBody, read: f.store.Get}
 	defer func() {
 		for _, q := range t.work {

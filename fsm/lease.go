@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/quorumq/quorumq/fsm/fsmpb"
+	"github.com/quorumq/quorumq/fsm/limits"
 )
 
 // fence decides a receipt's outcome without changing anything. It returns
@@ -44,7 +45,7 @@ type settleOp interface {
 type ackOp struct{}
 
 func (ackOp) apply(q *queue, m *message, now int64) bool {
-	q.remove(m, m.attempt, now, flagAcked)
+	q.remove(m, m.attempt, now, flagAcked, nil)
 	q.counters.acked++
 	return false
 }
@@ -142,6 +143,9 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 	if len(r.GetRequestId()) > MaxRequestID {
 		return nil, invalid("receive.request_id is %d bytes, limit is %d", len(r.GetRequestId()), MaxRequestID)
 	}
+	if p := limits.ConsumerProblem(r.GetConsumer()); p != "" {
+		return nil, invalid("receive.%s", p)
+	}
 	if len(r.GetAck()) > 0 {
 		if err := checkReceipts("receive.ack", r.GetAck()); err != nil {
 			return nil, err
@@ -169,6 +173,7 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 	var (
 		delivered []replayReceipt
 		autoAcked []*message
+		holder    *extra // the consumer's extra, shared by records that have none
 	)
 	for uint32(len(delivered)) < r.GetMax() {
 		id, ok := q.ready.min()
@@ -177,7 +182,7 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 		}
 		m, _ := q.msgs.GetHint(&message{id: id}, &q.msgsHint)
 		if q.settings.retention > 0 && m.enqueuedAt+q.settings.retention <= now {
-			q.remove(m, m.attempt, now, 0)
+			q.remove(m, m.attempt, now, 0, expiredExt)
 			q.counters.expired++
 			continue
 		}
@@ -190,15 +195,16 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 		case r.GetAutoAck() && r.GetRequestId() != "":
 			// The replay entry keeps the body in the store for the
 			// window; the answer reads it like a lease's.
-			q.tombstone(m, d.attempt, now, flagAcked)
+			q.tombstone(m, d.attempt, now, flagAcked, nil)
 			autoAcked = append(autoAcked, d)
 			deliver(res, q.name, d)
 		case r.GetAutoAck():
 			// Deleted by this command, so read now: no later reader
 			// would find it.
 			deliverRead(res, q.name, d, t.read)
-			q.remove(m, d.attempt, now, flagAcked)
+			q.remove(m, d.attempt, now, flagAcked, nil)
 		default:
+			d.ext = m.withConsumer(r.GetConsumer(), &holder)
 			q.replace(m, d)
 			deliver(res, q.name, d)
 		}
@@ -281,25 +287,18 @@ func (t *txn) deadLetter(q *queue, m *message, c deadLetterCause) {
 			q.keepDead(m, how, &extra{dead: origin(q, m, c)}, t.now)
 			return
 		}
-		q.remove(m, m.attempt, t.now, how)
+		q.remove(m, m.attempt, t.now, how, nil)
 		q.counters.deadLettered++
 		return
 	}
-	dlq, err := t.mut("dead_letter_queue", q.settings.deadLetter)
-	if err != nil {
-		// Cannot happen (the queue was just looked up); dropping the
-		// message is what rules 0 does without a dead-letter queue.
-		q.remove(m, m.attempt, t.now, how)
-		q.counters.deadLettered++
-		return
-	}
-	q.tombstone(m, m.attempt, t.now, how) // the body moves, under the same key
-	q.counters.deadLettered++
+	dlq, _ := t.mut("dead_letter_queue", q.settings.deadLetter) // it exists: looked up above
 	var ext *extra
 	if c.origin {
 		ext = &extra{dead: origin(q, m, c)}
 	}
-	dlq.add(m.body, m.dedupID, ext, t.now, t.now, flagDeadLetter)
+	moved := dlq.add(m.body, m.dedupID, ext, t.now, t.now, flagDeadLetter) // the body moves, under the same key
+	q.tombstone(m, m.attempt, t.now, how, movedExt(fsmpb.MessageState_MESSAGE_DEAD_LETTERED, dlq.name, moved.id))
+	q.counters.deadLettered++
 	t.notify(dlq.name)
 }
 
@@ -332,6 +331,7 @@ func (q *queue) keepDead(m *message, how uint8, ext *extra, now int64) {
 	}
 	d := m.with(now, m.attempt, flagDead|how)
 	d.ext = ext
+	d.index = q.stamp.index
 	q.msgs.SetHint(d, &q.msgsHint)
 	q.redirectDedup(m, d)
 	q.dead++

@@ -106,6 +106,9 @@ func peeked(m *message, state fsmpb.PeekState) *fsmpb.PeekedMessage {
 	if state == fsmpb.PeekState_PEEK_LEASED || state == fsmpb.PeekState_PEEK_DELAYED {
 		p.AtUnixNano = m.at
 	}
+	if state == fsmpb.PeekState_PEEK_LEASED {
+		p.Consumer = m.consumer()
+	}
 	if p.DeadLetter == nil && m.is(flagDead) {
 		p.DeadLetter = m.dead()
 	}

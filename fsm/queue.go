@@ -23,8 +23,7 @@ const (
 // message is an immutable record: a change replaces the record in every
 // index that holds it, so a snapshot that shares tree nodes with the live
 // state sees a frozen view. Its body and attributes are in the Store; the
-// record holds where (body). 72 bytes on 64-bit platforms, allocated in
-// the 80-byte size class.
+// record holds where (body). 80 bytes on 64-bit platforms.
 type message struct {
 	id         uint64
 	enqueuedAt int64
@@ -34,27 +33,62 @@ type message struct {
 	body    bodyRef // zero in a tombstone
 	dedupID string
 	ext     *extra // nil for a message with none of it
+	// index is the Raft index of the command that last changed the
+	// message (0 under rules < 2, see queue.stamp). A lease that runs out
+	// or a delay that ends changes nothing by itself, so promote keeps it.
+	index   uint64
 	attempt uint32
 	flags   uint8
 }
 
 // extra is what few messages carry: a nack reason, the origin of a dead
-// letter. Keeping it behind one pointer keeps the record of every other
-// message small. Like a record it is never mutated: a change makes a new
-// one.
+// letter, a consumer name, a tombstone's fate. Keeping it behind one
+// pointer keeps the record of every other message at 80 bytes. Like a
+// record it is never mutated: a change makes a new one.
 type extra struct {
 	// nackReason: the reason of the last nack in this queue that gave one.
 	nackReason string
 	// dead: the origin of a message that arrived as a dead letter (an
 	// empty one for a dead letter of a release that kept none).
 	dead *fsmpb.DeadLetter
+	// consumer: the consumer name of the receive that leased it last.
+	consumer string
+	// fate: of a tombstone, what removed it (nil for an ack, which its
+	// flags say, and under rules < 2).
+	fate *fate
+}
+
+// fate is what removed a message, and where a moved one went.
+type fate struct {
+	state fsmpb.MessageState
+	queue string
+	id    uint64
+}
+
+func (f fate) orNil() *fate {
+	if f == (fate{}) {
+		return nil
+	}
+	return &f
+}
+
+// The fates of removals that moved nothing, shared by their tombstones
+// (never mutated, like every extra).
+var (
+	expiredExt = &extra{fate: &fate{state: fsmpb.MessageState_MESSAGE_EXPIRED}}
+	purgedExt  = &extra{fate: &fate{state: fsmpb.MessageState_MESSAGE_PURGED}}
+)
+
+// movedExt is the extra of the tombstone of a message moved to queue as id.
+func movedExt(state fsmpb.MessageState, queue string, id uint64) *extra {
+	return &extra{fate: &fate{state: state, queue: queue, id: id}}
 }
 
 type attribute struct{ key, value string }
 
 // orNil returns e, or nil when it carries nothing.
 func (e *extra) orNil() *extra {
-	if e == nil || e.nackReason == "" && e.dead == nil {
+	if e == nil || e.nackReason == "" && e.dead == nil && e.consumer == "" && e.fate == nil {
 		return nil
 	}
 	return e
@@ -72,6 +106,40 @@ func (m *message) dead() *fsmpb.DeadLetter {
 		return nil
 	}
 	return m.ext.dead
+}
+
+func (m *message) consumer() string {
+	if m.ext == nil {
+		return ""
+	}
+	return m.ext.consumer
+}
+
+func (m *message) fate() *fate {
+	if m.ext == nil {
+		return nil
+	}
+	return m.ext.fate
+}
+
+// withConsumer returns m's extra with the consumer set to name. Records
+// without an extra share *shared, made once per receive.
+func (m *message) withConsumer(name string, shared **extra) *extra {
+	if m.ext == nil {
+		if name == "" {
+			return nil
+		}
+		if *shared == nil {
+			*shared = &extra{consumer: name}
+		}
+		return *shared
+	}
+	if m.ext.consumer == name {
+		return m.ext
+	}
+	e := *m.ext
+	e.consumer = name
+	return e.orNil()
 }
 
 // withNackReason returns m's extra with the nack reason set.
@@ -170,6 +238,9 @@ type queue struct {
 	// released: bytes of the records removed since the trees were last
 	// refreshed (see refresh).
 	released uint64
+	// stamp: what the command changing the queue records on the records
+	// it changes. Set by txn.mut; not part of the state.
+	stamp stamp
 	// ops: the store writes of the command in progress (set by txn.own;
 	// nil between commands).
 	ops *bodyOps
@@ -192,6 +263,15 @@ type queue struct {
 	// where the last one ended instead of at the root. They change
 	// nothing but the cost of a search.
 	msgsHint, timedHint, tombsHint, dedupHint btree.PathHint
+}
+
+// stamp is what a command records on the messages it changes: its Raft
+// index, and with fates, what removed a tombstone's message. Both only
+// under rules >= 2: a server of an earlier release records neither, and
+// the replicas must keep the same state.
+type stamp struct {
+	index uint64
+	fates bool
 }
 
 func newQueue(name string, createdAt int64, s settings) *queue {
@@ -301,8 +381,15 @@ func (q *queue) unindex(m *message) {
 	}
 }
 
-// replace swaps live record old for new in every index.
+// replace swaps live record old for new in every index; new is changed
+// by the command applied, whose index it records.
 func (q *queue) replace(old, m *message) {
+	m.index = q.stamp.index
+	q.swap(old, m)
+}
+
+// swap swaps live record old for new in every index.
+func (q *queue) swap(old, m *message) {
 	q.unindex(old)
 	q.put(m)
 	q.redirectDedup(old, m)
@@ -326,9 +413,11 @@ func (q *queue) redirectDedup(old, m *message) {
 // remove turns live record m into a tombstone of its final delivery attempt,
 // deleted at now, and deletes its body; how is flagAcked for an ack and
 // flagRejected for a reject (which make a repeat of the same receipt
-// succeed), else 0.
-func (q *queue) remove(m *message, attempt uint32, now int64, how uint8) {
-	q.tombstone(m, attempt, now, how)
+// succeed), else 0. why holds the fate of anything but an ack
+// (expiredExt, purgedExt, movedExt), which the tombstone keeps when the
+// stamp records fates.
+func (q *queue) remove(m *message, attempt uint32, now int64, how uint8, why *extra) {
+	q.tombstone(m, attempt, now, how, why)
 	q.dropBody(m)
 }
 
@@ -339,7 +428,7 @@ const recordBytes = 80
 // tombstone is remove without deleting the body: for a message whose body
 // moves to another record (a dead letter, a redrive) or stays with a
 // replay entry.
-func (q *queue) tombstone(m *message, attempt uint32, now int64, how uint8) {
+func (q *queue) tombstone(m *message, attempt uint32, now int64, how uint8, why *extra) {
 	if m.is(flagDead) {
 		q.dead--
 	} else {
@@ -350,7 +439,10 @@ func (q *queue) tombstone(m *message, attempt uint32, now int64, how uint8) {
 	}
 	q.released += recordBytes
 	flags := flagDeleted | how
-	t := &message{id: m.id, enqueuedAt: m.enqueuedAt, at: now, dedupID: m.dedupID, attempt: attempt, flags: flags}
+	t := &message{id: m.id, enqueuedAt: m.enqueuedAt, at: now, dedupID: m.dedupID, attempt: attempt, flags: flags, index: q.stamp.index}
+	if q.stamp.fates {
+		t.ext = why
+	}
 	q.msgs.SetHint(t, &q.msgsHint)
 	q.tombs.SetHint(t, &q.tombsHint)
 	q.redirectDedup(m, t)
@@ -365,7 +457,7 @@ func (q *queue) promote(now int64) {
 		if !ok || m.at > now {
 			return
 		}
-		q.replace(m, m.with(m.at, m.attempt, m.flags&^flagLeased|flagReady))
+		q.swap(m, m.with(m.at, m.attempt, m.flags&^flagLeased|flagReady))
 	}
 }
 
@@ -402,7 +494,12 @@ func (q *queue) stats(now int64) *fsmpb.QueueStats {
 		return true
 	})
 	c := q.counters
+	var age int64
+	if first, ok := q.oldestReady(now); ok {
+		age = now - first
+	}
 	return &fsmpb.QueueStats{
+		OldestReadyAgeNs:  age,
 		Ready:             ready,
 		Leased:            leased,
 		Delayed:           delayed,
@@ -418,6 +515,29 @@ func (q *queue) stats(now int64) *fsmpb.QueueStats {
 		PurgedTotal:       c.purged,
 		RedrivenTotal:     c.redriven,
 	}
+}
+
+// oldestReady returns the enqueue time of the oldest message ready at now
+// (due timed records included). Ids grow with enqueue time, so it is the
+// lowest ready id's or an earlier due timed record's.
+func (q *queue) oldestReady(now int64) (int64, bool) {
+	var first int64
+	found := false
+	if id, ok := q.ready.min(); ok {
+		if m, ok := q.msgs.Get(&message{id: id}); ok {
+			first, found = m.enqueuedAt, true
+		}
+	}
+	q.timed.Scan(func(m *message) bool {
+		if m.at > now {
+			return false
+		}
+		if !found || m.enqueuedAt < first {
+			first, found = m.enqueuedAt, true
+		}
+		return true
+	})
+	return first, found
 }
 
 func (q *queue) info(now int64) *fsmpb.QueueInfo {

@@ -146,6 +146,9 @@ func (g *gen) next() *fsmpb.Command {
 		if g.c.intn(4) == 0 {
 			r.Ack = g.pick(q)
 		}
+		if g.c.intn(2) == 0 {
+			r.Consumer = fmt.Sprintf("host-%d:%d", g.c.intn(2), g.c.intn(3))
+		}
 		cmd.Op = &fsmpb.Command_Receive{Receive: r}
 	case 11, 12, 13:
 		cmd.Op = &fsmpb.Command_Ack{Ack: &fsmpb.Ack{Queue: q, Receipts: g.pick(q)}}

@@ -49,9 +49,9 @@ func (t *txn) redrive(r *fsmpb.Redrive) (*fsmpb.Result, *cmdError) {
 	})
 	for _, m := range picked {
 		to, _ := t.mut("redrive.to", target(m))
-		q.tombstone(m, m.attempt, t.now, 0) // the body moves, under the same key
+		moved := to.add(m.body, m.dedupID, nil, t.now, t.now, 0) // the body moves, under the same key
+		q.tombstone(m, m.attempt, t.now, 0, movedExt(fsmpb.MessageState_MESSAGE_REDRIVEN, to.name, moved.id))
 		q.counters.redriven++
-		to.add(m.body, m.dedupID, nil, t.now, t.now, 0)
 		t.notify(to.name)
 	}
 	return &fsmpb.Result{Count: uint64(len(picked))}, nil

@@ -30,6 +30,11 @@ const (
 	smAttributes = 8
 	smDeadLetter = 9
 	smNackReason = 10
+	smIndex      = 11
+	smConsumer   = 12
+	smFate       = 13
+	smMovedTo    = 14
+	smMovedToID  = 15
 
 	attrKey   = 1
 	attrValue = 2
@@ -41,14 +46,6 @@ func appendVarintField(b []byte, num protowire.Number, v uint64) []byte {
 	}
 	b = protowire.AppendTag(b, num, protowire.VarintType)
 	return protowire.AppendVarint(b, v)
-}
-
-func appendBytesField(b []byte, num protowire.Number, v []byte) []byte {
-	if len(v) == 0 {
-		return b
-	}
-	b = protowire.AppendTag(b, num, protowire.BytesType)
-	return protowire.AppendBytes(b, v)
 }
 
 func appendStringField(b []byte, num protowire.Number, v string) []byte {
@@ -98,6 +95,13 @@ func appendSnapMessage(b []byte, m *message, value []byte, hash bool) []byte {
 		b, _ = proto.MarshalOptions{Deterministic: true}.MarshalAppend(b, d)
 	}
 	b = appendStringField(b, smNackReason, m.nackReason())
+	b = appendVarintField(b, smIndex, m.index)
+	b = appendStringField(b, smConsumer, m.consumer())
+	if f := m.fate(); f != nil {
+		b = appendVarintField(b, smFate, uint64(f.state))
+		b = appendStringField(b, smMovedTo, f.queue)
+		b = appendVarintField(b, smMovedToID, f.id)
+	}
 	if hash {
 		b = appendVarintField(b, hashBodyCRC, uint64(m.body.crc))
 		b = appendVarintField(b, hashBodySize, uint64(m.body.size))
@@ -149,6 +153,8 @@ func decodeSnapMessage(b []byte) (decoded, error) {
 		attrs      []*fsmpb.Attribute
 		dead       *fsmpb.DeadLetter
 		nackReason string
+		consumer   string
+		fa         fate
 	)
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
@@ -171,10 +177,11 @@ func decodeSnapMessage(b []byte) (decoded, error) {
 		}
 		b = b[n:]
 		want := protowire.VarintType
-		if num == smBody || num == smDedupID || num == smAttributes || num == smDeadLetter || num == smNackReason {
+		if num == smBody || num == smDedupID || num == smAttributes || num == smDeadLetter || num == smNackReason ||
+			num == smConsumer || num == smMovedTo {
 			want = protowire.BytesType
 		}
-		if num >= smID && num <= smNackReason && typ != want {
+		if num >= smID && num <= smMovedToID && typ != want {
 			return decoded{}, fmt.Errorf("field %d: %w %d", num, errWireType, typ)
 		}
 		switch num {
@@ -205,9 +212,19 @@ func decodeSnapMessage(b []byte) (decoded, error) {
 			}
 		case smNackReason:
 			nackReason = string(raw)
+		case smIndex:
+			m.index = v
+		case smConsumer:
+			consumer = string(raw)
+		case smFate:
+			fa.state = fsmpb.MessageState(v)
+		case smMovedTo:
+			fa.queue = string(raw)
+		case smMovedToID:
+			fa.id = v
 		}
 	}
-	m.ext = (&extra{dead: dead, nackReason: nackReason}).orNil()
+	m.ext = (&extra{dead: dead, nackReason: nackReason, consumer: consumer, fate: fa.orNil()}).orNil()
 	if flags > 0xffffffff {
 		return decoded{}, fmt.Errorf("flags %#x out of range", flags)
 	}

@@ -26,12 +26,19 @@ func TestSnapMessageCodecMatchesProto(t *testing.T) {
 		{m: &message{id: 7, enqueuedAt: t0, at: -5, attempt: 3, flags: flagLeased | flagDeadLetter, dedupID: "d"}, body: []byte("body")},
 		{m: &message{id: 1 << 40, enqueuedAt: MaxNow, at: MaxNow, attempt: 1 << 31, flags: flagReady, dedupID: "x"}, attrs: attrs},
 		{m: &message{id: 9, flags: flagReady | flagDeadLetter, ext: &extra{nackReason: "here", dead: dead}}, body: []byte("b"), attrs: attrs},
+		{m: &message{id: 10, flags: flagLeased, index: 77, ext: &extra{consumer: "host:1"}}, body: []byte("c")},
+		{m: &message{id: 11, flags: flagDeleted | flagRejected, index: 78, ext: &extra{fate: &fate{state: fsmpb.MessageState_MESSAGE_DEAD_LETTERED, queue: "dlq", id: 4}}}},
+		{m: &message{id: 12, flags: flagDeleted, ext: purgedExt}},
 	}
 	for _, c := range cases {
 		m := c.m
 		sm := &fsmpb.SnapshotMessage{
 			Id: m.id, EnqueuedAtUnixNano: m.enqueuedAt, AtUnixNano: m.at, Attempt: m.attempt, Flags: uint32(m.flags),
 			Body: c.body, DedupId: m.dedupID, Attributes: c.attrs, DeadLetter: m.dead(), LastNackReason: m.nackReason(),
+			ChangedIndex: m.index, Consumer: m.consumer(),
+		}
+		if f := m.fate(); f != nil {
+			sm.Fate, sm.MovedToQueue, sm.MovedToId = f.state, f.queue, f.id
 		}
 		want, err := proto.MarshalOptions{Deterministic: true}.Marshal(&fsmpb.SnapshotRecord{Record: &fsmpb.SnapshotRecord_Message{Message: sm}})
 		if err != nil {

@@ -486,11 +486,12 @@ func (b *builder) queue(sq *fsmpb.SnapshotQueue) error {
 // toMessage converts a decoded SnapshotMessage; checkMessageRecord
 // validates it.
 func toMessage(sm *fsmpb.SnapshotMessage) decoded {
+	fa := fate{state: sm.GetFate(), queue: sm.GetMovedToQueue(), id: sm.GetMovedToId()}
 	return decoded{
 		m: &message{
 			id: sm.GetId(), enqueuedAt: sm.GetEnqueuedAtUnixNano(), at: sm.GetAtUnixNano(),
-			dedupID: sm.GetDedupId(), attempt: sm.GetAttempt(),
-			ext: (&extra{dead: sm.GetDeadLetter(), nackReason: sm.GetLastNackReason()}).orNil(),
+			dedupID: sm.GetDedupId(), attempt: sm.GetAttempt(), index: sm.GetChangedIndex(),
+			ext: (&extra{dead: sm.GetDeadLetter(), nackReason: sm.GetLastNackReason(), consumer: sm.GetConsumer(), fate: fa.orNil()}).orNil(),
 		},
 		flags: sm.GetFlags(),
 		body:  sm.GetBody(),
@@ -516,6 +517,29 @@ func checkMessageRecord(d decoded, nextID uint64) error {
 	for i, a := range d.attrs {
 		if err := limits.AttributeProblem(a.GetKey(), a.GetValue()); err != "" {
 			return fmt.Errorf("message %d: attribute %d: %s", m.id, i, err)
+		}
+	}
+	if p := limits.ConsumerProblem(m.consumer()); p != "" {
+		return fmt.Errorf("message %d: %s", m.id, p)
+	}
+	if m.consumer() != "" && (deleted || dead) {
+		return fmt.Errorf("message %d: consumer on a message that is not live", m.id)
+	}
+	if fa := m.fate(); fa != nil {
+		switch fa.state {
+		case fsmpb.MessageState_MESSAGE_EXPIRED, fsmpb.MessageState_MESSAGE_PURGED:
+			if fa.queue != "" || fa.id != 0 {
+				return fmt.Errorf("message %d: %v with a destination", m.id, fa.state)
+			}
+		case fsmpb.MessageState_MESSAGE_DEAD_LETTERED, fsmpb.MessageState_MESSAGE_REDRIVEN:
+			if p := limits.QueueNameProblem(fa.queue); p != "" || fa.id == 0 {
+				return fmt.Errorf("message %d: %v to %q as id %d: %s", m.id, fa.state, fa.queue, fa.id, p)
+			}
+		default:
+			return fmt.Errorf("message %d: fate %v unknown", m.id, fa.state)
+		}
+		if !deleted || acked {
+			return fmt.Errorf("message %d: fate %v on a message that is not a removed one", m.id, fa.state)
 		}
 	}
 	if n := len(m.nackReason()); n > limits.MaxNackReason {

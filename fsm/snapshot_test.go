@@ -83,7 +83,7 @@ func TestSnapshotRestoreSameHash(t *testing.T) {
 		t.Fatalf("restored index %d now %v, want %d %v", g.AppliedIndex(), g.Now(), h.f.AppliedIndex(), h.f.Now())
 	}
 	// Both continue identically.
-	h2 := &harness{t: t, f: g, idx: h.idx, now: h.now}
+	h2 := &harness{t: t, f: g, idx: h.idx, now: h.now, rules: h.rules}
 	for _, x := range []*harness{h, h2} {
 		x.at(2 * time.Hour)
 		x.ok(recvCmd(recv("w", 10)))
@@ -220,7 +220,7 @@ func TestAutoAckReplaySurvivesRestore(t *testing.T) {
 	h.ok(enq("q", msg("a", "da"), msg("b", "")))
 	req := recvCmd(&fsmpb.Receive{Queue: "q", Max: 1, AutoAck: true, RequestId: "r"})
 	first := h.ok(req)
-	g := &harness{t: t, f: New(), idx: h.idx, now: h.now}
+	g := &harness{t: t, f: New(), idx: h.idx, now: h.now, rules: h.rules}
 	if err := g.f.Restore(persist(t, h.f)); err != nil {
 		t.Fatal(err)
 	}

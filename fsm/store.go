@@ -96,6 +96,14 @@ func encodeValue(body []byte, attrs []*fsmpb.Attribute) []byte {
 	return v
 }
 
+func appendBytesField(b []byte, num protowire.Number, v []byte) []byte {
+	if len(v) == 0 {
+		return b
+	}
+	b = protowire.AppendTag(b, num, protowire.BytesType)
+	return protowire.AppendBytes(b, v)
+}
+
 // splitValue splits a stored value into its body field and its attribute
 // fields, which a snapshot record carries on either side of the dedup ID.
 func splitValue(v []byte) (bodyField, attrFields []byte) {

@@ -38,7 +38,7 @@ func (q *queue) tick(now int64) uint64 {
 			return true
 		})
 		for _, m := range old {
-			q.remove(m, m.attempt, now, 0)
+			q.remove(m, m.attempt, now, 0, expiredExt)
 			q.counters.expired++
 		}
 		n += uint64(len(old))

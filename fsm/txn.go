@@ -22,6 +22,7 @@ type txn struct {
 	committed *btree.BTreeG[*queue]
 	now       int64
 	rules     uint32 // Command.rules
+	index     uint64 // the Raft index of the command
 	cow       bool
 	work      map[string]*queue // queues to commit; nil marks a deleted queue
 	wake      []string          // queues whose watchers Apply notifies
@@ -31,13 +32,6 @@ type txn struct {
 	nextBody uint64
 	// read reads a stored value as of the last committed command.
 	read func(key []byte) ([]byte, bool, error)
-}
-
-// own puts q among the queues this command changes and commits, with
-// its store writes going to the command's batch.
-func (t *txn) own(q *queue) {
-	q.ops = t.ops
-	t.work[q.name] = q
 }
 
 // lookup returns the queue for reading (nil if it does not exist).
@@ -67,8 +61,20 @@ func (t *txn) mut(field, name string) (*queue, *cmdError) {
 	if t.cow {
 		q = q.clone()
 	}
-	t.own(q)
-	return q, nil
+	return t.track(q), nil
+}
+
+// track makes q one of the queues the command changes, stamped with what
+// the command records on the messages it changes (see stamp), its store
+// writes going to the command's batch.
+func (t *txn) track(q *queue) *queue {
+	q.ops = t.ops
+	q.stamp = stamp{}
+	if t.rules >= 2 {
+		q.stamp = stamp{index: t.index, fates: true}
+	}
+	t.work[q.name] = q
+	return q
 }
 
 func (t *txn) notify(name string) { t.wake = append(t.wake, name) }
@@ -142,8 +148,7 @@ func (t *txn) createQueue(c *fsmpb.CreateQueue) (*fsmpb.Result, *cmdError) {
 	if err := t.deadLetterQueue("create_queue", s.deadLetter, c.GetCreateDeadLetterQueue()); err != nil {
 		return nil, err
 	}
-	q := newQueue(c.GetName(), t.now, s)
-	t.own(q)
+	q := t.track(newQueue(c.GetName(), t.now, s))
 	t.notify(q.name)
 	return &fsmpb.Result{Queue: q.info(t.now)}, nil
 }
@@ -214,8 +219,7 @@ func (t *txn) deadLetterQueue(field, name string, create bool) *cmdError {
 	if !create {
 		return missingDeadLetterQueue(field, name)
 	}
-	q := newQueue(name, t.now, defaultSettings())
-	t.own(q)
+	t.track(newQueue(name, t.now, defaultSettings()))
 	t.notify(name)
 	return nil
 }
@@ -248,7 +252,7 @@ func (t *txn) purge(p *fsmpb.Purge) (*fsmpb.Result, *cmdError) {
 		})
 	}
 	for _, m := range live {
-		q.remove(m, m.attempt, t.now, 0)
+		q.remove(m, m.attempt, t.now, 0, purgedExt)
 	}
 	q.counters.purged += uint64(len(live))
 	t.notify(q.name)

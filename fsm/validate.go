@@ -42,8 +42,10 @@ const (
 	// Rules is the newest Command.rules this release applies (see
 	// fsmpb/command.proto): 1, dead-letter queues must exist, are deleted
 	// only with force, and a dead letter with nowhere to go stays dead in
-	// its queue.
-	Rules = 1
+	// its queue; 2, a message records the Raft index of the command that
+	// last changed it, and a tombstone what removed its message (expired,
+	// purged, dead-lettered or redriven, and where to), for Lookup.
+	Rules = 2
 
 	// MaxNow bounds a command's now (about the year 2096) so that now plus
 	// any allowed duration cannot overflow int64.

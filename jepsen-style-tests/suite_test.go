@@ -74,7 +74,8 @@ func shortSchedule(ns ...Nemesis) Schedule {
 
 // TestJepsen runs the suite: in the short profile one case per nemesis
 // plus a short mixed schedule; in the long profile mixed schedules of
-// several minutes. Partition cases need network namespaces and skip with
+// several minutes. The redrive case (redrive.go) runs beside them in
+// both. Partition cases need network namespaces and skip with
 // the reason when they are unavailable; the process faults then run on
 // loopback.
 func TestJepsen(t *testing.T) {
@@ -208,8 +209,37 @@ func TestJepsen(t *testing.T) {
 	for _, c := range beside {
 		wg.Go(func() { t.Run(c.name, run(c)) })
 	}
+	// The redrive case (about 20 s) runs beside the others too, so that
+	// it adds nothing to the package's time.
+	wg.Go(func() { t.Run("redrive-kill-partition", redriveCase(netnsOK, why)) })
 	for _, c := range cases {
 		t.Run(c.name, run(c))
 	}
 	wg.Wait()
+}
+
+// redriveCase runs RunRedriveCase: a redrive of 300 dead letters while
+// the leader is killed and the new one is cut off. It needs network
+// namespaces for the partition and skips without them.
+func redriveCase(netnsOK bool, why string) func(t *testing.T) {
+	return func(t *testing.T) {
+		if !netnsOK {
+			t.Skipf("skipping redrive case: network namespaces unavailable (%s); run as root with ip and nft", why)
+		}
+		seed := caseSeed()
+		t.Logf("seed %d (replay: go test ./jepsen-style-tests -run 'TestJepsen/redrive-kill-partition$' -seed %d)", seed, seed)
+		res, err := RunRedriveCase(context.Background(), RedriveCaseConfig{Seed: seed, Bin: binary(t), ReportRoot: reportRoot(), Netns: true,
+			ExtraArgs: []string{"--snapshot-threshold", "1024", "--snapshot-interval", "3s", "--trailing-logs", "256", "--log-level", "debug"}})
+		if res != nil {
+			t.Logf("report: %s", res.ReportDir)
+		}
+		if err != nil {
+			t.Fatalf("harness: %v", err)
+		}
+		t.Logf("redrive case: %.0f s, %d dead letters, %d left in the DLQ, %d in the target, calls %v, faults %v",
+			res.Seconds, res.Check.DeadLetters, res.Check.InDLQ, res.Check.InTarget, res.Calls, res.Faults)
+		if !res.Valid {
+			t.Errorf("redrive case found problems (seed %d): %v", seed, res.Problems)
+		}
+	}
 }

@@ -38,6 +38,9 @@ type Backend interface {
 	// leader after confirming that it still is. It returns the messages,
 	// the next page's first id and the applied index read.
 	Peek(ctx context.Context, queue string, o fsm.PeekOptions, leader bool) ([]*fsmpb.PeekedMessage, uint64, uint64, error)
+	// Lookup reads what became of one message (fsm.FSM.Lookup), as Peek
+	// reads, and returns it with the applied index read.
+	Lookup(ctx context.Context, queue string, id uint64, dedupID string, leader bool) (*fsmpb.MessageFate, uint64, error)
 	// WaitAvailable returns nil as soon as queue has a message available,
 	// or ctx's error when it ends first. It writes nothing to the Raft
 	// log: an empty long poll costs no log entry. It checks before it
@@ -273,6 +276,23 @@ func (q *QueueService) Peek(ctx context.Context, req *quorumqpb.PeekRequest) (*q
 	return &quorumqpb.PeekResponse{Messages: msgs, NextId: next, AppliedIndex: applied}, nil
 }
 
+// Lookup tells what became of one message, read from this node's state
+// (or the leader's, with leader set). Its id, dedup ID and queue are
+// checked before anything is read.
+func (q *QueueService) Lookup(ctx context.Context, req *quorumqpb.LookupRequest) (*quorumqpb.LookupResponse, error) {
+	if err := wire.ValidateQueueName("queue", req.GetQueue()); err != nil {
+		return nil, err
+	}
+	if err := wire.ValidateLookup(req.GetId(), req.GetDedupId()); err != nil {
+		return nil, err
+	}
+	fate, applied, err := q.backend.Lookup(ctx, req.GetQueue(), req.GetId(), req.GetDedupId(), req.GetLeader())
+	if err != nil {
+		return nil, err
+	}
+	return &quorumqpb.LookupResponse{Message: fate, AppliedIndex: applied}, nil
+}
+
 // ListQueues returns every queue, read on the leader.
 func (q *QueueService) ListQueues(ctx context.Context, _ *quorumqpb.ListQueuesRequest) (*quorumqpb.ListQueuesResponse, error) {
 	infos, err := q.backend.Queues(ctx)
@@ -447,9 +467,12 @@ func (q *QueueService) Receive(ctx context.Context, req *quorumqpb.ReceiveReques
 	if err := q.limits.checkReceipts("ack", req.GetQueue(), req.GetAck(), true); err != nil {
 		return nil, err
 	}
+	if err := wire.ValidateConsumer("consumer", req.GetConsumer()); err != nil {
+		return nil, err
+	}
 	rcv := &fsmpb.Receive{
 		Queue: req.GetQueue(), Max: maxMsgs, VisibilityNs: req.GetVisibilityNs(),
-		AutoAck: req.GetAutoAck(), RequestId: req.GetRequestId(), Ack: req.GetAck(),
+		AutoAck: req.GetAutoAck(), RequestId: req.GetRequestId(), Ack: req.GetAck(), Consumer: req.GetConsumer(),
 	}
 	cmd := &fsmpb.Command{Op: &fsmpb.Command_Receive{Receive: rcv}}
 	resp := &quorumqpb.ReceiveResponse{}
@@ -468,6 +491,7 @@ func (q *QueueService) Receive(ctx context.Context, req *quorumqpb.ReceiveReques
 		// Later proposals lease only; the acks are done.
 		cmd = &fsmpb.Command{Op: &fsmpb.Command_Receive{Receive: &fsmpb.Receive{
 			Queue: rcv.Queue, Max: rcv.Max, VisibilityNs: rcv.VisibilityNs, AutoAck: rcv.AutoAck, RequestId: rcv.RequestId,
+			Consumer: rcv.Consumer,
 		}}}
 	}
 

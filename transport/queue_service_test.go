@@ -46,6 +46,10 @@ func (r *recorder) Peek(context.Context, string, fsm.PeekOptions, bool) ([]*fsmp
 	r.peeks++
 	return nil, 0, 0, nil
 }
+func (r *recorder) Lookup(context.Context, string, uint64, string, bool) (*fsmpb.MessageFate, uint64, error) {
+	r.peeks++
+	return &fsmpb.MessageFate{}, 0, nil
+}
 func (r *recorder) Available(string) int        { return 0 }
 func (r *recorder) HasQueue(string) (bool, int) { return true, 1 }
 
@@ -149,6 +153,26 @@ func TestRejectsBadRequestsNamingFieldAndLimit(t *testing.T) {
 			_, err := q.Peek(ctx, &quorumqpb.PeekRequest{Queue: "q", Max: 1, State: 9})
 			return err
 		}, []string{"state: 9"}},
+		{"lookup without an id or dedup ID", func(q *QueueService) error {
+			_, err := q.Lookup(ctx, &quorumqpb.LookupRequest{Queue: "q"})
+			return err
+		}, []string{"give an id or a dedup ID"}},
+		{"lookup by id and dedup ID", func(q *QueueService) error {
+			_, err := q.Lookup(ctx, &quorumqpb.LookupRequest{Queue: "q", Id: 1, DedupId: "x"})
+			return err
+		}, []string{"not both"}},
+		{"lookup of a bad queue", func(q *QueueService) error {
+			_, err := q.Lookup(ctx, &quorumqpb.LookupRequest{Queue: "a b", Id: 1})
+			return err
+		}, []string{"queue"}},
+		{"consumer name too long", func(q *QueueService) error {
+			_, err := q.Receive(ctx, &quorumqpb.ReceiveRequest{Queue: "q", Consumer: strings.Repeat("c", 129)})
+			return err
+		}, []string{"consumer is 129 bytes, limit is 128"}},
+		{"consumer name with a newline", func(q *QueueService) error {
+			_, err := q.Receive(ctx, &quorumqpb.ReceiveRequest{Queue: "q", Consumer: "a\nb"})
+			return err
+		}, []string{"consumer has control byte"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -315,6 +339,9 @@ func (c *claimer) Submit(ctx context.Context, cmd *fsmpb.Command) (func(context.
 func (c *claimer) Queue(context.Context, string) (*fsmpb.QueueInfo, error) { return nil, nil }
 func (c *claimer) Peek(context.Context, string, fsm.PeekOptions, bool) ([]*fsmpb.PeekedMessage, uint64, uint64, error) {
 	return nil, 0, 0, nil
+}
+func (c *claimer) Lookup(context.Context, string, uint64, string, bool) (*fsmpb.MessageFate, uint64, error) {
+	return nil, 0, nil
 }
 func (c *claimer) Queues(context.Context) ([]*fsmpb.QueueInfo, error) { return nil, nil }
 func (c *claimer) HasQueue(string) (bool, int)                        { return true, 1 }

@@ -140,6 +140,9 @@ type queueJSON struct {
 	Delayed           uint64 `json:"delayed"`
 	DeadLettered      uint64 `json:"dead_lettered"`
 	Dead              uint64 `json:"dead"` // dead letters with nowhere to go, kept here
+	// OldestReadyAge: how long the oldest ready message has waited (0s:
+	// none ready).
+	OldestReadyAge    string `json:"oldest_ready_age"`
 	EnqueuedTotal     uint64 `json:"enqueued_total"`
 	DeliveredTotal    uint64 `json:"delivered_total"`
 	AckedTotal        uint64 `json:"acked_total"`
@@ -165,6 +168,7 @@ func queueOf(q *client.QueueInfo) queueJSON {
 		Delayed:           st.Delayed,
 		DeadLettered:      st.DeadLettered,
 		Dead:              st.Dead,
+		OldestReadyAge:    st.OldestReadyAge.Round(time.Millisecond).String(),
 		EnqueuedTotal:     st.EnqueuedTotal,
 		DeliveredTotal:    st.DeliveredTotal,
 		AckedTotal:        st.AckedTotal,

@@ -34,6 +34,8 @@ type peekMessageJSON struct {
 	EnqueuedAt     string            `json:"enqueued_at"`
 	LastNackReason string            `json:"last_nack_reason,omitempty"`
 	DeadLetter     *deadLetterJSON   `json:"dead_letter,omitempty"`
+	// Consumer: who holds the lease of a leased message.
+	Consumer string `json:"consumer,omitempty"`
 }
 
 func peekCmd() *cobra.Command {
@@ -45,7 +47,9 @@ func peekCmd() *cobra.Command {
 		Long: `Show up to --max messages of QUEUE (1 to 100), lowest id first from
 --from, with their state (ready, delayed, leased, dead), attempts, body
 (or only its size with --no-body), attributes, dead-letter origin and
-last nack reason. --state shows only messages in that state.
+last nack reason, and for a leased message who holds the lease (its
+receive's consumer name) until when. --state shows only messages in that
+state.
 
 A peek leases nothing, counts no attempt and writes nothing to the Raft
 log. The node asked answers from the state it has applied, which on a
@@ -63,7 +67,7 @@ more messages are left, the --from of the next page is printed.`,
 			j := peekMessageJSON{
 				ID: m.ID, State: string(m.State), Attempts: m.Attempts, Body: string(m.Body), BodySize: m.BodySize,
 				DedupID: m.DedupID, Attributes: m.Attributes, EnqueuedAt: fmtTime(m.EnqueuedAt),
-				LastNackReason: m.LastNackReason, DeadLetter: deadLetterJSONOf(m.DeadLetter),
+				LastNackReason: m.LastNackReason, DeadLetter: deadLetterJSONOf(m.DeadLetter), Consumer: m.Consumer,
 			}
 			if !m.Until.IsZero() {
 				j.Until = fmtTime(m.Until)
@@ -105,9 +109,9 @@ func printPeek(cmd *cobra.Command, p peekJSON, noBody bool) error {
 			dl = m.DeadLetter.String()
 		}
 		rows[i] = []string{strconv.FormatUint(m.ID, 10), m.State, strconv.FormatUint(uint64(m.Attempts), 10), body,
-			attributesCell(m.Attributes), m.Until, m.LastNackReason, dl}
+			attributesCell(m.Attributes), m.Until, m.Consumer, m.LastNackReason, dl}
 	}
-	if err := table(w, []string{"ID", "STATE", "ATTEMPTS", bodyCol, "ATTRIBUTES", "UNTIL", "LAST_NACK_REASON", "DEAD_LETTER"}, rows); err != nil {
+	if err := table(w, []string{"ID", "STATE", "ATTEMPTS", bodyCol, "ATTRIBUTES", "UNTIL", "HOLDER", "LAST_NACK_REASON", "DEAD_LETTER"}, rows); err != nil {
 		return err
 	}
 	if p.NextID != 0 {

@@ -152,6 +152,7 @@ func printQueue(cmd *cobra.Command, f *cliFlags, q *client.QueueInfo) error {
 		{"delayed", u(j.Delayed)},
 		{"dead_lettered", u(j.DeadLettered)},
 		{"dead", u(j.Dead)},
+		{"oldest_ready_age", j.OldestReadyAge},
 		{"enqueued_total", u(j.EnqueuedTotal)},
 		{"delivered_total", u(j.DeliveredTotal)},
 		{"acked_total", u(j.AckedTotal)},

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/quorumq/quorumq/client"
+	"github.com/quorumq/quorumq/fsm/limits"
 )
 
 func init() { rootCmd.AddCommand(recvCmd()) }
@@ -74,6 +75,7 @@ func recvCmd() *cobra.Command {
 	var maxMsgs int
 	var wait, visibility time.Duration
 	var ack, autoAck bool
+	var consumer string
 	cmd := &cobra.Command{
 		Use:   "recv QUEUE",
 		Short: "Receive (lease) messages and print them",
@@ -83,7 +85,8 @@ Without --ack or --auto-ack the messages stay leased for the visibility
 timeout and are then delivered again (at-least-once): the printed receipt,
 MESSAGE_ID/ATTEMPT, is what "quorumq ack", "nack" and "extend" take. --ack
 acks them after they were printed; --auto-ack deletes them as they are
-delivered (at-most-once).`,
+delivered (at-most-once). Each lease carries --consumer (default
+host:pid), which peek --state leased and get show as its holder.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if ack && autoAck {
@@ -99,6 +102,12 @@ delivered (at-most-once).`,
 			defer done()
 			queue := args[0]
 			opts := []client.ReceiveOption{client.WithWait(wait), client.WithVisibility(visibility)}
+			if cmd.Flags().Changed("consumer") {
+				if p := limits.ConsumerProblem(consumer); p != "" {
+					return fmt.Errorf("--consumer: %s", p)
+				}
+				opts = append(opts, client.WithConsumer(consumer))
+			}
 			if autoAck {
 				opts = append(opts, client.WithAutoAck())
 			}
@@ -145,6 +154,7 @@ delivered (at-most-once).`,
 	fl.DurationVar(&visibility, "visibility", 0, "lease length (default: the queue's visibility timeout)")
 	fl.BoolVar(&ack, "ack", false, "ack the messages after printing them")
 	fl.BoolVar(&autoAck, "auto-ack", false, "delete the messages as they are delivered (at-most-once)")
+	fl.StringVar(&consumer, "consumer", client.DefaultConsumerName(), "consumer name the leases carry (at most 128 bytes)")
 	return cmd
 }
 

@@ -39,7 +39,9 @@ type Command struct {
 	// name only an existing dead-letter queue, a queue that is another's
 	// dead-letter queue is deleted only with force, and a dead letter with
 	// no queue to go to stays in its source queue as dead (see
-	// fsm/DESIGN.md). A server of an earlier release ignores the field and
+	// fsm/DESIGN.md). 2: also, each message records the index of the
+	// command that last changed it and each tombstone what removed its
+	// message, for Lookup. A server of an earlier release ignores the field and
 	// applies rules 0, as the leader asked while it was a voter.
 	Rules uint32 `protobuf:"varint,2,opt,name=rules,proto3" json:"rules,omitempty"`
 	// Types that are valid to be assigned to Op:
@@ -855,8 +857,12 @@ type Receive struct {
 	// so that a server of an earlier release, which records none, keeps
 	// the same state.
 	DeadLetterOrigin bool `protobuf:"varint,7,opt,name=dead_letter_origin,json=deadLetterOrigin,proto3" json:"dead_letter_origin,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// consumer names who takes the leases (limits.ConsumerProblem): kept on
+	// each leased message while it is leased, shown by peek and lookup. The
+	// leader sets it only once every voter applies it.
+	Consumer      string `protobuf:"bytes,8,opt,name=consumer,proto3" json:"consumer,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Receive) Reset() {
@@ -936,6 +942,13 @@ func (x *Receive) GetDeadLetterOrigin() bool {
 		return x.DeadLetterOrigin
 	}
 	return false
+}
+
+func (x *Receive) GetConsumer() string {
+	if x != nil {
+		return x.Consumer
+	}
+	return ""
 }
 
 type Receipt struct {
@@ -1479,7 +1492,7 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
 	"\bmessages\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.MessageR\bmessages\x12!\n" +
 	"\fcreate_queue\x18\x03 \x01(\bR\vcreateQueue\x12$\n" +
-	"\x0eafter_dedup_id\x18\x04 \x01(\tR\fafterDedupId\"\xe9\x01\n" +
+	"\x0eafter_dedup_id\x18\x04 \x01(\tR\fafterDedupId\"\x85\x02\n" +
 	"\aReceive\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x10\n" +
 	"\x03max\x18\x02 \x01(\rR\x03max\x12#\n" +
@@ -1488,7 +1501,8 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\x05 \x01(\tR\trequestId\x12)\n" +
 	"\x03ack\x18\x06 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\x03ack\x12,\n" +
-	"\x12dead_letter_origin\x18\a \x01(\bR\x10deadLetterOrigin\"X\n" +
+	"\x12dead_letter_origin\x18\a \x01(\bR\x10deadLetterOrigin\x12\x1a\n" +
+	"\bconsumer\x18\b \x01(\tR\bconsumer\"X\n" +
 	"\aReceipt\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\x04R\tmessageId\x12\x18\n" +

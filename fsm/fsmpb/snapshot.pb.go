@@ -181,8 +181,18 @@ type SnapshotMessage struct {
 	Attributes     []*Attribute `protobuf:"bytes,8,rep,name=attributes,proto3" json:"attributes,omitempty"`
 	DeadLetter     *DeadLetter  `protobuf:"bytes,9,opt,name=dead_letter,json=deadLetter,proto3" json:"dead_letter,omitempty"`
 	LastNackReason string       `protobuf:"bytes,10,opt,name=last_nack_reason,json=lastNackReason,proto3" json:"last_nack_reason,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// changed_index: the Raft index that last changed the record.
+	ChangedIndex uint64 `protobuf:"varint,11,opt,name=changed_index,json=changedIndex,proto3" json:"changed_index,omitempty"`
+	// consumer: the holder of the lease (a leased message).
+	Consumer string `protobuf:"bytes,12,opt,name=consumer,proto3" json:"consumer,omitempty"`
+	// A tombstone: what removed it (MESSAGE_EXPIRED, MESSAGE_PURGED,
+	// MESSAGE_DEAD_LETTERED, MESSAGE_REDRIVEN; unset for an ack, which
+	// flags say) and where a moved message went.
+	Fate          MessageState `protobuf:"varint,13,opt,name=fate,proto3,enum=quorumq.fsm.v1.MessageState" json:"fate,omitempty"`
+	MovedToQueue  string       `protobuf:"bytes,14,opt,name=moved_to_queue,json=movedToQueue,proto3" json:"moved_to_queue,omitempty"`
+	MovedToId     uint64       `protobuf:"varint,15,opt,name=moved_to_id,json=movedToId,proto3" json:"moved_to_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SnapshotMessage) Reset() {
@@ -283,6 +293,41 @@ func (x *SnapshotMessage) GetLastNackReason() string {
 		return x.LastNackReason
 	}
 	return ""
+}
+
+func (x *SnapshotMessage) GetChangedIndex() uint64 {
+	if x != nil {
+		return x.ChangedIndex
+	}
+	return 0
+}
+
+func (x *SnapshotMessage) GetConsumer() string {
+	if x != nil {
+		return x.Consumer
+	}
+	return ""
+}
+
+func (x *SnapshotMessage) GetFate() MessageState {
+	if x != nil {
+		return x.Fate
+	}
+	return MessageState_MESSAGE_UNKNOWN
+}
+
+func (x *SnapshotMessage) GetMovedToQueue() string {
+	if x != nil {
+		return x.MovedToQueue
+	}
+	return ""
+}
+
+func (x *SnapshotMessage) GetMovedToId() uint64 {
+	if x != nil {
+		return x.MovedToId
+	}
+	return 0
 }
 
 type SnapshotDedup struct {
@@ -572,7 +617,7 @@ const file_fsm_fsmpb_snapshot_proto_rawDesc = "" +
 	"\bcounters\x18\x03 \x01(\v2\x1a.quorumq.fsm.v1.QueueStatsR\bcounters\x12/\n" +
 	"\x14created_at_unix_nano\x18\x04 \x01(\x03R\x11createdAtUnixNano\x12\x17\n" +
 	"\anext_id\x18\x05 \x01(\x04R\x06nextId\x12!\n" +
-	"\fdedup_cursor\x18\x06 \x01(\x04R\vdedupCursor\"\xf7\x02\n" +
+	"\fdedup_cursor\x18\x06 \x01(\x04R\vdedupCursor\"\xb0\x04\n" +
 	"\x0fSnapshotMessage\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x121\n" +
 	"\x15enqueued_at_unix_nano\x18\x02 \x01(\x03R\x12enqueuedAtUnixNano\x12 \n" +
@@ -588,7 +633,12 @@ const file_fsm_fsmpb_snapshot_proto_rawDesc = "" +
 	"\vdead_letter\x18\t \x01(\v2\x1a.quorumq.fsm.v1.DeadLetterR\n" +
 	"deadLetter\x12(\n" +
 	"\x10last_nack_reason\x18\n" +
-	" \x01(\tR\x0elastNackReason\"I\n" +
+	" \x01(\tR\x0elastNackReason\x12#\n" +
+	"\rchanged_index\x18\v \x01(\x04R\fchangedIndex\x12\x1a\n" +
+	"\bconsumer\x18\f \x01(\tR\bconsumer\x120\n" +
+	"\x04fate\x18\r \x01(\x0e2\x1c.quorumq.fsm.v1.MessageStateR\x04fate\x12$\n" +
+	"\x0emoved_to_queue\x18\x0e \x01(\tR\fmovedToQueue\x12\x1e\n" +
+	"\vmoved_to_id\x18\x0f \x01(\x04R\tmovedToId\"I\n" +
 	"\rSnapshotDedup\x12\x19\n" +
 	"\bdedup_id\x18\x01 \x01(\tR\adedupId\x12\x1d\n" +
 	"\n" +
@@ -636,27 +686,29 @@ var file_fsm_fsmpb_snapshot_proto_goTypes = []any{
 	(*QueueStats)(nil),      // 7: quorumq.fsm.v1.QueueStats
 	(*Attribute)(nil),       // 8: quorumq.fsm.v1.Attribute
 	(*DeadLetter)(nil),      // 9: quorumq.fsm.v1.DeadLetter
-	(AckOutcome)(0),         // 10: quorumq.fsm.v1.AckOutcome
-	(*Receipt)(nil),         // 11: quorumq.fsm.v1.Receipt
+	(MessageState)(0),       // 10: quorumq.fsm.v1.MessageState
+	(AckOutcome)(0),         // 11: quorumq.fsm.v1.AckOutcome
+	(*Receipt)(nil),         // 12: quorumq.fsm.v1.Receipt
 }
 var file_fsm_fsmpb_snapshot_proto_depIdxs = []int32{
 	6,  // 0: quorumq.fsm.v1.SnapshotQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
 	7,  // 1: quorumq.fsm.v1.SnapshotQueue.counters:type_name -> quorumq.fsm.v1.QueueStats
 	8,  // 2: quorumq.fsm.v1.SnapshotMessage.attributes:type_name -> quorumq.fsm.v1.Attribute
 	9,  // 3: quorumq.fsm.v1.SnapshotMessage.dead_letter:type_name -> quorumq.fsm.v1.DeadLetter
-	2,  // 4: quorumq.fsm.v1.SnapshotReplay.deliveries:type_name -> quorumq.fsm.v1.SnapshotMessage
-	10, // 5: quorumq.fsm.v1.SnapshotReplay.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	11, // 6: quorumq.fsm.v1.SnapshotReplay.receipts:type_name -> quorumq.fsm.v1.Receipt
-	0,  // 7: quorumq.fsm.v1.SnapshotRecord.state:type_name -> quorumq.fsm.v1.SnapshotState
-	1,  // 8: quorumq.fsm.v1.SnapshotRecord.queue:type_name -> quorumq.fsm.v1.SnapshotQueue
-	2,  // 9: quorumq.fsm.v1.SnapshotRecord.message:type_name -> quorumq.fsm.v1.SnapshotMessage
-	3,  // 10: quorumq.fsm.v1.SnapshotRecord.dedup:type_name -> quorumq.fsm.v1.SnapshotDedup
-	4,  // 11: quorumq.fsm.v1.SnapshotRecord.replay:type_name -> quorumq.fsm.v1.SnapshotReplay
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	10, // 4: quorumq.fsm.v1.SnapshotMessage.fate:type_name -> quorumq.fsm.v1.MessageState
+	2,  // 5: quorumq.fsm.v1.SnapshotReplay.deliveries:type_name -> quorumq.fsm.v1.SnapshotMessage
+	11, // 6: quorumq.fsm.v1.SnapshotReplay.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	12, // 7: quorumq.fsm.v1.SnapshotReplay.receipts:type_name -> quorumq.fsm.v1.Receipt
+	0,  // 8: quorumq.fsm.v1.SnapshotRecord.state:type_name -> quorumq.fsm.v1.SnapshotState
+	1,  // 9: quorumq.fsm.v1.SnapshotRecord.queue:type_name -> quorumq.fsm.v1.SnapshotQueue
+	2,  // 10: quorumq.fsm.v1.SnapshotRecord.message:type_name -> quorumq.fsm.v1.SnapshotMessage
+	3,  // 11: quorumq.fsm.v1.SnapshotRecord.dedup:type_name -> quorumq.fsm.v1.SnapshotDedup
+	4,  // 12: quorumq.fsm.v1.SnapshotRecord.replay:type_name -> quorumq.fsm.v1.SnapshotReplay
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_fsm_fsmpb_snapshot_proto_init() }

@@ -265,6 +265,91 @@ func (PeekState) EnumDescriptor() ([]byte, []int) {
 	return file_fsm_fsmpb_view_proto_rawDescGZIP(), []int{3}
 }
 
+// MessageState is where one message is, as Lookup finds it: live in its
+// queue, or what removed it, for as long as its tombstone is kept (the
+// queue's dedup window after removal, longer while its dedup entry lives).
+type MessageState int32
+
+const (
+	// MESSAGE_UNKNOWN: never enqueued, or out of the window: its tombstone
+	// and dedup entry are purged, or its queue was deleted since.
+	MessageState_MESSAGE_UNKNOWN MessageState = 0
+	MessageState_MESSAGE_READY   MessageState = 1
+	MessageState_MESSAGE_DELAYED MessageState = 2
+	MessageState_MESSAGE_LEASED  MessageState = 3
+	// MESSAGE_DEAD: dead-lettered with no queue to go to, kept in its queue.
+	MessageState_MESSAGE_DEAD  MessageState = 4
+	MessageState_MESSAGE_ACKED MessageState = 5
+	// MESSAGE_DEAD_LETTERED: moved to moved_to_queue as moved_to_id by max
+	// deliveries or a reject.
+	MessageState_MESSAGE_DEAD_LETTERED MessageState = 6
+	MessageState_MESSAGE_EXPIRED       MessageState = 7
+	MessageState_MESSAGE_PURGED        MessageState = 8
+	// MESSAGE_REDRIVEN: moved to moved_to_queue as moved_to_id by a redrive.
+	MessageState_MESSAGE_REDRIVEN MessageState = 9
+	// MESSAGE_REMOVED: removed, by a command applied before removals were
+	// recorded (Command.rules < 2), or dropped as a dead letter with nowhere
+	// to go (rules 0).
+	MessageState_MESSAGE_REMOVED MessageState = 10
+)
+
+// Enum value maps for MessageState.
+var (
+	MessageState_name = map[int32]string{
+		0:  "MESSAGE_UNKNOWN",
+		1:  "MESSAGE_READY",
+		2:  "MESSAGE_DELAYED",
+		3:  "MESSAGE_LEASED",
+		4:  "MESSAGE_DEAD",
+		5:  "MESSAGE_ACKED",
+		6:  "MESSAGE_DEAD_LETTERED",
+		7:  "MESSAGE_EXPIRED",
+		8:  "MESSAGE_PURGED",
+		9:  "MESSAGE_REDRIVEN",
+		10: "MESSAGE_REMOVED",
+	}
+	MessageState_value = map[string]int32{
+		"MESSAGE_UNKNOWN":       0,
+		"MESSAGE_READY":         1,
+		"MESSAGE_DELAYED":       2,
+		"MESSAGE_LEASED":        3,
+		"MESSAGE_DEAD":          4,
+		"MESSAGE_ACKED":         5,
+		"MESSAGE_DEAD_LETTERED": 6,
+		"MESSAGE_EXPIRED":       7,
+		"MESSAGE_PURGED":        8,
+		"MESSAGE_REDRIVEN":      9,
+		"MESSAGE_REMOVED":       10,
+	}
+)
+
+func (x MessageState) Enum() *MessageState {
+	p := new(MessageState)
+	*p = x
+	return p
+}
+
+func (x MessageState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MessageState) Descriptor() protoreflect.EnumDescriptor {
+	return file_fsm_fsmpb_view_proto_enumTypes[4].Descriptor()
+}
+
+func (MessageState) Type() protoreflect.EnumType {
+	return &file_fsm_fsmpb_view_proto_enumTypes[4]
+}
+
+func (x MessageState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MessageState.Descriptor instead.
+func (MessageState) EnumDescriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_view_proto_rawDescGZIP(), []int{4}
+}
+
 type Error struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Code          ErrorCode              `protobuf:"varint,1,opt,name=code,proto3,enum=quorumq.fsm.v1.ErrorCode" json:"code,omitempty"`
@@ -572,21 +657,24 @@ func (x *DeadLetter) GetRejectReason() string {
 }
 
 type QueueStats struct {
-	state             protoimpl.MessageState `protogen:"open.v1"`
-	Ready             uint64                 `protobuf:"varint,1,opt,name=ready,proto3" json:"ready,omitempty"`
-	Leased            uint64                 `protobuf:"varint,2,opt,name=leased,proto3" json:"leased,omitempty"`
-	Delayed           uint64                 `protobuf:"varint,3,opt,name=delayed,proto3" json:"delayed,omitempty"`
-	DeadLettered      uint64                 `protobuf:"varint,4,opt,name=dead_lettered,json=deadLettered,proto3" json:"dead_lettered,omitempty"` // messages now held in this queue that came as dead letters
-	Dead              uint64                 `protobuf:"varint,5,opt,name=dead,proto3" json:"dead,omitempty"`                                     // messages of this queue held here dead: dead-lettered with no dead-letter queue to go to
-	EnqueuedTotal     uint64                 `protobuf:"varint,10,opt,name=enqueued_total,json=enqueuedTotal,proto3" json:"enqueued_total,omitempty"`
-	AckedTotal        uint64                 `protobuf:"varint,11,opt,name=acked_total,json=ackedTotal,proto3" json:"acked_total,omitempty"`
-	RedeliveredTotal  uint64                 `protobuf:"varint,12,opt,name=redelivered_total,json=redeliveredTotal,proto3" json:"redelivered_total,omitempty"`
-	DedupHitsTotal    uint64                 `protobuf:"varint,13,opt,name=dedup_hits_total,json=dedupHitsTotal,proto3" json:"dedup_hits_total,omitempty"`
-	ExpiredTotal      uint64                 `protobuf:"varint,14,opt,name=expired_total,json=expiredTotal,proto3" json:"expired_total,omitempty"`
-	DeadLetteredTotal uint64                 `protobuf:"varint,15,opt,name=dead_lettered_total,json=deadLetteredTotal,proto3" json:"dead_lettered_total,omitempty"` // messages moved out of this queue as dead letters (or dropped under rules 0)
-	DeliveredTotal    uint64                 `protobuf:"varint,16,opt,name=delivered_total,json=deliveredTotal,proto3" json:"delivered_total,omitempty"`
-	PurgedTotal       uint64                 `protobuf:"varint,17,opt,name=purged_total,json=purgedTotal,proto3" json:"purged_total,omitempty"`       // messages removed by Purge
-	RedrivenTotal     uint64                 `protobuf:"varint,18,opt,name=redriven_total,json=redrivenTotal,proto3" json:"redriven_total,omitempty"` // messages moved out of this queue by Redrive
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Ready        uint64                 `protobuf:"varint,1,opt,name=ready,proto3" json:"ready,omitempty"`
+	Leased       uint64                 `protobuf:"varint,2,opt,name=leased,proto3" json:"leased,omitempty"`
+	Delayed      uint64                 `protobuf:"varint,3,opt,name=delayed,proto3" json:"delayed,omitempty"`
+	DeadLettered uint64                 `protobuf:"varint,4,opt,name=dead_lettered,json=deadLettered,proto3" json:"dead_lettered,omitempty"` // messages now held in this queue that came as dead letters
+	Dead         uint64                 `protobuf:"varint,5,opt,name=dead,proto3" json:"dead,omitempty"`                                     // messages of this queue held here dead: dead-lettered with no dead-letter queue to go to
+	// oldest_ready_age_ns: now minus the enqueue time of the oldest ready
+	// message (0 when none is ready): how far the consumers are behind.
+	OldestReadyAgeNs  int64  `protobuf:"varint,6,opt,name=oldest_ready_age_ns,json=oldestReadyAgeNs,proto3" json:"oldest_ready_age_ns,omitempty"`
+	EnqueuedTotal     uint64 `protobuf:"varint,10,opt,name=enqueued_total,json=enqueuedTotal,proto3" json:"enqueued_total,omitempty"`
+	AckedTotal        uint64 `protobuf:"varint,11,opt,name=acked_total,json=ackedTotal,proto3" json:"acked_total,omitempty"`
+	RedeliveredTotal  uint64 `protobuf:"varint,12,opt,name=redelivered_total,json=redeliveredTotal,proto3" json:"redelivered_total,omitempty"`
+	DedupHitsTotal    uint64 `protobuf:"varint,13,opt,name=dedup_hits_total,json=dedupHitsTotal,proto3" json:"dedup_hits_total,omitempty"`
+	ExpiredTotal      uint64 `protobuf:"varint,14,opt,name=expired_total,json=expiredTotal,proto3" json:"expired_total,omitempty"`
+	DeadLetteredTotal uint64 `protobuf:"varint,15,opt,name=dead_lettered_total,json=deadLetteredTotal,proto3" json:"dead_lettered_total,omitempty"` // messages moved out of this queue as dead letters (or dropped under rules 0)
+	DeliveredTotal    uint64 `protobuf:"varint,16,opt,name=delivered_total,json=deliveredTotal,proto3" json:"delivered_total,omitempty"`
+	PurgedTotal       uint64 `protobuf:"varint,17,opt,name=purged_total,json=purgedTotal,proto3" json:"purged_total,omitempty"`       // messages removed by Purge
+	RedrivenTotal     uint64 `protobuf:"varint,18,opt,name=redriven_total,json=redrivenTotal,proto3" json:"redriven_total,omitempty"` // messages moved out of this queue by Redrive
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -652,6 +740,13 @@ func (x *QueueStats) GetDeadLettered() uint64 {
 func (x *QueueStats) GetDead() uint64 {
 	if x != nil {
 		return x.Dead
+	}
+	return 0
+}
+
+func (x *QueueStats) GetOldestReadyAgeNs() int64 {
+	if x != nil {
+		return x.OldestReadyAgeNs
 	}
 	return 0
 }
@@ -915,8 +1010,11 @@ type PeekedMessage struct {
 	// a dead one.
 	DeadLetter     *DeadLetter `protobuf:"bytes,10,opt,name=dead_letter,json=deadLetter,proto3" json:"dead_letter,omitempty"`
 	LastNackReason string      `protobuf:"bytes,11,opt,name=last_nack_reason,json=lastNackReason,proto3" json:"last_nack_reason,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// consumer: who holds the lease of a leased message (the receive's
+	// consumer name; "" when it gave none).
+	Consumer      string `protobuf:"bytes,12,opt,name=consumer,proto3" json:"consumer,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PeekedMessage) Reset() {
@@ -1026,6 +1124,164 @@ func (x *PeekedMessage) GetLastNackReason() string {
 	return ""
 }
 
+func (x *PeekedMessage) GetConsumer() string {
+	if x != nil {
+		return x.Consumer
+	}
+	return ""
+}
+
+// MessageFate is what Lookup knows of one message.
+type MessageFate struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Id                 uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	State              MessageState           `protobuf:"varint,2,opt,name=state,proto3,enum=quorumq.fsm.v1.MessageState" json:"state,omitempty"`
+	DedupId            string                 `protobuf:"bytes,3,opt,name=dedup_id,json=dedupId,proto3" json:"dedup_id,omitempty"`
+	EnqueuedAtUnixNano int64                  `protobuf:"varint,4,opt,name=enqueued_at_unix_nano,json=enqueuedAtUnixNano,proto3" json:"enqueued_at_unix_nano,omitempty"`
+	// attempts: deliveries so far, or the final one of a removed message.
+	Attempts uint32 `protobuf:"varint,5,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// at_unix_nano: when a delayed message becomes ready, when a lease ends,
+	// when a removed or dead message was removed (acked at, dead-lettered
+	// at); 0 for a ready one.
+	AtUnixNano int64 `protobuf:"varint,6,opt,name=at_unix_nano,json=atUnixNano,proto3" json:"at_unix_nano,omitempty"`
+	// consumer: who holds the lease of a leased message.
+	Consumer string `protobuf:"bytes,7,opt,name=consumer,proto3" json:"consumer,omitempty"`
+	// moved_to_queue, moved_to_id: where a dead-lettered or redriven
+	// message went, as a new message of that queue.
+	MovedToQueue string `protobuf:"bytes,8,opt,name=moved_to_queue,json=movedToQueue,proto3" json:"moved_to_queue,omitempty"`
+	MovedToId    uint64 `protobuf:"varint,9,opt,name=moved_to_id,json=movedToId,proto3" json:"moved_to_id,omitempty"`
+	// changed_index: the Raft index of the command that last changed the
+	// message (0: changed before such indexes were recorded).
+	ChangedIndex uint64 `protobuf:"varint,10,opt,name=changed_index,json=changedIndex,proto3" json:"changed_index,omitempty"`
+	// rejected: it was dead-lettered by a consumer's reject.
+	Rejected       bool        `protobuf:"varint,11,opt,name=rejected,proto3" json:"rejected,omitempty"`
+	DeadLetter     *DeadLetter `protobuf:"bytes,12,opt,name=dead_letter,json=deadLetter,proto3" json:"dead_letter,omitempty"`
+	LastNackReason string      `protobuf:"bytes,13,opt,name=last_nack_reason,json=lastNackReason,proto3" json:"last_nack_reason,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *MessageFate) Reset() {
+	*x = MessageFate{}
+	mi := &file_fsm_fsmpb_view_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MessageFate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MessageFate) ProtoMessage() {}
+
+func (x *MessageFate) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_view_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MessageFate.ProtoReflect.Descriptor instead.
+func (*MessageFate) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_view_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *MessageFate) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *MessageFate) GetState() MessageState {
+	if x != nil {
+		return x.State
+	}
+	return MessageState_MESSAGE_UNKNOWN
+}
+
+func (x *MessageFate) GetDedupId() string {
+	if x != nil {
+		return x.DedupId
+	}
+	return ""
+}
+
+func (x *MessageFate) GetEnqueuedAtUnixNano() int64 {
+	if x != nil {
+		return x.EnqueuedAtUnixNano
+	}
+	return 0
+}
+
+func (x *MessageFate) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *MessageFate) GetAtUnixNano() int64 {
+	if x != nil {
+		return x.AtUnixNano
+	}
+	return 0
+}
+
+func (x *MessageFate) GetConsumer() string {
+	if x != nil {
+		return x.Consumer
+	}
+	return ""
+}
+
+func (x *MessageFate) GetMovedToQueue() string {
+	if x != nil {
+		return x.MovedToQueue
+	}
+	return ""
+}
+
+func (x *MessageFate) GetMovedToId() uint64 {
+	if x != nil {
+		return x.MovedToId
+	}
+	return 0
+}
+
+func (x *MessageFate) GetChangedIndex() uint64 {
+	if x != nil {
+		return x.ChangedIndex
+	}
+	return 0
+}
+
+func (x *MessageFate) GetRejected() bool {
+	if x != nil {
+		return x.Rejected
+	}
+	return false
+}
+
+func (x *MessageFate) GetDeadLetter() *DeadLetter {
+	if x != nil {
+		return x.DeadLetter
+	}
+	return nil
+}
+
+func (x *MessageFate) GetLastNackReason() string {
+	if x != nil {
+		return x.LastNackReason
+	}
+	return ""
+}
+
 var File_fsm_fsmpb_view_proto protoreflect.FileDescriptor
 
 const file_fsm_fsmpb_view_proto_rawDesc = "" +
@@ -1058,14 +1314,15 @@ const file_fsm_fsmpb_view_proto_rawDesc = "" +
 	"\battempts\x18\x04 \x01(\rR\battempts\x12<\n" +
 	"\x1bfirst_enqueued_at_unix_nano\x18\x05 \x01(\x03R\x17firstEnqueuedAtUnixNano\x12(\n" +
 	"\x10last_nack_reason\x18\x06 \x01(\tR\x0elastNackReason\x12#\n" +
-	"\rreject_reason\x18\a \x01(\tR\frejectReason\"\xf4\x03\n" +
+	"\rreject_reason\x18\a \x01(\tR\frejectReason\"\xa3\x04\n" +
 	"\n" +
 	"QueueStats\x12\x14\n" +
 	"\x05ready\x18\x01 \x01(\x04R\x05ready\x12\x16\n" +
 	"\x06leased\x18\x02 \x01(\x04R\x06leased\x12\x18\n" +
 	"\adelayed\x18\x03 \x01(\x04R\adelayed\x12#\n" +
 	"\rdead_lettered\x18\x04 \x01(\x04R\fdeadLettered\x12\x12\n" +
-	"\x04dead\x18\x05 \x01(\x04R\x04dead\x12%\n" +
+	"\x04dead\x18\x05 \x01(\x04R\x04dead\x12-\n" +
+	"\x13oldest_ready_age_ns\x18\x06 \x01(\x03R\x10oldestReadyAgeNs\x12%\n" +
 	"\x0eenqueued_total\x18\n" +
 	" \x01(\x04R\renqueuedTotal\x12\x1f\n" +
 	"\vacked_total\x18\v \x01(\x04R\n" +
@@ -1092,7 +1349,7 @@ const file_fsm_fsmpb_view_proto_rawDesc = "" +
 	"\x05queue\x18\x05 \x01(\v2\x19.quorumq.fsm.v1.QueueInfoR\x05queue\x12\x14\n" +
 	"\x05count\x18\x06 \x01(\x04R\x05count\x12\x1a\n" +
 	"\breplayed\x18\a \x01(\bR\breplayed\x12\x1b\n" +
-	"\tbody_refs\x18\b \x03(\x04R\bbodyRefs\"\xaf\x03\n" +
+	"\tbody_refs\x18\b \x03(\x04R\bbodyRefs\"\xcb\x03\n" +
 	"\rPeekedMessage\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12/\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x19.quorumq.fsm.v1.PeekStateR\x05state\x12\x1a\n" +
@@ -1109,7 +1366,25 @@ const file_fsm_fsmpb_view_proto_rawDesc = "" +
 	"\vdead_letter\x18\n" +
 	" \x01(\v2\x1a.quorumq.fsm.v1.DeadLetterR\n" +
 	"deadLetter\x12(\n" +
-	"\x10last_nack_reason\x18\v \x01(\tR\x0elastNackReason*\xb7\x01\n" +
+	"\x10last_nack_reason\x18\v \x01(\tR\x0elastNackReason\x12\x1a\n" +
+	"\bconsumer\x18\f \x01(\tR\bconsumer\"\xe7\x03\n" +
+	"\vMessageFate\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x122\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x1c.quorumq.fsm.v1.MessageStateR\x05state\x12\x19\n" +
+	"\bdedup_id\x18\x03 \x01(\tR\adedupId\x121\n" +
+	"\x15enqueued_at_unix_nano\x18\x04 \x01(\x03R\x12enqueuedAtUnixNano\x12\x1a\n" +
+	"\battempts\x18\x05 \x01(\rR\battempts\x12 \n" +
+	"\fat_unix_nano\x18\x06 \x01(\x03R\n" +
+	"atUnixNano\x12\x1a\n" +
+	"\bconsumer\x18\a \x01(\tR\bconsumer\x12$\n" +
+	"\x0emoved_to_queue\x18\b \x01(\tR\fmovedToQueue\x12\x1e\n" +
+	"\vmoved_to_id\x18\t \x01(\x04R\tmovedToId\x12#\n" +
+	"\rchanged_index\x18\n" +
+	" \x01(\x04R\fchangedIndex\x12\x1a\n" +
+	"\brejected\x18\v \x01(\bR\brejected\x12;\n" +
+	"\vdead_letter\x18\f \x01(\v2\x1a.quorumq.fsm.v1.DeadLetterR\n" +
+	"deadLetter\x12(\n" +
+	"\x10last_nack_reason\x18\r \x01(\tR\x0elastNackReason*\xb7\x01\n" +
 	"\tErrorCode\x12\x06\n" +
 	"\x02OK\x10\x00\x12\r\n" +
 	"\tMALFORMED\x10\x01\x12\x14\n" +
@@ -1139,7 +1414,20 @@ const file_fsm_fsmpb_view_proto_rawDesc = "" +
 	"PEEK_READY\x10\x01\x12\x10\n" +
 	"\fPEEK_DELAYED\x10\x02\x12\x0f\n" +
 	"\vPEEK_LEASED\x10\x03\x12\r\n" +
-	"\tPEEK_DEAD\x10\x04B&Z$github.com/quorumq/quorumq/fsm/fsmpbb\x06proto3"
+	"\tPEEK_DEAD\x10\x04*\xf3\x01\n" +
+	"\fMessageState\x12\x13\n" +
+	"\x0fMESSAGE_UNKNOWN\x10\x00\x12\x11\n" +
+	"\rMESSAGE_READY\x10\x01\x12\x13\n" +
+	"\x0fMESSAGE_DELAYED\x10\x02\x12\x12\n" +
+	"\x0eMESSAGE_LEASED\x10\x03\x12\x10\n" +
+	"\fMESSAGE_DEAD\x10\x04\x12\x11\n" +
+	"\rMESSAGE_ACKED\x10\x05\x12\x19\n" +
+	"\x15MESSAGE_DEAD_LETTERED\x10\x06\x12\x13\n" +
+	"\x0fMESSAGE_EXPIRED\x10\a\x12\x12\n" +
+	"\x0eMESSAGE_PURGED\x10\b\x12\x14\n" +
+	"\x10MESSAGE_REDRIVEN\x10\t\x12\x13\n" +
+	"\x0fMESSAGE_REMOVED\x10\n" +
+	"B&Z$github.com/quorumq/quorumq/fsm/fsmpbb\x06proto3"
 
 var (
 	file_fsm_fsmpb_view_proto_rawDescOnce sync.Once
@@ -1153,46 +1441,50 @@ func file_fsm_fsmpb_view_proto_rawDescGZIP() []byte {
 	return file_fsm_fsmpb_view_proto_rawDescData
 }
 
-var file_fsm_fsmpb_view_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_fsm_fsmpb_view_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_fsm_fsmpb_view_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_fsm_fsmpb_view_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_fsm_fsmpb_view_proto_goTypes = []any{
 	(ErrorCode)(0),        // 0: quorumq.fsm.v1.ErrorCode
 	(DeadLetterReason)(0), // 1: quorumq.fsm.v1.DeadLetterReason
 	(AckOutcome)(0),       // 2: quorumq.fsm.v1.AckOutcome
 	(PeekState)(0),        // 3: quorumq.fsm.v1.PeekState
-	(*Error)(nil),         // 4: quorumq.fsm.v1.Error
-	(*EnqueueResult)(nil), // 5: quorumq.fsm.v1.EnqueueResult
-	(*Delivery)(nil),      // 6: quorumq.fsm.v1.Delivery
-	(*DeadLetter)(nil),    // 7: quorumq.fsm.v1.DeadLetter
-	(*QueueStats)(nil),    // 8: quorumq.fsm.v1.QueueStats
-	(*QueueInfo)(nil),     // 9: quorumq.fsm.v1.QueueInfo
-	(*Result)(nil),        // 10: quorumq.fsm.v1.Result
-	(*PeekedMessage)(nil), // 11: quorumq.fsm.v1.PeekedMessage
-	(*Receipt)(nil),       // 12: quorumq.fsm.v1.Receipt
-	(*Attribute)(nil),     // 13: quorumq.fsm.v1.Attribute
-	(*QueueSettings)(nil), // 14: quorumq.fsm.v1.QueueSettings
+	(MessageState)(0),     // 4: quorumq.fsm.v1.MessageState
+	(*Error)(nil),         // 5: quorumq.fsm.v1.Error
+	(*EnqueueResult)(nil), // 6: quorumq.fsm.v1.EnqueueResult
+	(*Delivery)(nil),      // 7: quorumq.fsm.v1.Delivery
+	(*DeadLetter)(nil),    // 8: quorumq.fsm.v1.DeadLetter
+	(*QueueStats)(nil),    // 9: quorumq.fsm.v1.QueueStats
+	(*QueueInfo)(nil),     // 10: quorumq.fsm.v1.QueueInfo
+	(*Result)(nil),        // 11: quorumq.fsm.v1.Result
+	(*PeekedMessage)(nil), // 12: quorumq.fsm.v1.PeekedMessage
+	(*MessageFate)(nil),   // 13: quorumq.fsm.v1.MessageFate
+	(*Receipt)(nil),       // 14: quorumq.fsm.v1.Receipt
+	(*Attribute)(nil),     // 15: quorumq.fsm.v1.Attribute
+	(*QueueSettings)(nil), // 16: quorumq.fsm.v1.QueueSettings
 }
 var file_fsm_fsmpb_view_proto_depIdxs = []int32{
 	0,  // 0: quorumq.fsm.v1.Error.code:type_name -> quorumq.fsm.v1.ErrorCode
-	12, // 1: quorumq.fsm.v1.Delivery.receipt:type_name -> quorumq.fsm.v1.Receipt
-	13, // 2: quorumq.fsm.v1.Delivery.attributes:type_name -> quorumq.fsm.v1.Attribute
-	7,  // 3: quorumq.fsm.v1.Delivery.dead_letter:type_name -> quorumq.fsm.v1.DeadLetter
+	14, // 1: quorumq.fsm.v1.Delivery.receipt:type_name -> quorumq.fsm.v1.Receipt
+	15, // 2: quorumq.fsm.v1.Delivery.attributes:type_name -> quorumq.fsm.v1.Attribute
+	8,  // 3: quorumq.fsm.v1.Delivery.dead_letter:type_name -> quorumq.fsm.v1.DeadLetter
 	1,  // 4: quorumq.fsm.v1.DeadLetter.reason:type_name -> quorumq.fsm.v1.DeadLetterReason
-	14, // 5: quorumq.fsm.v1.QueueInfo.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	8,  // 6: quorumq.fsm.v1.QueueInfo.stats:type_name -> quorumq.fsm.v1.QueueStats
-	4,  // 7: quorumq.fsm.v1.Result.error:type_name -> quorumq.fsm.v1.Error
-	5,  // 8: quorumq.fsm.v1.Result.enqueued:type_name -> quorumq.fsm.v1.EnqueueResult
-	6,  // 9: quorumq.fsm.v1.Result.deliveries:type_name -> quorumq.fsm.v1.Delivery
+	16, // 5: quorumq.fsm.v1.QueueInfo.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	9,  // 6: quorumq.fsm.v1.QueueInfo.stats:type_name -> quorumq.fsm.v1.QueueStats
+	5,  // 7: quorumq.fsm.v1.Result.error:type_name -> quorumq.fsm.v1.Error
+	6,  // 8: quorumq.fsm.v1.Result.enqueued:type_name -> quorumq.fsm.v1.EnqueueResult
+	7,  // 9: quorumq.fsm.v1.Result.deliveries:type_name -> quorumq.fsm.v1.Delivery
 	2,  // 10: quorumq.fsm.v1.Result.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	9,  // 11: quorumq.fsm.v1.Result.queue:type_name -> quorumq.fsm.v1.QueueInfo
+	10, // 11: quorumq.fsm.v1.Result.queue:type_name -> quorumq.fsm.v1.QueueInfo
 	3,  // 12: quorumq.fsm.v1.PeekedMessage.state:type_name -> quorumq.fsm.v1.PeekState
-	13, // 13: quorumq.fsm.v1.PeekedMessage.attributes:type_name -> quorumq.fsm.v1.Attribute
-	7,  // 14: quorumq.fsm.v1.PeekedMessage.dead_letter:type_name -> quorumq.fsm.v1.DeadLetter
-	15, // [15:15] is the sub-list for method output_type
-	15, // [15:15] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	15, // 13: quorumq.fsm.v1.PeekedMessage.attributes:type_name -> quorumq.fsm.v1.Attribute
+	8,  // 14: quorumq.fsm.v1.PeekedMessage.dead_letter:type_name -> quorumq.fsm.v1.DeadLetter
+	4,  // 15: quorumq.fsm.v1.MessageFate.state:type_name -> quorumq.fsm.v1.MessageState
+	8,  // 16: quorumq.fsm.v1.MessageFate.dead_letter:type_name -> quorumq.fsm.v1.DeadLetter
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_fsm_fsmpb_view_proto_init() }
@@ -1206,8 +1498,8 @@ func file_fsm_fsmpb_view_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fsm_fsmpb_view_proto_rawDesc), len(file_fsm_fsmpb_view_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   8,
+			NumEnums:      5,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -9,6 +9,8 @@ package limits
 import (
 	"fmt"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/quorumq/quorumq/fsm/fsmpb"
 )
@@ -33,7 +35,28 @@ const (
 	// the answer is built under the state machine's read lock, so it is
 	// smaller than a batch.
 	MaxPeek = 100
+	// MaxConsumer bounds a receive's consumer name, which every message
+	// it leases keeps while the lease runs.
+	MaxConsumer = 128
 )
+
+// ConsumerProblem returns what is wrong with a consumer name ("consumer
+// is 129 bytes, limit is 128"), or "" when it is at most MaxConsumer bytes
+// of UTF-8 without control characters: it is printed in tables and logs.
+func ConsumerProblem(name string) string {
+	if len(name) > MaxConsumer {
+		return fmt.Sprintf("consumer is %d bytes, limit is %d", len(name), MaxConsumer)
+	}
+	if !utf8.ValidString(name) {
+		return "consumer is not valid UTF-8"
+	}
+	for i, r := range name {
+		if unicode.IsControl(r) {
+			return fmt.Sprintf("consumer has control byte %q at %d", r, i)
+		}
+	}
+	return ""
+}
 
 // PeekProblem returns what is wrong with a peek's max and state filter
 // ("max: 101, limit is 1 to 100"), or "" when max is within MaxPeek and

@@ -870,7 +870,10 @@ type ReceiveRequest struct {
 	AutoAck   bool   `protobuf:"varint,5,opt,name=auto_ack,json=autoAck,proto3" json:"auto_ack,omitempty"`
 	RequestId string `protobuf:"bytes,6,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// ack: receipts acked in the same Raft command before leasing.
-	Ack           []*fsmpb.Receipt `protobuf:"bytes,7,rep,name=ack,proto3" json:"ack,omitempty"`
+	Ack []*fsmpb.Receipt `protobuf:"bytes,7,rep,name=ack,proto3" json:"ack,omitempty"`
+	// consumer names the receiver on each lease it takes (peek and lookup
+	// show it): at most 128 bytes of UTF-8 without control characters.
+	Consumer      string `protobuf:"bytes,8,opt,name=consumer,proto3" json:"consumer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -952,6 +955,13 @@ func (x *ReceiveRequest) GetAck() []*fsmpb.Receipt {
 		return x.Ack
 	}
 	return nil
+}
+
+func (x *ReceiveRequest) GetConsumer() string {
+	if x != nil {
+		return x.Consumer
+	}
+	return ""
 }
 
 type ReceiveResponse struct {
@@ -1577,6 +1587,129 @@ func (x *PeekResponse) GetAppliedIndex() uint64 {
 	return 0
 }
 
+type LookupRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Queue string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
+	// Exactly one of id and dedup_id.
+	Id      uint64 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	DedupId string `protobuf:"bytes,3,opt,name=dedup_id,json=dedupId,proto3" json:"dedup_id,omitempty"`
+	// leader: answer only on the leader after it confirms its leadership.
+	Leader        bool `protobuf:"varint,4,opt,name=leader,proto3" json:"leader,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LookupRequest) Reset() {
+	*x = LookupRequest{}
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LookupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LookupRequest) ProtoMessage() {}
+
+func (x *LookupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LookupRequest.ProtoReflect.Descriptor instead.
+func (*LookupRequest) Descriptor() ([]byte, []int) {
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *LookupRequest) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+func (x *LookupRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *LookupRequest) GetDedupId() string {
+	if x != nil {
+		return x.DedupId
+	}
+	return ""
+}
+
+func (x *LookupRequest) GetLeader() bool {
+	if x != nil {
+		return x.Leader
+	}
+	return false
+}
+
+type LookupResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Message *fsmpb.MessageFate     `protobuf:"bytes,1,opt,name=message,proto3" json:"message,omitempty"`
+	// applied_index: the Raft index of the state the answer was read from.
+	AppliedIndex  uint64 `protobuf:"varint,2,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LookupResponse) Reset() {
+	*x = LookupResponse{}
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LookupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LookupResponse) ProtoMessage() {}
+
+func (x *LookupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LookupResponse.ProtoReflect.Descriptor instead.
+func (*LookupResponse) Descriptor() ([]byte, []int) {
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *LookupResponse) GetMessage() *fsmpb.MessageFate {
+	if x != nil {
+		return x.Message
+	}
+	return nil
+}
+
+func (x *LookupResponse) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
 type ExtendRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Queue         string                 `protobuf:"bytes,1,opt,name=queue,proto3" json:"queue,omitempty"`
@@ -1588,7 +1721,7 @@ type ExtendRequest struct {
 
 func (x *ExtendRequest) Reset() {
 	*x = ExtendRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[29]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1600,7 +1733,7 @@ func (x *ExtendRequest) String() string {
 func (*ExtendRequest) ProtoMessage() {}
 
 func (x *ExtendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[29]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1613,7 +1746,7 @@ func (x *ExtendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendRequest.ProtoReflect.Descriptor instead.
 func (*ExtendRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{29}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ExtendRequest) GetQueue() string {
@@ -1646,7 +1779,7 @@ type ExtendResponse struct {
 
 func (x *ExtendResponse) Reset() {
 	*x = ExtendResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[30]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1658,7 +1791,7 @@ func (x *ExtendResponse) String() string {
 func (*ExtendResponse) ProtoMessage() {}
 
 func (x *ExtendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[30]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1671,7 +1804,7 @@ func (x *ExtendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendResponse.ProtoReflect.Descriptor instead.
 func (*ExtendResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{30}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ExtendResponse) GetOutcomes() []fsmpb.AckOutcome {
@@ -1691,7 +1824,7 @@ type TransactionRequest struct {
 
 func (x *TransactionRequest) Reset() {
 	*x = TransactionRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[31]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1703,7 +1836,7 @@ func (x *TransactionRequest) String() string {
 func (*TransactionRequest) ProtoMessage() {}
 
 func (x *TransactionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[31]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1716,7 +1849,7 @@ func (x *TransactionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransactionRequest.ProtoReflect.Descriptor instead.
 func (*TransactionRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{31}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *TransactionRequest) GetAcks() []*AckRequest {
@@ -1743,7 +1876,7 @@ type TransactionResponse struct {
 
 func (x *TransactionResponse) Reset() {
 	*x = TransactionResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[32]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1755,7 +1888,7 @@ func (x *TransactionResponse) String() string {
 func (*TransactionResponse) ProtoMessage() {}
 
 func (x *TransactionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[32]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1768,7 +1901,7 @@ func (x *TransactionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransactionResponse.ProtoReflect.Descriptor instead.
 func (*TransactionResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{32}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *TransactionResponse) GetAckOutcomes() []fsmpb.AckOutcome {
@@ -1793,7 +1926,7 @@ type NodeStatusRequest struct {
 
 func (x *NodeStatusRequest) Reset() {
 	*x = NodeStatusRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[33]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1805,7 +1938,7 @@ func (x *NodeStatusRequest) String() string {
 func (*NodeStatusRequest) ProtoMessage() {}
 
 func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[33]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1818,7 +1951,7 @@ func (x *NodeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusRequest.ProtoReflect.Descriptor instead.
 func (*NodeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{33}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{35}
 }
 
 type NodeStatusResponse struct {
@@ -1830,7 +1963,7 @@ type NodeStatusResponse struct {
 
 func (x *NodeStatusResponse) Reset() {
 	*x = NodeStatusResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[34]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1842,7 +1975,7 @@ func (x *NodeStatusResponse) String() string {
 func (*NodeStatusResponse) ProtoMessage() {}
 
 func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[34]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1855,7 +1988,7 @@ func (x *NodeStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatusResponse.ProtoReflect.Descriptor instead.
 func (*NodeStatusResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{34}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *NodeStatusResponse) GetNode() *NodeStatus {
@@ -1906,7 +2039,7 @@ type NodeStatus struct {
 
 func (x *NodeStatus) Reset() {
 	*x = NodeStatus{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[35]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1918,7 +2051,7 @@ func (x *NodeStatus) String() string {
 func (*NodeStatus) ProtoMessage() {}
 
 func (x *NodeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[35]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1931,7 +2064,7 @@ func (x *NodeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStatus.ProtoReflect.Descriptor instead.
 func (*NodeStatus) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{35}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *NodeStatus) GetId() string {
@@ -2077,7 +2210,7 @@ type ClockOffset struct {
 
 func (x *ClockOffset) Reset() {
 	*x = ClockOffset{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[36]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2089,7 +2222,7 @@ func (x *ClockOffset) String() string {
 func (*ClockOffset) ProtoMessage() {}
 
 func (x *ClockOffset) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[36]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2102,7 +2235,7 @@ func (x *ClockOffset) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClockOffset.ProtoReflect.Descriptor instead.
 func (*ClockOffset) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{36}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ClockOffset) GetId() string {
@@ -2127,7 +2260,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[37]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2139,7 +2272,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[37]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2152,7 +2285,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{37}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{39}
 }
 
 type StatusResponse struct {
@@ -2166,7 +2299,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[38]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2178,7 +2311,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[38]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2191,7 +2324,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{38}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *StatusResponse) GetNodes() []*NodeStatus {
@@ -2229,7 +2362,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[39]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2241,7 +2374,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[39]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2254,7 +2387,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{39}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Member) GetId() string {
@@ -2307,7 +2440,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[40]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2319,7 +2452,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[40]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2332,7 +2465,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{40}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{42}
 }
 
 type MembersResponse struct {
@@ -2344,7 +2477,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[41]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2356,7 +2489,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[41]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2369,7 +2502,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{41}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *MembersResponse) GetMembers() []*Member {
@@ -2387,7 +2520,7 @@ type LeaderRequest struct {
 
 func (x *LeaderRequest) Reset() {
 	*x = LeaderRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[42]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2399,7 +2532,7 @@ func (x *LeaderRequest) String() string {
 func (*LeaderRequest) ProtoMessage() {}
 
 func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[42]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2412,7 +2545,7 @@ func (x *LeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderRequest.ProtoReflect.Descriptor instead.
 func (*LeaderRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{42}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{44}
 }
 
 type LeaderResponse struct {
@@ -2426,7 +2559,7 @@ type LeaderResponse struct {
 
 func (x *LeaderResponse) Reset() {
 	*x = LeaderResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[43]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2438,7 +2571,7 @@ func (x *LeaderResponse) String() string {
 func (*LeaderResponse) ProtoMessage() {}
 
 func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[43]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2451,7 +2584,7 @@ func (x *LeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaderResponse.ProtoReflect.Descriptor instead.
 func (*LeaderResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{43}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *LeaderResponse) GetLeaderId() string {
@@ -2484,7 +2617,7 @@ type RemoveServerRequest struct {
 
 func (x *RemoveServerRequest) Reset() {
 	*x = RemoveServerRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[44]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2496,7 +2629,7 @@ func (x *RemoveServerRequest) String() string {
 func (*RemoveServerRequest) ProtoMessage() {}
 
 func (x *RemoveServerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[44]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2509,7 +2642,7 @@ func (x *RemoveServerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServerRequest.ProtoReflect.Descriptor instead.
 func (*RemoveServerRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{44}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RemoveServerRequest) GetId() string {
@@ -2527,7 +2660,7 @@ type RemoveServerResponse struct {
 
 func (x *RemoveServerResponse) Reset() {
 	*x = RemoveServerResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[45]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2539,7 +2672,7 @@ func (x *RemoveServerResponse) String() string {
 func (*RemoveServerResponse) ProtoMessage() {}
 
 func (x *RemoveServerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[45]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2552,7 +2685,7 @@ func (x *RemoveServerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveServerResponse.ProtoReflect.Descriptor instead.
 func (*RemoveServerResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{45}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{47}
 }
 
 type TransferLeadershipRequest struct {
@@ -2565,7 +2698,7 @@ type TransferLeadershipRequest struct {
 
 func (x *TransferLeadershipRequest) Reset() {
 	*x = TransferLeadershipRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[46]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2577,7 +2710,7 @@ func (x *TransferLeadershipRequest) String() string {
 func (*TransferLeadershipRequest) ProtoMessage() {}
 
 func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[46]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2590,7 +2723,7 @@ func (x *TransferLeadershipRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{46}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *TransferLeadershipRequest) GetId() string {
@@ -2609,7 +2742,7 @@ type TransferLeadershipResponse struct {
 
 func (x *TransferLeadershipResponse) Reset() {
 	*x = TransferLeadershipResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[47]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2621,7 +2754,7 @@ func (x *TransferLeadershipResponse) String() string {
 func (*TransferLeadershipResponse) ProtoMessage() {}
 
 func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[47]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2634,7 +2767,7 @@ func (x *TransferLeadershipResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeadershipResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeadershipResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{47}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *TransferLeadershipResponse) GetNewLeaderId() string {
@@ -2652,7 +2785,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[48]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2664,7 +2797,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[48]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2677,7 +2810,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{48}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{50}
 }
 
 type SnapshotResponse struct {
@@ -2692,7 +2825,7 @@ type SnapshotResponse struct {
 
 func (x *SnapshotResponse) Reset() {
 	*x = SnapshotResponse{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[49]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2704,7 +2837,7 @@ func (x *SnapshotResponse) String() string {
 func (*SnapshotResponse) ProtoMessage() {}
 
 func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[49]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2717,7 +2850,7 @@ func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotResponse.ProtoReflect.Descriptor instead.
 func (*SnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{49}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *SnapshotResponse) GetIndex() uint64 {
@@ -2756,7 +2889,7 @@ type BackupRequest struct {
 
 func (x *BackupRequest) Reset() {
 	*x = BackupRequest{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[50]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2768,7 +2901,7 @@ func (x *BackupRequest) String() string {
 func (*BackupRequest) ProtoMessage() {}
 
 func (x *BackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[50]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2781,7 +2914,7 @@ func (x *BackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
 func (*BackupRequest) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{50}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{52}
 }
 
 // BackupChunk: the first chunk carries index, term and size; every chunk
@@ -2798,7 +2931,7 @@ type BackupChunk struct {
 
 func (x *BackupChunk) Reset() {
 	*x = BackupChunk{}
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[51]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2810,7 +2943,7 @@ func (x *BackupChunk) String() string {
 func (*BackupChunk) ProtoMessage() {}
 
 func (x *BackupChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[51]
+	mi := &file_transport_quorumqpb_quorumq_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2823,7 +2956,7 @@ func (x *BackupChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
 func (*BackupChunk) Descriptor() ([]byte, []int) {
-	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{51}
+	return file_transport_quorumqpb_quorumq_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *BackupChunk) GetIndex() uint64 {
@@ -2902,7 +3035,7 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\bmessages\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.MessageR\bmessages\x12$\n" +
 	"\x0eafter_dedup_id\x18\x03 \x01(\tR\fafterDedupId\"J\n" +
 	"\x0fEnqueueResponse\x127\n" +
-	"\aresults\x18\x01 \x03(\v2\x1d.quorumq.fsm.v1.EnqueueResultR\aresults\"\xdb\x01\n" +
+	"\aresults\x18\x01 \x03(\v2\x1d.quorumq.fsm.v1.EnqueueResultR\aresults\"\xf7\x01\n" +
 	"\x0eReceiveRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x10\n" +
 	"\x03max\x18\x02 \x01(\rR\x03max\x12#\n" +
@@ -2911,7 +3044,8 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\bauto_ack\x18\x05 \x01(\bR\aautoAck\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x06 \x01(\tR\trequestId\x12)\n" +
-	"\x03ack\x18\a \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\x03ack\"\x8a\x01\n" +
+	"\x03ack\x18\a \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\x03ack\x12\x1a\n" +
+	"\bconsumer\x18\b \x01(\tR\bconsumer\"\x8a\x01\n" +
 	"\x0fReceiveResponse\x128\n" +
 	"\n" +
 	"deliveries\x18\x01 \x03(\v2\x18.quorumq.fsm.v1.DeliveryR\n" +
@@ -2952,7 +3086,15 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\fPeekResponse\x129\n" +
 	"\bmessages\x18\x01 \x03(\v2\x1d.quorumq.fsm.v1.PeekedMessageR\bmessages\x12\x17\n" +
 	"\anext_id\x18\x02 \x01(\x04R\x06nextId\x12#\n" +
-	"\rapplied_index\x18\x03 \x01(\x04R\fappliedIndex\"\x7f\n" +
+	"\rapplied_index\x18\x03 \x01(\x04R\fappliedIndex\"h\n" +
+	"\rLookupRequest\x12\x14\n" +
+	"\x05queue\x18\x01 \x01(\tR\x05queue\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\x04R\x02id\x12\x19\n" +
+	"\bdedup_id\x18\x03 \x01(\tR\adedupId\x12\x16\n" +
+	"\x06leader\x18\x04 \x01(\bR\x06leader\"l\n" +
+	"\x0eLookupResponse\x125\n" +
+	"\amessage\x18\x01 \x01(\v2\x1b.quorumq.fsm.v1.MessageFateR\amessage\x12#\n" +
+	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\"\x7f\n" +
 	"\rExtendRequest\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
 	"\breceipts\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\x12#\n" +
@@ -3034,7 +3176,7 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\x12\x12\n" +
 	"\x04size\x18\x03 \x01(\x03R\x04size\x12\x12\n" +
-	"\x04data\x18\x04 \x01(\fR\x04data2\xe3\b\n" +
+	"\x04data\x18\x04 \x01(\fR\x04data2\xa4\t\n" +
 	"\x05Queue\x12N\n" +
 	"\vCreateQueue\x12\x1e.quorumq.v1.CreateQueueRequest\x1a\x1f.quorumq.v1.CreateQueueResponse\x12N\n" +
 	"\vUpdateQueue\x12\x1e.quorumq.v1.UpdateQueueRequest\x1a\x1f.quorumq.v1.UpdateQueueResponse\x12E\n" +
@@ -3052,7 +3194,8 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\x06Reject\x12\x19.quorumq.v1.RejectRequest\x1a\x1a.quorumq.v1.RejectResponse\x12B\n" +
 	"\aRedrive\x12\x1a.quorumq.v1.RedriveRequest\x1a\x1b.quorumq.v1.RedriveResponse\x12N\n" +
 	"\vTransaction\x12\x1e.quorumq.v1.TransactionRequest\x1a\x1f.quorumq.v1.TransactionResponse\x129\n" +
-	"\x04Peek\x12\x17.quorumq.v1.PeekRequest\x1a\x18.quorumq.v1.PeekResponse2\xdb\x04\n" +
+	"\x04Peek\x12\x17.quorumq.v1.PeekRequest\x1a\x18.quorumq.v1.PeekResponse\x12?\n" +
+	"\x06Lookup\x12\x19.quorumq.v1.LookupRequest\x1a\x1a.quorumq.v1.LookupResponse2\xdb\x04\n" +
 	"\aCluster\x12?\n" +
 	"\x06Status\x12\x19.quorumq.v1.StatusRequest\x1a\x1a.quorumq.v1.StatusResponse\x12K\n" +
 	"\n" +
@@ -3076,7 +3219,7 @@ func file_transport_quorumqpb_quorumq_proto_rawDescGZIP() []byte {
 	return file_transport_quorumqpb_quorumq_proto_rawDescData
 }
 
-var file_transport_quorumqpb_quorumq_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
+var file_transport_quorumqpb_quorumq_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
 var file_transport_quorumqpb_quorumq_proto_goTypes = []any{
 	(*NotLeader)(nil),                  // 0: quorumq.v1.NotLeader
 	(*OutcomeUnknown)(nil),             // 1: quorumq.v1.OutcomeUnknown
@@ -3107,124 +3250,130 @@ var file_transport_quorumqpb_quorumq_proto_goTypes = []any{
 	(*RedriveResponse)(nil),            // 26: quorumq.v1.RedriveResponse
 	(*PeekRequest)(nil),                // 27: quorumq.v1.PeekRequest
 	(*PeekResponse)(nil),               // 28: quorumq.v1.PeekResponse
-	(*ExtendRequest)(nil),              // 29: quorumq.v1.ExtendRequest
-	(*ExtendResponse)(nil),             // 30: quorumq.v1.ExtendResponse
-	(*TransactionRequest)(nil),         // 31: quorumq.v1.TransactionRequest
-	(*TransactionResponse)(nil),        // 32: quorumq.v1.TransactionResponse
-	(*NodeStatusRequest)(nil),          // 33: quorumq.v1.NodeStatusRequest
-	(*NodeStatusResponse)(nil),         // 34: quorumq.v1.NodeStatusResponse
-	(*NodeStatus)(nil),                 // 35: quorumq.v1.NodeStatus
-	(*ClockOffset)(nil),                // 36: quorumq.v1.ClockOffset
-	(*StatusRequest)(nil),              // 37: quorumq.v1.StatusRequest
-	(*StatusResponse)(nil),             // 38: quorumq.v1.StatusResponse
-	(*Member)(nil),                     // 39: quorumq.v1.Member
-	(*MembersRequest)(nil),             // 40: quorumq.v1.MembersRequest
-	(*MembersResponse)(nil),            // 41: quorumq.v1.MembersResponse
-	(*LeaderRequest)(nil),              // 42: quorumq.v1.LeaderRequest
-	(*LeaderResponse)(nil),             // 43: quorumq.v1.LeaderResponse
-	(*RemoveServerRequest)(nil),        // 44: quorumq.v1.RemoveServerRequest
-	(*RemoveServerResponse)(nil),       // 45: quorumq.v1.RemoveServerResponse
-	(*TransferLeadershipRequest)(nil),  // 46: quorumq.v1.TransferLeadershipRequest
-	(*TransferLeadershipResponse)(nil), // 47: quorumq.v1.TransferLeadershipResponse
-	(*SnapshotRequest)(nil),            // 48: quorumq.v1.SnapshotRequest
-	(*SnapshotResponse)(nil),           // 49: quorumq.v1.SnapshotResponse
-	(*BackupRequest)(nil),              // 50: quorumq.v1.BackupRequest
-	(*BackupChunk)(nil),                // 51: quorumq.v1.BackupChunk
-	(fsmpb.ErrorCode)(0),               // 52: quorumq.fsm.v1.ErrorCode
-	(*fsmpb.QueueSettings)(nil),        // 53: quorumq.fsm.v1.QueueSettings
-	(*fsmpb.QueueInfo)(nil),            // 54: quorumq.fsm.v1.QueueInfo
-	(*fsmpb.Message)(nil),              // 55: quorumq.fsm.v1.Message
-	(*fsmpb.EnqueueResult)(nil),        // 56: quorumq.fsm.v1.EnqueueResult
-	(*fsmpb.Receipt)(nil),              // 57: quorumq.fsm.v1.Receipt
-	(*fsmpb.Delivery)(nil),             // 58: quorumq.fsm.v1.Delivery
-	(fsmpb.AckOutcome)(0),              // 59: quorumq.fsm.v1.AckOutcome
-	(fsmpb.PeekState)(0),               // 60: quorumq.fsm.v1.PeekState
-	(*fsmpb.PeekedMessage)(nil),        // 61: quorumq.fsm.v1.PeekedMessage
+	(*LookupRequest)(nil),              // 29: quorumq.v1.LookupRequest
+	(*LookupResponse)(nil),             // 30: quorumq.v1.LookupResponse
+	(*ExtendRequest)(nil),              // 31: quorumq.v1.ExtendRequest
+	(*ExtendResponse)(nil),             // 32: quorumq.v1.ExtendResponse
+	(*TransactionRequest)(nil),         // 33: quorumq.v1.TransactionRequest
+	(*TransactionResponse)(nil),        // 34: quorumq.v1.TransactionResponse
+	(*NodeStatusRequest)(nil),          // 35: quorumq.v1.NodeStatusRequest
+	(*NodeStatusResponse)(nil),         // 36: quorumq.v1.NodeStatusResponse
+	(*NodeStatus)(nil),                 // 37: quorumq.v1.NodeStatus
+	(*ClockOffset)(nil),                // 38: quorumq.v1.ClockOffset
+	(*StatusRequest)(nil),              // 39: quorumq.v1.StatusRequest
+	(*StatusResponse)(nil),             // 40: quorumq.v1.StatusResponse
+	(*Member)(nil),                     // 41: quorumq.v1.Member
+	(*MembersRequest)(nil),             // 42: quorumq.v1.MembersRequest
+	(*MembersResponse)(nil),            // 43: quorumq.v1.MembersResponse
+	(*LeaderRequest)(nil),              // 44: quorumq.v1.LeaderRequest
+	(*LeaderResponse)(nil),             // 45: quorumq.v1.LeaderResponse
+	(*RemoveServerRequest)(nil),        // 46: quorumq.v1.RemoveServerRequest
+	(*RemoveServerResponse)(nil),       // 47: quorumq.v1.RemoveServerResponse
+	(*TransferLeadershipRequest)(nil),  // 48: quorumq.v1.TransferLeadershipRequest
+	(*TransferLeadershipResponse)(nil), // 49: quorumq.v1.TransferLeadershipResponse
+	(*SnapshotRequest)(nil),            // 50: quorumq.v1.SnapshotRequest
+	(*SnapshotResponse)(nil),           // 51: quorumq.v1.SnapshotResponse
+	(*BackupRequest)(nil),              // 52: quorumq.v1.BackupRequest
+	(*BackupChunk)(nil),                // 53: quorumq.v1.BackupChunk
+	(fsmpb.ErrorCode)(0),               // 54: quorumq.fsm.v1.ErrorCode
+	(*fsmpb.QueueSettings)(nil),        // 55: quorumq.fsm.v1.QueueSettings
+	(*fsmpb.QueueInfo)(nil),            // 56: quorumq.fsm.v1.QueueInfo
+	(*fsmpb.Message)(nil),              // 57: quorumq.fsm.v1.Message
+	(*fsmpb.EnqueueResult)(nil),        // 58: quorumq.fsm.v1.EnqueueResult
+	(*fsmpb.Receipt)(nil),              // 59: quorumq.fsm.v1.Receipt
+	(*fsmpb.Delivery)(nil),             // 60: quorumq.fsm.v1.Delivery
+	(fsmpb.AckOutcome)(0),              // 61: quorumq.fsm.v1.AckOutcome
+	(fsmpb.PeekState)(0),               // 62: quorumq.fsm.v1.PeekState
+	(*fsmpb.PeekedMessage)(nil),        // 63: quorumq.fsm.v1.PeekedMessage
+	(*fsmpb.MessageFate)(nil),          // 64: quorumq.fsm.v1.MessageFate
 }
 var file_transport_quorumqpb_quorumq_proto_depIdxs = []int32{
-	52, // 0: quorumq.v1.QueueError.code:type_name -> quorumq.fsm.v1.ErrorCode
-	53, // 1: quorumq.v1.CreateQueueRequest.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	54, // 2: quorumq.v1.CreateQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
-	53, // 3: quorumq.v1.UpdateQueueRequest.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	54, // 4: quorumq.v1.UpdateQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
-	54, // 5: quorumq.v1.GetQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
-	54, // 6: quorumq.v1.ListQueuesResponse.queues:type_name -> quorumq.fsm.v1.QueueInfo
-	55, // 7: quorumq.v1.EnqueueRequest.messages:type_name -> quorumq.fsm.v1.Message
-	56, // 8: quorumq.v1.EnqueueResponse.results:type_name -> quorumq.fsm.v1.EnqueueResult
-	57, // 9: quorumq.v1.ReceiveRequest.ack:type_name -> quorumq.fsm.v1.Receipt
-	58, // 10: quorumq.v1.ReceiveResponse.deliveries:type_name -> quorumq.fsm.v1.Delivery
-	59, // 11: quorumq.v1.ReceiveResponse.ack_outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	57, // 12: quorumq.v1.AckRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
-	59, // 13: quorumq.v1.AckResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	57, // 14: quorumq.v1.NackRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
-	59, // 15: quorumq.v1.NackResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	57, // 16: quorumq.v1.RejectRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
-	59, // 17: quorumq.v1.RejectResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	60, // 18: quorumq.v1.PeekRequest.state:type_name -> quorumq.fsm.v1.PeekState
-	61, // 19: quorumq.v1.PeekResponse.messages:type_name -> quorumq.fsm.v1.PeekedMessage
-	57, // 20: quorumq.v1.ExtendRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
-	59, // 21: quorumq.v1.ExtendResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	19, // 22: quorumq.v1.TransactionRequest.acks:type_name -> quorumq.v1.AckRequest
-	15, // 23: quorumq.v1.TransactionRequest.enqueues:type_name -> quorumq.v1.EnqueueRequest
-	59, // 24: quorumq.v1.TransactionResponse.ack_outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	56, // 25: quorumq.v1.TransactionResponse.enqueued:type_name -> quorumq.fsm.v1.EnqueueResult
-	35, // 26: quorumq.v1.NodeStatusResponse.node:type_name -> quorumq.v1.NodeStatus
-	36, // 27: quorumq.v1.NodeStatus.clock_offsets:type_name -> quorumq.v1.ClockOffset
-	35, // 28: quorumq.v1.StatusResponse.nodes:type_name -> quorumq.v1.NodeStatus
-	39, // 29: quorumq.v1.MembersResponse.members:type_name -> quorumq.v1.Member
-	3,  // 30: quorumq.v1.Queue.CreateQueue:input_type -> quorumq.v1.CreateQueueRequest
-	5,  // 31: quorumq.v1.Queue.UpdateQueue:input_type -> quorumq.v1.UpdateQueueRequest
-	7,  // 32: quorumq.v1.Queue.GetQueue:input_type -> quorumq.v1.GetQueueRequest
-	9,  // 33: quorumq.v1.Queue.ListQueues:input_type -> quorumq.v1.ListQueuesRequest
-	11, // 34: quorumq.v1.Queue.DeleteQueue:input_type -> quorumq.v1.DeleteQueueRequest
-	13, // 35: quorumq.v1.Queue.Purge:input_type -> quorumq.v1.PurgeRequest
-	15, // 36: quorumq.v1.Queue.Enqueue:input_type -> quorumq.v1.EnqueueRequest
-	15, // 37: quorumq.v1.Queue.EnqueueStream:input_type -> quorumq.v1.EnqueueRequest
-	17, // 38: quorumq.v1.Queue.Receive:input_type -> quorumq.v1.ReceiveRequest
-	19, // 39: quorumq.v1.Queue.Ack:input_type -> quorumq.v1.AckRequest
-	21, // 40: quorumq.v1.Queue.Nack:input_type -> quorumq.v1.NackRequest
-	29, // 41: quorumq.v1.Queue.Extend:input_type -> quorumq.v1.ExtendRequest
-	23, // 42: quorumq.v1.Queue.Reject:input_type -> quorumq.v1.RejectRequest
-	25, // 43: quorumq.v1.Queue.Redrive:input_type -> quorumq.v1.RedriveRequest
-	31, // 44: quorumq.v1.Queue.Transaction:input_type -> quorumq.v1.TransactionRequest
-	27, // 45: quorumq.v1.Queue.Peek:input_type -> quorumq.v1.PeekRequest
-	37, // 46: quorumq.v1.Cluster.Status:input_type -> quorumq.v1.StatusRequest
-	33, // 47: quorumq.v1.Cluster.NodeStatus:input_type -> quorumq.v1.NodeStatusRequest
-	40, // 48: quorumq.v1.Cluster.Members:input_type -> quorumq.v1.MembersRequest
-	42, // 49: quorumq.v1.Cluster.Leader:input_type -> quorumq.v1.LeaderRequest
-	44, // 50: quorumq.v1.Cluster.RemoveServer:input_type -> quorumq.v1.RemoveServerRequest
-	46, // 51: quorumq.v1.Cluster.TransferLeadership:input_type -> quorumq.v1.TransferLeadershipRequest
-	48, // 52: quorumq.v1.Cluster.Snapshot:input_type -> quorumq.v1.SnapshotRequest
-	50, // 53: quorumq.v1.Cluster.Backup:input_type -> quorumq.v1.BackupRequest
-	4,  // 54: quorumq.v1.Queue.CreateQueue:output_type -> quorumq.v1.CreateQueueResponse
-	6,  // 55: quorumq.v1.Queue.UpdateQueue:output_type -> quorumq.v1.UpdateQueueResponse
-	8,  // 56: quorumq.v1.Queue.GetQueue:output_type -> quorumq.v1.GetQueueResponse
-	10, // 57: quorumq.v1.Queue.ListQueues:output_type -> quorumq.v1.ListQueuesResponse
-	12, // 58: quorumq.v1.Queue.DeleteQueue:output_type -> quorumq.v1.DeleteQueueResponse
-	14, // 59: quorumq.v1.Queue.Purge:output_type -> quorumq.v1.PurgeResponse
-	16, // 60: quorumq.v1.Queue.Enqueue:output_type -> quorumq.v1.EnqueueResponse
-	16, // 61: quorumq.v1.Queue.EnqueueStream:output_type -> quorumq.v1.EnqueueResponse
-	18, // 62: quorumq.v1.Queue.Receive:output_type -> quorumq.v1.ReceiveResponse
-	20, // 63: quorumq.v1.Queue.Ack:output_type -> quorumq.v1.AckResponse
-	22, // 64: quorumq.v1.Queue.Nack:output_type -> quorumq.v1.NackResponse
-	30, // 65: quorumq.v1.Queue.Extend:output_type -> quorumq.v1.ExtendResponse
-	24, // 66: quorumq.v1.Queue.Reject:output_type -> quorumq.v1.RejectResponse
-	26, // 67: quorumq.v1.Queue.Redrive:output_type -> quorumq.v1.RedriveResponse
-	32, // 68: quorumq.v1.Queue.Transaction:output_type -> quorumq.v1.TransactionResponse
-	28, // 69: quorumq.v1.Queue.Peek:output_type -> quorumq.v1.PeekResponse
-	38, // 70: quorumq.v1.Cluster.Status:output_type -> quorumq.v1.StatusResponse
-	34, // 71: quorumq.v1.Cluster.NodeStatus:output_type -> quorumq.v1.NodeStatusResponse
-	41, // 72: quorumq.v1.Cluster.Members:output_type -> quorumq.v1.MembersResponse
-	43, // 73: quorumq.v1.Cluster.Leader:output_type -> quorumq.v1.LeaderResponse
-	45, // 74: quorumq.v1.Cluster.RemoveServer:output_type -> quorumq.v1.RemoveServerResponse
-	47, // 75: quorumq.v1.Cluster.TransferLeadership:output_type -> quorumq.v1.TransferLeadershipResponse
-	49, // 76: quorumq.v1.Cluster.Snapshot:output_type -> quorumq.v1.SnapshotResponse
-	51, // 77: quorumq.v1.Cluster.Backup:output_type -> quorumq.v1.BackupChunk
-	54, // [54:78] is the sub-list for method output_type
-	30, // [30:54] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	54, // 0: quorumq.v1.QueueError.code:type_name -> quorumq.fsm.v1.ErrorCode
+	55, // 1: quorumq.v1.CreateQueueRequest.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	56, // 2: quorumq.v1.CreateQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
+	55, // 3: quorumq.v1.UpdateQueueRequest.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	56, // 4: quorumq.v1.UpdateQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
+	56, // 5: quorumq.v1.GetQueueResponse.queue:type_name -> quorumq.fsm.v1.QueueInfo
+	56, // 6: quorumq.v1.ListQueuesResponse.queues:type_name -> quorumq.fsm.v1.QueueInfo
+	57, // 7: quorumq.v1.EnqueueRequest.messages:type_name -> quorumq.fsm.v1.Message
+	58, // 8: quorumq.v1.EnqueueResponse.results:type_name -> quorumq.fsm.v1.EnqueueResult
+	59, // 9: quorumq.v1.ReceiveRequest.ack:type_name -> quorumq.fsm.v1.Receipt
+	60, // 10: quorumq.v1.ReceiveResponse.deliveries:type_name -> quorumq.fsm.v1.Delivery
+	61, // 11: quorumq.v1.ReceiveResponse.ack_outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	59, // 12: quorumq.v1.AckRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
+	61, // 13: quorumq.v1.AckResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	59, // 14: quorumq.v1.NackRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
+	61, // 15: quorumq.v1.NackResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	59, // 16: quorumq.v1.RejectRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
+	61, // 17: quorumq.v1.RejectResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	62, // 18: quorumq.v1.PeekRequest.state:type_name -> quorumq.fsm.v1.PeekState
+	63, // 19: quorumq.v1.PeekResponse.messages:type_name -> quorumq.fsm.v1.PeekedMessage
+	64, // 20: quorumq.v1.LookupResponse.message:type_name -> quorumq.fsm.v1.MessageFate
+	59, // 21: quorumq.v1.ExtendRequest.receipts:type_name -> quorumq.fsm.v1.Receipt
+	61, // 22: quorumq.v1.ExtendResponse.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	19, // 23: quorumq.v1.TransactionRequest.acks:type_name -> quorumq.v1.AckRequest
+	15, // 24: quorumq.v1.TransactionRequest.enqueues:type_name -> quorumq.v1.EnqueueRequest
+	61, // 25: quorumq.v1.TransactionResponse.ack_outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	58, // 26: quorumq.v1.TransactionResponse.enqueued:type_name -> quorumq.fsm.v1.EnqueueResult
+	37, // 27: quorumq.v1.NodeStatusResponse.node:type_name -> quorumq.v1.NodeStatus
+	38, // 28: quorumq.v1.NodeStatus.clock_offsets:type_name -> quorumq.v1.ClockOffset
+	37, // 29: quorumq.v1.StatusResponse.nodes:type_name -> quorumq.v1.NodeStatus
+	41, // 30: quorumq.v1.MembersResponse.members:type_name -> quorumq.v1.Member
+	3,  // 31: quorumq.v1.Queue.CreateQueue:input_type -> quorumq.v1.CreateQueueRequest
+	5,  // 32: quorumq.v1.Queue.UpdateQueue:input_type -> quorumq.v1.UpdateQueueRequest
+	7,  // 33: quorumq.v1.Queue.GetQueue:input_type -> quorumq.v1.GetQueueRequest
+	9,  // 34: quorumq.v1.Queue.ListQueues:input_type -> quorumq.v1.ListQueuesRequest
+	11, // 35: quorumq.v1.Queue.DeleteQueue:input_type -> quorumq.v1.DeleteQueueRequest
+	13, // 36: quorumq.v1.Queue.Purge:input_type -> quorumq.v1.PurgeRequest
+	15, // 37: quorumq.v1.Queue.Enqueue:input_type -> quorumq.v1.EnqueueRequest
+	15, // 38: quorumq.v1.Queue.EnqueueStream:input_type -> quorumq.v1.EnqueueRequest
+	17, // 39: quorumq.v1.Queue.Receive:input_type -> quorumq.v1.ReceiveRequest
+	19, // 40: quorumq.v1.Queue.Ack:input_type -> quorumq.v1.AckRequest
+	21, // 41: quorumq.v1.Queue.Nack:input_type -> quorumq.v1.NackRequest
+	31, // 42: quorumq.v1.Queue.Extend:input_type -> quorumq.v1.ExtendRequest
+	23, // 43: quorumq.v1.Queue.Reject:input_type -> quorumq.v1.RejectRequest
+	25, // 44: quorumq.v1.Queue.Redrive:input_type -> quorumq.v1.RedriveRequest
+	33, // 45: quorumq.v1.Queue.Transaction:input_type -> quorumq.v1.TransactionRequest
+	27, // 46: quorumq.v1.Queue.Peek:input_type -> quorumq.v1.PeekRequest
+	29, // 47: quorumq.v1.Queue.Lookup:input_type -> quorumq.v1.LookupRequest
+	39, // 48: quorumq.v1.Cluster.Status:input_type -> quorumq.v1.StatusRequest
+	35, // 49: quorumq.v1.Cluster.NodeStatus:input_type -> quorumq.v1.NodeStatusRequest
+	42, // 50: quorumq.v1.Cluster.Members:input_type -> quorumq.v1.MembersRequest
+	44, // 51: quorumq.v1.Cluster.Leader:input_type -> quorumq.v1.LeaderRequest
+	46, // 52: quorumq.v1.Cluster.RemoveServer:input_type -> quorumq.v1.RemoveServerRequest
+	48, // 53: quorumq.v1.Cluster.TransferLeadership:input_type -> quorumq.v1.TransferLeadershipRequest
+	50, // 54: quorumq.v1.Cluster.Snapshot:input_type -> quorumq.v1.SnapshotRequest
+	52, // 55: quorumq.v1.Cluster.Backup:input_type -> quorumq.v1.BackupRequest
+	4,  // 56: quorumq.v1.Queue.CreateQueue:output_type -> quorumq.v1.CreateQueueResponse
+	6,  // 57: quorumq.v1.Queue.UpdateQueue:output_type -> quorumq.v1.UpdateQueueResponse
+	8,  // 58: quorumq.v1.Queue.GetQueue:output_type -> quorumq.v1.GetQueueResponse
+	10, // 59: quorumq.v1.Queue.ListQueues:output_type -> quorumq.v1.ListQueuesResponse
+	12, // 60: quorumq.v1.Queue.DeleteQueue:output_type -> quorumq.v1.DeleteQueueResponse
+	14, // 61: quorumq.v1.Queue.Purge:output_type -> quorumq.v1.PurgeResponse
+	16, // 62: quorumq.v1.Queue.Enqueue:output_type -> quorumq.v1.EnqueueResponse
+	16, // 63: quorumq.v1.Queue.EnqueueStream:output_type -> quorumq.v1.EnqueueResponse
+	18, // 64: quorumq.v1.Queue.Receive:output_type -> quorumq.v1.ReceiveResponse
+	20, // 65: quorumq.v1.Queue.Ack:output_type -> quorumq.v1.AckResponse
+	22, // 66: quorumq.v1.Queue.Nack:output_type -> quorumq.v1.NackResponse
+	32, // 67: quorumq.v1.Queue.Extend:output_type -> quorumq.v1.ExtendResponse
+	24, // 68: quorumq.v1.Queue.Reject:output_type -> quorumq.v1.RejectResponse
+	26, // 69: quorumq.v1.Queue.Redrive:output_type -> quorumq.v1.RedriveResponse
+	34, // 70: quorumq.v1.Queue.Transaction:output_type -> quorumq.v1.TransactionResponse
+	28, // 71: quorumq.v1.Queue.Peek:output_type -> quorumq.v1.PeekResponse
+	30, // 72: quorumq.v1.Queue.Lookup:output_type -> quorumq.v1.LookupResponse
+	40, // 73: quorumq.v1.Cluster.Status:output_type -> quorumq.v1.StatusResponse
+	36, // 74: quorumq.v1.Cluster.NodeStatus:output_type -> quorumq.v1.NodeStatusResponse
+	43, // 75: quorumq.v1.Cluster.Members:output_type -> quorumq.v1.MembersResponse
+	45, // 76: quorumq.v1.Cluster.Leader:output_type -> quorumq.v1.LeaderResponse
+	47, // 77: quorumq.v1.Cluster.RemoveServer:output_type -> quorumq.v1.RemoveServerResponse
+	49, // 78: quorumq.v1.Cluster.TransferLeadership:output_type -> quorumq.v1.TransferLeadershipResponse
+	51, // 79: quorumq.v1.Cluster.Snapshot:output_type -> quorumq.v1.SnapshotResponse
+	53, // 80: quorumq.v1.Cluster.Backup:output_type -> quorumq.v1.BackupChunk
+	56, // [56:81] is the sub-list for method output_type
+	31, // [31:56] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_transport_quorumqpb_quorumq_proto_init() }
@@ -3232,14 +3381,14 @@ func file_transport_quorumqpb_quorumq_proto_init() {
 	if File_transport_quorumqpb_quorumq_proto != nil {
 		return
 	}
-	file_transport_quorumqpb_quorumq_proto_msgTypes[35].OneofWrappers = []any{}
+	file_transport_quorumqpb_quorumq_proto_msgTypes[37].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_transport_quorumqpb_quorumq_proto_rawDesc), len(file_transport_quorumqpb_quorumq_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   52,
+			NumMessages:   54,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

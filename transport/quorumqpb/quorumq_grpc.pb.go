@@ -49,6 +49,7 @@ const (
 	Queue_Redrive_FullMethodName       = "/quorumq.v1.Queue/Redrive"
 	Queue_Transaction_FullMethodName   = "/quorumq.v1.Queue/Transaction"
 	Queue_Peek_FullMethodName          = "/quorumq.v1.Queue/Peek"
+	Queue_Lookup_FullMethodName        = "/quorumq.v1.Queue/Lookup"
 )
 
 // QueueClient is the client API for Queue service.
@@ -85,6 +86,13 @@ type QueueClient interface {
 	// on a follower may lag the leader; leader = true asks for the leader's
 	// view, read after it confirms its leadership.
 	Peek(ctx context.Context, in *PeekRequest, opts ...grpc.CallOption) (*PeekResponse, error)
+	// Lookup tells what became of one message, named by id or dedup ID:
+	// where it is, or what removed it, for as long as the queue remembers
+	// (its dedup window), and the Raft index that last changed it. Served
+	// like Peek: any node from its applied state, or (leader = true) the
+	// leader after confirming its leadership. It is how a producer whose
+	// send ended with an unknown outcome learns whether it landed.
+	Lookup(ctx context.Context, in *LookupRequest, opts ...grpc.CallOption) (*LookupResponse, error)
 }
 
 type queueClient struct {
@@ -258,6 +266,16 @@ func (c *queueClient) Peek(ctx context.Context, in *PeekRequest, opts ...grpc.Ca
 	return out, nil
 }
 
+func (c *queueClient) Lookup(ctx context.Context, in *LookupRequest, opts ...grpc.CallOption) (*LookupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LookupResponse)
+	err := c.cc.Invoke(ctx, Queue_Lookup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // QueueServer is the server API for Queue service.
 // All implementations must embed UnimplementedQueueServer
 // for forward compatibility.
@@ -292,6 +310,13 @@ type QueueServer interface {
 	// on a follower may lag the leader; leader = true asks for the leader's
 	// view, read after it confirms its leadership.
 	Peek(context.Context, *PeekRequest) (*PeekResponse, error)
+	// Lookup tells what became of one message, named by id or dedup ID:
+	// where it is, or what removed it, for as long as the queue remembers
+	// (its dedup window), and the Raft index that last changed it. Served
+	// like Peek: any node from its applied state, or (leader = true) the
+	// leader after confirming its leadership. It is how a producer whose
+	// send ended with an unknown outcome learns whether it landed.
+	Lookup(context.Context, *LookupRequest) (*LookupResponse, error)
 	mustEmbedUnimplementedQueueServer()
 }
 
@@ -349,6 +374,9 @@ func (UnimplementedQueueServer) Transaction(context.Context, *TransactionRequest
 }
 func (UnimplementedQueueServer) Peek(context.Context, *PeekRequest) (*PeekResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Peek not implemented")
+}
+func (UnimplementedQueueServer) Lookup(context.Context, *LookupRequest) (*LookupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Lookup not implemented")
 }
 func (UnimplementedQueueServer) mustEmbedUnimplementedQueueServer() {}
 func (UnimplementedQueueServer) testEmbeddedByValue()               {}
@@ -648,6 +676,24 @@ func _Queue_Peek_Handler(srv interface{}, ctx context.Context, dec func(interfac
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Queue_Lookup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LookupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueueServer).Lookup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Queue_Lookup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueueServer).Lookup(ctx, req.(*LookupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Queue_ServiceDesc is the grpc.ServiceDesc for Queue service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -714,6 +760,10 @@ var Queue_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Peek",
 			Handler:    _Queue_Peek_Handler,
+		},
+		{
+			MethodName: "Lookup",
+			Handler:    _Queue_Lookup_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

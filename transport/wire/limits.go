@@ -182,6 +182,33 @@ func ValidatePeek(max int, state fsmpb.PeekState) error {
 	return nil
 }
 
+// MaxConsumer is the longest consumer name a receive may give, in bytes.
+const MaxConsumer = limits.MaxConsumer
+
+// ValidateConsumer checks a receive's consumer name with the state
+// machine's rule (limits.ConsumerProblem); the error is an
+// InvalidArgument status naming field.
+func ValidateConsumer(field, name string) error {
+	if p := limits.ConsumerProblem(name); p != "" {
+		return InvalidArgument("%s: %s", field, p)
+	}
+	return nil
+}
+
+// ValidateLookup checks that a lookup names exactly one of an id and a
+// dedup ID, and the dedup ID's length (limits.MaxDedupID).
+func ValidateLookup(id uint64, dedupID string) error {
+	switch {
+	case id == 0 && dedupID == "":
+		return InvalidArgument("id, dedup_id: give an id or a dedup ID")
+	case id != 0 && dedupID != "":
+		return InvalidArgument("id, dedup_id: give an id or a dedup ID, not both")
+	case len(dedupID) > limits.MaxDedupID:
+		return InvalidArgument("dedup_id: %d bytes, limit is %d", len(dedupID), limits.MaxDedupID)
+	}
+	return nil
+}
+
 // InvalidArgument is the InvalidArgument status error of a request the
 // API refuses, with a QueueError detail carrying the same message.
 func InvalidArgument(format string, args ...any) error {
