@@ -294,7 +294,9 @@ func TestStreamReservationsEndWithTheirAnswers(t *testing.T) {
 }
 
 // TestHeapReturnsAfterADrain fills a three-node cluster with 192 MiB of
-// 64 KiB messages (a dedup ID on every one), drains it the way a consumer
+// 64 KiB messages (a dedup ID on every one), wants the heap to grow by
+// far less than the bodies (they are in each node's body store, and the
+// heap holds the index and the log caches), drains it the way a consumer
 // does (receives with request IDs, each acking the batch before), and then
 // wants, within a minute, the heap the memory guard reads back within
 // twice its size before the fill, and the guard taking sends again, while
@@ -369,8 +371,8 @@ func TestHeapReturnsAfterADrain(t *testing.T) {
 	fill(0, n)
 	runtime.GC()
 	filled := heapBytes()
-	if filled-before < 3*n*size*9/10 {
-		t.Fatalf("the heap grew by %d MiB through the fill, want about the %d MiB of bodies", (filled-before)>>20, 3*n*size>>20)
+	if filled-before > 3*n*size/4 {
+		t.Fatalf("the heap grew by %d MiB through the fill of %d MiB of bodies, want under a quarter of that: bodies are held in memory", (filled-before)>>20, 3*n*size>>20)
 	}
 	receipts := drain("r")
 	if len(receipts) != n {

@@ -62,6 +62,7 @@ type Node struct {
 	storeKind string           // LogStoreWAL or LogStoreBolt: what the data dir holds
 	logs      raft.LogStore    // what raft reads and writes: store under the cache and the read checks
 	snaps     *raft.FileSnapshotStore
+	bodies    *bodyStore // the FSM's message bodies (bodystore.go)
 
 	ml         *memberlist.Memberlist
 	members    *members
@@ -221,6 +222,13 @@ func (n *Node) openStores() error {
 		return err
 	}
 	n.store = store
+	// After the log store, whose lock keeps a second process on this dir
+	// out before the body store is removed and recreated.
+	bodies, err := openBodyStore(n.cfg.DataDir, n.log)
+	if err != nil {
+		return err
+	}
+	n.bodies = bodies
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(n.cfg.DataDir, n.cfg.SnapshotRetain, hclogFor(n.log, "snapshot"))
 	if err != nil {
 		return fmt.Errorf("%w: snapshot store in %s: %v", ErrDataDir, filepath.Join(n.cfg.DataDir, "snapshots"), err)
@@ -282,7 +290,7 @@ func (n *Node) startRaft() error {
 		return configErr("raft: %v", err)
 	}
 
-	n.fsm = fsm.New()
+	n.fsm = fsm.NewWithStore(n.bodies)
 	var disk raft.LogStore = n.store
 	if n.cfg.wrapLogStore != nil {
 		disk = n.cfg.wrapLogStore(disk)
@@ -537,6 +545,13 @@ func (n *Node) teardown() error {
 		}
 	}
 	n.wg.Wait()
+	if n.bodies != nil && raftStopped {
+		// Only once raft applies no more: a write to a closed pebble
+		// panics.
+		if err := n.bodies.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close %s: %w", n.bodies.path, err))
+		}
+	}
 	if n.store != nil {
 		if err := n.store.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close %s: %w", n.store.path, err))

@@ -188,6 +188,11 @@ func (n *Node) result(ctx context.Context, f raft.ApplyFuture, start time.Time, 
 	if !ok {
 		return nil, status.Errorf(codes.Internal, "fsm returned %T, want *fsmpb.Result", f.Response())
 	}
+	// A receive's Apply leaves the bodies in the store: the node that
+	// answers reads them, followers never do.
+	if err := n.fsm.FillBodies(res); err != nil {
+		return nil, wire.OutcomeUnknownError(fmt.Sprintf("the command was applied, but its messages could not be read: %v", err))
+	}
 	n.countRefusal(res)
 	return res, nil
 }
@@ -259,7 +264,7 @@ func (n *Node) Peek(ctx context.Context, queue string, o fsm.PeekOptions, leader
 	switch {
 	case errors.Is(err, fsm.ErrQueueNotFound):
 		return nil, 0, 0, wire.QueueError(fsmpb.ErrorCode_QUEUE_NOT_FOUND, fmt.Sprintf("queue %q not found", queue))
-	case err != nil: // a max or state the API let through
+	case err != nil: // a max or state the API let through, or a body the store could not read
 		return nil, 0, 0, status.Error(codes.Internal, err.Error())
 	}
 	return msgs, next, applied, nil

@@ -5,8 +5,9 @@
 // It owns every queue, message, lease, producer dedup entry, ack tombstone
 // and receive replay entry, and the snapshot format that carries them. It is
 // pure: time comes only from each command's now (kept monotone), there are
-// no goroutines, and the only I/O is the snapshot stream, so every node that
-// applies the same log reaches the same state (see StateHash).
+// no goroutines, and the only I/O is the snapshot stream and the Store that
+// holds message bodies and attributes, so every node that applies the same
+// log reaches the same state (see StateHash).
 //
 // Why it is built this way:
 //
@@ -18,8 +19,11 @@
 //     O(number of queues). A recover turns a panic (a bug) into an error
 //     result instead of killing every node that applies the entry.
 //   - Message records are immutable and replaced on change, for the same
-//     reason. A caller must never modify a Delivery body it got from a
-//     Result: it shares memory with the state.
+//     reason. A record holds a reference to its body and attributes in the
+//     Store, not the bytes: a receive's Apply returns deliveries without
+//     them, and FillBodies reads them on the node that answers. A caller
+//     must never modify a Delivery body it got from a Result: with a
+//     MemStore it shares memory with the store.
 //   - Per queue, messages live in one id-ordered tree (live records and ack
 //     tombstones), plus a ready tree (id order: FIFO is its minimum) and a
 //     timed tree ((time, id) order: delayed messages and leases). Ids grow

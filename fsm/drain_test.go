@@ -193,10 +193,15 @@ func TestRefreshChangesNothing(t *testing.T) {
 // still the state it was taken from (run with -race to see that the two
 // share nothing they write).
 func TestRefreshWhilePersisting(t *testing.T) {
+	const n = 4096
 	h := newHarness(t)
 	h.ok(createQ("q", nil))
-	for i := range 64 {
-		h.ok(enq("q", &fsmpb.Message{Body: make([]byte, 64<<10), DedupId: fmt.Sprintf("d%02d", i)}))
+	for i := 0; i < n; i += 1000 {
+		var ms []*fsmpb.Message
+		for j := i; j < min(i+1000, n); j++ {
+			ms = append(ms, &fsmpb.Message{Body: make([]byte, 64), DedupId: fmt.Sprintf("d%05d", j)})
+		}
+		h.ok(enq("q", ms...))
 	}
 	snap, err := h.f.Snapshot()
 	if err != nil {
@@ -207,22 +212,23 @@ func TestRefreshWhilePersisting(t *testing.T) {
 	done := make(chan error)
 	go func() { done <- snap.Persist(&persisted) }()
 	for {
-		r := h.ok(recvCmd(recv("q", 4)))
+		r := h.ok(recvCmd(recv("q", 1000)))
 		if len(r.Deliveries) == 0 {
 			break
 		}
+		var rs []*fsmpb.Receipt
 		for _, d := range r.Deliveries {
-			h.ok(ackCmd("q", d.Receipt))
+			rs = append(rs, d.Receipt)
 		}
+		h.ok(ackCmd("q", rs...))
+		// With bodies in the store a drain releases too little memory to
+		// be due a refresh (refreshDue), so refresh as apply does.
+		h.f.mu.Lock()
+		h.f.get("q").refresh()
+		h.f.mu.Unlock()
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
-	}
-	h.f.mu.RLock()
-	released := h.f.get("q").released
-	h.f.mu.RUnlock()
-	if released >= 64*64<<10 {
-		t.Fatalf("released %d bytes since the last refresh: the drain refreshed nothing", released)
 	}
 	g := New()
 	if err := g.Restore(io.NopCloser(bytes.NewReader(persisted.Bytes()))); err != nil {

@@ -51,7 +51,7 @@ func (t *txn) enqueue(field string, e *fsmpb.Enqueue, res *fsmpb.Result) *cmdErr
 			res.Enqueued = append(res.Enqueued, &fsmpb.EnqueueResult{MessageId: id, Duplicate: true})
 			continue
 		}
-		rec := q.add(bodyOf(m.GetBody()), m.GetDedupId(), extOf(m.GetAttributes()), addDur(t.now, m.GetDelayNs()), t.now, 0)
+		rec := q.add(t.storeBody(m), m.GetDedupId(), nil, addDur(t.now, m.GetDelayNs()), t.now, 0)
 		if rec.dedupID != "" {
 			q.dedup.SetHint(rec, &q.dedupHint)
 		}
@@ -86,8 +86,21 @@ func (q *queue) checkDepth(field string, msgs []*fsmpb.Message, now int64) *cmdE
 	return nil
 }
 
+// storeBody writes m's body and attributes with the command in progress
+// under a new body id and returns the record's reference to them.
+func (t *txn) storeBody(m *fsmpb.Message) bodyRef {
+	v := encodeValue(m.GetBody(), m.GetAttributes())
+	if v == nil {
+		return bodyRef{}
+	}
+	ref := bodyRef{id: t.nextBody, size: uint32(len(m.GetBody())), crc: crc32c(v)}
+	t.nextBody++
+	t.ops.sets = append(t.ops.sets, bodyWrite{id: ref.id, value: v})
+	return ref
+}
+
 // add appends a new live message and returns its record.
-func (q *queue) add(body, dedupID string, ext *extra, deliverAt, now int64, flags uint8) *message {
+func (q *queue) add(body bodyRef, dedupID string, ext *extra, deliverAt, now int64, flags uint8) *message {
 	if deliverAt <= now {
 		flags |= flagReady
 	}
@@ -126,28 +139,4 @@ func (q *queue) dedupLookup(key string, now int64, hint *btree.PathHint) (uint64
 		return 0, false
 	}
 	return m.id, true
-}
-
-// extOf returns the extra of a new message with attributes in, or nil
-// when there are none.
-func extOf(in []*fsmpb.Attribute) *extra {
-	if len(in) == 0 {
-		return nil
-	}
-	out := make([]attribute, len(in))
-	for i, a := range in {
-		out[i] = attribute{key: a.GetKey(), value: a.GetValue()}
-	}
-	return &extra{attrs: out}
-}
-
-func fromAttrs(in []attribute) []*fsmpb.Attribute {
-	if len(in) == 0 {
-		return nil
-	}
-	out := make([]*fsmpb.Attribute, len(in))
-	for i, a := range in {
-		out[i] = &fsmpb.Attribute{Key: a.key, Value: a.value}
-	}
-	return out
 }

@@ -23,7 +23,13 @@ func Example() {
 			panic(err)
 		}
 		index++
-		return f.Apply(&raft.Log{Index: index, Type: raft.LogCommand, Data: data}).(*fsmpb.Result)
+		res := f.Apply(&raft.Log{Index: index, Type: raft.LogCommand, Data: data}).(*fsmpb.Result)
+		// A receive's bodies are read from the store after Apply, by the
+		// node that answers.
+		if err := f.FillBodies(res); err != nil {
+			panic(err)
+		}
+		return res
 	}
 
 	apply(0, &fsmpb.Command{Op: &fsmpb.Command_CreateQueue{CreateQueue: &fsmpb.CreateQueue{Name: "jobs"}}})

@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -26,6 +27,15 @@ type FSM struct {
 	lastNow atomic.Int64
 	applied uint64
 
+	// store holds the bodies and attributes the records refer to.
+	// nextBody is the id the next stored body gets: node-local, never
+	// reused, so a body id read before a later entry deleted that body
+	// finds nothing rather than another message's body. It is not part of
+	// the replicated state (Restore assigns ids of its own) and never
+	// enters the state hash.
+	store    Store
+	nextBody uint64
+
 	// wmu guards watch. Apply closes channels while holding mu for writing
 	// and Watch creates them while holding mu for reading, so no change can
 	// slip between a Watch's look at the state and its channel.
@@ -42,9 +52,14 @@ func newQueueTree() *btree.BTreeG[*queue] {
 	return newTree(func(a, b *queue) bool { return a.name < b.name })
 }
 
-// New returns an empty FSM.
-func New() *FSM {
-	return &FSM{queues: newQueueTree(), watch: make(map[string]chan struct{})}
+// New returns an empty FSM that keeps bodies in a MemStore.
+func New() *FSM { return NewWithStore(NewMemStore()) }
+
+// NewWithStore returns an empty FSM that keeps message bodies and
+// attributes in s, which must be empty: the FSM is its only writer and
+// assumes nothing of what was there before.
+func NewWithStore(s Store) *FSM {
+	return &FSM{queues: newQueueTree(), watch: make(map[string]chan struct{}), store: s, nextBody: 1}
 }
 
 // Apply applies one Raft log entry. It returns a *fsmpb.Result (never nil)
@@ -91,9 +106,22 @@ func errorResult(err *cmdError) *fsmpb.Result {
 // all its input before it changes anything. The recover is a last line of
 // defence against a bug: a panicking entry must not kill every node that
 // applies it. Whatever it left behind, it left identically on every node.
+// A storeFailure is the exception: it is about this node's disk, not the
+// entry, and it goes on up, stopping the node before its memory and its
+// store can disagree.
 func (f *FSM) apply(cmd *fsmpb.Command) (res *fsmpb.Result) {
+	t := &txn{committed: f.queues, now: f.now, rules: cmd.GetRules(), index: f.applied, work: make(map[string]*queue),
+		ops: &bodyOps{}, nextBody: f.nextBody, read: f.store.Get}
 	defer func() {
+		for _, q := range t.work {
+			if q != nil {
+				q.ops = nil
+			}
+		}
 		if r := recover(); r != nil {
+			if sf, ok := r.(storeFailure); ok {
+				panic(sf)
+			}
 			res = errorResult(fail(fsmpb.ErrorCode_MALFORMED, "internal error applying command: %v", r))
 		}
 	}()
@@ -103,11 +131,19 @@ func (f *FSM) apply(cmd *fsmpb.Command) (res *fsmpb.Result) {
 	if n := cmd.GetNowUnixNano(); n < 0 || n > MaxNow {
 		return errorResult(invalid("now_unix_nano is %d, limit is 0 to %d", n, MaxNow))
 	}
-	t := &txn{committed: f.queues, now: max(cmd.GetNowUnixNano(), f.now), rules: cmd.GetRules(), index: f.applied, work: make(map[string]*queue)}
+	t.now = max(cmd.GetNowUnixNano(), f.now)
 	res, err := t.run(cmd)
 	if err != nil {
 		return errorResult(err)
 	}
+	// The store first: a command whose writes did not land changes
+	// nothing in memory either (the node stops).
+	if !t.ops.empty() {
+		if err := commitOps(f.store, t.ops); err != nil {
+			panic(storeFailure{err})
+		}
+	}
+	f.nextBody = t.nextBody
 	refresh := false
 	for name, q := range t.work {
 		switch {
@@ -310,16 +346,92 @@ func (f *FSM) Available(queue string, now time.Time) int {
 // Restore replaces the state with a snapshot written by Persist. A corrupt,
 // truncated or unknown-version snapshot is rejected with an error wrapping
 // ErrSnapshot and the old state is kept.
+//
+// The snapshot's bodies go to the store under new body ids, above every
+// id in use, in batches committed as they fill; a rejected snapshot's are
+// deleted again, and the old state's are deleted with the swap. Raft
+// calls Restore on the goroutine that applies, so no Apply runs meanwhile.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	s, err := readSnapshot(rc)
+	w := &restoreWriter{store: f.store, first: f.nextBody, next: f.nextBody}
+	defer w.close()
+	s, err := readSnapshot(rc, w.put)
+	if err == nil {
+		err = w.flush()
+	}
 	if err != nil {
-		return err
+		return errors.Join(err, w.discard())
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	old := f.store.Batch()
+	defer old.Close()
+	old.DeleteRange(bodyKey(0), bodyKey(w.first))
+	if err := old.Commit(); err != nil {
+		return errors.Join(fmt.Errorf("fsm: restore: delete the bodies of the old state: %w", err), w.discard())
+	}
 	f.queues, f.now, f.applied = s.queues, s.now, s.applied
+	f.nextBody = w.next
 	f.lastNow.Store(s.now)
 	f.notifyAll()
+	return nil
+}
+
+// restoreWriter stores a restored snapshot's bodies in batches of about
+// restoreBatchBytes, so that a restore never holds the backlog in memory.
+type restoreWriter struct {
+	store       Store
+	first, next uint64 // the ids it used: first <= id < next
+	b           StoreBatch
+	bytes       int
+}
+
+const restoreBatchBytes = 4 << 20
+
+func (w *restoreWriter) put(body []byte, attrs []*fsmpb.Attribute) (bodyRef, error) {
+	v := encodeValue(body, attrs)
+	if v == nil {
+		return bodyRef{}, nil
+	}
+	ref := bodyRef{id: w.next, size: uint32(len(body)), crc: crc32c(v)}
+	w.next++
+	if w.b == nil {
+		w.b = w.store.Batch()
+	}
+	w.b.Set(bodyKey(ref.id), v)
+	if w.bytes += len(v); w.bytes >= restoreBatchBytes {
+		return ref, w.flush()
+	}
+	return ref, nil
+}
+
+func (w *restoreWriter) flush() error {
+	if w.b == nil {
+		return nil
+	}
+	err := w.b.Commit()
+	w.close()
+	if err != nil {
+		return fmt.Errorf("fsm: restore: store bodies: %w", err)
+	}
+	return nil
+}
+
+func (w *restoreWriter) close() {
+	if w.b != nil {
+		w.b.Close()
+		w.b, w.bytes = nil, 0
+	}
+}
+
+// discard deletes every body the restore stored.
+func (w *restoreWriter) discard() error {
+	w.close()
+	b := w.store.Batch()
+	defer b.Close()
+	b.DeleteRange(bodyKey(w.first), bodyKey(w.next))
+	if err := b.Commit(); err != nil {
+		return fmt.Errorf("fsm: restore: delete the bodies of the rejected snapshot: %w", err)
+	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -48,6 +49,10 @@ func (h *harness) apply(cmd *fsmpb.Command) *fsmpb.Result {
 		h.t.Fatalf("Apply returned %T %v, want *fsmpb.Result", out, out)
 	}
 	checkInvariants(h.t, h.f)
+	// What the leader does before it answers.
+	if err := h.f.FillBodies(res); err != nil {
+		h.t.Fatalf("fill bodies: %v", err)
+	}
 	return res
 }
 
@@ -169,6 +174,7 @@ func checkInvariants(t testing.TB, f *FSM) {
 	t.Helper()
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	checkStore(t, f)
 	f.queues.Scan(func(q *queue) bool {
 		var live, leased, deadLetters, tombs, dead uint64
 		var prev *message
@@ -251,6 +257,64 @@ func checkInvariants(t testing.TB, f *FSM) {
 		}
 		return true
 	})
+}
+
+// checkStore checks that the store holds exactly the bodies the state
+// refers to (every live and dead record's and those auto-ack replay
+// entries keep), each once, under the CRC its record holds, and that no
+// queue carries a command's writes between commands.
+func checkStore(t testing.TB, f *FSM) {
+	t.Helper()
+	refs := make(map[uint64]string)
+	ref := func(q *queue, m *message, what string) {
+		if m.body.id == 0 {
+			if m.body != (bodyRef{}) {
+				t.Fatalf("queue %s: %s %d: body without id %+v", q.name, what, m.id, m.body)
+			}
+			return
+		}
+		if m.body.id >= f.nextBody {
+			t.Fatalf("queue %s: %s %d: body id %d >= next %d", q.name, what, m.id, m.body.id, f.nextBody)
+		}
+		where := fmt.Sprintf("queue %s %s %d", q.name, what, m.id)
+		if other, dup := refs[m.body.id]; dup {
+			t.Fatalf("body %d held by %s and %s", m.body.id, other, where)
+		}
+		refs[m.body.id] = where
+		v, ok, err := f.store.Get(bodyKey(m.body.id))
+		if err != nil || !ok {
+			t.Fatalf("%s: body %d missing from the store (%v)", where, m.body.id, err)
+		}
+		if crc32c(v) != m.body.crc {
+			t.Fatalf("%s: stored body CRC %08x, record says %08x", where, crc32c(v), m.body.crc)
+		}
+		body, _, err := decodeValue(v)
+		if err != nil || uint32(len(body)) != m.body.size {
+			t.Fatalf("%s: stored body of %d bytes (%v), record says %d", where, len(body), err, m.body.size)
+		}
+	}
+	f.queues.Scan(func(q *queue) bool {
+		if q.ops != nil {
+			t.Fatalf("queue %s holds a command's store writes between commands", q.name)
+		}
+		q.msgs.Scan(func(m *message) bool {
+			if m.is(flagDeleted) && m.body != (bodyRef{}) {
+				t.Fatalf("queue %s: tombstone %d refers to a body", q.name, m.id)
+			}
+			ref(q, m, "message")
+			return true
+		})
+		q.replayAt.Scan(func(e *replayEntry) bool {
+			for _, m := range e.autoAcked {
+				ref(q, m, "replay "+e.requestID+" message")
+			}
+			return true
+		})
+		return true
+	})
+	if ms, ok := f.store.(*MemStore); ok && ms.Len() != len(refs) {
+		t.Fatalf("the store holds %d values, the state refers to %d", ms.Len(), len(refs))
+	}
 }
 
 func protoU32(v uint32) *uint32 { return &v }

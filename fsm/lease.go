@@ -1,6 +1,8 @@
 package fsm
 
 import (
+	"fmt"
+
 	"github.com/quorumq/quorumq/fsm/fsmpb"
 	"github.com/quorumq/quorumq/fsm/limits"
 )
@@ -189,20 +191,31 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 			continue
 		}
 		d := m.with(addDur(now, vis), m.attempt+1, m.flags&^flagReady|flagLeased)
-		if r.GetAutoAck() {
-			q.remove(m, d.attempt, now, flagAcked, nil)
-			q.counters.acked++
+		switch {
+		case r.GetAutoAck() && r.GetRequestId() != "":
+			// The replay entry keeps the body in the store for the
+			// window; the answer reads it like a lease's.
+			q.tombstone(m, d.attempt, now, flagAcked, nil)
 			autoAcked = append(autoAcked, d)
-		} else {
+			deliver(res, q.name, d)
+		case r.GetAutoAck():
+			// Deleted by this command, so read now: no later reader
+			// would find it.
+			deliverRead(res, q.name, d, t.read)
+			q.remove(m, d.attempt, now, flagAcked, nil)
+		default:
 			d.ext = m.withConsumer(r.GetConsumer(), &holder)
 			q.replace(m, d)
+			deliver(res, q.name, d)
+		}
+		if r.GetAutoAck() {
+			q.counters.acked++
 		}
 		q.counters.delivered++
 		if d.attempt > 1 {
 			q.counters.redelivered++
 		}
 		delivered = append(delivered, replayReceipt{id: d.id, attempt: d.attempt})
-		res.Deliveries = append(res.Deliveries, delivery(q.name, d))
 	}
 	// Only a receive that delivered something is remembered. An empty one
 	// leased nothing, so a retry may lease afresh; remembering it would
@@ -212,8 +225,7 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 	// their tombstones.
 	if r.GetRequestId() != "" && len(delivered) > 0 {
 		if old, ok := q.replay.Get(&replayEntry{requestID: r.GetRequestId()}); ok {
-			q.replay.Delete(old)
-			q.replayAt.Delete(old)
+			q.dropReplay(old)
 		}
 		e := &replayEntry{requestID: r.GetRequestId(), at: now, outcomes: res.Outcomes}
 		if autoAcked != nil {
@@ -241,12 +253,12 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 func (q *queue) replayed(e *replayEntry, now int64) *fsmpb.Result {
 	res := &fsmpb.Result{Replayed: true, Outcomes: e.outcomes}
 	for _, m := range e.autoAcked {
-		res.Deliveries = append(res.Deliveries, delivery(q.name, m))
+		deliver(res, q.name, m)
 	}
 	for _, rr := range e.receipts {
 		m, ok := q.msgs.GetHint(&message{id: rr.id}, &q.msgsHint)
 		if ok && m.attempt == rr.attempt && m.is(flagLeased) && m.at > now {
-			res.Deliveries = append(res.Deliveries, delivery(q.name, m))
+			deliver(res, q.name, m)
 		}
 	}
 	return res
@@ -272,7 +284,7 @@ func (t *txn) deadLetter(q *queue, m *message, c deadLetterCause) {
 	}
 	if q.settings.deadLetter == "" || t.lookup(q.settings.deadLetter) == nil {
 		if t.rules >= 1 {
-			q.keepDead(m, how, &extra{attrs: m.attrs(), dead: origin(q, m, c)}, t.now)
+			q.keepDead(m, how, &extra{dead: origin(q, m, c)}, t.now)
 			return
 		}
 		q.remove(m, m.attempt, t.now, how, nil)
@@ -280,12 +292,12 @@ func (t *txn) deadLetter(q *queue, m *message, c deadLetterCause) {
 		return
 	}
 	dlq, _ := t.mut("dead_letter_queue", q.settings.deadLetter) // it exists: looked up above
-	ext := (&extra{attrs: m.attrs()}).orNil()
+	var ext *extra
 	if c.origin {
-		ext = &extra{attrs: m.attrs(), dead: origin(q, m, c)}
+		ext = &extra{dead: origin(q, m, c)}
 	}
-	moved := dlq.add(m.body, m.dedupID, ext, t.now, t.now, flagDeadLetter)
-	q.remove(m, m.attempt, t.now, how, movedExt(fsmpb.MessageState_MESSAGE_DEAD_LETTERED, dlq.name, moved.id))
+	moved := dlq.add(m.body, m.dedupID, ext, t.now, t.now, flagDeadLetter) // the body moves, under the same key
+	q.tombstone(m, m.attempt, t.now, how, movedExt(fsmpb.MessageState_MESSAGE_DEAD_LETTERED, dlq.name, moved.id))
 	q.counters.deadLettered++
 	t.notify(dlq.name)
 }
@@ -325,19 +337,44 @@ func (q *queue) keepDead(m *message, how uint8, ext *extra, now int64) {
 	q.dead++
 }
 
-// delivery is m as handed to a consumer of queue; the receipt names the
-// queue, so that the API can refuse it on another one.
+// delivery is m as handed to a consumer of queue, without its body and
+// attributes; the receipt names the queue, so that the API can refuse it
+// on another one.
 func delivery(queue string, m *message) *fsmpb.Delivery {
 	return &fsmpb.Delivery{
 		Receipt:            &fsmpb.Receipt{MessageId: m.id, Attempt: m.attempt, Queue: queue},
-		Body:               bodyBytes(m.body),
 		EnqueuedAtUnixNano: m.enqueuedAt,
-		Attributes:         fromAttrs(m.attrs()),
 		DedupId:            m.dedupID,
 		LeaseUntilUnixNano: m.at,
 		DeadLetter:         deadLetterOf(m),
 		LastNackReason:     m.nackReason(),
 	}
+}
+
+// deliver adds m to res with the reference FillBodies reads its body and
+// attributes by: Apply reads no body for a delivery that outlives the
+// command, so a follower, which answers no one, reads none.
+func deliver(res *fsmpb.Result, queue string, m *message) {
+	res.Deliveries = append(res.Deliveries, delivery(queue, m))
+	res.BodyRefs = append(res.BodyRefs, m.body.id)
+}
+
+// deliverRead adds m to res with its body and attributes read now, for a
+// delivery whose body this command deletes (auto-ack without a request
+// ID). A store that cannot give the body of a live record is a
+// storeFailure.
+func deliverRead(res *fsmpb.Result, queue string, m *message, read func([]byte) ([]byte, bool, error)) {
+	d := delivery(queue, m)
+	body, attrs, ok, err := readValue(read, m.body)
+	if err == nil && !ok {
+		err = fmt.Errorf("body %d of message %d of queue %q is missing", m.body.id, m.id, queue)
+	}
+	if err != nil {
+		panic(storeFailure{err})
+	}
+	d.Body, d.Attributes = append([]byte(nil), body...), attrs
+	res.Deliveries = append(res.Deliveries, d)
+	res.BodyRefs = append(res.BodyRefs, 0)
 }
 
 // deadLetterOf is the origin of m when it arrived as a dead letter: an

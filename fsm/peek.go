@@ -25,8 +25,7 @@ type PeekOptions struct {
 // when none is left). It reads and changes nothing else: no lease, no
 // attempt, no counter, no log entry. States are judged at the last applied
 // now, as the stats are: a due delayed message and an ended lease are
-// ready. The messages share body memory with the state and must not be
-// modified. An error wraps ErrInvalidArgument (max, state) or
+// ready. Bodies and attributes are read from the store. An error wraps ErrInvalidArgument (max, state) or
 // ErrQueueNotFound; it is returned before anything is read.
 func (f *FSM) Peek(queue string, o PeekOptions) ([]*fsmpb.PeekedMessage, uint64, error) {
 	if p := limits.PeekProblem(o.Max, o.State); p != "" {
@@ -38,8 +37,11 @@ func (f *FSM) Peek(queue string, o PeekOptions) ([]*fsmpb.PeekedMessage, uint64,
 	if q == nil {
 		return nil, 0, fmt.Errorf("%w: %q", ErrQueueNotFound, queue)
 	}
-	var out []*fsmpb.PeekedMessage
-	var next uint64
+	var (
+		out  []*fsmpb.PeekedMessage
+		next uint64
+		err  error
+	)
 	q.msgs.Ascend(&message{id: o.From}, func(m *message) bool {
 		state := peekState(m, f.now)
 		if state == fsmpb.PeekState_PEEK_ALL || o.State != fsmpb.PeekState_PEEK_ALL && state != o.State {
@@ -49,9 +51,27 @@ func (f *FSM) Peek(queue string, o PeekOptions) ([]*fsmpb.PeekedMessage, uint64,
 			next = m.id
 			return false
 		}
-		out = append(out, peeked(m, state, o.NoBody))
+		p := peeked(m, state)
+		// Under the read lock the store holds exactly what the records
+		// refer to: batches are committed under the write lock.
+		body, attrs, ok, rerr := readValue(f.store.Get, m.body)
+		if rerr == nil && !ok {
+			rerr = fmt.Errorf("body of message %d is missing from the store", m.id)
+		}
+		if rerr != nil {
+			err = fmt.Errorf("fsm: peek %q: %w", queue, rerr)
+			return false
+		}
+		if !o.NoBody {
+			p.Body = append([]byte(nil), body...)
+		}
+		p.Attributes = attrs
+		out = append(out, p)
 		return true
 	})
+	if err != nil {
+		return nil, 0, err
+	}
 	return out, next, nil
 }
 
@@ -71,21 +91,17 @@ func peekState(m *message, now int64) fsmpb.PeekState {
 	}
 }
 
-func peeked(m *message, state fsmpb.PeekState, noBody bool) *fsmpb.PeekedMessage {
+// peeked is m as a peek shows it, without body and attributes.
+func peeked(m *message, state fsmpb.PeekState) *fsmpb.PeekedMessage {
 	p := &fsmpb.PeekedMessage{
 		Id:                 m.id,
 		State:              state,
 		Attempts:           m.attempt,
-		Body:               bodyBytes(m.body),
-		BodySize:           uint64(len(m.body)),
-		Attributes:         fromAttrs(m.attrs()),
+		BodySize:           uint64(m.body.size),
 		DedupId:            m.dedupID,
 		EnqueuedAtUnixNano: m.enqueuedAt,
 		LastNackReason:     m.nackReason(),
 		DeadLetter:         deadLetterOf(m),
-	}
-	if noBody {
-		p.Body = nil
 	}
 	if state == fsmpb.PeekState_PEEK_LEASED || state == fsmpb.PeekState_PEEK_DELAYED {
 		p.AtUnixNano = m.at

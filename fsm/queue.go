@@ -1,8 +1,6 @@
 package fsm
 
 import (
-	"unsafe"
-
 	"github.com/tidwall/btree"
 
 	"github.com/quorumq/quorumq/fsm/fsmpb"
@@ -24,18 +22,15 @@ const (
 
 // message is an immutable record: a change replaces the record in every
 // index that holds it, so a snapshot that shares tree nodes with the live
-// state sees a frozen view. 80 bytes on 64-bit platforms (an 80-byte size
-// class: the body is a string header, 8 bytes less than a slice's, which
-// pays for the index).
+// state sees a frozen view. Its body and attributes are in the Store; the
+// record holds where (body). 80 bytes on 64-bit platforms.
 type message struct {
 	id         uint64
 	enqueuedAt int64
 	// at is the availability time of a ready or delayed message, the lease
 	// end of a leased one, and the deletion time of a tombstone.
-	at int64
-	// body shares the bytes of the command that enqueued it (bodyOf); they
-	// are never changed.
-	body    string
+	at      int64
+	body    bodyRef // zero in a tombstone
 	dedupID string
 	ext     *extra // nil for a message with none of it
 	// index is the Raft index of the command that last changed the
@@ -46,25 +41,11 @@ type message struct {
 	flags   uint8
 }
 
-// bodyOf is b as a record's body, without a copy: a command's bytes are
-// never changed once it is applied, and a Result already shares them.
-func bodyOf(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
-
-// bodyBytes is a record's body as the bytes of a Result, without a copy;
-// a caller must never modify them (see the package doc).
-func bodyBytes(s string) []byte {
-	if s == "" {
-		return nil
-	}
-	return unsafe.Slice(unsafe.StringData(s), len(s))
-}
-
-// extra is what few messages carry: attributes, a nack reason, the origin
-// of a dead letter. Keeping it behind one pointer keeps the record of
-// every other message at 80 bytes. Like a record it is never mutated: a
-// change makes a new one.
+// extra is what few messages carry: a nack reason, the origin of a dead
+// letter, a consumer name, a tombstone's fate. Keeping it behind one
+// pointer keeps the record of every other message at 80 bytes. Like a
+// record it is never mutated: a change makes a new one.
 type extra struct {
-	attrs []attribute
 	// nackReason: the reason of the last nack in this queue that gave one.
 	nackReason string
 	// dead: the origin of a message that arrived as a dead letter (an
@@ -107,17 +88,10 @@ type attribute struct{ key, value string }
 
 // orNil returns e, or nil when it carries nothing.
 func (e *extra) orNil() *extra {
-	if e == nil || len(e.attrs) == 0 && e.nackReason == "" && e.dead == nil && e.consumer == "" && e.fate == nil {
+	if e == nil || e.nackReason == "" && e.dead == nil && e.consumer == "" && e.fate == nil {
 		return nil
 	}
 	return e
-}
-
-func (m *message) attrs() []attribute {
-	if m.ext == nil {
-		return nil
-	}
-	return m.ext.attrs
 }
 
 func (m *message) nackReason() string {
@@ -207,7 +181,9 @@ type replayEntry struct {
 	requestID string
 	at        int64
 	receipts  []replayReceipt
-	autoAcked []*message // an auto-ack receive's records as delivered
+	// autoAcked: an auto-ack receive's records as delivered. Their
+	// bodies stay in the store until the entry goes (dropReplay).
+	autoAcked []*message
 	outcomes  []fsmpb.AckOutcome
 }
 
@@ -259,12 +235,15 @@ type queue struct {
 	leased      uint64 // records in timed with flagLeased
 	deadLetters uint64 // live records with flagDeadLetter
 	dead        uint64 // records with flagDead
-	// released: bytes of the bodies of records removed since the trees
-	// were last refreshed (see refresh).
+	// released: bytes of the records removed since the trees were last
+	// refreshed (see refresh).
 	released uint64
 	// stamp: what the command changing the queue records on the records
 	// it changes. Set by txn.mut; not part of the state.
 	stamp stamp
+	// ops: the store writes of the command in progress (set by txn.own;
+	// nil between commands).
+	ops *bodyOps
 
 	msgs  *btree.BTreeG[*message] // by id: live messages and tombstones
 	ready readySet                // ids of ready messages
@@ -336,13 +315,13 @@ func (q *queue) clone() *queue {
 // it. Ids, lease ends and dedup IDs (ULIDs) arrive in ascending order, so
 // almost every record goes through such a split (after an ascending fill
 // of 10,000 records, each then replaced, 9,952 of the originals were still
-// reachable), and the record of an acked message, body included, stayed
-// in memory for as long as its tombstone: the dedup window.
+// reachable), and the record of an acked message stayed in memory beside
+// its tombstone for as long as the tombstone: the dedup window.
 //
 // A refresh copies each tree and scans the copy for writing, which gives
 // every node a fresh array holding only its live items; the old nodes are
 // garbage unless a snapshot view still reads them. It costs an allocation
-// of about refreshBytesPerEntry per entry, so it runs once the bodies
+// of about refreshBytesPerEntry per entry, so it runs once the records
 // released since the last one are worth at least that much (and at least
 // refreshMinBytes): never more than one byte copied per byte it frees,
 // and what a drained queue holds on to stays below the size of its trees.
@@ -432,11 +411,24 @@ func (q *queue) redirectDedup(old, m *message) {
 }
 
 // remove turns live record m into a tombstone of its final delivery attempt,
-// deleted at now; how is flagAcked for an ack and flagRejected for a
-// reject (which make a repeat of the same receipt succeed), else 0. why
-// holds the fate of anything but an ack (expiredExt, purgedExt, movedExt),
-// which the tombstone keeps when the stamp records fates.
+// deleted at now, and deletes its body; how is flagAcked for an ack and
+// flagRejected for a reject (which make a repeat of the same receipt
+// succeed), else 0. why holds the fate of anything but an ack
+// (expiredExt, purgedExt, movedExt), which the tombstone keeps when the
+// stamp records fates.
 func (q *queue) remove(m *message, attempt uint32, now int64, how uint8, why *extra) {
+	q.tombstone(m, attempt, now, how, why)
+	q.dropBody(m)
+}
+
+// recordBytes is what one removed record counts towards a refresh: its
+// size class.
+const recordBytes = 80
+
+// tombstone is remove without deleting the body: for a message whose body
+// moves to another record (a dead letter, a redrive) or stays with a
+// replay entry.
+func (q *queue) tombstone(m *message, attempt uint32, now int64, how uint8, why *extra) {
 	if m.is(flagDead) {
 		q.dead--
 	} else {
@@ -445,7 +437,7 @@ func (q *queue) remove(m *message, attempt uint32, now int64, how uint8, why *ex
 	if m.is(flagDeadLetter) {
 		q.deadLetters--
 	}
-	q.released += uint64(len(m.body))
+	q.released += recordBytes
 	flags := flagDeleted | how
 	t := &message{id: m.id, enqueuedAt: m.enqueuedAt, at: now, dedupID: m.dedupID, attempt: attempt, flags: flags, index: q.stamp.index}
 	if q.stamp.fates {

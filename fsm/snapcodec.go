@@ -56,32 +56,37 @@ func appendStringField(b []byte, num protowire.Number, v string) []byte {
 	return protowire.AppendString(b, v)
 }
 
-func attributeSize(a attribute) int {
+func attributeSize(key, value string) int {
 	n := 0
-	if a.key != "" {
-		n += protowire.SizeTag(attrKey) + protowire.SizeBytes(len(a.key))
+	if key != "" {
+		n += protowire.SizeTag(attrKey) + protowire.SizeBytes(len(key))
 	}
-	if a.value != "" {
-		n += protowire.SizeTag(attrValue) + protowire.SizeBytes(len(a.value))
+	if value != "" {
+		n += protowire.SizeTag(attrValue) + protowire.SizeBytes(len(value))
 	}
 	return n
 }
 
-// appendSnapMessage appends m encoded as a SnapshotMessage.
-func appendSnapMessage(b []byte, m *message) []byte {
+// Fields of the state-hash form of a message (StateHash), in place of its
+// body and attributes; never in a snapshot.
+const (
+	hashBodyCRC  = 100
+	hashBodySize = 101
+)
+
+// appendSnapMessage appends m encoded as a SnapshotMessage with value, its
+// stored body and attributes (fields 6 and 8, on either side of the dedup
+// ID), or with hash their size and CRC32C instead.
+func appendSnapMessage(b []byte, m *message, value []byte, hash bool) []byte {
 	b = appendVarintField(b, smID, m.id)
 	b = appendVarintField(b, smEnqueuedAt, uint64(m.enqueuedAt))
 	b = appendVarintField(b, smAt, uint64(m.at))
 	b = appendVarintField(b, smAttempt, uint64(m.attempt))
 	b = appendVarintField(b, smFlags, uint64(m.flags))
-	b = appendStringField(b, smBody, m.body)
+	bodyField, attrFields := splitValue(value)
+	b = append(b, bodyField...)
 	b = appendStringField(b, smDedupID, m.dedupID)
-	for _, a := range m.attrs() {
-		b = protowire.AppendTag(b, smAttributes, protowire.BytesType)
-		b = protowire.AppendVarint(b, uint64(attributeSize(a)))
-		b = appendStringField(b, attrKey, a.key)
-		b = appendStringField(b, attrValue, a.value)
-	}
+	b = append(b, attrFields...)
 	if d := m.dead(); d != nil {
 		// Rare, so through the generated code; a DeadLetter has no map
 		// field, so its encoding is the same on every node.
@@ -97,12 +102,17 @@ func appendSnapMessage(b []byte, m *message) []byte {
 		b = appendStringField(b, smMovedTo, f.queue)
 		b = appendVarintField(b, smMovedToID, f.id)
 	}
+	if hash {
+		b = appendVarintField(b, hashBodyCRC, uint64(m.body.crc))
+		b = appendVarintField(b, hashBodySize, uint64(m.body.size))
+	}
 	return b
 }
 
-// appendMessageRecord appends a SnapshotRecord holding m.
-func appendMessageRecord(b, scratch []byte, m *message) ([]byte, []byte) {
-	scratch = appendSnapMessage(scratch[:0], m)
+// appendMessageRecord appends a SnapshotRecord holding m (see
+// appendSnapMessage).
+func appendMessageRecord(b, scratch []byte, m *message, value []byte, hash bool) ([]byte, []byte) {
+	scratch = appendSnapMessage(scratch[:0], m, value, hash)
 	b = protowire.AppendTag(b, recordMessageField, protowire.BytesType)
 	return protowire.AppendBytes(b, scratch), scratch
 }
@@ -123,14 +133,24 @@ func messageRecord(rec []byte) ([]byte, bool) {
 
 var errWireType = errors.New("wrong wire type")
 
-// decodeSnapMessage decodes a SnapshotMessage into a new record, copying
-// everything out of b. Unknown fields are skipped (a later release may add
-// some); the caller validates the values.
-func decodeSnapMessage(b []byte) (*message, uint32, error) {
+// decoded is a message read from a snapshot: its new record, flags not
+// yet checked, and the body and attributes that go to the store.
+type decoded struct {
+	m     *message
+	flags uint32
+	body  []byte
+	attrs []*fsmpb.Attribute
+}
+
+// decodeSnapMessage decodes a SnapshotMessage into a new record; the body
+// aliases b, everything else is copied. Unknown fields are skipped (a
+// later release may add some); the caller validates the values.
+func decodeSnapMessage(b []byte) (decoded, error) {
 	m := &message{}
 	var flags uint64
 	var (
-		attrs      []attribute
+		body       []byte
+		attrs      []*fsmpb.Attribute
 		dead       *fsmpb.DeadLetter
 		nackReason string
 		consumer   string
@@ -139,7 +159,7 @@ func decodeSnapMessage(b []byte) (*message, uint32, error) {
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
-			return nil, 0, protowire.ParseError(n)
+			return decoded{}, protowire.ParseError(n)
 		}
 		b = b[n:]
 		var v uint64
@@ -153,7 +173,7 @@ func decodeSnapMessage(b []byte) (*message, uint32, error) {
 			n = protowire.ConsumeFieldValue(num, typ, b)
 		}
 		if n < 0 {
-			return nil, 0, protowire.ParseError(n)
+			return decoded{}, protowire.ParseError(n)
 		}
 		b = b[n:]
 		want := protowire.VarintType
@@ -162,7 +182,7 @@ func decodeSnapMessage(b []byte) (*message, uint32, error) {
 			want = protowire.BytesType
 		}
 		if num >= smID && num <= smMovedToID && typ != want {
-			return nil, 0, fmt.Errorf("field %d: %w %d", num, errWireType, typ)
+			return decoded{}, fmt.Errorf("field %d: %w %d", num, errWireType, typ)
 		}
 		switch num {
 		case smID:
@@ -176,19 +196,19 @@ func decodeSnapMessage(b []byte) (*message, uint32, error) {
 		case smFlags:
 			flags = v
 		case smBody:
-			m.body = string(raw)
+			body = raw
 		case smDedupID:
 			m.dedupID = string(raw)
 		case smAttributes:
 			a, err := decodeAttribute(raw)
 			if err != nil {
-				return nil, 0, err
+				return decoded{}, err
 			}
-			attrs = append(attrs, a)
+			attrs = append(attrs, &fsmpb.Attribute{Key: a.key, Value: a.value})
 		case smDeadLetter:
 			dead = new(fsmpb.DeadLetter)
 			if err := proto.Unmarshal(raw, dead); err != nil {
-				return nil, 0, fmt.Errorf("dead letter: %w", err)
+				return decoded{}, fmt.Errorf("dead letter: %w", err)
 			}
 		case smNackReason:
 			nackReason = string(raw)
@@ -204,11 +224,11 @@ func decodeSnapMessage(b []byte) (*message, uint32, error) {
 			fa.id = v
 		}
 	}
-	m.ext = (&extra{attrs: attrs, dead: dead, nackReason: nackReason, consumer: consumer, fate: fa.orNil()}).orNil()
+	m.ext = (&extra{dead: dead, nackReason: nackReason, consumer: consumer, fate: fa.orNil()}).orNil()
 	if flags > 0xffffffff {
-		return nil, 0, fmt.Errorf("flags %#x out of range", flags)
+		return decoded{}, fmt.Errorf("flags %#x out of range", flags)
 	}
-	return m, uint32(flags), nil
+	return decoded{m: m, flags: uint32(flags), body: body, attrs: attrs}, nil
 }
 
 func decodeAttribute(b []byte) (attribute, error) {

@@ -14,26 +14,37 @@ import (
 // message records is byte for byte what the generated code writes, and
 // that the hand-written decoder reads it back.
 func TestSnapMessageCodecMatchesProto(t *testing.T) {
-	attrs := []attribute{{"k", "v"}, {"key", ""}}
-	cases := []*message{
-		{id: 1},
-		{id: 7, enqueuedAt: t0, at: -5, attempt: 3, flags: flagLeased | flagDeadLetter, body: "body", dedupID: "d"},
-		{id: 1 << 40, enqueuedAt: MaxNow, at: MaxNow, attempt: 1 << 31, flags: flagDeleted | flagAcked, dedupID: "x", ext: &extra{attrs: attrs}},
-		{id: 9, flags: flagReady | flagDeadLetter, body: "b", ext: &extra{nackReason: "here", dead: &fsmpb.DeadLetter{
-			SourceQueue: "src", SourceMessageId: 3, Reason: fsmpb.DeadLetterReason_DEAD_LETTER_REJECTED, Attempts: 2,
-			FirstEnqueuedAtUnixNano: t0, LastNackReason: "there"}}},
-		{id: 10, flags: flagLeased, body: "c", index: 77, ext: &extra{consumer: "host:1"}},
-		{id: 11, flags: flagDeleted | flagRejected, index: 78, ext: &extra{fate: &fate{state: fsmpb.MessageState_MESSAGE_DEAD_LETTERED, queue: "dlq", id: 4}}},
-		{id: 12, flags: flagDeleted, ext: purgedExt},
+	attrs := []*fsmpb.Attribute{{Key: "k", Value: "v"}, {Key: "key"}}
+	dead := &fsmpb.DeadLetter{SourceQueue: "src", SourceMessageId: 3, Reason: fsmpb.DeadLetterReason_DEAD_LETTER_REJECTED, Attempts: 2,
+		FirstEnqueuedAtUnixNano: t0, LastNackReason: "there"}
+	cases := []struct {
+		m     *message
+		body  []byte
+		attrs []*fsmpb.Attribute
+	}{
+		{m: &message{id: 1}},
+		{m: &message{id: 7, enqueuedAt: t0, at: -5, attempt: 3, flags: flagLeased | flagDeadLetter, dedupID: "d"}, body: []byte("body")},
+		{m: &message{id: 1 << 40, enqueuedAt: MaxNow, at: MaxNow, attempt: 1 << 31, flags: flagReady, dedupID: "x"}, attrs: attrs},
+		{m: &message{id: 9, flags: flagReady | flagDeadLetter, ext: &extra{nackReason: "here", dead: dead}}, body: []byte("b"), attrs: attrs},
+		{m: &message{id: 10, flags: flagLeased, index: 77, ext: &extra{consumer: "host:1"}}, body: []byte("c")},
+		{m: &message{id: 11, flags: flagDeleted | flagRejected, index: 78, ext: &extra{fate: &fate{state: fsmpb.MessageState_MESSAGE_DEAD_LETTERED, queue: "dlq", id: 4}}}},
+		{m: &message{id: 12, flags: flagDeleted, ext: purgedExt}},
 	}
-	for _, m := range cases {
-		var sm fsmpb.SnapshotMessage
-		toSnapMessage(&sm, m)
-		want, err := proto.MarshalOptions{Deterministic: true}.Marshal(&fsmpb.SnapshotRecord{Record: &fsmpb.SnapshotRecord_Message{Message: &sm}})
+	for _, c := range cases {
+		m := c.m
+		sm := &fsmpb.SnapshotMessage{
+			Id: m.id, EnqueuedAtUnixNano: m.enqueuedAt, AtUnixNano: m.at, Attempt: m.attempt, Flags: uint32(m.flags),
+			Body: c.body, DedupId: m.dedupID, Attributes: c.attrs, DeadLetter: m.dead(), LastNackReason: m.nackReason(),
+			ChangedIndex: m.index, Consumer: m.consumer(),
+		}
+		if f := m.fate(); f != nil {
+			sm.Fate, sm.MovedToQueue, sm.MovedToId = f.state, f.queue, f.id
+		}
+		want, err := proto.MarshalOptions{Deterministic: true}.Marshal(&fsmpb.SnapshotRecord{Record: &fsmpb.SnapshotRecord_Message{Message: sm}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, _ := appendMessageRecord(nil, nil, m)
+		got, _ := appendMessageRecord(nil, nil, m, encodeValue(c.body, c.attrs), false)
 		if !bytes.Equal(got, want) {
 			t.Fatalf("message %d: hand encoding\n%x\nproto\n%x", m.id, got, want)
 		}
@@ -41,16 +52,24 @@ func TestSnapMessageCodecMatchesProto(t *testing.T) {
 		if !ok {
 			t.Fatal("messageRecord did not recognise a message record")
 		}
-		back, flags, err := decodeSnapMessage(body)
+		d, err := decodeSnapMessage(body)
 		if err != nil {
 			t.Fatal(err)
 		}
-		back.flags = uint8(flags)
-		if back.body != m.body {
-			t.Fatalf("body %q, want %q", back.body, m.body)
+		back := d.m
+		back.flags = uint8(d.flags)
+		if !bytes.Equal(d.body, c.body) {
+			t.Fatalf("body %q, want %q", d.body, c.body)
+		}
+		if len(d.attrs) != len(c.attrs) {
+			t.Fatalf("attributes %v, want %v", d.attrs, c.attrs)
+		}
+		for i := range d.attrs {
+			if !proto.Equal(d.attrs[i], c.attrs[i]) {
+				t.Fatalf("attributes %v, want %v", d.attrs, c.attrs)
+			}
 		}
 		m2 := *m
-		back.body, m2.body = "", ""
 		if !proto.Equal(back.dead(), m.dead()) {
 			t.Fatalf("dead letter %v, want %v", back.dead(), m.dead())
 		}
@@ -63,13 +82,13 @@ func TestSnapMessageCodecMatchesProto(t *testing.T) {
 			t.Fatalf("decoded %+v, want %+v", back, &m2)
 		}
 	}
-	if _, _, err := decodeSnapMessage([]byte{0x08}); err == nil {
+	if _, err := decodeSnapMessage([]byte{0x08}); err == nil {
 		t.Fatal("truncated varint decoded")
 	}
-	if _, _, err := decodeSnapMessage([]byte{0x32, 0x05, 'a'}); err == nil {
+	if _, err := decodeSnapMessage([]byte{0x32, 0x05, 'a'}); err == nil {
 		t.Fatal("truncated body decoded")
 	}
-	if _, _, err := decodeSnapMessage([]byte{0x30, 0x01}); err == nil {
+	if _, err := decodeSnapMessage([]byte{0x30, 0x01}); err == nil {
 		t.Fatal("body with varint wire type decoded")
 	}
 }

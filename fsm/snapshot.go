@@ -38,31 +38,47 @@ const (
 	maxSnapshotRecord = MaxBatch*(MaxBodyBytes+MaxAttributes*(MaxAttributeKey+MaxAttributeVal)+1024) + 1024
 )
 
-// view is a frozen state: queues are clones no Apply will ever change.
+// view is a frozen state: queues are clones no Apply will ever change,
+// and bodies (nil for a state hash, which needs none) is the store as of
+// the same entry.
 type view struct {
 	queues  []*queue
 	now     int64
 	applied uint64
+	bodies  StoreView
 }
 
 // view freezes the current state in O(number of queues): each queue's
-// trees are copy-on-write copies. Copy changes the source tree's identity,
-// so it needs the write lock.
-func (f *FSM) view() *view {
+// trees are copy-on-write copies, and with bodies a view of the store
+// (a pebble snapshot: no copy either). Copy changes the source tree's
+// identity, so it needs the write lock.
+func (f *FSM) view(bodies bool) (*view, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	v := &view{now: f.now, applied: f.applied, queues: make([]*queue, 0, f.queues.Len())}
+	if bodies {
+		sv, err := f.store.View()
+		if err != nil {
+			return nil, fmt.Errorf("fsm: view of the body store: %w", err)
+		}
+		v.bodies = sv
+	}
 	f.queues.Scan(func(q *queue) bool {
 		v.queues = append(v.queues, q.clone())
 		return true
 	})
-	return v
+	return v, nil
 }
 
 // Snapshot returns a frozen view of the state; its cost is independent of
-// the number of messages. Persist streams it.
+// the number of messages. Persist streams it, reading the bodies from a
+// view of the store taken here, while Apply goes on.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
-	return &fsmSnapshot{v: f.view()}, nil
+	v, err := f.view(true)
+	if err != nil {
+		return nil, err
+	}
+	return &fsmSnapshot{v: v}, nil
 }
 
 type fsmSnapshot struct{ v *view }
@@ -77,17 +93,29 @@ func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 	return sink.Close()
 }
 
-// Release does nothing: the view is garbage once unreferenced.
-func (s *fsmSnapshot) Release() {}
+// Release closes the view of the store; the rest of the view is garbage
+// once unreferenced.
+func (s *fsmSnapshot) Release() {
+	if s.v.bodies != nil {
+		_ = s.v.bodies.Close()
+	}
+}
 
 // StateHash returns a hex SHA-256 over the whole logical state (queues,
 // settings, messages, leases, tombstones, dedup and replay entries,
 // counters, the last now), equal on every node at the same applied index.
-// It hashes the snapshot encoding without the applied index, so a restored
+// It hashes the snapshot encoding without the applied index and with each
+// message's body and attributes replaced by their size and CRC32C, kept
+// in memory: the hash reads nothing from the store, so nothing of a
+// node's disk (layout, compaction, body ids) can enter it, and a restored
 // FSM has the hash of the one that wrote the snapshot.
 func (f *FSM) StateHash() string {
 	h := sha256.New()
-	if err := f.view().write(h, false); err != nil {
+	v, err := f.view(false)
+	if err == nil {
+		err = v.write(h, false)
+	}
+	if err != nil {
 		// Writing to a hash never fails; a failure here is a bug.
 		panic(err)
 	}
@@ -100,10 +128,18 @@ type snapWriter struct {
 	buf     []byte
 	scratch []byte
 	count   uint64
+	// bodies: where message values are read from; nil writes the
+	// state-hash form (see StateHash).
+	bodies StoreView
 }
 
+// write writes the snapshot stream (withIndex: the applied index and the
+// bodies, for Persist) or the form StateHash hashes.
 func (v *view) write(out io.Writer, withIndex bool) error {
 	sw := &snapWriter{crc: crc32.New(castagnoli)}
+	if withIndex {
+		sw.bodies = v.bodies
+	}
 	sw.w = bufio.NewWriterSize(io.MultiWriter(out, sw.crc), 1<<16)
 	hdr := make([]byte, 0, 12)
 	hdr = append(hdr, snapshotMagic...)
@@ -147,9 +183,41 @@ func (sw *snapWriter) record(r *fsmpb.SnapshotRecord) error {
 }
 
 func (sw *snapWriter) message(m *message) error {
+	value, err := sw.value(m)
+	if err != nil {
+		return err
+	}
 	sw.buf = append(sw.buf[:0], make([]byte, binary.MaxVarintLen64)...)
-	sw.buf, sw.scratch = appendMessageRecord(sw.buf, sw.scratch, m)
+	sw.buf, sw.scratch = appendMessageRecord(sw.buf, sw.scratch, m, value, sw.bodies == nil)
 	return sw.flushRecord()
+}
+
+// snapMessage is m as a SnapshotMessage protobuf, with its value (as
+// message writes it) or in the state-hash form.
+func (sw *snapWriter) snapMessage(m *message) (*fsmpb.SnapshotMessage, error) {
+	value, err := sw.value(m)
+	if err != nil {
+		return nil, err
+	}
+	sm := new(fsmpb.SnapshotMessage)
+	err = proto.Unmarshal(appendSnapMessage(nil, m, value, sw.bodies == nil), sm)
+	return sm, err
+}
+
+// value reads m's stored body and attributes from the view (nil in the
+// state-hash form, or for a message without them).
+func (sw *snapWriter) value(m *message) ([]byte, error) {
+	if sw.bodies == nil || m.body.id == 0 {
+		return nil, nil
+	}
+	v, ok, err := sw.bodies.Get(bodyKey(m.body.id))
+	if err != nil {
+		return nil, fmt.Errorf("read body of message %d: %w", m.id, err)
+	}
+	if !ok {
+		return nil, fmt.Errorf("body of message %d is missing from the store", m.id)
+	}
+	return v, nil
 }
 
 // flushRecord writes the record in buf after its reserved length prefix.
@@ -198,8 +266,10 @@ func (sw *snapWriter) queue(q *queue) error {
 	q.replayAt.Scan(func(e *replayEntry) bool {
 		r := &fsmpb.SnapshotReplay{RequestId: e.requestID, AtUnixNano: e.at, Outcomes: e.outcomes, AutoAck: e.autoAcked != nil}
 		for _, m := range e.autoAcked {
-			sm := new(fsmpb.SnapshotMessage)
-			toSnapMessage(sm, m)
+			var sm *fsmpb.SnapshotMessage
+			if sm, err = sw.snapMessage(m); err != nil {
+				return false
+			}
 			r.Deliveries = append(r.Deliveries, sm)
 		}
 		for _, rr := range e.receipts {
@@ -209,26 +279,6 @@ func (sw *snapWriter) queue(q *queue) error {
 		return err == nil
 	})
 	return err
-}
-
-func toSnapMessage(sm *fsmpb.SnapshotMessage, m *message) {
-	*sm = fsmpb.SnapshotMessage{
-		Id:                 m.id,
-		EnqueuedAtUnixNano: m.enqueuedAt,
-		AtUnixNano:         m.at,
-		Attempt:            m.attempt,
-		Flags:              uint32(m.flags),
-		Body:               bodyBytes(m.body),
-		DedupId:            m.dedupID,
-		Attributes:         fromAttrs(m.attrs()),
-		DeadLetter:         m.dead(),
-		LastNackReason:     m.nackReason(),
-		ChangedIndex:       m.index,
-		Consumer:           m.consumer(),
-	}
-	if f := m.fate(); f != nil {
-		sm.Fate, sm.MovedToQueue, sm.MovedToId = f.state, f.queue, f.id
-	}
 }
 
 // snapReader reads the stream, feeding every byte it consumes into crc.
@@ -280,9 +330,12 @@ func truncated(what string, err error) error {
 	return snapErr("reading %s: %v", what, err)
 }
 
-// readSnapshot decodes and validates a whole snapshot into a new state. It
-// touches nothing shared, so a rejected snapshot leaves the FSM as it was.
-func readSnapshot(in io.Reader) (*restored, error) {
+// readSnapshot decodes and validates a whole snapshot into a new state,
+// handing each message's body and attributes to put, which stores them
+// under a new body id. It touches nothing else shared, so a rejected
+// snapshot leaves the FSM as it was (and the caller removes what put
+// stored).
+func readSnapshot(in io.Reader, put func(body []byte, attrs []*fsmpb.Attribute) (bodyRef, error)) (*restored, error) {
 	sr := &snapReader{r: bufio.NewReaderSize(in, 1<<16), crc: crc32.New(castagnoli)}
 	hdr, err := sr.full(len(snapshotMagic) + 4)
 	if err != nil {
@@ -294,7 +347,7 @@ func readSnapshot(in io.Reader) (*restored, error) {
 	if v := binary.BigEndian.Uint32(hdr[len(snapshotMagic):]); v != snapshotVersion {
 		return nil, snapErr("version %d, this release reads version %d", v, snapshotVersion)
 	}
-	b := newBuilder()
+	b := newBuilder(put)
 	var count uint64
 	for {
 		n, err := binary.ReadUvarint(sr)
@@ -313,9 +366,9 @@ func readSnapshot(in io.Reader) (*restored, error) {
 		}
 		count++
 		if body, ok := messageRecord(data); ok && b.q != nil {
-			m, flags, err := decodeSnapMessage(body)
+			d, err := decodeSnapMessage(body)
 			if err == nil {
-				err = b.message(m, flags)
+				err = b.message(d)
 			}
 			if err != nil {
 				return nil, snapErr("record %d: %v", count, err)
@@ -361,9 +414,12 @@ type builder struct {
 	phase   int // within a queue: 0 messages, 1 dedup entries, 2 replay entries
 	lastID  uint64
 	lastKey string
+	put     func(body []byte, attrs []*fsmpb.Attribute) (bodyRef, error)
 }
 
-func newBuilder() *builder { return &builder{queues: newQueueTree()} }
+func newBuilder(put func([]byte, []*fsmpb.Attribute) (bodyRef, error)) *builder {
+	return &builder{queues: newQueueTree(), put: put}
+}
 
 func (b *builder) add(rec *fsmpb.SnapshotRecord) error {
 	if !b.state {
@@ -427,29 +483,25 @@ func (b *builder) queue(sq *fsmpb.SnapshotQueue) error {
 	return nil
 }
 
-// snapExtra is the extra of a decoded SnapshotMessage, nil when it has
-// none.
-func snapExtra(sm *fsmpb.SnapshotMessage) *extra {
-	var attrs []attribute
-	if e := extOf(sm.GetAttributes()); e != nil {
-		attrs = e.attrs
-	}
-	fa := fate{state: sm.GetFate(), queue: sm.GetMovedToQueue(), id: sm.GetMovedToId()}
-	return (&extra{attrs: attrs, dead: sm.GetDeadLetter(), nackReason: sm.GetLastNackReason(), consumer: sm.GetConsumer(), fate: fa.orNil()}).orNil()
-}
-
 // toMessage converts a decoded SnapshotMessage; checkMessageRecord
 // validates it.
-func toMessage(sm *fsmpb.SnapshotMessage) (*message, uint32) {
-	return &message{
-		id: sm.GetId(), enqueuedAt: sm.GetEnqueuedAtUnixNano(), at: sm.GetAtUnixNano(),
-		body: string(sm.GetBody()), dedupID: sm.GetDedupId(), ext: snapExtra(sm),
-		attempt: sm.GetAttempt(), index: sm.GetChangedIndex(),
-	}, sm.GetFlags()
+func toMessage(sm *fsmpb.SnapshotMessage) decoded {
+	fa := fate{state: sm.GetFate(), queue: sm.GetMovedToQueue(), id: sm.GetMovedToId()}
+	return decoded{
+		m: &message{
+			id: sm.GetId(), enqueuedAt: sm.GetEnqueuedAtUnixNano(), at: sm.GetAtUnixNano(),
+			dedupID: sm.GetDedupId(), attempt: sm.GetAttempt(), index: sm.GetChangedIndex(),
+			ext: (&extra{dead: sm.GetDeadLetter(), nackReason: sm.GetLastNackReason(), consumer: sm.GetConsumer(), fate: fa.orNil()}).orNil(),
+		},
+		flags: sm.GetFlags(),
+		body:  sm.GetBody(),
+		attrs: sm.GetAttributes(),
+	}
 }
 
 // checkMessageRecord validates a restored record and sets its flags.
-func checkMessageRecord(m *message, f uint32, nextID uint64) error {
+func checkMessageRecord(d decoded, nextID uint64) error {
+	m, f := d.m, d.flags
 	if m.id < 1 || m.id >= nextID {
 		return fmt.Errorf("message id %d out of range 1 to %d", m.id, nextID-1)
 	}
@@ -458,12 +510,12 @@ func checkMessageRecord(m *message, f uint32, nextID uint64) error {
 	}
 	deleted, ready, leased := f&flagDeleted != 0, f&flagReady != 0, f&flagLeased != 0
 	acked, rejected, dead := f&flagAcked != 0, f&flagRejected != 0, f&flagDead != 0
-	if deleted && (ready || leased || len(m.body) > 0) || ready && leased || acked && !deleted || rejected && !deleted && !dead ||
+	if deleted && (ready || leased || len(d.body) > 0) || ready && leased || acked && !deleted || rejected && !deleted && !dead ||
 		acked && rejected || dead && (deleted || ready || leased || f&flagDeadLetter != 0) {
 		return fmt.Errorf("message %d: inconsistent flags %#x", m.id, f)
 	}
-	for i, a := range m.attrs() {
-		if err := limits.AttributeProblem(a.key, a.value); err != "" {
+	for i, a := range d.attrs {
+		if err := limits.AttributeProblem(a.GetKey(), a.GetValue()); err != "" {
 			return fmt.Errorf("message %d: attribute %d: %s", m.id, i, err)
 		}
 	}
@@ -511,13 +563,27 @@ func checkMessageRecord(m *message, f uint32, nextID uint64) error {
 	return nil
 }
 
-func (b *builder) message(m *message, flags uint32) error {
-	q := b.q
+// store puts a checked record's body and attributes into the store; a
+// tombstone has none.
+func (b *builder) store(d decoded) error {
+	if d.m.is(flagDeleted) {
+		return nil
+	}
+	ref, err := b.put(d.body, d.attrs)
+	d.m.body = ref
+	return err
+}
+
+func (b *builder) message(d decoded) error {
+	q, m := b.q, d.m
 	if b.phase > 0 {
 		return fmt.Errorf("queue %q: message after dedup or replay entries", q.name)
 	}
-	if err := checkMessageRecord(m, flags, q.nextID); err != nil {
+	if err := checkMessageRecord(d, q.nextID); err != nil {
 		return fmt.Errorf("queue %q: %v", q.name, err)
+	}
+	if err := b.store(d); err != nil {
+		return err
 	}
 	if m.id <= b.lastID {
 		return fmt.Errorf("queue %q: message %d after %d: not in id order", q.name, m.id, b.lastID)
@@ -592,11 +658,15 @@ func (b *builder) replay(sr *fsmpb.SnapshotReplay) error {
 	// snapshot of an earlier release; of those only the receipts are kept
 	// (see replayEntry).
 	for _, sm := range sr.GetDeliveries() {
-		m, flags := toMessage(sm)
-		if err := checkMessageRecord(m, flags, q.nextID); err != nil {
+		d := toMessage(sm)
+		m := d.m
+		if err := checkMessageRecord(d, q.nextID); err != nil {
 			return fmt.Errorf("queue %q: replay entry %q: %v", q.name, e.requestID, err)
 		}
 		if sr.GetAutoAck() {
+			if err := b.store(d); err != nil {
+				return err
+			}
 			e.autoAcked = append(e.autoAcked, m)
 		} else {
 			e.receipts = append(e.receipts, replayReceipt{id: m.id, attempt: m.attempt})

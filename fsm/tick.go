@@ -89,8 +89,7 @@ func (q *queue) tick(now int64) uint64 {
 		return true
 	})
 	for _, e := range replays {
-		q.replay.Delete(e)
-		q.replayAt.Delete(e)
+		q.dropReplay(e)
 	}
 	return n + uint64(len(replays))
 }
@@ -98,4 +97,14 @@ func (q *queue) tick(now int64) uint64 {
 func (q *queue) dropTomb(m *message) {
 	q.msgs.Delete(m)
 	q.tombs.Delete(m)
+}
+
+// dropReplay removes replay entry e and deletes the bodies its auto-ack
+// records kept.
+func (q *queue) dropReplay(e *replayEntry) {
+	q.replay.Delete(e)
+	q.replayAt.Delete(e)
+	for _, m := range e.autoAcked {
+		q.dropBody(m)
+	}
 }

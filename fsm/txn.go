@@ -26,6 +26,12 @@ type txn struct {
 	cow       bool
 	work      map[string]*queue // queues to commit; nil marks a deleted queue
 	wake      []string          // queues whose watchers Apply notifies
+	// ops: the store writes of this command, committed with it; nextBody:
+	// the body id the next new body gets (FSM.nextBody once committed).
+	ops      *bodyOps
+	nextBody uint64
+	// read reads a stored value as of the last committed command.
+	read func(key []byte) ([]byte, bool, error)
 }
 
 // lookup returns the queue for reading (nil if it does not exist).
@@ -59,8 +65,10 @@ func (t *txn) mut(field, name string) (*queue, *cmdError) {
 }
 
 // track makes q one of the queues the command changes, stamped with what
-// the command records on the messages it changes (see stamp).
+// the command records on the messages it changes (see stamp), its store
+// writes going to the command's batch.
 func (t *txn) track(q *queue) *queue {
+	q.ops = t.ops
 	q.stamp = stamp{}
 	if t.rules >= 2 {
 		q.stamp = stamp{index: t.index, fates: true}
@@ -165,7 +173,8 @@ func (t *txn) updateQueue(u *fsmpb.UpdateQueue) (*fsmpb.Result, *cmdError) {
 }
 
 func (t *txn) deleteQueue(d *fsmpb.DeleteQueue) (*fsmpb.Result, *cmdError) {
-	if _, err := t.mut("delete_queue.name", d.GetName()); err != nil {
+	q, err := t.mut("delete_queue.name", d.GetName())
+	if err != nil {
 		return nil, err
 	}
 	if t.rules >= 1 && !d.GetForce() {
@@ -181,6 +190,19 @@ func (t *txn) deleteQueue(d *fsmpb.DeleteQueue) (*fsmpb.Result, *cmdError) {
 				d.GetName(), strings.Join(users, ", "))
 		}
 	}
+	// Bodies are keyed by body id, not by queue, so a deleted queue's are
+	// deleted one by one: every live or dead record's, and those that its
+	// auto-ack replay entries keep.
+	q.msgs.Scan(func(m *message) bool {
+		q.dropBody(m)
+		return true
+	})
+	q.replayAt.Scan(func(e *replayEntry) bool {
+		for _, m := range e.autoAcked {
+			q.dropBody(m)
+		}
+		return true
+	})
 	t.work[d.GetName()] = nil
 	t.notify(d.GetName())
 	return &fsmpb.Result{}, nil

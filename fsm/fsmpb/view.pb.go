@@ -886,14 +886,18 @@ func (x *QueueInfo) GetCreatedAtUnixNano() int64 {
 // Result is what Apply returns for every command. When error is set (code !=
 // OK) the command changed nothing.
 type Result struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Error         *Error                 `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
-	Enqueued      []*EnqueueResult       `protobuf:"bytes,2,rep,name=enqueued,proto3" json:"enqueued,omitempty"`                                        // Enqueue; Transaction (in order of all its messages)
-	Deliveries    []*Delivery            `protobuf:"bytes,3,rep,name=deliveries,proto3" json:"deliveries,omitempty"`                                    // Receive
-	Outcomes      []AckOutcome           `protobuf:"varint,4,rep,packed,name=outcomes,proto3,enum=quorumq.fsm.v1.AckOutcome" json:"outcomes,omitempty"` // Ack, Nack, Extend, Reject, Receive.ack, Transaction (its acks, in order)
-	Queue         *QueueInfo             `protobuf:"bytes,5,opt,name=queue,proto3" json:"queue,omitempty"`                                              // CreateQueue, UpdateQueue
-	Count         uint64                 `protobuf:"varint,6,opt,name=count,proto3" json:"count,omitempty"`                                             // Purge: messages removed; Tick: entries purged; Redrive: messages moved
-	Replayed      bool                   `protobuf:"varint,7,opt,name=replayed,proto3" json:"replayed,omitempty"`                                       // Receive answered from the request-ID replay table
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Error      *Error                 `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
+	Enqueued   []*EnqueueResult       `protobuf:"bytes,2,rep,name=enqueued,proto3" json:"enqueued,omitempty"`                                        // Enqueue; Transaction (in order of all its messages)
+	Deliveries []*Delivery            `protobuf:"bytes,3,rep,name=deliveries,proto3" json:"deliveries,omitempty"`                                    // Receive
+	Outcomes   []AckOutcome           `protobuf:"varint,4,rep,packed,name=outcomes,proto3,enum=quorumq.fsm.v1.AckOutcome" json:"outcomes,omitempty"` // Ack, Nack, Extend, Reject, Receive.ack, Transaction (its acks, in order)
+	Queue      *QueueInfo             `protobuf:"bytes,5,opt,name=queue,proto3" json:"queue,omitempty"`                                              // CreateQueue, UpdateQueue
+	Count      uint64                 `protobuf:"varint,6,opt,name=count,proto3" json:"count,omitempty"`                                             // Purge: messages removed; Tick: entries purged; Redrive: messages moved
+	Replayed   bool                   `protobuf:"varint,7,opt,name=replayed,proto3" json:"replayed,omitempty"`                                       // Receive answered from the request-ID replay table
+	// body_refs: Receive, one per delivery: the node-local store key of the
+	// body and attributes that FSM.FillBodies reads into it after Apply
+	// (0: nothing to read). Never sent to a client; FillBodies clears it.
+	BodyRefs      []uint64 `protobuf:"varint,8,rep,packed,name=body_refs,json=bodyRefs,proto3" json:"body_refs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -975,6 +979,13 @@ func (x *Result) GetReplayed() bool {
 		return x.Replayed
 	}
 	return false
+}
+
+func (x *Result) GetBodyRefs() []uint64 {
+	if x != nil {
+		return x.BodyRefs
+	}
+	return nil
 }
 
 // PeekedMessage is a live message as a peek shows it; a peek changes
@@ -1327,7 +1338,7 @@ const file_fsm_fsmpb_view_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x129\n" +
 	"\bsettings\x18\x02 \x01(\v2\x1d.quorumq.fsm.v1.QueueSettingsR\bsettings\x120\n" +
 	"\x05stats\x18\x03 \x01(\v2\x1a.quorumq.fsm.v1.QueueStatsR\x05stats\x12/\n" +
-	"\x14created_at_unix_nano\x18\x04 \x01(\x03R\x11createdAtUnixNano\"\xc5\x02\n" +
+	"\x14created_at_unix_nano\x18\x04 \x01(\x03R\x11createdAtUnixNano\"\xe2\x02\n" +
 	"\x06Result\x12+\n" +
 	"\x05error\x18\x01 \x01(\v2\x15.quorumq.fsm.v1.ErrorR\x05error\x129\n" +
 	"\benqueued\x18\x02 \x03(\v2\x1d.quorumq.fsm.v1.EnqueueResultR\benqueued\x128\n" +
@@ -1337,7 +1348,8 @@ const file_fsm_fsmpb_view_proto_rawDesc = "" +
 	"\boutcomes\x18\x04 \x03(\x0e2\x1a.quorumq.fsm.v1.AckOutcomeR\boutcomes\x12/\n" +
 	"\x05queue\x18\x05 \x01(\v2\x19.quorumq.fsm.v1.QueueInfoR\x05queue\x12\x14\n" +
 	"\x05count\x18\x06 \x01(\x04R\x05count\x12\x1a\n" +
-	"\breplayed\x18\a \x01(\bR\breplayed\"\xcb\x03\n" +
+	"\breplayed\x18\a \x01(\bR\breplayed\x12\x1b\n" +
+	"\tbody_refs\x18\b \x03(\x04R\bbodyRefs\"\xcb\x03\n" +
 	"\rPeekedMessage\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12/\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x19.quorumq.fsm.v1.PeekStateR\x05state\x12\x1a\n" +
