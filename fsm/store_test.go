@@ -185,3 +185,49 @@ func TestStoreFailureStopsApply(t *testing.T) {
 		t.Fatal("a failed restore changed the state")
 	}
 }
+
+// A message dead-lettered and redriven keeps one stored body, which the
+// redriven record delivers, while the tombstones it left say where it
+// went; a restore from a snapshot keeps both, with the consumer of a
+// lease and the state hash.
+func TestMovedMessageKeepsBodyAndFate(t *testing.T) {
+	h := newHarness(t)
+	h.ok(createQ("dlq", nil))
+	h.ok(createQ("q", &fsmpb.QueueSettings{DeadLetterQueue: protoStr("dlq")}))
+	h.ok(enq("q", &fsmpb.Message{Body: []byte("poison"), DedupId: "p", Attributes: []*fsmpb.Attribute{{Key: "k", Value: "v"}}}))
+	d := h.ok(recvCmd(recv("q", 1))).Deliveries[0]
+	h.ok(&fsmpb.Command{Op: &fsmpb.Command_Reject{Reject: &fsmpb.Reject{Queue: "q", Receipts: []*fsmpb.Receipt{d.Receipt}}}})
+	h.ok(&fsmpb.Command{Op: &fsmpb.Command_Redrive{Redrive: &fsmpb.Redrive{Queue: "dlq", Max: 10}}})
+	redriveIdx := h.idx
+	h.ok(recvAs("q", 1, "host-b:7"))
+
+	g := &harness{t: t, f: New(), idx: h.idx, now: h.now, rules: h.rules}
+	if err := g.f.Restore(persist(t, h.f)); err != nil {
+		t.Fatal(err)
+	}
+	if g.f.StateHash() != h.f.StateHash() {
+		t.Fatal("restored state hash differs")
+	}
+	for _, x := range []*harness{h, g} {
+		if n := x.f.store.(*MemStore).Len(); n != 1 {
+			t.Fatalf("store holds %d values, want the moved body once", n)
+		}
+		if f := x.lookup("q", 0, "p"); f.State != fsmpb.MessageState_MESSAGE_DEAD_LETTERED || f.MovedToQueue != "dlq" || f.MovedToId != 1 || !f.Rejected {
+			t.Fatalf("source tombstone: %v; want dead-lettered to dlq as 1 by a reject", f)
+		}
+		if f := x.lookup("dlq", 1, ""); f.State != fsmpb.MessageState_MESSAGE_REDRIVEN || f.MovedToQueue != "q" || f.MovedToId != 2 || f.ChangedIndex != redriveIdx {
+			t.Fatalf("dead letter's tombstone: %v; want redriven to q as 2 at index %d", f, redriveIdx)
+		}
+		if f := x.lookup("q", 2, ""); f.State != fsmpb.MessageState_MESSAGE_LEASED || f.Consumer != "host-b:7" {
+			t.Fatalf("redriven message: %v; want leased by host-b:7", f)
+		}
+		msgs, _, err := x.f.Peek("q", PeekOptions{Max: 10, State: fsmpb.PeekState_PEEK_LEASED})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(msgs) != 1 || string(msgs[0].Body) != "poison" || msgs[0].BodySize != 6 || msgs[0].Consumer != "host-b:7" ||
+			len(msgs[0].Attributes) != 1 || msgs[0].Attributes[0].GetValue() != "v" {
+			t.Fatalf("peek of the redriven message: %v", msgs)
+		}
+	}
+}
