@@ -384,3 +384,50 @@ func TestRedrive(t *testing.T) {
 		t.Fatal("restored hash differs after redrives")
 	}
 }
+
+// A redriven message that dead-letters again still says when it was first
+// enqueued, through a restore too; under the rules of an earlier release
+// (< 2) a redrive records nothing more, so it says the redrive's time.
+func TestRedrivenDeadLetterKeepsItsFirstEnqueueTime(t *testing.T) {
+	for _, rules := range []uint32{Rules, 1} {
+		h := newHarness(t)
+		h.rules = rules
+		h.ok(createWithDLQ("w", "dlq", true))
+		h.ok(enq("w", msg("m", "dm")))
+		h.at(time.Minute)
+		h.ok(rejectCmd("w", "bad", h.ok(recvCmd(recv("w", 1))).Deliveries[0].Receipt))
+		h.at(2 * time.Minute)
+		if n := h.ok(redriveCmd("dlq", "", 10)).Count; n != 1 {
+			t.Fatalf("rules %d: redrive moved %d, want 1", rules, n)
+		}
+		h.at(3 * time.Minute)
+		h.ok(rejectCmd("w", "still bad", h.ok(recvCmd(recv("w", 1))).Deliveries[0].Receipt))
+		want := t0
+		if rules < 2 {
+			want = t0 + int64(2*time.Minute)
+		}
+		g := New()
+		if err := g.Restore(persist(t, h.f)); err != nil {
+			t.Fatal(err)
+		}
+		if g.StateHash() != h.f.StateHash() {
+			t.Fatalf("rules %d: restored hash differs", rules)
+		}
+		d := h.ok(recvCmd(recv("dlq", 1))).Deliveries[0]
+		if dl := d.DeadLetter; dl.GetFirstEnqueuedAtUnixNano() != want || dl.GetRejectReason() != "still bad" {
+			t.Fatalf("rules %d: dead letter after a redrive: %v; want first enqueued at %d (t0 %d), rejected: still bad", rules, dl, want, t0)
+		}
+	}
+}
+
+// A restored record whose first enqueue comes after its own enqueue, or
+// before 0, is refused.
+func TestRestoreRefusesAFirstEnqueueAfterTheEnqueue(t *testing.T) {
+	for first, ok := range map[int64]bool{t0: true, t0 + 1: false, -1: false} {
+		d := decoded{m: &message{id: 1, enqueuedAt: t0, ext: &extra{firstEnqueued: first}}, flags: flagReady}
+		err := checkMessageRecord(d, 2)
+		if ok != (err == nil) || err != nil && !strings.Contains(err.Error(), "first enqueued") {
+			t.Fatalf("first enqueued %d, enqueued %d: %v", first, t0, err)
+		}
+	}
+}

@@ -304,16 +304,12 @@ func (t *txn) deadLetter(q *queue, m *message, c deadLetterCause) {
 
 // origin is where dead letter m of q comes from and why.
 func origin(q *queue, m *message, c deadLetterCause) *fsmpb.DeadLetter {
-	first := m.enqueuedAt
-	if d := m.dead(); d != nil && d.GetFirstEnqueuedAtUnixNano() != 0 {
-		first = d.GetFirstEnqueuedAtUnixNano()
-	}
 	return &fsmpb.DeadLetter{
 		SourceQueue:             q.name,
 		SourceMessageId:         m.id,
 		Reason:                  c.reason,
 		Attempts:                m.attempt,
-		FirstEnqueuedAtUnixNano: first,
+		FirstEnqueuedAtUnixNano: m.firstEnqueued(),
 		LastNackReason:          m.nackReason(),
 		RejectReason:            c.rejectReason,
 	}

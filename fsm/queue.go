@@ -56,6 +56,10 @@ type extra struct {
 	// fate: of a tombstone, what removed it (nil for an ack, which its
 	// flags say, and under rules < 2).
 	fate *fate
+	// firstEnqueued: of a message a redrive put back (under rules >= 2),
+	// when its first copy was enqueued, for the dead letter it may become
+	// again (origin).
+	firstEnqueued int64
 }
 
 // fate is what removed a message, and where a moved one went.
@@ -88,7 +92,7 @@ type attribute struct{ key, value string }
 
 // orNil returns e, or nil when it carries nothing.
 func (e *extra) orNil() *extra {
-	if e == nil || e.nackReason == "" && e.dead == nil && e.consumer == "" && e.fate == nil {
+	if e == nil || e.nackReason == "" && e.dead == nil && e.consumer == "" && e.fate == nil && e.firstEnqueued == 0 {
 		return nil
 	}
 	return e
@@ -113,6 +117,20 @@ func (m *message) consumer() string {
 		return ""
 	}
 	return m.ext.consumer
+}
+
+// firstEnqueued is when m's first copy was enqueued: m's own enqueue
+// time, or for a dead letter or a redriven message what it carries.
+func (m *message) firstEnqueued() int64 {
+	if m.ext != nil {
+		if t := m.ext.dead.GetFirstEnqueuedAtUnixNano(); t != 0 {
+			return t
+		}
+		if m.ext.firstEnqueued != 0 {
+			return m.ext.firstEnqueued
+		}
+	}
+	return m.enqueuedAt
 }
 
 func (m *message) fate() *fate {

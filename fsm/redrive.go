@@ -49,7 +49,11 @@ func (t *txn) redrive(r *fsmpb.Redrive) (*fsmpb.Result, *cmdError) {
 	})
 	for _, m := range picked {
 		to, _ := t.mut("redrive.to", target(m))
-		moved := to.add(m.body, m.dedupID, nil, t.now, t.now, 0) // the body moves, under the same key
+		var ext *extra
+		if to.stamp.fates {
+			ext = &extra{firstEnqueued: m.firstEnqueued()}
+		}
+		moved := to.add(m.body, m.dedupID, ext, t.now, t.now, 0) // the body moves, under the same key
 		q.tombstone(m, m.attempt, t.now, 0, movedExt(fsmpb.MessageState_MESSAGE_REDRIVEN, to.name, moved.id))
 		q.counters.redriven++
 		t.notify(to.name)

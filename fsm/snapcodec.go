@@ -35,6 +35,7 @@ const (
 	smFate       = 13
 	smMovedTo    = 14
 	smMovedToID  = 15
+	smFirstEnq   = 16
 
 	attrKey   = 1
 	attrValue = 2
@@ -102,6 +103,9 @@ func appendSnapMessage(b []byte, m *message, value []byte, hash bool) []byte {
 		b = appendStringField(b, smMovedTo, f.queue)
 		b = appendVarintField(b, smMovedToID, f.id)
 	}
+	if m.ext != nil {
+		b = appendVarintField(b, smFirstEnq, uint64(m.ext.firstEnqueued))
+	}
 	if hash {
 		b = appendVarintField(b, hashBodyCRC, uint64(m.body.crc))
 		b = appendVarintField(b, hashBodySize, uint64(m.body.size))
@@ -155,6 +159,7 @@ func decodeSnapMessage(b []byte) (decoded, error) {
 		nackReason string
 		consumer   string
 		fa         fate
+		firstEnq   int64
 	)
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
@@ -181,7 +186,7 @@ func decodeSnapMessage(b []byte) (decoded, error) {
 			num == smConsumer || num == smMovedTo {
 			want = protowire.BytesType
 		}
-		if num >= smID && num <= smMovedToID && typ != want {
+		if num >= smID && num <= smFirstEnq && typ != want {
 			return decoded{}, fmt.Errorf("field %d: %w %d", num, errWireType, typ)
 		}
 		switch num {
@@ -222,9 +227,11 @@ func decodeSnapMessage(b []byte) (decoded, error) {
 			fa.queue = string(raw)
 		case smMovedToID:
 			fa.id = v
+		case smFirstEnq:
+			firstEnq = int64(v)
 		}
 	}
-	m.ext = (&extra{dead: dead, nackReason: nackReason, consumer: consumer, fate: fa.orNil()}).orNil()
+	m.ext = (&extra{dead: dead, nackReason: nackReason, consumer: consumer, fate: fa.orNil(), firstEnqueued: firstEnq}).orNil()
 	if flags > 0xffffffff {
 		return decoded{}, fmt.Errorf("flags %#x out of range", flags)
 	}

@@ -29,6 +29,7 @@ func TestSnapMessageCodecMatchesProto(t *testing.T) {
 		{m: &message{id: 10, flags: flagLeased, index: 77, ext: &extra{consumer: "host:1"}}, body: []byte("c")},
 		{m: &message{id: 11, flags: flagDeleted | flagRejected, index: 78, ext: &extra{fate: &fate{state: fsmpb.MessageState_MESSAGE_DEAD_LETTERED, queue: "dlq", id: 4}}}},
 		{m: &message{id: 12, flags: flagDeleted, ext: purgedExt}},
+		{m: &message{id: 13, enqueuedAt: t0 + 5, flags: flagReady, index: 79, ext: &extra{firstEnqueued: t0}}, body: []byte("redriven")},
 	}
 	for _, c := range cases {
 		m := c.m
@@ -36,6 +37,9 @@ func TestSnapMessageCodecMatchesProto(t *testing.T) {
 			Id: m.id, EnqueuedAtUnixNano: m.enqueuedAt, AtUnixNano: m.at, Attempt: m.attempt, Flags: uint32(m.flags),
 			Body: c.body, DedupId: m.dedupID, Attributes: c.attrs, DeadLetter: m.dead(), LastNackReason: m.nackReason(),
 			ChangedIndex: m.index, Consumer: m.consumer(),
+		}
+		if m.ext != nil {
+			sm.FirstEnqueuedAtUnixNano = m.ext.firstEnqueued
 		}
 		if f := m.fate(); f != nil {
 			sm.Fate, sm.MovedToQueue, sm.MovedToId = f.state, f.queue, f.id

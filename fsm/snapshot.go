@@ -491,7 +491,8 @@ func toMessage(sm *fsmpb.SnapshotMessage) decoded {
 		m: &message{
 			id: sm.GetId(), enqueuedAt: sm.GetEnqueuedAtUnixNano(), at: sm.GetAtUnixNano(),
 			dedupID: sm.GetDedupId(), attempt: sm.GetAttempt(), index: sm.GetChangedIndex(),
-			ext: (&extra{dead: sm.GetDeadLetter(), nackReason: sm.GetLastNackReason(), consumer: sm.GetConsumer(), fate: fa.orNil()}).orNil(),
+			ext: (&extra{dead: sm.GetDeadLetter(), nackReason: sm.GetLastNackReason(), consumer: sm.GetConsumer(), fate: fa.orNil(),
+				firstEnqueued: sm.GetFirstEnqueuedAtUnixNano()}).orNil(),
 		},
 		flags: sm.GetFlags(),
 		body:  sm.GetBody(),
@@ -541,6 +542,9 @@ func checkMessageRecord(d decoded, nextID uint64) error {
 		if !deleted || acked {
 			return fmt.Errorf("message %d: fate %v on a message that is not a removed one", m.id, fa.state)
 		}
+	}
+	if e := m.ext; e != nil && (e.firstEnqueued < 0 || e.firstEnqueued > m.enqueuedAt) {
+		return fmt.Errorf("message %d: first enqueued at %d, after its enqueue at %d or before 0", m.id, e.firstEnqueued, m.enqueuedAt)
 	}
 	if n := len(m.nackReason()); n > limits.MaxNackReason {
 		return fmt.Errorf("message %d: nack reason is %d bytes, limit is %d", m.id, n, limits.MaxNackReason)

@@ -188,11 +188,14 @@ type SnapshotMessage struct {
 	// A tombstone: what removed it (MESSAGE_EXPIRED, MESSAGE_PURGED,
 	// MESSAGE_DEAD_LETTERED, MESSAGE_REDRIVEN; unset for an ack, which
 	// flags say) and where a moved message went.
-	Fate          MessageState `protobuf:"varint,13,opt,name=fate,proto3,enum=quorumq.fsm.v1.MessageState" json:"fate,omitempty"`
-	MovedToQueue  string       `protobuf:"bytes,14,opt,name=moved_to_queue,json=movedToQueue,proto3" json:"moved_to_queue,omitempty"`
-	MovedToId     uint64       `protobuf:"varint,15,opt,name=moved_to_id,json=movedToId,proto3" json:"moved_to_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Fate         MessageState `protobuf:"varint,13,opt,name=fate,proto3,enum=quorumq.fsm.v1.MessageState" json:"fate,omitempty"`
+	MovedToQueue string       `protobuf:"bytes,14,opt,name=moved_to_queue,json=movedToQueue,proto3" json:"moved_to_queue,omitempty"`
+	MovedToId    uint64       `protobuf:"varint,15,opt,name=moved_to_id,json=movedToId,proto3" json:"moved_to_id,omitempty"`
+	// A message put back by a redrive: when its first copy was enqueued,
+	// which a dead letter it becomes again reports.
+	FirstEnqueuedAtUnixNano int64 `protobuf:"varint,16,opt,name=first_enqueued_at_unix_nano,json=firstEnqueuedAtUnixNano,proto3" json:"first_enqueued_at_unix_nano,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *SnapshotMessage) Reset() {
@@ -326,6 +329,13 @@ func (x *SnapshotMessage) GetMovedToQueue() string {
 func (x *SnapshotMessage) GetMovedToId() uint64 {
 	if x != nil {
 		return x.MovedToId
+	}
+	return 0
+}
+
+func (x *SnapshotMessage) GetFirstEnqueuedAtUnixNano() int64 {
+	if x != nil {
+		return x.FirstEnqueuedAtUnixNano
 	}
 	return 0
 }
@@ -617,7 +627,7 @@ const file_fsm_fsmpb_snapshot_proto_rawDesc = "" +
 	"\bcounters\x18\x03 \x01(\v2\x1a.quorumq.fsm.v1.QueueStatsR\bcounters\x12/\n" +
 	"\x14created_at_unix_nano\x18\x04 \x01(\x03R\x11createdAtUnixNano\x12\x17\n" +
 	"\anext_id\x18\x05 \x01(\x04R\x06nextId\x12!\n" +
-	"\fdedup_cursor\x18\x06 \x01(\x04R\vdedupCursor\"\xb0\x04\n" +
+	"\fdedup_cursor\x18\x06 \x01(\x04R\vdedupCursor\"\xee\x04\n" +
 	"\x0fSnapshotMessage\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x121\n" +
 	"\x15enqueued_at_unix_nano\x18\x02 \x01(\x03R\x12enqueuedAtUnixNano\x12 \n" +
@@ -638,7 +648,8 @@ const file_fsm_fsmpb_snapshot_proto_rawDesc = "" +
 	"\bconsumer\x18\f \x01(\tR\bconsumer\x120\n" +
 	"\x04fate\x18\r \x01(\x0e2\x1c.quorumq.fsm.v1.MessageStateR\x04fate\x12$\n" +
 	"\x0emoved_to_queue\x18\x0e \x01(\tR\fmovedToQueue\x12\x1e\n" +
-	"\vmoved_to_id\x18\x0f \x01(\x04R\tmovedToId\"I\n" +
+	"\vmoved_to_id\x18\x0f \x01(\x04R\tmovedToId\x12<\n" +
+	"\x1bfirst_enqueued_at_unix_nano\x18\x10 \x01(\x03R\x17firstEnqueuedAtUnixNano\"I\n" +
 	"\rSnapshotDedup\x12\x19\n" +
 	"\bdedup_id\x18\x01 \x01(\tR\adedupId\x12\x1d\n" +
 	"\n" +
