@@ -8,6 +8,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -35,8 +38,9 @@ const (
 // that loses unflushed memtables, or leaves a half-written file, loses
 // nothing.
 type bodyStore struct {
-	db   *pebble.DB
-	path string
+	db      *pebble.DB
+	path    string
+	backoff *backgroundBackoff
 }
 
 var _ fsm.Store = (*bodyStore)(nil)
@@ -56,17 +60,32 @@ func openBodyStoreSized(dataDir string, log *slog.Logger, memtable uint64) (*bod
 	}
 	cache := pebble.NewCache(bodyStoreCache)
 	defer cache.Unref()
+	log = log.With("component", "body-store")
+	backoff := &backgroundBackoff{log: log}
 	db, err := pebble.Open(path, &pebble.Options{
 		Cache:              cache,
 		DisableWAL:         true,
 		FormatMajorVersion: pebble.FormatNewest,
 		MemTableSize:       memtable,
-		Logger:             pebbleLogger{log: log.With("component", "body-store")},
+		Logger:             pebbleLogger{log: log},
+		EventListener: &pebble.EventListener{
+			BackgroundError: backoff.failed,
+			FlushEnd: func(info pebble.FlushInfo) {
+				if info.Done && info.Err == nil {
+					backoff.succeeded()
+				}
+			},
+			CompactionEnd: func(info pebble.CompactionInfo) {
+				if info.Done && info.Err == nil {
+					backoff.succeeded()
+				}
+			},
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: open the body store %s: %v", ErrDataDir, path, err)
 	}
-	return &bodyStore{db: db, path: path}, nil
+	return &bodyStore{db: db, path: path, backoff: backoff}, nil
 }
 
 // Get implements fsm.Store; the value is a copy.
@@ -159,6 +178,54 @@ func (v *bodyView) Close() error {
 		err = v.it.Close()
 	}
 	return errors.Join(err, v.s.Close())
+}
+
+// backgroundBackoff slows pebble's retries of a failed flush or
+// compaction. pebble v2.1.7 schedules the next flush as soon as one fails
+// (pebble#6139, open): on a full disk that is about 10^5 attempts a
+// second, a core burnt and an error logged for each. pebble calls
+// BackgroundError on the goroutine of the failed job, before it schedules
+// the next one, so sleeping there spaces the retries out: 50 ms after the
+// first failure, doubling up to 1 s, back to none after a flush or
+// compaction that succeeds. The sleep holds pebble's DB mutex, so writes
+// wait too; they would stall soon anyway, with memtables that cannot be
+// flushed. It logs the first failure after a success and then one line
+// per 10 s with the count, not one per attempt.
+type backgroundBackoff struct {
+	log *slog.Logger
+
+	mu       sync.Mutex
+	delay    time.Duration
+	failures int64 // since the last line logged
+	logged   time.Time
+	ok       atomic.Int64 // flushes and compactions that succeeded
+}
+
+const (
+	backgroundBackoffMin = 50 * time.Millisecond
+	backgroundBackoffMax = time.Second
+	backgroundLogEvery   = 10 * time.Second
+)
+
+func (b *backgroundBackoff) failed(err error) {
+	b.mu.Lock()
+	b.delay = min(max(2*b.delay, backgroundBackoffMin), backgroundBackoffMax)
+	delay := b.delay
+	b.failures++
+	if now := time.Now(); b.logged.IsZero() || now.Sub(b.logged) >= backgroundLogEvery {
+		b.log.Error("body store: background flush or compaction failed; retrying", "err", err,
+			"failures", b.failures, "next_retry_in", delay)
+		b.failures, b.logged = 0, now
+	}
+	b.mu.Unlock()
+	time.Sleep(delay)
+}
+
+func (b *backgroundBackoff) succeeded() {
+	b.ok.Add(1)
+	b.mu.Lock()
+	b.delay, b.failures, b.logged = 0, 0, time.Time{}
+	b.mu.Unlock()
 }
 
 // pebbleLogger sends pebble's errors to the node's log and drops its
