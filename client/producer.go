@@ -606,10 +606,10 @@ func (p *Producer) batchContext(live []*SendFuture) (context.Context, context.Ca
 // append one after the other, so the next batch's append overlaps the
 // round before only if it is already on its way; a producer with a few
 // hundred messages in flight (less than a full batch) then keeps several
-// rounds busy instead of one (docs/performance.md, "Log store").
-// Smaller batches wait: a Raft round costs
-// about as much for one message as for sixty, and raft's group commit
-// only merges entries that arrive together.
+// rounds busy instead of one (docs/performance.md, "Ratio to NATS
+// JetStream"). Smaller batches wait: a Raft round costs about as much for
+// one message as for sixty, and raft's group commit only merges entries
+// that arrive together.
 func (p *Producer) pipelinesLocked(b *batch) bool {
 	return len(b.futs) >= min(pipelineMessages, p.o.batchMessages) || b.bytes >= min(pipelineBytes, p.o.batchBytes)
 }
