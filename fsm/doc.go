@@ -17,7 +17,9 @@
 //     (tidwall/btree Copy is O(1)) swapped in only on success. Snapshot
 //     copies every queue's trees the same way, a frozen view taken in
 //     O(number of queues). A recover turns a panic (a bug) into an error
-//     result instead of killing every node that applies the entry.
+//     result instead of killing every node that applies the entry; a Store
+//     that fails to commit an entry's writes panics on, stopping only the
+//     node whose disk failed.
 //   - Message records are immutable and replaced on change, for the same
 //     reason. A record holds a reference to its body and attributes in the
 //     Store, not the bytes: a receive's Apply returns deliveries without
