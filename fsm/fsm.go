@@ -377,6 +377,39 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	return nil
 }
 
+// RestoreCheckpoint replaces the state with a version-2 snapshot read
+// from index, whose bodies and attributes are in a checkpoint of the store
+// written with it (CheckpointStore). The whole index is read and checked
+// first; then, under the lock, adopt makes that checkpoint the FSM's store
+// (the Store value stays the same: adopt swaps what is behind it), and the
+// bodies the checkpoint holds at and above the snapshot's next body id,
+// which no record refers to, are deleted. An error before adopt leaves the
+// FSM and its store as they were; an error of adopt leaves the store to
+// the caller, who stops the node (it rebuilds the store at its next
+// start).
+func (f *FSM) RestoreCheckpoint(index io.Reader, adopt func() error) error {
+	s, err := readSnapshot(index, nil)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := adopt(); err != nil {
+		return fmt.Errorf("fsm: restore: adopt the store checkpoint: %w", err)
+	}
+	b := f.store.Batch()
+	defer b.Close()
+	b.DeleteRange(bodyKey(s.nextBody), []byte{bodyPrefix + 1})
+	if err := b.Commit(); err != nil {
+		return fmt.Errorf("fsm: restore: delete the bodies written after the snapshot: %w", err)
+	}
+	f.queues, f.now, f.applied = s.queues, s.now, s.applied
+	f.nextBody = s.nextBody
+	f.lastNow.Store(s.now)
+	f.notifyAll()
+	return nil
+}
+
 // restoreWriter stores a restored snapshot's bodies in batches of about
 // restoreBatchBytes, so that a restore never holds the backlog in memory.
 type restoreWriter struct {

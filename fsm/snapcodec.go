@@ -68,17 +68,28 @@ func attributeSize(key, value string) int {
 	return n
 }
 
-// Fields of the state-hash form of a message (StateHash), in place of its
-// body and attributes; never in a snapshot.
+// Fields of a message in place of its body and attributes: in the
+// state-hash form (StateHash) their CRC32C and size, and in a version-2
+// snapshot the body id too, under which its store checkpoint holds them.
 const (
 	hashBodyCRC  = 100
 	hashBodySize = 101
+	refBodyID    = 102
 )
 
-// appendSnapMessage appends m encoded as a SnapshotMessage with value, its
-// stored body and attributes (fields 6 and 8, on either side of the dedup
-// ID), or with hash their size and CRC32C instead.
-func appendSnapMessage(b []byte, m *message, value []byte, hash bool) []byte {
+// encoding is how a message's body and attributes are written.
+type encoding uint8
+
+const (
+	inline encoding = iota // the stored value, fields 6 and 8 (version 1)
+	hashed                 // their CRC and size (the state-hash form)
+	byRef                  // their CRC, size and body id (version 2)
+)
+
+// appendSnapMessage appends m encoded as a SnapshotMessage: inline with
+// value, its stored body and attributes (fields 6 and 8, on either side of
+// the dedup ID), or in their place their size and CRC32C (and body id).
+func appendSnapMessage(b []byte, m *message, value []byte, enc encoding) []byte {
 	b = appendVarintField(b, smID, m.id)
 	b = appendVarintField(b, smEnqueuedAt, uint64(m.enqueuedAt))
 	b = appendVarintField(b, smAt, uint64(m.at))
@@ -106,17 +117,20 @@ func appendSnapMessage(b []byte, m *message, value []byte, hash bool) []byte {
 	if m.ext != nil {
 		b = appendVarintField(b, smFirstEnq, uint64(m.ext.firstEnqueued))
 	}
-	if hash {
+	if enc != inline {
 		b = appendVarintField(b, hashBodyCRC, uint64(m.body.crc))
 		b = appendVarintField(b, hashBodySize, uint64(m.body.size))
+	}
+	if enc == byRef {
+		b = appendVarintField(b, refBodyID, m.body.id)
 	}
 	return b
 }
 
 // appendMessageRecord appends a SnapshotRecord holding m (see
 // appendSnapMessage).
-func appendMessageRecord(b, scratch []byte, m *message, value []byte, hash bool) ([]byte, []byte) {
-	scratch = appendSnapMessage(scratch[:0], m, value, hash)
+func appendMessageRecord(b, scratch []byte, m *message, value []byte, enc encoding) ([]byte, []byte) {
+	scratch = appendSnapMessage(scratch[:0], m, value, enc)
 	b = protowire.AppendTag(b, recordMessageField, protowire.BytesType)
 	return protowire.AppendBytes(b, scratch), scratch
 }
@@ -138,12 +152,14 @@ func messageRecord(rec []byte) ([]byte, bool) {
 var errWireType = errors.New("wrong wire type")
 
 // decoded is a message read from a snapshot: its new record, flags not
-// yet checked, and the body and attributes that go to the store.
+// yet checked, and the body and attributes that go to the store (version
+// 1) or the reference to them in the snapshot's checkpoint (version 2).
 type decoded struct {
 	m     *message
 	flags uint32
 	body  []byte
 	attrs []*fsmpb.Attribute
+	ref   bodyRef
 }
 
 // decodeSnapMessage decodes a SnapshotMessage into a new record; the body
@@ -160,6 +176,7 @@ func decodeSnapMessage(b []byte) (decoded, error) {
 		consumer   string
 		fa         fate
 		firstEnq   int64
+		ref        bodyRef
 	)
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
@@ -229,13 +246,25 @@ func decodeSnapMessage(b []byte) (decoded, error) {
 			fa.id = v
 		case smFirstEnq:
 			firstEnq = int64(v)
+		case hashBodyCRC, hashBodySize, refBodyID:
+			if typ != protowire.VarintType {
+				return decoded{}, fmt.Errorf("field %d: %w %d", num, errWireType, typ)
+			}
+			switch num {
+			case hashBodyCRC:
+				ref.crc = uint32(v)
+			case hashBodySize:
+				ref.size = uint32(v)
+			default:
+				ref.id = v
+			}
 		}
 	}
 	m.ext = (&extra{dead: dead, nackReason: nackReason, consumer: consumer, fate: fa.orNil(), firstEnqueued: firstEnq}).orNil()
 	if flags > 0xffffffff {
 		return decoded{}, fmt.Errorf("flags %#x out of range", flags)
 	}
-	return decoded{m: m, flags: uint32(flags), body: body, attrs: attrs}, nil
+	return decoded{m: m, flags: uint32(flags), body: body, attrs: attrs, ref: ref}, nil
 }
 
 func decodeAttribute(b []byte) (attribute, error) {

@@ -48,7 +48,7 @@ func TestSnapMessageCodecMatchesProto(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, _ := appendMessageRecord(nil, nil, m, encodeValue(c.body, c.attrs), false)
+		got, _ := appendMessageRecord(nil, nil, m, encodeValue(c.body, c.attrs), inline)
 		if !bytes.Equal(got, want) {
 			t.Fatalf("message %d: hand encoding\n%x\nproto\n%x", m.id, got, want)
 		}
@@ -84,6 +84,25 @@ func TestSnapMessageCodecMatchesProto(t *testing.T) {
 		}
 		if !reflect.DeepEqual(back, &m2) {
 			t.Fatalf("decoded %+v, want %+v", back, &m2)
+		}
+
+		// Version 2: the body's CRC, size and id in place of the value.
+		ref := *m
+		ref.body = bodyRef{id: m.id + 5, size: uint32(len(c.body)), crc: crc32c(encodeValue(c.body, c.attrs))}
+		smRef := proto.Clone(sm).(*fsmpb.SnapshotMessage)
+		smRef.Body, smRef.Attributes = nil, nil
+		smRef.BodyCrc, smRef.BodySize, smRef.BodyId = ref.body.crc, ref.body.size, ref.body.id
+		want, err = proto.MarshalOptions{Deterministic: true}.Marshal(&fsmpb.SnapshotRecord{Record: &fsmpb.SnapshotRecord_Message{Message: smRef}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ = appendMessageRecord(nil, nil, &ref, nil, byRef)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("message %d by reference: hand encoding\n%x\nproto\n%x", m.id, got, want)
+		}
+		body, _ = messageRecord(got)
+		if d, err = decodeSnapMessage(body); err != nil || d.ref != ref.body || d.body != nil || d.attrs != nil {
+			t.Fatalf("message %d by reference: decoded ref %+v, body %q, attributes %v (err %v); want ref %+v", m.id, d.ref, d.body, d.attrs, err, ref.body)
 		}
 	}
 	if _, err := decodeSnapMessage([]byte{0x08}); err == nil {

@@ -19,7 +19,7 @@ import (
 	"github.com/quorumq/quorumq/fsm/limits"
 )
 
-// Snapshot stream format, version 1:
+// Snapshot stream format, versions 1 and 2:
 //
 //	magic "QQFSMSNP" (8 bytes), version (uint32 big-endian)
 //	records: uvarint length (> 0) + SnapshotRecord protobuf, repeated
@@ -30,9 +30,16 @@ import (
 // Record order: one SnapshotState, then per queue in name order a
 // SnapshotQueue followed by its messages and tombstones (id order), its
 // dedup entries (key order) and its replay entries (time order).
+//
+// Version 1 carries every message's body and attributes. Version 2
+// carries their CRC, size and body id instead: it is the index of a
+// snapshot whose bodies are in a checkpoint of the store, kept beside it
+// (CheckpointStore), and restores only with that checkpoint
+// (RestoreCheckpoint).
 const (
-	snapshotMagic   = "QQFSMSNP"
-	snapshotVersion = 1
+	snapshotMagic     = "QQFSMSNP"
+	snapshotVersion   = 1 // bodies inline
+	checkpointVersion = 2 // bodies in a store checkpoint
 	// maxSnapshotRecord bounds one record: a message of MaxBodyBytes plus
 	// attributes, or a replay entry of MaxBatch such messages.
 	maxSnapshotRecord = MaxBatch*(MaxBodyBytes+MaxAttributes*(MaxAttributeKey+MaxAttributeVal)+1024) + 1024
@@ -42,10 +49,14 @@ const (
 // and bodies (nil for a state hash, which needs none) is the store as of
 // the same entry.
 type view struct {
-	queues  []*queue
-	now     int64
-	applied uint64
-	bodies  StoreView
+	queues   []*queue
+	now      int64
+	applied  uint64
+	nextBody uint64
+	bodies   StoreView
+	// cp pins the store as of the same entry when the store can
+	// checkpoint itself (CheckpointStore); nil otherwise.
+	cp StoreCheckpoint
 }
 
 // view freezes the current state in O(number of queues): each queue's
@@ -55,13 +66,21 @@ type view struct {
 func (f *FSM) view(bodies bool) (*view, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	v := &view{now: f.now, applied: f.applied, queues: make([]*queue, 0, f.queues.Len())}
+	v := &view{now: f.now, applied: f.applied, nextBody: f.nextBody, queues: make([]*queue, 0, f.queues.Len())}
 	if bodies {
 		sv, err := f.store.View()
 		if err != nil {
 			return nil, fmt.Errorf("fsm: view of the body store: %w", err)
 		}
 		v.bodies = sv
+		if cs, ok := f.store.(CheckpointStore); ok {
+			cp, err := cs.Checkpoint()
+			if err != nil {
+				_ = sv.Close()
+				return nil, fmt.Errorf("fsm: checkpoint of the body store: %w", err)
+			}
+			v.cp = cp
+		}
 	}
 	f.queues.Scan(func(q *queue) bool {
 		v.queues = append(v.queues, q.clone())
@@ -71,8 +90,10 @@ func (f *FSM) view(bodies bool) (*view, error) {
 }
 
 // Snapshot returns a frozen view of the state; its cost is independent of
-// the number of messages. Persist streams it, reading the bodies from a
-// view of the store taken here, while Apply goes on.
+// the number of messages. Persist writes it while Apply goes on: into a
+// CheckpointSink from a CheckpointStore, a checkpoint of the store beside
+// the index (version 2); otherwise every body, read from a view of the
+// store taken here (version 1).
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	v, err := f.view(true)
 	if err != nil {
@@ -81,23 +102,55 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	return &fsmSnapshot{v: v}, nil
 }
 
+// CheckpointSink is a snapshot sink that keeps a directory beside the
+// snapshot, for a checkpoint of the store that the snapshot refers to.
+type CheckpointSink interface {
+	raft.SnapshotSink
+	// CheckpointDir names the directory, which does not exist yet; ""
+	// when the sink has none.
+	CheckpointDir() string
+}
+
 type fsmSnapshot struct{ v *view }
 
 // Persist writes the snapshot to sink and closes it (or cancels it on
 // error).
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
-	if err := s.v.write(sink, true); err != nil {
+	enc := inline
+	if cs, ok := sink.(CheckpointSink); ok && s.v.cp != nil {
+		if dir := cs.CheckpointDir(); dir != "" {
+			err := s.v.cp.Write(dir)
+			s.v.releaseCheckpoint()
+			if err != nil {
+				_ = sink.Cancel()
+				return fmt.Errorf("fsm: persist snapshot: checkpoint of the body store: %w", err)
+			}
+			enc = byRef
+		}
+	}
+	// Deletes wait while the store is pinned; a snapshot streamed inline
+	// reads its bodies from the view instead.
+	s.v.releaseCheckpoint()
+	if err := s.v.write(sink, enc); err != nil {
 		_ = sink.Cancel()
 		return fmt.Errorf("fsm: persist snapshot: %w", err)
 	}
 	return sink.Close()
 }
 
-// Release closes the view of the store; the rest of the view is garbage
-// once unreferenced.
+// Release closes the view of the store and unpins it; the rest of the
+// view is garbage once unreferenced.
 func (s *fsmSnapshot) Release() {
+	s.v.releaseCheckpoint()
 	if s.v.bodies != nil {
 		_ = s.v.bodies.Close()
+	}
+}
+
+func (v *view) releaseCheckpoint() {
+	if v.cp != nil {
+		v.cp.Release()
+		v.cp = nil
 	}
 }
 
@@ -113,7 +166,7 @@ func (f *FSM) StateHash() string {
 	h := sha256.New()
 	v, err := f.view(false)
 	if err == nil {
-		err = v.write(h, false)
+		err = v.write(h, hashed)
 	}
 	if err != nil {
 		// Writing to a hash never fails; a failure here is a bug.
@@ -128,28 +181,32 @@ type snapWriter struct {
 	buf     []byte
 	scratch []byte
 	count   uint64
-	// bodies: where message values are read from; nil writes the
-	// state-hash form (see StateHash).
+	enc     encoding
+	// bodies: where inline message values are read from.
 	bodies StoreView
 }
 
-// write writes the snapshot stream (withIndex: the applied index and the
-// bodies, for Persist) or the form StateHash hashes.
-func (v *view) write(out io.Writer, withIndex bool) error {
-	sw := &snapWriter{crc: crc32.New(castagnoli)}
-	if withIndex {
-		sw.bodies = v.bodies
-	}
+// write writes the snapshot stream, version 1 (inline) or 2 (byRef), or
+// the form StateHash hashes (hashed: no applied index, no body ids).
+func (v *view) write(out io.Writer, enc encoding) error {
+	sw := &snapWriter{crc: crc32.New(castagnoli), enc: enc, bodies: v.bodies}
 	sw.w = bufio.NewWriterSize(io.MultiWriter(out, sw.crc), 1<<16)
+	version := uint32(snapshotVersion)
+	if enc == byRef {
+		version = checkpointVersion
+	}
 	hdr := make([]byte, 0, 12)
 	hdr = append(hdr, snapshotMagic...)
-	hdr = binary.BigEndian.AppendUint32(hdr, snapshotVersion)
+	hdr = binary.BigEndian.AppendUint32(hdr, version)
 	if _, err := sw.w.Write(hdr); err != nil {
 		return err
 	}
 	st := &fsmpb.SnapshotState{NowUnixNano: v.now}
-	if withIndex {
+	if enc != hashed {
 		st.AppliedIndex = v.applied
+	}
+	if enc == byRef {
+		st.NextBodyId = v.nextBody
 	}
 	if err := sw.record(&fsmpb.SnapshotRecord{Record: &fsmpb.SnapshotRecord_State{State: st}}); err != nil {
 		return err
@@ -188,7 +245,7 @@ func (sw *snapWriter) message(m *message) error {
 		return err
 	}
 	sw.buf = append(sw.buf[:0], make([]byte, binary.MaxVarintLen64)...)
-	sw.buf, sw.scratch = appendMessageRecord(sw.buf, sw.scratch, m, value, sw.bodies == nil)
+	sw.buf, sw.scratch = appendMessageRecord(sw.buf, sw.scratch, m, value, sw.enc)
 	return sw.flushRecord()
 }
 
@@ -200,14 +257,14 @@ func (sw *snapWriter) snapMessage(m *message) (*fsmpb.SnapshotMessage, error) {
 		return nil, err
 	}
 	sm := new(fsmpb.SnapshotMessage)
-	err = proto.Unmarshal(appendSnapMessage(nil, m, value, sw.bodies == nil), sm)
+	err = proto.Unmarshal(appendSnapMessage(nil, m, value, sw.enc), sm)
 	return sm, err
 }
 
-// value reads m's stored body and attributes from the view (nil in the
-// state-hash form, or for a message without them).
+// value reads m's stored body and attributes from the view (nil unless
+// inline, or for a message without them).
 func (sw *snapWriter) value(m *message) ([]byte, error) {
-	if sw.bodies == nil || m.body.id == 0 {
+	if sw.enc != inline || m.body.id == 0 {
 		return nil, nil
 	}
 	v, ok, err := sw.bodies.Get(bodyKey(m.body.id))
@@ -344,8 +401,13 @@ func readSnapshot(in io.Reader, put func(body []byte, attrs []*fsmpb.Attribute) 
 	if string(hdr[:len(snapshotMagic)]) != snapshotMagic {
 		return nil, snapErr("bad magic %q, want %q", hdr[:len(snapshotMagic)], snapshotMagic)
 	}
-	if v := binary.BigEndian.Uint32(hdr[len(snapshotMagic):]); v != snapshotVersion {
-		return nil, snapErr("version %d, this release reads version %d", v, snapshotVersion)
+	switch v := binary.BigEndian.Uint32(hdr[len(snapshotMagic):]); {
+	case v == snapshotVersion && put == nil:
+		return nil, snapErr("version 1 carries its bodies, where a store checkpoint was expected")
+	case v == checkpointVersion && put != nil:
+		return nil, snapErr("version 2 refers to a store checkpoint that this restore does not have")
+	case v != snapshotVersion && v != checkpointVersion:
+		return nil, snapErr("version %d, this release reads versions %d and %d", v, snapshotVersion, checkpointVersion)
 	}
 	b := newBuilder(put)
 	var count uint64
@@ -406,15 +468,16 @@ func readSnapshot(in io.Reader, put func(body []byte, attrs []*fsmpb.Attribute) 
 
 // builder assembles and validates restored state record by record.
 type builder struct {
-	state   bool
-	now     int64
-	applied uint64
-	queues  *btree.BTreeG[*queue]
-	q       *queue
-	phase   int // within a queue: 0 messages, 1 dedup entries, 2 replay entries
-	lastID  uint64
-	lastKey string
-	put     func(body []byte, attrs []*fsmpb.Attribute) (bodyRef, error)
+	state    bool
+	now      int64
+	applied  uint64
+	nextBody uint64 // version 2: above every body id referred to
+	queues   *btree.BTreeG[*queue]
+	q        *queue
+	phase    int // within a queue: 0 messages, 1 dedup entries, 2 replay entries
+	lastID   uint64
+	lastKey  string
+	put      func(body []byte, attrs []*fsmpb.Attribute) (bodyRef, error)
 }
 
 func newBuilder(put func([]byte, []*fsmpb.Attribute) (bodyRef, error)) *builder {
@@ -431,6 +494,11 @@ func (b *builder) add(rec *fsmpb.SnapshotRecord) error {
 			return fmt.Errorf("now %d out of range 0 to %d", st.GetNowUnixNano(), MaxNow)
 		}
 		b.state, b.now, b.applied = true, st.GetNowUnixNano(), st.GetAppliedIndex()
+		if b.put == nil {
+			if b.nextBody = st.GetNextBodyId(); b.nextBody < 1 {
+				return errors.New("version 2 state record without a next body id")
+			}
+		}
 		return nil
 	}
 	switch r := rec.GetRecord().(type) {
@@ -497,6 +565,7 @@ func toMessage(sm *fsmpb.SnapshotMessage) decoded {
 		flags: sm.GetFlags(),
 		body:  sm.GetBody(),
 		attrs: sm.GetAttributes(),
+		ref:   bodyRef{id: sm.GetBodyId(), size: sm.GetBodySize(), crc: sm.GetBodyCrc()},
 	}
 }
 
@@ -567,9 +636,27 @@ func checkMessageRecord(d decoded, nextID uint64) error {
 	return nil
 }
 
-// store puts a checked record's body and attributes into the store; a
-// tombstone has none.
+// store puts a checked record's body and attributes into the store, or
+// (version 2) takes its reference to them in the checkpoint; a tombstone
+// has none.
 func (b *builder) store(d decoded) error {
+	if b.put == nil {
+		switch {
+		case len(d.body) > 0 || len(d.attrs) > 0:
+			return fmt.Errorf("message %d: body or attributes inline in a version 2 snapshot", d.m.id)
+		case d.m.is(flagDeleted) && d.ref != (bodyRef{}):
+			return fmt.Errorf("message %d: a tombstone refers to a body", d.m.id)
+		case d.ref.id >= b.nextBody:
+			return fmt.Errorf("message %d: body id %d, not below the next body id %d", d.m.id, d.ref.id, b.nextBody)
+		case d.ref.id == 0 && d.ref != (bodyRef{}):
+			return fmt.Errorf("message %d: body size %d and CRC %08x without a body id", d.m.id, d.ref.size, d.ref.crc)
+		}
+		d.m.body = d.ref
+		return nil
+	}
+	if d.ref != (bodyRef{}) {
+		return fmt.Errorf("message %d: body reference in a version 1 snapshot", d.m.id)
+	}
 	if d.m.is(flagDeleted) {
 		return nil
 	}
@@ -691,14 +778,15 @@ func (b *builder) replay(sr *fsmpb.SnapshotReplay) error {
 
 // restored is a state read from a snapshot, ready to be swapped in.
 type restored struct {
-	queues  *btree.BTreeG[*queue]
-	now     int64
-	applied uint64
+	queues   *btree.BTreeG[*queue]
+	now      int64
+	applied  uint64
+	nextBody uint64 // version 2
 }
 
 func (b *builder) finish() (*restored, error) {
 	if !b.state {
 		return nil, snapErr("no state record")
 	}
-	return &restored{queues: b.queues, now: b.now, applied: b.applied}, nil
+	return &restored{queues: b.queues, now: b.now, applied: b.applied, nextBody: b.nextBody}, nil
 }

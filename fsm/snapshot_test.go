@@ -127,7 +127,7 @@ func TestRestoreRejectsBadSnapshots(t *testing.T) {
 	}{
 		"empty":            {nil, "truncated in header"},
 		"bad magic":        {flip(0), "bad magic"},
-		"unknown version":  {append(append([]byte(snapshotMagic), 0, 0, 0, 9), data[12:]...), "version 9, this release reads version 1"},
+		"unknown version":  {append(append([]byte(snapshotMagic), 0, 0, 0, 9), data[12:]...), "version 9, this release reads versions 1 and 2"},
 		"truncated":        {data[:len(data)/2], "truncated"},
 		"no checksum":      {data[:len(data)-4], "truncated in checksum"},
 		"flipped body bit": {flip(len(data) / 2), ""},

@@ -32,6 +32,32 @@ type Store interface {
 	View() (StoreView, error)
 }
 
+// CheckpointStore is a Store that can write its committed state into a
+// directory cheaply (pebble: hard links to its immutable files), so that a
+// snapshot refers to the bodies there instead of carrying them (version
+// 2, see Snapshot). What the directory holds is the store's own format:
+// the node adopts it as its store again at a restore (RestoreCheckpoint).
+type CheckpointStore interface {
+	Store
+	// Checkpoint pins the store as of the last committed batch. Until the
+	// checkpoint is released, the deletes of later batches do not reach
+	// what Write writes (Get and views no longer find those keys all the
+	// same). Snapshot calls it on raft's apply path: it must be cheap.
+	Checkpoint() (StoreCheckpoint, error)
+}
+
+// StoreCheckpoint is a pinned state of a CheckpointStore.
+type StoreCheckpoint interface {
+	// Write writes the pinned state into dir, which does not exist yet.
+	// It may hold values set after the pin too: the FSM's body ids grow,
+	// so those are at or above the next body id of the snapshot, which
+	// RestoreCheckpoint deletes.
+	Write(dir string) error
+	// Release unpins the store and lets the deletes through; called once,
+	// after Write or instead of it.
+	Release()
+}
+
 // StoreBatch collects writes that Commit applies atomically, in order.
 // Set and Delete copy what they are given.
 type StoreBatch interface {

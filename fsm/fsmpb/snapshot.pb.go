@@ -29,9 +29,13 @@ const (
 
 // SnapshotState is the first record: FSM-wide scalars.
 type SnapshotState struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	AppliedIndex  uint64                 `protobuf:"varint,1,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
-	NowUnixNano   int64                  `protobuf:"varint,2,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	AppliedIndex uint64                 `protobuf:"varint,1,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	NowUnixNano  int64                  `protobuf:"varint,2,opt,name=now_unix_nano,json=nowUnixNano,proto3" json:"now_unix_nano,omitempty"`
+	// Version 2 (bodies in a store checkpoint): the node-local body id the
+	// next stored body gets. The checkpoint may hold bodies at and above
+	// it, written after the snapshot's entry: none of them is referred to.
+	NextBodyId    uint64 `protobuf:"varint,3,opt,name=next_body_id,json=nextBodyId,proto3" json:"next_body_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -76,6 +80,13 @@ func (x *SnapshotState) GetAppliedIndex() uint64 {
 func (x *SnapshotState) GetNowUnixNano() int64 {
 	if x != nil {
 		return x.NowUnixNano
+	}
+	return 0
+}
+
+func (x *SnapshotState) GetNextBodyId() uint64 {
+	if x != nil {
+		return x.NextBodyId
 	}
 	return 0
 }
@@ -194,8 +205,15 @@ type SnapshotMessage struct {
 	// A message put back by a redrive: when its first copy was enqueued,
 	// which a dead letter it becomes again reports.
 	FirstEnqueuedAtUnixNano int64 `protobuf:"varint,16,opt,name=first_enqueued_at_unix_nano,json=firstEnqueuedAtUnixNano,proto3" json:"first_enqueued_at_unix_nano,omitempty"`
-	unknownFields           protoimpl.UnknownFields
-	sizeCache               protoimpl.SizeCache
+	// In place of body and attributes (6, 8): their CRC32C and the body's
+	// size, in the state-hash form and in a version-2 snapshot, whose
+	// bodies are in a store checkpoint under body_id (node-local; only in
+	// a version-2 snapshot).
+	BodyCrc       uint32 `protobuf:"varint,100,opt,name=body_crc,json=bodyCrc,proto3" json:"body_crc,omitempty"`
+	BodySize      uint32 `protobuf:"varint,101,opt,name=body_size,json=bodySize,proto3" json:"body_size,omitempty"`
+	BodyId        uint64 `protobuf:"varint,102,opt,name=body_id,json=bodyId,proto3" json:"body_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SnapshotMessage) Reset() {
@@ -336,6 +354,27 @@ func (x *SnapshotMessage) GetMovedToId() uint64 {
 func (x *SnapshotMessage) GetFirstEnqueuedAtUnixNano() int64 {
 	if x != nil {
 		return x.FirstEnqueuedAtUnixNano
+	}
+	return 0
+}
+
+func (x *SnapshotMessage) GetBodyCrc() uint32 {
+	if x != nil {
+		return x.BodyCrc
+	}
+	return 0
+}
+
+func (x *SnapshotMessage) GetBodySize() uint32 {
+	if x != nil {
+		return x.BodySize
+	}
+	return 0
+}
+
+func (x *SnapshotMessage) GetBodyId() uint64 {
+	if x != nil {
+		return x.BodyId
 	}
 	return 0
 }
@@ -617,17 +656,19 @@ var File_fsm_fsmpb_snapshot_proto protoreflect.FileDescriptor
 
 const file_fsm_fsmpb_snapshot_proto_rawDesc = "" +
 	"\n" +
-	"\x18fsm/fsmpb/snapshot.proto\x12\x0equorumq.fsm.v1\x1a\x17fsm/fsmpb/command.proto\x1a\x14fsm/fsmpb/view.proto\"X\n" +
+	"\x18fsm/fsmpb/snapshot.proto\x12\x0equorumq.fsm.v1\x1a\x17fsm/fsmpb/command.proto\x1a\x14fsm/fsmpb/view.proto\"z\n" +
 	"\rSnapshotState\x12#\n" +
 	"\rapplied_index\x18\x01 \x01(\x04R\fappliedIndex\x12\"\n" +
-	"\rnow_unix_nano\x18\x02 \x01(\x03R\vnowUnixNano\"\x83\x02\n" +
+	"\rnow_unix_nano\x18\x02 \x01(\x03R\vnowUnixNano\x12 \n" +
+	"\fnext_body_id\x18\x03 \x01(\x04R\n" +
+	"nextBodyId\"\x83\x02\n" +
 	"\rSnapshotQueue\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x129\n" +
 	"\bsettings\x18\x02 \x01(\v2\x1d.quorumq.fsm.v1.QueueSettingsR\bsettings\x126\n" +
 	"\bcounters\x18\x03 \x01(\v2\x1a.quorumq.fsm.v1.QueueStatsR\bcounters\x12/\n" +
 	"\x14created_at_unix_nano\x18\x04 \x01(\x03R\x11createdAtUnixNano\x12\x17\n" +
 	"\anext_id\x18\x05 \x01(\x04R\x06nextId\x12!\n" +
-	"\fdedup_cursor\x18\x06 \x01(\x04R\vdedupCursor\"\xee\x04\n" +
+	"\fdedup_cursor\x18\x06 \x01(\x04R\vdedupCursor\"\xbf\x05\n" +
 	"\x0fSnapshotMessage\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x121\n" +
 	"\x15enqueued_at_unix_nano\x18\x02 \x01(\x03R\x12enqueuedAtUnixNano\x12 \n" +
@@ -649,7 +690,10 @@ const file_fsm_fsmpb_snapshot_proto_rawDesc = "" +
 	"\x04fate\x18\r \x01(\x0e2\x1c.quorumq.fsm.v1.MessageStateR\x04fate\x12$\n" +
 	"\x0emoved_to_queue\x18\x0e \x01(\tR\fmovedToQueue\x12\x1e\n" +
 	"\vmoved_to_id\x18\x0f \x01(\x04R\tmovedToId\x12<\n" +
-	"\x1bfirst_enqueued_at_unix_nano\x18\x10 \x01(\x03R\x17firstEnqueuedAtUnixNano\"I\n" +
+	"\x1bfirst_enqueued_at_unix_nano\x18\x10 \x01(\x03R\x17firstEnqueuedAtUnixNano\x12\x19\n" +
+	"\bbody_crc\x18d \x01(\rR\abodyCrc\x12\x1b\n" +
+	"\tbody_size\x18e \x01(\rR\bbodySize\x12\x17\n" +
+	"\abody_id\x18f \x01(\x04R\x06bodyId\"I\n" +
 	"\rSnapshotDedup\x12\x19\n" +
 	"\bdedup_id\x18\x01 \x01(\tR\adedupId\x12\x1d\n" +
 	"\n" +
