@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -57,7 +58,7 @@ func (n *Node) snapshotNow(ctx context.Context) (*raft.SnapshotMeta, io.ReadClos
 		if lerr != nil || len(list) == 0 {
 			return nil, nil, status.Errorf(codes.Internal, "nothing new to snapshot, and no snapshot to open: %v", lerr)
 		}
-		meta, rc, err := n.snaps.Open(list[0].ID)
+		meta, rc, err := n.snapStore.Open(list[0].ID)
 		if err != nil {
 			return nil, nil, status.Errorf(codes.Internal, "open snapshot %s: %v", list[0].ID, err)
 		}
@@ -113,21 +114,17 @@ func (n *Node) seedFromBackup() error {
 	if path == "" {
 		return nil
 	}
-	check := fsm.New()
-	f, err := os.Open(path)
+	applied, hash, err := n.checkBackup(path)
 	if err != nil {
-		return fmt.Errorf("restore from: %w", err)
-	}
-	if err := check.Restore(f); err != nil {
 		return fmt.Errorf("restore from %s: not a usable backup: %w", path, err)
 	}
-	index := max(check.AppliedIndex(), 1)
+	index := max(applied, 1)
 	conf := raft.Configuration{Servers: []raft.Server{{Suffrage: raft.Voter, ID: raft.ServerID(n.cfg.NodeID), Address: raft.ServerAddress(n.raftAdv)}}}
 	sink, err := n.snaps.Create(raft.SnapshotVersionMax, index, 1, conf, index, n.trans)
 	if err != nil {
 		return fmt.Errorf("restore from %s: create snapshot: %w", path, err)
 	}
-	f, err = os.Open(path)
+	f, err := os.Open(path)
 	if err != nil {
 		sink.Cancel()
 		return fmt.Errorf("restore from: %w", err)
@@ -140,6 +137,41 @@ func (n *Node) seedFromBackup() error {
 	if err := sink.Close(); err != nil {
 		return fmt.Errorf("restore from %s: %w", path, err)
 	}
-	n.log.Info("data dir seeded from backup; starting as the only voter", "file", path, "index", index, "state_hash", check.StateHash())
+	n.log.Info("data dir seeded from backup; starting as the only voter", "file", path, "index", index, "state_hash", hash)
 	return nil
+}
+
+// checkBackup restores the backup at path into a throwaway FSM and returns
+// its applied index and state hash. A package (a snapshot with a
+// checkpoint of the body store, checkpoint.go) is restored with a body
+// store in a temporary directory of the data dir, which can hold it.
+func (n *Node) checkBackup(path string) (uint64, string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, "", err
+	}
+	defer f.Close()
+	br := bufio.NewReaderSize(f, 1<<20)
+	if !isPackage(br) {
+		check := fsm.New()
+		if err := check.Restore(io.NopCloser(br)); err != nil {
+			return 0, "", err
+		}
+		return check.AppliedIndex(), check.StateHash(), nil
+	}
+	tmp, err := os.MkdirTemp(n.cfg.DataDir, ".backup-check-")
+	if err != nil {
+		return 0, "", err
+	}
+	defer os.RemoveAll(tmp)
+	bodies, err := openBodyStoreSized(tmp, n.log, 4<<20)
+	if err != nil {
+		return 0, "", err
+	}
+	defer bodies.Close()
+	check := fsm.NewWithStore(bodies)
+	if err := restorePackage(br, check, bodies, ""); err != nil {
+		return 0, "", err
+	}
+	return check.AppliedIndex(), check.StateHash(), nil
 }

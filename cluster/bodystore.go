@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"sync"
@@ -33,17 +34,26 @@ const (
 // bodyStore is the fsm.Store of a node: pebble without its WAL, every
 // batch committed without fsync. The Raft log is the write-ahead log:
 // the store is derived state, removed and recreated empty at every start
-// and filled again by raft's restore of the newest snapshot and replay of
-// the log after it (cluster/DESIGN.md, "Storage on disk"). So a crash
-// that loses unflushed memtables, or leaves a half-written file, loses
-// nothing.
+// and filled again by raft's restore of the newest snapshot (which links
+// the snapshot's checkpoint back in, checkpoint.go) and replay of the log
+// after it (cluster/DESIGN.md, "Storage on disk"). So a crash that loses
+// unflushed memtables, or leaves a half-written file, loses nothing.
 type bodyStore struct {
-	db      *pebble.DB
-	path    string
-	backoff *backgroundBackoff
+	path     string
+	memtable uint64
+	log      *slog.Logger
+	backoff  *backgroundBackoff
+
+	// mu guards db, which adopt replaces, and pin.
+	mu  sync.RWMutex
+	db  *pebble.DB
+	pin *pinned // deletes held back for a pending checkpoint; nil: none
+
+	// cpMu keeps a checkpoint's Write and adopt apart.
+	cpMu sync.Mutex
 }
 
-var _ fsm.Store = (*bodyStore)(nil)
+var _ fsm.CheckpointStore = (*bodyStore)(nil)
 
 // openBodyStore removes dataDir's body store and opens a new, empty one.
 // The caller holds the data dir's lock (the log store's), so no other
@@ -55,52 +65,85 @@ func openBodyStore(dataDir string, log *slog.Logger) (*bodyStore, error) {
 // openBodyStoreSized is openBodyStore with memtables of memtable bytes.
 func openBodyStoreSized(dataDir string, log *slog.Logger, memtable uint64) (*bodyStore, error) {
 	path := filepath.Join(dataDir, bodyStoreDir)
-	if err := os.RemoveAll(path); err != nil {
-		return nil, fmt.Errorf("%w: remove the body store %s: %v", ErrDataDir, path, err)
+	for _, dir := range []string{path, path + incomingSuffix} {
+		if err := os.RemoveAll(dir); err != nil {
+			return nil, fmt.Errorf("%w: remove the body store %s: %v", ErrDataDir, dir, err)
+		}
 	}
+	log = log.With("component", "body-store")
+	s := &bodyStore{path: path, memtable: memtable, log: log, backoff: &backgroundBackoff{log: log}}
+	db, err := s.open(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: open the body store %s: %v", ErrDataDir, path, err)
+	}
+	s.db = db
+	return s, nil
+}
+
+// open opens pebble on dir with the store's options.
+func (s *bodyStore) open(dir string) (*pebble.DB, error) {
 	cache := pebble.NewCache(bodyStoreCache)
 	defer cache.Unref()
-	log = log.With("component", "body-store")
-	backoff := &backgroundBackoff{log: log}
-	db, err := pebble.Open(path, &pebble.Options{
+	return pebble.Open(dir, &pebble.Options{
 		Cache:              cache,
 		DisableWAL:         true,
 		FormatMajorVersion: pebble.FormatNewest,
-		MemTableSize:       memtable,
-		Logger:             pebbleLogger{log: log},
+		MemTableSize:       s.memtable,
+		Logger:             pebbleLogger{log: s.log},
 		EventListener: &pebble.EventListener{
-			BackgroundError: backoff.failed,
+			BackgroundError: s.backoff.failed,
 			FlushEnd: func(info pebble.FlushInfo) {
 				if info.Done && info.Err == nil {
-					backoff.succeeded()
+					s.backoff.succeeded()
 				}
 			},
 			CompactionEnd: func(info pebble.CompactionInfo) {
 				if info.Done && info.Err == nil {
-					backoff.succeeded()
+					s.backoff.succeeded()
 				}
 			},
 		},
 	})
-	if err != nil {
-		return nil, fmt.Errorf("%w: open the body store %s: %v", ErrDataDir, path, err)
-	}
-	return &bodyStore{db: db, path: path, backoff: backoff}, nil
 }
 
 // Get implements fsm.Store; the value is a copy.
-func (s *bodyStore) Get(key []byte) ([]byte, bool, error) { return pebbleGet(s.db, key) }
+func (s *bodyStore) Get(key []byte) ([]byte, bool, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.pin != nil && s.pin.deleted(key, math.MaxInt) {
+		return nil, false, nil
+	}
+	return pebbleGet(s.db, key)
+}
 
-// Batch implements fsm.Store.
-func (s *bodyStore) Batch() fsm.StoreBatch { return &bodyBatch{b: s.db.NewBatch()} }
+// Batch implements fsm.Store. Batches are written and committed on the
+// FSM's goroutine under its lock, as adopt is, so the DB a batch was
+// started on is still the store's at its Commit.
+func (s *bodyStore) Batch() fsm.StoreBatch {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return &bodyBatch{s: s, b: s.db.NewBatch()}
+}
 
 // View implements fsm.Store with a pebble snapshot: no copy, and the
 // sstables it reads stay until it is closed.
-func (s *bodyStore) View() (fsm.StoreView, error) { return &bodyView{s: s.db.NewSnapshot()}, nil }
+func (s *bodyStore) View() (fsm.StoreView, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	v := &bodyView{s: s.db.NewSnapshot(), pin: s.pin}
+	if v.pin != nil {
+		v.seq = v.pin.len()
+	}
+	return v, nil
+}
 
 // Close closes pebble. Unflushed writes are lost, which the next start,
 // which removes the store, does not mind.
-func (s *bodyStore) Close() error { return s.db.Close() }
+func (s *bodyStore) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.db.Close()
+}
 
 // pebbleGet reads key from a pebble DB or snapshot and copies the value
 // out of pebble's buffers.
@@ -118,21 +161,54 @@ func pebbleGet(r interface {
 	return out, true, c.Close()
 }
 
-type bodyBatch struct{ b *pebble.Batch }
+// bodyBatch writes its sets into a pebble batch as they come and keeps its
+// deletes aside until Commit, which holds them back while a checkpoint is
+// pending (pinned). The FSM never deletes a key it sets in a later part of
+// the same batch (body ids are never reused), so deletes after sets keep
+// the batch's meaning.
+type bodyBatch struct {
+	s    *bodyStore
+	b    *pebble.Batch
+	dels []deletion
+}
+
+// deletion is a key (end nil) or a range [key, end).
+type deletion struct{ key, end []byte }
 
 func (b *bodyBatch) Set(key, value []byte) { _ = b.b.Set(key, value, nil) }
-func (b *bodyBatch) Delete(key []byte)     { _ = b.b.Delete(key, nil) }
+func (b *bodyBatch) Delete(key []byte) {
+	b.dels = append(b.dels, deletion{key: bytes.Clone(key)})
+}
 func (b *bodyBatch) DeleteRange(from, to []byte) {
-	_ = b.b.DeleteRange(from, to, nil)
+	b.dels = append(b.dels, deletion{key: bytes.Clone(from), end: bytes.Clone(to)})
 }
 
 // Commit applies the batch without fsync: the store is rebuilt from the
 // Raft log after a crash.
 func (b *bodyBatch) Commit() error {
+	s := b.s
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.pin != nil {
+		s.pin.add(b.dels)
+	} else {
+		for _, d := range b.dels {
+			d.apply(b.b)
+		}
+	}
+	b.dels = nil
 	if b.b.Empty() {
 		return nil
 	}
 	return b.b.Commit(pebble.NoSync)
+}
+
+func (d deletion) apply(b *pebble.Batch) {
+	if d.end == nil {
+		_ = b.Delete(d.key, nil)
+	} else {
+		_ = b.DeleteRange(d.key, d.end, nil)
+	}
 }
 
 func (b *bodyBatch) Close() {
@@ -140,6 +216,163 @@ func (b *bodyBatch) Close() {
 		_ = b.b.Close()
 		b.b = nil
 	}
+}
+
+// pinned holds the deletes of the batches committed while a checkpoint is
+// pending: the checkpoint is written after the snapshot's entry, so the
+// bodies that entry's state refers to must still be in pebble then. Reads
+// treat them as done. seq orders them, so that a view taken meanwhile
+// hides only the deletes committed before it.
+type pinned struct {
+	mu     sync.RWMutex
+	keys   map[string]int // key → seq
+	ranges []seqDeletion
+	n      int
+}
+
+type seqDeletion struct {
+	deletion
+	seq int
+}
+
+func newPinned() *pinned { return &pinned{keys: make(map[string]int)} }
+
+func (p *pinned) add(dels []deletion) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, d := range dels {
+		if d.end == nil {
+			if _, ok := p.keys[string(d.key)]; !ok {
+				p.keys[string(d.key)] = p.n
+			}
+		} else {
+			p.ranges = append(p.ranges, seqDeletion{deletion: d, seq: p.n})
+		}
+		p.n++
+	}
+}
+
+func (p *pinned) len() int {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.n
+}
+
+// deleted reports whether a delete of key committed before seq is held.
+func (p *pinned) deleted(key []byte, before int) bool {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if seq, ok := p.keys[string(key)]; ok && seq < before {
+		return true
+	}
+	for _, r := range p.ranges {
+		if r.seq < before && bytes.Compare(key, r.key) >= 0 && bytes.Compare(key, r.end) < 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// Checkpoint implements fsm.CheckpointStore: it pins the store until the
+// checkpoint is released.
+func (s *bodyStore) Checkpoint() (fsm.StoreCheckpoint, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pin != nil {
+		return nil, errors.New("body store: a checkpoint is pending already")
+	}
+	s.pin = newPinned()
+	return &storeCheckpoint{s: s, pin: s.pin, db: s.db}, nil
+}
+
+type storeCheckpoint struct {
+	s    *bodyStore
+	pin  *pinned
+	db   *pebble.DB
+	once sync.Once
+}
+
+// Write flushes the memtables, so that the files hold every batch
+// committed up to now, and writes a pebble checkpoint into dir: hard links
+// to the sstables, a copy of the manifest and options. Its cost follows
+// the number of files and the memtable's size, not the backlog.
+func (c *storeCheckpoint) Write(dir string) error {
+	c.s.cpMu.Lock()
+	defer c.s.cpMu.Unlock()
+	c.s.mu.RLock()
+	swapped := c.s.db != c.db
+	c.s.mu.RUnlock()
+	if swapped {
+		return errors.New("body store: replaced by a restore since the checkpoint was pinned")
+	}
+	if err := c.db.Flush(); err != nil {
+		return fmt.Errorf("flush: %w", err)
+	}
+	if err := c.db.Checkpoint(dir); err != nil {
+		return fmt.Errorf("checkpoint into %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Release commits the held deletes, in one batch, and unpins.
+func (c *storeCheckpoint) Release() {
+	c.once.Do(func() {
+		s := c.s
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.pin != c.pin {
+			return
+		}
+		s.pin = nil
+		if s.db != c.db {
+			return // the store was replaced; its deletes went with it
+		}
+		b := s.db.NewBatch()
+		defer b.Close()
+		c.pin.mu.RLock()
+		for k := range c.pin.keys {
+			_ = b.Delete([]byte(k), nil)
+		}
+		for _, r := range c.pin.ranges {
+			r.apply(b)
+		}
+		c.pin.mu.RUnlock()
+		if err := b.Commit(pebble.NoSync); err != nil {
+			// The bodies stay as garbage until the next start rebuilds
+			// the store; nothing refers to them.
+			s.log.Error("body store: deletes held for a checkpoint failed", "err", err, "keys", len(c.pin.keys))
+		}
+	})
+}
+
+// adopt makes the pebble files in dir the store: the open DB is closed,
+// dir renamed to the store's path and opened. A checkpoint pinned on the
+// old DB is dropped with it. An error after the old DB closed leaves the
+// store unusable, so it panics: the node stops rather than run without
+// the bodies its state refers to, and rebuilds the store at its next
+// start.
+func (s *bodyStore) adopt(dir string) error {
+	s.cpMu.Lock()
+	defer s.cpMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pin = nil
+	if err := s.db.Close(); err != nil {
+		s.log.Warn("body store: close before a restore", "err", err)
+	}
+	fail := func(err error) { panic(fmt.Sprintf("body store: adopt %s: %v", dir, err)) }
+	if err := os.RemoveAll(s.path); err != nil {
+		fail(err)
+	}
+	if err := os.Rename(dir, s.path); err != nil {
+		fail(err)
+	}
+	db, err := s.open(s.path)
+	if err != nil {
+		fail(err)
+	}
+	s.db = db
+	return nil
 }
 
 // bodyView reads a pebble snapshot through one iterator: Persist and a
@@ -152,9 +385,16 @@ func (b *bodyBatch) Close() {
 type bodyView struct {
 	s  *pebble.Snapshot
 	it *pebble.Iterator
+	// pin, if a checkpoint was pending when the view was taken: its
+	// first seq deletes were committed before the view.
+	pin *pinned
+	seq int
 }
 
 func (v *bodyView) Get(key []byte) ([]byte, bool, error) {
+	if v.pin != nil && v.pin.deleted(key, v.seq) {
+		return nil, false, nil
+	}
 	if v.it == nil {
 		it, err := v.s.NewIter(nil)
 		if err != nil {

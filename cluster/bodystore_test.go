@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -206,8 +207,11 @@ func heapInUse() uint64 {
 // pebble stores with different memtable sizes, one of them flushed and
 // compacted at different points: their state hashes agree after every
 // entry, and so does a fourth restored from a snapshot the pebble one
-// persisted while the log went on. What differs between their disks
-// (files, levels, compactions, body ids) does not enter the hash.
+// persisted while the log went on, and two more restored from a
+// snapshot with a checkpoint of its store, taken while entries that
+// deleted bodies applied (one linking the checkpoint's files, one reading
+// them from the package). What differs between their disks (files,
+// levels, compactions, body ids) does not enter the hash.
 func TestBodyStoreKeepsStateHashesEqual(t *testing.T) {
 	open := func(memtable uint64) (*bodyStore, *fsm.FSM) {
 		s, err := openBodyStoreSized(t.TempDir(), slog.New(slog.DiscardHandler), memtable)
@@ -227,7 +231,9 @@ func TestBodyStoreKeepsStateHashesEqual(t *testing.T) {
 		receipts []*fsmpb.Receipt
 		idx      uint64
 		restored *fsm.FSM
+		fromCP   []*fsm.FSM
 		last     *raft.Log
+		tail     []*raft.Log // applied since the checkpointed snapshot
 	)
 	apply := func(cmd *fsmpb.Command) {
 		idx++
@@ -239,8 +245,9 @@ func TestBodyStoreKeepsStateHashesEqual(t *testing.T) {
 		}
 		l := &raft.Log{Index: idx, Type: raft.LogCommand, Data: data}
 		last = l
+		tail = append(tail, l)
 		var first *fsmpb.Result
-		for i, f := range append(fsms, restored) {
+		for i, f := range append(append(fsms, restored), fromCP...) {
 			if f == nil {
 				continue
 			}
@@ -324,14 +331,124 @@ func TestBodyStoreKeepsStateHashesEqual(t *testing.T) {
 			}
 			restored.Apply(last) // the entry applied during Persist
 		}
+		if step == 450 {
+			snap, err := a.Snapshot()
+			if err != nil {
+				t.Fatal(err)
+			}
+			idxAt, before := idx, peekAll(t, a, "q")
+			tail = nil
+			// Entries that delete bodies apply before the checkpoint is
+			// written: their deletes must not reach it.
+			apply(&fsmpb.Command{Op: &fsmpb.Command_Purge{Purge: &fsmpb.Purge{Queue: "q"}}})
+			apply(&fsmpb.Command{Op: &fsmpb.Command_Receive{Receive: &fsmpb.Receive{Queue: "dlq", Max: 3, AutoAck: true}}})
+			fromCP = checkpointRestores(t, snap, idxAt, before, tail)
+		}
 		want := a.StateHash()
-		for i, f := range append(fsms, restored) {
+		for i, f := range append(append(fsms, restored), fromCP...) {
 			if f != nil && f.StateHash() != want {
 				t.Fatalf("step %d index %d: FSM %d has state hash %s, the first %s", step, idx, i, f.StateHash(), want)
 			}
 		}
 	}
 }
+
+// checkpointRestores persists snap with a checkpoint of its store into a
+// snapshot directory, restores two FSMs from its package, one linking the
+// checkpoint's files as a restart does and one reading them from the
+// package as an installed snapshot does, checks that each serves the
+// messages of queue q with their bodies as they were at the snapshot
+// (peeked), and applies tail to both.
+func checkpointRestores(t *testing.T, snap raft.FSMSnapshot, idxAt uint64, peeked []*fsmpb.PeekedMessage, tail []*raft.Log) []*fsm.FSM {
+	t.Helper()
+	snapDir := t.TempDir()
+	dir := filepath.Join(snapDir, "1-1-1")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	tag := []byte("0123456789abcdef")
+	if err := os.WriteFile(filepath.Join(dir, tagFile), tag, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sink := &dirSink{dir: filepath.Join(dir, checkpointDir)}
+	if err := snap.Persist(sink); err != nil {
+		t.Fatal(err)
+	}
+	snap.Release()
+	if !bytes.HasPrefix(sink.Bytes(), []byte("QQFSMSNP\x00\x00\x00\x02")) {
+		t.Fatalf("snapshot into a sink with a checkpoint directory starts %q, want version 2", sink.Bytes()[:12])
+	}
+	var out []*fsm.FSM
+	for _, link := range []bool{true, false} {
+		p, err := openPackage(sink.dir, tag, int64(sink.Len()), io.NopCloser(bytes.NewReader(sink.Bytes())))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := openBodyStoreSized(t.TempDir(), slog.New(slog.DiscardHandler), 2<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		f := fsm.NewWithStore(s)
+		from := ""
+		if link {
+			from = snapDir
+		}
+		if err := restorePackage(bufio.NewReader(p), f, s, from); err != nil {
+			t.Fatalf("restore (link %v): %v", link, err)
+		}
+		p.Close()
+		if f.AppliedIndex() != idxAt {
+			t.Fatalf("restored index %d, want %d", f.AppliedIndex(), idxAt)
+		}
+		if n := linkedFiles(t, s.path); link != (n > 0) {
+			t.Fatalf("restore (link %v): %d of the store's files are links", link, n)
+		}
+		got := peekAll(t, f, "q")
+		if len(got) != len(peeked) || len(got) == 0 {
+			t.Fatalf("restore (link %v): %d messages in q, want %d", link, len(got), len(peeked))
+		}
+		for i := range got {
+			if !proto.Equal(got[i], peeked[i]) {
+				t.Fatalf("restore (link %v): message %v, want %v", link, got[i], peeked[i])
+			}
+		}
+		for _, l := range tail {
+			f.Apply(l)
+		}
+		out = append(out, f)
+	}
+	return out
+}
+
+// peekAll peeks every live message of queue, bodies included.
+func peekAll(t *testing.T, f *fsm.FSM, queue string) []*fsmpb.PeekedMessage {
+	t.Helper()
+	var out []*fsmpb.PeekedMessage
+	from := uint64(0)
+	for {
+		msgs, next, err := f.Peek(queue, fsm.PeekOptions{From: from, Max: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, msgs...)
+		if next == 0 {
+			return out
+		}
+		from = next
+	}
+}
+
+// dirSink is a snapshot sink in memory with a checkpoint directory.
+type dirSink struct {
+	bytes.Buffer
+	dir string
+}
+
+func (*dirSink) ID() string              { return "1-1-1" }
+func (*dirSink) Cancel() error           { return nil }
+func (*dirSink) Close() error            { return nil }
+func (s *dirSink) CheckpointDir() string { return s.dir }
 
 func deliveryReceipts(res *fsmpb.Result) []*fsmpb.Receipt {
 	var out []*fsmpb.Receipt

@@ -1,7 +1,9 @@
 package cluster
 
 import (
+	"bufio"
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -163,8 +165,22 @@ func (m *metrics) observeLeader(o *raft.Observation) bool {
 // raft still finds ApplyBatch.
 type observedFSM struct {
 	*fsm.FSM
-	m  *metrics
-	ct *clusterTime
+	m       *metrics
+	ct      *clusterTime
+	bodies  *bodyStore
+	snapDir string
+}
+
+// Restore restores a package (a snapshot with a checkpoint of the body
+// store, checkpoint.go) into the FSM and the body store, and any other
+// snapshot through the FSM.
+func (o observedFSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	br := bufio.NewReaderSize(rc, 1<<20)
+	if isPackage(br) {
+		return restorePackage(br, o.FSM, o.bodies, o.snapDir)
+	}
+	return o.FSM.Restore(io.NopCloser(br))
 }
 
 func (o observedFSM) Apply(l *raft.Log) interface{} {
@@ -203,6 +219,14 @@ func (s observedSnapshot) Persist(sink raft.SnapshotSink) error {
 type countingSink struct {
 	raft.SnapshotSink
 	n int64
+}
+
+// CheckpointDir passes the sink's checkpoint directory on (fsm.CheckpointSink).
+func (c *countingSink) CheckpointDir() string {
+	if cs, ok := c.SnapshotSink.(fsm.CheckpointSink); ok {
+		return cs.CheckpointDir()
+	}
+	return ""
 }
 
 func (c *countingSink) Write(p []byte) (int, error) {

@@ -62,7 +62,8 @@ type Node struct {
 	storeKind string           // LogStoreWAL or LogStoreBolt: what the data dir holds
 	logs      raft.LogStore    // what raft reads and writes: store under the cache and the read checks
 	snaps     *raft.FileSnapshotStore
-	bodies    *bodyStore // the FSM's message bodies (bodystore.go)
+	bodies    *bodyStore     // the FSM's message bodies (bodystore.go)
+	snapStore *snapshotStore // what raft uses: n.snaps with checkpoints packed (checkpoint.go)
 
 	ml         *memberlist.Memberlist
 	members    *members
@@ -301,12 +302,13 @@ func (n *Node) startRaft() error {
 	if err := n.seedFromBackup(); err != nil {
 		return err
 	}
-	snaps := &snapshotStore{FileSnapshotStore: n.snaps}
+	snaps := &snapshotStore{FileSnapshotStore: n.snaps, dir: filepath.Join(n.cfg.DataDir, "snapshots")}
+	n.snapStore = snaps
 	var trans raft.Transport = drainedTransport{n.trans}
 	if peers != nil {
 		trans = newMemberTransport(drainedTransport{n.trans}, peers, n.stop)
 	}
-	r, err := raft.NewRaft(rc, observedFSM{FSM: n.fsm, m: n.metrics, ct: n.ctime}, logs, n.store.stable, snaps, trans)
+	r, err := raft.NewRaft(rc, observedFSM{FSM: n.fsm, m: n.metrics, ct: n.ctime, bodies: n.bodies, snapDir: snaps.dir}, logs, n.store.stable, snaps, trans)
 	if err != nil {
 		return fmt.Errorf("start raft with data dir %s: %w", n.cfg.DataDir, err)
 	}

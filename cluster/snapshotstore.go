@@ -42,6 +42,7 @@ var errOlderSnapshot = errors.New("refusing an older snapshot")
 // store before raft starts: neither is refused.
 type snapshotStore struct {
 	*raft.FileSnapshotStore
+	dir string // the FileSnapshotStore's: <data-dir>/snapshots
 	// state holds an appliedIndexer: the node's Raft once NewRaft
 	// returned. Until then nothing has been applied.
 	state atomic.Value

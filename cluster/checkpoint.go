@@ -1,0 +1,367 @@
+package cluster
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/quorumq/quorumq/fsm"
+)
+
+// A node's own snapshot is raft's state.bin holding the FSM's index (a
+// version-2 stream: records with body references) and, beside it in the
+// snapshot's directory, a pebble checkpoint of the body store
+// (checkpointDir) and a random tag naming that checkpoint (tagFile). The
+// checkpoint hard-links the store's sstables: writing it costs a memtable
+// flush and a manifest copy, whatever the backlog.
+//
+// raft sends and restores what the snapshot store's Open returns, so Open
+// packs a snapshot with a checkpoint into one self-contained stream, whose
+// size is known before a byte is read (raft sends meta.Size bytes):
+//
+//	magic "QQSNPKG1"
+//	uvarint length + the snapshot's checkpoint tag
+//	uvarint file count, then per file: uvarint length + name, uvarint size
+//	index length (uint64 big-endian) + the index (state.bin)
+//	the files' bytes, in the order listed
+//	CRC32C (uint32 big-endian) of every byte before it
+//
+// A follower's sink keeps the package as it came, so its state.bin is
+// complete by itself. restorePackage reads the index, then either links
+// the files of the node's own checkpoint (its tag matches the one on
+// disk: a restart) or writes the package's files into a new store (an
+// installed snapshot, a backup), and adopts them as the body store.
+const (
+	packageMagic   = "QQSNPKG1"
+	checkpointDir  = "store"
+	tagFile        = "store.tag"
+	incomingSuffix = "-incoming"
+	tagBytes       = 16
+	// maxPackageFiles bounds the file list read from a package header.
+	maxPackageFiles = 1 << 20
+)
+
+// CheckpointDir implements fsm.CheckpointSink: the checkpoint goes into the
+// directory raft's file snapshot store is writing the snapshot into, so
+// that it is renamed, kept and reaped with the snapshot.
+func (c *checkedSink) CheckpointDir() string {
+	dir := filepath.Join(c.store.dir, c.ID()+".tmp")
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		return ""
+	}
+	tag := make([]byte, tagBytes)
+	if _, err := rand.Read(tag); err != nil {
+		return ""
+	}
+	if err := os.WriteFile(filepath.Join(dir, tagFile), tag, 0o600); err != nil {
+		return ""
+	}
+	return filepath.Join(dir, checkpointDir)
+}
+
+// packageFile is one file of a checkpoint in a package.
+type packageFile struct {
+	name string
+	size int64
+}
+
+// Open opens a snapshot for raft: a snapshot with a checkpoint beside it
+// as a package (above), any other as it is.
+func (s *snapshotStore) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, error) {
+	meta, rc, err := s.FileSnapshotStore.Open(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	dir := filepath.Join(s.dir, id)
+	tag, err := os.ReadFile(filepath.Join(dir, tagFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return meta, rc, nil
+	}
+	if err == nil {
+		var p *packageReader
+		if p, err = openPackage(filepath.Join(dir, checkpointDir), tag, meta.Size, rc); err == nil {
+			m := *meta
+			m.Size = p.size
+			return &m, p, nil
+		}
+	}
+	rc.Close()
+	return nil, nil, fmt.Errorf("open snapshot %s: %w", id, err)
+}
+
+// packageReader streams a package: header, index, files, CRC.
+type packageReader struct {
+	parts []io.Reader
+	files []*os.File
+	index io.Closer
+	crc   hash.Hash32
+	trail []byte // the CRC once the parts are read
+	size  int64
+}
+
+func openPackage(dir string, tag []byte, indexSize int64, index io.ReadCloser) (*packageReader, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	p := &packageReader{index: index, crc: crc32.New(crc32.MakeTable(crc32.Castagnoli))}
+	hdr := append([]byte(packageMagic), binary.AppendUvarint(nil, uint64(len(tag)))...)
+	hdr = append(hdr, tag...)
+	var files []packageFile
+	for _, e := range entries {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		f, err := os.Open(filepath.Join(dir, e.Name()))
+		if err != nil {
+			p.Close()
+			return nil, err
+		}
+		p.files = append(p.files, f)
+		st, err := f.Stat()
+		if err != nil {
+			p.Close()
+			return nil, err
+		}
+		files = append(files, packageFile{name: e.Name(), size: st.Size()})
+	}
+	hdr = binary.AppendUvarint(hdr, uint64(len(files)))
+	for _, f := range files {
+		hdr = binary.AppendUvarint(hdr, uint64(len(f.name)))
+		hdr = append(hdr, f.name...)
+		hdr = binary.AppendUvarint(hdr, uint64(f.size))
+	}
+	hdr = binary.BigEndian.AppendUint64(hdr, uint64(indexSize))
+	p.parts = append(p.parts, bytes.NewReader(hdr), io.LimitReader(index, indexSize))
+	p.size = int64(len(hdr)) + indexSize + 4
+	for i, f := range p.files {
+		p.parts = append(p.parts, io.LimitReader(f, files[i].size))
+		p.size += files[i].size
+	}
+	return p, nil
+}
+
+func (p *packageReader) Read(b []byte) (int, error) {
+	for len(p.parts) > 0 {
+		n, err := p.parts[0].Read(b)
+		p.crc.Write(b[:n])
+		if err == io.EOF {
+			p.parts = p.parts[1:]
+			if len(p.parts) == 0 {
+				p.trail = binary.BigEndian.AppendUint32(nil, p.crc.Sum32())
+			}
+			err = nil
+		}
+		if n > 0 || err != nil {
+			return n, err
+		}
+	}
+	if len(p.trail) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(b, p.trail)
+	p.trail = p.trail[n:]
+	return n, nil
+}
+
+func (p *packageReader) Close() error {
+	errs := []error{p.index.Close()}
+	for _, f := range p.files {
+		errs = append(errs, f.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// isPackage reports whether r, which must be able to peek, starts a
+// package.
+func isPackage(r *bufio.Reader) bool {
+	b, err := r.Peek(len(packageMagic))
+	return err == nil && string(b) == packageMagic
+}
+
+// crcReader hashes what is read through it.
+type crcReader struct {
+	r   io.Reader
+	crc hash.Hash32
+}
+
+func (c *crcReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.crc.Write(b[:n])
+	return n, err
+}
+
+func (c *crcReader) ReadByte() (byte, error) {
+	var b [1]byte
+	if _, err := io.ReadFull(c, b[:]); err != nil {
+		return 0, err
+	}
+	return b[0], nil
+}
+
+// restorePackage restores f from a package: its index into the FSM, its
+// checkpoint as the body store. snapDir is the node's snapshot directory,
+// where the checkpoint of its own snapshot is linked from when the tag
+// matches.
+func restorePackage(r io.Reader, f *fsm.FSM, bodies *bodyStore, snapDir string) error {
+	cr := &crcReader{r: r, crc: crc32.New(crc32.MakeTable(crc32.Castagnoli))}
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: package: %s", fsm.ErrSnapshot, fmt.Sprintf(format, args...))
+	}
+	magic := make([]byte, len(packageMagic))
+	if _, err := io.ReadFull(cr, magic); err != nil || string(magic) != packageMagic {
+		return bad("bad magic %q", magic)
+	}
+	readBytes := func(what string, limit uint64) ([]byte, error) {
+		n, err := binary.ReadUvarint(cr)
+		if err != nil || n > limit {
+			return nil, bad("%s: length %d (limit %d): %v", what, n, limit, err)
+		}
+		b := make([]byte, n)
+		if _, err := io.ReadFull(cr, b); err != nil {
+			return nil, bad("%s: %v", what, err)
+		}
+		return b, nil
+	}
+	tag, err := readBytes("tag", 64)
+	if err != nil {
+		return err
+	}
+	count, err := binary.ReadUvarint(cr)
+	if err != nil || count > maxPackageFiles {
+		return bad("file count %d: %v", count, err)
+	}
+	files := make([]packageFile, 0, count)
+	for range count {
+		name, err := readBytes("file name", 255)
+		if err != nil {
+			return err
+		}
+		size, err := binary.ReadUvarint(cr)
+		if err != nil || size > 1<<50 {
+			return bad("size of %q: %d: %v", name, size, err)
+		}
+		if n := string(name); n == "" || n == "." || n == ".." || strings.ContainsAny(n, "/\\\x00") {
+			return bad("file name %q", name)
+		}
+		files = append(files, packageFile{name: string(name), size: int64(size)})
+	}
+	var lenBuf [8]byte
+	if _, err := io.ReadFull(cr, lenBuf[:]); err != nil {
+		return bad("index length: %v", err)
+	}
+	indexLen := int64(binary.BigEndian.Uint64(lenBuf[:]))
+	local := localCheckpoint(snapDir, tag, files)
+	incoming := bodies.path + incomingSuffix
+	return f.RestoreCheckpoint(io.LimitReader(cr, indexLen), func() error {
+		if err := os.RemoveAll(incoming); err != nil {
+			return err
+		}
+		if err := os.MkdirAll(incoming, 0o700); err != nil {
+			return err
+		}
+		if local != "" {
+			err = linkFiles(local, incoming, files)
+		} else {
+			err = copyFiles(cr, incoming, files)
+		}
+		if err != nil {
+			return err
+		}
+		if local == "" {
+			want := cr.crc.Sum32()
+			var sum [4]byte
+			if _, err := io.ReadFull(r, sum[:]); err != nil {
+				return bad("checksum: %v", err)
+			}
+			if got := binary.BigEndian.Uint32(sum[:]); got != want {
+				return bad("checksum %08x, computed %08x", got, want)
+			}
+		}
+		return bodies.adopt(incoming)
+	})
+}
+
+// localCheckpoint returns the directory of the node's own checkpoint with
+// this tag and exactly these files, or "".
+func localCheckpoint(snapDir string, tag []byte, files []packageFile) string {
+	if snapDir == "" || len(tag) == 0 {
+		return ""
+	}
+	entries, err := os.ReadDir(snapDir)
+	if err != nil {
+		return ""
+	}
+	for _, e := range entries {
+		dir := filepath.Join(snapDir, e.Name())
+		if t, err := os.ReadFile(filepath.Join(dir, tagFile)); err != nil || !bytes.Equal(t, tag) {
+			continue
+		}
+		cp := filepath.Join(dir, checkpointDir)
+		if slices.ContainsFunc(files, func(f packageFile) bool {
+			st, err := os.Stat(filepath.Join(cp, f.name))
+			return err != nil || st.Size() != f.size
+		}) {
+			return ""
+		}
+		return cp
+	}
+	return ""
+}
+
+// linkFiles hard-links the sstables of a checkpoint into dir and copies
+// the rest (manifest, options, markers), which pebble may rewrite.
+func linkFiles(from, dir string, files []packageFile) error {
+	for _, f := range files {
+		src, dst := filepath.Join(from, f.name), filepath.Join(dir, f.name)
+		if filepath.Ext(f.name) == ".sst" {
+			if err := os.Link(src, dst); err == nil {
+				continue
+			}
+		}
+		in, err := os.Open(src)
+		if err != nil {
+			return err
+		}
+		err = writeFile(dst, in, f.size)
+		in.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// copyFiles writes the package's files from r into dir.
+func copyFiles(r io.Reader, dir string, files []packageFile) error {
+	for _, f := range files {
+		if err := writeFile(filepath.Join(dir, f.name), r, f.size); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func writeFile(path string, r io.Reader, size int64) error {
+	out, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.CopyN(out, r, size); err != nil {
+		out.Close()
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return out.Close()
+}
