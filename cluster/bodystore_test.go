@@ -127,6 +127,17 @@ func TestBodiesServedAfterEveryNodeRestarts(t *testing.T) {
 			t.Fatalf("node %d has no body store in its data dir: %v", i, err)
 		}
 	}
+	restartAll(t, c)
+	for i := range c.Nodes {
+		checkPeekBodies(t, c, i, "q", 0, 160, size)
+	}
+	receiveBodies(t, c, c.Index(c.Leader(t)), "q", 0, 160, size)
+}
+
+// restartAll kills every node and starts it again, and waits until all
+// have applied the log after their snapshots with equal state hashes.
+func restartAll(t *testing.T, c *TestCluster) {
+	t.Helper()
 	for i := range c.Nodes {
 		c.Kill(i)
 	}
@@ -141,9 +152,7 @@ func TestBodiesServedAfterEveryNodeRestarts(t *testing.T) {
 		if n.StateHash() != hash {
 			t.Fatalf("node %d: state hash %s, want %s", i, n.StateHash(), hash)
 		}
-		checkPeekBodies(t, c, i, "q", 0, 160, size)
 	}
-	receiveBodies(t, c, c.Index(c.Leader(t)), "q", 0, 160, size)
 }
 
 // A node whose data dir is lost gets every body back through
