@@ -109,13 +109,20 @@ type Config struct {
 	SnapshotInterval   time.Duration // how often raft checks SnapshotThreshold; default 30 s
 	SnapshotThreshold  uint64        // log entries since the last snapshot that trigger one; default 8192
 	TrailingLogs       uint64        // entries kept after a snapshot for slow followers; default 10240
-	SnapshotRetain     int           // snapshots kept on disk; default 2
-	TickInterval       time.Duration // leader's periodic tick command; default 1 s
-	LogVerifyInterval  time.Duration // leader's log-verification checkpoints (logverify.go); default 60 s, negative = none
-	ApplyTimeout       time.Duration // cap on one proposal, whatever the caller's deadline; default 10 s
-	ReadyMaxLag        uint64        // /readyz: entries a follower may be behind the leader's commit index; default 1000
-	StatusTimeout      time.Duration // per-node timeout of the status fan-out; default 1 s
-	LocalGossip        bool          // faster gossip timings for loopback clusters (dev, tests)
+	// SnapshotBytes: bytes of log entries applied since the last snapshot
+	// that trigger one, so that large entries cannot grow the log to
+	// gigabytes before SnapshotThreshold counts enough of them; default
+	// 256 MiB. TrailingBytes: about how many bytes of log a snapshot keeps
+	// (at most TrailingLogs entries); default 512 MiB (logbudget.go).
+	SnapshotBytes     uint64
+	TrailingBytes     uint64
+	SnapshotRetain    int           // snapshots kept on disk; default 2
+	TickInterval      time.Duration // leader's periodic tick command; default 1 s
+	LogVerifyInterval time.Duration // leader's log-verification checkpoints (logverify.go); default 60 s, negative = none
+	ApplyTimeout      time.Duration // cap on one proposal, whatever the caller's deadline; default 10 s
+	ReadyMaxLag       uint64        // /readyz: entries a follower may be behind the leader's commit index; default 1000
+	StatusTimeout     time.Duration // per-node timeout of the status fan-out; default 1 s
+	LocalGossip       bool          // faster gossip timings for loopback clusters (dev, tests)
 
 	// Clock is where the node reads wall and monotonic time; nil = the
 	// system clock. Tests and the fault suite move it (OffsetClock).
@@ -255,6 +262,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.TrailingLogs == 0 {
 		c.TrailingLogs = 10240
+	}
+	if c.SnapshotBytes == 0 {
+		c.SnapshotBytes = defaultSnapshotBytes
+	}
+	if c.TrailingBytes == 0 {
+		c.TrailingBytes = defaultTrailingBytes
 	}
 	if c.ReadyMaxLag == 0 {
 		c.ReadyMaxLag = 1000

@@ -169,6 +169,7 @@ type observedFSM struct {
 	ct      *clusterTime
 	bodies  *bodyStore
 	snapDir string
+	budget  *logBudget
 }
 
 // Restore restores a package (a snapshot with a checkpoint of the body
@@ -185,6 +186,7 @@ func (o observedFSM) Restore(rc io.ReadCloser) error {
 
 func (o observedFSM) Apply(l *raft.Log) interface{} {
 	res := o.FSM.Apply(l)
+	o.budget.applied(len(l.Data))
 	if l.Type == raft.LogCommand && !fsm.IsCheckpoint(l.Data) { // a checkpoint carries no time
 		o.ct.applied(o.FSM.NowUnixNano())
 	}
@@ -196,6 +198,7 @@ func (o observedFSM) Snapshot() (raft.FSMSnapshot, error) {
 	if err != nil {
 		return nil, err
 	}
+	o.budget.snapshotted()
 	return observedSnapshot{FSMSnapshot: s, m: o.m}, nil
 }
 

@@ -64,6 +64,7 @@ type Node struct {
 	snaps     *raft.FileSnapshotStore
 	bodies    *bodyStore     // the FSM's message bodies (bodystore.go)
 	snapStore *snapshotStore // what raft uses: n.snaps with checkpoints packed (checkpoint.go)
+	budget    *logBudget     // bytes applied since the last snapshot (logbudget.go)
 
 	ml         *memberlist.Memberlist
 	members    *members
@@ -198,7 +199,8 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 
-	n.wg.Add(4)
+	n.wg.Add(5)
+	go n.budgetLoop()
 	go n.joinLoop()
 	go n.serveAPI()
 	go n.leaderLoop()
@@ -292,6 +294,7 @@ func (n *Node) startRaft() error {
 	}
 
 	n.fsm = fsm.NewWithStore(n.bodies)
+	n.budget = newLogBudget(n.cfg.SnapshotBytes)
 	var disk raft.LogStore = n.store
 	if n.cfg.wrapLogStore != nil {
 		disk = n.cfg.wrapLogStore(disk)
@@ -308,7 +311,7 @@ func (n *Node) startRaft() error {
 	if peers != nil {
 		trans = newMemberTransport(drainedTransport{n.trans}, peers, n.stop)
 	}
-	r, err := raft.NewRaft(rc, observedFSM{FSM: n.fsm, m: n.metrics, ct: n.ctime, bodies: n.bodies, snapDir: snaps.dir}, logs, n.store.stable, snaps, trans)
+	r, err := raft.NewRaft(rc, observedFSM{FSM: n.fsm, m: n.metrics, ct: n.ctime, bodies: n.bodies, snapDir: snaps.dir, budget: n.budget}, logs, n.store.stable, snaps, trans)
 	if err != nil {
 		return fmt.Errorf("start raft with data dir %s: %w", n.cfg.DataDir, err)
 	}

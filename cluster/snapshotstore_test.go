@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -198,13 +199,14 @@ func (a appliedAt) AppliedIndex() uint64 { return uint64(a) }
 // a received snapshot at the same kind of index is refused, and so is any
 // snapshot below the newest held.
 func TestSnapshotStoreKeepsOwnSnapshotsBehindTheAppliedIndex(t *testing.T) {
-	files, err := raft.NewFileSnapshotStore(t.TempDir(), 3, io.Discard)
+	dir := t.TempDir()
+	files, err := raft.NewFileSnapshotStore(dir, 3, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	store := &snapshotStore{FileSnapshotStore: files}
+	store := &snapshotStore{FileSnapshotStore: files, dir: filepath.Join(dir, "snapshots")}
 	store.follow(appliedAt(10))
-	own, err := observedFSM{FSM: fsm.New(), m: newMetrics(&Node{})}.Snapshot()
+	own, err := observedFSM{FSM: fsm.New(), m: newMetrics(&Node{}), budget: newLogBudget(defaultSnapshotBytes)}.Snapshot()
 	if err != nil {
 		t.Fatal(err)
 	}

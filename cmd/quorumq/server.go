@@ -29,6 +29,7 @@ type serverFlags struct {
 	nodeID, dataDir                string
 	logStore                       string
 	walSegmentSize                 string
+	snapshotBytes, trailingBytes   string
 	apiAddr, apiAdvertise          string
 	raftAddr, raftAdvertise        string
 	gossipAddr, gossipAdvertise    string
@@ -157,6 +158,8 @@ others with --join; the first server adds them.`,
 	fl.DurationVar(&f.snapshotInterval, "snapshot-interval", 30*time.Second, "how often to check --snapshot-threshold (raft adds up to this much random jitter)")
 	fl.DurationVar(&f.logVerifyInterval, "log-verify-interval", time.Minute, "how often the leader appends a checkpoint at which every server verifies its Raft log against the leader's checksum; negative: never")
 	fl.Uint64Var(&f.trailingLog, "trailing-logs", 10240, "log entries kept after a snapshot so a slow follower can catch up from the log")
+	fl.StringVar(&f.snapshotBytes, "snapshot-bytes", "256MiB", "bytes of log entries applied since the last snapshot that trigger a new one, whatever --snapshot-threshold counts")
+	fl.StringVar(&f.trailingBytes, "trailing-bytes", "512MiB", "about how many bytes of log a snapshot keeps for slow followers (at most --trailing-logs entries, at least 16)")
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate of this server (API and Raft TLS); its SANs must cover the advertised addresses")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
 	fl.StringVar(&f.tlsCA, "tls-ca", "", "PEM CA that signed every server's certificate (verifies Raft peers both ways; required with --tls-cert)")
@@ -262,6 +265,19 @@ func (f *serverFlags) operations(cfg *cluster.Config) error {
 		return fmt.Errorf("--log-store %q: want wal or bolt", f.logStore)
 	}
 	cfg.LogStore = f.logStore
+	for _, b := range []struct {
+		flag, value string
+		to          *uint64
+	}{{"snapshot-bytes", f.snapshotBytes, &cfg.SnapshotBytes}, {"trailing-bytes", f.trailingBytes, &cfg.TrailingBytes}} {
+		if b.value == "" {
+			continue // cluster.Config's default
+		}
+		v, err := parseBytes(b.flag, b.value)
+		if err != nil {
+			return err
+		}
+		*b.to = uint64(v)
+	}
 	if f.walSegmentSize != "" {
 		seg, err := parseBytes("wal-segment-size", f.walSegmentSize)
 		if err != nil {
