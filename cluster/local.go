@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -100,19 +101,33 @@ func StartLocal(ctx context.Context, opts LocalOptions) (*LocalCluster, error) {
 			gossip = append(gossip, localAddr(opts.BasePort+LocalGossipPortOffset+i))
 		}
 	}
-	for i := 0; i < opts.N; i++ {
-		cfg := LocalConfig(opts.Dir, i, opts.N, opts.Logger)
-		if opts.BasePort != 0 {
+	if opts.BasePort != 0 {
+		// Every address is known up front, so the nodes start side by
+		// side, as the servers of a real cluster do: a start that
+		// checks and replays a long log does not wait for the others'.
+		lc.Nodes, lc.configs = make([]*Node, opts.N), make([]Config, opts.N)
+		errs := make([]error, opts.N)
+		var wg sync.WaitGroup
+		for i := range opts.N {
+			cfg := LocalConfig(opts.Dir, i, opts.N, opts.Logger)
 			cfg.APIAddr = localAddr(opts.BasePort + i)
 			cfg.RaftAddr = localAddr(opts.BasePort + LocalRaftPortOffset + i)
 			cfg.GossipAddr = gossip[i]
 			cfg.AdminAddr = localAddr(opts.BasePort + LocalAdminPortOffset + i)
 			cfg.Join = gossip
-		} else {
-			cfg.APIAddr, cfg.RaftAddr, cfg.GossipAddr = localAddr(0), localAddr(0), localAddr(0)
-			for _, n := range lc.Nodes {
-				cfg.Join = append(cfg.Join, n.GossipAddr())
-			}
+			wg.Go(func() { lc.Nodes[i], lc.configs[i], errs[i] = startPinned(ctx, i, cfg, opts.Tweak) })
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			lc.Nodes = slices.DeleteFunc(lc.Nodes, func(n *Node) bool { return n == nil })
+			return nil, errors.Join(err, lc.Close())
+		}
+	}
+	for i := 0; i < opts.N && opts.BasePort == 0; i++ {
+		cfg := LocalConfig(opts.Dir, i, opts.N, opts.Logger)
+		cfg.APIAddr, cfg.RaftAddr, cfg.GossipAddr = localAddr(0), localAddr(0), localAddr(0)
+		for _, n := range lc.Nodes {
+			cfg.Join = append(cfg.Join, n.GossipAddr())
 		}
 		node, cfg, err := startPinned(ctx, i, cfg, opts.Tweak)
 		if err != nil {
