@@ -30,42 +30,34 @@ const backupChunk = 256 << 10
 
 // Snapshot takes a Raft snapshot on the node asked and reports it. When
 // nothing was applied since the last snapshot, that snapshot is reported.
+// Its size is what InstallSnapshot would send (the package, with the
+// checkpoint's files); nothing is read to report it.
 func (c *clusterService) Snapshot(ctx context.Context, _ *quorumqpb.SnapshotRequest) (*quorumqpb.SnapshotResponse, error) {
-	meta, rc, err := c.n.snapshotNow(ctx)
+	id, err := c.n.snapshotNow(ctx)
 	if err != nil {
 		return nil, err
 	}
-	rc.Close()
+	meta, err := c.n.snapStore.meta(id)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "snapshot %s: %v", id, err)
+	}
+	c.n.log.Info("snapshot taken on request", "index", meta.Index, "size", meta.Size)
 	return &quorumqpb.SnapshotResponse{Index: meta.Index, Term: meta.Term, Size: meta.Size, Id: meta.ID}, nil
 }
 
-// snapshotNow takes a snapshot and opens it; the caller closes rc.
-func (n *Node) snapshotNow(ctx context.Context) (*raft.SnapshotMeta, io.ReadCloser, error) {
-	timeout := n.timeoutFor(ctx)
-	f := n.raft.Snapshot()
-	err := n.await(ctx, f, timeout)
-	switch {
-	case err == nil:
-		meta, rc, err := f.Open()
-		if err != nil {
-			return nil, nil, status.Errorf(codes.Internal, "open new snapshot: %v", err)
-		}
-		n.log.Info("snapshot taken on request", "index", meta.Index, "size", meta.Size)
-		return meta, rc, nil
-	case errors.Is(err, raft.ErrNothingNewToSnapshot):
-		// The latest snapshot already holds the applied state.
-		list, lerr := n.snaps.List()
-		if lerr != nil || len(list) == 0 {
-			return nil, nil, status.Errorf(codes.Internal, "nothing new to snapshot, and no snapshot to open: %v", lerr)
-		}
-		meta, rc, err := n.snapStore.Open(list[0].ID)
-		if err != nil {
-			return nil, nil, status.Errorf(codes.Internal, "open snapshot %s: %v", list[0].ID, err)
-		}
-		return meta, rc, nil
-	default:
-		return nil, nil, status.Errorf(codes.Unavailable, "snapshot: %v", err)
+// snapshotNow takes a snapshot and returns the ID of the newest one: the
+// one taken, or a later one, or the one that already holds the applied
+// state when nothing was applied since.
+func (n *Node) snapshotNow(ctx context.Context) (string, error) {
+	err := n.await(ctx, n.raft.Snapshot(), n.timeoutFor(ctx))
+	if err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) {
+		return "", status.Errorf(codes.Unavailable, "snapshot: %v", err)
 	}
+	list, err := n.snaps.List()
+	if err != nil || len(list) == 0 {
+		return "", status.Errorf(codes.Internal, "no snapshot to report: %v", err)
+	}
+	return list[0].ID, nil
 }
 
 // Backup streams a snapshot of the leader's state. Only a ready leader
@@ -76,9 +68,13 @@ func (c *clusterService) Backup(_ *quorumqpb.BackupRequest, stream quorumqpb.Clu
 	if err := c.n.verifyLeader(ctx); err != nil {
 		return err
 	}
-	meta, rc, err := c.n.snapshotNow(ctx)
+	id, err := c.n.snapshotNow(ctx)
 	if err != nil {
 		return err
+	}
+	meta, rc, err := c.n.snapStore.Open(id)
+	if err != nil {
+		return status.Errorf(codes.Internal, "open snapshot %s: %v", id, err)
 	}
 	defer rc.Close()
 	buf := make([]byte, backupChunk)

@@ -111,31 +111,27 @@ type packageReader struct {
 	size  int64
 }
 
-func openPackage(dir string, tag []byte, indexSize int64, index io.ReadCloser) (*packageReader, error) {
+// packageHeader lists the checkpoint in dir and encodes the package's
+// header and index length, and the size of the whole package.
+func packageHeader(dir string, tag []byte, indexSize int64) ([]byte, []packageFile, int64, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, err
+		return nil, nil, 0, err
 	}
-	p := &packageReader{index: index, crc: crc32.New(crc32.MakeTable(crc32.Castagnoli))}
 	hdr := append([]byte(packageMagic), binary.AppendUvarint(nil, uint64(len(tag)))...)
 	hdr = append(hdr, tag...)
 	var files []packageFile
+	size := indexSize + 4
 	for _, e := range entries {
 		if !e.Type().IsRegular() {
 			continue
 		}
-		f, err := os.Open(filepath.Join(dir, e.Name()))
+		fi, err := e.Info()
 		if err != nil {
-			p.Close()
-			return nil, err
+			return nil, nil, 0, err
 		}
-		p.files = append(p.files, f)
-		st, err := f.Stat()
-		if err != nil {
-			p.Close()
-			return nil, err
-		}
-		files = append(files, packageFile{name: e.Name(), size: st.Size()})
+		files = append(files, packageFile{name: e.Name(), size: fi.Size()})
+		size += fi.Size()
 	}
 	hdr = binary.AppendUvarint(hdr, uint64(len(files)))
 	for _, f := range files {
@@ -144,13 +140,57 @@ func openPackage(dir string, tag []byte, indexSize int64, index io.ReadCloser) (
 		hdr = binary.AppendUvarint(hdr, uint64(f.size))
 	}
 	hdr = binary.BigEndian.AppendUint64(hdr, uint64(indexSize))
+	return hdr, files, size + int64(len(hdr)), nil
+}
+
+func openPackage(dir string, tag []byte, indexSize int64, index io.ReadCloser) (*packageReader, error) {
+	hdr, files, size, err := packageHeader(dir, tag, indexSize)
+	if err != nil {
+		return nil, err
+	}
+	p := &packageReader{index: index, crc: crc32.New(crc32.MakeTable(crc32.Castagnoli)), size: size}
 	p.parts = append(p.parts, bytes.NewReader(hdr), io.LimitReader(index, indexSize))
-	p.size = int64(len(hdr)) + indexSize + 4
-	for i, f := range p.files {
-		p.parts = append(p.parts, io.LimitReader(f, files[i].size))
-		p.size += files[i].size
+	for _, f := range files {
+		// Opened now: pebble never changes a checkpoint's files, and an
+		// open file stays readable if raft reaps the snapshot meanwhile.
+		fh, err := os.Open(filepath.Join(dir, f.name))
+		if err != nil {
+			p.Close()
+			return nil, err
+		}
+		if st, err := fh.Stat(); err != nil || st.Size() != f.size {
+			fh.Close()
+			p.Close()
+			return nil, fmt.Errorf("checkpoint file %s changed while opening: %v", f.name, err)
+		}
+		p.files = append(p.files, fh)
+		p.parts = append(p.parts, io.LimitReader(fh, f.size))
 	}
 	return p, nil
+}
+
+// meta returns the metadata of snapshot id as Open would, with the size of
+// its package, without reading it.
+func (s *snapshotStore) meta(id string) (*raft.SnapshotMeta, error) {
+	list, err := s.List()
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range list {
+		if m.ID != id {
+			continue
+		}
+		dir := filepath.Join(s.dir, id)
+		tag, err := os.ReadFile(filepath.Join(dir, tagFile))
+		if errors.Is(err, os.ErrNotExist) {
+			return m, nil
+		}
+		if err == nil {
+			_, _, m.Size, err = packageHeader(filepath.Join(dir, checkpointDir), tag, m.Size)
+		}
+		return m, err
+	}
+	return nil, fmt.Errorf("snapshot %s not found", id)
 }
 
 func (p *packageReader) Read(b []byte) (int, error) {

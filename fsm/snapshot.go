@@ -116,22 +116,34 @@ type fsmSnapshot struct{ v *view }
 // Persist writes the snapshot to sink and closes it (or cancels it on
 // error).
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
-	enc := inline
+	var cpDone chan error
 	if cs, ok := sink.(CheckpointSink); ok && s.v.cp != nil {
 		if dir := cs.CheckpointDir(); dir != "" {
-			err := s.v.cp.Write(dir)
-			s.v.releaseCheckpoint()
-			if err != nil {
-				_ = sink.Cancel()
-				return fmt.Errorf("fsm: persist snapshot: checkpoint of the body store: %w", err)
-			}
-			enc = byRef
+			// The checkpoint (a memtable flush and links) is written
+			// beside the index, which needs nothing of it.
+			cpDone = make(chan error, 1)
+			go func() {
+				err := s.v.cp.Write(dir)
+				s.v.releaseCheckpoint()
+				cpDone <- err
+			}()
 		}
 	}
-	// Deletes wait while the store is pinned; a snapshot streamed inline
-	// reads its bodies from the view instead.
-	s.v.releaseCheckpoint()
-	if err := s.v.write(sink, enc); err != nil {
+	enc := inline
+	if cpDone != nil {
+		enc = byRef
+	} else {
+		// Deletes wait while the store is pinned; a snapshot streamed
+		// inline reads its bodies from the view instead.
+		s.v.releaseCheckpoint()
+	}
+	err := s.v.write(sink, enc)
+	if cpDone != nil {
+		if cpErr := <-cpDone; cpErr != nil {
+			err = errors.Join(err, fmt.Errorf("checkpoint of the body store: %w", cpErr))
+		}
+	}
+	if err != nil {
 		_ = sink.Cancel()
 		return fmt.Errorf("fsm: persist snapshot: %w", err)
 	}
