@@ -10,15 +10,22 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/quorumq/quorumq/transport/quorumqpb"
+	"github.com/quorumq/quorumq/transport/wire"
 )
 
 // The disk-full fault: with CaseConfig.SmallDisks every node's data dir is
 // a size-limited tmpfs from the start of the case (the data dir cannot be
 // moved under a running node, and which node is a follower is known only
-// when the fault strikes). The disk-full-follower nemesis fills a
-// follower's file system under load with a filler file until ENOSPC and
-// keeps it full, then gives the space back: freed (the filler removed) and
-// grown (the tmpfs remounted larger) on alternate injections.
+// when the fault strikes). The disk-full-follower and disk-full-leader
+// nemeses fill a follower's or the leader's file system under load with a
+// filler file until ENOSPC and keep it full, then give the space back:
+// freed (the filler removed) and grown (the tmpfs remounted larger) on
+// alternate injections.
 //
 // raft-wal preallocates each segment file when it starts it, so appends
 // inside a segment never meet the full disk: only the end of one does
@@ -385,6 +392,143 @@ func (d *diskFullFollower) verify(ctx context.Context, env *Env, n *Node, what s
 		return desc, err
 	}
 	return desc + "; " + caught, nil
+}
+
+// diskGuardProbeQueue is the queue the disk-full-leader nemesis asks its
+// victim to create: a call its disk guard must refuse while the disk is
+// full. One the guard lets through creates the queue once, or is told
+// it exists; either way no workload's queue changes.
+const diskGuardProbeQueue = "jepsen-disk-guard-probe"
+
+const (
+	// guardBound is how long a leader with a full disk may go on
+	// admitting the probe: its guard decides on a free-space reading at
+	// most 250 ms old (cluster/diskguard.go).
+	guardBound = 2 * time.Second
+	// appliesBound is how long the cluster may apply nothing while the
+	// leader's disk is full; a leader proposes a tick every second, and an
+	// election after it stepped down takes a few.
+	appliesBound = 8 * time.Second
+)
+
+// diskFullLeader fills the leader's disk, under load, and keeps it full
+// until heal. The leader's disk guard must then refuse what adds data
+// before proposing it: Inject returns once the node has refused a probe
+// (CreateQueue of diskGuardProbeQueue) with the guard's
+// ResourceExhausted, or once it no longer leads (its own log append met
+// the full disk first, and raft stepped it down); a node that leads on
+// and admits the probe for guardBound fails the injection. Heal first
+// requires, the disk still full, that the cluster applies entries within
+// appliesBound (led by the node, which goes on serving receives, acks
+// and ticks from its preallocated wal segment, or by another one), then
+// gives the space back like diskFullFollower and requires that the full
+// disk refused something (the probe, or a write in the node's log) and
+// that the node applies the leader's commit index within catchUpBound.
+type diskFullLeader struct {
+	diskFill
+	guardRefusal string // the guard's answer to the probe in the current injection
+}
+
+func (d *diskFullLeader) Name() string { return "disk-full-leader" }
+
+func (d *diskFullLeader) Inject(ctx context.Context, env *Env) (string, error) {
+	n, err := env.Cluster.WaitLeader(ctx)
+	if err != nil {
+		return "", err
+	}
+	detail, err := d.fill(d.Name(), n, "leader "+n.ID)
+	if err != nil {
+		return "", err
+	}
+	d.guardRefusal = ""
+	start := time.Now()
+	for {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := quorumqpb.NewQueueClient(n.Conn()).CreateQueue(pctx, &quorumqpb.CreateQueueRequest{Name: diskGuardProbeQueue})
+		cancel()
+		after := time.Since(start).Round(10 * time.Millisecond)
+		if st, _ := status.FromError(err); st.Code() == codes.ResourceExhausted && strings.Contains(st.Message(), "disk guard") {
+			d.guardRefusal = st.Message()
+			return fmt.Sprintf("%s; its disk guard refused the probe after %s: %.300s", detail, after, st.Message()), nil
+		}
+		if !n.Proc.Running() {
+			return fmt.Sprintf("%s; it exited %s after the fill, before its guard refused the probe", detail, after), nil
+		}
+		if _, _, notLeader := wire.LeaderHint(err); notLeader {
+			return fmt.Sprintf("%s; it stopped leading %s after the fill, before its guard refused the probe", detail, after), nil
+		}
+		if time.Since(start) > guardBound {
+			return detail, fmt.Errorf("%s leads with a full disk, but its disk guard did not refuse the probe for %s (last answer: %v)", n.ID, guardBound, err)
+		}
+		select {
+		case <-ctx.Done():
+			return detail, fmt.Errorf("waiting for %s's disk guard to refuse the probe: %w", n.ID, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func (d *diskFullLeader) Heal(ctx context.Context, env *Env) (string, error) {
+	if d.victim == nil {
+		return "", nil
+	}
+	applies, appliesErr := keepsApplying(ctx, env.Cluster, d.victim, appliesBound)
+	n, what, err := d.giveBack()
+	if err != nil {
+		return applies, err
+	}
+	desc, refusals, _, err := d.account(env, n, applies+"; "+what)
+	switch {
+	case err != nil:
+		return desc, err
+	case appliesErr != nil:
+		return desc, appliesErr
+	case d.guardRefusal == "" && refusals == 0:
+		return desc, fmt.Errorf("%s's disk guard refused no probe and its log shows no write refused while its disk was full: the fault did not bite", n.ID)
+	}
+	caught, err := waitCaughtUp(ctx, env.Cluster, n, catchUpBound)
+	if err != nil {
+		return desc, err
+	}
+	return desc + "; " + caught, nil
+}
+
+// keepsApplying waits, for at most bound, until the cluster's leader
+// applies an entry beyond the applied index of the leader it finds first,
+// and says which node led: full, whose disk is full, or another.
+func keepsApplying(ctx context.Context, c *Cluster, full *Node, bound time.Duration) (string, error) {
+	start := time.Now()
+	cctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
+	var base uint64
+	known := false
+	for {
+		if l, err := c.Leader(cctx); err == nil {
+			sctx, scancel := context.WithTimeout(cctx, time.Second)
+			st, err := c.NodeStatus(sctx, l)
+			scancel()
+			switch {
+			case err != nil:
+			case !known:
+				base, known = st.GetAppliedIndex(), true
+			case st.GetAppliedIndex() > base:
+				who := "it still led"
+				if l != full {
+					who = l.ID + " led in its place"
+				}
+				return fmt.Sprintf("with %s's disk full %s and applied index %d after %d within %s",
+					full.ID, who, st.GetAppliedIndex(), base, time.Since(start).Round(100*time.Millisecond)), nil
+			}
+		}
+		select {
+		case <-cctx.Done():
+			if !known {
+				return "", fmt.Errorf("with %s's disk full no node led for %s", full.ID, bound)
+			}
+			return "", fmt.Errorf("with %s's disk full the cluster applied nothing beyond index %d for %s", full.ID, base, bound)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // waitCaughtUp waits until n has applied the leader's commit index as it

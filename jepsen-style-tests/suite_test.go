@@ -72,6 +72,13 @@ func shortSchedule(ns ...Nemesis) Schedule {
 	return Schedule{Nemeses: ns, Cycles: 2, Quiet: [2]time.Duration{2 * time.Second, 3 * time.Second}, Fault: [2]time.Duration{4 * time.Second, 6 * time.Second}}
 }
 
+// diskFullLeaderSchedule is the short profile's disk-full-leader case:
+// two injections, each held 8 to 12 s (so that the leader's snapshots,
+// every 3 s, meet the full disk too), about 35 s of schedule.
+func diskFullLeaderSchedule() Schedule {
+	return Schedule{Nemeses: []Nemesis{&diskFullLeader{}}, Cycles: 2, Quiet: [2]time.Duration{2 * time.Second, 3 * time.Second}, Fault: [2]time.Duration{8 * time.Second, 12 * time.Second}}
+}
+
 // TestJepsen runs the suite: in the short profile one case per nemesis
 // plus a short mixed schedule; in the long profile mixed schedules of
 // several minutes. The redrive case (redrive.go) runs beside them in
@@ -140,6 +147,12 @@ func TestJepsen(t *testing.T) {
 				// go test's 10-minute timeout on two cores; while the cut
 				// holds, its cluster mostly waits.
 				beside = append(beside, tc{n.Name(), longPartitionSchedule(1, [2]time.Duration{60 * time.Second, 120 * time.Second})})
+				continue
+			}
+			if _, leader := n.(*diskFullLeader); leader {
+				// About 50 s in all, beside the others too: in line it
+				// would take the short profile past the timeout as well.
+				beside = append(beside, tc{n.Name(), diskFullLeaderSchedule()})
 				continue
 			}
 			cases = append(cases, tc{n.Name(), shortSchedule(n)})
