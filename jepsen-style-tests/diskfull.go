@@ -477,7 +477,10 @@ func (d *diskFullLeader) Heal(ctx context.Context, env *Env) (string, error) {
 	if err != nil {
 		return applies, err
 	}
-	desc, refusals, _, err := d.account(env, n, applies+"; "+what)
+	if applies != "" {
+		what = applies + "; " + what
+	}
+	desc, refusals, _, err := d.account(env, n, what)
 	switch {
 	case err != nil:
 		return desc, err
