@@ -1,7 +1,6 @@
 package jepsen
 
 import (
-	"context"
 	"testing"
 	"time"
 )
@@ -14,26 +13,11 @@ import (
 // forgotten: the case must be invalid, with early redeliveries and sends
 // inside their dedup window enqueued again.
 func TestClockNemesisBitesInTheSuite(t *testing.T) {
-	if testing.Short() {
-		t.Skip("skipping: starts a cluster (-short)")
-	}
-	if !longProfile() {
-		t.Skip("skipping: a must-fail case, run with the long profile (-long or QUORUMQ_JEPSEN_LONG=1)")
-	}
-	seed := caseSeed()
-	t.Logf("seed %d", seed)
-	res, err := RunCase(context.Background(), CaseConfig{
-		Name: "clock-wall-stamps", Seed: seed, Bin: binary(t), ReportRoot: reportRoot(),
+	res := runMustFail(t, CaseConfig{
+		Name:      "clock-wall-stamps",
 		Schedule:  Schedule{Nemeses: []Nemesis{&clockJumps{steps: []clockStep{leaderForward}}}, Cycles: 1, Quiet: [2]time.Duration{3 * time.Second, 3 * time.Second}, Fault: [2]time.Duration{5 * time.Second, 5 * time.Second}},
 		ExtraArgs: []string{"--fake-clock-wall-stamps", "--log-level", "debug"},
-	})
-	if err != nil {
-		t.Fatalf("harness: %v", err)
-	}
-	t.Log("\n" + res.Summary())
-	if res.Valid {
-		t.Fatal("the case is valid although the leader stamped commands an hour ahead")
-	}
+	}, nil, "the leader stamped commands an hour ahead")
 	var early, dedup int
 	for _, q := range res.Queues {
 		early += q.EarlyRedeliveries

@@ -107,28 +107,10 @@ func (l *lyingDisks) Heal(_ context.Context, env *Env) (string, error) {
 // (lazyfs's TestPowerFailureBites shows loss itself for a toy writer
 // that acknowledges before fsync.)
 func TestPowerNemesisBitesInTheSuite(t *testing.T) {
-	if testing.Short() {
-		t.Skip("skipping: starts a cluster (-short)")
-	}
-	if !longProfile() {
-		t.Skip("skipping: a must-fail case, run with the long profile (-long or QUORUMQ_JEPSEN_LONG=1)")
-	}
-	if err := lazyfs.Available(); err != nil {
-		t.Skipf("skipping: %v", err)
-	}
-	seed := caseSeed()
-	t.Logf("seed %d", seed)
-	res, err := RunCase(context.Background(), CaseConfig{
-		Name: "lying-disks", Seed: seed, Bin: binary(t), ReportRoot: reportRoot(), LazyFS: true,
+	res := runMustFail(t, CaseConfig{
+		Name: "lying-disks", LazyFS: true,
 		Schedule: Schedule{Nemeses: []Nemesis{&lyingDisks{}}, Cycles: 1, Quiet: [2]time.Duration{2 * time.Second, 2 * time.Second}, Fault: [2]time.Duration{time.Second, time.Second}},
-	})
-	if err != nil {
-		t.Fatalf("harness: %v", err)
-	}
-	t.Log("\n" + res.Summary())
-	if res.Valid {
-		t.Fatal("the case is valid although the cluster forgot acknowledged writes")
-	}
+	}, lazyfs.Available, "the cluster forgot acknowledged writes")
 	// The at-least-once workload's queue is busy enough to show it in
 	// every run; the timing workload's few messages may all have been
 	// delivered before the power failed.

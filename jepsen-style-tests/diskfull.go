@@ -10,15 +10,22 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/quorumq/quorumq/transport/quorumqpb"
+	"github.com/quorumq/quorumq/transport/wire"
 )
 
 // The disk-full fault: with CaseConfig.SmallDisks every node's data dir is
 // a size-limited tmpfs from the start of the case (the data dir cannot be
 // moved under a running node, and which node is a follower is known only
-// when the fault strikes). The disk-full-follower nemesis fills a
-// follower's file system under load with a filler file until ENOSPC and
-// keeps it full, then gives the space back: freed (the filler removed) and
-// grown (the tmpfs remounted larger) on alternate injections.
+// when the fault strikes). The disk-full-follower and disk-full-leader
+// nemeses fill a follower's or the leader's file system under load with a
+// filler file until ENOSPC and keep it full, then give the space back:
+// freed (the filler removed) and grown (the tmpfs remounted larger) on
+// alternate injections.
 //
 // raft-wal preallocates each segment file when it starts it, so appends
 // inside a segment never meet the full disk: only the end of one does
@@ -187,42 +194,25 @@ func keepFull(path string) (stop func()) {
 	}
 }
 
-// diskFullFollower fills the disk of a random follower, under load, and
-// keeps it full until heal. Inject returns once the node has refused a
-// log append (raft logs "failed to append to logs" with "no space left on
-// device"): it goes on for seconds inside its preallocated wal segment
-// (or on free pages inside its bolt file), refusing snapshots meanwhile.
-// Heal gives the space back, by removing the fillers and by growing the
-// file system on alternate injections, and then requires that the node
-// refused log appends while full (the fault bit) and that it applies the
-// leader's commit index within catchUpBound.
-type diskFullFollower struct {
-	count        int
-	victim       *Node
-	firstRefusal time.Time // of any write, in the current injection
-	fillers      []string
-	logOffset    int64
-	stopFill     func()
+// diskFill is what the disk-full nemeses share: one victim's file system
+// filled under load and kept full until heal, then its space given back,
+// and the victim's log read for the writes the full disk refused.
+type diskFill struct {
+	count     int // injections so far; the odd ones free the space, the even ones grow the disk
+	victim    *Node
+	fillers   []string
+	logOffset int64
+	stopFill  func()
 }
 
-func (d *diskFullFollower) Name() string          { return "disk-full-follower" }
-func (d *diskFullFollower) NeedsNetwork() bool    { return false }
-func (d *diskFullFollower) NeedsLazyFS() bool     { return false }
-func (d *diskFullFollower) NeedsSmallDisks() bool { return true }
+func (*diskFill) NeedsNetwork() bool    { return false }
+func (*diskFill) NeedsLazyFS() bool     { return false }
+func (*diskFill) NeedsSmallDisks() bool { return true }
 
-func (d *diskFullFollower) Inject(ctx context.Context, env *Env) (string, error) {
-	leader, err := env.Cluster.WaitLeader(ctx)
-	if err != nil {
-		return "", err
-	}
-	var followers []*Node
-	for _, n := range env.Cluster.Nodes {
-		if n != leader {
-			followers = append(followers, n)
-		}
-	}
-	n := followers[env.Rand.IntN(len(followers))]
-	size, err := smallDisk(d.Name(), n.DataDir)
+// fill fills n's file system with a new filler until ENOSPC and keeps it
+// full; who names n in the description it returns.
+func (d *diskFill) fill(nemesis string, n *Node, who string) (string, error) {
+	size, err := smallDisk(nemesis, n.DataDir)
 	if err != nil {
 		return "", err
 	}
@@ -236,10 +226,125 @@ func (d *diskFullFollower) Inject(ctx context.Context, env *Env) (string, error)
 		os.Remove(path)
 		return "", fmt.Errorf("fill %s's disk: %w", n.ID, err)
 	}
-	d.victim, d.firstRefusal = n, time.Time{}
+	d.victim = n
 	d.fillers = append(d.fillers, path)
 	d.stopFill = keepFull(path)
-	detail := fmt.Sprintf("filled follower %s's %d MiB disk (leader %s): %s of filler until ENOSPC, kept full", n.ID, size>>20, leader.ID, mib(filled))
+	return fmt.Sprintf("filled the %d MiB disk of %s: %s of filler until ENOSPC, kept full", size>>20, who, mib(filled)), nil
+}
+
+// giveBack stops the top-ups and gives the victim's space back: the
+// fillers removed on odd injections, the tmpfs grown by smallDiskGrowth
+// (fillers kept) on even ones. It returns the victim, nil when no fault
+// is in force, and what it did.
+func (d *diskFill) giveBack() (*Node, string, error) {
+	n := d.victim
+	if n == nil {
+		return nil, "", nil
+	}
+	d.victim = nil
+	d.stopFill()
+	if d.count%2 == 1 {
+		for _, f := range d.fillers {
+			if err := os.Remove(f); err != nil {
+				return n, "", fmt.Errorf("free %s's disk: %w", n.ID, err)
+			}
+		}
+		d.fillers = nil
+		return n, fmt.Sprintf("freed %s's disk (fillers removed)", n.ID), nil
+	}
+	size, err := growDisk(n.DataDir, smallDiskGrowth)
+	if err != nil {
+		return n, "", err
+	}
+	return n, fmt.Sprintf("grew %s's disk to %d MiB (fillers kept)", n.ID, size>>20), nil
+}
+
+// account adds to what (a heal's description) how many writes n's full
+// disk refused, and restarts n if it exited while full: raft stops a node
+// that cannot save a new term, and an operator's supervisor would restart
+// it once there is space again.
+func (d *diskFill) account(env *Env, n *Node, what string) (desc string, refusals, logs int, err error) {
+	refusals, _, logs = d.refusals(n)
+	desc = fmt.Sprintf("%s; %d lines of its log say no space left on device, %d of them refused log appends", what, refusals, logs)
+	if !n.Proc.Running() {
+		if err := env.Cluster.Restart(n, false); err != nil {
+			return desc, refusals, logs, err
+		}
+		desc += "; it had exited while full, restarted"
+	}
+	return desc, refusals, logs, nil
+}
+
+// logAppendRefusals are the lines raft logs when the log store refuses an
+// append: on a follower ("failed to append to logs") and on the leader
+// ("failed to commit logs", after which it steps down). With "no space
+// left on device" in it, a full disk refused a log write, not only a
+// snapshot.
+var logAppendRefusals = []string{"failed to append to logs", "failed to commit logs"}
+
+// refusals counts the lines n logged since the injection that report a
+// full disk, and returns the first one; logs counts those among them
+// that refused a log append.
+func (d *diskFill) refusals(n *Node) (count int, first string, logs int) {
+	f, err := os.Open(n.LogPath)
+	if err != nil {
+		return 0, "", 0
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.NewSectionReader(f, d.logOffset, 1<<40))
+	if err != nil {
+		return 0, "", 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.Contains(line, "no space left on device") {
+			continue
+		}
+		if count == 0 {
+			first = line
+		}
+		count++
+		for _, m := range logAppendRefusals {
+			if strings.Contains(line, m) {
+				logs++
+				break
+			}
+		}
+	}
+	return count, first, logs
+}
+
+// diskFullFollower fills the disk of a random follower, under load, and
+// keeps it full until heal. Inject returns once the node has refused a
+// log append (raft logs "failed to append to logs" with "no space left on
+// device"): it goes on for seconds inside its preallocated wal segment
+// (or on free pages inside its bolt file), refusing snapshots meanwhile.
+// Heal gives the space back (diskFill.giveBack), and then requires that
+// the node refused log appends while full (the fault bit) and that it
+// applies the leader's commit index within catchUpBound.
+type diskFullFollower struct {
+	diskFill
+	firstRefusal time.Time // of any write, in the current injection
+}
+
+func (d *diskFullFollower) Name() string { return "disk-full-follower" }
+
+func (d *diskFullFollower) Inject(ctx context.Context, env *Env) (string, error) {
+	leader, err := env.Cluster.WaitLeader(ctx)
+	if err != nil {
+		return "", err
+	}
+	var followers []*Node
+	for _, n := range env.Cluster.Nodes {
+		if n != leader {
+			followers = append(followers, n)
+		}
+	}
+	n := followers[env.Rand.IntN(len(followers))]
+	detail, err := d.fill(d.Name(), n, fmt.Sprintf("follower %s (leader %s)", n.ID, leader.ID))
+	if err != nil {
+		return "", err
+	}
+	d.firstRefusal = time.Time{}
 	// The node goes on appending into its preallocated wal segment (or
 	// on the free pages inside its bolt file) until it needs a new one;
 	// the fault is in force once it refuses a log append.
@@ -262,27 +367,9 @@ func (d *diskFullFollower) Inject(ctx context.Context, env *Env) (string, error)
 }
 
 func (d *diskFullFollower) Heal(ctx context.Context, env *Env) (string, error) {
-	n := d.victim
-	if n == nil {
-		return "", nil
-	}
-	d.victim = nil
-	d.stopFill()
-	var what string
-	if d.count%2 == 1 {
-		for _, f := range d.fillers {
-			if err := os.Remove(f); err != nil {
-				return "", fmt.Errorf("free %s's disk: %w", n.ID, err)
-			}
-		}
-		d.fillers = nil
-		what = fmt.Sprintf("freed %s's disk (fillers removed)", n.ID)
-	} else {
-		size, err := growDisk(n.DataDir, smallDiskGrowth)
-		if err != nil {
-			return "", err
-		}
-		what = fmt.Sprintf("grew %s's disk to %d MiB (fillers kept)", n.ID, size>>20)
+	n, what, err := d.giveBack()
+	if n == nil || err != nil {
+		return what, err
 	}
 	return d.verify(ctx, env, n, what)
 }
@@ -290,61 +377,161 @@ func (d *diskFullFollower) Heal(ctx context.Context, env *Env) (string, error) {
 // verify is the end of a heal: node n, whose disk was full, must have
 // refused writes (else the fault did not bite) and must catch up.
 func (d *diskFullFollower) verify(ctx context.Context, env *Env, n *Node, what string) (string, error) {
-	var b strings.Builder
-	b.WriteString(what)
-	refusals, _, logs := d.refusals(n)
-	fmt.Fprintf(&b, "; %d lines of its log say no space left on device, %d of them refused log appends", refusals, logs)
-	if !n.Proc.Running() {
-		// raft stops a node that cannot save a new term; an operator's
-		// supervisor would restart it once there is space again.
-		if err := env.Cluster.Restart(n, false); err != nil {
-			return b.String(), err
-		}
-		b.WriteString("; it had exited while full, restarted")
+	desc, refusals, logs, err := d.account(env, n, what)
+	if err != nil {
+		return desc, err
 	}
 	if refusals == 0 {
-		return b.String(), fmt.Errorf("%s refused no write while its disk was full: the fault did not bite", n.ID)
+		return desc, fmt.Errorf("%s refused no write while its disk was full: the fault did not bite", n.ID)
 	}
 	if logs == 0 {
-		return b.String(), fmt.Errorf("%s refused no log append while its disk was full, only other writes: the full disk never met the log", n.ID)
+		return desc, fmt.Errorf("%s refused no log append while its disk was full, only other writes: the full disk never met the log", n.ID)
 	}
 	caught, err := waitCaughtUp(ctx, env.Cluster, n, catchUpBound)
 	if err != nil {
-		return b.String(), err
+		return desc, err
 	}
-	return b.String() + "; " + caught, nil
+	return desc + "; " + caught, nil
 }
 
-// logAppendRefused marks the line raft logs when the log store refuses a
-// follower's append: with "no space left on device" in it, a full disk
-// refused a log write, not only a snapshot.
-const logAppendRefused = "failed to append to logs"
+// diskGuardProbeQueue is the queue the disk-full-leader nemesis asks its
+// victim to create: a call its disk guard must refuse while the disk is
+// full. One the guard lets through creates the queue once, or is told
+// it exists; either way no workload's queue changes.
+const diskGuardProbeQueue = "jepsen-disk-guard-probe"
 
-// refusals counts the lines n logged since the injection that report a
-// full disk, and returns the first one; logs counts those among them
-// that refused a log append.
-func (d *diskFullFollower) refusals(n *Node) (count int, first string, logs int) {
-	f, err := os.Open(n.LogPath)
+const (
+	// guardBound is how long a leader with a full disk may go on
+	// admitting the probe: its guard decides on a free-space reading at
+	// most 250 ms old (cluster/diskguard.go).
+	guardBound = 2 * time.Second
+	// appliesBound is how long the cluster may apply nothing while the
+	// leader's disk is full; a leader proposes a tick every second, and an
+	// election after it stepped down takes a few.
+	appliesBound = 8 * time.Second
+)
+
+// diskFullLeader fills the leader's disk, under load, and keeps it full
+// until heal. The leader's disk guard must then refuse what adds data
+// before proposing it: Inject returns once the node has refused a probe
+// (CreateQueue of diskGuardProbeQueue) with the guard's
+// ResourceExhausted, or once it no longer leads (its own log append met
+// the full disk first, and raft stepped it down); a node that leads on
+// and admits the probe for guardBound fails the injection. Heal first
+// requires, the disk still full, that the cluster applies entries within
+// appliesBound (led by the node, which goes on serving receives, acks
+// and ticks from its preallocated wal segment, or by another one), then
+// gives the space back like diskFullFollower and requires that the full
+// disk refused something (the probe, or a write in the node's log) and
+// that the node applies the leader's commit index within catchUpBound.
+type diskFullLeader struct {
+	diskFill
+	guardRefusal string // the guard's answer to the probe in the current injection
+}
+
+func (d *diskFullLeader) Name() string { return "disk-full-leader" }
+
+func (d *diskFullLeader) Inject(ctx context.Context, env *Env) (string, error) {
+	n, err := env.Cluster.WaitLeader(ctx)
 	if err != nil {
-		return 0, "", 0
+		return "", err
 	}
-	defer f.Close()
-	b, err := io.ReadAll(io.NewSectionReader(f, d.logOffset, 1<<40))
+	detail, err := d.fill(d.Name(), n, "leader "+n.ID)
 	if err != nil {
-		return 0, "", 0
+		return "", err
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if strings.Contains(line, "no space left on device") {
-			if count == 0 {
-				first = line
-			}
-			count++
-			if strings.Contains(line, logAppendRefused) {
-				logs++
-			}
+	d.guardRefusal = ""
+	start := time.Now()
+	for {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := quorumqpb.NewQueueClient(n.Conn()).CreateQueue(pctx, &quorumqpb.CreateQueueRequest{Name: diskGuardProbeQueue})
+		cancel()
+		after := time.Since(start).Round(10 * time.Millisecond)
+		if st, _ := status.FromError(err); st.Code() == codes.ResourceExhausted && strings.Contains(st.Message(), "disk guard") {
+			d.guardRefusal = st.Message()
+			return fmt.Sprintf("%s; its disk guard refused the probe after %s: %.300s", detail, after, st.Message()), nil
+		}
+		if !n.Proc.Running() {
+			return fmt.Sprintf("%s; it exited %s after the fill, before its guard refused the probe", detail, after), nil
+		}
+		if _, _, notLeader := wire.LeaderHint(err); notLeader {
+			return fmt.Sprintf("%s; it stopped leading %s after the fill, before its guard refused the probe", detail, after), nil
+		}
+		if time.Since(start) > guardBound {
+			return detail, fmt.Errorf("%s leads with a full disk, but its disk guard did not refuse the probe for %s (last answer: %v)", n.ID, guardBound, err)
+		}
+		select {
+		case <-ctx.Done():
+			return detail, fmt.Errorf("waiting for %s's disk guard to refuse the probe: %w", n.ID, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	return count, first, logs
+}
+
+func (d *diskFullLeader) Heal(ctx context.Context, env *Env) (string, error) {
+	if d.victim == nil {
+		return "", nil
+	}
+	applies, appliesErr := keepsApplying(ctx, env.Cluster, d.victim, appliesBound)
+	n, what, err := d.giveBack()
+	if err != nil {
+		return applies, err
+	}
+	if applies != "" {
+		what = applies + "; " + what
+	}
+	desc, refusals, _, err := d.account(env, n, what)
+	switch {
+	case err != nil:
+		return desc, err
+	case appliesErr != nil:
+		return desc, appliesErr
+	case d.guardRefusal == "" && refusals == 0:
+		return desc, fmt.Errorf("%s's disk guard refused no probe and its log shows no write refused while its disk was full: the fault did not bite", n.ID)
+	}
+	caught, err := waitCaughtUp(ctx, env.Cluster, n, catchUpBound)
+	if err != nil {
+		return desc, err
+	}
+	return desc + "; " + caught, nil
+}
+
+// keepsApplying waits, for at most bound, until the cluster's leader
+// applies an entry beyond the applied index of the leader it finds first,
+// and says which node led: full, whose disk is full, or another.
+func keepsApplying(ctx context.Context, c *Cluster, full *Node, bound time.Duration) (string, error) {
+	start := time.Now()
+	cctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
+	var base uint64
+	known := false
+	for {
+		if l, err := c.Leader(cctx); err == nil {
+			sctx, scancel := context.WithTimeout(cctx, time.Second)
+			st, err := c.NodeStatus(sctx, l)
+			scancel()
+			switch {
+			case err != nil:
+			case !known:
+				base, known = st.GetAppliedIndex(), true
+			case st.GetAppliedIndex() > base:
+				who := "it still led"
+				if l != full {
+					who = l.ID + " led in its place"
+				}
+				return fmt.Sprintf("with %s's disk full %s and applied index %d after %d within %s",
+					full.ID, who, st.GetAppliedIndex(), base, time.Since(start).Round(100*time.Millisecond)), nil
+			}
+		}
+		select {
+		case <-cctx.Done():
+			if !known {
+				return "", fmt.Errorf("with %s's disk full no node led for %s", full.ID, bound)
+			}
+			return "", fmt.Errorf("with %s's disk full the cluster applied nothing beyond index %d for %s", full.ID, base, bound)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // waitCaughtUp waits until n has applied the leader's commit index as it

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -77,35 +78,16 @@ func (d *diskNeverFreed) Heal(ctx context.Context, env *Env) (string, error) {
 // others apply, so the heal's catch-up check and the runner's state-hash
 // convergence must both report it.
 func TestDiskFullNemesisBitesInTheSuite(t *testing.T) {
-	if testing.Short() {
-		t.Skip("skipping: starts a cluster (-short)")
-	}
-	if !longProfile() {
-		t.Skip("skipping: a must-fail case, run with the long profile (-long or QUORUMQ_JEPSEN_LONG=1)")
-	}
-	if err := SmallDisksAvailable(); err != nil {
-		t.Skipf("skipping: %v", err)
-	}
-	netnsOK, _ := CanUseNetns()
-	seed := caseSeed()
-	t.Logf("seed %d", seed)
 	nem := &diskNeverFreed{}
 	t.Cleanup(func() {
 		if nem.stopFill != nil {
 			nem.stopFill()
 		}
 	})
-	res, err := RunCase(context.Background(), CaseConfig{
-		Name: nem.Name(), Seed: seed, Bin: binary(t), ReportRoot: reportRoot(), SmallDisks: true, Netns: netnsOK,
+	res := runMustFail(t, CaseConfig{
+		Name: nem.Name(), SmallDisks: true, Netns: true,
 		Schedule: Schedule{Nemeses: []Nemesis{nem}, Cycles: 1, Quiet: [2]time.Duration{2 * time.Second, 2 * time.Second}, Fault: [2]time.Duration{4 * time.Second, 4 * time.Second}},
-	})
-	if err != nil {
-		t.Fatalf("harness: %v", err)
-	}
-	t.Log("\n" + res.Summary())
-	if res.Valid {
-		t.Fatal("the case is valid although a follower's disk never had space again")
-	}
+	}, SmallDisksAvailable, "a follower's disk never had space again")
 	if res.Convergence.Converged {
 		t.Fatalf("the nodes converged although one could not write its log: %v", res.Convergence.Applied)
 	}
@@ -116,4 +98,25 @@ func TestDiskFullNemesisBitesInTheSuite(t *testing.T) {
 	if !healFailed {
 		t.Fatalf("the heal did not report the follower that never caught up: %v", res.Faults)
 	}
+}
+
+// TestDiskFullLeaderNemesisBitesInTheSuite is the proof that the
+// disk-full-leader case can fail: with the disk guard off the leader
+// admits enqueues and queue creation on its full disk, and wal segments
+// of 64 MiB (preallocated) keep it appending, and leading, through the
+// injection. The injection must fail, naming the probe the guard did not
+// refuse, and so must the case.
+func TestDiskFullLeaderNemesisBitesInTheSuite(t *testing.T) {
+	nem := &diskFullLeader{}
+	res := runMustFail(t, CaseConfig{
+		Name: "disk-full-leader-guard-off", SmallDisks: true, Netns: true,
+		ExtraArgs: []string{"--min-free-disk", "off", "--wal-segment-size", "64MiB"},
+		Schedule:  Schedule{Nemeses: []Nemesis{nem}, Cycles: 1, Quiet: [2]time.Duration{2 * time.Second, 2 * time.Second}, Fault: [2]time.Duration{4 * time.Second, 4 * time.Second}},
+	}, SmallDisksAvailable, "the leader's disk guard was off")
+	for _, ev := range res.Faults {
+		if ev.Action == "inject" && strings.Contains(ev.Error, "did not refuse the probe") {
+			return
+		}
+	}
+	t.Fatalf("no injection reported the probe the disk guard did not refuse: %v", res.Faults)
 }

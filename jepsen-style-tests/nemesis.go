@@ -59,6 +59,7 @@ func Nemeses() []Nemesis {
 		&corruptNode{},
 		longPartition{},
 		&diskFullFollower{},
+		&diskFullLeader{},
 		newClockJumps(),
 	}
 }

@@ -128,6 +128,8 @@ func TestClassify(t *testing.T) {
 		{&client.Error{Op: "Transact", Kind: client.ErrLeaseLost}, StatusFail},
 		{&client.Error{Op: "Send", Kind: client.ErrQueueFull}, StatusFail},
 		{status.Error(codes.Unavailable, "connection reset"), StatusUnknown},
+		// The disk guard's refusal as Send and a Producer's future return it.
+		{fmt.Errorf("Producer.Send: %w", status.Error(codes.ResourceExhausted, "disk guard: data dir has 0 bytes free")), StatusFail},
 		{errors.New("something the client did not type"), StatusUnknown},
 	}
 	for _, c := range cases {

@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -143,8 +142,9 @@ func RunCase(ctx context.Context, cfg CaseConfig) (*Result, error) {
 	extra := cfg.ExtraArgs
 	if cfg.SmallDisks {
 		// Small segments, so that the full disk refuses the log's next
-		// segment during the fault, not only snapshots (diskfull.go).
-		extra = append(slices.Clip(extra), "--wal-segment-size", smallDiskSegmentSize)
+		// segment during the fault, not only snapshots (diskfull.go);
+		// before ExtraArgs, whose own --wal-segment-size wins.
+		extra = append([]string{"--wal-segment-size", smallDiskSegmentSize}, extra...)
 	}
 	sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	cl, err := StartCluster(sctx, harness.ClusterConfig{Bin: cfg.Bin, DataDir: dataDir, LogDir: filepath.Join(dir, "nodes"), IDs: ids, ExtraArgs: extra,

@@ -72,6 +72,48 @@ func shortSchedule(ns ...Nemesis) Schedule {
 	return Schedule{Nemeses: ns, Cycles: 2, Quiet: [2]time.Duration{2 * time.Second, 3 * time.Second}, Fault: [2]time.Duration{4 * time.Second, 6 * time.Second}}
 }
 
+// runMustFail runs a must-fail case (Test*NemesisBitesInTheSuite) with
+// a fresh seed, the built server and the usual report folder, and fails
+// the test when the case comes out valid although fault (what the case
+// broke) holds. It skips outside the long profile, and when available
+// (nil: nothing needed) says why what the case needs is missing.
+// cfg.Netns asks for network namespaces where this machine has them.
+func runMustFail(t *testing.T, cfg CaseConfig, available func() error, fault string) *Result {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("skipping: starts a cluster (-short)")
+	}
+	if !longProfile() {
+		t.Skip("skipping: a must-fail case, run with the long profile (-long or QUORUMQ_JEPSEN_LONG=1)")
+	}
+	if available != nil {
+		if err := available(); err != nil {
+			t.Skipf("skipping: %v", err)
+		}
+	}
+	if cfg.Netns {
+		cfg.Netns, _ = CanUseNetns()
+	}
+	cfg.Seed, cfg.Bin, cfg.ReportRoot = caseSeed(), binary(t), reportRoot()
+	t.Logf("seed %d", cfg.Seed)
+	res, err := RunCase(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	t.Log("\n" + res.Summary())
+	if res.Valid {
+		t.Fatalf("the case is valid although %s", fault)
+	}
+	return res
+}
+
+// diskFullLeaderSchedule is the short profile's disk-full-leader case:
+// two injections, each held 8 to 12 s (so that the leader's snapshots,
+// every 3 s, meet the full disk too), about 35 s of schedule.
+func diskFullLeaderSchedule() Schedule {
+	return Schedule{Nemeses: []Nemesis{&diskFullLeader{}}, Cycles: 2, Quiet: [2]time.Duration{2 * time.Second, 3 * time.Second}, Fault: [2]time.Duration{8 * time.Second, 12 * time.Second}}
+}
+
 // TestJepsen runs the suite: in the short profile one case per nemesis
 // plus a short mixed schedule; in the long profile mixed schedules of
 // several minutes. The redrive case (redrive.go) runs beside them in
@@ -140,6 +182,12 @@ func TestJepsen(t *testing.T) {
 				// go test's 10-minute timeout on two cores; while the cut
 				// holds, its cluster mostly waits.
 				beside = append(beside, tc{n.Name(), longPartitionSchedule(1, [2]time.Duration{60 * time.Second, 120 * time.Second})})
+				continue
+			}
+			if _, leader := n.(*diskFullLeader); leader {
+				// About 50 s in all, beside the others too: in line it
+				// would take the short profile past the timeout as well.
+				beside = append(beside, tc{n.Name(), diskFullLeaderSchedule()})
 				continue
 			}
 			cases = append(cases, tc{n.Name(), shortSchedule(n)})

@@ -8,6 +8,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/quorumq/quorumq/client"
 )
 
@@ -18,9 +21,16 @@ const opTimeout = 3 * time.Second
 // Classify turns a client error into an operation status. The client
 // reports "may have been applied" as ErrOutcomeUnknown (also when the
 // context ended after an attempt went out), so a bare context error means
-// no attempt could have taken effect. Errors the client does not type are
-// treated as unknown: that never lets the checker blame the cluster for
-// an operation the client could not account for.
+// no attempt could have taken effect. A ResourceExhausted status is a
+// refusal before anything is proposed: the disk and memory guards, the
+// request and queue-count limits (the client types only a full queue, as
+// ErrQueueFull; the others it passes on as the server's status, and sends
+// no such call again). The one ResourceExhausted that gRPC makes on the
+// client's side after a call took effect, a reply over the client's
+// receive limit, cannot come from the workloads' values of a few bytes.
+// Errors the client does not type are treated as unknown: that never lets
+// the checker blame the cluster for an operation the client could not
+// account for.
 func Classify(err error) Status {
 	switch {
 	case err == nil:
@@ -30,7 +40,8 @@ func Classify(err error) Status {
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled),
 		errors.Is(err, client.ErrLeaseLost), errors.Is(err, client.ErrQueueNotFound),
 		errors.Is(err, client.ErrQueueFull), errors.Is(err, client.ErrInvalidArgument),
-		errors.Is(err, client.ErrUnknownMessage), errors.Is(err, client.ErrQueueExists):
+		errors.Is(err, client.ErrUnknownMessage), errors.Is(err, client.ErrQueueExists),
+		status.Code(err) == codes.ResourceExhausted:
 		return StatusFail
 	default:
 		return StatusUnknown
