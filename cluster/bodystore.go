@@ -402,7 +402,13 @@ func (v *bodyView) Get(key []byte) ([]byte, bool, error) {
 		}
 		v.it = it
 	}
-	if !v.it.SeekGE(key) || !bytes.Equal(v.it.Key(), key) {
+	// A receive reads consecutive ids: the next key is usually the one
+	// after the iterator's, one step away instead of a seek.
+	found := false
+	if v.it.Valid() && bytes.Compare(v.it.Key(), key) < 0 && v.it.Next() {
+		found = bytes.Equal(v.it.Key(), key)
+	}
+	if !found && (!v.it.SeekGE(key) || !bytes.Equal(v.it.Key(), key)) {
 		return nil, false, v.it.Error()
 	}
 	val, err := v.it.ValueAndErr()
