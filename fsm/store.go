@@ -3,6 +3,7 @@ package fsm
 import (
 	"encoding/binary"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/tidwall/btree"
@@ -201,15 +202,31 @@ type storeFailure struct{ err error }
 
 func (s storeFailure) Error() string { return "fsm: body store: " + s.err.Error() }
 
-// commit writes ops in one batch.
+// commit writes ops in one batch. Deletes of consecutive body ids (a
+// receive's or an ack's messages of one enqueue, in FIFO order) go as one
+// range delete per run: one tombstone in the store instead of one per
+// body, which the engine later drops with the files it covers.
 func commitOps(s Store, ops *bodyOps) error {
 	b := s.Batch()
 	defer b.Close()
 	for _, w := range ops.sets {
 		b.Set(bodyKey(w.id), w.value)
 	}
-	for _, id := range ops.dels {
-		b.Delete(bodyKey(id))
+	dels := ops.dels
+	if !slices.IsSorted(dels) {
+		dels = slices.Sorted(slices.Values(dels))
+	}
+	for i := 0; i < len(dels); {
+		j := i + 1
+		for j < len(dels) && dels[j] == dels[j-1]+1 {
+			j++
+		}
+		if j-i == 1 {
+			b.Delete(bodyKey(dels[i]))
+		} else {
+			b.DeleteRange(bodyKey(dels[i]), bodyKey(dels[j-1]+1))
+		}
+		i = j
 	}
 	return b.Commit()
 }
