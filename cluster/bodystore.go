@@ -51,6 +51,8 @@ type bodyStore struct {
 
 	// cpMu keeps a checkpoint's Write and adopt apart.
 	cpMu sync.Mutex
+
+	cache *bodyCache // the leader's last committed values (bodycache.go)
 }
 
 var _ fsm.CheckpointStore = (*bodyStore)(nil)
@@ -71,7 +73,7 @@ func openBodyStoreSized(dataDir string, log *slog.Logger, memtable uint64) (*bod
 		}
 	}
 	log = log.With("component", "body-store")
-	s := &bodyStore{path: path, memtable: memtable, log: log, backoff: &backgroundBackoff{log: log}}
+	s := &bodyStore{path: path, memtable: memtable, log: log, backoff: &backgroundBackoff{log: log}, cache: newBodyCache(bodyCacheBytes)}
 	db, err := s.open(path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: open the body store %s: %v", ErrDataDir, path, err)
@@ -110,6 +112,9 @@ func (s *bodyStore) open(dir string) (*pebble.DB, error) {
 func (s *bodyStore) Get(key []byte) ([]byte, bool, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	if v, ok := s.cache.get(key); ok {
+		return v, true, nil
+	}
 	if s.pin != nil && s.pin.deleted(key, math.MaxInt) {
 		return nil, false, nil
 	}
@@ -130,7 +135,7 @@ func (s *bodyStore) Batch() fsm.StoreBatch {
 func (s *bodyStore) View() (fsm.StoreView, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	v := &bodyView{s: s.db.NewSnapshot(), pin: s.pin}
+	v := &bodyView{s: s.db.NewSnapshot(), pin: s.pin, cache: s.cache}
 	if v.pin != nil {
 		v.seq = v.pin.len()
 	}
@@ -170,12 +175,18 @@ type bodyBatch struct {
 	s    *bodyStore
 	b    *pebble.Batch
 	dels []deletion
+	sets []cachedSet // for the cache, while it is on
 }
 
 // deletion is a key (end nil) or a range [key, end).
 type deletion struct{ key, end []byte }
 
-func (b *bodyBatch) Set(key, value []byte) { _ = b.b.Set(key, value, nil) }
+func (b *bodyBatch) Set(key, value []byte) {
+	_ = b.b.Set(key, value, nil)
+	if k, ok := toCacheKey(key); ok && b.s.cache.on.Load() {
+		b.sets = append(b.sets, cachedSet{key: k, value: value})
+	}
+}
 func (b *bodyBatch) Delete(key []byte) {
 	b.dels = append(b.dels, deletion{key: bytes.Clone(key)})
 }
@@ -196,11 +207,16 @@ func (b *bodyBatch) Commit() error {
 			d.apply(b.b)
 		}
 	}
-	b.dels = nil
+	dels, sets := b.dels, b.sets
+	b.dels, b.sets = nil, nil
 	if b.b.Empty() {
 		return nil
 	}
-	return b.b.Commit(pebble.NoSync)
+	if err := b.b.Commit(pebble.NoSync); err != nil {
+		return err
+	}
+	s.cache.commit(sets, dels)
+	return nil
 }
 
 func (d deletion) apply(b *pebble.Batch) {
@@ -357,6 +373,7 @@ func (s *bodyStore) adopt(dir string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.pin = nil
+	s.cache.clear() // the adopted store numbers its bodies otherwise
 	if err := s.db.Close(); err != nil {
 		s.log.Warn("body store: close before a restore", "err", err)
 	}
@@ -387,11 +404,18 @@ type bodyView struct {
 	it *pebble.Iterator
 	// pin, if a checkpoint was pending when the view was taken: its
 	// first seq deletes were committed before the view.
-	pin *pinned
-	seq int
+	pin   *pinned
+	seq   int
+	cache *bodyCache
 }
 
+// Get reads key as of the view. A value in the cache was committed before
+// the view was taken: the reads of a view are of bodies its state refers
+// to, and a body deleted since is no longer in the cache.
 func (v *bodyView) Get(key []byte) ([]byte, bool, error) {
+	if val, ok := v.cache.get(key); ok {
+		return val, true, nil
+	}
 	if v.pin != nil && v.pin.deleted(key, v.seq) {
 		return nil, false, nil
 	}

@@ -40,6 +40,7 @@ func (n *Node) leaderLoop() {
 			continue
 		}
 		leading = isLeader
+		n.bodies.cache.enable(leading) // the leader answers receives
 		stopLead()
 		n.ready.Store(false)
 		if !leading {

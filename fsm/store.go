@@ -71,6 +71,14 @@ type StoreBatch interface {
 	Close()
 }
 
+// CachedStore is a Store that keeps some values where reading them costs
+// less than a view (a node's leader keeps the bodies it wrote last):
+// FillBodies tries Cached first and takes a view only for the rest. A
+// cached value is one committed and not deleted since.
+type CachedStore interface {
+	Cached(key []byte) (value []byte, ok bool)
+}
+
 // StoreView is a frozen read-only view of a Store, read by one goroutine
 // at a time; reads in ascending key order may be cheaper than others.
 type StoreView interface {
@@ -264,7 +272,17 @@ func (f *FSM) FillBodies(res *fsmpb.Result) error {
 	// queue's ids, mostly ascending. A body deleted after the view was
 	// taken is read as it was before: that entry came after this one.
 	get := f.store.Get
-	if len(refs) > 1 {
+	misses := len(refs)
+	cs, cached := f.store.(CachedStore)
+	if cached {
+		misses = 0
+		for _, id := range refs {
+			if _, ok := cs.Cached(bodyKey(id)); id != 0 && !ok {
+				misses++
+			}
+		}
+	}
+	if misses > 1 {
 		v, err := f.store.View()
 		if err != nil {
 			return fmt.Errorf("fsm: read bodies: %w", err)
