@@ -6,7 +6,8 @@ import (
 	"sync/atomic"
 )
 
-// bodyCacheBytes bounds the leader's body cache.
+// bodyCacheBytes is the default bound of the leader's body cache
+// (Config.BodyCacheBytes).
 const bodyCacheBytes = 64 << 20
 
 // bodyCache holds the values the store committed last, on the leader
@@ -48,9 +49,10 @@ func newBodyCache(max int) *bodyCache {
 	return &bodyCache{max: max, vals: make(map[cacheKey][]byte)}
 }
 
-// enable turns filling on (the node leads) or off, emptying the cache.
+// enable turns filling on (the node leads) or off, emptying the cache. A
+// cache of no bytes stays off.
 func (c *bodyCache) enable(on bool) {
-	c.on.Store(on)
+	c.on.Store(on && c.max > 0)
 	if !on {
 		c.clear()
 	}

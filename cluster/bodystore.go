@@ -53,6 +53,8 @@ type bodyStore struct {
 	cpMu sync.Mutex
 
 	cache *bodyCache // the leader's last committed values (bodycache.go)
+	// deletes counts the batches with deletes since the last flush.
+	deletes atomic.Int64
 }
 
 var _ fsm.CheckpointStore = (*bodyStore)(nil)
@@ -142,6 +144,26 @@ func (s *bodyStore) View() (fsm.StoreView, error) {
 	return v, nil
 }
 
+// flushDeletes flushes the memtable if batches deleted something since the
+// last time: the deletes of a drain are small, so a memtable can hold
+// them for hours without filling, and until it is flushed the files they
+// cover are not compacted away.
+func (s *bodyStore) flushDeletes() error {
+	if s.deletes.Swap(0) == 0 {
+		return nil
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.db.Flush()
+}
+
+// diskBytes is what the store's files take on disk.
+func (s *bodyStore) diskBytes() int64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return int64(s.db.Metrics().DiskSpaceUsage())
+}
+
 // Close closes pebble. Unflushed writes are lost, which the next start,
 // which removes the store, does not mind.
 func (s *bodyStore) Close() error {
@@ -209,6 +231,9 @@ func (b *bodyBatch) Commit() error {
 	}
 	dels, sets := b.dels, b.sets
 	b.dels, b.sets = nil, nil
+	if len(dels) > 0 {
+		s.deletes.Add(1)
+	}
 	if b.b.Empty() {
 		return nil
 	}

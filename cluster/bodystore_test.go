@@ -187,7 +187,10 @@ func TestWipedNodeGetsBodiesThroughSnapshotInstall(t *testing.T) {
 // less than that (the Raft log cache holds up to 16 MiB of recent
 // entries), and every body is still served.
 func TestNodeHeapHoldsNoBodies(t *testing.T) {
-	c := StartTestClusterWith(t, 1, func(_ int, cfg *Config) { cfg.TickInterval = time.Hour })
+	c := StartTestClusterWith(t, 1, func(_ int, cfg *Config) {
+		cfg.TickInterval = time.Hour
+		cfg.BodyCacheBytes = 1 << 20 // bounded, and counted apart (TestBodyCacheFollowsTheStore)
+	})
 	const (
 		size = 64 << 10
 		n    = 2048 // 128 MiB

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 
 	"github.com/hashicorp/raft"
 
@@ -69,6 +70,51 @@ func (c *checkedSink) CheckpointDir() string {
 		return ""
 	}
 	return filepath.Join(dir, checkpointDir)
+}
+
+// dropOlderCheckpoints removes the checkpoints of the snapshots older than
+// newest: a checkpoint keeps the sstables it links after the store has
+// compacted them away, so only the newest snapshot keeps one. The older
+// snapshot raft retains keeps its index and metadata (all the stale
+// snapshot check needs); without its checkpoint it no longer restores,
+// which its Open and restore say.
+func (s *snapshotStore) dropOlderCheckpoints(newest string) {
+	list, err := s.List()
+	if err != nil {
+		return
+	}
+	for _, m := range list {
+		if m.ID == newest {
+			continue
+		}
+		dir := filepath.Join(s.dir, m.ID)
+		_ = os.Remove(filepath.Join(dir, tagFile))
+		_ = os.RemoveAll(filepath.Join(dir, checkpointDir))
+	}
+}
+
+// pinnedBytes is the size of the files that only the newest snapshot's
+// checkpoint still holds (the store compacted or deleted them).
+func (s *snapshotStore) pinnedBytes() int64 {
+	list, err := s.List()
+	if err != nil || len(list) == 0 {
+		return 0
+	}
+	entries, err := os.ReadDir(filepath.Join(s.dir, list[0].ID, checkpointDir))
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, e := range entries {
+		fi, err := e.Info()
+		if err != nil {
+			continue
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink == 1 && filepath.Ext(e.Name()) == ".sst" {
+			n += fi.Size()
+		}
+	}
+	return n
 }
 
 // packageFile is one file of a checkpoint in a package.

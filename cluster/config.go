@@ -114,8 +114,12 @@ type Config struct {
 	// gigabytes before SnapshotThreshold counts enough of them; default
 	// 256 MiB. TrailingBytes: about how many bytes of log a snapshot keeps
 	// (at most TrailingLogs entries); default 512 MiB (logbudget.go).
-	SnapshotBytes     uint64
-	TrailingBytes     uint64
+	SnapshotBytes uint64
+	TrailingBytes uint64
+	// BodyCacheBytes bounds the leader's cache of the bodies it committed
+	// last, which receives read instead of the store (bodycache.go);
+	// default 64 MiB, negative: none.
+	BodyCacheBytes    int64
 	SnapshotRetain    int           // snapshots kept on disk; default 2
 	TickInterval      time.Duration // leader's periodic tick command; default 1 s
 	LogVerifyInterval time.Duration // leader's log-verification checkpoints (logverify.go); default 60 s, negative = none
@@ -145,6 +149,8 @@ type Config struct {
 	// the cache and the read checks): tests make its writes fail as a
 	// full disk would.
 	wrapLogStore func(raft.LogStore) raft.LogStore
+	// storeCheck, if not zero, replaces storeCheckInterval (tests).
+	storeCheck time.Duration
 }
 
 // ErrConfig is wrapped by every configuration error.
@@ -268,6 +274,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.TrailingBytes == 0 {
 		c.TrailingBytes = defaultTrailingBytes
+	}
+	if c.BodyCacheBytes == 0 {
+		c.BodyCacheBytes = bodyCacheBytes
 	}
 	if c.ReadyMaxLag == 0 {
 		c.ReadyMaxLag = 1000

@@ -3,6 +3,7 @@ package cluster
 import (
 	"errors"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/raft"
 )
@@ -112,6 +113,46 @@ func (n *Node) budgetLoop() {
 			return
 		default:
 			n.log.Warn("log budget: snapshot failed; the next entry tries again", "err", err)
+		}
+	}
+}
+
+// Space given back. The deletes of acked, expired and purged bodies reach
+// the store's files only through a memtable flush and the compactions
+// after it (delete-only ones for the files a range delete covers), and a
+// snapshot's checkpoint keeps the files it links. So every
+// storeCheckInterval a node flushes its store if anything was deleted
+// since, and asks for a snapshot when the files only the newest
+// checkpoint still holds pass a quarter of the store (at least
+// minPinnedBytes): the new checkpoint links the store as it is now, and
+// the old one goes (dropOlderCheckpoints).
+const (
+	storeCheckInterval = 10 * time.Second
+	minPinnedBytes     = 4 << 20
+)
+
+func (n *Node) storeLoop() {
+	defer n.wg.Done()
+	every := storeCheckInterval
+	if n.cfg.storeCheck != 0 {
+		every = n.cfg.storeCheck
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+		}
+		if err := n.bodies.flushDeletes(); err != nil {
+			n.log.Warn("body store: flush after deletes failed", "err", err)
+		}
+		if pinned := n.snapStore.pinnedBytes(); pinned > max(minPinnedBytes, n.bodies.diskBytes()/4) {
+			select {
+			case n.budget.trigger <- struct{}{}:
+			default:
+			}
 		}
 	}
 }

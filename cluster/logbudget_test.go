@@ -1,8 +1,12 @@
 package cluster
 
 import (
+	"math/rand/v2"
 	"testing"
 	"time"
+
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+	"github.com/quorumq/quorumq/transport/quorumqpb"
 )
 
 // The Raft log is bounded in bytes as well as in entries: a node snapshots
@@ -47,5 +51,58 @@ func TestLogBoundedInBytes(t *testing.T) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
+	}
+}
+
+// A drained queue gives its disk back: the store flushes the deletes of a
+// drain (which never fill a memtable), its compactions drop the files they
+// cover, and a new snapshot lets the checkpoint that still linked them go.
+func TestDrainedStoreGivesItsSpaceBack(t *testing.T) {
+	c := StartTestClusterWith(t, 1, func(_ int, cfg *Config) {
+		cfg.TickInterval = 100 * time.Millisecond
+		cfg.storeCheck = 200 * time.Millisecond
+	})
+	n := c.Nodes[0]
+	const (
+		size  = 16 << 10
+		count = 1024 // 16 MiB
+	)
+	q := quorumqpb.NewQueueClient(c.Conn(t, 0))
+	r := rand.New(rand.NewPCG(1, 2))
+	for lo := 0; lo < count; lo += 32 {
+		req := &quorumqpb.EnqueueRequest{Queue: "q"}
+		for range 32 {
+			b := make([]byte, size)
+			for i := range b {
+				b[i] = byte(r.Uint32()) // incompressible, as pebble compresses
+			}
+			req.Messages = append(req.Messages, &fsmpb.Message{Body: b})
+		}
+		if _, err := q.Enqueue(ctxT(t, 10*time.Second), req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := n.raft.Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	full := n.bodies.diskBytes() + n.snapStore.pinnedBytes()
+	for got := 0; got < count; {
+		resp, err := q.Receive(ctxT(t, 10*time.Second), &quorumqpb.ReceiveRequest{Queue: "q", Max: 100, AutoAck: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got += len(resp.GetDeliveries())
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		store, pinned := n.bodies.diskBytes(), n.snapStore.pinnedBytes()
+		if store+pinned < full/8 {
+			t.Logf("store and checkpoint-only files: %d bytes with 16 MiB queued; %d + %d drained", full, store, pinned)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("drained for 20 s: store %d bytes, %d only in the checkpoint; %d when 16 MiB were queued", store, pinned, full)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -199,8 +199,9 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 
-	n.wg.Add(5)
+	n.wg.Add(6)
 	go n.budgetLoop()
+	go n.storeLoop()
 	go n.joinLoop()
 	go n.serveAPI()
 	go n.leaderLoop()
@@ -231,6 +232,7 @@ func (n *Node) openStores() error {
 	if err != nil {
 		return err
 	}
+	bodies.cache = newBodyCache(int(max(n.cfg.BodyCacheBytes, 0)))
 	n.bodies = bodies
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(n.cfg.DataDir, n.cfg.SnapshotRetain, hclogFor(n.log, "snapshot"))
 	if err != nil {

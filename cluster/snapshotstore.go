@@ -106,5 +106,9 @@ func (c *checkedSink) Close() error {
 				errOlderSnapshot, c.index, c.term, applied)
 		}
 	}
-	return c.SnapshotSink.Close()
+	if err := c.SnapshotSink.Close(); err != nil {
+		return err
+	}
+	c.store.dropOlderCheckpoints(c.ID())
+	return nil
 }

@@ -30,6 +30,7 @@ type serverFlags struct {
 	logStore                       string
 	walSegmentSize                 string
 	snapshotBytes, trailingBytes   string
+	bodyCache                      string
 	apiAddr, apiAdvertise          string
 	raftAddr, raftAdvertise        string
 	gossipAddr, gossipAdvertise    string
@@ -159,6 +160,7 @@ others with --join; the first server adds them.`,
 	fl.DurationVar(&f.logVerifyInterval, "log-verify-interval", time.Minute, "how often the leader appends a checkpoint at which every server verifies its Raft log against the leader's checksum; negative: never")
 	fl.Uint64Var(&f.trailingLog, "trailing-logs", 10240, "log entries kept after a snapshot so a slow follower can catch up from the log")
 	fl.StringVar(&f.snapshotBytes, "snapshot-bytes", "256MiB", "bytes of log entries applied since the last snapshot that trigger a new one, whatever --snapshot-threshold counts")
+	fl.StringVar(&f.bodyCache, "body-cache", "64MiB", "bodies the leader keeps in memory after it stores them, so that consumers that keep up read them without a disk read; 0: none")
 	fl.StringVar(&f.trailingBytes, "trailing-bytes", "512MiB", "about how many bytes of log a snapshot keeps for slow followers (at most --trailing-logs entries, at least 16)")
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate of this server (API and Raft TLS); its SANs must cover the advertised addresses")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
@@ -277,6 +279,17 @@ func (f *serverFlags) operations(cfg *cluster.Config) error {
 			return err
 		}
 		*b.to = uint64(v)
+	}
+	switch f.bodyCache {
+	case "":
+	case "0":
+		cfg.BodyCacheBytes = -1
+	default:
+		v, err := parseBytes("body-cache", f.bodyCache)
+		if err != nil {
+			return err
+		}
+		cfg.BodyCacheBytes = v
 	}
 	if f.walSegmentSize != "" {
 		seg, err := parseBytes("wal-segment-size", f.walSegmentSize)
