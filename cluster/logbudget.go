@@ -3,6 +3,7 @@ package cluster
 import (
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -35,9 +36,15 @@ const (
 	minTrailingLogs = 16
 )
 
-// logBudget counts what was applied since the last snapshot.
+// logBudget counts what was applied since the last snapshot. A snapshot
+// writes the whole index (about 110 bytes per queued message), so the
+// budget is at least twice the last snapshot's size: with 10,000,000
+// messages queued (a 1.1 GB index) a snapshot every 256 MiB of log would
+// leave the node snapshotting all the time, and the log a start replays
+// stays within twice what it reads from the snapshot anyway.
 type logBudget struct {
 	snapshotBytes uint64
+	lastSnapshot  atomic.Uint64 // bytes the node's last snapshot wrote
 	trigger       chan struct{} // cap 1: a snapshot is due
 
 	mu      sync.Mutex
@@ -54,7 +61,7 @@ func (b *logBudget) applied(n int) {
 	b.mu.Lock()
 	b.bytes += uint64(n)
 	b.entries++
-	due := b.bytes >= b.snapshotBytes
+	due := b.bytes >= max(b.snapshotBytes, 2*b.lastSnapshot.Load())
 	b.mu.Unlock()
 	if due {
 		select {

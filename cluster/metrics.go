@@ -199,12 +199,13 @@ func (o observedFSM) Snapshot() (raft.FSMSnapshot, error) {
 		return nil, err
 	}
 	o.budget.snapshotted()
-	return observedSnapshot{FSMSnapshot: s, m: o.m}, nil
+	return observedSnapshot{FSMSnapshot: s, m: o.m, budget: o.budget}, nil
 }
 
 type observedSnapshot struct {
 	raft.FSMSnapshot
-	m *metrics
+	m      *metrics
+	budget *logBudget
 }
 
 func (s observedSnapshot) Persist(sink raft.SnapshotSink) error {
@@ -215,6 +216,7 @@ func (s observedSnapshot) Persist(sink raft.SnapshotSink) error {
 	if err == nil {
 		s.m.snapshotDuration.Observe(time.Since(start).Seconds())
 		s.m.snapshotSize.Set(float64(cs.n))
+		s.budget.lastSnapshot.Store(uint64(cs.n))
 	}
 	return err
 }
