@@ -55,6 +55,9 @@ type bodyStore struct {
 	cache *bodyCache // the leader's last committed values (bodycache.go)
 	// deletes counts the batches with deletes since the last flush.
 	deletes atomic.Int64
+	// lowDisk, if set, says why the data dir's disk is low (the disk
+	// guard's reading): no flush is begun then (flushDeletes).
+	lowDisk func() error
 }
 
 var _ fsm.CheckpointStore = (*bodyStore)(nil)
@@ -147,14 +150,36 @@ func (s *bodyStore) View() (fsm.StoreView, error) {
 // flushDeletes flushes the memtable if batches deleted something since the
 // last time: the deletes of a drain are small, so a memtable can hold
 // them for hours without filling, and until it is flushed the files they
-// cover are not compacted away.
-func (s *bodyStore) flushDeletes() error {
-	if s.deletes.Swap(0) == 0 {
+// cover are not compacted away. Not on a low disk: pebble retries a flush
+// that failed until it succeeds, and its writes wait meanwhile
+// (backgroundBackoff), so a flush begun on a full disk would stall every
+// apply until space returns. It waits for the flush, or for stop.
+func (s *bodyStore) flushDeletes(stop <-chan struct{}) error {
+	if s.deletes.Load() == 0 || s.diskLow() != nil {
 		return nil
 	}
+	s.deletes.Store(0)
+	s.cpMu.Lock() // not while adopt replaces the DB
 	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.db.Flush()
+	done, err := s.db.AsyncFlush()
+	s.mu.RUnlock()
+	s.cpMu.Unlock()
+	if err != nil {
+		return err
+	}
+	select {
+	case <-done:
+	case <-stop:
+	}
+	return nil
+}
+
+// diskLow returns why the data dir's disk is below --min-free-disk, or nil.
+func (s *bodyStore) diskLow() error {
+	if s.lowDisk == nil {
+		return nil
+	}
+	return s.lowDisk()
 }
 
 // diskBytes is what the store's files take on disk.
@@ -345,6 +370,9 @@ func (c *storeCheckpoint) Write(dir string) error {
 	c.s.mu.RUnlock()
 	if swapped {
 		return errors.New("body store: replaced by a restore since the checkpoint was pinned")
+	}
+	if err := c.s.diskLow(); err != nil {
+		return fmt.Errorf("no checkpoint while the disk is low (its flush would stall the store until space returns): %w", err)
 	}
 	if err := c.db.Flush(); err != nil {
 		return fmt.Errorf("flush: %w", err)

@@ -152,8 +152,11 @@ func (n *Node) storeLoop() {
 			return
 		case <-t.C:
 		}
-		if err := n.bodies.flushDeletes(); err != nil {
+		if err := n.bodies.flushDeletes(n.stop); err != nil {
 			n.log.Warn("body store: flush after deletes failed", "err", err)
+		}
+		if n.bodies.diskLow() != nil {
+			continue // a snapshot's checkpoint flushes the store too
 		}
 		if pinned := n.snapStore.pinnedBytes(); pinned > max(minPinnedBytes, n.bodies.diskBytes()/4) {
 			select {

@@ -295,6 +295,7 @@ func (n *Node) startRaft() error {
 		return configErr("raft: %v", err)
 	}
 
+	n.bodies.lowDisk = func() error { low, _ := n.disk.check(); return low }
 	n.fsm = fsm.NewWithStore(n.bodies)
 	n.budget = newLogBudget(n.cfg.SnapshotBytes)
 	var disk raft.LogStore = n.store
