@@ -271,17 +271,24 @@ func (f *FSM) FillBodies(res *fsmpb.Result) error {
 	// Several bodies are read through one view, in delivery order: a
 	// queue's ids, mostly ascending. A body deleted after the view was
 	// taken is read as it was before: that entry came after this one.
-	get := f.store.Get
+	// A CachedStore's values are taken in a first pass; only the misses
+	// are read, through a view when there are several.
+	var hits [][]byte
 	misses := len(refs)
-	cs, cached := f.store.(CachedStore)
-	if cached {
-		misses = 0
-		for _, id := range refs {
-			if _, ok := cs.Cached(bodyKey(id)); id != 0 && !ok {
+	if cs, ok := f.store.(CachedStore); ok {
+		hits, misses = make([][]byte, len(refs)), 0
+		for i, id := range refs {
+			if id == 0 {
+				continue
+			}
+			if v, ok := cs.Cached(bodyKey(id)); ok {
+				hits[i] = v
+			} else {
 				misses++
 			}
 		}
 	}
+	get := f.store.Get
 	if misses > 1 {
 		v, err := f.store.View()
 		if err != nil {
@@ -292,7 +299,17 @@ func (f *FSM) FillBodies(res *fsmpb.Result) error {
 	}
 	kept := res.Deliveries[:0]
 	for i, d := range res.Deliveries {
-		body, attrs, ok, err := readValue(get, bodyRef{id: refs[i]})
+		var (
+			body  []byte
+			attrs []*fsmpb.Attribute
+			ok    = true
+			err   error
+		)
+		if hits != nil && hits[i] != nil {
+			body, attrs, err = decodeValue(hits[i])
+		} else {
+			body, attrs, ok, err = readValue(get, bodyRef{id: refs[i]})
+		}
 		if err != nil {
 			return fmt.Errorf("fsm: read body of message %d: %w", d.GetReceipt().GetMessageId(), err)
 		}
