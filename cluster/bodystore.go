@@ -437,6 +437,9 @@ func (s *bodyStore) adopt(dir string) error {
 	if err := os.Rename(dir, s.path); err != nil {
 		fail(err)
 	}
+	if err := syncDir(filepath.Dir(s.path)); err != nil {
+		fail(err)
+	}
 	db, err := s.open(s.path)
 	if err != nil {
 		fail(err)

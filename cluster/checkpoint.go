@@ -66,7 +66,9 @@ func (c *checkedSink) CheckpointDir() string {
 	if _, err := rand.Read(tag); err != nil {
 		return ""
 	}
-	if err := os.WriteFile(filepath.Join(dir, tagFile), tag, 0o600); err != nil {
+	// Synced, as the checkpoint's files are: a snapshot raft calls
+	// complete must name its checkpoint after a power failure too.
+	if err := writeFile(filepath.Join(dir, tagFile), bytes.NewReader(tag), tagBytes); err != nil {
 		return ""
 	}
 	return filepath.Join(dir, checkpointDir)
@@ -366,6 +368,12 @@ func restorePackage(r io.Reader, f *fsm.FSM, bodies *bodyStore, snapDir string) 
 		if err != nil {
 			return err
 		}
+		// The files and their names must be on disk before the store is
+		// adopted: pebble takes its files as durable, and the node's next
+		// snapshot links them into a checkpoint that raft calls complete.
+		if err := syncDir(incoming); err != nil {
+			return err
+		}
 		if local == "" {
 			want := cr.crc.Sum32()
 			var sum [4]byte
@@ -440,12 +448,18 @@ func copyFiles(r io.Reader, dir string, files []packageFile) error {
 	return nil
 }
 
+// writeFile writes size bytes from r into a new file at path and syncs
+// it.
 func writeFile(path string, r io.Reader, size int64) error {
 	out, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
 	if _, err := io.CopyN(out, r, size); err != nil {
+		out.Close()
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if err := out.Sync(); err != nil {
 		out.Close()
 		return fmt.Errorf("%s: %w", path, err)
 	}

@@ -52,7 +52,7 @@ func (s *server) target() Target {
 
 // startServers mounts one lazyfs per node as its data dir and starts a
 // three-node harness cluster on them, healthy when it returns.
-func startServers(t *testing.T) ([]*server, *harness.Cluster) {
+func startServers(t *testing.T, extraArgs ...string) ([]*server, *harness.Cluster) {
 	t.Helper()
 	bin, err := buildServer()
 	if err != nil {
@@ -98,7 +98,7 @@ func startServers(t *testing.T) ([]*server, *harness.Cluster) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cl, err = harness.StartCluster(ctx, harness.ClusterConfig{Bin: bin, DataDir: dataDir, LogDir: base, IDs: ids,
-		ExtraArgs: []string{"--log-level", "info"}})
+		ExtraArgs: append([]string{"--log-level", "info"}, extraArgs...)})
 	if err != nil {
 		t.Fatal(err)
 	}
