@@ -425,6 +425,103 @@ func (f walFiler) Open(info types.SegmentInfo) (types.SegmentReader, error) {
 	return f.Filer.Open(info)
 }
 
+// Create implements types.SegmentFiler: the new tail's writer is wrapped
+// in a sealingWriter.
+func (f walFiler) Create(info types.SegmentInfo) (types.SegmentWriter, error) {
+	w, err := f.Filer.Create(info)
+	if err != nil {
+		return nil, err
+	}
+	return &sealingWriter{SegmentWriter: w, filer: f.Filer, info: info}, nil
+}
+
+// RecoverTail implements types.SegmentFiler, as Create does.
+func (f walFiler) RecoverTail(info types.SegmentInfo) (types.SegmentWriter, error) {
+	w, err := f.Filer.RecoverTail(info)
+	if err != nil {
+		return nil, err
+	}
+	return &sealingWriter{SegmentWriter: w, filer: f.Filer, info: info}, nil
+}
+
+// sealingWriter lets go of a segment writer once its segment is sealed.
+// raft-wal keeps a sealed tail's writer as the segment's reader until
+// the segment is deleted, and with it the writer's commit buffer, which
+// has grown to the largest batch the segment took (a power of two: 1 MiB
+// batches of bodies make 1–2 MiB buffers, batches of a pipeline more).
+// A node then held one such buffer per segment of its log. Once sealed,
+// the segment is read through a reader raft-wal opens as it does at a
+// start (the index block the seal wrote), and the writer is closed.
+type sealingWriter struct {
+	types.SegmentWriter
+	filer *segment.Filer
+	info  types.SegmentInfo
+
+	mu     sync.RWMutex
+	reader types.SegmentReader // once sealed
+}
+
+// Sealed implements types.SegmentWriter.
+func (w *sealingWriter) Sealed() (bool, uint64, error) {
+	sealed, indexStart, err := w.SegmentWriter.Sealed()
+	if !sealed || err != nil {
+		return sealed, indexStart, err
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.reader != nil {
+		return sealed, indexStart, err
+	}
+	last := w.SegmentWriter.LastIndex()
+	info := w.info
+	info.IndexStart, info.MaxIndex, info.SealTime = indexStart, last, time.Now()
+	r, rerr := w.filer.Open(info)
+	if rerr != nil {
+		return sealed, indexStart, err // read through the writer, as before
+	}
+	w.reader = r
+	_ = w.SegmentWriter.Close()
+	w.SegmentWriter = sealedTail{lastIndex: last, indexStart: indexStart}
+	return sealed, indexStart, err
+}
+
+// GetLog implements types.SegmentReader.
+func (w *sealingWriter) GetLog(idx uint64) (*types.PooledBuffer, error) {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	if w.reader != nil {
+		return w.reader.GetLog(idx)
+	}
+	return w.SegmentWriter.GetLog(idx)
+}
+
+// LastIndex implements types.SegmentWriter.
+func (w *sealingWriter) LastIndex() uint64 {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	return w.SegmentWriter.LastIndex()
+}
+
+// Close implements io.Closer.
+func (w *sealingWriter) Close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.reader != nil {
+		return w.reader.Close()
+	}
+	return w.SegmentWriter.Close()
+}
+
+// sealedTail stands in for a closed writer of a sealed segment: raft-wal
+// appends to the new tail only.
+type sealedTail struct{ lastIndex, indexStart uint64 }
+
+func (t sealedTail) Append([]types.LogEntry) error              { return types.ErrSealed }
+func (t sealedTail) Sealed() (bool, uint64, error)              { return true, t.indexStart, nil }
+func (t sealedTail) LastIndex() uint64                          { return t.lastIndex }
+func (t sealedTail) GetLog(uint64) (*types.PooledBuffer, error) { return nil, types.ErrNotFound }
+func (t sealedTail) Close() error                               { return nil }
+
 // createVFS cleans up after a segment creation that failed. raft-wal
 // creates a segment file exclusively, then preallocates it; when the
 // preallocation fails (a full disk) the file stays, and raft-wal's next

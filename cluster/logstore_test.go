@@ -1,11 +1,13 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -361,4 +363,65 @@ func TestWALTruncatesAgainAfterAFailedSegmentCreation(t *testing.T) {
 	if first, last, _ := indexes(s.LogStore); first != 41 || last != 45 {
 		t.Fatalf("log %d..%d, want 41..45", first, last)
 	}
+}
+
+// TestSealedSegmentsHoldNoWriteBuffers: raft-wal reads a sealed segment
+// through the writer that filled it, and that writer keeps a commit
+// buffer the size of the largest batch the segment took. A log of many
+// sealed segments must not hold one such buffer per segment: a node with
+// a 1 GB log of 1 MiB batches held tens of megabytes that way.
+func TestSealedSegmentsHoldNoWriteBuffers(t *testing.T) {
+	dir := t.TempDir()
+	s, err := openLogStore(dir, LogStoreWAL, minWALSegmentSize, testLogger(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { s.Close() }()
+	heap := func() uint64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+	const segments, perBatch, entrySize = 32, 16, 64 << 10
+	data := bytes.Repeat([]byte{'x'}, entrySize)
+	before := heap()
+	// Each batch of 16 × 64 KiB fills a 1 MiB segment, which is sealed
+	// after it.
+	next := uint64(1)
+	for range segments {
+		logs := make([]*raft.Log, perBatch)
+		for i := range logs {
+			logs[i] = &raft.Log{Index: next, Term: 1, Type: raft.LogCommand, Data: data}
+			next++
+		}
+		if err := s.StoreLogs(logs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	grown := int64(heap()) - int64(before)
+	t.Logf("heap grew by %d KiB for %d sealed segments", grown>>10, segments)
+	if grown > 8<<20 {
+		t.Fatalf("heap grew by %d MiB after %d segments of 1 MiB batches were sealed: the sealed segments keep their write buffers", grown>>20, segments)
+	}
+	check := func(s *logStore) {
+		t.Helper()
+		var l raft.Log
+		for i := uint64(1); i < next; i++ {
+			if err := s.GetLog(i, &l); err != nil {
+				t.Fatalf("entry %d: %v", i, err)
+			}
+			if l.Index != i || !bytes.Equal(l.Data, data) {
+				t.Fatalf("entry %d reads back as index %d with %d bytes", i, l.Index, len(l.Data))
+			}
+		}
+	}
+	check(s)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s, err = openLogStore(dir, LogStoreWAL, minWALSegmentSize, testLogger(), nil); err != nil {
+		t.Fatal(err)
+	}
+	check(s)
 }
