@@ -38,18 +38,28 @@ func Encode(cmd *fsmpb.Command) ([]byte, error) {
 	return buf, nil
 }
 
-// Decode is Encode's inverse. It rejects an unknown version, a bad checksum
-// or bad protobuf with an error wrapping ErrMalformed.
-func Decode(data []byte) (*fsmpb.Command, error) {
+// Verify checks an encoded command's version and checksum without
+// decoding it: what a bit flipped on disk breaks. It returns Decode's
+// errors for them.
+func Verify(data []byte) error {
 	if len(data) < headerLen {
-		return nil, fmt.Errorf("%w: command is %d bytes, shorter than the %d-byte header", ErrMalformed, len(data), headerLen)
+		return fmt.Errorf("%w: command is %d bytes, shorter than the %d-byte header", ErrMalformed, len(data), headerLen)
 	}
 	if data[0] != commandVersion {
-		return nil, fmt.Errorf("%w: command version %d, this release reads version %d", ErrMalformed, data[0], commandVersion)
+		return fmt.Errorf("%w: command version %d, this release reads version %d", ErrMalformed, data[0], commandVersion)
 	}
 	want := binary.BigEndian.Uint32(data[1:headerLen])
 	if got := crc32c(data[headerLen:]); got != want {
-		return nil, fmt.Errorf("%w: command checksum %08x, header says %08x", ErrMalformed, got, want)
+		return fmt.Errorf("%w: command checksum %08x, header says %08x", ErrMalformed, got, want)
+	}
+	return nil
+}
+
+// Decode is Encode's inverse. It rejects an unknown version, a bad checksum
+// or bad protobuf with an error wrapping ErrMalformed.
+func Decode(data []byte) (*fsmpb.Command, error) {
+	if err := Verify(data); err != nil {
+		return nil, err
 	}
 	cmd := new(fsmpb.Command)
 	if err := proto.Unmarshal(data[headerLen:], cmd); err != nil {
