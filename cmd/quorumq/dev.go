@@ -52,6 +52,7 @@ first use.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			tuneGC(ctx, defaultGCHeadroom, logger)
 			lc, err := cluster.StartLocal(ctx, cluster.LocalOptions{Dir: dir, N: devNodes, BasePort: basePort, Logger: logger})
 			if err != nil {
 				return err

@@ -77,12 +77,14 @@ log-store = bolt
 }
 
 func TestOperationsFlagErrors(t *testing.T) {
-	base := serverFlags{logStore: "wal", maxInFlight: 10, memoryLimit: "auto", maxMessageBytes: "1MiB", maxBatchMessages: 1000, maxBatchBytes: "8MiB", maxQueues: 10000, minFreeDisk: "auto"}
+	base := serverFlags{logStore: "wal", maxInFlight: 10, memoryLimit: "auto", maxMessageBytes: "1MiB", maxBatchMessages: 1000, maxBatchBytes: "8MiB", maxQueues: 10000, minFreeDisk: "auto", gcHeadroom: "256MiB"}
 	for _, tc := range []struct {
 		edit func(*serverFlags)
 		want string
 	}{
 		{func(f *serverFlags) { f.memoryLimit = "lots" }, `--memory-limit "lots": want a positive number of bytes`},
+		{func(f *serverFlags) { f.gcHeadroom = "64KiB" }, "--gc-headroom 64KiB: want at least 1MiB, or off"},
+		{func(f *serverFlags) { f.gcHeadroom = "lots" }, `--gc-headroom "lots": want a positive number of bytes`},
 		{func(f *serverFlags) { f.maxMessageBytes = "2MiB" }, "--max-message-size 2MiB: limit is 1048576 bytes"},
 		{func(f *serverFlags) { f.maxBatchMessages = 1001 }, "--max-batch 1001: want 1..1000"},
 		{func(f *serverFlags) { f.maxQueues = 0 }, "--max-queues 0: want at least 1"},

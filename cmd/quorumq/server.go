@@ -39,6 +39,7 @@ type serverFlags struct {
 	autoCreate                     bool
 	logLevel, logFormat            string
 	shutdownTimeout                time.Duration
+	gcHeadroom                     string
 	snapshotThreshold, trailingLog uint64
 	snapshotInterval               time.Duration
 	logVerifyInterval              time.Duration
@@ -123,8 +124,13 @@ others with --join; the first server adds them.`,
 			if cfg.BootstrapExpect == 0 && len(cfg.Join) == 0 && cfg.RestoreFrom == "" {
 				return errors.New("give --bootstrap-expect N (a new cluster of N servers), --join (an existing cluster) or --restore-from (a new cluster from a backup)")
 			}
+			headroom, err := f.gcHeadroomBytes()
+			if err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			tuneGC(ctx, headroom, logger)
 			node, err := cluster.Start(ctx, cfg)
 			if err != nil {
 				return err
@@ -173,6 +179,7 @@ others with --join; the first server adds them.`,
 	fl.StringVar(&f.adminAddr, "admin-addr", "", "HTTP bind address for /metrics (Prometheus), /healthz and /readyz; empty: no admin server")
 	fl.Uint32Var(&f.maxInFlight, "max-inflight-per-conn", 1000, "concurrent API calls on one client connection; further calls wait")
 	fl.StringVar(&f.minFreeDisk, "min-free-disk", "auto", "free space the data dir's file system keeps: a percentage of its size (5%), bytes (KiB/MiB/GiB), auto (5%, at least 128MiB, at most a quarter) or off; below it the leader refuses enqueues and queue creation (ResourceExhausted) and /readyz answers 503")
+	fl.StringVar(&f.gcHeadroom, "gc-headroom", "256MiB", "about how much the heap may grow between garbage collections once the live heap is larger than this (bytes or KiB/MiB/GiB; GOGC, if set, wins), or off for Go's default of twice the live heap")
 	fl.StringVar(&f.memoryLimit, "memory-limit", "auto", "refuse enqueues (ResourceExhausted) while the heap is above this: bytes (or KiB/MiB/GiB), auto (80% of cgroup or physical memory) or off")
 	fl.StringVar(&f.maxMessageBytes, "max-message-size", "1MiB", "largest message body plus attributes (at most 1MiB)")
 	fl.IntVar(&f.maxBatchMessages, "max-batch", 1000, "messages in one enqueue or transaction (at most 1000)")
@@ -260,7 +267,25 @@ func (f *serverFlags) security(cfg *cluster.Config) error {
 
 // operations fills cfg's admin address, limits, memory guard and restore
 // settings from the flags.
+// gcHeadroomBytes parses --gc-headroom: 0 for off.
+func (f *serverFlags) gcHeadroomBytes() (uint64, error) {
+	if f.gcHeadroom == "off" {
+		return 0, nil
+	}
+	v, err := parseBytes("gc-headroom", f.gcHeadroom)
+	if err != nil {
+		return 0, err
+	}
+	if v < 1<<20 {
+		return 0, fmt.Errorf("--gc-headroom %s: want at least 1MiB, or off", f.gcHeadroom)
+	}
+	return uint64(v), nil
+}
+
 func (f *serverFlags) operations(cfg *cluster.Config) error {
+	if _, err := f.gcHeadroomBytes(); err != nil {
+		return err
+	}
 	cfg.AdminAddr = f.adminAddr
 	cfg.RestoreFrom = f.restoreFrom
 	if f.logStore != cluster.LogStoreWAL && f.logStore != cluster.LogStoreBolt {
