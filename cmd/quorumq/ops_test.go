@@ -263,7 +263,7 @@ func TestWALSegmentSizeFlag(t *testing.T) {
 		if err := flagSources(cmd.Flags()); err != nil {
 			t.Fatal(err)
 		}
-		f := serverFlags{logStore: "wal", maxInFlight: 10, memoryLimit: "auto", maxMessageBytes: "1MiB", maxBatchMessages: 1000, maxBatchBytes: "8MiB", maxQueues: 10000, minFreeDisk: "256MiB"}
+		f := serverFlags{logStore: "wal", maxInFlight: 10, memoryLimit: "auto", maxMessageBytes: "1MiB", maxBatchMessages: 1000, maxBatchBytes: "8MiB", maxQueues: 10000, minFreeDisk: "256MiB", gcHeadroom: "256MiB"}
 		f.walSegmentSize = cmd.Flags().Lookup("wal-segment-size").Value.String()
 		var cfg cluster.Config
 		if err := f.operations(&cfg); err != nil {
