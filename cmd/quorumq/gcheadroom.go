@@ -49,15 +49,16 @@ type gcTuner struct {
 	percent  int
 }
 
-// step sets the GC percent for the live heap now, when it moved by 5
-// points or more, and returns it.
-func (g *gcTuner) step(live uint64) int {
+// step sets the GC percent for a live heap of live bytes when it moved
+// by 5 points or more, or reached a bound, and reports whether it did.
+func (g *gcTuner) step(live uint64) bool {
 	p := gcPercentFor(live, g.headroom)
-	if d := p - g.percent; d >= 5 || d <= -5 || (p != g.percent && (p == 100 || p == minGCPercent)) {
-		debug.SetGCPercent(p)
-		g.percent = p
+	if d := p - g.percent; d < 5 && d > -5 && (p == g.percent || (p != 100 && p != minGCPercent)) {
+		return false
 	}
-	return g.percent
+	debug.SetGCPercent(p)
+	g.percent = p
+	return true
 }
 
 // tuneGC bounds the GC's headroom to about headroom bytes until ctx ends.
@@ -71,16 +72,14 @@ func tuneGC(ctx context.Context, headroom uint64, log *slog.Logger) {
 	go func() {
 		t := time.NewTicker(gcTuneInterval)
 		defer t.Stop()
-		last := g.percent
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-t.C:
 			}
-			if p := g.step(liveHeap()); p != last {
-				log.Debug("gc percent set for the live heap", "gc_percent", p, "live_heap_bytes", liveHeap())
-				last = p
+			if live := liveHeap(); g.step(live) {
+				log.Debug("gc percent set for the live heap", "gc_percent", g.percent, "live_heap_bytes", live)
 			}
 		}
 	}()
