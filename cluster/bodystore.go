@@ -2,6 +2,8 @@ package cluster
 
 import (
 	"bytes"
+	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +16,9 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/objstorage/objstorageprovider"
+	"github.com/cockroachdb/pebble/v2/sstable"
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/quorumq/quorumq/fsm"
 )
@@ -43,6 +48,7 @@ const (
 type bodyStore struct {
 	path     string
 	memtable uint64
+	opts     *pebble.Options // of the open DB
 	log      *slog.Logger
 	backoff  *backgroundBackoff
 
@@ -54,7 +60,20 @@ type bodyStore struct {
 	// cpMu keeps a checkpoint's Write and adopt apart.
 	cpMu sync.Mutex
 
-	cache *bodyCache // the leader's last committed values (bodycache.go)
+	// buf holds the bodies stored last, before they reach pebble
+	// (bodybuffer.go). flushMu is held by whatever writes a chunk of it
+	// into pebble, and by the deletes that must come after that write.
+	buf     *bodyBuffer
+	flushMu sync.Mutex
+	wake    chan struct{} // the flusher: the buffer passed its bound, or a chunk died
+	stop    chan struct{}
+	stopped chan struct{}
+	// flushErr is the flusher's last failure, which the next Commit
+	// returns: a store that cannot write stops the node.
+	flushErr atomic.Pointer[error]
+	// beforeFlushCommit, if set, runs between a flush's choice of bodies
+	// and its commit (tests).
+	beforeFlushCommit func()
 	// deletes counts the batches with deletes since the last flush.
 	deletes atomic.Int64
 	// lowDisk, if set, says why the data dir's disk is low (the disk
@@ -67,33 +86,127 @@ var _ fsm.CheckpointStore = (*bodyStore)(nil)
 // openBodyStore removes dataDir's body store and opens a new, empty one.
 // The caller holds the data dir's lock (the log store's), so no other
 // process uses the store it removes.
-func openBodyStore(dataDir string, log *slog.Logger) (*bodyStore, error) {
-	return openBodyStoreSized(dataDir, log, bodyStoreMemTable)
+func openBodyStore(dataDir string, log *slog.Logger, buffer int) (*bodyStore, error) {
+	return openBodyStoreWith(dataDir, log, bodyStoreMemTable, buffer)
 }
 
-// openBodyStoreSized is openBodyStore with memtables of memtable bytes.
+// openBodyStoreSized is openBodyStore with memtables of memtable bytes and
+// no body buffer: every body goes to pebble as it is stored.
 func openBodyStoreSized(dataDir string, log *slog.Logger, memtable uint64) (*bodyStore, error) {
+	return openBodyStoreWith(dataDir, log, memtable, 0)
+}
+
+// openBodyStoreWith is openBodyStore with memtables of memtable bytes and
+// a body buffer of buffer bytes (0: none).
+func openBodyStoreWith(dataDir string, log *slog.Logger, memtable uint64, buffer int) (*bodyStore, error) {
 	path := filepath.Join(dataDir, bodyStoreDir)
-	for _, dir := range []string{path, path + incomingSuffix} {
+	for _, dir := range []string{path, path + incomingSuffix, path + ingestSuffix} {
 		if err := os.RemoveAll(dir); err != nil {
 			return nil, fmt.Errorf("%w: remove the body store %s: %v", ErrDataDir, dir, err)
 		}
 	}
 	log = log.With("component", "body-store")
-	s := &bodyStore{path: path, memtable: memtable, log: log, backoff: &backgroundBackoff{log: log}, cache: newBodyCache(bodyCacheBytes)}
+	s := &bodyStore{path: path, memtable: memtable, log: log, backoff: &backgroundBackoff{log: log},
+		buf: newBodyBuffer(buffer), wake: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{})}
 	db, err := s.open(path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: open the body store %s: %v", ErrDataDir, path, err)
 	}
 	s.db = db
+	go s.flusher()
 	return s, nil
+}
+
+// flusher writes the oldest chunks of the buffer into pebble whenever it
+// passes its bound, and drops the chunks whose bodies are all deleted.
+func (s *bodyStore) flusher() {
+	defer close(s.stopped)
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-s.wake:
+		}
+		for {
+			select {
+			case <-s.stop:
+				return
+			default:
+			}
+			more, err := s.flushChunk(false, 0)
+			if err != nil {
+				s.flushErr.Store(&err)
+				s.log.Error("body store: write buffered bodies", "err", err)
+				break
+			}
+			if !more {
+				break
+			}
+		}
+	}
+}
+
+// waitFlush returns once no flush is in progress: the one that chose
+// the bodies a delete is of has committed them.
+func (s *bodyStore) waitFlush() {
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
+}
+
+func (s *bodyStore) signal() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// pinSeqLocked is the buffer's delete sequence at the pending
+// checkpoint's pin, -1 without one; the caller holds s.mu.
+func (s *bodyStore) pinSeqLocked() int64 {
+	if s.pin == nil {
+		return -1
+	}
+	return s.pin.bufSeq
+}
+
+// flushChunk writes the buffer's oldest chunk into pebble and removes it
+// from the buffer: if the buffer is over its bound, or, with force, if the
+// chunk starts at or below upTo. It reports whether it wrote one.
+func (s *bodyStore) flushChunk(force bool, upTo uint64) (bool, error) {
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	w, ok := s.buf.startFlush(force, upTo, s.pinSeqLocked())
+	if !ok {
+		return false, nil
+	}
+	if s.beforeFlushCommit != nil {
+		s.beforeFlushCommit()
+	}
+	if len(w.bodies) > 0 {
+		b := s.db.NewBatch()
+		defer b.Close()
+		var key [9]byte
+		key[0] = 'b'
+		for _, e := range w.bodies {
+			binary.BigEndian.PutUint64(key[1:], e.id)
+			_ = b.Set(key[:], e.value, nil)
+		}
+		if err := b.Commit(pebble.NoSync); err != nil {
+			s.buf.abortFlush(w.c)
+			return false, err
+		}
+	}
+	s.buf.endFlush(w.c)
+	return true, nil
 }
 
 // open opens pebble on dir with the store's options.
 func (s *bodyStore) open(dir string) (*pebble.DB, error) {
 	cache := pebble.NewCache(bodyStoreCache)
 	defer cache.Unref()
-	return pebble.Open(dir, &pebble.Options{
+	s.opts = &pebble.Options{
 		Cache:              cache,
 		DisableWAL:         true,
 		FormatMajorVersion: pebble.FormatNewest,
@@ -112,15 +225,80 @@ func (s *bodyStore) open(dir string) (*pebble.DB, error) {
 				}
 			},
 		},
-	})
+	}
+	db, err := pebble.Open(dir, s.opts)
+	s.opts.EnsureDefaults() // for the writer options of ingested files
+	return db, err
 }
 
-// Get implements fsm.Store; the value is a copy.
+// ingestSuffix names the file, beside the store, that ingestBuffer
+// writes and pebble links in.
+const ingestSuffix = "-ingest.sst"
+
+// ingestBuffer writes the buffer's bodies in the chunks that start at or
+// below upTo into pebble as one sstable that pebble ingests: written once,
+// in key order, and linked in at the lowest level its keys allow, where a
+// write through the memtable would insert each body, stall while the
+// full memtables flush and write it again. A checkpoint calls it; its cost
+// follows the buffer's bound, not the backlog.
+func (s *bodyStore) ingestBuffer(upTo uint64) (err error) {
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	ws := s.buf.startFlushUpTo(upTo, s.pinSeqLocked())
+	defer func() {
+		for _, w := range ws {
+			if err != nil {
+				s.buf.abortFlush(w.c)
+			} else {
+				s.buf.endFlush(w.c)
+			}
+		}
+	}()
+	n := 0
+	for _, w := range ws {
+		n += len(w.bodies)
+	}
+	if n == 0 {
+		return nil
+	}
+	if s.beforeFlushCommit != nil {
+		s.beforeFlushCommit()
+	}
+	tmp := s.path + ingestSuffix
+	f, err := vfs.Default.Create(tmp, vfs.WriteCategoryUnspecified)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp) // pebble linked it, or it failed
+	wr := sstable.NewWriter(objstorageprovider.NewFileWritable(f), s.opts.MakeWriterOptions(0, s.db.TableFormat()))
+	var key [9]byte
+	key[0] = 'b'
+	for _, w := range ws {
+		for _, e := range w.bodies {
+			binary.BigEndian.PutUint64(key[1:], e.id)
+			if err := wr.Set(key[:], e.value); err != nil {
+				_ = wr.Close()
+				return err
+			}
+		}
+	}
+	if err := wr.Close(); err != nil {
+		return err
+	}
+	return s.db.Ingest(context.Background(), []string{tmp})
+}
+
+// Get implements fsm.Store. A value from pebble is a copy; one from the
+// buffer is shared, and nothing changes it.
 func (s *bodyStore) Get(key []byte) ([]byte, bool, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	if v, ok := s.cache.get(key); ok {
-		return v, true, nil
+	if id, ok := bodyKeyID(key); ok {
+		if v, live, held := s.buf.get(id); held {
+			return v, live, nil
+		}
 	}
 	if s.pin != nil && s.pin.deleted(key, math.MaxInt) {
 		return nil, false, nil
@@ -142,7 +320,12 @@ func (s *bodyStore) Batch() fsm.StoreBatch {
 func (s *bodyStore) View() (fsm.StoreView, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	v := &bodyView{s: s.db.NewSnapshot(), pin: s.pin, cache: s.cache}
+	// The buffer's lock keeps a flush from moving a chunk into pebble
+	// between the snapshot and the buffer's view: each body is in one of
+	// them.
+	s.buf.mu.RLock()
+	v := &bodyView{s: s.db.NewSnapshot(), pin: s.pin, buf: s.buf.viewLocked()}
+	s.buf.mu.RUnlock()
 	if v.pin != nil {
 		v.seq = v.pin.len()
 	}
@@ -191,9 +374,16 @@ func (s *bodyStore) diskBytes() int64 {
 	return int64(s.db.Metrics().DiskSpaceUsage())
 }
 
-// Close closes pebble. Unflushed writes are lost, which the next start,
-// which removes the store, does not mind.
+// Close stops the flusher and closes pebble. The buffer and unflushed
+// writes are lost, which the next start, which removes the store, does not
+// mind.
 func (s *bodyStore) Close() error {
+	select {
+	case <-s.stop:
+	default:
+		close(s.stop)
+	}
+	<-s.stopped
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.db.Close()
@@ -215,26 +405,31 @@ func pebbleGet(r interface {
 	return out, true, c.Close()
 }
 
-// bodyBatch writes its sets into a pebble batch as they come and keeps its
-// deletes aside until Commit, which holds them back while a checkpoint is
-// pending (pinned). The FSM never deletes a key it sets in a later part of
-// the same batch (body ids are never reused), so deletes after sets keep
-// the batch's meaning.
+// bodyBatch puts its sets into the buffer at Commit, or into a pebble
+// batch as they come if the buffer takes none, and keeps its deletes aside
+// until Commit, which holds them back while a checkpoint is pending
+// (pinned). The FSM never deletes a key it sets in a later part of the
+// same batch (body ids are never reused), so deletes after sets keep the
+// batch's meaning.
 type bodyBatch struct {
 	s    *bodyStore
 	b    *pebble.Batch
 	dels []deletion
-	sets []cachedSet // for the cache, while it is on
+	sets []bufEntry // for the buffer
 }
 
 // deletion is a key (end nil) or a range [key, end).
 type deletion struct{ key, end []byte }
 
+// Set keeps value for the buffer (the FSM hands over values it keeps
+// nothing of, and nothing changes them) or copies it into the pebble
+// batch.
 func (b *bodyBatch) Set(key, value []byte) {
-	_ = b.b.Set(key, value, nil)
-	if k, ok := toCacheKey(key); ok && b.s.cache.on.Load() {
-		b.sets = append(b.sets, cachedSet{key: k, value: value})
+	if id, ok := bodyKeyID(key); ok && b.s.buf.max > 0 {
+		b.sets = append(b.sets, bufEntry{id: id, value: value})
+		return
 	}
+	_ = b.b.Set(key, value, nil)
 }
 func (b *bodyBatch) Delete(key []byte) {
 	b.dels = append(b.dels, deletion{key: bytes.Clone(key)})
@@ -244,30 +439,75 @@ func (b *bodyBatch) DeleteRange(from, to []byte) {
 }
 
 // Commit applies the batch without fsync: the store is rebuilt from the
-// Raft log after a crash.
+// Raft log after a crash. Bodies go into the buffer; a delete of a body
+// the buffer holds only marks it there, others go to pebble (or to the
+// pending checkpoint's held deletes). A delete of a body that a flush is
+// writing waits for that flush, so that it reaches pebble after the body.
 func (b *bodyBatch) Commit() error {
 	s := b.s
+	if p := s.flushErr.Swap(nil); p != nil {
+		return fmt.Errorf("write buffered bodies: %w", *p)
+	}
 	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.pin != nil {
-		s.pin.add(b.dels)
-	} else {
-		for _, d := range b.dels {
-			d.apply(b.b)
+	for _, e := range b.sets {
+		if !s.buf.add(e.id, e.value) {
+			_ = b.b.Set(storeBodyKey(e.id), e.value, nil)
+			s.buf.wrote(e.id)
 		}
 	}
-	dels, sets := b.dels, b.sets
-	b.dels, b.sets = nil, nil
-	if len(dels) > 0 {
+	var waitFlush, emptied, deleted bool
+	var held []deletion
+	for _, d := range b.dels {
+		var r markResult
+		if d.end == nil {
+			if id, ok := bodyKeyID(d.key); ok {
+				r = s.buf.markPoint(id)
+			}
+		} else if lo, hi, ok := bodyRangeIDs(d.key, d.end); ok {
+			r = s.buf.markRange(lo, hi, s.pin == nil)
+		}
+		waitFlush = waitFlush || r.flushing
+		emptied = emptied || r.emptied
+		switch {
+		case s.pin != nil:
+			held = append(held, d)
+		case !r.held:
+			d.apply(b.b)
+			deleted = true
+		}
+	}
+	if len(held) > 0 {
+		s.pin.add(held)
+		deleted = true
+	}
+	s.mu.RUnlock()
+	if deleted {
 		s.deletes.Add(1)
 	}
-	if b.b.Empty() {
-		return nil
+	b.dels, b.sets = nil, nil
+	if waitFlush {
+		s.waitFlush()
 	}
-	if err := b.b.Commit(pebble.NoSync); err != nil {
-		return err
+	if !b.b.Empty() {
+		s.mu.RLock()
+		err := b.b.Commit(pebble.NoSync)
+		s.mu.RUnlock()
+		if err != nil {
+			return err
+		}
 	}
-	s.cache.commit(sets, dels)
+	switch {
+	case s.buf.over(2):
+		// The flusher does not keep up: write on this goroutine, which
+		// holds the FSM back as a slow engine would.
+		for s.buf.over(1) {
+			if _, err := s.flushChunk(false, 0); err != nil {
+				return fmt.Errorf("write buffered bodies: %w", err)
+			}
+		}
+	case emptied || s.buf.over(1):
+		s.signal()
+	}
 	return nil
 }
 
@@ -292,6 +532,12 @@ func (b *bodyBatch) Close() {
 // treat them as done. seq orders them, so that a view taken meanwhile
 // hides only the deletes committed before it.
 type pinned struct {
+	// bufSeq is the buffer's delete sequence at the pin, upTo the highest
+	// body id it held: Write puts the buffer's bodies up to upTo into
+	// pebble, those deleted after bufSeq too.
+	bufSeq int64
+	upTo   uint64
+
 	mu     sync.RWMutex
 	keys   map[string]int // key → seq
 	ranges []seqDeletion
@@ -350,6 +596,9 @@ func (s *bodyStore) Checkpoint() (fsm.StoreCheckpoint, error) {
 		return nil, errors.New("body store: a checkpoint is pending already")
 	}
 	s.pin = newPinned()
+	s.buf.mu.RLock()
+	s.pin.bufSeq, s.pin.upTo = s.buf.seq, s.buf.lastID
+	s.buf.mu.RUnlock()
 	return &storeCheckpoint{s: s, pin: s.pin, db: s.db}, nil
 }
 
@@ -360,10 +609,12 @@ type storeCheckpoint struct {
 	once sync.Once
 }
 
-// Write flushes the memtables, so that the files hold every batch
-// committed up to now, and writes a pebble checkpoint into dir: hard links
-// to the sstables, a copy of the manifest and options. Its cost follows
-// the number of files and the memtable's size, not the backlog.
+// Write writes the buffer's bodies of the pinned state into pebble,
+// flushes the memtables, so that the files hold every batch committed up
+// to now, and writes a pebble checkpoint into dir: hard links to the
+// sstables, a copy of the manifest and options. Its cost follows the
+// buffer's bound, the number of files and the memtable's size, not the
+// backlog.
 func (c *storeCheckpoint) Write(dir string) error {
 	c.s.cpMu.Lock()
 	defer c.s.cpMu.Unlock()
@@ -376,6 +627,9 @@ func (c *storeCheckpoint) Write(dir string) error {
 	if err := c.s.diskLow(); err != nil {
 		return fmt.Errorf("no checkpoint while the disk is low (its flush would stall the store until space returns): %w", err)
 	}
+	if err := c.s.ingestBuffer(c.pin.upTo); err != nil {
+		return fmt.Errorf("write buffered bodies: %w", err)
+	}
 	if err := c.db.Flush(); err != nil {
 		return fmt.Errorf("flush: %w", err)
 	}
@@ -385,10 +639,14 @@ func (c *storeCheckpoint) Write(dir string) error {
 	return nil
 }
 
-// Release commits the held deletes, in one batch, and unpins.
+// Release commits the held deletes, in one batch, and unpins. A held
+// delete of a body still in the buffer is not one pebble needs. It waits
+// for a flush in progress, whose bodies some deletes may be of.
 func (c *storeCheckpoint) Release() {
 	c.once.Do(func() {
 		s := c.s
+		s.flushMu.Lock()
+		defer s.flushMu.Unlock()
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if s.pin != c.pin {
@@ -402,6 +660,11 @@ func (c *storeCheckpoint) Release() {
 		defer b.Close()
 		c.pin.mu.RLock()
 		for k := range c.pin.keys {
+			if id, ok := bodyKeyID([]byte(k)); ok {
+				if _, _, held := s.buf.get(id); held {
+					continue
+				}
+			}
 			_ = b.Delete([]byte(k), nil)
 		}
 		for _, r := range c.pin.ranges {
@@ -425,10 +688,12 @@ func (c *storeCheckpoint) Release() {
 func (s *bodyStore) adopt(dir string) error {
 	s.cpMu.Lock()
 	defer s.cpMu.Unlock()
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.pin = nil
-	s.cache.clear() // the adopted store numbers its bodies otherwise
+	s.buf.clear() // the adopted store numbers its bodies otherwise
 	if err := s.db.Close(); err != nil {
 		s.log.Warn("body store: close before a restore", "err", err)
 	}
@@ -450,6 +715,17 @@ func (s *bodyStore) adopt(dir string) error {
 	return nil
 }
 
+// Cached implements fsm.CachedStore: the bodies in the buffer, which a
+// receive reads without a pebble iterator and without a copy.
+func (s *bodyStore) Cached(key []byte) ([]byte, bool) {
+	id, ok := bodyKeyID(key)
+	if !ok {
+		return nil, false
+	}
+	v, live, _ := s.buf.get(id)
+	return v, live
+}
+
 // bodyView reads a pebble snapshot through one iterator: Persist and a
 // receive read body ids in mostly ascending order (a queue's messages
 // in id order), and a seek to a key after the last one continues from
@@ -462,17 +738,18 @@ type bodyView struct {
 	it *pebble.Iterator
 	// pin, if a checkpoint was pending when the view was taken: its
 	// first seq deletes were committed before the view.
-	pin   *pinned
-	seq   int
-	cache *bodyCache
+	pin *pinned
+	seq int
+	buf bufView
 }
 
-// Get reads key as of the view. A value in the cache was committed before
-// the view was taken: the reads of a view are of bodies its state refers
-// to, and a body deleted since is no longer in the cache.
+// Get reads key as of the view: from the buffer's chunks as the view saw
+// them, or from the pebble snapshot.
 func (v *bodyView) Get(key []byte) ([]byte, bool, error) {
-	if val, ok := v.cache.get(key); ok {
-		return val, true, nil
+	if id, ok := bodyKeyID(key); ok {
+		if val, live, held := v.buf.get(id); held {
+			return val, live, nil
+		}
 	}
 	if v.pin != nil && v.pin.deleted(key, v.seq) {
 		return nil, false, nil

@@ -189,7 +189,7 @@ func TestWipedNodeGetsBodiesThroughSnapshotInstall(t *testing.T) {
 func TestNodeHeapHoldsNoBodies(t *testing.T) {
 	c := StartTestClusterWith(t, 1, func(_ int, cfg *Config) {
 		cfg.TickInterval = time.Hour
-		cfg.BodyCacheBytes = 1 << 20 // bounded, and counted apart (TestBodyCacheFollowsTheStore)
+		cfg.BodyCacheBytes = 1 << 20 // bounded, and counted apart (TestBodyBufferViewsAndFlushes)
 	})
 	const (
 		size = 64 << 10
@@ -215,28 +215,31 @@ func heapInUse() uint64 {
 	return m.HeapAlloc
 }
 
-// Three FSMs apply the same log, one keeping bodies in memory and two in
-// pebble stores with different memtable sizes, one of them flushed and
-// compacted at different points: their state hashes agree after every
-// entry, and so does a fourth restored from a snapshot the pebble one
-// persisted while the log went on, and two more restored from a
-// snapshot with a checkpoint of its store, taken while entries that
-// deleted bodies applied (one linking the checkpoint's files, one reading
-// them from the package). What differs between their disks (files,
-// levels, compactions, body ids) does not enter the hash.
+// Four FSMs apply the same log, one keeping bodies in memory and three in
+// pebble stores with different memtable sizes and body buffers (none, a
+// few bodies, all of them), one of them flushed and compacted at
+// different points: their state hashes agree after every entry, and so
+// does a fifth restored from a snapshot the pebble one persisted while the
+// log went on, and four more restored from snapshots with a checkpoint of
+// their store (a few bodies buffered, all of them buffered), taken while
+// entries that deleted bodies applied (one of each linking the
+// checkpoint's files, one reading them from the package). What differs
+// between their disks and memories (files, levels, compactions, buffered
+// bodies, body ids) does not enter the hash.
 func TestBodyStoreKeepsStateHashesEqual(t *testing.T) {
-	open := func(memtable uint64) (*bodyStore, *fsm.FSM) {
-		s, err := openBodyStoreSized(t.TempDir(), slog.New(slog.DiscardHandler), memtable)
+	open := func(memtable uint64, buffer int) (*bodyStore, *fsm.FSM) {
+		s, err := openBodyStoreWith(t.TempDir(), slog.New(slog.DiscardHandler), memtable, buffer)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { s.Close() })
 		return s, fsm.NewWithStore(s)
 	}
-	sa, a := open(64 << 20)
-	_, b := open(1 << 20)
+	sa, a := open(64<<20, 32<<10)
+	_, b := open(1<<20, 0)
+	_, c := open(4<<20, 64<<20)
 	m := fsm.New()
-	fsms := []*fsm.FSM{a, b, m}
+	fsms := []*fsm.FSM{a, b, c, m}
 	r := rand.New(rand.NewPCG(3, 4))
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
 	var (
@@ -334,7 +337,7 @@ func TestBodyStoreKeepsStateHashesEqual(t *testing.T) {
 				apply(&fsmpb.Command{Op: &fsmpb.Command_Purge{Purge: &fsmpb.Purge{Queue: "q"}}})
 			})
 			idxAt := idx - 1
-			_, restored = open(4 << 20)
+			_, restored = open(4<<20, 16<<10)
 			if err := restored.Restore(io.NopCloser(&buf)); err != nil {
 				t.Fatal(err)
 			}
@@ -344,17 +347,21 @@ func TestBodyStoreKeepsStateHashesEqual(t *testing.T) {
 			restored.Apply(last) // the entry applied during Persist
 		}
 		if step == 450 {
-			snap, err := a.Snapshot()
+			snapA, err := a.Snapshot()
+			if err != nil {
+				t.Fatal(err)
+			}
+			snapC, err := c.Snapshot()
 			if err != nil {
 				t.Fatal(err)
 			}
 			idxAt, before := idx, peekAll(t, a, "q")
 			tail = nil
-			// Entries that delete bodies apply before the checkpoint is
-			// written: their deletes must not reach it.
+			// Entries that delete bodies apply before the checkpoints are
+			// written: their deletes must not reach them.
 			apply(&fsmpb.Command{Op: &fsmpb.Command_Purge{Purge: &fsmpb.Purge{Queue: "q"}}})
 			apply(&fsmpb.Command{Op: &fsmpb.Command_Receive{Receive: &fsmpb.Receive{Queue: "dlq", Max: 3, AutoAck: true}}})
-			fromCP = checkpointRestores(t, snap, idxAt, before, tail)
+			fromCP = append(checkpointRestores(t, snapA, idxAt, before, tail), checkpointRestores(t, snapC, idxAt, before, tail)...)
 		}
 		want := a.StateHash()
 		for i, f := range append(append(fsms, restored), fromCP...) {

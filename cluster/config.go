@@ -116,8 +116,8 @@ type Config struct {
 	// (at most TrailingLogs entries); default 512 MiB (logbudget.go).
 	SnapshotBytes uint64
 	TrailingBytes uint64
-	// BodyCacheBytes bounds the leader's cache of the bodies it committed
-	// last, which receives read instead of the store (bodycache.go);
+	// BodyCacheBytes bounds the bodies a node keeps in memory before it
+	// writes them to its store, which receives read first (bodybuffer.go);
 	// default 64 MiB, negative: none.
 	BodyCacheBytes    int64
 	SnapshotRetain    int           // snapshots kept on disk; default 2
@@ -276,7 +276,7 @@ func (c Config) withDefaults() (Config, error) {
 		c.TrailingBytes = defaultTrailingBytes
 	}
 	if c.BodyCacheBytes == 0 {
-		c.BodyCacheBytes = bodyCacheBytes
+		c.BodyCacheBytes = bodyBufferBytes
 	}
 	if c.ReadyMaxLag == 0 {
 		c.ReadyMaxLag = 1000

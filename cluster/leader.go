@@ -40,7 +40,8 @@ func (n *Node) leaderLoop() {
 			continue
 		}
 		leading = isLeader
-		n.bodies.cache.enable(leading) // the leader answers receives
+		n.bodies.buf.setLeading(leading) // the leader reads bodies for receives
+		n.bodies.signal()
 		stopLead()
 		n.ready.Store(false)
 		if !leading {

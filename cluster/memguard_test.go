@@ -322,7 +322,12 @@ func TestHeapReturnsAfterADrain(t *testing.T) {
 	)
 	// No ticks: WaitReplicated compares the state hashes of all nodes at
 	// one applied index, and hashing 192 MiB outlasts a tick interval.
-	c := StartTestClusterWith(t, 3, func(_ int, cfg *Config) { cfg.TickInterval = time.Hour })
+	// Each node's body buffer holds 16 MiB of the newest bodies: bounded,
+	// and small beside the bodies of the fill.
+	c := StartTestClusterWith(t, 3, func(_ int, cfg *Config) {
+		cfg.TickInterval = time.Hour
+		cfg.BodyCacheBytes = 16 << 20
+	})
 	leader := c.Leader(t)
 	api := quorumqpb.NewQueueClient(c.Conn(t, c.Index(leader)))
 	ctx := ctxT(t, 3*time.Minute)

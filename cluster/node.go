@@ -228,11 +228,10 @@ func (n *Node) openStores() error {
 	n.store = store
 	// After the log store, whose lock keeps a second process on this dir
 	// out before the body store is removed and recreated.
-	bodies, err := openBodyStore(n.cfg.DataDir, n.log)
+	bodies, err := openBodyStore(n.cfg.DataDir, n.log, int(max(n.cfg.BodyCacheBytes, 0)))
 	if err != nil {
 		return err
 	}
-	bodies.cache = newBodyCache(int(max(n.cfg.BodyCacheBytes, 0)))
 	n.bodies = bodies
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(n.cfg.DataDir, n.cfg.SnapshotRetain, hclogFor(n.log, "snapshot"))
 	if err != nil {
