@@ -38,9 +38,9 @@ const (
 // rebuilt from the newest snapshot and the log at every start anyway.
 //
 // A body is in the buffer or in pebble, never in both, except while a
-// flush writes its chunk: the chunk stays in the buffer until its batch
-// is committed, and a delete of one of its bodies waits for that commit
-// (bodyStore.flushMu) before it deletes in pebble too.
+// flush writes its chunk: the chunk stays in the buffer until its write
+// is committed, and the bodies deleted meanwhile are deleted in pebble by
+// the flush, after its write and before the chunk leaves the buffer.
 //
 // Deletes mark entries with the buffer's delete sequence instead of
 // removing them, so that a view sees the bodies as they were when it was
@@ -80,7 +80,8 @@ type bufChunk struct {
 	live    int
 	sealed  bool // takes no more bodies
 	// flushing: a flush is writing the chunk's live bodies to pebble
-	// (under bodyStore.flushMu); their deletes wait for it.
+	// (under bodyStore.flushMu), and deletes them there again if they are
+	// deleted meanwhile.
 	flushing bool
 }
 
@@ -216,11 +217,10 @@ func (b *bodyBuffer) get(id uint64) (value []byte, live, held bool) {
 
 // markResult says what a delete found in the buffer.
 type markResult struct {
-	// held: every body it deleted was in the buffer, outside a flush, or
-	// nowhere, so pebble has none of them.
+	// held: every body it deleted was in the buffer (a flush that is
+	// writing one deletes it in pebble after its write) or nowhere, so
+	// the delete need not reach pebble.
 	held bool
-	// flushing: it deleted a body a flush is writing.
-	flushing bool
 	// emptied: a chunk has no live body left.
 	emptied bool
 }
@@ -231,7 +231,6 @@ func (b *bodyBuffer) mark(c *bufChunk, e *bufEntry, r *markResult) {
 	}
 	e.del = b.seq
 	c.live--
-	r.flushing = r.flushing || c.flushing
 	r.emptied = r.emptied || c.live == 0
 }
 
@@ -249,7 +248,7 @@ func (b *bodyBuffer) markPoint(id uint64) markResult {
 		r.held = id > b.pebbleMax
 		return r
 	}
-	r.held = !c.flushing
+	r.held = true // a flush that is writing it deletes it after the write
 	b.mark(c, e, &r)
 	return r
 }
@@ -283,7 +282,6 @@ func (b *bodyBuffer) markRange(lo, hi uint64, sweep bool) markResult {
 			b.mark(c, &c.entries[j], &r)
 		}
 	}
-	r.held = r.held && !r.flushing
 	return r
 }
 
@@ -320,75 +318,70 @@ type flushWrite struct {
 	bodies []bufEntry
 }
 
-// startFlush seals the oldest chunk and returns the bodies of it that
+// startFlush seals chunks for a flush and returns, for each, the bodies
 // pebble must get: the live ones, and those deleted after pinSeq (a
 // pending checkpoint's, -1 for none), whose deletes the checkpoint holds
-// back. ok is false if there is no chunk, or, unless force, if the buffer
-// is within its bound. The caller holds bodyStore.flushMu.
-func (b *bodyBuffer) startFlush(force bool, upTo uint64, pinSeq int64) (flushWrite, bool) {
+// back. With force, the chunks that start at or below upTo; else, if the
+// buffer is over its bound, the oldest chunks down to half of it, so
+// that one flush writes a file of some size. The caller holds
+// bodyStore.flushMu.
+func (b *bodyBuffer) startFlush(force bool, upTo uint64, pinSeq int64) []flushWrite {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.dropDeadLocked(pinSeq)
-	if len(b.chunks) == 0 {
-		return flushWrite{}, false
+	bound := b.bound.Load()
+	if !force && int64(b.bytes) <= bound {
+		return nil
 	}
-	c := b.chunks[0]
-	if force {
-		if len(c.entries) == 0 || c.entries[0].id > upTo {
-			return flushWrite{}, false
-		}
-	} else if int64(b.bytes) <= b.bound.Load() {
-		return flushWrite{}, false
-	}
-	return b.sealLocked(c, pinSeq), true
-}
-
-// sealLocked marks c as being flushed and returns the bodies pebble must
-// get. The caller holds b.mu.
-func (b *bodyBuffer) sealLocked(c *bufChunk, pinSeq int64) flushWrite {
-	c.sealed, c.flushing = true, true
-	b.pebbleMax = max(b.pebbleMax, c.entries[len(c.entries)-1].id)
-	w := flushWrite{c: c}
-	for _, e := range c.entries {
-		if e.del == 0 || (pinSeq >= 0 && e.del > pinSeq) {
-			w.bodies = append(w.bodies, e)
-		}
-	}
-	return w
-}
-
-// startFlushUpTo is startFlush of every chunk that starts at or below
-// upTo, at once: a checkpoint writes them as one file.
-func (b *bodyBuffer) startFlushUpTo(upTo uint64, pinSeq int64) []flushWrite {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.dropDeadLocked(pinSeq)
 	var ws []flushWrite
+	left := int64(b.bytes)
 	for _, c := range b.chunks {
-		if len(c.entries) == 0 || c.entries[0].id > upTo {
+		if force && c.entries[0].id > upTo || !force && left <= bound/2 {
 			break
 		}
-		ws = append(ws, b.sealLocked(c, pinSeq))
+		left -= int64(c.bytes)
+		c.sealed, c.flushing = true, true
+		b.pebbleMax = max(b.pebbleMax, c.entries[len(c.entries)-1].id)
+		w := flushWrite{c: c}
+		for _, e := range c.entries {
+			if e.del == 0 || (pinSeq >= 0 && e.del > pinSeq) {
+				w.bodies = append(w.bodies, e)
+			}
+		}
+		ws = append(ws, w)
 	}
 	return ws
 }
 
-// endFlush removes a flushed chunk.
-func (b *bodyBuffer) endFlush(c *bufChunk) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	c.flushing = false
-	if i := slices.Index(b.chunks, c); i >= 0 {
-		b.chunks = slices.Delete(b.chunks, i, i+1)
-		b.bytes -= c.bytes
+// endFlushLocked removes flushed chunks and returns the ids of the bodies
+// the flush wrote that were deleted while it ran and whose deletes did
+// not reach pebble: not held by a checkpoint pinned at pinSeq (-1: none).
+// The caller deletes them in pebble before it lets go of b.mu.
+func (b *bodyBuffer) endFlushLocked(ws []flushWrite, pinSeq int64) []uint64 {
+	var gone []uint64
+	for _, w := range ws {
+		for _, e := range w.bodies {
+			cur := w.c.entries[sort.Search(len(w.c.entries), func(j int) bool { return w.c.entries[j].id >= e.id })]
+			if cur.del != 0 && cur.del != e.del && (pinSeq < 0 || cur.del <= pinSeq) {
+				gone = append(gone, e.id)
+			}
+		}
+		w.c.flushing = false
+		if i := slices.Index(b.chunks, w.c); i >= 0 {
+			b.chunks = slices.Delete(b.chunks, i, i+1)
+			b.bytes -= w.c.bytes
+		}
 	}
+	return gone
 }
 
-// abortFlush keeps a chunk whose batch failed.
-func (b *bodyBuffer) abortFlush(c *bufChunk) {
+// abortFlush keeps chunks whose write failed.
+func (b *bodyBuffer) abortFlush(ws []flushWrite) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	c.flushing = false
+	for _, w := range ws {
+		w.c.flushing = false
+	}
 }
 
 // clear empties the buffer: an adopted store numbers its bodies otherwise.

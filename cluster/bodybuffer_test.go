@@ -33,7 +33,7 @@ func commitTo(t *testing.T, s *bodyStore, f func(b *bodyBatch)) {
 func flushAll(t *testing.T, s *bodyStore) {
 	t.Helper()
 	for {
-		more, err := s.flushChunk(true, math.MaxUint64)
+		more, err := s.flush(true, math.MaxUint64)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -131,7 +131,7 @@ func TestBodyBufferViewsAndFlushes(t *testing.T) {
 		}
 	})
 	for {
-		if more, err := s.flushChunk(false, 0); err != nil {
+		if more, err := s.flush(false, 0); err != nil {
 			t.Fatal(err)
 		} else if !more {
 			break
@@ -231,40 +231,52 @@ func TestBodyBufferFlushesRaceNoDelete(t *testing.T) {
 }
 
 // A delete of a body that a flush has chosen to write, but not yet
-// written, reaches pebble after that write, not before it (where the
-// write would bring the body back).
-func TestBodyBufferDeleteWaitsForTheFlushOfItsBody(t *testing.T) {
-	s, err := openBodyStoreWith(t.TempDir(), slog.New(slog.DiscardHandler), 1<<20, 1<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	commitTo(t, s, func(b *bodyBatch) {
-		for id := uint64(1); id <= 10; id++ {
-			b.Set(testBodyKey(id), testValue(id, 100))
+// written, does not hold the FSM up, and the body is deleted in pebble
+// after that write, not before it (where the write would bring the body
+// back), whether the write is a batch or an ingested file.
+func TestBodyBufferDeleteDuringAFlush(t *testing.T) {
+	for _, size := range []int{100, 200 << 10} { // 1 KiB in a batch, 2 MiB ingested
+		s, err := openBodyStoreWith(t.TempDir(), slog.New(slog.DiscardHandler), 1<<20, 64<<20)
+		if err != nil {
+			t.Fatal(err)
 		}
-	})
-	chosen, write := make(chan struct{}), make(chan struct{})
-	s.beforeFlushCommit = func() { close(chosen); <-write }
-	flushed := make(chan error)
-	go func() { _, err := s.flushChunk(true, math.MaxUint64); flushed <- err }()
-	<-chosen
-	deleted := make(chan struct{})
-	go func() {
-		defer close(deleted)
+		defer s.Close()
 		commitTo(t, s, func(b *bodyBatch) {
-			b.Delete(testBodyKey(5))
-			b.DeleteRange(testBodyKey(7), testBodyKey(9))
+			for id := uint64(1); id <= 10; id++ {
+				b.Set(testBodyKey(id), testValue(id, size))
+			}
 		})
-	}()
-	time.Sleep(50 * time.Millisecond) // the deletes run up to the wait, if there is one
-	close(write)
-	if err := <-flushed; err != nil {
-		t.Fatal(err)
-	}
-	<-deleted
-	s.beforeFlushCommit = nil
-	if got, want := pebbleIDs(t, s), []uint64{1, 2, 3, 4, 6, 9, 10}; !slices.Equal(got, want) {
-		t.Fatalf("pebble holds %v, want %v", got, want)
+		chosen, write := make(chan struct{}), make(chan struct{})
+		s.beforeFlushCommit = func() { close(chosen); <-write }
+		flushed := make(chan error)
+		go func() { _, err := s.flush(true, math.MaxUint64); flushed <- err }()
+		<-chosen
+		deleted := make(chan struct{})
+		go func() {
+			defer close(deleted)
+			commitTo(t, s, func(b *bodyBatch) {
+				b.Delete(testBodyKey(5))
+				b.DeleteRange(testBodyKey(7), testBodyKey(9))
+			})
+		}()
+		select {
+		case <-deleted:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("bodies of %d bytes: the deletes waited for the flush", size)
+		}
+		close(write)
+		if err := <-flushed; err != nil {
+			t.Fatal(err)
+		}
+		s.beforeFlushCommit = nil
+		if got, want := pebbleIDs(t, s), []uint64{1, 2, 3, 4, 6, 9, 10}; !slices.Equal(got, want) {
+			t.Fatalf("bodies of %d bytes: pebble holds %v, want %v", size, got, want)
+		}
+		for id := uint64(1); id <= 10; id++ {
+			v, ok, err := s.Get(testBodyKey(id))
+			if want := !slices.Contains([]uint64{5, 7, 8}, id); err != nil || ok != want || ok && !bytes.Equal(v, testValue(id, size)) {
+				t.Fatalf("bodies of %d bytes: body %d found %v (err %v), want %v", size, id, ok, err, want)
+			}
+		}
 	}
 }

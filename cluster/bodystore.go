@@ -76,6 +76,11 @@ type bodyStore struct {
 	beforeFlushCommit func()
 	// deletes counts the batches with deletes since the last flush.
 	deletes atomic.Int64
+	// spanMu guards the span of body ids deleted in pebble since the last
+	// compaction (compactDeleted).
+	spanMu         sync.Mutex
+	spanLo, spanHi uint64
+	spanSet        bool
 	// lowDisk, if set, says why the data dir's disk is low (the disk
 	// guard's reading): no flush is begun then (flushDeletes).
 	lowDisk func() error
@@ -133,7 +138,7 @@ func (s *bodyStore) flusher() {
 				return
 			default:
 			}
-			more, err := s.flushChunk(false, 0)
+			more, err := s.flush(false, 0)
 			if err != nil {
 				s.flushErr.Store(&err)
 				s.log.Error("body store: write buffered bodies", "err", err)
@@ -144,13 +149,6 @@ func (s *bodyStore) flusher() {
 			}
 		}
 	}
-}
-
-// waitFlush returns once no flush is in progress: the one that chose
-// the bodies a delete is of has committed them.
-func (s *bodyStore) waitFlush() {
-	s.flushMu.Lock()
-	defer s.flushMu.Unlock()
 }
 
 func (s *bodyStore) signal() {
@@ -167,39 +165,6 @@ func (s *bodyStore) pinSeqLocked() int64 {
 		return -1
 	}
 	return s.pin.bufSeq
-}
-
-// flushChunk writes the buffer's oldest chunk into pebble and removes it
-// from the buffer: if the buffer is over its bound, or, with force, if the
-// chunk starts at or below upTo. It reports whether it wrote one.
-func (s *bodyStore) flushChunk(force bool, upTo uint64) (bool, error) {
-	s.flushMu.Lock()
-	defer s.flushMu.Unlock()
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	w, ok := s.buf.startFlush(force, upTo, s.pinSeqLocked())
-	if !ok {
-		return false, nil
-	}
-	if s.beforeFlushCommit != nil {
-		s.beforeFlushCommit()
-	}
-	if len(w.bodies) > 0 {
-		b := s.db.NewBatch()
-		defer b.Close()
-		var key [9]byte
-		key[0] = 'b'
-		for _, e := range w.bodies {
-			binary.BigEndian.PutUint64(key[1:], e.id)
-			_ = b.Set(key[:], e.value, nil)
-		}
-		if err := b.Commit(pebble.NoSync); err != nil {
-			s.buf.abortFlush(w.c)
-			return false, err
-		}
-	}
-	s.buf.endFlush(w.c)
-	return true, nil
 }
 
 // open opens pebble on dir with the store's options.
@@ -231,40 +196,87 @@ func (s *bodyStore) open(dir string) (*pebble.DB, error) {
 	return db, err
 }
 
-// ingestSuffix names the file, beside the store, that ingestBuffer
-// writes and pebble links in.
+// ingestSuffix names the file, beside the store, that a flush writes and
+// pebble links in.
 const ingestSuffix = "-ingest.sst"
 
-// ingestBuffer writes the buffer's bodies in the chunks that start at or
-// below upTo into pebble as one sstable that pebble ingests: written once,
-// in key order, and linked in at the lowest level its keys allow, where a
-// write through the memtable would insert each body, stall while the
-// full memtables flush and write it again. A checkpoint calls it; its cost
-// follows the buffer's bound, not the backlog.
-func (s *bodyStore) ingestBuffer(upTo uint64) (err error) {
-	s.flushMu.Lock()
+// ingestMin is the least a flush writes as a file of its own; less goes
+// through the memtable.
+const ingestMin = 1 << 20
+
+// flush writes chunks of the buffer into pebble and removes them from it:
+// with force, those that start at or below upTo (a checkpoint); else, if
+// the buffer is over its bound, the oldest down to half of it. It reports
+// whether it wrote any.
+//
+// The bodies go into one sstable that pebble ingests: written once, in key
+// order, and linked in at the lowest level, below everything, since body
+// ids grow, where a write through the memtable would insert each body,
+// stall while full memtables flush, write it again and compact it. Less
+// than ingestMin goes through the memtable. The FSM goes on meanwhile: a
+// delete of a body being written marks it in the buffer, and the flush
+// deletes it in pebble after its write, before the chunk leaves the
+// buffer.
+func (s *bodyStore) flush(force bool, upTo uint64) (wrote bool, err error) {
+	s.flushMu.Lock() // adopt and Release take it too: s.db stays
 	defer s.flushMu.Unlock()
+	// Under s.mu, so that no checkpoint pins between the choice of the
+	// bodies and the pin's sequence they were chosen by.
+	s.mu.RLock()
+	ws := s.buf.startFlush(force, upTo, s.pinSeqLocked())
+	s.mu.RUnlock()
+	if len(ws) == 0 {
+		return false, nil
+	}
+	if s.beforeFlushCommit != nil {
+		s.beforeFlushCommit()
+	}
+	if err := s.write(ws); err != nil {
+		s.buf.abortFlush(ws)
+		return false, err
+	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	ws := s.buf.startFlushUpTo(upTo, s.pinSeqLocked())
-	defer func() {
-		for _, w := range ws {
-			if err != nil {
-				s.buf.abortFlush(w.c)
-			} else {
-				s.buf.endFlush(w.c)
-			}
+	s.buf.mu.Lock()
+	defer s.buf.mu.Unlock()
+	if gone := s.buf.endFlushLocked(ws, s.pinSeqLocked()); len(gone) > 0 {
+		b := s.db.NewBatch()
+		defer b.Close()
+		for _, id := range gone {
+			_ = b.Delete(storeBodyKey(id), nil)
+			s.noteDeleted(id, id)
 		}
-	}()
+		if err := b.Commit(pebble.NoSync); err != nil {
+			return true, fmt.Errorf("delete %d bodies acked while they were written: %w", len(gone), err)
+		}
+		s.deletes.Add(1)
+	}
+	return true, nil
+}
+
+// write puts the bodies of ws into pebble.
+func (s *bodyStore) write(ws []flushWrite) error {
 	n := 0
 	for _, w := range ws {
-		n += len(w.bodies)
+		for _, e := range w.bodies {
+			n += len(e.value)
+		}
 	}
 	if n == 0 {
 		return nil
 	}
-	if s.beforeFlushCommit != nil {
-		s.beforeFlushCommit()
+	var key [9]byte
+	key[0] = 'b'
+	if n < ingestMin {
+		b := s.db.NewBatch()
+		defer b.Close()
+		for _, w := range ws {
+			for _, e := range w.bodies {
+				binary.BigEndian.PutUint64(key[1:], e.id)
+				_ = b.Set(key[:], e.value, nil)
+			}
+		}
+		return b.Commit(pebble.NoSync)
 	}
 	tmp := s.path + ingestSuffix
 	f, err := vfs.Default.Create(tmp, vfs.WriteCategoryUnspecified)
@@ -273,8 +285,6 @@ func (s *bodyStore) ingestBuffer(upTo uint64) (err error) {
 	}
 	defer os.Remove(tmp) // pebble linked it, or it failed
 	wr := sstable.NewWriter(objstorageprovider.NewFileWritable(f), s.opts.MakeWriterOptions(0, s.db.TableFormat()))
-	var key [9]byte
-	key[0] = 'b'
 	for _, w := range ws {
 		for _, e := range w.bodies {
 			binary.BigEndian.PutUint64(key[1:], e.id)
@@ -355,6 +365,78 @@ func (s *bodyStore) flushDeletes(stop <-chan struct{}) error {
 	select {
 	case <-done:
 	case <-stop:
+		return nil
+	}
+	return s.compactDeleted(stop)
+}
+
+// noteDeleted records that pebble got a delete of the body ids lo..hi.
+func (s *bodyStore) noteDeleted(lo, hi uint64) {
+	s.spanMu.Lock()
+	defer s.spanMu.Unlock()
+	if !s.spanSet {
+		s.spanLo, s.spanHi, s.spanSet = lo, hi, true
+		return
+	}
+	s.spanLo, s.spanHi = min(s.spanLo, lo), max(s.spanHi, hi)
+}
+
+// noteDeletion is noteDeleted of a delete of the store's keys; a range
+// to the top of the ids ends at the highest id pebble may hold.
+func (s *bodyStore) noteDeletion(d deletion) {
+	if d.end == nil {
+		if id, ok := bodyKeyID(d.key); ok {
+			s.noteDeleted(id, id)
+		}
+		return
+	}
+	lo, hi, ok := bodyRangeIDs(d.key, d.end)
+	if !ok || hi == 0 {
+		return
+	}
+	s.buf.mu.RLock()
+	top := s.buf.pebbleMax
+	s.buf.mu.RUnlock()
+	if hi = min(hi-1, top); lo <= hi {
+		s.noteDeleted(lo, hi)
+	}
+}
+
+// compactDeleted compacts the span of body ids deleted since the last
+// time. The bodies a flush writes go to the lowest level as files of
+// their own, and the range deletes of a drain, each over the ids of one
+// ack, cover none of them whole, so pebble would leave them until its
+// level-0 files pile up; compacting the drained span drops them now, and
+// rewrites only the live bodies among them. Not while the disk is low
+// (flushDeletes).
+func (s *bodyStore) compactDeleted(stop <-chan struct{}) error {
+	s.spanMu.Lock()
+	lo, hi, ok := s.spanLo, s.spanHi, s.spanSet
+	s.spanSet = false
+	s.spanMu.Unlock()
+	if !ok {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	end := []byte{'b' + 1}
+	if hi < math.MaxUint64 {
+		end = storeBodyKey(hi + 1)
+	}
+	s.cpMu.Lock() // not while adopt replaces the DB
+	defer s.cpMu.Unlock()
+	s.mu.RLock()
+	db := s.db
+	s.mu.RUnlock()
+	if err := db.Compact(ctx, storeBodyKey(lo), end, false); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("compact the drained bodies %d..%d: %w", lo, hi, err)
 	}
 	return nil
 }
@@ -441,8 +523,8 @@ func (b *bodyBatch) DeleteRange(from, to []byte) {
 // Commit applies the batch without fsync: the store is rebuilt from the
 // Raft log after a crash. Bodies go into the buffer; a delete of a body
 // the buffer holds only marks it there, others go to pebble (or to the
-// pending checkpoint's held deletes). A delete of a body that a flush is
-// writing waits for that flush, so that it reaches pebble after the body.
+// pending checkpoint's held deletes). A flush that is writing a body
+// deleted here deletes it in pebble after its write.
 func (b *bodyBatch) Commit() error {
 	s := b.s
 	if p := s.flushErr.Swap(nil); p != nil {
@@ -455,7 +537,7 @@ func (b *bodyBatch) Commit() error {
 			s.buf.wrote(e.id)
 		}
 	}
-	var waitFlush, emptied, deleted bool
+	var emptied, deleted bool
 	var held []deletion
 	for _, d := range b.dels {
 		var r markResult
@@ -466,13 +548,13 @@ func (b *bodyBatch) Commit() error {
 		} else if lo, hi, ok := bodyRangeIDs(d.key, d.end); ok {
 			r = s.buf.markRange(lo, hi, s.pin == nil)
 		}
-		waitFlush = waitFlush || r.flushing
 		emptied = emptied || r.emptied
 		switch {
 		case s.pin != nil:
 			held = append(held, d)
 		case !r.held:
 			d.apply(b.b)
+			s.noteDeletion(d)
 			deleted = true
 		}
 	}
@@ -485,9 +567,6 @@ func (b *bodyBatch) Commit() error {
 		s.deletes.Add(1)
 	}
 	b.dels, b.sets = nil, nil
-	if waitFlush {
-		s.waitFlush()
-	}
 	if !b.b.Empty() {
 		s.mu.RLock()
 		err := b.b.Commit(pebble.NoSync)
@@ -501,7 +580,7 @@ func (b *bodyBatch) Commit() error {
 		// The flusher does not keep up: write on this goroutine, which
 		// holds the FSM back as a slow engine would.
 		for s.buf.over(1) {
-			if _, err := s.flushChunk(false, 0); err != nil {
+			if _, err := s.flush(false, 0); err != nil {
 				return fmt.Errorf("write buffered bodies: %w", err)
 			}
 		}
@@ -627,7 +706,7 @@ func (c *storeCheckpoint) Write(dir string) error {
 	if err := c.s.diskLow(); err != nil {
 		return fmt.Errorf("no checkpoint while the disk is low (its flush would stall the store until space returns): %w", err)
 	}
-	if err := c.s.ingestBuffer(c.pin.upTo); err != nil {
+	if _, err := c.s.flush(true, c.pin.upTo); err != nil {
 		return fmt.Errorf("write buffered bodies: %w", err)
 	}
 	if err := c.db.Flush(); err != nil {
@@ -666,9 +745,11 @@ func (c *storeCheckpoint) Release() {
 				}
 			}
 			_ = b.Delete([]byte(k), nil)
+			s.noteDeletion(deletion{key: []byte(k)})
 		}
 		for _, r := range c.pin.ranges {
 			r.apply(b)
+			s.noteDeletion(r.deletion)
 		}
 		c.pin.mu.RUnlock()
 		if err := b.Commit(pebble.NoSync); err != nil {
