@@ -39,6 +39,7 @@ type benchConfig struct {
 	Duration     time.Duration `json:"duration_ns"`
 	Count        int64         `json:"count"`
 	Queues       int           `json:"queues"`
+	Queue        string        `json:"queue,omitempty"`
 	Prefill      int64         `json:"prefill"`
 	SeparateAcks bool          `json:"separate_acks"`
 }
@@ -84,7 +85,8 @@ enqueue-to-ack latency is measured end to end by the consumer.`,
 		Example: `  quorumq bench --dev --producers 64 --duration 10s
   quorumq bench --dev --producers 1 --async --window 256 --duration 10s
   quorumq bench --dev --producers 0 --consumers 16 --batch 100 --prefill 500000
-  quorumq bench --addr 10.0.0.1:7101 --producers 16 --consumers 16 --json`,
+  quorumq bench --addr 10.0.0.1:7101 --producers 16 --consumers 16 --json
+  quorumq bench --addr 10.0.0.1:7101 --queue backlog --producers 0 --consumers 16 --duration 1h`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := cfg.validate(); err != nil {
 				return err
@@ -153,6 +155,7 @@ enqueue-to-ack latency is measured end to end by the consumer.`,
 	f.DurationVar(&cfg.Duration, "duration", 10*time.Second, "how long to run")
 	f.Int64Var(&cfg.Count, "count", 0, "stop after this many sends (0: run for --duration); the run never exceeds --duration")
 	f.IntVar(&cfg.Queues, "queues", 1, "number of queues, used round-robin")
+	f.StringVar(&cfg.Queue, "queue", "", "run against this existing queue instead of new ones, and keep it; with --producers 0 the consumers drain it: the run ends when a receive finds it empty")
 	f.BoolVar(&cfg.SeparateAcks, "separate-acks", false, "consumers ack each batch with its own Ack call (default: the acks ride on the next receive, one Raft entry per batch)")
 	f.Int64Var(&cfg.Prefill, "prefill", 0, "messages enqueued before the clock starts (for consumer-only runs)")
 	f.IntVar(&cfg.DevBasePort, "dev-base-port", 7601, "with --dev: API port of the first node (Raft +100, gossip +200, admin HTTP +300)")
@@ -183,6 +186,12 @@ func (c benchConfig) validate() error {
 		return fmt.Errorf("--queues must be 1..1000, got %d", c.Queues)
 	case c.Prefill < 0 || c.Prefill > 10_000_000:
 		return fmt.Errorf("--prefill must be 0..10000000, got %d", c.Prefill)
+	case c.Queue != "" && c.Dev:
+		return errors.New("--queue names an existing queue, and --dev starts an empty cluster")
+	case c.Queue != "" && c.Queues != 1:
+		return fmt.Errorf("--queue names one queue, and --queues is %d", c.Queues)
+	case c.Queue != "" && c.Prefill > 0:
+		return errors.New("--prefill fills the run's own queues; --queue uses an existing one as it is")
 	}
 	return nil
 }
@@ -221,6 +230,13 @@ func runBench(ctx context.Context, c *client.Client, cfg benchConfig, progressOu
 	run := fmt.Sprintf("bench-%d", time.Now().UnixNano())
 	queues := make([]string, cfg.Queues)
 	for i := range queues {
+		if cfg.Queue != "" {
+			queues[i] = cfg.Queue
+			if _, err := c.GetQueue(ctx, cfg.Queue); err != nil {
+				return nil, fmt.Errorf("--queue %s: %w", cfg.Queue, err)
+			}
+			continue
+		}
 		queues[i] = fmt.Sprintf("%s-%d", run, i)
 		if _, err := c.CreateQueue(ctx, queues[i], client.QueueSettings{}); err != nil {
 			return nil, fmt.Errorf("create queue %s: %w", queues[i], err)
@@ -333,12 +349,15 @@ func runBench(ctx context.Context, c *client.Client, cfg benchConfig, progressOu
 			confirmed := func(msgs []client.Message) {
 				now := time.Now()
 				for _, m := range msgs {
+					if cfg.Queue != "" {
+						break // bodies of an existing queue carry no send time
+					}
 					if sentAt := int64(binary.LittleEndian.Uint64(m.Body)); sentAt != 0 {
 						local = append(local, now.Sub(time.Unix(0, sentAt)))
 					}
 				}
 				// A consumer-only run ends when the prefill is drained.
-				if acked.Add(int64(len(msgs))) >= cfg.Prefill && cfg.Producers == 0 {
+				if acked.Add(int64(len(msgs))) >= cfg.Prefill && cfg.Producers == 0 && cfg.Queue == "" {
 					cancel()
 				}
 			}
@@ -355,6 +374,9 @@ func runBench(ctx context.Context, c *client.Client, cfg benchConfig, progressOu
 				var err error
 				if cfg.SeparateAcks {
 					msgs, err = c.Receive(runCtx, q, cfg.Batch, client.WithWait(time.Second))
+					if err == nil && len(msgs) == 0 && cfg.Queue != "" && cfg.Producers == 0 {
+						cancel() // the existing queue is drained
+					}
 					if err == nil && len(msgs) > 0 {
 						pending = msgs
 						// Ack with the caller's context, not runCtx: a
@@ -380,6 +402,11 @@ func runBench(ctx context.Context, c *client.Client, cfg benchConfig, progressOu
 				msgs, ackErr, err = c.AckAndReceive(runCtx, q, receipts(), cfg.Batch, client.WithWait(wait))
 				if err != nil {
 					continue // pending stays and is acked by the next call
+				}
+				// Draining an existing queue ends when a long poll finds
+				// it empty.
+				if len(msgs) == 0 && wait > 0 && cfg.Queue != "" && cfg.Producers == 0 {
+					cancel()
 				}
 				if ackErr != nil {
 					ackErrs.Add(int64(len(pending)))
@@ -417,8 +444,10 @@ func runBench(ctx context.Context, c *client.Client, cfg benchConfig, progressOu
 	if bar != nil {
 		_ = bar.Finish()
 	}
-	for _, q := range queues {
-		_ = c.DeleteQueue(ctx, q)
+	if cfg.Queue == "" {
+		for _, q := range queues {
+			_ = c.DeleteQueue(ctx, q)
+		}
 	}
 	res := &benchResult{
 		Config: cfg, Elapsed: elapsed,

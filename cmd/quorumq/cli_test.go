@@ -129,3 +129,37 @@ func TestCLIWalkThrough(t *testing.T) {
 		}
 	}
 }
+
+// bench --queue drains an existing queue with its consumers, ends when a
+// receive finds it empty, and keeps the queue; it refuses flags that
+// would fill or replace it.
+func TestBenchDrainsAnExistingQueue(t *testing.T) {
+	tc := cluster.StartTestCluster(t, 3)
+	addr := strings.Join(tc.Addrs(), ",")
+	mustRun(t, queueCreateCmd(), addr, "", "backlog")
+	const n = 600
+	lines := strings.Repeat("x\n", n) // bodies shorter than a send time
+	mustRun(t, sendCmd(), addr, lines, "backlog")
+
+	var res benchResult
+	out := mustRun(t, rootCmd, addr, "", "bench", "--queue", "backlog", "--producers", "0", "--consumers", "4", "--batch", "50", "--duration", "20s", "--json")
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("bench --json = %s (%v)", out, err)
+	}
+	if res.Acked != n || res.AckErrors != 0 || res.Elapsed >= 20 {
+		t.Fatalf("bench --queue acked %d (%d errors) in %.1f s, want %d before --duration ran out", res.Acked, res.AckErrors, res.Elapsed, n)
+	}
+	var q queueJSON
+	if err := json.Unmarshal([]byte(mustRun(t, queueStatsCmd(), addr, "", "backlog", "--json")), &q); err != nil || q.Name != "backlog" || q.Ready != 0 || q.Leased != 0 || q.AckedTotal != n {
+		t.Fatalf("after the drain the queue is %+v (%v), want it kept and empty", q, err)
+	}
+	for _, args := range [][]string{
+		{"--queue", "backlog", "--queues", "2"},
+		{"--queue", "backlog", "--prefill", "10"},
+		{"--queue", "missing", "--producers", "0", "--consumers", "1"},
+	} {
+		if _, err := run(t, rootCmd, addr, "", append([]string{"bench"}, args...)...); err == nil {
+			t.Fatalf("bench %v: no error", args)
+		}
+	}
+}
