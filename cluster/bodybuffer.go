@@ -391,14 +391,11 @@ func (b *bodyBuffer) clear() {
 	b.chunks, b.bytes, b.lastID, b.pebbleMax = nil, 0, 0, math.MaxUint64
 }
 
-// held returns the value bytes and bodies the buffer holds.
-func (b *bodyBuffer) held() (bytes, bodies int) {
+// heldBytes returns the value bytes of the chunks the buffer holds.
+func (b *bodyBuffer) heldBytes() int {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
-	for _, c := range b.chunks {
-		bodies += c.live
-	}
-	return b.bytes, bodies
+	return b.bytes
 }
 
 // bufView is the buffer as a view saw it.

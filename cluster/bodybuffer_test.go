@@ -141,7 +141,7 @@ func TestBodyBufferViewsAndFlushes(t *testing.T) {
 	if len(inPebble) == 0 || inPebble[0] != 1 || slices.Contains(inPebble, 300) {
 		t.Fatalf("past the bound pebble holds %d bodies (%v…), want the oldest and not the newest", len(inPebble), inPebble[:min(3, len(inPebble))])
 	}
-	if held, _ := s.buf.held(); held > 64<<10 {
+	if held := s.buf.heldBytes(); held > 64<<10 {
 		t.Fatalf("the buffer holds %d bytes, over its bound of 64 KiB", held)
 	}
 	v, err := s.View()

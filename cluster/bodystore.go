@@ -44,7 +44,8 @@ const (
 // and filled again by raft's restore of the newest snapshot (which links
 // the snapshot's checkpoint back in, checkpoint.go) and replay of the log
 // after it (cluster/DESIGN.md, "Storage on disk"). So a crash that loses
-// unflushed memtables, or leaves a half-written file, loses nothing.
+// unflushed memtables or the body buffer (bodybuffer.go), or leaves a
+// half-written file, loses nothing.
 type bodyStore struct {
 	path     string
 	memtable uint64

@@ -72,7 +72,7 @@ type StoreBatch interface {
 }
 
 // CachedStore is a Store that keeps some values where reading them costs
-// less than a view (a node's leader keeps the bodies it wrote last):
+// less than a view (a node keeps the bodies it stored last in memory):
 // FillBodies tries Cached first and takes a view only for the rest. A
 // cached value is one committed and not deleted since.
 type CachedStore interface {

@@ -166,7 +166,7 @@ others with --join; the first server adds them.`,
 	fl.DurationVar(&f.logVerifyInterval, "log-verify-interval", time.Minute, "how often the leader appends a checkpoint at which every server verifies its Raft log against the leader's checksum; negative: never")
 	fl.Uint64Var(&f.trailingLog, "trailing-logs", 10240, "log entries kept after a snapshot so a slow follower can catch up from the log")
 	fl.StringVar(&f.snapshotBytes, "snapshot-bytes", "256MiB", "bytes of log entries applied since the last snapshot that trigger a new one, whatever --snapshot-threshold counts")
-	fl.StringVar(&f.bodyCache, "body-cache", "32MiB", "bodies each node keeps in memory before it writes them to its body store: a message acked meanwhile never reaches the disk, and receives read them without a disk read; 0: none")
+	fl.StringVar(&f.bodyCache, "body-cache", "32MiB", "bodies each node keeps in memory before it writes them to its body store (a follower half of it): a message acked meanwhile never reaches the disk, and receives read them without a disk read; 0: none")
 	fl.StringVar(&f.trailingBytes, "trailing-bytes", "512MiB", "about how many bytes of log a snapshot keeps for slow followers (at most --trailing-logs entries, at least 16)")
 	fl.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate of this server (API and Raft TLS); its SANs must cover the advertised addresses")
 	fl.StringVar(&f.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
