@@ -707,15 +707,20 @@ func (c *storeCheckpoint) Write(dir string) error {
 	if err := c.s.diskLow(); err != nil {
 		return fmt.Errorf("no checkpoint while the disk is low (its flush would stall the store until space returns): %w", err)
 	}
+	start := time.Now()
 	if _, err := c.s.flush(true, c.pin.upTo); err != nil {
 		return fmt.Errorf("write buffered bodies: %w", err)
 	}
+	buffered := time.Since(start)
 	if err := c.db.Flush(); err != nil {
 		return fmt.Errorf("flush: %w", err)
 	}
+	flushed := time.Since(start)
 	if err := c.db.Checkpoint(dir); err != nil {
 		return fmt.Errorf("checkpoint into %s: %w", dir, err)
 	}
+	c.s.log.Info("body store checkpoint written", "buffer", buffered.Round(time.Millisecond),
+		"memtable", (flushed - buffered).Round(time.Millisecond), "links", (time.Since(start) - flushed).Round(time.Millisecond))
 	return nil
 }
 

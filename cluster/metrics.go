@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -199,13 +200,21 @@ func (o observedFSM) Snapshot() (raft.FSMSnapshot, error) {
 		return nil, err
 	}
 	o.budget.snapshotted()
-	return observedSnapshot{FSMSnapshot: s, m: o.m, budget: o.budget}, nil
+	return observedSnapshot{FSMSnapshot: s, m: o.m, budget: o.budget, log: o.log()}, nil
+}
+
+func (o observedFSM) log() *slog.Logger {
+	if o.bodies != nil {
+		return o.bodies.log
+	}
+	return slog.New(slog.DiscardHandler)
 }
 
 type observedSnapshot struct {
 	raft.FSMSnapshot
 	m      *metrics
 	budget *logBudget
+	log    *slog.Logger
 }
 
 func (s observedSnapshot) Persist(sink raft.SnapshotSink) error {
@@ -217,6 +226,7 @@ func (s observedSnapshot) Persist(sink raft.SnapshotSink) error {
 		s.m.snapshotDuration.Observe(time.Since(start).Seconds())
 		s.m.snapshotSize.Set(float64(cs.n))
 		s.budget.lastSnapshot.Store(uint64(cs.n))
+		s.log.Info("snapshot written", "bytes", cs.n, "took", time.Since(start).Round(time.Millisecond))
 	}
 	return err
 }
