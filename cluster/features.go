@@ -41,10 +41,13 @@ const (
 	featureMessageFate = "message-fate"
 	// featureConsumerName: Receive.consumer, kept on the leases it takes.
 	featureConsumerName = "consumer-name"
+	// featureMessageGroups: Message.group, the delivery order of message
+	// groups.
+	featureMessageGroups = "message-groups"
 )
 
 // supportedFeatures are the log features this build applies.
-var supportedFeatures = []string{featureEnqueueAfter, featureLogCheckpoint, featureDeadLetterOrigin, featureReject, featureDLQRules, featureRedrive, featureMessageFate, featureConsumerName}
+var supportedFeatures = []string{featureEnqueueAfter, featureLogCheckpoint, featureDeadLetterOrigin, featureReject, featureDLQRules, featureRedrive, featureMessageFate, featureConsumerName, featureMessageGroups}
 
 // gateRules stamps cmd with the state-machine rules every voter applies:
 // fsm.Rules once every voter knows them, 1 while some voter knows the
@@ -90,6 +93,14 @@ func (n *Node) gateDeadLetterOrigin(cmd *fsmpb.Command) error {
 		if !n.clusterHas(featureRedrive) {
 			return status.Error(codes.FailedPrecondition, "redrive: a voter does not know redrive yet (a server of an earlier release); retry once every server is upgraded")
 		}
+	case *fsmpb.Command_Enqueue:
+		return n.gateGroups("enqueue", op.Enqueue)
+	case *fsmpb.Command_Transaction:
+		for i, e := range op.Transaction.GetEnqueues() {
+			if err := n.gateGroups(fmt.Sprintf("transaction.enqueues[%d]", i), e); err != nil {
+				return err
+			}
+		}
 	case *fsmpb.Command_Receive:
 		op.Receive.DeadLetterOrigin = n.clusterHas(featureDeadLetterOrigin)
 		// A consumer name, like a nack reason, is advice: dropped, not
@@ -100,6 +111,19 @@ func (n *Node) gateDeadLetterOrigin(cmd *fsmpb.Command) error {
 	case *fsmpb.Command_Nack:
 		if op.Nack.GetReason() != "" && !n.clusterHas(featureDeadLetterOrigin) {
 			op.Nack.Reason = ""
+		}
+	}
+	return nil
+}
+
+// gateGroups refuses an enqueue that gives a message a group while some
+// voter does not know groups: such a server would deliver the group's
+// messages in parallel, and the replicas would drift apart. Dropping the
+// group would break the order the producer asked for, so it is refused.
+func (n *Node) gateGroups(field string, e *fsmpb.Enqueue) error {
+	for i, m := range e.GetMessages() {
+		if m.GetGroup() != "" && !n.clusterHas(featureMessageGroups) {
+			return status.Errorf(codes.FailedPrecondition, "%s.messages[%d].group: a voter does not know message groups yet (a server of an earlier release); retry once every server is upgraded", field, i)
 		}
 	}
 	return nil

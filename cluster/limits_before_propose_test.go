@@ -81,6 +81,14 @@ func TestEveryLimitIsCheckedBeforePropose(t *testing.T) {
 			_, err := q.Enqueue(ctx, msg(&fsmpb.Message{Body: []byte("x"), Attributes: []*fsmpb.Attribute{{Key: "k", Value: long(4097)}}}))
 			return err
 		}, "attributes[0].value is 4097 bytes, limit is 4096"},
+		{"129-byte group", func(ctx context.Context) error {
+			_, err := q.Enqueue(ctx, msg(&fsmpb.Message{Body: []byte("x"), Group: long(129)}))
+			return err
+		}, "group is 129 bytes, limit is 128"},
+		{"group with a control byte", func(ctx context.Context) error {
+			_, err := q.Enqueue(ctx, msg(&fsmpb.Message{Body: []byte("x"), Group: "a\tb"}))
+			return err
+		}, "group has control byte '\\t' at 1"},
 		{"129-byte after_dedup_id", func(ctx context.Context) error {
 			r := msg(&fsmpb.Message{Body: []byte("x")})
 			r.AfterDedupId = long(129)

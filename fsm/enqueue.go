@@ -51,7 +51,7 @@ func (t *txn) enqueue(field string, e *fsmpb.Enqueue, res *fsmpb.Result) *cmdErr
 			res.Enqueued = append(res.Enqueued, &fsmpb.EnqueueResult{MessageId: id, Duplicate: true})
 			continue
 		}
-		rec := q.add(t.storeBody(m), m.GetDedupId(), nil, addDur(t.now, m.GetDelayNs()), t.now, 0)
+		rec := q.add(t.storeBody(m), m.GetDedupId(), q.groupExt(m.GetGroup()), addDur(t.now, m.GetDelayNs()), t.now, 0)
 		if rec.dedupID != "" {
 			q.dedup.SetHint(rec, &q.dedupHint)
 		}
@@ -99,12 +99,18 @@ func (t *txn) storeBody(m *fsmpb.Message) bodyRef {
 	return ref
 }
 
-// add appends a new live message and returns its record.
+// add appends a new live message and returns its record: ready, delayed
+// until deliverAt, or waiting behind an earlier message of its group
+// (ext.group).
 func (q *queue) add(body bodyRef, dedupID string, ext *extra, deliverAt, now int64, flags uint8) *message {
-	if deliverAt <= now {
+	m := &message{id: q.nextID, enqueuedAt: now, at: deliverAt, body: body, dedupID: dedupID, ext: ext, index: q.stamp.index}
+	switch {
+	case m.group() != "" && q.joinGroup(m.group(), m.id):
+		flags |= flagWaiting
+	case deliverAt <= now:
 		flags |= flagReady
 	}
-	m := &message{id: q.nextID, enqueuedAt: now, at: deliverAt, body: body, dedupID: dedupID, ext: ext, flags: flags, index: q.stamp.index}
+	m.flags = flags
 	q.nextID++
 	q.put(m)
 	q.counters.enqueued++

@@ -115,7 +115,7 @@ func (f *FSM) apply(cmd *fsmpb.Command) (res *fsmpb.Result) {
 	defer func() {
 		for _, q := range t.work {
 			if q != nil {
-				q.ops = nil
+				q.ops, q.heads = nil, nil
 			}
 		}
 		if r := recover(); r != nil {
@@ -135,6 +135,11 @@ func (f *FSM) apply(cmd *fsmpb.Command) (res *fsmpb.Result) {
 	res, err := t.run(cmd)
 	if err != nil {
 		return errorResult(err)
+	}
+	for _, q := range t.work {
+		if q != nil && q.promoteHeads(t.now) {
+			t.notify(q.name)
+		}
 	}
 	// The store first: a command whose writes did not land changes
 	// nothing in memory either (the node stops).

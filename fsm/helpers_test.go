@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -176,8 +177,10 @@ func checkInvariants(t testing.TB, f *FSM) {
 	defer f.mu.RUnlock()
 	checkStore(t, f)
 	f.queues.Scan(func(q *queue) bool {
-		var live, leased, deadLetters, tombs, dead uint64
+		var live, leased, deadLetters, tombs, dead, waiting uint64
 		var prev *message
+		var grouped []groupEntry
+		heads := make(map[string]uint64) // group -> its first live message
 		q.msgs.Scan(func(m *message) bool {
 			if prev != nil && m.id <= prev.id {
 				t.Fatalf("queue %s: ids out of order", q.name)
@@ -209,6 +212,27 @@ func checkInvariants(t testing.TB, f *FSM) {
 			live++
 			inReady := q.ready.has(m.id)
 			_, inTimed := q.timed.Get(m)
+			if g := m.group(); g != "" {
+				grouped = append(grouped, groupEntry{key: g, id: m.id})
+				if m.is(flagWaiting) != (heads[g] != 0) {
+					t.Fatalf("queue %s: message %d of group %q: waiting %v, earlier message %d", q.name, m.id, g, m.is(flagWaiting), heads[g])
+				}
+				if heads[g] == 0 {
+					heads[g] = m.id
+				}
+			} else if m.is(flagWaiting) {
+				t.Fatalf("queue %s: message %d waits without a group", q.name, m.id)
+			}
+			if m.is(flagWaiting) {
+				waiting++
+				if m.is(flagDeadLetter) {
+					deadLetters++
+				}
+				if inReady || inTimed || m.is(flagReady|flagLeased) {
+					t.Fatalf("queue %s: waiting message %d in ready=%v timed=%v flags=%b", q.name, m.id, inReady, inTimed, m.flags)
+				}
+				return true
+			}
 			if inReady == inTimed || inReady != m.is(flagReady) {
 				t.Fatalf("queue %s: message %d in ready=%v timed=%v flags=%b", q.name, m.id, inReady, inTimed, m.flags)
 			}
@@ -223,6 +247,20 @@ func checkInvariants(t testing.TB, f *FSM) {
 		if live != q.live() || leased != q.leased || deadLetters != q.deadLetters || tombs != uint64(q.tombs.Len()) || dead != q.dead {
 			t.Fatalf("queue %s: live %d/%d leased %d/%d dead letters %d/%d tombs %d/%d dead %d/%d", q.name,
 				live, q.live(), leased, q.leased, deadLetters, q.deadLetters, tombs, q.tombs.Len(), dead, q.dead)
+		}
+		if waiting != q.waiting || uint64(len(heads)) != q.groupCount || q.heads != nil {
+			t.Fatalf("queue %s: waiting %d/%d, groups %d/%d, heads pending %v", q.name, waiting, q.waiting, len(heads), q.groupCount, q.heads)
+		}
+		slices.SortFunc(grouped, func(a, b groupEntry) int {
+			if byGroup(a, b) {
+				return -1
+			}
+			return 1
+		})
+		var inTree []groupEntry
+		q.groups.Scan(func(e groupEntry) bool { inTree = append(inTree, e); return true })
+		if !slices.Equal(grouped, inTree) {
+			t.Fatalf("queue %s: group entries %v, live grouped messages %v", q.name, inTree, grouped)
 		}
 		c := q.counters
 		if c.enqueued != live+dead+c.acked+c.expired+c.deadLettered+c.purged+c.redriven {

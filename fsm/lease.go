@@ -166,6 +166,7 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 		res.Outcomes = q.settleAll(r.GetAck(), ackOp{}, now)
 	}
 	q.promote(now)
+	q.promoteHeads(now) // of groups whose head an ack above removed
 	vis := r.GetVisibilityNs()
 	if vis == 0 {
 		vis = q.settings.visibility
@@ -184,10 +185,12 @@ func (t *txn) receive(r *fsmpb.Receive) (*fsmpb.Result, *cmdError) {
 		if q.settings.retention > 0 && m.enqueuedAt+q.settings.retention <= now {
 			q.remove(m, m.attempt, now, 0, expiredExt)
 			q.counters.expired++
+			q.promoteHeads(now)
 			continue
 		}
 		if md := q.settings.maxDeliveries; md > 0 && m.attempt >= md {
 			t.deadLetter(q, m, deadLetterCause{reason: fsmpb.DeadLetterReason_DEAD_LETTER_MAX_DELIVERIES, origin: r.GetDeadLetterOrigin()})
+			q.promoteHeads(now)
 			continue
 		}
 		d := m.with(addDur(now, vis), m.attempt+1, m.flags&^flagReady|flagLeased)
@@ -284,7 +287,7 @@ func (t *txn) deadLetter(q *queue, m *message, c deadLetterCause) {
 	}
 	if q.settings.deadLetter == "" || t.lookup(q.settings.deadLetter) == nil {
 		if t.rules >= 1 {
-			q.keepDead(m, how, &extra{dead: origin(q, m, c)}, t.now)
+			q.keepDead(m, how, &extra{dead: origin(q, m, c), group: m.group()}, t.now)
 			return
 		}
 		q.remove(m, m.attempt, t.now, how, nil)
@@ -292,9 +295,13 @@ func (t *txn) deadLetter(q *queue, m *message, c deadLetterCause) {
 		return
 	}
 	dlq, _ := t.mut("dead_letter_queue", q.settings.deadLetter) // it exists: looked up above
+	// The dead letter keeps its group: the DLQ delivers a group's dead
+	// letters in order too, and a redrive puts them back into it.
 	var ext *extra
 	if c.origin {
-		ext = &extra{dead: origin(q, m, c)}
+		ext = &extra{dead: origin(q, m, c), group: m.group()}
+	} else if m.group() != "" {
+		ext = &extra{group: m.group()}
 	}
 	moved := dlq.add(m.body, m.dedupID, ext, t.now, t.now, flagDeadLetter) // the body moves, under the same key
 	q.tombstone(m, m.attempt, t.now, how, movedExt(fsmpb.MessageState_MESSAGE_DEAD_LETTERED, dlq.name, moved.id))
@@ -322,6 +329,7 @@ func origin(q *queue, m *message, c deadLetterCause) *fsmpb.DeadLetter {
 // not left the queue.
 func (q *queue) keepDead(m *message, how uint8, ext *extra, now int64) {
 	q.unindex(m)
+	q.leaveGroup(m)
 	if m.is(flagDeadLetter) {
 		q.deadLetters--
 	}
@@ -344,6 +352,7 @@ func delivery(queue string, m *message) *fsmpb.Delivery {
 		LeaseUntilUnixNano: m.at,
 		DeadLetter:         deadLetterOf(m),
 		LastNackReason:     m.nackReason(),
+		Group:              m.group(),
 	}
 }
 

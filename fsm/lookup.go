@@ -58,7 +58,10 @@ func fateOf(m *message, now int64) *fsmpb.MessageFate {
 		DeadLetter:         deadLetterOf(m),
 	}
 	if !m.is(flagDeleted) {
+		out.Group = m.group()
 		switch peekState(m, now) {
+		case fsmpb.PeekState_PEEK_WAITING:
+			out.State = fsmpb.MessageState_MESSAGE_WAITING
 		case fsmpb.PeekState_PEEK_READY:
 			out.State = fsmpb.MessageState_MESSAGE_READY
 		case fsmpb.PeekState_PEEK_DELAYED:

@@ -82,6 +82,8 @@ func peekState(m *message, now int64) fsmpb.PeekState {
 		return fsmpb.PeekState_PEEK_ALL
 	case m.is(flagDead):
 		return fsmpb.PeekState_PEEK_DEAD
+	case m.is(flagWaiting):
+		return fsmpb.PeekState_PEEK_WAITING
 	case m.is(flagReady) || m.at <= now:
 		return fsmpb.PeekState_PEEK_READY
 	case m.is(flagLeased):
@@ -102,6 +104,7 @@ func peeked(m *message, state fsmpb.PeekState) *fsmpb.PeekedMessage {
 		EnqueuedAtUnixNano: m.enqueuedAt,
 		LastNackReason:     m.nackReason(),
 		DeadLetter:         deadLetterOf(m),
+		Group:              m.group(),
 	}
 	if state == fsmpb.PeekState_PEEK_LEASED || state == fsmpb.PeekState_PEEK_DELAYED {
 		p.AtUnixNano = m.at

@@ -7,8 +7,10 @@ import (
 )
 
 // Message flags. A record is exactly one of: ready (in queue.ready), timed
-// (in queue.timed: delayed when not leased, leased when flagLeased) or a
-// tombstone (flagDeleted, in neither).
+// (in queue.timed: delayed when not leased, leased when flagLeased),
+// waiting behind an earlier message of its group (flagWaiting, in
+// neither), dead (flagDead, in neither) or a tombstone (flagDeleted, in
+// neither).
 const (
 	flagReady      = 1 << 0
 	flagLeased     = 1 << 1
@@ -17,7 +19,8 @@ const (
 	flagAcked      = 1 << 4 // tombstone of an ack (or auto-ack)
 	flagRejected   = 1 << 5 // tombstone (or dead message) of a reject
 	flagDead       = 1 << 6 // dead: dead-lettered with no queue to go to, kept here, never delivered
-	flagMask       = flagReady | flagLeased | flagDeadLetter | flagDeleted | flagAcked | flagRejected | flagDead
+	flagWaiting    = 1 << 7 // held behind an earlier live message of its group (see group.go)
+	flagMask       = flagReady | flagLeased | flagDeadLetter | flagDeleted | flagAcked | flagRejected | flagDead | flagWaiting
 )
 
 // message is an immutable record: a change replaces the record in every
@@ -42,9 +45,10 @@ type message struct {
 }
 
 // extra is what few messages carry: a nack reason, the origin of a dead
-// letter, a consumer name, a tombstone's fate. Keeping it behind one
-// pointer keeps the record of every other message at 80 bytes. Like a
-// record it is never mutated: a change makes a new one.
+// letter, a consumer name, a tombstone's fate, a group. Keeping it behind
+// one pointer keeps the record of every other message at 80 bytes. Like a
+// record it is never mutated: a change makes a new one, so records may
+// share one (the messages of one group in one enqueue do).
 type extra struct {
 	// nackReason: the reason of the last nack in this queue that gave one.
 	nackReason string
@@ -60,6 +64,9 @@ type extra struct {
 	// when its first copy was enqueued, for the dead letter it may become
 	// again (origin).
 	firstEnqueued int64
+	// group: the message group of a live or dead message (a tombstone
+	// keeps none).
+	group string
 }
 
 // fate is what removed a message, and where a moved one went.
@@ -92,7 +99,7 @@ type attribute struct{ key, value string }
 
 // orNil returns e, or nil when it carries nothing.
 func (e *extra) orNil() *extra {
-	if e == nil || e.nackReason == "" && e.dead == nil && e.consumer == "" && e.fate == nil && e.firstEnqueued == 0 {
+	if e == nil || e.nackReason == "" && e.dead == nil && e.consumer == "" && e.fate == nil && e.firstEnqueued == 0 && e.group == "" {
 		return nil
 	}
 	return e
@@ -131,6 +138,13 @@ func (m *message) firstEnqueued() int64 {
 		}
 	}
 	return m.enqueuedAt
+}
+
+func (m *message) group() string {
+	if m.ext == nil {
+		return ""
+	}
+	return m.ext.group
 }
 
 func (m *message) fate() *fate {
@@ -253,6 +267,15 @@ type queue struct {
 	leased      uint64 // records in timed with flagLeased
 	deadLetters uint64 // live records with flagDeadLetter
 	dead        uint64 // records with flagDead
+	waiting     uint64 // records with flagWaiting
+	// groupCount: distinct keys in groups.
+	groupCount uint64
+	// exts: per group, the extra its messages share (see groupExt).
+	exts map[string]*extra
+	// heads: the groups whose deliverable message left during the command
+	// in progress; promoteHeads makes each one's next message deliverable
+	// (nil between commands).
+	heads []string
 	// released: bytes of the records removed since the trees were last
 	// refreshed (see refresh).
 	released uint64
@@ -274,13 +297,17 @@ type queue struct {
 	dedup    *btree.BTreeG[*message]
 	replay   *btree.BTreeG[*replayEntry] // by request ID
 	replayAt *btree.BTreeG[*replayEntry] // by (at, request ID)
+	// groups: by (group, id), every live message that has a group, dead
+	// ones excepted: a group's messages in id order, its first the one
+	// that may be delivered, the others waiting (see group.go).
+	groups *btree.BTreeG[groupEntry]
 
 	// Hints remember the path of the last operation on a tree: a batch's
 	// ids, lease times, deletion times and dedup IDs (ULIDs made one
 	// after another) sit next to each other, so the next search starts
 	// where the last one ended instead of at the root. They change
 	// nothing but the cost of a search.
-	msgsHint, timedHint, tombsHint, dedupHint btree.PathHint
+	msgsHint, timedHint, tombsHint, dedupHint, groupsHint btree.PathHint
 }
 
 // stamp is what a command records on the messages it changes: its Raft
@@ -306,6 +333,7 @@ func newQueue(name string, createdAt int64, s settings) *queue {
 		dedup:       newTree(func(a, b *message) bool { return a.dedupID < b.dedupID }),
 		replay:      newTree(func(a, b *replayEntry) bool { return a.requestID < b.requestID }),
 		replayAt:    newTree(byReplayAt),
+		groups:      newTree(byGroup),
 	}
 }
 
@@ -319,6 +347,7 @@ func (q *queue) clone() *queue {
 	c.dedup = q.dedup.Copy()
 	c.replay = q.replay.Copy()
 	c.replayAt = q.replayAt.Copy()
+	c.groups = q.groups.Copy()
 	return &c
 }
 
@@ -349,7 +378,7 @@ const (
 )
 
 func (q *queue) refreshDue() bool {
-	entries := q.msgs.Len() + q.timed.Len() + q.tombs.Len() + q.dedup.Len() + 2*q.replay.Len()
+	entries := q.msgs.Len() + q.timed.Len() + q.tombs.Len() + q.dedup.Len() + 2*q.replay.Len() + q.groups.Len()
 	return q.released >= max(refreshMinBytes, refreshBytesPerEntry*uint64(entries))
 }
 
@@ -360,6 +389,7 @@ func (q *queue) refresh() {
 	q.dedup = refreshed(q.dedup)
 	q.replay = refreshed(q.replay)
 	q.replayAt = refreshed(q.replayAt)
+	q.groups = refreshed(q.groups)
 	q.released = 0
 }
 
@@ -371,12 +401,14 @@ func refreshed[T any](t *btree.BTreeG[T]) *btree.BTreeG[T] {
 	return c
 }
 
-func (q *queue) live() uint64 { return uint64(q.ready.len() + q.timed.Len()) }
+func (q *queue) live() uint64 { return uint64(q.ready.len()+q.timed.Len()) + q.waiting }
 
 // put inserts a live record into msgs and into the index its flags name.
 func (q *queue) put(m *message) {
 	q.msgs.SetHint(m, &q.msgsHint)
 	switch {
+	case m.is(flagWaiting):
+		q.waiting++
 	case m.is(flagReady):
 		q.ready.add(m.id)
 	default:
@@ -389,6 +421,10 @@ func (q *queue) put(m *message) {
 
 // unindex removes a live record from ready/timed (not from msgs).
 func (q *queue) unindex(m *message) {
+	if m.is(flagWaiting) {
+		q.waiting--
+		return
+	}
 	if m.is(flagReady) {
 		q.ready.remove(m.id)
 		return
@@ -451,6 +487,7 @@ func (q *queue) tombstone(m *message, attempt uint32, now int64, how uint8, why 
 		q.dead--
 	} else {
 		q.unindex(m)
+		q.leaveGroup(m)
 	}
 	if m.is(flagDeadLetter) {
 		q.deadLetters--
@@ -523,6 +560,8 @@ func (q *queue) stats(now int64) *fsmpb.QueueStats {
 		Delayed:           delayed,
 		DeadLettered:      q.deadLetters,
 		Dead:              q.dead,
+		Waiting:           q.waiting,
+		Groups:            q.groupCount,
 		EnqueuedTotal:     c.enqueued,
 		AckedTotal:        c.acked,
 		RedeliveredTotal:  c.redelivered,

@@ -69,6 +69,9 @@ func (g *gen) msgs() []*fsmpb.Message {
 		if g.c.intn(8) == 0 {
 			m.Attributes = []*fsmpb.Attribute{{Key: "k", Value: fmt.Sprint(g.c.intn(3))}}
 		}
+		if g.c.intn(3) == 0 {
+			m.Group = fmt.Sprintf("g%d", g.c.intn(3))
+		}
 		out[i] = m
 	}
 	return out
@@ -187,19 +190,25 @@ func (g *gen) observe(cmd *fsmpb.Command, res *fsmpb.Result) {
 }
 
 // fifoChecker checks that messages enqueued without delay are delivered
-// for the first time in id order, per queue incarnation.
+// for the first time in id order, per queue incarnation, and within it
+// per group: the messages without a group in id order, and each group's.
 type fifoChecker struct {
 	zeroDelay map[string]map[uint64]bool
-	last      map[string]uint64
+	// last: by queue and group, the id of the last first delivery.
+	last map[[2]string]uint64
 }
 
 func newFIFOChecker() *fifoChecker {
-	return &fifoChecker{zeroDelay: map[string]map[uint64]bool{}, last: map[string]uint64{}}
+	return &fifoChecker{zeroDelay: map[string]map[uint64]bool{}, last: map[[2]string]uint64{}}
 }
 
 func (c *fifoChecker) reset(q string) {
 	c.zeroDelay[q] = map[uint64]bool{}
-	c.last[q] = 0
+	for k := range c.last {
+		if k[0] == q {
+			delete(c.last, k)
+		}
+	}
 }
 
 func (c *fifoChecker) enqueued(e *fsmpb.Enqueue, res []*fsmpb.EnqueueResult) {
@@ -236,10 +245,11 @@ func (c *fifoChecker) check(t testing.TB, cmd *fsmpb.Command, res *fsmpb.Result)
 			if d.Receipt.Attempt != 1 || !c.zeroDelay[q][id] {
 				continue
 			}
-			if id <= c.last[q] {
-				t.Fatalf("queue %s: message %d delivered first after message %d", q, id, c.last[q])
+			k := [2]string{q, d.GetGroup()}
+			if id <= c.last[k] {
+				t.Fatalf("queue %s, group %q: message %d delivered first after message %d", q, d.GetGroup(), id, c.last[k])
 			}
-			c.last[q] = id
+			c.last[k] = id
 		}
 	}
 }

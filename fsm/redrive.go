@@ -37,13 +37,27 @@ func (t *txn) redrive(r *fsmpb.Redrive) (*fsmpb.Result, *cmdError) {
 		return m.dead().GetSourceQueue()
 	}
 	var picked []*message
+	// held: the groups of which a live message stays, so that none of
+	// their later messages may move ahead of it.
+	held := make(map[string]bool)
 	q.msgs.Scan(func(m *message) bool {
 		if uint32(len(picked)) >= r.GetMax() {
 			return false
 		}
-		movable := m.is(flagDead) || m.is(flagDeadLetter) && m.is(flagReady)
-		if to := target(m); movable && to != "" && t.lookup(to) != nil {
+		if m.is(flagDeleted) {
+			return true
+		}
+		// A dead letter waiting behind its group moves only behind the
+		// group's earlier messages, in this same command.
+		movable := m.is(flagDead) || m.is(flagDeadLetter) && m.is(flagReady|flagWaiting)
+		group := ""
+		if !m.is(flagDead) {
+			group = m.group()
+		}
+		if to := target(m); movable && to != "" && t.lookup(to) != nil && !held[group] {
 			picked = append(picked, m)
+		} else if group != "" {
+			held[group] = true
 		}
 		return true
 	})
@@ -52,6 +66,13 @@ func (t *txn) redrive(r *fsmpb.Redrive) (*fsmpb.Result, *cmdError) {
 		var ext *extra
 		if to.stamp.fates {
 			ext = &extra{firstEnqueued: m.firstEnqueued()}
+		}
+		if g := m.group(); g != "" {
+			// Back at the end of its group in the target.
+			if ext == nil {
+				ext = &extra{}
+			}
+			ext.group = g
 		}
 		moved := to.add(m.body, m.dedupID, ext, t.now, t.now, 0) // the body moves, under the same key
 		q.tombstone(m, m.attempt, t.now, 0, movedExt(fsmpb.MessageState_MESSAGE_REDRIVEN, to.name, moved.id))

@@ -36,6 +36,7 @@ const (
 	smMovedTo    = 14
 	smMovedToID  = 15
 	smFirstEnq   = 16
+	smGroup      = 17
 
 	attrKey   = 1
 	attrValue = 2
@@ -116,6 +117,7 @@ func appendSnapMessage(b []byte, m *message, value []byte, enc encoding) []byte 
 	}
 	if m.ext != nil {
 		b = appendVarintField(b, smFirstEnq, uint64(m.ext.firstEnqueued))
+		b = appendStringField(b, smGroup, m.ext.group)
 	}
 	if enc != inline {
 		b = appendVarintField(b, hashBodyCRC, uint64(m.body.crc))
@@ -176,6 +178,7 @@ func decodeSnapMessage(b []byte) (decoded, error) {
 		consumer   string
 		fa         fate
 		firstEnq   int64
+		group      string
 		ref        bodyRef
 	)
 	for len(b) > 0 {
@@ -200,10 +203,10 @@ func decodeSnapMessage(b []byte) (decoded, error) {
 		b = b[n:]
 		want := protowire.VarintType
 		if num == smBody || num == smDedupID || num == smAttributes || num == smDeadLetter || num == smNackReason ||
-			num == smConsumer || num == smMovedTo {
+			num == smConsumer || num == smMovedTo || num == smGroup {
 			want = protowire.BytesType
 		}
-		if num >= smID && num <= smFirstEnq && typ != want {
+		if num >= smID && num <= smGroup && typ != want {
 			return decoded{}, fmt.Errorf("field %d: %w %d", num, errWireType, typ)
 		}
 		switch num {
@@ -246,6 +249,8 @@ func decodeSnapMessage(b []byte) (decoded, error) {
 			fa.id = v
 		case smFirstEnq:
 			firstEnq = int64(v)
+		case smGroup:
+			group = string(raw)
 		case hashBodyCRC, hashBodySize, refBodyID:
 			if typ != protowire.VarintType {
 				return decoded{}, fmt.Errorf("field %d: %w %d", num, errWireType, typ)
@@ -260,7 +265,7 @@ func decodeSnapMessage(b []byte) (decoded, error) {
 			}
 		}
 	}
-	m.ext = (&extra{dead: dead, nackReason: nackReason, consumer: consumer, fate: fa.orNil(), firstEnqueued: firstEnq}).orNil()
+	m.ext = (&extra{dead: dead, nackReason: nackReason, consumer: consumer, fate: fa.orNil(), firstEnqueued: firstEnq, group: group}).orNil()
 	if flags > 0xffffffff {
 		return decoded{}, fmt.Errorf("flags %#x out of range", flags)
 	}

@@ -572,7 +572,7 @@ func toMessage(sm *fsmpb.SnapshotMessage) decoded {
 			id: sm.GetId(), enqueuedAt: sm.GetEnqueuedAtUnixNano(), at: sm.GetAtUnixNano(),
 			dedupID: sm.GetDedupId(), attempt: sm.GetAttempt(), index: sm.GetChangedIndex(),
 			ext: (&extra{dead: sm.GetDeadLetter(), nackReason: sm.GetLastNackReason(), consumer: sm.GetConsumer(), fate: fa.orNil(),
-				firstEnqueued: sm.GetFirstEnqueuedAtUnixNano()}).orNil(),
+				firstEnqueued: sm.GetFirstEnqueuedAtUnixNano(), group: sm.GetGroup()}).orNil(),
 		},
 		flags: sm.GetFlags(),
 		body:  sm.GetBody(),
@@ -592,9 +592,21 @@ func checkMessageRecord(d decoded, nextID uint64) error {
 	}
 	deleted, ready, leased := f&flagDeleted != 0, f&flagReady != 0, f&flagLeased != 0
 	acked, rejected, dead := f&flagAcked != 0, f&flagRejected != 0, f&flagDead != 0
+	waiting := f&flagWaiting != 0
 	if deleted && (ready || leased || len(d.body) > 0) || ready && leased || acked && !deleted || rejected && !deleted && !dead ||
-		acked && rejected || dead && (deleted || ready || leased || f&flagDeadLetter != 0) {
+		acked && rejected || dead && (deleted || ready || leased || f&flagDeadLetter != 0) ||
+		waiting && (deleted || dead || ready || leased || m.attempt != 0) {
 		return fmt.Errorf("message %d: inconsistent flags %#x", m.id, f)
+	}
+	if g := m.group(); g != "" {
+		if p := limits.GroupProblem(g); p != "" {
+			return fmt.Errorf("message %d: %s", m.id, p)
+		}
+		if deleted {
+			return fmt.Errorf("message %d: a group on a removed message", m.id)
+		}
+	} else if waiting {
+		return fmt.Errorf("message %d: waiting without a group", m.id)
 	}
 	for i, a := range d.attrs {
 		if err := limits.AttributeProblem(a.GetKey(), a.GetValue()); err != "" {
@@ -702,8 +714,24 @@ func (b *builder) message(d decoded) error {
 		q.tombs.Set(m)
 		return nil
 	}
+	// Records come in id order, so the first of a group is its head,
+	// which must not wait, and every later one must.
+	if g := m.group(); g != "" {
+		if *m.ext == (extra{group: g}) {
+			m.ext = q.groupExt(g)
+		}
+		wait := q.joinGroup(g, m.id)
+		switch {
+		case wait && !m.is(flagWaiting):
+			return fmt.Errorf("queue %q: message %d: group %q has a deliverable message before it, but it is not waiting", q.name, m.id, g)
+		case !wait && m.is(flagWaiting):
+			return fmt.Errorf("queue %q: message %d: first of group %q but waiting", q.name, m.id, g)
+		}
+	}
 	q.msgs.Load(m)
-	if m.is(flagReady) {
+	if m.is(flagWaiting) {
+		q.waiting++
+	} else if m.is(flagReady) {
 		q.ready.add(m.id)
 	} else {
 		q.timed.Set(m)

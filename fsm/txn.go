@@ -243,9 +243,9 @@ func (t *txn) purge(p *fsmpb.Purge) (*fsmpb.Result, *cmdError) {
 		live = append(live, m)
 		return true
 	})
-	if q.dead > 0 {
+	if q.dead > 0 || q.waiting > 0 {
 		q.msgs.Scan(func(m *message) bool {
-			if m.is(flagDead) {
+			if m.is(flagDead | flagWaiting) {
 				live = append(live, m)
 			}
 			return true

@@ -697,9 +697,14 @@ type Message struct {
 	Body  []byte                 `protobuf:"bytes,1,opt,name=body,proto3" json:"body,omitempty"`
 	// dedup_id: a repeat within the queue's dedup window enqueues nothing and
 	// returns the original message ID with duplicate = true. "" = no dedup.
-	DedupId       string       `protobuf:"bytes,2,opt,name=dedup_id,json=dedupId,proto3" json:"dedup_id,omitempty"`
-	DelayNs       int64        `protobuf:"varint,3,opt,name=delay_ns,json=delayNs,proto3" json:"delay_ns,omitempty"`
-	Attributes    []*Attribute `protobuf:"bytes,4,rep,name=attributes,proto3" json:"attributes,omitempty"`
+	DedupId    string       `protobuf:"bytes,2,opt,name=dedup_id,json=dedupId,proto3" json:"dedup_id,omitempty"`
+	DelayNs    int64        `protobuf:"varint,3,opt,name=delay_ns,json=delayNs,proto3" json:"delay_ns,omitempty"`
+	Attributes []*Attribute `protobuf:"bytes,4,rep,name=attributes,proto3" json:"attributes,omitempty"`
+	// group: the message group. Within a group a message is delivered only
+	// when no earlier message of the group is leased, delayed or waiting
+	// for redelivery; groups are independent of each other. "" = no group.
+	// At most 128 bytes of UTF-8 without control characters.
+	Group         string `protobuf:"bytes,5,opt,name=group,proto3" json:"group,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -760,6 +765,13 @@ func (x *Message) GetAttributes() []*Attribute {
 		return x.Attributes
 	}
 	return nil
+}
+
+func (x *Message) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
 }
 
 type Enqueue struct {
@@ -1480,14 +1492,15 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\"3\n" +
 	"\tAttribute\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value\"\x8e\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\xa4\x01\n" +
 	"\aMessage\x12\x12\n" +
 	"\x04body\x18\x01 \x01(\fR\x04body\x12\x19\n" +
 	"\bdedup_id\x18\x02 \x01(\tR\adedupId\x12\x19\n" +
 	"\bdelay_ns\x18\x03 \x01(\x03R\adelayNs\x129\n" +
 	"\n" +
 	"attributes\x18\x04 \x03(\v2\x19.quorumq.fsm.v1.AttributeR\n" +
-	"attributes\"\x9d\x01\n" +
+	"attributes\x12\x14\n" +
+	"\x05group\x18\x05 \x01(\tR\x05group\"\x9d\x01\n" +
 	"\aEnqueue\x12\x14\n" +
 	"\x05queue\x18\x01 \x01(\tR\x05queue\x123\n" +
 	"\bmessages\x18\x02 \x03(\v2\x17.quorumq.fsm.v1.MessageR\bmessages\x12!\n" +

@@ -205,6 +205,8 @@ type SnapshotMessage struct {
 	// A message put back by a redrive: when its first copy was enqueued,
 	// which a dead letter it becomes again reports.
 	FirstEnqueuedAtUnixNano int64 `protobuf:"varint,16,opt,name=first_enqueued_at_unix_nano,json=firstEnqueuedAtUnixNano,proto3" json:"first_enqueued_at_unix_nano,omitempty"`
+	// group: the message's group (a live or dead message; "" for none).
+	Group string `protobuf:"bytes,17,opt,name=group,proto3" json:"group,omitempty"`
 	// In place of body and attributes (6, 8): their CRC32C and the body's
 	// size, in the state-hash form and in a version-2 snapshot, whose
 	// bodies are in a store checkpoint under body_id (node-local; only in
@@ -356,6 +358,13 @@ func (x *SnapshotMessage) GetFirstEnqueuedAtUnixNano() int64 {
 		return x.FirstEnqueuedAtUnixNano
 	}
 	return 0
+}
+
+func (x *SnapshotMessage) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
 }
 
 func (x *SnapshotMessage) GetBodyCrc() uint32 {
@@ -668,7 +677,7 @@ const file_fsm_fsmpb_snapshot_proto_rawDesc = "" +
 	"\bcounters\x18\x03 \x01(\v2\x1a.quorumq.fsm.v1.QueueStatsR\bcounters\x12/\n" +
 	"\x14created_at_unix_nano\x18\x04 \x01(\x03R\x11createdAtUnixNano\x12\x17\n" +
 	"\anext_id\x18\x05 \x01(\x04R\x06nextId\x12!\n" +
-	"\fdedup_cursor\x18\x06 \x01(\x04R\vdedupCursor\"\xbf\x05\n" +
+	"\fdedup_cursor\x18\x06 \x01(\x04R\vdedupCursor\"\xd5\x05\n" +
 	"\x0fSnapshotMessage\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x121\n" +
 	"\x15enqueued_at_unix_nano\x18\x02 \x01(\x03R\x12enqueuedAtUnixNano\x12 \n" +
@@ -690,7 +699,8 @@ const file_fsm_fsmpb_snapshot_proto_rawDesc = "" +
 	"\x04fate\x18\r \x01(\x0e2\x1c.quorumq.fsm.v1.MessageStateR\x04fate\x12$\n" +
 	"\x0emoved_to_queue\x18\x0e \x01(\tR\fmovedToQueue\x12\x1e\n" +
 	"\vmoved_to_id\x18\x0f \x01(\x04R\tmovedToId\x12<\n" +
-	"\x1bfirst_enqueued_at_unix_nano\x18\x10 \x01(\x03R\x17firstEnqueuedAtUnixNano\x12\x19\n" +
+	"\x1bfirst_enqueued_at_unix_nano\x18\x10 \x01(\x03R\x17firstEnqueuedAtUnixNano\x12\x14\n" +
+	"\x05group\x18\x11 \x01(\tR\x05group\x12\x19\n" +
 	"\bbody_crc\x18d \x01(\rR\abodyCrc\x12\x1b\n" +
 	"\tbody_size\x18e \x01(\rR\bbodySize\x12\x17\n" +
 	"\abody_id\x18f \x01(\x04R\x06bodyId\"I\n" +

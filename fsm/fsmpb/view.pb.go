@@ -218,6 +218,9 @@ const (
 	// PEEK_DEAD: dead-lettered with no queue to go to, kept in its source
 	// queue and never delivered.
 	PeekState_PEEK_DEAD PeekState = 4
+	// PEEK_WAITING: due, but an earlier message of its group is leased,
+	// delayed or waiting for redelivery.
+	PeekState_PEEK_WAITING PeekState = 5
 )
 
 // Enum value maps for PeekState.
@@ -228,6 +231,7 @@ var (
 		2: "PEEK_DELAYED",
 		3: "PEEK_LEASED",
 		4: "PEEK_DEAD",
+		5: "PEEK_WAITING",
 	}
 	PeekState_value = map[string]int32{
 		"PEEK_ALL":     0,
@@ -235,6 +239,7 @@ var (
 		"PEEK_DELAYED": 2,
 		"PEEK_LEASED":  3,
 		"PEEK_DEAD":    4,
+		"PEEK_WAITING": 5,
 	}
 )
 
@@ -291,6 +296,8 @@ const (
 	// recorded (Command.rules < 2), or dropped as a dead letter with nowhere
 	// to go (rules 0).
 	MessageState_MESSAGE_REMOVED MessageState = 10
+	// MESSAGE_WAITING: held behind an earlier message of its group.
+	MessageState_MESSAGE_WAITING MessageState = 11
 )
 
 // Enum value maps for MessageState.
@@ -307,6 +314,7 @@ var (
 		8:  "MESSAGE_PURGED",
 		9:  "MESSAGE_REDRIVEN",
 		10: "MESSAGE_REMOVED",
+		11: "MESSAGE_WAITING",
 	}
 	MessageState_value = map[string]int32{
 		"MESSAGE_UNKNOWN":       0,
@@ -320,6 +328,7 @@ var (
 		"MESSAGE_PURGED":        8,
 		"MESSAGE_REDRIVEN":      9,
 		"MESSAGE_REMOVED":       10,
+		"MESSAGE_WAITING":       11,
 	}
 )
 
@@ -467,8 +476,10 @@ type Delivery struct {
 	// last_nack_reason is the reason of the last nack in this queue that
 	// gave one.
 	LastNackReason string `protobuf:"bytes,8,opt,name=last_nack_reason,json=lastNackReason,proto3" json:"last_nack_reason,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// group: the message's group; "" for a message without one.
+	Group         string `protobuf:"bytes,9,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Delivery) Reset() {
@@ -553,6 +564,13 @@ func (x *Delivery) GetDeadLetter() *DeadLetter {
 func (x *Delivery) GetLastNackReason() string {
 	if x != nil {
 		return x.LastNackReason
+	}
+	return ""
+}
+
+func (x *Delivery) GetGroup() string {
+	if x != nil {
+		return x.Group
 	}
 	return ""
 }
@@ -663,6 +681,12 @@ type QueueStats struct {
 	Delayed      uint64                 `protobuf:"varint,3,opt,name=delayed,proto3" json:"delayed,omitempty"`
 	DeadLettered uint64                 `protobuf:"varint,4,opt,name=dead_lettered,json=deadLettered,proto3" json:"dead_lettered,omitempty"` // messages now held in this queue that came as dead letters
 	Dead         uint64                 `protobuf:"varint,5,opt,name=dead,proto3" json:"dead,omitempty"`                                     // messages of this queue held here dead: dead-lettered with no dead-letter queue to go to
+	// waiting: messages due but held behind an earlier message of their
+	// group (counted in neither ready nor delayed).
+	Waiting uint64 `protobuf:"varint,7,opt,name=waiting,proto3" json:"waiting,omitempty"`
+	// groups: groups with at least one message in the queue (ready, leased,
+	// delayed or waiting; dead messages leave their group).
+	Groups uint64 `protobuf:"varint,8,opt,name=groups,proto3" json:"groups,omitempty"`
 	// oldest_ready_age_ns: now minus the enqueue time of the oldest ready
 	// message (0 when none is ready): how far the consumers are behind.
 	OldestReadyAgeNs  int64  `protobuf:"varint,6,opt,name=oldest_ready_age_ns,json=oldestReadyAgeNs,proto3" json:"oldest_ready_age_ns,omitempty"`
@@ -740,6 +764,20 @@ func (x *QueueStats) GetDeadLettered() uint64 {
 func (x *QueueStats) GetDead() uint64 {
 	if x != nil {
 		return x.Dead
+	}
+	return 0
+}
+
+func (x *QueueStats) GetWaiting() uint64 {
+	if x != nil {
+		return x.Waiting
+	}
+	return 0
+}
+
+func (x *QueueStats) GetGroups() uint64 {
+	if x != nil {
+		return x.Groups
 	}
 	return 0
 }
@@ -1012,7 +1050,9 @@ type PeekedMessage struct {
 	LastNackReason string      `protobuf:"bytes,11,opt,name=last_nack_reason,json=lastNackReason,proto3" json:"last_nack_reason,omitempty"`
 	// consumer: who holds the lease of a leased message (the receive's
 	// consumer name; "" when it gave none).
-	Consumer      string `protobuf:"bytes,12,opt,name=consumer,proto3" json:"consumer,omitempty"`
+	Consumer string `protobuf:"bytes,12,opt,name=consumer,proto3" json:"consumer,omitempty"`
+	// group: the message's group; "" for a message without one.
+	Group         string `protobuf:"bytes,13,opt,name=group,proto3" json:"group,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1131,6 +1171,13 @@ func (x *PeekedMessage) GetConsumer() string {
 	return ""
 }
 
+func (x *PeekedMessage) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
 // MessageFate is what Lookup knows of one message.
 type MessageFate struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
@@ -1157,8 +1204,10 @@ type MessageFate struct {
 	Rejected       bool        `protobuf:"varint,11,opt,name=rejected,proto3" json:"rejected,omitempty"`
 	DeadLetter     *DeadLetter `protobuf:"bytes,12,opt,name=dead_letter,json=deadLetter,proto3" json:"dead_letter,omitempty"`
 	LastNackReason string      `protobuf:"bytes,13,opt,name=last_nack_reason,json=lastNackReason,proto3" json:"last_nack_reason,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// group: the message's group, while the message is live.
+	Group         string `protobuf:"bytes,14,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MessageFate) Reset() {
@@ -1282,6 +1331,13 @@ func (x *MessageFate) GetLastNackReason() string {
 	return ""
 }
 
+func (x *MessageFate) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
 var File_fsm_fsmpb_view_proto protoreflect.FileDescriptor
 
 const file_fsm_fsmpb_view_proto_rawDesc = "" +
@@ -1293,7 +1349,7 @@ const file_fsm_fsmpb_view_proto_rawDesc = "" +
 	"\rEnqueueResult\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\x04R\tmessageId\x12\x1c\n" +
-	"\tduplicate\x18\x02 \x01(\bR\tduplicate\"\xf4\x02\n" +
+	"\tduplicate\x18\x02 \x01(\bR\tduplicate\"\x8a\x03\n" +
 	"\bDelivery\x121\n" +
 	"\areceipt\x18\x01 \x01(\v2\x17.quorumq.fsm.v1.ReceiptR\areceipt\x12\x12\n" +
 	"\x04body\x18\x02 \x01(\fR\x04body\x121\n" +
@@ -1305,7 +1361,8 @@ const file_fsm_fsmpb_view_proto_rawDesc = "" +
 	"\x15lease_until_unix_nano\x18\x06 \x01(\x03R\x12leaseUntilUnixNano\x12;\n" +
 	"\vdead_letter\x18\a \x01(\v2\x1a.quorumq.fsm.v1.DeadLetterR\n" +
 	"deadLetter\x12(\n" +
-	"\x10last_nack_reason\x18\b \x01(\tR\x0elastNackReason\"\xbe\x02\n" +
+	"\x10last_nack_reason\x18\b \x01(\tR\x0elastNackReason\x12\x14\n" +
+	"\x05group\x18\t \x01(\tR\x05group\"\xbe\x02\n" +
 	"\n" +
 	"DeadLetter\x12!\n" +
 	"\fsource_queue\x18\x01 \x01(\tR\vsourceQueue\x12*\n" +
@@ -1314,14 +1371,16 @@ const file_fsm_fsmpb_view_proto_rawDesc = "" +
 	"\battempts\x18\x04 \x01(\rR\battempts\x12<\n" +
 	"\x1bfirst_enqueued_at_unix_nano\x18\x05 \x01(\x03R\x17firstEnqueuedAtUnixNano\x12(\n" +
 	"\x10last_nack_reason\x18\x06 \x01(\tR\x0elastNackReason\x12#\n" +
-	"\rreject_reason\x18\a \x01(\tR\frejectReason\"\xa3\x04\n" +
+	"\rreject_reason\x18\a \x01(\tR\frejectReason\"\xd5\x04\n" +
 	"\n" +
 	"QueueStats\x12\x14\n" +
 	"\x05ready\x18\x01 \x01(\x04R\x05ready\x12\x16\n" +
 	"\x06leased\x18\x02 \x01(\x04R\x06leased\x12\x18\n" +
 	"\adelayed\x18\x03 \x01(\x04R\adelayed\x12#\n" +
 	"\rdead_lettered\x18\x04 \x01(\x04R\fdeadLettered\x12\x12\n" +
-	"\x04dead\x18\x05 \x01(\x04R\x04dead\x12-\n" +
+	"\x04dead\x18\x05 \x01(\x04R\x04dead\x12\x18\n" +
+	"\awaiting\x18\a \x01(\x04R\awaiting\x12\x16\n" +
+	"\x06groups\x18\b \x01(\x04R\x06groups\x12-\n" +
 	"\x13oldest_ready_age_ns\x18\x06 \x01(\x03R\x10oldestReadyAgeNs\x12%\n" +
 	"\x0eenqueued_total\x18\n" +
 	" \x01(\x04R\renqueuedTotal\x12\x1f\n" +
@@ -1349,7 +1408,7 @@ const file_fsm_fsmpb_view_proto_rawDesc = "" +
 	"\x05queue\x18\x05 \x01(\v2\x19.quorumq.fsm.v1.QueueInfoR\x05queue\x12\x14\n" +
 	"\x05count\x18\x06 \x01(\x04R\x05count\x12\x1a\n" +
 	"\breplayed\x18\a \x01(\bR\breplayed\x12\x1b\n" +
-	"\tbody_refs\x18\b \x03(\x04R\bbodyRefs\"\xcb\x03\n" +
+	"\tbody_refs\x18\b \x03(\x04R\bbodyRefs\"\xe1\x03\n" +
 	"\rPeekedMessage\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12/\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x19.quorumq.fsm.v1.PeekStateR\x05state\x12\x1a\n" +
@@ -1367,7 +1426,8 @@ const file_fsm_fsmpb_view_proto_rawDesc = "" +
 	" \x01(\v2\x1a.quorumq.fsm.v1.DeadLetterR\n" +
 	"deadLetter\x12(\n" +
 	"\x10last_nack_reason\x18\v \x01(\tR\x0elastNackReason\x12\x1a\n" +
-	"\bconsumer\x18\f \x01(\tR\bconsumer\"\xe7\x03\n" +
+	"\bconsumer\x18\f \x01(\tR\bconsumer\x12\x14\n" +
+	"\x05group\x18\r \x01(\tR\x05group\"\xfd\x03\n" +
 	"\vMessageFate\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x122\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x1c.quorumq.fsm.v1.MessageStateR\x05state\x12\x19\n" +
@@ -1384,7 +1444,8 @@ const file_fsm_fsmpb_view_proto_rawDesc = "" +
 	"\brejected\x18\v \x01(\bR\brejected\x12;\n" +
 	"\vdead_letter\x18\f \x01(\v2\x1a.quorumq.fsm.v1.DeadLetterR\n" +
 	"deadLetter\x12(\n" +
-	"\x10last_nack_reason\x18\r \x01(\tR\x0elastNackReason*\xb7\x01\n" +
+	"\x10last_nack_reason\x18\r \x01(\tR\x0elastNackReason\x12\x14\n" +
+	"\x05group\x18\x0e \x01(\tR\x05group*\xb7\x01\n" +
 	"\tErrorCode\x12\x06\n" +
 	"\x02OK\x10\x00\x12\r\n" +
 	"\tMALFORMED\x10\x01\x12\x14\n" +
@@ -1407,14 +1468,15 @@ const file_fsm_fsmpb_view_proto_rawDesc = "" +
 	"\n" +
 	"\x06ACK_OK\x10\x00\x12\x12\n" +
 	"\x0eACK_LEASE_LOST\x10\x01\x12\x17\n" +
-	"\x13ACK_UNKNOWN_MESSAGE\x10\x02*[\n" +
+	"\x13ACK_UNKNOWN_MESSAGE\x10\x02*m\n" +
 	"\tPeekState\x12\f\n" +
 	"\bPEEK_ALL\x10\x00\x12\x0e\n" +
 	"\n" +
 	"PEEK_READY\x10\x01\x12\x10\n" +
 	"\fPEEK_DELAYED\x10\x02\x12\x0f\n" +
 	"\vPEEK_LEASED\x10\x03\x12\r\n" +
-	"\tPEEK_DEAD\x10\x04*\xf3\x01\n" +
+	"\tPEEK_DEAD\x10\x04\x12\x10\n" +
+	"\fPEEK_WAITING\x10\x05*\x88\x02\n" +
 	"\fMessageState\x12\x13\n" +
 	"\x0fMESSAGE_UNKNOWN\x10\x00\x12\x11\n" +
 	"\rMESSAGE_READY\x10\x01\x12\x13\n" +
@@ -1427,7 +1489,8 @@ const file_fsm_fsmpb_view_proto_rawDesc = "" +
 	"\x0eMESSAGE_PURGED\x10\b\x12\x14\n" +
 	"\x10MESSAGE_REDRIVEN\x10\t\x12\x13\n" +
 	"\x0fMESSAGE_REMOVED\x10\n" +
-	"B&Z$github.com/quorumq/quorumq/fsm/fsmpbb\x06proto3"
+	"\x12\x13\n" +
+	"\x0fMESSAGE_WAITING\x10\vB&Z$github.com/quorumq/quorumq/fsm/fsmpbb\x06proto3"
 
 var (
 	file_fsm_fsmpb_view_proto_rawDescOnce sync.Once

@@ -38,21 +38,32 @@ const (
 	// MaxConsumer bounds a receive's consumer name, which every message
 	// it leases keeps while the lease runs.
 	MaxConsumer = 128
+	// MaxGroup bounds a message's group key, which the state machine
+	// keeps in memory for every live message of the group.
+	MaxGroup = 128
 )
 
 // ConsumerProblem returns what is wrong with a consumer name ("consumer
 // is 129 bytes, limit is 128"), or "" when it is at most MaxConsumer bytes
 // of UTF-8 without control characters: it is printed in tables and logs.
-func ConsumerProblem(name string) string {
-	if len(name) > MaxConsumer {
-		return fmt.Sprintf("consumer is %d bytes, limit is %d", len(name), MaxConsumer)
+func ConsumerProblem(name string) string { return labelProblem("consumer", name, MaxConsumer) }
+
+// GroupProblem returns what is wrong with a message's group key ("group
+// is 129 bytes, limit is 128"), or "" when it is at most MaxGroup bytes of
+// UTF-8 without control characters: like a consumer name, it is shown in
+// tables and logs.
+func GroupProblem(group string) string { return labelProblem("group", group, MaxGroup) }
+
+func labelProblem(field, s string, limit int) string {
+	if len(s) > limit {
+		return fmt.Sprintf("%s is %d bytes, limit is %d", field, len(s), limit)
 	}
-	if !utf8.ValidString(name) {
-		return "consumer is not valid UTF-8"
+	if !utf8.ValidString(s) {
+		return field + " is not valid UTF-8"
 	}
-	for i, r := range name {
+	for i, r := range s {
 		if unicode.IsControl(r) {
-			return fmt.Sprintf("consumer has control byte %q at %d", r, i)
+			return fmt.Sprintf("%s has control byte %q at %d", field, r, i)
 		}
 	}
 	return ""
@@ -102,6 +113,11 @@ func MessageProblem(m *fsmpb.Message) string {
 	}
 	if d := m.GetDelayNs(); d < 0 || d > int64(MaxDelay) {
 		return fmt.Sprintf("delay_ns is %d, limit is 0 to %v", d, MaxDelay)
+	}
+	if g := m.GetGroup(); g != "" {
+		if p := GroupProblem(g); p != "" {
+			return p
+		}
 	}
 	if len(m.GetAttributes()) > MaxAttributes {
 		return fmt.Sprintf("attributes has %d entries, limit is %d", len(m.GetAttributes()), MaxAttributes)
