@@ -34,6 +34,12 @@ func (s hclogSink) Accept(name string, level hclog.Level, msg string, args ...in
 	if lvl == slog.LevelWarn && msg == "heartbeat timeout reached, starting election" && firstElection(args) {
 		lvl = slog.LevelInfo // the first election of a new cluster is routine, not a warning
 	}
+	if lvl == slog.LevelWarn && msg == "found temporary snapshot" {
+		// A listing while a snapshot is being written sees it; one that a
+		// stop left is removed and reported at start
+		// (removeUnfinishedSnapshots).
+		lvl = slog.LevelDebug
+	}
 	ctx := context.Background()
 	if !s.logger.Enabled(ctx, lvl) {
 		return

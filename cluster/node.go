@@ -24,7 +24,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -238,7 +240,30 @@ func (n *Node) openStores() error {
 		return fmt.Errorf("%w: snapshot store in %s: %v", ErrDataDir, filepath.Join(n.cfg.DataDir, "snapshots"), err)
 	}
 	n.snaps = snaps
+	removeUnfinishedSnapshots(filepath.Join(n.cfg.DataDir, "snapshots"), n.log)
 	return nil
+}
+
+// removeUnfinishedSnapshots deletes the snapshots a stop left half
+// written (raft's "<id>.tmp" directories), before raft starts, so none is
+// being written. raft never deletes them, and one holds a checkpoint of
+// the body store: hard links that would keep sstables the store has
+// compacted away, the whole backlog's worth, on disk for good.
+func removeUnfinishedSnapshots(dir string, log *slog.Logger) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if !e.IsDir() || !strings.HasSuffix(e.Name(), ".tmp") {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			log.Warn("snapshot left unfinished by the last stop: remove", "name", e.Name(), "err", err)
+			continue
+		}
+		log.Warn("snapshot left unfinished by the last stop: removed", "name", e.Name())
+	}
 }
 
 // maxAppendEntries bounds one Raft batch: one leader fsync, one

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -257,4 +258,40 @@ func TestSnapshotStoreKeepsOwnSnapshotsBehindTheAppliedIndex(t *testing.T) {
 	if fmt.Sprint(got) != "[11 8]" {
 		t.Fatalf("store holds snapshots at %v, want [11 8]", got)
 	}
+}
+
+// A stop in the middle of a snapshot leaves raft's "<id>.tmp" directory
+// with a checkpoint of the body store in it: hard links that keep every
+// sstable they name on disk. raft never deletes it; the node does, at its
+// next start, and leaves its finished snapshots alone.
+func TestUnfinishedSnapshotIsRemovedAtStart(t *testing.T) {
+	c := StartTestCluster(t, 3)
+	leader := c.Leader(t)
+	enqueue(t, c, c.Index(leader), "q", "a", "b")
+	c.WaitReplicated(t)
+	i := (c.Index(leader) + 1) % 3
+	n := c.Nodes[i]
+	done := takeSnapshot(t, n).meta.ID
+	snapDir := filepath.Join(n.cfg.DataDir, "snapshots")
+	unfinished := filepath.Join(snapDir, "2-999-1796450000000.tmp")
+	cp, err := n.bodies.Checkpoint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(unfinished, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.Write(filepath.Join(unfinished, checkpointDir)); err != nil {
+		t.Fatal(err)
+	}
+	cp.Release()
+	c.Kill(i)
+	c.Restart(t, i)
+	if _, err := os.Stat(unfinished); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("unfinished snapshot after the restart: %v, want it removed", err)
+	}
+	if _, err := os.Stat(filepath.Join(snapDir, done)); err != nil {
+		t.Fatalf("finished snapshot %s: %v", done, err)
+	}
+	c.WaitReplicated(t)
 }
