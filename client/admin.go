@@ -48,6 +48,13 @@ type QueueStats struct {
 	// Dead: messages of this queue held here dead (never delivered): they
 	// were dead-lettered when the queue had no dead-letter queue to go to.
 	Dead uint64
+	// Waiting: messages held behind an earlier message of their group,
+	// which only a group's first message is not (counted in neither
+	// Ready nor Delayed).
+	Waiting uint64
+	// Groups: message groups with at least one message in the queue
+	// (ready, leased, delayed or waiting).
+	Groups uint64
 
 	EnqueuedTotal     uint64
 	DeliveredTotal    uint64
@@ -84,6 +91,7 @@ func queueInfoOf(q *fsmpb.QueueInfo) *QueueInfo {
 		},
 		Stats: QueueStats{
 			Ready: st.GetReady(), Leased: st.GetLeased(), Delayed: st.GetDelayed(), DeadLettered: st.GetDeadLettered(), Dead: st.GetDead(),
+			Waiting: st.GetWaiting(), Groups: st.GetGroups(),
 			EnqueuedTotal: st.GetEnqueuedTotal(), DeliveredTotal: st.GetDeliveredTotal(), AckedTotal: st.GetAckedTotal(),
 			RedeliveredTotal: st.GetRedeliveredTotal(), DedupHitsTotal: st.GetDedupHitsTotal(), ExpiredTotal: st.GetExpiredTotal(),
 			DeadLetteredTotal: st.GetDeadLetteredTotal(), PurgedTotal: st.GetPurgedTotal(), RedrivenTotal: st.GetRedrivenTotal(),

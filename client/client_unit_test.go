@@ -157,6 +157,24 @@ func TestBadArgumentsNameTheField(t *testing.T) {
 		}(), "Receive WithConsumer: consumer is 129 bytes, limit is 128"},
 		{"negative redrive rate", func() error { _, err := c.Redrive(ctx, "q", "", 0, WithRedriveRate(-1)); return err }(), "WithRedriveRate"},
 		{"NaN redrive rate", func() error { _, err := c.Redrive(ctx, "q", "", 0, WithRedriveRate(math.NaN())); return err }(), "WithRedriveRate"},
+		{"129-byte group", func() error { _, err := c.Send(ctx, "q", nil, WithGroup(strings.Repeat("g", 129))); return err }(), "Send msgs[0].group is 129 bytes, limit is 128"},
+		{"gathered 129-byte group", func() error { _, err := g.Send(ctx, "q", nil, WithGroup(strings.Repeat("g", 129))); return err }(), "Send msg.group is 129 bytes, limit is 128"},
+		{"129 bytes of 2-byte characters", func() error {
+			_, err := c.Send(ctx, "q", nil, WithGroup(strings.Repeat("é", 64)+"x"))
+			return err
+		}(), "group is 129 bytes, limit is 128"},
+		{"group with a control byte", func() error {
+			_, err := c.SendBatch(ctx, "q", []OutMessage{{Body: []byte("x")}, {Group: "a\nb"}})
+			return err
+		}(), `SendBatch msgs[1].group has control byte '\n' at 1`},
+		{"group not UTF-8", func() error {
+			_, err := c.Transact(ctx, Transaction{Enqueues: []TxEnqueue{{Queue: "q", Message: OutMessage{Group: "\xff"}}}})
+			return err
+		}(), "Transact Enqueues[0].Message.group is not valid UTF-8"},
+		{"producer 129-byte group", func() error {
+			_, err := c.NewProducer().SendAsync(ctx, "q", OutMessage{Group: strings.Repeat("g", 129)}).Wait(ctx)
+			return err
+		}(), "SendAsync msg.group is 129 bytes, limit is 128"},
 		{"concurrency", c.Consume(ctx, "q", nil, WithConcurrency(0)), "WithConcurrency"},
 		{"nack backoff", c.Consume(ctx, "q", nil, WithNackBackoff(time.Second, time.Millisecond)), "WithNackBackoff"},
 	}
@@ -228,6 +246,32 @@ func TestDedupIDsAreFixedBeforeTheFirstAttempt(t *testing.T) {
 	}
 }
 
+// A message's group goes on the wire as given, up to the limit's
+// boundary, on every path that builds a message: Send and SendBatch,
+// the Producer and Transact all convert through enqueueRequest or
+// messagePB.
+func TestGroupIsCarriedOnTheWire(t *testing.T) {
+	atLimit := strings.Repeat("é", 64) // 128 bytes, 64 characters
+	req, _, err := enqueueRequest("SendBatch", "q", []OutMessage{
+		{Body: []byte("a"), Group: "orders-42"},
+		{Body: []byte("b")},
+		{Body: []byte("c"), Group: atLimit},
+	})
+	if err != nil {
+		t.Fatalf("a 128-byte group: %v; want it accepted", err)
+	}
+	for i, want := range []string{"orders-42", "", atLimit} {
+		if got := req.Messages[i].GetGroup(); got != want {
+			t.Errorf("message %d carries group %q, want %q", i, got, want)
+		}
+	}
+	var m OutMessage
+	WithGroup("k")(&m)
+	if m.Group != "k" {
+		t.Fatalf("WithGroup(\"k\") set Group %q", m.Group)
+	}
+}
+
 func TestPipelineDedupIDIsPerMessageAndOutput(t *testing.T) {
 	at := time.Unix(1700000000, 5)
 	m := &Message{Queue: "in", Receipt: Receipt{MessageID: 7, Attempt: 1}, EnqueuedAt: at}
@@ -288,12 +332,12 @@ func TestQueueInfoIsTheClientsOwn(t *testing.T) {
 			VisibilityTimeoutNs: proto.Int64(int64(time.Minute)), MaxDeliveries: proto.Uint32(5), DeadLetterQueue: proto.String("dlq"),
 			DedupWindowNs: proto.Int64(int64(time.Hour)), RetentionNs: proto.Int64(0), MaxDepth: proto.Uint64(9),
 		},
-		Stats: &fsmpb.QueueStats{Ready: 1, Leased: 2, Delayed: 3, AckedTotal: 4, PurgedTotal: 5},
+		Stats: &fsmpb.QueueStats{Ready: 1, Leased: 2, Delayed: 3, AckedTotal: 4, PurgedTotal: 5, Waiting: 6, Groups: 7},
 	})
 	want := &QueueInfo{
 		Name: "jobs", CreatedAt: created,
 		Settings: QueueSettings{VisibilityTimeout: time.Minute, MaxDeliveries: 5, DeadLetterQueue: "dlq", DedupWindow: time.Hour, Retention: NoRetentionLimit, MaxDepth: 9},
-		Stats:    QueueStats{Ready: 1, Leased: 2, Delayed: 3, AckedTotal: 4, PurgedTotal: 5},
+		Stats:    QueueStats{Ready: 1, Leased: 2, Delayed: 3, AckedTotal: 4, PurgedTotal: 5, Waiting: 6, Groups: 7},
 	}
 	if !got.CreatedAt.Equal(want.CreatedAt) || got.Name != want.Name || got.Settings != want.Settings || got.Stats != want.Stats {
 		t.Fatalf("queue info = %+v, want %+v", got, want)

@@ -109,6 +109,27 @@ func (o *consumerOptions) validate() error {
 // at once. Consume returns early only for errors that retrying cannot fix
 // (the queue does not exist, bad options, credentials); other receive
 // errors go to the error handler and are retried with backoff.
+//
+// The messages of a group (WithGroup) are handled one at a time, in the
+// order the cluster delivers them, which is their enqueue order: the
+// cluster delivers a group's next message only once the one before is
+// acked (or rejected, or dead-lettered). When it delivers a message
+// again while the handler of its earlier delivery still runs here (that
+// lease ran out: the process stalled, or the handler ignored its
+// context, which ends with ErrLeaseLost), the new delivery waits until
+// that handler returned; so do several messages of one group from a
+// server that does not order groups. A waiting delivery takes no handler slot, so other groups and
+// messages without a group keep running beside it, and its lease is
+// extended while it waits. Should its lease end anyway (its extensions
+// went unanswered past the lease's end, or the cluster answered that
+// the message was delivered again), it is not handled: the error handler
+// gets ErrLeaseLost and the cluster delivers the message again, with
+// nothing of its group delivered after it meanwhile. At most
+// WithConcurrency deliveries wait at a time; when that many wait, no
+// more are received until one runs. When ctx ends, waiting deliveries
+// are given back unhandled, without delay. This holds within one
+// Consume call; separate consumers of a queue rely on the cluster's
+// order alone.
 func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts ...ConsumerOption) error {
 	return c.consume(ctx, "Consume", queue, opts, func(r *run, hctx context.Context, m *Message) {
 		if err := h(hctx, m); err != nil {
@@ -128,6 +149,14 @@ func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts ...C
 // recognised as duplicates and each input yields its outputs exactly once.
 // h must therefore return the same outputs, in the same order, for the same
 // input. Options and stopping are as for Consume.
+//
+// Inputs of a group are handled as by Consume: one at a time, in order,
+// each input's transaction applied before the next input of its group is
+// delivered, so the outputs of a group's inputs are enqueued in the
+// inputs' order. An output is in the group its OutMessage names; it does
+// not inherit the input's group (Group "" is no group, as for every
+// send). To keep a group's order downstream, give the outputs a group,
+// e.g. Group: m.Group.
 func (c *Client) ConsumeExactlyOnce(ctx context.Context, queue string, h PipelineHandler, opts ...ConsumerOption) error {
 	return c.consume(ctx, "ConsumeExactlyOnce", queue, opts, func(r *run, hctx context.Context, m *Message) {
 		outs, err := h(hctx, m)
@@ -147,10 +176,10 @@ func (c *Client) ConsumeExactlyOnce(ctx context.Context, queue string, h Pipelin
 		_, err = c.Transact(sctx, tx)
 		switch {
 		case err == nil:
-			r.leases.remove(m.Receipt.MessageID)
+			r.leases.remove(m.Receipt)
 		case errors.Is(err, ErrLeaseLost):
 			// Nothing was enqueued; the message is someone else's now.
-			r.leases.remove(m.Receipt.MessageID)
+			r.leases.remove(m.Receipt)
 			r.report(fmt.Errorf("ConsumeExactlyOnce %s: message %d: %w", m.Queue, m.Receipt.MessageID, err))
 		default:
 			// E.g. an output queue is missing or full. Give the input back
@@ -232,31 +261,16 @@ func (c *Client) consume(ctx context.Context, op, queue string, opts []ConsumerO
 	defer r.acks.close()
 
 	bo := backoff{min: c.opts.backoffMin, max: c.opts.backoffMax}
-	slots := make(chan struct{}, o.concurrency)
-	var wg sync.WaitGroup
-	defer wg.Wait()
+	d := newDispatcher(o.concurrency, func(p pending) { r.handle(p, process) })
+	defer d.wait()
 	for {
-		// Wait for one free slot, then take all that are free.
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
+		n := d.reserve(ctx, o.concurrency)
+		if n == 0 {
 			return nil
-		}
-		n := 1
-	fill:
-		for n < o.concurrency {
-			select {
-			case slots <- struct{}{}:
-				n++
-			default:
-				break fill
-			}
 		}
 		started := time.Now()
 		msgs, err := c.Receive(ctx, queue, n, WithWait(o.wait), WithVisibility(lease))
-		for range n - len(msgs) {
-			<-slots
-		}
+		d.unreserve(n - len(msgs))
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -273,14 +287,27 @@ func (c *Client) consume(ctx context.Context, op, queue string, opts []ConsumerO
 		bo.n = 0
 		for i := range msgs {
 			m := &msgs[i]
-			hctx := r.leases.add(m, started)
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() { <-slots }()
-				process(r, hctx, m)
-			}()
+			d.dispatch(pending{m: m, ctx: r.leases.add(m, started)})
 		}
+	}
+}
+
+// handle runs process on a delivery whose turn came: at once, or after
+// it waited behind an earlier delivery of its group. A delivery is not
+// handled when its lease ended while it waited: the cluster delivers
+// the message again (and the group's order holds, as nothing of the
+// group after it was delivered meanwhile). Nor when the consumer is
+// stopping: it is given back at once, for another consumer to take.
+func (r *run) handle(p pending, process func(r *run, hctx context.Context, m *Message)) {
+	switch {
+	case !r.leases.live(p.m.Receipt):
+		r.leases.remove(p.m.Receipt)
+		r.report(fmt.Errorf("message %d attempt %d of group %q: not handled, its lease ended while it waited behind its group: %w",
+			p.m.Receipt.MessageID, p.m.Receipt.Attempt, p.m.Group, ErrLeaseLost))
+	case r.ctx.Err() != nil:
+		r.nack(p.ctx, p.m, nil)
+	default:
+		process(r, p.ctx, p.m)
 	}
 }
 
@@ -308,9 +335,11 @@ func (r *run) report(err error) { r.o.onError(err) }
 func (r *run) ack(m *Message) { r.acks.add(m) }
 
 // nack gives m back with a delay that grows with its delivery attempt; when
-// the consumer is stopping, at once, so another consumer takes it.
+// the consumer is stopping, at once, so another consumer takes it. herr,
+// the handler's error, is the nack reason; nil gives back a message no
+// handler ran on, keeping the reason an earlier nack gave.
 func (r *run) nack(hctx context.Context, m *Message, herr error) {
-	defer r.leases.remove(m.Receipt.MessageID)
+	defer r.leases.remove(m.Receipt)
 	delay := time.Duration(0)
 	if r.ctx.Err() == nil {
 		delay = r.o.nackMin
@@ -324,8 +353,12 @@ func (r *run) nack(hctx context.Context, m *Message, herr error) {
 	}
 	sctx, cancel := r.settleCtx()
 	defer cancel()
-	if err := r.c.NackWithReason(sctx, r.queue, delay, nackReason(herr), m.Receipt); err != nil {
-		r.report(fmt.Errorf("nack message %d after handler error %v: %w", m.Receipt.MessageID, herr, err))
+	reason, after := "", "unhandled as the consumer stops"
+	if herr != nil {
+		reason, after = nackReason(herr), fmt.Sprintf("after handler error %v", herr)
+	}
+	if err := r.c.NackWithReason(sctx, r.queue, delay, reason, m.Receipt); err != nil {
+		r.report(fmt.Errorf("nack message %d %s: %w", m.Receipt.MessageID, after, err))
 	}
 }
 
@@ -344,28 +377,35 @@ func nackReason(err error) string {
 	return s[:n]
 }
 
-// leaseKeeper extends the leases of the messages being handled, in one
-// Extend call per round, and cancels a handler whose lease was lost.
+// leaseKeeper extends the leases of the deliveries being handled or
+// waiting behind their group, in one Extend call per round, and cancels
+// the context of one whose lease was lost. Leases are held per receipt,
+// not per message: a message handed out again while its first handler
+// still runs (its lease ran out) is held twice, and each lease is kept
+// or lost on its own.
 type leaseKeeper struct {
 	r     *run
 	lease time.Duration
 
 	mu   sync.Mutex
-	held map[uint64]*heldLease
+	held map[Receipt]*heldLease
 
 	stop chan struct{}
 	done chan struct{}
 }
 
 type heldLease struct {
-	m      *Message
-	until  time.Time // by our clock, conservatively from before the call
-	ctx    context.Context
-	cancel context.CancelCauseFunc
+	m     *Message
+	until time.Time // by our clock, conservatively from before the call
+	// unanswered: the last Extend that carried it got no answer, so its
+	// lease may end at until.
+	unanswered bool
+	ctx        context.Context
+	cancel     context.CancelCauseFunc
 }
 
 func newLeaseKeeper(r *run, lease time.Duration) *leaseKeeper {
-	k := &leaseKeeper{r: r, lease: lease, held: map[uint64]*heldLease{}, stop: make(chan struct{}), done: make(chan struct{})}
+	k := &leaseKeeper{r: r, lease: lease, held: map[Receipt]*heldLease{}, stop: make(chan struct{}), done: make(chan struct{})}
 	go k.loop()
 	return k
 }
@@ -373,19 +413,31 @@ func newLeaseKeeper(r *run, lease time.Duration) *leaseKeeper {
 func (k *leaseKeeper) add(m *Message, receivedAt time.Time) context.Context {
 	ctx, cancel := context.WithCancelCause(k.r.ctx)
 	k.mu.Lock()
-	k.held[m.Receipt.MessageID] = &heldLease{m: m, until: receivedAt.Add(k.lease), ctx: ctx, cancel: cancel}
+	k.held[m.Receipt] = &heldLease{m: m, until: receivedAt.Add(k.lease), ctx: ctx, cancel: cancel}
 	k.mu.Unlock()
 	return ctx
 }
 
-func (k *leaseKeeper) remove(id uint64) {
+func (k *leaseKeeper) remove(rc Receipt) {
 	k.mu.Lock()
-	h := k.held[id]
-	delete(k.held, id)
+	h := k.held[rc]
+	delete(k.held, rc)
 	k.mu.Unlock()
 	if h != nil {
 		h.cancel(context.Canceled)
 	}
+}
+
+// live tells whether the lease of rc is still held: not lost, and not
+// past its end with its extension unanswered (by this process's clock,
+// taken before each call that set the end, so it errs early). A lease
+// just received may look past its end after a long poll; the next round
+// extends it, so only an unanswered extension makes it count as ended.
+func (k *leaseKeeper) live(rc Receipt) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	h := k.held[rc]
+	return h != nil && !(h.unanswered && !time.Now().Before(h.until))
 }
 
 func (k *leaseKeeper) close() {
@@ -423,31 +475,38 @@ func (k *leaseKeeper) loop() {
 		ctx, cancel := context.WithDeadline(context.WithoutCancel(k.r.ctx), maxTime(deadline, now.Add(k.lease/4)))
 		err := k.r.c.Extend(ctx, k.r.queue, k.lease, due...)
 		cancel()
-		failed := map[uint64]error{}
+		failed := map[Receipt]error{}
 		var ae *AckError
 		switch {
 		case err == nil:
 		case errors.As(err, &ae):
 			for _, f := range ae.Failed {
-				failed[f.Receipt.MessageID] = f.Err
+				failed[f.Receipt] = f.Err
 			}
 		default:
 			k.r.report(fmt.Errorf("extend %d lease(s): %w", len(due), err))
+			k.mu.Lock()
+			for _, rc := range due {
+				if h := k.held[rc]; h != nil {
+					h.unanswered = true
+				}
+			}
+			k.mu.Unlock()
 			continue
 		}
 		k.mu.Lock()
 		for _, rc := range due {
-			h := k.held[rc.MessageID]
-			if h == nil || h.m.Receipt != rc {
+			h := k.held[rc]
+			if h == nil {
 				continue
 			}
-			if ferr := failed[rc.MessageID]; ferr != nil {
-				delete(k.held, rc.MessageID)
+			if ferr := failed[rc]; ferr != nil {
+				delete(k.held, rc)
 				h.cancel(ErrLeaseLost)
 				k.r.report(fmt.Errorf("message %d attempt %d: %w", rc.MessageID, rc.Attempt, ferr))
 				continue
 			}
-			h.until = now.Add(k.lease)
+			h.until, h.unanswered = now.Add(k.lease), false
 		}
 		k.mu.Unlock()
 	}
@@ -538,6 +597,6 @@ func (a *acker) send(b []*Message) {
 		a.r.report(fmt.Errorf("ack %d message(s): %w", len(rs), err))
 	}
 	for _, m := range b {
-		a.r.leases.remove(m.Receipt.MessageID)
+		a.r.leases.remove(m.Receipt)
 	}
 }

@@ -34,7 +34,11 @@
 //     the Producer sends one batch of a queue at a time for a minute, then
 //     tries the stream again; a cluster with a voter that does not know
 //     after_dedup_id keeps the order on the leader (docs/operations.md,
-//     Upgrading).
+//     Upgrading). Messages of a group (WithGroup) are delivered one at a
+//     time in enqueue order, the next once the one before is acked (or
+//     rejected, or dead-lettered), and
+//     Consume runs a group's handlers one at a time, in that order, also
+//     when a message is delivered again while its earlier handler runs.
 //   - Leases. Consume runs a handler per message with a concurrency limit,
 //     extends the lease while the handler runs, acks on success (in
 //     batches), nacks with backoff on error and stops cleanly when its

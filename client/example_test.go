@@ -143,4 +143,34 @@ func ExampleClient_ConsumeExactlyOnce() {
 	}
 }
 
+// Message groups: the orders of one customer are handled one at a time,
+// in the order they were sent, while different customers' orders are
+// handled in parallel.
+func ExampleWithGroup() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := client.New(ctx, []string{"127.0.0.1:7101", "127.0.0.1:7102", "127.0.0.1:7103"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	for _, o := range []struct{ customer, event string }{
+		{"c-17", "created"}, {"c-42", "created"}, {"c-17", "paid"}, {"c-17", "shipped"},
+	} {
+		if _, err := c.Send(ctx, "orders", []byte(o.event), client.WithGroup(o.customer)); err != nil {
+			log.Fatal(err)
+		}
+	}
+	// c-17's events reach the handler as created, paid, shipped, never
+	// two at once; c-42's created runs beside them.
+	err = c.Consume(ctx, "orders", func(ctx context.Context, m *client.Message) error {
+		log.Printf("customer %s: %s", m.Group, m.Body)
+		return process(ctx, m.Body)
+	}, client.WithConcurrency(16))
+	if err != nil {
+		log.Fatal(err)
+	}
+}
+
 func process(context.Context, []byte) error { return nil }

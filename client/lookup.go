@@ -25,6 +25,9 @@ const (
 	MessageReady   MessageState = "ready"
 	MessageDelayed MessageState = "delayed"
 	MessageLeased  MessageState = "leased"
+	// MessageWaiting: held behind an earlier message of its group
+	// (WithGroup), which is delivered first.
+	MessageWaiting MessageState = "waiting"
 	// MessageDead: dead-lettered with no queue to go to, kept in its queue.
 	MessageDead  MessageState = "dead"
 	MessageAcked MessageState = "acked"
@@ -60,7 +63,9 @@ type MessageFate struct {
 	Queue   string
 	ID      uint64 // 0 when a dedup ID was not found
 	DedupID string
-	State   MessageState
+	// Group is the message's group while it is live; "" for none.
+	Group string
+	State MessageState
 	// EnqueuedAt is when it was enqueued to Queue.
 	EnqueuedAt time.Time
 	// Attempts is its deliveries so far, or the final one of a removed
@@ -126,7 +131,7 @@ func (c *Client) Lookup(ctx context.Context, queue string, o LookupOptions) (*Me
 	}
 	m := resp.GetMessage()
 	f := &MessageFate{
-		Queue: queue, ID: m.GetId(), DedupID: m.GetDedupId(), State: messageStateOf(m.GetState()),
+		Queue: queue, ID: m.GetId(), DedupID: m.GetDedupId(), Group: m.GetGroup(), State: messageStateOf(m.GetState()),
 		Attempts: m.GetAttempts(), Consumer: m.GetConsumer(), MovedTo: m.GetMovedToQueue(), MovedToID: m.GetMovedToId(),
 		Rejected: m.GetRejected(), ChangedIndex: m.GetChangedIndex(), AppliedIndex: resp.GetAppliedIndex(),
 		DeadLetter: deadLetterOf(m.GetDeadLetter()), LastNackReason: m.GetLastNackReason(),

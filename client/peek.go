@@ -24,11 +24,15 @@ const (
 	// PeekDead: dead-lettered with no queue to go to, kept in its source
 	// queue and never delivered.
 	PeekDead PeekState = "dead"
+	// PeekWaiting: held behind an earlier message of its group
+	// (WithGroup): only a group's first message may be delivered.
+	PeekWaiting PeekState = "waiting"
 )
 
 var peekStates = map[PeekState]fsmpb.PeekState{
 	"": fsmpb.PeekState_PEEK_ALL, PeekAll: fsmpb.PeekState_PEEK_ALL, PeekReady: fsmpb.PeekState_PEEK_READY,
 	PeekDelayed: fsmpb.PeekState_PEEK_DELAYED, PeekLeased: fsmpb.PeekState_PEEK_LEASED, PeekDead: fsmpb.PeekState_PEEK_DEAD,
+	PeekWaiting: fsmpb.PeekState_PEEK_WAITING,
 }
 
 // DefaultPeekMax is how many messages Peek shows when PeekOptions.Max is 0.
@@ -61,10 +65,11 @@ type PeekedMessage struct {
 	Attempts uint32 // deliveries so far
 	Body     []byte // nil with PeekOptions.NoBody
 	BodySize int
-	// Attributes, DedupID, EnqueuedAt, LastNackReason and DeadLetter are
-	// as on a received Message.
+	// Attributes, DedupID, Group, EnqueuedAt, LastNackReason and
+	// DeadLetter are as on a received Message.
 	Attributes     map[string]string
 	DedupID        string
+	Group          string
 	EnqueuedAt     time.Time
 	LastNackReason string
 	DeadLetter     *DeadLetter
@@ -96,7 +101,7 @@ func (c *Client) Peek(ctx context.Context, queue string, o PeekOptions) (*PeekPa
 	}
 	state, ok := peekStates[o.State]
 	if !ok {
-		return nil, invalidArg("Peek state", "%q is not all, ready, delayed, leased or dead", o.State)
+		return nil, invalidArg("Peek state", "%q is not all, ready, delayed, leased, dead or waiting", o.State)
 	}
 	if o.Max == 0 {
 		o.Max = DefaultPeekMax
@@ -118,11 +123,11 @@ func (c *Client) Peek(ctx context.Context, queue string, o PeekOptions) (*PeekPa
 	for _, p := range resp.GetMessages() {
 		m := messageOf(queue, &fsmpb.Delivery{
 			Body: p.GetBody(), EnqueuedAtUnixNano: p.GetEnqueuedAtUnixNano(), Attributes: p.GetAttributes(),
-			DedupId: p.GetDedupId(), DeadLetter: p.GetDeadLetter(), LastNackReason: p.GetLastNackReason(),
+			DedupId: p.GetDedupId(), DeadLetter: p.GetDeadLetter(), LastNackReason: p.GetLastNackReason(), Group: p.GetGroup(),
 		})
 		pm := PeekedMessage{
 			ID: p.GetId(), State: peekStateOf(p.GetState()), Attempts: p.GetAttempts(), Body: m.Body,
-			BodySize: int(p.GetBodySize()), Attributes: m.Attributes, DedupID: m.DedupID, EnqueuedAt: m.EnqueuedAt,
+			BodySize: int(p.GetBodySize()), Attributes: m.Attributes, DedupID: m.DedupID, Group: m.Group, EnqueuedAt: m.EnqueuedAt,
 			LastNackReason: m.LastNackReason, DeadLetter: m.DeadLetter, Consumer: p.GetConsumer(),
 		}
 		if at := p.GetAtUnixNano(); at != 0 {

@@ -13,6 +13,8 @@ import (
 	"github.com/oklog/ulid/v2"
 	"golang.org/x/sync/semaphore"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/quorumq/quorumq/fsm/fsmpb"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
@@ -27,6 +29,8 @@ type OutMessage struct {
 	DedupID    string
 	Delay      time.Duration
 	Attributes map[string]string
+	// Group is the message's group (see WithGroup); "" for none.
+	Group string
 }
 
 // SendResult is the outcome of enqueueing one message.
@@ -55,6 +59,23 @@ func WithDelay(d time.Duration) SendOption { return func(m *OutMessage) { m.Dela
 func WithAttributes(a map[string]string) SendOption {
 	return func(m *OutMessage) { m.Attributes = a }
 }
+
+// WithGroup puts the message in group key: the cluster delivers the
+// messages of a group one at a time, in the order they were enqueued,
+// and the next only once the one before is acked, rejected or
+// dead-lettered (a nack or an expired lease makes the same message the
+// group's next again). Groups are independent of each other, and
+// messages without a group are delivered as before. Consume also runs
+// the handlers of a group one at a time. A key is at most 128 bytes of
+// UTF-8 without control characters; a longer or invalid one is refused
+// with ErrInvalidArgument before anything is sent.
+//
+// While a server of an earlier release is a voter, the cluster refuses
+// an enqueue that holds a grouped message (a gRPC FailedPrecondition
+// naming the group) until every server is upgraded. A Send is refused
+// alone even when gathered with others' Sends; a SendBatch, a
+// transaction or a Producer's batch holding one is refused whole.
+func WithGroup(key string) SendOption { return func(m *OutMessage) { m.Group = key } }
 
 // NewDedupID returns a fresh, time-ordered unique ID (a ULID), the kind the
 // client picks when the caller gives none.
@@ -143,7 +164,9 @@ func enqueueRequest(op, queue string, msgs []OutMessage) (req *quorumqpb.Enqueue
 }
 
 // messagePB converts m, giving it a fresh dedup ID when it has none
-// (generated is then true).
+// (generated is then true), and checks it with the state machine's
+// message rule (sizes, attributes, the group key). Every path that sends
+// a message converts it here.
 func messagePB(field string, m OutMessage) (_ *fsmpb.Message, generated bool, _ error) {
 	if err := validateDuration(field+".Delay", m.Delay, limits.MaxDelay); err != nil {
 		return nil, false, err
@@ -152,7 +175,7 @@ func messagePB(field string, m OutMessage) (_ *fsmpb.Message, generated bool, _ 
 	if id == "" {
 		id, generated = NewDedupID(), true
 	}
-	p := &fsmpb.Message{Body: m.Body, DedupId: id, DelayNs: int64(m.Delay)}
+	p := &fsmpb.Message{Body: m.Body, DedupId: id, DelayNs: int64(m.Delay), Group: m.Group}
 	// Sorted, so the same message always encodes the same way.
 	for _, k := range slices.Sorted(maps.Keys(m.Attributes)) {
 		p.Attributes = append(p.Attributes, &fsmpb.Attribute{Key: k, Value: m.Attributes[k]})
@@ -542,7 +565,7 @@ func (p *Producer) send(q *queueBatches, b *batch) {
 	ctx, cancel := p.batchContext(live)
 	res, err := p.c.enqueue(ctx, p.o.op, req, generated)
 	cancel()
-	if err != nil && len(live) > 1 && p.o.callerContexts && (errors.Is(err, ErrInvalidArgument) || errors.Is(err, ErrQueueFull)) {
+	if err != nil && len(live) > 1 && p.o.callerContexts && refusedForOne(err) {
 		// A gathered batch is all or nothing and nothing was enqueued:
 		// send each message alone, so each caller gets its own answer
 		// (the message at fault its error, the others their place).
@@ -558,6 +581,18 @@ func (p *Producer) send(q *queueBatches, b *batch) {
 		return
 	}
 	p.resolveAll(live, res, err)
+}
+
+// refusedForOne tells whether err refused a whole batch, with nothing
+// enqueued, for what one of its messages may carry alone: a field beyond
+// a limit, a full queue, or a field a voter of an earlier release does
+// not know yet (a message group during a rolling upgrade), which the
+// cluster refuses with FailedPrecondition before proposing, without a
+// queue error.
+func refusedForOne(err error) bool {
+	var typed *Error
+	return errors.Is(err, ErrInvalidArgument) || errors.Is(err, ErrQueueFull) ||
+		(!errors.As(err, &typed) && status.Code(err) == codes.FailedPrecondition)
 }
 
 // resolveAll gives each future of live its result (res[i], or err for

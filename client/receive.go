@@ -30,6 +30,8 @@ type Message struct {
 	Body       []byte
 	Attributes map[string]string
 	DedupID    string
+	// Group is the message's group (WithGroup); "" for none.
+	Group      string
 	EnqueuedAt time.Time
 	// LeaseUntil is when the lease ends by the leader's clock; the message
 	// is delivered again after it unless acked, nacked or extended.
@@ -231,6 +233,7 @@ func messageOf(queue string, d *fsmpb.Delivery) Message {
 		Receipt:    Receipt{MessageID: d.GetReceipt().GetMessageId(), Attempt: d.GetReceipt().GetAttempt(), Queue: queue},
 		Body:       d.GetBody(),
 		DedupID:    d.GetDedupId(),
+		Group:      d.GetGroup(),
 		EnqueuedAt: time.Unix(0, d.GetEnqueuedAtUnixNano()),
 		LeaseUntil: time.Unix(0, d.GetLeaseUntilUnixNano()),
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -36,6 +37,13 @@ type scripted struct {
 	reqIDs   []string
 	waits    []int64
 	creates  int
+	// With refuseGroups, Enqueue refuses a request that has a message
+	// with a group, as a cluster with a voter of an earlier release does;
+	// batches records each Enqueue's message count, and a non-nil hold
+	// delays every Enqueue until it is closed.
+	refuseGroups bool
+	batches      []int
+	hold         chan struct{}
 }
 
 func startScripted(t *testing.T) *scripted {
@@ -80,9 +88,19 @@ func (s *scripted) Enqueue(_ context.Context, req *quorumqpb.EnqueueRequest) (*q
 	for _, m := range req.GetMessages() {
 		s.dedupIDs = append(s.dedupIDs, m.GetDedupId())
 	}
+	s.batches = append(s.batches, len(req.GetMessages()))
+	hold, refuseGroups := s.hold, s.refuseGroups
 	s.mu.Unlock()
+	if hold != nil {
+		<-hold
+	}
 	if err := s.next(); err != nil {
 		return nil, err
+	}
+	for i, m := range req.GetMessages() {
+		if refuseGroups && m.GetGroup() != "" {
+			return nil, status.Errorf(codes.FailedPrecondition, "enqueue.messages[%d].group: a voter does not know message groups yet (a server of an earlier release); retry once every server is upgraded", i)
+		}
 	}
 	res := make([]*fsmpb.EnqueueResult, len(req.GetMessages()))
 	for i := range res {
@@ -241,5 +259,57 @@ func TestProducerFallsBackToUnaryOnAServerWithoutStreams(t *testing.T) {
 	got, _, _, _ := s.seen()
 	if !slices.Equal(got, want) {
 		t.Fatalf("server got dedup IDs %v, want %v in order", got, want)
+	}
+}
+
+// TestGatheredSendsOfAGroupRefusedAloneDuringAnUpgrade: while a voter of
+// an earlier release does not know message groups, the cluster refuses
+// an enqueue with a grouped message. Sends gathered into one batch with
+// such a message are then sent again alone: only the grouped one fails.
+func TestGatheredSendsOfAGroupRefusedAloneDuringAnUpgrade(t *testing.T) {
+	s := startScripted(t)
+	s.refuseGroups = true
+	s.hold = make(chan struct{})
+	c := scriptedClient(t, s.addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	errs := make([]error, 4)
+	var wg sync.WaitGroup
+	send := func(i int, opts ...client.SendOption) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = c.Send(ctx, "q", []byte{byte(i)}, opts...)
+		}()
+	}
+	// The first Send is on the wire, held; the next three gather behind it.
+	send(0)
+	for d, _, _, _ := s.seen(); len(d) == 0; d, _, _, _ = s.seen() {
+		time.Sleep(time.Millisecond)
+	}
+	send(1)
+	send(2, client.WithGroup("g"))
+	send(3)
+	time.Sleep(200 * time.Millisecond)
+	close(s.hold)
+	wg.Wait()
+
+	s.mu.Lock()
+	batches := slices.Clone(s.batches)
+	s.mu.Unlock()
+	if !slices.Contains(batches, 3) {
+		t.Fatalf("enqueue batches %v; want the three later Sends gathered into one", batches)
+	}
+	for i, err := range errs {
+		if i == 2 {
+			if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "message groups") {
+				t.Errorf("grouped Send = %v; want the FailedPrecondition refusal", err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("Send %d without a group = %v; want it enqueued", i, err)
+		}
 	}
 }
