@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -42,6 +43,9 @@ type benchConfig struct {
 	Queue        string        `json:"queue,omitempty"`
 	Prefill      int64         `json:"prefill"`
 	SeparateAcks bool          `json:"separate_acks"`
+	// Groups: the messages sent (and prefilled) go to message groups
+	// g-0 .. g-<Groups-1> in turn; 0 sends them without a group.
+	Groups int `json:"groups"`
 }
 
 // benchResult is what a run prints, as a table or as JSON.
@@ -69,7 +73,9 @@ type latency struct {
 	Max     float64 `json:"max"`
 }
 
-func init() {
+func init() { rootCmd.AddCommand(benchCmd()) }
+
+func benchCmd() *cobra.Command {
 	var cfg benchConfig
 	var cf cliFlags
 	var cpuProfile string
@@ -81,12 +87,17 @@ func init() {
 
 Every send is durable (fsynced on a quorum) before it is acknowledged; every
 ack is confirmed by the server. Bodies carry their send time, so
-enqueue-to-ack latency is measured end to end by the consumer.`,
+enqueue-to-ack latency is measured end to end by the consumer.
+
+--groups N puts the messages in N message groups, g-0 .. g-<N-1>, in turn:
+the cluster delivers each group's messages one at a time, so N bounds the
+messages being handled at once.`,
 		Example: `  quorumq bench --dev --producers 64 --duration 10s
   quorumq bench --dev --producers 1 --async --window 256 --duration 10s
   quorumq bench --dev --producers 0 --consumers 16 --batch 100 --prefill 500000
   quorumq bench --addr 10.0.0.1:7101 --producers 16 --consumers 16 --json
-  quorumq bench --addr 10.0.0.1:7101 --queue backlog --producers 0 --consumers 16 --duration 1h`,
+  quorumq bench --addr 10.0.0.1:7101 --queue backlog --producers 0 --consumers 16 --duration 1h
+  quorumq bench --dev --producers 16 --async --consumers 16 --groups 100 --duration 30s`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := cfg.validate(); err != nil {
 				return err
@@ -160,8 +171,9 @@ enqueue-to-ack latency is measured end to end by the consumer.`,
 	f.Int64Var(&cfg.Prefill, "prefill", 0, "messages enqueued before the clock starts (for consumer-only runs)")
 	f.IntVar(&cfg.DevBasePort, "dev-base-port", 7601, "with --dev: API port of the first node (Raft +100, gossip +200, admin HTTP +300)")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of this process (with --dev: the three nodes and the clients) to FILE")
+	f.IntVar(&cfg.Groups, "groups", 0, "spread the messages sent and prefilled over this many message groups, g-0 .. g-<N-1> (0: no groups)")
 	addClientFlags(cmd, &cf)
-	rootCmd.AddCommand(cmd)
+	return cmd
 }
 
 func (c benchConfig) validate() error {
@@ -192,6 +204,10 @@ func (c benchConfig) validate() error {
 		return fmt.Errorf("--queue names one queue, and --queues is %d", c.Queues)
 	case c.Queue != "" && c.Prefill > 0:
 		return errors.New("--prefill fills the run's own queues; --queue uses an existing one as it is")
+	case c.Groups < 0 || c.Groups > 10_000_000:
+		return fmt.Errorf("--groups must be 0..10000000, got %d", c.Groups)
+	case c.Groups > 0 && c.Producers == 0 && c.Prefill == 0:
+		return errors.New("--groups groups the messages bench sends, and with --producers 0 and no --prefill it sends none")
 	}
 	return nil
 }
@@ -242,8 +258,9 @@ func runBench(ctx context.Context, c *client.Client, cfg benchConfig, progressOu
 			return nil, fmt.Errorf("create queue %s: %w", queues[i], err)
 		}
 	}
+	groups := &groupCycle{n: int64(cfg.Groups)}
 	if cfg.Prefill > 0 {
-		if err := prefill(ctx, c, queues, cfg); err != nil {
+		if err := prefill(ctx, c, queues, cfg, groups); err != nil {
 			return nil, err
 		}
 	}
@@ -300,7 +317,7 @@ func runBench(ctx context.Context, c *client.Client, cfg benchConfig, progressOu
 			if !cfg.Async {
 				for runCtx.Err() == nil && take() {
 					t0 := time.Now()
-					if _, err := c.Send(runCtx, q, body()); err != nil {
+					if _, err := c.Send(runCtx, q, body(), client.WithGroup(groups.next())); err != nil {
 						if runCtx.Err() == nil {
 							sendErrs.Add(1)
 						}
@@ -332,7 +349,7 @@ func runBench(ctx context.Context, c *client.Client, cfg benchConfig, progressOu
 			}()
 			for runCtx.Err() == nil && take() {
 				t0 := time.Now()
-				window <- inflight{prod.SendAsync(runCtx, q, client.OutMessage{Body: body()}), t0}
+				window <- inflight{prod.SendAsync(runCtx, q, client.OutMessage{Body: body(), Group: groups.next()}), t0}
 			}
 			close(window)
 			<-done
@@ -461,8 +478,22 @@ func runBench(ctx context.Context, c *client.Client, cfg benchConfig, progressOu
 	return res, nil
 }
 
+// groupCycle hands out the message groups of --groups in turn, g-0 ..
+// g-<n-1> and again, across all producers; "" when n is 0.
+type groupCycle struct {
+	n    int64
+	sent atomic.Int64
+}
+
+func (g *groupCycle) next() string {
+	if g.n == 0 {
+		return ""
+	}
+	return "g-" + strconv.FormatInt((g.sent.Add(1)-1)%g.n, 10)
+}
+
 // prefill loads the queues before the clock starts, in large batches.
-func prefill(ctx context.Context, c *client.Client, queues []string, cfg benchConfig) error {
+func prefill(ctx context.Context, c *client.Client, queues []string, cfg benchConfig, groups *groupCycle) error {
 	const batch = 500
 	msgs := make([]client.OutMessage, batch)
 	for left, i := cfg.Prefill, 0; left > 0; i++ {
@@ -470,7 +501,7 @@ func prefill(ctx context.Context, c *client.Client, queues []string, cfg benchCo
 		for j := range msgs[:n] {
 			// Send time 0: a prefilled message's wait in the queue is not
 			// an enqueue-to-ack latency.
-			msgs[j] = client.OutMessage{Body: make([]byte, cfg.Size)}
+			msgs[j] = client.OutMessage{Body: make([]byte, cfg.Size), Group: groups.next()}
 		}
 		if _, err := c.SendBatch(ctx, queues[i%len(queues)], msgs[:n]); err != nil {
 			return fmt.Errorf("prefill: %w", err)
@@ -489,6 +520,14 @@ func (r *benchResult) print(w io.Writer) {
 	fmt.Fprintf(tw, "producers\t%d (%s)\n", r.Config.Producers, mode)
 	fmt.Fprintf(tw, "consumers\t%d (batch %d)\n", r.Config.Consumers, r.Config.Batch)
 	fmt.Fprintf(tw, "message size\t%d B\n", r.Config.Size)
+	switch n := r.Config.Groups; n {
+	case 0:
+		fmt.Fprintln(tw, "message groups\tnone")
+	case 1:
+		fmt.Fprintln(tw, "message groups\t1 (g-0)")
+	default:
+		fmt.Fprintf(tw, "message groups\t%d (g-0 .. g-%d)\n", n, n-1)
+	}
 	fmt.Fprintf(tw, "elapsed\t%.2f s\n", r.Elapsed)
 	fmt.Fprintf(tw, "sent\t%d (%d errors)\t%.0f msg/s\t%.2f MB/s\n", r.Sent, r.SendErrors, r.SendRate, r.SendMBps)
 	fmt.Fprintf(tw, "acked\t%d (%d errors)\t%.0f msg/s\n", r.Acked, r.AckErrors, r.AckRate)

@@ -138,8 +138,12 @@ type queueJSON struct {
 	Ready             uint64 `json:"ready"`
 	Leased            uint64 `json:"leased"`
 	Delayed           uint64 `json:"delayed"`
-	DeadLettered      uint64 `json:"dead_lettered"`
-	Dead              uint64 `json:"dead"` // dead letters with nowhere to go, kept here
+	// Waiting: held behind an earlier message of their group.
+	Waiting      uint64 `json:"waiting"`
+	DeadLettered uint64 `json:"dead_lettered"`
+	Dead         uint64 `json:"dead"` // dead letters with nowhere to go, kept here
+	// Groups: message groups with at least one message in the queue.
+	Groups uint64 `json:"groups"`
 	// OldestReadyAge: how long the oldest ready message has waited (0s:
 	// none ready).
 	OldestReadyAge    string `json:"oldest_ready_age"`
@@ -166,8 +170,10 @@ func queueOf(q *client.QueueInfo) queueJSON {
 		Ready:             st.Ready,
 		Leased:            st.Leased,
 		Delayed:           st.Delayed,
+		Waiting:           st.Waiting,
 		DeadLettered:      st.DeadLettered,
 		Dead:              st.Dead,
+		Groups:            st.Groups,
 		OldestReadyAge:    st.OldestReadyAge.Round(time.Millisecond).String(),
 		EnqueuedTotal:     st.EnqueuedTotal,
 		DeliveredTotal:    st.DeliveredTotal,

@@ -21,6 +21,7 @@ type fateJSON struct {
 	Queue        string `json:"queue"`
 	ID           uint64 `json:"id,omitempty"`
 	DedupID      string `json:"dedup_id,omitempty"`
+	Group        string `json:"group,omitempty"` // while the message is live
 	State        string `json:"state"`
 	EnqueuedAt   string `json:"enqueued_at,omitempty"`
 	Attempts     uint32 `json:"attempts"`
@@ -43,10 +44,11 @@ func getCmd() *cobra.Command {
 		Short: "Tell what became of one message",
 		Long: `Tell what became of one message of QUEUE, named by --id or by the
 --dedup-id it was first enqueued with: ready, delayed until, leased until
-(by whom, which attempt), dead; or acked, dead-lettered, redriven, expired
-or purged, and when. A message that moved (dead-lettered, redriven) is
-followed to its new queue and id. Each line gives the Raft index of the
-command that last changed the message.
+(by whom, which attempt), waiting behind an earlier message of its
+group, dead; or acked, dead-lettered, redriven, expired or purged, and
+when; and its message group. A message that moved (dead-lettered,
+redriven) is followed to its new queue and id. Each line gives the Raft
+index of the command that last changed the message.
 
 A queue remembers a removed message for its dedup window after removal,
 and a dedup ID for the window from its first enqueue (default 10
@@ -99,7 +101,7 @@ follower may lag the leader; --leader asks for the leader's view.`,
 
 func fateJSONOf(f *client.MessageFate) fateJSON {
 	j := fateJSON{
-		Queue: f.Queue, ID: f.ID, DedupID: f.DedupID, State: string(f.State), Attempts: f.Attempts, Consumer: f.Consumer,
+		Queue: f.Queue, ID: f.ID, DedupID: f.DedupID, Group: f.Group, State: string(f.State), Attempts: f.Attempts, Consumer: f.Consumer,
 		MovedTo: f.MovedTo, MovedToID: f.MovedToID, Rejected: f.Rejected, ChangedIndex: f.ChangedIndex,
 		AppliedIndex: f.AppliedIndex, DeadLetter: deadLetterJSONOf(f.DeadLetter), LastNackReason: f.LastNackReason,
 	}
@@ -131,6 +133,8 @@ func (j fateJSON) String() string {
 		fmt.Fprintf(&b, "ready, %d attempt(s) so far", j.Attempts)
 	case client.MessageDelayed:
 		fmt.Fprintf(&b, "delayed until %s", j.At)
+	case client.MessageWaiting:
+		fmt.Fprintf(&b, "waiting behind an earlier message of its group, %d attempt(s) so far", j.Attempts)
 	case client.MessageLeased:
 		holder := j.Consumer
 		if holder == "" {
@@ -153,6 +157,9 @@ func (j fateJSON) String() string {
 		fmt.Fprintf(&b, "removed at %s (by a cluster that did not record how)", j.At)
 	default: // expired, purged
 		fmt.Fprintf(&b, "%s at %s", j.State, j.At)
+	}
+	if j.Group != "" {
+		fmt.Fprintf(&b, "; group %q", j.Group)
 	}
 	if j.EnqueuedAt != "" {
 		fmt.Fprintf(&b, "; enqueued %s", j.EnqueuedAt)

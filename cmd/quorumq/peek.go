@@ -22,8 +22,10 @@ type peekJSON struct {
 }
 
 type peekMessageJSON struct {
-	ID       uint64 `json:"id"`
-	State    string `json:"state"` // ready, delayed, leased, dead
+	ID    uint64 `json:"id"`
+	State string `json:"state"` // ready, delayed, leased, dead, waiting
+	// Group: the message group; absent for none.
+	Group    string `json:"group,omitempty"`
 	Attempts uint32 `json:"attempts"`
 	Body     string `json:"body,omitempty"`
 	BodySize int    `json:"body_size"`
@@ -45,11 +47,12 @@ func peekCmd() *cobra.Command {
 		Use:   "peek QUEUE",
 		Short: "Show a queue's messages without leasing them",
 		Long: `Show up to --max messages of QUEUE (1 to 100), lowest id first from
---from, with their state (ready, delayed, leased, dead), attempts, body
-(or only its size with --no-body), attributes, dead-letter origin and
-last nack reason, and for a leased message who holds the lease (its
-receive's consumer name) until when. --state shows only messages in that
-state.
+--from, with their state (ready, delayed, leased, dead, or waiting:
+held behind an earlier message of its group), message group, attempts,
+body (or only its size with --no-body), attributes, dead-letter origin
+and last nack reason, and for a leased message who holds the lease (its
+receive's consumer name) until when. --state shows only messages in
+that state.
 
 A peek leases nothing, counts no attempt and writes nothing to the Raft
 log. The node asked answers from the state it has applied, which on a
@@ -65,7 +68,7 @@ more messages are left, the --from of the next page is printed.`,
 		out := peekJSON{Queue: args[0], Messages: []peekMessageJSON{}, NextID: page.Next, AppliedIndex: page.AppliedIndex}
 		for _, m := range page.Messages {
 			j := peekMessageJSON{
-				ID: m.ID, State: string(m.State), Attempts: m.Attempts, Body: string(m.Body), BodySize: m.BodySize,
+				ID: m.ID, State: string(m.State), Group: m.Group, Attempts: m.Attempts, Body: string(m.Body), BodySize: m.BodySize,
 				DedupID: m.DedupID, Attributes: m.Attributes, EnqueuedAt: fmtTime(m.EnqueuedAt),
 				LastNackReason: m.LastNackReason, DeadLetter: deadLetterJSONOf(m.DeadLetter), Consumer: m.Consumer,
 			}
@@ -82,7 +85,7 @@ more messages are left, the --from of the next page is printed.`,
 	fl := cmd.Flags()
 	fl.Uint64Var(&o.From, "from", 0, "show messages from this id on (a page's next id)")
 	fl.IntVar(&o.Max, "max", client.DefaultPeekMax, "show at most this many messages (1 to 100)")
-	fl.StringVar(&state, "state", "all", "show only messages in this state: ready, delayed, leased, dead or all")
+	fl.StringVar(&state, "state", "all", "show only messages in this state: ready, delayed, leased, dead, waiting or all")
 	fl.BoolVar(&o.NoBody, "no-body", false, "show each body's size instead of the body")
 	fl.BoolVar(&o.Leader, "leader", false, "read the leader's view, after it confirms its leadership")
 	return cmd
@@ -108,10 +111,10 @@ func printPeek(cmd *cobra.Command, p peekJSON, noBody bool) error {
 		if m.DeadLetter != nil {
 			dl = m.DeadLetter.String()
 		}
-		rows[i] = []string{strconv.FormatUint(m.ID, 10), m.State, strconv.FormatUint(uint64(m.Attempts), 10), body,
+		rows[i] = []string{strconv.FormatUint(m.ID, 10), m.State, m.Group, strconv.FormatUint(uint64(m.Attempts), 10), body,
 			attributesCell(m.Attributes), m.Until, m.Consumer, m.LastNackReason, dl}
 	}
-	if err := table(w, []string{"ID", "STATE", "ATTEMPTS", bodyCol, "ATTRIBUTES", "UNTIL", "HOLDER", "LAST_NACK_REASON", "DEAD_LETTER"}, rows); err != nil {
+	if err := table(w, []string{"ID", "STATE", "GROUP", "ATTEMPTS", bodyCol, "ATTRIBUTES", "UNTIL", "HOLDER", "LAST_NACK_REASON", "DEAD_LETTER"}, rows); err != nil {
 		return err
 	}
 	if p.NextID != 0 {

@@ -21,6 +21,7 @@ type recvJSON struct {
 	Attempt    uint32            `json:"attempt"`
 	Body       string            `json:"body"`
 	DedupID    string            `json:"dedup_id"`
+	Group      string            `json:"group,omitempty"` // the message group; absent for none
 	Attributes map[string]string `json:"attributes,omitempty"`
 	EnqueuedAt string            `json:"enqueued_at"`
 	LeaseUntil string            `json:"lease_until,omitempty"`
@@ -120,7 +121,7 @@ host:pid), which peek --state leased and get show as its holder.`,
 				out[i] = recvJSON{
 					Receipt:   formatReceipt(m.Receipt),
 					MessageID: m.Receipt.MessageID, Attempt: m.Receipt.Attempt, Body: string(m.Body),
-					DedupID: m.DedupID, Attributes: m.Attributes, EnqueuedAt: fmtTime(m.EnqueuedAt), Acked: autoAck,
+					DedupID: m.DedupID, Group: m.Group, Attributes: m.Attributes, EnqueuedAt: fmtTime(m.EnqueuedAt), Acked: autoAck,
 					LastNackReason: m.LastNackReason, DeadLetter: deadLetterJSONOf(m.DeadLetter),
 				}
 				if !autoAck {
@@ -167,12 +168,16 @@ func printMessages(cmd *cobra.Command, f *cliFlags, ms []recvJSON) error {
 		_, err := fmt.Fprintln(w, "no messages")
 		return err
 	}
-	// The nack reason and dead-letter columns show only when a message
-	// has one.
+	// The group, nack reason and dead-letter columns show only when a
+	// message has one.
+	grouped := slices.ContainsFunc(ms, func(m recvJSON) bool { return m.Group != "" })
 	why := slices.ContainsFunc(ms, func(m recvJSON) bool { return m.LastNackReason != "" || m.DeadLetter != nil })
 	rows := make([][]string, len(ms))
 	for i, m := range ms {
 		rows[i] = []string{m.Receipt, m.Body, attributesCell(m.Attributes), m.LeaseUntil}
+		if grouped {
+			rows[i] = append(rows[i], m.Group)
+		}
 		if why {
 			dl := ""
 			if m.DeadLetter != nil {
@@ -182,6 +187,9 @@ func printMessages(cmd *cobra.Command, f *cliFlags, ms []recvJSON) error {
 		}
 	}
 	header := []string{"RECEIPT", "BODY", "ATTRIBUTES", "LEASE_UNTIL"}
+	if grouped {
+		header = append(header, "GROUP")
+	}
 	if why {
 		header = append(header, "LAST_NACK_REASON", "DEAD_LETTER")
 	}

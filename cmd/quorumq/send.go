@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/quorumq/quorumq/client"
+	"github.com/quorumq/quorumq/fsm/limits"
 )
 
 func init() { rootCmd.AddCommand(sendCmd()) }
@@ -23,7 +24,7 @@ type sendJSON struct {
 
 func sendCmd() *cobra.Command {
 	var f cliFlags
-	var dedupID, dedupPrefix string
+	var dedupID, dedupPrefix, group string
 	var delay time.Duration
 	var attrs []string
 	cmd := &cobra.Command{
@@ -35,7 +36,11 @@ message (batched through the asynchronous producer).
 Every message gets a dedup ID: --dedup-id for BODY, --dedup-prefix plus the
 line number for stdin, otherwise a fresh ULID. Running the same command again
 with the same IDs within the queue's dedup window enqueues nothing twice; the
-output marks such messages as duplicates.`,
+output marks such messages as duplicates.
+
+--group puts every message sent in that message group: the cluster
+delivers a group's messages one at a time in the order they were sent,
+the next once the one before is acked.`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			attributes, err := parseAttrs(attrs)
@@ -48,6 +53,9 @@ output marks such messages as duplicates.`,
 			if len(args) == 2 && dedupPrefix != "" {
 				return fmt.Errorf("--dedup-prefix applies to stdin lines; for a single BODY use --dedup-id")
 			}
+			if p := limits.GroupProblem(group); p != "" {
+				return fmt.Errorf("--group: %s", p)
+			}
 			ctx, c, done, err := f.connect(cmd)
 			if err != nil {
 				return err
@@ -57,7 +65,7 @@ output marks such messages as duplicates.`,
 			w := cmd.OutOrStdout()
 			if len(args) == 2 {
 				r, err := c.Send(ctx, queue, []byte(args[1]), client.WithDedupID(dedupID),
-					client.WithDelay(delay), client.WithAttributes(attributes))
+					client.WithDelay(delay), client.WithAttributes(attributes), client.WithGroup(group))
 				if err != nil {
 					return err
 				}
@@ -74,7 +82,7 @@ output marks such messages as duplicates.`,
 			sc := bufio.NewScanner(cmd.InOrStdin())
 			sc.Buffer(make([]byte, 64<<10), 2<<20)
 			for sc.Scan() {
-				m := client.OutMessage{Body: []byte(sc.Text()), Delay: delay, Attributes: attributes}
+				m := client.OutMessage{Body: []byte(sc.Text()), Delay: delay, Attributes: attributes, Group: group}
 				if dedupPrefix != "" {
 					m.DedupID = fmt.Sprintf("%s%d", dedupPrefix, len(futs)+1)
 				}
@@ -121,6 +129,7 @@ output marks such messages as duplicates.`,
 	fl.StringVar(&dedupPrefix, "dedup-prefix", "", "stdin mode: dedup ID of line N is PREFIX+N, so a re-run sends nothing twice")
 	fl.DurationVar(&delay, "delay", 0, "deliver no earlier than this from now")
 	fl.StringArrayVar(&attrs, "attr", nil, "attribute key=value (repeatable)")
+	fl.StringVar(&group, "group", "", "message group of the messages: delivered one at a time, in order (at most 128 bytes)")
 	return cmd
 }
 
