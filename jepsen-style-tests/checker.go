@@ -39,6 +39,12 @@ type QueueSpec struct {
 	// DedupWindow is Source's dedup window; 0 is the server's default,
 	// which every workload queue has.
 	DedupWindow time.Duration
+	// DLQ is Source's dead-letter queue, read once at the end of the run
+	// (a KindReadDLQ op): a value found there came out of Source as a dead
+	// letter, so it is not lost. "" when Source has none.
+	DLQ string
+	// Groups adds the message-group check (CheckGroups) to the result.
+	Groups bool
 }
 
 // defaultDedupWindow is the server's default dedup window (fsm).
@@ -103,6 +109,9 @@ type QueueResult struct {
 	OrderExamples    []string `json:"order_examples,omitempty"`
 	EarlyExamples    []string `json:"early_redelivery_examples,omitempty"`
 	DedupExamples    []string `json:"dedup_window_examples,omitempty"`
+
+	// Groups is the message-group check, for a spec with Groups.
+	Groups *GroupResult `json:"groups,omitempty"`
 }
 
 // maxExamples bounds the value lists in a result so results.json stays
@@ -112,6 +121,7 @@ const maxExamples = 20
 type sendInfo struct {
 	status   Status
 	producer string
+	group    string
 	seq      int
 	msgIDs   map[uint64]bool // IDs the source queue gave this value
 }
@@ -133,7 +143,7 @@ func CheckQueue(ops []Op, spec QueueSpec) QueueResult {
 		case isSend(o.Kind) && o.Queue == spec.Source && (spec.Producer == "" || o.Producer == spec.Producer):
 			s := sends[o.Value]
 			if s == nil {
-				s = &sendInfo{status: StatusFail, producer: o.Producer, seq: o.Seq, msgIDs: map[uint64]bool{}}
+				s = &sendInfo{status: StatusFail, producer: o.Producer, group: o.Group, seq: o.Seq, msgIDs: map[uint64]bool{}}
 				sends[o.Value] = s
 				order = append(order, o.Value)
 			}
@@ -164,6 +174,19 @@ func CheckQueue(ops []Op, spec QueueSpec) QueueResult {
 			}
 		}
 	}
+	// Dead letters name the message they were in Source.
+	deadLettered := map[string]bool{}
+	if dlq := lastDLQRead(ops, spec); dlq != nil {
+		for _, d := range dlq.Delivered {
+			if !mine(d.Value) {
+				continue
+			}
+			deadLettered[d.Value] = true
+			if s := sends[d.Value]; s != nil && d.DeadLetterOf != 0 {
+				s.msgIDs[d.DeadLetterOf] = true
+			}
+		}
+	}
 
 	res.Attempted = len(sends)
 	for _, v := range order {
@@ -177,6 +200,7 @@ func CheckQueue(ops []Op, spec QueueSpec) QueueResult {
 			res.Unknown++
 		}
 		_, delivered := sinkDeliveries[v]
+		delivered = delivered || deadLettered[v]
 		switch {
 		case s.status == StatusOK && !delivered:
 			res.Lost++
@@ -195,16 +219,26 @@ func CheckQueue(ops []Op, spec QueueSpec) QueueResult {
 		values = append(values, v)
 	}
 	sort.Strings(values)
+	deadValues := make([]string, 0, len(deadLettered))
+	for v := range deadLettered {
+		deadValues = append(deadValues, v)
+	}
+	sort.Strings(deadValues)
+	for _, v := range deadValues {
+		if _, delivered := sinkDeliveries[v]; delivered {
+			continue // judged with the deliveries below
+		}
+		if s := sends[v]; s == nil || s.status == StatusFail {
+			res.Unexpected++
+			res.UnexpectedValues = appendExample(res.UnexpectedValues, v+" (dead letter, "+unsentWhy(s)+")")
+		}
+	}
 	for _, v := range values {
 		ds := sinkDeliveries[v]
 		res.Delivered++
 		if s := sends[v]; s == nil || s.status == StatusFail {
 			res.Unexpected++
-			why := "never sent"
-			if s != nil {
-				why = "send failed"
-			}
-			res.UnexpectedValues = appendExample(res.UnexpectedValues, v+" ("+why+")")
+			res.UnexpectedValues = appendExample(res.UnexpectedValues, v+" ("+unsentWhy(s)+")")
 		}
 		ids := map[uint64]bool{}
 		for _, d := range ds {
@@ -232,6 +266,10 @@ func CheckQueue(ops []Op, spec QueueSpec) QueueResult {
 		window = defaultDedupWindow
 	}
 	res.DedupWindowViolations, res.DedupExamples = checkDedupWindow(ops, spec, window)
+	if spec.Groups {
+		g := CheckGroups(ops, spec)
+		res.Groups = &g
+	}
 
 	if res.Unexpected > 0 {
 		res.Problems = append(res.Problems, fmt.Sprintf("%d unexpected values", res.Unexpected))
@@ -254,14 +292,19 @@ func CheckQueue(ops []Op, spec QueueSpec) QueueResult {
 	if res.Duplicated > 0 && spec.Mode != AtLeastOnce {
 		res.Problems = append(res.Problems, fmt.Sprintf("%d values duplicated", res.Duplicated))
 	}
+	if res.Groups != nil {
+		res.Problems = append(res.Problems, res.Groups.Problems...)
+	}
 	res.Valid = len(res.Problems) == 0
 	return res
 }
 
 // checkProducerOrder checks that each producer's messages got increasing
 // message IDs in its own send order (Seq), and message IDs increase in
-// enqueue order. A synchronous producer sends one at a time, so a later
-// send is enqueued later. The pipelined producer has many sends in flight,
+// enqueue order. A producer's messages of one group are a sequence of
+// their own (Seq counts them), checked apart from its other groups. A
+// synchronous producer sends one at a time, so a later send is enqueued
+// later. The pipelined producer has many sends in flight,
 // and Seq is the order of its SendAsync calls, which the client promises
 // to keep through resends, leader changes and crashes: a batch that
 // finally fails may leave a gap (its values absent, or with an unknown
@@ -283,8 +326,12 @@ func checkProducerOrder(sends map[string]*sendInfo) (int, []string) {
 		if s.producer == "" || len(s.msgIDs) != 1 {
 			continue // unknown position, or already reported as double-enqueued
 		}
+		p := s.producer
+		if s.group != "" {
+			p += " group " + s.group
+		}
 		for id := range s.msgIDs {
-			byProducer[s.producer] = append(byProducer[s.producer], item{s.seq, v, id})
+			byProducer[p] = append(byProducer[p], item{s.seq, v, id})
 		}
 	}
 	producers := make([]string, 0, len(byProducer))
@@ -326,6 +373,27 @@ func (q QueueResult) byProducer() string {
 	return " by " + q.Producer
 }
 
+// unsentWhy says why a value that came out was not expected: s is its
+// send, nil when there was none.
+func unsentWhy(s *sendInfo) string {
+	if s == nil {
+		return "never sent"
+	}
+	return "send failed"
+}
+
+// lastDLQRead returns the spec's last successful read of its DLQ, or nil.
+func lastDLQRead(ops []Op, spec QueueSpec) *Op {
+	var last *Op
+	for i := range ops {
+		o := &ops[i]
+		if spec.DLQ != "" && o.Workload == spec.Workload && o.Kind == KindReadDLQ && o.Queue == spec.DLQ && o.Status == StatusOK {
+			last = o
+		}
+	}
+	return last
+}
+
 func isSend(kind string) bool    { return kind == KindSend || kind == KindEnqueue }
 func isReceive(kind string) bool { return kind == KindReceive || kind == KindDequeue }
 
@@ -363,8 +431,9 @@ func sortedIDs(m map[uint64]bool) []uint64 {
 // during the receive that delivered it, so it ends no earlier than that
 // receive's start plus its visibility; the redelivery happened before its
 // receive ended. A pair is checked only when both receives are known (an
-// unknown receive's deliveries are not recorded). The workloads neither
-// nack nor extend, which would move a lease.
+// unknown receive's deliveries are not recorded), and not when attempt k
+// was nacked (a nack op of its receipt that did not fail): a nack ends
+// the lease early. No workload extends a lease.
 func checkLeaseTimes(ops []Op, spec QueueSpec, mine func(string) bool) (int, []string) {
 	type key struct {
 		queue   string
@@ -376,7 +445,11 @@ func checkLeaseTimes(ops []Op, spec QueueSpec, mine func(string) bool) (int, []s
 		value           string
 	}
 	leases := map[key]lease{}
+	nacked := map[key]bool{}
 	for _, o := range ops {
+		if o.Workload == spec.Workload && o.Kind == KindNack && o.Status != StatusFail {
+			nacked[key{o.Queue, o.MessageID, o.Attempt}] = true
+		}
 		if o.Workload != spec.Workload || !isReceive(o.Kind) || o.Status != StatusOK || (o.Queue != spec.Source && o.Queue != spec.Sink) {
 			continue
 		}
@@ -408,7 +481,7 @@ func checkLeaseTimes(ops []Op, spec QueueSpec, mine func(string) bool) (int, []s
 	var ex []string
 	for _, k := range keys {
 		prev, ok := leases[key{k.queue, k.id, k.attempt - 1}]
-		if k.attempt < 2 || !ok || prev.vis == 0 {
+		if k.attempt < 2 || !ok || prev.vis == 0 || nacked[key{k.queue, k.id, k.attempt - 1}] {
 			continue
 		}
 		again := leases[k]

@@ -30,6 +30,11 @@ const (
 	KindTransact = "transact"
 	KindEnqueue  = "enqueue" // FIFO workload
 	KindDequeue  = "dequeue" // FIFO workload
+	KindNack     = "nack"    // groups workload: one receipt given back
+	KindReject   = "reject"  // groups workload: one receipt dead-lettered
+	// KindReadDLQ is a read of every dead letter in a dead-letter queue
+	// (Queue), once the drain is over; Delivered lists them.
+	KindReadDLQ = "read-dlq"
 )
 
 // Delivered is one message as a receive returned it.
@@ -38,6 +43,11 @@ type Delivered struct {
 	MessageID uint64 `json:"message_id"`
 	Attempt   uint32 `json:"attempt"`
 	DedupID   string `json:"dedup_id,omitempty"`
+	// Group is the message's group as the server reported it.
+	Group string `json:"group,omitempty"`
+	// DeadLetterOf is, for a dead letter read from a dead-letter queue,
+	// the message ID it had in its source queue.
+	DeadLetterOf uint64 `json:"dead_letter_of,omitempty"`
 }
 
 // Op is one completed client operation. Start and End are nanoseconds since
@@ -50,13 +60,19 @@ type Op struct {
 	Queue    string `json:"queue"`
 	// Value, Producer and Seq describe a sent message: Seq is the
 	// producer's sequence number, so per-producer order can be checked.
+	// A message sent with a group (Group) has a sequence of its group's:
+	// Seq counts the producer's messages of that group.
 	Value    string `json:"value,omitempty"`
 	Producer string `json:"producer,omitempty"`
+	Group    string `json:"group,omitempty"`
 	Seq      int    `json:"seq,omitempty"`
 	DedupID  string `json:"dedup_id,omitempty"`
 	// MessageID is the ID the cluster assigned to a sent message (or the
 	// message an ack or transaction refers to).
 	MessageID uint64 `json:"message_id,omitempty"`
+	// Attempt is the delivery attempt of the receipt an ack, nack or
+	// reject of one message (Value, MessageID) settles or gives back.
+	Attempt uint32 `json:"attempt,omitempty"`
 	// Duplicate is the cluster's dedup answer to a send.
 	Duplicate bool `json:"duplicate,omitempty"`
 	// Delivered lists the messages an ok receive returned.

@@ -316,18 +316,30 @@ func RunRedriveCase(ctx context.Context, cfg RedriveCaseConfig) (*RedriveResult,
 }
 
 // peekBodies returns the bodies of every live message of queue, read on
-// the leader page by page.
+// the leader (peekAll).
 func peekBodies(ctx context.Context, c *client.Client, queue string) ([]string, error) {
-	var out []string
+	ms, err := peekAll(ctx, c, queue)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(ms))
+	for i, m := range ms {
+		out[i] = string(m.Body)
+	}
+	return out, nil
+}
+
+// peekAll returns every live message of queue, read on the leader page by
+// page.
+func peekAll(ctx context.Context, c *client.Client, queue string) ([]client.PeekedMessage, error) {
+	var out []client.PeekedMessage
 	var from uint64
 	for {
 		page, err := c.Peek(ctx, queue, client.PeekOptions{From: from, Max: 100, Leader: true})
 		if err != nil {
 			return nil, fmt.Errorf("peek %s from %d: %w", queue, from, err)
 		}
-		for _, m := range page.Messages {
-			out = append(out, string(m.Body))
-		}
+		out = append(out, page.Messages...)
 		if page.Next == 0 {
 			return out, nil
 		}

@@ -194,6 +194,20 @@ A row "(only P)" counts producer P's values alone.</p>
 {{if .DoubleEnqValues}}enqueued twice {{.DoubleEnqValues}}. {{end}}{{if .OrderExamples}}order {{.OrderExamples}}.{{end}}
 {{if .EarlyExamples}}early {{.EarlyExamples}}. {{end}}{{if .DedupExamples}}dedup window {{.DedupExamples}}.{{end}}</p>{{end}}{{end}}
 
+{{range .R.Queues}}{{$q := .}}{{with .Groups}}<h3>Message groups of {{$q.Source}}: {{.Groups}} groups</h3>
+<p>{{.Messages}} messages, {{.Acked}} acked, {{.DeadLettered}} dead-lettered (DLQ read at the end: {{.DLQRead}}).
+same receive: two messages of one group in one receive; early delivery: a message delivered before an earlier message of its group
+could have been settled (acked, rejected or dead-lettered); ack order: a message acked before an earlier one of its group could
+have been settled; gaps: neither acked nor in the DLQ; duplicates: acked at two attempts, delivered after its ack returned, or
+both acked and dead-lettered.</p>
+<table><tr><th>same receive</th><th>early delivery</th><th>ack order</th><th>gaps</th><th>duplicates</th><th>wrong group</th><th class="l">verdict</th></tr>
+<tr><td>{{.SameReceive}}</td><td>{{.EarlyDeliveries}}</td><td>{{.AckOrder}}</td><td>{{.Gaps}}</td><td>{{.Duplicates}}</td><td>{{.WrongGroup}}</td>
+<td class="l">{{if .Valid}}<span class="ok">ok</span>{{else}}<span class="bad">{{range .Problems}}{{.}}; {{end}}</span>{{end}}</td></tr></table>
+{{if or .SameReceiveExamples .EarlyExamples .AckOrderExamples .GapExamples .DuplicateExamples .WrongGroupExamples}}<ul>
+{{range .SameReceiveExamples}}<li>{{.}}</li>{{end}}{{range .EarlyExamples}}<li>{{.}}</li>{{end}}{{range .AckOrderExamples}}<li>{{.}}</li>{{end}}
+{{range .GapExamples}}<li>{{.}}</li>{{end}}{{range .DuplicateExamples}}<li>{{.}}</li>{{end}}{{range .WrongGroupExamples}}<li>{{.}}</li>{{end}}</ul>{{end}}
+{{end}}{{end}}
+
 <h2>Operations by outcome</h2>
 <table><tr><th class="l">workload</th><th>total</th><th>ok</th><th>failed</th><th>unknown</th><th>during faults</th><th>failed during faults</th><th>unknown during faults</th></tr>
 {{range $w := .Ops}}{{with index $.R.Ops $w}}<tr><td class="l">{{$w}}</td><td>{{.Total}}</td><td>{{.OK}}</td><td>{{.Failed}}</td><td>{{.Unknown}}</td>

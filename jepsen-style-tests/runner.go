@@ -298,6 +298,12 @@ func createQueues(ctx context.Context, addrs []string, wls []Workload) error {
 	}
 	defer c.Close()
 	for _, wl := range wls {
+		if s, ok := wl.(queueSetup); ok {
+			if err := s.Setup(cctx, c); err != nil {
+				return fmt.Errorf("create the queues of %s: %w", wl.Name(), err)
+			}
+			continue
+		}
 		for _, q := range wl.Queues() {
 			if _, err := c.EnsureQueue(cctx, q, client.QueueSettings{}); err != nil {
 				return fmt.Errorf("create queue %s: %w", q, err)
@@ -360,6 +366,12 @@ func (r *Result) Summary() string {
 		oc := r.Ops[q.Workload]
 		b = fmt.Appendf(b, "  %-14s %-8s %9d %6d %6d %6d %6d %5d %4d %4d %4d %4d %5d %5d %6d %5d/%-5d\n", q.Workload, q.label(), q.Attempted, q.OK, q.Failed, q.Unknown,
 			q.Delivered, q.Lost, q.Duplicated, q.Unexpected, q.Recovered, q.DoubleEnqueued, q.OrderViolations, q.EarlyRedeliveries, q.DedupWindowViolations, oc.FailedDuringFaults, oc.UnknownDuringFaults)
+	}
+	for _, q := range r.Queues {
+		if g := q.Groups; g != nil {
+			b = fmt.Appendf(b, "  groups of %s: %d groups, %d messages, %d acked, %d dead-lettered (DLQ read: %v); same receive %d, early delivery %d, ack order %d, gaps %d, duplicates %d, wrong group %d\n",
+				q.Source, g.Groups, g.Messages, g.Acked, g.DeadLettered, g.DLQRead, g.SameReceive, g.EarlyDeliveries, g.AckOrder, g.Gaps, g.Duplicates, g.WrongGroup)
+		}
 	}
 	if r.FIFO != nil {
 		b = fmt.Appendf(b, "  fifo linearizability: %s (%d ops, %d unknown)\n", r.FIFO.Result, r.FIFO.Operations, r.FIFO.Unknown)

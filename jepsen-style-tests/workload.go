@@ -88,7 +88,7 @@ func (w *World) do(base Op, call func(ctx context.Context, op *Op) error) Op {
 func deliveries(ms []client.Message) []Delivered {
 	out := make([]Delivered, 0, len(ms))
 	for _, m := range ms {
-		out = append(out, Delivered{Value: string(m.Body), MessageID: m.Receipt.MessageID, Attempt: m.Receipt.Attempt, DedupID: m.DedupID})
+		out = append(out, Delivered{Value: string(m.Body), MessageID: m.Receipt.MessageID, Attempt: m.Receipt.Attempt, DedupID: m.DedupID, Group: m.Group})
 	}
 	return out
 }
@@ -111,7 +111,14 @@ type Workload interface {
 	Specs() []QueueSpec
 }
 
-// Workloads returns the five workloads of every case.
+// queueSetup is a Workload whose queues need settings of their own: it
+// creates them itself, before any fault. The queues of other workloads
+// are created with the defaults.
+type queueSetup interface {
+	Setup(ctx context.Context, c *client.Client) error
+}
+
+// Workloads returns the six workloads of every case.
 func Workloads() []Workload {
 	return []Workload{
 		&atLeastOnce{queue: "alo", producers: 2, consumers: 2, pipelined: true},
@@ -119,6 +126,7 @@ func Workloads() []Workload {
 		&atMostOnce{queue: "amo", producers: 1, consumers: 2},
 		&fifo{queues: []string{"fifo-0", "fifo-1"}, maxOps: 150},
 		&timing{queue: "timing"},
+		newGroups(),
 	}
 }
 
@@ -242,8 +250,9 @@ func isDone(ch <-chan struct{}) bool {
 	}
 }
 
-// queuesEmpty reports whether every queue holds no ready, leased or delayed
-// message, by the leader's stats.
+// queuesEmpty reports whether every queue holds no ready, leased, delayed
+// or waiting (behind an earlier message of its group) message, by the
+// leader's stats.
 func queuesEmpty(ctx context.Context, c *client.Client, queues []string) bool {
 	for _, q := range queues {
 		cctx, cancel := context.WithTimeout(ctx, opTimeout)
@@ -252,7 +261,7 @@ func queuesEmpty(ctx context.Context, c *client.Client, queues []string) bool {
 		if err != nil {
 			return false
 		}
-		if s := info.Stats; s.Ready+s.Leased+s.Delayed > 0 {
+		if s := info.Stats; s.Ready+s.Leased+s.Delayed+s.Waiting > 0 {
 			return false
 		}
 	}
