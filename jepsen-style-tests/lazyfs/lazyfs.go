@@ -199,9 +199,11 @@ func (l *FS) unmount() error {
 	// for every loop.
 	l.releaseHeld()
 	// A killed process's files are released by the kernel shortly after
-	// its exit; go-fuse retries for a while, and so do we.
+	// its exit; go-fuse retries for a while, and so do we. One that was
+	// killed in a held fsync lets its files go only once the failed fsync
+	// is answered, which on a loaded machine took longer than three tries.
 	var err error
-	for try := 0; try < 3; try++ {
+	for try := 0; try < 10; try++ {
 		if err = server.Unmount(); err == nil {
 			break
 		}
