@@ -157,13 +157,16 @@ func Start(ctx context.Context, cfg Config) (*Node, error) {
 			return nil, err
 		}
 	}
+	opening := time.Now()
 	if err := n.openStores(); err != nil {
 		return nil, err
 	}
 	if !newDir {
+		opened := time.Now()
 		if err := n.verifyStores(); err != nil { // datacheck.go
 			return nil, err
 		}
+		n.log.Info("stores opened and checked", "open", opened.Sub(opening).Round(time.Millisecond), "check", time.Since(opened).Round(time.Millisecond))
 	}
 	if newDir {
 		if err := writeIdentity(cfg.DataDir, cfg.NodeID); err != nil {
