@@ -69,6 +69,10 @@ type Config struct {
 	// without a known token is Unauthenticated and a call beyond its
 	// token's scope is PermissionDenied.
 	AuthTokens []Token
+	// HTTPAddr is the bind address of the HTTP/JSON API (every unary
+	// rpc, mapped in quorumq.proto; httpapi.go), served with APIServerTLS
+	// and the same tokens; "" = none.
+	HTTPAddr string
 	// AdminAddr is the bind address of the admin HTTP server (/metrics,
 	// /healthz, /readyz); "" = none.
 	AdminAddr string

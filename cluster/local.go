@@ -32,12 +32,14 @@ func LocalConfig(dir string, i, n int, logger *slog.Logger) Config {
 
 // Port offsets of a local cluster with a base port: node i listens for
 // the API on base+i, for Raft on base+LocalRaftPortOffset+i, for gossip on
-// base+LocalGossipPortOffset+i and for admin HTTP on
-// base+LocalAdminPortOffset+i.
+// base+LocalGossipPortOffset+i, for admin HTTP on
+// base+LocalAdminPortOffset+i and for the HTTP/JSON API on
+// base+LocalHTTPPortOffset+i.
 const (
 	LocalRaftPortOffset   = 100
 	LocalGossipPortOffset = 200
 	LocalAdminPortOffset  = 300
+	LocalHTTPPortOffset   = 400
 )
 
 // MaxLocalNodes is the largest LocalOptions.N: one more node would take
@@ -48,8 +50,8 @@ const MaxLocalNodes = LocalRaftPortOffset
 const localLeaderWait = 30 * time.Second
 
 // MaxLocalBasePort is the largest base port of an n-node local cluster:
-// the last node's admin port must still be a valid port.
-func MaxLocalBasePort(n int) int { return 65535 - LocalAdminPortOffset - (n - 1) }
+// the last node's HTTP API port must still be a valid port.
+func MaxLocalBasePort(n int) int { return 65535 - LocalHTTPPortOffset - (n - 1) }
 
 // LocalOptions describes a cluster for StartLocal.
 type LocalOptions struct {
@@ -92,7 +94,7 @@ func StartLocal(ctx context.Context, opts LocalOptions) (*LocalCluster, error) {
 	}
 	if opts.BasePort != 0 && (opts.BasePort < 1 || opts.BasePort > MaxLocalBasePort(opts.N)) {
 		return nil, fmt.Errorf("cluster: LocalOptions.BasePort %d: want 0 (free ports) or 1..%d so that base+%d stays a valid port",
-			opts.BasePort, MaxLocalBasePort(opts.N), LocalAdminPortOffset+opts.N-1)
+			opts.BasePort, MaxLocalBasePort(opts.N), LocalHTTPPortOffset+opts.N-1)
 	}
 	lc := &LocalCluster{}
 	var gossip []string
@@ -114,6 +116,7 @@ func StartLocal(ctx context.Context, opts LocalOptions) (*LocalCluster, error) {
 			cfg.RaftAddr = localAddr(opts.BasePort + LocalRaftPortOffset + i)
 			cfg.GossipAddr = gossip[i]
 			cfg.AdminAddr = localAddr(opts.BasePort + LocalAdminPortOffset + i)
+			cfg.HTTPAddr = localAddr(opts.BasePort + LocalHTTPPortOffset + i)
 			cfg.Join = gossip
 			wg.Go(func() { lc.Nodes[i], lc.configs[i], errs[i] = startPinned(ctx, i, cfg, opts.Tweak) })
 		}
@@ -125,7 +128,7 @@ func StartLocal(ctx context.Context, opts LocalOptions) (*LocalCluster, error) {
 	}
 	for i := 0; i < opts.N && opts.BasePort == 0; i++ {
 		cfg := LocalConfig(opts.Dir, i, opts.N, opts.Logger)
-		cfg.APIAddr, cfg.RaftAddr, cfg.GossipAddr = localAddr(0), localAddr(0), localAddr(0)
+		cfg.APIAddr, cfg.RaftAddr, cfg.GossipAddr, cfg.HTTPAddr = localAddr(0), localAddr(0), localAddr(0), localAddr(0)
 		for _, n := range lc.Nodes {
 			cfg.Join = append(cfg.Join, n.GossipAddr())
 		}
@@ -158,6 +161,9 @@ func startPinned(ctx context.Context, i int, cfg Config, tweak func(i int, c *Co
 		return nil, cfg, fmt.Errorf("start %s: %w", cfg.NodeID, err)
 	}
 	cfg.APIAddr, cfg.RaftAddr, cfg.GossipAddr = node.APIAddr(), node.RaftAddr(), node.GossipAddr()
+	if cfg.HTTPAddr != "" {
+		cfg.HTTPAddr = node.HTTPAddr()
+	}
 	return node, cfg, nil
 }
 

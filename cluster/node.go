@@ -86,11 +86,14 @@ type Node struct {
 	voterIDs []string
 	votersAt time.Duration
 
-	metrics *metrics
-	guard   *memoryGuard
-	disk    *diskGuard
-	admin   *http.Server // /metrics, /healthz, /readyz; nil without AdminAddr
-	adminLn net.Listener
+	metrics  *metrics
+	guard    *memoryGuard
+	disk     *diskGuard
+	http     *http.Server // the HTTP/JSON API (httpapi.go); nil without HTTPAddr
+	httpAddr string
+	forward  leaderForwarder
+	admin    *http.Server // /metrics, /healthz, /readyz; nil without AdminAddr
+	adminLn  net.Listener
 
 	// ready is true while this node is leader and has applied every entry
 	// of earlier terms (a barrier after winning the election), so reads and
@@ -385,12 +388,14 @@ func (n *Node) startAPI() error {
 	if tokens := n.cfg.tokens(); len(tokens) > 0 {
 		taps = append([]tap.ServerInHandle{tokenAuth{tokens: tokens}.tap}, taps...)
 	}
-	opts = append(opts, grpc.InTapHandle(chainTaps(taps)),
-		grpc.ChainUnaryInterceptor(n.guard.unary, n.disk.unary), grpc.ChainStreamInterceptor(n.guard.stream, n.disk.stream))
+	admit := chainTaps(taps)
+	n.forward.n = n
+	opts = append(opts, grpc.InTapHandle(admit),
+		grpc.ChainUnaryInterceptor(n.guard.unary, n.disk.unary, n.forward.unary), grpc.ChainStreamInterceptor(n.guard.stream, n.disk.stream))
 	n.grpc = grpc.NewServer(opts...)
 	transport.NewQueueService(n, n.cfg.Limits, n.cfg.AutoCreateQueues).Register(n.grpc)
 	(&clusterService{n: n}).register(n.grpc)
-	return nil
+	return n.startHTTP(admit)
 }
 
 // chainTaps runs taps in order; the first refusal is the call's.
@@ -552,6 +557,10 @@ func (n *Node) teardown() error {
 	if n.admin != nil {
 		n.admin.Close()
 	}
+	if n.http != nil {
+		n.http.Close()
+	}
+	n.forward.close()
 	if n.grpc != nil {
 		n.grpc.Stop()
 	} else if n.apiLn != nil {

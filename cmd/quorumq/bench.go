@@ -46,6 +46,14 @@ type benchConfig struct {
 	// Groups: the messages sent (and prefilled) go to message groups
 	// g-0 .. g-<Groups-1> in turn; 0 sends them without a group.
 	Groups int `json:"groups"`
+	// HTTPAddr: the producers send over the HTTP/JSON API at this
+	// host:port (POST /v1/queues/{queue}/messages, a dedup ID each, as
+	// client.Send does) instead of over gRPC; "" = gRPC.
+	HTTPAddr string `json:"http_addr,omitempty"`
+	HTTP     bool   `json:"-"`
+	// NoGather: each sync Send is its own Enqueue call (the client's
+	// gathering of concurrent Sends off), as each HTTP send is.
+	NoGather bool `json:"no_gather,omitempty"`
 }
 
 // benchResult is what a run prints, as a table or as JSON.
@@ -134,17 +142,31 @@ messages being handled at once.`,
 				}
 				defer lc.Close()
 				cf.addr = strings.Join(lc.APIAddrs(), ",")
+				if cfg.HTTP {
+					for _, n := range lc.Nodes {
+						if n.ID() == lc.LeaderID {
+							cfg.HTTPAddr = n.HTTPAddr()
+						}
+					}
+				}
 			}
 			// The run's own clock is --duration; --timeout bounds set-up
 			// and the final acks on top of it.
 			cf.timeout += cfg.Duration
+			if cfg.NoGather {
+				cf.options = append(cf.options, client.WithSendGathering(false))
+			}
 			ctx, c, done, err := cf.connect(cmd)
 			if err != nil {
 				return err
 			}
 			defer done()
 			progress := !cf.json && term.IsTerminal(int(os.Stderr.Fd()))
-			res, err := runBench(ctx, c, cfg, cmd.ErrOrStderr(), progress, clockStarts)
+			send := grpcSend(c)
+			if cfg.HTTPAddr != "" {
+				send = httpSend(cfg.HTTPAddr, cf.token, cfg.Producers)
+			}
+			res, err := runBench(ctx, c, send, cfg, cmd.ErrOrStderr(), progress, clockStarts)
 			if err != nil {
 				return err
 			}
@@ -172,6 +194,9 @@ messages being handled at once.`,
 	f.IntVar(&cfg.DevBasePort, "dev-base-port", 7601, "with --dev: API port of the first node (Raft +100, gossip +200, admin HTTP +300)")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of this process (with --dev: the three nodes and the clients) to FILE")
 	f.IntVar(&cfg.Groups, "groups", 0, "spread the messages sent and prefilled over this many message groups, g-0 .. g-<N-1> (0: no groups)")
+	f.BoolVar(&cfg.HTTP, "http", false, "with --dev: producers send over the leader's HTTP/JSON API instead of gRPC")
+	f.BoolVar(&cfg.NoGather, "no-gather", false, "turn off the client's gathering of concurrent sends to one queue into one Enqueue call: one call per send, as over HTTP")
+	f.StringVar(&cfg.HTTPAddr, "http-addr", "", "producers send over the HTTP/JSON API at this host:port (plain HTTP; --token is sent) instead of gRPC")
 	addClientFlags(cmd, &cf)
 	return cmd
 }
@@ -206,6 +231,10 @@ func (c benchConfig) validate() error {
 		return errors.New("--prefill fills the run's own queues; --queue uses an existing one as it is")
 	case c.Groups < 0 || c.Groups > 10_000_000:
 		return fmt.Errorf("--groups must be 0..10000000, got %d", c.Groups)
+	case (c.HTTP || c.HTTPAddr != "") && (c.Async || c.Groups > 0):
+		return errors.New("--http and --http-addr measure sync producers without groups: drop --async and --groups")
+	case c.HTTP && !c.Dev:
+		return errors.New("--http picks the --dev leader's HTTP API; without --dev use --http-addr")
 	case c.Groups > 0 && c.Producers == 0 && c.Prefill == 0:
 		return errors.New("--groups groups the messages bench sends, and with --producers 0 and no --prefill it sends none")
 	}
@@ -241,7 +270,7 @@ func (r *recorder) summary() latency {
 
 // runBench creates the run's queues, prefills them, calls clockStarts and
 // runs the workload for its duration or count.
-func runBench(ctx context.Context, c *client.Client, cfg benchConfig, progressOut io.Writer, progress bool, clockStarts func() error) (*benchResult, error) {
+func runBench(ctx context.Context, c *client.Client, send sendFunc, cfg benchConfig, progressOut io.Writer, progress bool, clockStarts func() error) (*benchResult, error) {
 
 	run := fmt.Sprintf("bench-%d", time.Now().UnixNano())
 	queues := make([]string, cfg.Queues)
@@ -317,7 +346,7 @@ func runBench(ctx context.Context, c *client.Client, cfg benchConfig, progressOu
 			if !cfg.Async {
 				for runCtx.Err() == nil && take() {
 					t0 := time.Now()
-					if _, err := c.Send(runCtx, q, body(), client.WithGroup(groups.next())); err != nil {
+					if err := send(runCtx, q, body(), groups.next()); err != nil {
 						if runCtx.Err() == nil {
 							sendErrs.Add(1)
 						}
@@ -516,6 +545,14 @@ func (r *benchResult) print(w io.Writer) {
 	mode := "sync"
 	if r.Config.Async {
 		mode = fmt.Sprintf("async, window %d", r.Config.Window)
+	}
+	switch {
+	case r.Config.HTTPAddr != "":
+		mode += ", HTTP/JSON"
+	case r.Config.NoGather:
+		mode += ", gRPC, one call per send"
+	default:
+		mode += ", gRPC"
 	}
 	fmt.Fprintf(tw, "producers\t%d (%s)\n", r.Config.Producers, mode)
 	fmt.Fprintf(tw, "consumers\t%d (batch %d)\n", r.Config.Consumers, r.Config.Batch)

@@ -30,6 +30,8 @@ type cliFlags struct {
 	tlsOn    bool
 	tlsCA    string
 	tlsNoVfy bool
+	// options are further client options a verb adds (bench --no-gather).
+	options []client.Option
 }
 
 // addClientFlags adds the shared flags to cmd. They are per command, not
@@ -83,7 +85,7 @@ func (f *cliFlags) connect(cmd *cobra.Command) (context.Context, *client.Client,
 	if f.token != "" {
 		opts = append(opts, client.WithToken(f.token))
 	}
-	c, err := client.New(ctx, addrs, opts...)
+	c, err := client.New(ctx, addrs, append(opts, f.options...)...)
 	if err != nil {
 		cancel()
 		return nil, nil, nil, err

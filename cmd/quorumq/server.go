@@ -48,6 +48,7 @@ type serverFlags struct {
 	authTokensFile                 string
 	config                         string
 	adminAddr                      string
+	httpAddr                       string
 	maxInFlight                    uint32
 	memoryLimit                    string
 	minFreeDisk                    string
@@ -176,6 +177,7 @@ others with --join; the first server adds them.`,
 	fl.BoolVar(&f.insecureCluster, "insecure-cluster", false, "allow Raft without TLS or gossip without a key on an address other hosts can reach (warned at every start)")
 	fl.StringVar(&f.authTokensFile, "auth-tokens-file", "", "file of bearer tokens, one \"TOKEN SCOPE\" per line, scope read, write or admin (needs --tls-cert)")
 	fl.StringVar(&f.config, configFlag, "", "config file of \"name = value\" lines, names as these flags (command line and environment win)")
+	fl.StringVar(&f.httpAddr, "http-addr", "", "bind address of the HTTP/JSON API (every unary API call; same TLS and tokens as --api-addr; OpenAPI at /v1/openapi.json); empty: none")
 	fl.StringVar(&f.adminAddr, "admin-addr", "", "HTTP bind address for /metrics (Prometheus), /healthz and /readyz; empty: no admin server")
 	fl.Uint32Var(&f.maxInFlight, "max-inflight-per-conn", 1000, "concurrent API calls on one client connection; further calls wait")
 	fl.StringVar(&f.minFreeDisk, "min-free-disk", "auto", "free space the data dir's file system keeps: a percentage of its size (5%), bytes (KiB/MiB/GiB), auto (5%, at least 128MiB, at most a quarter) or off; below it the leader refuses enqueues and queue creation (ResourceExhausted) and /readyz answers 503")
@@ -287,6 +289,7 @@ func (f *serverFlags) operations(cfg *cluster.Config) error {
 		return err
 	}
 	cfg.AdminAddr = f.adminAddr
+	cfg.HTTPAddr = f.httpAddr
 	cfg.RestoreFrom = f.restoreFrom
 	if f.logStore != cluster.LogStoreWAL && f.logStore != cluster.LogStoreBolt {
 		return fmt.Errorf("--log-store %q: want wal or bolt", f.logStore)

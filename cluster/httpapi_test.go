@@ -1,0 +1,180 @@
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/quorumq/quorumq/fsm/fsmpb"
+	"github.com/quorumq/quorumq/transport"
+	"github.com/quorumq/quorumq/transport/quorumqpb"
+	"github.com/quorumq/quorumq/transport/wire"
+)
+
+// httpDo sends one HTTP/JSON API call and returns the status and the body.
+func httpDo(t *testing.T, client *http.Client, method, url, token, body string) (int, string) {
+	t.Helper()
+	var r io.Reader = strings.NewReader(body)
+	if b, ok := strings.CutPrefix(body, "chunked:"); ok {
+		r = io.MultiReader(strings.NewReader(b)) // length unknown: sent chunked
+	}
+	req, err := http.NewRequestWithContext(ctxT(t, 20*time.Second), method, url, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+// decode unmarshals a JSON answer into a generic tree.
+func decode(t *testing.T, body string) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal([]byte(body), &m); err != nil {
+		t.Fatalf("answer %q is not JSON: %v", body, err)
+	}
+	return m
+}
+
+// A plain HTTP client that knows one follower's address can create a
+// queue, send exactly once, receive and ack: the follower forwards each
+// call to the leader.
+func TestHTTPAPIOnAFollower(t *testing.T) {
+	c := StartTestClusterWith(t, 3, func(_ int, cfg *Config) { cfg.TickInterval = time.Hour })
+	base := "http://" + c.Nodes[follower(t, c)].HTTPAddr()
+	cl := http.DefaultClient
+
+	if code, body := httpDo(t, cl, "POST", base+"/v1/queues", "", `{"name":"jobs"}`); code != 200 || !strings.Contains(body, `"name":"jobs"`) {
+		t.Fatalf("create: %d %s", code, body)
+	}
+	send := `{"messages":[{"body":"aGVsbG8=","dedupId":"order-1"}]}`
+	code, body := httpDo(t, cl, "POST", base+"/v1/queues/jobs/messages", "", send)
+	if r := decode(t, body)["results"]; code != 200 || fmt.Sprint(r) != "[map[duplicate:false messageId:1]]" {
+		t.Fatalf("send: %d %s", code, body)
+	}
+	code, body = httpDo(t, cl, "POST", base+"/v1/queues/jobs/messages", "", send)
+	if r := decode(t, body)["results"]; code != 200 || fmt.Sprint(r) != "[map[duplicate:true messageId:1]]" {
+		t.Fatalf("repeat send with the same dedup ID: %d %s, want the original id and duplicate", code, body)
+	}
+	code, body = httpDo(t, cl, "POST", base+"/v1/queues/jobs/receive", "", `{"max":10,"visibilityNs":"30000000000"}`)
+	if code != 200 {
+		t.Fatalf("receive: %d %s", code, body)
+	}
+	dels, _ := decode(t, body)["deliveries"].([]any)
+	if len(dels) != 1 || dels[0].(map[string]any)["body"] != "aGVsbG8=" {
+		t.Fatalf("receive: %s, want the one message", body)
+	}
+	receipt, _ := json.Marshal(dels[0].(map[string]any)["receipt"])
+	code, body = httpDo(t, cl, "POST", base+"/v1/queues/jobs/ack", "", `{"receipts":[`+string(receipt)+`]}`)
+	if code != 200 || !strings.Contains(body, "outcomes") {
+		t.Fatalf("ack: %d %s", code, body)
+	}
+	code, body = httpDo(t, cl, "GET", base+"/v1/queues/jobs", "", "")
+	stats, _ := decode(t, body)["queue"].(map[string]any)["stats"].(map[string]any)
+	if code != 200 || stats["ready"] != "0" || stats["leased"] != "0" || stats["enqueuedTotal"] != "1" || stats["ackedTotal"] != "1" {
+		t.Fatalf("queue after the ack: %d %s, want nothing ready or leased, one enqueued and acked", code, body)
+	}
+	code, body = httpDo(t, cl, "GET", base+"/v1/openapi.json", "", "")
+	if code != 200 || !strings.Contains(body, `"/v1/queues/{queue}/messages"`) {
+		t.Fatalf("openapi: %d %.200s", code, body)
+	}
+	code, body = httpDo(t, cl, "POST", base+"/quorumq.v1.Queue/ListQueues", "", "{}")
+	if code != 404 || !strings.Contains(body, "call it on the gRPC API port") {
+		t.Fatalf("an rpc path on the HTTP port: %d %s, want 404 pointing to the gRPC port", code, body)
+	}
+	code, body = httpDo(t, cl, "GET", base+"/v1/queues/nope", "", "")
+	if e := decode(t, body); code != 404 || e["code"] != 5.0 || !strings.Contains(e["message"].(string), "nope") {
+		t.Fatalf("unknown queue: %d %s, want 404 with code 5 naming the queue", code, body)
+	}
+}
+
+// Bad input over HTTP gets a 4xx naming the problem and costs no Raft
+// round; a good call on a follower is forwarded with the caller's token.
+func TestHTTPBadInputCostsNoRaftRound(t *testing.T) {
+	c, _ := tlsTokenClusterWith(t, 3, func(_ int, cfg *Config) { cfg.TickInterval = time.Hour })
+	leader := c.Leader(t)
+	cl := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.configs[0].APIClientTLS.RootCAs}}}
+	base := "https://" + leader.HTTPAddr()
+	if code, body := httpDo(t, cl, "POST", base+"/v1/queues", adminToken, `{"name":"jobs"}`); code != 200 {
+		t.Fatalf("create: %d %s", code, body)
+	}
+	oversize := `{"messages":[{"body":"` + strings.Repeat("A", 2*leader.cfg.Limits.MaxRecvMsgSize()) + `"}]}`
+	for _, tc := range []struct {
+		name, token, body string
+		code              int
+		want              string
+	}{
+		{"malformed JSON", writeToken, `{"messages":[{"body":`, 400, "request body is not a valid EnqueueRequest"},
+		{"unknown field", writeToken, `{"messages":[{"body":"eA==","dedupid":"x"}]}`, 400, `unknown field "dedupid"`},
+		{"oversize body", writeToken, oversize, 413, "larger than the HTTP API's limit"},
+		{"oversize chunked body", writeToken, "chunked:" + oversize, 413, "larger than the HTTP API's limit"},
+		{"missing token", "", `{"messages":[{"body":"eA=="}]}`, 401, "missing or wrong token"},
+		{"read-only token", readToken, `{"messages":[{"body":"eA=="}]}`, 403, "needs a token with scope write"},
+		{"over-limit delay", writeToken, `{"messages":[{"body":"eA==","delayNs":"46800000000000"}]}`, 400, "exceeds the limit of 12h0m0s"},
+	} {
+		before := leader.raft.LastIndex()
+		code, body := httpDo(t, cl, "POST", base+"/v1/queues/jobs/messages", tc.token, tc.body)
+		msg, _ := decode(t, body)["message"].(string)
+		if code != tc.code || !strings.Contains(msg, tc.want) {
+			t.Errorf("%s: %d %.300s, want %d with a message containing %q", tc.name, code, body, tc.code, tc.want)
+		}
+		if after := leader.raft.LastIndex(); after != before {
+			t.Errorf("%s: the Raft log moved from index %d to %d", tc.name, before, after)
+		}
+	}
+	fbase := "https://" + c.Nodes[follower(t, c)].HTTPAddr()
+	if code, body := httpDo(t, cl, "POST", fbase+"/v1/queues/jobs/messages", writeToken, `{"messages":[{"body":"eA=="}]}`); code != 200 {
+		t.Fatalf("send with a write token on a follower: %d %s", code, body)
+	}
+	if code, body := httpDo(t, cl, "POST", fbase+"/v1/queues/jobs/purge", writeToken, `{}`); code != 403 {
+		t.Fatalf("purge with a write token on a follower: %d %s, want 403", code, body)
+	}
+}
+
+// A call forwarded to a leader that cannot be reached may or may not have
+// been proposed there: the HTTP caller hears "outcome unknown", which
+// tells it to retry with the same IDs, and never "not done".
+func TestForwardToAnUnreachableLeaderIsOutcomeUnknown(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	f := &leaderForwarder{n: &Node{cfg: Config{NodeID: "n2"}}}
+	defer f.close()
+	refused := func(context.Context, any) (any, error) { return nil, wire.NotLeaderError("n1", dead) }
+	info := &grpc.UnaryServerInfo{FullMethod: quorumqpb.Queue_Enqueue_FullMethodName}
+	req := &quorumqpb.EnqueueRequest{Queue: "jobs", Messages: []*fsmpb.Message{{Body: []byte("x"), DedupId: "d1"}}}
+
+	_, err = f.unary(transport.WithViaHTTP(ctxT(t, 5*time.Second)), req, info, refused)
+	if !wire.IsOutcomeUnknown(err) || !strings.Contains(err.Error(), "forwarded to leader n1 at "+dead) {
+		t.Fatalf("forward to an unreachable leader: %v, want outcome unknown naming the leader", err)
+	}
+	// Over gRPC the caller has leader discovery: no forwarding, the hint.
+	_, err = f.unary(ctxT(t, 5*time.Second), req, info, refused)
+	if id, addr, ok := wire.LeaderHint(err); !ok || id != "n1" || addr != dead {
+		t.Fatalf("gRPC call on a follower: %v, want NotLeader with the hint", err)
+	}
+}
