@@ -6,14 +6,20 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/quorumq/quorumq/transport/console"
+	"github.com/quorumq/quorumq/transport/quorumqpb"
 )
 
-// The admin HTTP server: /metrics, /healthz and /readyz, and the readiness
-// rule /readyz answers with.
+// The admin HTTP server: /metrics, /healthz and /readyz, the readiness
+// rule /readyz answers with, and the web console under /console/ (/
+// redirects there).
 
 // Readiness reports whether this node can serve: a leader is known, this
 // node has applied every entry it knows to be committed and is within
@@ -60,18 +66,26 @@ func (n *Node) checkFreeDisk() error {
 	return errors.Join(low, unknown)
 }
 
-// startAdmin listens on AdminAddr (if set) and serves /metrics, /healthz
-// and /readyz over plain HTTP: it carries no queue data and no secrets, and
-// belongs on a management network.
+// startAdmin listens on AdminAddr (if set) and serves /metrics, /healthz,
+// /readyz and the web console over plain HTTP. The console shows queue
+// data to whoever holds a token (or to anyone, without tokens), and a
+// token typed into it crosses this listener: it belongs on loopback or a
+// management network.
 func (n *Node) startAdmin() error {
 	if n.cfg.AdminAddr == "" {
 		return nil
+	}
+	con, err := n.newConsole()
+	if err != nil {
+		return err
 	}
 	ln, err := net.Listen("tcp", n.cfg.AdminAddr)
 	if err != nil {
 		return fmt.Errorf("admin listen on %q: %w", n.cfg.AdminAddr, err)
 	}
 	mux := http.NewServeMux()
+	mux.Handle(console.Prefix(), con)
+	mux.Handle("GET /{$}", http.RedirectHandler(console.Prefix(), http.StatusFound))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.metrics.reg, promhttp.HandlerOpts{ErrorLog: nil}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		if n.closed.Load() {
@@ -98,8 +112,64 @@ func (n *Node) startAdmin() error {
 		if err := n.admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			n.log.Error("admin HTTP server stopped", "err", err)
 		}
+		con.Close()
 	}()
 	return nil
+}
+
+// newConsole makes the web console: a client of this node's own API, so
+// that a console user meets the API's token scopes, limits and leader
+// forwarding like any other client.
+func (n *Node) newConsole() (*console.Console, error) {
+	cfg := console.Config{APIAddr: n.apiAddr, Logger: n.log, Local: n.consoleLocal}
+	if n.cfg.APIServerTLS != nil {
+		cfg.TLS = n.cfg.APIClientTLS
+	}
+	if tokens := n.cfg.tokens(); len(tokens) > 0 {
+		cfg.Authorize = tokenAuth{tokens}.consoleAccess
+	}
+	return console.New(cfg)
+}
+
+// consoleAccess is what token may do in the console, decided by the API's
+// own check against the methods behind the console's actions, so the
+// console never shows a button the API would refuse.
+func (a tokenAuth) consoleAccess(token string) (console.Access, bool) {
+	md := metadata.Pairs("authorization", "Bearer "+token)
+	switch {
+	case a.check(md, quorumqpb.Queue_Purge_FullMethodName) == nil:
+		return console.AccessAdmin, true
+	case a.check(md, quorumqpb.Queue_Enqueue_FullMethodName) == nil && a.check(md, quorumqpb.Queue_Redrive_FullMethodName) == nil:
+		return console.AccessWrite, true
+	case a.check(md, quorumqpb.Queue_GetQueue_FullMethodName) == nil && a.check(md, quorumqpb.Cluster_Status_FullMethodName) == nil:
+		return console.AccessRead, true
+	}
+	return console.AccessNone, false
+}
+
+// consoleLocal is what the console shows of this node beyond NodeStatus.
+func (n *Node) consoleLocal() console.LocalInfo {
+	r := n.disk.read()
+	return console.LocalInfo{NodeID: n.cfg.NodeID, Version: buildVersion(), DiskFree: r.free, DiskSize: r.size, DiskErr: r.err}
+}
+
+// buildVersion is the main module's version and VCS revision, as the Go
+// toolchain stamped them into the binary.
+func buildVersion() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	v := bi.Main.Version
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+			v += " " + s.Value[:12]
+		}
+		if s.Key == "vcs.modified" && s.Value == "true" {
+			v += "+dirty"
+		}
+	}
+	return v
 }
 
 // AdminAddr is the bound admin HTTP address ("" when there is none).
