@@ -29,7 +29,8 @@ func devCmd() *cobra.Command {
 		Long: `Run a three-node development cluster in this one process.
 
 Nodes n1..n3 listen on 127.0.0.1: API ports base..base+2 (7101-7103 by
-default), Raft ports base+100.., gossip ports base+200... Data lives in a
+default), Raft ports base+100.., gossip ports base+200.., admin HTTP base+300..,
+HTTP/JSON API base+400... Data lives in a
 temporary directory that is removed on exit, unless --data-dir names one
 (then a restart continues where the last run stopped). Queues are created on
 first use.`,
@@ -69,6 +70,12 @@ first use.`,
 				fmt.Fprintf(out, "  %s  api %s  raft %s  gossip %s  metrics http://%s/metrics  (%s)\n", n.ID(), n.APIAddr(), n.RaftAddr(), n.GossipAddr(), n.AdminAddr(), role)
 				apis = append(apis, n.APIAddr())
 			}
+			var https []string
+			for _, n := range lc.Nodes {
+				https = append(https, "http://"+n.HTTPAddr())
+			}
+			fmt.Fprintf(out, "http: %s (HTTP/JSON API; any node answers; OpenAPI at /v1/openapi.json)\n", strings.Join(https, " "))
+			fmt.Fprintf(out, "console: http://%s/console/ (any node's admin address serves it)\n", lc.Nodes[0].AdminAddr())
 			next := ""
 			if basePort != 7101 {
 				next = " --addr " + strings.Join(apis, ",")
@@ -86,7 +93,7 @@ first use.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.IntVar(&basePort, "base-port", 7101, "API port of n1; Raft ports start at base+100, gossip at base+200, admin HTTP (metrics, health) at base+300")
+	fl.IntVar(&basePort, "base-port", 7101, "API port of n1; Raft ports start at base+100, gossip at base+200, admin HTTP (metrics, health) at base+300, HTTP/JSON API at base+400")
 	fl.StringVar(&dataDir, "data-dir", "", "keep the nodes' data in DIR/n1..n3 (default: a temporary directory removed on exit)")
 	fl.StringVar(&logLevel, "log-level", "warn", "debug, info, warn or error")
 	fl.StringVar(&logFormat, "log-format", "text", "text or json")

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -32,11 +34,21 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// TestDevServesAtItsPortsAndStopsOnCancel runs `quorumq dev` at a base
-// port, sends and receives through the addresses it prints, and stops it.
-func TestDevServesAtItsPortsAndStopsOnCancel(t *testing.T) {
+// devRun is a `quorumq dev` running in this process at base port base.
+type devRun struct {
+	out    *syncBuffer
+	base   int
+	done   chan error // its result, once it stops
+	cancel func()     // stops it
+}
+
+// startDev runs `quorumq dev` at a random base port (another one when a
+// port of its layout is taken) until it prints its "next:" hint, and
+// stops it when the test ends.
+func startDev(t *testing.T) *devRun {
+	t.Helper()
 	var (
-		out     syncBuffer
+		out     = &syncBuffer{}
 		base    int
 		done    chan error
 		cancel  context.CancelFunc
@@ -46,10 +58,10 @@ func TestDevServesAtItsPortsAndStopsOnCancel(t *testing.T) {
 	// port then does.
 	for attempt := 0; attempt < 5 && !started; attempt++ {
 		base = 20000 + rand.IntN(cluster.MaxLocalBasePort(devNodes)-20000)
-		out = syncBuffer{}
+		out = &syncBuffer{}
 		cmd := devCmd()
 		cmd.SetArgs([]string{"--base-port", fmt.Sprint(base)})
-		cmd.SetOut(&out)
+		cmd.SetOut(out)
 		cmd.SetErr(&bytes.Buffer{})
 		var ctx context.Context
 		ctx, cancel = context.WithCancel(context.Background())
@@ -79,7 +91,15 @@ func TestDevServesAtItsPortsAndStopsOnCancel(t *testing.T) {
 	if !started {
 		t.Fatal("no free base port in 5 attempts")
 	}
-	defer cancel()
+	t.Cleanup(cancel)
+	return &devRun{out: out, base: base, done: done, cancel: cancel}
+}
+
+// TestDevServesAtItsPortsAndStopsOnCancel runs `quorumq dev` at a base
+// port, sends and receives through the addresses it prints, and stops it.
+func TestDevServesAtItsPortsAndStopsOnCancel(t *testing.T) {
+	d := startDev(t)
+	out, base, done, cancel := d.out, d.base, d.done, d.cancel
 
 	printed := out.String()
 	var apis []string
@@ -101,6 +121,21 @@ func TestDevServesAtItsPortsAndStopsOnCancel(t *testing.T) {
 	}
 
 	mustRun(t, sendCmd(), addr, "", "demo", "hello")
+	// The console the banner names shows the queue, without a login (the
+	// dev cluster has no tokens).
+	console := fmt.Sprintf("http://127.0.0.1:%d/console/", base+cluster.LocalAdminPortOffset)
+	if !strings.Contains(printed, "console: "+console) {
+		t.Fatalf("quorumq dev printed:\n%s\nwant the console URL %s", printed, console)
+	}
+	resp, err := http.Get(console)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(page), `<tr data-queue="demo"`) {
+		t.Fatalf("GET %s: %d, want 200 listing queue demo:\n%.1500s", console, resp.StatusCode, page)
+	}
 	if got := mustRun(t, recvCmd(), addr, "", "demo", "--ack"); !strings.Contains(got, "hello") {
 		t.Fatalf("recv from the dev cluster printed %q; want hello", got)
 	}
@@ -121,11 +156,11 @@ func TestDevServesAtItsPortsAndStopsOnCancel(t *testing.T) {
 
 func TestDevRefusesABasePortItsLayoutOverflows(t *testing.T) {
 	cmd := devCmd()
-	cmd.SetArgs([]string{"--base-port", "65234"})
+	cmd.SetArgs([]string{"--base-port", "65134"})
 	cmd.SetOut(&bytes.Buffer{})
 	cmd.SetErr(&bytes.Buffer{})
 	err := cmd.Execute()
-	if want := "--base-port 65234: want 1..65233 so that base+302 stays a valid port"; err == nil || err.Error() != want {
-		t.Fatalf("quorumq dev --base-port 65234 = %v; want %q", err, want)
+	if want := "--base-port 65134: want 1..65133 so that base+402 stays a valid port"; err == nil || err.Error() != want {
+		t.Fatalf("quorumq dev --base-port 65134 = %v; want %q", err, want)
 	}
 }
