@@ -48,6 +48,12 @@ func (n *Node) localStatus(ctx context.Context) *quorumqpb.NodeStatus {
 		StateHash:    n.fsm.StateHash(),
 	}
 	st.LogRangesVerified, st.LogReadMismatches, st.LogWriteMismatches, st.LogVerifyError = n.verify.counts()
+	if d := n.disk.read(); d.err != nil {
+		st.DiskError = d.err.Error()
+	} else {
+		st.DiskFreeBytes, st.DiskSizeBytes = uint64(max(d.free, 0)), uint64(max(d.size, 0))
+	}
+	st.Version = buildVersion()
 	if n.raft.State() != raft.Leader {
 		if lc := n.raft.LastContact(); !lc.IsZero() {
 			st.LastContactNs = int64(time.Since(lc))

@@ -147,10 +147,9 @@ func (a tokenAuth) consoleAccess(token string) (console.Access, bool) {
 	return console.AccessNone, false
 }
 
-// consoleLocal is what the console shows of this node beyond NodeStatus.
+// consoleLocal names the node that serves the console.
 func (n *Node) consoleLocal() console.LocalInfo {
-	r := n.disk.read()
-	return console.LocalInfo{NodeID: n.cfg.NodeID, Version: buildVersion(), DiskFree: r.free, DiskSize: r.size, DiskErr: r.err}
+	return console.LocalInfo{NodeID: n.cfg.NodeID}
 }
 
 // buildVersion is the main module's version and VCS revision, as the Go

@@ -171,6 +171,8 @@ func TestStatusReportsEveryNodeAndTheUnreachable(t *testing.T) {
 			t.Errorf("%s is down but has no error: %v", id, ns)
 		case i != fi && (ns.GetError() != "" || ns.GetTerm() == 0 || ns.GetAppliedIndex() == 0 || !ns.GetVoter()):
 			t.Errorf("%s: %v", id, ns)
+		case i != fi && (ns.GetDiskSizeBytes() == 0 || ns.GetDiskFreeBytes() == 0 || ns.GetDiskFreeBytes() > ns.GetDiskSizeBytes() || ns.GetDiskError() != "" || ns.GetVersion() == ""):
+			t.Errorf("%s reports disk free %d of %d (%q), version %q: want its own reading", id, ns.GetDiskFreeBytes(), ns.GetDiskSizeBytes(), ns.GetDiskError(), ns.GetVersion())
 		case i == li && ns.GetState() != "Leader":
 			t.Errorf("%s state %q, want Leader", id, ns.GetState())
 		}

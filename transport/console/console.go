@@ -43,14 +43,9 @@ func (a Access) String() string {
 	return "none"
 }
 
-// LocalInfo describes the node that serves the console: the figures the
-// API's NodeStatus does not carry.
+// LocalInfo describes the node that serves the console.
 type LocalInfo struct {
-	NodeID   string
-	Version  string
-	DiskFree int64 // bytes free to the server on the data dir's file system
-	DiskSize int64
-	DiskErr  error // why the free space is unknown
+	NodeID string
 }
 
 // Config configures a Console.

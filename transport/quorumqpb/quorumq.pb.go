@@ -2037,8 +2037,16 @@ type NodeStatus struct {
 	// log_verify_error: the latest mismatch, as the node logged it; empty
 	// while there has been none.
 	LogVerifyError string `protobuf:"bytes,19,opt,name=log_verify_error,json=logVerifyError,proto3" json:"log_verify_error,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The data dir's file system, as this node reads it (statfs, at most
+	// 250 ms old): bytes free to the server and in all; disk_error when it
+	// could not be read.
+	DiskFreeBytes uint64 `protobuf:"varint,20,opt,name=disk_free_bytes,json=diskFreeBytes,proto3" json:"disk_free_bytes,omitempty"`
+	DiskSizeBytes uint64 `protobuf:"varint,21,opt,name=disk_size_bytes,json=diskSizeBytes,proto3" json:"disk_size_bytes,omitempty"`
+	DiskError     string `protobuf:"bytes,22,opt,name=disk_error,json=diskError,proto3" json:"disk_error,omitempty"`
+	// version: the server's build (module version and VCS revision).
+	Version       string `protobuf:"bytes,23,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeStatus) Reset() {
@@ -2200,6 +2208,34 @@ func (x *NodeStatus) GetLogWriteMismatches() uint64 {
 func (x *NodeStatus) GetLogVerifyError() string {
 	if x != nil {
 		return x.LogVerifyError
+	}
+	return ""
+}
+
+func (x *NodeStatus) GetDiskFreeBytes() uint64 {
+	if x != nil {
+		return x.DiskFreeBytes
+	}
+	return 0
+}
+
+func (x *NodeStatus) GetDiskSizeBytes() uint64 {
+	if x != nil {
+		return x.DiskSizeBytes
+	}
+	return 0
+}
+
+func (x *NodeStatus) GetDiskError() string {
+	if x != nil {
+		return x.DiskError
+	}
+	return ""
+}
+
+func (x *NodeStatus) GetVersion() string {
+	if x != nil {
+		return x.Version
 	}
 	return ""
 }
@@ -3113,7 +3149,7 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\benqueued\x18\x02 \x03(\v2\x1d.quorumq.fsm.v1.EnqueueResultR\benqueued\"\x13\n" +
 	"\x11NodeStatusRequest\"@\n" +
 	"\x12NodeStatusResponse\x12*\n" +
-	"\x04node\x18\x01 \x01(\v2\x16.quorumq.v1.NodeStatusR\x04node\"\xb7\x05\n" +
+	"\x04node\x18\x01 \x01(\v2\x16.quorumq.v1.NodeStatusR\x04node\"\xc0\x06\n" +
 	"\n" +
 	"NodeStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
@@ -3136,7 +3172,12 @@ const file_transport_quorumqpb_quorumq_proto_rawDesc = "" +
 	"\x13log_ranges_verified\x18\x10 \x01(\x04R\x11logRangesVerified\x12.\n" +
 	"\x13log_read_mismatches\x18\x11 \x01(\x04R\x11logReadMismatches\x120\n" +
 	"\x14log_write_mismatches\x18\x12 \x01(\x04R\x12logWriteMismatches\x12(\n" +
-	"\x10log_verify_error\x18\x13 \x01(\tR\x0elogVerifyErrorB\x12\n" +
+	"\x10log_verify_error\x18\x13 \x01(\tR\x0elogVerifyError\x12&\n" +
+	"\x0fdisk_free_bytes\x18\x14 \x01(\x04R\rdiskFreeBytes\x12&\n" +
+	"\x0fdisk_size_bytes\x18\x15 \x01(\x04R\rdiskSizeBytes\x12\x1d\n" +
+	"\n" +
+	"disk_error\x18\x16 \x01(\tR\tdiskError\x12\x18\n" +
+	"\aversion\x18\x17 \x01(\tR\aversionB\x12\n" +
 	"\x10_clock_offset_ns\":\n" +
 	"\vClockOffset\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
