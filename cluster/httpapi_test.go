@@ -3,12 +3,14 @@ package cluster
 import (
 	"context"
 	"crypto/tls"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -177,4 +179,109 @@ func TestForwardToAnUnreachableLeaderIsOutcomeUnknown(t *testing.T) {
 	if id, addr, ok := wire.LeaderHint(err); !ok || id != "n1" || addr != dead {
 		t.Fatalf("gRPC call on a follower: %v, want NotLeader with the hint", err)
 	}
+}
+
+// post sends one HTTP/JSON call from any goroutine and returns the status
+// and body, or the error.
+func post(ctx context.Context, url, body string) (int, string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
+	if err != nil {
+		return 0, "", err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// sendConcurrently sends n one-message enqueues to queue at once, the
+// i-th with dedup ID d<i>, and returns each one's status and body.
+func sendConcurrently(t *testing.T, base, queue string, n int) ([]int, []string) {
+	t.Helper()
+	codes, bodies := make([]int, n), make([]string, n)
+	errs := make([]error, n)
+	ctx := ctxT(t, 30*time.Second)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			codes[i], bodies[i], errs[i] = post(ctx, base+"/v1/queues/"+queue+"/messages",
+				fmt.Sprintf(`{"messages": [{"body": %q, "dedupId": "d%d"}]}`, base64.StdEncoding.EncodeToString(fmt.Appendf(nil, "m%d", i)), i))
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+	}
+	return codes, bodies
+}
+
+// Concurrent HTTP sends of one queue share Raft entries: each gets its
+// own message's result, and the log holds fewer enqueues than requests.
+// A gathered command refused as a whole (a queue too full for all of it)
+// is not every request's failure: each is tried alone, so exactly the
+// room left is filled.
+func TestConcurrentHTTPSendsShareRaftEntries(t *testing.T) {
+	c := StartTestCluster(t, 3)
+	leader := c.Leader(t)
+	base := "http://" + leader.HTTPAddr()
+	for _, q := range []string{`{"name": "many"}`, `{"name": "small", "settings": {"maxDepth": "10"}}`} {
+		if code, body := httpDo(t, http.DefaultClient, http.MethodPost, base+"/v1/queues", "", q); code != http.StatusOK {
+			t.Fatalf("create %s: %d %s", q, code, body)
+		}
+	}
+	c.WaitReplicated(t)
+	from := leader.raft.LastIndex()
+	const n = 64
+	codes, bodies := sendConcurrently(t, base, "many", n)
+	ids := map[string]bool{}
+	for i := range n {
+		if codes[i] != http.StatusOK {
+			t.Fatalf("send %d: %d %s", i, codes[i], bodies[i])
+		}
+		r := decode(t, bodies[i])["results"].([]any)
+		if len(r) != 1 {
+			t.Fatalf("send %d got %d results: %s", i, len(r), bodies[i])
+		}
+		ids[r[0].(map[string]any)["messageId"].(string)] = true
+	}
+	if len(ids) != n {
+		t.Fatalf("%d sends got %d distinct message ids", n, len(ids))
+	}
+	entries := 0
+	for _, cmd := range logCommands(t, leader, from) {
+		if cmd.GetEnqueue().GetQueue() == "many" {
+			entries++
+		}
+	}
+	t.Logf("%d concurrent sends took %d log entries", n, entries)
+	if entries >= n/2 {
+		t.Fatalf("%d concurrent sends took %d log entries, want them gathered into far fewer", n, entries)
+	}
+
+	codes, bodies = sendConcurrently(t, base, "small", 16)
+	full := 0
+	for i, code := range codes {
+		switch {
+		case code == http.StatusOK:
+		case strings.Contains(bodies[i], "max_depth is 10"):
+			full++
+		default:
+			t.Fatalf("send %d to a queue of max depth 10: %d %s", i, code, bodies[i])
+		}
+	}
+	info := decode(t, func() string {
+		_, body := httpDo(t, http.DefaultClient, http.MethodGet, base+"/v1/queues/small", "", "")
+		return body
+	}())
+	ready := info["queue"].(map[string]any)["stats"].(map[string]any)["ready"]
+	if full != 6 || ready != "10" {
+		t.Fatalf("16 sends to a queue with room for 10: %d refused as full, %v ready; want 6 and 10", full, ready)
+	}
+	c.WaitReplicated(t)
 }

@@ -64,6 +64,8 @@ type QueueService struct {
 	backend    Backend
 	limits     limits
 	autoCreate bool
+	// gather gathers concurrent HTTP enqueues of a queue (gather.go).
+	gather gatherer
 
 	// polls holds, per queue with receives in progress, the long-poll
 	// token and the messages claimed by receives in flight.
@@ -327,9 +329,17 @@ func (q *QueueService) Purge(ctx context.Context, req *quorumqpb.PurgeRequest) (
 
 // Enqueue appends a batch of messages in one Raft entry.
 func (q *QueueService) Enqueue(ctx context.Context, req *quorumqpb.EnqueueRequest) (*quorumqpb.EnqueueResponse, error) {
-	enq, err := q.enqueueCommand("", req, &batchTotal{}, nil)
+	var total batchTotal
+	enq, err := q.enqueueCommand("", req, &total, nil)
 	if err != nil {
 		return nil, err
+	}
+	if ViaHTTP(ctx) && enq.GetAfterDedupId() == "" {
+		results, err := q.gatheredEnqueue(ctx, enq, total)
+		if err != nil {
+			return nil, err
+		}
+		return &quorumqpb.EnqueueResponse{Results: results}, nil
 	}
 	res, err := q.propose(ctx, &fsmpb.Command{Op: &fsmpb.Command_Enqueue{Enqueue: enq}})
 	if err != nil {
