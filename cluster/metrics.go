@@ -259,7 +259,7 @@ type nodeCollector struct{ n *Node }
 
 var (
 	descQueueMessages = prometheus.NewDesc("quorumq_queue_messages",
-		"Messages in a queue by state (ready, leased, delayed, dead_lettered, dead), as applied on this node.",
+		"Messages in a queue by state (ready, leased, delayed, waiting behind an earlier message of their group, dead_lettered, dead), as applied on this node.",
 		[]string{"queue", "state"}, nil)
 	queueCounters = []struct {
 		desc *prometheus.Desc
@@ -275,6 +275,9 @@ var (
 		{counterDesc("purged", "Messages removed by purge."), (*fsmpb.QueueStats).GetPurgedTotal},
 		{counterDesc("redriven", "Messages moved out of the queue by redrive."), (*fsmpb.QueueStats).GetRedrivenTotal},
 	}
+	descQueueGroups = prometheus.NewDesc("quorumq_queue_groups",
+		"Message groups with a message in a queue, as applied on this node.",
+		[]string{"queue"}, nil)
 	descQueueOldestReady = prometheus.NewDesc("quorumq_queue_oldest_ready_age_seconds",
 		"Age of the oldest ready message of a queue (0 when none is ready), of the state applied on this node, measured at its cluster time: how far the queue's consumers are behind.",
 		[]string{"queue"}, nil)
@@ -346,7 +349,7 @@ func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- qc.desc
 	}
 	for _, d := range []*prometheus.Desc{
-		descQueueMessages, descRaftState, descRaftTerm, descRaftCommit, descRaftApplied, descRaftLastLog,
+		descQueueMessages, descQueueGroups, descRaftState, descRaftTerm, descRaftCommit, descRaftApplied, descRaftLastLog,
 		descRaftLastSnap, descRaftReady, descBoltFreePages, descBoltPending, descBoltFreeAlloc, descBoltFreelist,
 		descBoltReadTx, descBoltOpenReadTx, descBoltWrites, descBoltWriteSecs, descBoltFileBytes, descClockOffset,
 	} {
@@ -439,9 +442,10 @@ func collectQueue(ch chan<- prometheus.Metric, name string, st *fsmpb.QueueStats
 	for _, s := range []struct {
 		state string
 		v     uint64
-	}{{"ready", st.GetReady()}, {"leased", st.GetLeased()}, {"delayed", st.GetDelayed()}, {"dead_lettered", st.GetDeadLettered()}, {"dead", st.GetDead()}} {
+	}{{"ready", st.GetReady()}, {"leased", st.GetLeased()}, {"delayed", st.GetDelayed()}, {"waiting", st.GetWaiting()}, {"dead_lettered", st.GetDeadLettered()}, {"dead", st.GetDead()}} {
 		ch <- prometheus.MustNewConstMetric(descQueueMessages, prometheus.GaugeValue, float64(s.v), name, s.state)
 	}
+	ch <- prometheus.MustNewConstMetric(descQueueGroups, prometheus.GaugeValue, float64(st.GetGroups()), name)
 	ch <- prometheus.MustNewConstMetric(descQueueOldestReady, prometheus.GaugeValue, time.Duration(st.GetOldestReadyAgeNs()).Seconds(), name)
 	for _, qc := range queueCounters {
 		ch <- prometheus.MustNewConstMetric(qc.desc, prometheus.CounterValue, float64(qc.get(st)), name)

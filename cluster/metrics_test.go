@@ -64,6 +64,11 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 	before := scrape(t, leader.AdminAddr())
 
 	enqueue(t, c, li, "m", "a", "b", "c")
+	q0 := quorumqpb.NewQueueClient(c.Conn(t, li))
+	if _, err := q0.Enqueue(ctxT(t, 10*time.Second), &quorumqpb.EnqueueRequest{Queue: "g", Messages: []*fsmpb.Message{
+		{Body: []byte("1"), Group: "x"}, {Body: []byte("2"), Group: "x"}, {Body: []byte("3"), Group: "y"}}}); err != nil {
+		t.Fatal(err)
+	}
 	// The same dedup IDs again: three dedup hits, nothing enqueued.
 	enqueue(t, c, li, "m", "a", "b", "c")
 	q := quorumqpb.NewQueueClient(c.Conn(t, li))
@@ -98,6 +103,9 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 		`quorumq_queue_messages{queue="m",state="delayed"}`:                           0,
 		`quorumq_queue_messages{queue="m",state="dead_lettered"}`:                     0,
 		`quorumq_queue_messages{queue="m",state="dead"}`:                              0,
+		`quorumq_queue_messages{queue="g",state="ready"}`:                             2,
+		`quorumq_queue_messages{queue="g",state="waiting"}`:                           1,
+		`quorumq_queue_groups{queue="g"}`:                                             2,
 		`quorumq_queue_enqueued_total{queue="m"}`:                                     3,
 		`quorumq_queue_dedup_hits_total{queue="m"}`:                                   3,
 		`quorumq_queue_delivered_total{queue="m"}`:                                    4,
@@ -108,7 +116,7 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 		`quorumq_messages_nacked_total{queue="m"}`:                                    1,
 		`quorumq_raft_state{state="leader"}`:                                          1,
 		`quorumq_leader_ready`:                                                        1,
-		`quorumq_rpc_duration_seconds_count{code="OK",method="Queue/Enqueue"}`:        2,
+		`quorumq_rpc_duration_seconds_count{code="OK",method="Queue/Enqueue"}`:        3,
 		`quorumq_rpc_duration_seconds_count{code="OK",method="Queue/Receive"}`:        2,
 		`quorumq_rpc_duration_seconds_count{code="NotFound",method="Queue/GetQueue"}`: 1,
 		`quorumq_command_refusals_total{code="OUT_OF_ORDER"}`:                         1,
