@@ -1,7 +1,6 @@
 package console
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -59,13 +58,11 @@ func (c *Console) sendAction(w http.ResponseWriter, r *http.Request, v *view) {
 		Button: "Send", Fields: map[string]string{"body": body, "dedup": dedup}}) {
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), callTimeout)
-	defer cancel()
-	api, err := c.api(ctx, v.se)
-	if err != nil {
-		c.apiFail(w, v, "queue", err)
+	ctx, api, cancel, ok := c.call(w, r, v, "queue", callTimeout)
+	if !ok {
 		return
 	}
+	defer cancel()
 	var opts []client.SendOption
 	if dedup != "" {
 		opts = append(opts, client.WithDedupID(dedup))
@@ -84,13 +81,11 @@ func (c *Console) sendAction(w http.ResponseWriter, r *http.Request, v *view) {
 
 func (c *Console) redriveAction(w http.ResponseWriter, r *http.Request, v *view) {
 	queue, from := r.PathValue("queue"), r.PostFormValue("from")
-	ctx, cancel := context.WithTimeout(r.Context(), redriveTimeout)
-	defer cancel()
-	api, err := c.api(ctx, v.se)
-	if err != nil {
-		c.apiFail(w, v, "queue", err)
+	ctx, api, cancel, ok := c.call(w, r, v, "queue", redriveTimeout)
+	if !ok {
 		return
 	}
+	defer cancel()
 	// Only this queue and its own dead-letter queue may be redriven from
 	// its page, so that a forged "from" cannot name any queue.
 	if from != queue {
@@ -132,13 +127,11 @@ func (c *Console) purgeAction(w http.ResponseWriter, r *http.Request, v *view) {
 		Button: "Purge " + queue}) {
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), callTimeout)
-	defer cancel()
-	api, err := c.api(ctx, v.se)
-	if err != nil {
-		c.apiFail(w, v, "queue", err)
+	ctx, api, cancel, ok := c.call(w, r, v, "queue", callTimeout)
+	if !ok {
 		return
 	}
+	defer cancel()
 	n, err := api.Purge(ctx, queue)
 	if err != nil {
 		c.apiFail(w, v, "queue", err)

@@ -196,6 +196,20 @@ func (c *Console) authed(need Access, h func(w http.ResponseWriter, r *http.Requ
 
 // api returns the API client for the session's token, creating it on
 // first use.
+// call gives a handler of page the session's API client and a context
+// that ends after timeout; when there is no client it writes the page's
+// error and ok is false.
+func (c *Console) call(w http.ResponseWriter, r *http.Request, v *view, page string, timeout time.Duration) (ctx context.Context, api *client.Client, cancel context.CancelFunc, ok bool) {
+	ctx, cancel = context.WithTimeout(r.Context(), timeout)
+	api, err := c.api(ctx, v.se)
+	if err != nil {
+		cancel()
+		c.apiFail(w, v, page, err)
+		return nil, nil, nil, false
+	}
+	return ctx, api, cancel, true
+}
+
 func (c *Console) api(ctx context.Context, se *session) (*client.Client, error) {
 	now := time.Now()
 	c.mu.Lock()

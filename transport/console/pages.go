@@ -1,7 +1,6 @@
 package console
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"html/template"
@@ -126,13 +125,11 @@ type queueRow struct {
 const stuckAfter = time.Minute
 
 func (c *Console) queuesPage(w http.ResponseWriter, r *http.Request, v *view) {
-	ctx, cancel := context.WithTimeout(r.Context(), callTimeout)
-	defer cancel()
-	api, err := c.api(ctx, v.se)
-	if err != nil {
-		c.apiFail(w, v, "queues", err)
+	ctx, api, cancel, ok := c.call(w, r, v, "queues", callTimeout)
+	if !ok {
 		return
 	}
+	defer cancel()
 	qs, err := api.ListQueues(ctx)
 	if err != nil {
 		c.apiFail(w, v, "queues", err)
@@ -193,13 +190,11 @@ const peekMax = 50
 
 func (c *Console) queuePage(w http.ResponseWriter, r *http.Request, v *view) {
 	name := r.PathValue("queue")
-	ctx, cancel := context.WithTimeout(r.Context(), callTimeout)
-	defer cancel()
-	api, err := c.api(ctx, v.se)
-	if err != nil {
-		c.apiFail(w, v, "queue", err)
+	ctx, api, cancel, ok := c.call(w, r, v, "queue", callTimeout)
+	if !ok {
 		return
 	}
+	defer cancel()
 	qs, err := api.ListQueues(ctx)
 	if err != nil {
 		c.apiFail(w, v, "queue", err)
@@ -290,13 +285,11 @@ type nodeRow struct {
 }
 
 func (c *Console) clusterPage(w http.ResponseWriter, r *http.Request, v *view) {
-	ctx, cancel := context.WithTimeout(r.Context(), callTimeout)
-	defer cancel()
-	api, err := c.api(ctx, v.se)
-	if err != nil {
-		c.apiFail(w, v, "cluster", err)
+	ctx, api, cancel, ok := c.call(w, r, v, "cluster", callTimeout)
+	if !ok {
 		return
 	}
+	defer cancel()
 	st, err := api.Status(ctx)
 	if err != nil {
 		c.apiFail(w, v, "cluster", err)
