@@ -68,7 +68,14 @@ type FS struct {
 	holdMatch func(rel string) bool // which files HoldNextFsyncOf holds; nil: any
 	release   chan struct{}         // closed by a power failure or unmount: held fsyncs fail
 	lying     bool                  // LieAboutFsync: fsync succeeds and makes nothing durable
+	// busyWait is how long an unmount tries before it reports ErrBusy
+	// (0: defaultBusyWait).
+	busyWait time.Duration
 }
+
+// defaultBusyWait: a process killed in a held fsync let go of the mount
+// more than 4 s after it exited on a loaded two-core machine.
+const defaultBusyWait = 15 * time.Second
 
 // Available reports why lazyfs cannot mount on this machine, or nil when it
 // can: it needs /dev/fuse, and either root (a direct mount) or a
@@ -200,20 +207,27 @@ func (l *FS) unmount() error {
 	l.releaseHeld()
 	// A killed process's files are released by the kernel shortly after
 	// its exit; go-fuse retries for a while, and so do we. One that was
-	// killed in a held fsync lets its files go only once the failed fsync
-	// is answered, which on a loaded machine took longer than three tries.
+	// killed in a held fsync let go of them more than 4 s after its exit
+	// on a loaded machine.
+	wait := l.busyWait
+	if wait == 0 {
+		wait = defaultBusyWait
+	}
 	var err error
-	for try := 0; try < 10; try++ {
-		if err = server.Unmount(); err == nil {
+	for deadline := time.Now().Add(wait); ; time.Sleep(100 * time.Millisecond) {
+		if err = server.Unmount(); err == nil || time.Now().After(deadline) {
 			break
 		}
-		time.Sleep(100 * time.Millisecond)
 	}
 	if err != nil {
 		l.mu.Lock()
 		l.release = make(chan struct{})
+		open := 0
+		for _, n := range l.open {
+			open += n
+		}
 		l.mu.Unlock()
-		return fmt.Errorf("%w: unmount %s: %v (stop every process using it first)", ErrBusy, l.mountpoint, err)
+		return fmt.Errorf("%w: unmount %s after trying for %v, %d handles open: %v (stop every process using it first)", ErrBusy, l.mountpoint, wait, open, err)
 	}
 	server.Wait()
 	l.mu.Lock()

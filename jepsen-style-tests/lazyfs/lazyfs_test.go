@@ -301,6 +301,7 @@ func TestTornWriteKeepsAPrefix(t *testing.T) {
 
 func TestPowerFailureRefusesABusyMount(t *testing.T) {
 	l := mountTemp(t)
+	l.busyWait = time.Second
 	p := filepath.Join(l.Mountpoint(), "busy")
 	f, err := os.Create(p)
 	if err != nil {
