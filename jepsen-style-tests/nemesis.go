@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -368,14 +369,22 @@ func (r *removeReadd) Inject(ctx context.Context, env *Env) (string, error) {
 	if voters, err := env.Cluster.Voters(cctx); err != nil || len(voters) != len(env.Cluster.Nodes) {
 		return "", fmt.Errorf("not removing %s: voters %v (err %v), want all %d servers", n.ID, voters, err, len(env.Cluster.Nodes))
 	}
+	how := "removed"
 	if err := env.Cluster.RemoveServer(cctx, n.ID); err != nil {
-		return "", fmt.Errorf("remove %s: %w", n.ID, err)
+		// A removal whose outcome is unknown (the leader lost its
+		// leadership while committing it) may have been committed all
+		// the same: then the server is out and must come back at heal.
+		voters, verr := env.Cluster.WaitVoters(ctx, len(env.Cluster.Nodes)-1, 5*time.Second)
+		if verr != nil || slices.Contains(voters, n.ID) {
+			return "", fmt.Errorf("remove %s: %w", n.ID, err)
+		}
+		how = fmt.Sprintf("removed (the call said %q, the configuration lacks it)", err)
 	}
 	r.removed = n
 	if err := n.Proc.Kill(); err != nil {
 		return "", err
 	}
-	return "removed " + role + " " + n.ID + " from the configuration and stopped it", nil
+	return how + " " + role + " " + n.ID + " from the configuration and stopped it", nil
 }
 
 func (r *removeReadd) Heal(ctx context.Context, env *Env) (string, error) {
