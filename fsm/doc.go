@@ -31,6 +31,11 @@
 //     timed tree ((time, id) order: delayed messages and leases). Ids grow
 //     with enqueue time, so retention and dedup expiry are scans from the
 //     oldest id that stop at the first young record.
+//   - Message groups add one tree per queue by (group, id). Only a
+//     group's first live message is in ready or timed; the later ones wait
+//     in neither, so a receive, which takes the lowest ready ids, never
+//     takes two of one group, and the next one becomes deliverable when
+//     the first leaves.
 //
 // The delivery rules, limits and the snapshot format are in DESIGN.md next
 // to this file.
