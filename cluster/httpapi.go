@@ -27,15 +27,19 @@ import (
 )
 
 // startHTTP serves the HTTP/JSON API (transport.NewHTTPHandler) on
-// HTTPAddr, with the API's TLS. Every call goes through the same gRPC
-// server as a gRPC call: the tap checks (token and scope, memory, disk)
-// run before the body is read, the interceptors after it is decoded.
-func (n *Node) startHTTP(admit tap.ServerInHandle) error {
+// HTTPAddr, with the API's TLS. Every call gets what a gRPC call gets:
+// the tap checks (token and scope, memory, disk) before the body is read,
+// the gRPC server's unary interceptors (metrics, guards, forwarding to
+// the leader) around the service's method once it is decoded.
+func (n *Node) startHTTP(admit tap.ServerInHandle, interceptors []grpc.UnaryServerInterceptor) error {
 	if n.cfg.HTTPAddr == "" {
 		return nil
 	}
 	h, err := transport.NewHTTPHandler(transport.HTTPConfig{
-		GRPC: n.grpc,
+		Methods:        n.unary,
+		Interceptors:   interceptors,
+		Codec:          n.cfg.Limits.ServerCodec(),
+		MaxRecvMsgSize: n.cfg.Limits.MaxRecvMsgSize(),
 		Admit: func(ctx context.Context, method string, md metadata.MD) error {
 			_, err := admit(ctx, &tap.Info{FullMethodName: method, Header: md})
 			return err

@@ -63,7 +63,7 @@ func decode(t *testing.T, body string) map[string]any {
 // queue, send exactly once, receive and ack: the follower forwards each
 // call to the leader.
 func TestHTTPAPIOnAFollower(t *testing.T) {
-	c := StartTestClusterWith(t, 3, func(_ int, cfg *Config) { cfg.TickInterval = time.Hour })
+	c := StartTestClusterWith(t, 3, func(_ int, cfg *Config) { cfg.TickInterval = time.Hour; cfg.AdminAddr = "127.0.0.1:0" })
 	base := "http://" + c.Nodes[follower(t, c)].HTTPAddr()
 	cl := http.DefaultClient
 
@@ -108,6 +108,19 @@ func TestHTTPAPIOnAFollower(t *testing.T) {
 	code, body = httpDo(t, cl, "GET", base+"/v1/queues/nope", "", "")
 	if e := decode(t, body); code != 404 || e["code"] != 5.0 || !strings.Contains(e["message"].(string), "nope") {
 		t.Fatalf("unknown queue: %d %s, want 404 with code 5 naming the queue", code, body)
+	}
+	// HTTP calls run through the gRPC server's interceptors: the
+	// follower's metrics count each with its code, as a gRPC call.
+	m := scrape(t, c.Nodes[follower(t, c)].AdminAddr())
+	for k, v := range map[string]float64{
+		`quorumq_rpc_duration_seconds_count{code="OK",method="Queue/Enqueue"}`:        2,
+		`quorumq_rpc_duration_seconds_count{code="OK",method="Queue/Receive"}`:        1,
+		`quorumq_rpc_duration_seconds_count{code="OK",method="Queue/Ack"}`:            1,
+		`quorumq_rpc_duration_seconds_count{code="NotFound",method="Queue/GetQueue"}`: 1,
+	} {
+		if m[k] != v {
+			t.Errorf("follower's %s = %v, want %v", k, m[k], v)
+		}
 	}
 }
 

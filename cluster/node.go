@@ -74,7 +74,9 @@ type Node struct {
 	gossipAddr string
 	features   featureGate
 
-	grpc    *grpc.Server
+	grpc *grpc.Server
+	// unary holds the services the HTTP API calls in process.
+	unary   *transport.UnaryMethods
 	apiLn   net.Listener
 	apiAddr string // advertised
 	raftAdv string
@@ -374,7 +376,6 @@ func (n *Node) startAPI() error {
 		experimental.BufferPool(wire.BufferPool),
 		grpc.MaxConcurrentStreams(n.cfg.MaxInFlightPerConn),
 		// Metrics outermost, so refused calls are counted with their code.
-		grpc.ChainUnaryInterceptor(n.metrics.unary),
 		grpc.ChainStreamInterceptor(n.metrics.stream),
 	}
 	if n.cfg.APIServerTLS != nil {
@@ -390,12 +391,19 @@ func (n *Node) startAPI() error {
 	}
 	admit := chainTaps(taps)
 	n.forward.n = n
+	// Metrics outermost here too. The HTTP API calls the services
+	// through the same interceptors.
+	unary := []grpc.UnaryServerInterceptor{n.metrics.unary, n.guard.unary, n.disk.unary, n.forward.unary}
 	opts = append(opts, grpc.InTapHandle(admit),
-		grpc.ChainUnaryInterceptor(n.guard.unary, n.disk.unary, n.forward.unary), grpc.ChainStreamInterceptor(n.guard.stream, n.disk.stream))
+		grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(n.guard.stream, n.disk.stream))
 	n.grpc = grpc.NewServer(opts...)
-	transport.NewQueueService(n, n.cfg.Limits, n.cfg.AutoCreateQueues).Register(n.grpc)
-	(&clusterService{n: n}).register(n.grpc)
-	return n.startHTTP(admit)
+	qs, cs := transport.NewQueueService(n, n.cfg.Limits, n.cfg.AutoCreateQueues), &clusterService{n: n}
+	qs.Register(n.grpc)
+	cs.register(n.grpc)
+	n.unary = &transport.UnaryMethods{}
+	qs.Register(n.unary)
+	cs.register(n.unary)
+	return n.startHTTP(admit, unary)
 }
 
 // chainTaps runs taps in order; the first refusal is the call's.

@@ -2,7 +2,8 @@
 // service over a node's Backend, which checks every request against the
 // limits before anything is proposed and runs long polls (which take
 // turns per queue); the HTTP/JSON handler that transcodes the REST routes
-// into that gRPC server (httpapi.go), whose concurrent enqueues of a queue
+// into calls of those services, through the gRPC server's interceptors
+// (httpapi.go, httpunary.go), whose concurrent enqueues of a queue
 // are gathered into one Raft entry (gather.go); the web console (package
 // transport/console); and (in package transport/raftnet) the Raft stream
 // layer. The contract it shares with clients (the generated API in

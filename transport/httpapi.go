@@ -12,6 +12,7 @@ import (
 	"connectrpc.com/vanguard"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -22,16 +23,24 @@ import (
 
 // HTTPConfig configures NewHTTPHandler.
 type HTTPConfig struct {
-	// GRPC is the node's gRPC server: every HTTP call is transcoded into
-	// it in-process, so its interceptors (metrics, memory and disk
-	// guards, leader forwarding) apply to HTTP calls as they do to gRPC
-	// ones.
-	GRPC *grpc.Server
-	// Admit runs before a call reaches GRPC, on the method
+	// Methods are the node's services, registered on it as on the gRPC
+	// server: every HTTP call is transcoded into the method it names and
+	// called in process.
+	Methods *UnaryMethods
+	// Interceptors are the gRPC server's unary interceptors (metrics,
+	// memory and disk guards, leader forwarding), outermost first: they
+	// run around every HTTP call as around a gRPC one.
+	Interceptors []grpc.UnaryServerInterceptor
+	// Codec decodes a transcoded request, as the gRPC server's codec
+	// does (with its bound on nested messages).
+	Codec encoding.CodecV2
+	// MaxRecvMsgSize bounds a transcoded request as it bounds a gRPC one.
+	MaxRecvMsgSize int
+	// Admit runs before a call reaches its method, on the method
 	// ("/quorumq.v1.Queue/Enqueue") and the request headers, with the
 	// body not yet read: the checks a gRPC call gets in the server's tap
-	// handle (bearer token and scope, memory, disk), which
-	// grpc.Server.ServeHTTP does not run. Nil admits every call.
+	// handle (bearer token and scope, memory, disk). Nil admits every
+	// call.
 	Admit func(ctx context.Context, method string, md metadata.MD) error
 	// MaxBodyBytes bounds a request body; a larger one is refused with
 	// ResourceExhausted before it is read.
@@ -60,28 +69,28 @@ func ViaHTTP(ctx context.Context) bool {
 }
 
 // NewHTTPHandler serves the google.api.http routes of the Queue and
-// Cluster services (quorumq.proto) by transcoding each call into cfg.GRPC
-// with connectrpc.com/vanguard (see DESIGN.md for why), plus the OpenAPI
-// document. Request bodies are JSON; a field the message does not have is
+// Cluster services (quorumq.proto) by transcoding each call, with
+// connectrpc.com/vanguard (see DESIGN.md for why), into a call of the
+// method in cfg.Methods, plus the OpenAPI document. Request bodies are JSON; a field the message does not have is
 // refused (InvalidArgument), not ignored. Errors are google.rpc.Status as
 // JSON: the gRPC code, the message, and the typed details (NotLeader with
 // the leader hint, OutcomeUnknown, QueueError).
 func NewHTTPHandler(cfg HTTPConfig) (http.Handler, error) {
-	target := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if cfg.Admit != nil {
-			if err := cfg.Admit(r.Context(), r.URL.Path, headerMD(r.Header)); err != nil {
-				writeGRPCError(w, err)
-				return
-			}
-		}
-		cfg.GRPC.ServeHTTP(w, r.WithContext(WithViaHTTP(r.Context())))
-	})
+	target := &unaryTarget{
+		methods:     cfg.Methods,
+		intercept:   ChainUnary(cfg.Interceptors...),
+		codec:       cfg.Codec,
+		maxRecv:     cfg.MaxRecvMsgSize,
+		admit:       cfg.Admit,
+		errorWriter: connect.NewErrorWriter(),
+	}
 	limit := uint32(min(cfg.MaxBodyBytes, 1<<31))
 	var services []*vanguard.Service
 	for _, name := range []string{quorumqpb.Queue_ServiceDesc.ServiceName, quorumqpb.Cluster_ServiceDesc.ServiceName} {
 		services = append(services, vanguard.NewService(name, target,
-			vanguard.WithTargetProtocols(vanguard.ProtocolGRPC),
+			vanguard.WithTargetProtocols(vanguard.ProtocolConnect),
 			vanguard.WithTargetCodecs(vanguard.CodecProto),
+			vanguard.WithNoTargetCompression(),
 			vanguard.WithMaxMessageBufferBytes(limit)))
 	}
 	tc, err := vanguard.NewTranscoder(services, vanguard.WithCodec(strictJSON))
@@ -178,17 +187,6 @@ func headerMD(h http.Header) metadata.MD {
 	return md
 }
 
-// writeGRPCError answers a transcoded call with err as a gRPC
-// trailers-only response, which vanguard turns into the JSON error.
-func writeGRPCError(w http.ResponseWriter, err error) {
-	st := status.Convert(err)
-	h := w.Header()
-	h.Set("Content-Type", "application/grpc")
-	h.Set("Grpc-Status", fmt.Sprint(int(st.Code())))
-	h.Set("Grpc-Message", encodeGRPCMessage(st.Message()))
-	w.WriteHeader(http.StatusOK)
-}
-
 // writeJSONError answers a plain HTTP request with err as
 // google.rpc.Status JSON, the shape vanguard uses for every other error.
 func writeJSONError(w http.ResponseWriter, httpCode int, err error) {
@@ -197,19 +195,4 @@ func writeJSONError(w http.ResponseWriter, httpCode int, err error) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(httpCode)
 	_, _ = w.Write(b)
-}
-
-// encodeGRPCMessage percent-encodes a grpc-message value (the gRPC
-// HTTP/2 protocol: bytes outside printable ASCII, and '%').
-func encodeGRPCMessage(msg string) string {
-	var b strings.Builder
-	for i := 0; i < len(msg); i++ {
-		c := msg[i]
-		if c >= ' ' && c <= '~' && c != '%' {
-			b.WriteByte(c)
-			continue
-		}
-		fmt.Fprintf(&b, "%%%02X", c)
-	}
-	return b.String()
 }
