@@ -67,10 +67,10 @@ func (n *Node) checkFreeDisk() error {
 }
 
 // startAdmin listens on AdminAddr (if set) and serves /metrics, /healthz,
-// /readyz and the web console over plain HTTP. The console shows queue
-// data to whoever holds a token (or to anyone, without tokens), and a
-// token typed into it crosses this listener: it belongs on loopback or a
-// management network.
+// /readyz and the web console: over HTTPS with the API's certificate when
+// the API has TLS, else over plain HTTP. The console asks for a token
+// when tokens are on, and tokens are on only with TLS, so a token typed
+// into it never crosses the network in clear.
 func (n *Node) startAdmin() error {
 	if n.cfg.AdminAddr == "" {
 		return nil
@@ -106,10 +106,19 @@ func (n *Node) startAdmin() error {
 	// without finishing one, or idles on it, is cut off.
 	n.admin = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
 		WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute}
+	if n.cfg.APIServerTLS != nil {
+		n.admin.TLSConfig = n.cfg.APIServerTLS.Clone()
+	}
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		if err := n.admin.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		var err error
+		if n.admin.TLSConfig != nil {
+			err = n.admin.ServeTLS(ln, "", "")
+		} else {
+			err = n.admin.Serve(ln)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			n.log.Error("admin HTTP server stopped", "err", err)
 		}
 		con.Close()

@@ -52,7 +52,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	shots := screenshotDir(t)
 	c, _ := tlsTokenClusterWith(t, 3, func(_ int, cfg *Config) { cfg.AdminAddr = "127.0.0.1:0" })
 	leader := c.Leader(t)
-	base := "http://" + leader.AdminAddr() + "/console/"
+	base := "https://" + leader.AdminAddr() + "/console/" // the API has TLS, so the admin listener has it too
 
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -92,7 +92,10 @@ func TestConsoleInBrowser(t *testing.T) {
 	}()
 	defer func() { stopTraffic(); <-trafficDone }()
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chromium), chromedp.WindowSize(1366, 900), chromedp.DisableGPU)
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chromium), chromedp.WindowSize(1366, 900), chromedp.DisableGPU,
+		// The cluster's certificates come from a CA the test made a moment
+		// ago, which this browser profile does not know.
+		chromedp.Flag("ignore-certificate-errors", true))
 	if os.Geteuid() == 0 {
 		opts = append(opts, chromedp.NoSandbox) // Chromium refuses to run as root with its sandbox
 	}

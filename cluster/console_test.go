@@ -1,6 +1,8 @@
 package cluster
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -14,11 +16,20 @@ import (
 )
 
 // consoleCluster starts a TLS cluster with one token per scope whose
-// nodes serve the console; it returns the leader's console base URL.
-func consoleCluster(t *testing.T) (quorumqpb.QueueClient, string) {
+// nodes serve the console; it returns the leader's console: its base URL
+// (HTTPS, as the API has TLS) and the CA that signed its certificate.
+func consoleCluster(t *testing.T) (quorumqpb.QueueClient, consoleSite) {
 	t.Helper()
 	c, dial := tlsTokenClusterWith(t, 3, func(_ int, cfg *Config) { cfg.AdminAddr = "127.0.0.1:0" })
-	return quorumqpb.NewQueueClient(dial(readToken)), "http://" + c.Leader(t).AdminAddr() + "/console/"
+	return quorumqpb.NewQueueClient(dial(readToken)), consoleSite{
+		base:  "https://" + c.Leader(t).AdminAddr() + "/console/",
+		roots: c.configs[0].APIClientTLS.RootCAs,
+	}
+}
+
+type consoleSite struct {
+	base  string
+	roots *x509.CertPool
 }
 
 // browserSession is a cookie-keeping HTTP client of the console that does
@@ -29,9 +40,10 @@ type browserSession struct {
 	hc   *http.Client
 }
 
-func newBrowserSession(t *testing.T, base string) *browserSession {
+func newBrowserSession(t *testing.T, site consoleSite) *browserSession {
 	jar, _ := cookiejar.New(nil)
-	return &browserSession{t: t, base: base, hc: &http.Client{Jar: jar, Timeout: 20 * time.Second,
+	return &browserSession{t: t, base: site.base, hc: &http.Client{Jar: jar, Timeout: 20 * time.Second,
+		Transport:     &http.Transport{TLSClientConfig: &tls.Config{RootCAs: site.roots}},
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 }
 
@@ -186,5 +198,41 @@ func TestConsoleReadOnlyTokenCannotAct(t *testing.T) {
 	}
 	if d := depth(t, c, "jobs"); d != 1 {
 		t.Fatalf("jobs has %d ready after a read token's actions, want 1", d)
+	}
+}
+
+// With TLS on the API, the admin listener speaks the same TLS: a token
+// typed into the console, and the session cookie it earns, never cross
+// the network in clear. Plain HTTP gets no page; the cookie is Secure.
+func TestConsoleTokenTravelsOnlyOverTLS(t *testing.T) {
+	_, site := consoleCluster(t)
+	plain := "http://" + strings.TrimPrefix(site.base, "https://")
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(plain + "login")
+	if err == nil {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK || strings.Contains(string(body), `name="token"`) {
+			t.Fatalf("plain HTTP to the admin listener of a TLS node: %d, want no login page:\n%.300s", resp.StatusCode, body)
+		}
+	}
+	b := newBrowserSession(t, site)
+	_, _, h := b.do(http.MethodGet, "login", nil, nil)
+	cookies := (&http.Response{Header: h}).Cookies()
+	if len(cookies) == 0 {
+		t.Fatal("the login page set no session cookie")
+	}
+	for _, c := range cookies {
+		if !c.Secure || !c.HttpOnly {
+			t.Errorf("cookie %s: Secure %v, HttpOnly %v, want both", c.Name, c.Secure, c.HttpOnly)
+		}
+	}
+	resp, err = b.hc.Get(strings.TrimSuffix(site.base, "console/") + "metrics")
+	if err != nil {
+		t.Fatalf("GET /metrics over HTTPS: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "quorumq_raft_state") {
+		t.Errorf("GET /metrics over HTTPS: %d, want 200 with the metrics", resp.StatusCode)
 	}
 }

@@ -27,7 +27,8 @@
 //     action first renders a confirmation page naming what it will do; only
 //     the confirmed POST acts.
 //
-// The admin listener is plain HTTP. With tokens on, a token typed into the
-// login form crosses it in the clear: bind --admin-addr to loopback or a
-// management network (or put a TLS proxy in front), as for /metrics.
+// When the node's API has TLS, which tokens require, the admin listener
+// serves HTTPS with the API's certificate, and the session cookie is
+// Secure: a token typed into the login form never crosses the network in
+// the clear.
 package console
