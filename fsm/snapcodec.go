@@ -3,6 +3,7 @@ package fsm
 import (
 	"errors"
 	"fmt"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -15,10 +16,16 @@ import (
 // proto.Marshal writes for the schema in fsmpb/snapshot.proto (fields in number order,
 // zero values omitted), but without building a protobuf message per queued
 // message, which made Persist and Restore of a million messages several
-// times slower. Every other record goes through the generated code.
+// times slower. Restore decodes the other record as numerous, a dedup
+// entry, by hand as well (dedupRecord); every other record, and every
+// encoding but the message's, goes through the generated code.
 
 const (
 	recordMessageField = 3 // SnapshotRecord.message
+	recordDedupField   = 4 // SnapshotRecord.dedup
+
+	sdDedupID   = 1 // SnapshotDedup.dedup_id
+	sdMessageID = 2 // SnapshotDedup.message_id
 
 	smID         = 1
 	smEnqueuedAt = 2
@@ -149,6 +156,46 @@ func messageRecord(rec []byte) ([]byte, bool) {
 		return nil, false
 	}
 	return v, true
+}
+
+// dedupRecord decodes a SnapshotRecord holding only a dedup entry whose
+// fields are the two it has, each once, well formed. Anything else (an
+// unknown or repeated field, an ID that is not UTF-8) returns false, and
+// the record goes through proto.Unmarshal, which judges it.
+func dedupRecord(rec []byte) (id string, msgID uint64, ok bool) {
+	num, typ, n := protowire.ConsumeTag(rec)
+	if n < 0 || num != recordDedupField || typ != protowire.BytesType {
+		return "", 0, false
+	}
+	v, m := protowire.ConsumeBytes(rec[n:])
+	if m < 0 || n+m != len(rec) {
+		return "", 0, false
+	}
+	var seenID, seenMsg bool
+	for len(v) > 0 {
+		num, typ, n := protowire.ConsumeTag(v)
+		if n < 0 {
+			return "", 0, false
+		}
+		v = v[n:]
+		switch {
+		case num == sdDedupID && typ == protowire.BytesType && !seenID:
+			b, n := protowire.ConsumeBytes(v)
+			if n < 0 || !utf8.Valid(b) {
+				return "", 0, false
+			}
+			id, seenID, v = string(b), true, v[n:]
+		case num == sdMessageID && typ == protowire.VarintType && !seenMsg:
+			x, n := protowire.ConsumeVarint(v)
+			if n < 0 {
+				return "", 0, false
+			}
+			msgID, seenMsg, v = x, true, v[n:]
+		default:
+			return "", 0, false
+		}
+	}
+	return id, msgID, true
 }
 
 var errWireType = errors.New("wrong wire type")

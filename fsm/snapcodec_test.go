@@ -3,8 +3,10 @@ package fsm
 import (
 	"bytes"
 	"reflect"
+	"slices"
 	"testing"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/quorumq/quorumq/fsm/fsmpb"
@@ -114,4 +116,69 @@ func TestSnapMessageCodecMatchesProto(t *testing.T) {
 	if _, err := decodeSnapMessage([]byte{0x30, 0x01}); err == nil {
 		t.Fatal("body with varint wire type decoded")
 	}
+}
+
+// dedupRecord decodes what proto.Unmarshal decodes, and hands everything
+// it is not sure of to proto.Unmarshal.
+func TestDedupRecordMatchesProto(t *testing.T) {
+	record := func(sd *fsmpb.SnapshotDedup) []byte {
+		b, err := proto.Marshal(&fsmpb.SnapshotRecord{Record: &fsmpb.SnapshotRecord_Dedup{Dedup: sd}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	inner := func(fields ...[]byte) []byte {
+		v := slices.Concat(fields...)
+		return protowire.AppendBytes(protowire.AppendTag(nil, recordDedupField, protowire.BytesType), v)
+	}
+	str := func(num protowire.Number, s string) []byte {
+		return protowire.AppendString(protowire.AppendTag(nil, num, protowire.BytesType), s)
+	}
+	varint := func(num protowire.Number, x uint64) []byte {
+		return protowire.AppendVarint(protowire.AppendTag(nil, num, protowire.VarintType), x)
+	}
+	for _, tc := range []struct {
+		name string
+		rec  []byte
+		fast bool // dedupRecord decodes it
+	}{
+		{"both fields", record(&fsmpb.SnapshotDedup{DedupId: "order-1", MessageId: 42}), true},
+		{"no message id", record(&fsmpb.SnapshotDedup{DedupId: "order-1"}), true},
+		{"no dedup id", record(&fsmpb.SnapshotDedup{MessageId: 7}), true},
+		{"fields in reverse order", inner(varint(sdMessageID, 9), str(sdDedupID, "x")), true},
+		{"an unknown field", inner(str(sdDedupID, "x"), varint(sdMessageID, 9), varint(3, 1)), false},
+		{"the id twice", inner(str(sdDedupID, "x"), str(sdDedupID, "y"), varint(sdMessageID, 9)), false},
+		{"an id that is not UTF-8", inner(str(sdDedupID, "\xff\xfe"), varint(sdMessageID, 9)), false},
+		{"a message id of the wrong type", inner(str(sdDedupID, "x"), str(sdMessageID, "9")), false},
+		{"a truncated varint", inner(str(sdDedupID, "x"), []byte{byte(sdMessageID << 3), 0x80}), false},
+		{"bytes after the record", append(record(&fsmpb.SnapshotDedup{DedupId: "a", MessageId: 1}), 0x08, 0x01), false},
+		{"a message record", messageRecordBytes(t), false},
+	} {
+		id, msgID, ok := dedupRecord(tc.rec)
+		if ok != tc.fast {
+			t.Errorf("%s: decoded %v, want %v", tc.name, ok, tc.fast)
+			continue
+		}
+		if !ok {
+			continue
+		}
+		var rec fsmpb.SnapshotRecord
+		if err := proto.Unmarshal(tc.rec, &rec); err != nil {
+			t.Errorf("%s: dedupRecord decoded what proto.Unmarshal refuses: %v", tc.name, err)
+			continue
+		}
+		if sd := rec.GetDedup(); sd == nil || sd.GetDedupId() != id || sd.GetMessageId() != msgID {
+			t.Errorf("%s: dedupRecord (%q, %d), proto.Unmarshal %v", tc.name, id, msgID, &rec)
+		}
+	}
+}
+
+// messageRecordBytes is a SnapshotRecord holding a message.
+func messageRecordBytes(t *testing.T) []byte {
+	b, err := proto.Marshal(&fsmpb.SnapshotRecord{Record: &fsmpb.SnapshotRecord_Message{Message: &fsmpb.SnapshotMessage{Id: 1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -449,6 +449,12 @@ func readSnapshot(in io.Reader, put func(body []byte, attrs []*fsmpb.Attribute) 
 			}
 			continue
 		}
+		if id, msgID, ok := dedupRecord(data); ok && b.state && b.q != nil {
+			if err := b.dedup(id, msgID); err != nil {
+				return nil, snapErr("record %d: %v", count, err)
+			}
+			continue
+		}
 		rec := new(fsmpb.SnapshotRecord)
 		if err := proto.Unmarshal(data, rec); err != nil {
 			return nil, snapErr("record %d: %v", count, err)
@@ -525,7 +531,7 @@ func (b *builder) add(rec *fsmpb.SnapshotRecord) error {
 		if b.q == nil {
 			return errors.New("dedup entry before any queue")
 		}
-		return b.dedup(r.Dedup)
+		return b.dedup(r.Dedup.GetDedupId(), r.Dedup.GetMessageId())
 	case *fsmpb.SnapshotRecord_Replay:
 		if b.q == nil {
 			return errors.New("replay entry before any queue")
@@ -745,20 +751,21 @@ func (b *builder) message(d decoded) error {
 	return nil
 }
 
-func (b *builder) dedup(sd *fsmpb.SnapshotDedup) error {
+func (b *builder) dedup(id string, msgID uint64) error {
 	q := b.q
 	if b.phase > 1 {
 		return fmt.Errorf("queue %q: dedup entry after replay entries", q.name)
 	}
-	if sd.GetDedupId() == "" || (b.phase == 1 && sd.GetDedupId() <= b.lastKey) {
-		return fmt.Errorf("queue %q: dedup id %q empty or not in order", q.name, sd.GetDedupId())
+	if id == "" || (b.phase == 1 && id <= b.lastKey) {
+		return fmt.Errorf("queue %q: dedup id %q empty or not in order", q.name, id)
 	}
-	b.phase, b.lastKey = 1, sd.GetDedupId()
-	m, ok := q.msgs.Get(&message{id: sd.GetMessageId()})
-	if !ok || m.dedupID != sd.GetDedupId() {
-		return fmt.Errorf("queue %q: dedup id %q names message %d, which does not carry it", q.name, sd.GetDedupId(), sd.GetMessageId())
+	b.phase, b.lastKey = 1, id
+	m, ok := q.msgs.Get(&message{id: msgID})
+	if !ok || m.dedupID != id {
+		return fmt.Errorf("queue %q: dedup id %q names message %d, which does not carry it", q.name, id, msgID)
 	}
-	q.dedup.Set(m)
+	// In key order (checked above): Load appends without a search.
+	q.dedup.Load(m)
 	return nil
 }
 
