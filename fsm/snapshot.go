@@ -10,6 +10,7 @@ import (
 	"hash"
 	"hash/crc32"
 	"io"
+	"math/bits"
 
 	"github.com/hashicorp/raft"
 	"github.com/tidwall/btree"
@@ -549,6 +550,9 @@ func (b *builder) queue(sq *fsmpb.SnapshotQueue) error {
 	if b.q != nil && sq.GetName() <= b.q.name {
 		return fmt.Errorf("queue %q after %q: not in name order", sq.GetName(), b.q.name)
 	}
+	if err := b.checkCounters(); err != nil {
+		return err
+	}
 	s, err := defaultSettings().merge(sq.GetName(), sq.GetSettings())
 	if err != nil {
 		return fmt.Errorf("queue %q: %v", sq.GetName(), err)
@@ -751,6 +755,31 @@ func (b *builder) message(d decoded) error {
 	return nil
 }
 
+// checkCounters refuses the queue just read if its counters do not add
+// up to its records: every message enqueued into it (or moved into it as
+// a dead letter) is live, dead, or gone in one of the counted ways. Apply
+// keeps this true after every command, so a snapshot that breaks it was
+// not written by one.
+func (b *builder) checkCounters() error {
+	q := b.q
+	if q == nil {
+		return nil
+	}
+	c := q.counters
+	live := uint64(q.msgs.Len()) - q.dead - uint64(q.tombs.Len())
+	sum, overflow := live, uint64(0)
+	for _, v := range []uint64{q.dead, c.acked, c.expired, c.deadLettered, c.purged, c.redriven} {
+		var carry uint64
+		sum, carry = bits.Add64(sum, v, 0)
+		overflow |= carry
+	}
+	if overflow != 0 || sum != c.enqueued {
+		return fmt.Errorf("queue %q: enqueued total %d, but %d live + %d dead + %d acked + %d expired + %d dead-lettered + %d purged + %d redriven",
+			q.name, c.enqueued, live, q.dead, c.acked, c.expired, c.deadLettered, c.purged, c.redriven)
+	}
+	return nil
+}
+
 func (b *builder) dedup(id string, msgID uint64) error {
 	q := b.q
 	if b.phase > 1 {
@@ -834,6 +863,9 @@ type restored struct {
 func (b *builder) finish() (*restored, error) {
 	if !b.state {
 		return nil, snapErr("no state record")
+	}
+	if err := b.checkCounters(); err != nil {
+		return nil, snapErr("%v", err)
 	}
 	return &restored{queues: b.queues, now: b.now, applied: b.applied, nextBody: b.nextBody}, nil
 }

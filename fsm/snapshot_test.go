@@ -3,10 +3,12 @@ package fsm
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -149,6 +151,35 @@ func TestRestoreRejectsBadSnapshots(t *testing.T) {
 				t.Fatal("rejected snapshot changed the state")
 			}
 		})
+	}
+}
+
+// A snapshot whose counters do not add up to its records (here: one
+// message too many enqueued) is refused, naming the queue and the sums,
+// and the state stays as it was.
+func TestRestoreRefusesCountersThatDoNotAddUp(t *testing.T) {
+	h := busyState(t)
+	var name string
+	h.f.queues.Scan(func(q *queue) bool {
+		if q.msgs.Len() > 0 {
+			name = q.name
+			q.counters.enqueued++
+			return false
+		}
+		return true
+	})
+	if name == "" {
+		t.Fatal("busy state has no queue with messages")
+	}
+	data := persistBytes(t, h.f)
+	g := busyState(t)
+	before := g.f.StateHash()
+	err := g.f.Restore(io.NopCloser(bytes.NewReader(data)))
+	if !errors.Is(err, ErrSnapshot) || !strings.Contains(err.Error(), fmt.Sprintf("queue %q: enqueued total", name)) {
+		t.Fatalf("Restore of counters that do not add up: %v, want ErrSnapshot naming queue %q and its enqueued total", err, name)
+	}
+	if g.f.StateHash() != before {
+		t.Fatal("rejected snapshot changed the state")
 	}
 }
 
