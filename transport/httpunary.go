@@ -76,7 +76,7 @@ func (t *unaryTarget) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if len(body) > t.maxRecv {
-		t.writeError(w, r, status.Errorf(codes.ResourceExhausted, "request of more than %d bytes is larger than the limit of %d bytes", t.maxRecv, t.maxRecv))
+		t.writeError(w, r, status.Errorf(codes.ResourceExhausted, "request is larger than the limit of %d bytes (its protobuf form, as a gRPC call would send it)", t.maxRecv))
 		return
 	}
 	ctx := metadata.NewIncomingContext(WithViaHTTP(r.Context()), md)
