@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -127,12 +129,24 @@ func StartLocal(ctx context.Context, opts LocalOptions) (*LocalCluster, error) {
 		}
 	}
 	for i := 0; i < opts.N && opts.BasePort == 0; i++ {
-		cfg := LocalConfig(opts.Dir, i, opts.N, opts.Logger)
-		cfg.APIAddr, cfg.RaftAddr, cfg.GossipAddr, cfg.HTTPAddr = localAddr(0), localAddr(0), localAddr(0), localAddr(0)
-		for _, n := range lc.Nodes {
-			cfg.Join = append(cfg.Join, n.GossipAddr())
+		var (
+			node *Node
+			cfg  Config
+			err  error
+		)
+		// Another process may take a port between the check and the
+		// bind: then the node tries other ones.
+		for attempt := 0; ; attempt++ {
+			cfg = LocalConfig(opts.Dir, i, opts.N, opts.Logger)
+			cfg.APIAddr, cfg.RaftAddr, cfg.GossipAddr, cfg.HTTPAddr = restartablePort(), restartablePort(), restartablePort(), restartablePort()
+			for _, n := range lc.Nodes {
+				cfg.Join = append(cfg.Join, n.GossipAddr())
+			}
+			node, cfg, err = startPinned(ctx, i, cfg, opts.Tweak)
+			if err == nil || attempt == 4 || !strings.Contains(err.Error(), "address already in use") {
+				break
+			}
 		}
-		node, cfg, err := startPinned(ctx, i, cfg, opts.Tweak)
 		if err != nil {
 			return nil, errors.Join(err, lc.Close())
 		}
@@ -194,3 +208,29 @@ func (lc *LocalCluster) Close() error {
 
 // localAddr is 127.0.0.1:port.
 func localAddr(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+
+// restartablePort returns a loopback address whose port is free for TCP
+// and UDP now and lies below 32768, where Linux's ephemeral range starts
+// (ip_local_port_range). A port the kernel hands out for ":0" comes from
+// that range, which every outgoing connection draws from too: while a
+// node is stopped, a connection elsewhere may take its port, and the
+// node cannot start again on it. Below the range, only another listener
+// that picked the same port can. Without a free port after 100 tries it
+// falls back to ":0".
+func restartablePort() string {
+	for range 100 {
+		addr := localAddr(20000 + rand.IntN(12000))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		u, err := net.ListenPacket("udp", addr)
+		l.Close()
+		if err != nil {
+			continue
+		}
+		u.Close()
+		return addr
+	}
+	return localAddr(0)
+}
