@@ -62,8 +62,9 @@ type LocalOptions struct {
 	// N is the number of nodes, 1..MaxLocalNodes.
 	N int
 	// BasePort fixes the ports (see LocalRaftPortOffset), so that a
-	// client or a restart finds the cluster where it was. 0 takes any
-	// free ports and runs no admin HTTP server.
+	// client or a restart finds the cluster where it was. 0 takes free
+	// ports below the kernel's ephemeral range (restartablePort), which a
+	// restarted node finds free again, and runs no admin HTTP server.
 	BasePort int
 	// Logger receives every node's log.
 	Logger *slog.Logger

@@ -78,7 +78,7 @@ func ViaHTTP(ctx context.Context) bool {
 func NewHTTPHandler(cfg HTTPConfig) (http.Handler, error) {
 	target := &unaryTarget{
 		methods:     cfg.Methods,
-		intercept:   ChainUnary(cfg.Interceptors...),
+		intercept:   chainUnary(cfg.Interceptors...),
 		codec:       cfg.Codec,
 		maxRecv:     cfg.MaxRecvMsgSize,
 		admit:       cfg.Admit,

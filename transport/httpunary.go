@@ -20,7 +20,7 @@ import (
 // UnaryMethods holds the unary methods of the services registered on it
 // (it is a grpc.ServiceRegistrar), so that the HTTP API calls a service's
 // method in process, with the gRPC server's interceptors, instead of
-// through grpc.Server.ServeHTTP. That path framed every call as a gRPC
+// through grpc.Server.ServeHTTP, which frames every call as a gRPC
 // stream on goroutines and channels of its own; called directly, a call
 // costs its decode, its interceptors and its method.
 type UnaryMethods struct {
@@ -132,9 +132,9 @@ func (t *unaryTarget) writeError(w http.ResponseWriter, r *http.Request, err err
 	}
 }
 
-// ChainUnary runs interceptors in order, the first outermost, as
+// chainUnary runs interceptors in order, the first outermost, as
 // grpc.ChainUnaryInterceptor does.
-func ChainUnary(interceptors ...grpc.UnaryServerInterceptor) grpc.UnaryServerInterceptor {
+func chainUnary(interceptors ...grpc.UnaryServerInterceptor) grpc.UnaryServerInterceptor {
 	if len(interceptors) == 0 {
 		return nil
 	}
