@@ -22,11 +22,12 @@ import (
 )
 
 // A node's own snapshot is raft's state.bin holding the FSM's index (a
-// version-2 stream: records with body references) and, beside it in the
-// snapshot's directory, a pebble checkpoint of the body store
-// (checkpointDir) and a random tag naming that checkpoint (tagFile). The
-// checkpoint hard-links the store's sstables: writing it costs a memtable
-// flush and a manifest copy, whatever the backlog.
+// version-3 stream: records with body references, message records and
+// dedup entries in segment files under segmentDir, see segments.go) and,
+// beside it in the snapshot's directory, a pebble checkpoint of the body
+// store (checkpointDir) and a random tag naming that checkpoint
+// (tagFile). The checkpoint hard-links the store's sstables: writing it
+// costs a memtable flush and a manifest copy, whatever the backlog.
 //
 // raft sends and restores what the snapshot store's Open returns, so Open
 // packs a snapshot with a checkpoint into one self-contained stream, whose
@@ -35,7 +36,8 @@ import (
 //	magic "QQSNPKG1"
 //	uvarint length + the snapshot's checkpoint tag
 //	uvarint file count, then per file: uvarint length + name, uvarint size
-//	index length (uint64 big-endian) + the index (state.bin)
+//	index length (uint64 big-endian) + the index (state.bin, with its
+//	  segment files spliced in: a version-2 stream)
 //	the files' bytes, in the order listed
 //	CRC32C (uint32 big-endian) of every byte before it
 //
@@ -92,6 +94,7 @@ func (s *snapshotStore) dropOlderCheckpoints(newest string) {
 		dir := filepath.Join(s.dir, m.ID)
 		_ = os.Remove(filepath.Join(dir, tagFile))
 		_ = os.RemoveAll(filepath.Join(dir, checkpointDir))
+		_ = os.RemoveAll(filepath.Join(dir, segmentDir))
 	}
 }
 
@@ -138,11 +141,16 @@ func (s *snapshotStore) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, erro
 		return meta, rc, nil
 	}
 	if err == nil {
-		var p *packageReader
-		if p, err = openPackage(filepath.Join(dir, checkpointDir), tag, meta.Size, rc); err == nil {
-			m := *meta
-			m.Size = p.size
-			return &m, p, nil
+		var index io.ReadCloser
+		var size int64
+		if index, size, err = openIndex(dir, rc, meta.Size); err == nil {
+			rc = index
+			var p *packageReader
+			if p, err = openPackage(filepath.Join(dir, checkpointDir), tag, size, index); err == nil {
+				m := *meta
+				m.Size = p.size
+				return &m, p, nil
+			}
 		}
 	}
 	rc.Close()
@@ -234,7 +242,10 @@ func (s *snapshotStore) meta(id string) (*raft.SnapshotMeta, error) {
 			return m, nil
 		}
 		if err == nil {
-			_, _, m.Size, err = packageHeader(filepath.Join(dir, checkpointDir), tag, m.Size)
+			size := m.Size
+			if size, err = indexSize(dir, size); err == nil {
+				_, _, m.Size, err = packageHeader(filepath.Join(dir, checkpointDir), tag, size)
+			}
 		}
 		return m, err
 	}

@@ -48,18 +48,7 @@ func TestSnapshotRefersToACheckpointOfTheStore(t *testing.T) {
 	}
 	// After the snapshot: more messages, and acks of some of the first.
 	enqueueBodies(t, c, li, "q", n, 40, size)
-	q := quorumqpb.NewQueueClient(c.Conn(t, li))
-	resp, err := q.Receive(ctxT(t, 10*time.Second), &quorumqpb.ReceiveRequest{Queue: "q", Max: 10, VisibilityNs: int64(time.Minute)})
-	if err != nil || len(resp.GetDeliveries()) != 10 {
-		t.Fatalf("receive: %v (%d deliveries)", err, len(resp.GetDeliveries()))
-	}
-	var receipts []*fsmpb.Receipt
-	for _, d := range resp.GetDeliveries() {
-		receipts = append(receipts, d.GetReceipt())
-	}
-	if _, err := q.Ack(ctxT(t, 10*time.Second), &quorumqpb.AckRequest{Queue: "q", Receipts: receipts}); err != nil {
-		t.Fatalf("ack: %v", err)
-	}
+	receiveAndAck(t, c, li, "q", 10)
 	c.WaitReplicated(t)
 	restartAll(t, c)
 	for i := range c.Nodes {
@@ -67,6 +56,24 @@ func TestSnapshotRefersToACheckpointOfTheStore(t *testing.T) {
 		if linked := linkedFiles(t, filepath.Join(c.configs[i].DataDir, bodyStoreDir)); linked == 0 {
 			t.Fatalf("node %d: no file of the restarted store is shared with the snapshot's checkpoint: the start rewrote the bodies", i)
 		}
+	}
+}
+
+// receiveAndAck receives the first n messages of queue through node i and
+// acks them.
+func receiveAndAck(t *testing.T, c *TestCluster, i int, queue string, n int) {
+	t.Helper()
+	q := quorumqpb.NewQueueClient(c.Conn(t, i))
+	resp, err := q.Receive(ctxT(t, 10*time.Second), &quorumqpb.ReceiveRequest{Queue: queue, Max: uint32(n), VisibilityNs: int64(time.Minute)})
+	if err != nil || len(resp.GetDeliveries()) != n {
+		t.Fatalf("receive: %v (%d deliveries, want %d)", err, len(resp.GetDeliveries()), n)
+	}
+	var receipts []*fsmpb.Receipt
+	for _, d := range resp.GetDeliveries() {
+		receipts = append(receipts, d.GetReceipt())
+	}
+	if _, err := q.Ack(ctxT(t, 10*time.Second), &quorumqpb.AckRequest{Queue: queue, Receipts: receipts}); err != nil {
+		t.Fatalf("ack: %v", err)
 	}
 }
 

@@ -109,6 +109,9 @@ func (n *Node) verifyStores() error {
 			return fmt.Errorf("%w: snapshot %s is corrupt: %v", ErrDataDir, filepath.Join(n.cfg.DataDir, "snapshots", s.ID, "state.bin"), err)
 		}
 		rc.Close()
+		if err := checkSegments(filepath.Join(n.cfg.DataDir, "snapshots", s.ID)); err != nil {
+			return fmt.Errorf("%w: %v", ErrDataDir, err)
+		}
 	}
 	return nil
 }

@@ -159,7 +159,9 @@ func corruptEntryThenReplace(t *testing.T, kind string) {
 func TestCorruptSnapshotRefusesToStart(t *testing.T) {
 	c := StartTestCluster(t, 3)
 	li := c.Index(c.Leader(t))
-	enqueue(t, c, li, "q", "SNAPSHOT-VALUE-0001", "SNAPSHOT-VALUE-0002")
+	// The queue's name is in state.bin (its queue record); its messages
+	// and dedup IDs are in the segment files beside it.
+	enqueue(t, c, li, "SNAPSHOT-QUEUE-0001", "v1", "v2")
 	c.WaitReplicated(t)
 	fi := follower(t, c)
 	if err := c.Nodes[fi].raft.Snapshot().Error(); err != nil {
@@ -172,8 +174,8 @@ func TestCorruptSnapshotRefusesToStart(t *testing.T) {
 	cfg := c.configs[fi]
 	c.Kill(fi)
 	state := filepath.Join(cfg.DataDir, "snapshots", snaps[0].ID, "state.bin")
-	if n := flipMiddleBits(t, state, []byte("SNAPSHOT-VALUE-0002")); n == 0 {
-		t.Fatalf("value not found in %s", state)
+	if n := flipMiddleBits(t, state, []byte("SNAPSHOT-QUEUE-0001")); n == 0 {
+		t.Fatalf("queue name not found in %s", state)
 	}
 	_, err = Start(context.Background(), cfg)
 	if !errors.Is(err, ErrDataDir) || !strings.Contains(err.Error(), state) {

@@ -3,6 +3,7 @@ package cluster
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -75,7 +76,7 @@ func newMetrics(n *Node) *metrics {
 		}),
 		snapshotSize: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "quorumq_raft_snapshot_size_bytes",
-			Help: "Size of the last FSM snapshot this node wrote.",
+			Help: "Bytes the last FSM snapshot of this node wrote: its index and the segment files it did not link from the snapshot before.",
 		}),
 		nacked: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "quorumq_messages_nacked_total",
@@ -242,6 +243,37 @@ func (c *countingSink) CheckpointDir() string {
 		return cs.CheckpointDir()
 	}
 	return ""
+}
+
+// CreateSegment passes segment files on (fsm.SegmentSink), counting what
+// they are written.
+func (c *countingSink) CreateSegment(name string) (io.WriteCloser, error) {
+	ss, ok := c.SnapshotSink.(fsm.SegmentSink)
+	if !ok {
+		return nil, errors.New("the snapshot sink keeps no segment files")
+	}
+	w, err := ss.CreateSegment(name)
+	if err != nil {
+		return nil, err
+	}
+	return &countingWriter{WriteCloser: w, n: &c.n}, nil
+}
+
+// LinkSegment passes links of segment files on (fsm.SegmentSink).
+func (c *countingSink) LinkSegment(name string) bool {
+	ss, ok := c.SnapshotSink.(fsm.SegmentSink)
+	return ok && ss.LinkSegment(name)
+}
+
+type countingWriter struct {
+	io.WriteCloser
+	n *int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.WriteCloser.Write(p)
+	*c.n += int64(n)
+	return n, err
 }
 
 func (c *countingSink) Write(p []byte) (int, error) {

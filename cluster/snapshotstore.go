@@ -87,6 +87,11 @@ type checkedSink struct {
 	index, term uint64
 	store       *snapshotStore
 	own         bool // written by this node's FSM (observedSnapshot.Persist)
+	// segments: the snapshot holds segment files; earlier: the segment
+	// directories of the completed snapshots, newest first, that
+	// LinkSegment links from (see segments.go).
+	segments bool
+	earlier  []string
 }
 
 // markOwnSnapshot records that sink is being written by this node's FSM.
@@ -105,6 +110,10 @@ func (c *checkedSink) Close() error {
 			return fmt.Errorf("%w: snapshot at index %d (term %d) is older than the state this node has applied, at index %d",
 				errOlderSnapshot, c.index, c.term, applied)
 		}
+	}
+	if err := c.syncSegments(); err != nil {
+		_ = c.SnapshotSink.Cancel()
+		return fmt.Errorf("sync the snapshot's segment files: %w", err)
 	}
 	if err := c.SnapshotSink.Close(); err != nil {
 		return err

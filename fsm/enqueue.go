@@ -53,7 +53,7 @@ func (t *txn) enqueue(field string, e *fsmpb.Enqueue, res *fsmpb.Result) *cmdErr
 		}
 		rec := q.add(t.storeBody(m), m.GetDedupId(), q.groupExt(m.GetGroup()), addDur(t.now, m.GetDelayNs()), t.now, 0)
 		if rec.dedupID != "" {
-			q.dedup.SetHint(rec, &q.dedupHint)
+			q.setDedup(rec)
 		}
 		res.Enqueued = append(res.Enqueued, &fsmpb.EnqueueResult{MessageId: rec.id})
 	}

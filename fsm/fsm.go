@@ -41,6 +41,12 @@ type FSM struct {
 	// slip between a Watch's look at the state and its channel.
 	wmu   sync.Mutex
 	watch map[string]chan struct{}
+
+	// seq counts the commands applied and the snapshots restored in this
+	// process (see queue.changed); segs: the segment files of the last
+	// snapshot persisted with them (segments.go).
+	seq  uint64
+	segs segmentCache
 }
 
 // FSM is deliberately not a raft.BatchingFSM: ApplyBatch (one lock per
@@ -110,8 +116,9 @@ func errorResult(err *cmdError) *fsmpb.Result {
 // entry, and it goes on up, stopping the node before its memory and its
 // store can disagree.
 func (f *FSM) apply(cmd *fsmpb.Command) (res *fsmpb.Result) {
+	f.seq++
 	t := &txn{committed: f.queues, now: f.now, rules: cmd.GetRules(), index: f.applied, work: make(map[string]*queue),
-		ops: &bodyOps{}, nextBody: f.nextBody, read: f.store.Get}
+		ops: &bodyOps{}, nextBody: f.nextBody, read: f.store.Get, seq: f.seq}
 	defer func() {
 		for _, q := range t.work {
 			if q != nil {
@@ -173,6 +180,17 @@ func (f *FSM) apply(cmd *fsmpb.Command) (res *fsmpb.Result) {
 	f.lastNow.Store(t.now)
 	f.notify(t.wake)
 	return res
+}
+
+// bornAgain gives every queue a new birth count after a restore: no chunk
+// of a restored queue is as a segment file of an earlier snapshot holds
+// it (see queue.changed).
+func (f *FSM) bornAgain() {
+	f.seq++
+	f.queues.Scan(func(q *queue) bool {
+		q.born, q.changed = f.seq, nil
+		return true
+	})
 }
 
 // notify closes the watch channels of the named queues.
@@ -376,6 +394,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		return errors.Join(fmt.Errorf("fsm: restore: delete the bodies of the old state: %w", err), w.discard())
 	}
 	f.queues, f.now, f.applied = s.queues, s.now, s.applied
+	f.bornAgain()
 	f.nextBody = w.next
 	f.lastNow.Store(s.now)
 	f.notifyAll()
@@ -409,6 +428,7 @@ func (f *FSM) RestoreCheckpoint(index io.Reader, adopt func() error) error {
 		return fmt.Errorf("fsm: restore: delete the bodies written after the snapshot: %w", err)
 	}
 	f.queues, f.now, f.applied = s.queues, s.now, s.applied
+	f.bornAgain()
 	f.nextBody = s.nextBody
 	f.lastNow.Store(s.now)
 	f.notifyAll()

@@ -336,7 +336,7 @@ func (q *queue) keepDead(m *message, how uint8, ext *extra, now int64) {
 	d := m.with(now, m.attempt, flagDead|how)
 	d.ext = ext
 	d.index = q.stamp.index
-	q.msgs.SetHint(d, &q.msgsHint)
+	q.setMsg(d)
 	q.redirectDedup(m, d)
 	q.dead++
 }

@@ -285,6 +285,14 @@ type queue struct {
 	// ops: the store writes of the command in progress (set by txn.own;
 	// nil between commands).
 	ops *bodyOps
+	// born, seq and changed tell a snapshot which chunks of msgs are as an
+	// earlier snapshot wrote them (see segments.go). born: the FSM's change
+	// count when the queue was created or restored; seq: the change count
+	// of the command in progress (set by txn.track); changed: per chunk of
+	// ids, the change count of the last command that changed a record in
+	// it (born for a chunk absent). Node-local, not part of the state.
+	born, seq uint64
+	changed   map[uint64]uint64
 
 	msgs  *btree.BTreeG[*message] // by id: live messages and tombstones
 	ready readySet                // ids of ready messages
@@ -403,9 +411,21 @@ func refreshed[T any](t *btree.BTreeG[T]) *btree.BTreeG[T] {
 
 func (q *queue) live() uint64 { return uint64(q.ready.len()+q.timed.Len()) + q.waiting }
 
+// setMsg sets m in msgs, replacing the record with its id.
+func (q *queue) setMsg(m *message) {
+	q.msgs.SetHint(m, &q.msgsHint)
+	q.touch(m.id)
+}
+
+// dropMsg removes m from msgs.
+func (q *queue) dropMsg(m *message) {
+	q.msgs.Delete(m)
+	q.touch(m.id)
+}
+
 // put inserts a live record into msgs and into the index its flags name.
 func (q *queue) put(m *message) {
-	q.msgs.SetHint(m, &q.msgsHint)
+	q.setMsg(m)
 	switch {
 	case m.is(flagWaiting):
 		q.waiting++
@@ -498,7 +518,7 @@ func (q *queue) tombstone(m *message, attempt uint32, now int64, how uint8, why 
 	if q.stamp.fates {
 		t.ext = why
 	}
-	q.msgs.SetHint(t, &q.msgsHint)
+	q.setMsg(t)
 	q.tombs.SetHint(t, &q.tombsHint)
 	q.redirectDedup(m, t)
 }

@@ -58,6 +58,9 @@ type view struct {
 	// cp pins the store as of the same entry when the store can
 	// checkpoint itself (CheckpointStore); nil otherwise.
 	cp StoreCheckpoint
+	// segs: the FSM's segment files, for a snapshot persisted into a
+	// SegmentSink (each queue's changed is frozen with it).
+	segs *segmentCache
 }
 
 // view freezes the current state in O(number of queues): each queue's
@@ -83,8 +86,15 @@ func (f *FSM) view(bodies bool) (*view, error) {
 			v.cp = cp
 		}
 	}
+	if bodies {
+		v.segs = &f.segs
+	}
 	f.queues.Scan(func(q *queue) bool {
-		v.queues = append(v.queues, q.clone())
+		c := q.clone()
+		if bodies {
+			c.changed = q.frozenChanges()
+		}
+		v.queues = append(v.queues, c)
 		return true
 	})
 	return v, nil
@@ -131,14 +141,19 @@ func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 		}
 	}
 	enc := inline
+	var sg *segWriter
 	if cpDone != nil {
 		enc = byRef
+		if ss, ok := sink.(SegmentSink); ok {
+			era, old := s.v.segs.get()
+			sg = &segWriter{sink: ss, era: era, old: old, new: make(map[segKey]chunkFiles)}
+		}
 	} else {
 		// Deletes wait while the store is pinned; a snapshot streamed
 		// inline reads its bodies from the view instead.
 		s.v.releaseCheckpoint()
 	}
-	err := s.v.write(sink, enc)
+	err := s.v.write(sink, enc, sg)
 	if cpDone != nil {
 		if cpErr := <-cpDone; cpErr != nil {
 			err = errors.Join(err, fmt.Errorf("checkpoint of the body store: %w", cpErr))
@@ -148,7 +163,13 @@ func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 		_ = sink.Cancel()
 		return fmt.Errorf("fsm: persist snapshot: %w", err)
 	}
-	return sink.Close()
+	if err := sink.Close(); err != nil {
+		return err
+	}
+	if sg != nil {
+		s.v.segs.set(sg.new)
+	}
+	return nil
 }
 
 // Release closes the view of the store and unpins it; the rest of the
@@ -179,7 +200,7 @@ func (f *FSM) StateHash() string {
 	h := sha256.New()
 	v, err := f.view(false)
 	if err == nil {
-		err = v.write(h, hashed)
+		err = v.write(h, hashed, nil)
 	}
 	if err != nil {
 		// Writing to a hash never fails; a failure here is a bug.
@@ -197,15 +218,21 @@ type snapWriter struct {
 	enc     encoding
 	// bodies: where inline message values are read from.
 	bodies StoreView
+	// segs: where message records go in version 3 (nil: in the stream).
+	segs *segWriter
 }
 
-// write writes the snapshot stream, version 1 (inline) or 2 (byRef), or
-// the form StateHash hashes (hashed: no applied index, no body ids).
-func (v *view) write(out io.Writer, enc encoding) error {
-	sw := &snapWriter{crc: crc32.New(castagnoli), enc: enc, bodies: v.bodies}
+// write writes the snapshot stream, version 1 (inline), 2 (byRef) or 3
+// (byRef with sg), or the form StateHash hashes (hashed: no applied
+// index, no body ids).
+func (v *view) write(out io.Writer, enc encoding, sg *segWriter) error {
+	sw := &snapWriter{crc: crc32.New(castagnoli), enc: enc, bodies: v.bodies, segs: sg}
 	sw.w = bufio.NewWriterSize(io.MultiWriter(out, sw.crc), 1<<16)
 	version := uint32(snapshotVersion)
-	if enc == byRef {
+	switch {
+	case sg != nil:
+		version = segmentVersion
+	case enc == byRef:
 		version = checkpointVersion
 	}
 	hdr := make([]byte, 0, 12)
@@ -242,24 +269,48 @@ func (v *view) write(out io.Writer, enc encoding) error {
 }
 
 func (sw *snapWriter) record(r *fsmpb.SnapshotRecord) error {
+	rec, err := sw.framedRecord(r)
+	if err != nil {
+		return err
+	}
+	sw.count++
+	_, err = sw.w.Write(rec)
+	return err
+}
+
+// framedRecord returns r encoded with its length prefix, in a buffer the
+// next record reuses.
+func (sw *snapWriter) framedRecord(r *fsmpb.SnapshotRecord) ([]byte, error) {
 	var err error
 	// Reserve the longest uvarint, then move the body if it was shorter.
 	sw.buf = append(sw.buf[:0], make([]byte, binary.MaxVarintLen64)...)
 	sw.buf, err = proto.MarshalOptions{Deterministic: true}.MarshalAppend(sw.buf, r)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return sw.flushRecord()
+	return sw.framed(), nil
 }
 
 func (sw *snapWriter) message(m *message) error {
-	value, err := sw.value(m)
+	rec, err := sw.framedMessage(m)
 	if err != nil {
 		return err
 	}
+	sw.count++
+	_, err = sw.w.Write(rec)
+	return err
+}
+
+// framedMessage returns m's record with its length prefix, in a buffer
+// the next record reuses.
+func (sw *snapWriter) framedMessage(m *message) ([]byte, error) {
+	value, err := sw.value(m)
+	if err != nil {
+		return nil, err
+	}
 	sw.buf = append(sw.buf[:0], make([]byte, binary.MaxVarintLen64)...)
 	sw.buf, sw.scratch = appendMessageRecord(sw.buf, sw.scratch, m, value, sw.enc)
-	return sw.flushRecord()
+	return sw.framed(), nil
 }
 
 // snapMessage is m as a SnapshotMessage protobuf, with its value (as
@@ -290,16 +341,15 @@ func (sw *snapWriter) value(m *message) ([]byte, error) {
 	return v, nil
 }
 
-// flushRecord writes the record in buf after its reserved length prefix.
-func (sw *snapWriter) flushRecord() error {
+// framed puts the length of the record in buf into the room reserved
+// before it and returns the framed record.
+func (sw *snapWriter) framed() []byte {
 	n := len(sw.buf) - binary.MaxVarintLen64
 	var lenBuf [binary.MaxVarintLen64]byte
 	l := binary.PutUvarint(lenBuf[:], uint64(n))
 	start := binary.MaxVarintLen64 - l
 	copy(sw.buf[start:], lenBuf[:l])
-	sw.count++
-	_, err := sw.w.Write(sw.buf[start:])
-	return err
+	return sw.buf[start:]
 }
 
 func (sw *snapWriter) queue(q *queue) error {
@@ -319,17 +369,20 @@ func (sw *snapWriter) queue(q *queue) error {
 	if err != nil {
 		return err
 	}
-	q.msgs.Scan(func(m *message) bool {
-		err = sw.message(m)
-		return err == nil
-	})
-	if err != nil {
-		return err
+	if sw.segs != nil {
+		err = sw.segs.queue(sw, q)
+	} else {
+		q.msgs.Scan(func(m *message) bool {
+			err = sw.message(m)
+			return err == nil
+		})
+		if err == nil {
+			q.dedup.Scan(func(m *message) bool {
+				err = sw.record(&fsmpb.SnapshotRecord{Record: &fsmpb.SnapshotRecord_Dedup{Dedup: &fsmpb.SnapshotDedup{DedupId: m.dedupID, MessageId: m.id}}})
+				return err == nil
+			})
+		}
 	}
-	q.dedup.Scan(func(m *message) bool {
-		err = sw.record(&fsmpb.SnapshotRecord{Record: &fsmpb.SnapshotRecord_Dedup{Dedup: &fsmpb.SnapshotDedup{DedupId: m.dedupID, MessageId: m.id}}})
-		return err == nil
-	})
 	if err != nil {
 		return err
 	}
@@ -538,6 +591,8 @@ func (b *builder) add(rec *fsmpb.SnapshotRecord) error {
 			return errors.New("replay entry before any queue")
 		}
 		return b.replay(r.Replay)
+	case *fsmpb.SnapshotRecord_Segment:
+		return errors.New("a segment reference, which only a node's own snapshot index holds (version 3): open it through its snapshot store")
 	default:
 		return fmt.Errorf("unexpected record type %T", r)
 	}

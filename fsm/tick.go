@@ -55,6 +55,7 @@ func (q *queue) tick(now int64) uint64 {
 		if m.dedupID != "" {
 			if cur, ok := q.dedup.Get(m); ok && cur.id == m.id {
 				q.dedup.Delete(m)
+				q.touch(m.id)
 				n++
 			}
 		}
@@ -95,7 +96,7 @@ func (q *queue) tick(now int64) uint64 {
 }
 
 func (q *queue) dropTomb(m *message) {
-	q.msgs.Delete(m)
+	q.dropMsg(m)
 	q.tombs.Delete(m)
 }
 

@@ -32,6 +32,8 @@ type txn struct {
 	nextBody uint64
 	// read reads a stored value as of the last committed command.
 	read func(key []byte) ([]byte, bool, error)
+	// seq: the FSM's change count for this command (see queue.changed).
+	seq uint64
 }
 
 // lookup returns the queue for reading (nil if it does not exist).
@@ -69,6 +71,10 @@ func (t *txn) mut(field, name string) (*queue, *cmdError) {
 // writes going to the command's batch.
 func (t *txn) track(q *queue) *queue {
 	q.ops = t.ops
+	q.seq = t.seq
+	if q.born == 0 {
+		q.born = t.seq
+	}
 	q.stamp = stamp{}
 	if t.rules >= 2 {
 		q.stamp = stamp{index: t.index, fates: true}

@@ -348,12 +348,21 @@ func truncateFile(backing, rel string, env *Env) (string, string, error) {
 }
 
 // corruptSnapshot flips three random bits in the state.bin of a retained
-// snapshot (the node checks every one at start).
+// snapshot or in a segment file of the newest one (the node checks every
+// one at start).
 func corruptSnapshot(backing string, env *Env) (string, string, error) {
 	files, _ := filepath.Glob(filepath.Join(backing, "snapshots", "*", "state.bin"))
+	segs, _ := filepath.Glob(filepath.Join(backing, "snapshots", "*", "segs", "*"))
+	for _, f := range segs {
+		// Only a snapshot that keeps its checkpoint (store.tag) restores,
+		// and only its segments are checked.
+		if _, err := os.Stat(filepath.Join(filepath.Dir(filepath.Dir(f)), "store.tag")); err == nil {
+			files = append(files, f)
+		}
+	}
 	var done []string
 	for _, f := range files {
-		if !strings.HasSuffix(filepath.Dir(f), ".tmp") {
+		if dir := filepath.Dir(f); !strings.HasSuffix(dir, ".tmp") && !strings.HasSuffix(filepath.Dir(dir), ".tmp") {
 			done = append(done, f)
 		}
 	}

@@ -540,6 +540,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Message
 	//	*SnapshotRecord_Dedup
 	//	*SnapshotRecord_Replay
+	//	*SnapshotRecord_Segment
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -627,6 +628,15 @@ func (x *SnapshotRecord) GetReplay() *SnapshotReplay {
 	return nil
 }
 
+func (x *SnapshotRecord) GetSegment() *SnapshotSegment {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Segment); ok {
+			return x.Segment
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -651,6 +661,10 @@ type SnapshotRecord_Replay struct {
 	Replay *SnapshotReplay `protobuf:"bytes,5,opt,name=replay,proto3,oneof"`
 }
 
+type SnapshotRecord_Segment struct {
+	Segment *SnapshotSegment `protobuf:"bytes,6,opt,name=segment,proto3,oneof"`
+}
+
 func (*SnapshotRecord_State) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Queue) isSnapshotRecord_Record() {}
@@ -660,6 +674,99 @@ func (*SnapshotRecord_Message) isSnapshotRecord_Record() {}
 func (*SnapshotRecord_Dedup) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Replay) isSnapshotRecord_Record() {}
+
+func (*SnapshotRecord_Segment) isSnapshotRecord_Record() {}
+
+// SnapshotSegment stands, in a node's own snapshot index (version 3), for
+// records of one queue kept in a file of their own beside it: the message
+// records of one chunk of ids, or the dedup entries naming those
+// messages, framed as in the stream. A file
+// whose chunk no command changed since an earlier snapshot is linked from
+// that snapshot instead of written again. Opening the snapshot splices the
+// files in, so what leaves the node, and what a restore reads, is a
+// version-2 stream: this record never appears there.
+type SnapshotSegment struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The file's name in the snapshot's segment directory.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// How many records the file holds, and its size in bytes.
+	Records uint64 `protobuf:"varint,2,opt,name=records,proto3" json:"records,omitempty"`
+	Size    uint64 `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
+	// CRC32C of the file's bytes.
+	Crc32C uint32 `protobuf:"varint,4,opt,name=crc32c,proto3" json:"crc32c,omitempty"`
+	// The file holds dedup entries of the queue (those naming a message of
+	// the chunk), in key order, rather than message records. A queue's
+	// dedup references follow its message references, and splicing merges
+	// their files by key.
+	Dedup         bool `protobuf:"varint,5,opt,name=dedup,proto3" json:"dedup,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotSegment) Reset() {
+	*x = SnapshotSegment{}
+	mi := &file_fsm_fsmpb_snapshot_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotSegment) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotSegment) ProtoMessage() {}
+
+func (x *SnapshotSegment) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_snapshot_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotSegment.ProtoReflect.Descriptor instead.
+func (*SnapshotSegment) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_snapshot_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *SnapshotSegment) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SnapshotSegment) GetRecords() uint64 {
+	if x != nil {
+		return x.Records
+	}
+	return 0
+}
+
+func (x *SnapshotSegment) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *SnapshotSegment) GetCrc32C() uint32 {
+	if x != nil {
+		return x.Crc32C
+	}
+	return 0
+}
+
+func (x *SnapshotSegment) GetDedup() bool {
+	if x != nil {
+		return x.Dedup
+	}
+	return false
+}
 
 var File_fsm_fsmpb_snapshot_proto protoreflect.FileDescriptor
 
@@ -718,14 +825,21 @@ const file_fsm_fsmpb_snapshot_proto_rawDesc = "" +
 	"deliveries\x126\n" +
 	"\boutcomes\x18\x04 \x03(\x0e2\x1a.quorumq.fsm.v1.AckOutcomeR\boutcomes\x123\n" +
 	"\breceipts\x18\x05 \x03(\v2\x17.quorumq.fsm.v1.ReceiptR\breceipts\x12\x19\n" +
-	"\bauto_ack\x18\x06 \x01(\bR\aautoAck\"\xb6\x02\n" +
+	"\bauto_ack\x18\x06 \x01(\bR\aautoAck\"\xf3\x02\n" +
 	"\x0eSnapshotRecord\x125\n" +
 	"\x05state\x18\x01 \x01(\v2\x1d.quorumq.fsm.v1.SnapshotStateH\x00R\x05state\x125\n" +
 	"\x05queue\x18\x02 \x01(\v2\x1d.quorumq.fsm.v1.SnapshotQueueH\x00R\x05queue\x12;\n" +
 	"\amessage\x18\x03 \x01(\v2\x1f.quorumq.fsm.v1.SnapshotMessageH\x00R\amessage\x125\n" +
 	"\x05dedup\x18\x04 \x01(\v2\x1d.quorumq.fsm.v1.SnapshotDedupH\x00R\x05dedup\x128\n" +
-	"\x06replay\x18\x05 \x01(\v2\x1e.quorumq.fsm.v1.SnapshotReplayH\x00R\x06replayB\b\n" +
-	"\x06recordB&Z$github.com/quorumq/quorumq/fsm/fsmpbb\x06proto3"
+	"\x06replay\x18\x05 \x01(\v2\x1e.quorumq.fsm.v1.SnapshotReplayH\x00R\x06replay\x12;\n" +
+	"\asegment\x18\x06 \x01(\v2\x1f.quorumq.fsm.v1.SnapshotSegmentH\x00R\asegmentB\b\n" +
+	"\x06record\"\x81\x01\n" +
+	"\x0fSnapshotSegment\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\arecords\x18\x02 \x01(\x04R\arecords\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\x04R\x04size\x12\x16\n" +
+	"\x06crc32c\x18\x04 \x01(\rR\x06crc32c\x12\x14\n" +
+	"\x05dedup\x18\x05 \x01(\bR\x05dedupB&Z$github.com/quorumq/quorumq/fsm/fsmpbb\x06proto3"
 
 var (
 	file_fsm_fsmpb_snapshot_proto_rawDescOnce sync.Once
@@ -739,7 +853,7 @@ func file_fsm_fsmpb_snapshot_proto_rawDescGZIP() []byte {
 	return file_fsm_fsmpb_snapshot_proto_rawDescData
 }
 
-var file_fsm_fsmpb_snapshot_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_fsm_fsmpb_snapshot_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_fsm_fsmpb_snapshot_proto_goTypes = []any{
 	(*SnapshotState)(nil),   // 0: quorumq.fsm.v1.SnapshotState
 	(*SnapshotQueue)(nil),   // 1: quorumq.fsm.v1.SnapshotQueue
@@ -747,33 +861,35 @@ var file_fsm_fsmpb_snapshot_proto_goTypes = []any{
 	(*SnapshotDedup)(nil),   // 3: quorumq.fsm.v1.SnapshotDedup
 	(*SnapshotReplay)(nil),  // 4: quorumq.fsm.v1.SnapshotReplay
 	(*SnapshotRecord)(nil),  // 5: quorumq.fsm.v1.SnapshotRecord
-	(*QueueSettings)(nil),   // 6: quorumq.fsm.v1.QueueSettings
-	(*QueueStats)(nil),      // 7: quorumq.fsm.v1.QueueStats
-	(*Attribute)(nil),       // 8: quorumq.fsm.v1.Attribute
-	(*DeadLetter)(nil),      // 9: quorumq.fsm.v1.DeadLetter
-	(MessageState)(0),       // 10: quorumq.fsm.v1.MessageState
-	(AckOutcome)(0),         // 11: quorumq.fsm.v1.AckOutcome
-	(*Receipt)(nil),         // 12: quorumq.fsm.v1.Receipt
+	(*SnapshotSegment)(nil), // 6: quorumq.fsm.v1.SnapshotSegment
+	(*QueueSettings)(nil),   // 7: quorumq.fsm.v1.QueueSettings
+	(*QueueStats)(nil),      // 8: quorumq.fsm.v1.QueueStats
+	(*Attribute)(nil),       // 9: quorumq.fsm.v1.Attribute
+	(*DeadLetter)(nil),      // 10: quorumq.fsm.v1.DeadLetter
+	(MessageState)(0),       // 11: quorumq.fsm.v1.MessageState
+	(AckOutcome)(0),         // 12: quorumq.fsm.v1.AckOutcome
+	(*Receipt)(nil),         // 13: quorumq.fsm.v1.Receipt
 }
 var file_fsm_fsmpb_snapshot_proto_depIdxs = []int32{
-	6,  // 0: quorumq.fsm.v1.SnapshotQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
-	7,  // 1: quorumq.fsm.v1.SnapshotQueue.counters:type_name -> quorumq.fsm.v1.QueueStats
-	8,  // 2: quorumq.fsm.v1.SnapshotMessage.attributes:type_name -> quorumq.fsm.v1.Attribute
-	9,  // 3: quorumq.fsm.v1.SnapshotMessage.dead_letter:type_name -> quorumq.fsm.v1.DeadLetter
-	10, // 4: quorumq.fsm.v1.SnapshotMessage.fate:type_name -> quorumq.fsm.v1.MessageState
+	7,  // 0: quorumq.fsm.v1.SnapshotQueue.settings:type_name -> quorumq.fsm.v1.QueueSettings
+	8,  // 1: quorumq.fsm.v1.SnapshotQueue.counters:type_name -> quorumq.fsm.v1.QueueStats
+	9,  // 2: quorumq.fsm.v1.SnapshotMessage.attributes:type_name -> quorumq.fsm.v1.Attribute
+	10, // 3: quorumq.fsm.v1.SnapshotMessage.dead_letter:type_name -> quorumq.fsm.v1.DeadLetter
+	11, // 4: quorumq.fsm.v1.SnapshotMessage.fate:type_name -> quorumq.fsm.v1.MessageState
 	2,  // 5: quorumq.fsm.v1.SnapshotReplay.deliveries:type_name -> quorumq.fsm.v1.SnapshotMessage
-	11, // 6: quorumq.fsm.v1.SnapshotReplay.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
-	12, // 7: quorumq.fsm.v1.SnapshotReplay.receipts:type_name -> quorumq.fsm.v1.Receipt
+	12, // 6: quorumq.fsm.v1.SnapshotReplay.outcomes:type_name -> quorumq.fsm.v1.AckOutcome
+	13, // 7: quorumq.fsm.v1.SnapshotReplay.receipts:type_name -> quorumq.fsm.v1.Receipt
 	0,  // 8: quorumq.fsm.v1.SnapshotRecord.state:type_name -> quorumq.fsm.v1.SnapshotState
 	1,  // 9: quorumq.fsm.v1.SnapshotRecord.queue:type_name -> quorumq.fsm.v1.SnapshotQueue
 	2,  // 10: quorumq.fsm.v1.SnapshotRecord.message:type_name -> quorumq.fsm.v1.SnapshotMessage
 	3,  // 11: quorumq.fsm.v1.SnapshotRecord.dedup:type_name -> quorumq.fsm.v1.SnapshotDedup
 	4,  // 12: quorumq.fsm.v1.SnapshotRecord.replay:type_name -> quorumq.fsm.v1.SnapshotReplay
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	6,  // 13: quorumq.fsm.v1.SnapshotRecord.segment:type_name -> quorumq.fsm.v1.SnapshotSegment
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_fsm_fsmpb_snapshot_proto_init() }
@@ -789,6 +905,7 @@ func file_fsm_fsmpb_snapshot_proto_init() {
 		(*SnapshotRecord_Message)(nil),
 		(*SnapshotRecord_Dedup)(nil),
 		(*SnapshotRecord_Replay)(nil),
+		(*SnapshotRecord_Segment)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -796,7 +913,7 @@ func file_fsm_fsmpb_snapshot_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fsm_fsmpb_snapshot_proto_rawDesc), len(file_fsm_fsmpb_snapshot_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
