@@ -20,8 +20,9 @@ import (
 const segmentChunk = 1 << 14
 
 // snapshotSegments returns, for node i's newest snapshot, each segment
-// file's inode by the chunk its name gives ("2" for the message records of
-// chunk 2, "2dedup" for its dedup entries).
+// file's inode by the queue's birth count and the chunk its name gives
+// ("5/2" for the message records of chunk 2, "5/2dedup" for its dedup
+// entries).
 func snapshotSegments(t *testing.T, c *TestCluster, i int) map[string]uint64 {
 	t.Helper()
 	list, err := c.Nodes[i].snaps.List()
@@ -44,7 +45,7 @@ func snapshotSegments(t *testing.T, c *TestCluster, i int) map[string]uint64 {
 		if len(parts) != 4 && (len(parts) != 5 || parts[4] != "dedup") {
 			t.Fatalf("segment file %s: name is not era-born-chunk-change[-dedup]", e.Name())
 		}
-		files[strings.Join(parts[2:3], "")+strings.Join(parts[4:], "")] = fi.Sys().(*syscall.Stat_t).Ino
+		files[parts[1]+"/"+parts[2]+strings.Join(parts[4:], "")] = fi.Sys().(*syscall.Stat_t).Ino
 	}
 	return files
 }
@@ -99,7 +100,7 @@ func TestSnapshotLinksUnchangedSegments(t *testing.T) {
 		t.Fatalf("second snapshot: segment files by chunk %v, want the records and dedup entries of chunks 0, 1 and 2", second)
 	}
 	for chunk, ino := range first {
-		if unchanged := strings.HasPrefix(chunk, "1"); unchanged != (second[chunk] == ino) {
+		if unchanged := strings.Contains(chunk, "/1"); unchanged != (second[chunk] == ino) {
 			t.Errorf("chunk %s: inode %d, then %d; want the same file only for chunk 1, which nothing changed", chunk, ino, second[chunk])
 		}
 	}
@@ -161,5 +162,41 @@ func TestCorruptSegmentRefusesToStart(t *testing.T) {
 			}
 			t.Logf("refused: %v", err)
 		})
+	}
+}
+
+// Segment files of different queues never share a name: after a restart
+// every restored queue gets a birth count of its own, so the next
+// snapshot's files of two queues with messages in the same chunk, and
+// changed by the same commands, differ. (With one count for all restored
+// queues, the second queue's file replaced the first's, and the start
+// after that snapshot found a file whose CRC did not match.)
+func TestSnapshotAfterRestartKeepsQueuesApart(t *testing.T) {
+	c := StartTestClusterWith(t, 3, func(_ int, cfg *Config) { cfg.TickInterval = time.Hour })
+	li := c.Index(c.Leader(t))
+	enqueueSmall(t, c, li, "a", 0, 50)
+	enqueueSmall(t, c, li, "b", 0, 70)
+	c.WaitReplicated(t)
+	fi := follower(t, c)
+	for round := range 2 {
+		if round > 0 {
+			// Something new to snapshot, in a third queue: a and b stay
+			// as restored.
+			enqueue(t, c, c.Index(c.Leader(t)), "other", "x")
+			c.WaitReplicated(t)
+		}
+		if err := c.Nodes[fi].raft.Snapshot().Error(); err != nil {
+			t.Fatal(err)
+		}
+		if round > 0 {
+			if segs := snapshotSegments(t, c, fi); len(segs) != 6 {
+				t.Fatalf("segment files %v: want the records and dedup entries of chunk 0 of each of the three queues", segs)
+			}
+		}
+		hash := c.Nodes[fi].StateHash()
+		c.Kill(fi)
+		if got := c.Restart(t, fi).StateHash(); got != hash {
+			t.Fatalf("restart %d: state hash %s, want %s", round+1, got, hash)
+		}
 	}
 }

@@ -42,9 +42,9 @@ type FSM struct {
 	wmu   sync.Mutex
 	watch map[string]chan struct{}
 
-	// seq counts the commands applied and the snapshots restored in this
-	// process (see queue.changed); segs: the segment files of the last
-	// snapshot persisted with them (segments.go).
+	// seq counts the commands applied and the queues created or restored
+	// in this process (see queue.changed); segs: the segment files of the
+	// last snapshot persisted with them (segments.go).
 	seq  uint64
 	segs segmentCache
 }
@@ -118,7 +118,7 @@ func errorResult(err *cmdError) *fsmpb.Result {
 func (f *FSM) apply(cmd *fsmpb.Command) (res *fsmpb.Result) {
 	f.seq++
 	t := &txn{committed: f.queues, now: f.now, rules: cmd.GetRules(), index: f.applied, work: make(map[string]*queue),
-		ops: &bodyOps{}, nextBody: f.nextBody, read: f.store.Get, seq: f.seq}
+		ops: &bodyOps{}, nextBody: f.nextBody, read: f.store.Get, seq: f.seq, births: &f.seq}
 	defer func() {
 		for _, q := range t.work {
 			if q != nil {
@@ -182,12 +182,12 @@ func (f *FSM) apply(cmd *fsmpb.Command) (res *fsmpb.Result) {
 	return res
 }
 
-// bornAgain gives every queue a new birth count after a restore: no chunk
-// of a restored queue is as a segment file of an earlier snapshot holds
-// it (see queue.changed).
+// bornAgain gives every queue a new birth count of its own after a
+// restore: no chunk of a restored queue is as a segment file of an
+// earlier snapshot holds it (see queue.changed).
 func (f *FSM) bornAgain() {
-	f.seq++
 	f.queues.Scan(func(q *queue) bool {
+		f.seq++
 		q.born, q.changed = f.seq, nil
 		return true
 	})

@@ -286,11 +286,12 @@ type queue struct {
 	// nil between commands).
 	ops *bodyOps
 	// born, seq and changed tell a snapshot which chunks of msgs are as an
-	// earlier snapshot wrote them (see segments.go). born: the FSM's change
-	// count when the queue was created or restored; seq: the change count
-	// of the command in progress (set by txn.track); changed: per chunk of
-	// ids, the change count of the last command that changed a record in
-	// it (born for a chunk absent). Node-local, not part of the state.
+	// earlier snapshot wrote them (see segments.go). born: a count the
+	// FSM gave this queue alone when it was created or restored; seq: the
+	// change count of the command in progress (set by txn.track);
+	// changed: per chunk of ids, the change count of the last command
+	// that changed a record or dedup entry in it (none: unchanged since
+	// the queue was born). Node-local, not part of the state.
 	born, seq uint64
 	changed   map[uint64]uint64
 

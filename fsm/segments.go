@@ -33,11 +33,13 @@ import (
 // snapshot a link per chunk, not a rewrite of the million.
 //
 // Which chunks changed: every command that sets or drops a record in a
-// queue's msgs notes its change count (FSM.seq, one per command) under
-// the record's chunk (queue.changed). A file is named after its queue's
-// birth count, the chunk and that change count, prefixed by the FSM's
-// era (random per process), so equal names mean equal records: the same
-// chunk, unchanged since the file was written. A command that fails after
+// queue's msgs, or a dedup entry naming one, notes its change count
+// (FSM.seq, one per command) under the record's chunk (queue.changed). A
+// file is named after its queue's birth count (one per queue created or
+// restored in the process, from the same counter), the chunk and that
+// change count (0: unchanged since the queue was born), prefixed by the
+// FSM's era (random per process), so equal names mean equal records: the
+// same chunk of the same queue, unchanged since the file was written. A command that fails after
 // touching a clone may leave a newer count behind; that only costs a
 // rewrite.
 //
@@ -165,10 +167,9 @@ func (sg *segWriter) queue(sw *snapWriter, q *queue) error {
 	ok := it.First()
 	for ok {
 		chunk := it.Item().id >> segmentShift
-		key := segKey{born: q.born, chunk: chunk, change: q.born}
-		if c, seen := q.changed[chunk]; seen {
-			key.change = c
-		}
+		// change 0: unchanged since the queue was born (a count is never
+		// 0); born is the queue's own, so keys of two queues differ.
+		key := segKey{born: q.born, chunk: chunk, change: q.changed[chunk]}
 		f, reuse := sg.old[key]
 		if reuse && sg.link(f) {
 			next := (chunk + 1) << segmentShift

@@ -32,8 +32,11 @@ type txn struct {
 	nextBody uint64
 	// read reads a stored value as of the last committed command.
 	read func(key []byte) ([]byte, bool, error)
-	// seq: the FSM's change count for this command (see queue.changed).
-	seq uint64
+	// seq: the FSM's change count for this command (see queue.changed);
+	// births: the FSM's counter, which gives each queue it creates a
+	// birth count of its own.
+	seq    uint64
+	births *uint64
 }
 
 // lookup returns the queue for reading (nil if it does not exist).
@@ -73,7 +76,8 @@ func (t *txn) track(q *queue) *queue {
 	q.ops = t.ops
 	q.seq = t.seq
 	if q.born == 0 {
-		q.born = t.seq
+		*t.births++
+		q.born = *t.births
 	}
 	q.stamp = stamp{}
 	if t.rules >= 2 {
