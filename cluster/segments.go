@@ -113,14 +113,34 @@ func openIndex(dir string, rc io.ReadCloser, size int64) (io.ReadCloser, int64, 
 	if err != nil {
 		return nil, 0, err
 	}
+	// Every segment file is opened now, as the checkpoint's files are: a
+	// snapshot taken while this one is sent removes this one's segments,
+	// and an open file stays readable.
 	segs := filepath.Join(dir, segmentDir)
-	r := fsm.SpliceSegments(br, func(name string) (io.ReadCloser, error) {
-		if !validSegmentName(name) {
-			return nil, fmt.Errorf("segment name %q", name)
+	entries, err := os.ReadDir(segs)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, 0, err
+	}
+	files := make(map[string]*os.File, len(entries))
+	all := closers{}
+	for _, e := range entries {
+		f, err := os.Open(filepath.Join(segs, e.Name()))
+		if err != nil {
+			_ = all.Close()
+			return nil, 0, err
 		}
-		return os.Open(filepath.Join(segs, name))
+		files[e.Name()] = f
+		all = append(all, f)
+	}
+	r := fsm.SpliceSegments(br, func(name string) (io.ReadCloser, error) {
+		f, ok := files[name]
+		if !ok {
+			return nil, fmt.Errorf("open %s: %w", filepath.Join(segs, name), os.ErrNotExist)
+		}
+		delete(files, name)
+		return io.NopCloser(f), nil // closed with the index
 	})
-	return readCloser{r, closers{r, rc}}, spliced, nil
+	return readCloser{r, append(closers{r, rc}, all...)}, spliced, nil
 }
 
 // indexSize returns the size of the stream openIndex makes of the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -198,5 +199,43 @@ func TestSnapshotAfterRestartKeepsQueuesApart(t *testing.T) {
 		if got := c.Restart(t, fi).StateHash(); got != hash {
 			t.Fatalf("restart %d: state hash %s, want %s", round+1, got, hash)
 		}
+	}
+}
+
+// A snapshot being sent stays complete when a newer snapshot removes its
+// segment files meanwhile: Open opens them all, as it opens the
+// checkpoint's files. (Opened one by one as the stream reached them, the
+// stream of a large backlog, which takes minutes to send, broke at the
+// first file removed, and InstallSnapshot never finished.)
+func TestOpenSnapshotSurvivesANewerSnapshot(t *testing.T) {
+	c := StartTestClusterWith(t, 3, func(_ int, cfg *Config) { cfg.TickInterval = time.Hour })
+	li := c.Index(c.Leader(t))
+	enqueueSmall(t, c, li, "q", 0, 2*segmentChunk)
+	c.WaitReplicated(t)
+	node := c.Nodes[li]
+	if err := node.raft.Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	list, err := node.snaps.List()
+	if err != nil || len(list) == 0 {
+		t.Fatalf("snapshots %v, %v", list, err)
+	}
+	meta, rc, err := node.snapStore.Open(list[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	enqueueSmall(t, c, li, "q", 2*segmentChunk, 10)
+	c.WaitReplicated(t)
+	if err := node.raft.Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	old := filepath.Join(c.configs[li].DataDir, "snapshots", list[0].ID, segmentDir)
+	if _, err := os.Stat(old); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("%s is still there after a newer snapshot (%v)", old, err)
+	}
+	n, err := io.Copy(io.Discard, rc)
+	if err != nil || n != meta.Size {
+		t.Fatalf("read %d of %d bytes of the opened snapshot: %v", n, meta.Size, err)
 	}
 }

@@ -472,6 +472,8 @@ func readSnapshot(in io.Reader, put func(body []byte, attrs []*fsmpb.Attribute) 
 		return nil, snapErr("version 1 carries its bodies, where a store checkpoint was expected")
 	case v == checkpointVersion && put != nil:
 		return nil, snapErr("version 2 refers to a store checkpoint that this restore does not have")
+	case v == segmentVersion:
+		return nil, snapErr("version %d keeps its records in segment files beside it: read it through the snapshot store that wrote it", v)
 	case v != snapshotVersion && v != checkpointVersion:
 		return nil, snapErr("version %d, this release reads versions %d and %d", v, snapshotVersion, checkpointVersion)
 	}
