@@ -39,16 +39,21 @@ import (
 // restored in the process, from the same counter), the chunk and that
 // change count (0: unchanged since the queue was born), prefixed by the
 // FSM's era (random per process), so equal names mean equal records: the
-// same chunk of the same queue, unchanged since the file was written. A command that fails after
-// touching a clone may leave a newer count behind; that only costs a
-// rewrite.
+// same chunk of the same queue, unchanged since the file was written. A
+// command that fails after touching a clone may leave a newer count
+// behind; that only costs a rewrite.
 //
 // What leaves the node is version 2: SpliceSegments streams the index
 // with each reference replaced by its file's records, so raft's
 // InstallSnapshot, a backup and a restore read the format every release
 // reads, and no file of one node is ever named on another.
+
+// segmentShift: a chunk is 1<<segmentShift ids (16,384). A variable so
+// that a test can make chunks of a few ids.
+var segmentShift = segmentShiftDefault
+
 const (
-	segmentShift = 14
+	segmentShiftDefault = 14
 	// segmentVersion: an index whose message records are in segment
 	// files beside it.
 	segmentVersion = 3
@@ -298,8 +303,10 @@ func SpliceSegments(index io.Reader, open func(name string) (io.ReadCloser, erro
 	go func() {
 		w := bufio.NewWriterSize(pw, 1<<16)
 		err := splice(index, open, w)
-		if err == nil {
-			err = w.Flush()
+		// What was spliced before an error goes out first, so that the
+		// reader's error comes where the stream broke.
+		if ferr := w.Flush(); err == nil {
+			err = ferr
 		}
 		pw.CloseWithError(err)
 	}()
