@@ -155,6 +155,8 @@ type Config struct {
 	wrapLogStore func(raft.LogStore) raft.LogStore
 	// storeCheck, if not zero, replaces storeCheckInterval (tests).
 	storeCheck time.Duration
+	// staleRecords, if not zero, replaces minStaleRecords (tests).
+	staleRecords uint64
 }
 
 // ErrConfig is wrapped by every configuration error.

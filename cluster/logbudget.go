@@ -132,10 +132,17 @@ func (n *Node) budgetLoop() {
 // since, and asks for a snapshot when the files only the newest
 // checkpoint still holds pass a quarter of the store (at least
 // minPinnedBytes): the new checkpoint links the store as it is now, and
-// the old one goes (dropOlderCheckpoints).
+// the old one goes (dropOlderCheckpoints). It asks too when the segment
+// files of its newest snapshot hold more than twice the records the state
+// holds now (at least minStaleRecords more): after a drain, the
+// tombstones that the dedup window kept are gone from the state but not
+// from the snapshot, and only a node's own snapshot replaces it. A
+// follower's log grows slowly once the producers stop, so its budget
+// alone would keep them for long.
 const (
 	storeCheckInterval = 10 * time.Second
 	minPinnedBytes     = 4 << 20
+	minStaleRecords    = 1 << 16
 )
 
 func (n *Node) storeLoop() {
@@ -158,7 +165,12 @@ func (n *Node) storeLoop() {
 		if n.bodies.diskLow() != nil {
 			continue // a snapshot's checkpoint flushes the store too
 		}
-		if pinned := n.snapStore.pinnedBytes(); pinned > max(minPinnedBytes, n.bodies.diskBytes()/4) {
+		stale := uint64(minStaleRecords)
+		if n.cfg.staleRecords != 0 {
+			stale = n.cfg.staleRecords
+		}
+		snap, now := n.fsm.SegmentRecords()
+		if pinned := n.snapStore.pinnedBytes(); pinned > max(minPinnedBytes, n.bodies.diskBytes()/4) || snap > max(now+stale, 2*now) {
 			select {
 			case n.budget.trigger <- struct{}{}:
 			default:

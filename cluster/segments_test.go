@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/quorumq/quorumq/fsm/fsmpb"
 	"github.com/quorumq/quorumq/fsm/limits"
 	"github.com/quorumq/quorumq/transport/quorumqpb"
@@ -238,4 +240,48 @@ func TestOpenSnapshotSurvivesANewerSnapshot(t *testing.T) {
 	if err != nil || n != meta.Size {
 		t.Fatalf("read %d of %d bytes of the opened snapshot: %v", n, meta.Size, err)
 	}
+}
+
+// A follower gives back the segment space of tombstones once the dedup
+// window has dropped them: its snapshot's files hold far more records
+// than its state, so it takes a snapshot of its own, though its log
+// budget is far from due. (Without that, a follower kept them until its
+// log grew by --snapshot-bytes, which after a drain can take hours.)
+func TestFollowerSnapshotsOnceTombstonesAreGone(t *testing.T) {
+	c := StartTestClusterWith(t, 3, func(_ int, cfg *Config) {
+		cfg.TickInterval = 200 * time.Millisecond
+		cfg.storeCheck = 200 * time.Millisecond
+		cfg.staleRecords = 100
+	})
+	li := c.Index(c.Leader(t))
+	q := quorumqpb.NewQueueClient(c.Conn(t, li))
+	if _, err := q.CreateQueue(ctxT(t, 10*time.Second), &quorumqpb.CreateQueueRequest{Name: "q",
+		Settings: &fsmpb.QueueSettings{DedupWindowNs: proto.Int64(int64(time.Second))}}); err != nil {
+		t.Fatal(err)
+	}
+	enqueueSmall(t, c, li, "q", 0, 600)
+	receiveAndAck(t, c, li, "q", 600)
+	c.WaitReplicated(t)
+	fi := follower(t, c)
+	f := c.Nodes[fi]
+	if err := f.raft.Snapshot().Error(); err != nil {
+		t.Fatal(err)
+	}
+	snap, now := f.fsm.SegmentRecords()
+	t.Logf("%s after its snapshot: %d records in its segment files, %d in its state", f.ID(), snap, now)
+	if snap < 600 {
+		t.Fatalf("%s's snapshot holds %d records, want the 600 tombstones at least", f.ID(), snap)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		snap, now = f.fsm.SegmentRecords()
+		if snap <= 100 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d records in its snapshot's segment files after 20 s, %d in its state: it kept the tombstones the window dropped", f.ID(), snap, now)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("%s: %d records in its segment files, %d in its state", f.ID(), snap, now)
 }

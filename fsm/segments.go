@@ -95,11 +95,12 @@ func (f segFile) ref(dedup bool) *fsmpb.SnapshotRecord {
 type chunkFiles struct{ msgs, dedup segFile }
 
 // segmentCache holds the files of the last snapshot persisted with
-// segments, which the next one may link.
+// segments, which the next one may link, and the records they hold.
 type segmentCache struct {
-	mu    sync.Mutex
-	era   string
-	files map[segKey]chunkFiles
+	mu      sync.Mutex
+	era     string
+	files   map[segKey]chunkFiles
+	records uint64
 }
 
 func (c *segmentCache) get() (string, map[segKey]chunkFiles) {
@@ -114,9 +115,31 @@ func (c *segmentCache) get() (string, map[segKey]chunkFiles) {
 }
 
 func (c *segmentCache) set(files map[segKey]chunkFiles) {
+	var n uint64
+	for _, f := range files {
+		n += f.msgs.records + f.dedup.records
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.files = files
+	c.files, c.records = files, n
+}
+
+// SegmentRecords returns the message records and dedup entries in the
+// segment files of the last snapshot persisted with them (0 before the
+// first), and those the state holds now. Once the first is much larger,
+// the snapshot keeps on disk what the state has dropped (tombstones past
+// the dedup window, say), and a new snapshot gives that space back.
+func (f *FSM) SegmentRecords() (snapshot, now uint64) {
+	f.segs.mu.Lock()
+	snapshot = f.segs.records
+	f.segs.mu.Unlock()
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	f.queues.Scan(func(q *queue) bool {
+		now += uint64(q.msgs.Len() + q.dedup.Len())
+		return true
+	})
+	return snapshot, now
 }
 
 // touch notes that the command in progress changed a record of the chunk
