@@ -4,10 +4,12 @@
 //
 // It owns every queue, message, lease, producer dedup entry, ack tombstone
 // and receive replay entry, and the snapshot format that carries them. It is
-// pure: time comes only from each command's now (kept monotone), there are
-// no goroutines, and the only I/O is the snapshot stream and the Store that
-// holds message bodies and attributes, so every node that applies the same
-// log reaches the same state (see StateHash).
+// pure: time comes only from each command's now (kept monotone), Apply
+// starts no goroutine (Persist and SpliceSegments use one each, to write
+// and to stream a snapshot), and the only I/O is the snapshot stream with
+// its segment files and the Store that holds message bodies and
+// attributes, so every node that applies the same log reaches the same
+// state (see StateHash).
 //
 // Why it is built this way:
 //
