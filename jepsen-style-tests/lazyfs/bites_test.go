@@ -13,6 +13,10 @@ import (
 	"time"
 )
 
+// bitesAcks is how many acknowledgements TestPowerFailureBites reads
+// before it kills the writer.
+const bitesAcks = 250
+
 // writerEnv switches the test binary into the writer program of
 // TestPowerFailureBites: LAZYFS_WRITER=<file>,<ack-before-sync|sync-before-ack>.
 const writerEnv = "LAZYFS_WRITER"
@@ -49,6 +53,14 @@ func runWriter(spec string) int {
 		}
 		if mode == "ack-before-sync" {
 			fmt.Printf("ack %d\n", i)
+			if i == bitesAcks-1 {
+				// Wait for the kill with records 200 to 249 acknowledged
+				// and not synced. Running on, the writer could reach its
+				// next sync (after record 299) before the kill landed,
+				// and then every record it had acknowledged was synced:
+				// nothing to lose, and the test failed.
+				select {}
+			}
 		}
 		if i%100 == 99 || mode == "sync-before-ack" {
 			if err := f.Sync(); err != nil {
@@ -138,7 +150,7 @@ func TestPowerFailureBites(t *testing.T) {
 		t.Run(tc.mode, func(t *testing.T) {
 			l := mountTemp(t)
 			path := filepath.Join(l.Mountpoint(), "records")
-			acked := runWriterUntilKilled(t, path, tc.mode, 250, nil)
+			acked := runWriterUntilKilled(t, path, tc.mode, bitesAcks, nil)
 			before, err := os.ReadFile(path)
 			if err != nil {
 				t.Fatal(err)
