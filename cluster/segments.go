@@ -109,7 +109,7 @@ func openIndex(dir string, rc io.ReadCloser, size int64) (io.ReadCloser, int64, 
 	if !fsm.IsSegmented(hdr) {
 		return readCloser{br, rc}, size, nil
 	}
-	spliced, err := splicedSize(dir)
+	spliced, err := indexSize(dir, size)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -143,19 +143,35 @@ func openIndex(dir string, rc io.ReadCloser, size int64) (io.ReadCloser, int64, 
 	return readCloser{r, append(closers{r, rc}, all...)}, spliced, nil
 }
 
+// segmentedIndex opens the state.bin of the snapshot in dir if it is a
+// version-3 index (segment files beside it), positioned at its start;
+// nil for any other.
+func segmentedIndex(dir string) (*os.File, error) {
+	f, err := os.Open(filepath.Join(dir, "state.bin"))
+	if err != nil {
+		return nil, err
+	}
+	hdr := make([]byte, 12)
+	if _, err := io.ReadFull(f, hdr); err != nil || !fsm.IsSegmented(hdr) {
+		f.Close()
+		return nil, nil
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
 // indexSize returns the size of the stream openIndex makes of the
 // snapshot in dir, whose state.bin is size bytes.
 func indexSize(dir string, size int64) (int64, error) {
-	f, err := os.Open(filepath.Join(dir, "state.bin"))
-	if err != nil {
-		return 0, err
+	f, err := segmentedIndex(dir)
+	if err != nil || f == nil {
+		return size, err
 	}
 	defer f.Close()
-	hdr := make([]byte, 12)
-	if _, err := io.ReadFull(f, hdr); err != nil || !fsm.IsSegmented(hdr) {
-		return size, nil
-	}
-	return splicedSize(dir)
+	return fsm.SplicedSize(f)
 }
 
 // checkSegments reads the segment files of the snapshot in dir, if it
@@ -168,18 +184,11 @@ func checkSegments(dir string) error {
 		// longer restores, and Open says so.
 		return nil
 	}
-	f, err := os.Open(filepath.Join(dir, "state.bin"))
-	if err != nil {
+	f, err := segmentedIndex(dir)
+	if err != nil || f == nil {
 		return err
 	}
 	defer f.Close()
-	hdr := make([]byte, 12)
-	if _, err := io.ReadFull(f, hdr); err != nil || !fsm.IsSegmented(hdr) {
-		return nil
-	}
-	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		return err
-	}
 	segs := filepath.Join(dir, segmentDir)
 	err = fsm.CheckSegments(f, func(name string) (io.ReadCloser, error) {
 		if !validSegmentName(name) {
@@ -196,17 +205,6 @@ func checkSegments(dir string) error {
 	default:
 		return fmt.Errorf("snapshot %s is corrupt: %v", filepath.Join(dir, "state.bin"), err)
 	}
-}
-
-// splicedSize is the size of the version-2 stream of the version-3 index
-// in dir.
-func splicedSize(dir string) (int64, error) {
-	f, err := os.Open(filepath.Join(dir, "state.bin"))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	return fsm.SplicedSize(f)
 }
 
 type readCloser struct {

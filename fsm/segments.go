@@ -447,20 +447,8 @@ func splice(index io.Reader, open func(string) (io.ReadCloser, error), out io.Wr
 	if err := mergeDedups(); err != nil {
 		return err
 	}
-	cnt, err := sr.full(8)
-	if err != nil {
-		return truncated("trailer", err)
-	}
-	if got := binary.BigEndian.Uint64(cnt); got != read {
-		return snapErr("trailer says %d records, read %d", got, read)
-	}
-	want := sr.crc.Sum32()
-	var sum [4]byte
-	if _, err := io.ReadFull(sr.r, sum[:]); err != nil {
-		return truncated("checksum", err)
-	}
-	if got := binary.BigEndian.Uint32(sum[:]); got != want {
-		return snapErr("checksum %08x, computed %08x", got, want)
+	if err := sr.trailer(read); err != nil {
+		return err
 	}
 	trailer := binary.AppendUvarint(nil, 0)
 	trailer = binary.BigEndian.AppendUint64(trailer, written)

@@ -66,6 +66,17 @@ func (w *segFileWriter) Close() error {
 	return nil
 }
 
+// openFrom opens segment files kept in memory.
+func openFrom(files map[string][]byte) func(string) (io.ReadCloser, error) {
+	return func(name string) (io.ReadCloser, error) {
+		b, ok := files[name]
+		if !ok {
+			return nil, fmt.Errorf("no segment %s", name)
+		}
+		return io.NopCloser(bytes.NewReader(b)), nil
+	}
+}
+
 // Each snapshot's segment files, those it wrote and those it linked from
 // the one before, hold exactly the state at its Snapshot: a random log
 // (every command kind, transactions, ticks, queue deletions) applied
@@ -110,13 +121,7 @@ func TestSegmentsFollowEveryChange(t *testing.T) {
 				if !IsSegmented(sink.Bytes()) {
 					t.Fatal("the snapshot is not version 3")
 				}
-				spliced := SpliceSegments(bytes.NewReader(sink.Bytes()), func(name string) (io.ReadCloser, error) {
-					b, ok := sink.files[name]
-					if !ok {
-						return nil, fmt.Errorf("no segment %s", name)
-					}
-					return io.NopCloser(bytes.NewReader(b)), nil
-				})
+				spliced := SpliceSegments(bytes.NewReader(sink.Bytes()), openFrom(sink.files))
 				restored := NewWithStore(NewMemStore())
 				if err := restored.RestoreCheckpoint(spliced, func() error { return nil }); err != nil {
 					t.Fatalf("after command %d: restore: %v", i, err)
@@ -173,13 +178,7 @@ func TestSpliceRefusesABadSegment(t *testing.T) {
 			h2.ok(createQ("other", nil))
 			h2.ok(enq("other", msg("keep", "")))
 			before := restored.StateHash()
-			spliced := SpliceSegments(bytes.NewReader(sink.Bytes()), func(n string) (io.ReadCloser, error) {
-				b, ok := files[n]
-				if !ok {
-					return nil, fmt.Errorf("no segment %s", n)
-				}
-				return io.NopCloser(bytes.NewReader(b)), nil
-			})
+			spliced := SpliceSegments(bytes.NewReader(sink.Bytes()), openFrom(files))
 			err := restored.RestoreCheckpoint(spliced, func() error { return nil })
 			if !errors.Is(err, ErrSnapshot) || !strings.Contains(err.Error(), "segment "+name+":") {
 				t.Fatalf("segment %s %s: restore error %v, want ErrSnapshot naming it", name, what, err)

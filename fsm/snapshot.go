@@ -442,6 +442,30 @@ func (sr *snapReader) full(n int) ([]byte, error) {
 	return b, nil
 }
 
+// trailer reads the stream's trailer after count records: the record
+// count, the CRC32C of every byte before it, and nothing after.
+func (sr *snapReader) trailer(count uint64) error {
+	cnt, err := sr.full(8)
+	if err != nil {
+		return truncated("trailer", err)
+	}
+	if got := binary.BigEndian.Uint64(cnt); got != count {
+		return snapErr("trailer says %d records, read %d", got, count)
+	}
+	want := sr.crc.Sum32()
+	var sum [4]byte
+	if _, err := io.ReadFull(sr.r, sum[:]); err != nil {
+		return truncated("checksum", err)
+	}
+	if got := binary.BigEndian.Uint32(sum[:]); got != want {
+		return snapErr("checksum %08x, computed %08x", got, want)
+	}
+	if _, err := sr.r.ReadByte(); err != io.EOF {
+		return snapErr("unexpected data after the checksum")
+	}
+	return nil
+}
+
 func snapErr(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrSnapshot, fmt.Sprintf(format, args...))
 }
@@ -519,23 +543,8 @@ func readSnapshot(in io.Reader, put func(body []byte, attrs []*fsmpb.Attribute) 
 			return nil, snapErr("record %d: %v", count, err)
 		}
 	}
-	cnt, err := sr.full(8)
-	if err != nil {
-		return nil, truncated("trailer", err)
-	}
-	if got := binary.BigEndian.Uint64(cnt); got != count {
-		return nil, snapErr("trailer says %d records, read %d", got, count)
-	}
-	want := sr.crc.Sum32()
-	var sum [4]byte
-	if _, err := io.ReadFull(sr.r, sum[:]); err != nil {
-		return nil, truncated("checksum", err)
-	}
-	if got := binary.BigEndian.Uint32(sum[:]); got != want {
-		return nil, snapErr("checksum %08x, computed %08x", got, want)
-	}
-	if _, err := sr.r.ReadByte(); err != io.EOF {
-		return nil, snapErr("unexpected data after the checksum")
+	if err := sr.trailer(count); err != nil {
+		return nil, err
 	}
 	return b.finish()
 }
