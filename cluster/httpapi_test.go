@@ -298,3 +298,55 @@ func TestConcurrentHTTPSendsShareRaftEntries(t *testing.T) {
 	}
 	c.WaitReplicated(t)
 }
+
+// HTTP senders that each send again as soon as they are answered stay in
+// one gathered command: once a command of theirs is answered, the next
+// one waits (a moment at most) for as many requests before it goes.
+// Without that, the senders that come back first go in a command of
+// their own, those behind them in the next, and they stay split into two
+// groups that each wait two rounds.
+func TestSyncHTTPSendersStayGathered(t *testing.T) {
+	c := StartTestCluster(t, 3)
+	leader := c.Leader(t)
+	base := "http://" + leader.HTTPAddr()
+	if code, body := httpDo(t, http.DefaultClient, http.MethodPost, base+"/v1/queues", "", `{"name": "loop"}`); code != http.StatusOK {
+		t.Fatalf("create: %d %s", code, body)
+	}
+	c.WaitReplicated(t)
+	from := leader.raft.LastIndex()
+	const senders, rounds = 16, 40
+	ctx := ctxT(t, 60*time.Second)
+	errs := make([]error, senders)
+	var wg sync.WaitGroup
+	for s := range senders {
+		wg.Go(func() {
+			for r := range rounds {
+				code, body, err := post(ctx, base+"/v1/queues/loop/messages",
+					fmt.Sprintf(`{"messages": [{"body": "bQ==", "dedupId": "s%d-%d"}]}`, s, r))
+				if err == nil && code != http.StatusOK {
+					err = fmt.Errorf("HTTP %d: %s", code, body)
+				}
+				if err != nil {
+					errs[s] = fmt.Errorf("sender %d, send %d: %w", s, r, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	entries := 0
+	for _, cmd := range logCommands(t, leader, from) {
+		if cmd.GetEnqueue().GetQueue() == "loop" {
+			entries++
+		}
+	}
+	t.Logf("%d senders × %d sync sends took %d log entries (%.1f sends each)", senders, rounds, entries, float64(senders*rounds)/float64(entries))
+	if entries > rounds*3/2 {
+		t.Fatalf("%d senders × %d sync sends took %d log entries, want at most %d: the senders split into groups that alternate", senders, rounds, entries, rounds*3/2)
+	}
+}

@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/quorumq/quorumq/fsm/fsmpb"
 	"github.com/quorumq/quorumq/transport/wire"
@@ -30,6 +31,19 @@ import (
 //
 // Only HTTP enqueues without after_dedup_id are gathered: a chained batch
 // must reach the log on its own, after its predecessor.
+//
+// Sync senders come back as soon as they are answered, and not all at
+// once: each answer is written, read, and followed by a new request. Had
+// the next command gone as soon as the one before was done, it would hold
+// only those that were quick (and those that waited already), the slow
+// ones would go in the command after, and from then on the senders stay
+// split into two groups, each waiting two rounds. So, once a command of
+// several requests is answered, the next one regathers: it waits for as
+// many requests as that command and the batch behind it held together,
+// for regatherMax at most. A wait that runs out (the senders did not come
+// back: they work between sends) makes the next waits skip, one, then
+// two, four, ... up to regatherSkipMax, so that senders who send now and
+// then do not pay for it; a wait that fills ends the skipping.
 
 type gatherKey struct {
 	queue  string
@@ -40,6 +54,7 @@ type gatherKey struct {
 type gatherBatch struct {
 	enqs            []*fsmpb.Enqueue
 	messages, bytes int
+	full            bool          // a request did not fit
 	done            chan struct{} // closed once res and err are set
 	res             *fsmpb.Result
 	err             error
@@ -50,12 +65,30 @@ type gatherBatch struct {
 type gatherQueue struct {
 	inFlight int
 	next     *gatherBatch
+
+	// While the sender regathers: the requests next waits for, and the
+	// channel closed once it holds them or is full.
+	expect int
+	ready  chan struct{}
+	// After a regather ran out: the waits to skip, and how many the next
+	// one that runs out makes skip.
+	skip, skipNext int
 }
 
 // gatherInFlight is how many gathered commands of one queue may be in
 // flight at once. Two measured no faster than one with 64 HTTP senders
 // (5,184 and 5,488 msg/s against 5,207–6,162), and one gathers more.
 const gatherInFlight = 1
+
+// regatherMax bounds a regather. With 64 sync HTTP senders of one
+// process, on two cores shared with the three nodes, the last of them
+// came back up to about 2 ms after their command was answered: a wait of
+// 1 ms went with 40 requests a command on average, one of 2 ms with 59–62
+// (docs/performance.md).
+const regatherMax = 2 * time.Millisecond
+
+// regatherSkipMax bounds the waits skipped after regathers ran out.
+const regatherSkipMax = 64
 
 type gatherer struct {
 	mu     sync.Mutex
@@ -88,6 +121,8 @@ func (q *QueueService) gatheredEnqueue(ctx context.Context, enq *fsmpb.Enqueue, 
 	b := gq.next
 	if b == nil || b.messages+total.messages > q.limits.MaxBatchMessages || b.bytes+total.bytes > q.limits.MaxBatchBytes {
 		if b != nil {
+			b.full = true
+			gq.wakeRegather()
 			// Full: it goes as soon as the one in flight is done; this
 			// request starts the batch after it.
 			g.mu.Unlock()
@@ -99,12 +134,61 @@ func (q *QueueService) gatheredEnqueue(ctx context.Context, enq *fsmpb.Enqueue, 
 	b.enqs = append(b.enqs, enq)
 	b.messages += total.messages
 	b.bytes += total.bytes
+	if len(b.enqs) >= gq.expect {
+		gq.wakeRegather()
+	}
 	g.mu.Unlock()
 	return q.split(ctx, b, enq)
 }
 
+// wakeRegather ends the sender's regather, if it is in one: next holds
+// the requests it waits for, or is full.
+func (gq *gatherQueue) wakeRegather() {
+	if gq.ready != nil {
+		close(gq.ready)
+		gq.ready = nil
+	}
+}
+
+// regather waits, with g.mu held and released while it waits, until the
+// batch behind a command of answered requests holds as many requests as
+// the command and that batch held together, or for regatherMax.
+func (gq *gatherQueue) regather(g *gatherer, answered int) {
+	waiting := 0
+	if gq.next != nil {
+		waiting = len(gq.next.enqs)
+	}
+	if answered < 2 || gq.next != nil && gq.next.full {
+		return
+	}
+	if gq.skip > 0 {
+		gq.skip--
+		return
+	}
+	ready := make(chan struct{})
+	gq.expect, gq.ready = answered+waiting, ready
+	g.mu.Unlock()
+	t := time.NewTimer(regatherMax)
+	filled := true
+	select {
+	case <-ready:
+	case <-t.C:
+		filled = false
+	}
+	t.Stop()
+	g.mu.Lock()
+	gq.expect, gq.ready = 0, nil
+	if filled {
+		gq.skipNext = 0
+		return
+	}
+	gq.skipNext = min(max(2*gq.skipNext, 1), regatherSkipMax)
+	gq.skip = gq.skipNext
+}
+
 // sendGathered proposes b, then the batches that gathered while it was in
-// flight, one after another, until none is waiting.
+// flight (each after its regather), one after another, until none is
+// waiting.
 func (q *QueueService) sendGathered(key gatherKey, b *gatherBatch) {
 	go func() {
 		for b != nil {
@@ -112,6 +196,7 @@ func (q *QueueService) sendGathered(key gatherKey, b *gatherBatch) {
 			g := &q.gather
 			g.mu.Lock()
 			gq := g.queues[key]
+			gq.regather(g, len(b.enqs))
 			b, gq.next = gq.next, nil
 			if b == nil {
 				if gq.inFlight--; gq.inFlight == 0 {
