@@ -38,7 +38,6 @@ func (n *Node) startHTTP(admit tap.ServerInHandle, interceptors []grpc.UnaryServ
 	h, err := transport.NewHTTPHandler(transport.HTTPConfig{
 		Methods:        n.unary,
 		Interceptors:   interceptors,
-		Codec:          n.cfg.Limits.ServerCodec(),
 		MaxRecvMsgSize: n.cfg.Limits.MaxRecvMsgSize(),
 		Admit: func(ctx context.Context, method string, md metadata.MD) error {
 			_, err := admit(ctx, &tap.Info{FullMethodName: method, Header: md})

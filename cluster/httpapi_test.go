@@ -158,6 +158,11 @@ func TestHTTPBadInputCostsNoRaftRound(t *testing.T) {
 			t.Errorf("%s: the Raft log moved from index %d to %d", tc.name, before, after)
 		}
 	}
+	// A misspelt query parameter is refused as a misspelt body field is:
+	// a lookup by "dedupid" must not answer for no dedup ID at all.
+	if code, body := httpDo(t, cl, "GET", base+"/v1/queues/jobs/lookup?dedupid=x", readToken, ""); code != 400 || !strings.Contains(body, `unknown query parameter \"dedupid\"`) {
+		t.Errorf("lookup with ?dedupid=: %d %s, want 400 naming the parameter", code, body)
+	}
 	fbase := "https://" + c.Nodes[follower(t, c)].HTTPAddr()
 	if code, body := httpDo(t, cl, "POST", fbase+"/v1/queues/jobs/messages", writeToken, `{"messages":[{"body":"eA=="}]}`); code != 200 {
 		t.Fatalf("send with a write token on a follower: %d %s", code, body)

@@ -6,17 +6,22 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
+	"regexp"
 	"strings"
+	"sync"
 
-	"connectrpc.com/connect"
-	"connectrpc.com/vanguard"
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/grpc-ecosystem/grpc-gateway/v2/utilities"
+	"google.golang.org/genproto/googleapis/api/annotations"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/descriptorpb"
 
 	"github.com/quorumq/quorumq/transport/quorumqpb"
 )
@@ -24,17 +29,15 @@ import (
 // HTTPConfig configures NewHTTPHandler.
 type HTTPConfig struct {
 	// Methods are the node's services, registered on it as on the gRPC
-	// server: every HTTP call is transcoded into the method it names and
-	// called in process.
+	// server: every HTTP call is decoded into the request of the method
+	// it names and that method is called in process.
 	Methods *UnaryMethods
 	// Interceptors are the gRPC server's unary interceptors (metrics,
 	// memory and disk guards, leader forwarding), outermost first: they
 	// run around every HTTP call as around a gRPC one.
 	Interceptors []grpc.UnaryServerInterceptor
-	// Codec decodes a transcoded request, as the gRPC server's codec
-	// does (with its bound on nested messages).
-	Codec encoding.CodecV2
-	// MaxRecvMsgSize bounds a transcoded request as it bounds a gRPC one.
+	// MaxRecvMsgSize bounds a decoded request's protobuf form, as it
+	// bounds a gRPC request.
 	MaxRecvMsgSize int
 	// Admit runs before a call reaches its method, on the method
 	// ("/quorumq.v1.Queue/Enqueue") and the request headers, with the
@@ -69,53 +72,75 @@ func ViaHTTP(ctx context.Context) bool {
 }
 
 // NewHTTPHandler serves the google.api.http routes of the Queue and
-// Cluster services (quorumq.proto) by transcoding each call, with
-// connectrpc.com/vanguard (see DESIGN.md for why), into a call of the
-// method in cfg.Methods, plus the OpenAPI document. Request bodies are JSON; a field the message does not have is
-// refused (InvalidArgument), not ignored. Errors are google.rpc.Status as
-// JSON: the gRPC code, the message, and the typed details (NotLeader with
-// the leader hint, OutcomeUnknown, QueueError).
+// Cluster services (quorumq.proto) with the handlers grpc-gateway
+// generates from them (quorumq.pb.gw.go; see DESIGN.md for why), each
+// calling its method in cfg.Methods in process, plus the OpenAPI
+// document. Request bodies are JSON; a field the message does not have
+// is refused (InvalidArgument), not ignored. Errors are google.rpc.Status
+// as JSON: the gRPC code, the message, and the typed details (NotLeader
+// with the leader hint, OutcomeUnknown, QueueError).
 func NewHTTPHandler(cfg HTTPConfig) (http.Handler, error) {
-	target := &unaryTarget{
-		methods:     cfg.Methods,
-		intercept:   chainUnary(cfg.Interceptors...),
-		codec:       cfg.Codec,
-		maxRecv:     cfg.MaxRecvMsgSize,
-		admit:       cfg.Admit,
-		errorWriter: connect.NewErrorWriter(),
-	}
-	limit := uint32(min(cfg.MaxBodyBytes, 1<<31))
-	var services []*vanguard.Service
-	for _, name := range []string{quorumqpb.Queue_ServiceDesc.ServiceName, quorumqpb.Cluster_ServiceDesc.ServiceName} {
-		services = append(services, vanguard.NewService(name, target,
-			vanguard.WithTargetProtocols(vanguard.ProtocolConnect),
-			vanguard.WithTargetCodecs(vanguard.CodecProto),
-			vanguard.WithNoTargetCompression(),
-			vanguard.WithMaxMessageBufferBytes(limit)))
-	}
-	tc, err := vanguard.NewTranscoder(services, vanguard.WithCodec(strictJSON))
+	routes, err := routeMethods()
 	if err != nil {
-		return nil, fmt.Errorf("HTTP API transcoder: %w", err)
+		return nil, err
+	}
+	// The option sets a variable of the gateway's package and touches no
+	// mux; set once, so that nodes starting side by side do not race.
+	strictQueryOnce.Do(func() { runtime.SetQueryParameterParser(strictQuery{})(nil) })
+	conn := &inProcessConn{methods: cfg.Methods, intercept: chainUnary(cfg.Interceptors...), maxRecv: cfg.MaxRecvMsgSize}
+	gw := runtime.NewServeMux(
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, jsonMarshaler{}),
+		runtime.WithErrorHandler(func(_ context.Context, _ *runtime.ServeMux, _ runtime.Marshaler, w http.ResponseWriter, _ *http.Request, err error) {
+			writeJSONError(w, 0, err)
+		}),
+		runtime.WithRoutingErrorHandler(func(_ context.Context, _ *runtime.ServeMux, _ runtime.Marshaler, w http.ResponseWriter, r *http.Request, httpStatus int) {
+			code := codes.NotFound
+			if httpStatus == http.StatusMethodNotAllowed {
+				code = codes.Unimplemented
+			}
+			writeJSONError(w, httpStatus, status.Errorf(code, "no route for %s %s: the routes are in %s", r.Method, r.URL.Path, OpenAPIPath))
+		}),
+		// The calls' metadata is the request's headers, set by admit
+		// below; the gateway's own copy of them would go unread.
+		runtime.WithIncomingHeaderMatcher(func(string) (string, bool) { return "", false }),
+		runtime.WithDisableHTTPMethodOverride(),
+		runtime.WithMiddlewares(func(next runtime.HandlerFunc) runtime.HandlerFunc {
+			return func(w http.ResponseWriter, r *http.Request, params map[string]string) {
+				pattern, _ := runtime.HTTPPattern(r.Context())
+				method, ok := routes[r.Method+" "+pattern.String()]
+				if !ok {
+					writeJSONError(w, 0, status.Errorf(codes.Internal, "route %s %s names no method", r.Method, pattern))
+					return
+				}
+				md := headerMD(r.Header)
+				if cfg.Admit != nil {
+					if err := cfg.Admit(r.Context(), method, md); err != nil {
+						writeJSONError(w, 0, err)
+						return
+					}
+				}
+				next(w, r.WithContext(metadata.NewIncomingContext(WithViaHTTP(r.Context()), md)), params)
+			}
+		}),
+	)
+	ctx := context.Background()
+	if err := quorumqpb.RegisterQueueHandlerClient(ctx, gw, quorumqpb.NewQueueClient(conn)); err != nil {
+		return nil, fmt.Errorf("HTTP API routes: %w", err)
+	}
+	if err := quorumqpb.RegisterClusterHandlerClient(ctx, gw, quorumqpb.NewClusterClient(conn)); err != nil {
+		return nil, fmt.Errorf("HTTP API routes: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+OpenAPIPath, func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(cfg.OpenAPI)
 	})
-	mux.Handle("/", tc)
+	mux.Handle("/", gw)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// Vanguard would also take Connect and gRPC-Web calls at the
-		// rpc paths, streams among them; this port serves the REST
-		// routes only (every one unary), and the gRPC port the rest.
 		if strings.HasPrefix(r.URL.Path, "/quorumq.") {
 			writeJSONError(w, http.StatusNotFound, status.Errorf(codes.NotFound,
 				"%s is a gRPC method: call it on the gRPC API port; this port serves the routes of %s", r.URL.Path, OpenAPIPath))
 			return
-		}
-		// The API speaks JSON only: a body sent without a type, or as a
-		// form (curl -d's default), is read as JSON.
-		if ct := r.Header.Get("Content-Type"); ct == "" || ct == "application/x-www-form-urlencoded" {
-			r.Header.Set("Content-Type", "application/json")
 		}
 		if cfg.MaxBodyBytes > 0 {
 			tooLarge := func(size string) {
@@ -127,8 +152,8 @@ func NewHTTPHandler(cfg HTTPConfig) (http.Handler, error) {
 				return
 			}
 			if r.ContentLength < 0 {
-				// Chunked: read it here (vanguard buffers a request
-				// whole anyway), so that the refusal is the same.
+				// Chunked: read it here, so that the refusal is the
+				// same as for a body of a known length.
 				body, err := io.ReadAll(io.LimitReader(r.Body, cfg.MaxBodyBytes+1))
 				if err != nil {
 					writeJSONError(w, http.StatusBadRequest, status.Errorf(codes.InvalidArgument, "read request body: %v", err))
@@ -141,40 +166,163 @@ func NewHTTPHandler(cfg HTTPConfig) (http.Handler, error) {
 				r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
 			}
 		}
-		// Every route is unary: a flush before the end only splits the
-		// answer into more writes (headers, body, end of chunks).
-		mux.ServeHTTP(unflushed{w}, r)
+		mux.ServeHTTP(w, r)
 	}), nil
 }
 
-// unflushed makes the ResponseWriter's Flush a no-op (vanguard needs a
-// Flusher), so that net/http writes a small answer in one piece with its
-// Content-Length.
-type unflushed struct{ w http.ResponseWriter }
-
-func (unflushed) Flush() {}
-
-func (u unflushed) Header() http.Header         { return u.w.Header() }
-func (u unflushed) Write(b []byte) (int, error) { return u.w.Write(b) }
-func (u unflushed) WriteHeader(code int)        { u.w.WriteHeader(code) }
-
-// strictJSON is vanguard's JSON codec except that an unknown field is an
-// error, and a body it cannot parse is InvalidArgument (vanguard reports
-// it as Unknown): a misspelt field ("dedupid") must not silently drop the
-// caller's intent (here: exactly-once).
-func strictJSON(res vanguard.TypeResolver) vanguard.Codec {
-	c := vanguard.NewJSONCodec(res)
-	c.UnmarshalOptions.DiscardUnknown = false
-	return jsonCodec{c}
+// routeMethods maps each google.api.http route of the Queue and Cluster
+// services, as "VERB pattern" in the form of runtime.Pattern's String
+// ("/v1/queues/{queue=*}/messages"), to its method's full name.
+func routeMethods() (map[string]string, error) {
+	routes := map[string]string{}
+	services := quorumqpb.File_transport_quorumqpb_quorumq_proto.Services()
+	for i := range services.Len() {
+		sd := services.Get(i)
+		for j := range sd.Methods().Len() {
+			md := sd.Methods().Get(j)
+			verb, path, err := httpRoute(md)
+			if err != nil {
+				return nil, err
+			}
+			if verb == "" {
+				continue
+			}
+			routes[verb+" "+plainVariable.ReplaceAllString(path, "{$1=*}")] = "/" + string(sd.FullName()) + "/" + string(md.Name())
+		}
+	}
+	return routes, nil
 }
 
-type jsonCodec struct{ *vanguard.JSONCodec }
+// httpRoute returns the verb and path template of md's google.api.http
+// rule, or "" for a method without one.
+func httpRoute(md protoreflect.MethodDescriptor) (verb, path string, err error) {
+	rule, _ := proto.GetExtension(md.Options().(*descriptorpb.MethodOptions), annotations.E_Http).(*annotations.HttpRule)
+	if rule == nil {
+		return "", "", nil
+	}
+	switch p := rule.GetPattern().(type) {
+	case *annotations.HttpRule_Get:
+		return http.MethodGet, p.Get, nil
+	case *annotations.HttpRule_Post:
+		return http.MethodPost, p.Post, nil
+	case *annotations.HttpRule_Put:
+		return http.MethodPut, p.Put, nil
+	case *annotations.HttpRule_Delete:
+		return http.MethodDelete, p.Delete, nil
+	case *annotations.HttpRule_Patch:
+		return http.MethodPatch, p.Patch, nil
+	default:
+		return "", "", fmt.Errorf("HTTP API: %s has a route of a kind this server does not serve", md.FullName())
+	}
+}
 
-func (c jsonCodec) Unmarshal(data []byte, msg proto.Message) error {
-	if err := c.JSONCodec.Unmarshal(data, msg); err != nil {
-		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("request body is not a valid %s: %w", msg.ProtoReflect().Descriptor().Name(), err))
+// plainVariable is a path variable without a pattern ("{queue}"), which
+// runtime.Pattern's String writes as "{queue=*}".
+var plainVariable = regexp.MustCompile(`\{([A-Za-z0-9_.]+)\}`)
+
+// strictQueryOnce sets strictQuery as the gateway's query parser, which
+// the gateway keeps for the whole process.
+var strictQueryOnce sync.Once
+
+// strictQuery is the gateway's query parser except that a parameter that
+// names no field of the request is refused rather than ignored, as an
+// unknown field of a body is: "?dedupid=x" must not look up nothing.
+type strictQuery struct{ runtime.DefaultQueryParser }
+
+func (q strictQuery) Parse(msg proto.Message, values url.Values, filter *utilities.DoubleArray) error {
+	md := msg.ProtoReflect().Descriptor()
+	for key := range values {
+		name := key
+		if open := strings.LastIndexByte(key, '['); open > 0 && strings.HasSuffix(key, "]") {
+			name = key[:open] // a map entry: field[key]
+		}
+		if !hasFieldPath(md, strings.Split(name, ".")) {
+			return fmt.Errorf("unknown query parameter %q: %s has no such field", key, md.Name())
+		}
+	}
+	return q.DefaultQueryParser.Parse(msg, values, filter)
+}
+
+// hasFieldPath reports whether path names a field of md, each element by
+// its proto or JSON name, through singular message fields.
+func hasFieldPath(md protoreflect.MessageDescriptor, path []string) bool {
+	for i, name := range path {
+		fd := md.Fields().ByName(protoreflect.Name(name))
+		if fd == nil {
+			fd = md.Fields().ByJSONName(name)
+		}
+		if fd == nil {
+			return false
+		}
+		if i == len(path)-1 {
+			return true
+		}
+		if fd.Message() == nil || fd.IsList() || fd.IsMap() {
+			return false
+		}
+		md = fd.Message()
+	}
+	return false
+}
+
+// jsonMarshaler is the API's only codec: protojson, with every field of
+// an answer written (zero values too), and a request field the message
+// does not have refused rather than dropped: a misspelt field
+// ("dedupid") must not silently drop the caller's intent (here:
+// exactly-once).
+type jsonMarshaler struct{}
+
+var (
+	jsonOut = protojson.MarshalOptions{EmitUnpopulated: true}
+	jsonIn  = protojson.UnmarshalOptions{}
+)
+
+func (jsonMarshaler) ContentType(any) string { return "application/json" }
+
+func (jsonMarshaler) Marshal(v any) ([]byte, error) {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return nil, fmt.Errorf("HTTP API: cannot encode %T, not a protobuf message", v)
+	}
+	return jsonOut.Marshal(m)
+}
+
+func (jsonMarshaler) Unmarshal(data []byte, v any) error {
+	m, ok := v.(proto.Message)
+	if !ok {
+		return fmt.Errorf("HTTP API: cannot decode into %T, not a protobuf message", v)
+	}
+	if err := jsonIn.Unmarshal(data, m); err != nil {
+		return fmt.Errorf("request body is not a valid %s: %w", m.ProtoReflect().Descriptor().Name(), err)
 	}
 	return nil
+}
+
+// NewDecoder reads the whole body (its size is bounded before) and
+// decodes it; an empty body is io.EOF, which the generated handlers take
+// as an empty request.
+func (j jsonMarshaler) NewDecoder(r io.Reader) runtime.Decoder {
+	return runtime.DecoderFunc(func(v any) error {
+		b, err := io.ReadAll(r)
+		if err != nil {
+			return fmt.Errorf("read request body: %w", err)
+		}
+		if len(bytes.TrimSpace(b)) == 0 {
+			return io.EOF
+		}
+		return j.Unmarshal(b, v)
+	})
+}
+
+func (j jsonMarshaler) NewEncoder(w io.Writer) runtime.Encoder {
+	return runtime.EncoderFunc(func(v any) error {
+		b, err := j.Marshal(v)
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(b)
+		return err
+	})
 }
 
 // headerMD turns HTTP headers into gRPC metadata (lower-case keys), as
@@ -187,11 +335,18 @@ func headerMD(h http.Header) metadata.MD {
 	return md
 }
 
-// writeJSONError answers a plain HTTP request with err as
-// google.rpc.Status JSON, the shape vanguard uses for every other error.
+// writeJSONError answers with err as google.rpc.Status JSON, with
+// httpCode, or (0) the HTTP status of err's gRPC code.
 func writeJSONError(w http.ResponseWriter, httpCode int, err error) {
 	st := status.Convert(err)
-	b, _ := protojson.Marshal(proto.Message(st.Proto()))
+	if httpCode == 0 {
+		httpCode = runtime.HTTPStatusFromCode(st.Code())
+	}
+	b, merr := jsonOut.Marshal(st.Proto())
+	if merr != nil {
+		httpCode = http.StatusInternalServerError
+		b = []byte(`{"code": 13, "message": "encode error"}`)
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(httpCode)
 	_, _ = w.Write(b)

@@ -1,10 +1,18 @@
 package transport
 
 import (
+	"context"
 	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
 	"testing"
 
 	"google.golang.org/genproto/googleapis/api/annotations"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/descriptorpb"
 
@@ -50,5 +58,60 @@ func TestEveryUnaryRPCHasADocumentedHTTPRoute(t *testing.T) {
 				t.Errorf("%s is not in docs/openapi.json: run go generate ./transport/quorumqpb", name)
 			}
 		}
+	}
+}
+
+// readWatch is a request body that records whether anything read it.
+type readWatch struct{ read bool }
+
+func (r *readWatch) Read([]byte) (int, error) { r.read = true; return 0, io.EOF }
+
+// Every route is admitted as the method it names, before its body is
+// read: a call that its token, scope, memory or disk refuses costs no
+// read of its body. (The admission knows the method from the route the
+// gateway matched; a route it could not name would be a call of no
+// method, refused.)
+func TestEveryRouteIsAdmittedAsItsMethodBeforeItsBodyIsRead(t *testing.T) {
+	var admitted string
+	h, err := NewHTTPHandler(HTTPConfig{
+		Methods:        &UnaryMethods{},
+		MaxRecvMsgSize: 1 << 20,
+		Admit: func(_ context.Context, method string, _ metadata.MD) error {
+			admitted = method
+			return status.Error(codes.PermissionDenied, "refused by the test")
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes := 0
+	services := quorumqpb.File_transport_quorumqpb_quorumq_proto.Services()
+	for i := range services.Len() {
+		sd := services.Get(i)
+		for j := range sd.Methods().Len() {
+			md := sd.Methods().Get(j)
+			verb, path, err := httpRoute(md)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if verb == "" {
+				continue
+			}
+			path = regexp.MustCompile(`\{[^}]+\}`).ReplaceAllString(path, "v")
+			body := &readWatch{}
+			admitted = ""
+			req := httptest.NewRequest(verb, path, body)
+			req.ContentLength = 2
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, req)
+			want := "/" + string(sd.FullName()) + "/" + string(md.Name())
+			if w.Code != http.StatusForbidden || admitted != want || body.read {
+				t.Errorf("%s %s: %d %s, admitted as %q, body read %v; want 403, admitted as %s, body unread", verb, path, w.Code, w.Body, admitted, body.read, want)
+			}
+			routes++
+		}
+	}
+	if routes < 20 {
+		t.Fatalf("checked %d routes, want every route of quorumq.proto", routes)
 	}
 }

@@ -2,17 +2,9 @@ package transport
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"io"
-	"net/http"
 
-	"connectrpc.com/connect"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/encoding"
-	"google.golang.org/grpc/mem"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
@@ -22,7 +14,7 @@ import (
 // method in process, with the gRPC server's interceptors, instead of
 // through grpc.Server.ServeHTTP, which frames every call as a gRPC
 // stream on goroutines and channels of its own; called directly, a call
-// costs its decode, its interceptors and its method.
+// costs its interceptors and its method.
 type UnaryMethods struct {
 	methods map[string]unaryMethod
 }
@@ -45,91 +37,51 @@ func (u *UnaryMethods) RegisterService(sd *grpc.ServiceDesc, impl any) {
 	}
 }
 
-// unaryTarget serves the unary methods of UnaryMethods in the Connect
-// protocol with the protobuf codec: the form vanguard hands a transcoded
-// REST call to its target in.
-type unaryTarget struct {
-	methods     *UnaryMethods
-	intercept   grpc.UnaryServerInterceptor
-	codec       encoding.CodecV2
-	maxRecv     int
-	admit       func(ctx context.Context, method string, md metadata.MD) error
-	errorWriter *connect.ErrorWriter
+// inProcessConn is the grpc.ClientConnInterface behind the gateway's
+// generated clients: a call goes to the method in UnaryMethods, in this
+// process, through the gRPC server's unary interceptors, with the request
+// the gateway decoded (no encoding in between).
+type inProcessConn struct {
+	methods   *UnaryMethods
+	intercept grpc.UnaryServerInterceptor
+	maxRecv   int
 }
 
-func (t *unaryTarget) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	m, ok := t.methods.methods[r.URL.Path]
+func (c *inProcessConn) Invoke(ctx context.Context, method string, args, reply any, _ ...grpc.CallOption) error {
+	m, ok := c.methods.methods[method]
 	if !ok {
-		t.writeError(w, r, status.Errorf(codes.Unimplemented, "%s is not a unary method of this node", r.URL.Path))
-		return
+		return status.Errorf(codes.Unimplemented, "%s is not a unary method of this node", method)
 	}
-	md := headerMD(r.Header)
-	if t.admit != nil {
-		if err := t.admit(r.Context(), r.URL.Path, md); err != nil {
-			t.writeError(w, r, err)
-			return
-		}
-	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, int64(t.maxRecv)+1))
-	if err != nil {
-		t.writeError(w, r, status.Errorf(codes.InvalidArgument, "read request: %v", err))
-		return
-	}
-	if len(body) > t.maxRecv {
-		t.writeError(w, r, status.Errorf(codes.ResourceExhausted, "request is larger than the limit of %d bytes (its protobuf form, as a gRPC call would send it)", t.maxRecv))
-		return
-	}
-	ctx := metadata.NewIncomingContext(WithViaHTTP(r.Context()), md)
-	dec := func(v any) error {
-		if err := t.codec.Unmarshal(mem.BufferSlice{mem.SliceBuffer(body)}, v); err != nil {
-			return status.Errorf(codes.InvalidArgument, "decode request: %v", err)
-		}
-		return nil
-	}
-	var intercept grpc.UnaryServerInterceptor
-	if t.intercept != nil {
-		intercept = func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-			return t.intercept(ctx, req, m.info, h)
-		}
-	}
-	resp, err := m.handler(m.impl, ctx, dec, intercept)
-	if err != nil {
-		t.writeError(w, r, err)
-		return
-	}
-	msg, ok := resp.(proto.Message)
+	req, ok := args.(proto.Message)
 	if !ok {
-		t.writeError(w, r, status.Errorf(codes.Internal, "%s answered %T, not a protobuf message", r.URL.Path, resp))
-		return
+		return status.Errorf(codes.Internal, "%s called with %T, not a protobuf message", method, args)
 	}
-	b, err := proto.Marshal(msg)
+	if size := proto.Size(req); size > c.maxRecv {
+		return status.Errorf(codes.ResourceExhausted, "request is larger than the limit of %d bytes (its protobuf form, as a gRPC call would send it: %d bytes)", c.maxRecv, size)
+	}
+	// The generated handler decodes its own request with dec; the
+	// request is decoded already, so dec leaves that one empty and the
+	// interceptor chain gets the decoded one instead.
+	intercept := func(ctx context.Context, _ any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if c.intercept == nil {
+			return h(ctx, req)
+		}
+		return c.intercept(ctx, req, m.info, h)
+	}
+	resp, err := m.handler(m.impl, ctx, func(any) error { return nil }, intercept)
 	if err != nil {
-		t.writeError(w, r, status.Errorf(codes.Internal, "encode answer: %v", err))
-		return
+		return err
 	}
-	w.Header().Set("Content-Type", "application/proto")
-	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(b)
+	out, ok := resp.(proto.Message)
+	if !ok {
+		return status.Errorf(codes.Internal, "%s answered %T, not a protobuf message", method, resp)
+	}
+	proto.Merge(reply.(proto.Message), out)
+	return nil
 }
 
-// writeError answers with err, a gRPC status error, as a Connect error
-// with the same code, message and details, which vanguard turns into the
-// JSON error.
-func (t *unaryTarget) writeError(w http.ResponseWriter, r *http.Request, err error) {
-	st := status.Convert(err)
-	code := st.Code()
-	if code == codes.OK {
-		code = codes.Unknown
-	}
-	ce := connect.NewError(connect.Code(code), errors.New(st.Message()))
-	for _, d := range st.Proto().GetDetails() {
-		if ed, derr := connect.NewErrorDetail(d); derr == nil {
-			ce.AddDetail(ed)
-		}
-	}
-	if werr := t.errorWriter.Write(w, r, ce); werr != nil {
-		http.Error(w, fmt.Sprintf("write error: %v", werr), http.StatusInternalServerError)
-	}
+func (c *inProcessConn) NewStream(_ context.Context, _ *grpc.StreamDesc, method string, _ ...grpc.CallOption) (grpc.ClientStream, error) {
+	return nil, status.Errorf(codes.Unimplemented, "%s streams: call it on the gRPC API port", method)
 }
 
 // chainUnary runs interceptors in order, the first outermost, as
