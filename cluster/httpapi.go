@@ -36,9 +36,10 @@ func (n *Node) startHTTP(admit tap.ServerInHandle, interceptors []grpc.UnaryServ
 		return nil
 	}
 	h, err := transport.NewHTTPHandler(transport.HTTPConfig{
-		Methods:        n.unary,
-		Interceptors:   interceptors,
-		MaxRecvMsgSize: n.cfg.Limits.MaxRecvMsgSize(),
+		Methods:           n.unary,
+		Interceptors:      interceptors,
+		MaxRecvMsgSize:    n.cfg.Limits.MaxRecvMsgSize(),
+		MaxNestedMessages: n.cfg.Limits.MaxNestedMessages(),
 		Admit: func(ctx context.Context, method string, md metadata.MD) error {
 			_, err := admit(ctx, &tap.Info{FullMethodName: method, Header: md})
 			return err

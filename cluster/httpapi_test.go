@@ -135,6 +135,10 @@ func TestHTTPBadInputCostsNoRaftRound(t *testing.T) {
 		t.Fatalf("create: %d %s", code, body)
 	}
 	oversize := `{"messages":[{"body":"` + strings.Repeat("A", 2*leader.cfg.Limits.MaxRecvMsgSize()) + `"}]}`
+	// Empty objects are three bytes of JSON each and a whole message
+	// each once decoded: one more than a legal request holds is refused
+	// before any is decoded.
+	objects := `{"messages":[` + strings.Repeat(`{},`, leader.cfg.Limits.MaxNestedMessages()) + `{}]}`
 	for _, tc := range []struct {
 		name, token, body string
 		code              int
@@ -146,6 +150,7 @@ func TestHTTPBadInputCostsNoRaftRound(t *testing.T) {
 		{"oversize chunked body", writeToken, "chunked:" + oversize, 413, "larger than the HTTP API's limit"},
 		{"missing token", "", `{"messages":[{"body":"eA=="}]}`, 401, "missing or wrong token"},
 		{"read-only token", readToken, `{"messages":[{"body":"eA=="}]}`, 403, "needs a token with scope write"},
+		{"too many objects", writeToken, objects, 400, "the most a legal request holds"},
 		{"over-limit delay", writeToken, `{"messages":[{"body":"eA==","delayNs":"46800000000000"}]}`, 400, "exceeds the limit of 12h0m0s"},
 	} {
 		before := leader.raft.LastIndex()

@@ -39,6 +39,10 @@ type HTTPConfig struct {
 	// MaxRecvMsgSize bounds a decoded request's protobuf form, as it
 	// bounds a gRPC request.
 	MaxRecvMsgSize int
+	// MaxNestedMessages bounds the JSON objects of a request body before
+	// it is decoded, as the gRPC server's codec bounds nested messages
+	// (wire.Limits.MaxNestedMessages); 0: no bound.
+	MaxNestedMessages int
 	// Admit runs before a call reaches its method, on the method
 	// ("/quorumq.v1.Queue/Enqueue") and the request headers, with the
 	// body not yet read: the checks a gRPC call gets in the server's tap
@@ -89,7 +93,7 @@ func NewHTTPHandler(cfg HTTPConfig) (http.Handler, error) {
 	strictQueryOnce.Do(func() { runtime.SetQueryParameterParser(strictQuery{})(nil) })
 	conn := &inProcessConn{methods: cfg.Methods, intercept: chainUnary(cfg.Interceptors...), maxRecv: cfg.MaxRecvMsgSize}
 	gw := runtime.NewServeMux(
-		runtime.WithMarshalerOption(runtime.MIMEWildcard, jsonMarshaler{}),
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, jsonMarshaler{maxObjects: cfg.MaxNestedMessages}),
 		runtime.WithErrorHandler(func(_ context.Context, _ *runtime.ServeMux, _ runtime.Marshaler, w http.ResponseWriter, _ *http.Request, err error) {
 			writeJSONError(w, 0, err)
 		}),
@@ -270,7 +274,15 @@ func hasFieldPath(md protoreflect.MessageDescriptor, path []string) bool {
 // does not have refused rather than dropped: a misspelt field
 // ("dedupid") must not silently drop the caller's intent (here:
 // exactly-once).
-type jsonMarshaler struct{}
+type jsonMarshaler struct {
+	// maxObjects bounds the JSON objects of a request body (0: none).
+	// An empty object is three bytes of JSON ("{},") and a whole message
+	// once decoded, so a body within the size limit could hold millions;
+	// they are counted before anything is decoded. A legal request holds
+	// no more objects than nested messages plus one (a map is one object
+	// for all its entries), so the bound refuses none.
+	maxObjects int
+}
 
 var (
 	jsonOut = protojson.MarshalOptions{EmitUnpopulated: true}
@@ -310,8 +322,36 @@ func (j jsonMarshaler) NewDecoder(r io.Reader) runtime.Decoder {
 		if len(bytes.TrimSpace(b)) == 0 {
 			return io.EOF
 		}
+		if j.maxObjects > 0 {
+			if n := jsonObjects(b); n > j.maxObjects+1 {
+				return fmt.Errorf("request body holds %d JSON objects, more than %d, the most a legal request holds", n, j.maxObjects+1)
+			}
+		}
 		return j.Unmarshal(b, v)
 	})
+}
+
+// jsonObjects counts the objects in the JSON text b: the '{' outside
+// strings.
+func jsonObjects(b []byte) int {
+	n, inString, escaped := 0, false, false
+	for _, c := range b {
+		switch {
+		case escaped:
+			escaped = false
+		case inString:
+			if c == '\\' {
+				escaped = true
+			} else if c == '"' {
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '{':
+			n++
+		}
+	}
+	return n
 }
 
 func (j jsonMarshaler) NewEncoder(w io.Writer) runtime.Encoder {

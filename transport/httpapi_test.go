@@ -115,3 +115,20 @@ func TestEveryRouteIsAdmittedAsItsMethodBeforeItsBodyIsRead(t *testing.T) {
 		t.Fatalf("checked %d routes, want every route of quorumq.proto", routes)
 	}
 }
+
+// Braces inside strings, escaped quotes included, are not objects: a
+// legal request whose values hold braces is never refused for them.
+func TestJSONObjectsCountsObjectsOnly(t *testing.T) {
+	for in, want := range map[string]int{
+		`{}`:                                 1,
+		`{"messages":[{},{"body":"e30="}]}`:  3,
+		`{"a":"{{{","b":{"c":"\"{\\"}}`:      2,
+		`{"a":"x\\","b":{}}`:                 2,
+		`[{"k":"}"},{"k":"{"}]`:              2,
+		`{"messages":[{"dedupId":"{\"}{"}]}`: 2,
+	} {
+		if got := jsonObjects([]byte(in)); got != want {
+			t.Errorf("jsonObjects(%s) = %d, want %d", in, got, want)
+		}
+	}
+}
