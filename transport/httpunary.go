@@ -7,6 +7,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // UnaryMethods holds the unary methods of the services registered on it
@@ -76,7 +77,14 @@ func (c *inProcessConn) Invoke(ctx context.Context, method string, args, reply a
 	if !ok {
 		return status.Errorf(codes.Internal, "%s answered %T, not a protobuf message", method, resp)
 	}
-	proto.Merge(reply.(proto.Message), out)
+	// Move out's fields into reply rather than copy them (proto.Merge
+	// would copy every body of a Receive or a Peek): out is not used
+	// again, so reply may share its slices and messages.
+	dst := reply.(proto.Message).ProtoReflect()
+	out.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		dst.Set(fd, v)
+		return true
+	})
 	return nil
 }
 
